@@ -1,0 +1,52 @@
+"""Classical primitives through pyca/cryptography: X25519, AEADs and HKDF."""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import InvalidKey
+from .interface import KeyPair, check_length
+
+X25519_KEY_BYTES = 32
+
+
+def x25519_keypair() -> KeyPair:
+    private = x25519.X25519PrivateKey.generate()
+    return KeyPair(private.public_key().public_bytes_raw(), private.private_bytes_raw())
+
+
+def x25519_public(secret_key: bytes) -> bytes:
+    check_length("X25519 secret key", secret_key, X25519_KEY_BYTES, InvalidKey)
+    return x25519.X25519PrivateKey.from_private_bytes(secret_key).public_key().public_bytes_raw()
+
+
+def x25519_shared(secret_key: bytes, peer_public_key: bytes) -> bytes:
+    """X25519 agreement; refuses low-order peer keys (all-zero output)."""
+    check_length("X25519 secret key", secret_key, X25519_KEY_BYTES, InvalidKey)
+    check_length("X25519 public key", peer_public_key, X25519_KEY_BYTES, InvalidKey)
+    private = x25519.X25519PrivateKey.from_private_bytes(secret_key)
+    try:
+        return private.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public_key))
+    except ValueError as exc:
+        raise InvalidKey(f"X25519 public key rejected: {exc}") from None
+
+
+def hkdf_sha256(ikm: bytes, *, salt: bytes | None, info: bytes, length: int = 32) -> bytes:
+    return HKDF(hashes.SHA256(), length, salt, info).derive(ikm)
+
+
+def hkdf_sha512(ikm: bytes, *, salt: bytes | None, info: bytes, length: int = 64) -> bytes:
+    return HKDF(hashes.SHA512(), length, salt, info).derive(ikm)
+
+
+def aes256gcm(key: bytes) -> AESGCM:
+    check_length("AES-256-GCM key", key, 32, InvalidKey)
+    return AESGCM(key)
+
+
+def chacha20poly1305(key: bytes) -> ChaCha20Poly1305:
+    check_length("ChaCha20-Poly1305 key", key, 32, InvalidKey)
+    return ChaCha20Poly1305(key)

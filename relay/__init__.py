@@ -1,0 +1,1 @@
+"""qsecret websocket relay: sees only sealed envelopes."""
