@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidKey, InvalidSignature
 from .interface import KeyPair, SignatureScheme, check_length
-from .registry import get_signature
+from .registry import backend_status, get_signature
 
 CLASSICAL = "Ed25519"
 POST_QUANTUM = "ML-DSA-65"
@@ -23,6 +23,9 @@ DOMAIN = b"qsecret/v1/hybrid-signature\x00"
 class HybridSignature:
     classical: SignatureScheme
     post_quantum: SignatureScheme
+    # Verification needs only the public key, so it may use a faster backend than
+    # signing (liboqs verifies ML-DSA several times faster than OpenSSL here).
+    post_quantum_verifier: SignatureScheme | None = None
 
     @property
     def public_key_size(self) -> int:
@@ -60,7 +63,11 @@ class HybridSignature:
         failures = []
         for scheme, pk, sig in (
             (self.classical, public_key[:pk_split], signature[:sig_split]),
-            (self.post_quantum, public_key[pk_split:], signature[sig_split:]),
+            (
+                self.post_quantum_verifier or self.post_quantum,
+                public_key[pk_split:],
+                signature[sig_split:],
+            ),
         ):
             try:
                 scheme.verify(pk, data, sig)
@@ -71,7 +78,11 @@ class HybridSignature:
 
 
 def hybrid_signature() -> HybridSignature:
-    """Ed25519 + ML-DSA-65 through the openssl backend (secret keys are its seeds)."""
+    """Ed25519 + ML-DSA-65; signs through openssl (secret keys are its seeds), verifies
+    ML-DSA through liboqs when it is loaded."""
+    verifier = (
+        get_signature(POST_QUANTUM, "liboqs") if backend_status("liboqs").available else None
+    )
     return HybridSignature(
-        get_signature(CLASSICAL, "openssl"), get_signature(POST_QUANTUM, "openssl")
+        get_signature(CLASSICAL, "openssl"), get_signature(POST_QUANTUM, "openssl"), verifier
     )

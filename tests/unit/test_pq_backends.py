@@ -125,3 +125,21 @@ def test_ml_dsa_interop_between_backends() -> None:
     ossl.verify(keypair.public_key, b"m", oqs.sign(keypair.secret_key, b"m"))
     with pytest.raises(InvalidSignature):
         ossl.verify(keypair.public_key, b"n", oqs.sign(keypair.secret_key, b"m"))
+    keypair = ossl.generate_keypair()
+    oqs.verify(keypair.public_key, b"m", ossl.sign(keypair.secret_key, b"m"))
+    with pytest.raises(InvalidSignature):
+        oqs.verify(keypair.public_key, b"n", ossl.sign(keypair.secret_key, b"m"))
+
+
+@pytest.mark.liboqs
+def test_hybrid_signature_verifies_ml_dsa_through_liboqs() -> None:
+    require_liboqs()
+    scheme = pq.hybrid_signature()
+    assert scheme.post_quantum_verifier is not None
+    assert scheme.post_quantum_verifier.backend == "liboqs"
+    keypair = scheme.generate_keypair()
+    signature = bytearray(scheme.sign(keypair.secret_key, b"m"))
+    scheme.verify(keypair.public_key, b"m", bytes(signature))
+    signature[100] ^= 1
+    with pytest.raises(InvalidSignature, match="ML-DSA-65 invalid"):
+        scheme.verify(keypair.public_key, b"m", bytes(signature))
