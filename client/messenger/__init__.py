@@ -1,0 +1,1 @@
+"""The messenger service: what the TUI and the CLI drive (relay, KME, sessions, store)."""

@@ -1,0 +1,140 @@
+"""What the user interfaces see of the messenger: plain views and events.
+
+The TUI and the CLI depend on this module only, so they can be tested against the
+real service and never reach into protocol or network code themselves.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class Delivery(enum.Enum):
+    """Where an outgoing message is; incoming messages are RECEIVED."""
+
+    PENDING = "pending"  # sealed and stored, not yet acknowledged by the relay
+    SENT = "sent"  # durable at the relay
+    DELIVERED = "delivered"  # the peer's device acknowledged it
+    READ = "read"  # the peer opened the conversation
+    FAILED = "failed"
+    RECEIVED = "received"
+
+
+class Connection(enum.Enum):
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    OFFLINE = "offline"  # retrying with backoff
+
+
+@dataclass(frozen=True)
+class MessageView:
+    message_id: str
+    peer: str
+    outgoing: bool
+    text: str
+    timestamp: float
+    delivery: Delivery
+    sources: str  # e.g. "QKD+ML-KEM-768+X25519", or a degraded label
+    mode: str = "ratchet"  # or "otp"
+
+
+@dataclass(frozen=True)
+class ContactView:
+    handle: str
+    unread: int = 0
+    verified: bool = False
+    online: bool | None = None  # None: unknown
+    last_text: str = ""
+    last_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    """The key panel: where keys come from right now."""
+
+    pool_keys: int | None = None  # keys available to this SAE at its KME
+    pool_max: int | None = None
+    key_rate: float | None = None  # keys per second
+    qber: float | None = None
+    qber_threshold: float = 0.11
+    link_alarm: str | None = None  # e.g. "QBER 24.8% above 11%: link aborted (eavesdropper?)"
+    sources: str = ""  # sources of the current epoch of the open conversation
+    degraded: bool = False
+    mode: str = "ratchet"
+    algorithms: tuple[str, ...] = field(default_factory=tuple)
+    kme: str = ""
+
+
+@dataclass(frozen=True)
+class SafetyNumber:
+    digits: str  # groups of five digits separated by spaces
+    qr_text: str  # a terminal rendering of the QR code
+
+
+class Event:
+    """Base class of what the service reports to the UI."""
+
+
+@dataclass(frozen=True)
+class MessageEvent(Event):
+    message: MessageView
+
+
+@dataclass(frozen=True)
+class DeliveryEvent(Event):
+    message_id: str
+    peer: str
+    delivery: Delivery
+
+
+@dataclass(frozen=True)
+class ConnectionEvent(Event):
+    state: Connection
+    detail: str = ""
+    retry_in: float | None = None
+
+
+@dataclass(frozen=True)
+class KeyStatusEvent(Event):
+    status: KeyStatus
+
+
+@dataclass(frozen=True)
+class ContactEvent(Event):
+    contact: ContactView
+
+
+class MessengerError(Exception):
+    """A failure the user can act on; the message says what to do."""
+
+
+class Messenger(Protocol):
+    """The operations the UIs need. Network calls are async; views are cheap reads."""
+
+    handle: str
+
+    def subscribe(self, callback: Callable[[Event], None]) -> None: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def contacts(self) -> list[ContactView]: ...
+    def history(self, peer: str, limit: int = 500) -> list[MessageView]: ...
+    async def add_contact(self, handle: str) -> ContactView: ...
+    async def send(self, peer: str, text: str) -> MessageView: ...
+    async def mark_read(self, peer: str) -> None: ...
+    def safety_number(self, peer: str) -> SafetyNumber: ...
+    async def set_verified(self, peer: str, verified: bool) -> None: ...
+    def key_status(self, peer: str | None = None) -> KeyStatus: ...
+    async def set_mode(self, peer: str, mode: str) -> None: ...
+    def search(self, query: str) -> list[MessageView]: ...
+    def export(self, peer: str, fmt: str) -> str: ...
+
+
+class ProfileGate(Protocol):
+    """Opens the local profile: first-run creation, or unlocking with the passphrase."""
+
+    def profile_exists(self) -> bool: ...
+    async def create(self, handle: str, passphrase: str) -> Messenger: ...
+    async def unlock(self, passphrase: str) -> Messenger: ...

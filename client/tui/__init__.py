@@ -1,0 +1,1 @@
+"""The Textual chat TUI: screens/, widgets/ and app.tcss, driven by a Messenger."""

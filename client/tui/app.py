@@ -1,0 +1,65 @@
+"""The qsecret Textual application."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from client.messenger.api import Messenger, ProfileGate
+from client.tui.screens.chat import ChatScreen
+from client.tui.screens.onboarding import OnboardingScreen
+
+
+class QsecretApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "qsecret"
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(self, gate: ProfileGate, export_dir: Path) -> None:
+        super().__init__()
+        self.gate = gate
+        self.export_dir = export_dir
+        self.messenger: Messenger | None = None
+
+    def on_mount(self) -> None:
+        self.push_screen(OnboardingScreen(self.gate), self._opened)
+
+    def _opened(self, messenger: Messenger | None) -> None:
+        if messenger is None:
+            self.exit()
+            return
+        self.messenger = messenger
+        self.switch_screen(ChatScreen(messenger, self.export_dir))
+
+    async def action_quit(self) -> None:
+        if self.messenger is not None:
+            await self.messenger.stop()
+        self.exit()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        if isinstance(screen, ChatScreen):
+            yield SystemCommand("Add contact", "Add a contact by handle", screen.action_add_contact)
+            yield SystemCommand(
+                "Verify safety number", "Compare safety numbers", screen.action_verify
+            )
+            yield SystemCommand("Search", "Search all conversations", screen.action_search)
+            yield SystemCommand("Export conversation", "Text or JSON", screen.action_export)
+            yield SystemCommand(
+                "Toggle OTP mode", "One-time pad from QKD keys", screen.action_toggle_otp
+            )
+            yield SystemCommand("Toggle key panel", "Show or hide", screen.action_toggle_keys)
+            yield SystemCommand("Help", "All key bindings", screen.action_help)
+            if self.messenger is not None:
+                for contact in self.messenger.contacts():
+                    yield SystemCommand(
+                        f"Open chat with {contact.handle}",
+                        "Switch conversation",
+                        lambda h=contact.handle: screen.open_conversation(h),
+                    )

@@ -1,0 +1,259 @@
+"""The main screen: contacts, the open conversation, the key panel and the status bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Header
+
+from client.messenger.api import (
+    ConnectionEvent,
+    ContactEvent,
+    DeliveryEvent,
+    Event,
+    KeyStatusEvent,
+    MessageEvent,
+    Messenger,
+    MessengerError,
+)
+from client.tui.screens.help import HelpScreen
+from client.tui.screens.modals import AddContactScreen, ExportScreen
+from client.tui.screens.search import SearchScreen
+from client.tui.screens.verify import VerifyScreen
+from client.tui.widgets.contact_list import ContactList
+from client.tui.widgets.conversation import Conversation
+from client.tui.widgets.key_panel import KeyPanel
+from client.tui.widgets.message_input import MessageInput
+from client.tui.widgets.status_bar import StatusBar
+
+
+class ServiceEvent(Message):
+    """A messenger event carried into Textual's message queue (thread-safe post)."""
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        super().__init__()
+
+
+class ChatScreen(Screen[None]):
+    # priority=True: these must work while the message Input has focus.
+    BINDINGS = [
+        Binding("f1", "help", "Help", priority=True),
+        Binding("ctrl+n", "add_contact", "Add contact", priority=True),
+        Binding("ctrl+s", "verify", "Safety number", priority=True),
+        Binding("ctrl+f", "search", "Search", priority=True),
+        Binding("ctrl+e", "export", "Export", priority=True),
+        Binding("ctrl+o", "toggle_otp", "OTP mode", priority=True),
+        Binding("ctrl+k", "toggle_keys", "Key panel", priority=True),
+        Binding("ctrl+down", "cycle(1)", "Next chat", priority=True),
+        Binding("ctrl+up", "cycle(-1)", "Previous chat", priority=True),
+        Binding("escape", "back", "Back to input", show=False),
+    ]
+
+    def __init__(self, messenger: Messenger, export_dir: Path) -> None:
+        super().__init__()
+        self.messenger = messenger
+        self.export_dir = export_dir
+        self.peer: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="main"):
+            yield ContactList(id="contacts")
+            with Vertical(id="center"):
+                yield Conversation(id="conversation")
+                yield MessageInput(id="message")
+            yield KeyPanel(id="keys")
+        yield StatusBar(self.messenger.handle, id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.app.sub_title = f"@{self.messenger.handle}"
+        contacts = self.messenger.contacts()
+        self.query_one(ContactList).set_contacts(contacts)
+        self.open_conversation(contacts[0].handle if contacts else None)
+        self.messenger.subscribe(lambda event: self.post_message(ServiceEvent(event)))
+        self.start_service()
+        self.query_one(MessageInput).focus()
+
+    @work(exclusive=True, group="service")
+    async def start_service(self) -> None:
+        await self.messenger.start()
+
+    # -- conversation ------------------------------------------------------------------
+
+    def open_conversation(self, peer: str | None) -> None:
+        self.peer = peer
+        contacts = self.query_one(ContactList)
+        contacts.active = peer
+        self.query_one(Conversation).show(peer, self.messenger.history(peer) if peer else [])
+        self.refresh_keys()
+        if peer:
+            self.mark_read(peer)
+            self.query_one(MessageInput).placeholder = f"Message {peer} (Enter to send)"
+            contacts.set_contacts(self.messenger.contacts())
+
+    @work(group="read")
+    async def mark_read(self, peer: str) -> None:
+        await self.messenger.mark_read(peer)
+
+    def refresh_keys(self) -> None:
+        self.query_one(KeyPanel).show(self.messenger.key_status(self.peer))
+
+    @on(ContactList.Chosen)
+    def chosen(self, event: ContactList.Chosen) -> None:
+        self.open_conversation(event.handle)
+        self.query_one(MessageInput).focus()
+
+    @on(MessageInput.Submitted, "#message")
+    def submit(self, event: MessageInput.Submitted) -> None:
+        text = event.value.strip()
+        box = self.query_one(MessageInput)
+        if not text:
+            return
+        if self.peer is None:
+            self.notify("Add a contact first (Ctrl+N).", severity="warning")
+            return
+        box.remember(text)
+        box.value = ""
+        self.send(self.peer, text)
+
+    @work(group="send")
+    async def send(self, peer: str, text: str) -> None:
+        try:
+            message = await self.messenger.send(peer, text)
+        except MessengerError as exc:
+            self.notify(str(exc), title="Not sent", severity="error", timeout=8)
+            return
+        if peer == self.peer:
+            self.query_one(Conversation).add(message)
+        self.refresh_keys()
+
+    # -- service events ----------------------------------------------------------------
+
+    @on(ServiceEvent)
+    def service_event(self, message: ServiceEvent) -> None:
+        event = message.event
+        if isinstance(event, MessageEvent):
+            incoming = event.message
+            if incoming.peer == self.peer:
+                self.query_one(Conversation).add(incoming)
+                if not incoming.outgoing:
+                    self.mark_read(incoming.peer)
+            elif not incoming.outgoing:
+                self.notify(incoming.text[:80], title=f"New message from {incoming.peer}")
+            self.query_one(ContactList).set_contacts(self.messenger.contacts())
+            self.refresh_keys()
+        elif isinstance(event, DeliveryEvent):
+            if event.peer == self.peer:
+                self.query_one(Conversation).set_delivery(event.message_id, event.delivery)
+        elif isinstance(event, ConnectionEvent):
+            self.query_one(StatusBar).show(event)
+        elif isinstance(event, KeyStatusEvent):
+            self.refresh_keys()
+        elif isinstance(event, ContactEvent):
+            self.query_one(ContactList).update_contact(event.contact)
+
+    # -- actions -----------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen(list(self.BINDINGS) + list(self.app.BINDINGS)))
+
+    def action_back(self) -> None:
+        self.query_one(MessageInput).focus()
+
+    def action_cycle(self, step: int) -> None:
+        handles = self.query_one(ContactList).handles()
+        if not handles:
+            return
+        index = handles.index(self.peer) if self.peer in handles else -step
+        self.open_conversation(handles[(index + step) % len(handles)])
+
+    def action_add_contact(self) -> None:
+        def added(handle: str | None) -> None:
+            if handle:
+                self.add_contact(handle)
+
+        self.app.push_screen(AddContactScreen(), added)
+
+    @work(group="contacts")
+    async def add_contact(self, handle: str) -> None:
+        try:
+            await self.messenger.add_contact(handle)
+        except MessengerError as exc:
+            self.notify(str(exc), title="Could not add contact", severity="error", timeout=8)
+            return
+        self.query_one(ContactList).set_contacts(self.messenger.contacts())
+        self.open_conversation(handle)
+        self.notify(f"{handle} added. Compare safety numbers with Ctrl+S.")
+
+    def action_verify(self) -> None:
+        peer = self.peer
+        if peer is None:
+            self.notify("Open a conversation first.", severity="warning")
+            return
+        try:
+            number = self.messenger.safety_number(peer)
+        except MessengerError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        verified = next((c.verified for c in self.messenger.contacts() if c.handle == peer), False)
+
+        def done(result: bool | None) -> None:
+            if result is not None:
+                self.set_verified(peer, result)
+
+        self.app.push_screen(VerifyScreen(peer, number, verified), done)
+
+    @work(group="contacts")
+    async def set_verified(self, peer: str, verified: bool) -> None:
+        await self.messenger.set_verified(peer, verified)
+        self.query_one(ContactList).set_contacts(self.messenger.contacts())
+        self.notify(f"{peer} is {'verified' if verified else 'no longer verified'}.")
+
+    def action_search(self) -> None:
+        def opened(peer: str | None) -> None:
+            if peer:
+                self.open_conversation(peer)
+
+        self.app.push_screen(SearchScreen(self.messenger), opened)
+
+    def action_export(self) -> None:
+        peer = self.peer
+        if peer is None:
+            self.notify("Open a conversation first.", severity="warning")
+            return
+
+        def chosen(fmt: str | None) -> None:
+            if fmt:
+                self.export_dir.mkdir(parents=True, exist_ok=True)
+                path = self.export_dir / f"{peer}.{'json' if fmt == 'json' else 'txt'}"
+                path.write_text(self.messenger.export(peer, fmt))
+                self.notify(f"Exported to {path}", title="Export")
+
+        self.app.push_screen(ExportScreen(peer), chosen)
+
+    def action_toggle_otp(self) -> None:
+        if self.peer:
+            self.toggle_otp(self.peer)
+
+    @work(group="mode")
+    async def toggle_otp(self, peer: str) -> None:
+        mode = "ratchet" if self.messenger.key_status(peer).mode == "otp" else "otp"
+        try:
+            await self.messenger.set_mode(peer, mode)
+        except MessengerError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.refresh_keys()
+        self.notify(f"Conversation with {peer} now uses {mode.upper()} mode.")
+
+    def action_toggle_keys(self) -> None:
+        panel = self.query_one(KeyPanel)
+        panel.display = not panel.display

@@ -1,0 +1,86 @@
+"""Scrollback of one conversation with timestamps and delivery state."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from client.messenger.api import Delivery, MessageView
+
+DELIVERY_MARKS = {
+    Delivery.PENDING: ("…", "grey50"),
+    Delivery.SENT: ("✓", "grey70"),
+    Delivery.DELIVERED: ("✓✓", "grey70"),
+    Delivery.READ: ("✓✓", "cyan"),
+    Delivery.FAILED: ("✗", "red"),
+    Delivery.RECEIVED: ("", ""),
+}
+
+
+def render_message(message: MessageView) -> Text:
+    stamp = time.strftime("%H:%M", time.localtime(message.timestamp))
+    line = Text()
+    line.append(f"{stamp} ", style="grey50")
+    who = "me" if message.outgoing else message.peer
+    line.append(f"{who}: ", style="bold cyan" if message.outgoing else "bold magenta")
+    line.append(message.text)
+    mark, style = DELIVERY_MARKS[message.delivery]
+    if mark:
+        line.append(f" {mark}", style=style)
+    if message.mode == "otp":
+        line.append(" [OTP]", style="bold yellow")
+    return line
+
+
+class MessageLine(Static):
+    def __init__(self, message: MessageView) -> None:
+        super().__init__(render_message(message), classes="outgoing" if message.outgoing else "")
+        self.message = message
+
+    def set_delivery(self, delivery: Delivery) -> None:
+        self.message = MessageView(**{**self.message.__dict__, "delivery": delivery})
+        self.update(render_message(self.message))
+
+
+class Conversation(VerticalScroll):
+    """Messages of the open conversation; updates delivery marks in place."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.peer: str | None = None
+        self._lines: dict[str, MessageLine] = {}
+
+    def show(self, peer: str | None, messages: list[MessageView]) -> None:
+        self.peer = peer
+        self.remove_children()
+        self._lines = {}
+        if peer is None:
+            self.mount(Static("No conversation open. Ctrl+N adds a contact.", classes="hint"))
+            return
+        if not messages:
+            self.mount(Static(f"No messages with {peer} yet. Say hello.", classes="hint"))
+        for message in messages:
+            self.add(message, scroll=False)
+        self.scroll_end(animate=False)
+
+    def add(self, message: MessageView, scroll: bool = True) -> None:
+        if message.message_id in self._lines:
+            return
+        for hint in self.query(".hint"):
+            hint.remove()
+        line = MessageLine(message)
+        self._lines[message.message_id] = line
+        self.mount(line)
+        if scroll:
+            self.scroll_end(animate=False)
+
+    def set_delivery(self, message_id: str, delivery: Delivery) -> None:
+        line = self._lines.get(message_id)
+        if line is not None:
+            line.set_delivery(delivery)
+
+    def texts(self) -> list[str]:
+        return [line.message.text for line in self._lines.values()]

@@ -1,0 +1,61 @@
+"""Where the keys come from: QKD pool and link health, mixed sources, mode."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from client.messenger.api import KeyStatus
+
+
+def _bar(level: int | None, maximum: int | None, width: int = 16) -> str:
+    if level is None or not maximum:
+        return "?" * width
+    filled = round(width * min(level, maximum) / maximum)
+    return "█" * filled + "░" * (width - filled)
+
+
+def render_key_status(status: KeyStatus) -> Text:
+    text = Text()
+    text.append("QKD link\n", style="bold")
+    pool = "unknown" if status.pool_keys is None else f"{status.pool_keys}"
+    if status.pool_max:
+        pool += f"/{status.pool_max}"
+    text.append(f" pool  {_bar(status.pool_keys, status.pool_max)} {pool}\n")
+    rate = "—" if status.key_rate is None else f"{status.key_rate:.1f} keys/s"
+    text.append(f" rate  {rate}\n")
+    if status.qber is None:
+        text.append(" QBER  —\n")
+    else:
+        bad = status.qber > status.qber_threshold
+        text.append(" QBER  ")
+        text.append(f"{status.qber:.2%}", style="bold red" if bad else "green")
+        text.append(f" (abort > {status.qber_threshold:.0%})\n")
+    if status.link_alarm:
+        text.append(f" ⚠ {status.link_alarm}\n", style="bold red")
+    if status.kme:
+        text.append(f" KME   {status.kme}\n", style="grey50")
+    text.append("\nThis conversation\n", style="bold")
+    text.append(" keys  ")
+    if status.sources:
+        text.append(status.sources, style="bold yellow" if status.degraded else "bold green")
+    else:
+        text.append("no session yet", style="grey50")
+    text.append("\n")
+    if status.degraded:
+        text.append(" DEGRADED: no QKD key in this epoch;\n re-mixed when keys return\n",
+                    style="yellow")
+    text.append(f" mode  {status.mode.upper() if status.mode == 'otp' else status.mode}\n")
+    if status.algorithms:
+        text.append("\nAlgorithms\n", style="bold")
+        for alg in status.algorithms:
+            text.append(f" {alg}\n", style="grey70")
+    return text
+
+
+class KeyPanel(Static):
+    def show(self, status: KeyStatus) -> None:
+        self.status = status
+        self.update(render_key_status(status))
+        self.set_class(status.link_alarm is not None, "alarm")
+        self.set_class(status.degraded, "degraded")
