@@ -1,0 +1,43 @@
+"""Key Management Entity: the QKD key pool, the ETSI GS QKD 014 server, the SAE client, the PKI.
+
+- :mod:`.pool`   durable once-only key store (SQLite WAL)
+- :mod:`.node`   one KME and the binding protocol with its peer KME
+- :mod:`.server` ETSI 014 REST API over HTTPS with mutual TLS (aiohttp)
+- :mod:`.client` SAE client (httpx): ``SaeClient`` / ``AsyncSaeClient``
+- :mod:`.pki`    CA, KME and SAE certificates
+- :mod:`.link`   feeds the pools from the QKD link emulator (:mod:`keysource.qkd`)
+- :mod:`.cli`    ``qsecret kme pair | serve | status | pki``
+"""
+
+from .client import (
+    AsyncSaeClient,
+    KeyStatus,
+    KmeBadRequest,
+    KmeConnectionError,
+    KmeError,
+    KmeProtocolError,
+    KmeUnauthorized,
+    KmeUnavailable,
+    QkdKey,
+    SaeClient,
+)
+from .pki import Pki, PkiError
+from .pool import KeyPool, PoolExhausted, PoolKey
+
+__all__ = [
+    "AsyncSaeClient",
+    "KeyPool",
+    "KeyStatus",
+    "KmeBadRequest",
+    "KmeConnectionError",
+    "KmeError",
+    "KmeProtocolError",
+    "KmeUnauthorized",
+    "KmeUnavailable",
+    "Pki",
+    "PkiError",
+    "PoolExhausted",
+    "PoolKey",
+    "QkdKey",
+    "SaeClient",
+]

@@ -1,0 +1,168 @@
+"""Feeds KME pools from the QKD link emulator (:mod:`keysource.qkd`) and watches the link.
+
+``keysource.qkd`` is imported only when a link is started, so the KME (pool, ETSI server,
+client) also works with keys coming from elsewhere (``qsecret kme pair --link none``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .node import KmeNode
+
+KeyBatch = Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class _Sample:
+    at: float
+    keys: int
+    qber: float | None
+    aborted: bool
+
+
+class LinkMonitor:
+    """Running link figures for the status line and ``/kme/v1/stats`` (no key material)."""
+
+    def __init__(self, window_s: float = 30.0) -> None:
+        self.window_s = window_s
+        self.started = time.monotonic()
+        self.blocks = 0
+        self.aborted = 0
+        self.keys = 0
+        self.secret_bits = 0
+        self.sifted_bits = 0
+        self.auth_bits_used = 0
+        self.last_qber: float | None = None
+        self.last_abort_reason: str | None = None
+        self.connected = False
+        self.last_error: str | None = None
+        self._recent: deque[_Sample] = deque()
+
+    def on_report(self, report: Any) -> None:
+        """Record one BlockReport (see keysource.qkd)."""
+        now = time.monotonic()
+        self.blocks += 1
+        aborted = bool(getattr(report, "aborted", False))
+        qber = getattr(report, "qber", None)
+        qber = float(qber) if qber is not None else None
+        keys = int(getattr(report, "keys", 0) or 0)
+        if aborted:
+            self.aborted += 1
+            self.last_abort_reason = str(getattr(report, "reason", "") or "aborted")
+        else:
+            self.keys += keys
+            self.secret_bits += int(getattr(report, "secret_bits", 0) or 0)
+        self.sifted_bits += int(getattr(report, "sifted_bits", 0) or 0)
+        self.auth_bits_used += int(getattr(report, "auth_bits_used", 0) or 0)
+        if qber is not None:
+            self.last_qber = qber
+        self._recent.append(_Sample(now, 0 if aborted else keys, qber, aborted))
+        while self._recent and now - self._recent[0].at > self.window_s:
+            self._recent.popleft()
+
+    def key_rate(self) -> float:
+        """Keys (256-bit) per second over the recent window."""
+        now = time.monotonic()
+        span = min(self.window_s, now - self.started)
+        if span <= 0:
+            return 0.0
+        return sum(s.keys for s in self._recent if now - s.at <= self.window_s) / span
+
+    def snapshot(self) -> dict[str, Any]:
+        recent_qbers = [s.qber for s in self._recent if s.qber is not None]
+        return {
+            "connected": self.connected,
+            "blocks": self.blocks,
+            "aborted_blocks": self.aborted,
+            "keys": self.keys,
+            "key_rate_per_s": round(self.key_rate(), 3),
+            "secret_bits": self.secret_bits,
+            "sifted_bits": self.sifted_bits,
+            "auth_bits_used": self.auth_bits_used,
+            "last_qber": self.last_qber,
+            "mean_qber_recent": (sum(recent_qbers) / len(recent_qbers)) if recent_qbers else None,
+            "last_abort_reason": self.last_abort_reason,
+            "last_error": self.last_error,
+        }
+
+
+def _adder(node: KmeNode) -> Callable[[KeyBatch], Awaitable[int]]:
+    async def on_keys(batch: KeyBatch) -> int:
+        return await node.add_keys(list(batch))
+
+    return on_keys
+
+
+def link_params(**overrides: Any) -> Any:
+    """Build ``keysource.qkd.LinkParams`` from the CLI's options (None = emulator default)."""
+    from keysource.qkd import LinkParams
+
+    return LinkParams(**{k: v for k, v in overrides.items() if v is not None})
+
+
+async def run_pair_link(
+    node_a: KmeNode,
+    node_b: KmeNode,
+    params: Any,
+    monitor: LinkMonitor,
+    stop: asyncio.Event,
+) -> None:
+    """Both link ends in this process; keys go into both pools, back-pressure from the fuller."""
+    from keysource import qkd
+
+    monitor.connected = True
+    await qkd.run_pair_link(
+        params,
+        on_keys_a=_adder(node_a),
+        on_keys_b=_adder(node_b),
+        on_report=monitor.on_report,
+        stop=stop,
+        room=lambda: min(node_a.room(), node_b.room()),
+    )
+
+
+async def run_link_endpoint(
+    node: KmeNode,
+    *,
+    role: str,
+    host: str,
+    port: int,
+    params: Any,
+    psk: bytes,
+    monitor: LinkMonitor,
+    stop: asyncio.Event,
+    retry_s: float = 1.0,
+) -> None:
+    """One link end over TCP (alice connects, bob listens); reconnects until ``stop``."""
+    from keysource import qkd
+
+    while not stop.is_set():
+        try:
+            monitor.connected = True
+            await qkd.run_link_endpoint(
+                role,
+                host=host,
+                port=port,
+                params=params,
+                psk=psk,
+                on_keys=_adder(node),
+                on_report=monitor.on_report,
+                stop=stop,
+                room=node.room,
+            )
+        except (OSError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            monitor.last_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            monitor.connected = False
+        if stop.is_set():
+            break
+        try:
+            await asyncio.wait_for(stop.wait(), retry_s)
+        except TimeoutError:
+            pass

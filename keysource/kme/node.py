@@ -1,0 +1,347 @@
+"""One KME: its pool, its ETSI operations, and how it agrees with its peer KME on who gets what.
+
+How the two KMEs of a link agree (the *binding* protocol)
+---------------------------------------------------------
+Both pools receive the same keys from the link. The link's ``alice`` end is the
+**allocator**: it alone turns free keys into bindings ("these key_IDs belong to master SAE
+M and slave SAE S, and M fetches them at KME X"). The ``bob`` end is the **follower**: it
+applies the allocator's bindings to its own pool. Because only one side ever allocates,
+the two pools can never promise the same key to two pairs, whichever side the master is on.
+
+enc_keys from master M for slave S at the allocator:
+  1. bind N free keys to (M, S, master at allocator) - one transaction;
+  2. push the binding to the follower (``POST /kme/v1/bindings`` over mutual TLS, or a direct
+     call in pair mode); the follower applies it in one transaction and says so;
+  3. mark it acknowledged, then hand the keys to M and delete them - one transaction.
+enc_keys at the follower:
+  1. ask the allocator to bind N keys to (M, S, master at follower) (``POST /kme/v1/allocate``);
+  2. apply that binding locally, hand the keys to M and delete them.
+dec_keys from slave S with master M (at either KME): hand out exactly the named keys if each
+is bound to (M, S) with S on this side, and delete them; anything else is refused.
+
+Crashes: every step is a durable transaction and every message is idempotent (bindings are
+named by a UUID), so after a crash the allocator simply pushes unacknowledged bindings again
+(a background loop does so every second). Keys bound for (M, S) whose enc_keys call failed
+midway are not lost: they are handed to M on its next enc_keys for S with the same size.
+The master's keys are only released after the peer holds the binding, so the slave can
+always fetch what the master got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from . import etsi
+from .pool import (
+    Binding,
+    BindingConflict,
+    KeyLookupError,
+    KeyPool,
+    PoolExhausted,
+    PoolKey,
+    parts_for_size,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class PeerUnavailable(Exception):
+    """The peer KME could not be reached or answered with an error."""
+
+
+class PeerChannel(Protocol):
+    """How a KME reaches its peer: in-process (pair mode) or HTTPS with mutual TLS."""
+
+    async def push_binding(self, binding: Binding) -> list[str]:
+        """Ask the follower to apply ``binding``; return pool key_IDs it does not hold yet."""
+        ...
+
+    async def allocate(
+        self, *, binding_id: str, master: str, slave: str, sizes: Sequence[int]
+    ) -> Binding:
+        """Ask the allocator to bind keys for a master on the follower's side."""
+        ...
+
+
+class LocalPeer:
+    """Pair mode: both KMEs live in one process, so the peer is called directly."""
+
+    def __init__(self, node: KmeNode) -> None:
+        self.node = node
+
+    async def push_binding(self, binding: Binding) -> list[str]:
+        try:
+            return await self.node.handle_push(binding)
+        except BindingConflict as exc:
+            raise PeerUnavailable(str(exc)) from None
+
+    async def allocate(
+        self, *, binding_id: str, master: str, slave: str, sizes: Sequence[int]
+    ) -> Binding:
+        return await self.node.handle_allocate(
+            binding_id=binding_id, master=master, slave=slave, sizes=sizes
+        )
+
+
+class KmeNode:
+    """ETSI 014 operations over one pool, coordinated with the peer KME (see module doc)."""
+
+    def __init__(
+        self,
+        *,
+        kme_id: str,
+        peer_kme_id: str,
+        pool: KeyPool,
+        allocator: bool,
+        limits: etsi.Limits | None = None,
+        peer: PeerChannel | None = None,
+        arrival_wait_s: float = 3.0,
+    ) -> None:
+        self.kme_id = kme_id
+        self.peer_kme_id = peer_kme_id
+        self.pool = pool
+        self.allocator = allocator
+        self.limits = limits or etsi.Limits()
+        self.peer = peer
+        self.arrival_wait_s = arrival_wait_s
+        # All pool access runs on one worker thread: SQLite calls (with fsync) never block
+        # the event loop, and the single connection is never used from two threads.
+        self._db_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"pool-{kme_id}"
+        )
+        self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._room = pool.room()
+        self.on_keys_added: list[Callable[[int], None]] = []
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            self._db_thread, functools.partial(fn, *args, **kwargs)
+        )
+        return result
+
+    def close(self) -> None:
+        self._db_thread.shutdown(wait=True)
+        self.pool.close()
+
+    # -- the link side ------------------------------------------------------------------
+
+    def room(self) -> int:
+        """How many more keys the pool takes (cached; refreshed after every change)."""
+        return self._room
+
+    async def add_keys(self, batch: Sequence[tuple[str, bytes]]) -> int:
+        added = await self._db(self.pool.add_keys, batch)
+        await self._refresh_room()
+        for callback in self.on_keys_added:
+            callback(added)
+        return added
+
+    async def _refresh_room(self) -> None:
+        self._room = await self._db(self.pool.room)
+
+    # -- ETSI operations ----------------------------------------------------------------
+
+    async def status(self, master: str, slave: str) -> dict[str, Any]:
+        stats = await self._db(self.pool.stats)
+        ready = await self._db(self.pool.ready_count, master, slave, self.limits.key_size)
+        return etsi.status_body(
+            source_kme=self.kme_id,
+            target_kme=self.peer_kme_id,
+            master=master,
+            slave=slave,
+            stored_key_count=stats.free // parts_for_size(self.limits.key_size) + ready,
+            max_key_count=stats.max_key_count // parts_for_size(self.limits.key_size),
+            limits=self.limits,
+        )
+
+    def _lock(self, master: str, slave: str) -> asyncio.Lock:
+        return self._pair_locks.setdefault((master, slave), asyncio.Lock())
+
+    async def enc_keys(
+        self, master: str, slave: str, request: etsi.EncKeysRequest
+    ) -> list[PoolKey]:
+        """Keys for master SAE ``master`` to share with ``slave`` (who fetches them at the peer)."""
+        if master == slave:
+            raise etsi.BadRequest("slave_SAE_ID must differ from the caller's SAE_ID")
+        if self.peer is None:
+            raise etsi.Unavailable("this KME is not connected to a peer KME")
+        number, size = request.number, request.size
+        async with self._lock(master, slave):
+            ready = await self._db(self.pool.ready_count, master, slave, size)
+            if ready < number:
+                if self.allocator:
+                    await self._bind_here(master, slave, size, number - ready)
+                else:
+                    await self._bind_at_allocator(master, slave, size, number - ready)
+            try:
+                keys = await self._db(self.pool.take_bound_for_master, master, slave, size, number)
+            except PoolExhausted as exc:  # pragma: no cover - guarded by the steps above
+                raise etsi.Unavailable(
+                    "keys could not be reserved", [{"reason": str(exc)}]
+                ) from None
+        await self._refresh_room()
+        log.info("enc_keys: %d key(s) of %d bits for %s -> %s", number, size, master, slave)
+        return keys
+
+    async def _bind_here(self, master: str, slave: str, size: int, count: int) -> None:
+        assert self.peer is not None
+        try:
+            binding = await self._db(
+                self.pool.bind,
+                binding_id=str(uuid.uuid4()),
+                master_SAE_ID=master,
+                slave_SAE_ID=slave,
+                master_kme=self.kme_id,
+                local_kme=self.kme_id,
+                sizes=[size] * count,
+            )
+        except PoolExhausted as exc:
+            raise _not_enough(exc, size) from None
+        deadline = time.monotonic() + self.arrival_wait_s
+        while True:
+            try:
+                missing = await self.peer.push_binding(binding)
+            except PeerUnavailable as exc:
+                raise etsi.Unavailable(
+                    "the peer KME is unreachable; the reserved keys are kept for your next request",
+                    [{"peer_KME_ID": self.peer_kme_id, "reason": str(exc)}],
+                ) from None
+            if not missing:
+                await self._db(self.pool.mark_acked, binding.binding_id)
+                return
+            if time.monotonic() > deadline:
+                raise etsi.Unavailable(
+                    "the peer KME has not received these keys from the link yet",
+                    [{"peer_KME_ID": self.peer_kme_id, "missing": len(missing)}],
+                )
+            await asyncio.sleep(0.05)
+
+    async def _bind_at_allocator(self, master: str, slave: str, size: int, count: int) -> None:
+        assert self.peer is not None
+        try:
+            binding = await self.peer.allocate(
+                binding_id=str(uuid.uuid4()), master=master, slave=slave, sizes=[size] * count
+            )
+        except PoolExhausted as exc:
+            raise _not_enough(exc, size) from None
+        except PeerUnavailable as exc:
+            raise etsi.Unavailable(
+                "the peer KME is unreachable",
+                [{"peer_KME_ID": self.peer_kme_id, "reason": str(exc)}],
+            ) from None
+        deadline = time.monotonic() + self.arrival_wait_s
+        while await self.handle_push(binding):
+            if time.monotonic() > deadline:
+                raise etsi.Unavailable(
+                    "this KME has not received the allocated keys from the link yet; retry"
+                )
+            await asyncio.sleep(0.05)
+
+    async def dec_keys(self, master: str, slave: str, key_ids: Sequence[str]) -> list[PoolKey]:
+        """The keys ``master`` obtained for slave SAE ``slave``, handed to ``slave`` once."""
+        try:
+            keys = await self._db(self.pool.take_for_slave, master, slave, key_ids)
+        except KeyLookupError as exc:
+            details: list[dict[str, Any]] = []
+            if exc.unknown:
+                details.append({"unknown_key_IDs": list(exc.unknown)})
+            if exc.foreign:
+                details.append({"key_IDs_of_other_SAEs": list(exc.foreign)})
+            if exc.foreign and not exc.unknown:
+                raise etsi.Unauthorized(
+                    "key_ID not addressed to this SAE for this master_SAE_ID", details
+                ) from None
+            raise etsi.BadRequest(
+                "key_ID unknown or already delivered (nothing was delivered)", details
+            ) from None
+        await self._refresh_room()
+        log.info("dec_keys: %d key(s) for %s from %s", len(keys), slave, master)
+        return keys
+
+    # -- peer-facing ----------------------------------------------------------------------
+
+    async def handle_push(self, binding: Binding) -> list[str]:
+        """Follower: apply a binding from the allocator; return pool keys not here yet."""
+        if self.allocator:
+            raise BindingConflict("this KME is the allocator; it does not accept bindings")
+        missing = await self._db(self.pool.apply_binding, binding, local_kme=self.kme_id)
+        await self._refresh_room()
+        return missing
+
+    async def handle_allocate(
+        self, *, binding_id: str, master: str, slave: str, sizes: Sequence[int]
+    ) -> Binding:
+        """Allocator: bind keys for a master SAE that fetches at the follower."""
+        if not self.allocator:
+            raise BindingConflict("this KME is not the allocator")
+        binding = await self._db(
+            self.pool.bind,
+            binding_id=binding_id,
+            master_SAE_ID=master,
+            slave_SAE_ID=slave,
+            master_kme=self.peer_kme_id,
+            local_kme=self.kme_id,
+            sizes=sizes,
+        )
+        await self._refresh_room()
+        return binding
+
+    async def push_pending(self) -> int:
+        """Allocator: push every unacknowledged binding once; return how many were confirmed."""
+        if not self.allocator or self.peer is None:
+            return 0
+        confirmed = 0
+        for binding in await self._db(self.pool.unacked_bindings):
+            try:
+                missing = await self.peer.push_binding(binding)
+            except PeerUnavailable as exc:
+                log.warning("peer KME unreachable while syncing bindings: %s", exc)
+                break
+            if not missing:
+                await self._db(self.pool.mark_acked, binding.binding_id)
+                confirmed += 1
+        return confirmed
+
+    async def run_sync(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
+        """Background loop of the allocator: resend bindings left unconfirmed by a failure."""
+        while not stop.is_set():
+            try:
+                await self.push_pending()
+            except Exception:  # keep syncing; a bad row must not stop the loop
+                log.exception("binding sync failed")
+            try:
+                await asyncio.wait_for(stop.wait(), interval_s)
+            except TimeoutError:
+                pass
+
+    async def pool_stats(self) -> dict[str, Any]:
+        stats = await self._db(self.pool.stats)
+        return {
+            "KME_ID": self.kme_id,
+            "peer_KME_ID": self.peer_kme_id,
+            "role": "allocator" if self.allocator else "follower",
+            "stored": stats.stored,
+            "free": stats.free,
+            "bound_master": stats.bound_master,
+            "bound_slave": stats.bound_slave,
+            "delivered": stats.delivered,
+            "max_key_count": stats.max_key_count,
+        }
+
+
+def _not_enough(exc: PoolExhausted, size: int) -> etsi.Unavailable:
+    per_key = parts_for_size(size)
+    return etsi.Unavailable(
+        "not enough keys in the pool; wait for the QKD link to deliver more",
+        [{"requested_keys": exc.needed // per_key, "available_keys": exc.available // per_key,
+          "size": size}],
+    )

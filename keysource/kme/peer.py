@@ -1,0 +1,73 @@
+"""The KME-to-KME channel over HTTPS with mutual TLS (two-process mode).
+
+Each KME presents its own certificate (OU=KME) to the other's server; the server accepts
+the binding routes only from the configured peer KME_ID (see :mod:`keysource.kme.server`).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+
+import httpx
+
+from .node import PeerUnavailable
+from .pool import Binding, PoolExhausted
+
+
+class HttpPeer:
+    """:class:`keysource.kme.node.PeerChannel` over ``POST /kme/v1/...`` on the peer KME."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        own_kme_id: str,
+        timeout_s: float = 10.0,
+    ) -> None:
+        headers = {}
+        if ssl_context is None:  # plain loopback mode: identity by header
+            headers["X-KME-ID"] = own_kme_id
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            verify=ssl_context if ssl_context is not None else False,
+            timeout=timeout_s,
+            headers=headers,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _post(self, path: str, body: dict[str, object]) -> httpx.Response:
+        try:
+            return await self._client.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise PeerUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    async def push_binding(self, binding: Binding) -> list[str]:
+        resp = await self._post("/kme/v1/bindings", binding.to_json())
+        if resp.status_code != 200:
+            raise PeerUnavailable(f"peer refused binding: {resp.status_code} {resp.text[:200]}")
+        missing = resp.json().get("missing")
+        if not isinstance(missing, list):
+            raise PeerUnavailable("peer answered without a 'missing' list")
+        return [str(m) for m in missing]
+
+    async def allocate(
+        self, *, binding_id: str, master: str, slave: str, sizes: Sequence[int]
+    ) -> Binding:
+        resp = await self._post(
+            "/kme/v1/allocate",
+            {"binding_id": binding_id, "master_SAE_ID": master, "slave_SAE_ID": slave,
+             "sizes": list(sizes)},
+        )
+        if resp.status_code == 503:
+            body = resp.json()
+            raise PoolExhausted(int(body.get("needed", 0)), int(body.get("available", 0)))
+        if resp.status_code != 200:
+            raise PeerUnavailable(f"peer refused allocation: {resp.status_code} {resp.text[:200]}")
+        try:
+            return Binding.from_json(resp.json())
+        except ValueError as exc:
+            raise PeerUnavailable(f"peer sent a malformed binding: {exc}") from None

@@ -1,0 +1,573 @@
+"""The KME key pool: QKD keys in SQLite, each handed to its SAE once, surviving any crash.
+
+One row per 256-bit pool key (``key_ID`` UUID, 32 bytes), identical at both ends of a
+link. A key moves through three states:
+
+``free``   arrived from the link, not yet promised to anybody;
+``bound``  promised to one (master SAE, slave SAE) pair by a *binding* (see below),
+           with the local SAE acting as ``master`` (it fetches with enc_keys here) or
+           ``slave`` (it fetches with dec_keys here);
+gone       handed out: deleted in the very transaction that reads it, and its key_ID
+           written to the ``delivered`` journal (IDs only, never key material) so a
+           replayed link batch can never bring it back.
+
+Every state change is one SQLite transaction (``BEGIN IMMEDIATE``, WAL, ``synchronous=FULL``),
+so a crash or ``kill -9`` at any instant leaves each key in exactly one state: no
+undelivered key is lost, none is handed out twice, not even after power loss.
+
+A *binding* is the unit the two KMEs agree on: a list of delivered keys (each made of one or
+more pool keys, see :mod:`keysource.kme.etsi` for sizes), the SAE pair and the KME at which
+the master fetches them. Only one KME of a link (the allocator) creates bindings; the other
+applies them. :mod:`keysource.kme.node` explains the exchange.
+
+The pool is synchronous and process-safe: several processes may share one file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+POOL_KEY_BYTES = 32
+POOL_KEY_BITS = POOL_KEY_BYTES * 8
+DEFAULT_MAX_KEY_COUNT = 100_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,   -- arrival order: oldest keys go first
+    key_id     TEXT NOT NULL UNIQUE,
+    material   BLOB NOT NULL,
+    arrived    REAL NOT NULL,
+    bound_to   TEXT,        -- key_ID of the delivered key this part belongs to (NULL = free)
+    part       INTEGER,     -- position of this pool key inside that delivered key
+    size_bits  INTEGER,     -- size of that delivered key
+    master_sae TEXT,
+    slave_sae  TEXT,
+    role       TEXT CHECK (role IN ('master', 'slave')),
+    binding_id TEXT
+);
+CREATE INDEX IF NOT EXISTS keys_bound ON keys(bound_to);
+CREATE INDEX IF NOT EXISTS keys_pair ON keys(master_sae, slave_sae, role, size_bits);
+CREATE INDEX IF NOT EXISTS keys_binding ON keys(binding_id);
+CREATE TABLE IF NOT EXISTS bindings (
+    binding_id TEXT PRIMARY KEY,
+    body       TEXT NOT NULL,              -- Binding.to_json()
+    acked      INTEGER NOT NULL DEFAULT 0, -- the peer KME holds it too
+    created    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS delivered (
+    key_id   TEXT PRIMARY KEY,   -- pool key_ID that left this KME (never key material)
+    bound_to TEXT,
+    sae      TEXT NOT NULL,
+    at       REAL NOT NULL
+);
+"""
+
+
+class PoolError(Exception):
+    """Base class for key pool failures."""
+
+
+class PoolExhausted(PoolError):
+    """Not enough free keys for the request; nothing was taken."""
+
+    def __init__(self, needed: int, available: int) -> None:
+        super().__init__(f"need {needed} pool keys, {available} available")
+        self.needed = needed
+        self.available = available
+
+
+class BadBatch(PoolError):
+    """A batch from the link is malformed (bad UUID, wrong key length, conflicting copy)."""
+
+
+class BindingConflict(PoolError):
+    """A binding names a key already bound elsewhere: the two pools disagree."""
+
+
+class KeyLookupError(PoolError):
+    """dec_keys named keys that cannot be given to this caller; nothing was taken.
+
+    ``unknown`` are key_IDs this KME does not hold for anybody (never issued, already
+    delivered, or a typo); ``foreign`` are key_IDs bound to a different SAE pair.
+    """
+
+    def __init__(self, unknown: Sequence[str], foreign: Sequence[str]) -> None:
+        parts = []
+        if unknown:
+            parts.append(f"unknown key_IDs: {', '.join(unknown)}")
+        if foreign:
+            parts.append(f"key_IDs reserved for another SAE pair: {', '.join(foreign)}")
+        super().__init__("; ".join(parts))
+        self.unknown = tuple(unknown)
+        self.foreign = tuple(foreign)
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    """One key handed out: its key_ID and its bytes (not shown by repr)."""
+
+    key_ID: str
+    key: bytes
+
+    def __repr__(self) -> str:
+        return f"PoolKey(key_ID={self.key_ID!r}, {len(self.key) * 8} bits)"
+
+
+@dataclass(frozen=True)
+class BoundKey:
+    """A key promised to an SAE pair: ``size_bits`` made from ``parts`` (pool key_IDs)."""
+
+    key_ID: str
+    size_bits: int
+    parts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Keys promised to (master, slave), fetched by the master at ``master_kme``."""
+
+    binding_id: str
+    master_SAE_ID: str
+    slave_SAE_ID: str
+    master_kme: str
+    keys: tuple[BoundKey, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "binding_id": self.binding_id,
+            "master_SAE_ID": self.master_SAE_ID,
+            "slave_SAE_ID": self.slave_SAE_ID,
+            "master_kme": self.master_kme,
+            "keys": [
+                {"key_ID": k.key_ID, "size": k.size_bits, "parts": list(k.parts)}
+                for k in self.keys
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Binding:
+        """Parse a binding received from the peer KME; raise ValueError when malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("binding must be a JSON object")
+        try:
+            keys = tuple(
+                BoundKey(
+                    key_ID=_uuid_text(k["key_ID"]),
+                    size_bits=_positive_int(k["size"]),
+                    parts=tuple(_uuid_text(p) for p in k["parts"]),
+                )
+                for k in data["keys"]
+            )
+            binding = cls(
+                binding_id=_uuid_text(data["binding_id"]),
+                master_SAE_ID=_nonempty_str(data["master_SAE_ID"]),
+                slave_SAE_ID=_nonempty_str(data["slave_SAE_ID"]),
+                master_kme=_nonempty_str(data["master_kme"]),
+                keys=keys,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed binding: {exc!r}") from None
+        for key in keys:
+            if not key.parts or key.parts[0] != key.key_ID:
+                raise ValueError("a bound key's key_ID must be its first part")
+            if len(key.parts) != parts_for_size(key.size_bits):
+                raise ValueError("a bound key's parts do not match its size")
+        return binding
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    stored: int  # rows in the pool (free + bound)
+    free: int
+    bound_master: int  # bound pool keys our SAEs fetch with enc_keys
+    bound_slave: int  # bound pool keys our SAEs fetch with dec_keys
+    delivered: int  # pool keys handed out so far (journal size)
+    max_key_count: int
+
+
+def parts_for_size(size_bits: int) -> int:
+    """Pool keys needed for one delivered key of ``size_bits`` (concatenate, then truncate)."""
+    return max(1, -(-size_bits // POOL_KEY_BITS))
+
+
+def assemble(parts: Sequence[bytes], size_bits: int) -> bytes:
+    """Concatenate pool keys and keep the first ``size_bits`` bits (a multiple of 8)."""
+    return b"".join(parts)[: size_bits // 8]
+
+
+def _uuid_text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("key_ID must be a string")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise TypeError(f"not a UUID: {value[:64]!r}") from None
+
+
+def _positive_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise TypeError("expected a positive integer")
+    return value
+
+
+def _nonempty_str(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError("expected a non-empty string")
+    return value
+
+
+class KeyPool:
+    """A durable, once-only QKD key store (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_key_count: int = DEFAULT_MAX_KEY_COUNT,
+        busy_timeout_s: float = 30.0,
+    ) -> None:
+        if max_key_count <= 0:
+            raise ValueError("max_key_count must be positive")
+        self.path = Path(path)
+        self.max_key_count = max_key_count
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists()
+        self._db = sqlite3.connect(
+            str(self.path),
+            timeout=busy_timeout_s,
+            isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+            check_same_thread=False,  # callers serialise access (one thread or a lock)
+        )
+        if fresh:
+            self.path.chmod(0o600)  # raw key material lives here
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit that handed keys out survives power loss, so a key can never
+        # come back after a crash and be served a second time.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        with self._write():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> KeyPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    class _Txn:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type: object, *rest: object) -> None:
+            if exc_type is None:
+                self.db.execute("COMMIT")
+            else:
+                self.db.execute("ROLLBACK")
+
+    def _write(self) -> KeyPool._Txn:
+        """One write transaction; the write lock is taken up front so readers never upgrade."""
+        return KeyPool._Txn(self._db)
+
+    # -- arrivals from the link ---------------------------------------------------------
+
+    def room(self) -> int:
+        """How many more pool keys fit under ``max_key_count`` (the link's back-pressure)."""
+        (count,) = self._db.execute("SELECT COUNT(*) FROM keys").fetchone()
+        return max(0, self.max_key_count - count)
+
+    def add_keys(self, batch: Iterable[tuple[str, bytes]]) -> int:
+        """Store a link batch atomically; return how many keys were new.
+
+        Idempotent: a key_ID already held with the same bytes is skipped, and one that was
+        already delivered is never stored again. The whole batch is accepted even if it
+        overshoots ``max_key_count`` slightly, so both ends keep identical pools (the link
+        stops producing when :meth:`room` is 0).
+        """
+        rows = []
+        for key_id, material in batch:
+            try:
+                key_id = _uuid_text(key_id)
+            except TypeError as exc:
+                raise BadBatch(str(exc)) from None
+            if not isinstance(material, bytes | bytearray) or len(material) != POOL_KEY_BYTES:
+                raise BadBatch(f"key {key_id} is not {POOL_KEY_BYTES} bytes")
+            rows.append((key_id, bytes(material)))
+        now = time.time()
+        added = 0
+        with self._write() as db:
+            for key_id, material in rows:
+                held = db.execute(
+                    "SELECT material FROM keys WHERE key_id = ?", (key_id,)
+                ).fetchone()
+                if held is not None:
+                    if held[0] != material:
+                        raise BadBatch(f"key {key_id} already held with different bytes")
+                    continue
+                if db.execute("SELECT 1 FROM delivered WHERE key_id = ?", (key_id,)).fetchone():
+                    continue  # replayed after delivery: never serve it again
+                db.execute(
+                    "INSERT INTO keys (key_id, material, arrived) VALUES (?, ?, ?)",
+                    (key_id, material, now),
+                )
+                added += 1
+        return added
+
+    # -- the simplest consumer: take free keys ------------------------------------------
+
+    def take_free(self, number: int, *, sae: str) -> list[PoolKey]:
+        """Hand out ``number`` free keys (oldest first) to ``sae``, all or nothing.
+
+        Used where one pool serves one consumer directly (tools, tests); the ETSI server
+        uses bindings instead so the peer KME knows which SAE pair got which key.
+        """
+        if number <= 0:
+            raise ValueError("number must be positive")
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT key_id, material FROM keys WHERE bound_to IS NULL ORDER BY seq LIMIT ?",
+                (number,),
+            ).fetchall()
+            if len(rows) < number:
+                raise PoolExhausted(number, len(rows))
+            self._deliver(db, [(r[0], r[0]) for r in rows], sae)
+        return [PoolKey(r[0], r[1]) for r in rows]
+
+    # -- bindings -------------------------------------------------------------------------
+
+    def bind(
+        self,
+        *,
+        binding_id: str,
+        master_SAE_ID: str,
+        slave_SAE_ID: str,
+        master_kme: str,
+        local_kme: str,
+        sizes: Sequence[int],
+    ) -> Binding:
+        """Allocator side: promise free keys (oldest first) to an SAE pair, all or nothing.
+
+        Idempotent on ``binding_id`` (a retried allocate request gets the same keys back).
+        """
+        binding_id = _uuid_text(binding_id)
+        with self._write() as db:
+            existing = db.execute(
+                "SELECT body FROM bindings WHERE binding_id = ?", (binding_id,)
+            ).fetchone()
+            if existing is not None:
+                return Binding.from_json(json.loads(existing[0]))
+            needed = sum(parts_for_size(s) for s in sizes)
+            rows = db.execute(
+                "SELECT key_id FROM keys WHERE bound_to IS NULL ORDER BY seq LIMIT ?", (needed,)
+            ).fetchall()
+            if len(rows) < needed:
+                raise PoolExhausted(needed, len(rows))
+            ids = [r[0] for r in rows]
+            keys = []
+            for size in sizes:
+                count = parts_for_size(size)
+                parts, ids = tuple(ids[:count]), ids[count:]
+                keys.append(BoundKey(key_ID=parts[0], size_bits=size, parts=parts))
+            binding = Binding(binding_id, master_SAE_ID, slave_SAE_ID, master_kme, tuple(keys))
+            self._store_binding(db, binding, local_kme=local_kme, acked=False)
+        return binding
+
+    def apply_binding(self, binding: Binding, *, local_kme: str) -> list[str]:
+        """Follower side: record a binding made by the allocator, all or nothing.
+
+        Returns the pool key_IDs that have not arrived here yet (then nothing is applied;
+        the allocator retries). Applying the same binding twice is a no-op. Raises
+        :class:`BindingConflict` when a key is bound differently or already delivered.
+        """
+        with self._write() as db:
+            if db.execute(
+                "SELECT 1 FROM bindings WHERE binding_id = ?", (binding.binding_id,)
+            ).fetchone():
+                return []
+            missing = []
+            for key in binding.keys:
+                for part in key.parts:
+                    row = db.execute(
+                        "SELECT bound_to FROM keys WHERE key_id = ?", (part,)
+                    ).fetchone()
+                    if row is None:
+                        if db.execute(
+                            "SELECT 1 FROM delivered WHERE key_id = ?", (part,)
+                        ).fetchone():
+                            raise BindingConflict(f"pool key {part} was already delivered here")
+                        missing.append(part)
+                    elif row[0] is not None:
+                        raise BindingConflict(f"pool key {part} is already bound to {row[0]}")
+            if missing:
+                return missing
+            self._store_binding(db, binding, local_kme=local_kme, acked=True)
+        return []
+
+    def _store_binding(
+        self, db: sqlite3.Connection, binding: Binding, *, local_kme: str, acked: bool
+    ) -> None:
+        role = "master" if binding.master_kme == local_kme else "slave"
+        for key in binding.keys:
+            for index, part in enumerate(key.parts):
+                db.execute(
+                    "UPDATE keys SET bound_to = ?, part = ?, size_bits = ?, master_sae = ?,"
+                    " slave_sae = ?, role = ?, binding_id = ? WHERE key_id = ?",
+                    (
+                        key.key_ID,
+                        index,
+                        key.size_bits,
+                        binding.master_SAE_ID,
+                        binding.slave_SAE_ID,
+                        role,
+                        binding.binding_id,
+                        part,
+                    ),
+                )
+        db.execute(
+            "INSERT INTO bindings (binding_id, body, acked, created) VALUES (?, ?, ?, ?)",
+            (binding.binding_id, json.dumps(binding.to_json()), int(acked), time.time()),
+        )
+
+    def unacked_bindings(self) -> list[Binding]:
+        """Allocator side: bindings the peer KME has not confirmed yet, oldest first."""
+        rows = self._db.execute(
+            "SELECT body FROM bindings WHERE acked = 0 ORDER BY created"
+        ).fetchall()
+        return [Binding.from_json(json.loads(r[0])) for r in rows]
+
+    def mark_acked(self, binding_id: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE bindings SET acked = 1 WHERE binding_id = ?", (binding_id,))
+
+    def drop_unshared(self, binding_id: str, missing: Sequence[str]) -> None:
+        """Allocator side: the peer never received ``missing`` (a crash mid-batch on its side).
+
+        Those pool keys can never be shared, so they are deleted here (journalled as
+        delivered to nobody) and the rest of the binding goes back to the free keys. Only
+        for a binding that the peer has not applied and nobody has been given.
+        """
+        with self._write() as db:
+            row = db.execute(
+                "SELECT acked FROM bindings WHERE binding_id = ?", (binding_id,)
+            ).fetchone()
+            if row is None or row[0]:
+                return
+            db.execute(
+                "UPDATE keys SET bound_to = NULL, part = NULL, size_bits = NULL,"
+                " master_sae = NULL, slave_sae = NULL, role = NULL, binding_id = NULL"
+                " WHERE binding_id = ?",
+                (binding_id,),
+            )
+            db.execute("DELETE FROM bindings WHERE binding_id = ?", (binding_id,))
+            self._deliver(db, [(m, None) for m in missing], "(unshared)")
+
+    # -- delivery -------------------------------------------------------------------------
+
+    def ready_count(self, master: str, slave: str, size_bits: int) -> int:
+        """Delivered keys bound to (master, slave) at this master KME, confirmed by the peer."""
+        (count,) = self._db.execute(
+            "SELECT COUNT(*) FROM keys k JOIN bindings b ON b.binding_id = k.binding_id"
+            " WHERE k.master_sae = ? AND k.slave_sae = ? AND k.role = 'master'"
+            " AND k.size_bits = ? AND k.part = 0 AND b.acked = 1",
+            (master, slave, size_bits),
+        ).fetchone()
+        return int(count)
+
+    def take_bound_for_master(
+        self, master: str, slave: str, size_bits: int, number: int
+    ) -> list[PoolKey]:
+        """enc_keys: give ``number`` confirmed keys of (master, slave) to master, all or none."""
+        with self._write() as db:
+            heads = db.execute(
+                "SELECT k.bound_to FROM keys k JOIN bindings b ON b.binding_id = k.binding_id"
+                " WHERE k.master_sae = ? AND k.slave_sae = ? AND k.role = 'master'"
+                " AND k.size_bits = ? AND k.part = 0 AND b.acked = 1 ORDER BY k.seq LIMIT ?",
+                (master, slave, size_bits, number),
+            ).fetchall()
+            if len(heads) < number:
+                raise PoolExhausted(number, len(heads))
+            return self._take_bound(db, [h[0] for h in heads], master)
+
+    def take_for_slave(self, master: str, slave: str, key_ids: Sequence[str]) -> list[PoolKey]:
+        """dec_keys: hand the named keys to the slave, only if all are bound to (master, slave)."""
+        with self._write() as db:
+            unknown, foreign = [], []
+            for key_id in key_ids:
+                row = db.execute(
+                    "SELECT master_sae, slave_sae, role FROM keys"
+                    " WHERE bound_to = ? AND part = 0",
+                    (key_id,),
+                ).fetchone()
+                if row is None:
+                    unknown.append(key_id)
+                elif tuple(row) != (master, slave, "slave"):
+                    foreign.append(key_id)
+            if unknown or foreign:
+                raise KeyLookupError(unknown, foreign)
+            return self._take_bound(db, list(key_ids), slave)
+
+    def _take_bound(self, db: sqlite3.Connection, heads: Sequence[str], sae: str) -> list[PoolKey]:
+        out = []
+        for head in heads:
+            rows = db.execute(
+                "SELECT key_id, material, size_bits FROM keys WHERE bound_to = ? ORDER BY part",
+                (head,),
+            ).fetchall()
+            size = rows[0][2]
+            out.append(PoolKey(head, assemble([r[1] for r in rows], size)))
+            self._deliver(db, [(r[0], head) for r in rows], sae)
+        return out
+
+    def _deliver(
+        self, db: sqlite3.Connection, keys: Sequence[tuple[str, str | None]], sae: str
+    ) -> None:
+        now = time.time()
+        for key_id, head in keys:
+            db.execute("DELETE FROM keys WHERE key_id = ?", (key_id,))
+            db.execute(
+                "INSERT OR IGNORE INTO delivered (key_id, bound_to, sae, at) VALUES (?, ?, ?, ?)",
+                (key_id, head, sae, now),
+            )
+
+    # -- inspection -----------------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        row = self._db.execute(
+            "SELECT COUNT(*),"
+            " COALESCE(SUM(bound_to IS NULL), 0),"
+            " COALESCE(SUM(role = 'master'), 0),"
+            " COALESCE(SUM(role = 'slave'), 0)"
+            " FROM keys"
+        ).fetchone()
+        (delivered,) = self._db.execute("SELECT COUNT(*) FROM delivered").fetchone()
+        return PoolStats(
+            stored=row[0],
+            free=row[1],
+            bound_master=row[2],
+            bound_slave=row[3],
+            delivered=delivered,
+            max_key_count=self.max_key_count,
+        )
+
+    def key_ids(self) -> set[str]:
+        """Every pool key_ID still held (tests and audits; no key material)."""
+        return {r[0] for r in self._db.execute("SELECT key_id FROM keys")}
+
+    def delivered_ids(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT key_id FROM delivered")}

@@ -1,0 +1,326 @@
+"""Running KMEs: a pair in one process, or one KME linked to its peer over TCP.
+
+Directory layout under ``--data DIR``::
+
+    DIR/pki/...                   the PKI (see keysource.kme.pki) and link.psk
+    DIR/<KME_ID>/pool.sqlite      each KME's key pool
+
+Both commands print one ``ready`` line per KME (``ready KME_ID URL``) once listening, then
+a status line every few seconds; tests and scripts can wait for the ``ready`` lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from aiohttp import web
+
+from .etsi import Limits
+from .link import LinkMonitor, link_params, run_link_endpoint, run_pair_link
+from .node import KmeNode, LocalPeer
+from .peer import HttpPeer
+from .pki import Pki
+from .pool import KeyPool
+from .server import start_server
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT_A = 8441
+DEFAULT_PORT_B = 8442
+DEFAULT_LINK_PORT = 7441
+KME_A = "kme-alice"
+KME_B = "kme-bob"
+SAE_A = "sae-alice"
+SAE_B = "sae-bob"
+
+
+@dataclass
+class KmeSettings:
+    data: Path
+    host: str = DEFAULT_HOST
+    plain_http: bool = False
+    max_key_count: int = 100_000
+    hostnames: Sequence[str] = ()
+    link: bool = True
+    link_options: dict[str, Any] = field(default_factory=dict)
+    status_interval_s: float = 2.0
+    limits: Limits = field(default_factory=Limits)
+
+
+def _say(out: TextIO, line: str) -> None:
+    out.write(line + "\n")
+    out.flush()
+
+
+def pool_path(data: Path, kme_id: str) -> Path:
+    return data / kme_id / "pool.sqlite"
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def _make_psk() -> bytes:
+    """The link's initial authentication secret, from the emulator (or 64 random bytes)."""
+    try:
+        from keysource.qkd import make_psk
+    except ImportError:
+        import os
+
+        return os.urandom(64)
+    return make_psk()
+
+
+def curl_example(pki: Pki, url: str, sae: str, slave: str) -> str:
+    paths = pki.sae(sae)
+    return (
+        f"curl --cacert {pki.ca_cert} --cert {paths.cert} --key {paths.key} "
+        f"'{url}/api/v1/keys/{slave}/enc_keys?number=1'"
+    )
+
+
+def _status_line(nodes: Sequence[KmeNode], monitor: LinkMonitor, started: float) -> str:
+    pools = " ".join(
+        f"{n.kme_id} {n.pool.max_key_count - n.room()}/{n.pool.max_key_count}" for n in nodes
+    )
+    snap = monitor.snapshot()
+    qber = snap["last_qber"]
+    qber_text = f"{qber * 100:.2f}%" if qber is not None else "-"
+    link = "up" if snap["connected"] else "down"
+    return (
+        f"[{time.strftime('%H:%M:%S')} +{time.monotonic() - started:.0f}s] pool {pools} | "
+        f"link {link} | {snap['key_rate_per_s']:.1f} keys/s | QBER {qber_text} | "
+        f"blocks {snap['blocks']} aborted {snap['aborted_blocks']}"
+        + (f" ({snap['last_abort_reason']})" if snap["aborted_blocks"] else "")
+    )
+
+
+async def _status_loop(
+    nodes: Sequence[KmeNode],
+    monitor: LinkMonitor,
+    stop: asyncio.Event,
+    interval_s: float,
+    out: TextIO,
+) -> None:
+    started = time.monotonic()
+    if interval_s <= 0:
+        return
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        _say(out, _status_line(nodes, monitor, started))
+
+
+async def _guard(name: str, coro: Any, stop: asyncio.Event, out: TextIO) -> None:
+    """Run a background task; if it dies, say why and stop everything (never fail silently)."""
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        _say(out, f"error: {name} stopped: {type(exc).__name__}: {exc}")
+        stop.set()
+
+
+async def run_pair(
+    settings: KmeSettings,
+    *,
+    port_a: int = DEFAULT_PORT_A,
+    port_b: int = DEFAULT_PORT_B,
+    stop: asyncio.Event | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Two KMEs and the QKD link between them, in this process, until SIGINT/SIGTERM."""
+    stop = stop or asyncio.Event()
+    _install_signal_handlers(stop)
+    pki = Pki(settings.data / "pki")
+    for created in pki.ensure(
+        kme_ids=[KME_A, KME_B], sae_ids=[SAE_A, SAE_B], hostnames=settings.hostnames
+    ):
+        _say(out, f"created {created}")
+    node_a = KmeNode(
+        kme_id=KME_A, peer_kme_id=KME_B, allocator=True, limits=settings.limits,
+        pool=KeyPool(pool_path(settings.data, KME_A), max_key_count=settings.max_key_count),
+    )
+    node_b = KmeNode(
+        kme_id=KME_B, peer_kme_id=KME_A, allocator=False, limits=settings.limits,
+        pool=KeyPool(pool_path(settings.data, KME_B), max_key_count=settings.max_key_count),
+    )
+    node_a.peer, node_b.peer = LocalPeer(node_b), LocalPeer(node_a)
+    monitor = LinkMonitor()
+    runners: list[web.AppRunner] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        urls = []
+        for node, port in ((node_a, port_a), (node_b, port_b)):
+            ctx = None if settings.plain_http else pki.server_context(node.kme_id)
+            runner, bound = await start_server(
+                node, host=settings.host, port=port, ssl_context=ctx,
+                link_stats=monitor.snapshot,
+            )
+            runners.append(runner)
+            scheme = "http" if settings.plain_http else "https"
+            urls.append(f"{scheme}://{_url_host(settings.host)}:{bound}")
+        if settings.plain_http:
+            _say(out, "WARNING: plain HTTP without TLS: SAEs are identified by the X-SAE-ID "
+                      "header, anybody on this machine can fetch keys. Loopback debugging only.")
+        for node, url in zip((node_a, node_b), urls, strict=True):
+            _say(out, f"ready {node.kme_id} {url}")
+        if not settings.plain_http:
+            _say(out, f"fetch a key for {SAE_A} -> {SAE_B}: "
+                      + curl_example(pki, urls[0], SAE_A, SAE_B))
+        tasks.append(asyncio.create_task(node_a.run_sync(stop)))
+        if settings.link:
+            params = link_params(**settings.link_options)
+            tasks.append(asyncio.create_task(
+                _guard("QKD link", run_pair_link(node_a, node_b, params, monitor, stop), stop, out)
+            ))
+        else:
+            _say(out, "no QKD link (--link none): the pools serve only keys put there otherwise")
+        tasks.append(asyncio.create_task(
+            _status_loop([node_a, node_b], monitor, stop, settings.status_interval_s, out)
+        ))
+        await stop.wait()
+    finally:
+        stop.set()
+        await _shutdown(tasks, runners)
+        node_a.close()
+        node_b.close()
+    _say(out, "stopped")
+    return 0
+
+
+async def run_serve(
+    settings: KmeSettings,
+    *,
+    role: str,
+    kme_id: str,
+    peer_kme_id: str,
+    port: int,
+    peer_url: str,
+    link_host: str,
+    link_port: int,
+    stop: asyncio.Event | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """One KME of a two-process link: alice connects the link and allocates keys, bob listens."""
+    if role not in ("alice", "bob"):
+        raise ValueError("role must be alice or bob")
+    stop = stop or asyncio.Event()
+    _install_signal_handlers(stop)
+    pki = Pki(settings.data / "pki")
+    for created in pki.ensure(
+        kme_ids=[kme_id, peer_kme_id], sae_ids=[SAE_A, SAE_B], hostnames=settings.hostnames,
+        psk=_make_psk(),
+    ):
+        _say(out, f"created {created}")
+    node = KmeNode(
+        kme_id=kme_id, peer_kme_id=peer_kme_id, allocator=(role == "alice"),
+        limits=settings.limits,
+        pool=KeyPool(pool_path(settings.data, kme_id), max_key_count=settings.max_key_count),
+    )
+    peer_ctx = None if settings.plain_http else pki.client_context(pki.kme(kme_id))
+    peer = HttpPeer(peer_url, ssl_context=peer_ctx, own_kme_id=kme_id)
+    node.peer = peer
+    monitor = LinkMonitor()
+    runners: list[web.AppRunner] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        ctx = None if settings.plain_http else pki.server_context(kme_id)
+        runner, bound = await start_server(
+            node, host=settings.host, port=port, ssl_context=ctx, link_stats=monitor.snapshot
+        )
+        runners.append(runner)
+        if settings.plain_http:
+            _say(out, "WARNING: plain HTTP without TLS (loopback debugging only)")
+        scheme = "http" if settings.plain_http else "https"
+        url = f"{scheme}://{_url_host(settings.host)}:{bound}"
+        _say(out, f"ready {kme_id} {url} (peer {peer_kme_id} at {peer_url}, link {role} "
+                  f"{'to' if role == 'alice' else 'on'} {link_host}:{link_port})")
+        if node.allocator:
+            tasks.append(asyncio.create_task(node.run_sync(stop)))
+        if settings.link:
+            params = link_params(**settings.link_options)
+            tasks.append(asyncio.create_task(_guard("QKD link", run_link_endpoint(
+                node, role=role, host=link_host, port=link_port, params=params,
+                psk=pki.read_psk(), monitor=monitor, stop=stop,
+            ), stop, out)))
+        tasks.append(asyncio.create_task(
+            _status_loop([node], monitor, stop, settings.status_interval_s, out)
+        ))
+        await stop.wait()
+    finally:
+        stop.set()
+        await _shutdown(tasks, runners)
+        await peer.aclose()
+        node.close()
+    _say(out, "stopped")
+    return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _shutdown(tasks: list[asyncio.Task[None]], runners: list[web.AppRunner]) -> None:
+    for runner in runners:
+        await runner.cleanup()
+    done, pending = await asyncio.wait(tasks, timeout=5) if tasks else (set(), set())
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+def fetch_stats(url: str, *, ca: Path | None, cert: Path | None, key: Path | None,
+                sae_id: str | None) -> dict[str, Any]:
+    """GET /kme/v1/stats from a running KME (used by ``qsecret kme status``)."""
+    import httpx
+
+    from .pki import client_ssl_context
+
+    headers = {}
+    verify: Any = False
+    if url.startswith("https://"):
+        if not (ca and cert and key):
+            raise ValueError("https needs --ca, --cert and --key (or --data and --sae)")
+        verify = client_ssl_context(ca=ca, cert=cert, key=key)
+    elif sae_id:
+        headers["X-SAE-ID"] = sae_id
+    resp = httpx.get(url.rstrip("/") + "/kme/v1/stats", verify=verify, headers=headers,
+                     timeout=5.0)
+    if resp.status_code != 200:
+        raise ValueError(f"{resp.status_code}: {resp.text[:200]}")
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    pool, link = stats["pool"], stats["link"]
+    qber = link.get("last_qber")
+    return (
+        f"{pool['KME_ID']} ({pool['role']}, peer {pool['peer_KME_ID']}): "
+        f"pool {pool['stored']}/{pool['max_key_count']} (free {pool['free']}, "
+        f"bound {pool['bound_master'] + pool['bound_slave']}, delivered {pool['delivered']}) | "
+        f"link {'up' if link.get('connected') else 'down'} | "
+        f"{link.get('key_rate_per_s', 0):.1f} keys/s | "
+        f"QBER {'-' if qber is None else f'{qber * 100:.2f}%'} | "
+        f"blocks {link.get('blocks', 0)} aborted {link.get('aborted_blocks', 0)}"
+    )
+
+
+def dump_json(stats: dict[str, Any]) -> str:
+    return json.dumps(stats, indent=2)
+
