@@ -90,18 +90,19 @@ def curl_example(pki: Pki, url: str, sae: str, slave: str) -> str:
     )
 
 
-def _status_line(nodes: Sequence[KmeNode], monitor: LinkMonitor, started: float) -> str:
-    pools = " ".join(
-        f"{n.kme_id} {n.pool.max_key_count - n.room()}/{n.pool.max_key_count}" for n in nodes
-    )
+async def _status_line(nodes: Sequence[KmeNode], monitor: LinkMonitor, started: float) -> str:
+    levels = []
+    for node in nodes:
+        stats = await node.pool_stats()
+        levels.append(f"{node.kme_id} {stats['stored']}/{stats['max_key_count']}")
     snap = monitor.snapshot()
     qber = snap["last_qber"]
     qber_text = f"{qber * 100:.2f}%" if qber is not None else "-"
     link = "up" if snap["connected"] else "down"
     return (
-        f"[{time.strftime('%H:%M:%S')} +{time.monotonic() - started:.0f}s] pool {pools} | "
-        f"link {link} | {snap['key_rate_per_s']:.1f} keys/s | QBER {qber_text} | "
-        f"blocks {snap['blocks']} aborted {snap['aborted_blocks']}"
+        f"[{time.strftime('%H:%M:%S')} +{time.monotonic() - started:.0f}s] "
+        f"pool {' '.join(levels)} | link {link} | {snap['key_rate_per_s']:.1f} keys/s | "
+        f"QBER {qber_text} | blocks {snap['blocks']} aborted {snap['aborted_blocks']}"
         + (f" ({snap['last_abort_reason']})" if snap["aborted_blocks"] else "")
     )
 
@@ -119,7 +120,8 @@ async def _status_loop(
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
-        _say(out, _status_line(nodes, monitor, started))
+        if not stop.is_set():
+            _say(out, await _status_line(nodes, monitor, started))
 
 
 async def _guard(name: str, coro: Any, stop: asyncio.Event, out: TextIO) -> None:
