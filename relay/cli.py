@@ -1,0 +1,120 @@
+"""``qsecret relay``: run the websocket relay."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import resource
+import signal
+import sys
+from pathlib import Path
+
+import platformdirs
+
+from relay.config import RelayConfig
+from relay.store import StoreLimits
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``qsecret relay`` to the dispatcher."""
+    parser = subparsers.add_parser(
+        "relay",
+        help="run the websocket relay (store-and-forward of sealed envelopes)",
+        description="Run the qsecret relay. It only ever sees sealed envelopes.",
+    )
+    default_data = platformdirs.user_data_path("qsecret") / "relay"
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
+    parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
+    parser.add_argument("--data", type=Path, default=default_data,
+                        help=f"directory for the queue database and relay id ({default_data})")
+    tls = parser.add_mutually_exclusive_group()
+    tls.add_argument("--self-signed", action="store_true",
+                     help="serve wss:// with a self-signed certificate kept in --data; "
+                          "prints the SHA-256 fingerprint clients pin")
+    tls.add_argument("--cert", type=Path, help="serve wss:// with this PEM certificate")
+    parser.add_argument("--key", type=Path, help="PEM private key for --cert")
+    parser.add_argument("--relay-id", help="relay id announced to clients (default: persisted)")
+    parser.add_argument("--sync", choices=["full", "normal"], default="full",
+                        help="sqlite durability: full survives power loss, normal a crash")
+    parser.add_argument("--max-connections", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=500.0, help="frames/s per connection")
+    parser.add_argument("--burst", type=float, default=1000.0)
+    parser.add_argument("--quota", type=int, default=10_000, help="queued envelopes per user")
+    parser.add_argument("--ttl", type=float, default=14 * 24 * 3600,
+                        help="seconds a queued envelope is kept")
+    parser.add_argument("--idle-timeout", type=float, default=1800.0)
+    parser.add_argument("--redeliver-after", type=float, default=30.0,
+                        help="seconds before an unacked delivery is sent again")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.cert and not args.key:
+        print("qsecret relay: --cert needs --key", file=sys.stderr)
+        return 2
+    for path in (args.cert, args.key):
+        if path is not None and not path.is_file():
+            print(f"qsecret relay: no such file: {path}", file=sys.stderr)
+            return 2
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise_open_files_limit()
+    config = RelayConfig(
+        data_dir=args.data,
+        host=args.host,
+        port=args.port,
+        relay_id=args.relay_id,
+        cert=args.cert,
+        key=args.key,
+        self_signed=args.self_signed,
+        sync=args.sync.upper(),
+        store_limits=StoreLimits(quota_messages=args.quota, ttl_seconds=args.ttl),
+        max_connections=args.max_connections,
+        rate=args.rate,
+        burst=args.burst,
+        idle_timeout=args.idle_timeout,
+        redeliver_after=args.redeliver_after,
+    )
+    try:
+        asyncio.run(serve_forever(config))
+    except OSError as exc:
+        print(f"qsecret relay: cannot start: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def raise_open_files_limit() -> int:
+    """Lift the soft open-files limit to the hard one: each connection is a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+async def serve_forever(config: RelayConfig) -> None:
+    from relay.server import Relay
+    from relay.wire import format_fingerprint
+
+    relay = Relay(config)
+    await relay.start()
+    host = config.host if ":" not in config.host else f"[{config.host}]"
+    url = f"{relay.scheme}://{host}:{relay.port}/"
+    if relay.tls_fingerprint:
+        print(f"relay certificate SHA-256 fingerprint: {format_fingerprint(relay.tls_fingerprint)}")
+    print(f"relay id: {relay.relay_id}")
+    # Tests and scripts wait for this line; keep its shape.
+    print(f"relay listening on {url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await relay.stop()

@@ -1,0 +1,37 @@
+"""Everything tunable about a relay, with the defaults ``qsecret relay`` uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relay.store import StoreLimits
+
+
+@dataclass
+class RelayConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8765
+    relay_id: str | None = None  # default: persisted in data_dir/relay-id
+    cert: Path | None = None
+    key: Path | None = None
+    self_signed: bool = False
+    sync: str = "FULL"  # sqlite synchronous: FULL survives power loss, NORMAL a killed process
+    store_limits: StoreLimits = field(default_factory=StoreLimits)
+    max_connections: int = 10_000
+    rate: float = 500.0  # frames per second per connection, sustained
+    burst: float = 1000.0
+    abuse_limit: int = 16  # strikes within abuse_window seconds close with 1008
+    abuse_window: float = 60.0
+    auth_timeout: float = 10.0  # seconds to authenticate after connecting
+    idle_timeout: float = 1800.0  # seconds without an application frame
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    window: int = 512  # deliveries in flight (unacked) per connection
+    redeliver_after: float = 30.0  # seconds before an unacked delivery is sent again
+    max_pending_sends: int = 256  # sends awaiting their commit per connection
+    max_streams: int = 16
+    verify_threads: int = 2
+    sweep_interval: float = 1.0
+    expire_interval: float = 60.0

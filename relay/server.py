@@ -1,0 +1,657 @@
+"""The relay server: websockets' asyncio API around the wire rules and the store.
+
+One coroutine reads each connection; a writer task per connection sends
+everything that goes out (replies, deliveries), so a slow reader never blocks
+anyone else's handler. Signature checks run in a thread pool (the ML-DSA verify
+releases the GIL), so the loop keeps answering pings during login storms.
+Envelope bodies are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import http
+import json
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from keysource.pq import InvalidKey, InvalidSignature, hybrid_signature
+from relay import wire
+from relay.config import RelayConfig
+from relay.limits import Strikes, TokenBucket
+from relay.metrics import Metrics
+from relay.store import (
+    BindStatus,
+    BundleRefused,
+    EnqueueResult,
+    EnqueueStatus,
+    Envelope,
+    SqliteStore,
+    Store,
+)
+from relay.tls import ensure_self_signed, server_context
+from relay.wire.frames import _REQ_ID_RE
+
+log = logging.getLogger("qsecret.relay")
+
+PREKEYS_LOW = 10  # tell the owner to upload more below this many one-time prekeys
+MAX_AUTH_FAILURES = 3
+BULK_OUTBOX_LIMIT = 64  # queued outgoing frames past which a bulk sender waits
+BULK_WAIT = 10.0
+
+
+class Session:
+    """One websocket connection and everything the relay tracks about it."""
+
+    def __init__(self, ws: ServerConnection, config: RelayConfig) -> None:
+        self.ws = ws
+        self.nonce = secrets.token_bytes(wire.NONCE_BYTES)
+        self.handle: str | None = None
+        self.identity: bytes | None = None
+        self.opened = time.monotonic()
+        self.last_active = self.opened
+        self.bucket = TokenBucket(config.rate, config.burst)
+        self.strikes = Strikes(config.abuse_limit, config.abuse_window)
+        self.auth_failures = 0
+        self.rate_notice = 0.0
+        self.inflight: dict[int, tuple[float, str]] = {}  # seq -> (sent at, frame)
+        self.outbox: deque[str | bytes] = deque()
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()  # outbox drained (bulk senders wait on it)
+        self.send_room = asyncio.Event()  # a pending send committed
+        self.need_drain = False
+        self.draining = False
+        self.pending_sends = 0
+        self.streams: dict[bytes, Session] = {}  # stream id -> the other end
+        self.closing = False
+        self.writer: asyncio.Task[None] | None = None
+
+    def post(self, data: str | bytes) -> None:
+        """Queue a frame for this connection's writer task."""
+        if self.closing:
+            return
+        self.outbox.append(data)
+        self.wake.set()
+
+
+class Relay:
+    """A relay bound to a config and a store; ``run()`` serves until cancelled."""
+
+    def __init__(self, config: RelayConfig, store: Store | None = None) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store or SqliteStore(
+            config.data_dir / "relay.sqlite3", config.store_limits, synchronous=config.sync
+        )
+        self.relay_id = config.relay_id or _persistent_relay_id(config.data_dir)
+        self.tls_fingerprint = b""
+        self.ssl_context = None
+        if config.self_signed or config.cert:
+            if config.self_signed:
+                cert, key = ensure_self_signed(config.data_dir, [config.host])
+            else:
+                assert config.cert is not None and config.key is not None
+                cert, key = config.cert, config.key
+            self.ssl_context, self.tls_fingerprint = server_context(cert, key)
+        self.sessions: set[Session] = set()
+        self.live: dict[str, list[Session]] = {}
+        self.verifier = hybrid_signature()
+        self.pool = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="relay-verify")
+        self.metrics = Metrics()
+        self._describe_metrics()
+        self.server: Server | None = None
+        self.handshakes = 0
+        self.limits = {
+            "max_frame": wire.MAX_FRAME_BYTES,
+            "max_envelope": wire.MAX_ENVELOPE_BYTES,
+            "max_binary_payload": wire.MAX_BINARY_PAYLOAD,
+            "rate": int(config.rate),
+            "burst": int(config.burst),
+            "window": config.window,
+            "idle_timeout": int(config.idle_timeout),
+            "auth_timeout": int(config.auth_timeout),
+            "queue_quota": config.store_limits.quota_messages,
+            "ttl": int(config.store_limits.ttl_seconds),
+        }
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.ssl_context else "ws"
+
+    async def start(self) -> None:
+        await self.store.open()
+        self.server = await serve(
+            self._handler,
+            self.config.host,
+            self.config.port,
+            process_request=self._process_request,
+            compression=None,
+            max_size=wire.MAX_FRAME_BYTES,
+            max_queue=16,
+            ping_interval=self.config.ping_interval,
+            ping_timeout=self.config.ping_timeout,
+            close_timeout=5,
+            ssl=self.ssl_context,
+            server_header=None,
+        )
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self._sweeper.cancel()
+        if self.server is not None:
+            self.server.close(close_connections=True)
+            await self.server.wait_closed()
+        await self.store.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ HTTP side
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "ok\n")
+        if path == "/metrics":
+            response = connection.respond(http.HTTPStatus.OK, self.metrics.render())
+            response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+            return response
+        if path != "/":
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+        if len(self.sessions) + self.handshakes >= self.config.max_connections:
+            self.metrics.count("qsecret_relay_refused_connections_total")
+            response = connection.respond(
+                http.HTTPStatus.SERVICE_UNAVAILABLE, "relay is at its connection limit\n"
+            )
+            response.headers["Retry-After"] = "5"
+            return response
+        return None
+
+    # ------------------------------------------------------------ per connection
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        session = Session(ws, self.config)
+        self.sessions.add(session)
+        self.metrics.count("qsecret_relay_connections_total")
+        session.writer = asyncio.create_task(self._writer(session))
+        session.post(self._hello(session))
+        close_code: int | None = None
+        try:
+            async for data in ws:
+                session.last_active = time.monotonic()
+                if isinstance(data, str):
+                    self.metrics.count("qsecret_relay_frames_total", "kind", "text_in")
+                else:
+                    self.metrics.count("qsecret_relay_frames_total", "kind", "binary_in")
+                if not session.bucket.take(session.last_active):
+                    close_code = self._rate_limited(session)
+                elif isinstance(data, str):
+                    close_code = await self._on_text(session, data)
+                else:
+                    close_code = await self._on_binary(session, data)
+                if close_code is not None:
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            await self._finish(session, close_code)
+
+    async def _finish(self, session: Session, close_code: int | None) -> None:
+        if close_code is not None:
+            # Let the writer flush the last error frame before the close frame.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._flush(session), 1.0)
+            self.metrics.count("qsecret_relay_closed_total", "code", str(close_code))
+            reason = "policy violation" if close_code == wire.CLOSE_POLICY else "going away"
+            await session.ws.close(close_code, reason)
+        session.closing = True
+        self.sessions.discard(session)
+        if session.handle is not None:
+            peers = self.live.get(session.handle, [])
+            if session in peers:
+                peers.remove(session)
+            if not peers:
+                self.live.pop(session.handle, None)
+        for stream, other in list(session.streams.items()):
+            other.streams.pop(stream, None)
+            other.post(wire.StreamClose(stream.hex()).encode())
+        session.streams.clear()
+        if session.writer is not None:
+            session.writer.cancel()
+        session.room.set()
+        session.send_room.set()
+        log.debug("connection closed handle=%s code=%s", session.handle, close_code)
+
+    async def _flush(self, session: Session) -> None:
+        while session.outbox:
+            await asyncio.sleep(0.01)
+
+    async def _writer(self, session: Session) -> None:
+        ws = session.ws
+        try:
+            while True:
+                await session.wake.wait()
+                session.wake.clear()
+                if session.need_drain and session.handle is not None and not session.draining:
+                    await self._drain(session)
+                while session.outbox:
+                    await ws.send(session.outbox.popleft())
+                    self.metrics.count("qsecret_relay_frames_total", "kind", "out")
+                session.room.set()
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("writer failed handle=%s", session.handle)
+
+    def _hello(self, session: Session) -> str:
+        return wire.Hello(self.relay_id, session.nonce, wire.SUPPORTED_VERSIONS,
+                          self.limits).encode()
+
+    # ------------------------------------------------------------ errors and abuse
+
+    def _refuse(self, session: Session, code: str, message: str, *, strike: bool = True,
+                req_id: str | None = None, msg: str | None = None) -> int | None:
+        """Send an error frame; return the close code when the strikes say abuse."""
+        self.metrics.count("qsecret_relay_errors_total", "code", code)
+        session.post(wire.Error(code, message[:512], req_id, msg).encode())
+        if strike and session.strikes.add():
+            log.info("closing abusive connection handle=%s last=%s", session.handle, code)
+            return wire.CLOSE_POLICY
+        return None
+
+    def _rate_limited(self, session: Session) -> int | None:
+        self.metrics.count("qsecret_relay_errors_total", "code", "rate_limited")
+        now = time.monotonic()
+        if now - session.rate_notice >= 1.0:  # one notice a second, not one per dropped frame
+            session.rate_notice = now
+            session.post(wire.Error("rate_limited", "frame rate over the limit; dropped").encode())
+        if session.strikes.add(now):
+            return wire.CLOSE_POLICY
+        return None
+
+    # ------------------------------------------------------------ text frames
+
+    async def _on_text(self, session: Session, text: str) -> int | None:
+        try:
+            frame = wire.parse_client_frame(text)
+        except wire.WireError as exc:
+            return self._refuse(session, exc.code, exc.message, req_id=_peek_id(text))
+        try:
+            if isinstance(frame, wire.Auth):
+                return await self._on_auth(session, frame)
+            if session.handle is None:
+                return self._refuse(session, "not_authenticated",
+                                    f"authenticate before sending {frame.TYPE!r}")
+            if isinstance(frame, wire.Send):
+                await self._on_send(session, frame)
+            elif isinstance(frame, wire.Ack):
+                self._on_ack(session, frame)
+            elif isinstance(frame, wire.PrekeysUpload):
+                return await self._on_prekeys_upload(session, frame)
+            elif isinstance(frame, wire.PrekeysFetch):
+                await self._on_prekeys_fetch(session, frame)
+            elif isinstance(frame, wire.StreamOpen):
+                return self._on_stream_open(session, frame)
+            elif isinstance(frame, wire.StreamClose):
+                return self._on_stream_close(session, frame)
+            elif isinstance(frame, wire.Ping):
+                session.post(wire.Pong(frame.id).encode())
+        except Exception:
+            # Never let one request take the relay down; say so without its contents.
+            log.exception("internal error on %s handle=%s", frame.TYPE, session.handle)
+            return self._refuse(session, "internal", "the relay could not handle this request",
+                                strike=False, req_id=getattr(frame, "id", None))
+        return None
+
+    async def _on_auth(self, session: Session, frame: wire.Auth) -> int | None:
+        if session.handle is not None:
+            return self._refuse(session, "already_authenticated", "this connection is logged in")
+        if frame.relay != self.relay_id:
+            return self._auth_failed(session, "wrong_relay",
+                                     f"this relay is {self.relay_id!r}, not {frame.relay!r}")
+        message = wire.auth_message(session.nonce, self.relay_id, self.tls_fingerprint,
+                                    frame.handle, frame.identity)
+        # The nonce is spent whatever the outcome: a replayed answer can never match again.
+        session.nonce = secrets.token_bytes(wire.NONCE_BYTES)
+        if not await self._verify(frame.identity, message, frame.sig):
+            return self._auth_failed(session, "auth_failed", "signature did not verify")
+        status = await self.store.bind_identity(frame.handle, frame.identity)
+        if status is BindStatus.MISMATCH:
+            return self._auth_failed(session, "handle_taken",
+                                     f"handle {frame.handle!r} belongs to another identity")
+        session.handle, session.identity = frame.handle, frame.identity
+        self.live.setdefault(frame.handle, []).append(session)
+        self.metrics.count("qsecret_relay_auth_total", "result", "ok")
+        queued = await self.store.queue_depth(frame.handle)
+        prekeys = await self.store.prekey_count(frame.handle)
+        session.post(wire.AuthOk(frame.handle, status is BindStatus.NEW, queued, prekeys).encode())
+        log.debug("authenticated handle=%s new=%s queued=%d", frame.handle,
+                  status is BindStatus.NEW, queued)
+        session.need_drain = True
+        session.wake.set()
+        return None
+
+    def _auth_failed(self, session: Session, code: str, message: str) -> int | None:
+        self.metrics.count("qsecret_relay_auth_total", "result", "failed")
+        session.auth_failures += 1
+        close = self._refuse(session, code, message)
+        if session.auth_failures >= MAX_AUTH_FAILURES:
+            return wire.CLOSE_POLICY
+        session.post(self._hello(session))  # a fresh nonce for the next try
+        return close
+
+    async def _verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                self.pool, self.verifier.verify, public_key, message, signature
+            )
+        except (InvalidSignature, InvalidKey):
+            return False
+        return True
+
+    # ------------------------------------------------------------ envelopes
+
+    async def _on_send(self, session: Session, frame: wire.Send) -> None:
+        while session.pending_sends >= self.config.max_pending_sends:
+            session.send_room.clear()
+            await session.send_room.wait()
+            if session.closing:
+                return
+        assert session.handle is not None
+        store = self.store
+        if isinstance(store, SqliteStore):
+            future = store.enqueue_future(session.handle, frame.to, frame.msg, frame.body)
+        else:
+            future = asyncio.ensure_future(
+                store.enqueue(session.handle, frame.to, frame.msg, frame.body)
+            )
+        session.pending_sends += 1
+        future.add_done_callback(functools.partial(self._on_stored, session, frame))
+
+    def _on_stored(self, session: Session, frame: wire.Send, future: asyncio.Future[Any]) -> None:
+        session.pending_sends -= 1
+        session.send_room.set()
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            log.error("enqueue failed: %s", type(exc).__name__)
+            self._refuse(session, "internal", "envelope not stored; send it again",
+                         strike=False, req_id=frame.id, msg=frame.msg)
+            return
+        result: EnqueueResult = future.result()
+        status = result.status
+        if status is EnqueueStatus.STORED:
+            self.metrics.count("qsecret_relay_envelopes_total", "result", "stored")
+            session.post(wire.Stored(frame.msg, False, frame.id).encode())
+            envelope = result.envelope
+            assert envelope is not None
+            for peer in self.live.get(frame.to, ()):
+                self._push(peer, envelope)
+        elif status is EnqueueStatus.DUPLICATE:
+            self.metrics.count("qsecret_relay_envelopes_total", "result", "duplicate")
+            session.post(wire.Stored(frame.msg, True, frame.id).encode())
+        elif status is EnqueueStatus.QUOTA_EXCEEDED:
+            self._refuse(session, "quota_exceeded", f"{frame.to}'s queue is full; try later",
+                         strike=False, req_id=frame.id, msg=frame.msg)
+        else:
+            self._refuse(session, "unknown_recipient", f"no user {frame.to!r} on this relay",
+                         strike=False, req_id=frame.id, msg=frame.msg)
+
+    def _push(self, session: Session, envelope: Envelope) -> None:
+        """Deliver a fresh envelope now, unless the connection is behind (then it drains)."""
+        if (session.draining or session.need_drain
+                or len(session.inflight) >= self.config.window):
+            session.need_drain = True
+            session.wake.set()
+            return
+        self._deliver(session, envelope)
+
+    def _deliver(self, session: Session, envelope: Envelope) -> None:
+        text = wire.Deliver(envelope.seq, envelope.msg, envelope.sender, envelope.body,
+                            envelope.ts).encode()
+        session.inflight[envelope.seq] = (time.monotonic(), text)
+        session.post(text)
+        self.metrics.count("qsecret_relay_deliveries_total")
+
+    async def _drain(self, session: Session) -> None:
+        """Send queued envelopes not already in flight, oldest first, up to the window."""
+        assert session.handle is not None
+        session.draining = True
+        try:
+            while session.need_drain and len(session.inflight) < self.config.window:
+                session.need_drain = False
+                limit = self.config.window
+                rows = await self.store.pending(session.handle, limit)
+                fresh = [row for row in rows if row.seq not in session.inflight]
+                for row in fresh:
+                    if len(session.inflight) >= self.config.window:
+                        session.need_drain = True
+                        break
+                    self._deliver(session, row)
+                if len(rows) == limit and fresh:
+                    session.need_drain = True
+        finally:
+            session.draining = False
+
+    def _on_ack(self, session: Session, frame: wire.Ack) -> None:
+        assert session.handle is not None
+        store = self.store
+        if isinstance(store, SqliteStore):
+            store.ack_nowait(session.handle, frame.seqs)
+        else:
+            asyncio.ensure_future(store.ack(session.handle, frame.seqs))
+        self.metrics.count("qsecret_relay_acks_total", amount=len(frame.seqs))
+        for peer in self.live.get(session.handle, ()):
+            for seq in frame.seqs:
+                peer.inflight.pop(seq, None)
+            if peer.need_drain:
+                peer.wake.set()
+
+    # ------------------------------------------------------------ prekeys
+
+    async def _on_prekeys_upload(self, session: Session, frame: wire.PrekeysUpload) -> int | None:
+        assert session.handle is not None
+        bundle = frame.bundle
+        if bundle.identity != session.identity:
+            return self._refuse(session, "bad_prekeys",
+                                "bundle identity is not the key this handle logged in with",
+                                req_id=frame.id)
+        handle = session.handle
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                self.pool, wire.verify_bundle, handle, bundle, self.verifier.verify
+            )
+        except (InvalidSignature, InvalidKey) as exc:
+            return self._refuse(session, "bad_prekeys", f"bundle rejected: {exc}",
+                                req_id=frame.id)
+        try:
+            stored = await self.store.put_bundle(handle, bundle)
+        except BundleRefused as exc:
+            return self._refuse(session, "quota_exceeded", str(exc), strike=False,
+                                req_id=frame.id)
+        session.post(wire.PrekeysOk(stored, frame.id).encode())
+        return None
+
+    async def _on_prekeys_fetch(self, session: Session, frame: wire.PrekeysFetch) -> None:
+        fetched = await self.store.take_bundle(frame.handle)
+        if fetched is None:
+            self._refuse(session, "no_bundle", f"{frame.handle!r} has published no prekeys",
+                         strike=False, req_id=frame.id)
+            return
+        self.metrics.count("qsecret_relay_prekey_fetches_total", "one_time",
+                           "yes" if fetched.bundle.one_time else "none_left")
+        session.post(
+            wire.Bundle(frame.handle, fetched.bundle, fetched.remaining, frame.id).encode()
+        )
+        if fetched.remaining < PREKEYS_LOW:
+            for owner in self.live.get(frame.handle, ()):
+                owner.post(wire.PrekeysLow(fetched.remaining).encode())
+
+    # ------------------------------------------------------------ streams
+
+    def _on_stream_open(self, session: Session, frame: wire.StreamOpen) -> int | None:
+        stream = bytes.fromhex(frame.stream)
+        if stream in session.streams:
+            return self._refuse(session, "bad_field", "stream id already open", req_id=frame.id)
+        if len(session.streams) >= self.config.max_streams:
+            return self._refuse(session, "too_many_streams",
+                                f"at most {self.config.max_streams} open streams",
+                                strike=False, req_id=frame.id)
+        peers = self.live.get(frame.to)
+        if not peers:
+            return self._refuse(session, "recipient_offline", f"{frame.to!r} is not connected",
+                                strike=False, req_id=frame.id)
+        peer = peers[-1]
+        if stream in peer.streams or len(peer.streams) >= self.config.max_streams:
+            return self._refuse(session, "too_many_streams", "the peer cannot take this stream",
+                                strike=False, req_id=frame.id)
+        assert session.handle is not None
+        session.streams[stream] = peer
+        peer.streams[stream] = session
+        session.post(wire.StreamOk(frame.stream, frame.id).encode())
+        peer.post(wire.StreamIncoming(frame.stream, session.handle, frame.kind).encode())
+        return None
+
+    def _on_stream_close(self, session: Session, frame: wire.StreamClose) -> int | None:
+        stream = bytes.fromhex(frame.stream)
+        peer = session.streams.pop(stream, None)
+        if peer is None:
+            return self._refuse(session, "unknown_stream", "no such open stream")
+        peer.streams.pop(stream, None)
+        peer.post(frame.encode())
+        return None
+
+    async def _on_binary(self, session: Session, data: bytes) -> int | None:
+        if session.handle is None:
+            return self._refuse(session, "not_authenticated", "authenticate before binary frames")
+        try:
+            _, flags, stream, _, _ = wire.parse_binary_header(data)
+        except wire.WireError as exc:
+            return self._refuse(session, exc.code, exc.message)
+        peer = session.streams.get(stream)
+        if peer is None:
+            return self._refuse(session, "unknown_stream", "binary frame for an unopened stream")
+        self.metrics.count("qsecret_relay_bulk_bytes_total", amount=len(data))
+        # Backpressure: a bulk sender waits for a slow receiver instead of filling memory.
+        if len(peer.outbox) >= BULK_OUTBOX_LIMIT:
+            peer.room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(peer.room.wait(), BULK_WAIT)
+            if len(peer.outbox) >= BULK_OUTBOX_LIMIT or peer.closing:
+                return self._refuse(session, "recipient_offline", "stream receiver is stuck",
+                                    strike=False)
+        peer.post(data)
+        if flags & wire.FLAG_FINAL:
+            session.streams.pop(stream, None)
+            peer.streams.pop(stream, None)
+        return None
+
+    # ------------------------------------------------------------ timers
+
+    async def _sweep(self) -> None:
+        """Timeouts, redelivery and expiry, for every connection, once a sweep interval."""
+        next_expire = 0.0
+        while True:
+            await asyncio.sleep(self.config.sweep_interval)
+            now = time.monotonic()
+            try:
+                for session in list(self.sessions):
+                    if session.handle is None:
+                        if now - session.opened > self.config.auth_timeout:
+                            self._close_later(session, wire.CLOSE_POLICY,
+                                              "authentication timeout")
+                        continue
+                    if now - session.last_active > self.config.idle_timeout:
+                        self._close_later(session, wire.CLOSE_GOING_AWAY, "idle timeout")
+                        continue
+                    stale = now - self.config.redeliver_after
+                    for seq, (sent, text) in list(session.inflight.items()):
+                        if sent < stale:
+                            session.inflight[seq] = (now, text)
+                            session.post(text)
+                            self.metrics.count("qsecret_relay_redeliveries_total")
+                if now >= next_expire:
+                    next_expire = now + self.config.expire_interval
+                    dropped = await self.store.expire()
+                    if dropped:
+                        self.metrics.count("qsecret_relay_expired_total", amount=dropped)
+                        log.info("expired %d envelopes past the TTL", dropped)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sweep failed")
+
+    def _close_later(self, session: Session, code: int, reason: str) -> None:
+        if session.closing:
+            return
+        session.closing = True
+        self.metrics.count("qsecret_relay_closed_total", "code", str(code))
+        asyncio.ensure_future(session.ws.close(code, reason))
+
+    # ------------------------------------------------------------ metrics
+
+    def _describe_metrics(self) -> None:
+        m = self.metrics
+        m.describe("qsecret_relay_connections_total", "websocket connections accepted")
+        m.describe("qsecret_relay_frames_total", "frames by kind (text_in, binary_in, out)")
+        m.describe("qsecret_relay_errors_total", "error frames sent, by code")
+        m.describe("qsecret_relay_envelopes_total", "envelopes received, by result")
+        m.describe("qsecret_relay_deliveries_total", "deliver frames sent")
+        m.describe("qsecret_relay_acks_total", "delivery acks received")
+        m.describe("qsecret_relay_closed_total", "connections closed by the relay, by code")
+        m.gauge("qsecret_relay_connections", "open websocket connections",
+                lambda: len(self.sessions))
+        m.gauge("qsecret_relay_authenticated_connections", "logged-in connections",
+                lambda: sum(len(v) for v in self.live.values()))
+        m.gauge("qsecret_relay_queue_depth", "envelopes queued for all recipients",
+                self.store.total_queue_depth)
+
+
+def _peek_id(text: str) -> str | None:
+    """The request id of a refused frame, if one can be read safely, to echo it back."""
+    if len(text) > 4096:
+        return None
+    try:
+        value = json.loads(text).get("id")
+    except Exception:
+        return None
+    if isinstance(value, str) and _REQ_ID_RE.fullmatch(value):
+        return value
+    return None
+
+
+def _persistent_relay_id(data_dir: Path) -> str:
+    """This relay's id: made once, kept in the data dir, pinned by clients on first use."""
+    path = data_dir / "relay-id"
+    if path.exists():
+        return path.read_text().strip()
+    relay_id = "qsr-" + secrets.token_hex(12)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(relay_id + "\n")
+    os.replace(tmp, path)
+    return relay_id
+
+
+__all__ = ["Relay", "RelayConfig", "Session"]

@@ -1,0 +1,165 @@
+"""Sans-I/O client side of one relay connection: feed it frames, send what it returns.
+
+Typical asyncio use (the client team's thin layer)::
+
+    conn = ClientConnection(handle, identity_pk, sign, expected_relay_id=pinned)
+    async with websockets.connect(url, compression=None, max_size=MAX_FRAME_BYTES) as ws:
+        async for data in ws:
+            events = conn.receive(data)          # text or bytes from the relay
+            for out in conn.data_to_send():      # auth answer, acks, queued sends
+                await ws.send(out)
+            for event in events: ...             # AuthOk, Deliver, Stored, Error, ...
+
+Frames the caller asks for before ``auth_ok`` are held and sent right after it.
+Sends not yet confirmed by ``stored`` stay in :attr:`unconfirmed`, so after a
+reconnect they can be given to the next connection (``resend=``); the relay drops
+the duplicates by message ID.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from .auth import auth_message
+from .binary import FLAG_FINAL, KINDS, BinaryFrame, encode_binary, parse_binary
+from .errors import WireError
+from .frames import (
+    Ack,
+    Auth,
+    AuthOk,
+    Error,
+    Frame,
+    Hello,
+    Ping,
+    PrekeyBundle,
+    PrekeysFetch,
+    PrekeysUpload,
+    Send,
+    Stored,
+    StreamClose,
+    StreamOpen,
+    parse_server_frame,
+)
+
+Event = Frame | BinaryFrame
+
+
+def new_message_id() -> str:
+    """A fresh random message ID (16 random bytes, hex)."""
+    return os.urandom(16).hex()
+
+
+class ClientConnection:
+    """State machine of one connection: ``connecting`` -> ``ready`` (after ``auth_ok``)."""
+
+    def __init__(
+        self,
+        handle: str,
+        identity_public_key: bytes,
+        sign: Callable[[bytes], bytes],
+        *,
+        expected_relay_id: str | None = None,
+        tls_fingerprint: bytes = b"",
+        resend: Iterable[Send] = (),
+    ) -> None:
+        self.handle = handle
+        self.identity = identity_public_key
+        self._sign = sign
+        self.expected_relay_id = expected_relay_id
+        self.tls_fingerprint = tls_fingerprint
+        self.relay_id: str | None = None
+        self.limits: dict[str, int] = {}
+        self.state = "connecting"
+        self.unconfirmed: dict[str, Send] = {}
+        self._outgoing: list[str | bytes] = []
+        self._held: list[str | bytes] = []
+        for frame in resend:
+            self._queue_send(frame)
+
+    # ------------------------------------------------------------ input
+
+    def receive(self, data: str | bytes) -> list[Event]:
+        """Feed one websocket message; return the events it carries."""
+        if isinstance(data, bytes):
+            return [parse_binary(data)]
+        frame = parse_server_frame(data)
+        if isinstance(frame, Hello):
+            self._answer_hello(frame)
+        elif isinstance(frame, AuthOk):
+            self.state = "ready"
+            self._outgoing.extend(self._held)
+            self._held.clear()
+        elif isinstance(frame, Stored):
+            self.unconfirmed.pop(frame.msg, None)
+        elif isinstance(frame, Error) and frame.msg is not None and frame.code in (
+            "unknown_recipient", "quota_exceeded", "too_large"
+        ):
+            # Final refusals: resending would fail the same way.
+            self.unconfirmed.pop(frame.msg, None)
+        return [frame]
+
+    def _answer_hello(self, hello: Hello) -> None:
+        if self.expected_relay_id is not None and hello.relay != self.expected_relay_id:
+            raise WireError(
+                "wrong_relay",
+                f"relay says it is {hello.relay!r}, pinned {self.expected_relay_id!r}",
+            )
+        self.relay_id = hello.relay
+        self.limits = hello.limits
+        message = auth_message(
+            hello.nonce, hello.relay, self.tls_fingerprint, self.handle, self.identity
+        )
+        auth = Auth(self.handle, self.identity, hello.relay, self._sign(message))
+        self._outgoing.append(auth.encode())
+
+    # ------------------------------------------------------------ output
+
+    def data_to_send(self) -> list[str | bytes]:
+        """Frames to write to the websocket now, in order."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def _emit(self, data: str | bytes) -> None:
+        (self._outgoing if self.state == "ready" else self._held).append(data)
+
+    def _queue_send(self, frame: Send) -> None:
+        self.unconfirmed[frame.msg] = frame
+        self._emit(frame.encode())
+
+    def send(self, to: str, body: bytes, *, msg_id: str | None = None,
+             req_id: str | None = None) -> str:
+        """Queue a sealed envelope for ``to``; return its message ID."""
+        frame = Send(msg_id or new_message_id(), to, body, req_id)
+        frame.to_json()  # encoding is cheap; validation happens on parse at the relay
+        self._queue_send(frame)
+        return frame.msg
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        """Tell the relay these deliveries are safe here (in chunks of MAX_ACK_SEQS)."""
+        pending = list(seqs)
+        for start in range(0, len(pending), 1024):
+            self._emit(Ack(tuple(pending[start:start + 1024])).encode())
+
+    def upload_prekeys(self, bundle: PrekeyBundle, *, req_id: str | None = None) -> None:
+        self._emit(PrekeysUpload(bundle, req_id).encode())
+
+    def fetch_prekeys(self, handle: str, *, req_id: str | None = None) -> None:
+        self._emit(PrekeysFetch(handle, req_id).encode())
+
+    def open_stream(self, to: str, kind: str, *, req_id: str | None = None) -> bytes:
+        """Ask for a live bulk stream to ``to``; return its 16-byte id (wait for stream_ok)."""
+        stream = os.urandom(16)
+        self._emit(StreamOpen(stream.hex(), to, kind, req_id).encode())
+        return stream
+
+    def send_chunk(self, stream: bytes, kind: str, seq: int, payload: bytes, *,
+                   final: bool = False) -> None:
+        code = {name: number for number, name in KINDS.items()}[kind]
+        self._emit(encode_binary(code, stream, seq, payload, flags=FLAG_FINAL if final else 0))
+
+    def close_stream(self, stream: bytes) -> None:
+        self._emit(StreamClose(stream.hex()).encode())
+
+    def ping(self, *, req_id: str | None = None) -> None:
+        self._emit(Ping(req_id).encode())

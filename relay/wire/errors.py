@@ -1,0 +1,49 @@
+"""Error codes of the wire protocol and the exception that carries them.
+
+Every refusal the relay sends is an ``error`` frame with one of these codes; the
+reaction column of :data:`ERROR_CODES` is the documented behaviour.
+"""
+
+from __future__ import annotations
+
+# code -> what the relay does about it (the connection lives unless it says so).
+ERROR_CODES: dict[str, str] = {
+    "bad_json": "text frame is not a JSON object; error frame, connection lives, +1 strike",
+    "bad_version": "missing or unknown 'v'; error frame (lists supported versions), +1 strike",
+    "unknown_type": "unknown 't'; error frame, +1 strike",
+    "missing_field": "a required field is absent; error frame, +1 strike",
+    "bad_field": "a field has the wrong type, format or size, or is unknown; +1 strike",
+    "too_large": "a field is over its documented limit; error frame, +1 strike",
+    "not_authenticated": "any frame but 'auth' before authentication; +1 strike",
+    "already_authenticated": "a second 'auth' on a connection; +1 strike",
+    "auth_failed": "signature, nonce or key did not verify; a fresh 'hello' follows, +1 strike;"
+    " the 3rd failure closes the connection with 1008",
+    "wrong_relay": "auth names another relay id; same as auth_failed",
+    "handle_taken": "handle is bound to another identity key; same as auth_failed",
+    "unknown_recipient": "no such handle registered; error frame (envelope not stored)",
+    "quota_exceeded": "recipient's queue is full; error frame (envelope not stored)",
+    "rate_limited": "frame over the per-connection rate; frame dropped, +1 strike",
+    "bad_binary_frame": "binary frame header malformed; error frame, +1 strike",
+    "unknown_stream": "binary frame or close for a stream this connection has not opened;"
+    " +1 strike",
+    "too_many_streams": "stream_open over the per-connection stream limit",
+    "recipient_offline": "stream_open to a handle with no live connection",
+    "bad_prekeys": "prekey bundle signature or identity did not verify; nothing stored, +1 strike",
+    "no_bundle": "prekeys_fetch for a handle that never uploaded a bundle",
+    "internal": "the relay could not complete the request (e.g. storage error); retry later",
+}
+
+# Close codes the relay uses (RFC 6455 section 7.4.1).
+CLOSE_POLICY = 1008  # repeated abuse, auth timeout, 3 failed auths
+CLOSE_TOO_BIG = 1009  # frame over max_size (raised by websockets itself)
+CLOSE_BAD_UTF8 = 1007  # text frame that is not UTF-8 (raised by websockets itself)
+CLOSE_GOING_AWAY = 1001  # idle timeout or relay shutdown
+
+
+class WireError(Exception):
+    """A frame broke the wire rules; ``code`` is one of :data:`ERROR_CODES`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -1,0 +1,17 @@
+"""Fixtures: a fresh relay subprocess per test (module-scoped where state does not matter)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.relay.harness import RelayProcess, start_relay
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[RelayProcess]:
+    process = start_relay(tmp_path / "relay", "--redeliver-after", "2")
+    yield process
+    process.stop()

@@ -1,0 +1,168 @@
+"""Login, send, receive, ack, offline delivery, impersonation: a real relay process."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+from websockets.asyncio.client import connect
+
+from relay import wire
+from tests.relay.harness import ROOT, Client, Identity, RelayProcess, start_relay
+
+
+async def test_login_send_receive_ack(relay: RelayProcess) -> None:
+    alice = await Client(relay.url, Identity("alice"), relay_id=relay.relay_id).connect()
+    bob = await Client(relay.url, Identity("bob"), relay_id=relay.relay_id).connect()
+    assert alice.auth_ok is not None and alice.auth_ok.new and alice.auth_ok.queued == 0
+    body = os.urandom(256)
+    msg = await alice.send("bob", body)
+    await bob.wait(lambda: bob.delivered)
+    await alice.wait(lambda: msg in alice.stored)
+    got = bob.delivered[0]
+    assert (got.msg, got.sender, got.body) == (msg, "alice", body)
+    assert alice.stored[msg] is False
+    # Same message ID again: the relay says duplicate and delivers nothing new.
+    await alice.send("bob", body, msg_id=msg)
+    await alice.wait(lambda: alice.stored[msg] is True)
+    await bob.close()
+    # Bob acked: nothing is waiting for him on his next login.
+    bob2 = await Client(relay.url, bob.identity, relay_id=relay.relay_id).connect()
+    assert bob2.auth_ok is not None and bob2.auth_ok.queued == 0 and not bob2.auth_ok.new
+    await alice.close()
+    await bob2.close()
+
+
+async def test_offline_delivery_and_unacked_redelivery(relay: RelayProcess) -> None:
+    alice = await Client(relay.url, Identity("alice")).connect()
+    bob_id = Identity("bob")
+    bob = await Client(relay.url, bob_id).connect()
+    await bob.close()
+    sent = [await alice.send("bob", f"offline {i}".encode()) for i in range(20)]
+    await alice.wait(lambda: all(m in alice.stored for m in sent))
+    # Bob logs in without acking: everything arrives, in order.
+    bob = await Client(relay.url, bob_id, auto_ack=False).connect()
+    assert bob.auth_ok is not None and bob.auth_ok.queued == 20
+    await bob.wait(lambda: len(bob.delivered) >= 20)
+    assert [d.msg for d in bob.delivered[:20]] == sent
+    # Unacked deliveries come again on the same connection (relay started with
+    # --redeliver-after 2) ...
+    await bob.wait(lambda: len(bob.delivered) >= 40, timeout=10)
+    await bob.close()
+    # ... and on the next connection; acking them empties the queue.
+    bob = await Client(relay.url, bob_id).connect()
+    await bob.wait(lambda: len({d.msg for d in bob.delivered}) == 20)
+    await bob.close()
+    bob = await Client(relay.url, bob_id).connect()
+    assert bob.auth_ok is not None and bob.auth_ok.queued == 0
+    await bob.close()
+    await alice.close()
+
+
+async def test_impersonation_refused(relay: RelayProcess) -> None:
+    alice = await Client(relay.url, Identity("alice")).connect()
+    await alice.close()
+    # Another key claiming "alice": refused three times, then closed with 1008.
+    mallory = Client(relay.url, Identity("alice"))
+    await mallory.connect(wait_auth=False)
+    await mallory.wait(lambda: len(mallory.errors) >= 3 or mallory.closed.done())
+    assert mallory.errors[0].code == "handle_taken"
+    assert (await mallory.closed)[0] == wire.CLOSE_POLICY
+    assert mallory.auth_ok is None
+
+
+async def test_cannot_read_or_ack_another_queue(relay: RelayProcess) -> None:
+    alice = await Client(relay.url, Identity("alice")).connect()
+    bob_id = Identity("bob")
+    bob = await Client(relay.url, bob_id).connect()
+    await bob.close()
+    msg = await alice.send("bob", b"for bob only")
+    await alice.wait(lambda: msg in alice.stored)
+    # Mallory logs in as herself and tries to ack every plausible seq of Bob's queue.
+    mallory = await Client(relay.url, Identity("mallory")).connect()
+    mallory.conn.ack(range(1, 200))
+    await mallory.flush()
+    ping_done = len(mallory.events)
+    mallory.conn.ping()
+    await mallory.flush()
+    await mallory.wait(lambda: any(isinstance(e, wire.Pong) for e in mallory.events[ping_done:]))
+    # A signature by Mallory's key over Bob's handle cannot log in as Bob (handle bound).
+    fake_bob = Client(relay.url, Identity("bob", mallory.identity.keypair))
+    await fake_bob.connect(wait_auth=False)
+    await fake_bob.wait(lambda: fake_bob.errors)
+    assert fake_bob.errors[0].code == "handle_taken"
+    assert not fake_bob.delivered and not mallory.delivered
+    await fake_bob.close()
+    bob = await Client(relay.url, bob_id).connect()
+    assert bob.auth_ok is not None and bob.auth_ok.queued == 1
+    await bob.wait(lambda: bob.delivered)
+    assert bob.delivered[0].msg == msg
+    for client in (alice, bob, mallory):
+        await client.close()
+
+
+async def test_healthz_metrics_and_404(relay: RelayProcess) -> None:
+    alice = await Client(relay.url, Identity("alice")).connect()
+    await alice.send_raw("not json")
+    await alice.next_error()
+    with urllib.request.urlopen(relay.http_url + "/healthz", timeout=5) as response:
+        assert response.status == 200 and response.read() == b"ok\n"
+    with urllib.request.urlopen(relay.http_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert "qsecret_relay_connections 1" in text
+    assert 'qsecret_relay_errors_total{code="bad_json"} 1' in text
+    assert "qsecret_relay_queue_depth 0" in text
+    assert 'qsecret_relay_frames_total{kind="text_in"}' in text
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(relay.http_url + "/nope", timeout=5)
+    assert info.value.code == 404
+    await alice.close()
+
+
+async def test_tls_self_signed_pinning(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    relay = start_relay(tmp_path / "tls", "--self-signed")
+    try:
+        assert relay.url.startswith("wss://") and relay.fingerprint is not None
+        pinned = wire.parse_fingerprint(relay.fingerprint)
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # trust comes from the pinned fingerprint below
+        async with connect(relay.url, ssl=context, compression=None) as ws:
+            der = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            assert wire.certificate_fingerprint(der) == pinned
+        ok = await Client(relay.url, Identity("alice"), ssl_context=context,
+                          tls_fingerprint=pinned).connect()
+        await ok.close()
+        # Signing another certificate's fingerprint (a man in the middle's view) fails.
+        mitm = Client(relay.url, Identity("bob"), ssl_context=context,
+                      tls_fingerprint=bytes(32))
+        await mitm.connect(wait_auth=False)
+        await mitm.wait(lambda: mitm.errors)
+        assert mitm.errors[0].code == "auth_failed" and mitm.auth_ok is None
+        await mitm.close()
+    finally:
+        relay.stop()
+    # Restart: the same certificate, so the pin still holds.
+    again = start_relay(tmp_path / "tls", "--self-signed")
+    assert again.fingerprint == relay.fingerprint and again.relay_id == relay.relay_id
+    again.stop()
+
+
+def test_cli_refuses_missing_cert(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "--data", str(tmp_path), "--cert", str(tmp_path / "x")],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2 and "--cert needs --key" in result.stderr
+
+
+async def test_wrong_pinned_relay_id_is_refused_by_client(relay: RelayProcess) -> None:
+    client = Client(relay.url, Identity("alice"), relay_id="qsr-someone-else")
+    with pytest.raises(wire.WireError) as info:
+        await client.connect(timeout=3)
+    assert info.value.code == "wrong_relay"
+    assert not client.conn.data_to_send()  # nothing was signed for the impostor
