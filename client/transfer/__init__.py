@@ -1,0 +1,116 @@
+"""Encrypted file transfer: manifest, per-file keys, STREAM sealing, sender/receiver cores.
+
+Sans-I/O towards the network; the receiver's disk side (``.part`` files, progress, landing)
+is in ``partial``. The thin asyncio layer moves frames between these objects and the relay:
+
+    sender:   built = build_manifest(paths); manifest = built.manifest.with_qkd_key_ids(ids)
+              send encode_offer(manifest) in an E2EE message
+              keys = TransferKeys(manifest, session_secret, qkd_bytes)
+              tx = TransferSender(keys, FileReader(built.sources))
+              on a binary frame from the peer: tx.receive_control(frame), then send tx.frames()
+    receiver: msg = decode_message(payload)  (an offer) -> show name/size/sender, accept?
+              keys = TransferKeys(msg.manifest, session_secret, qkd_bytes)
+              rx = TransferReceiver.accept(keys, downloads)   (or .resume after a restart)
+              on each binary frame: rx.receive_frame(frame); send rx.data_to_send()
+"""
+
+from .control import (
+    TransferMessage,
+    decode_message,
+    encode_cancel,
+    encode_decline,
+    encode_offer,
+)
+from .errors import (
+    ChunkRejected,
+    MalformedFrame,
+    ManifestError,
+    OutOfOrderChunk,
+    ReplayedChunk,
+    SourceError,
+    StateError,
+    TamperedChunk,
+    TransferError,
+    UnsafeName,
+)
+from .events import (
+    Accepted,
+    Cancelled,
+    ChunkRefused,
+    ChunkStored,
+    ControlIgnored,
+    Declined,
+    Event,
+    FileDelivered,
+    FileLanded,
+    IntegrityFailed,
+    ProgressUpdate,
+    Rewound,
+    TransferComplete,
+)
+from .keys import TransferKeys
+from .manifest import (
+    DEFAULT_CHUNK_SIZE,
+    BuiltManifest,
+    FileEntry,
+    Manifest,
+    Skipped,
+    build_manifest,
+)
+from .names import OnConflict, safe_components
+from .partial import PartialStore
+from .progress import Progress, ProgressMeter
+from .receiver import ReceiverStatus, TransferReceiver
+from .sender import FileReader, SenderStatus, TransferSender
+from .stream import KIND_CHUNK, KIND_CONTROL, frame_kind
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "KIND_CHUNK",
+    "KIND_CONTROL",
+    "Accepted",
+    "BuiltManifest",
+    "Cancelled",
+    "ChunkRefused",
+    "ChunkRejected",
+    "ChunkStored",
+    "ControlIgnored",
+    "Declined",
+    "Event",
+    "FileDelivered",
+    "FileEntry",
+    "FileLanded",
+    "FileReader",
+    "IntegrityFailed",
+    "MalformedFrame",
+    "Manifest",
+    "ManifestError",
+    "OnConflict",
+    "OutOfOrderChunk",
+    "PartialStore",
+    "Progress",
+    "ProgressMeter",
+    "ProgressUpdate",
+    "ReceiverStatus",
+    "ReplayedChunk",
+    "Rewound",
+    "SenderStatus",
+    "Skipped",
+    "SourceError",
+    "StateError",
+    "TamperedChunk",
+    "TransferComplete",
+    "TransferError",
+    "TransferKeys",
+    "TransferMessage",
+    "TransferReceiver",
+    "TransferSender",
+    "UnsafeName",
+    "build_manifest",
+    "decode_message",
+    "encode_cancel",
+    "encode_decline",
+    "encode_offer",
+    "frame_kind",
+    "safe_components",
+]

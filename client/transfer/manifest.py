@@ -1,0 +1,326 @@
+"""The transfer manifest: what is offered (names, sizes, SHA-256), and how it is chunked.
+
+The manifest travels inside an end-to-end encrypted message and is bound into every file key
+(its exact encoded bytes go into the key-derivation transcript), so the relay can neither read
+nor alter it, and a chunk sealed for one manifest never opens under another.
+
+Encoding: canonical CBOR (RFC 8949 §4.2.1 deterministic encoding, via cbor2), a map with short
+keys and an explicit version::
+
+    {"v": 1, "id": bstr(16), "suite": "AES-256-GCM/STREAM-v1", "chunk": uint,
+     "qkd": [tstr key_ID, ...], "files": [[tstr path, uint size, bstr(32) sha256], ...]}
+
+Paths are the sender's relative paths joined with ``/``; they are untrusted on the receiving
+side and pass through ``names.safe_components`` before anything touches the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cbor2
+
+from .errors import ManifestError, SourceError
+from .names import numbered
+
+MANIFEST_VERSION = 1
+SUITE = "AES-256-GCM/STREAM-v1"
+TRANSFER_ID_BYTES = 16
+SHA256_BYTES = 32
+KiB = 1024
+MiB = 1024 * KiB
+# Measured (see README text in the transfer report): 1 MiB chunks reach the AEAD's plateau and
+# keep a window of 8 in flight at 8 MiB.
+DEFAULT_CHUNK_SIZE = 1 * MiB
+MIN_CHUNK_SIZE = 4 * KiB
+MAX_CHUNK_SIZE = 8 * MiB
+MAX_FILES = 100_000
+MAX_CHUNKS_PER_FILE = 2**32  # the STREAM counter is 32 bits
+MAX_PATH_CHARS = 4096
+MAX_QKD_KEY_IDS = 64
+MAX_KEY_ID_CHARS = 128
+MAX_MANIFEST_BYTES = 32 * MiB
+HASH_BLOCK = 1 * MiB
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One offered file: its relative path as the sender named it, size and SHA-256."""
+
+    path: str
+    size: int
+    sha256: bytes
+
+    def chunk_count(self, chunk_size: int) -> int:
+        """At least one chunk, so an empty file still carries a last-chunk flag."""
+        return max(1, -(-self.size // chunk_size))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the receiver needs to decide, derive keys and verify what arrives."""
+
+    transfer_id: bytes
+    chunk_size: int
+    files: tuple[FileEntry, ...]
+    qkd_key_ids: tuple[str, ...] = ()
+    suite: str = SUITE
+    version: int = MANIFEST_VERSION
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def total_size(self) -> int:
+        return sum(entry.size for entry in self.files)
+
+    def chunk_count(self, file_index: int) -> int:
+        return self.files[file_index].chunk_count(self.chunk_size)
+
+    def chunk_length(self, file_index: int, chunk_index: int) -> int:
+        """Plaintext length of one chunk (the last one may be short or empty)."""
+        entry = self.files[file_index]
+        start = chunk_index * self.chunk_size
+        return max(0, min(self.chunk_size, entry.size - start))
+
+    def with_qkd_key_ids(self, key_ids: Iterable[str]) -> Manifest:
+        """The same manifest naming the QKD keys mixed into its file keys."""
+        return replace(self, qkd_key_ids=tuple(key_ids))
+
+    def encode(self) -> bytes:
+        """Canonical CBOR bytes; the same manifest always encodes to the same bytes."""
+        return cbor2.dumps(
+            {
+                "v": self.version,
+                "id": self.transfer_id,
+                "suite": self.suite,
+                "chunk": self.chunk_size,
+                "qkd": list(self.qkd_key_ids),
+                "files": [[f.path, f.size, f.sha256] for f in self.files],
+            },
+            canonical=True,
+        )
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.encode()).digest()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Manifest:
+        """Parse and validate untrusted manifest bytes; raise ManifestError with the reason."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise ManifestError("a manifest must be bytes")
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"manifest of {len(data)} bytes exceeds {MAX_MANIFEST_BYTES}")
+        try:
+            raw = cbor2.loads(bytes(data))
+        except Exception as exc:  # cbor2 raises several types for malformed input
+            raise ManifestError(f"manifest is not valid CBOR: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ManifestError("manifest must be a CBOR map")
+        version = raw.get("v")
+        if version != MANIFEST_VERSION:
+            raise ManifestError(
+                f"manifest version {version!r} is not supported (this qsecret reads version "
+                f"{MANIFEST_VERSION}); ask the sender to update or update qsecret"
+            )
+        expected = {"v", "id", "suite", "chunk", "qkd", "files"}
+        if set(raw) != expected:
+            raise ManifestError(f"manifest fields {sorted(map(str, raw))} != {sorted(expected)}")
+        files_raw = raw["files"]
+        if not isinstance(files_raw, list):
+            raise ManifestError("manifest 'files' must be a list")
+        files = []
+        for number, item in enumerate(files_raw):
+            if not (isinstance(item, list) and len(item) == 3):
+                raise ManifestError(f"manifest file #{number} must be [path, size, sha256]")
+            path, size, digest = item
+            files.append(FileEntry(path=path, size=size, sha256=digest))
+        qkd = raw["qkd"]
+        if not isinstance(qkd, list):
+            raise ManifestError("manifest 'qkd' must be a list of key_IDs")
+        manifest = cls(
+            transfer_id=raw["id"],
+            chunk_size=raw["chunk"],
+            files=tuple(files),
+            qkd_key_ids=tuple(qkd),
+            suite=raw["suite"],
+            version=version,
+        )
+        if manifest.encode() != bytes(data):
+            raise ManifestError("manifest is not in canonical CBOR encoding")
+        return manifest
+
+
+def _is_uint(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _validate(manifest: Manifest) -> None:
+    if manifest.version != MANIFEST_VERSION:
+        raise ManifestError(f"unsupported manifest version {manifest.version!r}")
+    if manifest.suite != SUITE:
+        raise ManifestError(f"unknown cipher suite {manifest.suite!r} (supported: {SUITE})")
+    tid = manifest.transfer_id
+    if not isinstance(tid, bytes) or len(tid) != TRANSFER_ID_BYTES:
+        raise ManifestError(f"transfer ID must be {TRANSFER_ID_BYTES} bytes")
+    size = manifest.chunk_size
+    if not _is_uint(size) or not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
+        raise ManifestError(f"chunk size must be {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE} bytes")
+    if not 1 <= len(manifest.files) <= MAX_FILES:
+        raise ManifestError(f"a transfer carries 1..{MAX_FILES} files, got {len(manifest.files)}")
+    if len(manifest.qkd_key_ids) > MAX_QKD_KEY_IDS or not all(
+        isinstance(k, str) and 0 < len(k) <= MAX_KEY_ID_CHARS for k in manifest.qkd_key_ids
+    ):
+        raise ManifestError("QKD key_IDs must be at most 64 non-empty strings of <= 128 chars")
+    seen: set[str] = set()
+    for number, entry in enumerate(manifest.files):
+        if not isinstance(entry.path, str) or not 0 < len(entry.path) <= MAX_PATH_CHARS:
+            raise ManifestError(f"file #{number}: path must be 1..{MAX_PATH_CHARS} characters")
+        if entry.path in seen:
+            raise ManifestError(f"file #{number}: path {entry.path!r} appears twice")
+        seen.add(entry.path)
+        if not _is_uint(entry.size):
+            raise ManifestError(f"file #{number}: size must be a non-negative integer")
+        if entry.chunk_count(size) > MAX_CHUNKS_PER_FILE:
+            raise ManifestError(f"file #{number}: too large for {size}-byte chunks")
+        if not isinstance(entry.sha256, bytes) or len(entry.sha256) != SHA256_BYTES:
+            raise ManifestError(f"file #{number}: sha256 must be {SHA256_BYTES} bytes")
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A path inside a folder that is not sent, and why (shown to the sender)."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BuiltManifest:
+    """A manifest plus, for the sender only, where each file's bytes come from."""
+
+    manifest: Manifest
+    sources: tuple[Path, ...]
+    skipped: tuple[Skipped, ...] = field(default=())
+
+
+def hash_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> tuple[int, bytes]:
+    """(size, SHA-256) of a file, streamed in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    buffer = bytearray(HASH_BLOCK)
+    view = memoryview(buffer)
+    size = 0
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
+            size += count
+            if on_bytes is not None:
+                on_bytes(count)
+    return size, digest.digest()
+
+
+def _walk(root: Path, top: str) -> tuple[list[tuple[str, Path]], list[Skipped]]:
+    """Regular files under ``root`` (sorted), named ``top/rel/path``; what was skipped."""
+    real_root = os.path.realpath(root)
+    found: list[tuple[str, Path]] = []
+    skipped: list[Skipped] = []
+    stack = [(root, top)]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append(Skipped(prefix, f"cannot list folder: {exc.strerror}"))
+            continue
+        subfolders = []
+        for entry in entries:
+            name = f"{prefix}/{entry.name}"
+            path = Path(entry.path)
+            if entry.is_symlink():
+                target = os.path.realpath(path)
+                inside = target.startswith(real_root.rstrip(os.sep) + os.sep)
+                if not inside:
+                    skipped.append(Skipped(name, "symlink points outside the folder"))
+                elif os.path.isdir(target):
+                    skipped.append(Skipped(name, "symlink to a folder is not followed"))
+                elif os.path.isfile(target):
+                    found.append((name, path))
+                else:
+                    skipped.append(Skipped(name, "broken symlink or special file"))
+                continue
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISDIR(mode):
+                subfolders.append((path, name))
+            elif stat.S_ISREG(mode):
+                found.append((name, path))
+            else:
+                skipped.append(Skipped(name, "special file (device, FIFO or socket)"))
+        stack.extend(reversed(subfolders))
+    found.sort(key=lambda item: item[0])
+    return found, skipped
+
+
+def build_manifest(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    transfer_id: bytes | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> BuiltManifest:
+    """Walk files and folders, hash every file and describe them in a new manifest.
+
+    Folders keep their relative structure under their own name. Inside a folder, symlinks
+    that leave it, symlinks to folders and special files are skipped and reported. A path
+    named explicitly is followed even if it is a symlink (the user asked for it).
+    """
+    named: list[tuple[str, Path]] = []
+    skipped: list[Skipped] = []
+    used_tops: set[str] = set()
+    for raw in paths:
+        path = Path(raw)
+        if not os.path.lexists(path):
+            raise SourceError(f"{path}: no such file or folder")
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise SourceError(f"{path}: {exc.strerror}") from None
+        top = Path(os.path.abspath(path)).name or Path(os.path.realpath(path)).name
+        if not top:
+            raise SourceError(f"{path}: cannot send the root of a filesystem")
+        base, attempt = top, 0
+        while top in used_tops:
+            attempt += 1
+            top = numbered(base, attempt)
+        used_tops.add(top)
+        if stat.S_ISREG(mode):
+            named.append((top, path))
+        elif stat.S_ISDIR(mode):
+            files, skips = _walk(path, top)
+            named.extend(files)
+            skipped.extend(skips)
+        else:
+            raise SourceError(f"{path}: not a regular file or folder (special files are not sent)")
+    if not named:
+        raise SourceError("nothing to send: no regular files found")
+    entries = []
+    for name, path in named:
+        try:
+            size, digest = hash_file(path, on_bytes)
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
+        entries.append(FileEntry(path=name, size=size, sha256=digest))
+    manifest = Manifest(
+        transfer_id=transfer_id if transfer_id is not None else secrets.token_bytes(16),
+        chunk_size=chunk_size,
+        files=tuple(entries),
+    )
+    return BuiltManifest(manifest, tuple(path for _, path in named), tuple(skipped))

@@ -1,0 +1,324 @@
+"""The sending state machine: read, seal, respect the window, follow acks and resume points.
+
+Sans-I/O: chunks come from a reader callback ``reader(file_index, offset, length) -> bytes``
+(so the file is never held in memory), frames go out through ``next_frame()`` and control
+frames from the receiver come in through ``receive_control()``. At most ``window_chunks``
+chunks are in flight (sent but not acknowledged); the I/O layer calls ``next_frame()`` until
+it returns ``None`` and again whenever ``receive_control`` reports progress.
+
+The receiver is authoritative about where to continue: its ``resume`` message (sent on
+accept, reconnect, restart or after a gap) moves the send position, back or forward.
+``snapshot()`` is a small JSON-able dict (no key material) the I/O layer persists so a
+restarted sender continues from the last acknowledged chunk.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .control import clip_reason, open_control, seal_control
+from .errors import ChunkRejected, SourceError, StateError, TransferError
+from .events import (
+    Accepted,
+    Cancelled,
+    ControlIgnored,
+    Declined,
+    Event,
+    FileDelivered,
+    ProgressUpdate,
+    Rewound,
+    TransferComplete,
+)
+from .keys import RECEIVER_TO_SENDER, SENDER_TO_RECEIVER, TransferKeys
+from .manifest import Manifest
+from .progress import Progress, ProgressMeter
+from .stream import ChunkSealer
+
+ChunkReader = Callable[[int, int, int], bytes | bytearray | memoryview]
+DEFAULT_WINDOW_CHUNKS = 8
+SNAPSHOT_VERSION = 1
+SEQ_BLOCK = 1024
+
+
+class SenderStatus(enum.Enum):
+    OFFERED = "offered"  # waiting for accept
+    SENDING = "sending"
+    COMPLETE = "complete"
+    CANCELLED = "cancelled"
+    DECLINED = "declined"
+    FAILED = "failed"
+
+
+class FileReader:
+    """A reader callback over the sender's files (one open descriptor at a time, pread)."""
+
+    def __init__(self, sources: Sequence[str | os.PathLike[str]]) -> None:
+        self._sources = [Path(p) for p in sources]
+        self._fd: int | None = None
+        self._index = -1
+
+    def __call__(self, file_index: int, offset: int, length: int) -> bytes:
+        if file_index != self._index:
+            self.close()
+            try:
+                self._fd = os.open(self._sources[file_index], os.O_RDONLY)
+            except OSError as exc:
+                raise SourceError(f"{self._sources[file_index]}: {exc.strerror}") from None
+            self._index = file_index
+        assert self._fd is not None
+        return os.pread(self._fd, length, offset)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._index = None, -1
+
+
+class TransferSender:
+    """One outgoing transfer; create it when the offer is sent, or ``restore`` it."""
+
+    def __init__(self, keys: TransferKeys, reader: ChunkReader, *,
+                 window_chunks: int = DEFAULT_WINDOW_CHUNKS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if window_chunks < 1:
+            raise StateError("the flow-control window must hold at least one chunk")
+        self.keys = keys
+        self.manifest: Manifest = keys.manifest
+        self.reader = reader
+        self.window_chunks = window_chunks
+        self.status = SenderStatus.OFFERED
+        self._outbox: list[bytes] = []
+        self._seq = 0
+        self._peer_seq = -1
+        count = len(self.manifest.files)
+        self._chunks_before = [0]
+        self._bytes_before = [0]
+        for index, entry in enumerate(self.manifest.files):
+            self._chunks_before.append(self._chunks_before[-1] + self.manifest.chunk_count(index))
+            self._bytes_before.append(self._bytes_before[-1] + entry.size)
+        self._end = (count, 0)
+        self._next = (0, 0)
+        self._acked = (0, 0)
+        self._delivered = 0  # files reported delivered
+        self._sealer: ChunkSealer | None = None
+        self._sealer_index = -1
+        self._hash: Any = None  # running SHA-256 while a file is sent from chunk 0 in order
+        self._hash_at = (-1, -1)
+        self.meter = ProgressMeter(self.manifest.total_size, count, clock)
+
+    # ------------------------------------------------------------------ persistence
+
+    def snapshot(self) -> dict[str, Any]:
+        """What to persist (no key material): manifest, status, last acknowledged position."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "manifest": self.manifest.encode().hex(),
+            "status": self.status.value,
+            "acked": list(self._acked),
+            "seq": self._seq,
+            "peer_seq": self._peer_seq,
+        }
+
+    @staticmethod
+    def manifest_from_snapshot(snapshot: dict[str, Any]) -> Manifest:
+        """The manifest in a snapshot, to re-derive the keys before ``restore``."""
+        if snapshot.get("version") != SNAPSHOT_VERSION:
+            raise StateError("sender snapshot of an unknown version")
+        return Manifest.decode(bytes.fromhex(snapshot["manifest"]))
+
+    @classmethod
+    def restore(cls, snapshot: dict[str, Any], keys: TransferKeys, reader: ChunkReader,
+                **options: Any) -> TransferSender:
+        """Continue after a restart from the last acknowledged chunk."""
+        if cls.manifest_from_snapshot(snapshot).encode() != keys.manifest.encode():
+            raise StateError("the keys were derived for another manifest than the snapshot's")
+        sender = cls(keys, reader, **options)
+        sender.status = SenderStatus(snapshot["status"])
+        file_index, chunk_index = (int(x) for x in snapshot["acked"])
+        sender._acked = sender._next = sender._checked((file_index, chunk_index))
+        sender._delivered = sender._acked[0]
+        # Own numbers may have been used after the snapshot: jump past them.
+        sender._seq = int(snapshot["seq"]) + SEQ_BLOCK
+        sender._peer_seq = int(snapshot["peer_seq"])
+        sender.meter.set_done(sender._acked_bytes(), sender._delivered)
+        return sender
+
+    # ---------------------------------------------------------------------- queries
+
+    @property
+    def in_flight(self) -> int:
+        return self._ordinal(self._next) - self._ordinal(self._acked)
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Next (file, chunk) to send."""
+        return self._next
+
+    @property
+    def acknowledged(self) -> tuple[int, int]:
+        return self._acked
+
+    def progress(self) -> Progress:
+        return self.meter.snapshot()
+
+    def _ordinal(self, pos: tuple[int, int]) -> int:
+        return self._chunks_before[pos[0]] + pos[1]
+
+    def _acked_bytes(self) -> int:
+        file_index, chunk_index = self._acked
+        if file_index >= len(self.manifest.files):
+            return self.manifest.total_size
+        within = min(chunk_index * self.manifest.chunk_size, self.manifest.files[file_index].size)
+        return self._bytes_before[file_index] + within
+
+    def _checked(self, pos: tuple[int, int]) -> tuple[int, int]:
+        file_index, chunk_index = pos
+        if pos == self._end:
+            return pos
+        if not 0 <= file_index < len(self.manifest.files) or not (
+            0 <= chunk_index < self.manifest.chunk_count(file_index)
+        ):
+            raise StateError(f"position (file {file_index}, chunk {chunk_index}) is not in "
+                             "this transfer")
+        return pos
+
+    # ----------------------------------------------------------------------- output
+
+    def data_to_send(self) -> list[bytes]:
+        """Control frames to send to the receiver (cancel)."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_frame(self) -> bytearray | None:
+        """The next sealed chunk frame, or ``None`` (window full, all sent, or not sending).
+
+        Raises SourceError (and cancels, see ``data_to_send``) if a file changed since it was
+        offered: shorter than announced, or a SHA-256 differing from the manifest's.
+        """
+        if self.status is not SenderStatus.SENDING or self._next >= self._end:
+            return None
+        if self.in_flight >= self.window_chunks:
+            return None
+        file_index, chunk_index = self._next
+        manifest = self.manifest
+        length = manifest.chunk_length(file_index, chunk_index)
+        data = self.reader(file_index, chunk_index * manifest.chunk_size, length)
+        if len(data) != length:
+            self._fail(f"{manifest.files[file_index].path!r} is shorter than when it was "
+                       "offered (it changed): transfer stopped")
+        last = chunk_index == manifest.chunk_count(file_index) - 1
+        self._track_hash(file_index, chunk_index, data, last)
+        if self._sealer_index != file_index:
+            self._sealer = ChunkSealer(manifest.transfer_id, file_index,
+                                       self.keys.file_key(file_index))
+            self._sealer_index = file_index
+        assert self._sealer is not None
+        frame = self._sealer.seal(chunk_index, data, last)
+        self._next = (file_index + 1, 0) if last else (file_index, chunk_index + 1)
+        return frame
+
+    def frames(self) -> list[bytearray]:
+        """All frames the window allows now (at most ``window_chunks``)."""
+        out = []
+        while (frame := self.next_frame()) is not None:
+            out.append(frame)
+        return out
+
+    def _track_hash(self, file_index: int, chunk_index: int,
+                    data: bytes | bytearray | memoryview, last: bool) -> None:
+        if chunk_index == 0:
+            self._hash = hashlib.sha256()
+        elif self._hash_at != (file_index, chunk_index):
+            self._hash = None  # resumed mid-file: the receiver's check covers it
+        if self._hash is None:
+            return
+        self._hash.update(data)
+        self._hash_at = (file_index, chunk_index + 1)
+        if last and self._hash.digest() != self.manifest.files[file_index].sha256:
+            self._fail(f"{self.manifest.files[file_index].path!r} changed since it was "
+                       "offered (SHA-256 differs): transfer stopped")
+
+    def _fail(self, message: str) -> None:
+        self._queue_cancel(message)
+        self.status = SenderStatus.FAILED
+        raise SourceError(message)
+
+    # ------------------------------------------------------------------------ input
+
+    def receive_control(self, frame: bytes | bytearray | memoryview) -> list[Event]:
+        """Handle a control frame from the receiver (resume point, ack, cancel)."""
+        try:
+            message = open_control(self.keys, RECEIVER_TO_SENDER, frame)
+        except ChunkRejected as exc:
+            return [ControlIgnored(str(exc))]
+        if message.seq <= self._peer_seq:
+            return [ControlIgnored(f"stale or replayed control message (seq {message.seq})")]
+        if self.status in (SenderStatus.CANCELLED, SenderStatus.DECLINED, SenderStatus.FAILED):
+            return [ControlIgnored(f"transfer is {self.status.value}")]
+        body = message.body
+        if message.type == "cancel":
+            self._peer_seq = message.seq
+            self.status = SenderStatus.CANCELLED
+            return [Cancelled(clip_reason(body.get("reason", "")), by_peer=True)]
+        if message.type not in ("resume", "ack"):
+            return [ControlIgnored(f"unknown control message {message.type!r}")]
+        try:
+            pos = self._checked((int(body["f"]), int(body["n"])))
+        except (KeyError, TypeError, ValueError, TransferError) as exc:
+            return [ControlIgnored(f"bad position in {message.type}: {exc}")]
+        self._peer_seq = message.seq
+        events: list[Event] = []
+        if message.type == "resume":
+            if self.status is SenderStatus.OFFERED:
+                self.status = SenderStatus.SENDING
+                events.append(Accepted(*pos))
+            elif pos != self._next:
+                events.append(Rewound(*pos))
+            self._next = self._acked = pos
+        else:
+            if self.status is SenderStatus.OFFERED:
+                return [ControlIgnored("ack before the transfer was accepted")]
+            self._acked = max(self._acked, pos)
+            self._next = max(self._next, self._acked)
+        while self._delivered < self._acked[0]:
+            events.append(FileDelivered(self._delivered))
+            self._delivered += 1
+        events.append(ProgressUpdate(self.meter.set_done(self._acked_bytes(), self._delivered)))
+        if self._acked == self._end and self.status is SenderStatus.SENDING:
+            self.status = SenderStatus.COMPLETE
+            events.append(TransferComplete())
+        return events
+
+    def declined(self, reason: str = "declined") -> list[Event]:
+        """The recipient declined (an E2EE ``transfer-decline`` message arrived)."""
+        if self.status is not SenderStatus.OFFERED:
+            return [ControlIgnored(f"decline after the transfer was {self.status.value}")]
+        self.status = SenderStatus.DECLINED
+        return [Declined(clip_reason(reason))]
+
+    def cancel(self, reason: str = "cancelled by the sender") -> list[Event]:
+        """Stop sending and tell the receiver (sealed control frame in ``data_to_send``;
+        before acceptance, also send ``control.encode_cancel`` in an E2EE message)."""
+        if self.status not in (SenderStatus.OFFERED, SenderStatus.SENDING):
+            return []
+        self._queue_cancel(reason)
+        self.status = SenderStatus.CANCELLED
+        return [Cancelled(clip_reason(reason), by_peer=False)]
+
+    def peer_cancelled(self, reason: str) -> list[Event]:
+        """The receiver cancelled through an E2EE message (e.g. before accepting)."""
+        if self.status not in (SenderStatus.OFFERED, SenderStatus.SENDING):
+            return []
+        self.status = SenderStatus.CANCELLED
+        return [Cancelled(clip_reason(reason), by_peer=True)]
+
+    def _queue_cancel(self, reason: str) -> None:
+        self._seq += 1
+        self._outbox.append(seal_control(self.keys, SENDER_TO_RECEIVER, self._seq, "cancel",
+                                         reason=clip_reason(reason)))
