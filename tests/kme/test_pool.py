@@ -1,0 +1,268 @@
+"""The key pool: once-only delivery, bindings, no loss or double delivery under races or kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from keysource.kme.pool import (
+    BadBatch,
+    Binding,
+    BindingConflict,
+    KeyLookupError,
+    KeyPool,
+    PoolExhausted,
+)
+
+from .conftest import random_batch
+
+A, B = "kme-a", "kme-b"
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> KeyPool:
+    p = KeyPool(tmp_path / "pool.sqlite", max_key_count=50)
+    yield p
+    p.close()
+
+
+def test_keys_are_handed_out_once_oldest_first(pool: KeyPool) -> None:
+    batch = random_batch(10)
+    assert pool.add_keys(batch) == 10
+    first = pool.take_free(4, sae="x")
+    assert [(k.key_ID, k.key) for k in first] == batch[:4]
+    rest = pool.take_free(6, sae="x")
+    assert {k.key_ID for k in rest} == {k for k, _ in batch[4:]}
+    with pytest.raises(PoolExhausted):
+        pool.take_free(1, sae="x")
+    assert pool.delivered_ids() == {k for k, _ in batch}
+
+
+def test_add_is_idempotent_and_never_revives_delivered_keys(pool: KeyPool) -> None:
+    batch = random_batch(3)
+    pool.add_keys(batch)
+    assert pool.add_keys(batch) == 0  # a replayed batch changes nothing
+    taken = pool.take_free(1, sae="x")
+    assert pool.add_keys(batch) == 0  # ... and never brings back the delivered key
+    assert taken[0].key_ID not in pool.key_ids()
+    with pytest.raises(BadBatch):
+        pool.add_keys([(batch[1][0], os.urandom(32))])  # same ID, other bytes
+
+
+def test_a_bad_batch_is_rejected_whole(pool: KeyPool) -> None:
+    good = random_batch(2)
+    for bad in ([("not-a-uuid", os.urandom(32))], [(str(uuid.uuid4()), os.urandom(31))]):
+        with pytest.raises(BadBatch):
+            pool.add_keys([*good, *bad])
+        assert pool.stats().stored == 0
+
+
+def test_room_follows_max_key_count(pool: KeyPool) -> None:
+    assert pool.room() == 50
+    pool.add_keys(random_batch(30))
+    assert pool.room() == 20
+    pool.add_keys(random_batch(30))  # a whole batch is kept so both ends stay identical
+    assert pool.room() == 0 and pool.stats().stored == 60
+
+
+def make_pair(tmp_path: Path) -> tuple[KeyPool, KeyPool, list[tuple[str, bytes]]]:
+    a = KeyPool(tmp_path / "a.sqlite")
+    b = KeyPool(tmp_path / "b.sqlite")
+    batch = random_batch(20)
+    a.add_keys(batch)
+    b.add_keys(batch)
+    return a, b, batch
+
+
+def test_binding_delivers_the_same_keys_to_master_and_slave(tmp_path: Path) -> None:
+    a, b, _ = make_pair(tmp_path)
+    binding = a.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
+                     master_kme=A, local_kme=A, sizes=[256, 512, 64])
+    assert len(binding.keys) == 3 and [len(k.parts) for k in binding.keys] == [1, 2, 1]
+    assert b.apply_binding(Binding.from_json(binding.to_json()), local_kme=B) == []
+    assert a.ready_count("m", "s", 512) == 0  # not confirmed by the peer yet
+    a.mark_acked(binding.binding_id)
+    assert a.ready_count("m", "s", 512) == 1
+    sent = a.take_bound_for_master("m", "s", 512, 1)
+    got = b.take_for_slave("m", "s", [sent[0].key_ID])
+    assert got == sent and len(sent[0].key) == 64
+    sent_small = a.take_bound_for_master("m", "s", 64, 1)
+    assert b.take_for_slave("m", "s", [sent_small[0].key_ID]) == sent_small
+    assert len(sent_small[0].key) == 8
+
+
+def test_slave_side_refuses_other_pairs_and_unknown_ids(tmp_path: Path) -> None:
+    a, b, batch = make_pair(tmp_path)
+    binding = a.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
+                     master_kme=A, local_kme=A, sizes=[256])
+    b.apply_binding(binding, local_kme=B)
+    key_id = binding.keys[0].key_ID
+    free_id = batch[-1][0]
+    with pytest.raises(KeyLookupError) as err:
+        b.take_for_slave("m", "intruder", [key_id])
+    assert err.value.foreign == (key_id,)
+    with pytest.raises(KeyLookupError) as err:
+        b.take_for_slave("m", "s", [key_id, free_id])  # free keys were never issued
+    assert err.value.unknown == (free_id,)
+    with pytest.raises(KeyLookupError):
+        a.take_for_slave("m", "s", [key_id])  # the master side never serves dec_keys
+    assert len(b.take_for_slave("m", "s", [key_id])) == 1
+
+
+def test_apply_binding_waits_for_missing_keys_and_is_idempotent(tmp_path: Path) -> None:
+    a, b, _ = make_pair(tmp_path)
+    late = random_batch(2)
+    a.add_keys(late)
+    a.take_free(20, sae="drain")  # only the late keys are free at A now
+    binding = a.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
+                     master_kme=B, local_kme=A, sizes=[512])
+    assert sorted(b.apply_binding(binding, local_kme=B)) == sorted(k for k, _ in late)
+    assert b.stats().bound_master == 0  # nothing applied
+    b.add_keys(late)
+    assert b.apply_binding(binding, local_kme=B) == []
+    assert b.apply_binding(binding, local_kme=B) == []
+    assert b.stats().bound_master == 2  # master at B: its SAE fetches with enc_keys there
+    assert b.ready_count("m", "s", 512) == 1
+
+
+def test_conflicting_binding_is_refused(tmp_path: Path) -> None:
+    a, b, _ = make_pair(tmp_path)
+    first = a.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
+                   master_kme=A, local_kme=A, sizes=[256])
+    b.apply_binding(first, local_kme=B)
+    clash = Binding(str(uuid.uuid4()), "m2", "s2", A, first.keys)
+    with pytest.raises(BindingConflict):
+        b.apply_binding(clash, local_kme=B)
+
+
+def test_bind_is_all_or_nothing_and_idempotent(tmp_path: Path) -> None:
+    a, _, _ = make_pair(tmp_path)
+    with pytest.raises(PoolExhausted):
+        a.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
+               master_kme=A, local_kme=A, sizes=[256] * 21)
+    assert a.stats().free == 20
+    bid = str(uuid.uuid4())
+    one = a.bind(binding_id=bid, master_SAE_ID="m", slave_SAE_ID="s", master_kme=A,
+                 local_kme=A, sizes=[256])
+    again = a.bind(binding_id=bid, master_SAE_ID="m", slave_SAE_ID="s", master_kme=A,
+                   local_kme=A, sizes=[256])
+    assert one == again and a.stats().free == 19
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.pop("keys"),
+        lambda d: d.update(binding_id="x"),
+        lambda d: d["keys"][0].update(size=512),  # parts do not match the size
+        lambda d: d["keys"][0].update(key_ID=str(uuid.uuid4())),
+        lambda d: d.update(master_SAE_ID=""),
+    ],
+)
+def test_malformed_bindings_are_rejected(tmp_path: Path, mutate: object) -> None:
+    a, _, _ = make_pair(tmp_path)
+    data = a.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
+                  master_kme=A, local_kme=A, sizes=[256]).to_json()
+    mutate(data)  # type: ignore[operator]
+    with pytest.raises(ValueError):
+        Binding.from_json(data)
+
+
+def test_threads_racing_for_keys_never_share_one(tmp_path: Path) -> None:
+    path = tmp_path / "pool.sqlite"
+    batch = random_batch(600)
+    with KeyPool(path) as p:
+        p.add_keys(batch)
+    received: list[list[str]] = [[] for _ in range(8)]
+
+    def worker(index: int) -> None:
+        with KeyPool(path) as mine:
+            for _ in range(1000):  # bounded; the pool runs dry long before
+                try:
+                    received[index] += [k.key_ID for k in mine.take_free(1 + index % 3, sae="t")]
+                except PoolExhausted:
+                    return
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    got = [k for r in received for k in r]
+    assert len(got) == len(set(got)), "a key was handed out twice"
+    with KeyPool(path) as p:
+        left = p.key_ids()
+    assert set(got) | left == {k for k, _ in batch} and not set(got) & left
+    assert sum(1 for r in received if r) > 1  # they really raced
+
+
+def worker_cmd(path: Path, per_take: int) -> list[str]:
+    return [sys.executable, "-m", "tests.kme._pool_worker", str(path), str(per_take)]
+
+
+def test_processes_racing_for_keys_never_share_one(tmp_path: Path) -> None:
+    path = tmp_path / "pool.sqlite"
+    batch = random_batch(1500)
+    with KeyPool(path) as p:
+        p.add_keys(batch)
+    procs = [subprocess.Popen(worker_cmd(path, n), stdout=subprocess.PIPE, text=True)
+             for n in (1, 2, 3, 5)]
+    outputs = [p.communicate(timeout=120)[0].split() for p in procs]
+    got = [k for out in outputs for k in out if k != "done"]
+    assert all(out and out[-1] == "done" for out in outputs)
+    assert len(got) == len(set(got)), "a key was handed out twice"
+    with KeyPool(path) as p:
+        left = p.key_ids()
+    assert set(got) | left == {k for k, _ in batch}
+    assert len(left) < 5  # only what no worker's take size fitted any more
+
+
+@pytest.mark.slow
+def test_kill_9_while_serving_loses_nothing_and_serves_nothing_twice(tmp_path: Path) -> None:
+    """kill -9 a process taking keys in a loop; compare what it printed with what remains.
+
+    A key is "delivered" when the transaction deleting it commits. Between that commit
+    and the worker printing the IDs lies one take (``per_take`` keys) that the reader may not
+    see: those IDs are in the delivered journal, never in the pool, never served again.
+    """
+    path = tmp_path / "pool.sqlite"
+    batch = random_batch(8000)
+    original = {k for k, _ in batch}
+    with KeyPool(path) as p:
+        p.add_keys(batch)
+    per_take = 3
+    seen: set[str] = set()
+    for round_ in range(3):
+        # Unbuffered: communicate() reads the raw pipe, so nothing may sit in a buffer.
+        proc = subprocess.Popen(worker_cmd(path, per_take), stdout=subprocess.PIPE, bufsize=0)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # it is serving now
+        time.sleep(0.02 + 0.04 * round_)
+        os.kill(proc.pid, signal.SIGKILL)
+        out = (first + proc.communicate(timeout=30)[0]).decode()
+        assert "done" not in out, "the worker finished before being killed; use more keys"
+        received = [line for line in out.split("\n")[:-1] if line]  # last line may be cut
+        with KeyPool(path) as p:
+            remaining, journal = p.key_ids(), p.delivered_ids()
+        assert len(received) == len(set(received)) and not set(received) & seen
+        seen.update(received)
+        assert not seen & remaining, "a received key is still in the pool"
+        assert seen <= journal
+        assert remaining | journal == original, "a key vanished without being delivered"
+        assert not remaining & journal
+        # At most one take per kill was committed but not yet printed.
+        assert len(journal - seen) <= per_take * (round_ + 1)
+    # A fresh worker drains the rest: nothing it gets was received before.
+    out = subprocess.run(worker_cmd(path, 1), capture_output=True, text=True, timeout=120).stdout
+    after = [k for k in out.split() if k != "done"]
+    assert after and not set(after) & seen
+    with KeyPool(path) as p:
+        assert p.key_ids() == set() and p.delivered_ids() == original
