@@ -43,7 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--quota", type=int, default=10_000, help="queued envelopes per user")
     parser.add_argument("--ttl", type=float, default=14 * 24 * 3600,
                         help="seconds a queued envelope is kept")
-    parser.add_argument("--idle-timeout", type=float, default=1800.0)
+    parser.add_argument("--idle-timeout", type=float, default=1800.0,
+                        help="seconds without an application frame before closing (1001)")
+    parser.add_argument("--auth-timeout", type=float, default=10.0,
+                        help="seconds to log in after connecting before closing (1008)")
     parser.add_argument("--redeliver-after", type=float, default=30.0,
                         help="seconds before an unacked delivery is sent again")
     parser.add_argument("--log-level", default="info",
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         rate=args.rate,
         burst=args.burst,
         idle_timeout=args.idle_timeout,
+        auth_timeout=args.auth_timeout,
         redeliver_after=args.redeliver_after,
     )
     try:
