@@ -6,7 +6,7 @@ is in ``partial``. The thin asyncio layer moves frames between these objects and
     sender:   built = build_manifest(paths); manifest = built.manifest.with_qkd_key_ids(ids)
               send encode_offer(manifest) in an E2EE message
               keys = TransferKeys(manifest, session_secret, qkd_bytes)
-              tx = TransferSender(keys, FileReader(built.sources))
+              tx = TransferSender(keys, FileReader.for_manifest(built))
               on a binary frame from the peer: tx.receive_control(frame), then send tx.frames()
     receiver: msg = decode_message(payload)  (an offer) -> show name/size/sender, accept?
               keys = TransferKeys(msg.manifest, session_secret, qkd_bytes)

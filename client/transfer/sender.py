@@ -15,7 +15,6 @@ restarted sender continues from the last acknowledged chunk.
 from __future__ import annotations
 
 import enum
-import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from .events import (
     TransferComplete,
 )
 from .keys import RECEIVER_TO_SENDER, SENDER_TO_RECEIVER, TransferKeys
-from .manifest import Manifest
+from .manifest import BuiltManifest, Manifest
 from .progress import Progress, ProgressMeter
 from .stream import ChunkSealer
 
@@ -56,12 +55,32 @@ class SenderStatus(enum.Enum):
 
 
 class FileReader:
-    """A reader callback over the sender's files (one open descriptor at a time, pread)."""
+    """A reader callback over the sender's files (one open descriptor at a time, pread).
 
-    def __init__(self, sources: Sequence[str | os.PathLike[str]]) -> None:
+    With ``stamps`` (size, mtime_ns per file, as ``BuiltManifest.stamps`` records them when
+    hashing) a file modified since it was offered is refused when opened and after its last
+    chunk is read, with a clear error, instead of sending bytes that will fail the
+    receiver's SHA-256 check.
+    """
+
+    def __init__(self, sources: Sequence[str | os.PathLike[str]],
+                 stamps: Sequence[tuple[int, int]] | None = None) -> None:
         self._sources = [Path(p) for p in sources]
+        self._stamps = list(stamps) if stamps is not None else None
         self._fd: int | None = None
         self._index = -1
+
+    @classmethod
+    def for_manifest(cls, built: BuiltManifest) -> FileReader:
+        return cls(built.sources, built.stamps)
+
+    def _check_unchanged(self, file_index: int) -> None:
+        if self._stamps is None or self._fd is None:
+            return
+        info = os.fstat(self._fd)
+        if (info.st_size, info.st_mtime_ns) != tuple(self._stamps[file_index]):
+            raise SourceError(f"{self._sources[file_index]} changed since it was offered: "
+                              "send it again")
 
     def __call__(self, file_index: int, offset: int, length: int) -> bytes:
         if file_index != self._index:
@@ -71,8 +90,13 @@ class FileReader:
             except OSError as exc:
                 raise SourceError(f"{self._sources[file_index]}: {exc.strerror}") from None
             self._index = file_index
+            self._check_unchanged(file_index)
         assert self._fd is not None
-        return os.pread(self._fd, length, offset)
+        data = os.pread(self._fd, length, offset)
+        if len(data) < length or (self._stamps is not None
+                                  and offset + length >= self._stamps[file_index][0]):
+            self._check_unchanged(file_index)
+        return data
 
     def close(self) -> None:
         if self._fd is not None:
@@ -108,8 +132,6 @@ class TransferSender:
         self._delivered = 0  # files reported delivered
         self._sealer: ChunkSealer | None = None
         self._sealer_index = -1
-        self._hash: Any = None  # running SHA-256 while a file is sent from chunk 0 in order
-        self._hash_at = (-1, -1)
         self.meter = ProgressMeter(self.manifest.total_size, count, clock)
 
     # ------------------------------------------------------------------ persistence
@@ -199,7 +221,8 @@ class TransferSender:
         """The next sealed chunk frame, or ``None`` (window full, all sent, or not sending).
 
         Raises SourceError (and cancels, see ``data_to_send``) if a file changed since it was
-        offered: shorter than announced, or a SHA-256 differing from the manifest's.
+        offered (shorter than announced, or the reader says so). Content changes that keep
+        size and time are caught by the receiver's SHA-256 check before anything lands.
         """
         if self.status is not SenderStatus.SENDING or self._next >= self._end:
             return None
@@ -208,12 +231,14 @@ class TransferSender:
         file_index, chunk_index = self._next
         manifest = self.manifest
         length = manifest.chunk_length(file_index, chunk_index)
-        data = self.reader(file_index, chunk_index * manifest.chunk_size, length)
+        try:
+            data = self.reader(file_index, chunk_index * manifest.chunk_size, length)
+        except SourceError as exc:
+            self._fail(str(exc))
         if len(data) != length:
             self._fail(f"{manifest.files[file_index].path!r} is shorter than when it was "
                        "offered (it changed): transfer stopped")
         last = chunk_index == manifest.chunk_count(file_index) - 1
-        self._track_hash(file_index, chunk_index, data, last)
         if self._sealer_index != file_index:
             self._sealer = ChunkSealer(manifest.transfer_id, file_index,
                                        self.keys.file_key(file_index))
@@ -229,20 +254,6 @@ class TransferSender:
         while (frame := self.next_frame()) is not None:
             out.append(frame)
         return out
-
-    def _track_hash(self, file_index: int, chunk_index: int,
-                    data: bytes | bytearray | memoryview, last: bool) -> None:
-        if chunk_index == 0:
-            self._hash = hashlib.sha256()
-        elif self._hash_at != (file_index, chunk_index):
-            self._hash = None  # resumed mid-file: the receiver's check covers it
-        if self._hash is None:
-            return
-        self._hash.update(data)
-        self._hash_at = (file_index, chunk_index + 1)
-        if last and self._hash.digest() != self.manifest.files[file_index].sha256:
-            self._fail(f"{self.manifest.files[file_index].path!r} changed since it was "
-                       "offered (SHA-256 differs): transfer stopped")
 
     def _fail(self, message: str) -> None:
         self._queue_cancel(message)

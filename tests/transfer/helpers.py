@@ -78,7 +78,7 @@ def make_pair(paths: list[Path], downloads: Path, *, chunk_size: int = 64 * 1024
     secrets = Secrets.fresh()
     offer = decode_message(encode_offer(manifest))
     assert offer.manifest is not None
-    sender = TransferSender(secrets.keys(manifest), FileReader(built.sources),
+    sender = TransferSender(secrets.keys(manifest), FileReader.for_manifest(built),
                             window_chunks=window)
     receiver = TransferReceiver.accept(secrets.keys(offer.manifest), downloads)
     return Pair(secrets, manifest, built.sources, downloads, sender, receiver)
