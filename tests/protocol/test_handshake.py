@@ -69,7 +69,8 @@ def test_forged_initiator_signature_is_rejected() -> None:
 def test_swapped_initiator_identity_is_rejected() -> None:
     link, bob = KeyLink(), make_bob()
     initial, _ = _start(bob, link)
-    swapped = InitialMessage(**{**initial.__dict__, "initiator_identity": identity("mallory").public})
+    mallory = identity("mallory").public
+    swapped = InitialMessage(**{**initial.__dict__, "initiator_identity": mallory})
     with pytest.raises(BadSignature):
         respond(bob.identity, "bob", "SAE_B", bob.bundle, bob.secrets, swapped,
                 link.dec_keys(initial.qkd_key_ids))
