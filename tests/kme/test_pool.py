@@ -182,9 +182,11 @@ def test_threads_racing_for_keys_never_share_one(tmp_path: Path) -> None:
     with KeyPool(path) as p:
         p.add_keys(batch)
     received: list[list[str]] = [[] for _ in range(8)]
+    barrier = threading.Barrier(8)
 
     def worker(index: int) -> None:
         with KeyPool(path) as mine:
+            barrier.wait(timeout=30)
             for _ in range(1000):  # bounded; the pool runs dry long before
                 try:
                     received[index] += [k.key_ID for k in mine.take_free(1 + index % 3, sae="t")]
