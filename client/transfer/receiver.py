@@ -8,7 +8,8 @@ file. Each one is authenticated before anything is written; then:
 * a chunk that is already written is a replay: ignored (idempotent), reported, re-acked;
 * a chunk ahead of the expected one is refused as out-of-order and a resume point is sent
   (once per position), so the sender rewinds -- nothing is lost;
-* a tampered chunk is refused (TamperedChunk) and changes nothing.
+* a tampered chunk is refused (TamperedChunk), changes nothing, and a resume point is sent
+  (once per position) in case the genuine chunk was lost with it.
 
 After a file's last chunk its SHA-256 is compared with the manifest; on a match the part file
 is renamed into place, on a mismatch the file is restarted once from chunk 0, then failed.
@@ -44,6 +45,7 @@ from .events import (
     TransferComplete,
 )
 from .keys import RECEIVER_TO_SENDER, SENDER_TO_RECEIVER, TransferKeys
+from .manifest import Manifest
 from .names import OnConflict
 from .partial import PartialStore, Position
 from .progress import Progress, ProgressMeter
@@ -114,6 +116,20 @@ class TransferReceiver:
     def _send_final_ack(self) -> None:
         self._send("ack", f=len(self.manifest.files), n=0)
 
+    @staticmethod
+    def stored_manifest(downloads: str | os.PathLike[str], transfer_id: bytes) -> Manifest:
+        """The manifest of a persisted transfer, to re-derive its keys before ``resume``."""
+        store = PartialStore.load(downloads, transfer_id)
+        try:
+            return store.manifest
+        finally:
+            store.close()
+
+    @staticmethod
+    def pending(downloads: str | os.PathLike[str]) -> list[bytes]:
+        """IDs of transfers persisted in this downloads folder (resume them on start-up)."""
+        return PartialStore.pending(downloads)
+
     # ----------------------------------------------------------------------- outbox
 
     def data_to_send(self) -> list[bytes]:
@@ -133,9 +149,14 @@ class TransferReceiver:
         """Queue "send from my position" (on accept, reconnect, or after a gap)."""
         if self.status is not ReceiverStatus.RECEIVING:
             return
+        self._send("resume", f=self._pos.file_index, n=self._pos.chunk_index)
+
+    def _ask_resume_once(self) -> None:
+        """Ask for a resend from here, once per position (the sender's timeout covers more)."""
         here = (self._pos.file_index, self._pos.chunk_index)
-        self._last_resume_sent = here
-        self._send("resume", f=here[0], n=here[1])
+        if self._last_resume_sent != here:
+            self._last_resume_sent = here
+            self.request_resume()
 
     # ----------------------------------------------------------------------- state
 
@@ -209,7 +230,11 @@ class TransferReceiver:
             opener = ChunkOpener(manifest.transfer_id, header.file_index,
                                  self.keys.file_key(header.file_index))
         out = memoryview(self._buffer)
-        length = opener.open_into(frame, header, out)
+        try:
+            length = opener.open_into(frame, header, out)
+        except TamperedChunk:
+            self._ask_resume_once()  # the genuine chunk may have been lost with it
+            raise
         if header.last != (header.chunk_index == count - 1):
             raise TamperedChunk("last-chunk flag does not match the manifest")
         if length != manifest.chunk_length(header.file_index, header.chunk_index):
@@ -221,8 +246,7 @@ class TransferReceiver:
             raise ReplayedChunk(
                 f"chunk {there[1]} of file #{there[0]} was already written: ignored (replay)")
         if there > here:
-            if self._last_resume_sent != here:
-                self.request_resume()
+            self._ask_resume_once()
             raise OutOfOrderChunk(
                 f"chunk {there[1]} of file #{there[0]} arrived before chunk {here[1]} of file "
                 f"#{here[0]}: refused, asked the sender to resume from there")

@@ -4,7 +4,8 @@ Sans-I/O: chunks come from a reader callback ``reader(file_index, offset, length
 (so the file is never held in memory), frames go out through ``next_frame()`` and control
 frames from the receiver come in through ``receive_control()``. At most ``window_chunks``
 chunks are in flight (sent but not acknowledged); the I/O layer calls ``next_frame()`` until
-it returns ``None`` and again whenever ``receive_control`` reports progress.
+it returns ``None`` and again whenever ``receive_control`` reports progress; if no ack
+arrives for a while with chunks in flight, it calls ``retransmit()`` (go-back-N).
 
 The receiver is authoritative about where to continue: its ``resume`` message (sent on
 accept, reconnect, restart or after a gap) moves the send position, back or forward.
@@ -255,6 +256,17 @@ class TransferSender:
             out.append(frame)
         return out
 
+    def retransmit(self) -> list[Event]:
+        """Go back to the last acknowledged chunk (call when acks stop for a while).
+
+        Covers chunks lost or destroyed in transit when no later chunk arrives to reveal
+        the gap (e.g. the last ones). Chunks the receiver already has are ignored by it.
+        """
+        if self.status is not SenderStatus.SENDING or self._next == self._acked:
+            return []
+        self._next = self._acked
+        return [Rewound(*self._acked)]
+
     def _fail(self, message: str) -> None:
         self._queue_cancel(message)
         self.status = SenderStatus.FAILED
@@ -293,8 +305,9 @@ class TransferSender:
                 events.append(Rewound(*pos))
             self._next = self._acked = pos
         else:
-            if self.status is SenderStatus.OFFERED:
-                return [ControlIgnored("ack before the transfer was accepted")]
+            if self.status is SenderStatus.OFFERED:  # the accept was lost; an ack implies it
+                self.status = SenderStatus.SENDING
+                events.append(Accepted(*pos))
             self._acked = max(self._acked, pos)
             self._next = max(self._next, self._acked)
         while self._delivered < self._acked[0]:
