@@ -58,7 +58,7 @@ def block_levels(qber: float, n: int, passes: int = N_PASSES) -> list[int]:
     return [max(1, min(lv, half)) for lv in levels[:passes]]
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
 def permutations(n: int, seed: int, passes: int = N_PASSES) -> tuple[tuple[np.ndarray, ...],
                                                                     tuple[np.ndarray, ...]]:
     """The public per-pass permutations (pass 0 is the identity) and their inverses.
@@ -66,13 +66,13 @@ def permutations(n: int, seed: int, passes: int = N_PASSES) -> tuple[tuple[np.nd
     Cached: a link uses one seed and a fixed frame size, so this is paid once.
     """
     rng = np.random.default_rng(seed)
-    perms: list[np.ndarray] = [np.arange(n, dtype=np.int64)]
+    perms: list[np.ndarray] = [np.arange(n, dtype=np.int32)]
     for _ in range(1, passes):
-        perms.append(rng.permutation(n).astype(np.int64))
+        perms.append(rng.permutation(n).astype(np.int32))
     inverses = []
     for perm in perms:
-        inv = np.empty(n, np.int64)
-        inv[perm] = np.arange(n, dtype=np.int64)
+        inv = np.empty(n, np.int32)
+        inv[perm] = np.arange(n, dtype=np.int32)
         inverses.append(inv)
     for arr in (*perms, *inverses):
         arr.flags.writeable = False
@@ -152,6 +152,7 @@ class _PassState:
     def flip_ancestors(self, permuted: np.ndarray) -> None:
         """Bob flipped the bits at these permuted positions: toggle every known ancestor."""
         levels = np.arange(self.top + 1, dtype=np.int64)[:, None]
+        permuted = permuted.astype(np.int64)
         flat = (self.offsets[:-1, None] + (permuted[None, :] >> levels)).ravel()
         flat = flat[self.known[flat]]
         if flat.size == 0:
@@ -334,7 +335,7 @@ class CascadeBob:
         while levels.size:
             done = levels == 0
             if done.any():
-                found.append(perms[q][ids[done]])
+                found.append(perms[q][ids[done]].astype(np.int64))
                 levels, ids = levels[~done], ids[~done]
                 if not levels.size:
                     break

@@ -113,3 +113,11 @@ def attack_frame(
         frame, known = intercept_resend(frame, intercept_fraction, rng)
         knowledge = knowledge.merge(known)
     return frame, knowledge
+
+
+def tamper_classical_frame(frame: bytes) -> bytes:
+    """Flip one bit in the body of a classical frame (what an active attacker would do)."""
+    if len(frame) < 30:
+        return frame
+    position = len(frame) - 17 if frame[2] not in (5, 6) else len(frame) - 1  # before the tag
+    return frame[:position] + bytes([frame[position] ^ 0x01]) + frame[position + 1:]
