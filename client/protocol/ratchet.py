@@ -212,6 +212,40 @@ def _kem() -> pq.Kem:
     return pq.get_kem(KEM_NAME)
 
 
+def turn_transcript(root: bytes, session_id: bytes, from_initiator: bool, header: bytes) -> bytes:
+    """What a turn's mix is bound to: the old root (secret), session, direction, header."""
+    return (
+        Transcript("qsecret/v1/ratchet-turn")
+        .add("root", root)
+        .add("session", session_id)
+        .add("direction", b"i2r" if from_initiator else b"r2i")
+        .add("header", header)
+        .to_bytes()
+    )
+
+
+def derive_turn(root: bytes, session_id: bytes, from_initiator: bool, header: bytes, *,
+                qkd: bytes | None, kem_secret: bytes | None, dh_secret: bytes | None,
+                policy: QkdPolicy = QkdPolicy.PREFER) -> combiner.MixedKey:
+    """The root step of a turn: 64 bytes = new root || chain key of the turn.
+
+    Public so tests can re-derive a turn as an attacker who knows some of the secrets.
+    """
+    return combiner.mix(
+        MixInputs(qkd=qkd, pq=kem_secret, ecdh=dh_secret, pq_alg=KEM_NAME),
+        transcript=turn_transcript(root, session_id, from_initiator, header),
+        purpose=MIX_PURPOSE, length=64, policy=policy,
+    )
+
+
+def open_first_message(chain_key: bytes, wire: bytes) -> bytes:
+    """Decrypt message 0 of a chain (the turn message) given the chain key; raises InvalidTag."""
+    header = parse_header(wire)
+    mk = hmac.digest(chain_key, _MK, "sha256")
+    return AESGCM(mk).decrypt(_NONCE.pack(header.turn, header.n), wire[header.header_end :],
+                              wire[: header.header_end])
+
+
 class Ratchet:
     """One side of a conversation's triple ratchet (mutable; persist :meth:`to_dict`)."""
 
@@ -322,12 +356,9 @@ class Ratchet:
             + kem_pair.public_key
             + encode_key_ids(qkd.key_ids if qkd else ())
         )
-        mixed = combiner.mix(
-            MixInputs(qkd=qkd.material if qkd else None, pq=kem_secret, ecdh=dh_secret,
-                      pq_alg=KEM_NAME),
-            transcript=self._turn_transcript(self.send_root, self.initiator, header),
-            purpose=MIX_PURPOSE, length=64, policy=self.config.policy,
-        )
+        mixed = derive_turn(self.send_root, self.session_id, self.initiator, header,
+                            qkd=qkd.material if qkd else None, kem_secret=kem_secret,
+                            dh_secret=dh_secret, policy=self.config.policy)
         # commit only after everything that can fail has succeeded
         self.send_root, chain = mixed.key[:32], mixed.key[32:]
         self.send_turn, self.send_n = turn, 0
@@ -337,16 +368,6 @@ class Ratchet:
             del self.own_keys[min(self.own_keys)]
         self.peer_turned = False
         return header, chain
-
-    def _turn_transcript(self, root: bytes, from_initiator: bool, header: bytes) -> bytes:
-        return (
-            Transcript("qsecret/v1/ratchet-turn")
-            .add("root", root)
-            .add("session", self.session_id)
-            .add("direction", b"i2r" if from_initiator else b"r2i")
-            .add("header", header)
-            .to_bytes()
-        )
 
     # -- receiving --------------------------------------------------------------------
 
@@ -478,12 +499,9 @@ class Ratchet:
         except pq.PqError as exc:
             raise MalformedMessage(f"turn {header.turn}: KEM ciphertext rejected: {exc}") from None
         header_bytes = wire[: header.header_end]
-        mixed = combiner.mix(
-            MixInputs(qkd=qkd.material if qkd else None, pq=kem_secret, ecdh=dh_secret,
-                      pq_alg=KEM_NAME),
-            transcript=self._turn_transcript(self.recv_root, not self.initiator, header_bytes),
-            purpose=MIX_PURPOSE, length=64, policy=self.config.policy,
-        )
+        mixed = derive_turn(self.recv_root, self.session_id, not self.initiator, header_bytes,
+                            qkd=qkd.material if qkd else None, kem_secret=kem_secret,
+                            dh_secret=dh_secret, policy=self.config.policy)
         root, ck = mixed.key[:32], mixed.key[32:]
         plaintext = self._aead_open(hmac.digest(ck, _MK, "sha256"), header.turn, 0,
                                     wire[header.header_end :], header_bytes)
