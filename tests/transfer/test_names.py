@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client.transfer import FileEntry, Manifest, ReceiverStatus, UnsafeName, safe_components
 from client.transfer.names import (
@@ -147,3 +149,22 @@ def test_hostile_offer_lands_inside_downloads(tmp_path: Path) -> None:
     # Nothing was written outside the downloads folder.
     everything = {p for p in tmp_path.rglob("*") if p.is_file()}
     assert all(is_inside(downloads, p) for p in everything)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=300))
+def test_safe_components_property(name: str) -> None:
+    """Any text becomes plain components that stay under the root on POSIX and Windows."""
+    try:
+        parts = safe_components(name)
+    except UnsafeName:
+        return  # too deep / too long: refused with a message
+    assert parts
+    root = Path("/downloads")
+    for part in parts:
+        assert part not in ("", ".", "..")
+        assert not set(part) & set('/\\\x00<>:"|?*')
+        assert not any(ord(ch) < 32 for ch in part)
+        assert len(part.encode()) <= MAX_COMPONENT_BYTES
+        assert part == part.rstrip(". ")
+    assert is_inside(root, root.joinpath(*parts))
