@@ -1,0 +1,32 @@
+"""Emulated decoy-state BB84 QKD link: the source of the "quantum" in every qsecret key.
+
+Public API (used by keysource.kme to fill its key pools):
+
+- ``LinkParams``: physics and post-processing parameters (realistic 25 km metro defaults).
+- ``BlockReport``: what happened to one block (QBER, key bits, aborts, authentication use).
+- ``KeyBatch``: list of (key_ID UUID string, 32-byte key), identical and in the same order at
+  both ends.
+- ``run_pair_link(params, on_keys_a=, on_keys_b=, on_report=, stop=, room=)``: both ends here.
+- ``run_link_endpoint(role, host=, port=, params=, psk=, on_keys=, on_report=, stop=, room=)``:
+  one end over TCP (Alice connects, Bob listens).
+- ``make_psk()``: the initial pre-shared authentication secret of a new link.
+"""
+
+from .auth import AuthError, AuthKeyExhausted, make_psk
+from .net import LinkConfigError, run_link_endpoint
+from .pair import PairLink, run_pair_link
+from .params import LinkParams
+from .protocol import BlockReport, KeyBatch
+
+__all__ = [
+    "AuthError",
+    "AuthKeyExhausted",
+    "BlockReport",
+    "KeyBatch",
+    "LinkConfigError",
+    "LinkParams",
+    "PairLink",
+    "make_psk",
+    "run_link_endpoint",
+    "run_pair_link",
+]
