@@ -8,10 +8,16 @@ is in ``partial``. The thin asyncio layer moves frames between these objects and
               keys = TransferKeys(manifest, session_secret, qkd_bytes)
               tx = TransferSender(keys, FileReader.for_manifest(built))
               on a binary frame from the peer: tx.receive_control(frame), then send tx.frames()
+              no ack for a while with tx.in_flight > 0: tx.retransmit(); persist tx.snapshot()
     receiver: msg = decode_message(payload)  (an offer) -> show name/size/sender, accept?
+              (decline: send encode_decline(msg.transfer_id) in an E2EE message)
               keys = TransferKeys(msg.manifest, session_secret, qkd_bytes)
-              rx = TransferReceiver.accept(keys, downloads)   (or .resume after a restart)
+              rx = TransferReceiver.accept(keys, downloads)
               on each binary frame: rx.receive_frame(frame); send rx.data_to_send()
+    restart:  for tid in TransferReceiver.pending(downloads):
+                  m = TransferReceiver.stored_manifest(downloads, tid); keys = TransferKeys(m, ...)
+                  rx = TransferReceiver.resume(keys, downloads)   (queues its resume point)
+              tx = TransferSender.restore(snapshot, keys, FileReader(sources))
 """
 
 from .control import (

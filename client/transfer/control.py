@@ -15,11 +15,13 @@ Two paths:
   the protocol layer (the receiver has no transfer keys before it accepts and fetches the QKD
   keys). ``encode_offer`` etc. give their canonical CBOR payloads.
 
-CBOR maps (key ``t`` is the type):
-  ``{"t": "resume", "s": seq, "next": [uint per file], "done": [file indices landed]}``  r->s
-  ``{"t": "ack", "s": seq, "f": file, "n": next chunk}``                                  r->s
-  ``{"t": "done", "s": seq, "f": file}``                                                  r->s
-  ``{"t": "cancel", "s": seq, "reason": text}``                                           both
+CBOR maps (key ``t`` is the type). Files go in order, so one position says it all: every
+file before ``f`` is verified and landed, and chunks ``0..n-1`` of file ``f`` are on disk
+(``f`` = number of files means complete):
+  ``{"t": "resume", "s": seq, "f": file, "n": chunk}``   r->s  send from here (accept, restart,
+                                                         gap, tampered chunk, failed hash)
+  ``{"t": "ack", "s": seq, "f": file, "n": chunk}``      r->s  cumulative, after persisting
+  ``{"t": "cancel", "s": seq, "reason": text}``          both
 """
 
 from __future__ import annotations

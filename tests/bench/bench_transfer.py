@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -118,6 +119,8 @@ def measure(args: argparse.Namespace) -> dict:
         "aead_baseline_mb_per_s": default["aead_baseline_mb_per_s"],
         "copy_baseline_mb_per_s": default["copy_baseline_mb_per_s"],
         "by_chunk_size": results,
+        # Whole benchmark process (payload generation included), Linux ru_maxrss is in KiB.
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
 
@@ -132,6 +135,7 @@ def print_table(data: dict) -> None:
               f"{row['copy_baseline_mb_per_s']:>10,.0f} "
               f"{row['core_mb_per_s'] / row['copy_baseline_mb_per_s']:>9.2f}x "
               f"{row['manifest_hash_mb_per_s']:>10,.0f}")
+    print(f"peak RSS of the benchmark process: {data['peak_rss_mib']} MiB")
 
 
 def main() -> int:
