@@ -21,21 +21,31 @@ class QsecretApp(App[None]):
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
-    def __init__(self, gate: ProfileGate, export_dir: Path) -> None:
+    def __init__(
+        self, gate: ProfileGate, export_dir: Path, messenger: Messenger | None = None
+    ) -> None:
         super().__init__()
         self.gate = gate
         self.export_dir = export_dir
         self.messenger: Messenger | None = None
+        self._unlocked = messenger
 
     def on_mount(self) -> None:
-        self.push_screen(OnboardingScreen(self.gate), self._opened)
+        if self._unlocked is not None:
+            self._opened(self._unlocked)
+        else:
+            self.push_screen(OnboardingScreen(self.gate), self._opened)
 
     def _opened(self, messenger: Messenger | None) -> None:
         if messenger is None:
             self.exit()
             return
         self.messenger = messenger
-        self.switch_screen(ChatScreen(messenger, self.export_dir))
+        screen = ChatScreen(messenger, self.export_dir)
+        if self._unlocked is not None and len(self.screen_stack) <= 1:
+            self.push_screen(screen)
+        else:
+            self.switch_screen(screen)
 
     async def action_quit(self) -> None:
         if self.messenger is not None:

@@ -1,0 +1,95 @@
+"""Fetching QKD keys for the protocol from this SAE's KME (ETSI GS QKD 014), with retries.
+
+The sender asks its KME for fresh keys (``enc_keys``) addressed to the peer's SAE;
+the receiver asks its own KME for the same keys by key_ID (``dec_keys``). The
+receiver's KME may learn about a key a moment after the sender got it, so
+``dec_keys`` is retried briefly before giving up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from client.config import ClientConfig
+from client.protocol import QkdKeys
+from keysource.kme.client import AsyncSaeClient, KmeError, KmeUnavailable
+
+log = logging.getLogger(__name__)
+
+DEC_KEYS_RETRIES = 5
+DEC_KEYS_RETRY_DELAY_S = 0.3
+
+
+class QkdSource:
+    """This SAE's view of its KME; ``None`` results mean "no QKD material now"."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.last_error: str | None = None
+        self._client: AsyncSaeClient | None = None
+        if config.kme_url and config.sae_id:
+            https = config.kme_url.startswith("https://")
+            self._client = AsyncSaeClient(
+                config.kme_url,
+                ca=config.kme_ca if https else None,
+                cert=config.sae_cert if https else None,
+                key=config.sae_key if https else None,
+                sae_id=config.sae_id,
+                timeout_s=5.0,
+            )
+
+    @property
+    def configured(self) -> bool:
+        return self._client is not None
+
+    async def enc_keys(self, peer_sae_id: str, number: int) -> QkdKeys | None:
+        if self._client is None or number <= 0:
+            return None
+        try:
+            keys = await self._client.get_enc_keys(peer_sae_id, number=number)
+        except KmeError as exc:
+            self._note(exc)
+            return None
+        self.last_error = None
+        return QkdKeys.from_pairs([(k.key_ID, k.key) for k in keys])
+
+    async def dec_keys(self, peer_sae_id: str, key_ids: tuple[str, ...]) -> QkdKeys | None:
+        if self._client is None or not key_ids:
+            return None
+        for attempt in range(DEC_KEYS_RETRIES):
+            try:
+                keys = await self._client.get_dec_keys(peer_sae_id, list(key_ids))
+            except KmeUnavailable as exc:
+                self._note(exc)
+                await asyncio.sleep(DEC_KEYS_RETRY_DELAY_S * (attempt + 1))
+                continue
+            except KmeError as exc:
+                self._note(exc)
+                return None
+            self.last_error = None
+            return QkdKeys.from_pairs([(k.key_ID, k.key) for k in keys])
+        return None
+
+    async def stats(self) -> dict[str, Any] | None:
+        """Pool and link figures from the KME's /kme/v1/stats (no key material)."""
+        if self._client is None:
+            return None
+        try:
+            response = await self._client._http.get("/kme/v1/stats")
+        except Exception as exc:  # any transport failure: the panel shows "unknown"
+            self.last_error = f"cannot reach the KME: {type(exc).__name__}"
+            return None
+        if response.status_code != 200:
+            return None
+        body: dict[str, Any] = response.json()
+        return body
+
+    def _note(self, exc: KmeError) -> None:
+        self.last_error = str(exc)
+        log.info("KME: %s", exc)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()

@@ -1,0 +1,267 @@
+"""The thin asyncio layer between relay.wire's sans-I/O client and a websocket.
+
+Keeps one authenticated connection alive with exponential backoff, pins the
+relay's TLS certificate on first use (``wss://`` with a self-signed relay), and
+matches request frames (bundle fetch, prekey upload) to their answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import websockets
+from websockets.asyncio.client import ClientConnection as WebSocket
+from websockets.asyncio.client import connect
+
+from relay.wire import (
+    MAX_FRAME_BYTES,
+    AuthOk,
+    Bundle,
+    ClientConnection,
+    Error,
+    Event,
+    PrekeyBundle,
+    PrekeysOk,
+    WireError,
+    certificate_fingerprint,
+    format_fingerprint,
+    parse_fingerprint,
+)
+
+from .api import Connection, ConnectionEvent
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 10.0
+REQUEST_TIMEOUT_S = 10.0
+
+
+class RelayError(Exception):
+    """The relay refused a request, or could not be reached in time."""
+
+
+@dataclass
+class RelayCallbacks:
+    on_ready: Callable[[AuthOk], Awaitable[None]]
+    on_event: Callable[[Event], Awaitable[None]]
+    on_state: Callable[[ConnectionEvent], None]
+    on_pin: Callable[[str], None]  # a relay certificate fingerprint was pinned on first use
+
+
+class RelayLink:
+    """One user's connection to the relay, reconnecting until :meth:`close`."""
+
+    def __init__(
+        self,
+        url: str,
+        handle: str,
+        identity_public_key: bytes,
+        sign: Callable[[bytes], bytes],
+        callbacks: RelayCallbacks,
+        *,
+        pinned_fingerprint: str = "",
+    ) -> None:
+        self.url = url
+        self.handle = handle
+        self._identity = identity_public_key
+        self._sign = sign
+        self._callbacks = callbacks
+        self._pinned = pinned_fingerprint
+        self._conn: ClientConnection | None = None
+        self._ws: WebSocket | None = None
+        self._write_lock = asyncio.Lock()
+        self._pending: dict[str, asyncio.Future[Event]] = {}
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._background: set[asyncio.Task[None]] = set()
+        self.fatal: str | None = None  # set when retrying cannot help (e.g. pin mismatch)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, serve, and reconnect with backoff until closed or a fatal error."""
+        delay = BACKOFF_START_S
+        while not self._closed:
+            self._callbacks.on_state(ConnectionEvent(Connection.CONNECTING, self.url))
+            try:
+                await self._serve_once()
+                delay = BACKOFF_START_S
+                detail = "connection closed"
+            except WireError as exc:
+                detail = f"relay protocol error: {exc}"
+                if exc.code == "wrong_relay":
+                    self.fatal = detail
+            except PinMismatch as exc:
+                self.fatal = detail = str(exc)
+            except (TimeoutError, OSError, websockets.WebSocketException) as exc:
+                detail = f"relay unreachable: {type(exc).__name__}: {exc}"
+            finally:
+                self._ready.clear()
+                self._ws = None
+                self._fail_pending(RelayError("connection to the relay was lost"))
+            if self._closed:
+                break
+            if self.fatal:
+                self._callbacks.on_state(ConnectionEvent(Connection.OFFLINE, self.fatal))
+                return
+            self._callbacks.on_state(ConnectionEvent(Connection.OFFLINE, detail, delay))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+
+    async def wait_ready(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            reason = self.fatal or f"could not reach the relay at {self.url} within {timeout:.0f}s"
+            raise RelayError(reason) from None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def _serve_once(self) -> None:
+        tls = self._tls_context()
+        async with connect(
+            self.url,
+            compression=None,
+            max_size=MAX_FRAME_BYTES,
+            ssl=tls,
+            open_timeout=10,
+            ping_interval=20,
+            ping_timeout=20,
+        ) as ws:
+            fingerprint = self._check_pin(ws) if tls is not None else b""
+            resend = list(self._conn.unconfirmed.values()) if self._conn else []
+            conn = ClientConnection(
+                self.handle, self._identity, self._sign, tls_fingerprint=fingerprint,
+                resend=resend,
+            )
+            self._conn, self._ws = conn, ws
+            async for data in ws:
+                events = conn.receive(data)
+                await self._flush()
+                for event in events:
+                    await self._dispatch(event)
+
+    async def _dispatch(self, event: Event) -> None:
+        if isinstance(event, AuthOk):
+            self._callbacks.on_state(ConnectionEvent(Connection.ONLINE, self.url))
+            self._ready.set()
+            # Login work (prekey upload, outbox resend) awaits answers that only this read
+            # loop can deliver, so it runs beside the loop, never inside it.
+            task = asyncio.create_task(self._callbacks.on_ready(event), name="relay-login")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
+        request_id = getattr(event, "id", None)
+        if request_id and request_id in self._pending:
+            self._pending.pop(request_id).set_result(event)
+            return
+        await self._callbacks.on_event(event)
+
+    # -- TLS pinning -------------------------------------------------------------------
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.url.startswith("wss://"):
+            return None
+        context = ssl.create_default_context()
+        # Self-signed relays are authenticated by the pinned certificate fingerprint.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def _check_pin(self, ws: WebSocket) -> bytes:
+        ssl_object = ws.transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        if not der:
+            raise PinMismatch("the relay presented no TLS certificate")
+        fingerprint = certificate_fingerprint(der)
+        if self._pinned:
+            if fingerprint != parse_fingerprint(self._pinned):
+                raise PinMismatch(
+                    "the relay's TLS certificate does not match the pinned fingerprint "
+                    f"(got {format_fingerprint(fingerprint)}): refusing to connect. If the relay "
+                    "really changed its certificate, update relay_fingerprint in config.toml."
+                )
+        else:
+            self._pinned = format_fingerprint(fingerprint)
+            self._callbacks.on_pin(self._pinned)
+        return fingerprint
+
+    # -- output ------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        conn, ws = self._conn, self._ws
+        if conn is None or ws is None:
+            return
+        async with self._write_lock:
+            for data in conn.data_to_send():
+                await ws.send(data)
+
+    async def send(self, to: str, body: bytes, msg_id: str) -> None:
+        """Queue an envelope; it goes out now if connected, else after the next login."""
+        if self._conn is None:
+            raise RelayError("not connected to the relay yet")
+        self._conn.send(to, body, msg_id=msg_id)
+        with contextlib.suppress(websockets.WebSocketException, OSError):
+            await self._flush()
+
+    async def ack(self, seqs: list[int]) -> None:
+        if self._conn is not None and seqs:
+            self._conn.ack(seqs)
+            with contextlib.suppress(websockets.WebSocketException, OSError):
+                await self._flush()
+
+    async def fetch_bundle(self, handle: str) -> Bundle:
+        answer = await self._request(lambda rid: self._conn.fetch_prekeys(handle, req_id=rid))  # type: ignore[union-attr]
+        if isinstance(answer, Error):
+            raise RelayError(f"no bundle for {handle!r}: {answer.message}")
+        if not isinstance(answer, Bundle):
+            raise RelayError(f"unexpected answer to a bundle request: {type(answer).__name__}")
+        return answer
+
+    async def upload_prekeys(self, bundle: PrekeyBundle) -> int:
+        answer = await self._request(lambda rid: self._conn.upload_prekeys(bundle, req_id=rid))  # type: ignore[union-attr]
+        if isinstance(answer, Error):
+            raise RelayError(f"prekey upload refused: {answer.message}")
+        if not isinstance(answer, PrekeysOk):
+            raise RelayError(f"unexpected answer to a prekey upload: {type(answer).__name__}")
+        return answer.stored
+
+    async def _request(self, emit: Callable[[str], None]) -> Event:
+        if self._conn is None or not self._ready.is_set():
+            raise RelayError("not connected to the relay")
+        request_id = os.urandom(8).hex()
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        emit(request_id)
+        await self._flush()
+        try:
+            return await asyncio.wait_for(future, REQUEST_TIMEOUT_S)
+        except TimeoutError:
+            raise RelayError("the relay did not answer in time") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    def _fail_pending(self, error: Exception) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+
+
+class PinMismatch(Exception):
+    """The relay's certificate is not the pinned one."""
