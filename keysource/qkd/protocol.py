@@ -528,9 +528,12 @@ class AliceEndpoint(_Endpoint):
         length = estimation.secure_length(self.params, blk.bounds, n, blk.leaked)
         target = self.params.auth_pool_bytes
         secret_bytes = length // 8
-        refill_ab = min(secret_bytes, max(0, target - 32 * self.auth.send.available_pads()))
+        # top both directions back up to the target, counting the pads still to be spent on
+        # this block (Alice's VERIFY_RESULT and COMMIT, Bob's DONE)
+        refill_ab = min(secret_bytes,
+                        max(0, target - 32 * (self.auth.send.available_pads() - 2)))
         refill_ba = min(secret_bytes - refill_ab,
-                        max(0, target - 32 * self.auth.recv.available_pads()))
+                        max(0, target - 32 * (self.auth.recv.available_pads() - 1)))
         count = (secret_bytes - refill_ab - refill_ba) // KEY_BYTES
         if length <= 0:
             out = Output(send=[self._message(VERIFY_RESULT, blk.number, {"ok": False})])
