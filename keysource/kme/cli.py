@@ -186,6 +186,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eve-fraction", type=float,
                         help="fraction of pulses an eavesdropper intercepts and resends "
                              "(0..1; 1 gives ~25%% QBER and no key)")
+    parser.add_argument("--pns", action="store_true",
+                        help="the eavesdropper also runs a photon-number-splitting attack")
     parser.add_argument("--seed", type=int, help="random seed of the emulator (reproducible runs)")
     parser.add_argument("--status-interval", type=float, default=2.0, metavar="SECONDS",
                         help="print a status line every SECONDS (0 = never; default 2)")
@@ -212,7 +214,8 @@ def _settings(args: argparse.Namespace) -> KmeSettings:
         max_key_count=args.max_keys,
         hostnames=args.hostname,
         link=args.link == "emulated",
-        link_options={"km": args.km, "eve_fraction": args.eve_fraction, "seed": args.seed},
+        link_options={"km": args.km, "eve_fraction": args.eve_fraction, "pns": args.pns,
+                      "seed": args.seed},
         status_interval_s=args.status_interval,
         limits=Limits(max_key_per_request=args.max_key_per_request),
     )

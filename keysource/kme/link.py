@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .node import KmeNode
@@ -40,7 +41,8 @@ class LinkMonitor:
         self.auth_bits_used = 0
         self.last_qber: float | None = None
         self.last_abort_reason: str | None = None
-        self.connected = False
+        self.last_report_at: float | None = None
+        self.last_block_s = 0.0
         self.last_error: str | None = None
         self._recent: deque[_Sample] = deque()
 
@@ -48,6 +50,8 @@ class LinkMonitor:
         """Record one BlockReport (see keysource.qkd)."""
         now = time.monotonic()
         self.blocks += 1
+        self.last_report_at = now
+        self.last_block_s = float(getattr(report, "duration_s", 0.0) or 0.0)
         aborted = bool(getattr(report, "aborted", False))
         qber = getattr(report, "qber", None)
         qber = float(qber) if qber is not None else None
@@ -65,6 +69,13 @@ class LinkMonitor:
         self._recent.append(_Sample(now, 0 if aborted else keys, qber, aborted))
         while self._recent and now - self._recent[0].at > self.window_s:
             self._recent.popleft()
+
+    @property
+    def connected(self) -> bool:
+        """The link is up when a block finished recently (within 10 s or 5 block times)."""
+        if self.last_report_at is None:
+            return False
+        return time.monotonic() - self.last_report_at < max(10.0, 5 * self.last_block_s)
 
     def key_rate(self) -> float:
         """Keys (256-bit) per second over the recent window."""
@@ -99,11 +110,18 @@ def _adder(node: KmeNode) -> Callable[[KeyBatch], Awaitable[int]]:
     return on_keys
 
 
-def link_params(**overrides: Any) -> Any:
+# CLI option -> LinkParams field
+_PARAM_NAMES = {"km": "fibre_km", "eve_fraction": "intercept_fraction", "pns": "pns",
+                "seed": "seed"}
+
+
+def link_params(**options: Any) -> Any:
     """Build ``keysource.qkd.LinkParams`` from the CLI's options (None = emulator default)."""
     from keysource.qkd import LinkParams
 
-    return LinkParams(**{k: v for k, v in overrides.items() if v is not None})
+    return LinkParams(**{
+        _PARAM_NAMES.get(k, k): v for k, v in options.items() if v is not None and v is not False
+    })
 
 
 async def run_pair_link(
@@ -116,7 +134,6 @@ async def run_pair_link(
     """Both link ends in this process; keys go into both pools, back-pressure from the fuller."""
     from keysource import qkd
 
-    monitor.connected = True
     await qkd.run_pair_link(
         params,
         on_keys_a=_adder(node_a),
@@ -135,34 +152,28 @@ async def run_link_endpoint(
     port: int,
     params: Any,
     psk: bytes,
+    auth_store: Path,
     monitor: LinkMonitor,
     stop: asyncio.Event,
-    retry_s: float = 1.0,
+    on_listening: Callable[[int], Any] | None = None,
 ) -> None:
-    """One link end over TCP (alice connects, bob listens); reconnects until ``stop``."""
+    """One link end over TCP (alice connects and reconnects, bob listens) until ``stop``.
+
+    ``auth_store`` keeps the link's authentication key state across restarts, so a restarted
+    KME never reuses one-time authentication key from the PSK.
+    """
     from keysource import qkd
 
-    while not stop.is_set():
-        try:
-            monitor.connected = True
-            await qkd.run_link_endpoint(
-                role,
-                host=host,
-                port=port,
-                params=params,
-                psk=psk,
-                on_keys=_adder(node),
-                on_report=monitor.on_report,
-                stop=stop,
-                room=node.room,
-            )
-        except (OSError, ConnectionError, asyncio.IncompleteReadError) as exc:
-            monitor.last_error = f"{type(exc).__name__}: {exc}"
-        finally:
-            monitor.connected = False
-        if stop.is_set():
-            break
-        try:
-            await asyncio.wait_for(stop.wait(), retry_s)
-        except TimeoutError:
-            pass
+    await qkd.run_link_endpoint(
+        role,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        params=params,
+        psk=psk,
+        on_keys=_adder(node),
+        on_report=monitor.on_report,
+        stop=stop,
+        room=node.room,
+        auth_store=auth_store,
+        on_listening=on_listening,
+    )

@@ -103,7 +103,8 @@ async def _status_line(nodes: Sequence[KmeNode], monitor: LinkMonitor, started: 
         f"[{time.strftime('%H:%M:%S')} +{time.monotonic() - started:.0f}s] "
         f"pool {' '.join(levels)} | link {link} | {snap['key_rate_per_s']:.1f} keys/s | "
         f"QBER {qber_text} | blocks {snap['blocks']} aborted {snap['aborted_blocks']}"
-        + (f" ({snap['last_abort_reason']})" if snap["aborted_blocks"] else "")
+        + (f" (last: {snap['last_abort_reason']})" if snap["aborted_blocks"] else "")
+        + (f" | LINK STOPPED: {snap['last_error']}" if snap["last_error"] else "")
     )
 
 
@@ -124,15 +125,16 @@ async def _status_loop(
             _say(out, await _status_line(nodes, monitor, started))
 
 
-async def _guard(name: str, coro: Any, stop: asyncio.Event, out: TextIO) -> None:
-    """Run a background task; if it dies, say why and stop everything (never fail silently)."""
+async def _guard_link(coro: Any, monitor: LinkMonitor, out: TextIO) -> None:
+    """Run the QKD link; if it fails, say why loudly and keep serving the keys already pooled."""
     try:
         await coro
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        _say(out, f"error: {name} stopped: {type(exc).__name__}: {exc}")
-        stop.set()
+        monitor.last_error = f"{type(exc).__name__}: {exc}"
+        _say(out, f"error: the QKD link stopped ({monitor.last_error}); "
+                  "the KMEs keep serving the keys already in their pools")
 
 
 async def run_pair(
@@ -186,7 +188,7 @@ async def run_pair(
         if settings.link:
             params = link_params(**settings.link_options)
             tasks.append(asyncio.create_task(
-                _guard("QKD link", run_pair_link(node_a, node_b, params, monitor, stop), stop, out)
+                _guard_link(run_pair_link(node_a, node_b, params, monitor, stop), monitor, out)
             ))
         else:
             _say(out, "no QKD link (--link none): the pools serve only keys put there otherwise")
@@ -254,10 +256,12 @@ async def run_serve(
             tasks.append(asyncio.create_task(node.run_sync(stop)))
         if settings.link:
             params = link_params(**settings.link_options)
-            tasks.append(asyncio.create_task(_guard("QKD link", run_link_endpoint(
+            tasks.append(asyncio.create_task(_guard_link(run_link_endpoint(
                 node, role=role, host=link_host, port=link_port, params=params,
-                psk=pki.read_psk(), monitor=monitor, stop=stop,
-            ), stop, out)))
+                psk=pki.read_psk(), auth_store=settings.data / kme_id / "link-auth.state",
+                monitor=monitor, stop=stop,
+                on_listening=lambda p: _say(out, f"link listening on {link_host}:{p}"),
+            ), monitor, out)))
         tasks.append(asyncio.create_task(
             _status_loop([node], monitor, stop, settings.status_interval_s, out)
         ))
