@@ -8,8 +8,8 @@ can sit in the middle and attack the quantum frames.
 Also a small command for tests and demos (prints one JSON line per block and per key batch;
 never key material, only a short digest to compare the two ends):
 
-    python -m keysource.qkd.net bob --port 7000 --psk-file link.psk
-    python -m keysource.qkd.net alice --port 7000 --psk-file link.psk --blocks 5
+    python -m keysource.qkd bob --port 7000 --psk-file link.psk
+    python -m keysource.qkd alice --port 7000 --psk-file link.psk --blocks 5
 """
 
 from __future__ import annotations
@@ -350,7 +350,7 @@ async def _run_bob(session: _Session, host: str, port: int, stop: asyncio.Event,
 # -- command line (tests, demos) ---------------------------------------------------------------
 
 def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m keysource.qkd.net",
+    parser = argparse.ArgumentParser(prog="python -m keysource.qkd",
                                      description="Run one end of a QKD link over TCP.")
     parser.add_argument("role", choices=["alice", "bob"])
     parser.add_argument("--host", default="127.0.0.1")
@@ -410,6 +410,3 @@ def _main(argv: list[str] | None = None) -> int:
         return 130
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(_main())
