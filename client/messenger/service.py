@@ -85,6 +85,7 @@ class MessengerService:
         # relay message id -> (peer, payload id), to turn relay acks into UI delivery events
         self._outgoing_index: dict[str, tuple[str, str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # one protocol operation at a time (sessions + store)
         self._link_stats: dict | None = None
         self.connection = ConnectionEvent(Connection.CONNECTING)
@@ -223,16 +224,39 @@ class MessengerService:
     async def _open(self, peer: str, deliver: Deliver) -> list[Message]:
         session = self.store.load_session(peer)
         wire = deliver.body
+        resend: list[payloads.Payload] = []
         if session is not None:
             try:
                 return await self._decrypt(peer, session, deliver)
             except ReplayedMessage:
                 if not _is_prekey(wire):
                     raise
-                # A prekey message of a new handshake (the peer started over): accept it.
+                # A prekey message of another handshake. Either the peer started over, or
+                # both sides opened a session at once: then the smaller handle's session
+                # wins on both sides, and the loser resends what the winner dropped.
+                if _unanswered(session):
+                    if self.handle < peer:
+                        raise
+                    resend = self._undelivered(peer)
         if not _is_prekey(wire):
             raise MalformedMessage(f"a message from {peer} but no session with them")
-        return await self._accept(peer, wire, deliver.msg)
+        messages = await self._accept(peer, wire, deliver.msg)
+        if resend:
+            task = asyncio.create_task(self._resend(peer, resend), name="resend")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return messages
+
+    def _undelivered(self, peer: str) -> list[payloads.Payload]:
+        delivered = self._receipted(peer, "delivered", outgoing=False) | self._receipted(
+            peer, "read", outgoing=False)
+        return [body for direction, body, _ in self._entries(peer)
+                if direction == "out" and body.kind == "text" and body.id not in delivered]
+
+    async def _resend(self, peer: str, bodies: list[payloads.Payload]) -> None:
+        for body in bodies:
+            with contextlib.suppress(MessengerError):
+                await self._send_payload(peer, body, wait=False)
 
     async def _decrypt(self, peer: str, session: Session, deliver: Deliver) -> list[Message]:
         wire = deliver.body
@@ -460,9 +484,11 @@ class MessengerService:
         pending = {self._outgoing_index.get(e.message_id, ("", ""))[1]
                    for e in self.store.outbox() if e.peer == peer}
         views = []
+        seen: set[str] = set()
         for direction, body, label in entries:
-            if body.kind != "text":
+            if body.kind != "text" or body.id in seen:  # a resent message shows once
                 continue
+            seen.add(body.id)
             outgoing = direction == "out"
             if not outgoing:
                 state = Delivery.RECEIVED
@@ -568,6 +594,11 @@ class MessengerService:
 
 class _Retry(Exception):
     """The message cannot be opened yet (e.g. QKD keys not available): do not ack."""
+
+
+def _unanswered(session: Session) -> bool:
+    """We opened this session and the peer has not answered on it yet."""
+    return session.ratchet.prekey_blob is not None and session.status().receiving == "-"
 
 
 def _is_prekey(wire: bytes) -> bool:

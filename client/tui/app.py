@@ -22,15 +22,22 @@ class QsecretApp(App[None]):
     ]
 
     def __init__(
-        self, gate: ProfileGate, export_dir: Path, messenger: Messenger | None = None
+        self,
+        gate: ProfileGate,
+        export_dir: Path,
+        messenger: Messenger | None = None,
+        banner: str | None = None,
     ) -> None:
         super().__init__()
+        self.banner = banner
         self.gate = gate
         self.export_dir = export_dir
         self.messenger: Messenger | None = None
         self._unlocked = messenger
 
     def on_mount(self) -> None:
+        if self.banner:
+            self.notify(self.banner, title="qsecret demo", timeout=30)
         if self._unlocked is not None:
             self._opened(self._unlocked)
         else:

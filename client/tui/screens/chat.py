@@ -102,6 +102,7 @@ class ChatScreen(Screen[None]):
     @work(group="read")
     async def mark_read(self, peer: str) -> None:
         await self.messenger.mark_read(peer)
+        self.query_one(ContactList).set_contacts(self.messenger.contacts())
 
     def refresh_keys(self) -> None:
         self.query_one(KeyPanel).show(self.messenger.key_status(self.peer))
@@ -142,7 +143,9 @@ class ChatScreen(Screen[None]):
         event = message.event
         if isinstance(event, MessageEvent):
             incoming = event.message
-            if incoming.peer == self.peer:
+            if self.peer is None:
+                self.open_conversation(incoming.peer)
+            elif incoming.peer == self.peer:
                 self.query_one(Conversation).add(incoming)
                 if not incoming.outgoing:
                     self.mark_read(incoming.peer)
@@ -159,6 +162,8 @@ class ChatScreen(Screen[None]):
             self.refresh_keys()
         elif isinstance(event, ContactEvent):
             self.query_one(ContactList).update_contact(event.contact)
+            if self.peer is None:
+                self.open_conversation(event.contact.handle)
 
     # -- actions -----------------------------------------------------------------------
 

@@ -1,0 +1,176 @@
+"""``qsecret demo``: a relay, a KME pair with a running QKD link, two users, the TUI.
+
+Everything runs on loopback from one command; quitting the TUI stops what it started.
+The second user is opened in another terminal with the command the demo prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import platformdirs
+
+from .cli import CliError
+from .config import ClientConfig, load_config
+from .messenger.api import MessengerError
+from .messenger.profile import create_profile, open_profile, store_path
+from .processes import ServiceError, ServiceProcess, port_free
+
+DEMO_PASSPHRASE = "qsecret-demo"
+GREETING = ("Hi Bob! This is the qsecret demo: every key here mixes QKD key material, "
+            "ML-KEM-768 and X25519 (see the key panel).")
+USERS = (("alice", "sae-alice", "port_a"), ("bob", "sae-bob", "port_b"))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    demo = subparsers.add_parser(
+        "demo",
+        help="one-machine demo: relay, KME pair with a QKD link, two users, the TUI",
+        description=(
+            "Start a local relay and two KMEs joined by an emulated QKD link, create the users "
+            "alice and bob (passphrase $QSECRET_PASSPHRASE, default 'qsecret-demo'), and open "
+            "the chat TUI as alice. It prints the command that opens bob in a second terminal. "
+            "Quitting the TUI (Ctrl+Q) stops everything the demo started."
+        ),
+    )
+    demo.add_argument("--dir", type=Path,
+                      default=Path(platformdirs.user_data_dir("qsecret", appauthor=False)) / "demo",
+                      help="where the demo keeps its relay queue, KME pools and profiles")
+    demo.add_argument("--relay-port", type=int, default=8765)
+    demo.add_argument("--port-a", type=int, default=8441, help="HTTPS port of alice's KME")
+    demo.add_argument("--port-b", type=int, default=8442, help="HTTPS port of bob's KME")
+    demo.add_argument("--km", type=float, help="fibre length of the emulated QKD link")
+    demo.add_argument("--eve-fraction", type=float, default=0.0,
+                      help="an eavesdropper intercepts this fraction of pulses (1 = all)")
+    demo.add_argument("--no-tui", action="store_true",
+                      help="start the services and users, print how to chat, wait for Ctrl+C")
+    demo.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    base: Path = args.dir.expanduser().resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    for port in (args.relay_port, args.port_a, args.port_b):
+        if not port_free(port):
+            raise CliError(f"port {port} on 127.0.0.1 is in use (is a demo already running?); "
+                           "pick others with --relay-port/--port-a/--port-b")
+    passphrase = os.environ.get("QSECRET_PASSPHRASE") or DEMO_PASSPHRASE
+    kme_args = ["kme", "pair", "--data", str(base / "kme"), "--port-a", str(args.port_a),
+                "--port-b", str(args.port_b), "--status-interval", "0"]
+    if args.km is not None:
+        kme_args += ["--km", str(args.km)]
+    if args.eve_fraction:
+        kme_args += ["--eve-fraction", str(args.eve_fraction)]
+    services = [
+        ServiceProcess("relay", ["relay", "--port", str(args.relay_port), "--data",
+                                 str(base / "relay")], log=base / "relay.log"),
+        ServiceProcess("kme", kme_args, log=base / "kme.log"),
+    ]
+    try:
+        print(f"qsecret demo in {base}")
+        services[0].start().wait_for("relay listening")
+        print(f"  relay      ws://127.0.0.1:{args.relay_port}  (log {base / 'relay.log'})")
+        services[1].start().wait_for("ready kme-bob", timeout=60)
+        print(f"  KME pair   https://127.0.0.1:{args.port_a} and :{args.port_b}, QKD link running"
+              f"  (log {base / 'kme.log'})")
+        configs = _profiles(base, args, passphrase)
+        asyncio.run(_introduce(configs, passphrase))
+        bob = configs["bob"]
+        other = (f"QSECRET_PASSPHRASE={shlex.quote(passphrase)} "
+                 f"{_qsecret_command()} chat --data {shlex.quote(str(bob.data_dir))}")
+        print("\nOpen bob in a second terminal with:\n\n  " + other + "\n")
+        if args.no_tui:
+            print("Services running; Ctrl+C stops them.")
+            _wait_forever(services)
+            return 0
+        return _run_tui(configs["alice"], passphrase, other)
+    except ServiceError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        for service in reversed(services):
+            service.stop()
+        print("demo stopped: relay and KMEs shut down")
+
+
+def _profiles(base: Path, args: argparse.Namespace, passphrase: str) -> dict[str, ClientConfig]:
+    pki = base / "kme" / "pki"
+    configs = {}
+    for handle, sae_id, port_attr in USERS:
+        config = load_config(base / handle)
+        config = replace(
+            config,
+            relay_url=f"ws://127.0.0.1:{args.relay_port}",
+            kme_url=f"https://127.0.0.1:{getattr(args, port_attr)}",
+            sae_id=sae_id,
+            kme_ca=str(pki / "ca.pem"),
+            sae_cert=str(pki / "sae" / f"{sae_id}.pem"),
+            sae_key=str(pki / "sae" / f"{sae_id}.key"),
+        )
+        if store_path(config).exists():
+            config.save()  # ports may have changed since the last demo
+        else:
+            create_profile(config, handle, passphrase)
+            print(f"  created user {handle} ({base / handle})")
+        configs[handle] = config
+    return configs
+
+
+async def _introduce(configs: dict[str, ClientConfig], passphrase: str) -> None:
+    """Log bob in once (publishes his prekeys), then let alice add him as a contact."""
+    bob = open_profile(configs["bob"], passphrase)
+    await bob.start()
+    try:
+        await bob.wait_online(15)
+        await asyncio.sleep(0.5)  # his prekey upload follows the login
+    finally:
+        await bob.stop()
+    alice = open_profile(configs["alice"], passphrase)
+    await alice.start()
+    try:
+        await alice.wait_online(15)
+        if "bob" not in {c.handle for c in alice.contacts()}:
+            await alice.add_contact("bob")
+            await alice.send_and_wait("bob", GREETING)
+            print("  alice added bob as a contact and greeted him")
+    except MessengerError as exc:
+        print(f"  (could not introduce the users yet: {exc})", file=sys.stderr)
+    finally:
+        await alice.stop()
+
+
+def _run_tui(config: ClientConfig, passphrase: str, other: str) -> int:
+    from .tui.app import QsecretApp
+
+    messenger = open_profile(config, passphrase)
+    app = QsecretApp(None, export_dir=config.data_dir / "exports", messenger=messenger,  # type: ignore[arg-type]
+                     banner=f"You are alice. Open bob in another terminal:\n{other}")
+    app.run()
+    print("\nTo chat again as bob while a demo runs:\n  " + other)
+    return 0
+
+
+def _qsecret_command() -> str:
+    """How to run qsecret from another terminal: the script beside this interpreter."""
+    script = Path(sys.executable).parent / "qsecret"
+    if script.exists() and shutil.which("qsecret") != str(script):
+        return shlex.quote(str(script))
+    return "qsecret"
+
+
+def _wait_forever(services: list[ServiceProcess]) -> None:
+    import time
+
+    try:
+        while all(s.running for s in services):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+    dead = [s.name for s in services if not s.running]
+    raise CliError(f"{', '.join(dead)} stopped unexpectedly")
