@@ -27,6 +27,14 @@ class TokenBucket:
             return True
         return False
 
+    def delay(self, now: float | None = None) -> float:
+        """Spend one token, borrowing if needed; return how long to wait until it was due."""
+        now = time.monotonic() if now is None else now
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0.0 else -self.tokens / self.rate
+
 
 class Strikes:
     """Counts bad frames in a sliding window; ``limit`` within ``window`` seconds is abuse."""

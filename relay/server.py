@@ -65,7 +65,6 @@ class Session:
         self.bucket = TokenBucket(config.rate, config.burst)
         self.strikes = Strikes(config.abuse_limit, config.abuse_window)
         self.auth_failures = 0
-        self.rate_notice = 0.0
         self.inflight: dict[int, tuple[float, str]] = {}  # seq -> (sent at, frame)
         self.outbox: deque[str | bytes] = deque()
         self.wake = asyncio.Event()
@@ -200,9 +199,12 @@ class Relay:
                     self.metrics.count("qsecret_relay_frames_total", "kind", "text_in")
                 else:
                     self.metrics.count("qsecret_relay_frames_total", "kind", "binary_in")
-                if not session.bucket.take(session.last_active):
-                    close_code = self._rate_limited(session)
-                elif isinstance(data, str):
+                delay = session.bucket.delay(session.last_active)
+                if delay > 0:
+                    # Over the rate: read no faster (TCP pushes back on the sender); drop nothing.
+                    self.metrics.count("qsecret_relay_throttled_total")
+                    await asyncio.sleep(delay)
+                if isinstance(data, str):
                     close_code = await self._on_text(session, data)
                 else:
                     close_code = await self._on_binary(session, data)
@@ -275,16 +277,6 @@ class Relay:
         session.post(wire.Error(code, message[:512], req_id, msg).encode())
         if strike and session.strikes.add():
             log.info("closing abusive connection handle=%s last=%s", session.handle, code)
-            return wire.CLOSE_POLICY
-        return None
-
-    def _rate_limited(self, session: Session) -> int | None:
-        self.metrics.count("qsecret_relay_errors_total", "code", "rate_limited")
-        now = time.monotonic()
-        if now - session.rate_notice >= 1.0:  # one notice a second, not one per dropped frame
-            session.rate_notice = now
-            session.post(wire.Error("rate_limited", "frame rate over the limit; dropped").encode())
-        if session.strikes.add(now):
             return wire.CLOSE_POLICY
         return None
 

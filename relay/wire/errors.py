@@ -22,7 +22,6 @@ ERROR_CODES: dict[str, str] = {
     "handle_taken": "handle is bound to another identity key; same as auth_failed",
     "unknown_recipient": "no such handle registered; error frame (envelope not stored)",
     "quota_exceeded": "recipient's queue is full; error frame (envelope not stored)",
-    "rate_limited": "frame over the per-connection rate; frame dropped, +1 strike",
     "bad_binary_frame": "binary frame header malformed; error frame, +1 strike",
     "unknown_stream": "binary frame or close for a stream this connection has not opened;"
     " +1 strike",
@@ -32,6 +31,10 @@ ERROR_CODES: dict[str, str] = {
     "no_bundle": "prekeys_fetch for a handle that never uploaded a bundle",
     "internal": "the relay could not complete the request (e.g. storage error); retry later",
 }
+
+# Not an error: a connection over its frame rate is throttled (the relay reads no
+# faster than ``limits.rate`` frames/s after a ``limits.burst``; TCP pushes back).
+# Nothing is dropped, so nothing has to be resent.
 
 # Close codes the relay uses (RFC 6455 section 7.4.1).
 CLOSE_POLICY = 1008  # repeated abuse, auth timeout, 3 failed auths

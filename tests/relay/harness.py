@@ -139,6 +139,7 @@ class Client:
         self.errors: list[wire.Error] = []
         self.auth_ok: wire.AuthOk | None = None
         self.protocol_error: wire.WireError | None = None
+        self.pending_acks: list[int] = []
         self.closed: asyncio.Future[tuple[int | None, str]] | None = None
         self._changed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
@@ -164,6 +165,11 @@ class Client:
             async for data in self.ws:
                 for event in self.conn.receive(data):
                     self._record(event)
+                # Like a real client: ack in batches, once nothing more is waiting to be read.
+                if self.pending_acks and (len(self.pending_acks) >= 256
+                                          or not self.ws.recv_messages.frames):
+                    self.conn.ack(self.pending_acks)
+                    self.pending_acks = []
                 await self.flush()
         except websockets.ConnectionClosed:
             pass
@@ -184,7 +190,7 @@ class Client:
             if self.on_deliver is not None:
                 self.on_deliver(event)
             if self.auto_ack:
-                self.conn.ack([event.seq])
+                self.pending_acks.append(event.seq)
         elif isinstance(event, wire.Stored):
             self.stored[event.msg] = event.dup
         elif isinstance(event, wire.Error):
