@@ -25,6 +25,11 @@ named by a UUID), so after a crash the allocator simply pushes unacknowledged bi
 midway are not lost: they are handed to M on its next enc_keys for S with the same size.
 The master's keys are only released after the peer holds the binding, so the slave can
 always fetch what the master got.
+
+If a crash made the follower miss a link batch, a binding naming those keys can never be
+applied. After ``unshared_after_s`` the allocator cancels it at the follower
+(``POST /kme/v1/cancel``; the follower then refuses it for ever), discards the keys the
+follower never got and frees the rest of the binding for reuse.
 """
 
 from __future__ import annotations
@@ -70,6 +75,10 @@ class PeerChannel(Protocol):
         """Ask the allocator to bind keys for a master on the follower's side."""
         ...
 
+    async def cancel_binding(self, binding_id: str) -> bool:
+        """Ask the follower to refuse a binding for ever; False if it had already applied it."""
+        ...
+
 
 class LocalPeer:
     """Pair mode: both KMEs live in one process, so the peer is called directly."""
@@ -90,6 +99,9 @@ class LocalPeer:
             binding_id=binding_id, master=master, slave=slave, sizes=sizes
         )
 
+    async def cancel_binding(self, binding_id: str) -> bool:
+        return await self.node.handle_cancel(binding_id)
+
 
 class KmeNode:
     """ETSI 014 operations over one pool, coordinated with the peer KME (see module doc)."""
@@ -104,6 +116,7 @@ class KmeNode:
         limits: etsi.Limits | None = None,
         peer: PeerChannel | None = None,
         arrival_wait_s: float = 3.0,
+        unshared_after_s: float = 60.0,
     ) -> None:
         self.kme_id = kme_id
         self.peer_kme_id = peer_kme_id
@@ -112,6 +125,7 @@ class KmeNode:
         self.limits = limits or etsi.Limits()
         self.peer = peer
         self.arrival_wait_s = arrival_wait_s
+        self.unshared_after_s = unshared_after_s
         # All pool access runs on one worker thread: SQLite calls (with fsync) never block
         # the event loop, and the single connection is never used from two threads.
         self._db_thread = concurrent.futures.ThreadPoolExecutor(
@@ -239,12 +253,17 @@ class KmeNode:
                 [{"peer_KME_ID": self.peer_kme_id, "reason": str(exc)}],
             ) from None
         deadline = time.monotonic() + self.arrival_wait_s
-        while await self.handle_push(binding):
-            if time.monotonic() > deadline:
-                raise etsi.Unavailable(
-                    "this KME has not received the allocated keys from the link yet; retry"
-                )
-            await asyncio.sleep(0.05)
+        try:
+            while await self.handle_push(binding):
+                if time.monotonic() > deadline:
+                    raise etsi.Unavailable(
+                        "this KME has not received the allocated keys from the link yet; retry"
+                    )
+                await asyncio.sleep(0.05)
+        except BindingConflict as exc:
+            raise etsi.Unavailable(
+                "the KMEs disagree about these keys; retry", [{"reason": str(exc)}]
+            ) from None
 
     async def dec_keys(self, master: str, slave: str, key_ids: Sequence[str]) -> list[PoolKey]:
         """The keys ``master`` obtained for slave SAE ``slave``, handed to ``slave`` once."""
@@ -295,21 +314,41 @@ class KmeNode:
         await self._refresh_room()
         return binding
 
+    async def handle_cancel(self, binding_id: str) -> bool:
+        """Follower: refuse a binding for ever (its keys never all reached this pool)."""
+        if self.allocator:
+            raise BindingConflict("this KME is the allocator; it has nothing to cancel")
+        return await self._db(self.pool.cancel_binding, binding_id)
+
     async def push_pending(self) -> int:
-        """Allocator: push every unacknowledged binding once; return how many were confirmed."""
+        """Allocator: push every unacknowledged binding once; return how many were settled.
+
+        A binding whose keys the follower still lacks ``unshared_after_s`` after it was made
+        (a crash lost a link batch on its side) is cancelled at the
+        follower, then its missing keys are discarded here and the rest freed for reuse.
+        """
         if not self.allocator or self.peer is None:
             return 0
-        confirmed = 0
-        for binding in await self._db(self.pool.unacked_bindings):
+        settled = 0
+        for binding, created in await self._db(self.pool.unacked_bindings):
             try:
                 missing = await self.peer.push_binding(binding)
+                if not missing:
+                    await self._db(self.pool.mark_acked, binding.binding_id)
+                    settled += 1
+                elif time.time() - created > self.unshared_after_s:
+                    if await self.peer.cancel_binding(binding.binding_id):
+                        await self._db(self.pool.drop_unshared, binding.binding_id, missing)
+                        log.warning("binding %s cancelled: %d key(s) never reached %s",
+                                    binding.binding_id, len(missing), self.peer_kme_id)
+                    else:
+                        await self._db(self.pool.mark_acked, binding.binding_id)
+                    await self._refresh_room()
+                    settled += 1
             except PeerUnavailable as exc:
                 log.warning("peer KME unreachable while syncing bindings: %s", exc)
                 break
-            if not missing:
-                await self._db(self.pool.mark_acked, binding.binding_id)
-                confirmed += 1
-        return confirmed
+        return settled
 
     async def run_sync(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
         """Background loop of the allocator: resend bindings left unconfirmed by a failure."""

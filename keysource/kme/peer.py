@@ -54,6 +54,15 @@ class HttpPeer:
             raise PeerUnavailable("peer answered without a 'missing' list")
         return [str(m) for m in missing]
 
+    async def cancel_binding(self, binding_id: str) -> bool:
+        resp = await self._post("/kme/v1/cancel", {"binding_id": binding_id})
+        if resp.status_code != 200:
+            raise PeerUnavailable(f"peer refused cancel: {resp.status_code} {resp.text[:200]}")
+        result = resp.json().get("result")
+        if result not in ("cancelled", "applied"):
+            raise PeerUnavailable(f"peer answered cancel with {result!r}")
+        return bool(result == "cancelled")
+
     async def allocate(
         self, *, binding_id: str, master: str, slave: str, sizes: Sequence[int]
     ) -> Binding:

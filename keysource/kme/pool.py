@@ -57,7 +57,7 @@ CREATE INDEX IF NOT EXISTS keys_binding ON keys(binding_id);
 CREATE TABLE IF NOT EXISTS bindings (
     binding_id TEXT PRIMARY KEY,
     body       TEXT NOT NULL,              -- Binding.to_json()
-    acked      INTEGER NOT NULL DEFAULT 0, -- the peer KME holds it too
+    acked      INTEGER NOT NULL DEFAULT 0, -- 1: both KMEs hold it, -1: cancelled
     created    REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS delivered (
@@ -67,6 +67,9 @@ CREATE TABLE IF NOT EXISTS delivered (
     at       REAL NOT NULL
 );
 """
+
+
+_CANCELLED = -1  # bindings.acked of a binding the follower refused for ever
 
 
 class PoolError(Exception):
@@ -396,9 +399,12 @@ class KeyPool:
         :class:`BindingConflict` when a key is bound differently or already delivered.
         """
         with self._write() as db:
-            if db.execute(
-                "SELECT 1 FROM bindings WHERE binding_id = ?", (binding.binding_id,)
-            ).fetchone():
+            row = db.execute(
+                "SELECT acked FROM bindings WHERE binding_id = ?", (binding.binding_id,)
+            ).fetchone()
+            if row is not None:
+                if row[0] == _CANCELLED:
+                    raise BindingConflict(f"binding {binding.binding_id} was cancelled")
                 return []
             missing = []
             for key in binding.keys:
@@ -444,12 +450,31 @@ class KeyPool:
             (binding.binding_id, json.dumps(binding.to_json()), int(acked), time.time()),
         )
 
-    def unacked_bindings(self) -> list[Binding]:
-        """Allocator side: bindings the peer KME has not confirmed yet, oldest first."""
+    def unacked_bindings(self) -> list[tuple[Binding, float]]:
+        """Allocator side: bindings the peer KME has not confirmed yet, with creation times."""
         rows = self._db.execute(
-            "SELECT body FROM bindings WHERE acked = 0 ORDER BY created"
+            "SELECT body, created FROM bindings WHERE acked = 0 ORDER BY created"
         ).fetchall()
-        return [Binding.from_json(json.loads(r[0])) for r in rows]
+        return [(Binding.from_json(json.loads(r[0])), float(r[1])) for r in rows]
+
+    def cancel_binding(self, binding_id: str) -> bool:
+        """Follower side: refuse ``binding_id`` for ever, unless it is already applied.
+
+        Returns True when it is now cancelled (the allocator may free its keys), False when
+        it had been applied (the allocator must treat it as acknowledged instead).
+        """
+        binding_id = _uuid_text(binding_id)
+        with self._write() as db:
+            row = db.execute(
+                "SELECT acked FROM bindings WHERE binding_id = ?", (binding_id,)
+            ).fetchone()
+            if row is not None:
+                return bool(row[0] == _CANCELLED)
+            db.execute(
+                "INSERT INTO bindings (binding_id, body, acked, created) VALUES (?, '{}', ?, ?)",
+                (binding_id, _CANCELLED, time.time()),
+            )
+        return True
 
     def mark_acked(self, binding_id: str) -> None:
         with self._write() as db:
@@ -460,7 +485,8 @@ class KeyPool:
 
         Those pool keys can never be shared, so they are deleted here (journalled as
         delivered to nobody) and the rest of the binding goes back to the free keys. Only
-        for a binding that the peer has not applied and nobody has been given.
+        after the follower has cancelled the binding (:meth:`cancel_binding`), so it can
+        never apply it later.
         """
         with self._write() as db:
             row = db.execute(

@@ -11,6 +11,7 @@ ETSI GS QKD 014 v1.1.1 (SAE certificates, OU=SAE):
 KME-to-KME (only the peer KME's certificate, OU=KME, CN=peer KME_ID):
     POST      /kme/v1/bindings     the allocator pushes a binding to the follower
     POST      /kme/v1/allocate     the follower asks the allocator to bind keys
+    POST      /kme/v1/cancel       the allocator gives up a binding the follower cannot hold
 Monitoring (any certificate from the CA; no key material):
     GET       /kme/v1/stats
 
@@ -203,6 +204,23 @@ async def peer_allocate(request: web.Request) -> web.Response:
     return web.json_response(binding.to_json())
 
 
+async def peer_cancel(request: web.Request) -> web.Response:
+    _peer_kme(request)
+    body = await _json_body(request)
+    try:
+        binding_id = normalise_binding_id(body.get("binding_id"))
+        cancelled = await request.app[NODE_KEY].handle_cancel(binding_id)
+    except BindingConflict as exc:
+        return _error(409, str(exc))
+    return web.json_response({"result": "cancelled" if cancelled else "applied"})
+
+
+def normalise_binding_id(value: object) -> str:
+    if not isinstance(value, str):
+        raise etsi.BadRequest("binding_id must be a UUID string")
+    return etsi.normalise_key_id(value)
+
+
 async def stats(request: web.Request) -> web.Response:
     if _identity(request) is None:
         raise etsi.Unauthorized("a client certificate issued by this KME's CA is required")
@@ -228,6 +246,7 @@ def make_app(
     app.router.add_route("POST", "/api/v1/keys/{master}/dec_keys", dec_keys)
     app.router.add_post("/kme/v1/bindings", peer_bindings)
     app.router.add_post("/kme/v1/allocate", peer_allocate)
+    app.router.add_post("/kme/v1/cancel", peer_cancel)
     app.router.add_get("/kme/v1/stats", stats)
     return app
 
