@@ -69,6 +69,7 @@ from .progress import Progress, ProgressMeter
 from .receiver import ReceiverStatus, TransferReceiver
 from .sender import FileReader, SenderStatus, TransferSender
 from .stream import KIND_CHUNK, KIND_CONTROL, frame_kind
+from .summary import OfferSummary, format_size, summarise
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -91,6 +92,7 @@ __all__ = [
     "MalformedFrame",
     "Manifest",
     "ManifestError",
+    "OfferSummary",
     "OnConflict",
     "OutOfOrderChunk",
     "PartialStore",
@@ -117,6 +119,8 @@ __all__ = [
     "encode_cancel",
     "encode_decline",
     "encode_offer",
+    "format_size",
     "frame_kind",
     "safe_components",
+    "summarise",
 ]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StateError, TransferError
+from .fileio import open_write, read_at, write_at
 from .manifest import Manifest
 from .names import (
     PARTIAL_DIR_NAME,
@@ -99,7 +100,9 @@ class PartialStore:
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(path, isolation_level=None)
+        # Used from one thread at a time, but not always the one that opened it (the asyncio
+        # driver runs disk work in a worker thread).
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
@@ -245,7 +248,7 @@ class PartialStore:
     def _fd_for(self, file_index: int) -> int:
         if self._fd_index != file_index:
             self.close_part()
-            self._fd = os.open(self.part_path(file_index), os.O_RDWR | os.O_CREAT, 0o666)
+            self._fd = open_write(self.part_path(file_index))
             self._fd_index = file_index
         assert self._fd is not None
         return self._fd
@@ -264,7 +267,7 @@ class PartialStore:
     def _read(fd: int, length: int) -> Iterator[bytes]:
         offset = 0
         while offset < length:
-            block = os.pread(fd, min(READ_BLOCK, length - offset), offset)
+            block = read_at(fd, min(READ_BLOCK, length - offset), offset)
             if not block:
                 raise TransferError("partial file shrank while being read")
             offset += len(block)
@@ -272,11 +275,7 @@ class PartialStore:
 
     def write(self, file_index: int, offset: int, data: bytes | bytearray | memoryview) -> None:
         fd = self._fd_for(file_index)
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view = view[written:]
-            offset += written
+        write_at(fd, data, offset)
         self._unsynced += len(data)
         if self._unsynced >= FSYNC_EVERY_BYTES:
             os.fsync(fd)

@@ -35,6 +35,7 @@ from .events import (
     Rewound,
     TransferComplete,
 )
+from .fileio import open_read, read_at
 from .keys import RECEIVER_TO_SENDER, SENDER_TO_RECEIVER, TransferKeys
 from .manifest import BuiltManifest, Manifest
 from .progress import Progress, ProgressMeter
@@ -56,7 +57,7 @@ class SenderStatus(enum.Enum):
 
 
 class FileReader:
-    """A reader callback over the sender's files (one open descriptor at a time, pread).
+    """A reader callback over the sender's files (one open descriptor at a time).
 
     With ``stamps`` (size, mtime_ns per file, as ``BuiltManifest.stamps`` records them when
     hashing) a file modified since it was offered is refused when opened and after its last
@@ -87,13 +88,13 @@ class FileReader:
         if file_index != self._index:
             self.close()
             try:
-                self._fd = os.open(self._sources[file_index], os.O_RDONLY)
+                self._fd = open_read(self._sources[file_index])
             except OSError as exc:
                 raise SourceError(f"{self._sources[file_index]}: {exc.strerror}") from None
             self._index = file_index
             self._check_unchanged(file_index)
         assert self._fd is not None
-        data = os.pread(self._fd, length, offset)
+        data = read_at(self._fd, length, offset)
         if len(data) < length or (self._stamps is not None
                                   and offset + length >= self._stamps[file_index][0]):
             self._check_unchanged(file_index)

@@ -70,10 +70,14 @@ class Pair:
     receiver: TransferReceiver
 
 
-def make_pair(paths: list[Path], downloads: Path, *, chunk_size: int = 64 * 1024,
+def make_pair(paths: list[Path], downloads: Path, *, chunk_size: int | None = 64 * 1024,
               window: int = 8) -> Pair:
-    """Build, offer (through the E2EE payload codec) and accept a transfer."""
-    built = build_manifest(paths, chunk_size=chunk_size)
+    """Build, offer (through the E2EE payload codec) and accept a transfer.
+
+    ``chunk_size=None`` uses the library default.
+    """
+    built = (build_manifest(paths) if chunk_size is None
+             else build_manifest(paths, chunk_size=chunk_size))
     manifest = built.manifest.with_qkd_key_ids(["qkd-key-1"])
     secrets = Secrets.fresh()
     offer = decode_message(encode_offer(manifest))

@@ -173,3 +173,15 @@ def test_file_reader_notices_a_changed_source(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="changed since it was offered"):
         reader(0, 8192, 10_000 - 8192)
     reader.close()
+
+
+def test_offer_summary_shows_sanitised_names() -> None:
+    from client.transfer import format_size, summarise
+
+    files = (FileEntry("../../etc/passwd", 10, bytes(32)), FileEntry("CON", 2048, bytes(32)))
+    summary = summarise(Manifest(os.urandom(16), 4096, files))
+    assert summary.top_names == ("etc", "_CON") and summary.renamed == 2
+    assert summary.title == "etc and 1 more (2 files, 2.0 KiB)"
+    single = summarise(Manifest(os.urandom(16), 4096, (FileEntry("a.txt", 5, bytes(32)),)))
+    assert single.title == "a.txt (1 file, 5 B)" and single.renamed == 0
+    assert format_size(3 * 1024**3) == "3.0 GiB" and format_size(1023) == "1023 B"
