@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import subprocess
@@ -166,3 +167,60 @@ async def test_wrong_pinned_relay_id_is_refused_by_client(relay: RelayProcess) -
         await client.connect(timeout=3)
     assert info.value.code == "wrong_relay"
     assert not client.conn.data_to_send()  # nothing was signed for the impostor
+
+
+async def test_connection_limit_answers_503(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from websockets.exceptions import InvalidStatus
+
+    relay = start_relay(tmp_path / "small", "--max-connections", "3")
+    try:
+        clients = [await Client(relay.url, Identity(f"c{i}")).connect() for i in range(3)]
+        with pytest.raises(InvalidStatus) as info:
+            await connect(relay.url, compression=None)
+        assert info.value.response.status_code == 503
+        await clients[0].close()
+        await asyncio.sleep(0.2)  # the relay notices the close
+        again = await Client(relay.url, clients[0].identity).connect()
+        for client in [again, *clients[1:]]:
+            await client.close()
+    finally:
+        relay.stop()
+
+
+async def test_idle_timeout_closes_1001(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    relay = start_relay(tmp_path / "idle", "--idle-timeout", "1.5")
+    try:
+        client = await Client(relay.url, Identity("sleepy")).connect()
+        assert client.closed is not None
+        code, _ = await asyncio.wait_for(client.closed, 10)
+        assert code == wire.CLOSE_GOING_AWAY
+    finally:
+        relay.stop()
+
+
+async def test_binary_stream_between_two_users(relay: RelayProcess) -> None:
+    alice = await Client(relay.url, Identity("alice")).connect()
+    bob = await Client(relay.url, Identity("bob")).connect()
+    stream = alice.conn.open_stream("bob", "file", req_id="s1")
+    await alice.flush()
+    await alice.wait(lambda: any(isinstance(e, wire.StreamOk) for e in alice.events))
+    await bob.wait(lambda: any(isinstance(e, wire.StreamIncoming) for e in bob.events))
+    incoming = next(e for e in bob.events if isinstance(e, wire.StreamIncoming))
+    assert (incoming.stream, incoming.sender, incoming.kind) == (stream.hex(), "alice", "file")
+    chunks = [bytes([i]) * 60_000 for i in range(20)]
+    for i, chunk in enumerate(chunks):
+        alice.conn.send_chunk(stream, "file", i, chunk, final=i == len(chunks) - 1)
+    await alice.flush()
+
+    def received() -> list[wire.BinaryFrame]:
+        return [e for e in bob.events if isinstance(e, wire.BinaryFrame)]
+
+    await bob.wait(lambda: len(received()) == len(chunks))
+    assert [f.payload for f in received()] == chunks
+    assert [f.seq for f in received()] == list(range(20)) and received()[-1].final
+    # FINAL closed the stream: another frame on it is refused.
+    alice.conn.send_chunk(stream, "file", 99, b"late")
+    await alice.flush()
+    assert (await alice.next_error()).code == "unknown_stream"
+    await alice.close()
+    await bob.close()
