@@ -24,6 +24,14 @@ MiB = 1 << 20
 
 def _round_trip_one_file(tmp_path: Path, size: int, chunk_size: int) -> None:
     source = tmp_path / "src" / "big.bin"
+    try:
+        _check_round_trip(tmp_path, source, size, chunk_size)
+    finally:  # pytest keeps recent tmp dirs: do not leave hundreds of MiB behind
+        for path in (source, tmp_path / "downloads" / "big.bin"):
+            path.unlink(missing_ok=True)
+
+
+def _check_round_trip(tmp_path: Path, source: Path, size: int, chunk_size: int) -> None:
     digest = write_seeded_file(source, size, seed=7)
     pair = make_pair([source], tmp_path / "downloads", chunk_size=chunk_size)
     events = pump(pair.sender, pair.receiver)
@@ -135,6 +143,8 @@ def test_peak_memory_of_the_core_is_bounded(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert pair.receiver.status is ReceiverStatus.COMPLETE
+    source.unlink()
+    pair.receiver.landed()[0].unlink()
     bound = (8 + 4) * chunk + 2 * MiB  # window frames + buffers + a 1 MiB hashing block
     assert peak - before < bound, f"peak {peak - before} bytes exceeds {bound}"
     assert peak - before < size // 16
