@@ -165,15 +165,15 @@ class KmeNode:
     # -- ETSI operations ----------------------------------------------------------------
 
     async def status(self, master: str, slave: str) -> dict[str, Any]:
-        stats = await self._db(self.pool.stats)
+        free = await self._db(self.pool.free_count)
         ready = await self._db(self.pool.ready_count, master, slave, self.limits.key_size)
         return etsi.status_body(
             source_kme=self.kme_id,
             target_kme=self.peer_kme_id,
             master=master,
             slave=slave,
-            stored_key_count=stats.free // parts_for_size(self.limits.key_size) + ready,
-            max_key_count=stats.max_key_count // parts_for_size(self.limits.key_size),
+            stored_key_count=free // parts_for_size(self.limits.key_size) + ready,
+            max_key_count=self.pool.max_key_count // parts_for_size(self.limits.key_size),
             limits=self.limits,
         )
 

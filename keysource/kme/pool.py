@@ -591,6 +591,11 @@ class KeyPool:
             max_key_count=self.max_key_count,
         )
 
+    def free_count(self) -> int:
+        """Keys not yet promised to anybody (indexed: cheap even for a full pool)."""
+        (count,) = self._db.execute("SELECT COUNT(*) FROM keys WHERE bound_to IS NULL").fetchone()
+        return int(count)
+
     def key_ids(self) -> set[str]:
         """Every pool key_ID still held (tests and audits; no key material)."""
         return {r[0] for r in self._db.execute("SELECT key_id FROM keys")}
