@@ -79,6 +79,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                       help="give up connecting after this many seconds (default 30)")
     recv.set_defaults(func=run_recv)
 
+    export = subparsers.add_parser(
+        "export", help="print a conversation as text or JSON",
+        description="Print the conversation with HANDLE from the local store (no network).",
+    )
+    _profile_args(export)
+    export.add_argument("handle", metavar="HANDLE")
+    export.add_argument("--json", action="store_true", help="JSON instead of text")
+    export.set_defaults(func=run_export)
+
     contacts = subparsers.add_parser(
         "contacts", help="add, list or verify contacts",
         description="Manage contacts: 'add HANDLE' fetches their prekey bundle from the relay "
@@ -278,6 +287,19 @@ def run_recv(args: argparse.Namespace) -> int:
         return asyncio.run(main())
     except KeyboardInterrupt:
         return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    messenger = _open(args)
+    try:
+        if args.handle not in {c.handle for c in messenger.contacts()}:
+            raise CliError(f"no conversation with {args.handle!r}")
+        sys.stdout.write(messenger.export(args.handle, "json" if args.json else "text"))
+        if args.json:
+            print()
+    finally:
+        messenger.store.close()
+    return 0
 
 
 # -- contacts ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ class ServiceProcess:
     def __init__(self, name: str, args: Sequence[str], *, log: Path | None = None,
                  env: dict[str, str] | None = None) -> None:
         self.name = name
-        self.args = [sys.executable, "-m", "client.cli", *args]
+        self.args = [sys.executable, "-m", "client", *args]
         self.log = log
         self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.lines: list[str] = []

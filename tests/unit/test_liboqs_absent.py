@@ -85,7 +85,7 @@ def test_doctor_reports_missing_liboqs_and_exits_zero(tmp_path: Path) -> None:
     if locate_liboqs(env, Path(env["HOME"])).path is not None:
         pytest.skip("liboqs is installed system-wide here, so 'absent' cannot be arranged")
     result = subprocess.run(
-        [sys.executable, "-m", "client.cli", "doctor"],
+        [sys.executable, "-m", "client", "doctor"],
         env=env,
         capture_output=True,
         text=True,

@@ -1,0 +1,90 @@
+"""A real local deployment for end-to-end tests: relay and KME pair processes, two profiles.
+
+Everything listens on 127.0.0.1 ports picked at start; the CLI is run as subprocesses
+(``python -m client.cli``) exactly as a user would run ``qsecret``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from client.processes import ServiceProcess
+
+PASSPHRASE = "e2e-passphrase-123"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    root: Path
+    relay_port: int = field(default_factory=free_port)
+    port_a: int = field(default_factory=free_port)
+    port_b: int = field(default_factory=free_port)
+    kme_args: tuple[str, ...] = ()
+    relay: ServiceProcess | None = None
+    kme: ServiceProcess | None = None
+
+    @property
+    def relay_url(self) -> str:
+        return f"ws://127.0.0.1:{self.relay_port}"
+
+    def start_relay(self) -> None:
+        self.relay = ServiceProcess(
+            "relay",
+            ["relay", "--port", str(self.relay_port), "--data", str(self.root / "relay"),
+             "--redeliver-after", "2"],
+            log=self.root / "relay.log",
+        ).start()
+        self.relay.wait_for("relay listening")
+
+    def start_kme(self, *extra: str) -> None:
+        self.kme = ServiceProcess(
+            "kme",
+            ["kme", "pair", "--data", str(self.root / "kme"), "--port-a", str(self.port_a),
+             "--port-b", str(self.port_b), "--status-interval", "0", *self.kme_args, *extra],
+            log=self.root / "kme.log",
+        ).start()
+        self.kme.wait_for("ready kme-bob", timeout=60)
+
+    def stop(self) -> None:
+        for service in (self.relay, self.kme):
+            if service is not None:
+                service.stop()
+
+    def profile(self, handle: str) -> Path:
+        return self.root / handle
+
+    def init(self, handle: str, *extra: str) -> None:
+        sae, port = ("sae-alice", self.port_a) if handle == "alice" else ("sae-bob", self.port_b)
+        result = self.cli(handle, "init", "--handle", handle, "--sae-id", sae,
+                          "--kme", f"https://127.0.0.1:{port}",
+                          "--kme-pki", str(self.root / "kme" / "pki"), *extra, check=True)
+        assert "created profile" in result.stdout
+
+    def cli(self, handle: str | None, *args: str, stdin: str | None = None,
+            check: bool = False, passphrase: str = PASSPHRASE,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "client", *args]
+        if handle is not None:
+            command += ["--data", str(self.profile(handle)), "--relay", self.relay_url]
+        env = {**os.environ, "QSECRET_PASSPHRASE": passphrase}
+        result = subprocess.run(command, input=stdin, capture_output=True, text=True,
+                                env=env, timeout=timeout)
+        if check:
+            assert result.returncode == 0, f"{args}: {result.stderr}\n{result.stdout}"
+        return result
+
+    def history(self, handle: str, peer: str) -> list[dict[str, str]]:
+        result = self.cli(handle, "export", peer, "--json", check=True)
+        return list(json.loads(result.stdout))

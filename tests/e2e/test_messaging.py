@@ -1,0 +1,121 @@
+"""Real processes end to end: relay, KME pair with a running QKD link, two CLI users."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.e2e.stack import PASSPHRASE, Stack
+
+FULL = "QKD+ML-KEM-768+X25519"
+pytestmark = pytest.mark.slow
+
+
+def _texts(history: list[dict[str, str]], sender: str) -> list[str]:
+    return [m["text"] for m in history if m["from"] == sender]
+
+
+def _recv_follow(stack: Stack, handle: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "QSECRET_PASSPHRASE": PASSPHRASE}
+    return subprocess.Popen(
+        [sys.executable, "-m", "client", "recv", "--follow", "--json",
+         "--data", str(stack.profile(handle)), "--relay", stack.relay_url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )
+
+
+def _read_json_lines(process: subprocess.Popen[str], count: int, timeout: float) -> list[dict]:
+    """Read up to ``count`` JSON lines from a recv --follow process within ``timeout``."""
+    import selectors
+
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    out: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        if selector.select(timeout=0.5):
+            line = process.stdout.readline()
+            if not line:
+                break
+            out.append(json.loads(line))
+    return out
+
+
+def test_200_messages_across_relay_and_client_restarts(stack: Stack) -> None:
+    a_to_b = [f"a->b {i:03d}" for i in range(100)]
+    b_to_a = [f"b->a {i:03d}" for i in range(100)]
+
+    # alice -> bob: first half, then the relay is killed -9 and restarted, then the rest.
+    stack.cli("alice", "send", "bob", "-", stdin="\n".join(a_to_b[:50]), check=True)
+    assert stack.relay is not None
+    stack.relay.kill()
+    sent_while_down = stack.cli("alice", "send", "bob", "msg while relay is down")
+    assert sent_while_down.returncode != 0
+    assert "relay" in sent_while_down.stderr
+    stack.start_relay()
+    stack.cli("alice", "send", "bob", "-", stdin="\n".join(a_to_b[50:]), check=True)
+
+    # bob receives with a client that is killed -9 halfway and started again.
+    receiver = _recv_follow(stack, "bob")
+    first = _read_json_lines(receiver, 40, timeout=60)
+    os.killpg(receiver.pid, signal.SIGKILL)
+    receiver.wait()
+    assert first, "bob's first receiver got nothing"
+    stack.cli("bob", "recv", check=True)
+
+    # bob -> alice, 100 messages, received in one go.
+    stack.cli("bob", "send", "alice", "-", stdin="\n".join(b_to_a), check=True)
+    stack.cli("alice", "recv", check=True)
+
+    bob_view = stack.history("bob", "alice")
+    alice_view = stack.history("alice", "bob")
+    # Every message exactly once, in order, on both sides (the relay restart lost nothing,
+    # the killed receiver duplicated nothing); the message "while down" was never sent.
+    assert _texts(bob_view, "alice") == a_to_b
+    assert _texts(alice_view, "bob") == b_to_a
+    assert _texts(alice_view, "alice")[: len(a_to_b)] == a_to_b
+    assert {m["keys"] for m in bob_view + alice_view} == {FULL}
+    assert "msg while relay is down" not in [m["text"] for m in bob_view]
+
+
+def test_wrong_passphrase_is_refused_clearly(stack: Stack) -> None:
+    result = stack.cli("alice", "recv", passphrase="not-the-passphrase")
+    assert result.returncode == 2
+    assert "wrong passphrase" in result.stderr
+    stack.cli("alice", "contacts", "list", check=True)  # nothing was damaged
+
+
+def test_unknown_contact(stack: Stack) -> None:
+    result = stack.cli("alice", "send", "nobody-here", "hello?")
+    assert result.returncode != 0
+    assert "nobody-here" in result.stderr
+
+
+def test_relay_down_at_start(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = subprocess.run(
+        [sys.executable, "-m", "client", "recv", "--timeout", "3",
+         "--data", str(stack.profile("alice")), "--relay", "ws://127.0.0.1:9"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "QSECRET_PASSPHRASE": PASSPHRASE},
+    )
+    assert result.returncode == 2
+    assert "could not reach the relay at ws://127.0.0.1:9" in result.stderr
+
+
+def test_verify_marks_contact(stack: Stack) -> None:
+    shown = stack.cli("alice", "contacts", "verify", "bob", check=True)
+    digits = shown.stdout.splitlines()[2].strip()
+    assert len(digits.replace(" ", "")) == 60
+    # Both sides compute the same safety number.
+    assert digits in stack.cli("bob", "contacts", "verify", "alice", check=True).stdout
+    stack.cli("alice", "contacts", "verify", "bob", "--yes", check=True)
+    listing = json.loads(stack.cli("alice", "contacts", "list", "--json", check=True).stdout)
+    assert {"handle": "bob", "verified": True}.items() <= listing[0].items()
