@@ -79,6 +79,16 @@ def permutations(n: int, seed: int, passes: int = N_PASSES) -> tuple[tuple[np.nd
     return tuple(perms), tuple(inverses)
 
 
+def _sorted_unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values and their multiplicities (sort-based; faster than np.unique here)."""
+    if values.size == 0:
+        return values, values
+    ordered = np.sort(values)
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    counts = np.diff(np.append(starts, ordered.size))
+    return ordered[starts], counts
+
+
 def _node_bounds(n: int, level: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lo = np.minimum(ids << level, n)
     hi = np.minimum((ids + 1) << level, n)
@@ -157,14 +167,14 @@ class _PassState:
         flat = flat[self.known[flat]]
         if flat.size == 0:
             return
-        ids, counts = np.unique(flat, return_counts=True)
+        ids, counts = _sorted_unique(flat)
         toggled = ids[(counts & 1).astype(bool)]
         self.mismatch[toggled] ^= 1
         self.candidates = np.concatenate([self.candidates, toggled])
 
     def minimal_odd(self) -> tuple[np.ndarray, np.ndarray]:
         """Disjoint odd known nodes with no odd known descendant, as (levels, ids)."""
-        cand = np.unique(self.candidates)
+        cand, _ = _sorted_unique(self.candidates)
         cand = cand[self.mismatch[cand] == 1]
         self.candidates = cand
         if cand.size == 0:
@@ -199,6 +209,7 @@ class CascadeBob:
         self.leaked_bits = 0
         self.rounds = 0
         self.corrected = 0
+        self._perm_bits: dict[int, np.ndarray] = {}
         self._gen = self._run()
         self.result: CascadeResult | None = None
 
@@ -218,21 +229,43 @@ class CascadeBob:
         return queries
 
     # -- Bob's parities -------------------------------------------------------------------
+    def _permuted(self, pass_index: int) -> np.ndarray:
+        """Bob's bits in pass ``pass_index`` order, kept in step with every correction."""
+        cached = self._perm_bits.get(pass_index)
+        if cached is None:
+            perms, _ = permutations(self.n, self.seed, self.passes)
+            cached = self.bits[perms[pass_index]]
+            self._perm_bits[pass_index] = cached
+        return cached
+
+    def _flip(self, positions: np.ndarray) -> None:
+        self.bits[positions] ^= 1
+        _, inverses = permutations(self.n, self.seed, self.passes)
+        for pass_index, permuted in self._perm_bits.items():
+            permuted[inverses[pass_index][positions]] ^= 1
+
     def _parities(self, pass_index: int, level: int, ids: np.ndarray) -> np.ndarray:
-        perms, _ = permutations(self.n, self.seed, self.passes)
-        perm = perms[pass_index]
+        """Bob's current parity of each node: range sums over the permuted copy."""
+        permuted = self._permuted(pass_index)
+        if ids.size == 0:
+            return np.zeros(0, np.uint8)
         width = 1 << level
-        if ids.size * width > 4 * self.n:  # many nodes: one pass over the permuted frame
-            permuted = self.bits[perm]
+        if ids.size * width >= self.n // 2:  # many nodes: one pass over the whole frame
             padded_len = -(-self.n // width) * width
-            padded = np.zeros(padded_len, np.uint8)
-            padded[: self.n] = permuted
-            sums = padded.reshape(-1, width).sum(axis=1, dtype=np.int64)
-            return (sums[ids] & 1).astype(np.uint8)
-        idx = (ids << level)[:, None] + np.arange(width, dtype=np.int64)[None, :]
-        valid = idx < self.n
-        vals = self.bits[perm[np.minimum(idx, self.n - 1)]] & valid
-        return (vals.sum(axis=1, dtype=np.int64) & 1).astype(np.uint8)
+            if padded_len != self.n:
+                permuted = np.concatenate([permuted, np.zeros(padded_len - self.n, np.uint8)])
+            sums = np.bitwise_xor.reduce(permuted.reshape(-1, width), axis=1)
+            return sums[ids].astype(np.uint8)
+        lo, hi = _node_bounds(self.n, level, ids)
+        if width >= 2048 and ids.size <= 64:  # few wide nodes: count set bits slice by slice
+            return np.array([np.count_nonzero(permuted[a:b]) & 1 for a, b in
+                             zip(lo.tolist(), hi.tolist(), strict=True)], np.uint8)
+        idx = lo[:, None] + np.arange(width, dtype=np.int64)[None, :]
+        if (hi - lo < width).any():  # a node cut short by the end of the frame
+            vals = permuted[np.minimum(idx, self.n - 1)] & (idx < self.n)
+        else:
+            vals = permuted[idx]
+        return (np.bitwise_xor.reduce(vals, axis=1) & 1).astype(np.uint8)
 
     def _answer(self, queries: list[ParityQuery]) -> Generator[list[ParityQuery], np.ndarray,
                                                                  np.ndarray]:
@@ -259,8 +292,8 @@ class CascadeBob:
                 if not batch:
                     break
                 found = yield from self._search_all(states, batch)
-                found = np.unique(found)
-                self.bits[found] ^= 1
+                found, _ = _sorted_unique(found)
+                self._flip(found)
                 self.corrected += int(found.size)
                 for p, st in enumerate(states):
                     st.flip_ancestors(inverses[p][found])

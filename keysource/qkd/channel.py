@@ -48,14 +48,23 @@ def detect(params: LinkParams, frame: PulseFrame, rng: np.random.Generator) -> D
     bit = np.where(same, hits.bit ^ flip.astype(np.uint8), coin)
 
     dark_slots = _geometric_positions(rng, params.dark_count_prob, frame.n_slots)
-    slots = np.union1d(hits.slot, dark_slots)
+    # both lists are sorted; merge them (np.union1d's hashing is slow on large arrays)
+    merged = np.concatenate([hits.slot, dark_slots])
+    merged.sort(kind="stable")
+    distinct = np.ones(merged.size, bool)
+    distinct[1:] = merged[1:] != merged[:-1]
+    slots = merged[distinct]
     out_basis = rng.integers(0, 2, slots.size, dtype=np.uint8)  # dark-only: own random basis
     out_bit = rng.integers(0, 2, slots.size, dtype=np.uint8)  # dark-only: random bit
     where_hit = np.searchsorted(slots, hits.slot)
     out_basis[where_hit] = basis
     out_bit[where_hit] = bit
     # a dark count in the same slot as a photon click: double click, squashed to a random bit
-    both = np.intersect1d(hits.slot, dark_slots, assume_unique=True)
+    if hits.slot.size and dark_slots.size:
+        pos = np.minimum(np.searchsorted(hits.slot, dark_slots), hits.slot.size - 1)
+        both = dark_slots[hits.slot[pos] == dark_slots]
+    else:
+        both = dark_slots[:0]
     if both.size:
         where_both = np.searchsorted(slots, both)
         squash = rng.random(both.size) < 0.5

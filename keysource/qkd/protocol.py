@@ -217,15 +217,20 @@ def _decode_queries(body: dict) -> list[ParityQuery]:
 
 def plan_frame(params: LinkParams, signal_sifted: np.ndarray, order_seed: int
                ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Split the sifted signal detections into a revealed sample and the key frame (indices)."""
-    order = np.random.default_rng(order_seed).permutation(signal_sifted.size)
+    """Split the sifted signal detections into a revealed random sample and the key frame.
+
+    The sample is a uniformly random subset (public seed); the frame is the next
+    ``frame_bits`` of the rest in slot order (detections are i.i.d., so order is immaterial).
+    """
     n_sample = params.sample_bits
     n_frame = min(params.frame_bits, signal_sifted.size - n_sample)
     if n_frame < MIN_FRAME_BITS:
         return None
-    sample = np.sort(signal_sifted[order[:n_sample]])
-    frame = np.sort(signal_sifted[order[n_sample: n_sample + n_frame]])
-    return sample, frame
+    rng = np.random.default_rng(order_seed)
+    chosen = np.sort(rng.choice(signal_sifted.size, n_sample, replace=False))
+    rest = np.ones(signal_sifted.size, bool)
+    rest[chosen] = False
+    return signal_sifted[chosen], signal_sifted[rest][:n_frame]
 
 
 def decide(params: LinkParams, stats: estimation.BlockStats, frame_bits: int

@@ -82,26 +82,16 @@ def _geometric_positions(rng: np.random.Generator, p: float, n_slots: int) -> np
     return positions[: np.searchsorted(positions, n_slots)]
 
 
-def _zero_truncated_poisson(rng: np.random.Generator, lam: np.ndarray) -> np.ndarray:
-    """Samples of Poisson(lam) conditioned on >= 1, by inverse CDF over a short support."""
-    out = np.ones(lam.size, np.uint16)
-    if lam.size == 0:
-        return out
-    u = rng.random(lam.size)
-    # P(m >= j | m >= 1) for j = 2..: accumulate the pmf until the tail is negligible
-    denom = -np.expm1(-lam)
-    pmf = np.exp(-lam) * lam / denom  # P(m = 1 | m >= 1)
-    cdf = pmf.copy()
-    j = 1
-    while True:
-        above = u > cdf
-        if not above.any() or j > 60:
-            break
-        j += 1
-        pmf = pmf * lam / j
-        out[above] += 1
-        cdf = cdf + pmf
-    return out
+def _zero_truncated_poisson(rng: np.random.Generator, lam: float, size: int) -> np.ndarray:
+    """``size`` samples of Poisson(lam) conditioned on >= 1 (inverse CDF, short support)."""
+    if size == 0:
+        return np.ones(0, np.uint16)
+    pmf = [math.exp(-lam) * lam / -math.expm1(-lam)]  # P(m = 1 | m >= 1)
+    while sum(pmf) < 1 - 1e-15 and len(pmf) < 60:
+        pmf.append(pmf[-1] * lam / (len(pmf) + 1))
+    cdf = np.cumsum(pmf)
+    cdf[-1] = 1.0
+    return (np.searchsorted(cdf, rng.random(size), side="right") + 1).astype(np.uint16)
 
 
 def emit_block(
@@ -120,7 +110,12 @@ def emit_block(
     count = slot.size
     cls = rng.choice(3, size=count, p=capable_prob / p_entry).astype(np.uint8)
     lam = intensities[cls]
-    capable = _zero_truncated_poisson(rng, lam * eta_src)
+    capable = np.ones(count, np.uint16)
+    for klass in range(3):
+        members = cls == klass
+        if intensities[klass] > 0:
+            capable[members] = _zero_truncated_poisson(rng, intensities[klass] * eta_src,
+                                                       int(members.sum()))
     photons = capable + rng.poisson(lam * (1.0 - eta_src)).astype(np.uint16)
     basis = rng.integers(0, 2, count, dtype=np.uint8)
     bit = rng.integers(0, 2, count, dtype=np.uint8)
@@ -154,13 +149,19 @@ def alice_view(
     pos_clipped = np.minimum(pos, max(record.slot.size - 1, 0))
     known = (record.slot.size > 0) & (record.slot[pos_clipped] == detected_slots)
     n = detected_slots.size
-    cls = rng.choice(3, size=n, p=record.empty_class_probs).astype(np.uint8)
-    basis = rng.integers(0, 2, n, dtype=np.uint8)
-    bit = rng.integers(0, 2, n, dtype=np.uint8)
+    unknown = int(n - known.sum())
+    cls = np.empty(n, np.uint8)
+    basis = np.empty(n, np.uint8)
+    bit = np.empty(n, np.uint8)
     photons = np.zeros(n, np.uint16)
     idx = pos_clipped[known]
     cls[known] = record.cls[idx]
     basis[known] = record.basis[idx]
     bit[known] = record.bit[idx]
     photons[known] = record.photons[idx]
+    if unknown:
+        dark = ~known
+        cls[dark] = rng.choice(3, size=unknown, p=record.empty_class_probs)
+        basis[dark] = rng.integers(0, 2, unknown, dtype=np.uint8)
+        bit[dark] = rng.integers(0, 2, unknown, dtype=np.uint8)
     return cls, basis, bit, photons

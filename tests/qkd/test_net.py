@@ -165,11 +165,11 @@ def test_mismatched_link_parameters_are_refused_clearly(procs: list[Proc],
 
 def test_eve_command_rejects_bad_arguments() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "client.cli", "eve", "--listen", "nowhere", "--upstream",
+        [sys.executable, "-m", "client", "eve", "--listen", "nowhere", "--upstream",
          "127.0.0.1:1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "HOST:PORT" in result.stderr
     result = subprocess.run(
-        [sys.executable, "-m", "client.cli", "eve", "--listen", "127.0.0.1:0", "--upstream",
+        [sys.executable, "-m", "client", "eve", "--listen", "127.0.0.1:0", "--upstream",
          "127.0.0.1:1", "--intercept-fraction", "1.5"], cwd=ROOT, capture_output=True,
         text=True, timeout=60)
     assert result.returncode == 2 and "between 0 and 1" in result.stderr
