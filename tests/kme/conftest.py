@@ -31,7 +31,7 @@ def random_batch(count: int) -> list[tuple[str, bytes]]:
 
 
 def qsecret_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "client.cli", *args]
+    return [sys.executable, "-m", "client", *args]
 
 
 @dataclass

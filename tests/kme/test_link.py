@@ -134,8 +134,8 @@ def test_two_serve_processes_linked_over_tcp_agree(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=30,
         )
         assert status.returncode == 0, status.stderr
-        assert status.stdout.startswith(f"{KME_B} (follower, peer {KME_A})")
-        assert "link up" in status.stdout
+        assert status.stdout.startswith(f"{KME_B} (follower, peer {KME_A})"), status.stdout
+        assert "link up" in status.stdout, status.stdout + "\n".join(bob_kme.lines[-10:])
     finally:
         if alice_kme is not None:
             alice_kme.stop()
