@@ -150,6 +150,12 @@ class ChannelAuth:
         self._send_deferred.clear()
         return tag
 
+    def skip(self, index: int) -> None:
+        """Mark the pad of an ignored (stale) message as spent, if it is within the window."""
+        if self.recv.next_index <= index <= self.recv.next_index + RESYNC_WINDOW:
+            self._recv_deferred = []
+            self.recv.burn_through(index)
+
     def verify(self, index: int, message: bytes, tag: bytes) -> None:
         """Check an incoming tag; raises AuthError. The pad is burnt either way."""
         deferred = self._recv_deferred

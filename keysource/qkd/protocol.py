@@ -23,6 +23,7 @@ authenticated data with the same deterministic functions.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import struct
@@ -54,6 +55,7 @@ NAMES = {START: "START", SIFT: "SIFT", SIFT_REPLY: "SIFT_REPLY", ESTIMATE: "ESTI
 DEFERRED = {CASCADE_Q, CASCADE_A}
 _HEADER = struct.Struct(">BBIi")  # version, type, block, pad index (-1: deferred)
 _QHEADER = struct.Struct(">IQBIB")  # block, n_slots, attenuated, count, delta width
+log = logging.getLogger("qsecret.qkd")
 
 
 class ProtocolError(Exception):
@@ -173,7 +175,7 @@ def _pack_bits(bits: np.ndarray) -> bytes:
 
 
 def _unpack_bits(data: object, count: int) -> np.ndarray:
-    if not isinstance(data, bytes) or len(data) != (count + 7) // 8:
+    if count < 0 or not isinstance(data, bytes) or len(data) != (count + 7) // 8:
         raise ProtocolError("packed bit field has the wrong length")
     return np.unpackbits(np.frombuffer(data, np.uint8), count=count)
 
@@ -342,11 +344,10 @@ class _Endpoint:
         blk = self.block
         if blk is None:
             return out
-        if notify:
-            try:
-                out.send.append(self._message(ABORT, blk.number, {"reason": reason[:200]}))
-            except AuthKeyExhausted:
-                pass  # the peer will see the link stall; the report below says why
+        if notify and self.auth.send.available_pads() > 0:
+            out.send.append(self._message(ABORT, blk.number, {"reason": reason[:200]}))
+        elif notify:
+            reason += " (peer not told: authentication key exhausted)"
         self.auth.reset_transcripts()
         out.reports.append(self._report(blk, aborted=True, reason=reason))
         self.block = None
@@ -381,10 +382,8 @@ class _Endpoint:
         stale = blk is None or message.block != blk.number
         if stale and message.type not in (START, COMMIT):
             if message.type not in DEFERRED:
-                try:  # keep the pad bookkeeping in step even for a message we ignore
-                    self.auth.verify(message.pad_index, message.signed_part, message.tag)
-                except (AuthError, AuthKeyExhausted):
-                    pass  # a stale message carries nothing we act on
+                # we act on nothing in it, but its pad is spent: never accept that index again
+                self.auth.skip(message.pad_index)
             return Output()
         try:
             self._accept(message)
@@ -393,8 +392,10 @@ class _Endpoint:
         except AuthKeyExhausted as exc:
             return self._abort(str(exc), notify=False)
         if message.type == ABORT:
-            body = cbor2.loads(message.body) if message.body else {}
-            reason = body.get("reason") if isinstance(body, dict) else None
+            try:
+                reason = _body(message).get("reason")
+            except ProtocolError:
+                reason = "(unreadable reason)"
             return self._abort(f"peer aborted: {reason}", notify=False)
         try:
             return self._on_classical(message)
@@ -402,6 +403,10 @@ class _Endpoint:
             return self._abort(f"{NAMES[message.type]}: {exc}", notify=True)
         except AuthKeyExhausted as exc:
             return self._abort(str(exc), notify=False)
+        except Exception as exc:  # an input nobody foresaw: void the block, keep the link
+            log.exception("qkd %s: unexpected error on %s", self.role, NAMES[message.type])
+            return self._abort(f"{NAMES[message.type]}: unexpected {type(exc).__name__}",
+                               notify=True)
 
     def _on_quantum(self, frame: bytes) -> Output:
         raise ProtocolError("unexpected quantum frame")
@@ -454,7 +459,8 @@ class AliceEndpoint(_Endpoint):
 
     def _on_classical(self, message: Classical) -> Output:
         blk = self.block
-        assert blk is not None and blk.record is not None
+        if blk is None or blk.record is None:
+            raise ProtocolError(f"{NAMES[message.type]} outside a block")
         body = _body(message)
         if message.type == SIFT:
             return self._on_sift(blk, body)
@@ -524,6 +530,7 @@ class AliceEndpoint(_Endpoint):
         blk.leaked = blk.alice_cascade.leaked_bits + verification.TAG_BITS
         blk.rounds = int(_field(body, "rounds", int))  # type: ignore[arg-type]
         blk.corrected_errors = int(_field(body, "corrected", int))  # type: ignore[arg-type]
+        blk.alice_cascade = None  # no more parity answers: anything later would leak uncounted
         mine = verification.key_hash(blk.frame_bits, hash_key)  # type: ignore[arg-type]
         if mine != bob_hash:
             out = Output(send=[self._message(VERIFY_RESULT, blk.number, {"ok": False})])
@@ -673,22 +680,23 @@ class BobEndpoint(_Endpoint):
             "n": int(det.slot.size), "slots": deltas, "bases": _pack_bits(det.basis)})])
 
     def _on_classical(self, message: Classical) -> Output:
-        blk = self.block
-        assert blk is not None
         body = _body(message)
+        if message.type == COMMIT:
+            return self._on_commit(message.block, body)
+        blk = self.block
+        if blk is None:
+            raise ProtocolError(f"{NAMES[message.type]} outside a block")
         if message.type == SIFT_REPLY:
             return self._on_sift_reply(blk, body)
         if message.type == CASCADE_A:
-            if blk.bob_cascade is None:
-                raise ProtocolError("cascade answer before a question")
+            if blk.bob_cascade is None or blk.bob_cascade.result is not None:
+                raise ProtocolError("cascade answer without an open question")
             n = _field(body, "n", int)
             bits = _unpack_bits(body.get("bits"), n)  # type: ignore[arg-type]
             queries = blk.bob_cascade.receive(bits)
             return self._after_cascade_step(blk, queries)
         if message.type == VERIFY_RESULT:
             return self._on_verify_result(blk, body)
-        if message.type == COMMIT:
-            return self._on_commit(body)
         raise ProtocolError(f"unexpected {NAMES[message.type]}")
 
     def _on_sift_reply(self, blk: _Block, body: dict) -> Output:
@@ -775,9 +783,9 @@ class BobEndpoint(_Endpoint):
         self.auth.reset_transcripts()
         return out
 
-    def _on_commit(self, body: dict) -> Output:
+    def _on_commit(self, number: int, body: dict) -> Output:
+        if self.pending is None or self.pending.number != number:
+            raise ProtocolError("COMMIT without a matching pending block")
         pending, self.pending = self.pending, None
         self.block = None
-        if pending is None:
-            raise ProtocolError("COMMIT without a pending block")
         return self._commit(pending, int(_field(body, "count", int)))  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import pytest
 
 from keysource.qkd import LinkParams, run_pair_link
 from keysource.qkd.pair import PairLink
-from keysource.qkd.protocol import CASCADE_A, CASCADE_Q
+from keysource.qkd.protocol import CASCADE_A, CASCADE_Q, COMMIT, ESTIMATE, VERIFY
 
 # Small blocks keep the tests fast; more decoy pulses keep the finite-size decoy bounds useful.
 FAST = dict(frame_bits=16384, p_signal=0.6, p_decoy=0.3, min_sample_bits=1024, seed=7)
@@ -188,3 +188,41 @@ async def test_run_pair_link_delivers_and_idles_without_room() -> None:
     await asyncio.wait_for(task, 30)
     assert got_a == got_b and len(got_a) == 10  # never more than the pool accepts
     assert sum(r.keys for r in reports) == 10
+
+
+def drive_until(link: PairLink, stop_kind: int) -> tuple[bytes, list]:
+    """Run a block by hand until Bob emits a message of ``stop_kind``; return it, undelivered."""
+    to_bob = link.alice.start_block().send
+    while to_bob:
+        to_alice = []
+        for frame in to_bob:
+            to_alice += link.bob.receive(frame).send
+        for index, frame in enumerate(to_alice):
+            if frame[:1] == b"C" and frame[2] == stop_kind:
+                return frame, to_alice[index + 1:]
+        to_bob = [f for frame in to_alice for f in link.alice.receive(frame).send]
+    raise AssertionError("message never sent")
+
+
+def test_alice_answers_no_parity_question_after_verification() -> None:
+    """An injected Cascade question after VERIFY would leak an uncounted bit: refuse it."""
+    link = PairLink(LinkParams(**FAST))
+    verify, _ = drive_until(link, VERIFY)
+    assert link.alice.receive(verify).send  # VERIFY_RESULT
+    block = link.alice.block.number
+    injected = link.bob._message(CASCADE_Q, block, {"q": [[0, 0, b"\x00\x00\x00\x00"]]})
+    out = link.alice.receive(injected)
+    assert out.reports and out.reports[0].aborted and "question" in out.reports[0].reason
+    assert out.keys == [] and not any(f[2] == CASCADE_A for f in out.send if f[:1] == b"C")
+
+
+def test_messages_for_other_blocks_are_ignored_without_crashing() -> None:
+    link = PairLink(LinkParams(**FAST))
+    first = link.run_block()
+    assert not first.report.aborted
+    commit = link.alice._message(COMMIT, 999, {"count": 5})  # no such pending block
+    assert link.bob.receive(commit).keys == []
+    stale = link.bob._message(ESTIMATE, 0, {"errors": [0, 0, 0]})
+    assert link.alice.receive(stale).send == []
+    second = link.run_block()
+    assert not second.report.aborted and second.keys_a == second.keys_b
