@@ -12,6 +12,7 @@ class Metrics:
     def __init__(self) -> None:
         self.counters: Counter[tuple[str, str, str]] = Counter()
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.read_counters: dict[str, tuple[str, Callable[[], float]]] = {}
         self.help: dict[str, str] = {}
 
     def count(self, name: str, label: str = "", value: str = "", amount: int = 1) -> None:
@@ -22,6 +23,10 @@ class Metrics:
 
     def gauge(self, name: str, text: str, read: Callable[[], float]) -> None:
         self.gauges[name] = (text, read)
+
+    def counter_from(self, name: str, text: str, read: Callable[[], float]) -> None:
+        """A counter kept elsewhere (a plain int on a hot path), read at scrape time."""
+        self.read_counters[name] = (text, read)
 
     def render(self) -> str:
         lines: list[str] = []
@@ -35,8 +40,9 @@ class Metrics:
             for (_, label, value), amount in rows:
                 labels = f'{{{label}="{value}"}}' if label else ""
                 lines.append(f"{name}{labels} {amount}")
-        for name, (text, read) in sorted(self.gauges.items()):
-            lines.append(f"# HELP {name} {text}")
-            lines.append(f"# TYPE {name} gauge")
-            lines.append(f"{name} {read()}")
+        for kind, table in (("counter", self.read_counters), ("gauge", self.gauges)):
+            for name, (text, read) in sorted(table.items()):
+                lines.append(f"# HELP {name} {text}")
+                lines.append(f"# TYPE {name} {kind}")
+                lines.append(f"{name} {read()}")
         return "\n".join(lines) + "\n"

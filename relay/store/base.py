@@ -87,7 +87,15 @@ class Store(ABC):
         """The identity key bound to ``handle``, if any."""
 
     @abstractmethod
-    async def enqueue(self, sender: str, recipient: str, msg: str, body: bytes) -> EnqueueResult:
+    def new_envelope(self, sender: str, recipient: str, msg: str, body: bytes) -> Envelope:
+        """Number and time-stamp an envelope now (no I/O), so it can be delivered live at once.
+
+        ``seq`` must be unique and increasing across the store's life (a networked
+        backend can reserve blocks of numbers); gaps are fine.
+        """
+
+    @abstractmethod
+    async def enqueue(self, envelope: Envelope) -> EnqueueResult:
         """Queue an envelope durably, unless duplicate, over quota or for an unknown handle."""
 
     @abstractmethod

@@ -84,6 +84,7 @@ class SqliteStore(Store):
         self._depth: dict[str, list[int]] = {}  # recipient -> [count, bytes]
         self._total_depth = 0
         self._last_ts = 0
+        self._last_seq = 0
         self.commits = 0  # batches committed (for tests and metrics)
 
     # ------------------------------------------------------------ plumbing
@@ -186,6 +187,9 @@ class SqliteStore(Store):
         self._total_depth = self._count_all(db)
         row = db.execute("SELECT max(ts) FROM queue").fetchone()
         self._last_ts = row[0] or 0
+        # Never reuse a number, even of a deleted envelope (AUTOINCREMENT keeps the high mark).
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='queue'").fetchone()
+        self._last_seq = row[0] if row else 0
         return db
 
     @staticmethod
@@ -193,9 +197,7 @@ class SqliteStore(Store):
         return db.execute("SELECT count(*) FROM queue").fetchone()[0]
 
     def _now_ms(self) -> int:
-        # Never goes backwards, so queue rows stay in time order (expiry relies on it).
-        self._last_ts = max(self._last_ts, int(time.time() * 1000))
-        return self._last_ts
+        return int(time.time() * 1000)
 
     def _depth_of(self, db: sqlite3.Connection, recipient: str) -> list[int]:
         depth = self._depth.get(recipient)
@@ -225,18 +227,21 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------ queues
 
-    async def enqueue(self, sender: str, recipient: str, msg: str, body: bytes) -> EnqueueResult:
-        return await self._call(self._enqueue, sender, recipient, msg, body)
+    def new_envelope(self, sender: str, recipient: str, msg: str, body: bytes) -> Envelope:
+        self._last_seq += 1
+        self._last_ts = max(self._last_ts, int(time.time() * 1000))
+        return Envelope(self._last_seq, recipient, sender, msg, body, self._last_ts)
 
-    def enqueue_future(
-        self, sender: str, recipient: str, msg: str, body: bytes
-    ) -> asyncio.Future[EnqueueResult]:
+    async def enqueue(self, envelope: Envelope) -> EnqueueResult:
+        return await self._call(self._enqueue, envelope)
+
+    def enqueue_future(self, envelope: Envelope) -> asyncio.Future[EnqueueResult]:
         """Like :meth:`enqueue` but returns the future at once (the relay's hot path)."""
-        return self._call(self._enqueue, sender, recipient, msg, body)
+        return self._call(self._enqueue, envelope)
 
-    def _enqueue(
-        self, db: sqlite3.Connection, sender: str, recipient: str, msg: str, body: bytes
-    ) -> EnqueueResult:
+    def _enqueue(self, db: sqlite3.Connection, envelope: Envelope) -> EnqueueResult:
+        sender, recipient, msg, body = (envelope.sender, envelope.recipient, envelope.msg,
+                                        envelope.body)
         if recipient not in self._handles:
             return EnqueueResult(EnqueueStatus.UNKNOWN_RECIPIENT)
         depth = self._depth_of(db, recipient)
@@ -247,22 +252,20 @@ class SqliteStore(Store):
             if db.execute("SELECT 1 FROM seen WHERE sender=? AND msg=?", (sender, msg)).fetchone():
                 return EnqueueResult(EnqueueStatus.DUPLICATE)
             return EnqueueResult(EnqueueStatus.QUOTA_EXCEEDED)
-        ts = self._now_ms()
         cursor = db.execute(
-            "INSERT OR IGNORE INTO seen(sender, msg, ts) VALUES (?, ?, ?)", (sender, msg, ts)
+            "INSERT OR IGNORE INTO seen(sender, msg, ts) VALUES (?, ?, ?)",
+            (sender, msg, envelope.ts),
         )
         if cursor.rowcount == 0:
             return EnqueueResult(EnqueueStatus.DUPLICATE)
-        cursor = db.execute(
-            "INSERT INTO queue(recipient, sender, msg, body, ts) VALUES (?, ?, ?, ?, ?)",
-            (recipient, sender, msg, body, ts),
+        db.execute(
+            "INSERT INTO queue(seq, recipient, sender, msg, body, ts) VALUES (?, ?, ?, ?, ?, ?)",
+            (envelope.seq, recipient, sender, msg, body, envelope.ts),
         )
         depth[0] += 1
         depth[1] += len(body)
         self._total_depth += 1
-        return EnqueueResult(
-            EnqueueStatus.STORED, Envelope(cursor.lastrowid or 0, recipient, sender, msg, body, ts)
-        )
+        return EnqueueResult(EnqueueStatus.STORED, envelope)
 
     async def pending(self, recipient: str, limit: int) -> list[Envelope]:
         return await self._call(self._pending, recipient, limit)

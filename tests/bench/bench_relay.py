@@ -1,0 +1,426 @@
+"""Relay throughput and latency against a bare websockets forwarder, same load, same run.
+
+    python tests/bench/bench_relay.py --quick --json OUT.json    # 500 clients
+    python tests/bench/bench_relay.py --json OUT.json            # 5,000 clients
+
+Three processes on loopback: this orchestrator, the server under test (the relay
+with auth, validation and durable SQLite queueing at synchronous=FULL; or the
+baseline: a bare websockets forwarder with no auth, no validation, no storage)
+and one load generator. N clients in a ring each send 256-byte envelopes to the
+next one. Phase 1 (closed loop, at most WINDOW envelopes in flight per sender)
+gives the maximum rate; phase 2 (open loop at half that rate) gives the
+end-to-end latency, send to delivery. Rounds are repeated and medians taken.
+Every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.bench._common import write_json
+
+ROOT = Path(__file__).resolve().parents[2]
+BODY_BYTES = 256
+WINDOW = 4  # envelopes in flight per sender in the closed-loop phase
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+# ---------------------------------------------------------------- baseline server
+
+
+async def serve_baseline(port: int) -> None:
+    """Bare forwarder: read a frame, find its recipient, send it on. Nothing else."""
+    from websockets.asyncio.server import serve
+
+    clients: dict[str, object] = {}
+
+    async def handler(ws):  # type: ignore[no-untyped-def]
+        handle = ws.request.path.rsplit("=", 1)[-1]
+        clients[handle] = ws
+        try:
+            async for data in ws:
+                peer = clients.get(json.loads(data)["to"])
+                if peer is not None:
+                    await peer.send(data)  # type: ignore[attr-defined]
+        finally:
+            clients.pop(handle, None)
+
+    async with serve(handler, "127.0.0.1", port, compression=None, max_size=512 * 1024,
+                     ping_interval=20, ping_timeout=20) as server:
+        print(f"baseline listening on {server.sockets[0].getsockname()[1]}", flush=True)
+        await asyncio.Future()
+
+
+# ---------------------------------------------------------------- load generator
+
+
+class LoadClient:
+    def __init__(self, index: int, count: int) -> None:
+        self.index = index
+        self.handle = f"u{index}"
+        self.peer = f"u{(index + 1) % count}"
+        self.ws = None  # type: ignore[var-annotated]
+        self.inflight = 0
+        self.room = asyncio.Event()
+        self.acks: list[int] = []
+
+
+async def loadgen(args: argparse.Namespace) -> dict:
+    """Connect, saturate (closed loop), then measure latency (open loop); print JSON."""
+    from websockets.asyncio.client import connect
+
+    from keysource.pq import hybrid_signature
+    from relay import wire
+
+    relay_mode = args.target == "relay"
+    count = args.clients
+    clients = [LoadClient(i, count) for i in range(count)]
+    sent_at: dict[str, tuple[float, LoadClient]] = {}
+    latencies: list[float] = []
+    delivered = 0
+    measuring_latency = False
+    body_b64 = wire.frames.b64encode(os.urandom(BODY_BYTES))
+    hybrid = hybrid_signature()
+    keypair = hybrid.generate_keypair() if relay_mode else None
+
+    def on_frame(client: LoadClient, data: str) -> None:
+        nonlocal delivered
+        if relay_mode:
+            if '"t":"deliver"' not in data:
+                return
+            frame = json.loads(data)
+            client.acks.append(frame["seq"])
+        else:
+            frame = json.loads(data)
+        entry = sent_at.pop(frame["msg"], None)
+        if entry is None:
+            return
+        start, sender = entry
+        delivered += 1
+        sender.inflight -= 1
+        sender.room.set()
+        if measuring_latency:
+            latencies.append(time.perf_counter() - start)
+
+    async def reader(client: LoadClient) -> None:
+        ws = client.ws
+        try:
+            async for data in ws:
+                on_frame(client, data)
+                if client.acks and not ws.recv_messages.frames:
+                    acks, client.acks = client.acks, []
+                    await ws.send(f'{{"v":1,"t":"ack","seqs":{json.dumps(acks)}}}')
+        except Exception:
+            pass
+
+    async def open_client(client: LoadClient) -> None:
+        if relay_mode:
+            ws = await connect(args.url, compression=None, max_size=wire.MAX_FRAME_BYTES,
+                               open_timeout=60, ping_interval=None)
+            hello = wire.parse_server_frame(await ws.recv())
+            message = wire.auth_message(hello.nonce, hello.relay, b"", client.handle,
+                                        keypair.public_key)
+            await ws.send(wire.Auth(client.handle, keypair.public_key, hello.relay,
+                                    hybrid.sign(keypair.secret_key, message)).encode())
+            while True:
+                frame = wire.parse_server_frame(await ws.recv())
+                if isinstance(frame, wire.AuthOk):
+                    break
+                if isinstance(frame, wire.Error):
+                    raise RuntimeError(f"login refused: {frame.message}")
+        else:
+            ws = await connect(f"{args.url}?h={client.handle}", compression=None,
+                               open_timeout=60, ping_interval=None)
+        client.ws = ws
+
+    t0 = time.perf_counter()
+    sem = asyncio.Semaphore(64)
+
+    async def guarded(client: LoadClient) -> None:
+        async with sem:
+            await open_client(client)
+
+    await asyncio.gather(*(guarded(c) for c in clients))
+    connect_s = time.perf_counter() - t0
+    readers = [asyncio.create_task(reader(c)) for c in clients]
+    counter = 0
+
+    async def send(client: LoadClient) -> None:
+        nonlocal counter
+        counter += 1
+        msg = f"{os.getpid():08x}{counter:024x}"
+        sent_at[msg] = (time.perf_counter(), client)
+        client.inflight += 1
+        await client.ws.send(
+            f'{{"v":1,"t":"send","msg":"{msg}","to":"{client.peer}","body":"{body_b64}"}}'
+        )
+
+    async def sender(client: LoadClient, stop_at: float) -> None:
+        sent = 0
+        while time.perf_counter() < stop_at and sent < 1_000_000:
+            if client.inflight >= WINDOW:
+                client.room.clear()
+                try:
+                    await asyncio.wait_for(client.room.wait(),
+                                           max(0.01, stop_at - time.perf_counter()))
+                except TimeoutError:
+                    break
+                continue
+            await send(client)
+            sent += 1
+
+    async def settle() -> None:
+        deadline = time.perf_counter() + 10
+        while sent_at and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        sent_at.clear()
+        for c in clients:
+            c.inflight = 0
+
+    async def saturate(seconds: float) -> dict:
+        """Closed loop: every sender keeps WINDOW envelopes in flight; deliveries per second."""
+        nonlocal delivered
+        delivered = 0
+        start = time.perf_counter()
+        await asyncio.gather(*(sender(c, start + seconds) for c in clients))
+        rate = delivered / (time.perf_counter() - start)
+        await settle()
+        return {"rate": round(rate, 1)}
+
+    async def latency(rate: float, seconds: float) -> dict:
+        """Open loop at a fixed offered rate: send-to-delivery latency percentiles."""
+        nonlocal measuring_latency
+        latencies.clear()
+        measuring_latency = True
+        tick = 0.005
+        start = time.perf_counter()
+        owed, index, ticks = 0.0, 0, 0
+        while time.perf_counter() < start + seconds and ticks < 100_000:
+            ticks += 1
+            owed += rate * tick
+            batch = int(owed)
+            owed -= batch
+            for _ in range(batch):
+                await send(clients[index % count])
+                index += 1
+            await asyncio.sleep(max(0.0, start + ticks * tick - time.perf_counter()))
+        offered = index / (time.perf_counter() - start)
+        await settle()
+        measuring_latency = False
+        lat = sorted(latencies)
+
+        def pct(p: float) -> float:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else -1.0
+
+        return {"offered": round(offered, 1), "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+                "samples": len(lat)}
+
+    print(json.dumps({"ready": True, "connect_s": round(connect_s, 2)}), flush=True)
+    loop = asyncio.get_running_loop()
+    for _ in range(1000):  # bounded command loop
+        line = (await loop.run_in_executor(None, sys.stdin.readline)).split()
+        if not line or line[0] == "quit":
+            break
+        if line[0] == "round":
+            result = await saturate(float(line[1]))
+        else:
+            result = await latency(float(line[1]), float(line[2]))
+        print(json.dumps(result), flush=True)
+    for task in readers:
+        task.cancel()
+    for client in clients:
+        await client.ws.close()
+    return {"done": True}
+
+
+# ---------------------------------------------------------------- orchestrator
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(cmd: list[str], pattern: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith(pattern):
+            port = int(line.strip().rstrip("/").rsplit(":", 1)[-1].split()[-1])
+            return proc, port
+    proc.kill()
+    raise RuntimeError(f"server did not start: {cmd}")
+
+
+class LoadGen:
+    """A load-generator process holding its clients open, driven line by line."""
+
+    def __init__(self, url: str, target: str, clients: int) -> None:
+        cmd = [sys.executable, __file__, "--loadgen", "--url", url, "--target", target,
+               "--clients", str(clients)]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.ready = self._read()
+
+    def _read(self) -> dict:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("load generator died")
+        return json.loads(line)
+
+    def ask(self, command: str) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.ask("quit")
+            except (RuntimeError, BrokenPipeError, json.JSONDecodeError):
+                pass
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def orchestrate(args: argparse.Namespace) -> dict:
+    raise_nofile()
+    data = tempfile.TemporaryDirectory()
+    servers: list[subprocess.Popen[str]] = []
+    gens: list[LoadGen] = []
+    try:
+        base, base_port = start_server([sys.executable, __file__, "--serve-baseline"],
+                                       "baseline listening on")
+        servers.append(base)
+        relay_cmd = [sys.executable, "-m", "relay", "--port", "0", "--data", data.name,
+                     "--log-level", "warning", "--max-connections", str(args.clients + 100),
+                     "--rate", "100000", "--burst", "100000",
+                     "--sync", os.environ.get("BENCH_SYNC", "full")]
+        relay, relay_port = start_server(relay_cmd, "relay listening on")
+        servers.append(relay)
+        base_gen = LoadGen(f"ws://127.0.0.1:{base_port}/", "baseline", args.clients)
+        gens.append(base_gen)
+        relay_gen = LoadGen(f"ws://127.0.0.1:{relay_port}/", "relay", args.clients)
+        gens.append(relay_gen)
+        time.sleep(1.0)
+        idle_rss = rss_mib(relay.pid)
+        print(f"# {args.clients} clients connected to each server; relay idle RSS "
+              f"{idle_rss:.1f} MiB", file=sys.stderr, flush=True)
+        # Interleaved rounds, so a noisy neighbour hurts both sides alike; medians.
+        base_rates, relay_rates = [], []
+        for _ in range(args.rounds):
+            base_rates.append(base_gen.ask(f"round {args.seconds}")["rate"])
+            relay_rates.append(relay_gen.ask(f"round {args.seconds}")["rate"])
+        relay_max, base_max = statistics.median(relay_rates), statistics.median(base_rates)
+        half = relay_max / 2
+        relay_lat = relay_gen.ask(f"latency {half} {args.seconds}")
+        base_lat = base_gen.ask(f"latency {half} {args.seconds}")
+        loaded_rss = rss_mib(relay.pid)
+    finally:
+        for gen in gens:
+            gen.close()
+        for server in servers:
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        data.cleanup()
+    ratio = relay_max / base_max if base_max else 0.0
+    rss = max(idle_rss, loaded_rss)
+    return {
+        "clients": args.clients,
+        "relay_msgs_per_s": relay_max,
+        "baseline_msgs_per_s": base_max,
+        "ratio": round(ratio, 3),
+        "p50_ms": relay_lat["p50_ms"],
+        "p99_ms": relay_lat["p99_ms"],
+        "relay_rss_mib": round(rss, 1),
+        "relay_idle_rss_mib": round(idle_rss, 1),
+        "latency_offered_msgs_per_s": relay_lat["offered"],
+        "latency_samples": relay_lat["samples"],
+        "baseline_p50_ms": base_lat["p50_ms"],
+        "baseline_p99_ms": base_lat["p99_ms"],
+        "relay_rounds": relay_rates,
+        "baseline_rounds": base_rates,
+        "relay_connect_s": relay_gen.ready["connect_s"],
+        "durability": "sqlite WAL synchronous=" + os.environ.get("BENCH_SYNC", "full").upper()
+                      + ", grouped commits; sender acked after commit",
+        "window_per_sender": WINDOW,
+        "targets": {
+            "ratio>=0.5": ratio >= 0.5,
+            "p99<=20ms at half max rate": 0 <= relay_lat["p99_ms"] <= 20,
+            "rss<1GiB": rss < 1024,
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="500 clients, short rounds")
+    parser.add_argument("--json", help="write results here")
+    parser.add_argument("--clients", type=int)
+    parser.add_argument("--seconds", type=float)
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--target", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_baseline:
+        raise_nofile()
+        asyncio.run(serve_baseline(0))
+        return
+    args.clients = args.clients or (500 if args.quick else 5000)
+    args.seconds = args.seconds or (2.0 if args.quick else 5.0)
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    if args.loadgen:
+        raise_nofile()
+        print(json.dumps(asyncio.run(loadgen(args))), flush=True)
+        return
+    result = orchestrate(args)
+    print(f"clients                 {result['clients']}")
+    print(f"relay      msgs/s       {result['relay_msgs_per_s']:>10.0f}   (median of "
+          f"{result['relay_rounds']}; durable)")
+    print(f"baseline   msgs/s       {result['baseline_msgs_per_s']:>10.0f}   (bare forwarder, "
+          f"same load, interleaved rounds {result['baseline_rounds']})")
+    print(f"ratio                   {result['ratio']:>10.3f}   target >= 0.5")
+    print(f"latency at {result['latency_offered_msgs_per_s']:.0f} msgs/s: relay p50 "
+          f"{result['p50_ms']} ms, p99 {result['p99_ms']} ms (target <= 20); baseline p50 "
+          f"{result['baseline_p50_ms']} ms, p99 {result['baseline_p99_ms']} ms")
+    print(f"relay RSS               {result['relay_rss_mib']:>10.1f} MiB (idle with all clients "
+          f"connected: {result['relay_idle_rss_mib']} MiB)")
+    write_json(args.json, result)
+
+
+if __name__ == "__main__":
+    main()
