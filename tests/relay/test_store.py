@@ -1,0 +1,121 @@
+"""SqliteStore directly: grouped commits, de-dup, quotas, TTL, own-queue acks, atomic prekeys."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from relay import wire
+from relay.store import BindStatus, BundleRefused, EnqueueStatus, SqliteStore, StoreLimits
+
+
+async def open_store(path: Path, **limits: float) -> SqliteStore:
+    store = SqliteStore(path / "s.db", StoreLimits(**limits), synchronous="NORMAL")  # type: ignore[arg-type]
+    await store.open()
+    for handle in ("alice", "bob", "carol"):
+        await store.bind_identity(handle, handle.encode())
+    return store
+
+
+async def send(store: SqliteStore, sender: str, to: str, msg: str, body: bytes = b"x"):  # type: ignore[no-untyped-def]
+    return await store.enqueue(store.new_envelope(sender, to, msg, body))
+
+
+async def test_bind_identity(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    assert await store.bind_identity("dave", b"k1") is BindStatus.NEW
+    assert await store.bind_identity("dave", b"k1") is BindStatus.MATCH
+    assert await store.bind_identity("dave", b"k2") is BindStatus.MISMATCH
+    await store.close()
+
+
+async def test_concurrent_sends_share_commits_and_survive_reopen(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    before = store.commits
+    futures = [store.enqueue_future(store.new_envelope("alice", "bob", f"{i:032x}", b"b"))
+               for i in range(2000)]
+    results = await asyncio.gather(*futures)
+    assert all(r.status is EnqueueStatus.STORED for r in results)
+    # Grouped: far fewer commits than sends (the writer takes what queued meanwhile).
+    assert store.commits - before < 500
+    seqs = [r.envelope.seq for r in results]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 2000
+    await store.close()
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    assert await store.queue_depth("bob") == 2000 and store.total_queue_depth() == 2000
+    fresh = store.new_envelope("alice", "bob", "f" * 32, b"b")
+    assert fresh.seq > max(seqs)  # numbers never reused after a restart
+    await store.close()
+
+
+async def test_duplicates_dropped_even_after_ack(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    first = await send(store, "alice", "bob", "a" * 32)
+    assert (await send(store, "alice", "bob", "a" * 32)).status is EnqueueStatus.DUPLICATE
+    assert (await send(store, "carol", "bob", "a" * 32)).status is EnqueueStatus.STORED
+    assert await store.ack("bob", [first.envelope.seq]) == 1
+    assert (await send(store, "alice", "bob", "a" * 32)).status is EnqueueStatus.DUPLICATE
+    await store.close()
+
+
+async def test_ack_only_touches_own_queue(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    result = await send(store, "alice", "bob", "b" * 32)
+    assert await store.ack("carol", [result.envelope.seq]) == 0
+    assert [e.msg for e in await store.pending("bob", 10)] == ["b" * 32]
+    assert await store.pending("carol", 10) == []
+    await store.close()
+
+
+async def test_unknown_recipient_and_quotas(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, quota_messages=3, quota_bytes=1000)
+    assert (await send(store, "alice", "zed", "c" * 32)).status is EnqueueStatus.UNKNOWN_RECIPIENT
+    for i in range(3):
+        assert (await send(store, "alice", "bob", f"{i:032x}")).status is EnqueueStatus.STORED
+    assert (await send(store, "alice", "bob", "d" * 32)).status is EnqueueStatus.QUOTA_EXCEEDED
+    assert (await send(store, "alice", "bob", f"{0:032x}")).status is EnqueueStatus.DUPLICATE
+    pending = await store.pending("bob", 10)
+    await store.ack("bob", [pending[0].seq])
+    assert (await send(store, "alice", "bob", "d" * 32)).status is EnqueueStatus.STORED
+    big = b"x" * 900
+    assert (await send(store, "alice", "carol", "e" * 32, big)).status is EnqueueStatus.STORED
+    assert (await send(store, "alice", "carol", "f" * 32, big)).status is \
+        EnqueueStatus.QUOTA_EXCEEDED
+    await store.close()
+
+
+async def test_ttl_expiry(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, ttl_seconds=0.2)
+    await send(store, "alice", "bob", "1" * 32)
+    assert await store.expire() == 0
+    time.sleep(0.3)
+    await send(store, "alice", "bob", "2" * 32)  # fresh: stays
+    assert await store.expire() == 1
+    assert [e.msg for e in await store.pending("bob", 10)] == ["2" * 32]
+    assert await store.queue_depth("bob") == 1 and store.total_queue_depth() == 1
+    await store.close()
+
+
+def _bundle(n: int, start: int = 0) -> wire.PrekeyBundle:
+    sig = b"s" * wire.HYBRID_SIGNATURE_BYTES
+    return wire.PrekeyBundle(b"i" * wire.HYBRID_PUBLIC_KEY_BYTES, b"spk", sig,
+                             tuple(wire.OneTimePrekey(i, b"k%d" % i, sig)
+                                   for i in range(start, start + n)))
+
+
+async def test_take_bundle_is_atomic_under_concurrency(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, max_one_time_stored=50)
+    assert await store.take_bundle("bob") is None
+    assert await store.put_bundle("bob", _bundle(40)) == 40
+    taken = await asyncio.gather(*(store.take_bundle("bob") for _ in range(60)))
+    ids = [t.bundle.one_time[0].key_id for t in taken if t and t.bundle.one_time]
+    assert sorted(ids) == list(range(40))
+    assert sum(1 for t in taken if t and not t.bundle.one_time) == 20
+    with pytest.raises(BundleRefused):
+        await store.put_bundle("bob", _bundle(51))
+    assert await store.prekey_count("bob") == 0
+    await store.close()
