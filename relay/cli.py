@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # websockets logs whole frames at debug level: envelope bodies must never reach a log.
+    logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLogger().level))
     raise_open_files_limit()
     config = RelayConfig(
         data_dir=args.data,

@@ -128,7 +128,6 @@ class Relay:
         self.metrics = Metrics()
         self._describe_metrics()
         self.server: Server | None = None
-        self.handshakes = 0
         self.frames_in = 0
         self.frames_out_closed = 0  # frames sent by connections that have gone
         self.limits = {
@@ -196,7 +195,7 @@ class Relay:
             return response
         if path != "/":
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
-        if len(self.sessions) + self.handshakes >= self.config.max_connections:
+        if len(self.sessions) >= self.config.max_connections:
             self.metrics.count("qsecret_relay_refused_connections_total")
             response = connection.respond(
                 http.HTTPStatus.SERVICE_UNAVAILABLE, "relay is at its connection limit\n"

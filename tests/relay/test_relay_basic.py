@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import ssl
 import subprocess
@@ -226,3 +227,24 @@ async def test_binary_stream_between_two_users(relay: RelayProcess) -> None:
     assert (await alice.next_error()).code == "unknown_stream"
     await alice.close()
     await bob.close()
+
+
+async def test_debug_logs_hold_no_envelope_contents(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    relay = start_relay(tmp_path / "logs", "--log-level", "debug")
+    try:
+        alice = await Client(relay.url, Identity("alice")).connect()
+        bob = await Client(relay.url, Identity("bob")).connect()
+        secret = b"TOP-SECRET-ENVELOPE-" + os.urandom(8).hex().encode()
+        await alice.send("bob", secret)
+        await bob.wait(lambda: bob.delivered)
+        await alice.close()
+        await bob.close()
+        await asyncio.sleep(0.3)
+    finally:
+        relay.stop()
+    output = "".join(relay.output)
+    assert "authenticated handle=alice" in output  # debug logging was on
+    for form in (secret, base64.b64encode(secret)):
+        assert form.decode() not in output
+    # websockets' own debug log prints (a prefix of) every frame: it must stay off.
+    assert "< TEXT" not in output and "> TEXT" not in output
