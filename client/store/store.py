@@ -108,7 +108,9 @@ class Store:
         if not path.exists() and not create:
             raise StoreError(f"no store at {path}: run 'qsecret init' first")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        db = sqlite3.connect(path, isolation_level=None, timeout=10)
+        # Opened off the event loop (Argon2id is slow), then used from the loop: one user
+        # at a time, never concurrently, so crossing threads is safe here.
+        db = sqlite3.connect(path, isolation_level=None, timeout=10, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # committed state survives power loss

@@ -48,11 +48,8 @@ class QsecretApp(App[None]):
             self.exit()
             return
         self.messenger = messenger
-        screen = ChatScreen(messenger, self.export_dir)
-        if self._unlocked is not None and len(self.screen_stack) <= 1:
-            self.push_screen(screen)
-        else:
-            self.switch_screen(screen)
+        # Pushed, not switched: this may run inside the onboarding screen's dismissal.
+        self.push_screen(ChatScreen(messenger, self.export_dir))
 
     async def action_quit(self) -> None:
         if self.messenger is not None:

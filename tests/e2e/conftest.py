@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, start_stack
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root: Path = tmp_path_factory.mktemp("stack")
-    stack = Stack(root)
+    stack = start_stack(tmp_path_factory.mktemp("stack"))
     try:
-        stack.start_relay()
-        stack.start_kme()
-        stack.init("alice")
-        stack.init("bob")
-        # bob logs in once so his prekeys are on the relay; alice then adds him.
-        stack.cli("bob", "recv", check=True)
-        stack.cli("alice", "contacts", "add", "bob", check=True)
         yield stack
     finally:
         stack.stop()

@@ -66,7 +66,9 @@ class Stack:
         return self.root / handle
 
     def init(self, handle: str, *extra: str) -> None:
-        sae, port = ("sae-alice", self.port_a) if handle == "alice" else ("sae-bob", self.port_b)
+        """Create a profile; bob's SAE hangs off KME B, everyone else's off KME A."""
+        port = self.port_b if handle == "bob" else self.port_a
+        sae = f"sae-{handle}"
         result = self.cli(handle, "init", "--handle", handle, "--sae-id", sae,
                           "--kme", f"https://127.0.0.1:{port}",
                           "--kme-pki", str(self.root / "kme" / "pki"), *extra, check=True)
@@ -88,3 +90,22 @@ class Stack:
     def history(self, handle: str, peer: str) -> list[dict[str, str]]:
         result = self.cli(handle, "export", peer, "--json", check=True)
         return list(json.loads(result.stdout))
+
+
+def start_stack(root: Path, *kme_args: str, users: tuple[str, ...] = ("alice", "bob")) -> Stack:
+    """Relay, KME pair and profiles; every user but bob has added bob as a contact."""
+    stack = Stack(root, kme_args=kme_args)
+    try:
+        stack.start_relay()
+        stack.start_kme()
+        for handle in users:
+            stack.init(handle)
+        # bob logs in once so his prekeys are on the relay; the others then add him.
+        stack.cli("bob", "recv", check=True)
+        for handle in users:
+            if handle != "bob":
+                stack.cli(handle, "contacts", "add", "bob", check=True)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack

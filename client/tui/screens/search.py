@@ -40,7 +40,10 @@ class SearchScreen(Screen[str | None]):
 
     @on(Input.Submitted, "#query")
     def focus_hits(self) -> None:
-        self.query_one("#hits", OptionList).focus()
+        hits = self.query_one("#hits", OptionList)
+        if hits.option_count:
+            hits.highlighted = 0
+        hits.focus()
 
     @on(OptionList.OptionSelected, "#hits")
     def open_hit(self, event: OptionList.OptionSelected) -> None:
