@@ -32,12 +32,13 @@ class Stack:
     port_a: int = field(default_factory=free_port)
     port_b: int = field(default_factory=free_port)
     kme_args: tuple[str, ...] = ()
+    relay_scheme: str = "ws"  # "wss" for a relay with TLS
     relay: ServiceProcess | None = None
     kme: ServiceProcess | None = None
 
     @property
     def relay_url(self) -> str:
-        return f"ws://127.0.0.1:{self.relay_port}"
+        return f"{self.relay_scheme}://127.0.0.1:{self.relay_port}"
 
     def start_relay(self) -> None:
         self.relay = ServiceProcess(
