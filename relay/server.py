@@ -390,6 +390,10 @@ class Relay:
                 return
         assert session.handle is not None
         store = self.store
+        if isinstance(store, SqliteStore) and store.behind():
+            # The disk is behind: stop reading from senders until it catches up, so
+            # "stored" acks (durability) keep pace with what is accepted.
+            await store.wait_for_room()
         envelope = store.new_envelope(session.handle, frame.to, frame.msg, frame.body)
         if isinstance(store, SqliteStore):
             future = store.enqueue_future(envelope)

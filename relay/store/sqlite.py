@@ -69,6 +69,7 @@ class SqliteStore(Store):
         *,
         synchronous: str = "FULL",
         max_batch: int = 2048,
+        max_backlog: int = 8192,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError("synchronous must be FULL or NORMAL")
@@ -76,6 +77,7 @@ class SqliteStore(Store):
         self.limits = limits or StoreLimits()
         self.synchronous = synchronous
         self.max_batch = max_batch
+        self.max_backlog = max_backlog
         self._ops: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -111,6 +113,17 @@ class SqliteStore(Store):
         future = self._loop.create_future()
         self._ops.put((fn, args, future))
         return future
+
+    def behind(self) -> bool:
+        """True when the writer has more than ``max_backlog`` operations queued."""
+        return self._ops.qsize() > self.max_backlog
+
+    async def wait_for_room(self) -> None:
+        """Backpressure: wait while the writer is more than ``max_backlog`` operations behind."""
+        for _ in range(10_000):  # at most ~10 s, then let the caller through anyway
+            if self._ops.qsize() <= self.max_backlog:
+                return
+            await asyncio.sleep(0.001)
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue a write nobody waits for (it still runs in order, in a grouped commit)."""

@@ -93,7 +93,11 @@ async def loadgen(args: argparse.Namespace) -> dict:
     relay_mode = args.target == "relay"
     count = args.clients
     clients = [LoadClient(i, count) for i in range(count)]
-    sent_at: dict[str, tuple[float, LoadClient]] = {}
+    # msg -> [sent at, sender, events still due]. For the relay an envelope is complete
+    # when it is delivered AND its sender holds the "stored" ack (durable); for the
+    # baseline, when it is delivered (it has no acks to give).
+    sent_at: dict[str, list] = {}
+    due_events = 2 if relay_mode else 1
     latencies: list[float] = []
     delivered = 0
     measuring_latency = False
@@ -103,22 +107,30 @@ async def loadgen(args: argparse.Namespace) -> dict:
 
     def on_frame(client: LoadClient, data: str) -> None:
         nonlocal delivered
+        is_delivery = True
         if relay_mode:
-            if '"t":"deliver"' not in data:
+            if '"t":"deliver"' in data:
+                frame = json.loads(data)
+                client.acks.append(frame["seq"])
+            elif '"t":"stored"' in data:
+                frame = json.loads(data)
+                is_delivery = False
+            else:
                 return
-            frame = json.loads(data)
-            client.acks.append(frame["seq"])
         else:
             frame = json.loads(data)
-        entry = sent_at.pop(frame["msg"], None)
+        entry = sent_at.get(frame["msg"])
         if entry is None:
             return
-        start, sender = entry
-        delivered += 1
-        sender.inflight -= 1
-        sender.room.set()
-        if measuring_latency:
-            latencies.append(time.perf_counter() - start)
+        if is_delivery and measuring_latency:
+            latencies.append(time.perf_counter() - entry[0])
+        entry[2] -= 1
+        if entry[2] == 0:
+            del sent_at[frame["msg"]]
+            delivered += 1
+            sender = entry[1]
+            sender.inflight -= 1
+            sender.room.set()
 
     async def reader(client: LoadClient) -> None:
         ws = client.ws
@@ -167,7 +179,7 @@ async def loadgen(args: argparse.Namespace) -> dict:
         nonlocal counter
         counter += 1
         msg = f"{os.getpid():08x}{counter:024x}"
-        sent_at[msg] = (time.perf_counter(), client)
+        sent_at[msg] = [time.perf_counter(), client, due_events]
         client.inflight += 1
         await client.ws.send(
             f'{{"v":1,"t":"send","msg":"{msg}","to":"{client.peer}","body":"{body_b64}"}}'
