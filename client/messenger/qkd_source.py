@@ -77,14 +77,10 @@ class QkdSource:
         if self._client is None:
             return None
         try:
-            response = await self._client._http.get("/kme/v1/stats")
-        except Exception as exc:  # any transport failure: the panel shows "unknown"
-            self.last_error = f"cannot reach the KME: {type(exc).__name__}"
+            return await self._client.get_stats()
+        except KmeError as exc:
+            self._note(exc)
             return None
-        if response.status_code != 200:
-            return None
-        body: dict[str, Any] = response.json()
-        return body
 
     def _note(self, exc: KmeError) -> None:
         self.last_error = str(exc)

@@ -279,3 +279,7 @@ class AsyncSaeClient:
             "POST", f"/api/v1/keys/{master_sae_id}/dec_keys", json=_dec_body(key_ids)
         )
         return parse_keys(body, expect=len(key_ids))
+
+    async def get_stats(self) -> dict[str, Any]:
+        """Pool and link figures (``GET /kme/v1/stats``: levels, key rate, QBER; no keys)."""
+        return await self._request("GET", "/kme/v1/stats")
