@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 KEY_STATUS_INTERVAL_S = 2.0
 SEND_TIMEOUT_S = 15.0
+RECENTLY_ACTIVE_S = 300.0
 
 
 class MessengerService:
@@ -436,10 +437,15 @@ class MessengerService:
     def _contact_view(self, peer: str) -> ContactView:
         contact = self.store.contact(peer)
         unread = len(self.unread(peer))
-        last = self.history(peer, limit=1)
+        history = self.history(peer)
+        last = history[-1] if history else None
+        # The relay keeps presence private; a message from the peer in the last few
+        # minutes is the only (honest) online hint, otherwise "unknown".
+        heard = max((m.timestamp for m in history if not m.outgoing), default=0.0)
+        online = True if time.time() - heard < RECENTLY_ACTIVE_S else None
         return ContactView(
-            peer, unread, bool(contact and contact.verified), None,
-            last[-1].text if last else "", last[-1].timestamp if last else 0.0,
+            peer, unread, bool(contact and contact.verified), online,
+            last.text if last else "", last.timestamp if last else 0.0,
         )
 
     async def set_verified(self, peer: str, verified: bool) -> None:
