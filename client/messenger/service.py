@@ -34,9 +34,11 @@ from client.protocol import (
     safety_number,
     safety_qr,
 )
+from client.protocol.bundle import OneTimePrekey, PrekeySecrets, one_time_message
 from client.protocol.identity import Identity
 from client.store.store import Store
 from keysource.mix import QkdPolicy
+from keysource.pq import get_kem
 from relay.wire import AuthOk, Deliver, Error, Event, PrekeysLow, Stored
 
 from . import payload as payloads
@@ -65,6 +67,8 @@ log = logging.getLogger(__name__)
 KEY_STATUS_INTERVAL_S = 2.0
 SEND_TIMEOUT_S = 15.0
 RECENTLY_ACTIVE_S = 300.0
+PREKEYS_LOW = 10  # publish a fresh batch of one-time prekeys below this many at the relay
+PREKEYS_BATCH = 50
 
 
 class MessengerService:
@@ -127,6 +131,8 @@ class MessengerService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        for task in list(self._background):
+            task.cancel()
         await self.qkd.aclose()
         self.store.close()
 
@@ -149,8 +155,10 @@ class MessengerService:
             self._save_config(self.config)
 
     async def _on_ready(self, auth: AuthOk) -> None:
-        if auth.new or auth.prekeys == 0:
+        if auth.new:
             await self._publish_prekeys()
+        elif auth.prekeys < PREKEYS_LOW:
+            await self._replenish_prekeys()
         for entry in self.store.outbox():
             self._outbox_ids[entry.message_id] = entry.id
             await self.relay.send(entry.peer, entry.wire, entry.message_id)
@@ -165,6 +173,31 @@ class MessengerService:
         with contextlib.suppress(RelayError):
             await self.relay.upload_prekeys(published.to_relay())
 
+    async def _replenish_prekeys(self) -> None:
+        """Publish fresh one-time prekeys (never re-publish ones the relay may have handed out)."""
+        async with self._lock:
+            loaded = self.store.load_prekeys()
+            if loaded is None:
+                return
+            bundle, secrets = loaded
+            start = max((o.key_id for o in bundle.one_time), default=0) + 1
+            fresh = await asyncio.to_thread(self._one_time_prekeys, start, secrets)
+            bundle = replace(bundle, one_time=bundle.one_time + fresh)
+            self.store.save_prekeys(bundle, secrets)  # durable before anyone can use them
+        with contextlib.suppress(RelayError):
+            await self.relay.upload_prekeys(replace(bundle, one_time=fresh).to_relay())
+
+    def _one_time_prekeys(self, start: int, secrets: PrekeySecrets) -> tuple[OneTimePrekey, ...]:
+        kem = get_kem("ML-KEM-768")
+        out = []
+        for key_id in range(start, start + PREKEYS_BATCH):
+            pair = kem.generate_keypair()
+            secrets.one_time[key_id] = pair.secret_key
+            signature = self.identity.sign(one_time_message(
+                self.handle, self.identity.signing_public, key_id, pair.public_key))
+            out.append(OneTimePrekey(key_id, pair.public_key, signature))
+        return tuple(out)
+
     async def _on_relay_event(self, event: Event) -> None:
         if isinstance(event, Deliver):
             await self._receive(event)
@@ -173,7 +206,8 @@ class MessengerService:
         elif isinstance(event, Error):
             self._relay_error(event)
         elif isinstance(event, PrekeysLow):
-            log.info("relay reports %d one-time prekeys left", event.remaining)
+            log.info("relay reports %d one-time prekeys left: publishing more", event.remaining)
+            await self._replenish_prekeys()
 
     def _sent(self, message_id: str) -> None:
         outbox_id = self._outbox_ids.pop(message_id, None)

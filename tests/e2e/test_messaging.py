@@ -119,3 +119,31 @@ def test_verify_marks_contact(stack: Stack) -> None:
     stack.cli("alice", "contacts", "verify", "bob", "--yes", check=True)
     listing = json.loads(stack.cli("alice", "contacts", "list", "--json", check=True).stdout)
     assert {"handle": "bob", "verified": True}.items() <= listing[0].items()
+
+
+async def test_one_time_prekeys_are_replenished(stack: Stack) -> None:
+    """When the relay runs low on bob's one-time prekeys, bob publishes fresh ones."""
+    import asyncio
+
+    from client.config import load_config
+    from client.messenger.profile import open_profile
+
+    alice = open_profile(load_config(stack.profile("alice"), relay_url=stack.relay_url),
+                         PASSPHRASE)
+    await alice.start()
+    try:
+        await alice.wait_online(15)
+        first = await alice.relay.fetch_bundle("bob")
+        seen = {k.key_id for k in first.bundle.one_time}
+        remaining = first.remaining
+        while remaining >= 5:
+            answer = await alice.relay.fetch_bundle("bob")
+            seen |= {k.key_id for k in answer.bundle.one_time}
+            remaining = answer.remaining
+        await asyncio.to_thread(stack.cli, "bob", "recv", check=True)  # bob logs in
+        refilled = await alice.relay.fetch_bundle("bob")
+    finally:
+        await alice.stop()
+    assert refilled.remaining >= 40
+    fresh = {k.key_id for k in refilled.bundle.one_time}
+    assert fresh and not fresh & seen, "a one-time prekey was handed out twice"
