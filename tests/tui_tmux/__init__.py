@@ -1,0 +1,1 @@
+"""The real ``qsecret chat`` and ``qsecret demo`` binaries driven through tmux."""
