@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -61,6 +63,10 @@ def run_demo(args: argparse.Namespace) -> int:
         if not port_free(port):
             raise CliError(f"port {port} on 127.0.0.1 is in use (is a demo already running?); "
                            "pick others with --relay-port/--port-a/--port-b")
+    # Closing the terminal (SIGHUP) or a plain kill (SIGTERM) must still stop the relay and
+    # KMEs, which run in sessions of their own: turn both into SystemExit so `finally` runs.
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, _exit_on_signal)
     passphrase = os.environ.get("QSECRET_PASSPHRASE") or DEMO_PASSPHRASE
     kme_args = ["kme", "pair", "--data", str(base / "kme"), "--port-a", str(args.port_a),
                 "--port-b", str(args.port_b), "--status-interval", "0"]
@@ -96,7 +102,8 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         for service in reversed(services):
             service.stop()
-        print("demo stopped: relay and KMEs shut down")
+        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+            print("demo stopped: relay and KMEs shut down")
 
 
 def _profiles(base: Path, args: argparse.Namespace, passphrase: str) -> dict[str, ClientConfig]:
@@ -154,6 +161,10 @@ def _run_tui(config: ClientConfig, passphrase: str, other: str) -> int:
     app.run()
     print("\nTo chat again as bob while a demo runs:\n  " + other)
     return 0
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _qsecret_command() -> str:

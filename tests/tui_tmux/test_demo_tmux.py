@@ -126,12 +126,6 @@ def test_demo_starts_opens_bob_and_stops_everything_on_quit(
     _assert_all_stopped(demo)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="client/demo.py: SIGHUP (terminal closed) ends the demo before its 'finally' stops "
-           "the relay and KMEs, which run in their own sessions and survive; remove this mark "
-           "once the demo turns SIGHUP/SIGTERM into SystemExit",
-)
 def test_closing_the_terminal_stops_the_demo_services(
     demo_dir: Path, terminal: Callable[[str], TmuxTerminal]
 ) -> None:
