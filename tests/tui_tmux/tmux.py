@@ -120,8 +120,12 @@ class TmuxTerminal:
         return status
 
     def close(self) -> None:
-        """Kill the private server and whatever still runs in it."""
+        """Kill the private server and whatever still runs in it; remove its socket file
+        (tmux leaves it behind in /tmp/tmux-UID after kill-server)."""
+        socket_path = self.tmux("display-message", "-p", "#{socket_path}", check=False)
         self.tmux("kill-server", check=False)
+        if socket_path.returncode == 0 and socket_path.stdout.strip():
+            Path(socket_path.stdout.strip()).unlink(missing_ok=True)
 
 
 def _processes() -> list[tuple[int, int, str]]:
