@@ -14,7 +14,7 @@ DELIVERY_MARKS = {
     Delivery.PENDING: ("…", "grey50"),
     Delivery.SENT: ("✓", "grey70"),
     Delivery.DELIVERED: ("✓✓", "grey70"),
-    Delivery.READ: ("✓✓", "cyan"),
+    Delivery.READ: ("✓✓ read", "cyan"),  # not told apart by colour alone
     Delivery.FAILED: ("✗", "red"),
     Delivery.RECEIVED: ("", ""),
 }

@@ -8,7 +8,7 @@ from textual.widgets import Static
 from client.messenger.api import KeyStatus
 
 
-def _bar(level: int | None, maximum: int | None, width: int = 16) -> str:
+def _bar(level: int | None, maximum: int | None, width: int = 12) -> str:
     if level is None or not maximum:
         return "?" * width
     filled = round(width * min(level, maximum) / maximum)
@@ -33,8 +33,11 @@ def render_key_status(status: KeyStatus) -> Text:
         text.append(f" (abort > {status.qber_threshold:.0%})\n")
     if status.link_alarm:
         text.append(f" ⚠ {status.link_alarm}\n", style="bold red")
-    if status.kme:
-        text.append(f" KME   {status.kme}\n", style="grey50")
+    if status.kme:  # "SAE_ID @ URL": one line each, so the URL never wraps mid-word
+        sae, _, url = status.kme.partition(" @ ")
+        text.append(f" KME   {sae}\n", style="grey50")
+        if url:
+            text.append(f"       {url}\n", style="grey50")
     text.append("\nThis conversation\n", style="bold")
     text.append(" keys  ")
     if status.sources:
@@ -43,7 +46,7 @@ def render_key_status(status: KeyStatus) -> Text:
         text.append("no session yet", style="grey50")
     text.append("\n")
     if status.degraded:
-        text.append(" DEGRADED: no QKD key in this epoch;\n re-mixed when keys return\n",
+        text.append(" DEGRADED: no QKD key this epoch,\n re-mixed when keys return\n",
                     style="yellow")
     text.append(f" mode  {status.mode.upper() if status.mode == 'otp' else status.mode}\n")
     if status.algorithms:
