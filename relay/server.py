@@ -79,6 +79,7 @@ class Session:
         self.closing = False
         self.writer: asyncio.Task[None] | None = None
         self.sent = 0  # frames written by the fast path
+        self.stored_batch: list[str] = []  # msgs made durable, confirmed together soon
 
     def post(self, data: str | bytes) -> None:
         """Send a frame now if the socket can take it, else queue it for the writer task."""
@@ -423,7 +424,13 @@ class Relay:
         status = result.status
         if status is EnqueueStatus.STORED:
             self.metrics.count("qsecret_relay_envelopes_total", "result", "stored")
-            session.post(wire.Stored(frame.msg, False, frame.id).encode())
+            if frame.id is not None:
+                session.post(wire.Stored(frame.msg, False, frame.id).encode())
+            else:
+                # The futures of one commit settle in one loop pass: confirm them together.
+                if not session.stored_batch:
+                    asyncio.get_running_loop().call_soon(self._confirm_stored, session)
+                session.stored_batch.append(frame.msg)
         elif status is EnqueueStatus.DUPLICATE:
             self.metrics.count("qsecret_relay_envelopes_total", "result", "duplicate")
             session.post(wire.Stored(frame.msg, True, frame.id).encode())
@@ -433,6 +440,15 @@ class Relay:
         else:
             self._refuse(session, "unknown_recipient", f"no user {frame.to!r} on this relay",
                          strike=False, req_id=frame.id, msg=frame.msg)
+
+    def _confirm_stored(self, session: Session) -> None:
+        """One ``stored`` (or ``stored_many``) frame for everything committed together."""
+        msgs, session.stored_batch = session.stored_batch, []
+        if len(msgs) == 1:
+            session.post(wire.Stored(msgs[0], False).encode())
+            return
+        for start in range(0, len(msgs), wire.MAX_STORED_MSGS):
+            session.post(wire.StoredMany(tuple(msgs[start:start + wire.MAX_STORED_MSGS])).encode())
 
     def _push(self, session: Session, envelope: Envelope) -> None:
         """Deliver a fresh envelope now, unless the connection is behind (then it drains)."""

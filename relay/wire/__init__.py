@@ -6,7 +6,8 @@ Frame flows (``C`` client, ``R`` relay; every text frame is ``{"v":1,"t":...}``)
            -> R ``auth_ok{handle,new,queued,prekeys}`` (or ``error{auth_failed}`` and a fresh
            ``hello``; the 3rd failure closes with 1008). ``sig`` = hybrid signature over
            :func:`auth_message`. The first login of a handle binds it to the identity key.
-* send:    C ``send{msg,to,body,id?}`` -> R ``stored{msg,dup}`` once durable, or
+* send:    C ``send{msg,to,body,id?}`` -> R ``stored{msg,dup}`` once durable (or, for several
+           sends made durable by one commit, one ``stored_many{msgs}``), or
            ``error{code,msg}``. The relay drops repeats of (sender, msg) and says ``dup``.
 * receive: R ``deliver{seq,msg,from,body,ts}`` (queued ones first, after ``auth_ok``)
            -> C ``ack{seqs}``; unacked ones come again (on reconnect, or after the
@@ -56,6 +57,7 @@ from .frames import (
     MAX_ONE_TIME_KEY_BYTES,
     MAX_ONE_TIME_PER_UPLOAD,
     MAX_SIGNED_PART_BYTES,
+    MAX_STORED_MSGS,
     NONCE_BYTES,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
@@ -77,6 +79,7 @@ from .frames import (
     PrekeysUpload,
     Send,
     Stored,
+    StoredMany,
     StreamClose,
     StreamIncoming,
     StreamOk,
@@ -111,6 +114,7 @@ __all__ = [
     "KIND_FILE_CHUNK",
     "KIND_MEDIA",
     "MAX_ACK_SEQS",
+    "MAX_STORED_MSGS",
     "MAX_BINARY_PAYLOAD",
     "MAX_ENVELOPE_BYTES",
     "MAX_FRAME_BYTES",
@@ -130,6 +134,7 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "Send",
     "Stored",
+    "StoredMany",
     "StreamClose",
     "StreamIncoming",
     "StreamOk",

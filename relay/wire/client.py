@@ -11,6 +11,7 @@ Typical asyncio use (the client team's thin layer)::
             for event in events: ...             # AuthOk, Deliver, Stored, Error, ...
 
 Frames the caller asks for before ``auth_ok`` are held and sent right after it.
+A ``stored_many`` frame comes back as one :class:`Stored` event per message.
 Sends not yet confirmed by ``stored`` stay in :attr:`unconfirmed`, so after a
 reconnect they can be given to the next connection (``resend=``); the relay drops
 the duplicates by message ID.
@@ -37,6 +38,7 @@ from .frames import (
     PrekeysUpload,
     Send,
     Stored,
+    StoredMany,
     StreamClose,
     StreamOpen,
     parse_server_frame,
@@ -92,6 +94,11 @@ class ClientConnection:
             self._held.clear()
         elif isinstance(frame, Stored):
             self.unconfirmed.pop(frame.msg, None)
+        elif isinstance(frame, StoredMany):
+            # One event per message, so callers handle one kind of confirmation only.
+            for msg in frame.msgs:
+                self.unconfirmed.pop(msg, None)
+            return [Stored(msg, False) for msg in frame.msgs]
         elif isinstance(frame, Error) and frame.msg is not None and frame.code in (
             "unknown_recipient", "quota_exceeded", "too_large"
         ):

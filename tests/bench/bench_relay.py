@@ -105,32 +105,33 @@ async def loadgen(args: argparse.Namespace) -> dict:
     hybrid = hybrid_signature()
     keypair = hybrid.generate_keypair() if relay_mode else None
 
-    def on_frame(client: LoadClient, data: str) -> None:
+    def complete(msg: str, is_delivery: bool) -> None:
         nonlocal delivered
-        is_delivery = True
-        if relay_mode:
-            if '"t":"deliver"' in data:
-                frame = json.loads(data)
-                client.acks.append(frame["seq"])
-            elif '"t":"stored"' in data:
-                frame = json.loads(data)
-                is_delivery = False
-            else:
-                return
-        else:
-            frame = json.loads(data)
-        entry = sent_at.get(frame["msg"])
+        entry = sent_at.get(msg)
         if entry is None:
             return
         if is_delivery and measuring_latency:
             latencies.append(time.perf_counter() - entry[0])
         entry[2] -= 1
         if entry[2] == 0:
-            del sent_at[frame["msg"]]
+            del sent_at[msg]
             delivered += 1
             sender = entry[1]
             sender.inflight -= 1
             sender.room.set()
+
+    def on_frame(client: LoadClient, data: str) -> None:
+        if not relay_mode:
+            complete(json.loads(data)["msg"], True)
+        elif '"t":"deliver"' in data:
+            frame = json.loads(data)
+            client.acks.append(frame["seq"])
+            complete(frame["msg"], True)
+        elif '"t":"stored"' in data:
+            complete(json.loads(data)["msg"], False)
+        elif '"t":"stored_many"' in data:  # one frame for the sends of one commit
+            for msg in json.loads(data)["msgs"]:
+                complete(msg, False)
 
     async def reader(client: LoadClient) -> None:
         ws = client.ws

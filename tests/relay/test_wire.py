@@ -42,7 +42,7 @@ def test_every_frame_round_trips() -> None:
     server_frames = [
         wire.Hello("qsr-1", b"n" * 32, (1,), {"rate": 5}), wire.AuthOk("alice", True, 3, 0),
         wire.Error("bad_json", "no", "r", MSG), wire.Error("internal", "x"),
-        wire.Stored(MSG, False), wire.Stored(MSG, True, "r9"),
+        wire.Stored(MSG, False), wire.Stored(MSG, True, "r9"), wire.StoredMany((MSG, "cd" * 16)),
         wire.Deliver(7, MSG, "alice", b"sealed", 1234), wire.PrekeysOk(3, "u"),
         wire.Bundle("bob", bundle, 0, "f"), wire.PrekeysLow(2), wire.StreamOk("00" * 16),
         wire.StreamIncoming("00" * 16, "alice", "file"), wire.Pong(),
@@ -53,6 +53,7 @@ def test_every_frame_round_trips() -> None:
 
 def test_hot_path_encoders_equal_the_generic_encoding() -> None:
     for frame in (wire.Stored(MSG, False), wire.Stored(MSG, True, "r.1:x-y_z"),
+                  wire.StoredMany((MSG,)), wire.StoredMany(tuple(f"{i:032x}" for i in range(9))),
                   wire.Deliver(2**40, MSG, "a.b_c-d", os.urandom(300), 1_700_000_000_000)):
         generic = json.dumps(wire.Frame.to_json(frame), separators=(",", ":"))
         assert json.loads(frame.encode()) == json.loads(generic)
@@ -188,3 +189,25 @@ def test_client_state_machine_login_hold_and_resend() -> None:
     assert not again.unconfirmed
     events = again.receive(wire.encode_binary(1, bytes(16), 0, b"x"))
     assert isinstance(events[0], wire.BinaryFrame)
+
+
+@pytest.mark.parametrize("msgs", [[], ["AB" * 16], [MSG, 7], MSG, ["ab"],
+                                  [MSG] * (wire.MAX_STORED_MSGS + 1)])
+def test_stored_many_refuses_bad_lists(msgs: object) -> None:
+    text = json.dumps({"v": 1, "t": "stored_many", "msgs": msgs})
+    with pytest.raises(wire.WireError) as info:
+        wire.parse_server_frame(text)
+    assert info.value.code == "bad_field"
+
+
+def test_stored_many_confirms_every_message_it_names() -> None:
+    keys = HYBRID.generate_keypair()
+    conn = wire.ClientConnection("alice", keys.public_key,
+                                 lambda m: HYBRID.sign(keys.secret_key, m))
+    conn.receive(wire.Hello("qsr-9", os.urandom(32), (1,), {}).encode())
+    conn.receive(wire.AuthOk("alice", True, 0, 0).encode())
+    sent = [conn.send("bob", b"sealed") for _ in range(5)]
+    events = conn.receive(wire.StoredMany(tuple(sent[:3])).encode())
+    # One plain Stored event per message, so consumers need no second code path.
+    assert events == [wire.Stored(msg, False) for msg in sent[:3]]
+    assert sorted(conn.unconfirmed) == sorted(sent[3:])
