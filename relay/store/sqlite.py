@@ -2,9 +2,14 @@
 
 All operations go through one queue to one thread holding one connection. The
 thread takes everything queued since its last commit and runs it in a single
-transaction (one SAVEPOINT per operation, so one failing operation does not undo
-the others), commits, then resolves the callers' futures. Under load, hundreds
+transaction, commits, then resolves the callers' futures. Under load, hundreds
 of concurrent sends share one commit; idle, a send commits alone at once.
+
+The hot operations are cheap: the sends of a batch are one ``executemany``
+into one table (``envelopes``; its unique (sender, msg) index is the de-dup
+memory), an ack is one UPDATE that turns envelopes into tombstones (body NULL,
+kept until the TTL so a late repeat is still recognised). Rare operations run
+under their own SAVEPOINT, so one that fails does not undo the others.
 With ``synchronous=FULL`` (default) a commit survives power loss; ``NORMAL``
 survives a killed process (the case the relay tests) and is faster.
 """
@@ -39,13 +44,13 @@ log = logging.getLogger("qsecret.relay.store")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS handles(
     handle TEXT PRIMARY KEY, identity BLOB NOT NULL, created INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS queue(
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, recipient TEXT NOT NULL, sender TEXT NOT NULL,
-    msg TEXT NOT NULL, body BLOB NOT NULL, ts INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS queue_by_recipient ON queue(recipient, seq);
-CREATE TABLE IF NOT EXISTS seen(
-    id INTEGER PRIMARY KEY, sender TEXT NOT NULL, msg TEXT NOT NULL, ts INTEGER NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS seen_once ON seen(sender, msg);
+CREATE TABLE IF NOT EXISTS envelopes(
+    seq INTEGER PRIMARY KEY, recipient TEXT NOT NULL, sender TEXT NOT NULL,
+    msg TEXT NOT NULL, body BLOB, size INTEGER NOT NULL, ts INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS envelopes_once ON envelopes(sender, msg);
+CREATE INDEX IF NOT EXISTS envelopes_queued ON envelopes(recipient, seq)
+    WHERE body IS NOT NULL;
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bundles(
     handle TEXT PRIMARY KEY, identity BLOB NOT NULL, signed BLOB NOT NULL,
     signed_sig BLOB NOT NULL, updated INTEGER NOT NULL) WITHOUT ROWID;
@@ -54,8 +59,25 @@ CREATE TABLE IF NOT EXISTS one_time(
     PRIMARY KEY(handle, key_id)) WITHOUT ROWID;
 """
 
+# A data dir from before the envelopes table (queue + seen): move both over once.
+_MIGRATE_V0 = """
+INSERT OR IGNORE INTO envelopes(seq, recipient, sender, msg, body, size, ts)
+    SELECT seq, recipient, sender, msg, body, length(body), ts FROM queue;
+INSERT OR IGNORE INTO envelopes(seq, recipient, sender, msg, body, size, ts)
+    SELECT id - (SELECT max(id) FROM seen) - 1, '', sender, msg, NULL, 0, ts FROM seen;
+INSERT OR REPLACE INTO meta VALUES('last_seq',
+    coalesce((SELECT seq FROM sqlite_sequence WHERE name='queue'), 0));
+DROP TABLE queue;
+DROP TABLE seen;
+"""
+
+_INSERT = "INSERT OR IGNORE INTO envelopes VALUES (?, ?, ?, ?, ?, ?, ?)"
+
 _Op = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any] | None]
+_Result = tuple[asyncio.Future[Any] | None, bool, Any]
 _STOP = object()
+_ENQUEUE: Any = object()  # marker ops the batch runner groups (see _run_batch)
+_ACK: Any = object()
 _EXPIRE_SCAN = 5000  # rows looked at per expiry round (rows are in time order)
 
 
@@ -157,19 +179,21 @@ class SqliteStore(Store):
         db.close()
 
     def _run_batch(self, db: sqlite3.Connection, batch: list[_Op]) -> None:
-        results: list[tuple[asyncio.Future[Any] | None, bool, Any]] = []
+        results: list[_Result] = []
+        sends: list[tuple[Envelope, asyncio.Future[Any] | None]] = []
+        acks: list[tuple[str, tuple[int, ...], asyncio.Future[Any] | None]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
             for fn, args, future in batch:
-                db.execute("SAVEPOINT op")
-                try:
-                    value = fn(db, *args)
-                except Exception as exc:
-                    db.execute("ROLLBACK TO op")
-                    results.append((future, False, exc))
+                if fn is _ENQUEUE:
+                    sends.append((args[0], future))
+                elif fn is _ACK:
+                    acks.append((args[0], args[1], future))
                 else:
-                    results.append((future, True, value))
-                db.execute("RELEASE op")
+                    # A rare operation sees every earlier send and ack: flush them first.
+                    self._flush_hot(db, sends, acks, results)
+                    results.append(self._run_one(db, fn, args, future))
+            self._flush_hot(db, sends, acks, results)
             db.execute("COMMIT")
             self.commits += 1
         except sqlite3.Error as exc:
@@ -179,8 +203,7 @@ class SqliteStore(Store):
                 db.rollback()
             except sqlite3.Error:
                 log.exception("sqlite rollback failed")
-            self._depth.clear()
-            self._total_depth = self._count_all(db)
+            self._reload(db)
             results = [(future, False, exc) for _, _, future in batch]
         waited = [r for r in results if r[0] is not None]
         if waited:
@@ -189,6 +212,85 @@ class SqliteStore(Store):
             except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
                 pass
 
+    @staticmethod
+    def _run_one(db: sqlite3.Connection, fn: Callable[..., Any], args: tuple[Any, ...],
+                 future: asyncio.Future[Any] | None) -> _Result:
+        db.execute("SAVEPOINT op")
+        try:
+            value = fn(db, *args)
+        except Exception as exc:
+            db.execute("ROLLBACK TO op")
+            db.execute("RELEASE op")
+            return (future, False, exc)
+        db.execute("RELEASE op")
+        return (future, True, value)
+
+    def _flush_hot(self, db: sqlite3.Connection,
+                   sends: list[tuple[Envelope, asyncio.Future[Any] | None]],
+                   acks: list[tuple[str, tuple[int, ...], asyncio.Future[Any] | None]],
+                   results: list[_Result]) -> None:
+        """Write the grouped sends, then the grouped acks (an ack never precedes its send)."""
+        if sends:
+            self._enqueue_many(db, sends, results)
+            sends.clear()
+        if acks:
+            for recipient, seqs, future in acks:
+                results.append((future, True, self._ack(db, recipient, seqs)))
+            acks.clear()
+
+    def _enqueue_many(self, db: sqlite3.Connection,
+                      sends: list[tuple[Envelope, asyncio.Future[Any] | None]],
+                      results: list[_Result]) -> None:
+        limits = self.limits
+        rows: list[tuple[Any, ...]] = []
+        accepted: list[tuple[Envelope, asyncio.Future[Any] | None, list[int]]] = []
+        for envelope, future in sends:
+            recipient, body = envelope.recipient, envelope.body
+            if recipient not in self._handles:
+                results.append((future, True, EnqueueResult(EnqueueStatus.UNKNOWN_RECIPIENT)))
+                continue
+            depth = self._depth_of(db, recipient)
+            size = len(body)
+            if depth[0] + 1 > limits.quota_messages or depth[1] + size > limits.quota_bytes:
+                status = (EnqueueStatus.DUPLICATE if self._seq_of(db, envelope) is not None
+                          else EnqueueStatus.QUOTA_EXCEEDED)
+                results.append((future, True, EnqueueResult(status)))
+                continue
+            depth[0] += 1
+            depth[1] += size
+            rows.append((envelope.seq, recipient, envelope.sender, envelope.msg, body, size,
+                         envelope.ts))
+            accepted.append((envelope, future, depth))
+        if not rows:
+            return
+        before = db.total_changes
+        db.executemany(_INSERT, rows)
+        all_new = db.total_changes - before == len(rows)
+        stored = 0
+        for envelope, future, depth in accepted:
+            # Repeats of (sender, msg) were ignored by the insert; tell which, only if any.
+            if all_new or self._seq_of(db, envelope) == envelope.seq:
+                stored += 1
+                results.append((future, True, EnqueueResult(EnqueueStatus.STORED, envelope)))
+            else:
+                depth[0] -= 1
+                depth[1] -= len(envelope.body)
+                results.append((future, True, EnqueueResult(EnqueueStatus.DUPLICATE)))
+        self._total_depth += stored
+        db.execute("INSERT OR REPLACE INTO meta VALUES('last_seq', ?)", (rows[-1][0],))
+
+    @staticmethod
+    def _seq_of(db: sqlite3.Connection, envelope: Envelope) -> int | None:
+        row = db.execute("SELECT seq FROM envelopes WHERE sender=? AND msg=?",
+                         (envelope.sender, envelope.msg)).fetchone()
+        return row[0] if row else None
+
+    def _reload(self, db: sqlite3.Connection) -> None:
+        """Re-read what the writer caches, after a rollback made it stale."""
+        self._handles = dict(db.execute("SELECT handle, identity FROM handles"))
+        self._depth.clear()
+        self._total_depth = self._count_all(db)
+
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -196,18 +298,21 @@ class SqliteStore(Store):
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA)
-        self._handles = dict(db.execute("SELECT handle, identity FROM handles"))
-        self._total_depth = self._count_all(db)
-        row = db.execute("SELECT max(ts) FROM queue").fetchone()
+        old = db.execute("SELECT 1 FROM sqlite_master WHERE name='seen'").fetchone()
+        if old:
+            db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_V0 + "COMMIT;")
+        self._reload(db)
+        row = db.execute("SELECT max(ts) FROM envelopes").fetchone()
         self._last_ts = row[0] or 0
-        # Never reuse a number, even of a deleted envelope (AUTOINCREMENT keeps the high mark).
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='queue'").fetchone()
-        self._last_seq = row[0] if row else 0
+        # Never reuse a number, even of an expired envelope: the high mark is kept in meta.
+        row = db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+        top = db.execute("SELECT max(seq) FROM envelopes").fetchone()[0] or 0
+        self._last_seq = max(row[0] if row else 0, top)
         return db
 
     @staticmethod
     def _count_all(db: sqlite3.Connection) -> int:
-        return db.execute("SELECT count(*) FROM queue").fetchone()[0]
+        return db.execute("SELECT count(*) FROM envelopes WHERE body IS NOT NULL").fetchone()[0]
 
     def _now_ms(self) -> int:
         return int(time.time() * 1000)
@@ -216,7 +321,8 @@ class SqliteStore(Store):
         depth = self._depth.get(recipient)
         if depth is None:
             count, size = db.execute(
-                "SELECT count(*), coalesce(sum(length(body)), 0) FROM queue WHERE recipient=?",
+                "SELECT count(*), coalesce(sum(size), 0) FROM envelopes "
+                "WHERE recipient=? AND body IS NOT NULL",
                 (recipient,),
             ).fetchone()
             depth = self._depth[recipient] = [count, size]
@@ -246,76 +352,48 @@ class SqliteStore(Store):
         return Envelope(self._last_seq, recipient, sender, msg, body, self._last_ts)
 
     async def enqueue(self, envelope: Envelope) -> EnqueueResult:
-        return await self._call(self._enqueue, envelope)
+        return await self.enqueue_future(envelope)
 
     def enqueue_future(self, envelope: Envelope) -> asyncio.Future[EnqueueResult]:
         """Like :meth:`enqueue` but returns the future at once (the relay's hot path)."""
-        return self._call(self._enqueue, envelope)
-
-    def _enqueue(self, db: sqlite3.Connection, envelope: Envelope) -> EnqueueResult:
-        sender, recipient, msg, body = (envelope.sender, envelope.recipient, envelope.msg,
-                                        envelope.body)
-        if recipient not in self._handles:
-            return EnqueueResult(EnqueueStatus.UNKNOWN_RECIPIENT)
-        depth = self._depth_of(db, recipient)
-        if (
-            depth[0] + 1 > self.limits.quota_messages
-            or depth[1] + len(body) > self.limits.quota_bytes
-        ):
-            if db.execute("SELECT 1 FROM seen WHERE sender=? AND msg=?", (sender, msg)).fetchone():
-                return EnqueueResult(EnqueueStatus.DUPLICATE)
-            return EnqueueResult(EnqueueStatus.QUOTA_EXCEEDED)
-        cursor = db.execute(
-            "INSERT OR IGNORE INTO seen(sender, msg, ts) VALUES (?, ?, ?)",
-            (sender, msg, envelope.ts),
-        )
-        if cursor.rowcount == 0:
-            return EnqueueResult(EnqueueStatus.DUPLICATE)
-        db.execute(
-            "INSERT INTO queue(seq, recipient, sender, msg, body, ts) VALUES (?, ?, ?, ?, ?, ?)",
-            (envelope.seq, recipient, sender, msg, body, envelope.ts),
-        )
-        depth[0] += 1
-        depth[1] += len(body)
-        self._total_depth += 1
-        return EnqueueResult(EnqueueStatus.STORED, envelope)
+        return self._call(_ENQUEUE, envelope)
 
     async def pending(self, recipient: str, limit: int) -> list[Envelope]:
         return await self._call(self._pending, recipient, limit)
 
     def _pending(self, db: sqlite3.Connection, recipient: str, limit: int) -> list[Envelope]:
         rows = db.execute(
-            "SELECT seq, sender, msg, body, ts FROM queue WHERE recipient=? ORDER BY seq LIMIT ?",
+            "SELECT seq, sender, msg, body, ts FROM envelopes WHERE recipient=? "
+            "AND body IS NOT NULL ORDER BY seq LIMIT ?",
             (recipient, limit),
         ).fetchall()
         return [Envelope(seq, recipient, sender, msg, body, ts)
                 for seq, sender, msg, body, ts in rows]
 
     async def ack(self, recipient: str, seqs: Sequence[int]) -> int:
-        return await self._call(self._ack, recipient, tuple(seqs))
+        return await self._call(_ACK, recipient, tuple(seqs))
 
     def ack_nowait(self, recipient: str, seqs: Sequence[int]) -> None:
         """Queue the deletion without waiting (runs after every earlier operation)."""
-        self._submit(self._ack, recipient, tuple(seqs))
+        self._submit(_ACK, recipient, tuple(seqs))
 
     def _ack(self, db: sqlite3.Connection, recipient: str, seqs: tuple[int, ...]) -> int:
-        removed = 0
-        freed = 0
+        if not seqs:
+            return 0
         # recipient in the WHERE clause: a client can only ever delete from its own queue.
-        for seq in seqs:
-            row = db.execute(
-                "DELETE FROM queue WHERE seq=? AND recipient=? RETURNING length(body)",
-                (seq, recipient),
-            ).fetchone()
-            if row is not None:
-                removed += 1
-                freed += row[0]
-        if removed:
+        # The row stays as a tombstone (no body) so a late repeat of its msg is still a dup.
+        marks = ",".join("?" * len(seqs))
+        sizes = db.execute(
+            f"UPDATE envelopes SET body=NULL WHERE recipient=? AND seq IN ({marks}) "
+            "AND body IS NOT NULL RETURNING size",
+            (recipient, *seqs),
+        ).fetchall()
+        if sizes:
             depth = self._depth_of(db, recipient)
-            depth[0] -= removed
-            depth[1] -= freed
-            self._total_depth -= removed
-        return removed
+            depth[0] -= len(sizes)
+            depth[1] -= sum(size for (size,) in sizes)
+            self._total_depth -= len(sizes)
+        return len(sizes)
 
     async def queue_depth(self, recipient: str) -> int:
         return await self._call(lambda db: self._depth_of(db, recipient)[0])
@@ -328,16 +406,17 @@ class SqliteStore(Store):
 
     def _expire(self, db: sqlite3.Connection) -> int:
         cutoff = int((time.time() - self.limits.ttl_seconds) * 1000)
-        # Rows are in time order, so the expired ones are a prefix of the table.
+        # Rows are in time order, so the expired ones (queued and tombstones) are a prefix.
         last = db.execute(
-            "SELECT max(seq) FROM (SELECT seq, ts FROM queue ORDER BY seq LIMIT ?) WHERE ts < ?",
+            "SELECT max(seq) FROM (SELECT seq, ts FROM envelopes ORDER BY seq LIMIT ?) "
+            "WHERE ts < ?",
             (_EXPIRE_SCAN, cutoff),
         ).fetchone()[0]
         dropped = 0
         if last is not None:
             for recipient, count, size in db.execute(
-                "SELECT recipient, count(*), sum(length(body)) FROM queue WHERE seq<=? "
-                "GROUP BY recipient",
+                "SELECT recipient, count(*), sum(size) FROM envelopes "
+                "WHERE seq<=? AND body IS NOT NULL GROUP BY recipient",
                 (last,),
             ).fetchall():
                 depth = self._depth.get(recipient)
@@ -345,14 +424,8 @@ class SqliteStore(Store):
                     depth[0] -= count
                     depth[1] -= size
                 dropped += count
-            db.execute("DELETE FROM queue WHERE seq<=?", (last,))
+            db.execute("DELETE FROM envelopes WHERE seq<=?", (last,))
             self._total_depth -= dropped
-        last_seen = db.execute(
-            "SELECT max(id) FROM (SELECT id, ts FROM seen ORDER BY id LIMIT ?) WHERE ts < ?",
-            (_EXPIRE_SCAN, cutoff),
-        ).fetchone()[0]
-        if last_seen is not None:
-            db.execute("DELETE FROM seen WHERE id<=?", (last_seen,))
         return dropped
 
     # ------------------------------------------------------------ prekeys

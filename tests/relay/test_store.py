@@ -62,6 +62,54 @@ async def test_duplicates_dropped_even_after_ack(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_repeats_within_one_commit_and_acks_in_the_same_commit(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    first = store.new_envelope("alice", "bob", "9" * 32, b"one")
+    again = store.new_envelope("alice", "bob", "9" * 32, b"one")
+    other = store.new_envelope("carol", "bob", "8" * 32, b"two")
+    futures = [store.enqueue_future(e) for e in (first, again, other)]
+    store.ack_nowait("bob", [other.seq])  # queued behind its send: may share its commit
+    results = await asyncio.gather(*futures)
+    assert [r.status for r in results] == [EnqueueStatus.STORED, EnqueueStatus.DUPLICATE,
+                                           EnqueueStatus.STORED]
+    assert [e.msg for e in await store.pending("bob", 10)] == ["9" * 32]
+    assert await store.queue_depth("bob") == 1 and store.total_queue_depth() == 1
+    await store.close()
+
+
+async def test_data_dir_from_the_queue_and_seen_schema_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.executescript("""
+        CREATE TABLE handles(handle TEXT PRIMARY KEY, identity BLOB NOT NULL,
+                             created INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE queue(seq INTEGER PRIMARY KEY AUTOINCREMENT, recipient TEXT NOT NULL,
+                           sender TEXT NOT NULL, msg TEXT NOT NULL, body BLOB NOT NULL,
+                           ts INTEGER NOT NULL);
+        CREATE TABLE seen(id INTEGER PRIMARY KEY, sender TEXT NOT NULL, msg TEXT NOT NULL,
+                          ts INTEGER NOT NULL);
+        CREATE UNIQUE INDEX seen_once ON seen(sender, msg);
+    """)
+    now = int(time.time() * 1000)
+    db.executemany("INSERT INTO handles VALUES (?, ?, ?)",
+                   [("alice", b"alice", now), ("bob", b"bob", now)])
+    db.execute("INSERT INTO queue VALUES (7, 'bob', 'alice', ?, x'0102', ?)", ("7" * 32, now))
+    db.execute("INSERT INTO queue VALUES (41, 'bob', 'alice', ?, x'03', ?)", ("4" * 32, now))
+    db.execute("DELETE FROM queue WHERE seq=41")  # acked; its id stays in seen
+    db.executemany("INSERT INTO seen(sender, msg, ts) VALUES ('alice', ?, ?)",
+                   [("7" * 32, now), ("4" * 32, now)])
+    db.commit()
+    db.close()
+    store = SqliteStore(tmp_path / "s.db", synchronous="NORMAL")
+    await store.open()
+    assert [(e.seq, e.body) for e in await store.pending("bob", 10)] == [(7, b"\x01\x02")]
+    assert await store.queue_depth("bob") == 1
+    assert (await send(store, "alice", "bob", "4" * 32)).status is EnqueueStatus.DUPLICATE
+    assert (await send(store, "alice", "bob", "5" * 32)).envelope.seq > 41
+    await store.close()
+
+
 async def test_ack_only_touches_own_queue(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     result = await send(store, "alice", "bob", "b" * 32)
