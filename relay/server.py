@@ -54,11 +54,40 @@ BULK_OUTBOX_LIMIT = 64  # queued outgoing frames past which a bulk sender waits
 BULK_WAIT = 10.0
 
 
+class Cork:
+    """Sessions holding encoded frames not yet written: all written once per loop pass.
+
+    A busy relay makes several frames for one connection in one pass of the event
+    loop (deliveries from several senders, the confirmations of a commit). Writing
+    them as one ``transport.write`` saves a send() system call per frame here and
+    a read (and a wake-up) per frame at the other end.
+    """
+
+    def __init__(self) -> None:
+        self.sessions: list[Session] = []
+
+    def add(self, session: Session) -> None:
+        if session.corked:
+            return
+        session.corked = True
+        if not self.sessions:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.sessions.append(session)
+
+    def flush(self) -> None:
+        sessions, self.sessions = self.sessions, []
+        for session in sessions:
+            session.corked = False
+            session.flush()
+
+
 class Session:
     """One websocket connection and everything the relay tracks about it."""
 
-    def __init__(self, ws: ServerConnection, config: RelayConfig) -> None:
+    def __init__(self, ws: ServerConnection, config: RelayConfig, cork: Cork) -> None:
         self.ws = ws
+        self.cork = cork
+        self.corked = False
         self.nonce = secrets.token_bytes(wire.NONCE_BYTES)
         self.handle: str | None = None
         self.identity: bytes | None = None
@@ -82,25 +111,46 @@ class Session:
         self.stored_batch: list[str] = []  # msgs made durable, confirmed together soon
 
     def post(self, data: str | bytes) -> None:
-        """Send a frame now if the socket can take it, else queue it for the writer task."""
+        """Send a frame soon if the socket can take it, else queue it for the writer task."""
         if self.closing:
             return
         ws = self.ws
         if not self.outbox and not ws.paused and ws.protocol.state is State.OPEN:
-            # Fast path: what ws.send() does, minus awaiting drain (the transport is not
-            # paused, so there is nothing to wait for). Saves a task switch per frame.
+            # Fast path: frame it now, write it with this pass's other frames (see Cork);
+            # the transport is not paused, so there is no drain to wait for.
             try:
                 if isinstance(data, str):
                     ws.protocol.send_text(data.encode())
                 else:
                     ws.protocol.send_binary(data)
-                ws.send_data()
-                self.sent += 1
-                return
             except Exception:  # state changed under us: fall back to the writer task
                 pass
+            else:
+                self.sent += 1
+                self.cork.add(self)
+                return
         self.outbox.append(data)
         self.wake.set()
+
+    def flush(self) -> None:
+        """Write every frame framed so far in one go (what ``ws.send_data()`` does, joined)."""
+        ws = self.ws
+        chunks = ws.protocol.data_to_send()
+        if not chunks:
+            return
+        try:
+            if all(chunks):
+                ws.transport.write(b"".join(chunks))
+            else:  # an end-of-stream marker among them: let websockets handle it in order
+                for chunk in chunks:
+                    if chunk:
+                        ws.transport.write(chunk)
+                    elif ws.transport.can_write_eof():
+                        ws.transport.write_eof()
+                    else:
+                        ws.transport.close()
+        except Exception:  # the connection is going away; its handler cleans up
+            log.debug("write failed handle=%s", self.handle)
 
 
 class Relay:
@@ -123,6 +173,7 @@ class Relay:
                 cert, key = config.cert, config.key
             self.ssl_context, self.tls_fingerprint = server_context(cert, key)
         self.sessions: set[Session] = set()
+        self.cork = Cork()
         self.live: dict[str, list[Session]] = {}
         self.verifier = hybrid_signature()
         self.pool = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="relay-verify")
@@ -208,7 +259,7 @@ class Relay:
     # ------------------------------------------------------------ per connection
 
     async def _handler(self, ws: ServerConnection) -> None:
-        session = Session(ws, self.config)
+        session = Session(ws, self.config, self.cork)
         self.sessions.add(session)
         self.metrics.count("qsecret_relay_connections_total")
         session.writer = asyncio.create_task(self._writer(session))
