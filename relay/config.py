@@ -18,6 +18,7 @@ class RelayConfig:
     key: Path | None = None
     self_signed: bool = False
     sync: str = "FULL"  # sqlite synchronous: FULL survives power loss, NORMAL a killed process
+    commit_interval: float = 0.004  # seconds; sqlite commits start at most this often
     store_limits: StoreLimits = field(default_factory=StoreLimits)
     max_connections: int = 10_000
     rate: float = 500.0  # frames per second per connection, sustained

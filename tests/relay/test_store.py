@@ -74,6 +74,13 @@ async def test_repeats_within_one_commit_and_acks_in_the_same_commit(tmp_path: P
                                            EnqueueStatus.STORED]
     assert [e.msg for e in await store.pending("bob", 10)] == ["9" * 32]
     assert await store.queue_depth("bob") == 1 and store.total_queue_depth() == 1
+    # Acked (perhaps before its commit: then written as a tombstone only), still a repeat.
+    assert (await send(store, "carol", "bob", "8" * 32)).status is EnqueueStatus.DUPLICATE
+    await store.close()
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    assert [e.msg for e in await store.pending("bob", 10)] == ["9" * 32]
+    assert store.total_queue_depth() == 1
     await store.close()
 
 
