@@ -160,7 +160,8 @@ class Relay:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = store or SqliteStore(
-            config.data_dir / "relay.sqlite3", config.store_limits, synchronous=config.sync
+            config.data_dir / "relay.sqlite3", config.store_limits, synchronous=config.sync,
+            commit_interval=config.commit_interval,
         )
         self.relay_id = config.relay_id or _persistent_relay_id(config.data_dir)
         self.tls_fingerprint = b""
@@ -447,12 +448,13 @@ class Relay:
             # "stored" acks (durability) keep pace with what is accepted.
             await store.wait_for_room()
         envelope = store.new_envelope(session.handle, frame.to, frame.msg, frame.body)
-        if isinstance(store, SqliteStore):
-            future = store.enqueue_future(envelope)
-        else:
-            future = asyncio.ensure_future(store.enqueue(envelope))
         session.pending_sends += 1
-        future.add_done_callback(functools.partial(self._on_stored, session, frame))
+        done = functools.partial(self._on_stored, session, frame)
+        if isinstance(store, SqliteStore):
+            store.enqueue_then(envelope, done)
+        else:
+            asyncio.ensure_future(store.enqueue(envelope)).add_done_callback(
+                functools.partial(_settled, done))
         # Live recipients get it now, while it is being committed: their ack deletes it
         # after the insert (same queue, in order). The sender's "stored" still waits for
         # the commit; if the relay dies first, the sender resends the same message ID and
@@ -460,18 +462,17 @@ class Relay:
         for peer in self.live.get(frame.to, ()):
             self._push(peer, envelope)
 
-    def _on_stored(self, session: Session, frame: wire.Send, future: asyncio.Future[Any]) -> None:
+    def _on_stored(self, session: Session, frame: wire.Send, ok: bool, value: Any) -> None:
         session.pending_sends -= 1
         session.send_room.set()
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is not None:
-            log.error("enqueue failed: %s", type(exc).__name__)
+        if not ok:
+            if isinstance(value, asyncio.CancelledError):
+                return
+            log.error("enqueue failed: %s", type(value).__name__)
             self._refuse(session, "internal", "envelope not stored; send it again",
                          strike=False, req_id=frame.id, msg=frame.msg)
             return
-        result: EnqueueResult = future.result()
+        result: EnqueueResult = value
         status = result.status
         if status is EnqueueStatus.STORED:
             self.metrics.count("qsecret_relay_envelopes_total", "result", "stored")
@@ -713,6 +714,16 @@ class Relay:
                 lambda: sum(len(v) for v in self.live.values()))
         m.gauge("qsecret_relay_queue_depth", "envelopes queued for all recipients",
                 self.store.total_queue_depth)
+
+
+def _settled(callback: Any, future: asyncio.Future[Any]) -> None:
+    """Hand a finished store future to a ``callback(ok, value)``."""
+    if future.cancelled():
+        callback(False, asyncio.CancelledError())
+    elif future.exception() is not None:
+        callback(False, future.exception())
+    else:
+        callback(True, future.result())
 
 
 def _peek_id(text: str) -> str | None:

@@ -211,3 +211,28 @@ def test_stored_many_confirms_every_message_it_names() -> None:
     # One plain Stored event per message, so consumers need no second code path.
     assert events == [wire.Stored(msg, False) for msg in sent[:3]]
     assert sorted(conn.unconfirmed) == sorted(sent[3:])
+
+
+_B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+
+
+@settings(max_examples=300, deadline=None)
+@given(msg=st.text("0123456789abcdefABx", min_size=30, max_size=33),
+       to=st.text("abz09._-A", min_size=0, max_size=34),
+       body=st.text(_B64_CHARS, max_size=24),
+       req_id=st.none() | st.text("az09._:-", min_size=0, max_size=66))
+def test_fast_send_parser_agrees_with_the_generic_one(msg: str, to: str, body: str,
+                                                      req_id: str | None) -> None:
+    from relay.wire.frames import CLIENT_FRAMES, _parse
+
+    text = f'{{"v":1,"t":"send","msg":"{msg}","to":"{to}","body":"{body}"'
+    text += "}" if req_id is None else f',"id":"{req_id}"}}'
+    try:
+        expected: object = _parse(text, CLIENT_FRAMES)
+    except wire.WireError as exc:
+        expected = exc.code
+    try:
+        got: object = wire.parse_client_frame(text)
+    except wire.WireError as exc:
+        got = exc.code
+    assert got == expected
