@@ -565,6 +565,9 @@ _FAST_SEND = re.compile(
     r'"body":"([A-Za-z0-9+/=]*)"(?:,"id":"([A-Za-z0-9._:-]{1,64})")?\}'
 )
 _send_body = _b64(MAX_ENVELOPE_BYTES, 1)
+_SEQ = r"(?:0|[1-9][0-9]{0,15})"  # a JSON integer (no leading zeros); range checked after
+_FAST_ACK = re.compile(r'\{"v":1,"t":"ack","seqs":\[(' + _SEQ + "(?:," + _SEQ + r")*)\]\}")
+_ack_seqs = _uint_list(MAX_ACK_SEQS)
 
 
 def parse_client_frame(text: str | bytes) -> Frame:
@@ -576,6 +579,9 @@ def parse_client_frame(text: str | bytes) -> Frame:
         if match is not None:
             msg, to, body, req_id = match.groups()
             return Send(msg, to, _send_body("body", body), req_id)
+        match = _FAST_ACK.fullmatch(text)
+        if match is not None:
+            return Ack(_ack_seqs("seqs", [int(seq) for seq in match.group(1).split(",")]))
     return _parse(text, CLIENT_FRAMES)
 
 

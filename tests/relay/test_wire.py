@@ -236,3 +236,30 @@ def test_fast_send_parser_agrees_with_the_generic_one(msg: str, to: str, body: s
     except wire.WireError as exc:
         got = exc.code
     assert got == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(seqs=st.lists(st.text("0123456789", min_size=0, max_size=17), max_size=8),
+       spaces=st.booleans())
+def test_fast_ack_parser_agrees_with_the_generic_one(seqs: list[str], spaces: bool) -> None:
+    from relay.wire.frames import CLIENT_FRAMES, _parse
+
+    text = '{"v":1,"t":"ack","seqs":[' + (", " if spaces else ",").join(seqs) + "]}"
+    try:
+        expected: object = _parse(text, CLIENT_FRAMES)
+    except wire.WireError as exc:
+        expected = exc.code
+    try:
+        got: object = wire.parse_client_frame(text)
+    except wire.WireError as exc:
+        got = exc.code
+    assert got == expected
+
+
+def test_fast_ack_parser_keeps_the_limits() -> None:
+    too_many = '{"v":1,"t":"ack","seqs":[' + ",".join(["1"] * (wire.MAX_ACK_SEQS + 1)) + "]}"
+    with pytest.raises(wire.WireError):
+        wire.parse_client_frame(too_many)
+    with pytest.raises(wire.WireError):
+        wire.parse_client_frame('{"v":1,"t":"ack","seqs":[9007199254740992]}')  # 2^53
+    assert wire.parse_client_frame('{"v":1,"t":"ack","seqs":[0,7]}') == wire.Ack((0, 7))
