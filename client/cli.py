@@ -9,6 +9,8 @@ sets ``func`` to a callable taking the parsed namespace and returning an exit co
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -36,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    level = os.environ.get("QSECRET_LOG", "").upper()
+    if level:  # e.g. QSECRET_LOG=info: protocol and network events to stderr (never contents)
+        logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 DEC_KEYS_RETRIES = 5
 DEC_KEYS_RETRY_DELAY_S = 0.3
+FETCHED_CACHE = 256
 
 
 class QkdSource:
@@ -29,6 +30,7 @@ class QkdSource:
         self.config = config
         self.last_error: str | None = None
         self._client: AsyncSaeClient | None = None
+        self._fetched: dict[str, bytes] = {}  # in memory only, oldest dropped first
         if config.kme_url and config.sae_id:
             https = config.kme_url.startswith("https://")
             self._client = AsyncSaeClient(
@@ -58,6 +60,10 @@ class QkdSource:
     async def dec_keys(self, peer_sae_id: str, key_ids: tuple[str, ...]) -> QkdKeys | None:
         if self._client is None or not key_ids:
             return None
+        # A KME hands a key out once: keep what we fetched until it is used, so a message
+        # retried later (e.g. after another input was missing) can still be opened.
+        if all(k in self._fetched for k in key_ids):
+            return QkdKeys(key_ids, tuple(self._fetched[k] for k in key_ids))
         for attempt in range(DEC_KEYS_RETRIES):
             try:
                 keys = await self._client.get_dec_keys(peer_sae_id, list(key_ids))
@@ -69,6 +75,10 @@ class QkdSource:
                 self._note(exc)
                 return None
             self.last_error = None
+            for key in keys:
+                self._fetched[key.key_ID] = key.key
+            while len(self._fetched) > FETCHED_CACHE:
+                self._fetched.pop(next(iter(self._fetched)))
             return QkdKeys.from_pairs([(k.key_ID, k.key) for k in keys])
         return None
 

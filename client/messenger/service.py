@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -36,6 +37,7 @@ from client.protocol import (
 )
 from client.protocol.bundle import OneTimePrekey, PrekeySecrets, one_time_message
 from client.protocol.identity import Identity
+from client.protocol.ratchet import parse_header
 from client.store.store import Store
 from keysource.mix import QkdPolicy
 from keysource.pq import get_kem
@@ -261,18 +263,16 @@ class MessengerService:
         wire = deliver.body
         resend: list[payloads.Payload] = []
         if session is not None:
-            try:
+            if not _opens_another_session(session, wire):
                 return await self._decrypt(peer, session, deliver)
-            except ReplayedMessage:
-                if not _is_prekey(wire):
-                    raise
-                # A prekey message of another handshake. Either the peer started over, or
-                # both sides opened a session at once: then the smaller handle's session
-                # wins on both sides, and the loser resends what the winner dropped.
-                if _unanswered(session):
-                    if self.handle < peer:
-                        raise
-                    resend = self._undelivered(peer)
+            # A prekey message of another handshake (checked before any QKD key is fetched
+            # for it). Either the peer started over, or both sides opened a session at once:
+            # then the smaller handle's session wins on both sides, and the loser resends
+            # what the winner dropped.
+            if _unanswered(session):
+                if self.handle < peer:
+                    raise ReplayedMessage("both opened a session; ours wins the tie-break")
+                resend = self._undelivered(peer)
         if not _is_prekey(wire):
             raise MalformedMessage(f"a message from {peer} but no session with them")
         messages = await self._accept(peer, wire, deliver.msg)
@@ -639,6 +639,14 @@ class _Retry(Exception):
 def _unanswered(session: Session) -> bool:
     """We opened this session and the peer has not answered on it yet."""
     return session.ratchet.prekey_blob is not None and session.status().receiving == "-"
+
+
+def _opens_another_session(session: Session, wire: bytes) -> bool:
+    """A prekey message that did not create ``session`` (so it starts a new one)."""
+    if not _is_prekey(wire):
+        return False
+    digest = session.ratchet.prekey_digest
+    return digest is None or hashlib.sha256(parse_header(wire).initial).digest() != digest
 
 
 def _is_prekey(wire: bytes) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 from client.processes import ServiceProcess
 
 PASSPHRASE = "e2e-passphrase-123"
+KME_B_USERS = ("bob", "dave")
 
 
 def free_port() -> int:
@@ -67,8 +68,12 @@ class Stack:
         return self.root / handle
 
     def init(self, handle: str, *extra: str) -> None:
-        """Create a profile; bob's SAE hangs off KME B, everyone else's off KME A."""
-        port = self.port_b if handle == "bob" else self.port_a
+        """Create a profile; bob's and dave's SAEs hang off KME B, everyone else's off KME A.
+
+        (Two SAEs of one conversation must sit at the two ends of the link: the KME pair
+        binds every key to a master at one KME and a slave at the other.)
+        """
+        port = self.port_b if handle in KME_B_USERS else self.port_a
         sae = f"sae-{handle}"
         result = self.cli(handle, "init", "--handle", handle, "--sae-id", sae,
                           "--kme", f"https://127.0.0.1:{port}",

@@ -147,3 +147,24 @@ async def test_one_time_prekeys_are_replenished(stack: Stack) -> None:
     assert refilled.remaining >= 40
     fresh = {k.key_id for k in refilled.bundle.one_time}
     assert fresh and not fresh & seen, "a one-time prekey was handed out twice"
+
+
+def test_both_open_a_session_at_once(stack: Stack) -> None:
+    """carol and dave add each other before either writes: one session wins on both sides,
+    and whatever the losing session carried is resent, so nothing is lost."""
+    for handle in ("carol", "dave"):
+        stack.init(handle)
+        stack.cli(handle, "recv", check=True)  # publish prekeys
+    stack.cli("carol", "contacts", "add", "dave", check=True)
+    stack.cli("dave", "contacts", "add", "carol", check=True)
+    stack.cli("carol", "send", "dave", "c1", check=True)
+    stack.cli("dave", "send", "carol", "d1", check=True)
+    for _ in range(3):  # a few rounds let the tie-break and any resend settle
+        stack.cli("carol", "recv", check=True)
+        stack.cli("dave", "recv", check=True)
+    stack.cli("carol", "send", "dave", "c2", check=True)
+    stack.cli("dave", "send", "carol", "d2", check=True)
+    stack.cli("carol", "recv", check=True)
+    stack.cli("dave", "recv", check=True)
+    assert _texts(stack.history("dave", "carol"), "carol") == ["c1", "c2"]
+    assert _texts(stack.history("carol", "dave"), "dave") == ["d1", "d2"]
