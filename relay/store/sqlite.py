@@ -20,6 +20,7 @@ survives a killed process (the case the relay tests) and is faster.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -115,6 +116,8 @@ class SqliteStore(Store):
         self._last_ts = 0
         self._last_seq = 0
         self.commits = 0  # batches committed (for tests and metrics)
+        self._room: asyncio.Event | None = None  # set when the backlog is under the limit
+        self._want_room = False  # a sender waits on _room
 
     # ------------------------------------------------------------ plumbing
 
@@ -146,11 +149,22 @@ class SqliteStore(Store):
         return self._ops.qsize() > self.max_backlog
 
     async def wait_for_room(self) -> None:
-        """Backpressure: wait while the writer is more than ``max_backlog`` operations behind."""
-        for _ in range(10_000):  # at most ~10 s, then let the caller through anyway
-            if self._ops.qsize() <= self.max_backlog:
+        """Backpressure: wait while the writer is more than ``max_backlog`` operations behind.
+
+        Waiters sleep on one event that the writer sets after a commit once the
+        backlog is back under the limit (no polling: thousands of senders may wait).
+        """
+        deadline = time.monotonic() + 10.0  # then let the caller through anyway
+        while self.behind():
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return
-            await asyncio.sleep(0.001)
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            self._want_room = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), min(left, 0.1))
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue a write nobody waits for (it still runs in order, in a grouped commit)."""
@@ -220,11 +234,18 @@ class SqliteStore(Store):
             self._reload(db)
             results = [(future, False, exc) for _, _, future in batch]
         waited = [r for r in results if r[0] is not None]
+        if self._want_room and self._ops.qsize() <= self.max_backlog:
+            self._want_room = False
+            waited.append((self._open_room, True, None))
         if waited:
             try:
                 self._loop.call_soon_threadsafe(_settle, waited)  # type: ignore[union-attr]
             except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
                 pass
+
+    def _open_room(self, ok: bool, value: Any) -> None:
+        if self._room is not None:
+            self._room.set()
 
     @staticmethod
     def _run_one(db: sqlite3.Connection, fn: Callable[..., Any], args: tuple[Any, ...],

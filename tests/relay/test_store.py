@@ -174,3 +174,15 @@ async def test_take_bundle_is_atomic_under_concurrency(tmp_path: Path) -> None:
         await store.put_bundle("bob", _bundle(51))
     assert await store.prekey_count("bob") == 0
     await store.close()
+
+
+async def test_wait_for_room_returns_once_the_writer_catches_up(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db", synchronous="NORMAL", max_backlog=10)
+    await store.open()
+    await store.bind_identity("bob", b"bob")
+    futures = [store.enqueue_future(store.new_envelope("alice", "bob", f"{i:032x}", b"b"))
+               for i in range(500)]
+    await asyncio.wait_for(store.wait_for_room(), 5)
+    assert not store.behind()
+    assert all(r.status is EnqueueStatus.STORED for r in await asyncio.gather(*futures))
+    await store.close()
