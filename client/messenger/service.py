@@ -92,7 +92,7 @@ class MessengerService:
         # relay message id -> (peer, payload id), to turn relay acks into UI delivery events
         self._outgoing_index: dict[str, tuple[str, str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[None]] = set()
+        self._resend_due: dict[str, list[payloads.Payload]] = {}
         self._lock = asyncio.Lock()  # one protocol operation at a time (sessions + store)
         self._link_stats: dict | None = None
         self.connection = ConnectionEvent(Connection.CONNECTING)
@@ -133,8 +133,6 @@ class MessengerService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
-        for task in list(self._background):
-            task.cancel()
         await self.qkd.aclose()
         self.store.close()
 
@@ -257,6 +255,9 @@ class MessengerService:
                 return
         await self.relay.ack([deliver.seq])
         await self._announce(peer, messages)
+        resend, self._resend_due = self._resend_due, {}
+        for target, bodies in resend.items():
+            await self._resend(target, bodies)
 
     async def _open(self, peer: str, deliver: Deliver) -> list[Message]:
         session = self.store.load_session(peer)
@@ -269,17 +270,15 @@ class MessengerService:
             # for it). Either the peer started over, or both sides opened a session at once:
             # then the smaller handle's session wins on both sides, and the loser resends
             # what the winner dropped.
-            if _unanswered(session):
+            if _unanswered(session) and _has_sent(session):
                 if self.handle < peer:
                     raise ReplayedMessage("both opened a session; ours wins the tie-break")
                 resend = self._undelivered(peer)
         if not _is_prekey(wire):
             raise MalformedMessage(f"a message from {peer} but no session with them")
         messages = await self._accept(peer, wire, deliver.msg)
-        if resend:
-            task = asyncio.create_task(self._resend(peer, resend), name="resend")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        if resend:  # sent once this delivery is handled and the lock is free
+            self._resend_due[peer] = resend
         return messages
 
     def _undelivered(self, peer: str) -> list[payloads.Payload]:
@@ -647,6 +646,11 @@ def _opens_another_session(session: Session, wire: bytes) -> bool:
         return False
     digest = session.ratchet.prekey_digest
     return digest is None or hashlib.sha256(parse_header(wire).initial).digest() != digest
+
+
+def _has_sent(session: Session) -> bool:
+    """Anything went out on this session (so the peer will see our handshake)."""
+    return session.ratchet.send_n > 0 or session.ratchet.send_turn > 0
 
 
 def _is_prekey(wire: bytes) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from client.processes import ServiceProcess
 
 PASSPHRASE = "e2e-passphrase-123"
-KME_B_USERS = ("bob", "dave")
+KME_B_USERS = ("bob", "dave", "frank")
 
 
 def free_port() -> int:

@@ -168,3 +168,18 @@ def test_both_open_a_session_at_once(stack: Stack) -> None:
     stack.cli("dave", "recv", check=True)
     assert _texts(stack.history("dave", "carol"), "carol") == ["c1", "c2"]
     assert _texts(stack.history("carol", "dave"), "dave") == ["d1", "d2"]
+
+
+def test_both_open_but_only_one_writes(stack: Stack) -> None:
+    """erin and frank add each other, only frank writes: erin takes his session."""
+    for handle in ("erin", "frank"):
+        stack.init(handle)
+        stack.cli(handle, "recv", check=True)
+    stack.cli("erin", "contacts", "add", "frank", check=True)
+    stack.cli("frank", "contacts", "add", "erin", check=True)
+    stack.cli("frank", "send", "erin", "f1", check=True)
+    stack.cli("erin", "recv", check=True)
+    stack.cli("erin", "send", "frank", "e1", check=True)
+    stack.cli("frank", "recv", check=True)
+    assert _texts(stack.history("erin", "frank"), "frank") == ["f1"]
+    assert _texts(stack.history("frank", "erin"), "erin") == ["e1"]
