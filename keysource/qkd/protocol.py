@@ -29,6 +29,7 @@ import os
 import struct
 import time
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import cbor2
@@ -282,7 +283,7 @@ class _Block:
     refill: tuple[int, int] = (0, 0)
 
 
-class _Endpoint:
+class _Endpoint(ABC):
     role = "?"
 
     def __init__(self, params: LinkParams, psk: bytes | None = None, *,
@@ -411,8 +412,9 @@ class _Endpoint:
     def _on_quantum(self, frame: bytes) -> Output:
         raise ProtocolError("unexpected quantum frame")
 
+    @abstractmethod
     def _on_classical(self, message: Classical) -> Output:
-        raise NotImplementedError
+        """Handle one authenticated classical message (each end answers its own kinds)."""
 
 
 class AliceEndpoint(_Endpoint):
