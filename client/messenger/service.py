@@ -349,8 +349,10 @@ class MessengerService:
                 state = Delivery.READ if body.state == "read" else Delivery.DELIVERED
                 for payload_id in body.ids:
                     self._emit(DeliveryEvent(payload_id, peer, state))
-        if delivered:
-            await self._send_payload(peer, payloads.receipt("delivered", delivered), wait=False)
+        if delivered:  # a receipt that cannot go now (e.g. policy 'require', no QKD) is skipped
+            with contextlib.suppress(MessengerError):
+                await self._send_payload(peer, payloads.receipt("delivered", delivered),
+                                         wait=False)
         self._emit(KeyStatusEvent(self.key_status(peer)))
 
     # -- sending -----------------------------------------------------------------------
