@@ -16,6 +16,7 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,9 +66,14 @@ def pool_path(data: Path, kme_id: str) -> Path:
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
+    """Ctrl+C and SIGTERM end the run cleanly (pools closed, link stopped)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may take signals; an embedding caller sets ``stop``
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        if sys.platform == "win32":  # the Windows event loop has no add_signal_handler
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+        else:
             loop.add_signal_handler(sig, stop.set)
 
 
