@@ -107,6 +107,59 @@ class ContactEvent(Event):
     contact: ContactView
 
 
+class TransferState(enum.Enum):
+    """Where a file transfer is, for either side."""
+
+    OFFERED = "offered"  # sender: waiting for the peer to accept; receiver: waiting for you
+    SENDING = "sending"  # chunks moving (sender) or arriving (receiver)
+    WAITING = "waiting"  # paused: the peer or the relay is away; resumes by itself
+    COMPLETE = "complete"  # every file verified (SHA-256) and landed
+    DECLINED = "declined"
+    CANCELLED = "cancelled"
+    FAILED = "failed"  # e.g. the relay's spool for the peer is full; ``detail`` says why
+
+    @property
+    def finished(self) -> bool:
+        return self in (TransferState.COMPLETE, TransferState.DECLINED,
+                        TransferState.CANCELLED, TransferState.FAILED)
+
+
+@dataclass(frozen=True)
+class TransferView:
+    """One file transfer as the UIs show it (a progress bar with rate and ETA)."""
+
+    transfer_id: str  # hex
+    peer: str
+    outgoing: bool
+    names: tuple[str, ...]  # top-level names the sender chose (files or folders)
+    files: int
+    total_bytes: int
+    done_bytes: int
+    state: TransferState
+    rate_bytes_per_s: float = 0.0
+    eta_seconds: float | None = None
+    detail: str = ""  # the reason of a decline / cancel / failure, or where files landed
+    started_at: float = 0.0
+    paths: tuple[str, ...] = ()  # receiver: where the files landed
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.total_bytes == 0 else min(1.0, self.done_bytes / self.total_bytes)
+
+    @property
+    def title(self) -> str:
+        first = self.names[0] if self.names else "(nothing)"
+        more = len(self.names) - 1
+        return first if more <= 0 else f"{first} (+{more} more)"
+
+
+@dataclass(frozen=True)
+class TransferEvent(Event):
+    """A transfer appeared or changed (offered, accepted, progressed, ended)."""
+
+    transfer: TransferView
+
+
 class MessengerError(Exception):
     """A failure the user can act on; the message says what to do."""
 
@@ -130,6 +183,11 @@ class Messenger(Protocol):
     async def set_mode(self, peer: str, mode: str) -> None: ...
     def search(self, query: str) -> list[MessageView]: ...
     def export(self, peer: str, fmt: str) -> str: ...
+    def transfers(self) -> list[TransferView]: ...
+    async def send_files(self, peer: str, paths: list[str]) -> TransferView: ...
+    async def accept_transfer(self, transfer_id: str) -> TransferView: ...
+    async def decline_transfer(self, transfer_id: str, reason: str = "declined") -> None: ...
+    async def cancel_transfer(self, transfer_id: str) -> None: ...
 
 
 class ProfileGate(Protocol):
