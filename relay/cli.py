@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import resource
 import signal
 import sys
@@ -43,6 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--quota", type=int, default=10_000, help="queued envelopes per user")
     parser.add_argument("--ttl", type=float, default=14 * 24 * 3600,
                         help="seconds a queued envelope is kept")
+    parser.add_argument("--spool-quota", type=parse_size, default=4 * 1024**3,
+                        help="bytes of file-stream frames held per offline recipient "
+                             "(e.g. 4GiB, 500MiB, 1000000; default 4GiB)")
+    parser.add_argument("--spool-ttl", type=float, default=7 * 24 * 3600,
+                        help="seconds a spooled file-stream frame (and an idle file stream) "
+                             "is kept (default 7 days)")
+    parser.add_argument("--max-file-streams", type=int, default=64,
+                        help="open file streams per handle")
+    parser.add_argument("--expire-interval", type=float, default=60.0,
+                        help="seconds between sweeps of expired envelopes and spooled frames")
     parser.add_argument("--idle-timeout", type=float, default=1800.0,
                         help="seconds without an application frame before closing (1001)")
     parser.add_argument("--auth-timeout", type=float, default=10.0,
@@ -83,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         auth_timeout=args.auth_timeout,
         redeliver_after=args.redeliver_after,
+        spool_quota_bytes=args.spool_quota,
+        spool_ttl=args.spool_ttl,
+        max_file_streams=args.max_file_streams,
+        expire_interval=args.expire_interval,
     )
     try:
         asyncio.run(serve_forever(config))
@@ -90,6 +105,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"qsecret relay: cannot start: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2,
+          "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 1024,
+          "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """A byte count such as ``4GiB``, ``500MiB``, ``1.5GB`` or ``1000000`` (for argparse)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (a number with an optional unit: B, KB, MB, GB, TB, "
+            "KiB, MiB, GiB, TiB)")
+    size = int(float(match.group(1)) * _UNITS[unit])
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the size must be positive")
+    return size
 
 
 def raise_open_files_limit() -> int:

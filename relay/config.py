@@ -32,7 +32,10 @@ class RelayConfig:
     window: int = 512  # deliveries in flight (unacked) per connection
     redeliver_after: float = 30.0  # seconds before an unacked delivery is sent again
     max_pending_sends: int = 256  # sends awaiting their commit per connection
-    max_streams: int = 16
+    max_streams: int = 16  # live media streams per connection
+    max_file_streams: int = 64  # durable file streams a handle has opened
+    spool_quota_bytes: int = 4 * 1024**3  # file-stream frames held per recipient
+    spool_ttl: float = 7 * 24 * 3600.0  # seconds a spooled frame (and an idle stream) is kept
     verify_threads: int = 2
     sweep_interval: float = 1.0
     expire_interval: float = 60.0

@@ -5,6 +5,15 @@ everything that goes out (replies, deliveries), so a slow reader never blocks
 anyone else's handler. Signature checks run in a thread pool (the ML-DSA verify
 releases the GIL), so the loop keeps answering pings during login storms.
 Envelope bodies are never logged.
+
+Bulk streams: "media" streams are live, session to session. "file" streams are
+durable: registered in the store, and a frame whose target endpoint is offline
+(or still receiving its spool, or stuck) is spooled in the store and sent when
+the target logs in, until the target acks it (``stream_ack``). Per target handle
+the relay keeps order: while its newest session has spooled frames not yet sent
+(``spool_draining``) or spool writes for it are in flight, every new frame for it
+is spooled behind them, and the drain catches up before live forwarding resumes.
+Payloads are never logged.
 """
 
 from __future__ import annotations
@@ -40,8 +49,12 @@ from relay.store import (
     EnqueueResult,
     EnqueueStatus,
     Envelope,
+    SpoolResult,
+    SpoolStatus,
     SqliteStore,
     Store,
+    StreamRecord,
+    StreamStatus,
 )
 from relay.tls import ensure_self_signed, server_context
 from relay.wire.frames import _REQ_ID_RE
@@ -52,6 +65,11 @@ PREKEYS_LOW = 10  # tell the owner to upload more below this many one-time preke
 MAX_AUTH_FAILURES = 3
 BULK_OUTBOX_LIMIT = 64  # queued outgoing frames past which a bulk sender waits
 BULK_WAIT = 10.0
+SPOOL_PAGE = 8  # spooled frames read per page (at most 2 MiB of payload)
+SPOOL_OUTBOX = 8  # queued outgoing frames past which a spool drain waits for the writer
+MAX_SPOOL_PENDING = 32  # spool writes awaiting their commit per connection
+RECENTLY_CLOSED = 4096  # file streams remembered after close/expiry (late frames: no strike)
+MAX_FILE_SEQ = 2**53 - 1  # stream_ack carries seqs as JSON integers
 
 
 class Cork:
@@ -109,6 +127,12 @@ class Session:
         self.writer: asyncio.Task[None] | None = None
         self.sent = 0  # frames written by the fast path
         self.stored_batch: list[str] = []  # msgs made durable, confirmed together soon
+        self.spool_cursor = 0  # spool row last sent on this connection (never sent twice)
+        self.spool_draining = False  # spooled frames may be waiting: new ones spool too
+        self.spool_task: asyncio.Task[None] | None = None
+        self.spool_pending = 0  # spool writes of this connection not yet committed
+        self.spool_room = asyncio.Event()
+        self.spool_ready = False  # auth_ok posted: spooled frames may follow
 
     def post(self, data: str | bytes) -> None:
         """Send a frame soon if the socket can take it, else queue it for the writer task."""
@@ -176,6 +200,10 @@ class Relay:
         self.sessions: set[Session] = set()
         self.cork = Cork()
         self.live: dict[str, list[Session]] = {}
+        self.file_streams: dict[bytes, StreamRecord] = {}  # durable registrations (cache)
+        self.closed_streams: dict[bytes, tuple[str, str]] = {}  # recently closed (insertion order)
+        self.spool_inflight: dict[str, int] = {}  # target handle -> spool writes uncommitted
+        self.spool_tail: dict[str, int] = {}  # live target handle -> last spool row committed
         self.verifier = hybrid_signature()
         self.pool = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="relay-verify")
         self.metrics = Metrics()
@@ -194,6 +222,9 @@ class Relay:
             "auth_timeout": int(config.auth_timeout),
             "queue_quota": config.store_limits.quota_messages,
             "ttl": int(config.store_limits.ttl_seconds),
+            "spool_quota": config.spool_quota_bytes,
+            "spool_ttl": int(config.spool_ttl),
+            "max_file_streams": config.max_file_streams,
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -207,6 +238,8 @@ class Relay:
         # interval (default 5 ms) keeps the event loop's latency low while they do.
         sys.setswitchinterval(0.001)
         await self.store.open()
+        self.file_streams = {record.stream: record
+                             for record in await self.store.file_streams(_now_ms())}
         self.server = await serve(
             self._handler,
             self.config.host,
@@ -299,10 +332,19 @@ class Relay:
         self.frames_out_closed += session.sent
         if session.handle is not None:
             peers = self.live.get(session.handle, [])
+            newest = bool(peers) and peers[-1] is session
             if session in peers:
                 peers.remove(session)
             if not peers:
                 self.live.pop(session.handle, None)
+                self.spool_tail.pop(session.handle, None)
+            elif newest:
+                # The next newest session now gets this handle's file frames: first what
+                # was spooled since it last drained.
+                self._maybe_drain_spool(peers[-1])
+        if session.spool_task is not None:
+            session.spool_task.cancel()
+        session.spool_room.set()
         for stream, other in list(session.streams.items()):
             other.streams.pop(stream, None)
             other.post(wire.StreamClose(stream.hex()).encode())
@@ -343,10 +385,11 @@ class Relay:
     # ------------------------------------------------------------ errors and abuse
 
     def _refuse(self, session: Session, code: str, message: str, *, strike: bool = True,
-                req_id: str | None = None, msg: str | None = None) -> int | None:
+                req_id: str | None = None, msg: str | None = None,
+                stream: str | None = None) -> int | None:
         """Send an error frame; return the close code when the strikes say abuse."""
         self.metrics.count("qsecret_relay_errors_total", "code", code)
-        session.post(wire.Error(code, message[:512], req_id, msg).encode())
+        session.post(wire.Error(code, message[:512], req_id, msg, stream).encode())
         if strike and session.strikes.add():
             log.info("closing abusive connection handle=%s last=%s", session.handle, code)
             return wire.CLOSE_POLICY
@@ -374,11 +417,13 @@ class Relay:
             elif isinstance(frame, wire.PrekeysFetch):
                 await self._on_prekeys_fetch(session, frame)
             elif isinstance(frame, wire.StreamOpen):
-                return self._on_stream_open(session, frame)
+                return await self._on_stream_open(session, frame)
             elif isinstance(frame, wire.StreamClose):
-                return self._on_stream_close(session, frame)
+                return await self._on_stream_close(session, frame)
+            elif isinstance(frame, wire.StreamAck):
+                return self._on_stream_ack(session, frame)
             elif isinstance(frame, wire.Ping):
-                session.post(wire.Pong(frame.id).encode())
+                self._on_ping(session, frame)
         except Exception:
             # Never let one request take the relay down; say so without its contents.
             log.exception("internal error on %s handle=%s", frame.TYPE, session.handle)
@@ -403,6 +448,8 @@ class Relay:
             return self._auth_failed(session, "handle_taken",
                                      f"handle {frame.handle!r} belongs to another identity")
         session.handle, session.identity = frame.handle, frame.identity
+        # Until its drain has looked at the spool, file frames for it are spooled (order).
+        session.spool_draining = True
         self.live.setdefault(frame.handle, []).append(session)
         self.metrics.count("qsecret_relay_auth_total", "result", "ok")
         queued = await self.store.queue_depth(frame.handle)
@@ -412,6 +459,10 @@ class Relay:
                   status is BindStatus.NEW, queued)
         session.need_drain = True
         session.wake.set()
+        # Spooled file frames after the envelopes have started (the drain task reads its
+        # first page after the writer task's first envelope read).
+        session.spool_ready = True
+        self._maybe_drain_spool(session)
         return None
 
     def _auth_failed(self, session: Session, code: str, message: str) -> int | None:
@@ -595,7 +646,15 @@ class Relay:
 
     # ------------------------------------------------------------ streams
 
-    def _on_stream_open(self, session: Session, frame: wire.StreamOpen) -> int | None:
+    async def _on_stream_open(self, session: Session, frame: wire.StreamOpen) -> int | None:
+        if frame.kind == "file":
+            return await self._open_file_stream(session, frame)
+        if bytes.fromhex(frame.stream) in self.file_streams:
+            return self._refuse(session, "bad_field", "stream id taken", req_id=frame.id)
+        return self._open_media_stream(session, frame)
+
+    def _open_media_stream(self, session: Session, frame: wire.StreamOpen) -> int | None:
+        """A live stream: both ends online, session to session (unchanged behaviour)."""
         stream = bytes.fromhex(frame.stream)
         if stream in session.streams:
             return self._refuse(session, "bad_field", "stream id already open", req_id=frame.id)
@@ -618,7 +677,61 @@ class Relay:
         peer.post(wire.StreamIncoming(frame.stream, session.handle, frame.kind).encode())
         return None
 
-    def _on_stream_close(self, session: Session, frame: wire.StreamClose) -> int | None:
+    async def _open_file_stream(self, session: Session, frame: wire.StreamOpen) -> int | None:
+        """Register a durable file stream; the peer need not be online."""
+        handle = session.handle
+        assert handle is not None
+        stream = bytes.fromhex(frame.stream)
+        if frame.to == handle:
+            return self._refuse(session, "bad_field", "a file stream needs two different handles",
+                                req_id=frame.id)
+        if stream in session.streams:
+            return self._refuse(session, "bad_field", "stream id taken", req_id=frame.id)
+        if await self.store.identity_of(frame.to) is None:
+            return self._refuse(session, "unknown_recipient", f"no user {frame.to!r} on this relay",
+                                strike=False, req_id=frame.id)
+        now = _now_ms()
+        expires = now + int(self.config.spool_ttl * 1000)
+        status = await self.store.register_stream(stream, handle, frame.to, now, expires,
+                                                  self.config.max_file_streams)
+        if status is StreamStatus.TAKEN:
+            return self._refuse(session, "bad_field", "stream id taken", req_id=frame.id)
+        if status is StreamStatus.TOO_MANY:
+            return self._refuse(session, "too_many_streams",
+                                f"at most {self.config.max_file_streams} open file streams",
+                                strike=False, req_id=frame.id)
+        known = self.file_streams.get(stream)
+        created = known.created if known is not None and status is StreamStatus.SAME else now
+        self.file_streams[stream] = StreamRecord(stream, handle, frame.to, created, expires)
+        self.closed_streams.pop(stream, None)
+        if status is StreamStatus.NEW:
+            self.metrics.count("qsecret_relay_file_streams_opened_total")
+        session.post(wire.StreamOk(frame.stream, frame.id).encode())
+        for peer in self.live.get(frame.to, ()):
+            peer.post(wire.StreamIncoming(frame.stream, handle, "file").encode())
+        return None
+
+    async def _on_stream_close(self, session: Session, frame: wire.StreamClose) -> int | None:
+        stream = bytes.fromhex(frame.stream)
+        if stream in session.streams:
+            return self._close_media_stream(session, frame)
+        assert session.handle is not None
+        record = self.file_streams.get(stream)
+        other = record.other(session.handle) if record is not None else None
+        if record is None or other is None:
+            return self._refuse(session, "unknown_stream", "no such open stream",
+                                strike=not self._recently_closed(stream, session.handle),
+                                stream=frame.stream)
+        del self.file_streams[stream]
+        self._remember_closed(record)
+        dropped = await self.store.close_stream(stream)
+        log.debug("file stream closed by handle=%s spooled frames dropped=%d",
+                  session.handle, dropped)
+        for peer in self.live.get(other, ()):
+            peer.post(frame.encode())
+        return None
+
+    def _close_media_stream(self, session: Session, frame: wire.StreamClose) -> int | None:
         stream = bytes.fromhex(frame.stream)
         peer = session.streams.pop(stream, None)
         if peer is None:
@@ -627,16 +740,53 @@ class Relay:
         peer.post(frame.encode())
         return None
 
+    def _on_stream_ack(self, session: Session, frame: wire.StreamAck) -> int | None:
+        """The endpoint has these seqs: delete them from the spool held for it."""
+        assert session.handle is not None
+        stream = bytes.fromhex(frame.stream)
+        record = self.file_streams.get(stream)
+        if record is None or record.other(session.handle) is None:
+            # No strike: an ack can cross the other end's stream_close.
+            return self._refuse(session, "unknown_stream",
+                                "stream_ack for a file stream you are not an endpoint of",
+                                strike=False, stream=frame.stream)
+        self.store.spool_ack_nowait(session.handle, stream, frame.seqs)
+        self.metrics.count("qsecret_relay_stream_acks_total", amount=len(frame.seqs))
+        return None
+
+    def _on_ping(self, session: Session, frame: wire.Ping) -> None:
+        """Pong, once every file frame read before the ping is durable (the sender's
+        only way to know the relay holds what it sent; live-forwarded frames are already
+        in the peer's connection)."""
+        pong = wire.Pong(frame.id).encode()
+        if not session.spool_pending:
+            session.post(pong)
+            return
+        self.store.barrier_then(lambda ok, value: session.post(pong))
+
+    def _remember_closed(self, record: StreamRecord) -> None:
+        self.closed_streams[record.stream] = (record.a, record.b)
+        while len(self.closed_streams) > RECENTLY_CLOSED:
+            del self.closed_streams[next(iter(self.closed_streams))]
+
+    def _recently_closed(self, stream: bytes, handle: str) -> bool:
+        return handle in self.closed_streams.get(stream, ())
+
     async def _on_binary(self, session: Session, data: bytes) -> int | None:
         if session.handle is None:
             return self._refuse(session, "not_authenticated", "authenticate before binary frames")
         try:
-            _, flags, stream, _, _ = wire.parse_binary_header(data)
+            kind, flags, stream, seq, _ = wire.parse_binary_header(data)
         except wire.WireError as exc:
             return self._refuse(session, exc.code, exc.message)
         peer = session.streams.get(stream)
         if peer is None:
-            return self._refuse(session, "unknown_stream", "binary frame for an unopened stream")
+            record = self.file_streams.get(stream)
+            if record is not None:
+                return await self._on_file_frame(session, record, kind, seq, data)
+            closed = self._recently_closed(stream, session.handle)
+            return self._refuse(session, "unknown_stream", "binary frame for an unopened stream",
+                                strike=not closed, stream=stream.hex() if closed else None)
         self.metrics.count("qsecret_relay_bulk_bytes_total", amount=len(data))
         # Backpressure: a bulk sender waits for a slow receiver instead of filling memory.
         if len(peer.outbox) >= BULK_OUTBOX_LIMIT:
@@ -651,6 +801,158 @@ class Relay:
             session.streams.pop(stream, None)
             peer.streams.pop(stream, None)
         return None
+
+    async def _on_file_frame(self, session: Session, record: StreamRecord, kind: int, seq: int,
+                             data: bytes) -> int | None:
+        """Forward live when the target is online and caught up; else spool durably."""
+        assert session.handle is not None
+        target = record.other(session.handle)
+        if target is None:
+            return self._refuse(session, "unknown_stream",
+                                "binary frame for a stream you are not an endpoint of")
+        if kind != wire.KIND_FILE_CHUNK:
+            return self._refuse(session, "bad_binary_frame", "a file stream carries file frames",
+                                stream=record.stream.hex())
+        if seq > MAX_FILE_SEQ:
+            return self._refuse(session, "bad_binary_frame",
+                                "file stream seq must be below 2^53 (stream_ack limit)",
+                                stream=record.stream.hex())
+        self.metrics.count("qsecret_relay_bulk_bytes_total", amount=len(data))
+        dest = self._live_target(target)
+        if dest is not None:
+            if len(dest.outbox) >= BULK_OUTBOX_LIMIT:
+                # Backpressure: the sender waits for a slow receiver (not filling memory)...
+                dest.room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(dest.room.wait(), BULK_WAIT)
+            if self._live_target(target) is dest and len(dest.outbox) < BULK_OUTBOX_LIMIT:
+                dest.post(data)
+                self.metrics.count("qsecret_relay_file_frames_total", "path", "live")
+                return None
+            # ... and a stuck receiver's frames are spooled (kept, in order), not dropped.
+        return await self._spool_frame(session, record, target, seq, data)
+
+    def _live_target(self, target: str) -> Session | None:
+        """The session to forward a file frame to now, or None: spool it."""
+        peers = self.live.get(target)
+        if not peers or self.spool_inflight.get(target):
+            return None
+        dest = peers[-1]
+        if dest.spool_draining or dest.closing:
+            return None
+        return dest
+
+    async def _spool_frame(self, session: Session, record: StreamRecord, target: str, seq: int,
+                           data: bytes) -> int | None:
+        quota = self.config.spool_quota_bytes
+        if len(data) > quota:
+            self.metrics.count("qsecret_relay_spool_refusals_total")
+            return self._refuse(session, "quota_exceeded",
+                                f"frame seq {seq} ({len(data)} bytes) is larger than the whole "
+                                f"spool quota of {_size(quota)} per recipient", strike=False,
+                                stream=record.stream.hex())
+        while session.spool_pending >= MAX_SPOOL_PENDING:
+            # Backpressure on the disk: read no more from this sender until writes commit.
+            session.spool_room.clear()
+            await session.spool_room.wait()
+            if session.closing:
+                return None
+        session.spool_pending += 1
+        self.spool_inflight[target] = self.spool_inflight.get(target, 0) + 1
+        now = _now_ms()
+        done = functools.partial(self._on_spooled, session, record.stream, target, seq)
+        self.store.spool_then(target, record.stream, seq, data, now,
+                              now + int(self.config.spool_ttl * 1000), quota, done)
+        peers = self.live.get(target)
+        if peers:
+            # Online but behind (or draining): its newest session drains the spool.
+            peers[-1].spool_draining = True
+            self._maybe_drain_spool(peers[-1])
+        return None
+
+    def _on_spooled(self, session: Session, stream: bytes, target: str, seq: int, ok: bool,
+                    value: Any) -> None:
+        session.spool_pending -= 1
+        session.spool_room.set()
+        left = self.spool_inflight.get(target, 1) - 1
+        if left > 0:
+            self.spool_inflight[target] = left
+        else:
+            self.spool_inflight.pop(target, None)
+        if not ok:
+            if isinstance(value, asyncio.CancelledError):
+                return
+            log.error("spool write failed: %s", type(value).__name__)
+            self._refuse(session, "internal", f"file frame seq {seq} not stored; send it again",
+                         strike=False, stream=stream.hex())
+            return
+        result: SpoolResult = value
+        if result.status is SpoolStatus.STORED:
+            self.metrics.count("qsecret_relay_file_frames_total", "path", "spooled")
+            if target in self.live:
+                self.spool_tail[target] = max(self.spool_tail.get(target, 0), result.row)
+        elif result.status is SpoolStatus.DUPLICATE:
+            self.metrics.count("qsecret_relay_file_frames_total", "path", "duplicate")
+        elif result.status is SpoolStatus.QUOTA_EXCEEDED:
+            self.metrics.count("qsecret_relay_spool_refusals_total")
+            self._refuse(session, "quota_exceeded",
+                         f"{target}'s spool is full (quota {_size(self.config.spool_quota_bytes)}"
+                         f"); frame seq {seq} was not stored, send it again later",
+                         strike=False, stream=stream.hex())
+        else:
+            self._refuse(session, "unknown_stream",
+                         f"stream closed or expired before frame seq {seq} was stored",
+                         strike=False, stream=stream.hex())
+
+    def _maybe_drain_spool(self, session: Session) -> None:
+        """Start sending ``session`` what is spooled for its handle, unless nothing is."""
+        handle = session.handle
+        if handle is None or session.closing or not session.spool_ready:
+            return
+        idle = session.spool_task is None or session.spool_task.done()
+        if idle and self.store.spool_bytes() == 0 and not self.spool_inflight.get(handle):
+            session.spool_draining = False  # nothing spooled anywhere, nothing on its way
+            return
+        session.spool_draining = True
+        if session.spool_task is None or session.spool_task.done():
+            session.spool_task = asyncio.create_task(self._drain_spool(session))
+
+    async def _drain_spool(self, session: Session) -> None:
+        """Send the spool to ``session`` page by page, oldest first, never a frame twice,
+        waiting for its writer; stop once caught up (then its frames go live again)."""
+        handle = session.handle
+        assert handle is not None
+        await asyncio.sleep(0)  # let the envelope drain read first
+        while not session.closing:
+            try:
+                page = await self.store.spool_page(handle, session.spool_cursor, SPOOL_PAGE,
+                                                   _now_ms())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("spool read failed handle=%s", handle)
+                await asyncio.sleep(1.0)
+                continue
+            for frame in page.frames:
+                if frame.row <= session.spool_cursor:
+                    continue
+                while len(session.outbox) >= SPOOL_OUTBOX and not session.closing:
+                    session.room.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(session.room.wait(), 1.0)
+                if session.closing:
+                    return
+                session.post(frame.data)
+                session.spool_cursor = frame.row
+                self.metrics.count("qsecret_relay_spool_sent_total")
+            if len(page.frames) < SPOOL_PAGE:
+                # A short page holds every row up to page.top for this handle; later rows
+                # are in flight (counted) or were committed since (spool_tail says).
+                session.spool_cursor = max(session.spool_cursor, page.top)
+                if (not self.spool_inflight.get(handle)
+                        and self.spool_tail.get(handle, 0) <= session.spool_cursor):
+                    session.spool_draining = False
+                    return
 
     # ------------------------------------------------------------ timers
 
@@ -682,10 +984,27 @@ class Relay:
                     if dropped:
                         self.metrics.count("qsecret_relay_expired_total", amount=dropped)
                         log.info("expired %d envelopes past the TTL", dropped)
+                    await self._expire_spool()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("sweep failed")
+
+    async def _expire_spool(self) -> None:
+        """Drop spooled frames and file streams past the spool TTL; tell live endpoints."""
+        dropped, gone = await self.store.expire_spool(_now_ms())
+        if dropped:
+            self.metrics.count("qsecret_relay_spool_expired_total", amount=dropped)
+            log.info("expired %d spooled file frames past the spool TTL", dropped)
+        for stream in gone:
+            record = self.file_streams.pop(stream, None)
+            if record is None:
+                continue
+            self._remember_closed(record)
+            close = wire.StreamClose(stream.hex()).encode()
+            for handle in (record.a, record.b):
+                for peer in self.live.get(handle, ()):
+                    peer.post(close)
 
     def _close_later(self, session: Session, code: int, reason: str) -> None:
         if session.closing:
@@ -714,6 +1033,18 @@ class Relay:
                 lambda: sum(len(v) for v in self.live.values()))
         m.gauge("qsecret_relay_queue_depth", "envelopes queued for all recipients",
                 self.store.total_queue_depth)
+        m.describe("qsecret_relay_file_frames_total",
+                   "file-stream frames accepted, by path (live, spooled, duplicate)")
+        m.describe("qsecret_relay_spool_refusals_total",
+                   "file-stream frames refused because the recipient's spool quota is full")
+        m.describe("qsecret_relay_spool_sent_total", "spooled file-stream frames sent")
+        m.describe("qsecret_relay_spool_expired_total", "spooled frames dropped past the TTL")
+        m.describe("qsecret_relay_stream_acks_total", "file-stream seqs acked by receivers")
+        m.describe("qsecret_relay_file_streams_opened_total", "file streams registered")
+        m.gauge("qsecret_relay_spool_bytes", "bytes of file-stream frames spooled for everyone",
+                self.store.spool_bytes)
+        m.gauge("qsecret_relay_file_streams", "durable file streams open",
+                lambda: len(self.file_streams))
 
 
 def _settled(callback: Any, future: asyncio.Future[Any]) -> None:
@@ -724,6 +1055,19 @@ def _settled(callback: Any, future: asyncio.Future[Any]) -> None:
         callback(False, future.exception())
     else:
         callback(True, future.result())
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _size(count: int) -> str:
+    """A byte count for people: 4 GiB, 500 MiB, 1000 bytes."""
+    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if count >= scale:
+            value = count / scale
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{count} bytes"
 
 
 def _peek_id(text: str) -> str | None:

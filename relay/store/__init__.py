@@ -7,8 +7,14 @@ from .base import (
     EnqueueStatus,
     Envelope,
     FetchedBundle,
+    SpooledFrame,
+    SpoolPage,
+    SpoolResult,
+    SpoolStatus,
     Store,
     StoreLimits,
+    StreamRecord,
+    StreamStatus,
 )
 from .sqlite import SqliteStore
 
@@ -19,7 +25,13 @@ __all__ = [
     "EnqueueStatus",
     "Envelope",
     "FetchedBundle",
+    "SpoolPage",
+    "SpoolResult",
+    "SpoolStatus",
+    "SpooledFrame",
     "SqliteStore",
     "Store",
     "StoreLimits",
+    "StreamRecord",
+    "StreamStatus",
 ]

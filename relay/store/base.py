@@ -6,10 +6,12 @@ when its coroutine returns (the relay acks senders only after that).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from relay.wire import OneTimePrekey, PrekeyBundle
 
@@ -51,6 +53,64 @@ class FetchedBundle:
 
     bundle: PrekeyBundle
     remaining: int  # one-time prekeys left after this fetch
+
+
+class StreamStatus(enum.Enum):
+    NEW = "new"  # registered now
+    SAME = "same"  # already registered with these endpoints (expiry refreshed)
+    TAKEN = "taken"  # the id belongs to a stream with other endpoints
+    TOO_MANY = "too_many"  # the opener has its limit of open file streams
+
+
+class SpoolStatus(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # (recipient, stream, seq) already spooled: nothing written
+    QUOTA_EXCEEDED = "quota_exceeded"
+    UNKNOWN_STREAM = "unknown_stream"  # closed or expired before the frame got to the disk
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    """A durable file stream: ``a`` opened it to ``b``; times in ms since the epoch."""
+
+    stream: bytes
+    a: str
+    b: str
+    created: int
+    expires: int
+
+    def other(self, handle: str) -> str | None:
+        """The endpoint that is not ``handle`` (None: ``handle`` is not an endpoint)."""
+        if handle == self.a:
+            return self.b
+        if handle == self.b:
+            return self.a
+        return None
+
+
+@dataclass(frozen=True)
+class SpoolResult:
+    status: SpoolStatus
+    row: int = 0  # the row's place in spool order when STORED (increasing, never reused)
+
+
+@dataclass(frozen=True)
+class SpooledFrame:
+    """One spooled binary frame, exactly the bytes the sender sent."""
+
+    row: int
+    stream: bytes
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SpoolPage:
+    """Frames after a cursor, oldest first; ``top`` is the highest row number in the whole
+    spool when the page was read (a short page means nothing up to ``top`` was left out)."""
+
+    frames: list[SpooledFrame]
+    top: int
 
 
 class BundleRefused(Exception):
@@ -130,6 +190,84 @@ class Store(ABC):
     async def prekey_count(self, handle: str) -> int:
         """One-time prekeys left for ``handle``."""
 
+    # File streams: registrations and the spool of frames held for an offline endpoint.
+
+    @abstractmethod
+    async def register_stream(self, stream: bytes, a: str, b: str, now_ms: int, expires_ms: int,
+                              max_per_handle: int) -> StreamStatus:
+        """Register ``a``'s file stream to ``b`` durably (idempotent for the same endpoints).
+
+        A registration past its expiry counts as absent. ``max_per_handle`` bounds the
+        streams ``a`` has opened.
+        """
+
+    @abstractmethod
+    async def file_streams(self, now_ms: int) -> list[StreamRecord]:
+        """Every registration not yet expired (the relay caches them for routing)."""
+
+    @abstractmethod
+    async def close_stream(self, stream: bytes) -> int:
+        """Delete the registration and both directions' spool; return frames deleted."""
+
+    @abstractmethod
+    async def spool(self, recipient: str, stream: bytes, seq: int, data: bytes, now_ms: int,
+                    expires_ms: int, quota_bytes: int) -> SpoolResult:
+        """Hold a frame for ``recipient`` durably, within its ``quota_bytes``.
+
+        The stream must still be registered (and not expired); its registration's
+        expiry is pushed to at least ``expires_ms``.
+        """
+
+    def spool_then(self, recipient: str, stream: bytes, seq: int, data: bytes, now_ms: int,
+                   expires_ms: int, quota_bytes: int,
+                   callback: Callable[[bool, Any], None]) -> None:
+        """:meth:`spool` without waiting: ``callback(ok, SpoolResult | exception)`` later."""
+        future = asyncio.ensure_future(
+            self.spool(recipient, stream, seq, data, now_ms, expires_ms, quota_bytes))
+        future.add_done_callback(lambda f: callback(*_outcome(f)))
+
+    @abstractmethod
+    async def spool_page(self, recipient: str, after: int, limit: int,
+                         now_ms: int) -> SpoolPage:
+        """Up to ``limit`` unexpired frames for ``recipient`` with row > ``after``, in order."""
+
+    @abstractmethod
+    async def spool_ack(self, recipient: str, stream: bytes, seqs: Sequence[int]) -> int:
+        """Delete these frames of ``stream`` from ``recipient``'s spool; return how many."""
+
+    def spool_ack_nowait(self, recipient: str, stream: bytes, seqs: Sequence[int]) -> None:
+        """:meth:`spool_ack` without waiting (it still runs after every earlier operation)."""
+        asyncio.ensure_future(self.spool_ack(recipient, stream, seqs))
+
+    @abstractmethod
+    async def expire_spool(self, now_ms: int) -> tuple[int, list[bytes]]:
+        """Drop expired frames and registrations: return (frames dropped, streams expired)."""
+
+    @abstractmethod
+    def spool_bytes(self) -> int:
+        """Bytes spooled for everyone (cheap: used by /metrics)."""
+
+    @abstractmethod
+    async def spool_bytes_of(self, recipient: str) -> int:
+        """Bytes spooled for ``recipient``."""
+
+    def barrier_then(self, callback: Callable[[bool, Any], None]) -> None:
+        """Call ``callback(ok, None)`` once every write queued before this one is durable."""
+        future = asyncio.ensure_future(self.barrier())
+        future.add_done_callback(lambda f: callback(*_outcome(f)))
+
+    @abstractmethod
+    async def barrier(self) -> None:
+        """Return once every write queued before this call is durable."""
+
+
+def _outcome(future: asyncio.Future[Any]) -> tuple[bool, Any]:
+    if future.cancelled():
+        return False, asyncio.CancelledError()
+    if future.exception() is not None:
+        return False, future.exception()
+    return True, future.result()
+
 
 __all__ = [
     "BindStatus",
@@ -140,6 +278,12 @@ __all__ = [
     "FetchedBundle",
     "OneTimePrekey",
     "PrekeyBundle",
+    "SpoolPage",
+    "SpoolResult",
+    "SpoolStatus",
+    "SpooledFrame",
     "Store",
     "StoreLimits",
+    "StreamRecord",
+    "StreamStatus",
 ]

@@ -15,6 +15,13 @@ kept until the TTL so a late repeat is still recognised). Rare operations run
 under their own SAVEPOINT, so one that fails does not undo the others.
 With ``synchronous=FULL`` (default) a commit survives power loss; ``NORMAL``
 survives a killed process (the case the relay tests) and is faster.
+
+File streams live in ``streams`` (registration, expiry) and ``spool`` (binary
+frames held for an endpoint that is offline or behind). Spool writes are rare
+operations in the same grouped commits; the ``spool`` row id (AUTOINCREMENT, never
+reused) is the delivery order, and ``(recipient, stream, seq)`` is unique so a
+retransmitted frame is stored once. Spooled bytes per recipient are cached here
+for the quota check, which runs in the writer thread (no two inserts race it).
 """
 
 from __future__ import annotations
@@ -39,8 +46,14 @@ from .base import (
     EnqueueStatus,
     Envelope,
     FetchedBundle,
+    SpooledFrame,
+    SpoolPage,
+    SpoolResult,
+    SpoolStatus,
     Store,
     StoreLimits,
+    StreamRecord,
+    StreamStatus,
 )
 
 log = logging.getLogger("qsecret.relay.store")
@@ -61,6 +74,17 @@ CREATE TABLE IF NOT EXISTS bundles(
 CREATE TABLE IF NOT EXISTS one_time(
     handle TEXT NOT NULL, key_id INTEGER NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
     PRIMARY KEY(handle, key_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS streams(
+    stream BLOB PRIMARY KEY, a TEXT NOT NULL, b TEXT NOT NULL, created INTEGER NOT NULL,
+    expires INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS streams_opener ON streams(a);
+CREATE TABLE IF NOT EXISTS spool(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, recipient TEXT NOT NULL, stream BLOB NOT NULL,
+    seq INTEGER NOT NULL, size INTEGER NOT NULL, expires INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS spool_once ON spool(recipient, stream, seq);
+CREATE INDEX IF NOT EXISTS spool_order ON spool(recipient);
+CREATE INDEX IF NOT EXISTS spool_stream ON spool(stream);
+CREATE INDEX IF NOT EXISTS spool_expiry ON spool(expires);
 """
 
 # A data dir from before the envelopes table (queue + seen): move both over once.
@@ -83,6 +107,19 @@ _STOP = object()
 _ENQUEUE: Any = object()  # marker ops the batch runner groups (see _run_batch)
 _ACK: Any = object()
 _EXPIRE_SCAN = 5000  # rows looked at per expiry round (rows are in time order)
+
+
+def _barrier(db: sqlite3.Connection) -> None:
+    """An operation that only waits its turn: done once everything before it is committed."""
+
+
+def _s64(seq: int) -> int:
+    """A binary frame's uint64 sequence as SQLite's signed 64-bit integer (and back)."""
+    return seq - (1 << 64) if seq >= 1 << 63 else seq
+
+
+def _u64(value: int) -> int:
+    return value + (1 << 64) if value < 0 else value
 
 
 class SqliteStore(Store):
@@ -113,6 +150,8 @@ class SqliteStore(Store):
         self._handles: dict[str, bytes] = {}
         self._depth: dict[str, list[int]] = {}  # recipient -> [count, bytes]
         self._total_depth = 0
+        self._spooled: dict[str, int] = {}  # recipient -> spooled bytes
+        self._spool_total = 0  # read for /metrics
         self._last_ts = 0
         self._last_seq = 0
         self.commits = 0  # batches committed (for tests and metrics)
@@ -351,6 +390,8 @@ class SqliteStore(Store):
         self._handles = dict(db.execute("SELECT handle, identity FROM handles"))
         self._depth.clear()
         self._total_depth = self._count_all(db)
+        self._spooled.clear()
+        self._spool_total = db.execute("SELECT coalesce(sum(size), 0) FROM spool").fetchone()[0]
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -561,6 +602,161 @@ class SqliteStore(Store):
                 "SELECT count(*) FROM one_time WHERE handle=?", (handle,)
             ).fetchone()[0]
         )
+
+
+    # ------------------------------------------------------------ file streams
+
+    async def register_stream(self, stream: bytes, a: str, b: str, now_ms: int, expires_ms: int,
+                              max_per_handle: int) -> StreamStatus:
+        return await self._call(self._register_stream, stream, a, b, now_ms, expires_ms,
+                                max_per_handle)
+
+    def _register_stream(self, db: sqlite3.Connection, stream: bytes, a: str, b: str,
+                         now_ms: int, expires_ms: int, max_per_handle: int) -> StreamStatus:
+        row = db.execute("SELECT a, b, expires FROM streams WHERE stream=?",
+                         (stream,)).fetchone()
+        if row is not None:
+            if row[2] > now_ms:
+                if (row[0], row[1]) != (a, b):
+                    return StreamStatus.TAKEN
+                db.execute("UPDATE streams SET expires=max(expires, ?) WHERE stream=?",
+                           (expires_ms, stream))
+                return StreamStatus.SAME
+            self._close_stream(db, stream)  # expired, not yet swept: gone
+        opened = db.execute("SELECT count(*) FROM streams WHERE a=? AND expires>?",
+                            (a, now_ms)).fetchone()[0]
+        if opened >= max_per_handle:
+            return StreamStatus.TOO_MANY
+        db.execute("INSERT INTO streams VALUES (?, ?, ?, ?, ?)",
+                   (stream, a, b, now_ms, expires_ms))
+        return StreamStatus.NEW
+
+    async def file_streams(self, now_ms: int) -> list[StreamRecord]:
+        rows = await self._call(lambda db: db.execute(
+            "SELECT stream, a, b, created, expires FROM streams WHERE expires>?",
+            (now_ms,)).fetchall())
+        return [StreamRecord(*row) for row in rows]
+
+    async def close_stream(self, stream: bytes) -> int:
+        return await self._call(self._close_stream, stream)
+
+    def _close_stream(self, db: sqlite3.Connection, stream: bytes) -> int:
+        db.execute("DELETE FROM streams WHERE stream=?", (stream,))
+        return self._unspool(db.execute(
+            "DELETE FROM spool WHERE stream=? RETURNING recipient, size", (stream,)).fetchall())
+
+    def _unspool(self, rows: list[tuple[str, int]]) -> int:
+        """Account for deleted spool rows (recipient, size); return how many."""
+        for recipient, size in rows:
+            if recipient in self._spooled:
+                self._spooled[recipient] -= size
+            self._spool_total -= size
+        return len(rows)
+
+    def _spooled_of(self, db: sqlite3.Connection, recipient: str) -> int:
+        used = self._spooled.get(recipient)
+        if used is None:
+            used = self._spooled[recipient] = db.execute(
+                "SELECT coalesce(sum(size), 0) FROM spool WHERE recipient=?",
+                (recipient,)).fetchone()[0]
+        return used
+
+    async def spool(self, recipient: str, stream: bytes, seq: int, data: bytes, now_ms: int,
+                    expires_ms: int, quota_bytes: int) -> SpoolResult:
+        return await self._call(self._spool, recipient, stream, seq, data, now_ms, expires_ms,
+                                quota_bytes)
+
+    def spool_then(self, recipient: str, stream: bytes, seq: int, data: bytes, now_ms: int,
+                   expires_ms: int, quota_bytes: int,
+                   callback: Callable[[bool, Any], None]) -> None:
+        """No future: the callback runs on the event loop after the commit (see _settle)."""
+        if self._thread is None or self._loop is None:
+            raise RuntimeError("store is not open")
+        self._ops.put((self._spool, (recipient, stream, seq, data, now_ms, expires_ms,
+                                     quota_bytes), callback))
+
+    def _spool(self, db: sqlite3.Connection, recipient: str, stream: bytes, seq: int,
+               data: bytes, now_ms: int, expires_ms: int, quota_bytes: int) -> SpoolResult:
+        # Still registered (and not expired)? Then it lives at least as long as this frame.
+        alive = db.execute(
+            "UPDATE streams SET expires=max(expires, ?) WHERE stream=? AND expires>?",
+            (expires_ms, stream, now_ms)).rowcount
+        if not alive:
+            return SpoolResult(SpoolStatus.UNKNOWN_STREAM)
+        used = self._spooled_of(db, recipient)
+        size = len(data)
+        if used + size > quota_bytes:
+            held = db.execute("SELECT 1 FROM spool WHERE recipient=? AND stream=? AND seq=?",
+                              (recipient, stream, _s64(seq))).fetchone()
+            return SpoolResult(SpoolStatus.DUPLICATE if held else SpoolStatus.QUOTA_EXCEEDED)
+        row = db.execute(
+            "INSERT OR IGNORE INTO spool(recipient, stream, seq, size, expires, data) "
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            (recipient, stream, _s64(seq), size, expires_ms, data)).fetchone()
+        if row is None:  # a retransmission: same (recipient, stream, seq) already held
+            return SpoolResult(SpoolStatus.DUPLICATE)
+        self._spooled[recipient] = used + size
+        self._spool_total += size
+        return SpoolResult(SpoolStatus.STORED, row[0])
+
+    async def spool_page(self, recipient: str, after: int, limit: int,
+                         now_ms: int) -> SpoolPage:
+        return await self._call(self._spool_page, recipient, after, limit, now_ms)
+
+    @staticmethod
+    def _spool_page(db: sqlite3.Connection, recipient: str, after: int, limit: int,
+                    now_ms: int) -> SpoolPage:
+        top = db.execute("SELECT coalesce(max(id), 0) FROM spool").fetchone()[0]
+        rows = db.execute(
+            "SELECT id, stream, seq, data FROM spool WHERE recipient=? AND id>? AND expires>? "
+            "ORDER BY id LIMIT ?", (recipient, after, now_ms, limit)).fetchall()
+        return SpoolPage([SpooledFrame(row, stream, _u64(seq), data)
+                          for row, stream, seq, data in rows], top)
+
+    async def spool_ack(self, recipient: str, stream: bytes, seqs: Sequence[int]) -> int:
+        return await self._call(self._spool_ack, recipient, stream, tuple(seqs))
+
+    def spool_ack_nowait(self, recipient: str, stream: bytes, seqs: Sequence[int]) -> None:
+        self._submit(self._spool_ack, recipient, stream, tuple(seqs))
+
+    def _spool_ack(self, db: sqlite3.Connection, recipient: str, stream: bytes,
+                   seqs: tuple[int, ...]) -> int:
+        if not seqs:
+            return 0
+        # recipient in the WHERE clause: a client only ever deletes what is held for it.
+        marks = ",".join("?" * len(seqs))
+        return self._unspool(db.execute(
+            f"DELETE FROM spool WHERE recipient=? AND stream=? AND seq IN ({marks}) "
+            "RETURNING recipient, size",
+            (recipient, stream, *(_s64(seq) for seq in seqs))).fetchall())
+
+    async def expire_spool(self, now_ms: int) -> tuple[int, list[bytes]]:
+        return await self._call(self._expire_spool, now_ms)
+
+    def _expire_spool(self, db: sqlite3.Connection, now_ms: int) -> tuple[int, list[bytes]]:
+        dropped = self._unspool(db.execute(
+            "DELETE FROM spool WHERE id IN (SELECT id FROM spool WHERE expires<=? LIMIT ?) "
+            "RETURNING recipient, size", (now_ms, _EXPIRE_SCAN)).fetchall())
+        gone = [row[0] for row in db.execute(
+            "SELECT stream FROM streams WHERE expires<=? LIMIT ?",
+            (now_ms, _EXPIRE_SCAN)).fetchall()]
+        for stream in gone:
+            dropped += self._close_stream(db, stream)
+        return dropped, gone
+
+    def spool_bytes(self) -> int:
+        return self._spool_total
+
+    async def spool_bytes_of(self, recipient: str) -> int:
+        return await self._call(self._spooled_of, recipient)
+
+    async def barrier(self) -> None:
+        await self._call(_barrier)
+
+    def barrier_then(self, callback: Callable[[bool, Any], None]) -> None:
+        if self._thread is None or self._loop is None:
+            raise RuntimeError("store is not open")
+        self._ops.put((_barrier, (), callback))
 
 
 def _settle(results: list[tuple[Any, bool, Any]]) -> None:

@@ -17,7 +17,12 @@ Frame flows (``C`` client, ``R`` relay; every text frame is ``{"v":1,"t":...}``)
            one one-time prekey (consumed; empty list when none are left);
            R ``prekeys_low{remaining}`` to the owner when they run low.
 * streams: C ``stream_open{stream,to,kind}`` -> R ``stream_ok`` (and ``stream_incoming`` to
-           the peer); then binary frames (:mod:`relay.wire.binary`) both ways; ``stream_close``.
+           the peer if online); then binary frames (:mod:`relay.wire.binary`) both ways;
+           ``stream_close`` (relayed to the other end). ``kind`` "media": live only, both ends
+           online, dies with either connection. ``kind`` "file": durable; frames for an
+           offline (or behind) endpoint are spooled at the relay and sent when it logs in;
+           the endpoint deletes them with C ``stream_ack{stream,seqs}``; refusals of frames
+           are ``error{code,stream}`` (e.g. ``quota_exceeded``).
 * keepalive: C ``ping`` -> R ``pong`` (counts against the idle timeout; websocket pings do not).
 """
 
@@ -80,6 +85,7 @@ from .frames import (
     Send,
     Stored,
     StoredMany,
+    StreamAck,
     StreamClose,
     StreamIncoming,
     StreamOk,
@@ -135,6 +141,7 @@ __all__ = [
     "Send",
     "Stored",
     "StoredMany",
+    "StreamAck",
     "StreamClose",
     "StreamIncoming",
     "StreamOk",

@@ -20,13 +20,18 @@ ERROR_CODES: dict[str, str] = {
     " the 3rd failure closes the connection with 1008",
     "wrong_relay": "auth names another relay id; same as auth_failed",
     "handle_taken": "handle is bound to another identity key; same as auth_failed",
-    "unknown_recipient": "no such handle registered; error frame (envelope not stored)",
-    "quota_exceeded": "recipient's queue is full; error frame (envelope not stored)",
+    "unknown_recipient": "no such handle registered; error frame (envelope not stored,"
+    " or file stream not opened)",
+    "quota_exceeded": "recipient's queue (envelopes) or spool (file stream frames; the error"
+    " carries 'stream') is full; nothing stored, no strike",
     "bad_binary_frame": "binary frame header malformed; error frame, +1 strike",
-    "unknown_stream": "binary frame or close for a stream this connection has not opened;"
-    " +1 strike",
-    "too_many_streams": "stream_open over the per-connection stream limit",
-    "recipient_offline": "stream_open to a handle with no live connection",
+    "unknown_stream": "binary frame, stream_close or stream_ack for a stream that is not open"
+    " or of which the caller is no endpoint; +1 strike (no strike for stream_ack, or for a"
+    " stream that was just closed or expired)",
+    "too_many_streams": "stream_open over the limit: live media streams per connection, or"
+    " file streams opened per handle",
+    "recipient_offline": "media stream_open to a handle with no live connection (file streams"
+    " are spooled instead)",
     "bad_prekeys": "prekey bundle signature or identity did not verify; nothing stored, +1 strike",
     "no_bundle": "prekeys_fetch for a handle that never uploaded a bundle",
     "internal": "the relay could not complete the request (e.g. storage error); retry later",

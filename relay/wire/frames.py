@@ -322,7 +322,11 @@ class PrekeysFetch(Frame):
 
 @dataclass(frozen=True)
 class StreamOpen(Frame):
-    """Open a live bulk stream (binary frames) to ``to``; ``stream`` is 16 random bytes, hex."""
+    """Open a bulk stream (binary frames) to ``to``; ``stream`` is 16 random bytes, hex.
+
+    ``kind`` "file": durable at the relay (the peer may be offline; frames are spooled
+    for it; re-opening with the same endpoints is idempotent). "media": live only.
+    """
 
     TYPE = "stream_open"
     stream: str
@@ -339,6 +343,18 @@ class StreamClose(Frame):
     TYPE = "stream_close"
     stream: str
     SPEC = {"stream": _stream}
+    OPTIONAL = frozenset()
+
+
+@dataclass(frozen=True)
+class StreamAck(Frame):
+    """An endpoint of a file stream has durably handled these seqs: the relay deletes
+    them from the spool it holds for that endpoint (seqs not spooled are ignored)."""
+
+    TYPE = "stream_ack"
+    stream: str
+    seqs: tuple[int, ...]
+    SPEC = {"stream": _stream, "seqs": _uint_list(MAX_ACK_SEQS)}
     OPTIONAL = frozenset()
 
 
@@ -381,16 +397,17 @@ class AuthOk(Frame):
 
 @dataclass(frozen=True)
 class Error(Frame):
-    """A refusal; ``id``/``msg`` say which request or envelope it is about."""
+    """A refusal; ``id``/``msg``/``stream`` say which request, envelope or stream it is about."""
 
     TYPE = "error"
     code: str
     message: str
     id: str | None = None
     msg: str | None = None
+    stream: str | None = None  # hex stream id: a binary frame or stream request was refused
     SPEC = {"code": _short_text(64), "message": _short_text(512), "id": _req_id,
-            "msg": check_msg_id}
-    OPTIONAL = frozenset({"id", "msg"})
+            "msg": check_msg_id, "stream": _stream}
+    OPTIONAL = frozenset({"id", "msg", "stream"})
 
 
 @dataclass(frozen=True)
@@ -509,7 +526,7 @@ class Pong(Frame):
 
 CLIENT_FRAMES: dict[str, type[Frame]] = {
     cls.TYPE: cls for cls in (Auth, Send, Ack, PrekeysUpload, PrekeysFetch, StreamOpen,
-                              StreamClose, Ping)
+                              StreamClose, StreamAck, Ping)
 }
 SERVER_FRAMES: dict[str, type[Frame]] = {
     cls.TYPE: cls for cls in (Hello, AuthOk, Error, Stored, StoredMany, Deliver, PrekeysOk,

@@ -221,8 +221,20 @@ async def test_binary_stream_between_two_users(relay: RelayProcess) -> None:
     await bob.wait(lambda: len(received()) == len(chunks))
     assert [f.payload for f in received()] == chunks
     assert [f.seq for f in received()] == list(range(20)) and received()[-1].final
-    # FINAL closed the stream: another frame on it is refused.
-    alice.conn.send_chunk(stream, "file", 99, b"late")
+    # A file stream is durable: FINAL does not close it (stream_close does).
+    alice.conn.send_chunk(stream, "file", 20, b"after final")
+    await alice.flush()
+    await bob.wait(lambda: len(received()) == len(chunks) + 1)
+    assert received()[-1].payload == b"after final"
+    # A media stream is live only: FINAL closes it, and another frame on it is refused.
+    media = alice.conn.open_stream("bob", "media", req_id="m1")
+    await alice.flush()
+    await alice.wait(lambda: any(isinstance(e, wire.StreamOk) and e.id == "m1"
+                                 for e in alice.events))
+    alice.conn.send_chunk(media, "media", 0, b"last", final=True)
+    await alice.flush()
+    await bob.wait(lambda: received()[-1].payload == b"last")
+    alice.conn.send_chunk(media, "media", 1, b"late")
     await alice.flush()
     assert (await alice.next_error()).code == "unknown_stream"
     await alice.close()
