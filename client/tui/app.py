@@ -69,6 +69,12 @@ class QsecretApp(App[None]):
                 "Toggle OTP mode", "One-time pad from QKD keys", screen.action_toggle_otp
             )
             yield SystemCommand("Toggle key panel", "Show or hide", screen.action_toggle_keys)
+            yield SystemCommand(
+                "Send files", "Offer files or folders to this contact", screen.action_send_files
+            )
+            yield SystemCommand(
+                "File transfers", "Progress; accept or decline offers", screen.action_transfers
+            )
             yield SystemCommand("Help", "All key bindings", screen.action_help)
             if self.messenger is not None:
                 for contact in self.messenger.contacts():

@@ -11,6 +11,14 @@ verification, search, export, degraded keys, reconnects) is tested against the r
 service and real relay/KME processes: tests/client/test_tui_pilot.py (Pilot),
 tests/e2e/ (CLI) and tests/tui_tmux/ (the real ``qsecret chat`` binary in tmux).
 
+File transfers are the exception, for the TUI side only: ``StaticMessenger`` keeps
+transfers in memory with the state rules of the protocol (only an incoming offer can
+be accepted or declined, a finished transfer cannot be cancelled, ``send_files``
+refuses paths that do not exist) and emits a ``TransferEvent`` on every change, so
+tests/client/test_tui_transfers.py can drive the screens through offers, progress and
+endings that a real transfer would take seconds (and a second user) to produce. The
+transfer itself (chunks, hashes, spool, resume) is tested against the real service.
+
 Safety numbers and QR codes are not made up: the identities come from
 ``Identity.from_seed`` and go through the real ``safety_number``/``safety_qr``/``qr_text``.
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -33,6 +42,9 @@ from client.messenger.api import (
     MessageView,
     MessengerError,
     SafetyNumber,
+    TransferEvent,
+    TransferState,
+    TransferView,
 )
 from client.protocol.identity import Identity, qr_text, safety_number, safety_qr
 
@@ -77,6 +89,42 @@ def _conversations() -> dict[str, list[MessageView]]:
     return {"bob": bob, "carol": carol, "dave": []}
 
 
+def _transfer_id(n: int) -> str:
+    return hashlib.sha256(f"qsecret snapshot transfer {n}".encode()).hexdigest()[:32]
+
+
+def _transfers() -> dict[str, TransferView]:
+    seeded = [
+        TransferView(_transfer_id(1), "carol", False, ("key-rates.xlsx",), 1, 310_000,
+                     310_000, TransferState.COMPLETE, started_at=T0 + 60 * 22,
+                     paths=("/home/alice/Downloads/qsecret/carol/key-rates.xlsx",)),
+        TransferView(_transfer_id(2), "dave", True, ("detector-photos",), 24, 182_000_000, 0,
+                     TransferState.FAILED, started_at=T0 + 60 * 24,
+                     detail="the relay's spool for dave is full; try again later"),
+        TransferView(_transfer_id(3), "carol", True, ("run-1.csv", "run-2.csv", "run-3.csv"),
+                     3, 9_600_000, 2_880_000, TransferState.WAITING, started_at=T0 + 60 * 25,
+                     detail="carol is offline"),
+        TransferView(_transfer_id(4), "bob", True, ("lab-notes.pdf",), 1, 48_200_000,
+                     20_244_000, TransferState.SENDING, rate_bytes_per_s=2_400_000.0,
+                     eta_seconds=11.6, started_at=T0 + 60 * 8),
+    ]
+    return {t.transfer_id: t for t in seeded}
+
+
+def _size(path: str, limit: int = 100_000) -> tuple[int, int]:
+    """(files, bytes) of a file or a folder tree, looking at no more than ``limit`` files."""
+    if os.path.isfile(path):
+        return 1, os.path.getsize(path)
+    files = size = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            files += 1
+            size += os.path.getsize(os.path.join(folder, name))
+            if files >= limit:
+                return files, size
+    return files, size
+
+
 class StaticMessenger:
     """Fixed data behind the Messenger protocol; ``link_alarm`` shows the degraded/eve view."""
 
@@ -93,6 +141,10 @@ class StaticMessenger:
         self._modes = {"bob": "ratchet", "carol": "ratchet", "dave": "ratchet"}
         self._identities = {h: seeded_identity(h) for h in (handle, *self._contacts)}
         self._clock = T0 + 60 * 30
+        self._transfers = _transfers()
+        self._next_transfer = len(self._transfers) + 1
+        self.sent_files: list[tuple[str, list[str]]] = []  # every send_files call, in order
+        self.refuse_sends: str | None = None  # set: send_files fails with this message
 
     def subscribe(self, callback: Callable[[Event], None]) -> None:
         self._callbacks.append(callback)
@@ -194,3 +246,78 @@ class StaticMessenger:
                                for m in messages], indent=2)
         return "".join(f"[{time.strftime('%H:%M', time.gmtime(m.timestamp))}] {m.text}\n"
                        for m in messages)
+
+    # -- file transfers ----------------------------------------------------------------
+
+    def transfers(self) -> list[TransferView]:
+        return sorted(self._transfers.values(), key=lambda t: (t.started_at, t.transfer_id))
+
+    def _new_transfer(self, peer: str, outgoing: bool, names: tuple[str, ...], files: int,
+                      total: int) -> TransferView:
+        self._clock += 60
+        transfer = TransferView(_transfer_id(self._next_transfer), peer, outgoing, names, files,
+                                total, 0, TransferState.OFFERED, started_at=self._clock)
+        self._next_transfer += 1
+        return self._store(transfer)
+
+    def _store(self, transfer: TransferView) -> TransferView:
+        self._transfers[transfer.transfer_id] = transfer
+        self._emit(TransferEvent(transfer))
+        return transfer
+
+    def _get(self, transfer_id: str) -> TransferView:
+        try:
+            return self._transfers[transfer_id]
+        except KeyError:
+            raise MessengerError(f"no transfer {transfer_id}") from None
+
+    async def send_files(self, peer: str, paths: list[str]) -> TransferView:
+        if peer not in self._contacts:
+            raise MessengerError(f"{peer} is not a contact")
+        if not paths:
+            raise MessengerError("nothing to send")
+        if self.refuse_sends:
+            raise MessengerError(self.refuse_sends)
+        for path in paths:
+            if not os.path.exists(path):
+                raise MessengerError(f"no such file or folder: {path}")
+        self.sent_files.append((peer, list(paths)))
+        sizes = [_size(path) for path in paths]
+        names = tuple(os.path.basename(os.path.normpath(path)) for path in paths)
+        return self._new_transfer(peer, True, names, sum(f for f, _ in sizes),
+                                  sum(b for _, b in sizes))
+
+    async def accept_transfer(self, transfer_id: str) -> TransferView:
+        transfer = self._get(transfer_id)
+        if transfer.outgoing or transfer.state is not TransferState.OFFERED:
+            raise MessengerError(f"{transfer.title} is not an offer waiting for you")
+        return self._store(replace(transfer, state=TransferState.SENDING))
+
+    async def decline_transfer(self, transfer_id: str, reason: str = "declined") -> None:
+        transfer = self._get(transfer_id)
+        if transfer.outgoing or transfer.state is not TransferState.OFFERED:
+            raise MessengerError(f"{transfer.title} is not an offer waiting for you")
+        self._store(replace(transfer, state=TransferState.DECLINED, detail=reason))
+
+    async def cancel_transfer(self, transfer_id: str) -> None:
+        transfer = self._get(transfer_id)
+        if transfer.state.finished:
+            raise MessengerError(f"{transfer.title} is already {transfer.state.value}")
+        self._store(replace(transfer, state=TransferState.CANCELLED, detail="cancelled by you"))
+
+    # -- what the peer or the network would do (test helpers) --------------------------
+
+    def offer_incoming(self, peer: str, names: tuple[str, ...], total_bytes: int,
+                       files: int = 1) -> TransferView:
+        """``peer`` offers files to us: an incoming OFFERED transfer and its event."""
+        return self._new_transfer(peer, False, names, files, total_bytes)
+
+    def progress(self, transfer_id: str, done_bytes: int, rate_bytes_per_s: float = 0.0,
+                 eta_seconds: float | None = None,
+                 state: TransferState = TransferState.SENDING, detail: str = "",
+                 paths: tuple[str, ...] = ()) -> TransferView:
+        """The transfer moved (or ended, with ``state``): update it and emit the event."""
+        transfer = self._get(transfer_id)
+        return self._store(replace(transfer, done_bytes=done_bytes,
+                                   rate_bytes_per_s=rate_bytes_per_s, eta_seconds=eta_seconds,
+                                   state=state, detail=detail, paths=paths or transfer.paths))

@@ -21,16 +21,22 @@ from client.messenger.api import (
     MessageEvent,
     Messenger,
     MessengerError,
+    TransferEvent,
+    TransferState,
+    TransferView,
 )
 from client.tui.screens.help import HelpScreen
 from client.tui.screens.modals import AddContactScreen, ExportScreen
 from client.tui.screens.search import SearchScreen
+from client.tui.screens.send_files import SendFilesScreen
+from client.tui.screens.transfers import TransfersScreen
 from client.tui.screens.verify import VerifyScreen
 from client.tui.widgets.contact_list import ContactList
 from client.tui.widgets.conversation import Conversation
 from client.tui.widgets.key_panel import KeyPanel
 from client.tui.widgets.message_input import MessageInput
 from client.tui.widgets.status_bar import StatusBar
+from client.tui.widgets.transfer_list import format_bytes
 
 
 class ServiceEvent(Message):
@@ -51,6 +57,8 @@ class ChatScreen(Screen[None]):
         Binding("ctrl+e", "export", "Export", priority=True),
         Binding("ctrl+o", "toggle_otp", "OTP mode", priority=True),
         Binding("ctrl+k", "toggle_keys", "Key panel", priority=True),
+        Binding("ctrl+t", "send_files", "Send file", priority=True),
+        Binding("ctrl+j", "transfers", "Transfers", priority=True),
         Binding("ctrl+down", "cycle(1)", "Next chat", priority=True),
         Binding("ctrl+up", "cycle(-1)", "Previous chat", priority=True),
         Binding("escape", "back", "Back to input", show=False),
@@ -61,6 +69,7 @@ class ChatScreen(Screen[None]):
         self.messenger = messenger
         self.export_dir = export_dir
         self.peer: str | None = None
+        self._transfer_states: dict[str, TransferState] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -77,6 +86,8 @@ class ChatScreen(Screen[None]):
         self.app.sub_title = f"@{self.messenger.handle}"
         contacts = self.messenger.contacts()
         self.query_one(ContactList).set_contacts(contacts)
+        for transfer in self.messenger.transfers():  # offers left from the last session
+            self.transfer_changed(transfer)
         self.open_conversation(contacts[0].handle if contacts else None)
         self.messenger.subscribe(lambda event: self.post_message(ServiceEvent(event)))
         self.start_service()
@@ -92,7 +103,9 @@ class ChatScreen(Screen[None]):
         self.peer = peer
         contacts = self.query_one(ContactList)
         contacts.active = peer
-        self.query_one(Conversation).show(peer, self.messenger.history(peer) if peer else [])
+        transfers = [t for t in self.messenger.transfers() if t.peer == peer]
+        self.query_one(Conversation).show(peer, self.messenger.history(peer) if peer else [],
+                                          transfers)
         self.refresh_keys()
         if peer:
             self.mark_read(peer)
@@ -164,6 +177,39 @@ class ChatScreen(Screen[None]):
             self.query_one(ContactList).update_contact(event.contact)
             if self.peer is None:
                 self.open_conversation(event.contact.handle)
+        elif isinstance(event, TransferEvent):
+            self.transfer_changed(event.transfer)
+
+    def transfer_changed(self, transfer: TransferView) -> None:
+        """Update the conversation and the transfers view; announce what needs the user."""
+        previous = self._transfer_states.get(transfer.transfer_id)
+        self._transfer_states[transfer.transfer_id] = transfer.state
+        if transfer.peer == self.peer:
+            self.query_one(Conversation).show_transfer(transfer)
+        for screen in self.app.screen_stack:
+            if isinstance(screen, TransfersScreen):
+                screen.show_transfer(transfer)
+        if previous is transfer.state:
+            return
+        size = format_bytes(transfer.total_bytes)
+        if transfer.state is TransferState.OFFERED and not transfer.outgoing:
+            self.notify(f"{transfer.peer} wants to send you {transfer.title} ({size}) — "
+                        "ctrl+j to accept or decline", title="File offered", timeout=20)
+        elif transfer.state is TransferState.COMPLETE and previous is not None:
+            where = ""
+            if transfer.paths and not transfer.outgoing:
+                more = len(transfer.paths) - 1
+                where = f", saved as {transfer.paths[0]}" + (f" (+{more} more)" if more else "")
+            verb = "sent to" if transfer.outgoing else "received from"
+            self.notify(f"{transfer.title} ({size}) {verb} {transfer.peer}{where}",
+                        title="Transfer complete")
+        elif transfer.state is TransferState.FAILED and previous is not None:
+            self.notify(f"{transfer.title}: {transfer.detail or 'failed'}",
+                        title="Transfer failed", severity="error", timeout=10)
+        elif transfer.state is TransferState.DECLINED and transfer.outgoing \
+                and previous is not None:
+            self.notify(f"{transfer.peer} declined {transfer.title}",
+                        title="Transfer declined", severity="warning")
 
     # -- actions -----------------------------------------------------------------------
 
@@ -258,6 +304,34 @@ class ChatScreen(Screen[None]):
             return
         self.refresh_keys()
         self.notify(f"Conversation with {peer} now uses {mode.upper()} mode.")
+
+    def action_send_files(self) -> None:
+        peer = self.peer
+        if peer is None:
+            self.notify("Open a conversation first.", severity="warning")
+            return
+
+        def chosen(paths: list[str] | None) -> None:
+            if paths:
+                self.send_files(peer, paths)
+
+        self.app.push_screen(SendFilesScreen(peer), chosen)
+
+    @work(group="transfers")
+    async def send_files(self, peer: str, paths: list[str]) -> None:
+        try:
+            transfer = await self.messenger.send_files(peer, paths)
+        except MessengerError as exc:
+            self.notify(str(exc), title="Not sent", severity="error", timeout=8)
+            return
+        self.transfer_changed(transfer)
+        self.notify(f"Offered {transfer.title} ({format_bytes(transfer.total_bytes)}) to "
+                    f"{peer}; it starts when they accept. Ctrl+J shows progress.",
+                    title="File offered")
+
+    def action_transfers(self) -> None:
+        if not any(isinstance(s, TransfersScreen) for s in self.app.screen_stack):
+            self.app.push_screen(TransfersScreen(self.messenger))
 
     def action_toggle_keys(self) -> None:
         panel = self.query_one(KeyPanel)

@@ -15,6 +15,7 @@ EXTRA = [
     ("tab / shift+tab", "Move focus"),
     ("up / down (in the message box)", "Message history"),
     ("enter", "Send the message / open the selected contact"),
+    ("a / d / c (transfers view)", "Accept / decline / cancel a transfer"),
 ]
 
 

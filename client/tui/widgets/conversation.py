@@ -8,7 +8,8 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from client.messenger.api import Delivery, MessageView
+from client.messenger.api import Delivery, MessageView, TransferView
+from client.tui.widgets.transfer_list import render_transfer_line
 
 DELIVERY_MARKS = {
     Delivery.PENDING: ("…", "grey50"),
@@ -45,26 +46,65 @@ class MessageLine(Static):
         self.update(render_message(self.message))
 
 
+class TransferLine(Static):
+    """A file transfer with this peer, shown among the messages and updated in place."""
+
+    def __init__(self, transfer: TransferView) -> None:
+        super().__init__(render_transfer_line(transfer),
+                         classes="transfer-line outgoing" if transfer.outgoing else "transfer-line")
+        self.transfer = transfer
+
+    def show(self, transfer: TransferView) -> None:
+        self.transfer = transfer
+        self.update(render_transfer_line(transfer))
+
+
 class Conversation(VerticalScroll):
-    """Messages of the open conversation; updates delivery marks in place."""
+    """Messages (and file transfers) of the open conversation; updated in place."""
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.peer: str | None = None
         self._lines: dict[str, MessageLine] = {}
+        self._transfers: dict[str, TransferLine] = {}
 
-    def show(self, peer: str | None, messages: list[MessageView]) -> None:
+    def show(self, peer: str | None, messages: list[MessageView],
+             transfers: list[TransferView] | None = None) -> None:
         self.peer = peer
         self.remove_children()
         self._lines = {}
+        self._transfers = {}
         if peer is None:
             self.mount(Static("No conversation open. Ctrl+N adds a contact.", classes="hint"))
             return
-        if not messages:
+        if not messages and not transfers:
             self.mount(Static(f"No messages with {peer} yet. Say hello.", classes="hint"))
-        for message in messages:
-            self.add(message, scroll=False)
+        timeline: list[tuple[float, int, MessageView | TransferView]] = [
+            (m.timestamp, 0, m) for m in messages]
+        timeline += [(t.started_at, 1, t) for t in transfers or []]
+        for _, _, item in sorted(timeline, key=lambda entry: entry[:2]):
+            if isinstance(item, MessageView):
+                self.add(item, scroll=False)
+            else:
+                self.show_transfer(item, scroll=False)
         self.scroll_end(animate=False)
+
+    def show_transfer(self, transfer: TransferView, scroll: bool = True) -> None:
+        """Add the transfer's line, or update it if it is already shown."""
+        line = self._transfers.get(transfer.transfer_id)
+        if line is not None:
+            line.show(transfer)
+            return
+        for hint in self.query(".hint"):
+            hint.remove()
+        line = TransferLine(transfer)
+        self._transfers[transfer.transfer_id] = line
+        self.mount(line)
+        if scroll:
+            self.scroll_end(animate=False)
+
+    def transfer_texts(self) -> list[str]:
+        return [str(line.render()) for line in self._transfers.values()]
 
     def add(self, message: MessageView, scroll: bool = True) -> None:
         if message.message_id in self._lines:
