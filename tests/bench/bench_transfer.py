@@ -390,6 +390,7 @@ class Qsecret:
                                  f"{' '.join(reason) or 'exit ' + str(probe.returncode)}")
         from tests.e2e.stack import PASSPHRASE, start_stack
 
+        (env.root / "qsecret").mkdir()
         self.stack = start_stack(env.root / "qsecret")
         exits.callback(self.stack.stop)
         self.child_env = {**os.environ, "QSECRET_PASSPHRASE": PASSPHRASE}
@@ -404,7 +405,8 @@ class Qsecret:
         run, receiver, sender = timed_transfer(
             self.env, "qsecret",
             [*base, "receive-files", *self._args("bob"), "--accept", "all",
-             "--downloads", str(self.downloads), "--json", "--count", "1"],
+             "--downloads", str(self.downloads), "--json", "--count", "1",
+             "--idle", "120"],
             [*base, "send-file", "bob", str(self.env.source), *self._args("alice"), "--json"],
             self.stack.relay_port,
             done=lambda text: _event(text) in ("complete", "failed"),
