@@ -110,6 +110,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     verify.set_defaults(func=run_contacts_verify)
     contacts.set_defaults(func=lambda args: contacts.print_help() or 2)
 
+    from . import files_cli  # send-file, receive-files, transfers (they reuse helpers here)
+
+    files_cli.register(subparsers)
+
 
 def _profile_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="profile directory ($QSECRET_DATA_DIR)")

@@ -29,6 +29,13 @@ class ClientConfig:
     sae_cert: str = ""  # this SAE's client certificate and key, for mutual TLS
     sae_key: str = ""
     qkd_policy: str = "prefer"
+    downloads_dir: str = ""  # where received files land; empty: DATA_DIR/downloads
+    auto_accept: str = "never"  # incoming files: never (ask) | verified (contacts) | all
+
+    @property
+    def downloads_path(self) -> Path:
+        return Path(self.downloads_dir).expanduser() if self.downloads_dir else (
+            self.data_dir / "downloads")
 
     @property
     def config_path(self) -> Path:

@@ -15,7 +15,9 @@ import cbor2
 
 VERSION = 1
 MAX_TEXT_CHARS = 16_000
-KINDS = ("text", "receipt")
+KINDS = ("text", "receipt", "transfer")
+MAX_TRANSFER_BYTES = 1 << 20  # a manifest of many thousands of files still fits
+TRANSFER_SECRET_BYTES = 32
 RECEIPT_STATES = ("delivered", "read")
 
 
@@ -31,11 +33,17 @@ class Payload:
     text: str = ""
     state: str = ""  # receipts: delivered | read
     ids: tuple[str, ...] = ()  # receipts: which payload ids
+    data: bytes = b""  # transfers: an offer / decline / cancel (client.transfer.control)
+    secret: bytes = b""  # transfer offers: the session transfer secret for the file keys
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"v": VERSION, "t": self.kind, "id": self.id, "ts": self.ts}
         if self.kind == "text":
             body["text"] = self.text
+        elif self.kind == "transfer":
+            body["data"] = self.data
+            if self.secret:
+                body["secret"] = self.secret
         else:
             body["state"], body["ids"] = self.state, list(self.ids)
         return cbor2.dumps(body)
@@ -56,6 +64,14 @@ def receipt(state: str, ids: list[str]) -> Payload:
     return Payload("receipt", state=state, ids=tuple(ids))
 
 
+def transfer(data: bytes, secret: bytes = b"") -> Payload:
+    """A file-transfer message; ``secret`` only with an offer (it never leaves the E2EE box)."""
+    if len(data) > MAX_TRANSFER_BYTES:
+        raise PayloadError(f"transfer message is {len(data)} bytes; the limit is "
+                           f"{MAX_TRANSFER_BYTES}")
+    return Payload("transfer", data=data, secret=secret)
+
+
 def decode(data: bytes) -> Payload:
     try:
         body = cbor2.loads(data)
@@ -71,6 +87,13 @@ def decode(data: bytes) -> Payload:
         if not isinstance(message, str) or len(message) > MAX_TEXT_CHARS:
             raise PayloadError("text payload has no valid text")
         return Payload("text", pid, float(ts), text=message)
+    if kind == "transfer":
+        blob, secret = body.get("data"), body.get("secret", b"")
+        if not isinstance(blob, bytes) or len(blob) > MAX_TRANSFER_BYTES:
+            raise PayloadError("transfer payload has no valid data")
+        if not isinstance(secret, bytes) or len(secret) not in (0, TRANSFER_SECRET_BYTES):
+            raise PayloadError("transfer payload has a malformed secret")
+        return Payload("transfer", pid, float(ts), data=blob, secret=secret)
     state, ids = body.get("state"), body.get("ids")
     if state not in RECEIPT_STATES or not isinstance(ids, list) or not all(
         isinstance(i, str) for i in ids

@@ -28,8 +28,13 @@ from relay.wire import (
     Event,
     PrekeyBundle,
     PrekeysOk,
+    StreamAck,
+    StreamClose,
+    StreamOk,
+    StreamOpen,
     WireError,
     certificate_fingerprint,
+    encode_binary,
     format_fingerprint,
     parse_fingerprint,
 )
@@ -41,6 +46,7 @@ log = logging.getLogger(__name__)
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
 REQUEST_TIMEOUT_S = 10.0
+MAX_STREAM_ACK_SEQS = 1024
 
 
 class RelayError(Exception):
@@ -81,6 +87,7 @@ class RelayLink:
         self._ready = asyncio.Event()
         self._closed = False
         self._background: set[asyncio.Task[None]] = set()
+        self._extra: list[str] = []  # frames built here rather than by ClientConnection
         self.fatal: str | None = None  # set when retrying cannot help (e.g. pin mismatch)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -210,6 +217,9 @@ class RelayLink:
         async with self._write_lock:
             for data in conn.data_to_send():
                 await ws.send(data)
+            extra, self._extra = self._extra, []
+            for data in extra:
+                await ws.send(data)
 
     async def send(self, to: str, body: bytes, msg_id: str) -> None:
         """Queue an envelope; it goes out now if connected, else after the next login."""
@@ -224,6 +234,55 @@ class RelayLink:
             self._conn.ack(seqs)
             with contextlib.suppress(websockets.WebSocketException, OSError):
                 await self._flush()
+
+    # -- file streams (binary frames) ---------------------------------------------------
+
+    async def open_stream(self, stream: bytes, to: str, kind: str = "file") -> None:
+        """Register ``stream`` to ``to`` at the relay (idempotent; the peer may be offline)."""
+        answer = await self._request(
+            lambda rid: self._write_later(StreamOpen(stream.hex(), to, kind, rid).encode()))
+        if isinstance(answer, Error):
+            raise StreamRefused(answer.code, answer.message)
+        if not isinstance(answer, StreamOk):
+            raise RelayError(f"unexpected answer to stream_open: {type(answer).__name__}")
+
+    async def send_binary(self, kind: int, stream: bytes, seq: int, payload: bytes) -> None:
+        """Write one binary frame now; raises RelayError when not connected.
+
+        Awaiting the websocket's drain here is the flow control: a relay that stops
+        reading (its receiver is slow) stops this sender too.
+        """
+        ws = self._ws
+        if ws is None or not self._ready.is_set():
+            raise RelayError("not connected to the relay")
+        frame = encode_binary(kind, stream, seq, payload)
+        try:
+            async with self._write_lock:
+                await ws.send(frame)
+        except (websockets.WebSocketException, OSError) as exc:
+            raise RelayError(f"connection to the relay lost: {type(exc).__name__}") from None
+
+    async def stream_ack(self, stream: bytes, seqs: list[int]) -> None:
+        """Tell the relay these frames of ``stream`` are safe here (it may drop its copies)."""
+        for start in range(0, len(seqs), MAX_STREAM_ACK_SEQS):
+            await self._write_text(
+                StreamAck(stream.hex(), tuple(seqs[start:start + MAX_STREAM_ACK_SEQS])).encode())
+
+    async def close_stream(self, stream: bytes) -> None:
+        await self._write_text(StreamClose(stream.hex()).encode())
+
+    async def _write_text(self, text: str) -> None:
+        ws = self._ws
+        if ws is None or not self._ready.is_set():
+            raise RelayError("not connected to the relay")
+        try:
+            async with self._write_lock:
+                await ws.send(text)
+        except (websockets.WebSocketException, OSError) as exc:
+            raise RelayError(f"connection to the relay lost: {type(exc).__name__}") from None
+
+    def _write_later(self, text: str) -> None:
+        self._extra.append(text)
 
     async def fetch_bundle(self, handle: str) -> Bundle:
         answer = await self._request(lambda rid: self._conn.fetch_prekeys(handle, req_id=rid))  # type: ignore[union-attr]
@@ -261,6 +320,14 @@ class RelayLink:
             if not future.done():
                 future.set_exception(error)
         self._pending.clear()
+
+
+class StreamRefused(RelayError):
+    """The relay refused a stream operation; ``code`` is its error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class PinMismatch(Exception):

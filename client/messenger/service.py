@@ -41,7 +41,7 @@ from client.protocol.ratchet import parse_header
 from client.store.store import Store
 from keysource.mix import QkdPolicy
 from keysource.pq import get_kem
-from relay.wire import AuthOk, Deliver, Error, Event, PrekeysLow, Stored
+from relay.wire import AuthOk, BinaryFrame, Deliver, Error, Event, PrekeysLow, Stored
 
 from . import payload as payloads
 from .api import (
@@ -57,12 +57,14 @@ from .api import (
     MessageView,
     MessengerError,
     SafetyNumber,
+    TransferView,
 )
 from .api import (
     Event as UiEvent,
 )
 from .qkd_source import QkdSource
 from .relay_link import RelayCallbacks, RelayError, RelayLink
+from .transfers import TransferManager
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,7 @@ class MessengerService:
             RelayCallbacks(self._on_ready, self._on_relay_event, self._on_state, self._on_pin),
             pinned_fingerprint=config.relay_fingerprint,
         )
+        self.files = TransferManager(self, self._emit)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class MessengerService:
         ]
 
     async def stop(self) -> None:
+        await self.files.close()
         await self.relay.close()
         for task in self._tasks:
             task.cancel()
@@ -146,6 +150,8 @@ class MessengerService:
 
     def _on_state(self, event: ConnectionEvent) -> None:
         self.connection = event
+        if event.state is Connection.OFFLINE:
+            self.files.on_disconnect()
         self._emit(event)
 
     def _on_pin(self, fingerprint: str) -> None:
@@ -162,6 +168,7 @@ class MessengerService:
         for entry in self.store.outbox():
             self._outbox_ids[entry.message_id] = entry.id
             await self.relay.send(entry.peer, entry.wire, entry.message_id)
+        self.files.on_ready()
 
     async def _publish_prekeys(self) -> None:
         loaded = self.store.load_prekeys()
@@ -199,12 +206,15 @@ class MessengerService:
         return tuple(out)
 
     async def _on_relay_event(self, event: Event) -> None:
-        if isinstance(event, Deliver):
+        if isinstance(event, BinaryFrame):
+            await self.files.on_binary(event)
+        elif isinstance(event, Deliver):
             await self._receive(event)
         elif isinstance(event, Stored):
             self._sent(event.msg)
         elif isinstance(event, Error):
-            self._relay_error(event)
+            if not self.files.on_error(event):
+                self._relay_error(event)
         elif isinstance(event, PrekeysLow):
             log.info("relay reports %d one-time prekeys left: publishing more", event.remaining)
             await self._replenish_prekeys()
@@ -349,6 +359,8 @@ class MessengerService:
                 state = Delivery.READ if body.state == "read" else Delivery.DELIVERED
                 for payload_id in body.ids:
                     self._emit(DeliveryEvent(payload_id, peer, state))
+            elif body.kind == "transfer":
+                await self.files.on_payload(peer, body)
         if delivered:  # a receipt that cannot go now (e.g. policy 'require', no QKD) is skipped
             with contextlib.suppress(MessengerError):
                 await self._send_payload(peer, payloads.receipt("delivered", delivered),
@@ -425,6 +437,30 @@ class MessengerService:
                 ) from None
         self._emit(KeyStatusEvent(self.key_status(peer)))
         return outgoing.label, "otp" if outgoing.otp else "ratchet"
+
+    async def send_transfer_payload(self, peer: str, body: payloads.Payload) -> None:
+        """An offer, decline or cancel of a file transfer, end-to-end encrypted."""
+        await self._send_payload(peer, body, wait=False)
+
+    # -- file transfers ----------------------------------------------------------------
+
+    def transfers(self) -> list[TransferView]:
+        return self.files.transfers()
+
+    async def send_files(self, peer: str, paths: list[str], *,
+                         limit_bytes_per_s: float = 0.0) -> TransferView:
+        if peer == self.handle:
+            raise MessengerError("that is your own handle")
+        return await self.files.send_files(peer, paths, limit_bytes_per_s=limit_bytes_per_s)
+
+    async def accept_transfer(self, transfer_id: str) -> TransferView:
+        return await self.files.accept(transfer_id)
+
+    async def decline_transfer(self, transfer_id: str, reason: str = "declined") -> None:
+        await self.files.decline(transfer_id, reason)
+
+    async def cancel_transfer(self, transfer_id: str) -> None:
+        await self.files.cancel(transfer_id)
 
     # -- contacts ----------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import platformdirs
@@ -52,6 +53,8 @@ CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, peer T
 CREATE INDEX IF NOT EXISTS history_peer ON history (peer, id);
 CREATE TABLE IF NOT EXISTS received (peer TEXT NOT NULL, message_id TEXT NOT NULL,
                                      PRIMARY KEY (peer, message_id));
+CREATE TABLE IF NOT EXISTS transfers (id TEXT PRIMARY KEY, sealed BLOB NOT NULL,
+                                      created REAL NOT NULL);
 """
 
 
@@ -329,6 +332,27 @@ class Store:
                                                        now])),
             now,
         ))
+
+    # -- file transfers ---------------------------------------------------------------
+
+    def save_transfer(self, transfer_id: str, record: dict[str, Any]) -> None:
+        """Persist one transfer's record (manifest, secrets, sources, state), sealed."""
+        blob = self._sealer.seal("transfer", cbor2.dumps(record))
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO transfers (id, sealed, created) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET sealed = excluded.sealed",
+                (self._sealer.name(transfer_id), blob, time.time()),
+            )
+
+    def transfers(self) -> list[dict[str, Any]]:
+        """Every persisted transfer record, oldest first."""
+        rows = self._db.execute("SELECT sealed FROM transfers ORDER BY created").fetchall()
+        return [cbor2.loads(self._sealer.open("transfer", row[0])) for row in rows]
+
+    def delete_transfer(self, transfer_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM transfers WHERE id = ?", (self._sealer.name(transfer_id),))
 
     def history(self, peer: str, limit: int = 200) -> list[HistoryEntry]:
         """The last ``limit`` messages with ``peer``, oldest first."""

@@ -185,6 +185,11 @@ class TransferSender:
         return self._next
 
     @property
+    def next_ordinal(self) -> int:
+        """The ordinal (across all files) of the next chunk to send: its stream sequence."""
+        return self._ordinal(self._next)
+
+    @property
     def acknowledged(self) -> tuple[int, int]:
         return self._acked
 

@@ -1,0 +1,423 @@
+"""``qsecret send-file``, ``receive-files`` and ``transfers``: file transfer from a shell.
+
+Progress bars (rich, on standard error) show bytes, rate and ETA; ``--json`` prints one
+JSON object per line on standard output instead, for scripts and tests. An interrupted
+command leaves its transfer paused, never lost: any later ``qsecret`` run that goes online
+(``transfers --resume``, ``receive-files``, ``chat``) continues it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from .cli import CliError
+from .commands import _config, _passphrase, _profile_args
+from .messenger.api import MessengerError, TransferEvent, TransferState, TransferView
+from .messenger.profile import open_profile
+
+JSON_PROGRESS_EVERY_S = 0.5
+IDLE_EXIT_S = 30.0
+EXIT_REFUSED = 1  # declined, cancelled or failed
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    send = subparsers.add_parser(
+        "send-file", help="send files or folders, end-to-end encrypted",
+        description="Offer PATH... (files and whole folders) to HANDLE and send them once "
+                    "accepted, with a progress bar; exits when every file is verified at the "
+                    "other end. If HANDLE is offline the relay holds the chunks (up to its "
+                    "quota). Ctrl+C pauses: 'qsecret transfers --resume' continues.",
+    )
+    _profile_args(send)
+    send.add_argument("handle", metavar="HANDLE")
+    send.add_argument("paths", metavar="PATH", nargs="+")
+    send.add_argument("--json", action="store_true", help="JSON lines instead of a progress bar")
+    send.add_argument("--timeout", type=float, default=30.0,
+                      help="give up connecting after this many seconds (default 30)")
+    send.add_argument("--limit-rate", type=_rate, default=0.0, metavar="RATE",
+                      help="send at most RATE bytes per second, e.g. 5MB or 500kB")
+    send.set_defaults(func=run_send_file)
+
+    receive = subparsers.add_parser(
+        "receive-files", help="accept and receive incoming files",
+        description="Go online, show file offers and receive the accepted ones into the "
+                    "downloads folder (never outside it). Exits when nothing has moved for "
+                    f"--idle seconds (default {IDLE_EXIT_S:.0f}), after --count transfers, or "
+                    "never with --follow.",
+    )
+    _profile_args(receive)
+    receive.add_argument("--accept", choices=["ask", "verified", "all", "never"],
+                         default="ask",
+                         help="ask (default; in a terminal), verified: auto-accept verified "
+                              "contacts, all: accept everything, never: only list offers")
+    receive.add_argument("--downloads", type=Path, help="where files land "
+                         "(default: the profile's downloads_dir, or DATA/downloads)")
+    receive.add_argument("--count", type=int, default=0,
+                         help="exit after this many transfers completed")
+    receive.add_argument("--follow", action="store_true", help="keep running")
+    receive.add_argument("--idle", type=float, default=IDLE_EXIT_S,
+                         help="exit when nothing moved for this many seconds")
+    receive.add_argument("--json", action="store_true", help="JSON lines")
+    receive.add_argument("--timeout", type=float, default=30.0,
+                         help="give up connecting after this many seconds (default 30)")
+    receive.set_defaults(func=run_receive_files)
+
+    transfers = subparsers.add_parser(
+        "transfers", help="list, resume or cancel file transfers",
+        description="List transfers (offline). --resume goes online and drives every "
+                    "unfinished transfer until it ends or nothing moves for --idle seconds; "
+                    "--cancel ID cancels one (both sides are told).",
+    )
+    _profile_args(transfers)
+    transfers.add_argument("--resume", action="store_true")
+    transfers.add_argument("--cancel", metavar="ID", help="cancel a transfer (id prefix)")
+    transfers.add_argument("--accept", metavar="ID", help="accept an incoming offer")
+    transfers.add_argument("--decline", metavar="ID", help="decline an incoming offer")
+    transfers.add_argument("--idle", type=float, default=IDLE_EXIT_S)
+    transfers.add_argument("--json", action="store_true")
+    transfers.set_defaults(func=run_transfers)
+
+
+# -- shared ------------------------------------------------------------------------------
+
+
+def _open(args: argparse.Namespace, **settings: str) -> Any:
+    config = _config(args)
+    if settings:
+        config = replace(config, **settings)
+    try:
+        return open_profile(config, _passphrase())
+    except MessengerError as exc:
+        raise CliError(str(exc)) from None
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+          "kib": 1024, "mib": 1 << 20, "gib": 1 << 30}
+
+
+def _rate(text: str) -> float:
+    """'5MB' -> 5e6 (bytes per second); argparse shows the ValueError's message."""
+    number = text.strip().lower().rstrip("/s")
+    digits = number.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = number[len(digits):]
+    try:
+        value = float(digits) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate like 5MB or 500kB") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the rate must be positive")
+    return value
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+def _describe(view: TransferView) -> dict[str, Any]:
+    return {
+        "transfer": view.transfer_id, "peer": view.peer, "outgoing": view.outgoing,
+        "names": list(view.names), "files": view.files, "bytes": view.total_bytes,
+        "done": view.done_bytes, "state": view.state.value, "detail": view.detail,
+        "paths": list(view.paths),
+    }
+
+
+class Reporter:
+    """Turns TransferEvents into rich progress bars or JSON lines (one place for both)."""
+
+    def __init__(self, json_lines: bool) -> None:
+        self.json = json_lines
+        self.console = Console(stderr=True)
+        self.progress: Progress | None = None
+        if not json_lines:
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TimeRemainingColumn(), console=self.console,
+            )
+            self.progress.start()
+        self.tasks: dict[str, TaskID] = {}
+        self.states: dict[str, TransferState] = {}
+        self.last_json: dict[str, float] = {}
+        self.last_change = time.monotonic()
+
+    def line(self, event: str, view: TransferView, **extra: Any) -> None:
+        if self.json:
+            print(json.dumps({"event": event, **_describe(view), **extra}), flush=True)
+
+    def say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text)
+        elif not self.json:
+            print(text, file=sys.stderr)
+
+    def update(self, view: TransferView) -> None:
+        previous = self.states.get(view.transfer_id)
+        self.states[view.transfer_id] = view.state
+        if previous is not view.state or view.done_bytes:
+            self.last_change = time.monotonic()
+        arrow = "→" if view.outgoing else "←"
+        if self.progress is not None and view.state is not TransferState.OFFERED:
+            task = self.tasks.get(view.transfer_id)
+            label = f"{arrow} {view.peer}: {view.title}"
+            if task is None:
+                task = self.progress.add_task(label, total=view.total_bytes)
+                self.tasks[view.transfer_id] = task
+            self.progress.update(task, completed=view.done_bytes, description=label)
+        if previous is view.state:
+            now = time.monotonic()
+            if view.state is TransferState.SENDING and \
+                    now - self.last_json.get(view.transfer_id, 0.0) >= JSON_PROGRESS_EVERY_S:
+                self.last_json[view.transfer_id] = now
+                self.line("progress", view, rate=round(view.rate_bytes_per_s))
+            return
+        if view.state is not TransferState.OFFERED:  # offers are announced by the commands
+            self.line(view.state.value, view)
+        who = f"{view.peer}"
+        if view.state is TransferState.WAITING:
+            self.say(f"{arrow} {view.title}: paused — {view.detail or 'waiting'}")
+        elif view.state is TransferState.COMPLETE:
+            where = f" → {', '.join(view.paths)}" if view.paths else ""
+            self.say(f"{arrow} {view.title}: complete, verified (SHA-256){where}")
+        elif view.state is TransferState.DECLINED:
+            self.say(f"{arrow} {who} declined {view.title}: {view.detail}")
+        elif view.state in (TransferState.CANCELLED, TransferState.FAILED):
+            self.say(f"{arrow} {view.title}: {view.state.value}: {view.detail}")
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+async def _online(messenger: Any, timeout: float) -> None:
+    await messenger.start()
+    try:
+        await messenger.wait_online(timeout)
+    except MessengerError as exc:
+        await messenger.stop()
+        raise CliError(str(exc)) from None
+
+
+def _run(main: Any) -> int:
+    try:
+        return asyncio.run(main)
+    except KeyboardInterrupt:
+        print("interrupted: unfinished transfers are paused; 'qsecret transfers --resume' "
+              "continues them", file=sys.stderr)
+        return 130
+
+
+# -- send-file ---------------------------------------------------------------------------
+
+
+def run_send_file(args: argparse.Namespace) -> int:
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise CliError(f"no such file or folder: {', '.join(missing)}")
+    messenger = _open(args)
+
+    async def main() -> int:
+        reporter = Reporter(args.json)
+        done = asyncio.Event()
+        mine: dict[str, TransferView] = {}
+
+        def on_event(event: object) -> None:
+            if isinstance(event, TransferEvent) and event.transfer.transfer_id in mine:
+                mine[event.transfer.transfer_id] = event.transfer
+                reporter.update(event.transfer)
+                if event.transfer.state.finished:
+                    done.set()
+
+        messenger.subscribe(on_event)
+        started = time.monotonic()
+        await _online(messenger, args.timeout)
+        try:
+            try:
+                view = await messenger.send_files(args.handle, [str(p) for p in args.paths],
+                                                  limit_bytes_per_s=args.limit_rate)
+            except MessengerError as exc:
+                raise CliError(str(exc)) from None
+            mine[view.transfer_id] = view
+            reporter.line("offered", view)
+            reporter.say(f"offered {view.title} ({view.files} files, {_size(view.total_bytes)})"
+                         f" to {args.handle}; waiting for them to accept")
+            reporter.update(view)
+            while not done.is_set():
+                await asyncio.sleep(0.2)
+            final = mine[view.transfer_id]
+            if final.state is TransferState.COMPLETE:
+                reporter.line("complete", final, seconds=round(time.monotonic() - started, 3))
+                return 0
+            return EXIT_REFUSED
+        finally:
+            reporter.stop()
+            await messenger.stop()
+
+    return _run(main())
+
+
+# -- receive-files -----------------------------------------------------------------------
+
+
+def run_receive_files(args: argparse.Namespace) -> int:
+    settings: dict[str, str] = {}
+    if args.downloads is not None:
+        settings["downloads_dir"] = str(args.downloads.expanduser().resolve())
+    auto = args.accept if args.accept in ("verified", "all") else "never"
+    settings["auto_accept"] = auto
+    interactive = args.accept == "ask" and sys.stdin.isatty() and not args.json
+    messenger = _open(args, **settings)
+
+    async def main() -> int:
+        reporter = Reporter(args.json)
+        offers: asyncio.Queue[TransferView] = asyncio.Queue()
+        completed: set[str] = set()
+
+        def on_event(event: object) -> None:
+            if not isinstance(event, TransferEvent) or event.transfer.outgoing:
+                return
+            view = event.transfer
+            first = view.transfer_id not in reporter.states
+            reporter.update(view)
+            if view.state is TransferState.OFFERED and first:
+                offers.put_nowait(view)
+            if view.state is TransferState.COMPLETE:
+                completed.add(view.transfer_id)
+
+        messenger.subscribe(on_event)
+        await _online(messenger, args.timeout)
+        try:
+            for view in messenger.transfers():
+                if not view.outgoing and view.state is TransferState.OFFERED:
+                    reporter.states[view.transfer_id] = view.state
+                    offers.put_nowait(view)
+            while True:
+                while not offers.empty():
+                    await _answer_offer(messenger, reporter, offers.get_nowait(), auto,
+                                        interactive)
+                if args.count and len(completed) >= args.count:
+                    return 0
+                active = [v for v in messenger.transfers() if not v.outgoing
+                          and v.state in (TransferState.SENDING, TransferState.WAITING)]
+                idle = time.monotonic() - reporter.last_change
+                if not args.follow and not args.count and not active and idle > 2.0:
+                    return 0
+                if not args.follow and idle > args.idle:
+                    reporter.say(f"nothing moved for {args.idle:.0f}s: exiting (unfinished "
+                                 "transfers continue on the next run)")
+                    return 0 if not args.count else 1
+                await asyncio.sleep(0.2)
+        finally:
+            reporter.stop()
+            await messenger.stop()
+
+    return _run(main())
+
+
+async def _answer_offer(messenger: Any, reporter: Reporter, view: TransferView, auto: str,
+                        interactive: bool) -> None:
+    reporter.line("offer", view)
+    reporter.say(f"{view.peer} offers {view.title} ({view.files} files, "
+                 f"{_size(view.total_bytes)})")
+    if auto == "all" or (auto == "verified" and _verified(messenger, view.peer)):
+        return  # the messenger accepts it by itself (auto_accept setting)
+    if not interactive:
+        reporter.say("  not accepted: run with --accept all, or accept in the TUI (Ctrl+T)")
+        return
+    answer = await asyncio.to_thread(input, "  accept? [y/N] ")
+    try:
+        if answer.strip().lower() in ("y", "yes"):
+            await messenger.accept_transfer(view.transfer_id)
+        else:
+            await messenger.decline_transfer(view.transfer_id)
+    except MessengerError as exc:
+        reporter.say(f"  {exc}")
+
+
+def _verified(messenger: Any, peer: str) -> bool:
+    return any(c.handle == peer and c.verified for c in messenger.contacts())
+
+
+# -- transfers ---------------------------------------------------------------------------
+
+
+def run_transfers(args: argparse.Namespace) -> int:
+    messenger = _open(args)
+    if not (args.resume or args.cancel or args.accept or args.decline):
+        try:
+            views = messenger.transfers()
+        finally:
+            messenger.store.close()
+        for view in views:
+            if args.json:
+                print(json.dumps(_describe(view)))
+            else:
+                arrow = "→" if view.outgoing else "←"
+                print(f"{view.transfer_id[:12]}  {arrow} {view.peer:<12} {view.state.value:<9} "
+                      f"{_size(view.done_bytes):>9} / {_size(view.total_bytes):<9} {view.title}"
+                      + (f"  ({view.detail})" if view.detail else ""))
+        if not views and not args.json:
+            print("no transfers")
+        return 0
+
+    async def main() -> int:
+        reporter = Reporter(args.json)
+        messenger.subscribe(lambda e: reporter.update(e.transfer)
+                            if isinstance(e, TransferEvent) else None)
+        await _online(messenger, 30)
+        try:
+            one_shot = args.cancel or args.decline
+            if one_shot or args.accept:
+                prefix = (one_shot or args.accept).lower()
+                matches = [v for v in messenger.transfers() if v.transfer_id.startswith(prefix)]
+                if len(matches) != 1:
+                    raise CliError(f"{prefix!r} matches {len(matches)} transfers")
+                tid = matches[0].transfer_id
+                try:
+                    if args.cancel:
+                        await messenger.cancel_transfer(tid)
+                    elif args.decline:
+                        await messenger.decline_transfer(tid)
+                    else:
+                        await messenger.accept_transfer(tid)
+                except MessengerError as exc:
+                    raise CliError(str(exc)) from None
+                if one_shot:
+                    await asyncio.sleep(0.5)  # let the message reach the relay
+                    return 0
+            while True:
+                unfinished = [v for v in messenger.transfers() if not v.state.finished
+                              and not (v.state is TransferState.OFFERED and not v.outgoing)]
+                if not unfinished:
+                    return 0
+                if time.monotonic() - reporter.last_change > args.idle:
+                    reporter.say(f"nothing moved for {args.idle:.0f}s; still unfinished: "
+                                 f"{len(unfinished)}")
+                    return 1
+                await asyncio.sleep(0.2)
+        finally:
+            reporter.stop()
+            await messenger.stop()
+
+    return _run(main())
