@@ -12,8 +12,12 @@ Layout, big-endian, 32-byte header then payload::
     32     ...  payload    (sealed by the client; at most MAX_BINARY_PAYLOAD bytes)
 
 The relay reads only the header: it checks it, routes by stream id and forwards
-the frame unchanged. Streams are live (not queued): resuming after a disconnect
-is the file-transfer protocol's job, using the sequence numbers.
+the frame unchanged. Media streams are live (not queued). File streams are
+durable: a frame for an endpoint that is offline is spooled at the relay and sent
+when it logs in, until it acks the seq (``stream_ack``); a file stream's seqs must
+be below 2^53 (acks carry them as JSON integers). Resuming what was never spooled
+(frames forwarded live to a connection that then dropped) is the file-transfer
+protocol's job, using the sequence numbers.
 """
 
 from __future__ import annotations

@@ -186,3 +186,52 @@ async def test_wait_for_room_returns_once_the_writer_catches_up(tmp_path: Path) 
     assert not store.behind()
     assert all(r.status is EnqueueStatus.STORED for r in await asyncio.gather(*futures))
     await store.close()
+
+
+async def test_file_stream_registration_and_spool(tmp_path: Path) -> None:
+    from relay.store import SpoolStatus, StreamStatus
+
+    store = await open_store(tmp_path)
+    now = int(time.time() * 1000)
+    later = now + 60_000
+    s1, s2 = b"\x01" * 16, b"\x02" * 16
+    assert await store.register_stream(s1, "alice", "bob", now, later, 2) is StreamStatus.NEW
+    assert await store.register_stream(s1, "alice", "bob", now, later, 2) is StreamStatus.SAME
+    assert await store.register_stream(s1, "bob", "alice", now, later, 2) is StreamStatus.TAKEN
+    assert await store.register_stream(s2, "alice", "carol", now, later, 2) is StreamStatus.NEW
+    assert await store.register_stream(b"\x03" * 16, "alice", "bob", now, later,
+                                       2) is StreamStatus.TOO_MANY
+    # Spool: order by row, retransmission stored once, quota per recipient, 2^64-1 seqs.
+    big = 2**64 - 1
+    results = [await store.spool("bob", s1, seq, bytes([seq % 256]) * 100, now, later, 350)
+               for seq in (5, 3, 5, big, 9)]
+    assert [r.status for r in results] == [SpoolStatus.STORED, SpoolStatus.STORED,
+                                           SpoolStatus.DUPLICATE, SpoolStatus.STORED,
+                                           SpoolStatus.QUOTA_EXCEEDED]
+    assert results[0].row < results[1].row < results[3].row
+    assert (await store.spool("bob", b"\x09" * 16, 1, b"x", now, later, 10**9)).status is \
+        SpoolStatus.UNKNOWN_STREAM
+    assert await store.spool_bytes_of("bob") == 300 and store.spool_bytes() == 300
+    page = await store.spool_page("bob", 0, 2, now)
+    assert [f.seq for f in page.frames] == [5, 3] and page.top == results[3].row
+    rest = await store.spool_page("bob", page.frames[-1].row, 10, now)
+    assert [f.seq for f in rest.frames] == [big]
+    # Acks only ever delete what is held for the acking recipient, on that stream.
+    assert await store.spool_ack("alice", s1, [5, 3]) == 0
+    assert await store.spool_ack("bob", s2, [5, 3]) == 0
+    assert await store.spool_ack("bob", s1, [5, 77]) == 1
+    assert store.spool_bytes() == 200
+    await store.close()
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    assert store.spool_bytes() == 200
+    assert {r.stream for r in await store.file_streams(now)} == {s1, s2}
+    assert await store.close_stream(s1) == 2 and store.spool_bytes() == 0
+    # Expiry: frames and registrations past their time go, counted.
+    assert (await store.spool("carol", s2, 1, b"y" * 10, now, now + 1, 10**9)).status is \
+        SpoolStatus.STORED
+    assert (await store.spool_page("carol", 0, 10, now + 5)).frames == []  # hidden once expired
+    dropped, gone = await store.expire_spool(later + 1)
+    assert (dropped, gone) == (1, [s2]) and store.spool_bytes() == 0
+    assert await store.file_streams(now) == []
+    await store.close()
