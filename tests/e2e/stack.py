@@ -34,6 +34,7 @@ class Stack:
     port_b: int = field(default_factory=free_port)
     kme_args: tuple[str, ...] = ()
     relay_scheme: str = "ws"  # "wss" for a relay with TLS
+    relay_args: tuple[str, ...] = ()
     relay: ServiceProcess | None = None
     kme: ServiceProcess | None = None
 
@@ -45,10 +46,17 @@ class Stack:
         self.relay = ServiceProcess(
             "relay",
             ["relay", "--port", str(self.relay_port), "--data", str(self.root / "relay"),
-             "--redeliver-after", "2"],
+             "--redeliver-after", "2", *self.relay_args],
             log=self.root / "relay.log",
         ).start()
         self.relay.wait_for("relay listening")
+
+    def restart_relay(self, *extra: str) -> None:
+        """Stop the relay and start it again on the same port and data, with ``extra`` flags."""
+        if self.relay is not None:
+            self.relay.stop()
+        self.relay_args = extra
+        self.start_relay()
 
     def start_kme(self, *extra: str) -> None:
         self.kme = ServiceProcess(
