@@ -1,9 +1,11 @@
 """Child processes for the end-to-end benchmarks: timestamped output, exact peak RSS, cleanup.
 
 Each child runs in its own session so stopping it stops everything it started. Its peak
-resident set comes from ``wait4``'s ``ru_maxrss`` when it is reaped (the kernel's high-water
-mark, the same figure as ``VmHWM`` in ``/proc/PID/status`` at exit), so a short spike just
-before exit is not missed the way polling could miss it.
+resident set is ``VmHWM`` from ``/proc/PID/status`` (the kernel's high-water mark of the
+child's own address space), read every few milliseconds until it exits; being a high-water
+mark, the last reading holds every earlier peak. (``wait4``'s ``ru_maxrss`` is no use here: it
+keeps the maximum across ``exec``, so a child forked from the benchmark inherits the
+benchmark's RSS as a floor.)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TAIL = 25
+RSS_POLL_S = 0.005
 
 
 class ChildError(Exception):
@@ -49,6 +52,7 @@ class Child:
             cwd=cwd, start_new_session=True,
         )
         self.peak_rss_kib: int | None = None
+        threading.Thread(target=self._watch_rss, daemon=True, name=f"{name}-rss").start()
         for stream_name in ("stdout", "stderr"):
             threading.Thread(target=self._pump, args=(stream_name,), daemon=True,
                              name=f"{name}-{stream_name}").start()
@@ -66,6 +70,22 @@ class Child:
         with self._cond:
             self._open_streams -= 1
             self._cond.notify_all()
+
+    def _watch_rss(self) -> None:
+        """Poll VmHWM until the child is gone (its status then lacks the Vm* lines)."""
+        status = Path(f"/proc/{self.pid}/status")
+        while self.process.returncode is None:
+            try:
+                text = status.read_text()
+            except OSError:
+                return
+            for row in text.splitlines():
+                if row.startswith("VmHWM:"):
+                    self.peak_rss_kib = max(self.peak_rss_kib or 0, int(row.split()[1]))
+                    break
+            else:
+                return  # a zombie: its memory is gone, the last reading stands
+            time.sleep(RSS_POLL_S)
 
     def wait_line(self, match: Callable[[str], bool], timeout: float,
                   stream: str = "stdout") -> Line:
@@ -88,18 +108,17 @@ class Child:
                 self._cond.wait(min(remaining, 0.5))
 
     def _reap(self) -> bool:
-        """Reap the child if it has exited, recording its exit code and peak RSS."""
+        """Reap the child if it has exited, recording its exit code."""
         if self.process.returncode is not None:
             return True
-        pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
         if pid != self.pid:
             return False
-        self.peak_rss_kib = usage.ru_maxrss  # KiB on Linux
         self.process.returncode = os.waitstatus_to_exitcode(status)
         return True
 
     def wait_exit(self, timeout: float) -> int:
-        """Reap the child (recording its peak RSS) and return its exit code; bounded."""
+        """Reap the child and return its exit code; bounded."""
         deadline = time.monotonic() + timeout
         delay = 0.002
         while not self._reap():
@@ -114,7 +133,6 @@ class Child:
 
     @property
     def running(self) -> bool:
-        # Never Popen.poll(): it would reap the child and lose wait4's peak RSS.
         return not self._reap()
 
     @property

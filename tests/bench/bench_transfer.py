@@ -22,11 +22,11 @@ round by round, every client and server its own process:
   minimal forwarder process, the same number of bytes in frames of qsecret's binary payload
   size (256 KiB), no crypto, no disk; the receiver counts the bytes. Same clock.
 
-Also reported: each client's peak RSS (``wait4``'s ``ru_maxrss``, the kernel's high-water mark
-= ``VmHWM`` at exit); ``peak_rss_mib`` is qsecret's receiver. Ratios ``vs_wormhole`` and
-``vs_bare`` compare the medians. Targets (reported, not asserted): qsecret faster than
-wormhole, at least 40 % of the bare forwarder, receiver peak RSS under 200 MiB. A method that
-cannot run (e.g. before the qsecret file-transfer commands exist) is reported as failed with
+Also reported: each client's peak RSS (``VmHWM`` of its own address space, polled every 5 ms
+until it exits, see _children.py); ``peak_rss_mib`` is qsecret's receiver. Ratios
+``vs_wormhole`` and ``vs_bare`` compare the medians. Targets (reported, not asserted): qsecret
+faster than wormhole, at least 40 % of the bare forwarder, receiver peak RSS under 200 MiB. A
+method that cannot run (e.g. a qsecret command missing or failing) is reported as failed with
 its reason and the exit status is 1; the others are still measured.
 
 ``--core-only`` measures the sans-I/O transfer core on one machine, no sockets: the sender
