@@ -266,7 +266,11 @@ def timed_transfer(env: Env, label: str, receiver_argv: list[str], sender_argv: 
     exit). Both processes must exit 0 within the timeout.
     """
     receiver = env.spawn(f"{label} receiver", receiver_argv, child_env, receiver_cwd)
-    wait_connected(receiver, server_port, timeout=60)
+    try:
+        wait_connected(receiver, server_port, timeout=60)
+    except ChildError as error:
+        receiver.stop()
+        raise BenchError(str(error)) from error
     time.sleep(SETTLE_S)  # the connection is up; let it finish its hello/login
     start = time.perf_counter()
     sender = env.spawn(f"{label} sender", sender_argv, child_env)
