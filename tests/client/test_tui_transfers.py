@@ -112,6 +112,7 @@ def test_formatting() -> None:
     assert format_bytes(999) == "999 B"
     assert format_bytes(12_300_000) == "12.3 MB"
     assert format_bytes(1_500_000_000) == "1.5 GB"
+    assert format_bytes(2_500_000_000_000) == "2.5 TB"
     assert format_rate(2_400_000) == "2.4 MB/s"
     assert format_rate(52_000) == "52.0 kB/s"
     assert format_rate(0) == "—"

@@ -26,10 +26,9 @@ class TransfersScreen(Screen[None]):
         Binding("escape", "dismiss(None)", "Back"),
     ]
 
-    def __init__(self, messenger: Messenger, select: str | None = None) -> None:
+    def __init__(self, messenger: Messenger) -> None:
         super().__init__()
         self.messenger = messenger
-        self._select = select
 
     def compose(self) -> ComposeResult:
         with Vertical(id="transfers"):
@@ -40,13 +39,11 @@ class TransfersScreen(Screen[None]):
 
     def on_mount(self) -> None:
         transfers = self.query_one(TransferList)
-        transfers.set_transfers(self.messenger.transfers())
-        if self._select is not None:
-            transfers.select(self._select)
-        else:  # the first offer waiting for an answer, if any
-            waiting = [t for t in self.messenger.transfers() if can_accept(t)]
-            if waiting:
-                transfers.select(min(waiting, key=lambda t: t.started_at).transfer_id)
+        views = self.messenger.transfers()
+        transfers.set_transfers(views)
+        waiting = [t for t in views if can_accept(t)]
+        if waiting:  # open on the oldest offer that waits for an answer
+            transfers.select(min(waiting, key=lambda t: t.started_at).transfer_id)
         self._update_hint()
         transfers.focus()
 

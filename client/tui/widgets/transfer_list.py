@@ -31,11 +31,11 @@ def format_bytes(count: float) -> str:
     """Decimal units, like the rate (MB/s), so the two can be compared at a glance."""
     if count < 1000:
         return f"{int(count)} B"
-    for unit in ("kB", "MB", "GB", "TB"):
+    for unit in ("kB", "MB", "GB"):
         count /= 1000
-        if count < 1000 or unit == "TB":
+        if count < 1000:
             return f"{count:.1f} {unit}"
-    raise AssertionError("unreachable")
+    return f"{count / 1000:.1f} TB"
 
 
 def format_rate(bytes_per_s: float) -> str:
