@@ -78,6 +78,7 @@ INCOMING_QUEUE_FRAMES = 32  # chunks waiting for the disk at most (about 8 MiB)
 SNAPSHOT_EVERY_S = 1.0
 PROGRESS_EVERY_S = 0.25
 RELAY_ACK_BATCH = 64
+ACK_EVERY_FRAMES = 16  # the receiver acks at least every 4 MiB even when frames keep coming
 IDLE_NUDGE_S = 10.0
 IDLE_NUDGE_MAX_S = 600.0
 AUTO_ACCEPT = ("never", "verified", "all")
@@ -619,8 +620,12 @@ class TransferManager:
             self._set(item, TransferState.SENDING, "")
         relay_acks: list[int] = []
         nudge = IDLE_NUDGE_S
+        unanswered = 0
         while receiver.status is ReceiverStatus.RECEIVING:
-            await self._send_controls(item, receiver.data_to_send())
+            if item.queue.empty() or unanswered >= ACK_EVERY_FRAMES:
+                # Acks are cumulative: one for every frame drained since the last one.
+                await self._send_controls(item, receiver.data_to_send())
+                unanswered = 0
             try:
                 frame = await asyncio.wait_for(self._get(item, relay_acks), nudge)
             except TimeoutError:
@@ -633,6 +638,7 @@ class TransferManager:
             events = await asyncio.to_thread(_locked, item.lock, receiver.receive_frame,
                                              frame.payload)
             relay_acks.append(frame.seq)
+            unanswered += 1
             self._on_receiver_events(item, events)
             if len(relay_acks) >= RELAY_ACK_BATCH:
                 await service.relay.stream_ack(item.tid, relay_acks)

@@ -78,6 +78,7 @@ class TransferReceiver:
         self._seq_reserved = self._seq
         self._pos = store.position()
         self._last_resume_sent: tuple[int, int] | None = None
+        self._ack_due: tuple[int, int] | None = None
         self._buffer = bytearray(self.manifest.chunk_size)
         self._opener: ChunkOpener | None = None
         self._digest = None
@@ -114,7 +115,7 @@ class TransferReceiver:
         return receiver
 
     def _send_final_ack(self) -> None:
-        self._send("ack", f=len(self.manifest.files), n=0)
+        self._ack(len(self.manifest.files), 0)
 
     @staticmethod
     def stored_manifest(downloads: str | os.PathLike[str], transfer_id: bytes) -> Manifest:
@@ -132,8 +133,17 @@ class TransferReceiver:
 
     # ----------------------------------------------------------------------- outbox
 
+    def _ack(self, file_index: int, chunk_index: int) -> None:
+        """Acks are cumulative: only the newest is sealed, when ``data_to_send`` is called,
+        so an I/O layer that drains several chunks at once sends one ack for them."""
+        self._ack_due = (file_index, chunk_index)
+
     def data_to_send(self) -> list[bytes]:
         """Control frames to send to the sender (acks, resume points, cancel), in order."""
+        if self._ack_due is not None:
+            file_index, chunk_index = self._ack_due
+            self._ack_due = None
+            self._send("ack", f=file_index, n=chunk_index)
         out, self._outbox = self._outbox, []
         return out
 
@@ -242,7 +252,7 @@ class TransferReceiver:
         here = (self._pos.file_index, self._pos.chunk_index)
         there = (header.file_index, header.chunk_index)
         if there < here:
-            self._send("ack", f=here[0], n=here[1])
+            self._ack(*here)
             raise ReplayedChunk(
                 f"chunk {there[1]} of file #{there[0]} was already written: ignored (replay)")
         if there > here:
@@ -260,7 +270,7 @@ class TransferReceiver:
         events: list[Event] = [ChunkStored(file_index, chunk_index)]
         if self._pos.chunk_index < self.manifest.chunk_count(file_index):
             self.store.save_position(self._pos)
-            self._send("ack", f=file_index, n=self._pos.chunk_index)
+            self._ack(file_index, self._pos.chunk_index)
         else:
             events.extend(self._finish_file(file_index))
         events.append(ProgressUpdate(self.meter.set_done(self._done_bytes(),
@@ -295,7 +305,7 @@ class TransferReceiver:
             events.append(TransferComplete())
         else:
             self._open_file()
-        self._send("ack", f=self._pos.file_index, n=0)
+        self._ack(self._pos.file_index, 0)
         return events
 
     # ----------------------------------------------------------------------- cancel

@@ -175,8 +175,9 @@ def test_control_replay_and_reflection_ignored(tmp_path: Path) -> None:
     pair = _pair(tmp_path)
     frames = pair.sender.frames()
     pair.receiver.receive_frame(frames[0])
-    pair.receiver.receive_frame(frames[1])
     acks = pair.receiver.data_to_send()
+    pair.receiver.receive_frame(frames[1])
+    acks += pair.receiver.data_to_send()
     assert len(acks) == 2
     for ack in acks:
         pair.sender.receive_control(ack)
@@ -191,6 +192,17 @@ def test_control_replay_and_reflection_ignored(tmp_path: Path) -> None:
     pair.sender.cancel("test")
     (cancel,) = pair.sender.data_to_send()
     assert isinstance(pair.sender.receive_control(cancel)[0], ControlIgnored)
+
+
+def test_chunks_drained_together_get_one_cumulative_ack(tmp_path: Path) -> None:
+    pair = _pair(tmp_path)
+    frames = pair.sender.frames()
+    for frame in frames[:3]:
+        pair.receiver.receive_frame(frame)
+    (ack,) = pair.receiver.data_to_send()
+    pair.sender.receive_control(ack)
+    assert pair.sender.acknowledged == (0, 3)
+    assert pair.receiver.data_to_send() == []
 
 
 def test_source_changed_behind_our_back_fails_its_hash_twice(tmp_path: Path) -> None:
