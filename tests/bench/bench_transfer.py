@@ -464,13 +464,17 @@ def _last_json(child: Child, events: tuple[str, ...] | None = None,
 METHODS = ("bare", "wormhole", "qsecret")
 
 
+def _methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods or set(methods) - set(METHODS):
+        raise ValueError(f"choose from {', '.join(METHODS)}")
+    return methods
+
+
 def measure_e2e(args: argparse.Namespace) -> dict:
     size = args.size_mib * MiB if args.size_mib else (256 if args.quick else 1024) * MiB
     rounds = args.rounds or (2 if args.quick else 3)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = set(methods) - set(METHODS)
-    if unknown or not methods:
-        raise SystemExit(f"--methods: choose from {', '.join(METHODS)}")
+    methods = _methods(args.methods)
     timeout = args.timeout or 60 + size / 2e6  # generous: 2 MB/s plus start-up
     runs: dict[str, list[Run]] = {m: [] for m in methods}
     errors: dict[str, str] = {}
@@ -616,6 +620,10 @@ def main() -> int:
         parser.error("--rounds must be 1..20")
     if args.size_mib is not None and not 1 <= args.size_mib <= 8192:
         parser.error("--size-mib must be 1..8192")
+    try:
+        _methods(args.methods)
+    except ValueError as error:
+        parser.error(f"--methods: {error}")
     if not 1024 <= args.frame <= MAX_BINARY_PAYLOAD:
         parser.error(f"--frame must be 1024..{MAX_BINARY_PAYLOAD}")
     data = measure_e2e(args)
