@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .auth import AuthKeyExhausted, ChannelAuth, KeyStream
+from .background import in_background
 from .pair import call_maybe_async
 from .params import LinkParams
 from .protocol import MAX_FRAME_BYTES, AliceEndpoint, BlockReport, BobEndpoint, KeyBatch, Output
@@ -194,7 +195,7 @@ async def _alice_connection(session: _Session, reader: asyncio.StreamReader,
                     if isinstance(frame, bytes) and frame[:1] == b"R" and len(frame) == 9:
                         alice.peer_room = int.from_bytes(frame[1:], "big")
                     continue
-                out = await asyncio.to_thread(alice.start_block, free)
+                out = await in_background(alice.start_block, free)
                 await session.deliver(out, writer)
                 continue
             frame = await _next(queue, stop, 60.0)
@@ -209,7 +210,7 @@ async def _alice_connection(session: _Session, reader: asyncio.StreamReader,
                 if len(frame) == 9:
                     alice.peer_room = int.from_bytes(frame[1:], "big")
                 continue
-            out = await asyncio.to_thread(alice.receive, frame)
+            out = await in_background(alice.receive, frame)
             await session.deliver(out, writer)
     finally:
         pump.cancel()
@@ -246,7 +247,7 @@ async def _bob_connection(session: _Session, reader: asyncio.StreamReader,
                 await writer.drain()
                 continue
             bob.room = free
-            out = await asyncio.to_thread(bob.receive, frame)
+            out = await in_background(bob.receive, frame)
             await session.deliver(out, writer)
     finally:
         pump.cancel()

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .auth import make_psk
+from .background import in_background
 from .eve import EveKnowledge, attack_frame, tamper_classical_frame
 from .params import LinkParams
 from .protocol import (
@@ -130,7 +131,7 @@ async def run_pair_link(
             except TimeoutError:
                 pass
             continue
-        result = await asyncio.to_thread(link.run_block, free)
+        result = await in_background(link.run_block, free)
         for batch in result.keys_a:
             await call_maybe_async(on_keys_a, batch)
         for batch in result.keys_b:
