@@ -12,10 +12,13 @@ import argparse
 import asyncio
 import json
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -32,7 +35,9 @@ from .cli import CliError
 from .commands import _config, _passphrase, _profile_args
 from .messenger.api import MessengerError, TransferEvent, TransferState, TransferView
 from .messenger.profile import open_profile
+from .transfer import TransferError, build_manifest
 
+T = TypeVar("T")
 JSON_PROGRESS_EVERY_S = 0.5
 IDLE_EXIT_S = 30.0
 EXIT_REFUSED = 1  # declined, cancelled or failed
@@ -125,6 +130,22 @@ def _rate(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError("the rate must be positive")
     return value
+
+
+def _in_background(call: Callable[..., T], *args: Any) -> Future[T]:
+    """Run ``call`` in a daemon thread (an error exit never waits for it)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(call(*args))
+        except BaseException as exc:  # handed to whoever awaits the future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True, name="hash-files").start()
+    return future
 
 
 def _size(count: float) -> str:
@@ -235,6 +256,8 @@ def run_send_file(args: argparse.Namespace) -> int:
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         raise CliError(f"no such file or folder: {', '.join(missing)}")
+    # Hashing (for the manifest) runs while the passphrase KDF and the login do.
+    hashing = _in_background(build_manifest, [str(p) for p in args.paths])
     messenger = _open(args)
 
     async def main() -> int:
@@ -254,8 +277,13 @@ def run_send_file(args: argparse.Namespace) -> int:
         await _online(messenger, args.timeout)
         try:
             try:
-                view = await messenger.send_files(args.handle, [str(p) for p in args.paths],
+                if not hashing.done():
+                    reporter.say("checking the files (SHA-256)...")
+                built = await asyncio.wrap_future(hashing)
+                view = await messenger.send_built(args.handle, built,
                                                   limit_bytes_per_s=args.limit_rate)
+            except TransferError as exc:
+                raise CliError(str(exc)) from None
             except MessengerError as exc:
                 raise CliError(str(exc)) from None
             mine[view.transfer_id] = view
@@ -263,8 +291,7 @@ def run_send_file(args: argparse.Namespace) -> int:
             reporter.say(f"offered {view.title} ({view.files} files, {_size(view.total_bytes)})"
                          f" to {args.handle}; waiting for them to accept")
             reporter.update(view)
-            while not done.is_set():
-                await asyncio.sleep(0.2)
+            await done.wait()
             final = mine[view.transfer_id]
             if final.state is TransferState.COMPLETE:
                 reporter.line("complete", final, seconds=round(time.monotonic() - started, 3))

@@ -39,6 +39,7 @@ from client.protocol.bundle import OneTimePrekey, PrekeySecrets, one_time_messag
 from client.protocol.identity import Identity
 from client.protocol.ratchet import parse_header
 from client.store.store import Store
+from client.transfer import BuiltManifest
 from keysource.mix import QkdPolicy
 from keysource.pq import get_kem
 from relay.wire import AuthOk, BinaryFrame, Deliver, Error, Event, PrekeysLow, Stored
@@ -452,6 +453,13 @@ class MessengerService:
         if peer == self.handle:
             raise MessengerError("that is your own handle")
         return await self.files.send_files(peer, paths, limit_bytes_per_s=limit_bytes_per_s)
+
+    async def send_built(self, peer: str, built: BuiltManifest, *,
+                         limit_bytes_per_s: float = 0.0) -> TransferView:
+        """Like ``send_files`` with the files already hashed (e.g. while logging in)."""
+        if peer == self.handle:
+            raise MessengerError("that is your own handle")
+        return await self.files.send_built(peer, built, limit_bytes_per_s=limit_bytes_per_s)
 
     async def accept_transfer(self, transfer_id: str) -> TransferView:
         return await self.files.accept(transfer_id)
