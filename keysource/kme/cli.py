@@ -7,10 +7,9 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .etsi import Limits
-from .pki import Pki, PkiError
-from .runtime import (
+from .defaults import (
     DEFAULT_HOST,
     DEFAULT_LINK_PORT,
     DEFAULT_PORT_A,
@@ -19,13 +18,12 @@ from .runtime import (
     KME_B,
     SAE_A,
     SAE_B,
-    KmeSettings,
-    dump_json,
-    fetch_stats,
-    format_stats,
-    run_pair,
-    run_serve,
 )
+from .etsi import Limits
+from .pki import Pki, PkiError
+
+if TYPE_CHECKING:
+    from .runtime import KmeSettings
 
 DEFAULT_DATA = Path("qsecret-kme")
 
@@ -207,6 +205,8 @@ def _fail(message: str) -> int:
 
 
 def _settings(args: argparse.Namespace) -> KmeSettings:
+    from .runtime import KmeSettings  # the servers load only when a command runs
+
     return KmeSettings(
         data=args.data,
         host=args.host,
@@ -229,10 +229,14 @@ def _run(coro: object) -> int:
 
 
 def _run_pair(args: argparse.Namespace) -> int:
+    from .runtime import run_pair
+
     return _run(run_pair(_settings(args), port_a=args.port_a, port_b=args.port_b))
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    from .runtime import run_serve
+
     alice = args.role == "alice"
     kme_id = args.kme_id or (KME_A if alice else KME_B)
     peer_kme_id = args.peer_kme_id or (KME_B if alice else KME_A)
@@ -249,6 +253,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _run_status(args: argparse.Namespace) -> int:
+    from .runtime import dump_json, fetch_stats, format_stats
+
     pki = Pki(args.data / "pki")
     try:
         sae = pki.sae(args.sae)

@@ -25,6 +25,15 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
+from .defaults import (
+    DEFAULT_HOST,
+    DEFAULT_PORT_A,
+    DEFAULT_PORT_B,
+    KME_A,
+    KME_B,
+    SAE_A,
+    SAE_B,
+)
 from .etsi import Limits
 from .link import LinkMonitor, link_params, run_link_endpoint, run_pair_link
 from .node import KmeNode, LocalPeer
@@ -32,15 +41,6 @@ from .peer import HttpPeer
 from .pki import Pki
 from .pool import KeyPool
 from .server import start_server
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT_A = 8441
-DEFAULT_PORT_B = 8442
-DEFAULT_LINK_PORT = 7441
-KME_A = "kme-alice"
-KME_B = "kme-bob"
-SAE_A = "sae-alice"
-SAE_B = "sae-bob"
 
 
 @dataclass
