@@ -186,3 +186,24 @@ async def test_wait_for_room_returns_once_the_writer_catches_up(tmp_path: Path) 
     assert not store.behind()
     assert all(r.status is EnqueueStatus.STORED for r in await asyncio.gather(*futures))
     await store.close()
+
+
+async def test_acks_grouped_in_one_commit_count_as_if_one_by_one(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    results = await asyncio.gather(*(send(store, "alice", "bob", f"{i:032x}", b"xyz")
+                                     for i in range(300)))
+    carol = await send(store, "alice", "carol", "c" * 32)
+    seqs = [r.envelope.seq for r in results]
+    # All queued before the writer wakes: one commit, several chunks of the grouped UPDATE.
+    acks = [store.ack("carol", seqs[:5]),  # not carol's: nothing
+            store.ack("bob", seqs[:261]),  # 261 = 256 + 4 + 1 rows
+            store.ack("bob", seqs[250:270]),  # 11 already acked just before
+            store.ack("bob", [seqs[299], seqs[299]]),  # twice in one frame: once
+            store.ack("bob", [carol.envelope.seq])]  # carol's envelope: bob cannot
+    assert await asyncio.gather(*acks) == [0, 261, 9, 1, 0]
+    assert await store.queue_depth("bob") == 300 - 261 - 9 - 1
+    assert store.total_queue_depth() == 300 - 261 - 9 - 1 + 1
+    left = [e.seq for e in await store.pending("bob", 100)]
+    assert left == seqs[270:299]
+    assert [e.msg for e in await store.pending("carol", 10)] == ["c" * 32]
+    await store.close()
