@@ -2,8 +2,10 @@
 
 One coroutine reads each connection; a writer task per connection sends
 everything that goes out (replies, deliveries), so a slow reader never blocks
-anyone else's handler. Signature checks run in a thread pool (the ML-DSA verify
-releases the GIL), so the loop keeps answering pings during login storms.
+anyone else's handler. The frequent frames (send, ack, ping) are handled right
+where they are read while that coroutine is idle (see ``RelayConnection``).
+Signature checks run in a thread pool (the ML-DSA verify releases the GIL), so
+the loop keeps answering pings during login storms.
 Envelope bodies are never logged.
 
 Bulk streams: "media" streams are live, session to session. "file" streams are
@@ -29,12 +31,14 @@ import secrets
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
@@ -99,6 +103,32 @@ class Cork:
             session.flush()
 
 
+class RelayConnection(ServerConnection):
+    """A ServerConnection that offers each complete text frame to the relay first.
+
+    ``inline`` (set once the relay's handler runs) takes the decoded text and
+    returns True when it handled the frame right here, in ``data_received``.
+    That skips the hand-over to the handler coroutine (a queue, a future, a task
+    wake-up and a later loop pass) for the frequent frames. Frames are offered
+    only while none is queued for the handler, so frames never overtake each other.
+    """
+
+    inline: Callable[[str], bool] | None = None
+
+    def process_event(self, event: Any) -> None:
+        inline = self.inline
+        if (inline is not None and isinstance(event, Frame) and event.opcode is Opcode.TEXT
+                and event.fin and not self.recv_messages.frames):
+            try:
+                text = bytes(event.data).decode()
+            except UnicodeDecodeError:  # the usual path refuses it, as before
+                pass
+            else:
+                if inline(text):
+                    return
+        super().process_event(event)
+
+
 class Session:
     """One websocket connection and everything the relay tracks about it."""
 
@@ -124,6 +154,7 @@ class Session:
         self.pending_sends = 0
         self.streams: dict[bytes, Session] = {}  # stream id -> the other end
         self.closing = False
+        self.busy = True  # the handler is not idle in recv() (see Relay._inline)
         self.writer: asyncio.Task[None] | None = None
         self.sent = 0  # frames written by the fast path
         self.stored_batch: list[str] = []  # msgs made durable, confirmed together soon
@@ -253,6 +284,7 @@ class Relay:
             close_timeout=5,
             ssl=self.ssl_context,
             server_header=None,
+            create_connection=RelayConnection,
         )
         self._sweeper = asyncio.create_task(self._sweep())
 
@@ -299,8 +331,12 @@ class Relay:
         session.writer = asyncio.create_task(self._writer(session))
         session.post(self._hello(session))
         close_code: int | None = None
+        if isinstance(ws, RelayConnection):
+            ws.inline = functools.partial(self._inline, session)
         try:
+            session.busy = False
             async for data in ws:
+                session.busy = True
                 session.last_active = time.monotonic()
                 self.frames_in += 1
                 delay = session.bucket.delay(session.last_active)
@@ -314,9 +350,13 @@ class Relay:
                     close_code = await self._on_binary(session, data)
                 if close_code is not None:
                     break
+                session.busy = False
         except ConnectionClosed:
             pass
         finally:
+            session.busy = True
+            if isinstance(ws, RelayConnection):
+                ws.inline = None
             await self._finish(session, close_code)
 
     async def _finish(self, session: Session, close_code: int | None) -> None:
@@ -396,6 +436,44 @@ class Relay:
         return None
 
     # ------------------------------------------------------------ text frames
+
+    def _inline(self, session: Session, text: str) -> bool:
+        """Handle a send, ack or ping where it was read; False: let the handler have it.
+
+        Only while the handler is idle (so order is kept), the sender is under its
+        rate (a token is spent exactly as the handler would) and a send would not
+        have to wait for the store. Auth, prekeys, streams, frames that do not parse:
+        all go the usual way, unchanged.
+        """
+        if session.busy or session.closing or session.handle is None:
+            return False
+        store = self.store
+        if (session.pending_sends >= self.config.max_pending_sends
+                or (isinstance(store, SqliteStore) and store.behind())):
+            return False
+        try:
+            frame = wire.parse_client_frame(text)
+        except Exception:  # refused (or worse) the usual way, with its error frame
+            return False
+        if not isinstance(frame, wire.Send | wire.Ack | wire.Ping):
+            return False
+        now = time.monotonic()
+        if not session.bucket.take(now):
+            return False
+        session.last_active = now
+        self.frames_in += 1
+        try:
+            if isinstance(frame, wire.Send):
+                self._accept_send(session, frame)
+            elif isinstance(frame, wire.Ack):
+                self._on_ack(session, frame)
+            else:
+                self._on_ping(session, frame)  # waits for this connection's spool writes
+        except Exception:
+            log.exception("internal error on %s handle=%s", frame.TYPE, session.handle)
+            self._refuse(session, "internal", "the relay could not handle this request",
+                         strike=False, req_id=getattr(frame, "id", None))
+        return True
 
     async def _on_text(self, session: Session, text: str) -> int | None:
         try:
@@ -498,6 +576,12 @@ class Relay:
             # The disk is behind: stop reading from senders until it catches up, so
             # "stored" acks (durability) keep pace with what is accepted.
             await store.wait_for_room()
+        self._accept_send(session, frame)
+
+    def _accept_send(self, session: Session, frame: wire.Send) -> None:
+        """Number the envelope, queue it for the commit, deliver it to live recipients."""
+        assert session.handle is not None
+        store = self.store
         envelope = store.new_envelope(session.handle, frame.to, frame.msg, frame.body)
         session.pending_sends += 1
         done = functools.partial(self._on_stored, session, frame)

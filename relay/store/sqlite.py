@@ -8,10 +8,12 @@ Commits start at most every ``commit_interval`` (4 ms): under load that groups
 more sends per fsync and lets most acks of live deliveries reach the same
 transaction as their send (then the envelope is written as a tombstone only).
 
-The hot operations are cheap: the sends of a batch are one ``executemany``
+The hot operations are cheap: the sends of a batch are a few multi-row INSERTs
 into one table (``envelopes``; its unique (sender, msg) index is the de-dup
-memory), an ack is one UPDATE that turns envelopes into tombstones (body NULL,
-kept until the TTL so a late repeat is still recognised). Rare operations run
+memory), the acks of a batch a few multi-row UPDATEs that turn envelopes into
+tombstones (body NULL, kept until the TTL so a late repeat is still recognised).
+Few statements matter: each one releases the GIL and must win it back from the
+busy event loop (up to a switch interval each time). Rare operations run
 under their own SAVEPOINT, so one that fails does not undo the others.
 With ``synchronous=FULL`` (default) a commit survives power loss; ``NORMAL``
 survives a killed process (the case the relay tests) and is faster.
@@ -33,7 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +102,15 @@ DROP TABLE queue;
 DROP TABLE seen;
 """
 
-_INSERT = "INSERT OR IGNORE INTO envelopes VALUES (?, ?, ?, ?, ?, ?, ?)"
+# The hot statements take many rows at once, in chunks of these sizes: a handful of
+# distinct (cached) statements, and one step per chunk instead of one per row.
+_CHUNKS = (256, 64, 16, 4, 1)
+_INSERT_ROWS = {n: "INSERT OR IGNORE INTO envelopes VALUES "
+                   + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * n) for n in _CHUNKS}
+_ACK_ROWS = {n: "UPDATE envelopes SET body=NULL FROM (VALUES "
+                + ",".join(["(?, ?)"] * n) + ") AS a WHERE envelopes.seq=a.column1 "
+                "AND envelopes.recipient=a.column2 AND envelopes.body IS NOT NULL "
+                "RETURNING envelopes.seq, envelopes.recipient, envelopes.size" for n in _CHUNKS}
 
 _Op = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any] | None]
 _Result = tuple[asyncio.Future[Any] | None, bool, Any]
@@ -320,13 +330,19 @@ class SqliteStore(Store):
             absorbed = self._enqueue_many(db, sends, results, acked)
             sends.clear()
         if acks:
-            for recipient, seqs, future in acks:
+            rests: list[tuple[int, ...]] = []
+            for _, seqs, _ in acks:
                 rest = seqs
                 if absorbed:
                     rest = tuple(seq for seq in seqs if seq not in absorbed)
                     absorbed.difference_update(seqs)
-                removed = len(seqs) - len(rest) + self._ack(db, recipient, rest)
-                results.append((future, True, removed))
+                rests.append(rest)
+            # One UPDATE for every ack of the batch (not one per ack frame): each
+            # statement lets the event loop's thread take the GIL back, so fewer is faster.
+            removed = self._ack_many(db, [(recipient, rest) for (recipient, _, _), rest
+                                          in zip(acks, rests, strict=True)])
+            for (_, seqs, future), rest, count in zip(acks, rests, removed, strict=True):
+                results.append((future, True, len(seqs) - len(rest) + count))
             acks.clear()
 
     def _enqueue_many(self, db: sqlite3.Connection,
@@ -362,7 +378,8 @@ class SqliteStore(Store):
         if not rows:
             return absorbed
         before = db.total_changes
-        db.executemany(_INSERT, rows)
+        for chunk in _chunks(rows):
+            db.execute(_INSERT_ROWS[len(chunk)], [value for row in chunk for value in row])
         all_new = db.total_changes - before == len(rows)
         queued = 0
         for envelope, future, depth, counted in accepted:
@@ -494,23 +511,36 @@ class SqliteStore(Store):
         """Queue the deletion without waiting (runs after every earlier operation)."""
         self._submit(_ACK, recipient, tuple(seqs))
 
-    def _ack(self, db: sqlite3.Connection, recipient: str, seqs: tuple[int, ...]) -> int:
-        if not seqs:
-            return 0
-        # recipient in the WHERE clause: a client can only ever delete from its own queue.
-        # The row stays as a tombstone (no body) so a late repeat of its msg is still a dup.
-        marks = ",".join("?" * len(seqs))
-        sizes = db.execute(
-            f"UPDATE envelopes SET body=NULL WHERE recipient=? AND seq IN ({marks}) "
-            "AND body IS NOT NULL RETURNING size",
-            (recipient, *seqs),
-        ).fetchall()
-        if sizes:
-            depth = self._depth_of(db, recipient)
-            depth[0] -= len(sizes)
-            depth[1] -= sum(size for (size,) in sizes)
-            self._total_depth -= len(sizes)
-        return len(sizes)
+    def _ack_many(self, db: sqlite3.Connection,
+                  acks: list[tuple[str, tuple[int, ...]]]) -> list[int]:
+        """Turn the acked envelopes into tombstones; return how many each ack removed.
+
+        The recipient is part of the match: a client can only ever delete from its own
+        queue. The row stays as a tombstone (no body) so a late repeat of its msg is
+        still a duplicate. A seq acked twice counts for the first ack only, as if the
+        acks had run one after the other.
+        """
+        pairs = [(seq, recipient) for recipient, seqs in acks for seq in seqs]
+        done: dict[tuple[int, str], int] = {}  # (seq, recipient) -> size, for rows changed
+        for chunk in _chunks(pairs):
+            params = [value for pair in chunk for value in pair]
+            for seq, recipient, size in db.execute(_ACK_ROWS[len(chunk)], params):
+                done[(seq, recipient)] = size
+        counts = []
+        for recipient, seqs in acks:
+            count = size_sum = 0
+            for seq in seqs:
+                size = done.pop((seq, recipient), None)
+                if size is not None:
+                    count += 1
+                    size_sum += size
+            if count:
+                depth = self._depth_of(db, recipient)
+                depth[0] -= count
+                depth[1] -= size_sum
+                self._total_depth -= count
+            counts.append(count)
+        return counts
 
     async def queue_depth(self, recipient: str) -> int:
         return await self._call(lambda db: self._depth_of(db, recipient)[0])
@@ -758,6 +788,15 @@ class SqliteStore(Store):
         if self._thread is None or self._loop is None:
             raise RuntimeError("store is not open")
         self._ops.put((_barrier, (), callback))
+
+
+def _chunks(items: list[Any]) -> Iterator[list[Any]]:
+    """Consecutive slices of ``items`` whose sizes are all in ``_CHUNKS``."""
+    start, total = 0, len(items)
+    for size in _CHUNKS:
+        while total - start >= size:
+            yield items[start:start + size]
+            start += size
 
 
 def _settle(results: list[tuple[Any, bool, Any]]) -> None:

@@ -235,3 +235,24 @@ async def test_file_stream_registration_and_spool(tmp_path: Path) -> None:
     assert (dropped, gone) == (1, [s2]) and store.spool_bytes() == 0
     assert await store.file_streams(now) == []
     await store.close()
+
+
+async def test_acks_grouped_in_one_commit_count_as_if_one_by_one(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    results = await asyncio.gather(*(send(store, "alice", "bob", f"{i:032x}", b"xyz")
+                                     for i in range(300)))
+    carol = await send(store, "alice", "carol", "c" * 32)
+    seqs = [r.envelope.seq for r in results]
+    # All queued before the writer wakes: one commit, several chunks of the grouped UPDATE.
+    acks = [store.ack("carol", seqs[:5]),  # not carol's: nothing
+            store.ack("bob", seqs[:261]),  # 261 = 256 + 4 + 1 rows
+            store.ack("bob", seqs[250:270]),  # 11 already acked just before
+            store.ack("bob", [seqs[299], seqs[299]]),  # twice in one frame: once
+            store.ack("bob", [carol.envelope.seq])]  # carol's envelope: bob cannot
+    assert await asyncio.gather(*acks) == [0, 261, 9, 1, 0]
+    assert await store.queue_depth("bob") == 300 - 261 - 9 - 1
+    assert store.total_queue_depth() == 300 - 261 - 9 - 1 + 1
+    left = [e.seq for e in await store.pending("bob", 100)]
+    assert left == seqs[270:299]
+    assert [e.msg for e in await store.pending("carol", 10)] == ["c" * 32]
+    await store.close()
