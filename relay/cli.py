@@ -14,6 +14,7 @@ from pathlib import Path
 
 import platformdirs
 
+from relay import loop as event_loop
 from relay.config import RelayConfig
 from relay.store import StoreLimits
 
@@ -61,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="seconds to log in after connecting before closing (1008)")
     parser.add_argument("--redeliver-after", type=float, default=30.0,
                         help="seconds before an unacked delivery is sent again")
+    parser.add_argument("--loop", choices=event_loop.CHOICES, default="auto",
+                        help="event loop: uvloop when installed (auto, default) or asyncio")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=run)
@@ -101,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
         expire_interval=args.expire_interval,
     )
     try:
-        asyncio.run(serve_forever(config))
+        event_loop.run(serve_forever(config), args.loop)
+    except ValueError as exc:
+        print(f"qsecret relay: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"qsecret relay: cannot start: {exc}", file=sys.stderr)
         return 2
@@ -155,7 +161,7 @@ async def serve_forever(config: RelayConfig) -> None:
     url = f"{relay.scheme}://{host}:{relay.port}/"
     if relay.tls_fingerprint:
         print(f"relay certificate SHA-256 fingerprint: {format_fingerprint(relay.tls_fingerprint)}")
-    print(f"relay id: {relay.relay_id}")
+    print(f"relay id: {relay.relay_id} (event loop: {type(asyncio.get_running_loop()).__module__})")
     # Tests and scripts wait for this line; keep its shape.
     print(f"relay listening on {url}", flush=True)
     stop = asyncio.Event()
