@@ -77,7 +77,6 @@ UNBOUNDED_WINDOW = 1 << 40  # flow control is the websocket's backpressure, not 
 INCOMING_QUEUE_FRAMES = 32  # chunks waiting for the disk at most (about 8 MiB)
 SNAPSHOT_EVERY_S = 1.0
 PROGRESS_EVERY_S = 0.25
-RELAY_ACK_BATCH = 64
 ACK_EVERY_FRAMES = 16  # the receiver acks at least every 4 MiB even when frames keep coming
 IDLE_NUDGE_S = 10.0
 IDLE_NUDGE_MAX_S = 600.0
@@ -623,11 +622,15 @@ class TransferManager:
         unanswered = 0
         while receiver.status is ReceiverStatus.RECEIVING:
             if item.queue.empty() or unanswered >= ACK_EVERY_FRAMES:
-                # Acks are cumulative: one for every frame drained since the last one.
+                # Acks are cumulative: one for every frame drained since the last one. The
+                # core saves its position first; only then may the relay drop its copies.
                 await self._send_controls(item, receiver.data_to_send())
                 unanswered = 0
+                if relay_acks:
+                    await service.relay.stream_ack(item.tid, relay_acks)
+                    relay_acks.clear()
             try:
-                frame = await asyncio.wait_for(self._get(item, relay_acks), nudge)
+                frame = await asyncio.wait_for(item.queue.get(), nudge)
             except TimeoutError:
                 receiver.request_resume()  # nudge a sender that lost our acks or chunks
                 nudge = min(nudge * 2, IDLE_NUDGE_MAX_S)
@@ -640,21 +643,10 @@ class TransferManager:
             relay_acks.append(frame.seq)
             unanswered += 1
             self._on_receiver_events(item, events)
-            if len(relay_acks) >= RELAY_ACK_BATCH:
-                await service.relay.stream_ack(item.tid, relay_acks)
-                relay_acks.clear()
         await self._send_controls(item, receiver.data_to_send())
         if relay_acks:
             await service.relay.stream_ack(item.tid, relay_acks)
         self._finish(item, _RECEIVER_STATE[receiver.status])
-
-    async def _get(self, item: _Transfer, relay_acks: list[int]) -> BinaryFrame | None:
-        """The next frame; while none is waiting, release the relay's copies first."""
-        assert item.queue is not None
-        if item.queue.empty() and relay_acks:
-            await self._service.relay.stream_ack(item.tid, relay_acks)
-            relay_acks.clear()
-        return await item.queue.get()
 
     def _on_receiver_events(self, item: _Transfer, events: list[CoreEvent]) -> None:
         changed = False

@@ -135,7 +135,8 @@ class TransferReceiver:
 
     def _ack(self, file_index: int, chunk_index: int) -> None:
         """Acks are cumulative: only the newest is sealed, when ``data_to_send`` is called,
-        so an I/O layer that drains several chunks at once sends one ack for them."""
+        so an I/O layer that drains several chunks at once sends one ack (and saves the
+        position once) for them."""
         self._ack_due = (file_index, chunk_index)
 
     def data_to_send(self) -> list[bytes]:
@@ -143,6 +144,10 @@ class TransferReceiver:
         if self._ack_due is not None:
             file_index, chunk_index = self._ack_due
             self._ack_due = None
+            if self.status is ReceiverStatus.RECEIVING:
+                # Never acknowledge more than is on record: after a crash the receiver
+                # resumes from the saved position (the .part file is cut back to it).
+                self.store.save_position(self._pos)
             self._send("ack", f=file_index, n=chunk_index)
         out, self._outbox = self._outbox, []
         return out
@@ -269,8 +274,7 @@ class TransferReceiver:
         self._pos.chunk_index += 1
         events: list[Event] = [ChunkStored(file_index, chunk_index)]
         if self._pos.chunk_index < self.manifest.chunk_count(file_index):
-            self.store.save_position(self._pos)
-            self._ack(file_index, self._pos.chunk_index)
+            self._ack(file_index, self._pos.chunk_index)  # persisted when the ack is sealed
         else:
             events.extend(self._finish_file(file_index))
         events.append(ProgressUpdate(self.meter.set_done(self._done_bytes(),

@@ -104,6 +104,7 @@ def test_part_file_longer_than_recorded_is_truncated(tmp_path: Path) -> None:
     deliver_control(pair.sender, pair.receiver)
     for frame in pair.sender.frames()[:5]:
         pair.receiver.receive_frame(frame)
+    pair.receiver.data_to_send()  # the ack of chunks 0..4: their position is on record
     part = pair.receiver.store.part_path(0)
     pair.receiver.close()
     with open(part, "ab") as handle:
@@ -116,12 +117,31 @@ def test_part_file_longer_than_recorded_is_truncated(tmp_path: Path) -> None:
     assert sha256_file(pair.receiver.landed()[0]) == pair.manifest.files[0].sha256
 
 
+def test_crash_before_the_ack_resumes_from_the_last_acknowledged_chunk(tmp_path: Path) -> None:
+    """Chunks written but never acknowledged are not on record: they come again."""
+    pair = make_pair(_sources(tmp_path)[:1], tmp_path / "dl", chunk_size=CHUNK)
+    deliver_control(pair.sender, pair.receiver)
+    frames = pair.sender.frames()
+    for frame in frames[:2]:
+        pair.receiver.receive_frame(frame)
+    deliver_control(pair.sender, pair.receiver)  # ack of chunks 0..1
+    for frame in frames[2:6]:
+        pair.receiver.receive_frame(frame)  # written, but the process dies before acking
+    pair.receiver.close()
+    pair.receiver = _restart_receiver(pair)
+    assert pair.receiver.position == (0, 2)
+    assert pair.receiver.store.part_path(0).stat().st_size == 2 * CHUNK
+    pump(pair.sender, pair.receiver)
+    assert sha256_file(pair.receiver.landed()[0]) == pair.manifest.files[0].sha256
+
+
 def test_part_file_shorter_than_recorded_resumes_from_whole_chunks(tmp_path: Path) -> None:
     """After a power loss the data may lag the progress row: resume from what is on disk."""
     pair = make_pair(_sources(tmp_path)[:1], tmp_path / "dl", chunk_size=CHUNK)
     deliver_control(pair.sender, pair.receiver)
     for frame in pair.sender.frames()[:6]:
         pair.receiver.receive_frame(frame)
+    pair.receiver.data_to_send()  # chunks 0..5 acknowledged: on record
     part = pair.receiver.store.part_path(0)
     pair.receiver.close()
     os.truncate(part, 3 * CHUNK + 10)
