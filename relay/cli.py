@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import re
 import resource
@@ -62,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="seconds to log in after connecting before closing (1008)")
     parser.add_argument("--redeliver-after", type=float, default=30.0,
                         help="seconds before an unacked delivery is sent again")
+    parser.add_argument("--gc-interval", type=float, default=600.0,
+                        help="seconds between full garbage-collection passes (default 600)")
     parser.add_argument("--loop", choices=event_loop.CHOICES, default="auto",
                         help="event loop: uvloop when installed (auto, default) or asyncio")
     parser.add_argument("--log-level", default="info",
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         spool_ttl=args.spool_ttl,
         max_file_streams=args.max_file_streams,
         expire_interval=args.expire_interval,
+        gc_interval=args.gc_interval,
     )
     try:
         event_loop.run(serve_forever(config), args.loop)
@@ -147,16 +149,14 @@ def raise_open_files_limit() -> int:
 
 
 async def serve_forever(config: RelayConfig) -> None:
-    from relay.server import Relay
+    from relay.server import Relay, tune_gc
     from relay.wire import format_fingerprint
 
     relay = Relay(config)
     await relay.start()
-    # What exists now (modules, the store, the server) lives as long as the process:
-    # keep it out of the cyclic GC's full passes, which would otherwise walk it all
-    # and stop the event loop for tens of milliseconds under load.
-    gc.collect()
-    gc.freeze()
+    # What exists now lives as long as the process: frozen out of the cyclic GC, whose
+    # full passes then run from the relay's sweeper, not in the middle of traffic.
+    tune_gc()
     host = config.host if ":" not in config.host else f"[{config.host}]"
     url = f"{relay.scheme}://{host}:{relay.port}/"
     if relay.tls_fingerprint:

@@ -39,3 +39,4 @@ class RelayConfig:
     verify_threads: int = 2
     sweep_interval: float = 1.0
     expire_interval: float = 60.0
+    gc_interval: float = 600.0  # seconds between full cyclic-GC passes (see Relay.start)
