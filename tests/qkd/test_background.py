@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 
 import pytest
 
-from keysource.qkd.background import LINK_NICENESS, in_background
+from keysource.qkd.background import AUTOGROUP, LINK_NICENESS, in_background
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
@@ -23,3 +24,16 @@ async def test_link_work_runs_at_low_priority_off_the_event_loop() -> None:
     assert niceness >= LINK_NICENESS
     # ... and only that thread: the event loop keeps its normal priority.
     assert os.getpriority(os.PRIO_PROCESS, 0) < LINK_NICENESS
+
+
+@pytest.mark.skipif(not AUTOGROUP.exists(), reason="no scheduler autogroup on this kernel")
+def test_the_process_hosting_the_link_yields_to_other_sessions() -> None:
+    """Run in a child in its own session (as the KME runs): its autogroup goes to nice +10."""
+    code = (
+        "import asyncio; from keysource.qkd.background import in_background;"
+        "asyncio.run(in_background(int, 0));"
+        "print(open('/proc/self/autogroup').read())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, start_new_session=True, check=True).stdout
+    assert int(out.split("nice", 1)[1]) >= LINK_NICENESS, out
