@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,8 @@ class PartialStore:
         self._fd: int | None = None
         self._fd_index = -1
         self._unsynced = 0
+        self._syncing: threading.Thread | None = None  # a background fsync (see write)
+        self._sync_error: OSError | None = None
 
     # ----------------------------------------------------------------- creation / loading
 
@@ -278,8 +281,33 @@ class PartialStore:
         write_at(fd, data, offset)
         self._unsynced += len(data)
         if self._unsynced >= FSYNC_EVERY_BYTES:
-            os.fsync(fd)
+            self._sync_behind(fd)
             self._unsynced = 0
+
+    def _sync_behind(self, fd: int) -> None:
+        """Flush what is written so far without stalling the writes that follow: the fsync
+        runs on its own thread, on a duplicate descriptor; at most one at a time."""
+        self._wait_sync()
+        duplicate = os.dup(fd)
+
+        def sync() -> None:
+            try:
+                os.fsync(duplicate)
+            except OSError as exc:  # reported by the next _wait_sync (before any landing)
+                self._sync_error = exc
+            finally:
+                os.close(duplicate)
+
+        self._syncing = threading.Thread(target=sync, name="part-fsync", daemon=True)
+        self._syncing.start()
+
+    def _wait_sync(self) -> None:
+        if self._syncing is not None:
+            self._syncing.join()
+            self._syncing = None
+        error, self._sync_error = self._sync_error, None
+        if error is not None:
+            raise TransferError(f"cannot write the partial file to disk: {error.strerror}")
 
     def close_part(self) -> None:
         if self._fd is not None:
@@ -289,6 +317,7 @@ class PartialStore:
     def land(self, file_index: int) -> tuple[Path, bool]:
         """fsync and move a verified part file into place; return (path, renamed)."""
         fd = self._fd_for(file_index)
+        self._wait_sync()
         os.fsync(fd)
         self.close_part()
         comps = self.destination(file_index)
@@ -324,6 +353,8 @@ class PartialStore:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def close(self) -> None:
+        if self._syncing is not None:
+            self._syncing.join()
         self.close_part()
         self._db.close()
 
