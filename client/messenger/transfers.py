@@ -79,6 +79,9 @@ SNAPSHOT_EVERY_S = 1.0
 PROGRESS_EVERY_S = 0.25
 ACK_EVERY_FRAMES = 16  # the receiver acks at least every 4 MiB even when frames keep coming
 IDLE_NUDGE_S = 10.0
+WAITING_FOR_RELAY = "waiting for the relay"
+SENDER_QUIET_S = 30.0  # no word from the receiver this long: resend from the last ack
+SENDER_QUIET_MAX_S = 3600.0
 IDLE_NUDGE_MAX_S = 600.0
 AUTO_ACCEPT = ("never", "verified", "all")
 _SENDER_STATE = {
@@ -195,6 +198,7 @@ class TransferManager:
         self._control_seq = _ControlSeq()
         self._background: set[asyncio.Future[Any]] = set()
         self._closed = False
+        self.sender_quiet_s = SENDER_QUIET_S
         for record in service.store.transfers():
             try:
                 item = _Transfer.from_record(record)
@@ -352,7 +356,7 @@ class TransferManager:
         except RelayError as exc:  # the connection dropped: it resumes after the next login
             log.info("transfer %s paused: %s", item.hex[:8], exc)
             if not item.state.finished:
-                self._set(item, TransferState.WAITING, "waiting for the relay")
+                self._set(item, TransferState.WAITING, WAITING_FOR_RELAY)
         except TransferError as exc:
             log.warning("transfer %s failed: %s", item.hex[:8], exc)
             self._set(item, TransferState.FAILED, str(exc))
@@ -387,6 +391,7 @@ class TransferManager:
         await service.relay.open_stream(item.tid, item.peer)
         self._set(item, _SENDER_STATE[sender.status], "")
         pace = _Pacer(item.limit)
+        quiet = self.sender_quiet_s
         while True:
             while (frame := await self._next_frame(item, sender)) is not None:
                 seq, data = frame
@@ -398,9 +403,19 @@ class TransferManager:
             await self._send_controls(item, sender.data_to_send())
             if sender.status not in (SenderStatus.OFFERED, SenderStatus.SENDING):
                 break
-            incoming = await item.queue.get()
+            try:
+                incoming = await asyncio.wait_for(item.queue.get(), quiet)
+            except TimeoutError:
+                # Nothing from the receiver for a while with chunks unacknowledged (its final
+                # ack may have died with a relay): go back to the last ack. The relay's spool
+                # keeps one copy of each chunk, so an absent receiver costs no more than this.
+                if sender.status is SenderStatus.SENDING:
+                    sender.retransmit()
+                quiet = min(quiet * 2, SENDER_QUIET_MAX_S)
+                continue
             if incoming is None:
                 return  # the connection dropped; restarted after the next login
+            quiet = self.sender_quiet_s
             self._on_sender_events(item, sender.receive_control(incoming.payload))
         await self._send_controls(item, sender.data_to_send())
         self._finish(item, _SENDER_STATE[sender.status])
@@ -677,9 +692,7 @@ class TransferManager:
         item = self._transfers.get(frame.stream)
         if item is None or item.state.finished:
             if item is not None and not item.outgoing:
-                # Finished here: let the relay drop its copy of a late or repeated frame.
-                with contextlib.suppress(RelayError):
-                    await self._service.relay.stream_ack(frame.stream, [frame.seq])
+                await self._after_the_end(item, frame)
             return
         if item.queue is None or item.task is None or item.task.done():
             if item.state is TransferState.OFFERED and not item.outgoing:
@@ -687,6 +700,21 @@ class TransferManager:
             self._start(item)
         assert item.queue is not None
         await item.queue.put(frame)  # bounded for receivers: the disk sets the pace
+
+    async def _after_the_end(self, item: _Transfer, frame: BinaryFrame) -> None:
+        """A frame for a transfer that ended here: a complete receiver repeats its final
+        ack (the sender may have missed it); the relay may drop its copy either way."""
+        try:
+            if item.state is TransferState.COMPLETE:
+                receiver = await asyncio.to_thread(self._ensure_receiver, item)
+                await asyncio.to_thread(_locked, item.lock, receiver.receive_frame,
+                                        frame.payload)
+                await self._send_controls(item, receiver.data_to_send())
+            await self._service.relay.stream_ack(frame.stream, [frame.seq])
+        except RelayError:
+            pass  # offline: the frame comes again after the next login
+        except TransferError as exc:  # e.g. its progress folder was deleted by hand
+            log.warning("transfer %s: cannot answer a late frame: %s", item.hex[:8], exc)
 
     def on_error(self, error: Error) -> bool:
         """A relay error about one of our streams; True when it was ours."""
@@ -710,10 +738,19 @@ class TransferManager:
         return True
 
     def on_ready(self) -> None:
-        """Logged in (again): restart the transfers whose task stopped (a failed write)."""
+        """Logged in (again): restart the transfers whose task stopped (a failed write);
+        those still running just show that the relay is back."""
         for item in self._transfers.values():
             if item.state.finished or (item.state is TransferState.OFFERED
                                        and not item.outgoing):
+                continue
+            if item.task is not None and not item.task.done():
+                if item.state is TransferState.WAITING and item.detail == WAITING_FOR_RELAY:
+                    state = TransferState.SENDING
+                    if item.sender is not None:
+                        state = _SENDER_STATE[item.sender.status]
+                    item.state, item.detail = state, ""
+                    self._changed(item, persist=False)
                 continue
             self._start(item)
 
@@ -722,7 +759,7 @@ class TransferManager:
         for item in self._transfers.values():
             if item.state in (TransferState.SENDING, TransferState.OFFERED) and item.outgoing \
                     or item.state is TransferState.SENDING:
-                item.state, item.detail = TransferState.WAITING, "waiting for the relay"
+                item.state, item.detail = TransferState.WAITING, WAITING_FOR_RELAY
                 self._changed(item, persist=False)
 
     async def close(self) -> None:

@@ -167,3 +167,37 @@ async def test_reordered_chunks_are_refused_and_resent_in_order(
     assert _sha(downloads / "movie.mkv") == _sha(source)
     assert any("refused a chunk: out-of-order" in line for line in receiver.lines), \
         receiver._tail()
+
+
+async def test_a_lost_final_ack_is_recovered(stack: Stack, alice: MessengerService) -> None:
+    """bob's last ack dies on the way (as with a relay crash at that moment): alice hears
+    nothing, goes back to her last ack, and bob, already done, answers with it again."""
+    config = dataclasses.replace(load_config(stack.profile("bob"), relay_url=stack.relay_url),
+                                 auto_accept="all", downloads_dir=str(stack.root / "dl-lost"))
+    bob = await asyncio.to_thread(open_profile, config, PASSPHRASE)
+    await bob.start()
+    await bob.wait_online(15)
+    genuine_send = bob.relay.send_binary
+    dropped: list[int] = []
+
+    async def lossy_send(kind: int, stream: bytes, seq: int, payload: bytes) -> None:
+        item = bob.files._transfers.get(stream)
+        done = item is not None and item.receiver is not None and \
+            item.receiver.status.value == "complete"
+        if done and not dropped:
+            dropped.append(seq)  # the final ack: lost
+            return
+        await genuine_send(kind, stream, seq, payload)
+
+    bob.relay.send_binary = lossy_send  # type: ignore[method-assign]
+    alice.files.sender_quiet_s = 1.0
+    try:
+        source = _write(stack.root / "src-lost" / "final.bin", MiB + 3)
+        view = await alice.send_files("bob", [str(source)])
+        assert await _until_finished(alice, view.transfer_id, 60) is TransferState.COMPLETE
+        assert dropped, "the final ack was never sent, so it could not be lost"
+        (landed,) = [v for v in bob.transfers() if v.transfer_id == view.transfer_id]
+        assert landed.state is TransferState.COMPLETE
+        assert _sha(Path(landed.paths[0])) == _sha(source)
+    finally:
+        await bob.stop()
