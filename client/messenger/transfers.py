@@ -100,6 +100,18 @@ _RECEIVER_STATE = {
 }
 
 
+def _receive_all(lock: threading.Lock, receiver: TransferReceiver,
+                 payloads: list[bytes]) -> list[CoreEvent]:
+    """Feed frames to the receiver core in order (on the worker thread); stop at the end."""
+    events: list[CoreEvent] = []
+    with lock:
+        for payload in payloads:
+            if receiver.status is not ReceiverStatus.RECEIVING:
+                break
+            events.extend(receiver.receive_frame(payload))
+    return events
+
+
 def _locked(lock: threading.Lock, call: Callable[..., Any], *args: Any) -> Any:
     with lock:
         return call(*args)
@@ -653,10 +665,18 @@ class TransferManager:
             if frame is None:
                 return
             nudge = IDLE_NUDGE_S
-            events = await asyncio.to_thread(_locked, item.lock, receiver.receive_frame,
-                                             frame.payload)
-            relay_acks.append(frame.seq)
-            unanswered += 1
+            # Whatever else is already waiting goes to the worker thread in the same trip
+            # (one thread hand-off per batch, not per chunk).
+            batch = [frame]
+            while len(batch) < ACK_EVERY_FRAMES - unanswered and not item.queue.empty():
+                more = item.queue.get_nowait()
+                if more is None:
+                    break
+                batch.append(more)
+            events = await asyncio.to_thread(_receive_all, item.lock, receiver,
+                                             [f.payload for f in batch])
+            relay_acks.extend(f.seq for f in batch)
+            unanswered += len(batch)
             self._on_receiver_events(item, events)
         await self._send_controls(item, receiver.data_to_send())
         if relay_acks:
