@@ -12,11 +12,37 @@ Public API (used by keysource.kme to fill its key pools):
 - ``make_psk()``: the initial pre-shared authentication secret of a new link.
 """
 
-from .auth import AuthError, AuthKeyExhausted, make_psk
-from .net import LinkConfigError, run_link_endpoint
-from .pair import PairLink, run_pair_link
-from .params import LinkParams
-from .protocol import BlockReport, KeyBatch
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Loaded on first use, so the ``qsecret`` command (which registers ``qsecret eve``) does not
+# pay for numpy and the whole emulator on every start.
+_HOME = {
+    "AuthError": ".auth", "AuthKeyExhausted": ".auth", "make_psk": ".auth",
+    "LinkConfigError": ".net", "run_link_endpoint": ".net",
+    "PairLink": ".pair", "run_pair_link": ".pair",
+    "LinkParams": ".params",
+    "BlockReport": ".protocol", "KeyBatch": ".protocol",
+}
+
+if TYPE_CHECKING:
+    from .auth import AuthError, AuthKeyExhausted, make_psk
+    from .net import LinkConfigError, run_link_endpoint
+    from .pair import PairLink, run_pair_link
+    from .params import LinkParams
+    from .protocol import BlockReport, KeyBatch
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AuthError",
