@@ -37,7 +37,7 @@ from .names import (
 
 STATE_FILE = "state.sqlite"
 READ_BLOCK = 1 << 20
-FSYNC_EVERY_BYTES = 64 << 20
+FSYNC_EVERY_BYTES = 16 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
