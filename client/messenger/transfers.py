@@ -80,6 +80,8 @@ PROGRESS_EVERY_S = 0.25
 ACK_EVERY_FRAMES = 16  # the receiver acks at least every 4 MiB even when frames keep coming
 IDLE_NUDGE_S = 10.0
 WAITING_FOR_RELAY = "waiting for the relay"
+SPOOL_FULL = ("the relay's spool for {peer} is full (its quota): the rest follows when {peer} "
+              "comes online")
 SENDER_QUIET_S = 30.0  # no word from the receiver this long: resend from the last ack
 SENDER_QUIET_MAX_S = 3600.0
 IDLE_NUDGE_MAX_S = 600.0
@@ -172,6 +174,7 @@ class _Transfer:
     done_bytes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)  # one core call at a time
     limit: float = 0.0  # sender: at most this many bytes per second (0: no limit)
+    paused: bool = False  # sender: the relay's spool for the peer is full
 
     @property
     def hex(self) -> str:
@@ -405,7 +408,7 @@ class TransferManager:
         pace = _Pacer(item.limit)
         quiet = self.sender_quiet_s
         while True:
-            while (frame := await self._next_frame(item, sender)) is not None:
+            while not item.paused and (frame := await self._next_frame(item, sender)):
                 seq, data = frame
                 await service.relay.send_binary(KIND_FILE_CHUNK, item.tid, seq, data)
                 await pace.sent(len(data))
@@ -422,21 +425,27 @@ class TransferManager:
                 # ack may have died with a relay): go back to the last ack. The relay's spool
                 # keeps one copy of each chunk, so an absent receiver costs no more than this.
                 if sender.status is SenderStatus.SENDING:
-                    sender.retransmit()
+                    with item.lock:
+                        sender.retransmit()
+                item.paused = False
                 quiet = min(quiet * 2, SENDER_QUIET_MAX_S)
                 continue
             if incoming is None:
                 return  # the connection dropped; restarted after the next login
             quiet = self.sender_quiet_s
-            self._on_sender_events(item, sender.receive_control(incoming.payload))
+            item.paused = False
+            with item.lock:
+                events = sender.receive_control(incoming.payload)
+            self._on_sender_events(item, events)
         await self._send_controls(item, sender.data_to_send())
         self._finish(item, _SENDER_STATE[sender.status])
 
     async def _next_frame(self, item: _Transfer,
                           sender: TransferSender) -> tuple[int, bytes] | None:
         def read() -> tuple[int, bytes] | None:
-            ordinal = sender.next_ordinal
-            data = sender.next_frame()
+            with item.lock:  # the loop may rewind the core (a quota error) meanwhile
+                ordinal = sender.next_ordinal
+                data = sender.next_frame()
             return None if data is None else (ordinal, bytes(data))
         try:
             return await asyncio.to_thread(read)
@@ -608,7 +617,8 @@ class TransferManager:
         reason = "cancelled by " + self._service.handle
         if item.outgoing:
             sender = self._ensure_sender(item)
-            sender.cancel(reason)
+            with item.lock:
+                sender.cancel(reason)
             with contextlib.suppress(RelayError):
                 await self._send_controls(item, sender.data_to_send())
         elif item.receiver is not None:
@@ -745,11 +755,16 @@ class TransferManager:
         if item is None:
             return False
         if error.code == "quota_exceeded":
-            item.detail = (f"the relay's store for {item.peer} is full ({error.message}); "
-                           f"the rest follows when {item.peer} comes online")
             if item.sender is not None:
-                item.sender.retransmit()  # send again from the last ack when asked
-            self._set(item, TransferState.WAITING)
+                # Stop sending into a full spool; go on from the last ack once the receiver
+                # speaks again (it drained the spool) or after a quiet while.
+                item.paused = True
+                with item.lock:
+                    item.sender.retransmit()
+            if item.state is not TransferState.WAITING or item.detail != SPOOL_FULL.format(
+                    peer=item.peer):
+                log.info("transfer %s: %s", item.hex[:8], error.message)
+                self._set(item, TransferState.WAITING, SPOOL_FULL.format(peer=item.peer))
         else:
             log.info("relay error %s on transfer %s: %s", error.code, item.hex[:8],
                      error.message)
