@@ -75,8 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _profile_args(recv)
     recv.add_argument("--follow", action="store_true", help="keep running")
     recv.add_argument("--json", action="store_true", help="one JSON object per line")
-    recv.add_argument("--timeout", type=float, default=30.0,
-                      help="give up connecting after this many seconds (default 30)")
+    _timeout_arg(recv)
     recv.set_defaults(func=run_recv)
 
     export = subparsers.add_parser(
@@ -119,6 +118,11 @@ def _profile_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="profile directory ($QSECRET_DATA_DIR)")
     parser.add_argument("--relay", dest="relay_url", help="relay URL ($QSECRET_RELAY_URL)")
     parser.add_argument("--kme", dest="kme_url", help="KME URL ($QSECRET_KME_URL)")
+
+
+def _timeout_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="give up connecting after this many seconds (default 30)")
 
 
 def _config(args: argparse.Namespace) -> ClientConfig:
@@ -202,9 +206,13 @@ def run_chat(args: argparse.Namespace) -> int:
 # -- scriptable send / recv --------------------------------------------------------------
 
 
-def _open(args: argparse.Namespace) -> Any:
+def _open(args: argparse.Namespace, **settings: str) -> Any:
+    """Unlock the profile (``settings`` override config.toml for this run)."""
+    config = _config(args)
+    if settings:
+        config = replace(config, **settings)
     try:
-        return open_profile(_config(args), _passphrase())
+        return open_profile(config, _passphrase())
     except MessengerError as exc:
         raise CliError(str(exc)) from None
 

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,9 +31,8 @@ from rich.progress import (
 )
 
 from .cli import CliError
-from .commands import _config, _passphrase, _profile_args
+from .commands import _online, _open, _profile_args, _timeout_arg
 from .messenger.api import MessengerError, TransferEvent, TransferState, TransferView
-from .messenger.profile import open_profile
 from .transfer import TransferError, build_manifest
 
 T = TypeVar("T")
@@ -55,8 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     send.add_argument("handle", metavar="HANDLE")
     send.add_argument("paths", metavar="PATH", nargs="+")
     send.add_argument("--json", action="store_true", help="JSON lines instead of a progress bar")
-    send.add_argument("--timeout", type=float, default=30.0,
-                      help="give up connecting after this many seconds (default 30)")
+    _timeout_arg(send)
     send.add_argument("--limit-rate", type=_rate, default=0.0, metavar="RATE",
                       help="send at most RATE bytes per second, e.g. 5MB or 500kB")
     send.set_defaults(func=run_send_file)
@@ -81,8 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     receive.add_argument("--idle", type=float, default=IDLE_EXIT_S,
                          help="exit when nothing moved for this many seconds")
     receive.add_argument("--json", action="store_true", help="JSON lines")
-    receive.add_argument("--timeout", type=float, default=30.0,
-                         help="give up connecting after this many seconds (default 30)")
+    _timeout_arg(receive)
     receive.set_defaults(func=run_receive_files)
 
     transfers = subparsers.add_parser(
@@ -102,16 +98,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 # -- shared ------------------------------------------------------------------------------
-
-
-def _open(args: argparse.Namespace, **settings: str) -> Any:
-    config = _config(args)
-    if settings:
-        config = replace(config, **settings)
-    try:
-        return open_profile(config, _passphrase())
-    except MessengerError as exc:
-        raise CliError(str(exc)) from None
 
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
@@ -229,15 +215,6 @@ class Reporter:
     def stop(self) -> None:
         if self.progress is not None:
             self.progress.stop()
-
-
-async def _online(messenger: Any, timeout: float) -> None:
-    await messenger.start()
-    try:
-        await messenger.wait_online(timeout)
-    except MessengerError as exc:
-        await messenger.stop()
-        raise CliError(str(exc)) from None
 
 
 def _run(main: Any) -> int:
