@@ -33,7 +33,7 @@ from rich.progress import (
 from .cli import CliError
 from .commands import _online, _open, _profile_args, _timeout_arg
 from .messenger.api import MessengerError, TransferEvent, TransferState, TransferView
-from .transfer import TransferError, build_manifest
+from .transfer import TransferError, build_manifest, format_size
 
 T = TypeVar("T")
 JSON_PROGRESS_EVERY_S = 0.5
@@ -105,7 +105,7 @@ _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb
 
 
 def _rate(text: str) -> float:
-    """'5MB' -> 5e6 (bytes per second); argparse shows the ValueError's message."""
+    """'5MB' or '5MB/s' -> 5e6 bytes per second (argparse prints the refusal)."""
     number = text.strip().lower().rstrip("/s")
     digits = number.rstrip("abcdefghijklmnopqrstuvwxyz")
     unit = number[len(digits):]
@@ -134,14 +134,6 @@ def _in_background(call: Callable[..., T], *args: Any) -> Future[T]:
     return future
 
 
-def _size(count: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} GB"
-
-
 def _describe(view: TransferView) -> dict[str, Any]:
     return {
         "transfer": view.transfer_id, "peer": view.peer, "outgoing": view.outgoing,
@@ -167,7 +159,8 @@ class Reporter:
         self.tasks: dict[str, TaskID] = {}
         self.states: dict[str, TransferState] = {}
         self.last_json: dict[str, float] = {}
-        self.last_change = time.monotonic()
+        self.done: dict[str, int] = {}
+        self.last_change = time.monotonic()  # when a state or a byte count last moved
 
     def line(self, event: str, view: TransferView, **extra: Any) -> None:
         if self.json:
@@ -182,8 +175,9 @@ class Reporter:
     def update(self, view: TransferView) -> None:
         previous = self.states.get(view.transfer_id)
         self.states[view.transfer_id] = view.state
-        if previous is not view.state or view.done_bytes:
+        if previous is not view.state or self.done.get(view.transfer_id) != view.done_bytes:
             self.last_change = time.monotonic()
+        self.done[view.transfer_id] = view.done_bytes
         arrow = "→" if view.outgoing else "←"
         if self.progress is not None and view.state is not TransferState.OFFERED:
             task = self.tasks.get(view.transfer_id)
@@ -265,8 +259,9 @@ def run_send_file(args: argparse.Namespace) -> int:
                 raise CliError(str(exc)) from None
             mine[view.transfer_id] = view
             reporter.line("offered", view)
-            reporter.say(f"offered {view.title} ({view.files} files, {_size(view.total_bytes)})"
-                         f" to {args.handle}; waiting for them to accept")
+            size = format_size(view.total_bytes)
+            reporter.say(f"offered {view.title} ({view.files} files, {size}) to {args.handle}; "
+                         "waiting for them to accept")
             reporter.update(view)
             await done.wait()
             final = mine[view.transfer_id]
@@ -343,7 +338,7 @@ async def _answer_offer(messenger: Any, reporter: Reporter, view: TransferView, 
                         interactive: bool) -> None:
     reporter.line("offer", view)
     reporter.say(f"{view.peer} offers {view.title} ({view.files} files, "
-                 f"{_size(view.total_bytes)})")
+                 f"{format_size(view.total_bytes)})")
     if auto == "all" or (auto == "verified" and _verified(messenger, view.peer)):
         return  # the messenger accepts it by itself (auto_accept setting)
     if not interactive:
@@ -378,8 +373,9 @@ def run_transfers(args: argparse.Namespace) -> int:
                 print(json.dumps(_describe(view)))
             else:
                 arrow = "→" if view.outgoing else "←"
+                done, total = format_size(view.done_bytes), format_size(view.total_bytes)
                 print(f"{view.transfer_id[:12]}  {arrow} {view.peer:<12} {view.state.value:<9} "
-                      f"{_size(view.done_bytes):>9} / {_size(view.total_bytes):<9} {view.title}"
+                      f"{done:>9} / {total:<9} {view.title}"
                       + (f"  ({view.detail})" if view.detail else ""))
         if not views and not args.json:
             print("no transfers")
