@@ -10,7 +10,9 @@ The forwarder pairs one receiver with one sender and relays the sender's binary 
 unchanged; the sender sends ``N`` bytes from one in-memory buffer in ``F``-byte frames; the
 receiver only counts them. Whatever qsecret or wormhole does beyond moving frames through a
 middle process (sealing, hashing, writing the file, acks) is what this leaves out, so it is
-the upper bound for their speed on this machine. Loopback only, every wait bounded.
+the upper bound for their speed on this machine. The forwarder runs on the same event loop as
+``qsecret relay`` (uvloop when installed), the clients on the standard loop like qsecret's.
+Loopback only, every wait bounded.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+
+from relay import loop as event_loop
 
 LOOPBACK = "127.0.0.1"
 SLACK = 1024  # frame size headroom for max_size
@@ -100,7 +107,7 @@ def main() -> int:
     if args.role == "forward":
         if args.port is None:
             parser.error("forward needs --port")
-        asyncio.run(forward(args.port, args.frame, args.timeout))
+        event_loop.run(forward(args.port, args.frame, args.timeout))  # the relay's loop
         return 0
     if not args.url or not args.url.startswith(f"ws://{LOOPBACK}:"):
         parser.error(f"--url must be ws://{LOOPBACK}:PORT/...")
