@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from client.transfer import (
     FileReader,
     IntegrityFailed,
     Manifest,
+    PartialStore,
     ProgressMeter,
     ProgressUpdate,
     ReceiverStatus,
@@ -79,6 +81,7 @@ SNAPSHOT_EVERY_S = 1.0
 PROGRESS_EVERY_S = 0.25
 ACK_EVERY_FRAMES = 16  # the receiver acks at least every 4 MiB even when frames keep coming
 IDLE_NUDGE_S = 10.0
+KEEP_FINISHED_PROGRESS_S = 7 * 24 * 3600.0  # as long as the relay keeps a spooled frame
 WAITING_FOR_RELAY = "waiting for the relay"
 SPOOL_FULL = ("the relay's spool for {peer} is full (its quota): the rest follows when {peer} "
               "comes online")
@@ -175,6 +178,7 @@ class _Transfer:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one core call at a time
     limit: float = 0.0  # sender: at most this many bytes per second (0: no limit)
     paused: bool = False  # sender: the relay's spool for the peer is full
+    finished_at: float = 0.0  # wall clock when it completed, failed or was cancelled
 
     @property
     def hex(self) -> str:
@@ -187,6 +191,7 @@ class _Transfer:
             "state": self.state.value, "detail": self.detail, "started": self.started_at,
             "sources": self.sources, "stamps": self.stamps, "snapshot": self.snapshot,
             "paths": self.paths, "done": self.done_bytes, "limit": self.limit,
+            "finished": self.finished_at,
         }
 
     @classmethod
@@ -199,6 +204,7 @@ class _Transfer:
             stamps=[list(s) for s in record["stamps"]], snapshot=record["snapshot"],
             paths=list(record["paths"]), done_bytes=int(record.get("done", 0)),
             limit=float(record.get("limit", 0.0)),
+            finished_at=float(record.get("finished", 0.0)),
         )
 
 
@@ -223,6 +229,24 @@ class TransferManager:
             if item.state is TransferState.WAITING or item.state is TransferState.SENDING:
                 item.state = TransferState.WAITING
             self._transfers[item.tid] = item
+        self._drop_old_progress_folders()
+
+    def _drop_old_progress_folders(self) -> None:
+        """A finished receiver keeps its progress folder (under DOWNLOADS/.qsecret-partial)
+        a while, to answer a sender that missed the end; then it goes. The record stays."""
+        cutoff = time.time() - KEEP_FINISHED_PROGRESS_S
+        for item in self._transfers.values():
+            if item.outgoing or not item.state.finished or not item.finished_at:
+                continue
+            if item.finished_at > cutoff:
+                continue
+            folder = PartialStore.folder_for(self.downloads, item.tid)
+            if not folder.exists():
+                continue
+            try:
+                PartialStore.load(self.downloads, item.tid).remove()
+            except (TransferError, OSError, sqlite3.Error) as exc:
+                log.warning("could not remove %s: %s", folder, exc)
 
     # -- settings ---------------------------------------------------------------------
 
@@ -491,6 +515,8 @@ class TransferManager:
     def _finish(self, item: _Transfer, state: TransferState) -> None:
         if state is TransferState.COMPLETE and item.paths:
             item.detail = ", ".join(item.paths)
+        if state.finished and not item.finished_at:
+            item.finished_at = time.time()
         self._set(item, state)
         if item.outgoing and item.sender is not None:
             closer = getattr(item.sender.reader, "close", None)

@@ -201,3 +201,39 @@ async def test_a_lost_final_ack_is_recovered(stack: Stack, alice: MessengerServi
         assert _sha(Path(landed.paths[0])) == _sha(source)
     finally:
         await bob.stop()
+
+
+async def test_a_finished_receivers_progress_folder_goes_after_a_while(
+        stack: Stack, alice: MessengerService, monkeypatch: pytest.MonkeyPatch) -> None:
+    from client.messenger import transfers
+    from client.transfer.names import PARTIAL_DIR_NAME
+
+    downloads = stack.root / "dl-tidy"
+    config = dataclasses.replace(load_config(stack.profile("bob"), relay_url=stack.relay_url),
+                                 auto_accept="all", downloads_dir=str(downloads))
+    bob = await asyncio.to_thread(open_profile, config, PASSPHRASE)
+    await bob.start()
+    await bob.wait_online(15)
+    try:
+        source = _write(stack.root / "src-tidy" / "tidy.bin", 300_000)
+        view = await alice.send_files("bob", [str(source)])
+        assert await _until_finished(alice, view.transfer_id, 60) is TransferState.COMPLETE
+        for _ in range(50):  # bob's side finishes a moment after alice hears the final ack
+            if any(v.state.finished for v in bob.transfers() if v.transfer_id == view.transfer_id):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await bob.stop()
+    progress = downloads / PARTIAL_DIR_NAME / view.transfer_id
+    assert progress.is_dir(), "kept at first, to answer a sender that missed the end"
+    again = await asyncio.to_thread(open_profile, config, PASSPHRASE)
+    await again.stop()
+    assert progress.is_dir(), "still kept: not old yet"
+    monkeypatch.setattr(transfers, "KEEP_FINISHED_PROGRESS_S", 0.0)
+    later = await asyncio.to_thread(open_profile, config, PASSPHRASE)
+    try:
+        assert not progress.exists()
+        (record,) = [v for v in later.transfers() if v.transfer_id == view.transfer_id]
+        assert record.state is TransferState.COMPLETE and (downloads / "tidy.bin").exists()
+    finally:
+        await later.stop()
