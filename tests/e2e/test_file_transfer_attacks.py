@@ -50,6 +50,21 @@ async def _exit(receiver: Cli, timeout: float = 60.0) -> int:
     return await asyncio.to_thread(receiver.exit_code, timeout)
 
 
+async def _send_through(alice: MessengerService, send_binary: object, source: Path,
+                        receiver: Cli) -> None:
+    """Send ``source`` to bob with alice's binary frames going out through ``send_binary``
+    (the wire as an attacker in the relay's position shapes it); both ends must finish."""
+    genuine = alice.relay.send_binary
+    alice.relay.send_binary = send_binary  # type: ignore[method-assign, assignment]
+    try:
+        view = await alice.send_files("bob", [str(source)])
+        assert await _until_finished(alice, view.transfer_id) is TransferState.COMPLETE
+        assert await _exit(receiver) == 0, receiver._tail()
+    finally:
+        alice.relay.send_binary = genuine  # type: ignore[method-assign]
+        receiver.stop()
+
+
 HOSTILE_NAMES = (
     "../../escaped.txt",
     "/etc/qsecret-absolute.conf",
@@ -99,8 +114,7 @@ async def test_tampered_truncated_reordered_and_replayed_chunks_are_refused(
     source = _write(stack.root / "src-tamper" / "ledger.db", 3 * MiB + 777)
     downloads = stack.root / "dl-tamper"
     receiver = _receiver(stack, downloads, "--count", "1")
-    relay = alice.relay
-    genuine_send = relay.send_binary
+    genuine_send = alice.relay.send_binary
     sent: dict[int, bytes] = {}
     injected: list[str] = []
 
@@ -121,14 +135,7 @@ async def test_tampered_truncated_reordered_and_replayed_chunks_are_refused(
             sent[seq] = payload
         await genuine_send(kind, stream, seq, payload)
 
-    relay.send_binary = hostile_send  # type: ignore[method-assign]
-    try:
-        view = await alice.send_files("bob", [str(source)])
-        assert await _until_finished(alice, view.transfer_id) is TransferState.COMPLETE
-        assert await _exit(receiver) == 0, receiver._tail()
-    finally:
-        relay.send_binary = genuine_send  # type: ignore[method-assign]
-        receiver.stop()
+    await _send_through(alice, hostile_send, source, receiver)
     assert {"tamper", "truncate", "replay"} <= set(injected)
     assert _sha(downloads / "ledger.db") == _sha(source)
     refusals = [line for line in receiver.lines if "refused a chunk" in line]
@@ -143,8 +150,7 @@ async def test_reordered_chunks_are_refused_and_resent_in_order(
     source = _write(stack.root / "src-order" / "movie.mkv", 2 * MiB + 5)
     downloads = stack.root / "dl-order"
     receiver = _receiver(stack, downloads, "--count", "1")
-    relay = alice.relay
-    genuine_send = relay.send_binary
+    genuine_send = alice.relay.send_binary
     held: list[tuple[int, bytes, int, bytes]] = []
 
     async def swapping_send(kind: int, stream: bytes, seq: int, payload: bytes) -> None:
@@ -155,14 +161,7 @@ async def test_reordered_chunks_are_refused_and_resent_in_order(
         if seq == 4 and held:
             await genuine_send(*held[0])  # ... and send it after chunk 4
 
-    relay.send_binary = swapping_send  # type: ignore[method-assign]
-    try:
-        view = await alice.send_files("bob", [str(source)])
-        assert await _until_finished(alice, view.transfer_id) is TransferState.COMPLETE
-        assert await _exit(receiver) == 0, receiver._tail()
-    finally:
-        relay.send_binary = genuine_send  # type: ignore[method-assign]
-        receiver.stop()
+    await _send_through(alice, swapping_send, source, receiver)
     assert held, "the test did not get to reorder anything"
     assert _sha(downloads / "movie.mkv") == _sha(source)
     assert any("refused a chunk: out-of-order" in line for line in receiver.lines), \
