@@ -1,7 +1,10 @@
-"""A real relay + KME pair + users (alice, bob, carol) for the TUI's Pilot tests."""
+"""Shared fixtures of the client tests: a real stack for the TUI's Pilot tests, a pinned
+time zone for anything that renders local times (snapshots, transfer lines)."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,3 +19,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture
+def utc_clock() -> Iterator[None]:
+    """Times render with time.localtime: pin the zone so output matches anywhere."""
+    previous = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = previous
+        time.tzset()

@@ -12,9 +12,8 @@ After an intended change of the UI, regenerate and review:
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,20 +33,7 @@ SIZE = (150, 40)
 SnapCompare = Callable[..., bool]
 
 
-@pytest.fixture(autouse=True)
-def utc_clock() -> Iterator[None]:
-    """Messages render their time with time.localtime: pin the zone so snapshots match anywhere."""
-    previous = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = previous
-        time.tzset()
+pytestmark = pytest.mark.usefixtures("utc_clock")
 
 
 def _chat_app(tmp_path: Path, *, link_alarm: bool = False) -> QsecretApp:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,20 +36,7 @@ SIZE = (150, 40)
 SnapCompare = Callable[..., bool]
 
 
-@pytest.fixture(autouse=True)
-def utc_clock() -> Iterator[None]:
-    """Transfer lines show their start time with time.localtime: pin the zone."""
-    previous = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = previous
-        time.tzset()
+pytestmark = pytest.mark.usefixtures("utc_clock")
 
 
 class UnlockedGate:
@@ -80,6 +67,15 @@ async def _until(pilot: Pilot, condition: Callable[[], bool], timeout: float = 1
         if time.monotonic() > deadline:
             raise AssertionError("the screen did not reach the expected state in time")
         await pilot.pause(0.05)
+
+
+async def _attach(pilot: Pilot) -> SendFilesScreen:
+    """Ctrl+T from the chat: the attach dialog."""
+    await pilot.press("ctrl+t")
+    await _until(pilot, lambda: isinstance(pilot.app.screen, SendFilesScreen))
+    screen = pilot.app.screen
+    assert isinstance(screen, SendFilesScreen)
+    return screen
 
 
 async def _chat(pilot: Pilot) -> ChatScreen:
@@ -138,8 +134,7 @@ async def test_attach_sends_a_real_file(tmp_path: Path) -> None:
     app = _app(tmp_path, messenger)
     async with app.run_test(size=SIZE) as pilot:
         chat = await _chat(pilot)
-        await pilot.press("ctrl+t")
-        await _until(pilot, lambda: isinstance(app.screen, SendFilesScreen))
+        await _attach(pilot)
         await _type(pilot, str(report))
         await pilot.press("enter")
         await _until(pilot, lambda: messenger.sent_files != [])
@@ -180,8 +175,7 @@ async def test_attach_space_separated_paths_and_a_folder(tmp_path: Path) -> None
     app = _app(tmp_path, messenger)
     async with app.run_test(size=SIZE) as pilot:
         await _chat(pilot)
-        await pilot.press("ctrl+t")
-        await _until(pilot, lambda: isinstance(app.screen, SendFilesScreen))
+        await _attach(pilot)
         app.screen.query_one("#paths", Input).value = f"{folder} '{spaced}'"
         await pilot.click("#send")
         await _until(pilot, lambda: messenger.sent_files != [])
@@ -197,8 +191,7 @@ async def test_attach_missing_path_shows_error_and_sends_nothing(tmp_path: Path)
     app = _app(tmp_path, messenger)
     async with app.run_test(size=SIZE) as pilot:
         await _chat(pilot)
-        await pilot.press("ctrl+t")
-        await _until(pilot, lambda: isinstance(app.screen, SendFilesScreen))
+        await _attach(pilot)
         modal = app.screen
         missing = tmp_path / "no-such-report.pdf"
         await _type(pilot, f"{real} {missing}")
@@ -234,8 +227,7 @@ async def test_send_refused_by_the_service_is_an_error_notification(tmp_path: Pa
     async with app.run_test(size=SIZE) as pilot:
         await _chat(pilot)
         before = len(messenger.transfers())
-        await pilot.press("ctrl+t")
-        await _until(pilot, lambda: isinstance(app.screen, SendFilesScreen))
+        await _attach(pilot)
         app.screen.query_one("#paths", Input).value = str(real)
         await pilot.press("enter")
         await _until(pilot, lambda: _notified(app, "spool for bob is full"))
