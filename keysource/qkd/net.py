@@ -33,6 +33,7 @@ from .background import in_background
 from .pair import call_maybe_async
 from .params import LinkParams
 from .protocol import MAX_FRAME_BYTES, AliceEndpoint, BlockReport, BobEndpoint, KeyBatch, Output
+from .refill import RefillGate
 
 log = logging.getLogger("qsecret.qkd")
 _LEN = struct.Struct(">I")
@@ -126,6 +127,7 @@ class _Session:
         self.on_keys = on_keys
         self.on_report = on_report
         self._saved_state: tuple[int, int, int, int] | None = None
+        self.gate = RefillGate()  # Alice's: when to start the next block
 
     def _persist(self) -> None:
         auth = self.endpoint.auth
@@ -142,6 +144,8 @@ class _Session:
         for batch in out.keys:
             await call_maybe_async(self.on_keys, batch)
         for report in out.reports:
+            if self.endpoint.role == "alice":
+                self.gate.on_report(report)
             await call_maybe_async(self.on_report, report)
 
 
@@ -186,7 +190,9 @@ async def _alice_connection(session: _Session, reader: asyncio.StreamReader,
         while not stop.is_set():
             if alice.idle:
                 free = UNLIMITED if room is None else int(room())
-                if free <= 0 or alice.peer_room == 0:
+                if alice.peer_room is not None:
+                    free = min(free, alice.peer_room)
+                if not session.gate.ready(free):
                     write_frames(writer, [b"R?"])
                     await writer.drain()
                     frame = await _next(queue, stop, 0.5)

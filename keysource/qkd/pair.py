@@ -28,6 +28,7 @@ from .protocol import (
     decode_quantum,
     encode_quantum,
 )
+from .refill import RefillGate
 
 UNLIMITED = 1 << 62
 
@@ -119,13 +120,15 @@ async def run_pair_link(
     """Run a link with both endpoints in this process until ``stop`` is set.
 
     Keys (identical, same order) go to ``on_keys_a`` and ``on_keys_b``; one report per block to
-    ``on_report``. When ``room()`` returns 0 the link idles. Raises AuthKeyExhausted when so
+    ``on_report``. When ``room()`` returns 0 the link idles, and once full it waits for room
+    for a block's yield (see refill.py). Raises AuthKeyExhausted when so
     many blocks were lost to an attack that the authentication key ran out.
     """
     link = PairLink(params)
+    gate = RefillGate()
     while not stop.is_set():
         free = UNLIMITED if room is None else int(room())
-        if free <= 0:
+        if not gate.ready(free):
             try:
                 await asyncio.wait_for(stop.wait(), 0.2)
             except TimeoutError:
@@ -136,4 +139,5 @@ async def run_pair_link(
             await call_maybe_async(on_keys_a, batch)
         for batch in result.keys_b:
             await call_maybe_async(on_keys_b, batch)
+        gate.on_report(result.report)
         await call_maybe_async(on_report, result.report)
