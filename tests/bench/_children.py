@@ -52,6 +52,7 @@ class Child:
             cwd=cwd, start_new_session=True,
         )
         self.peak_rss_kib: int | None = None
+        self.cpu_seconds: float | None = None  # user + system, all threads, last reading
         threading.Thread(target=self._watch_rss, daemon=True, name=f"{name}-rss").start()
         for stream_name in ("stdout", "stderr"):
             threading.Thread(target=self._pump, args=(stream_name,), daemon=True,
@@ -72,13 +73,16 @@ class Child:
             self._cond.notify_all()
 
     def _watch_rss(self) -> None:
-        """Poll VmHWM until the child is gone (its status then lacks the Vm* lines)."""
+        """Poll VmHWM and CPU time until the child is gone (its status then lacks Vm* lines)."""
         status = Path(f"/proc/{self.pid}/status")
         while self.process.returncode is None:
             try:
                 text = status.read_text()
+                cpu = cpu_seconds(self.pid)
             except OSError:
                 return
+            if cpu is not None:
+                self.cpu_seconds = cpu
             for row in text.splitlines():
                 if row.startswith("VmHWM:"):
                     self.peak_rss_kib = max(self.peak_rss_kib or 0, int(row.split()[1]))
@@ -158,6 +162,18 @@ class Child:
         with self._cond:
             lines = [f"  [{line.stream}] {line.text}" for line in self.lines[-TAIL:]]
         return (":\n" + "\n".join(lines)) if lines else " (no output)"
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds process ``pid`` has used so far (None if it is a zombie)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "
+    if fields[0] == "Z":
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
 def wait_listening(port: int, timeout: float, child: Child | None = None) -> None:

@@ -12,7 +12,13 @@ round by round, every client and server its own process:
   of tests/e2e/stack.py. The receiver is started first and given time to connect and log in;
   the clock runs from starting the sender process (so its start-up, the offer and the
   acceptance round trip are included, as wormhole's handshake is) until the receiver prints
-  its ``complete`` event. The landed file is checked byte for byte (SHA-256).
+  its ``complete`` event. The landed file is checked byte for byte (SHA-256). The KME pair
+  runs with pools of 2,048 keys and the rounds start once its emulated QKD link has filled
+  them and gone idle (``--qkd-link idle``, the default): the link's number crunching stands
+  in for QKD hardware, which does not share the host's CPU, and a transfer takes only a few
+  keys, not enough to start another block (keysource/qkd/refill.py). ``--qkd-link busy``
+  keeps the default 100,000-key pools, so the link computes blocks all through the rounds
+  (at low CPU priority) and the figure includes that competition.
 * ``wormhole_mb_per_s``: magic-wormhole 0.24 ``wormhole send``/``receive`` with its own
   mailbox server and transit relay (twistd plugins) on loopback, both clients ``--no-listen``
   so the bytes go through the transit relay as qsecret's go through its relay. The clock runs
@@ -23,7 +29,9 @@ round by round, every client and server its own process:
   size (256 KiB), no crypto, no disk; the receiver counts the bytes. Same clock.
 
 Also reported: each client's peak RSS (``VmHWM`` of its own address space, polled every 5 ms
-until it exits, see _children.py); ``peak_rss_mib`` is qsecret's receiver. Ratios
+until it exits, see _children.py); ``peak_rss_mib`` is qsecret's receiver. ``*_cpu_s``: CPU
+seconds (user + system) each process spent on the transfer, clients and servers (the KME pair
+with its QKD link included for qsecret), to show where a 2-core machine's time goes. Ratios
 ``vs_wormhole`` and ``vs_bare`` compare the medians. Targets (reported, not asserted): qsecret
 faster than wormhole, at least 40 % of the bare forwarder, receiver peak RSS under 200 MiB. A
 method that cannot run (e.g. a qsecret command missing or failing) is reported as failed with
@@ -45,6 +53,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -71,7 +80,13 @@ from client.transfer import (
     build_manifest,
 )
 from relay.wire import MAX_BINARY_PAYLOAD
-from tests.bench._children import Child, ChildError, wait_connected, wait_listening
+from tests.bench._children import (
+    Child,
+    ChildError,
+    cpu_seconds,
+    wait_connected,
+    wait_listening,
+)
 from tests.bench._common import write_json
 from tests.e2e.stack import free_port
 from tests.transfer.helpers import Secrets, sha256_file, write_seeded_file
@@ -222,6 +237,7 @@ class Run:
     sender_rss_mib: float | None
     sender_seconds: float | None = None  # the sender's own "complete" figure, if it gives one
     accepted_after_s: float | None = None  # sender start to its first "sending" event
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds by role, this round
 
 
 @dataclass
@@ -259,12 +275,14 @@ def _script(name: str) -> str:
 def timed_transfer(env: Env, label: str, receiver_argv: list[str], sender_argv: list[str],
                    server_port: int, done: Callable[[str], bool] | None,
                    child_env: dict[str, str] | None = None,
-                   receiver_cwd: Path | None = None) -> tuple[Run, Child, Child]:
+                   receiver_cwd: Path | None = None,
+                   servers: dict[str, int] | None = None) -> tuple[Run, Child, Child]:
     """Start the receiver, wait until it is connected to its server, then time the sender.
 
     The clock runs from starting the sender process until the receiver reports completion
     (a stdout line for which ``done`` is true; with ``done=None``, the receiver's successful
-    exit). Both processes must exit 0 within the timeout.
+    exit). Both processes must exit 0 within the timeout. ``servers`` (role -> pid) are the
+    long-running processes whose CPU time over the timed span is reported beside the clients'.
     """
     receiver = env.spawn(f"{label} receiver", receiver_argv, child_env, receiver_cwd)
     try:
@@ -273,6 +291,9 @@ def timed_transfer(env: Env, label: str, receiver_argv: list[str], sender_argv: 
         receiver.stop()
         raise BenchError(str(error)) from error
     time.sleep(SETTLE_S)  # the connection is up; let it finish its hello/login
+    servers = servers or {}
+    server_cpu = {role: cpu_seconds(pid) or 0.0 for role, pid in servers.items()}
+    receiver_cpu = receiver.cpu_seconds or 0.0
     start = time.perf_counter()
     sender = env.spawn(f"{label} sender", sender_argv, child_env)
     try:
@@ -282,6 +303,8 @@ def timed_transfer(env: Env, label: str, receiver_argv: list[str], sender_argv: 
         else:
             code = receiver.wait_exit(timeout=env.timeout)
             end = time.perf_counter()
+        server_cpu = {role: (cpu_seconds(pid) or 0.0) - server_cpu[role]
+                      for role, pid in servers.items()}
         if code != 0:
             raise BenchError(f"{receiver.name} exited {code}{receiver.tail()}")
         sent = sender.wait_exit(timeout=60)
@@ -292,7 +315,11 @@ def timed_transfer(env: Env, label: str, receiver_argv: list[str], sender_argv: 
     finally:
         receiver.stop()
         sender.stop()
-    return Run(end - start, receiver.peak_rss_mib, sender.peak_rss_mib), receiver, sender
+    cpu = {"sender": sender.cpu_seconds or 0.0,
+           "receiver": (receiver.cpu_seconds or 0.0) - receiver_cpu, **server_cpu}
+    run = Run(end - start, receiver.peak_rss_mib, sender.peak_rss_mib,
+              cpu_s={role: round(value, 2) for role, value in cpu.items()})
+    return run, receiver, sender
 
 
 def _verify(path: Path, env: Env, label: str) -> None:
@@ -314,7 +341,7 @@ class Bare:
         self.env = env
         self.port = free_port()
         self.script = str(Path(__file__).with_name("bare_ws.py"))
-        forwarder = env.spawn("bare forwarder", [
+        self.forwarder = forwarder = env.spawn("bare forwarder", [
             sys.executable, self.script, "forward", "--port", str(self.port),
             "--frame", str(env.frame), "--timeout", str(env.timeout)])
         wait_listening(self.port, 30, forwarder)
@@ -327,7 +354,8 @@ class Bare:
         run, receiver, _ = timed_transfer(
             self.env, "bare", [*base, "receive", "--url", f"{url}/recv", *common],
             [*base, "send", "--url", f"{url}/send", *common], self.port,
-            done=lambda text: _event(text) in ("complete", "failed"))
+            done=lambda text: _event(text) in ("complete", "failed"),
+            servers={"relay": self.forwarder.pid})
         last = _last_json(receiver)
         if last.get("event") != "complete" or last.get("bytes") != self.env.size:
             raise BenchError(f"bare: receiver counted {last.get('bytes')} bytes, "
@@ -357,6 +385,7 @@ class Wormhole:
         transit = env.spawn("wormhole transit relay", [
             twistd, "--nodaemon", "--pidfile=", f"--logfile={work / 'transit.log'}",
             "transitrelay", f"--port=tcp:{self.transit_port}:interface=127.0.0.1"], cwd=work)
+        self.servers = {"mailbox": mailbox.pid, "relay": transit.pid}
         wait_listening(self.mailbox_port, 30, mailbox)
         wait_listening(self.transit_port, 30, transit)
         self.downloads = work / "downloads"
@@ -376,15 +405,18 @@ class Wormhole:
              "--output-file", str(target), code],
             [*base, "send", "--hide-progress", "--no-qr", *listen, "--code", code,
              str(self.env.source)],
-            self.mailbox_port, done=None, child_env=child_env)
+            self.mailbox_port, done=None, child_env=child_env, servers=self.servers)
         _verify(target, self.env, "wormhole")
         return run
+
+
+POOL_KEYS = 2048  # --qkd-link idle: the KME pools' size (about 5 s of the emulated link)
 
 
 class Qsecret:
     """Two qsecret clients (alice on KME A, bob on KME B) through a local qsecret relay."""
 
-    def __init__(self, env: Env, exits: contextlib.ExitStack) -> None:
+    def __init__(self, env: Env, exits: contextlib.ExitStack, link: str) -> None:
         self.env = env
         for command in ("send-file", "receive-files"):
             probe = subprocess.run([sys.executable, "-m", "client", command, "--help"],
@@ -396,11 +428,36 @@ class Qsecret:
         from tests.e2e.stack import PASSPHRASE, start_stack
 
         (env.root / "qsecret").mkdir()
-        self.stack = start_stack(env.root / "qsecret")
+        kme_args = () if link == "busy" else ("--max-keys", str(POOL_KEYS),
+                                                 "--status-interval", "0.5")
+        self.stack = start_stack(env.root / "qsecret", *kme_args)
         exits.callback(self.stack.stop)
+        if link == "idle":
+            self._wait_link_idle()
         self.child_env = {**os.environ, "QSECRET_PASSPHRASE": PASSPHRASE}
+        assert self.stack.relay and self.stack.relay.process
+        assert self.stack.kme and self.stack.kme.process
+        self.servers = {"relay": self.stack.relay.process.pid,
+                        "kme pair": self.stack.kme.process.pid}
         self.downloads = env.root / "qsecret-downloads"
         self.downloads.mkdir()
+
+    def _wait_link_idle(self, timeout: float = 120.0) -> None:
+        """Wait until the QKD link has filled most of both pools and run no block for 1.5 s."""
+        assert self.stack.kme is not None
+        deadline = time.monotonic() + timeout
+        last_blocks, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            line = self.stack.kme.wait_for("| link", timeout=30)
+            pools = [int(n) for n in re.findall(r"kme-\w+ (\d+)/\d+", line)]
+            found = re.search(r"blocks (\d+)", line)
+            blocks = int(found.group(1)) if found else -1
+            if blocks != last_blocks:
+                last_blocks, quiet_since = blocks, time.monotonic()
+            elif (len(pools) == 2 and min(pools) >= POOL_KEYS // 2
+                  and time.monotonic() - quiet_since >= 1.5):
+                return
+        raise BenchError(f"the QKD link did not fill the KME pools within {timeout:.0f}s")
 
     def _args(self, handle: str) -> list[str]:
         return ["--data", str(self.stack.profile(handle)), "--relay", self.stack.relay_url]
@@ -415,7 +472,7 @@ class Qsecret:
             [*base, "send-file", "bob", str(self.env.source), *self._args("alice"), "--json"],
             self.stack.relay_port,
             done=lambda text: _event(text) in ("complete", "failed"),
-            child_env=self.child_env)
+            child_env=self.child_env, servers=self.servers)
         last = _last_json(receiver, events=("complete", "failed"))
         if last.get("event") != "complete":
             raise BenchError(f"qsecret: receiver reported {last}")
@@ -488,7 +545,7 @@ def measure_e2e(args: argparse.Namespace) -> dict:
         setups: dict[str, Callable[[], Bare | Wormhole | Qsecret]] = {
             "bare": lambda: Bare(env),
             "wormhole": lambda: Wormhole(env, args.wormhole_direct),
-            "qsecret": lambda: Qsecret(env, exits),
+            "qsecret": lambda: Qsecret(env, exits, args.qkd_link),
         }
         movers: dict[str, Bare | Wormhole | Qsecret] = {}
         for method in methods:
@@ -519,7 +576,7 @@ def _peak(values: list[float | None]) -> float | None:
 def summarize(size: int, rounds: int, args: argparse.Namespace, methods: list[str],
               runs: dict[str, list[Run]], errors: dict[str, str]) -> dict:
     data: dict = {"mode": "end-to-end", "file_bytes": size, "rounds": rounds,
-                  "frame_bytes": args.frame,
+                  "frame_bytes": args.frame, "qkd_link": args.qkd_link,
                   "wormhole_path": "direct" if args.wormhole_direct else "transit relay"}
     key = {"bare": "bare_ws", "wormhole": "wormhole", "qsecret": "qsecret"}
     for method in methods:
@@ -531,6 +588,10 @@ def summarize(size: int, rounds: int, args: argparse.Namespace, methods: list[st
         data[f"{name}_rounds_mb_per_s"] = [round(size / r.seconds / MB, 1) for r in runs[method]]
         data[f"{name}_receiver_peak_rss_mib"] = _peak([r.receiver_rss_mib for r in done])
         data[f"{name}_sender_peak_rss_mib"] = _peak([r.sender_rss_mib for r in done])
+        roles = sorted({role for r in done for role in r.cpu_s})
+        data[f"{name}_cpu_s"] = {role: round(statistics.median(r.cpu_s.get(role, 0.0)
+                                                               for r in done), 2)
+                                 for role in roles}
     qs, wh, bare = (data.get(f"{k}_mb_per_s") for k in ("qsecret", "wormhole", "bare_ws"))
     if "qsecret" in methods and "qsecret" not in errors:
         own = [size / r.sender_seconds / MB for r in runs["qsecret"] if r.sender_seconds]
@@ -558,7 +619,8 @@ def summarize(size: int, rounds: int, args: argparse.Namespace, methods: list[st
 def print_e2e_table(data: dict) -> None:
     size_mib = data["file_bytes"] // MiB
     print(f"end-to-end on loopback, {size_mib} MiB file, median of {data['rounds']} rounds "
-          f"(wall time from starting the sender to the receiver's completion)")
+          f"(wall time from starting the sender to the receiver's completion; QKD link "
+          f"{data.get('qkd_link', 'busy')})")
     print(f"{'method':<10} {'MB/s':>9} {'rounds MB/s':>20} {'recv RSS MiB':>13} "
           f"{'send RSS MiB':>13}")
     for name, label in (("qsecret", "qsecret"), ("wormhole", "wormhole"), ("bare_ws", "bare ws")):
@@ -569,6 +631,12 @@ def print_e2e_table(data: dict) -> None:
         print(f"{label:<10} {'failed' if rate is None else f'{rate:,.1f}':>9} {rounds:>20} "
               f"{_fmt(data[f'{name}_receiver_peak_rss_mib']):>13} "
               f"{_fmt(data[f'{name}_sender_peak_rss_mib']):>13}")
+    print("CPU seconds per transfer (median; the timed span, servers included):")
+    for name, label in (("qsecret", "qsecret"), ("wormhole", "wormhole"), ("bare_ws", "bare ws")):
+        cpu = data.get(f"{name}_cpu_s")
+        if cpu:
+            print(f"  {label:<9} " + ", ".join(f"{role} {value:.2f}" for role, value in cpu.items())
+                  + f"; total {sum(cpu.values()):.2f}")
     if data.get("qsecret_sender_reported_mb_per_s"):
         print(f"qsecret as its sender reports it (own clock, no start-up): "
               f"{data['qsecret_sender_reported_mb_per_s']:,.1f} MB/s; sending began "
@@ -607,6 +675,9 @@ def main() -> int:
                         help="end to end: bare forwarder frame size (qsecret's binary payload)")
     parser.add_argument("--timeout", type=float,
                         help="end to end: seconds allowed per transfer (default 60 + 2 MB/s)")
+    parser.add_argument("--qkd-link", choices=["idle", "busy"], default="idle",
+                        help="end to end: start once the emulated QKD link has filled small KME "
+                             "pools (idle, default) or let it fill large ones throughout (busy)")
     parser.add_argument("--wormhole-direct", action="store_true",
                         help="let wormhole connect its clients directly, not via its relay")
     args = parser.parse_args()
