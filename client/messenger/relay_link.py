@@ -247,15 +247,19 @@ class RelayLink:
             raise RelayError(f"unexpected answer to stream_open: {type(answer).__name__}")
 
     async def send_binary(self, kind: int, stream: bytes, seq: int, payload: bytes) -> None:
-        """Write one binary frame now; raises RelayError when not connected.
+        """Write one binary frame now; raises RelayError when not connected."""
+        await self._write_frame(encode_binary(kind, stream, seq, payload))
 
-        Awaiting the websocket's drain here is the flow control: a relay that stops
-        reading (its receiver is slow) stops this sender too.
-        """
+    async def send_frame(self, frame: bytes | bytearray) -> None:
+        """Write one encoded binary frame (see ``encode_binary_into``) now."""
+        await self._write_frame(frame)
+
+    async def _write_frame(self, frame: bytes | bytearray) -> None:
+        """Awaiting the websocket's drain here is the flow control: a relay that stops
+        reading (its receiver is slow) stops this sender too."""
         ws = self._ws
         if ws is None or not self._ready.is_set():
             raise RelayError("not connected to the relay")
-        frame = encode_binary(kind, stream, seq, payload)
         try:
             async with self._write_lock:
                 await ws.send(frame)

@@ -61,7 +61,8 @@ from client.transfer import (
 )
 from client.transfer import Event as CoreEvent
 from keysource.mix import QkdRequired
-from relay.wire import KIND_FILE_CHUNK, BinaryFrame, Error
+from relay.wire import HEADER_BYTES as BINARY_HEADER_BYTES
+from relay.wire import KIND_FILE_CHUNK, BinaryFrame, Error, encode_binary_into
 
 from . import payload as payloads
 from .api import MessengerError, TransferEvent, TransferState, TransferView
@@ -79,6 +80,7 @@ UNBOUNDED_WINDOW = 1 << 40  # flow control is the websocket's backpressure, not 
 INCOMING_QUEUE_FRAMES = 32  # chunks waiting for the disk at most (about 8 MiB)
 SNAPSHOT_EVERY_S = 1.0
 PROGRESS_EVERY_S = 0.25
+SEAL_BATCH = 4  # chunks the sender reads and seals per trip to its worker thread (1 MiB)
 ACK_EVERY_FRAMES = 16  # the receiver acks at least every 4 MiB even when frames keep coming
 IDLE_NUDGE_S = 10.0
 KEEP_FINISHED_PROGRESS_S = 7 * 24 * 3600.0  # as long as the relay keeps a spooled frame
@@ -432,10 +434,12 @@ class TransferManager:
         pace = _Pacer(item.limit)
         quiet = self.sender_quiet_s
         while True:
-            while not item.paused and (frame := await self._next_frame(item, sender)):
-                seq, data = frame
-                await service.relay.send_binary(KIND_FILE_CHUNK, item.tid, seq, data)
-                await pace.sent(len(data))
+            while not item.paused and (frames := await self._next_frames(item, sender)):
+                for frame in frames:
+                    await service.relay.send_frame(frame)
+                    await pace.sent(len(frame) - BINARY_HEADER_BYTES)
+                    if item.paused:  # a quota error rewound the core: these are void
+                        break
                 self._maybe_progress(item)
                 if not item.queue.empty():
                     break  # a resume or cancel may change what to send next
@@ -464,13 +468,19 @@ class TransferManager:
         await self._send_controls(item, sender.data_to_send())
         self._finish(item, _SENDER_STATE[sender.status])
 
-    async def _next_frame(self, item: _Transfer,
-                          sender: TransferSender) -> tuple[int, bytes] | None:
-        def read() -> tuple[int, bytes] | None:
+    async def _next_frames(self, item: _Transfer, sender: TransferSender) -> list[bytearray]:
+        """Up to SEAL_BATCH sealed chunks as relay binary frames (one thread trip)."""
+        def read() -> list[bytearray]:
+            frames: list[bytearray] = []
             with item.lock:  # the loop may rewind the core (a quota error) meanwhile
-                ordinal = sender.next_ordinal
-                data = sender.next_frame()
-            return None if data is None else (ordinal, bytes(data))
+                while len(frames) < SEAL_BATCH:
+                    ordinal = sender.next_ordinal
+                    frame = sender.next_frame(headroom=BINARY_HEADER_BYTES)
+                    if frame is None:
+                        break
+                    encode_binary_into(frame, KIND_FILE_CHUNK, item.tid, ordinal)
+                    frames.append(frame)
+            return frames
         try:
             return await asyncio.to_thread(read)
         except TransferError as exc:  # a source changed: the core queued a cancel

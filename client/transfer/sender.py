@@ -224,8 +224,10 @@ class TransferSender:
         out, self._outbox = self._outbox, []
         return out
 
-    def next_frame(self) -> bytearray | None:
+    def next_frame(self, headroom: int = 0) -> bytearray | None:
         """The next sealed chunk frame, or ``None`` (window full, all sent, or not sending).
+
+        The frame starts after ``headroom`` free bytes (for the transport's header).
 
         Raises SourceError (and cancels, see ``data_to_send``) if a file changed since it was
         offered (shorter than announced, or the reader says so). Content changes that keep
@@ -251,7 +253,7 @@ class TransferSender:
                                        self.keys.file_key(file_index))
             self._sealer_index = file_index
         assert self._sealer is not None
-        frame = self._sealer.seal(chunk_index, data, last)
+        frame = self._sealer.seal(chunk_index, data, last, headroom)
         self._next = (file_index + 1, 0) if last else (file_index, chunk_index + 1)
         return frame
 

@@ -79,12 +79,16 @@ class ChunkSealer:
         self._prefix = key.nonce_prefix
 
     def seal(self, chunk_index: int, plaintext: bytes | bytearray | memoryview,
-             last: bool) -> bytearray:
-        """One complete chunk frame: header || ciphertext || tag (one allocation)."""
-        frame = bytearray(HEADER_BYTES + len(plaintext) + TAG_BYTES)
-        _HEADER.pack_into(frame, 0, MAGIC, FRAME_VERSION, KIND_CHUNK, self._transfer_id,
+             last: bool, headroom: int = 0) -> bytearray:
+        """One complete chunk frame: header || ciphertext || tag (one allocation).
+
+        ``headroom`` bytes are left free in front of it for the transport's own header, so
+        the frame goes out without another copy of the chunk.
+        """
+        frame = bytearray(headroom + HEADER_BYTES + len(plaintext) + TAG_BYTES)
+        _HEADER.pack_into(frame, headroom, MAGIC, FRAME_VERSION, KIND_CHUNK, self._transfer_id,
                           self._file_index, chunk_index, FLAG_LAST if last else 0)
-        view = memoryview(frame)
+        view = memoryview(frame)[headroom:]
         self._aead.encrypt_into(nonce_for(self._prefix, chunk_index, last), plaintext,
                                 bytes(view[:HEADER_BYTES]), view[HEADER_BYTES:])
         return frame

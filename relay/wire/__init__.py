@@ -41,6 +41,7 @@ from .binary import (
     MAX_BINARY_PAYLOAD,
     BinaryFrame,
     encode_binary,
+    encode_binary_into,
     parse_binary,
     parse_binary_header,
 )
@@ -150,6 +151,7 @@ __all__ = [
     "auth_message",
     "certificate_fingerprint",
     "encode_binary",
+    "encode_binary_into",
     "format_fingerprint",
     "new_message_id",
     "one_time_message",

@@ -16,6 +16,7 @@ from client.messenger.api import TransferState
 from client.messenger.profile import open_profile
 from client.messenger.service import MessengerService
 from client.transfer import build_manifest
+from relay.wire import parse_binary
 from tests.e2e.stack import PASSPHRASE, Stack
 from tests.e2e.test_file_transfer import Cli, _receiver, _sha, _write
 
@@ -55,13 +56,22 @@ async def _send_through(alice: MessengerService, send_binary: object, source: Pa
     """Send ``source`` to bob with alice's binary frames going out through ``send_binary``
     (the wire as an attacker in the relay's position shapes it); both ends must finish."""
     genuine = alice.relay.send_binary
+
+    async def send_frame(frame: bytes | bytearray) -> None:
+        """Chunks leave as whole encoded frames: hand them to ``send_binary`` parsed."""
+        parsed = parse_binary(bytes(frame))
+        await send_binary(parsed.kind, parsed.stream, parsed.seq,  # type: ignore[operator]
+                          bytes(parsed.payload))
+
     alice.relay.send_binary = send_binary  # type: ignore[method-assign, assignment]
+    alice.relay.send_frame = send_frame  # type: ignore[method-assign]
     try:
         view = await alice.send_files("bob", [str(source)])
         assert await _until_finished(alice, view.transfer_id) is TransferState.COMPLETE
         assert await _exit(receiver) == 0, receiver._tail()
     finally:
         alice.relay.send_binary = genuine  # type: ignore[method-assign]
+        del alice.relay.send_frame  # the class's method again
         receiver.stop()
 
 

@@ -126,6 +126,26 @@ def test_binary_header_layout_and_refusals() -> None:
         wire.encode_binary(wire.KIND_FILE_CHUNK, stream, 0, b"x" * (wire.MAX_BINARY_PAYLOAD + 1))
 
 
+def test_binary_frames_built_in_place_and_parsed_without_copies() -> None:
+    """The bulk path: the header goes into headroom before the payload; parsing keeps a view."""
+    stream = bytes(range(16))
+    payload = bytes(range(256)) * 8
+    frame = bytearray(wire.HEADER_BYTES) + payload
+    wire.encode_binary_into(frame, wire.KIND_FILE_CHUNK, stream, 7)
+    assert bytes(frame) == wire.encode_binary(wire.KIND_FILE_CHUNK, stream, 7, payload)
+    parsed = wire.parse_binary(frame)
+    assert isinstance(parsed.payload, memoryview) and parsed.payload.obj is frame
+    assert parsed.payload == payload and parsed.seq == 7
+    with pytest.raises(wire.WireError):
+        wire.encode_binary_into(bytearray(31), wire.KIND_FILE_CHUNK, stream, 0)
+    with pytest.raises(wire.WireError):
+        wire.encode_binary_into(bytearray(wire.HEADER_BYTES + 1), 9, stream, 0)
+    too_big = bytearray(wire.HEADER_BYTES + wire.MAX_BINARY_PAYLOAD + 1)
+    with pytest.raises(wire.WireError) as info:
+        wire.encode_binary_into(too_big, wire.KIND_FILE_CHUNK, stream, 0)
+    assert info.value.code == "too_large"
+
+
 def test_auth_message_layout_is_fixed() -> None:
     """Golden bytes: the relay and every client must build exactly this."""
     message = wire.auth_message(b"N" * 32, "qsr-1", b"F" * 32, "alice", b"K" * 3)

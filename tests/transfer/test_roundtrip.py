@@ -16,6 +16,7 @@ from client.transfer import (
     SenderStatus,
     TransferComplete,
 )
+from client.transfer.stream import ChunkSealer
 
 from .helpers import make_pair, pump, sha256_file, write_seeded_file
 
@@ -165,3 +166,22 @@ def test_receiver_acks_every_stored_chunk_and_window_limits_in_flight(tmp_path: 
     assert pair.sender.in_flight == 2
     assert len(pair.sender.frames()) == 1
     assert os.path.getsize(pair.receiver.store.part_path(0)) == 4096
+
+
+def test_frames_sealed_with_headroom_are_the_same_frames(tmp_path: Path) -> None:
+    """The sender leaves room for the relay's header in front; what follows is unchanged."""
+    source = tmp_path / "src" / "h.bin"
+    write_seeded_file(source, 5 * 4096 + 17, seed=9)
+    pair = make_pair([source], tmp_path / "dl", chunk_size=4096)
+    sealer = ChunkSealer(pair.manifest.transfer_id, 0, pair.receiver.keys.file_key(0))
+    chunk = os.urandom(4096)
+    assert sealer.seal(3, chunk, False, headroom=32)[32:] == sealer.seal(3, chunk, False)
+    for frame in pair.receiver.data_to_send():
+        pair.sender.receive_control(frame)
+    while (frame := pair.sender.next_frame(headroom=32)) is not None:
+        assert bytes(frame[:32]) == bytes(32)
+        pair.receiver.receive_frame(memoryview(frame)[32:])  # a view, as the relay link gives
+    for control in pair.receiver.data_to_send():
+        pair.sender.receive_control(control)
+    assert pair.receiver.status is ReceiverStatus.COMPLETE
+    assert sha256_file(tmp_path / "dl" / "h.bin") == sha256_file(source)
