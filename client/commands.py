@@ -8,15 +8,23 @@ import getpass
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .cli import CliError
 from .config import ClientConfig, ConfigError, load_config
 from .messenger.api import MessageEvent, MessageView, MessengerError
-from .messenger.profile import ProfileGate, create_profile, open_profile
+
+# The messenger itself (client.messenger.profile and everything it imports, a quarter of a
+# second) is imported inside the commands that use it, so 'qsecret --help' and the start of
+# 'qsecret send-file' (which hashes the files meanwhile) do not wait for it.
+
+T = TypeVar("T")
 
 PASSPHRASE_ENV = "QSECRET_PASSPHRASE"
 RECV_IDLE_S = 2.0
@@ -175,6 +183,8 @@ def run_init(args: argparse.Namespace) -> int:
     ):
         raise CliError("an https KME needs --kme-pki DIR or --kme-ca, --sae-cert and --sae-key")
     passphrase = _passphrase(confirm=True)
+    from .messenger.profile import create_profile
+
     try:
         create_profile(config, args.handle, passphrase)
     except MessengerError as exc:
@@ -188,6 +198,7 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    from .messenger.profile import ProfileGate, open_profile
     from .tui.app import QsecretApp
 
     config = _config(args)
@@ -206,13 +217,37 @@ def run_chat(args: argparse.Namespace) -> int:
 # -- scriptable send / recv --------------------------------------------------------------
 
 
+def in_background(call: Callable[..., T], *args: Any, name: str = "background") -> Future[T]:
+    """Run ``call`` in a daemon thread (an error exit never waits for it)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(call(*args))
+        except BaseException as exc:  # handed to whoever awaits the future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True, name=name).start()
+    return future
+
+
 def _open(args: argparse.Namespace, **settings: str) -> Any:
-    """Unlock the profile (``settings`` override config.toml for this run)."""
+    """Unlock the profile (``settings`` override config.toml for this run).
+
+    The passphrase KDF runs on a worker thread while this one imports the messenger.
+    """
+    from .messenger.unlock import unlock_store
+
     config = _config(args)
     if settings:
         config = replace(config, **settings)
+    unlocking = in_background(unlock_store, config, _passphrase(), name="unlock")
+    from .messenger.profile import messenger_for
+
     try:
-        return open_profile(config, _passphrase())
+        return messenger_for(config, unlocking.result())
     except MessengerError as exc:
         raise CliError(str(exc)) from None
 

@@ -22,7 +22,7 @@ import platformdirs
 from .cli import CliError
 from .config import ClientConfig, load_config
 from .messenger.api import MessengerError
-from .messenger.profile import create_profile, open_profile, store_path
+from .messenger.unlock import store_path
 from .processes import ServiceError, ServiceProcess, port_free
 
 DEMO_PASSPHRASE = "qsecret-demo"
@@ -107,6 +107,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _profiles(base: Path, args: argparse.Namespace, passphrase: str) -> dict[str, ClientConfig]:
+    from .messenger.profile import create_profile
+
     pki = base / "kme" / "pki"
     configs = {}
     for handle, sae_id, port_attr in USERS:
@@ -131,6 +133,8 @@ def _profiles(base: Path, args: argparse.Namespace, passphrase: str) -> dict[str
 
 async def _introduce(configs: dict[str, ClientConfig], passphrase: str) -> None:
     """Log bob in once (publishes his prekeys), then let alice add him as a contact."""
+    from .messenger.profile import open_profile
+
     bob = open_profile(configs["bob"], passphrase)
     await bob.start()
     try:
@@ -153,6 +157,7 @@ async def _introduce(configs: dict[str, ClientConfig], passphrase: str) -> None:
 
 
 def _run_tui(config: ClientConfig, passphrase: str, other: str) -> int:
+    from .messenger.profile import open_profile
     from .tui.app import QsecretApp
 
     messenger = open_profile(config, passphrase)

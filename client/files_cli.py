@@ -12,10 +12,7 @@ import argparse
 import asyncio
 import json
 import sys
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +28,7 @@ from rich.progress import (
 )
 
 from .cli import CliError
-from .commands import _online, _open, _profile_args, _timeout_arg
+from .commands import _online, _open, _profile_args, _timeout_arg, in_background
 from .messenger.api import MessengerError, TransferEvent, TransferState, TransferView
 from .transfer import TransferError, build_manifest, format_size
 
@@ -116,22 +113,6 @@ def _rate(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError("the rate must be positive")
     return value
-
-
-def _in_background(call: Callable[..., T], *args: Any) -> Future[T]:
-    """Run ``call`` in a daemon thread (an error exit never waits for it)."""
-    future: Future[T] = Future()
-
-    def run() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(call(*args))
-        except BaseException as exc:  # handed to whoever awaits the future
-            future.set_exception(exc)
-
-    threading.Thread(target=run, daemon=True, name="hash-files").start()
-    return future
 
 
 def _describe(view: TransferView) -> dict[str, Any]:
@@ -228,7 +209,7 @@ def run_send_file(args: argparse.Namespace) -> int:
     if missing:
         raise CliError(f"no such file or folder: {', '.join(missing)}")
     # Hashing (for the manifest) runs while the passphrase KDF and the login do.
-    hashing = _in_background(build_manifest, [str(p) for p in args.paths])
+    hashing = in_background(build_manifest, [str(p) for p in args.paths], name="hash-files")
     messenger = _open(args)
 
     async def main() -> int:

@@ -5,24 +5,20 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import replace
-from pathlib import Path
 
 from client.config import ClientConfig
 from client.protocol import Identity, generate_prekeys
 from client.protocol.bundle import conservative_kem_available
-from client.store.sealed import StoreError, WrongPassphrase
 from client.store.store import Store
 
 from .api import MessengerError
 from .service import MessengerService
+from .unlock import STORE_FILE, store_path, unlock_store
 
-STORE_FILE = "store.sqlite3"
+__all__ = ["STORE_FILE", "ProfileGate", "create_profile", "messenger_for", "open_profile",
+           "store_path"]
 ONE_TIME_PREKEYS = 50
 HANDLE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
-
-
-def store_path(config: ClientConfig) -> Path:
-    return config.data_dir / STORE_FILE
 
 
 def check_handle(handle: str) -> str:
@@ -60,15 +56,11 @@ def create_profile(config: ClientConfig, handle: str, passphrase: str) -> None:
 
 def open_profile(config: ClientConfig, passphrase: str) -> MessengerService:
     """Unlock the store and build the (not yet started) messenger (blocking)."""
-    path = store_path(config)
-    if not path.exists():
-        raise MessengerError(f"no profile in {config.data_dir}: run 'qsecret init' first")
-    try:
-        store = Store.open(passphrase, path, create=False)
-    except WrongPassphrase:
-        raise MessengerError("wrong passphrase (nothing was changed); try again") from None
-    except StoreError as exc:
-        raise MessengerError(str(exc)) from None
+    return messenger_for(config, unlock_store(config, passphrase))
+
+
+def messenger_for(config: ClientConfig, store: Store) -> MessengerService:
+    """The (not yet started) messenger of an unlocked store; closes the store on failure."""
     loaded = store.load_identity()
     if loaded is None:
         store.close()

@@ -9,20 +9,46 @@
 - :mod:`.cli`    ``qsecret kme pair | serve | status | pki``
 """
 
-from .client import (
-    AsyncSaeClient,
-    KeyStatus,
-    KmeBadRequest,
-    KmeConnectionError,
-    KmeError,
-    KmeProtocolError,
-    KmeUnauthorized,
-    KmeUnavailable,
-    QkdKey,
-    SaeClient,
-)
-from .pki import Pki, PkiError
-from .pool import KeyPool, PoolExhausted, PoolKey
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Loaded on first use, so 'qsecret kme ...' registering its parser (on every 'qsecret' start)
+# does not import httpx and the SAE client.
+_HOME = {
+    **dict.fromkeys(["AsyncSaeClient", "KeyStatus", "KmeBadRequest", "KmeConnectionError",
+                     "KmeError", "KmeProtocolError", "KmeUnauthorized", "KmeUnavailable",
+                     "QkdKey", "SaeClient"], ".client"),
+    "Pki": ".pki", "PkiError": ".pki",
+    "KeyPool": ".pool", "PoolExhausted": ".pool", "PoolKey": ".pool",
+}
+
+if TYPE_CHECKING:
+    from .client import (
+        AsyncSaeClient,
+        KeyStatus,
+        KmeBadRequest,
+        KmeConnectionError,
+        KmeError,
+        KmeProtocolError,
+        KmeUnauthorized,
+        KmeUnavailable,
+        QkdKey,
+        SaeClient,
+    )
+    from .pki import Pki, PkiError
+    from .pool import KeyPool, PoolExhausted, PoolKey
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AsyncSaeClient",
