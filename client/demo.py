@@ -22,7 +22,6 @@ import platformdirs
 from .cli import CliError
 from .config import ClientConfig, load_config
 from .messenger.api import MessengerError
-from .messenger.unlock import store_path
 from .processes import ServiceError, ServiceProcess, port_free
 
 DEMO_PASSPHRASE = "qsecret-demo"
@@ -107,7 +106,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _profiles(base: Path, args: argparse.Namespace, passphrase: str) -> dict[str, ClientConfig]:
-    from .messenger.profile import create_profile
+    from .messenger.profile import create_profile, store_path
 
     pki = base / "kme" / "pki"
     configs = {}

@@ -20,56 +20,119 @@ is in ``partial``. The thin asyncio layer moves frames between these objects and
               tx = TransferSender.restore(snapshot, keys, FileReader(sources))
 """
 
-from .control import (
-    TransferMessage,
-    decode_message,
-    encode_cancel,
-    encode_decline,
-    encode_offer,
-)
-from .errors import (
-    ChunkRejected,
-    MalformedFrame,
-    ManifestError,
-    OutOfOrderChunk,
-    ReplayedChunk,
-    SourceError,
-    StateError,
-    TamperedChunk,
-    TransferError,
-    UnsafeName,
-)
-from .events import (
-    Accepted,
-    Cancelled,
-    ChunkRefused,
-    ChunkStored,
-    ControlIgnored,
-    Declined,
-    Event,
-    FileDelivered,
-    FileLanded,
-    IntegrityFailed,
-    ProgressUpdate,
-    Rewound,
-    TransferComplete,
-)
-from .keys import TransferKeys
-from .manifest import (
-    DEFAULT_CHUNK_SIZE,
-    BuiltManifest,
-    FileEntry,
-    Manifest,
-    Skipped,
-    build_manifest,
-)
-from .names import OnConflict, safe_components
-from .partial import PartialStore
-from .progress import Progress, ProgressMeter
-from .receiver import ReceiverStatus, TransferReceiver
-from .sender import FileReader, SenderStatus, TransferSender
-from .stream import KIND_CHUNK, KIND_CONTROL, frame_kind
-from .summary import OfferSummary, format_size, summarise
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Loaded on first use: 'qsecret send-file' imports only the manifest module to start hashing
+# the files at once, before the rest of the transfer machinery (and the messenger) load.
+_HOME = {
+    **dict.fromkeys([
+        "TransferMessage", "decode_message", "encode_cancel", "encode_decline",
+        "encode_offer",
+    ], ".control"),
+    **dict.fromkeys([
+        "ChunkRejected", "MalformedFrame", "ManifestError", "OutOfOrderChunk",
+        "ReplayedChunk", "SourceError", "StateError", "TamperedChunk", "TransferError",
+        "UnsafeName",
+    ], ".errors"),
+    **dict.fromkeys([
+        "Accepted", "Cancelled", "ChunkRefused", "ChunkStored", "ControlIgnored",
+        "Declined", "Event", "FileDelivered", "FileLanded", "IntegrityFailed",
+        "ProgressUpdate", "Rewound", "TransferComplete",
+    ], ".events"),
+    **dict.fromkeys([
+        "TransferKeys",
+    ], ".keys"),
+    **dict.fromkeys([
+        "DEFAULT_CHUNK_SIZE", "BuiltManifest", "FileEntry", "Manifest", "Skipped",
+        "build_manifest",
+    ], ".manifest"),
+    **dict.fromkeys([
+        "OnConflict", "safe_components",
+    ], ".names"),
+    **dict.fromkeys([
+        "PartialStore",
+    ], ".partial"),
+    **dict.fromkeys([
+        "Progress", "ProgressMeter",
+    ], ".progress"),
+    **dict.fromkeys([
+        "ReceiverStatus", "TransferReceiver",
+    ], ".receiver"),
+    **dict.fromkeys([
+        "FileReader", "SenderStatus", "TransferSender",
+    ], ".sender"),
+    **dict.fromkeys([
+        "KIND_CHUNK", "KIND_CONTROL", "frame_kind",
+    ], ".stream"),
+    **dict.fromkeys([
+        "OfferSummary", "format_size", "summarise",
+    ], ".summary"),
+}
+
+if TYPE_CHECKING:
+    from .control import (
+        TransferMessage,
+        decode_message,
+        encode_cancel,
+        encode_decline,
+        encode_offer,
+    )
+    from .errors import (
+        ChunkRejected,
+        MalformedFrame,
+        ManifestError,
+        OutOfOrderChunk,
+        ReplayedChunk,
+        SourceError,
+        StateError,
+        TamperedChunk,
+        TransferError,
+        UnsafeName,
+    )
+    from .events import (
+        Accepted,
+        Cancelled,
+        ChunkRefused,
+        ChunkStored,
+        ControlIgnored,
+        Declined,
+        Event,
+        FileDelivered,
+        FileLanded,
+        IntegrityFailed,
+        ProgressUpdate,
+        Rewound,
+        TransferComplete,
+    )
+    from .keys import TransferKeys
+    from .manifest import (
+        DEFAULT_CHUNK_SIZE,
+        BuiltManifest,
+        FileEntry,
+        Manifest,
+        Skipped,
+        build_manifest,
+    )
+    from .names import OnConflict, safe_components
+    from .partial import PartialStore
+    from .progress import Progress, ProgressMeter
+    from .receiver import ReceiverStatus, TransferReceiver
+    from .sender import FileReader, SenderStatus, TransferSender
+    from .stream import KIND_CHUNK, KIND_CONTROL, frame_kind
+    from .summary import OfferSummary, format_size, summarise
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

@@ -10,7 +10,8 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["client.messenger.service", "client.messenger.profile", "httpx", "textual",
+HEAVY = ["client.messenger.service", "client.messenger.profile", "client.transfer.receiver",
+         "client.transfer.keys", "httpx", "textual",
          "keysource.kme.client", "numpy"]
 
 
