@@ -60,7 +60,7 @@ def open_profile(config: ClientConfig, passphrase: str) -> MessengerService:
 
 
 def messenger_for(config: ClientConfig, store: Store) -> MessengerService:
-    """The (not yet started) messenger of an unlocked store; closes the store on failure."""
+    """The (not yet started) messenger of an unlocked store (closed if it has no identity)."""
     loaded = store.load_identity()
     if loaded is None:
         store.close()
