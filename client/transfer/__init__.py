@@ -22,8 +22,9 @@ is in ``partial``. The thin asyncio layer moves frames between these objects and
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from keysource.lazy import lazy_getattr
 
 # Loaded on first use: 'qsecret send-file' imports only the manifest module to start hashing
 # the files at once, before the rest of the transfer machinery (and the messenger) load.
@@ -125,13 +126,7 @@ if TYPE_CHECKING:
     from .summary import OfferSummary, format_size, summarise
 
 
-def __getattr__(name: str) -> Any:
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _HOME)
 
 
 __all__ = [

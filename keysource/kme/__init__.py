@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from keysource.lazy import lazy_getattr
 
 # Loaded on first use, so 'qsecret kme ...' registering its parser (on every 'qsecret' start)
 # does not import httpx and the SAE client.
@@ -41,13 +42,7 @@ if TYPE_CHECKING:
     from .pool import KeyPool, PoolExhausted, PoolKey
 
 
-def __getattr__(name: str) -> Any:
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _HOME)
 
 
 __all__ = [

@@ -14,8 +14,9 @@ Public API (used by keysource.kme to fill its key pools):
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from keysource.lazy import lazy_getattr
 
 # Loaded on first use, so the ``qsecret`` command (which registers ``qsecret eve``) does not
 # pay for numpy and the whole emulator on every start.
@@ -35,13 +36,7 @@ if TYPE_CHECKING:
     from .protocol import BlockReport, KeyBatch
 
 
-def __getattr__(name: str) -> Any:
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _HOME)
 
 
 __all__ = [
