@@ -21,8 +21,14 @@ class RelayConfig:
     commit_interval: float = 0.004  # seconds; sqlite commits start at most this often
     store_limits: StoreLimits = field(default_factory=StoreLimits)
     max_connections: int = 10_000
-    rate: float = 500.0  # frames per second per connection, sustained
+    rate: float = 500.0  # text frames per second per connection, sustained
     burst: float = 1000.0
+    # Binary frames on open streams (file chunks, call audio) have their own budget: a
+    # file moves in chunks of up to 256 KiB, so the text budget would cap it at about
+    # 130 MB/s. Their bytes are already paced by TCP backpressure and the spool quota;
+    # this bounds the per-frame work of many small ones.
+    stream_rate: float = 4000.0
+    stream_burst: float = 8000.0
     abuse_limit: int = 16  # strikes within abuse_window seconds close with 1008
     abuse_window: float = 60.0
     auth_timeout: float = 10.0  # seconds to authenticate after connecting

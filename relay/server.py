@@ -145,7 +145,8 @@ class Session:
         self.identity: bytes | None = None
         self.opened = time.monotonic()
         self.last_active = self.opened
-        self.bucket = TokenBucket(config.rate, config.burst)
+        self.bucket = TokenBucket(config.rate, config.burst)  # text frames
+        self.stream_bucket = TokenBucket(config.stream_rate, config.stream_burst)  # binary
         self.strikes = Strikes(config.abuse_limit, config.abuse_window)
         self.auth_failures = 0
         self.inflight: dict[int, tuple[float, str]] = {}  # seq -> (sent at, frame)
@@ -252,6 +253,8 @@ class Relay:
             "max_binary_payload": wire.MAX_BINARY_PAYLOAD,
             "rate": int(config.rate),
             "burst": int(config.burst),
+            "stream_rate": int(config.stream_rate),
+            "stream_burst": int(config.stream_burst),
             "window": config.window,
             "idle_timeout": int(config.idle_timeout),
             "auth_timeout": int(config.auth_timeout),
@@ -343,7 +346,8 @@ class Relay:
                 session.busy = True
                 session.last_active = time.monotonic()
                 self.frames_in += 1
-                delay = session.bucket.delay(session.last_active)
+                bucket = session.bucket if isinstance(data, str) else session.stream_bucket
+                delay = bucket.delay(session.last_active)
                 if delay > 0:
                     # Over the rate: read no faster (TCP pushes back on the sender); drop nothing.
                     self.metrics.count("qsecret_relay_throttled_total")

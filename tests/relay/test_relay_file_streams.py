@@ -399,3 +399,27 @@ def test_spool_quota_sizes_parse() -> None:
     for bad in ("", "GiB", "4 XB", "-1", "0"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_size(bad)
+
+
+async def test_file_frames_have_their_own_rate_budget(tmp_path: Path) -> None:
+    """Chunks do not spend the text-frame budget (in 256 KiB chunks it would cap a file at
+    about 130 MB/s); their own budget throttles them, dropping nothing and keeping order."""
+    relay = start_relay(tmp_path / "relay", "--rate", "20", "--burst", "20",
+                        "--stream-rate", "40", "--stream-burst", "40")
+    try:
+        alice, bob = Identity("alice"), Identity("bob")
+        await register(relay, bob)
+        sender, receiver = await connect(relay, alice), await connect(relay, bob)
+        stream = os.urandom(16)
+        assert isinstance(await open_file(sender, stream, "bob", "open-1"), wire.StreamOk)
+        await send_all(sender, stream, chunks(30, size=2_000))  # past the text burst only
+        await receiver.wait(lambda: len(frames(receiver, stream)) >= 30, 20)
+        assert metric(relay, "qsecret_relay_throttled_total") == 0
+        await send_all(sender, stream, chunks(60, size=2_000, start=30))  # past its own burst
+        await receiver.wait(lambda: len(frames(receiver, stream)) >= 90, 20)
+        assert [f.seq for f in frames(receiver, stream)] == list(range(90))
+        assert metric(relay, "qsecret_relay_throttled_total") > 0
+        await sender.close()
+        await receiver.close()
+    finally:
+        relay.stop()
