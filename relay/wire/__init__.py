@@ -26,75 +26,114 @@ Frame flows (``C`` client, ``R`` relay; every text frame is ``{"v":1,"t":...}``)
 * keepalive: C ``ping`` -> R ``pong`` (counts against the idle timeout; websocket pings do not).
 """
 
-from .auth import (
-    AUTH_DOMAIN,
-    auth_message,
-    certificate_fingerprint,
-    format_fingerprint,
-    parse_fingerprint,
-)
-from .binary import (
-    FLAG_FINAL,
-    HEADER_BYTES,
-    KIND_FILE_CHUNK,
-    KIND_MEDIA,
-    MAX_BINARY_PAYLOAD,
-    BinaryFrame,
-    encode_binary,
-    encode_binary_into,
-    parse_binary,
-    parse_binary_header,
-)
-from .client import ClientConnection, Event, new_message_id
-from .errors import (
-    CLOSE_BAD_UTF8,
-    CLOSE_GOING_AWAY,
-    CLOSE_POLICY,
-    CLOSE_TOO_BIG,
-    ERROR_CODES,
-    WireError,
-)
-from .frames import (
-    HYBRID_PUBLIC_KEY_BYTES,
-    HYBRID_SIGNATURE_BYTES,
-    MAX_ACK_SEQS,
-    MAX_ENVELOPE_BYTES,
-    MAX_FRAME_BYTES,
-    MAX_ONE_TIME_KEY_BYTES,
-    MAX_ONE_TIME_PER_UPLOAD,
-    MAX_SIGNED_PART_BYTES,
-    MAX_STORED_MSGS,
-    NONCE_BYTES,
-    PROTOCOL_VERSION,
-    SUPPORTED_VERSIONS,
-    Ack,
-    Auth,
-    AuthOk,
-    Bundle,
-    Deliver,
-    Error,
-    Frame,
-    Hello,
-    OneTimePrekey,
-    Ping,
-    Pong,
-    PrekeyBundle,
-    PrekeysFetch,
-    PrekeysLow,
-    PrekeysOk,
-    PrekeysUpload,
-    Send,
-    Stored,
-    StoredMany,
-    StreamAck,
-    StreamClose,
-    StreamIncoming,
-    StreamOk,
-    StreamOpen,
-    parse_client_frame,
-    parse_server_frame,
-)
-from .prekeys import one_time_message, sign_bundle, signed_part_message, verify_bundle
+from typing import TYPE_CHECKING
+
+from keysource.lazy import lazy_getattr
+
+# Loaded on first use: the transfer manifest needs one constant from .binary, and
+# 'qsecret send-file' starts hashing before the frame classes (and the rest) load.
+_HOME = {
+    **dict.fromkeys([
+        "AUTH_DOMAIN", "auth_message", "certificate_fingerprint", "format_fingerprint",
+        "parse_fingerprint",
+    ], ".auth"),
+    **dict.fromkeys([
+        "FLAG_FINAL", "HEADER_BYTES", "KIND_FILE_CHUNK", "KIND_MEDIA", "MAX_BINARY_PAYLOAD",
+        "BinaryFrame", "encode_binary", "encode_binary_into", "parse_binary",
+        "parse_binary_header",
+    ], ".binary"),
+    **dict.fromkeys([
+        "ClientConnection", "Event", "new_message_id",
+    ], ".client"),
+    **dict.fromkeys([
+        "CLOSE_BAD_UTF8", "CLOSE_GOING_AWAY", "CLOSE_POLICY", "CLOSE_TOO_BIG",
+        "ERROR_CODES", "WireError",
+    ], ".errors"),
+    **dict.fromkeys([
+        "HYBRID_PUBLIC_KEY_BYTES", "HYBRID_SIGNATURE_BYTES", "MAX_ACK_SEQS",
+        "MAX_ENVELOPE_BYTES", "MAX_FRAME_BYTES", "MAX_ONE_TIME_KEY_BYTES",
+        "MAX_ONE_TIME_PER_UPLOAD", "MAX_SIGNED_PART_BYTES", "MAX_STORED_MSGS",
+        "NONCE_BYTES", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "Ack", "Auth", "AuthOk",
+        "Bundle", "Deliver", "Error", "Frame", "Hello", "OneTimePrekey", "Ping", "Pong",
+        "PrekeyBundle", "PrekeysFetch", "PrekeysLow", "PrekeysOk", "PrekeysUpload", "Send",
+        "Stored", "StoredMany", "StreamAck", "StreamClose", "StreamIncoming", "StreamOk",
+        "StreamOpen", "parse_client_frame", "parse_server_frame",
+    ], ".frames"),
+    **dict.fromkeys([
+        "one_time_message", "sign_bundle", "signed_part_message", "verify_bundle",
+    ], ".prekeys"),
+}
+
+if TYPE_CHECKING:
+    from .auth import (
+        AUTH_DOMAIN,
+        auth_message,
+        certificate_fingerprint,
+        format_fingerprint,
+        parse_fingerprint,
+    )
+    from .binary import (
+        FLAG_FINAL,
+        HEADER_BYTES,
+        KIND_FILE_CHUNK,
+        KIND_MEDIA,
+        MAX_BINARY_PAYLOAD,
+        BinaryFrame,
+        encode_binary,
+        encode_binary_into,
+        parse_binary,
+        parse_binary_header,
+    )
+    from .client import ClientConnection, Event, new_message_id
+    from .errors import (
+        CLOSE_BAD_UTF8,
+        CLOSE_GOING_AWAY,
+        CLOSE_POLICY,
+        CLOSE_TOO_BIG,
+        ERROR_CODES,
+        WireError,
+    )
+    from .frames import (
+        HYBRID_PUBLIC_KEY_BYTES,
+        HYBRID_SIGNATURE_BYTES,
+        MAX_ACK_SEQS,
+        MAX_ENVELOPE_BYTES,
+        MAX_FRAME_BYTES,
+        MAX_ONE_TIME_KEY_BYTES,
+        MAX_ONE_TIME_PER_UPLOAD,
+        MAX_SIGNED_PART_BYTES,
+        MAX_STORED_MSGS,
+        NONCE_BYTES,
+        PROTOCOL_VERSION,
+        SUPPORTED_VERSIONS,
+        Ack,
+        Auth,
+        AuthOk,
+        Bundle,
+        Deliver,
+        Error,
+        Frame,
+        Hello,
+        OneTimePrekey,
+        Ping,
+        Pong,
+        PrekeyBundle,
+        PrekeysFetch,
+        PrekeysLow,
+        PrekeysOk,
+        PrekeysUpload,
+        Send,
+        Stored,
+        StoredMany,
+        StreamAck,
+        StreamClose,
+        StreamIncoming,
+        StreamOk,
+        StreamOpen,
+        parse_client_frame,
+        parse_server_frame,
+    )
+    from .prekeys import one_time_message, sign_bundle, signed_part_message, verify_bundle
 
 __all__ = [
     "AUTH_DOMAIN",
@@ -164,3 +203,5 @@ __all__ = [
     "signed_part_message",
     "verify_bundle",
 ]
+
+__getattr__ = lazy_getattr(__name__, _HOME)

@@ -92,6 +92,7 @@ async def loadgen(args: argparse.Namespace) -> dict:
 
     from keysource.pq import hybrid_signature
     from relay import wire
+    from relay.wire.codec import b64encode
 
     relay_mode = args.target == "relay"
     count = args.clients
@@ -104,7 +105,7 @@ async def loadgen(args: argparse.Namespace) -> dict:
     latencies: list[float] = []
     delivered = 0
     measuring_latency = False
-    body_b64 = wire.frames.b64encode(os.urandom(BODY_BYTES))
+    body_b64 = b64encode(os.urandom(BODY_BYTES))
     hybrid = hybrid_signature()
     keypair = hybrid.generate_keypair() if relay_mode else None
 

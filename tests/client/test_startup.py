@@ -21,3 +21,39 @@ def test_building_the_parser_leaves_the_messenger_unimported() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_the_builtin_command_table_matches_the_entry_points() -> None:
+    """Each built-in command is registered by the entry point the fast path loads."""
+    import argparse
+    from importlib.metadata import entry_points
+
+    from client.cli import BUILTIN_COMMANDS
+
+    registered: dict[str, str] = {}
+    for entry in entry_points(group="qsecret.commands"):
+        subparsers = argparse.ArgumentParser().add_subparsers()
+        entry.load()(subparsers)
+        registered.update(dict.fromkeys(subparsers.choices, entry.value))
+    assert registered == BUILTIN_COMMANDS
+
+
+def test_a_builtin_command_loads_only_its_own_package() -> None:
+    """'qsecret send-file' builds its parser without the relay, the KME or the QKD code."""
+    others = ["relay.cli", "relay.config", "keysource.kme.cli", "keysource.qkd.cli",
+              "client.demo", "client.doctor", "importlib.metadata"]
+    code = ("import json, sys; from client.cli import build_parser, _command_name; "
+            "argv = ['send-file', 'bob', 'x']; "
+            "args = build_parser(_command_name(argv)).parse_args(argv); "
+            f"print(json.dumps([args.command, [m for m in {others + HEAVY!r} "
+            "if m in sys.modules]]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert json.loads(out.stdout) == ["send-file", []]
+
+
+def test_help_without_a_command_lists_every_command() -> None:
+    out = subprocess.run([sys.executable, "-m", "client", "--help"], capture_output=True,
+                         text=True, timeout=60, check=True)
+    for command in ("send-file", "relay", "kme", "eve", "demo", "doctor", "init"):
+        assert command in out.stdout
