@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg
 # them all; tests/client/test_startup.py checks this table against the entry points.
 BUILTIN_COMMANDS: dict[str, str] = {
     **dict.fromkeys(["init", "chat", "send", "recv", "export", "contacts", "send-file",
-                     "receive-files", "transfers"], "client.commands:register"),
+                     "receive-files", "transfers"], "client.parsers:register"),
     "demo": "client.demo:register",
     "doctor": "client.doctor:register",
     "eve": "keysource.qkd.cli:register",
@@ -74,6 +73,8 @@ def _command_name(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     level = os.environ.get("QSECRET_LOG", "").upper()
     if level:  # e.g. QSECRET_LOG=info: protocol and network events to stderr (never contents)
+        import logging
+
         logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     words = sys.argv[1:] if argv is None else list(argv)

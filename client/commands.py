@@ -1,4 +1,5 @@
-"""The client's sub-commands: init, chat, send, recv, contacts, demo."""
+"""What the client's sub-commands do: init, chat, send, recv, export, contacts (their
+parsers are in ``client.parsers``)."""
 
 from __future__ import annotations
 
@@ -8,129 +9,22 @@ import getpass
 import json
 import os
 import sys
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .cli import CliError
 from .config import ClientConfig, ConfigError, load_config
 from .messenger.api import MessageEvent, MessageView, MessengerError
+from .parsers import RECV_IDLE_S
+from .work import in_background
 
 # The messenger itself (client.messenger.profile and everything it imports, a quarter of a
 # second) is imported inside the commands that use it, so 'qsecret --help' and the start of
 # 'qsecret send-file' (which hashes the files meanwhile) do not wait for it.
 
-T = TypeVar("T")
-
 PASSPHRASE_ENV = "QSECRET_PASSPHRASE"
-RECV_IDLE_S = 2.0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    init = subparsers.add_parser(
-        "init",
-        help="create a profile: handle, passphrase, identity keys, KME enrolment",
-        description=(
-            "Create a profile in --data (default: the platform data dir): identity keys "
-            "(Ed25519 + ML-DSA-65, X25519), a prekey bundle, and the settings to reach the "
-            "relay and this user's KME. The passphrase comes from $QSECRET_PASSPHRASE or a "
-            "prompt. Enrol with a KME either with --kme-pki DIR (a KME PKI directory such as "
-            "the one 'qsecret kme pair' creates: a client certificate is issued for --sae-id) "
-            "or with --kme-ca/--sae-cert/--sae-key you were given."
-        ),
-    )
-    _profile_args(init)
-    init.add_argument("--handle", required=True, help="the name others find you by")
-    init.add_argument("--sae-id", help="this user's SAE_ID at the KME (default sae-HANDLE)")
-    init.add_argument("--kme-pki", type=Path, metavar="DIR",
-                      help="KME PKI directory to issue this SAE's certificate from")
-    init.add_argument("--kme-ca", help="CA certificate of the KME (PEM)")
-    init.add_argument("--sae-cert", help="this SAE's client certificate (PEM)")
-    init.add_argument("--sae-key", help="this SAE's client key (PEM)")
-    init.add_argument("--qkd-policy", choices=["prefer", "require"],
-                      help="without QKD keys: prefer = continue on ML-KEM + X25519 (shown "
-                           "degraded); require = refuse to send")
-    init.set_defaults(func=run_init)
-
-    chat = subparsers.add_parser(
-        "chat", help="open the chat TUI",
-        description="Open the Textual chat TUI (passphrase from $QSECRET_PASSPHRASE or asked "
-                    "on screen). F1 lists every key binding.",
-    )
-    _profile_args(chat)
-    chat.set_defaults(func=run_chat)
-
-    send = subparsers.add_parser(
-        "send", help="send a message (scriptable)",
-        description="Send TEXT to HANDLE and exit once the relay holds it durably. "
-                    "TEXT '-' sends each line of standard input as a message.",
-    )
-    _profile_args(send)
-    send.add_argument("handle", metavar="HANDLE")
-    send.add_argument("text", metavar="TEXT")
-    send.add_argument("--json", action="store_true", help="print one JSON object per message")
-    send.set_defaults(func=run_send)
-
-    recv = subparsers.add_parser(
-        "recv", help="print received messages (scriptable)",
-        description="Connect, print the messages waiting at the relay and exit when none "
-                    f"arrive for {RECV_IDLE_S:.0f}s; --follow keeps printing until Ctrl+C.",
-    )
-    _profile_args(recv)
-    recv.add_argument("--follow", action="store_true", help="keep running")
-    recv.add_argument("--json", action="store_true", help="one JSON object per line")
-    _timeout_arg(recv)
-    recv.set_defaults(func=run_recv)
-
-    export = subparsers.add_parser(
-        "export", help="print a conversation as text or JSON",
-        description="Print the conversation with HANDLE from the local store (no network).",
-    )
-    _profile_args(export)
-    export.add_argument("handle", metavar="HANDLE")
-    export.add_argument("--json", action="store_true", help="JSON instead of text")
-    export.set_defaults(func=run_export)
-
-    contacts = subparsers.add_parser(
-        "contacts", help="add, list or verify contacts",
-        description="Manage contacts: 'add HANDLE' fetches their prekey bundle from the relay "
-                    "and opens a session; 'list'; 'verify HANDLE' shows the safety number and "
-                    "QR code (--yes marks the contact verified once you compared them).",
-    )
-    contacts_sub = contacts.add_subparsers(dest="contacts_command", metavar="ACTION")
-    add = contacts_sub.add_parser("add", help="add a contact by handle")
-    _profile_args(add)
-    add.add_argument("handle", metavar="HANDLE")
-    add.set_defaults(func=run_contacts_add)
-    listing = contacts_sub.add_parser("list", help="list contacts")
-    _profile_args(listing)
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=run_contacts_list)
-    verify = contacts_sub.add_parser("verify", help="show (and confirm) a safety number")
-    _profile_args(verify)
-    verify.add_argument("handle", metavar="HANDLE")
-    verify.add_argument("--yes", action="store_true", help="mark the contact verified")
-    verify.set_defaults(func=run_contacts_verify)
-    contacts.set_defaults(func=lambda args: contacts.print_help() or 2)
-
-    from . import files_cli  # send-file, receive-files, transfers (they reuse helpers here)
-
-    files_cli.register(subparsers)
-
-
-def _profile_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, help="profile directory ($QSECRET_DATA_DIR)")
-    parser.add_argument("--relay", dest="relay_url", help="relay URL ($QSECRET_RELAY_URL)")
-    parser.add_argument("--kme", dest="kme_url", help="KME URL ($QSECRET_KME_URL)")
-
-
-def _timeout_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=30.0,
-                        help="give up connecting after this many seconds (default 30)")
 
 
 def _config(args: argparse.Namespace) -> ClientConfig:
@@ -215,22 +109,6 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 # -- scriptable send / recv --------------------------------------------------------------
-
-
-def in_background(call: Callable[..., T], *args: Any, name: str = "background") -> Future[T]:
-    """Run ``call`` in a daemon thread (an error exit never waits for it)."""
-    future: Future[T] = Future()
-
-    def run() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(call(*args))
-        except BaseException as exc:  # handed to whoever awaits the future
-            future.set_exception(exc)
-
-    threading.Thread(target=run, daemon=True, name=name).start()
-    return future
 
 
 def _open(args: argparse.Namespace, **settings: str) -> Any:

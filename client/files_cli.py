@@ -13,106 +13,23 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
-from typing import Any, TypeVar
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .cli import CliError
-from .commands import _online, _open, _profile_args, _timeout_arg, in_background
+from .commands import _online, _open
 from .messenger.api import MessengerError, TransferEvent, TransferState, TransferView
-from .transfer import TransferError, build_manifest, format_size
+from .transfer import BuiltManifest, TransferError, format_size
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 T = TypeVar("T")
 JSON_PROGRESS_EVERY_S = 0.5
-IDLE_EXIT_S = 30.0
 EXIT_REFUSED = 1  # declined, cancelled or failed
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    send = subparsers.add_parser(
-        "send-file", help="send files or folders, end-to-end encrypted",
-        description="Offer PATH... (files and whole folders) to HANDLE and send them once "
-                    "accepted, with a progress bar; exits when every file is verified at the "
-                    "other end. If HANDLE is offline the relay holds the chunks (up to its "
-                    "quota). Ctrl+C pauses: 'qsecret transfers --resume' continues.",
-    )
-    _profile_args(send)
-    send.add_argument("handle", metavar="HANDLE")
-    send.add_argument("paths", metavar="PATH", nargs="+")
-    send.add_argument("--json", action="store_true", help="JSON lines instead of a progress bar")
-    _timeout_arg(send)
-    send.add_argument("--limit-rate", type=_rate, default=0.0, metavar="RATE",
-                      help="send at most RATE bytes per second, e.g. 5MB or 500kB")
-    send.set_defaults(func=run_send_file)
-
-    receive = subparsers.add_parser(
-        "receive-files", help="accept and receive incoming files",
-        description="Go online, show file offers and receive the accepted ones into the "
-                    "downloads folder (never outside it). Exits when nothing has moved for "
-                    f"--idle seconds (default {IDLE_EXIT_S:.0f}), after --count transfers, or "
-                    "never with --follow.",
-    )
-    _profile_args(receive)
-    receive.add_argument("--accept", choices=["ask", "verified", "all", "never"],
-                         default="ask",
-                         help="ask (default; in a terminal), verified: auto-accept verified "
-                              "contacts, all: accept everything, never: only list offers")
-    receive.add_argument("--downloads", type=Path, help="where files land "
-                         "(default: the profile's downloads_dir, or DATA/downloads)")
-    receive.add_argument("--count", type=int, default=0,
-                         help="exit after this many transfers completed")
-    receive.add_argument("--follow", action="store_true", help="keep running")
-    receive.add_argument("--idle", type=float, default=IDLE_EXIT_S,
-                         help="exit when nothing moved for this many seconds")
-    receive.add_argument("--json", action="store_true", help="JSON lines")
-    _timeout_arg(receive)
-    receive.set_defaults(func=run_receive_files)
-
-    transfers = subparsers.add_parser(
-        "transfers", help="list, resume or cancel file transfers",
-        description="List transfers (offline). --resume goes online and drives every "
-                    "unfinished transfer until it ends or nothing moves for --idle seconds; "
-                    "--cancel ID cancels one (both sides are told).",
-    )
-    _profile_args(transfers)
-    transfers.add_argument("--resume", action="store_true")
-    transfers.add_argument("--cancel", metavar="ID", help="cancel a transfer (id prefix)")
-    transfers.add_argument("--accept", metavar="ID", help="accept an incoming offer")
-    transfers.add_argument("--decline", metavar="ID", help="decline an incoming offer")
-    transfers.add_argument("--idle", type=float, default=IDLE_EXIT_S)
-    transfers.add_argument("--json", action="store_true")
-    transfers.set_defaults(func=run_transfers)
-
-
 # -- shared ------------------------------------------------------------------------------
-
-
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
-          "kib": 1024, "mib": 1 << 20, "gib": 1 << 30}
-
-
-def _rate(text: str) -> float:
-    """'5MB' or '5MB/s' -> 5e6 bytes per second (argparse prints the refusal)."""
-    number = text.strip().lower().rstrip("/s")
-    digits = number.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = number[len(digits):]
-    try:
-        value = float(digits) * _UNITS[unit]
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a rate like 5MB or 500kB") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("the rate must be positive")
-    return value
 
 
 def _describe(view: TransferView) -> dict[str, Any]:
@@ -129,12 +46,21 @@ class Reporter:
 
     def __init__(self, json_lines: bool) -> None:
         self.json = json_lines
-        self.console = Console(stderr=True)
         self.progress: Progress | None = None
-        if not json_lines:
+        if not json_lines:  # rich is loaded only for the bars (--json starts sooner)
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self.progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TimeRemainingColumn(), console=self.console,
+                TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
             )
             self.progress.start()
         self.tasks: dict[str, TaskID] = {}
@@ -204,12 +130,8 @@ def _run(main: Any) -> int:
 # -- send-file ---------------------------------------------------------------------------
 
 
-def run_send_file(args: argparse.Namespace) -> int:
-    missing = [p for p in args.paths if not Path(p).exists()]
-    if missing:
-        raise CliError(f"no such file or folder: {', '.join(missing)}")
-    # Hashing (for the manifest) runs while the passphrase KDF and the login do.
-    hashing = in_background(build_manifest, [str(p) for p in args.paths], name="hash-files")
+def run_send_file(args: argparse.Namespace, hashing: Future[BuiltManifest]) -> int:
+    """Offer and send; ``hashing`` (started by the parser's send-file) builds the manifest."""
     messenger = _open(args)
 
     async def main() -> int:
