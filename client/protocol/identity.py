@@ -11,13 +11,15 @@ import hashlib
 import io
 from dataclasses import dataclass
 from functools import lru_cache
-
-import segno
+from typing import TYPE_CHECKING
 
 from keysource import pq
 from keysource.pq import hkdf_sha256, x25519_keypair, x25519_public
 
 from .codec import Reader, Writer
+
+if TYPE_CHECKING:  # segno is loaded when a QR code is made (not on every start)
+    import segno
 from .errors import BadSignature, MalformedMessage, UnsupportedVersion
 
 IDENTITY_VERSION = 1
@@ -174,6 +176,8 @@ def safety_qr_payload(
 def safety_qr(
     handle_a: str, identity_a: PublicIdentity, handle_b: str, identity_b: PublicIdentity
 ) -> segno.QRCode:
+    import segno
+
     return segno.make(safety_qr_payload(handle_a, identity_a, handle_b, identity_b), error="m")
 
 

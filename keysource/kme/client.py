@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from .pki import client_ssl_context
+from .tls import client_ssl_context
 
 
 class KmeError(Exception):

@@ -32,16 +32,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .etsi import SAE_ID_PATTERN
+from .tls import PkiError, client_ssl_context  # defined there, part of this module's API
 
 ROLE_KME = "KME"
 ROLE_SAE = "SAE"
 SAE_URI_PREFIX = "urn:qsecret:sae:"
 CA_DAYS = 3650
 LEAF_DAYS = 825
-
-
-class PkiError(Exception):
-    """The PKI directory is missing something or an identity is invalid."""
 
 
 @dataclass(frozen=True)
@@ -277,16 +274,6 @@ class Pki:
     def client_context(self, paths: CertPaths) -> ssl.SSLContext:
         """TLS client context presenting ``paths`` and trusting only this CA."""
         return client_ssl_context(ca=self.ca_cert, cert=paths.cert, key=paths.key)
-
-
-def client_ssl_context(*, ca: str | Path, cert: str | Path, key: str | Path) -> ssl.SSLContext:
-    for path in (ca, cert, key):
-        if not Path(path).exists():
-            raise PkiError(f"missing file {path}")
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(cert), str(key))
-    return ctx
 
 
 @dataclass(frozen=True)

@@ -57,3 +57,15 @@ def test_help_without_a_command_lists_every_command() -> None:
                          text=True, timeout=60, check=True)
     for command in ("send-file", "relay", "kme", "eve", "demo", "doctor", "init"):
         assert command in out.stdout
+
+
+def test_the_messenger_loads_without_certificate_issuing_or_qr_code_libraries() -> None:
+    """Only enrolment ('init --kme-pki', 'kme pair') issues certificates and only a safety
+    number screen draws a QR code; every messenger start would pay for loading them, and
+    send-file's start is on a transfer's clock."""
+    code = ("import json, sys; import client.messenger.profile, client.files_cli; "
+            "print(json.dumps([m for m in ['cryptography.x509', 'segno', 'keysource.kme.pki'] "
+            "if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert json.loads(out.stdout) == []
