@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import glob
 import io
 import logging
 import os
 import sys
+import sysconfig
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,28 @@ def _library_file_names() -> list[str]:
     return ["liboqs.so"]
 
 
+def _system_candidates() -> list[str]:
+    """liboqs on the system, found without running a program.
+
+    ``ctypes.util.find_library`` runs ldconfig, gcc and ld when the library is absent:
+    tens of milliseconds of start-up for every client that signs its login. A bare name
+    makes dlopen search LD_LIBRARY_PATH and the linker cache itself; the globs find an
+    install that has only the versioned file (liboqs.so.N, no development symlink).
+    """
+    names = _library_file_names()
+    if sys.platform == "win32":
+        return names
+    dirs = ["/usr/local/lib", "/usr/local/lib64", "/usr/lib", "/usr/lib64"]
+    if sys.platform == "darwin":
+        dirs.append("/opt/homebrew/lib")
+    multiarch = sysconfig.get_config_var("MULTIARCH")
+    if multiarch:
+        dirs += [f"/usr/lib/{multiarch}", f"/lib/{multiarch}"]
+    versioned = [match for folder in dirs for name in names
+                 for match in sorted(glob.glob(os.path.join(folder, name + ".*")))]
+    return [*names, *versioned]
+
+
 def locate_liboqs(
     environ: Mapping[str, str] | None = None, home: Path | None = None
 ) -> LiboqsLocation:
@@ -57,17 +80,17 @@ def locate_liboqs(
     candidates: list[str] = [
         str(base / sub / name) for sub in ("lib", "lib64") for name in _library_file_names()
     ]
-    system = ctypes.util.find_library("oqs")
-    if system:
-        candidates.append(system)
+    candidates += _system_candidates()
     errors: list[str] = []
     for candidate in candidates:
-        if os.sep in candidate and not Path(candidate).exists():
+        on_disk = os.sep in candidate
+        if on_disk and not Path(candidate).exists():
             continue
         try:
             ctypes.CDLL(candidate)
         except OSError as exc:
-            errors.append(f"{candidate}: {exc}")
+            if on_disk:  # a bare name dlopen cannot find is simply not installed
+                errors.append(f"{candidate}: {exc}")
             continue
         return LiboqsLocation(Path(candidate), f"liboqs loaded from {candidate}")
     where = "OQS_INSTALL_PATH" if "OQS_INSTALL_PATH" in environ else "~/_oqs"

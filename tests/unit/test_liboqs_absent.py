@@ -115,3 +115,18 @@ def test_locate_finds_a_library_in_oqs_install_path(tmp_path: Path) -> None:
     if located.path is not None:
         pytest.skip("a system-wide liboqs is installed, so the broken file is bypassed")
     assert "present but not loadable" in located.reason
+
+
+def test_locate_runs_no_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every client looks for liboqs when it first signs (its login): ctypes.util.find_library
+    would run ldconfig, gcc and ld each time liboqs is absent."""
+    import subprocess
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"locate_liboqs ran a program: {args[:1]}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(os, "popen", refuse)
+    located = locate_liboqs({"OQS_INSTALL_PATH": str(tmp_path / "none")}, tmp_path)
+    if located.path is None:
+        assert "not found" in located.reason
