@@ -112,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
         expire_interval=args.expire_interval,
         gc_interval=args.gc_interval,
     )
+    from relay.memory import keep_freed_memory
+
+    keep_freed_memory()
     try:
         event_loop.run(serve_forever(config), args.loop)
     except ValueError as exc:
