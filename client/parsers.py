@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from .cli import CliError
 
 RECV_IDLE_S = 2.0
 IDLE_EXIT_S = 30.0
+HASHING_SWITCH_INTERVAL_S = 0.0005
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -41,7 +43,12 @@ def _start_send_file(args: argparse.Namespace) -> int:
     from .transfer import build_manifest
     from .work import in_background
 
+    # The hash thread needs the GIL for a moment after each block; while this thread
+    # imports the messenger it would wait up to the 5 ms switch interval every time.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(HASHING_SWITCH_INTERVAL_S)
     hashing = in_background(build_manifest, [str(p) for p in args.paths], name="hash-files")
+    hashing.add_done_callback(lambda _: sys.setswitchinterval(interval))
     from .files_cli import run_send_file
 
     return run_send_file(args, hashing)
