@@ -99,7 +99,7 @@ def test_bad_arguments_are_refused() -> None:
 
 
 def test_matches_the_documented_construction() -> None:
-    """Recompute the DESIGN.md formula independently, so the wire format is deliberate."""
+    """Recompute the docs/protocol.md formula independently, so the wire format is deliberate."""
     import hashlib
     import hmac
 
