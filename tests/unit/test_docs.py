@@ -6,12 +6,14 @@ Three checks:
 * every link in README.md and docs/*.md names a file (and heading) that exists in the repository;
 * nothing in the repository points outside it (the design notes once lived in ../shared/);
 * every ``qsecret/...`` string and every combiner purpose in client/, relay/ and keysource/ is
-  written in docs/protocol.md as code (`` `qsecret/v1/...` ``).
+  written in docs/protocol.md as code (`` `qsecret/v1/...` ``);
+* every row of the limits table in docs/protocol.md has the value the code has.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 import tomllib
 from pathlib import Path
@@ -251,3 +253,50 @@ def test_a_missing_label_is_reported() -> None:
     assert undocumented({"qsecret/v1/a", "qsecret/v1/b", "qsecret/v1/c"}, doc) == [
         "qsecret/v1/c"
     ]
+
+
+# ---------------------------------------------------------------- limits table
+
+_LIMIT_ROW = re.compile(r"^\| `((?:client|relay|keysource)\.[\w.]+)` \| ([0-9][0-9,]*) \|", re.M)
+
+
+def documented_limits(doc: str) -> list[tuple[str, int]]:
+    return [(name, int(value.replace(",", ""))) for name, value in _LIMIT_ROW.findall(doc)]
+
+
+def code_value(dotted: str) -> object:
+    """``package.module.NAME`` or ``package.module.Class.field``: the value in the code."""
+    parts = dotted.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            value: object = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[split:]:
+            value = getattr(value, attribute)
+        return value
+    raise ModuleNotFoundError(dotted)
+
+
+def test_the_limits_table_matches_the_code() -> None:
+    rows = documented_limits((ROOT / "docs" / "protocol.md").read_text("utf-8"))
+    assert len(rows) >= 40, "the limits table of docs/protocol.md (section 2.7) is gone"
+    wrong = []
+    for name, documented in rows:
+        try:
+            actual = code_value(name)
+        except (ModuleNotFoundError, AttributeError):
+            wrong.append(f"{name}: no longer in the code (moved? update docs/protocol.md 2.7)")
+            continue
+        if actual != documented:
+            wrong.append(f"{name}: the code has {actual!r}, docs/protocol.md says {documented}")
+    assert wrong == []
+
+
+def test_a_changed_limit_is_reported() -> None:
+    doc = "| `relay.wire.frames.NONCE_BYTES` | 31 | nonce |\n| `relay.wire.frames.Nope` | 1 | x |\n"
+    rows = documented_limits(doc)
+    assert rows == [("relay.wire.frames.NONCE_BYTES", 31), ("relay.wire.frames.Nope", 1)]
+    assert code_value("relay.wire.frames.NONCE_BYTES") != 31
+    with pytest.raises(AttributeError):
+        code_value("relay.wire.frames.Nope")
