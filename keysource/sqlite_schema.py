@@ -31,7 +31,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Migration", "Opened", "Schema", "SchemaError", "SchemaTooNew", "open_schema"]
+__all__ = [
+    "Migration", "Opened", "Schema", "SchemaError", "SchemaTooNew", "inspect_schema",
+    "open_schema", "split_statements",
+]
 
 
 class SchemaError(ValueError):
@@ -116,11 +119,7 @@ def open_schema(db: sqlite3.Connection, schema: Schema, path: Path | str,
         raise ValueError("open_schema needs a connection opened with isolation_level=None")
     if db.in_transaction:
         raise ValueError("open_schema needs a connection outside any transaction")
-    try:
-        found, stamped = _version(db, schema)
-    except sqlite3.DatabaseError as exc:
-        raise SchemaError(f"{path}: not a {schema.kind} ({exc})") from None
-    _check(schema, path, found)
+    found, stamped = _inspect(db, schema, path)
     for pragma in pragmas:
         db.execute(pragma)
     if stamped and found == schema.version:
@@ -137,6 +136,25 @@ def open_schema(db: sqlite3.Connection, schema: Schema, path: Path | str,
             db.execute("ROLLBACK")
         raise
     return Opened(found, schema.version)
+
+
+def inspect_schema(db: sqlite3.Connection, schema: Schema, path: Path | str) -> int:
+    """The file's version (0: new and empty), read without writing anything; raises as
+    :func:`open_schema` does for a newer or a foreign file.
+
+    For a store that must check something before migrating (the profile store checks the
+    passphrase first, so a wrong one leaves an old file untouched).
+    """
+    return _inspect(db, schema, path)[0]
+
+
+def _inspect(db: sqlite3.Connection, schema: Schema, path: Path | str) -> tuple[int, bool]:
+    try:
+        found, stamped = _version(db, schema)
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(f"{path}: not a {schema.kind} ({exc})") from None
+    _check(schema, path, found)
+    return found, stamped
 
 
 def _version(db: sqlite3.Connection, schema: Schema) -> tuple[int, bool]:

@@ -35,7 +35,7 @@ import platformdirs
 from client.protocol.bundle import PrekeyBundle, PrekeySecrets, parse_bundle
 from client.protocol.identity import Identity, PublicIdentity
 from client.protocol.session import Message, Outgoing, Session
-from keysource.sqlite_schema import Schema, SchemaError, open_schema
+from keysource.sqlite_schema import Schema, SchemaError, inspect_schema, open_schema
 
 from .sealed import CHECK_PLAINTEXT, CorruptStore, KdfParams, Sealer, StoreError, WrongPassphrase
 
@@ -134,14 +134,17 @@ class Store:
         db = sqlite3.connect(path, isolation_level=None, timeout=10, check_same_thread=False)
         try:
             try:
+                found = inspect_schema(db, STORE_SCHEMA, path)  # refuses a newer file
+                # The passphrase is checked before a migration writes anything, so a wrong
+                # one leaves an older file untouched too.
+                sealer = cls._unlock(db, passphrase, path) if found else None
                 open_schema(db, STORE_SCHEMA, path, pragmas=(
                     "PRAGMA journal_mode=WAL",
                     "PRAGMA synchronous=FULL",  # committed state survives power loss
                 ))
             except SchemaError as exc:
                 raise StoreError(str(exc)) from exc
-            meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
-            if not meta:
+            if sealer is None:
                 params = KdfParams.fresh(opslimit, memlimit)
                 sealer = Sealer(passphrase, params)
                 db.execute("BEGIN IMMEDIATE")
@@ -152,21 +155,31 @@ class Store:
                 ])
                 db.execute("COMMIT")
                 path.chmod(0o600)
-            else:
-                salt, ops, mem = cbor2.loads(meta["kdf"])
-                sealer = Sealer(passphrase, KdfParams(salt, ops, mem))
-                try:
-                    check = sealer.open("check", meta["check"])
-                except CorruptStore:
-                    raise WrongPassphrase(
-                        f"wrong passphrase for the store at {path} (nothing was changed)"
-                    ) from None
-                if check != CHECK_PLAINTEXT:
-                    raise WrongPassphrase(f"wrong passphrase for the store at {path}")
         except BaseException:
             db.close()
             raise
         return cls(db, sealer, path)
+
+    @staticmethod
+    def _unlock(db: sqlite3.Connection, passphrase: str, path: Path) -> Sealer | None:
+        """The sealer of an existing store, or None when it was never initialised.
+
+        Reads only ``meta`` (kdf, check), whose layout every schema version keeps.
+        """
+        meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+        if not meta:
+            return None
+        salt, ops, mem = cbor2.loads(meta["kdf"])
+        sealer = Sealer(passphrase, KdfParams(salt, ops, mem))
+        try:
+            check = sealer.open("check", meta["check"])
+        except CorruptStore:
+            raise WrongPassphrase(
+                f"wrong passphrase for the store at {path} (nothing was changed)"
+            ) from None
+        if check != CHECK_PLAINTEXT:
+            raise WrongPassphrase(f"wrong passphrase for the store at {path}")
+        return sealer
 
     def close(self) -> None:
         self._db.close()
