@@ -18,6 +18,11 @@ The version lives in ``PRAGMA user_version`` (four bytes of the file header, wri
 same transaction as the migration). A store may also mirror it where older qsecret looked
 (``Schema.mirror``: the profile store's ``meta`` row), so those refuse a newer file too.
 
+To change a store's schema: append ``Migration(version=<current + 1>, ...)`` to its Schema;
+never edit the baseline or an earlier step (files in the field went through them as they were).
+Add a fixture file of the old version (tests/fixtures/make_store_fixtures.py ``--out``, run
+with the old code) so tests/unit/test_store_fixtures.py proves the step on real data.
+
 Standard library only, and nothing else from keysource: the relay (which may import keysource
 only through keysource.pq), the client and the KME all import this one module, so it must
 stay dependency-free. Errors are ValueErrors, which the relay's and the KME's command lines
@@ -26,10 +31,13 @@ already print as one line.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger("qsecret.schema")
 
 __all__ = [
     "Migration", "Opened", "Schema", "SchemaError", "SchemaTooNew", "inspect_schema",
@@ -128,13 +136,17 @@ def open_schema(db: sqlite3.Connection, schema: Schema, path: Path | str,
     try:
         found, stamped = _version(db, schema)  # another process may have migrated it meanwhile
         _check(schema, path, found)
-        if not stamped or found < schema.version:
+        upgrade = not stamped or found < schema.version
+        if upgrade:
             _upgrade(db, schema, path, found)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+    if found and upgrade:
+        log.info("%s: %s brought from schema version %d%s to %d", path, schema.kind, found,
+                 "" if stamped else " (unversioned)", schema.version)
     return Opened(found, schema.version)
 
 
