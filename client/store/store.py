@@ -69,7 +69,7 @@ def _mirror_version(db: sqlite3.Connection, version: int) -> None:
 STORE_SCHEMA = Schema(
     kind="profile store",
     baseline=SCHEMA,
-    marker_tables=frozenset({"meta", "secrets", "contacts", "sessions", "history"}),
+    marker_tables=frozenset({"secrets", "contacts", "sessions", "history"}),
     migrations=(),
     mirror=_mirror_version,
 )

@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS files (
 PROGRESS_SCHEMA = Schema(
     kind="transfer progress file",
     baseline=_SCHEMA,
-    marker_tables=frozenset({"meta", "files"}),
+    marker_tables=frozenset({"files"}),  # "meta" is in other stores too
     migrations=(),
 )
 

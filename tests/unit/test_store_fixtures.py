@@ -261,3 +261,17 @@ def test_new_transfer_progress_gets_the_current_version(tmp_path: Path) -> None:
     state = store.folder / STATE_FILE
     store.close()
     assert _user_version(state) == PROGRESS_SCHEMA.version
+
+
+def test_a_store_pointed_at_another_stores_file_refuses_it_untouched(tmp_path: Path) -> None:
+    for name in ("relay.sqlite3", "kme-pool.sqlite", "partial-state.sqlite"):
+        path = _copy(name, tmp_path / name / "store.sqlite3")
+        before = _snapshot(path.parent)
+        with pytest.raises(StoreError, match="not a profile store"):
+            Store.open(fx.PASSPHRASE, path)
+        assert _snapshot(path.parent) == before, name
+    path = _copy("profile.sqlite3", tmp_path / "p" / "pool.sqlite")
+    before = _snapshot(path.parent)
+    with pytest.raises(ValueError, match="not a KME key pool"):
+        KeyPool(path)
+    assert _snapshot(path.parent) == before
