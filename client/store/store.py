@@ -35,10 +35,10 @@ import platformdirs
 from client.protocol.bundle import PrekeyBundle, PrekeySecrets, parse_bundle
 from client.protocol.identity import Identity, PublicIdentity
 from client.protocol.session import Message, Outgoing, Session
+from keysource.sqlite_schema import Schema, SchemaError, inspect_schema, open_schema
 
 from .sealed import CHECK_PLAINTEXT, CorruptStore, KdfParams, Sealer, StoreError, WrongPassphrase
 
-SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, sealed BLOB NOT NULL);
@@ -56,6 +56,24 @@ CREATE TABLE IF NOT EXISTS received (peer TEXT NOT NULL, message_id TEXT NOT NUL
 CREATE TABLE IF NOT EXISTS transfers (id TEXT PRIMARY KEY, sealed BLOB NOT NULL,
                                       created REAL NOT NULL);
 """
+
+
+def _mirror_version(db: sqlite3.Connection, version: int) -> None:
+    """Keep ``meta.schema`` equal to the version: qsecret before versioned stores refuses a
+    store whose ``meta.schema`` is not ``1``, so it cannot damage a newer one."""
+    db.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (str(version).encode(),))
+
+
+# Version 1 is the schema above (files from before versions were recorded hold it); later
+# changes are appended to ``migrations`` (see keysource.sqlite_schema).
+STORE_SCHEMA = Schema(
+    kind="profile store",
+    baseline=SCHEMA,
+    marker_tables=frozenset({"secrets", "contacts", "sessions", "history"}),
+    migrations=(),
+    mirror=_mirror_version,
+)
+SCHEMA_VERSION = STORE_SCHEMA.version
 
 
 def default_path() -> Path:
@@ -115,11 +133,18 @@ class Store:
         # at a time, never concurrently, so crossing threads is safe here.
         db = sqlite3.connect(path, isolation_level=None, timeout=10, check_same_thread=False)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # committed state survives power loss
-            db.executescript(SCHEMA)
-            meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
-            if not meta:
+            try:
+                found = inspect_schema(db, STORE_SCHEMA, path)  # refuses a newer file
+                # The passphrase is checked before a migration writes anything, so a wrong
+                # one leaves an older file untouched too.
+                sealer = cls._unlock(db, passphrase, path) if found else None
+                open_schema(db, STORE_SCHEMA, path, pragmas=(
+                    "PRAGMA journal_mode=WAL",
+                    "PRAGMA synchronous=FULL",  # committed state survives power loss
+                ))
+            except SchemaError as exc:
+                raise StoreError(str(exc)) from exc
+            if sealer is None:
                 params = KdfParams.fresh(opslimit, memlimit)
                 sealer = Sealer(passphrase, params)
                 db.execute("BEGIN IMMEDIATE")
@@ -130,23 +155,31 @@ class Store:
                 ])
                 db.execute("COMMIT")
                 path.chmod(0o600)
-            else:
-                if meta.get("schema") != str(SCHEMA_VERSION).encode():
-                    raise StoreError(f"store at {path} has an unsupported schema version")
-                salt, ops, mem = cbor2.loads(meta["kdf"])
-                sealer = Sealer(passphrase, KdfParams(salt, ops, mem))
-                try:
-                    check = sealer.open("check", meta["check"])
-                except CorruptStore:
-                    raise WrongPassphrase(
-                        f"wrong passphrase for the store at {path} (nothing was changed)"
-                    ) from None
-                if check != CHECK_PLAINTEXT:
-                    raise WrongPassphrase(f"wrong passphrase for the store at {path}")
         except BaseException:
             db.close()
             raise
         return cls(db, sealer, path)
+
+    @staticmethod
+    def _unlock(db: sqlite3.Connection, passphrase: str, path: Path) -> Sealer | None:
+        """The sealer of an existing store, or None when it was never initialised.
+
+        Reads only ``meta`` (kdf, check), whose layout every schema version keeps.
+        """
+        meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+        if not meta:
+            return None
+        salt, ops, mem = cbor2.loads(meta["kdf"])
+        sealer = Sealer(passphrase, KdfParams(salt, ops, mem))
+        try:
+            check = sealer.open("check", meta["check"])
+        except CorruptStore:
+            raise WrongPassphrase(
+                f"wrong passphrase for the store at {path} (nothing was changed)"
+            ) from None
+        if check != CHECK_PLAINTEXT:
+            raise WrongPassphrase(f"wrong passphrase for the store at {path}")
+        return sealer
 
     def close(self) -> None:
         self._db.close()

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from keysource.sqlite_schema import Schema, SchemaError, open_schema
+
 from .errors import StateError, TransferError
 from .fileio import open_write, read_at, write_at
 from .manifest import Manifest
@@ -45,6 +47,15 @@ CREATE TABLE IF NOT EXISTS files (
     idx INTEGER PRIMARY KEY, dest TEXT NOT NULL, landed TEXT, failures INTEGER NOT NULL DEFAULT 0
 );
 """
+
+# Version 1 is _SCHEMA (progress files from before versions were recorded hold it); see
+# keysource.sqlite_schema for how a progress file is migrated or refused on open.
+PROGRESS_SCHEMA = Schema(
+    kind="transfer progress file",
+    baseline=_SCHEMA,
+    marker_tables=frozenset({"files"}),  # "meta" is in other stores too
+    migrations=(),
+)
 
 
 def plan_destinations(manifest: Manifest) -> list[tuple[str, ...]]:
@@ -106,9 +117,15 @@ class PartialStore:
         # Used from one thread at a time, but not always the one that opened it (the asyncio
         # driver runs disk work in a worker thread).
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
+        try:
+            open_schema(db, PROGRESS_SCHEMA, path,
+                        pragmas=("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL"))
+        except SchemaError as exc:
+            db.close()
+            raise TransferError(str(exc)) from exc
+        except BaseException:
+            db.close()
+            raise
         return db
 
     @classmethod
@@ -155,6 +172,7 @@ class PartialStore:
         db = cls._connect(folder / STATE_FILE)
         row = db.execute("SELECT value FROM meta WHERE key='manifest'").fetchone()
         if row is None:
+            db.close()
             raise TransferError(f"progress of transfer {transfer_id.hex()} is damaged")
         return cls(downloads, folder, db, Manifest.decode(row[0]))
 

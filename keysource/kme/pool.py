@@ -33,6 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from keysource.sqlite_schema import Migration, Schema, open_schema
+
 POOL_KEY_BYTES = 32
 POOL_KEY_BITS = POOL_KEY_BYTES * 8
 DEFAULT_MAX_KEY_COUNT = 100_000
@@ -67,6 +69,21 @@ CREATE TABLE IF NOT EXISTS delivered (
     at       REAL NOT NULL
 );
 """
+
+# Version 1 is _SCHEMA (pools from before versions were recorded hold it); see
+# keysource.sqlite_schema for how a pool file is migrated or refused on open.
+POOL_SCHEMA = Schema(
+    kind="KME key pool",
+    baseline=_SCHEMA,
+    marker_tables=frozenset({"keys", "bindings", "delivered"}),
+    migrations=(
+        # The allocator lists unacknowledged bindings on every push; bindings are kept for
+        # ever, so without this index each push scanned and sorted all of them.
+        Migration(2, "index the unacknowledged bindings",
+                  "CREATE INDEX IF NOT EXISTS bindings_unacked ON bindings(created)"
+                  " WHERE acked = 0"),
+    ),
+)
 
 
 _CANCELLED = -1  # bindings.acked of a binding the follower refused for ever
@@ -249,15 +266,17 @@ class KeyPool:
         )
         if fresh:
             self.path.chmod(0o600)  # raw key material lives here
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit that handed keys out survives power loss, so a key can never
-        # come back after a crash and be served a second time.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-        with self._write():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
+        try:
+            open_schema(self._db, POOL_SCHEMA, self.path, pragmas=(
+                "PRAGMA journal_mode=WAL",
+                # FULL: a commit that handed keys out survives power loss, so a key can never
+                # come back after a crash and be served a second time.
+                "PRAGMA synchronous=FULL",
+                f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}",
+            ))
+        except BaseException:
+            self._db.close()
+            raise
 
     # -- plumbing -----------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from keysource.sqlite_schema import Schema, open_schema, split_statements
 from relay.wire import OneTimePrekey, PrekeyBundle
 
 from .base import (
@@ -101,6 +102,24 @@ INSERT OR REPLACE INTO meta VALUES('last_seq',
 DROP TABLE queue;
 DROP TABLE seen;
 """
+
+
+def _adopt_unversioned(db: sqlite3.Connection) -> None:
+    """A file from before versions: move a data dir of the queue + seen era over, once."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name='seen'").fetchone():
+        for statement in split_statements(_MIGRATE_V0):
+            db.execute(statement)
+
+
+# Version 1 is SCHEMA (files from before versions were recorded hold it, or the queue + seen
+# tables that _adopt_unversioned moves over); see keysource.sqlite_schema.
+RELAY_SCHEMA = Schema(
+    kind="relay store",
+    baseline=SCHEMA,
+    marker_tables=frozenset({"handles", "envelopes", "queue", "seen", "bundles"}),
+    migrations=(),
+    adopt=_adopt_unversioned,
+)
 
 # The hot statements take many rows at once, in chunks of these sizes: a handful of
 # distinct (cached) statements, and one step per chunk instead of one per row.
@@ -414,17 +433,19 @@ class SqliteStore(Store):
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self.synchronous}")
-        db.execute("PRAGMA busy_timeout=5000")
-        # Pages are read through a memory map and kept in a larger cache: fewer pread()
-        # system calls on the writer thread under load.
-        db.execute("PRAGMA mmap_size=268435456")
-        db.execute("PRAGMA cache_size=-32768")
-        db.executescript(SCHEMA)
-        old = db.execute("SELECT 1 FROM sqlite_master WHERE name='seen'").fetchone()
-        if old:
-            db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_V0 + "COMMIT;")
+        try:
+            open_schema(db, RELAY_SCHEMA, self.path, pragmas=(
+                "PRAGMA journal_mode=WAL",
+                f"PRAGMA synchronous={self.synchronous}",
+                "PRAGMA busy_timeout=5000",
+                # Pages are read through a memory map and kept in a larger cache: fewer
+                # pread() system calls on the writer thread under load.
+                "PRAGMA mmap_size=268435456",
+                "PRAGMA cache_size=-32768",
+            ))
+        except BaseException:
+            db.close()
+            raise
         self._reload(db)
         row = db.execute("SELECT max(ts) FROM envelopes").fetchone()
         self._last_ts = row[0] or 0
