@@ -318,6 +318,11 @@ class AsyncSaeClient:
         self._http = _http_client(base_url, ca, cert, key, sae_id, timeout_s)
         self.reserve = KeyReserve()
 
+    async def drain(self) -> None:
+        """Wait for every request in flight, also those of cancelled callers (whose keys
+        are then in :attr:`reserve`)."""
+        await self._http.drain()
+
     async def aclose(self) -> None:
         """Wait for requests in flight (within their deadline), close the connections and
         wipe the reserve."""
