@@ -35,6 +35,7 @@ import logging
 import select
 import ssl
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -140,7 +141,10 @@ class AsyncHttpClient:
         fields = [*self._headers, *(headers or {}).items(), ("Content-Length", str(len(body)))]
         if json_body is not None:
             fields.append(("Content-Type", "application/json"))
-        req = h11.Request(method=method, target=self._prefix + path, headers=fields)
+        try:
+            req = h11.Request(method=method, target=self._prefix + path, headers=fields)
+        except h11.LocalProtocolError as exc:  # e.g. a space or control character in the path
+            raise HttpError(f"cannot send {method} {path!r}: {exc}") from None
         deadline = asyncio.get_running_loop().time() + self._timeout
         try:
             async with asyncio.timeout_at(deadline):
@@ -298,6 +302,8 @@ class PrivateLoop:
         self._thread = threading.Thread(target=self._loop.run_forever, name="kme-http",
                                         daemon=True)
         self._thread.start()
+        # A forgotten close() must not leave a thread behind for the life of the process.
+        self._stop = weakref.finalize(self, _stop_loop, self._loop, self._thread)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._loop.is_closed():
@@ -312,8 +318,14 @@ class PrivateLoop:
 
     def close(self) -> None:
         """Stop the loop and its thread (idempotent)."""
-        if self._loop.is_closed():
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        self._stop()
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    if loop.is_closed():
+        return
+    loop.call_soon_threadsafe(loop.stop)
+    if thread is threading.current_thread():
+        return  # collected on its own thread: the loop stops; it cannot close while running
+    thread.join()
+    loop.close()

@@ -275,3 +275,22 @@ def test_private_loop_runs_the_async_client_for_blocking_callers() -> None:
         server_loop.close()
     with pytest.raises(RuntimeError, match="closed"):
         loop.run(get(url))
+
+
+async def test_a_path_h11_refuses_is_an_http_error() -> None:
+    client = AsyncHttpClient("http://127.0.0.1:1", timeout=5)
+    with pytest.raises(HttpError, match="cannot send"):
+        await client.request("GET", "/api/v1/keys/bad id\n/status")
+
+
+def test_a_forgotten_private_loop_stops_its_thread() -> None:
+    import gc
+    import threading
+
+    loop = PrivateLoop()
+    thread = loop._thread
+    assert thread.is_alive()
+    del loop
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and thread is not threading.current_thread()
