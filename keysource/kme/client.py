@@ -292,7 +292,8 @@ class AsyncSaeClient:
     and to cancel at any point. The guarantee for keys, because the KME deletes a key when
     it hands it out: once an ``enc_keys``/``dec_keys`` request is on the wire, its answer is
     read even if the caller is cancelled, and the keys of a 200 answer nobody took wait in
-    :attr:`reserve` (in memory, bounded, wiped when taken or on :meth:`aclose`):
+    :attr:`reserve` (in memory, bounded; its bytearray copies are zeroed when taken or on
+:meth:`aclose` - the ``bytes`` a caller receives are beyond Python's reach to wipe):
 
     - ``get_enc_keys(slave, number, size)`` first takes kept keys for that slave and size,
       and asks the KME only for the rest;
@@ -364,10 +365,11 @@ class AsyncSaeClient:
         try:
             body = await self._request("POST", f"/api/v1/keys/{slave_sae_id}/enc_keys",
                                        json=_enc_body(missing, size), on_orphan=orphaned)
+            fresh = parse_keys(body, expect=missing)
         except BaseException:
             self.reserve.return_enc(slave_sae_id, size, kept)
             raise
-        return kept + parse_keys(body, expect=missing)
+        return kept + fresh
 
     async def get_dec_keys(self, master_sae_id: str, key_ids: Sequence[str]) -> list[QkdKey]:
         kept = self.reserve.take_dec(master_sae_id, key_ids)
@@ -382,10 +384,10 @@ class AsyncSaeClient:
             try:
                 body = await self._request("POST", f"/api/v1/keys/{master_sae_id}/dec_keys",
                                            json=_dec_body(rest), on_orphan=orphaned)
+                fresh = parse_keys(body, expect=len(rest))
             except BaseException:
                 self.reserve.keep_dec(master_sae_id, list(kept.values()))
                 raise
-            fresh = parse_keys(body, expect=len(rest))
         answered = iter(fresh)  # the KME answers in the order asked
         return [kept[k] if k in kept else next(answered) for k in key_ids]
 
