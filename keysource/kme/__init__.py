@@ -3,7 +3,8 @@
 - :mod:`.pool`   durable once-only key store (SQLite WAL)
 - :mod:`.node`   one KME and the binding protocol with its peer KME
 - :mod:`.server` ETSI 014 REST API over HTTPS with mutual TLS (aiohttp)
-- :mod:`.client` SAE client (httpx): ``SaeClient`` / ``AsyncSaeClient``
+- :mod:`.client` SAE client: ``AsyncSaeClient`` / blocking ``SaeClient``
+- :mod:`.http11` the one HTTP/1.1 client (h11) of every KME caller, KME-to-KME included
 - :mod:`.pki`    CA, KME and SAE certificates
 - :mod:`.link`   feeds the pools from the QKD link emulator (:mod:`keysource.qkd`)
 - :mod:`.cli`    ``qsecret kme pair | serve | status | pki``
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from keysource.lazy import lazy_getattr
 
 # Loaded on first use, so 'qsecret kme ...' registering its parser (on every 'qsecret' start)
-# does not import httpx and the SAE client.
+# does not import h11 and the SAE client.
 _HOME = {
     **dict.fromkeys(["AsyncSaeClient", "KeyStatus", "KmeBadRequest", "KmeConnectionError",
                      "KmeError", "KmeProtocolError", "KmeUnauthorized", "KmeUnavailable",

@@ -2,6 +2,8 @@
 
 Each KME presents its own certificate (OU=KME) to the other's server; the server accepts
 the binding routes only from the configured peer KME_ID (see :mod:`keysource.kme.server`).
+Spoken with the project's one KME HTTP client (:mod:`.http11`): a call cancelled mid-way
+(the KME shutting down) still leaves its connection either reusable or closed.
 """
 
 from __future__ import annotations
@@ -9,8 +11,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 
-import httpx
-
+from .http11 import AsyncHttpClient, HttpError, Response
 from .node import PeerUnavailable
 from .pool import Binding, PoolExhausted
 
@@ -29,21 +30,18 @@ class HttpPeer:
         headers = {}
         if ssl_context is None:  # plain loopback mode: identity by header
             headers["X-KME-ID"] = own_kme_id
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            verify=ssl_context if ssl_context is not None else False,
-            timeout=timeout_s,
-            headers=headers,
+        self._client = AsyncHttpClient(
+            base_url.rstrip("/"), ssl_context=ssl_context, headers=headers, timeout=timeout_s
         )
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _post(self, path: str, body: dict[str, object]) -> httpx.Response:
+    async def _post(self, path: str, body: dict[str, object]) -> Response:
         try:
-            return await self._client.post(path, json=body)
-        except httpx.HTTPError as exc:
-            raise PeerUnavailable(f"{type(exc).__name__}: {exc}") from None
+            return await self._client.request("POST", path, json_body=body)
+        except HttpError as exc:
+            raise PeerUnavailable(str(exc)) from None
 
     async def push_binding(self, binding: Binding) -> list[str]:
         resp = await self._post("/kme/v1/bindings", binding.to_json())

@@ -299,20 +299,31 @@ async def _shutdown(tasks: list[asyncio.Task[None]], runners: list[web.AppRunner
 def fetch_stats(url: str, *, ca: Path | None, cert: Path | None, key: Path | None,
                 sae_id: str | None) -> dict[str, Any]:
     """GET /kme/v1/stats from a running KME (used by ``qsecret kme status``)."""
-    import httpx
-
+    from .http11 import AsyncHttpClient, PrivateLoop, Response
     from .pki import client_ssl_context
 
     headers = {}
-    verify: Any = False
+    ssl_context = None
     if url.startswith("https://"):
         if not (ca and cert and key):
             raise ValueError("https needs --ca, --cert and --key (or --data and --sae)")
-        verify = client_ssl_context(ca=ca, cert=cert, key=key)
+        ssl_context = client_ssl_context(ca=ca, cert=cert, key=key)
     elif sae_id:
         headers["X-SAE-ID"] = sae_id
-    resp = httpx.get(url.rstrip("/") + "/kme/v1/stats", verify=verify, headers=headers,
-                     timeout=5.0)
+    http = AsyncHttpClient(url.rstrip("/"), ssl_context=ssl_context, headers=headers,
+                           timeout=5.0)
+
+    async def get() -> Response:
+        try:
+            return await http.request("GET", "/kme/v1/stats")
+        finally:
+            await http.aclose()
+
+    loop = PrivateLoop()
+    try:
+        resp = loop.run(get())  # HttpError when the KME cannot be reached
+    finally:
+        loop.close()
     if resp.status_code != 200:
         raise ValueError(f"{resp.status_code}: {resp.text[:200]}")
     body: dict[str, Any] = resp.json()

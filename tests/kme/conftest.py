@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -14,10 +15,13 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
 from keysource.kme.client import SaeClient
+from keysource.kme.http11 import AsyncHttpClient, PrivateLoop, Response
 from keysource.kme.pki import Pki
 from keysource.kme.pool import KeyPool
 from keysource.kme.runtime import KME_A, KME_B, SAE_A, SAE_B, pool_path
@@ -117,6 +121,35 @@ def start_kme(args: Sequence[str], *, ready_count: int) -> KmeProcess:
         kme.stop(signal.SIGKILL)
         raise
     return kme
+
+
+class RawHttp:
+    """Requests the SaeClient would never send, over the project's one HTTP client."""
+
+    def __init__(self, url: str, ssl_context: ssl.SSLContext) -> None:
+        self._loop = PrivateLoop()
+        self._http = AsyncHttpClient(url, ssl_context=ssl_context, timeout=10)
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> Response:
+        query = f"?{urlencode(params)}" if params else ""
+        return self._loop.run(self._http.request("GET", path + query))
+
+    def post(self, path: str, *, json: Any = None, content: bytes | None = None,
+             headers: dict[str, str] | None = None) -> Response:
+        return self._loop.run(
+            self._http.request("POST", path, json_body=json, content=content, headers=headers))
+
+    def close(self) -> None:
+        try:
+            self._loop.run(self._http.aclose())
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> RawHttp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass

@@ -11,7 +11,6 @@ import ssl
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 
 from keysource.kme.client import (
@@ -25,16 +24,16 @@ from keysource.kme.client import (
 from keysource.kme.pki import Pki
 from keysource.kme.runtime import KME_A, KME_B, SAE_A, SAE_B
 
-from .conftest import Pair, start_pair
+from .conftest import Pair, RawHttp, start_pair
 
 
-def raw(pair: Pair, url: str, sae: str | None) -> httpx.Client:
-    """A plain httpx client (for requests the SaeClient would never send)."""
+def raw(pair: Pair, url: str, sae: str | None) -> RawHttp:
+    """A plain HTTP client (for requests the SaeClient would never send)."""
     ctx = ssl.create_default_context(cafile=str(pair.pki.ca_cert))
     if sae is not None:
         paths = pair.pki.sae(sae)
         ctx.load_cert_chain(str(paths.cert), str(paths.key))
-    return httpx.Client(base_url=url, verify=ctx, timeout=10)
+    return RawHttp(url, ctx)
 
 
 def test_status_reports_every_field(pair: Pair) -> None:
@@ -128,7 +127,7 @@ def test_enc_keys_bad_requests_are_400(pair: Pair, body: dict[str, object], frag
         assert pair_stats(http) == before  # nothing was reserved or taken
 
 
-def pair_stats(http: httpx.Client) -> tuple[int, int]:
+def pair_stats(http: RawHttp) -> tuple[int, int]:
     pool = http.get("/kme/v1/stats").json()["pool"]
     return pool["free"], pool["delivered"]
 
@@ -321,16 +320,16 @@ async def test_async_client_reuses_one_connection_and_reconnects_after_a_kme_res
         async with AsyncSaeClient(pair.url_a, ca=pair.pki.ca_cert, cert=a.cert,
                                   key=a.key) as alice:
             await alice.get_status(SAE_B)
-            first = alice._http._streams
-            assert first is not None
+            (first,) = alice._http._idle
             await alice.get_status(SAE_B)
-            assert alice._http._streams is first  # the same connection, reused
+            assert alice._http._idle == [first]  # the same connection, reused
             pair.process.stop()
             pair = start_pair(tmp_path, *ports)
             # A POST is never sent twice, so this needs the closed connection to be noticed
             # before reuse (not a retry after a failure).
             (key,) = await alice.get_enc_keys(SAE_B, number=1)
             assert len(key.key) == 32
-            assert alice._http._streams is not first
+            (second,) = alice._http._idle
+            assert second is not first
     finally:
         pair.process.stop()
