@@ -25,7 +25,6 @@ import contextlib
 import functools
 import gc
 import http
-import json
 import logging
 import os
 import secrets
@@ -62,7 +61,6 @@ from relay.store import (
     StreamStatus,
 )
 from relay.tls import ensure_self_signed, server_context
-from relay.wire.frames import _REQ_ID_RE
 
 log = logging.getLogger("qsecret.relay")
 
@@ -249,6 +247,9 @@ class Relay:
         self.frames_out_closed = 0  # frames sent by connections that have gone
         self.limits = {
             "max_frame": wire.MAX_FRAME_BYTES,
+            "max_signed_part": wire.MAX_SIGNED_PART_BYTES,
+            "max_one_time_key": wire.MAX_ONE_TIME_KEY_BYTES,
+            "max_one_time_per_upload": wire.MAX_ONE_TIME_PER_UPLOAD,
             "max_envelope": wire.MAX_ENVELOPE_BYTES,
             "max_binary_payload": wire.MAX_BINARY_PAYLOAD,
             "rate": int(config.rate),
@@ -487,7 +488,7 @@ class Relay:
         try:
             frame = wire.parse_client_frame(text)
         except wire.WireError as exc:
-            return self._refuse(session, exc.code, exc.message, req_id=_peek_id(text))
+            return self._refuse(session, exc.code, exc.message, req_id=exc.req_id)
         try:
             if isinstance(frame, wire.Auth):
                 return await self._on_auth(session, frame)
@@ -1188,19 +1189,6 @@ def _size(count: int) -> str:
             value = count / scale
             return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
     return f"{count} bytes"
-
-
-def _peek_id(text: str) -> str | None:
-    """The request id of a refused frame, if one can be read safely, to echo it back."""
-    if len(text) > 4096:
-        return None
-    try:
-        value = json.loads(text).get("id")
-    except Exception:
-        return None
-    if isinstance(value, str) and _REQ_ID_RE.fullmatch(value):
-        return value
-    return None
 
 
 def _persistent_relay_id(data_dir: Path) -> str:
