@@ -96,8 +96,8 @@ class ServerConnection:
         self.identity: bytes | None = None
         self.opened = now
         self.last_active = now
-        self.bucket = TokenBucket(rules.rate, rules.burst)  # text frames
-        self.stream_bucket = TokenBucket(rules.stream_rate, rules.stream_burst)  # binary
+        self.bucket = TokenBucket(rules.rate, rules.burst, now)  # text frames
+        self.stream_bucket = TokenBucket(rules.stream_rate, rules.stream_burst, now)  # binary
         self.strikes = Strikes(rules.abuse_limit, rules.abuse_window)
         self.auth_failures = 0
         self.login_pending = False
