@@ -21,7 +21,6 @@ import http
 import logging
 import os
 import secrets
-import sys
 import time
 from pathlib import Path
 
@@ -85,10 +84,12 @@ class Relay:
         self.server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.frames_in = 0
+        self.frames_inline = 0  # of frames_in: handled where they were read
         self.frames_out_closed = 0  # frames sent by connections that have gone
         describe_metrics(self.metrics, sessions=self.sessions, router=self.router,
                          store=self.store, streams=self.streams,
                          frames_in=lambda: self.frames_in,
+                         frames_inline=lambda: self.frames_inline,
                          frames_out=lambda: self.frames_out_closed
                          + sum(s.sent for s in self.sessions))
         self.rules = ConnectionRules(config.rate, config.burst, config.stream_rate,
@@ -123,10 +124,6 @@ class Relay:
         return "wss" if self.ssl_context else "ws"
 
     async def start(self) -> None:
-        # The SQLite and verify threads take the GIL in short bursts; a 1 ms switch
-        # interval (default 5 ms) keeps the event loop's latency low while they do.
-        # (A server's entry point may set this process-wide knob; library code does not.)
-        sys.setswitchinterval(0.001)
         await self.store.open()
         await self.streams.load()
         self.server = await serve(
@@ -288,6 +285,7 @@ class Relay:
         if not session.core.try_admit(time.monotonic()):
             return False
         self.frames_in += 1
+        self.frames_inline += 1
         try:
             if isinstance(frame, wire.Send):
                 self.envelopes.accept_send(session, frame)

@@ -39,6 +39,7 @@ class Cork:
 
     def __init__(self) -> None:
         self.sessions: list[Session] = []
+        self.writes = 0  # transport writes made (each may carry many frames)
 
     def add(self, session: Session) -> None:
         if session.corked:
@@ -53,6 +54,7 @@ class Cork:
         for session in sessions:
             session.corked = False
             session.flush()
+        self.writes += len(sessions)
 
 
 class RelayConnection(ServerConnection):
