@@ -14,6 +14,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from keysource.pq import InvalidKey, InvalidSignature
@@ -28,6 +29,7 @@ from relay.store import BundleRefused, EnqueueResult, EnqueueStatus, Envelope, S
 log = logging.getLogger("qsecret.relay")
 
 PREKEYS_LOW = 10  # tell the owner to upload more below this many one-time prekeys
+CONFIRM_SLICE = 128  # settled sends answered per loop pass
 
 
 class Envelopes:
@@ -38,6 +40,7 @@ class Envelopes:
         self.router = router
         self.metrics = metrics
         self.verifier = verifier
+        self._settled: deque[tuple[Session, wire.Send, bool, Any]] = deque()
 
     # ------------------------------------------------------------ sends
 
@@ -75,6 +78,24 @@ class Envelopes:
             self.router.wake(frame.to)
 
     def _on_stored(self, session: Session, frame: wire.Send, ok: bool, value: Any) -> None:
+        """A commit's outcome for one send: handled in slices (see ``_confirm_some``)."""
+        if not self._settled:
+            asyncio.get_running_loop().call_soon(self._confirm_some)
+        self._settled.append((session, frame, ok, value))
+
+    def _confirm_some(self) -> None:
+        """Answer at most CONFIRM_SLICE settled sends, then let the loop read and deliver.
+
+        A slow disk makes big commits: a thousand sends settle at once. Answering them all
+        in one loop pass would hold every delivery that arrives meanwhile behind them.
+        """
+        settled = self._settled
+        for _ in range(min(CONFIRM_SLICE, len(settled))):
+            self._confirm(*settled.popleft())
+        if settled:
+            asyncio.get_running_loop().call_soon(self._confirm_some)
+
+    def _confirm(self, session: Session, frame: wire.Send, ok: bool, value: Any) -> None:
         session.pending_sends -= 1
         session.send_room.set()
         if not ok:
