@@ -69,6 +69,11 @@ class RelayConnection(ServerConnection):
 
     inline: Callable[[str], bool] | None = None
 
+    def send_data(self) -> None:
+        """Write what the protocol has framed in one ``transport.write`` (websockets writes
+        frame by frame; frames posted for this connection earlier in the pass are here)."""
+        write_joined(self, self.protocol.data_to_send())
+
     def process_event(self, event: Any) -> None:
         inline = self.inline
         if (inline is not None and isinstance(event, Frame) and event.opcode is Opcode.TEXT
@@ -163,23 +168,29 @@ class Session:
 
     def flush(self) -> None:
         """Write every frame framed so far in one go (what ``ws.send_data()`` does, joined)."""
-        ws = self.ws
-        chunks = ws.protocol.data_to_send()
-        if not chunks:
-            return
         try:
-            if all(chunks):
-                ws.transport.write(b"".join(chunks))
-            else:  # an end-of-stream marker among them: let websockets handle it in order
-                for chunk in chunks:
-                    if chunk:
-                        ws.transport.write(chunk)
-                    elif ws.transport.can_write_eof():
-                        ws.transport.write_eof()
-                    else:
-                        ws.transport.close()
+            write_joined(self.ws, self.ws.protocol.data_to_send())
         except Exception:  # the connection is going away; its handler cleans up
             log.debug("write failed handle=%s", self.handle)
+
+
+def write_joined(ws: ServerConnection, chunks: list[bytes]) -> None:
+    """Write framed output as one ``transport.write``; an empty chunk means end of stream."""
+    if not chunks:
+        return
+    if all(chunks):
+        ws.transport.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+        return
+    for chunk in chunks:  # an end-of-stream marker among them: in order, as websockets does
+        if chunk:
+            ws.transport.write(chunk)
+        elif ws.transport.can_write_eof():
+            try:
+                ws.transport.write_eof()
+            except Exception:  # write_eof() documents no exceptions; uvloop may raise
+                log.debug("write_eof failed")
+        else:
+            ws.transport.close()
 
 
 __all__ = ["Cork", "RelayConnection", "Session"]

@@ -38,8 +38,9 @@ def test_the_installed_websockets_is_in_the_pinned_range() -> None:
 
 
 def test_the_internals_exist() -> None:
-    assert callable(getattr(ServerConnection, "process_event", None))
-    assert RelayConnection.process_event is not ServerConnection.process_event
+    for name in ("process_event", "send_data"):
+        assert callable(getattr(ServerConnection, name, None)), name
+        assert getattr(RelayConnection, name) is not getattr(ServerConnection, name), name
 
 
 async def test_the_fast_paths_carry_traffic(tmp_path: Path) -> None:
