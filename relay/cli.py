@@ -162,6 +162,10 @@ async def serve_forever(config: RelayConfig) -> None:
     from relay.server import Relay, tune_gc
     from relay.wire import format_fingerprint
 
+    # The SQLite and verify threads take the GIL in short bursts; a 1 ms switch interval
+    # (default 5 ms) keeps the event loop's latency low while they do. A process-wide
+    # knob, so the entry point sets it, not the Relay class.
+    sys.setswitchinterval(0.001)
     relay = Relay(config)
     await relay.start()
     # What exists now lives as long as the process: frozen out of the cyclic GC, whose

@@ -11,11 +11,11 @@ class TokenBucket:
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, now: float | None = None) -> None:
         self.rate = rate
         self.burst = burst
         self.tokens = burst
-        self.stamp = time.monotonic()
+        self.stamp = time.monotonic() if now is None else now
 
     def take(self, now: float | None = None) -> bool:
         """Spend one token if there is one; say whether the frame may pass."""

@@ -158,6 +158,21 @@ class Store(ABC):
     async def enqueue(self, envelope: Envelope) -> EnqueueResult:
         """Queue an envelope durably, unless duplicate, over quota or for an unknown handle."""
 
+    def enqueue_then(self, envelope: Envelope, callback: Callable[[bool, Any], None]) -> None:
+        """:meth:`enqueue` without waiting: ``callback(ok, EnqueueResult | exception)`` later
+        (a store that groups commits settles every callback of one commit in one loop pass)."""
+        future = asyncio.ensure_future(self.enqueue(envelope))
+        future.add_done_callback(lambda f: callback(*_outcome(f)))
+
+    def behind(self) -> bool:
+        """True when writes are queued faster than the store commits them: the relay then
+        stops reading from senders (:meth:`wait_for_room`) so "stored" keeps pace."""
+        return False
+
+    async def wait_for_room(self) -> None:
+        """Return once the store is no longer :meth:`behind` (or soon, whatever happens)."""
+        return None
+
     @abstractmethod
     async def pending(self, recipient: str, limit: int) -> list[Envelope]:
         """The oldest ``limit`` envelopes still queued for ``recipient``."""
@@ -165,6 +180,10 @@ class Store(ABC):
     @abstractmethod
     async def ack(self, recipient: str, seqs: Sequence[int]) -> int:
         """Delete these envelopes from ``recipient``'s own queue; return how many were there."""
+
+    def ack_nowait(self, recipient: str, seqs: Sequence[int]) -> None:
+        """:meth:`ack` without waiting (it still runs after every earlier operation)."""
+        asyncio.ensure_future(self.ack(recipient, seqs))
 
     @abstractmethod
     async def queue_depth(self, recipient: str) -> int:

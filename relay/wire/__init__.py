@@ -1,5 +1,9 @@
 """The relay wire protocol, sans-I/O: the only part of the relay a client imports.
 
+Both ends of a connection live here: :mod:`relay.wire.client` (``ClientConnection``)
+and :mod:`relay.wire.server` (``ServerConnection``, the relay's side: hello, login,
+limits, strikes; imported by the relay only).
+
 Frame flows (``C`` client, ``R`` relay; every text frame is ``{"v":1,"t":...}``):
 
 * login:   R ``hello{relay,nonce,versions,limits}`` -> C ``auth{handle,identity,relay,sig}``

@@ -16,12 +16,9 @@ Sends not yet confirmed by ``stored`` stay in :attr:`unconfirmed`, so after a
 reconnect they can be given to the next connection (``resend=``); the relay drops
 the duplicates by message ID.
 
-Streams (bulk data as binary frames, :mod:`relay.wire.binary`)::
-
-    conn.stream_open(stream_id, "bob", "file", req_id="f1")  # 16 bytes; -> StreamOk{stream,id}
-    conn.send_chunk(stream_id, "file", seq, payload, final=False)  # or conn.send_binary(frame)
-    conn.stream_ack(stream_id, [0, 1, 2])   # receiver: these seqs are durably handled here
-    conn.stream_close(stream_id)            # either end; the other gets StreamClose
+Streams (bulk data as binary frames, :mod:`relay.wire.binary`) are written by the
+caller with the frame classes and :func:`relay.wire.binary.encode_binary_into` (as
+client/messenger/relay_link.py does); this core only parses what comes back.
 
 Events from :meth:`ClientConnection.receive` are the parsed frames themselves:
 ``BinaryFrame`` (kind, flags, stream, seq, payload; ``.final``) for every binary
@@ -47,14 +44,7 @@ import os
 from collections.abc import Callable, Iterable
 
 from .auth import auth_message
-from .binary import (
-    FLAG_FINAL,
-    KINDS,
-    BinaryFrame,
-    encode_binary,
-    parse_binary,
-    parse_binary_header,
-)
+from .binary import BinaryFrame, parse_binary
 from .errors import WireError
 from .frames import (
     Ack,
@@ -70,9 +60,6 @@ from .frames import (
     Send,
     Stored,
     StoredMany,
-    StreamAck,
-    StreamClose,
-    StreamOpen,
     parse_server_frame,
 )
 
@@ -185,46 +172,6 @@ class ClientConnection:
 
     def fetch_prekeys(self, handle: str, *, req_id: str | None = None) -> None:
         self._emit(PrekeysFetch(handle, req_id).encode())
-
-    def open_stream(self, to: str, kind: str, *, req_id: str | None = None) -> bytes:
-        """Open a stream with a fresh random id and return it (wait for ``StreamOk``)."""
-        stream = os.urandom(16)
-        self.stream_open(stream, to, kind, req_id=req_id)
-        return stream
-
-    def stream_open(self, stream: bytes, to: str, kind: str, req_id: str | None = None) -> None:
-        """Open (or, for a "file" stream, re-open after a reconnect) ``stream`` to ``to``."""
-        if len(stream) != 16:
-            raise WireError("bad_field", "stream id must be 16 bytes")
-        frame = StreamOpen(stream.hex(), to, kind, req_id)
-        self._emit(frame.encode())
-
-    def send_chunk(self, stream: bytes, kind: str, seq: int, payload: bytes, *,
-                   final: bool = False) -> None:
-        """Queue one binary frame of ``kind`` ("file" or "media") on ``stream``."""
-        code = {name: number for number, name in KINDS.items()}[kind]
-        self._emit(encode_binary(code, stream, seq, payload, flags=FLAG_FINAL if final else 0))
-
-    def send_binary(self, data: bytes | BinaryFrame) -> None:
-        """Queue a binary frame built elsewhere (checked here, so the relay will not refuse
-        its header); ``data_to_send`` returns it as ``bytes`` in order with text frames."""
-        if isinstance(data, BinaryFrame):
-            data = data.encode()
-        parse_binary_header(data)
-        self._emit(bytes(data))
-
-    def stream_ack(self, stream: bytes, seqs: Iterable[int]) -> None:
-        """Tell the relay these seqs of a file stream are durably handled here, so it can
-        delete them from the spool it holds for us (chunks of MAX_ACK_SEQS per frame)."""
-        pending = list(seqs)
-        for start in range(0, len(pending), 1024):
-            self._emit(StreamAck(stream.hex(), tuple(pending[start:start + 1024])).encode())
-
-    def stream_close(self, stream: bytes) -> None:
-        """Close a stream (a file stream's spool, both ways, is deleted at the relay)."""
-        self._emit(StreamClose(stream.hex()).encode())
-
-    close_stream = stream_close
 
     def ping(self, *, req_id: str | None = None) -> None:
         self._emit(Ping(req_id).encode())

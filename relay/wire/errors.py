@@ -49,9 +49,14 @@ CLOSE_GOING_AWAY = 1001  # idle timeout or relay shutdown
 
 
 class WireError(Exception):
-    """A frame broke the wire rules; ``code`` is one of :data:`ERROR_CODES`."""
+    """A frame broke the wire rules; ``code`` is one of :data:`ERROR_CODES`.
 
-    def __init__(self, code: str, message: str) -> None:
+    ``req_id`` is the refused frame's request id when it could be read, so the error
+    frame can name the request it answers.
+    """
+
+    def __init__(self, code: str, message: str, req_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.req_id = req_id

@@ -18,27 +18,67 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+from keysource.pq.sizes import (
+    CONSERVATIVE_KEMS,
+    KEM_SIZES,
+    PREKEY_KEMS,
+    hybrid_signature_size,
+    largest_public_key,
+)
+
 from .codec import b64decode, b64encode, check_handle, check_msg_id
 from .errors import WireError
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
-# Sizes of the hybrid identity (Ed25519 + ML-DSA-65); tests pin them to keysource.pq.
-HYBRID_PUBLIC_KEY_BYTES = 32 + 1952
-HYBRID_SIGNATURE_BYTES = 64 + 3309
+# Sizes of the hybrid identity (Ed25519 + ML-DSA-65), from keysource.pq's table of
+# published sizes (a relay without liboqs must size its limits for keys liboqs makes).
+_HYBRID = hybrid_signature_size()
+HYBRID_PUBLIC_KEY_BYTES = _HYBRID.public_key  # 32 + 1952
+HYBRID_SIGNATURE_BYTES = _HYBRID.signature  # 64 + 3309
 NONCE_BYTES = 32
 
-MAX_FRAME_BYTES = 512 * 1024  # websocket max_size: the largest frame of any kind
 MAX_ENVELOPE_BYTES = 64 * 1024  # sealed envelope body
 MAX_ACK_SEQS = 1024  # seqs in one ack frame
 MAX_STORED_MSGS = 1024  # message IDs in one stored_many frame
-MAX_SIGNED_PART_BYTES = 16 * 1024  # the client-defined signed part of a prekey bundle
-MAX_ONE_TIME_KEY_BYTES = 4096  # one one-time prekey (ML-KEM-1024 public key is 1568)
 MAX_ONE_TIME_PER_UPLOAD = 50
+MAX_REQ_ID_CHARS = 64
+# The client-defined signed part holds an X25519 identity and prekey, an ML-KEM prekey
+# and optionally one conservative KEM prekey (Classic McEliece: half a megabyte), plus
+# short texts (SAE_ID, KME hint, algorithm names: at most 255 bytes each) and framing.
+SIGNED_PART_TEXT_BYTES = 4096
+MAX_SIGNED_PART_BYTES = (2 * KEM_SIZES["X25519"].public_key + largest_public_key(PREKEY_KEMS)
+                         + largest_public_key(CONSERVATIVE_KEMS) + SIGNED_PART_TEXT_BYTES)
+MAX_ONE_TIME_KEY_BYTES = largest_public_key(PREKEY_KEMS)  # one-time prekeys are ML-KEM keys
+
+
+def _b64_chars(size: int) -> int:
+    return (size + 2) // 3 * 4
+
+
+def largest_prekeys_upload_chars() -> int:
+    """Characters of the largest ``prekeys_upload`` any supported algorithm set can make.
+
+    Upper bound of the JSON text: every field at its maximum, every number at its widest.
+    """
+    one_time = (len('{"id":4294967295,"key":"","sig":""},') + _b64_chars(MAX_ONE_TIME_KEY_BYTES)
+                + _b64_chars(HYBRID_SIGNATURE_BYTES))
+    skeleton = len('{"v":1,"t":"prekeys_upload","bundle":{"identity":"","signed":"",'
+                   '"signed_sig":"","one_time":[]},"id":""}')
+    return (skeleton + MAX_REQ_ID_CHARS + _b64_chars(HYBRID_PUBLIC_KEY_BYTES)
+            + _b64_chars(MAX_SIGNED_PART_BYTES) + _b64_chars(HYBRID_SIGNATURE_BYTES)
+            + MAX_ONE_TIME_PER_UPLOAD * one_time)
+
+
+# websocket max_size: the largest frame of any kind. The prekey upload is the largest text
+# frame (about 1 MiB with Classic McEliece); binary frames are far below (relay.wire.binary).
+# Rounded up to 64 KiB so the announced limit reads well.
+_FRAME_ROUNDING = 64 * 1024
+MAX_FRAME_BYTES = -(-largest_prekeys_upload_chars() // _FRAME_ROUNDING) * _FRAME_ROUNDING
 MAX_RELAY_ID_CHARS = 128
 
-_REQ_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_REQ_ID_RE = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_REQ_ID_CHARS}}}")
 _STREAM_RE = re.compile(r"[0-9a-f]{32}")
 _RELAY_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
 STREAM_KINDS = ("file", "media")
@@ -548,6 +588,17 @@ def _load(text: str | bytes) -> dict[str, Any]:
 
 def _parse(text: str | bytes, table: dict[str, type[Frame]]) -> Frame:
     obj = _load(text)
+    try:
+        return _build(obj, table)
+    except WireError as exc:
+        # Tie the refusal to its request, so the sender's pending request fails at once.
+        req_id = obj.get("id")
+        if isinstance(req_id, str) and _REQ_ID_RE.fullmatch(req_id):
+            exc.req_id = req_id
+        raise
+
+
+def _build(obj: dict[str, Any], table: dict[str, type[Frame]]) -> Frame:
     version = obj.get("v")
     if type(version) is not int or version not in SUPPORTED_VERSIONS:
         raise WireError(

@@ -278,6 +278,13 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (robust where rates are noisy: a shared
+    machine changes how fast a server runs, much less how much CPU a message costs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(cmd: list[str], pattern: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)
@@ -354,9 +361,17 @@ def orchestrate(args: argparse.Namespace) -> dict:
               f"{idle_rss:.1f} MiB", file=sys.stderr, flush=True)
         # Interleaved rounds, so a noisy neighbour hurts both sides alike; medians.
         base_rates, relay_rates = [], []
+        base_cpu = relay_cpu = 0.0
         for _ in range(args.rounds):
+            before = cpu_seconds(base.pid)
             base_rates.append(base_gen.ask(f"round {args.seconds}")["rate"])
+            base_cpu += cpu_seconds(base.pid) - before
+            before = cpu_seconds(relay.pid)
             relay_rates.append(relay_gen.ask(f"round {args.seconds}")["rate"])
+            relay_cpu += cpu_seconds(relay.pid) - before
+        # CPU per envelope over the saturation rounds (settling included on both sides).
+        relay_us = relay_cpu / max(1.0, sum(relay_rates) * args.seconds) * 1e6
+        base_us = base_cpu / max(1.0, sum(base_rates) * args.seconds) * 1e6
         relay_max, base_max = statistics.median(relay_rates), statistics.median(base_rates)
         half = relay_max / 2
         relay_lat = relay_gen.ask(f"latency {half} {args.seconds}")
@@ -388,6 +403,9 @@ def orchestrate(args: argparse.Namespace) -> dict:
         "latency_samples": relay_lat["samples"],
         "baseline_p50_ms": base_lat["p50_ms"],
         "baseline_p99_ms": base_lat["p99_ms"],
+        "relay_cpu_us_per_msg": round(relay_us, 1),
+        "baseline_cpu_us_per_msg": round(base_us, 1),
+        "cpu_ratio": round(base_us / relay_us, 3) if relay_us else 0.0,
         "relay_rounds": relay_rates,
         "baseline_rounds": base_rates,
         "relay_connect_s": relay_gen.ready["connect_s"],
@@ -435,6 +453,9 @@ def main() -> None:
     print(f"latency at {result['latency_offered_msgs_per_s']:.0f} msgs/s: relay p50 "
           f"{result['p50_ms']} ms, p99 {result['p99_ms']} ms (target <= 20); baseline p50 "
           f"{result['baseline_p50_ms']} ms, p99 {result['baseline_p99_ms']} ms")
+    print(f"CPU per envelope        relay {result['relay_cpu_us_per_msg']} us, baseline "
+          f"{result['baseline_cpu_us_per_msg']} us (baseline/relay "
+          f"{result['cpu_ratio']}; steadier than rates on a busy machine)")
     print(f"relay RSS               {result['relay_rss_mib']:>10.1f} MiB (idle with all clients "
           f"connected: {result['relay_idle_rss_mib']} MiB)")
     write_json(args.json, result)

@@ -140,6 +140,7 @@ class Client:
         self.auth_ok: wire.AuthOk | None = None
         self.protocol_error: wire.WireError | None = None
         self.pending_acks: list[int] = []
+        self.outgoing: list[str | bytes] = []
         self.closed: asyncio.Future[tuple[int | None, str]] | None = None
         self._changed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
@@ -199,8 +200,41 @@ class Client:
 
     async def flush(self) -> None:
         assert self.ws is not None
-        for out in self.conn.data_to_send():
-            await self.ws.send(out)
+        self.outgoing.extend(self.conn.data_to_send())
+        while self.outgoing:
+            await self.ws.send(self.outgoing.pop(0))
+
+    def _queue(self, frame: str | bytes) -> None:
+        """Queue a frame behind everything the connection core has queued (order kept)."""
+        self.outgoing.extend(self.conn.data_to_send())
+        self.outgoing.append(frame)
+
+    # Stream frames, built as production builds them (client/messenger/relay_link.py):
+    # the frame classes and relay.wire.binary's encoder; sent by the next flush().
+
+    def open_stream(self, to: str, kind: str, *, req_id: str | None = None) -> bytes:
+        stream = os.urandom(16)
+        self.stream_open(stream, to, kind, req_id=req_id)
+        return stream
+
+    def stream_open(self, stream: bytes, to: str, kind: str, *,
+                    req_id: str | None = None) -> None:
+        self._queue(wire.StreamOpen(stream.hex(), to, kind, req_id).encode())
+
+    def send_chunk(self, stream: bytes, kind: str, seq: int, payload: bytes, *,
+                   final: bool = False) -> None:
+        code = wire.KIND_FILE_CHUNK if kind == "file" else wire.KIND_MEDIA
+        frame = bytearray(wire.HEADER_BYTES) + payload
+        wire.encode_binary_into(frame, code, stream, seq, flags=wire.FLAG_FINAL if final else 0)
+        self._queue(bytes(frame))
+
+    def stream_ack(self, stream: bytes, seqs: list[int]) -> None:
+        for start in range(0, len(seqs), wire.MAX_ACK_SEQS):
+            chunk = tuple(seqs[start:start + wire.MAX_ACK_SEQS])
+            self._queue(wire.StreamAck(stream.hex(), chunk).encode())
+
+    def stream_close(self, stream: bytes) -> None:
+        self._queue(wire.StreamClose(stream.hex()).encode())
 
     async def send_raw(self, data: str | bytes) -> None:
         assert self.ws is not None

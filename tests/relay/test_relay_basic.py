@@ -204,7 +204,7 @@ async def test_idle_timeout_closes_1001(tmp_path) -> None:  # type: ignore[no-un
 async def test_binary_stream_between_two_users(relay: RelayProcess) -> None:
     alice = await Client(relay.url, Identity("alice")).connect()
     bob = await Client(relay.url, Identity("bob")).connect()
-    stream = alice.conn.open_stream("bob", "file", req_id="s1")
+    stream = alice.open_stream("bob", "file", req_id="s1")
     await alice.flush()
     await alice.wait(lambda: any(isinstance(e, wire.StreamOk) for e in alice.events))
     await bob.wait(lambda: any(isinstance(e, wire.StreamIncoming) for e in bob.events))
@@ -212,7 +212,7 @@ async def test_binary_stream_between_two_users(relay: RelayProcess) -> None:
     assert (incoming.stream, incoming.sender, incoming.kind) == (stream.hex(), "alice", "file")
     chunks = [bytes([i]) * 60_000 for i in range(20)]
     for i, chunk in enumerate(chunks):
-        alice.conn.send_chunk(stream, "file", i, chunk, final=i == len(chunks) - 1)
+        alice.send_chunk(stream, "file", i, chunk, final=i == len(chunks) - 1)
     await alice.flush()
 
     def received() -> list[wire.BinaryFrame]:
@@ -222,19 +222,19 @@ async def test_binary_stream_between_two_users(relay: RelayProcess) -> None:
     assert [f.payload for f in received()] == chunks
     assert [f.seq for f in received()] == list(range(20)) and received()[-1].final
     # A file stream is durable: FINAL does not close it (stream_close does).
-    alice.conn.send_chunk(stream, "file", 20, b"after final")
+    alice.send_chunk(stream, "file", 20, b"after final")
     await alice.flush()
     await bob.wait(lambda: len(received()) == len(chunks) + 1)
     assert received()[-1].payload == b"after final"
     # A media stream is live only: FINAL closes it, and another frame on it is refused.
-    media = alice.conn.open_stream("bob", "media", req_id="m1")
+    media = alice.open_stream("bob", "media", req_id="m1")
     await alice.flush()
     await alice.wait(lambda: any(isinstance(e, wire.StreamOk) and e.id == "m1"
                                  for e in alice.events))
-    alice.conn.send_chunk(media, "media", 0, b"last", final=True)
+    alice.send_chunk(media, "media", 0, b"last", final=True)
     await alice.flush()
     await bob.wait(lambda: received()[-1].payload == b"last")
-    alice.conn.send_chunk(media, "media", 1, b"late")
+    alice.send_chunk(media, "media", 1, b"late")
     await alice.flush()
     assert (await alice.next_error()).code == "unknown_stream"
     await alice.close()

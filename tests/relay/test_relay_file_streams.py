@@ -61,7 +61,7 @@ async def register(relay: RelayProcess, *identities: Identity) -> None:
 
 async def open_file(client: Client, stream: bytes, to: str, req_id: str) -> wire.Frame:
     """stream_open kind file; return the StreamOk or Error that answers it."""
-    client.conn.stream_open(stream, to, "file", req_id=req_id)
+    client.stream_open(stream, to, "file", req_id=req_id)
     await client.flush()
 
     def answer() -> wire.Frame | None:
@@ -92,7 +92,7 @@ def chunks(count: int, size: int = 20_000, start: int = 0) -> dict[int, bytes]:
 
 async def send_all(client: Client, stream: bytes, data: dict[int, bytes]) -> None:
     for seq, payload in data.items():
-        client.conn.send_chunk(stream, "file", seq, payload)
+        client.send_chunk(stream, "file", seq, payload)
     await client.flush()
 
 
@@ -130,7 +130,7 @@ async def test_offline_recipient_gets_spool_in_order_until_acked(relay: RelayPro
     first, got = await receive(relay, bob, stream, len(sent))
     assert [f.seq for f in got] == list(sent)
     assert [f.payload for f in got] == list(sent.values())
-    first.conn.stream_ack(stream, list(sent)[:12])  # the first half is durably handled
+    first.stream_ack(stream, list(sent)[:12])  # the first half is durably handled
     await ping(first, "a1")
     await first.close()
 
@@ -138,7 +138,7 @@ async def test_offline_recipient_gets_spool_in_order_until_acked(relay: RelayPro
     second, got = await receive(relay, bob, stream, 12)
     assert [f.seq for f in got] == list(sent)[12:]
     assert [f.payload for f in got] == list(sent.values())[12:]
-    second.conn.stream_ack(stream, list(sent)[12:] + [999])  # 999 was never spooled: no-op
+    second.stream_ack(stream, list(sent)[12:] + [999])  # 999 was never spooled: no-op
     await ping(second, "a2")
     await second.close()
     assert metric(relay, "qsecret_relay_spool_bytes") == 0
@@ -161,7 +161,7 @@ async def test_reverse_direction_is_spooled_too(relay: RelayProcess) -> None:
     await open_file(sender, stream, "bob", "o1")
     await sender.close()
     receiver = await connect(relay, bob)
-    receiver.conn.send_chunk(stream, "file", 7, b"resume from 42")
+    receiver.send_chunk(stream, "file", 7, b"resume from 42")
     await ping(receiver, "p1")
     await receiver.close()
     sender = await connect(relay, alice)
@@ -217,7 +217,7 @@ async def test_quota_refuses_with_stream_id_and_keeps_earlier_frames(tmp_path: P
         await open_file(sender, stream, "bob", "o1")
         sent = {seq: os.urandom(90 * 1024) for seq in range(4)}  # two fit in 200 KiB
         await send_all(sender, stream, sent)
-        sender.conn.send_chunk(stream, "file", 4, os.urandom(250 * 1024))  # over the quota
+        sender.send_chunk(stream, "file", 4, os.urandom(250 * 1024))  # over the quota
         await sender.flush()
         await ping(sender, "p1")
         refusals = [e for e in sender.errors if e.code == "quota_exceeded"]
@@ -234,11 +234,11 @@ async def test_quota_refuses_with_stream_id_and_keeps_earlier_frames(tmp_path: P
         receiver, got = await receive(relay, bob, stream, 2)
         assert [(f.seq, f.payload) for f in got] == list(sent.items())[:2]
         # Acked frames free the quota; a refused frame sent again is then taken.
-        receiver.conn.stream_ack(stream, [0, 1])
+        receiver.stream_ack(stream, [0, 1])
         await ping(receiver, "a1")
         await receiver.close()
         await wait_metric(relay, "qsecret_relay_authenticated_connections", lambda v: v == 1)
-        sender.conn.send_chunk(stream, "file", 2, sent[2])
+        sender.send_chunk(stream, "file", 2, sent[2])
         await ping(sender, "p2")
         assert len(sender.errors) == 3
         receiver, got = await receive(relay, bob, stream, 1)
@@ -290,7 +290,7 @@ async def test_live_then_offline_then_back_counts_exactly(relay: RelayProcess) -
     expected = {**live, **offline, **meanwhile, **tail}
     assert got == list(expected.items())  # all, in order, none twice
     # The other end is told when the stream closes.
-    sender.conn.stream_close(stream)
+    sender.stream_close(stream)
     await sender.flush()
     await receiver.wait(lambda: any(isinstance(e, wire.StreamClose) for e in receiver.events))
     await sender.close()
@@ -309,24 +309,24 @@ async def test_strangers_cannot_ack_or_send_and_close_deletes_spool(relay: Relay
     spooled = metric(relay, "qsecret_relay_spool_bytes")
     assert spooled > 0
 
-    stranger.conn.stream_ack(stream, [0, 1, 2, 3, 4])
+    stranger.stream_ack(stream, [0, 1, 2, 3, 4])
     await stranger.flush()
     error = await stranger.next_error()
     assert (error.code, error.stream) == ("unknown_stream", stream.hex())
-    stranger.conn.send_chunk(stream, "file", 9, b"not mine")
+    stranger.send_chunk(stream, "file", 9, b"not mine")
     await stranger.flush()
     assert (await stranger.next_error()).code == "unknown_stream"
-    stranger.conn.stream_close(stream)
+    stranger.stream_close(stream)
     await stranger.flush()
     assert (await stranger.next_error()).code == "unknown_stream"
     await ping(stranger, "s1")
     assert metric(relay, "qsecret_relay_spool_bytes") == spooled  # nothing deleted
 
-    sender.conn.stream_close(stream)
+    sender.stream_close(stream)
     await ping(sender, "p2")
     assert metric(relay, "qsecret_relay_spool_bytes") == 0
     assert metric(relay, "qsecret_relay_file_streams") == 0
-    sender.conn.send_chunk(stream, "file", 5, b"late")
+    sender.send_chunk(stream, "file", 5, b"late")
     await sender.flush()
     late = await sender.next_error()
     assert (late.code, late.stream) == ("unknown_stream", stream.hex())
@@ -356,7 +356,7 @@ async def test_spooled_frames_expire_after_the_ttl(tmp_path: Path) -> None:
         receiver = await connect(relay, bob)
         await asyncio.sleep(QUIET)
         assert frames(receiver, stream) == []
-        sender.conn.send_chunk(stream, "file", 3, b"late")
+        sender.send_chunk(stream, "file", 3, b"late")
         await sender.flush()
         assert (await sender.next_error()).code == "unknown_stream"
         await receiver.close()
@@ -379,7 +379,7 @@ async def test_file_stream_limits(tmp_path: Path) -> None:
         assert isinstance(await open_file(sender, ids[0], "bob", "o3"), wire.StreamOk)
         nobody = await open_file(sender, ids[2], "nobody", "o4")
         assert isinstance(nobody, wire.Error) and nobody.code == "unknown_recipient"
-        sender.conn.stream_close(ids[0])
+        sender.stream_close(ids[0])
         await sender.flush()
         assert isinstance(await open_file(sender, ids[2], "bob", "o5"), wire.StreamOk)
         await sender.close()

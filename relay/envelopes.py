@@ -1,0 +1,235 @@
+"""Envelopes and prekeys: store, confirm, deliver, redeliver; publish and hand out bundles.
+
+A send is numbered and queued for the store's grouped commit, and delivered to the
+recipient's live sessions at once; the sender's ``stored`` waits for the commit.
+The recipient's ``ack`` deletes it. Deliveries not acked within
+``redeliver_after`` are sent again (:meth:`Envelopes.redeliver`); a session that
+is behind (window full) catches up from the store (:meth:`Envelopes.drain`).
+Envelope bodies are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from keysource.pq import InvalidKey, InvalidSignature
+from relay import wire
+from relay.auth import Verifier
+from relay.config import RelayConfig
+from relay.metrics import Metrics
+from relay.routing import Router
+from relay.session import Session
+from relay.store import BundleRefused, EnqueueResult, EnqueueStatus, Envelope, Store
+
+log = logging.getLogger("qsecret.relay")
+
+PREKEYS_LOW = 10  # tell the owner to upload more below this many one-time prekeys
+CONFIRM_SLICE = 128  # settled sends answered per loop pass
+
+
+class Envelopes:
+    def __init__(self, config: RelayConfig, store: Store, router: Router[Session],
+                 metrics: Metrics, verifier: Verifier) -> None:
+        self.config = config
+        self.store = store
+        self.router = router
+        self.metrics = metrics
+        self.verifier = verifier
+        self._settled: deque[tuple[Session, wire.Send, bool, Any]] = deque()
+
+    # ------------------------------------------------------------ sends
+
+    def can_accept_now(self, session: Session) -> bool:
+        """A send may be taken without waiting (for the store or its own commits)."""
+        return session.pending_sends < self.config.max_pending_sends and not self.store.behind()
+
+    async def on_send(self, session: Session, frame: wire.Send) -> None:
+        while session.pending_sends >= self.config.max_pending_sends:
+            session.send_room.clear()
+            await session.send_room.wait()
+            if session.closing:
+                return
+        if self.store.behind():
+            # The disk is behind: stop reading from senders until it catches up, so
+            # "stored" acks (durability) keep pace with what is accepted.
+            await self.store.wait_for_room()
+        self.accept_send(session, frame)
+
+    def accept_send(self, session: Session, frame: wire.Send) -> None:
+        """Number the envelope, queue it for the commit, deliver it to live recipients."""
+        assert session.handle is not None
+        envelope = self.store.new_envelope(session.handle, frame.to, frame.msg, frame.body)
+        session.pending_sends += 1
+        self.store.enqueue_then(envelope, functools.partial(self._on_stored, session, frame))
+        # Live recipients get it now, while it is being committed: their ack deletes it
+        # after the insert (same queue, in order). The sender's "stored" still waits for
+        # the commit; if the relay dies first, the sender resends the same message ID and
+        # the recipient's application drops the repeat.
+        peers = self.router.sessions(frame.to)
+        if peers:
+            for peer in peers:
+                self._push(peer, envelope)
+        else:
+            self.router.wake(frame.to)
+
+    def _on_stored(self, session: Session, frame: wire.Send, ok: bool, value: Any) -> None:
+        """A commit's outcome for one send: handled in slices (see ``_confirm_some``)."""
+        if not self._settled:
+            asyncio.get_running_loop().call_soon(self._confirm_some)
+        self._settled.append((session, frame, ok, value))
+
+    def _confirm_some(self) -> None:
+        """Answer at most CONFIRM_SLICE settled sends, then let the loop read and deliver.
+
+        A slow disk makes big commits: a thousand sends settle at once. Answering them all
+        in one loop pass would hold every delivery that arrives meanwhile behind them.
+        """
+        settled = self._settled
+        for _ in range(min(CONFIRM_SLICE, len(settled))):
+            self._confirm(*settled.popleft())
+        if settled:
+            asyncio.get_running_loop().call_soon(self._confirm_some)
+
+    def _confirm(self, session: Session, frame: wire.Send, ok: bool, value: Any) -> None:
+        session.pending_sends -= 1
+        session.send_room.set()
+        if not ok:
+            if isinstance(value, asyncio.CancelledError):
+                return
+            log.error("enqueue failed: %s", type(value).__name__)
+            session.refuse("internal", "envelope not stored; send it again",
+                           strike=False, req_id=frame.id, msg=frame.msg)
+            return
+        result: EnqueueResult = value
+        status = result.status
+        if status is EnqueueStatus.STORED:
+            self.metrics.count("qsecret_relay_envelopes_total", "result", "stored")
+            if frame.id is not None:
+                session.post(wire.Stored(frame.msg, False, frame.id).encode())
+            else:
+                # The results of one commit settle in one loop pass: confirm them together.
+                if not session.stored_batch:
+                    asyncio.get_running_loop().call_soon(self._confirm_stored, session)
+                session.stored_batch.append(frame.msg)
+        elif status is EnqueueStatus.DUPLICATE:
+            self.metrics.count("qsecret_relay_envelopes_total", "result", "duplicate")
+            session.post(wire.Stored(frame.msg, True, frame.id).encode())
+        elif status is EnqueueStatus.QUOTA_EXCEEDED:
+            session.refuse("quota_exceeded", f"{frame.to}'s queue is full; try later",
+                           strike=False, req_id=frame.id, msg=frame.msg)
+        else:
+            session.refuse("unknown_recipient", f"no user {frame.to!r} on this relay",
+                           strike=False, req_id=frame.id, msg=frame.msg)
+
+    @staticmethod
+    def _confirm_stored(session: Session) -> None:
+        """One ``stored`` (or ``stored_many``) frame for everything committed together."""
+        msgs, session.stored_batch = session.stored_batch, []
+        if len(msgs) == 1:
+            session.post(wire.Stored(msgs[0], False).encode())
+            return
+        for start in range(0, len(msgs), wire.MAX_STORED_MSGS):
+            session.post(wire.StoredMany(tuple(msgs[start:start + wire.MAX_STORED_MSGS])).encode())
+
+    # ------------------------------------------------------------ deliveries
+
+    def _push(self, session: Session, envelope: Envelope) -> None:
+        """Deliver a fresh envelope now, unless the connection is behind (then it drains)."""
+        if (session.draining or session.need_drain
+                or len(session.inflight) >= self.config.window):
+            session.need_drain = True
+            session.wake.set()
+            return
+        self._deliver(session, envelope)
+
+    def _deliver(self, session: Session, envelope: Envelope) -> None:
+        text = wire.Deliver(envelope.seq, envelope.msg, envelope.sender, envelope.body,
+                            envelope.ts).encode()
+        session.inflight[envelope.seq] = (time.monotonic(), text)
+        session.post(text)
+        self.metrics.count("qsecret_relay_deliveries_total")
+
+    async def drain(self, session: Session) -> None:
+        """Send queued envelopes not already in flight, oldest first, up to the window."""
+        assert session.handle is not None
+        session.draining = True
+        try:
+            while session.need_drain and len(session.inflight) < self.config.window:
+                session.need_drain = False
+                limit = self.config.window
+                rows = await self.store.pending(session.handle, limit)
+                fresh = [row for row in rows if row.seq not in session.inflight]
+                for row in fresh:
+                    if len(session.inflight) >= self.config.window:
+                        session.need_drain = True
+                        break
+                    self._deliver(session, row)
+                if len(rows) == limit and fresh:
+                    session.need_drain = True
+        finally:
+            session.draining = False
+
+    def redeliver(self, session: Session, now: float) -> None:
+        """Send again what was delivered over ``redeliver_after`` seconds ago and not acked."""
+        stale = now - self.config.redeliver_after
+        for seq, (sent, text) in list(session.inflight.items()):
+            if sent < stale:
+                session.inflight[seq] = (now, text)
+                session.post(text)
+                self.metrics.count("qsecret_relay_redeliveries_total")
+
+    def on_ack(self, session: Session, frame: wire.Ack) -> None:
+        handle = session.handle
+        assert handle is not None
+        self.store.ack_nowait(handle, frame.seqs)
+        self.metrics.count("qsecret_relay_acks_total", amount=len(frame.seqs))
+        for peer in self.router.sessions(handle):
+            for seq in frame.seqs:
+                peer.inflight.pop(seq, None)
+            if peer.need_drain:
+                peer.wake.set()
+
+    # ------------------------------------------------------------ prekeys
+
+    async def on_prekeys_upload(self, session: Session,
+                                frame: wire.PrekeysUpload) -> int | None:
+        handle = session.handle
+        assert handle is not None
+        bundle = frame.bundle
+        if bundle.identity != session.core.identity:
+            return session.refuse("bad_prekeys",
+                                  "bundle identity is not the key this handle logged in with",
+                                  req_id=frame.id)
+        try:
+            await self.verifier.run(wire.verify_bundle, handle, bundle, self.verifier.scheme.verify)
+        except (InvalidSignature, InvalidKey) as exc:
+            return session.refuse("bad_prekeys", f"bundle rejected: {exc}", req_id=frame.id)
+        try:
+            stored = await self.store.put_bundle(handle, bundle)
+        except BundleRefused as exc:
+            return session.refuse("quota_exceeded", str(exc), strike=False, req_id=frame.id)
+        session.post(wire.PrekeysOk(stored, frame.id).encode())
+        return None
+
+    async def on_prekeys_fetch(self, session: Session, frame: wire.PrekeysFetch) -> None:
+        fetched = await self.store.take_bundle(frame.handle)
+        if fetched is None:
+            session.refuse("no_bundle", f"{frame.handle!r} has published no prekeys",
+                           strike=False, req_id=frame.id)
+            return
+        self.metrics.count("qsecret_relay_prekey_fetches_total", "one_time",
+                           "yes" if fetched.bundle.one_time else "none_left")
+        session.post(
+            wire.Bundle(frame.handle, fetched.bundle, fetched.remaining, frame.id).encode()
+        )
+        if fetched.remaining < PREKEYS_LOW:
+            for owner in self.router.sessions(frame.handle):
+                owner.post(wire.PrekeysLow(fetched.remaining).encode())
+
+
+__all__ = ["PREKEYS_LOW", "Envelopes"]

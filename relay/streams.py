@@ -1,0 +1,426 @@
+"""Bulk streams: live "media" streams and durable "file" streams with their spool.
+
+"media" streams are live, session to session. "file" streams are durable:
+registered in the store, and a frame whose target endpoint is offline (or still
+receiving its spool, or stuck) is spooled in the store and sent when the target
+logs in, until the target acks it (``stream_ack``). Per target handle the relay
+keeps order: while its newest session has spooled frames not yet sent
+(``spool_draining``) or spool writes for it are in flight, every new frame for it
+is spooled behind them, and the drain catches up before live forwarding resumes.
+Payloads are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from typing import Any
+
+from relay import wire
+from relay.config import RelayConfig
+from relay.metrics import Metrics
+from relay.routing import Router
+from relay.session import Session
+from relay.store import SpoolResult, SpoolStatus, Store, StreamRecord, StreamStatus
+from relay.wire.server import BinaryRequest
+
+log = logging.getLogger("qsecret.relay")
+
+BULK_OUTBOX_LIMIT = 64  # queued outgoing frames past which a bulk sender waits
+BULK_WAIT = 10.0
+SPOOL_PAGE = 8  # spooled frames read per page (at most 2 MiB of payload)
+SPOOL_OUTBOX = 8  # queued outgoing frames past which a spool drain waits for the writer
+MAX_SPOOL_PENDING = 32  # spool writes awaiting their commit per connection
+RECENTLY_CLOSED = 4096  # file streams remembered after close/expiry (late frames: no strike)
+MAX_FILE_SEQ = 2**53 - 1  # stream_ack carries seqs as JSON integers
+
+
+class Streams:
+    def __init__(self, config: RelayConfig, store: Store, router: Router[Session],
+                 metrics: Metrics) -> None:
+        self.config = config
+        self.store = store
+        self.router = router
+        self.metrics = metrics
+        self.file_streams: dict[bytes, StreamRecord] = {}  # durable registrations (cache)
+        self.closed_streams: dict[bytes, tuple[str, str]] = {}  # recently closed (in order)
+        self.spool_inflight: dict[str, int] = {}  # target handle -> spool writes uncommitted
+        self.spool_tail: dict[str, int] = {}  # live target handle -> last spool row committed
+
+    async def load(self) -> None:
+        self.file_streams = {record.stream: record
+                             for record in await self.store.file_streams(now_ms())}
+
+    # ------------------------------------------------------------ sessions
+
+    def logged_in(self, session: Session) -> None:
+        """auth_ok is posted: spooled file frames may follow (after the envelope drain's
+        first read, see ``_drain_spool``)."""
+        session.spool_ready = True
+        self.maybe_drain_spool(session)
+
+    def session_gone(self, session: Session, newest: Session | None) -> None:
+        """``session`` has left the router; ``newest`` took over its handle's file frames."""
+        handle = session.handle
+        if handle is not None:
+            if not self.router.sessions(handle):
+                self.spool_tail.pop(handle, None)
+            elif newest is not None:
+                # The next newest session now gets this handle's file frames: first what
+                # was spooled since it last drained.
+                self.maybe_drain_spool(newest)
+        if session.spool_task is not None:
+            session.spool_task.cancel()
+        session.spool_room.set()
+        for stream, other in list(session.streams.items()):
+            other.streams.pop(stream, None)
+            other.post(wire.StreamClose(stream.hex()).encode())
+        session.streams.clear()
+
+    # ------------------------------------------------------------ control frames
+
+    async def on_open(self, session: Session, frame: wire.StreamOpen) -> int | None:
+        if frame.kind == "file":
+            return await self._open_file_stream(session, frame)
+        if bytes.fromhex(frame.stream) in self.file_streams:
+            return session.refuse("bad_field", "stream id taken", req_id=frame.id)
+        return self._open_media_stream(session, frame)
+
+    def _open_media_stream(self, session: Session, frame: wire.StreamOpen) -> int | None:
+        """A live stream: both ends online, session to session."""
+        stream = bytes.fromhex(frame.stream)
+        if stream in session.streams:
+            return session.refuse("bad_field", "stream id already open", req_id=frame.id)
+        if len(session.streams) >= self.config.max_streams:
+            return session.refuse("too_many_streams",
+                                  f"at most {self.config.max_streams} open streams",
+                                  strike=False, req_id=frame.id)
+        peer = self.router.newest(frame.to)
+        if peer is None:
+            return session.refuse("recipient_offline", f"{frame.to!r} is not connected",
+                                  strike=False, req_id=frame.id)
+        if stream in peer.streams or len(peer.streams) >= self.config.max_streams:
+            return session.refuse("too_many_streams", "the peer cannot take this stream",
+                                  strike=False, req_id=frame.id)
+        assert session.handle is not None
+        session.streams[stream] = peer
+        peer.streams[stream] = session
+        session.post(wire.StreamOk(frame.stream, frame.id).encode())
+        peer.post(wire.StreamIncoming(frame.stream, session.handle, frame.kind).encode())
+        return None
+
+    async def _open_file_stream(self, session: Session, frame: wire.StreamOpen) -> int | None:
+        """Register a durable file stream; the peer need not be online."""
+        handle = session.handle
+        assert handle is not None
+        stream = bytes.fromhex(frame.stream)
+        if frame.to == handle:
+            return session.refuse("bad_field", "a file stream needs two different handles",
+                                  req_id=frame.id)
+        if stream in session.streams:
+            return session.refuse("bad_field", "stream id taken", req_id=frame.id)
+        if await self.store.identity_of(frame.to) is None:
+            return session.refuse("unknown_recipient", f"no user {frame.to!r} on this relay",
+                                  strike=False, req_id=frame.id)
+        now = now_ms()
+        expires = now + int(self.config.spool_ttl * 1000)
+        status = await self.store.register_stream(stream, handle, frame.to, now, expires,
+                                                  self.config.max_file_streams)
+        if status is StreamStatus.TAKEN:
+            return session.refuse("bad_field", "stream id taken", req_id=frame.id)
+        if status is StreamStatus.TOO_MANY:
+            return session.refuse("too_many_streams",
+                                  f"at most {self.config.max_file_streams} open file streams",
+                                  strike=False, req_id=frame.id)
+        known = self.file_streams.get(stream)
+        created = known.created if known is not None and status is StreamStatus.SAME else now
+        self.file_streams[stream] = StreamRecord(stream, handle, frame.to, created, expires)
+        self.closed_streams.pop(stream, None)
+        if status is StreamStatus.NEW:
+            self.metrics.count("qsecret_relay_file_streams_opened_total")
+        session.post(wire.StreamOk(frame.stream, frame.id).encode())
+        for peer in self.router.sessions(frame.to):
+            peer.post(wire.StreamIncoming(frame.stream, handle, "file").encode())
+        return None
+
+    async def on_close(self, session: Session, frame: wire.StreamClose) -> int | None:
+        stream = bytes.fromhex(frame.stream)
+        if stream in session.streams:
+            return self._close_media_stream(session, frame)
+        assert session.handle is not None
+        record = self.file_streams.get(stream)
+        other = record.other(session.handle) if record is not None else None
+        if record is None or other is None:
+            return session.refuse("unknown_stream", "no such open stream",
+                                  strike=not self._recently_closed(stream, session.handle),
+                                  stream=frame.stream)
+        del self.file_streams[stream]
+        self._remember_closed(record)
+        dropped = await self.store.close_stream(stream)
+        log.debug("file stream closed by handle=%s spooled frames dropped=%d",
+                  session.handle, dropped)
+        for peer in self.router.sessions(other):
+            peer.post(frame.encode())
+        return None
+
+    @staticmethod
+    def _close_media_stream(session: Session, frame: wire.StreamClose) -> int | None:
+        stream = bytes.fromhex(frame.stream)
+        peer = session.streams.pop(stream, None)
+        if peer is None:
+            return session.refuse("unknown_stream", "no such open stream")
+        peer.streams.pop(stream, None)
+        peer.post(frame.encode())
+        return None
+
+    def on_ack(self, session: Session, frame: wire.StreamAck) -> int | None:
+        """The endpoint has these seqs: delete them from the spool held for it."""
+        assert session.handle is not None
+        stream = bytes.fromhex(frame.stream)
+        record = self.file_streams.get(stream)
+        if record is None or record.other(session.handle) is None:
+            # No strike: an ack can cross the other end's stream_close.
+            return session.refuse("unknown_stream",
+                                  "stream_ack for a file stream you are not an endpoint of",
+                                  strike=False, stream=frame.stream)
+        self.store.spool_ack_nowait(session.handle, stream, frame.seqs)
+        self.metrics.count("qsecret_relay_stream_acks_total", amount=len(frame.seqs))
+        return None
+
+    def on_ping(self, session: Session, frame: wire.Ping) -> None:
+        """Pong, once every file frame read before the ping is durable (the sender's
+        only way to know the relay holds what it sent; live-forwarded frames are already
+        in the peer's connection)."""
+        pong = wire.Pong(frame.id).encode()
+        if not session.spool_pending:
+            session.post(pong)
+            return
+        self.store.barrier_then(lambda ok, value: session.post(pong))
+
+    def _remember_closed(self, record: StreamRecord) -> None:
+        self.closed_streams[record.stream] = (record.a, record.b)
+        while len(self.closed_streams) > RECENTLY_CLOSED:
+            del self.closed_streams[next(iter(self.closed_streams))]
+
+    def _recently_closed(self, stream: bytes, handle: str) -> bool:
+        return handle in self.closed_streams.get(stream, ())
+
+    # ------------------------------------------------------------ binary frames
+
+    async def on_binary(self, session: Session, request: BinaryRequest) -> int | None:
+        assert session.handle is not None
+        stream, data = request.stream, request.data
+        peer = session.streams.get(stream)
+        if peer is None:
+            record = self.file_streams.get(stream)
+            if record is not None:
+                return await self._on_file_frame(session, record, request)
+            closed = self._recently_closed(stream, session.handle)
+            return session.refuse("unknown_stream", "binary frame for an unopened stream",
+                                  strike=not closed, stream=stream.hex() if closed else None)
+        self.metrics.count("qsecret_relay_bulk_bytes_total", amount=len(data))
+        # Backpressure: a bulk sender waits for a slow receiver instead of filling memory.
+        if len(peer.outbox) >= BULK_OUTBOX_LIMIT:
+            peer.room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(peer.room.wait(), BULK_WAIT)
+            if len(peer.outbox) >= BULK_OUTBOX_LIMIT or peer.closing:
+                return session.refuse("recipient_offline", "stream receiver is stuck",
+                                      strike=False)
+        peer.post(data)
+        if request.flags & wire.FLAG_FINAL:
+            session.streams.pop(stream, None)
+            peer.streams.pop(stream, None)
+        return None
+
+    async def _on_file_frame(self, session: Session, record: StreamRecord,
+                             request: BinaryRequest) -> int | None:
+        """Forward live when the target is online and caught up; else spool durably."""
+        assert session.handle is not None
+        seq, data = request.seq, request.data
+        target = record.other(session.handle)
+        if target is None:
+            return session.refuse("unknown_stream",
+                                  "binary frame for a stream you are not an endpoint of")
+        if request.kind != wire.KIND_FILE_CHUNK:
+            return session.refuse("bad_binary_frame", "a file stream carries file frames",
+                                   stream=record.stream.hex())
+        if seq > MAX_FILE_SEQ:
+            return session.refuse("bad_binary_frame",
+                                  "file stream seq must be below 2^53 (stream_ack limit)",
+                                  stream=record.stream.hex())
+        self.metrics.count("qsecret_relay_bulk_bytes_total", amount=len(data))
+        dest = self._live_target(target)
+        if dest is not None:
+            if len(dest.outbox) >= BULK_OUTBOX_LIMIT:
+                # Backpressure: the sender waits for a slow receiver (not filling memory)...
+                dest.room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(dest.room.wait(), BULK_WAIT)
+            if self._live_target(target) is dest and len(dest.outbox) < BULK_OUTBOX_LIMIT:
+                dest.post(data)
+                self.metrics.count("qsecret_relay_file_frames_total", "path", "live")
+                return None
+            # ... and a stuck receiver's frames are spooled (kept, in order), not dropped.
+        return await self._spool_frame(session, record, target, seq, data)
+
+    def _live_target(self, target: str) -> Session | None:
+        """The session to forward a file frame to now, or None: spool it."""
+        if self.spool_inflight.get(target):
+            return None
+        dest = self.router.newest(target)
+        if dest is None or dest.spool_draining or dest.closing:
+            return None
+        return dest
+
+    # ------------------------------------------------------------ spool
+
+    async def _spool_frame(self, session: Session, record: StreamRecord, target: str, seq: int,
+                           data: bytes) -> int | None:
+        quota = self.config.spool_quota_bytes
+        if len(data) > quota:
+            self.metrics.count("qsecret_relay_spool_refusals_total")
+            return session.refuse("quota_exceeded",
+                                  f"frame seq {seq} ({len(data)} bytes) is larger than the "
+                                  f"whole spool quota of {size_text(quota)} per recipient",
+                                  strike=False, stream=record.stream.hex())
+        while session.spool_pending >= MAX_SPOOL_PENDING:
+            # Backpressure on the disk: read no more from this sender until writes commit.
+            session.spool_room.clear()
+            await session.spool_room.wait()
+            if session.closing:
+                return None
+        session.spool_pending += 1
+        self.spool_inflight[target] = self.spool_inflight.get(target, 0) + 1
+        now = now_ms()
+        done = functools.partial(self._on_spooled, session, record.stream, target, seq)
+        self.store.spool_then(target, record.stream, seq, data, now,
+                              now + int(self.config.spool_ttl * 1000), quota, done)
+        newest = self.router.newest(target)
+        if newest is not None:
+            # Online but behind (or draining): its newest session drains the spool.
+            newest.spool_draining = True
+            self.maybe_drain_spool(newest)
+        else:
+            self.router.wake(target)
+        return None
+
+    def _on_spooled(self, session: Session, stream: bytes, target: str, seq: int, ok: bool,
+                    value: Any) -> None:
+        session.spool_pending -= 1
+        session.spool_room.set()
+        left = self.spool_inflight.get(target, 1) - 1
+        if left > 0:
+            self.spool_inflight[target] = left
+        else:
+            self.spool_inflight.pop(target, None)
+        if not ok:
+            if isinstance(value, asyncio.CancelledError):
+                return
+            log.error("spool write failed: %s", type(value).__name__)
+            session.refuse("internal", f"file frame seq {seq} not stored; send it again",
+                           strike=False, stream=stream.hex())
+            return
+        result: SpoolResult = value
+        if result.status is SpoolStatus.STORED:
+            self.metrics.count("qsecret_relay_file_frames_total", "path", "spooled")
+            if self.router.sessions(target):
+                self.spool_tail[target] = max(self.spool_tail.get(target, 0), result.row)
+        elif result.status is SpoolStatus.DUPLICATE:
+            self.metrics.count("qsecret_relay_file_frames_total", "path", "duplicate")
+        elif result.status is SpoolStatus.QUOTA_EXCEEDED:
+            self.metrics.count("qsecret_relay_spool_refusals_total")
+            session.refuse("quota_exceeded",
+                           f"{target}'s spool is full (quota "
+                           f"{size_text(self.config.spool_quota_bytes)}); frame seq {seq} was "
+                           "not stored, send it again later",
+                           strike=False, stream=stream.hex())
+        else:
+            session.refuse("unknown_stream",
+                           f"stream closed or expired before frame seq {seq} was stored",
+                           strike=False, stream=stream.hex())
+
+    def maybe_drain_spool(self, session: Session) -> None:
+        """Start sending ``session`` what is spooled for its handle, unless nothing is."""
+        handle = session.handle
+        if handle is None or session.closing or not session.spool_ready:
+            return
+        idle = session.spool_task is None or session.spool_task.done()
+        if idle and self.store.spool_bytes() == 0 and not self.spool_inflight.get(handle):
+            session.spool_draining = False  # nothing spooled anywhere, nothing on its way
+            return
+        session.spool_draining = True
+        if idle:
+            session.spool_task = asyncio.create_task(self._drain_spool(session))
+
+    async def _drain_spool(self, session: Session) -> None:
+        """Send the spool to ``session`` page by page, oldest first, never a frame twice,
+        waiting for its writer; stop once caught up (then its frames go live again)."""
+        handle = session.handle
+        assert handle is not None
+        await asyncio.sleep(0)  # let the envelope drain read first
+        while not session.closing:
+            try:
+                page = await self.store.spool_page(handle, session.spool_cursor, SPOOL_PAGE,
+                                                   now_ms())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("spool read failed handle=%s", handle)
+                await asyncio.sleep(1.0)
+                continue
+            for frame in page.frames:
+                if frame.row <= session.spool_cursor:
+                    continue
+                while len(session.outbox) >= SPOOL_OUTBOX and not session.closing:
+                    session.room.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(session.room.wait(), 1.0)
+                if session.closing:
+                    return
+                session.post(frame.data)
+                session.spool_cursor = frame.row
+                self.metrics.count("qsecret_relay_spool_sent_total")
+            if len(page.frames) < SPOOL_PAGE:
+                # A short page holds every row up to page.top for this handle; later rows
+                # are in flight (counted) or were committed since (spool_tail says).
+                session.spool_cursor = max(session.spool_cursor, page.top)
+                if (not self.spool_inflight.get(handle)
+                        and self.spool_tail.get(handle, 0) <= session.spool_cursor):
+                    session.spool_draining = False
+                    return
+
+    async def expire(self) -> None:
+        """Drop spooled frames and file streams past the spool TTL; tell live endpoints."""
+        dropped, gone = await self.store.expire_spool(now_ms())
+        if dropped:
+            self.metrics.count("qsecret_relay_spool_expired_total", amount=dropped)
+            log.info("expired %d spooled file frames past the spool TTL", dropped)
+        for stream in gone:
+            record = self.file_streams.pop(stream, None)
+            if record is None:
+                continue
+            self._remember_closed(record)
+            close = wire.StreamClose(stream.hex()).encode()
+            for handle in (record.a, record.b):
+                for peer in self.router.sessions(handle):
+                    peer.post(close)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def size_text(count: int) -> str:
+    """A byte count for people: 4 GiB, 500 MiB, 1000 bytes."""
+    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if count >= scale:
+            value = count / scale
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{count} bytes"
+
+
+__all__ = ["BULK_OUTBOX_LIMIT", "Streams", "now_ms", "size_text"]
