@@ -89,8 +89,8 @@ def register(subparsers: Subparsers) -> None:
         "printf 'one\\ntwo\\n' | qsecret send bob - --json",
     )
     _profile_args(send)
-    send.add_argument("handle", metavar="HANDLE")
-    send.add_argument("text", metavar="TEXT")
+    send.add_argument("handle", metavar="HANDLE", help="the contact to send to")
+    send.add_argument("text", metavar="TEXT", help="the message; '-' reads lines from stdin")
     send.add_argument("--json", action="store_true", help="print one JSON object per message")
     send.set_defaults(func=_later("messages", "run_send"))
 
@@ -115,7 +115,7 @@ def register(subparsers: Subparsers) -> None:
         "qsecret export bob --json",
     )
     _profile_args(export)
-    export.add_argument("handle", metavar="HANDLE")
+    export.add_argument("handle", metavar="HANDLE", help="the contact whose conversation")
     export.add_argument("--json", action="store_true", help="JSON instead of text")
     export.set_defaults(func=_later("messages", "run_export"))
 
@@ -135,7 +135,7 @@ def register(subparsers: Subparsers) -> None:
         description="Fetch HANDLE's prekey bundle from the relay and open a session.",
         epilog=examples("qsecret contacts add bob") + "\n\n" + EXIT_STATUS_HELP)
     _profile_args(add)
-    add.add_argument("handle", metavar="HANDLE")
+    add.add_argument("handle", metavar="HANDLE", help="their handle at the relay")
     add.set_defaults(func=_later("contacts", "run_contacts_add"))
     listing = contacts_sub.add_parser(
         "list", help="list contacts", formatter_class=HelpFormatter,
@@ -150,7 +150,7 @@ def register(subparsers: Subparsers) -> None:
                     "compare it with theirs (in person or on a call) and run again with --yes.",
         epilog=examples("qsecret contacts verify bob", "qsecret contacts verify bob --yes"))
     _profile_args(verify)
-    verify.add_argument("handle", metavar="HANDLE")
+    verify.add_argument("handle", metavar="HANDLE", help="the contact to verify")
     verify.add_argument("--yes", action="store_true", help="mark the contact verified")
     verify.set_defaults(func=_later("contacts", "run_contacts_verify"))
     contacts.set_defaults(func=lambda args: contacts.print_help() or 2)
@@ -169,8 +169,8 @@ def _register_files(subparsers: Subparsers) -> None:
         "qsecret send-file bob big.iso --limit-rate 5MB --json",
     )
     _profile_args(send)
-    send.add_argument("handle", metavar="HANDLE")
-    send.add_argument("paths", metavar="PATH", nargs="+")
+    send.add_argument("handle", metavar="HANDLE", help="the contact to send to")
+    send.add_argument("paths", metavar="PATH", nargs="+", help="files and folders to send")
     send.add_argument("--json", action="store_true", help="JSON lines instead of a progress bar")
     _timeout_arg(send)
     send.add_argument("--limit-rate", type=_rate, default=0.0, metavar="RATE",
