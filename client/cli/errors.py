@@ -55,12 +55,12 @@ def user_message(exc: BaseException) -> str | None:
         module_name, _, class_name = target.partition(":")
         module = sys.modules.get(module_name)
         if module is not None and isinstance(exc, getattr(module, class_name)):
-            return _one_line(exc)
+            return one_line(exc)
     if isinstance(exc, OSError):  # a file, folder or port the user named or the system refused
-        return _one_line(exc)
+        return one_line(exc)
     return None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (a multi-line reason would read as two errors)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

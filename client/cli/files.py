@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from client.messenger.api import MessengerError, TransferEvent, TransferState, TransferView
 from client.transfer import BuiltManifest, format_size
@@ -26,7 +26,6 @@ from .session import go_online, open_messenger
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-T = TypeVar("T")
 JSON_PROGRESS_EVERY_S = 0.5
 
 

@@ -10,7 +10,7 @@ import time
 
 from client.messenger.api import MessageEvent, MessageView, MessengerError
 
-from .errors import CliError
+from .errors import EXIT_NOT_DONE, EXIT_OK, CliError, one_line
 from .parsers import RECV_IDLE_S
 from .session import go_online, open_messenger
 
@@ -31,17 +31,17 @@ def run_send(args: argparse.Namespace) -> int:
                     payload_id = await messenger.send_and_wait(args.handle, line)
                 except MessengerError as exc:
                     failures += 1
-                    print(f"qsecret send: {exc}", file=sys.stderr)
+                    print(f"qsecret send: {one_line(exc)}", file=sys.stderr)
                     if args.json:
                         print(json.dumps({"to": args.handle, "status": "failed",
-                                          "error": str(exc)}), flush=True)
+                                          "error": one_line(exc)}), flush=True)
                     continue
                 if args.json:
                     print(json.dumps({"id": payload_id, "to": args.handle, "status": "sent"}),
                           flush=True)
         finally:
             await messenger.stop()
-        return 1 if failures else 0
+        return EXIT_NOT_DONE if failures else EXIT_OK
 
     return asyncio.run(main())
 
