@@ -1,4 +1,4 @@
-"""A daemon-thread helper the commands share (light: the parsers import it)."""
+"""A daemon-thread helper the commands share (light: send-file's first step imports it)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from client.parsers import _rate
+from client.cli.parsers import _rate
 
 
 @pytest.mark.parametrize(("text", "value"), [

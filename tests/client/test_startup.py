@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +45,9 @@ def test_the_builtin_command_table_matches_the_entry_points() -> None:
 def test_a_builtin_command_loads_only_its_own_package() -> None:
     """'qsecret send-file' builds its parser without the relay, the KME or the QKD code."""
     others = ["relay.cli", "relay.config", "keysource.kme.cli", "keysource.qkd.cli",
-              "client.demo", "client.doctor", "importlib.metadata"]
-    code = ("import json, sys; from client.cli import build_parser, _command_name; "
+              "client.cli.demo", "client.cli.doctor", "client.cli.files", "client.cli.session",
+              "importlib.metadata"]
+    code = ("import json, sys; from client.cli.entry import build_parser, _command_name; "
             "argv = ['send-file', 'bob', 'x']; "
             "args = build_parser(_command_name(argv)).parse_args(argv); "
             f"print(json.dumps([args.command, [m for m in {others + HEAVY!r} "
@@ -70,36 +70,57 @@ def test_the_messenger_loads_without_certificate_issuing_qr_code_or_httpx() -> N
     command-line client along); every messenger start would pay for loading them, and
     send-file's start is on a transfer's clock."""
     unwanted = ["cryptography.x509", "segno", "keysource.kme.pki", "httpx", "anyio", "click"]
-    code = ("import json, sys; import client.messenger.profile, client.files_cli; "
+    code = ("import json, sys; import client.messenger.profile, client.cli.files; "
             f"print(json.dumps([m for m in {unwanted!r} if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert json.loads(out.stdout) == []
 
 
-def test_send_file_hashes_with_a_short_switch_interval_then_restores_it(
+def test_send_file_leaves_the_switch_interval_to_the_entry_point(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The hash thread gets the GIL back quickly while the messenger loads; afterwards the
-    interpreter's default switch interval applies again (the transfer runs under it)."""
+    """Library code changes no process-wide interpreter setting: send-file's start (hash
+    thread, then the command) runs under whatever switch interval the process has. The
+    interval is read on this thread after the hashing has finished, so nothing races."""
     import argparse
 
-    import client.files_cli as files_cli
-    from client import parsers
+    import client.cli.files as files
+    from client.cli.send_file import start_send_file
 
     source = tmp_path / "file.bin"
     source.write_bytes(b"x" * 100_000)
     seen: dict[str, object] = {}
 
-    def fake_run(args: argparse.Namespace, hashing: Any) -> int:
+    def command(args: argparse.Namespace, hashing: Any) -> int:
         seen["during"] = sys.getswitchinterval()
         seen["files"] = len(hashing.result(timeout=30).manifest.files)
         return 0
 
-    monkeypatch.setattr(files_cli, "run_send_file", fake_run)
+    monkeypatch.setattr(files, "run_send_file", command)
+    odd = 0.0123  # an interval nothing in the project would choose
     before = sys.getswitchinterval()
-    assert parsers._start_send_file(argparse.Namespace(paths=[str(source)])) == 0
-    assert seen == {"during": parsers.HASHING_SWITCH_INTERVAL_S, "files": 1}
-    deadline = time.monotonic() + 5  # the restoring callback runs on the hash thread
-    while sys.getswitchinterval() != before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sys.getswitchinterval() == before
+    sys.setswitchinterval(odd)
+    try:
+        assert start_send_file(argparse.Namespace(paths=[str(source)])) == 0
+        after = sys.getswitchinterval()
+    finally:
+        sys.setswitchinterval(before)
+    assert seen == {"during": odd, "files": 1}
+    assert after == odd
+
+
+def test_the_entry_point_shortens_the_switch_interval_for_send_file_only() -> None:
+    """'qsecret send-file' runs with the short interval from its first line; a server
+    ('qsecret relay', 'kme') and every other command keep the interpreter's default."""
+    code = ("import json, sys; from client.cli import entry; seen = {}; "
+            "entry.run = lambda args, parser: seen.setdefault(args.command, "
+            "sys.getswitchinterval()) and 0; "
+            "default = sys.getswitchinterval(); "
+            "entry.main(['doctor']); entry.main(['send-file', 'bob', 'x']); "
+            "print(json.dumps([default, seen]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    default, seen = json.loads(out.stdout)
+    from client.cli.entry import SWITCH_INTERVAL_S
+
+    assert seen == {"doctor": default, "send-file": SWITCH_INTERVAL_S["send-file"]}

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import platformdirs
 
-from .cli import CliError
-from .config import ClientConfig, load_config
-from .messenger.api import MessengerError
-from .processes import ServiceError, ServiceProcess, port_free
+from client.config import ClientConfig, load_config
+from client.messenger.api import MessengerError
+from client.processes import ServiceError, ServiceProcess, port_free
+
+from .errors import EXIT_STATUS_HELP, CliError
+from .help import HelpFormatter, examples
 
 DEMO_PASSPHRASE = "qsecret-demo"
 GREETING = ("Hi Bob! This is the qsecret demo: every key here mixes QKD key material, "
@@ -40,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "the chat TUI as alice. It prints the command that opens bob in a second terminal. "
             "Quitting the TUI (Ctrl+Q) stops everything the demo started."
         ),
+        epilog=examples("qsecret demo", "qsecret demo --eve-fraction 0.3   # watch the QKD alarm",
+                        "qsecret demo --no-tui --relay-port 9765") + "\n\n" + EXIT_STATUS_HELP,
+        formatter_class=HelpFormatter,
     )
     demo.add_argument("--dir", type=Path,
                       default=Path(platformdirs.user_data_dir("qsecret", appauthor=False)) / "demo",
@@ -106,7 +111,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _profiles(base: Path, args: argparse.Namespace, passphrase: str) -> dict[str, ClientConfig]:
-    from .messenger.profile import create_profile, store_path
+    from client.messenger.profile import create_profile, store_path
 
     pki = base / "kme" / "pki"
     configs = {}
@@ -132,7 +137,7 @@ def _profiles(base: Path, args: argparse.Namespace, passphrase: str) -> dict[str
 
 async def _introduce(configs: dict[str, ClientConfig], passphrase: str) -> None:
     """Log bob in once (publishes his prekeys), then let alice add him as a contact."""
-    from .messenger.profile import open_profile
+    from client.messenger.profile import open_profile
 
     bob = open_profile(configs["bob"], passphrase)
     await bob.start()
@@ -156,8 +161,8 @@ async def _introduce(configs: dict[str, ClientConfig], passphrase: str) -> None:
 
 
 def _run_tui(config: ClientConfig, passphrase: str, other: str) -> int:
-    from .messenger.profile import open_profile
-    from .tui.app import QsecretApp
+    from client.messenger.profile import open_profile
+    from client.tui.app import QsecretApp
 
     messenger = open_profile(config, passphrase)
     app = QsecretApp(None, export_dir=config.data_dir / "exports", messenger=messenger,  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
 """``qsecret send-file``, ``receive-files`` and ``transfers``: file transfer from a shell.
+(``send_file`` starts the hashing before this module and the messenger load.)
 
 Progress bars (rich, on standard error) show bytes, rate and ETA; ``--json`` prints one
 JSON object per line on standard output instead, for scripts and tests. An interrupted
@@ -14,19 +15,18 @@ import json
 import sys
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from .cli import CliError
-from .commands import _online, _open
-from .messenger.api import MessengerError, TransferEvent, TransferState, TransferView
-from .transfer import BuiltManifest, TransferError, format_size
+from client.messenger.api import MessengerError, TransferEvent, TransferState, TransferView
+from client.transfer import BuiltManifest, format_size
+
+from .errors import EXIT_INTERRUPTED, EXIT_NOT_DONE, CliError
+from .session import go_online, open_messenger
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-T = TypeVar("T")
 JSON_PROGRESS_EVERY_S = 0.5
-EXIT_REFUSED = 1  # declined, cancelled or failed
 
 
 # -- shared ------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def _run(main: Any) -> int:
     except KeyboardInterrupt:
         print("interrupted: unfinished transfers are paused; 'qsecret transfers --resume' "
               "continues them", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 # -- send-file ---------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def _run(main: Any) -> int:
 
 def run_send_file(args: argparse.Namespace, hashing: Future[BuiltManifest]) -> int:
     """Offer and send; ``hashing`` (started by the parser's send-file) builds the manifest."""
-    messenger = _open(args)
+    messenger = open_messenger(args)
 
     async def main() -> int:
         reporter = Reporter(args.json)
@@ -148,18 +148,13 @@ def run_send_file(args: argparse.Namespace, hashing: Future[BuiltManifest]) -> i
 
         messenger.subscribe(on_event)
         started = time.monotonic()
-        await _online(messenger, args.timeout)
+        await go_online(messenger, args.timeout)
         try:
-            try:
-                if not hashing.done():
-                    reporter.say("checking the files (SHA-256)...")
-                built = await asyncio.wrap_future(hashing)
-                view = await messenger.send_built(args.handle, built,
-                                                  limit_bytes_per_s=args.limit_rate)
-            except TransferError as exc:
-                raise CliError(str(exc)) from None
-            except MessengerError as exc:
-                raise CliError(str(exc)) from None
+            if not hashing.done():
+                reporter.say("checking the files (SHA-256)...")
+            built = await asyncio.wrap_future(hashing)  # a TransferError: one line, status 2
+            view = await messenger.send_built(args.handle, built,
+                                              limit_bytes_per_s=args.limit_rate)
             mine[view.transfer_id] = view
             reporter.line("offered", view)
             size = format_size(view.total_bytes)
@@ -171,7 +166,7 @@ def run_send_file(args: argparse.Namespace, hashing: Future[BuiltManifest]) -> i
             if final.state is TransferState.COMPLETE:
                 reporter.line("complete", final, seconds=round(time.monotonic() - started, 3))
                 return 0
-            return EXIT_REFUSED
+            return EXIT_NOT_DONE
         finally:
             reporter.stop()
             await messenger.stop()
@@ -189,7 +184,7 @@ def run_receive_files(args: argparse.Namespace) -> int:
     auto = args.accept if args.accept in ("verified", "all") else "never"
     settings["auto_accept"] = auto
     interactive = args.accept == "ask" and sys.stdin.isatty() and not args.json
-    messenger = _open(args, **settings)
+    messenger = open_messenger(args, **settings)
 
     async def main() -> int:
         reporter = Reporter(args.json)
@@ -208,7 +203,7 @@ def run_receive_files(args: argparse.Namespace) -> int:
                 completed.add(view.transfer_id)
 
         messenger.subscribe(on_event)
-        await _online(messenger, args.timeout)
+        await go_online(messenger, args.timeout)
         try:
             for view in messenger.transfers():
                 if not view.outgoing and view.state is TransferState.OFFERED:
@@ -265,7 +260,7 @@ def _verified(messenger: Any, peer: str) -> bool:
 
 
 def run_transfers(args: argparse.Namespace) -> int:
-    messenger = _open(args)
+    messenger = open_messenger(args)
     if not (args.resume or args.cancel or args.accept or args.decline):
         try:
             views = messenger.transfers()
@@ -288,7 +283,7 @@ def run_transfers(args: argparse.Namespace) -> int:
         reporter = Reporter(args.json)
         messenger.subscribe(lambda e: reporter.update(e.transfer)
                             if isinstance(e, TransferEvent) else None)
-        await _online(messenger, 30)
+        await go_online(messenger, 30)
         try:
             one_shot = args.cancel or args.decline
             if one_shot or args.accept:
@@ -297,15 +292,12 @@ def run_transfers(args: argparse.Namespace) -> int:
                 if len(matches) != 1:
                     raise CliError(f"{prefix!r} matches {len(matches)} transfers")
                 tid = matches[0].transfer_id
-                try:
-                    if args.cancel:
-                        await messenger.cancel_transfer(tid)
-                    elif args.decline:
-                        await messenger.decline_transfer(tid)
-                    else:
-                        await messenger.accept_transfer(tid)
-                except MessengerError as exc:
-                    raise CliError(str(exc)) from None
+                if args.cancel:
+                    await messenger.cancel_transfer(tid)
+                elif args.decline:
+                    await messenger.decline_transfer(tid)
+                else:
+                    await messenger.accept_transfer(tid)
                 if one_shot:
                     await asyncio.sleep(0.5)  # let the message reach the relay
                     return 0

@@ -8,9 +8,10 @@ import platform
 import sys
 from typing import Any
 
+from client import __version__
 from keysource import pq
 
-from . import __version__
+from .help import HelpFormatter, examples
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "(openssl always; liboqs when its shared library is installed, see "
             "OQS_INSTALL_PATH) and the algorithms each offers."
         ),
+        epilog=examples("qsecret doctor", "OQS_INSTALL_PATH=/opt/liboqs qsecret doctor --json"),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--json", action="store_true", help="print a JSON report")
     parser.set_defaults(func=run)

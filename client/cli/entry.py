@@ -4,6 +4,11 @@ Each package registers its own sub-commands through the ``qsecret.commands``
 entry-point group (see pyproject.toml), so this module never imports the relay
 or the KME itself. A sub-command's ``register(subparsers)`` adds its parser and
 sets ``func`` to a callable taking the parsed namespace and returning an exit code.
+
+Every failure a user can act on (``CliError``, ``MessengerError``, ``TransferError``, a bad
+config, a wrong passphrase, an OS error) ends here as one line on standard error and a
+non-zero exit status (see ``client.cli.errors``); anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__
+from client import __version__
+
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STATUS_HELP, user_message
+from .help import HelpFormatter
 
 Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
 
@@ -25,17 +33,22 @@ Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg
 # them all; tests/client/test_startup.py checks this table against the entry points.
 BUILTIN_COMMANDS: dict[str, str] = {
     **dict.fromkeys(["init", "chat", "send", "recv", "export", "contacts", "send-file",
-                     "receive-files", "transfers"], "client.parsers:register"),
-    "demo": "client.demo:register",
-    "doctor": "client.doctor:register",
+                     "receive-files", "transfers"], "client.cli.parsers:register"),
+    "demo": "client.cli.demo:register",
+    "doctor": "client.cli.doctor:register",
     "eve": "keysource.qkd.cli:register",
     "kme": "keysource.kme.cli:register",
     "relay": "relay.cli:register",
 }
 
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 2."""
+# The GIL switch interval (the interpreter's default is 5 ms) for the whole process of these
+# commands. 'send-file' hashes its files on a thread while the main thread imports the
+# messenger; after each 4 MiB block the hash thread waits for the GIL, up to one interval,
+# and a shorter one gets it back sooner (measured: hashing 256 MiB during start-up ~10 %
+# sooner). It is a process-wide setting, so only this entry point sets it, once, before any
+# thread starts; library code (the messenger, transfers, the TUI) never touches it, and the
+# servers ('relay', 'kme') keep the default.
+SWITCH_INTERVAL_S: dict[str, float] = {"send-file": 0.0005}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -44,8 +57,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="qsecret",
         description=(
             "Terminal messenger whose keys mix QKD, ML-KEM and X25519 secrets. "
-            "Run 'qsecret COMMAND --help' for each command."
+            "Run 'qsecret COMMAND --help' for each command.\n\n"
+            "Start with 'qsecret demo' (everything on this machine), or: 'qsecret init "
+            "--handle NAME', 'qsecret recv' (publishes your prekeys), 'qsecret contacts add "
+            "PEER', 'qsecret chat'."
         ),
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"qsecret {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -71,24 +89,35 @@ def _command_name(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``qsecret`` command; the exit status (see ``client.cli.errors``)."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    command = _command_name(words)
+    if command in SWITCH_INTERVAL_S:
+        sys.setswitchinterval(SWITCH_INTERVAL_S[command])
     level = os.environ.get("QSECRET_LOG", "").upper()
     if level:  # e.g. QSECRET_LOG=info: protocol and network events to stderr (never contents)
         import logging
 
         logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    words = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_command_name(words))
+    parser = build_parser(command)
     args = parser.parse_args(words)
+    return run(args, parser)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Call the parsed command; a failure the user can act on becomes one line and status 2."""
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
-        return 2
+        return EXIT_FAILED
     try:
         return int(func(args) or 0)
-    except CliError as exc:
-        print(f"qsecret {args.command}: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        return 130
-
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None:
+            raise
+        print(f"qsecret {args.command}: {message}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,105 @@
+"""``qsecret send``, ``recv`` and ``export``: messages from a shell, for people and scripts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+from client.messenger.api import MessageEvent, MessageView, MessengerError
+
+from .errors import EXIT_NOT_DONE, EXIT_OK, CliError, one_line
+from .parsers import RECV_IDLE_S
+from .session import go_online, open_messenger
+
+
+def run_send(args: argparse.Namespace) -> int:
+    """Send each line; a refused one is reported and the others still go (exit status 1)."""
+    messenger = open_messenger(args)
+    lines = sys.stdin.read().splitlines() if args.text == "-" else [args.text]
+
+    async def main() -> int:
+        await go_online(messenger, 15)
+        failures = 0
+        try:
+            for line in lines:
+                if not line:
+                    continue
+                try:
+                    payload_id = await messenger.send_and_wait(args.handle, line)
+                except MessengerError as exc:
+                    failures += 1
+                    print(f"qsecret send: {one_line(exc)}", file=sys.stderr)
+                    if args.json:
+                        print(json.dumps({"to": args.handle, "status": "failed",
+                                          "error": one_line(exc)}), flush=True)
+                    continue
+                if args.json:
+                    print(json.dumps({"id": payload_id, "to": args.handle, "status": "sent"}),
+                          flush=True)
+        finally:
+            await messenger.stop()
+        return EXIT_NOT_DONE if failures else EXIT_OK
+
+    return asyncio.run(main())
+
+
+def run_recv(args: argparse.Namespace) -> int:
+    """Print every message not shown before (unread history first), exactly once."""
+    messenger = open_messenger(args)
+
+    async def main() -> int:
+        last = time.monotonic()
+        shown: set[str] = set()
+        peers: set[str] = set()
+
+        def show(m: MessageView) -> None:
+            nonlocal last
+            last = time.monotonic()
+            if m.outgoing or m.message_id in shown:
+                return
+            shown.add(m.message_id)
+            peers.add(m.peer)
+            if args.json:
+                print(json.dumps({"id": m.message_id, "from": m.peer, "text": m.text,
+                                  "time": m.timestamp, "keys": m.sources, "mode": m.mode}),
+                      flush=True)
+            else:
+                stamp = time.strftime("%H:%M:%S", time.localtime(m.timestamp))
+                print(f"[{stamp}] {m.peer}: {m.text}    ({m.sources})", flush=True)
+
+        messenger.subscribe(lambda e: show(e.message) if isinstance(e, MessageEvent) else None)
+        await go_online(messenger, args.timeout)
+        try:
+            for contact in messenger.contacts():
+                for message in messenger.unread(contact.handle):
+                    show(message)
+            while args.follow or time.monotonic() - last < RECV_IDLE_S:
+                await asyncio.sleep(0.2)
+                for peer in list(peers):  # read receipts: these were shown to the user
+                    await messenger.mark_read(peer)
+                peers.clear()
+        finally:
+            await messenger.stop()
+        return 0
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """The conversation from the local store, as text or JSON (no network)."""
+    messenger = open_messenger(args)
+    try:
+        if args.handle not in {c.handle for c in messenger.contacts()}:
+            raise CliError(f"no conversation with {args.handle!r}")
+        sys.stdout.write(messenger.export(args.handle, "json" if args.json else "text"))
+        if args.json:
+            print()
+    finally:
+        messenger.store.close()
+    return 0

@@ -1,0 +1,251 @@
+"""The client's command-line parsers: init, chat, send, recv, export, contacts, send-file,
+receive-files and transfers.
+
+Only argparse here. Each command's function lives in a module of this package by topic
+(``profile``, ``chat``, ``messages``, ``contacts``, ``files``) and is imported by name when the
+command runs, so 'qsecret --help' stays quick and 'qsecret send-file' starts hashing its files
+(``send_file``) before the messenger (a quarter of a second of imports) loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import EXIT_STATUS_HELP
+from .help import HelpFormatter, examples
+
+RECV_IDLE_S = 2.0
+IDLE_EXIT_S = 30.0
+
+Command = Callable[[argparse.Namespace], int]
+Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+
+
+def _later(module: str, name: str) -> Command:
+    """``client.cli.<module>.<name>``, imported when the command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        function: Command = getattr(importlib.import_module(f"client.cli.{module}"), name)
+        return function(args)
+
+    return run
+
+
+def _command(subparsers: Subparsers, name: str, help: str, description: str,
+             *example_lines: str) -> argparse.ArgumentParser:
+    """A sub-command whose --help says what it does, shows examples and the exit status."""
+    epilog = EXIT_STATUS_HELP
+    if example_lines:
+        epilog = examples(*example_lines) + "\n\n" + epilog
+    return subparsers.add_parser(name, help=help, description=description, epilog=epilog,
+                                 formatter_class=HelpFormatter)
+
+
+def register(subparsers: Subparsers) -> None:
+    init = _command(
+        subparsers, "init", "create a profile: handle, passphrase, identity keys, KME enrolment",
+        "Create a profile in --data (default: the platform data dir): identity keys "
+        "(Ed25519 + ML-DSA-65, X25519), a prekey bundle, and the settings to reach the relay "
+        "and this user's KME. The passphrase comes from $QSECRET_PASSPHRASE or a prompt. Enrol "
+        "with a KME either with --kme-pki DIR (a KME PKI directory such as the one 'qsecret kme "
+        "pair' creates: a client certificate is issued for --sae-id) or with "
+        "--kme-ca/--sae-cert/--sae-key you were given. Then run 'qsecret recv' once: logging "
+        "in publishes your prekeys, so that others can add you.",
+        "qsecret init --handle alice --relay ws://127.0.0.1:8765 \\",
+        "    --kme https://127.0.0.1:8441 --kme-pki ~/kme/pki",
+        "qsecret init --handle bob --kme-ca ca.pem --sae-cert bob.pem --sae-key bob.key",
+    )
+    _profile_args(init)
+    init.add_argument("--handle", required=True, help="the name others find you by")
+    init.add_argument("--sae-id", help="this user's SAE_ID at the KME (default sae-HANDLE)")
+    init.add_argument("--kme-pki", type=Path, metavar="DIR",
+                      help="KME PKI directory to issue this SAE's certificate from")
+    init.add_argument("--kme-ca", help="CA certificate of the KME (PEM)")
+    init.add_argument("--sae-cert", help="this SAE's client certificate (PEM)")
+    init.add_argument("--sae-key", help="this SAE's client key (PEM)")
+    init.add_argument("--qkd-policy", choices=["prefer", "require"],
+                      help="without QKD keys: prefer = continue on ML-KEM + X25519 (shown "
+                           "degraded); require = refuse to send")
+    init.set_defaults(func=_later("profile", "run_init"))
+
+    chat = _command(
+        subparsers, "chat", "open the chat TUI",
+        "Open the Textual chat TUI (passphrase from $QSECRET_PASSPHRASE or asked on screen). "
+        "F1 lists every key binding.",
+        "qsecret chat",
+        "qsecret chat --data ~/qsecret-bob",
+    )
+    _profile_args(chat)
+    chat.set_defaults(func=_later("chat", "run_chat"))
+
+    send = _command(
+        subparsers, "send", "send a message (scriptable)",
+        "Send TEXT to HANDLE and exit once the relay holds it durably. TEXT '-' sends each "
+        "line of standard input as a message. Exit status 1 if any message was not sent.",
+        "qsecret send bob 'see you at noon'",
+        "printf 'one\\ntwo\\n' | qsecret send bob - --json",
+    )
+    _profile_args(send)
+    send.add_argument("handle", metavar="HANDLE", help="the contact to send to")
+    send.add_argument("text", metavar="TEXT", help="the message; '-' reads lines from stdin")
+    send.add_argument("--json", action="store_true", help="print one JSON object per message")
+    send.set_defaults(func=_later("messages", "run_send"))
+
+    recv = _command(
+        subparsers, "recv", "print received messages (scriptable)",
+        "Connect, print the messages waiting at the relay and exit when none arrive for "
+        f"{RECV_IDLE_S:.0f}s; --follow keeps printing until Ctrl+C. Logging in also publishes "
+        "this profile's prekeys (the first run after 'qsecret init' makes you addable).",
+        "qsecret recv",
+        "qsecret recv --follow --json",
+    )
+    _profile_args(recv)
+    recv.add_argument("--follow", action="store_true", help="keep running")
+    recv.add_argument("--json", action="store_true", help="one JSON object per line")
+    _timeout_arg(recv)
+    recv.set_defaults(func=_later("messages", "run_recv"))
+
+    export = _command(
+        subparsers, "export", "print a conversation as text or JSON",
+        "Print the conversation with HANDLE from the local store (no network).",
+        "qsecret export bob > bob.txt",
+        "qsecret export bob --json",
+    )
+    _profile_args(export)
+    export.add_argument("handle", metavar="HANDLE", help="the contact whose conversation")
+    export.add_argument("--json", action="store_true", help="JSON instead of text")
+    export.set_defaults(func=_later("messages", "run_export"))
+
+    contacts = _command(
+        subparsers, "contacts", "add, list or verify contacts",
+        "Manage contacts: 'add HANDLE' fetches their prekey bundle from the relay and opens a "
+        "session (they must have logged in once, e.g. with 'qsecret recv'); 'list'; 'verify "
+        "HANDLE' shows the safety number and QR code (--yes marks the contact verified once "
+        "you compared them).",
+        "qsecret contacts add bob",
+        "qsecret contacts list --json",
+        "qsecret contacts verify bob --yes",
+    )
+    contacts_sub = contacts.add_subparsers(dest="contacts_command", metavar="ACTION")
+    add = contacts_sub.add_parser(
+        "add", help="add a contact by handle", formatter_class=HelpFormatter,
+        description="Fetch HANDLE's prekey bundle from the relay and open a session.",
+        epilog=examples("qsecret contacts add bob") + "\n\n" + EXIT_STATUS_HELP)
+    _profile_args(add)
+    add.add_argument("handle", metavar="HANDLE", help="their handle at the relay")
+    add.set_defaults(func=_later("contacts", "run_contacts_add"))
+    listing = contacts_sub.add_parser(
+        "list", help="list contacts", formatter_class=HelpFormatter,
+        description="List contacts, whether each is verified and how many messages are unread "
+                    "(local store, no network).")
+    _profile_args(listing)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_later("contacts", "run_contacts_list"))
+    verify = contacts_sub.add_parser(
+        "verify", help="show (and confirm) a safety number", formatter_class=HelpFormatter,
+        description="Show the safety number shared with HANDLE, as digits and a QR code; "
+                    "compare it with theirs (in person or on a call) and run again with --yes.",
+        epilog=examples("qsecret contacts verify bob", "qsecret contacts verify bob --yes"))
+    _profile_args(verify)
+    verify.add_argument("handle", metavar="HANDLE", help="the contact to verify")
+    verify.add_argument("--yes", action="store_true", help="mark the contact verified")
+    verify.set_defaults(func=_later("contacts", "run_contacts_verify"))
+    contacts.set_defaults(func=lambda args: contacts.print_help() or 2)
+
+    _register_files(subparsers)
+
+
+def _register_files(subparsers: Subparsers) -> None:
+    send = _command(
+        subparsers, "send-file", "send files or folders, end-to-end encrypted",
+        "Offer PATH... (files and whole folders) to HANDLE and send them once accepted, with a "
+        "progress bar; exits when every file is verified at the other end (status 1 if "
+        "declined, cancelled or failed). If HANDLE is offline the relay holds the chunks (up "
+        "to its quota). Ctrl+C pauses: 'qsecret transfers --resume' continues.",
+        "qsecret send-file bob report.pdf photos/",
+        "qsecret send-file bob big.iso --limit-rate 5MB --json",
+    )
+    _profile_args(send)
+    send.add_argument("handle", metavar="HANDLE", help="the contact to send to")
+    send.add_argument("paths", metavar="PATH", nargs="+", help="files and folders to send")
+    send.add_argument("--json", action="store_true", help="JSON lines instead of a progress bar")
+    _timeout_arg(send)
+    send.add_argument("--limit-rate", type=_rate, default=0.0, metavar="RATE",
+                      help="send at most RATE bytes per second, e.g. 5MB or 500kB")
+    send.set_defaults(func=_later("send_file", "start_send_file"))
+
+    receive = _command(
+        subparsers, "receive-files", "accept and receive incoming files",
+        "Go online, show file offers and receive the accepted ones into the downloads folder "
+        "(never outside it). Exits when nothing has moved for --idle seconds (default "
+        f"{IDLE_EXIT_S:.0f}), after --count transfers, or never with --follow.",
+        "qsecret receive-files",
+        "qsecret receive-files --accept verified --follow",
+        "qsecret receive-files --accept all --count 1 --downloads ~/in --json",
+    )
+    _profile_args(receive)
+    receive.add_argument("--accept", choices=["ask", "verified", "all", "never"],
+                         default="ask",
+                         help="ask (default; in a terminal), verified: auto-accept verified "
+                              "contacts, all: accept everything, never: only list offers")
+    receive.add_argument("--downloads", type=Path, help="where files land "
+                         "(default: the profile's downloads_dir, or DATA/downloads)")
+    receive.add_argument("--count", type=int, default=0,
+                         help="exit after this many transfers completed")
+    receive.add_argument("--follow", action="store_true", help="keep running")
+    receive.add_argument("--idle", type=float, default=IDLE_EXIT_S,
+                         help="exit when nothing moved for this many seconds")
+    receive.add_argument("--json", action="store_true", help="JSON lines")
+    _timeout_arg(receive)
+    receive.set_defaults(func=_later("files", "run_receive_files"))
+
+    transfers = _command(
+        subparsers, "transfers", "list, resume or cancel file transfers",
+        "List transfers (offline). --resume goes online and drives every unfinished transfer "
+        "until it ends or nothing moves for --idle seconds (status 1 if some remain "
+        "unfinished); --cancel ID cancels one (both sides are told); --accept ID and "
+        "--decline ID answer an incoming offer. ID is any unique prefix of a transfer id.",
+        "qsecret transfers",
+        "qsecret transfers --resume",
+        "qsecret transfers --cancel 3f2a",
+    )
+    _profile_args(transfers)
+    transfers.add_argument("--resume", action="store_true")
+    transfers.add_argument("--cancel", metavar="ID", help="cancel a transfer (id prefix)")
+    transfers.add_argument("--accept", metavar="ID", help="accept an incoming offer")
+    transfers.add_argument("--decline", metavar="ID", help="decline an incoming offer")
+    transfers.add_argument("--idle", type=float, default=IDLE_EXIT_S)
+    transfers.add_argument("--json", action="store_true")
+    transfers.set_defaults(func=_later("files", "run_transfers"))
+
+
+def _profile_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, help="profile directory ($QSECRET_DATA_DIR)")
+    parser.add_argument("--relay", dest="relay_url", help="relay URL ($QSECRET_RELAY_URL)")
+    parser.add_argument("--kme", dest="kme_url", help="KME URL ($QSECRET_KME_URL)")
+
+
+def _timeout_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="give up connecting after this many seconds (default 30)")
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+          "kib": 1024, "mib": 1 << 20, "gib": 1 << 30}
+
+
+def _rate(text: str) -> float:
+    """'5MB' or '5MB/s' -> 5e6 bytes per second (argparse prints the refusal)."""
+    number = text.strip().lower().rstrip("/s")
+    digits = number.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = number[len(digits):]
+    try:
+        value = float(digits) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate like 5MB or 500kB") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the rate must be positive")
+    return value
