@@ -6,7 +6,7 @@ unit that can only be understood, tested and loaded together, and its import ord
 random when a lazy import becomes eager. The direction rule is the layering of the design
 (docs: keysource at the bottom, the relay beside the client): ``keysource`` imports neither
 ``client`` nor ``relay``; ``relay`` imports only ``keysource.pq`` (to verify signatures),
-``keysource.lazy`` (the one way to load on first use) and ``keysource.schema`` (store
+``keysource.lazy`` (the one way to load on first use) and ``keysource.sqlite_schema`` (store
 versions); ``client`` imports nothing of the relay but ``relay.wire``, the protocol both
 speak.
 """
@@ -21,7 +21,7 @@ from tests.unit.import_graph import Import, build_graph, find_cycles, find_modul
 # (importing package, what it may import from the other packages: module name prefixes).
 ALLOWED_ACROSS: dict[str, tuple[str, ...]] = {
     "keysource": (),
-    "relay": ("keysource.pq", "keysource.lazy", "keysource.schema"),
+    "relay": ("keysource.pq", "keysource.lazy", "keysource.sqlite_schema"),
     "client": ("keysource", "relay.wire"),
 }
 

@@ -26,7 +26,7 @@ ENTRY_POINTS = {
     "relay/cli.py", "relay/__main__.py", "keysource/kme/cli.py", "keysource/qkd/cli.py",
 }
 # Library functions that only an entry point calls, once at start (checked below).
-START_UP_HELPERS = {("relay/server.py", "tune_gc")}
+START_UP_HELPERS = {("relay/housekeeping.py", "tune_gc")}
 
 
 def _modules() -> dict[str, ast.Module]:
