@@ -16,6 +16,7 @@ from client.messenger.api import (
     ConnectionEvent,
     ContactEvent,
     DeliveryEvent,
+    ErrorEvent,
     Event,
     KeyStatusEvent,
     MessageEvent,
@@ -114,11 +115,16 @@ class ChatScreen(Screen[None]):
 
     @work(group="read")
     async def mark_read(self, peer: str) -> None:
-        await self.messenger.mark_read(peer)
-        self.query_one(ContactList).set_contacts(self.messenger.contacts())
+        try:
+            await self.messenger.mark_read(peer)
+        except MessengerError:
+            return  # stopping: the receipts go at the next start
+        if not self.messenger.stopped:
+            self.query_one(ContactList).set_contacts(self.messenger.contacts())
 
     def refresh_keys(self) -> None:
-        self.query_one(KeyPanel).show(self.messenger.key_status(self.peer))
+        if not self.messenger.stopped:  # quitting: the store may be closed already
+            self.query_one(KeyPanel).show(self.messenger.key_status(self.peer))
 
     @on(ContactList.Chosen)
     def chosen(self, event: ContactList.Chosen) -> None:
@@ -145,7 +151,7 @@ class ChatScreen(Screen[None]):
         except MessengerError as exc:
             self.notify(str(exc), title="Not sent", severity="error", timeout=8)
             return
-        if peer == self.peer:
+        if peer == self.peer and not self.messenger.stopped:
             self.query_one(Conversation).add(message)
         self.refresh_keys()
 
@@ -154,7 +160,13 @@ class ChatScreen(Screen[None]):
     @on(ServiceEvent)
     def service_event(self, message: ServiceEvent) -> None:
         event = message.event
-        if isinstance(event, MessageEvent):
+        if self.messenger.stopped:
+            return  # posted before the messenger stopped; its store may be closed now
+        if isinstance(event, ErrorEvent):
+            error = event.error
+            title = f"Relay refused ({error.code})" if error.code else "Error"
+            self.notify(str(error), title=title, severity="error", timeout=20)
+        elif isinstance(event, MessageEvent):
             incoming = event.message
             if self.peer is None:
                 self.open_conversation(incoming.peer)
@@ -240,6 +252,8 @@ class ChatScreen(Screen[None]):
         except MessengerError as exc:
             self.notify(str(exc), title="Could not add contact", severity="error", timeout=8)
             return
+        if self.messenger.stopped:
+            return
         self.query_one(ContactList).set_contacts(self.messenger.contacts())
         self.open_conversation(handle)
         self.notify(f"{handle} added. Compare safety numbers with Ctrl+S.")
@@ -264,7 +278,11 @@ class ChatScreen(Screen[None]):
 
     @work(group="contacts")
     async def set_verified(self, peer: str, verified: bool) -> None:
-        await self.messenger.set_verified(peer, verified)
+        try:
+            await self.messenger.set_verified(peer, verified)
+        except MessengerError as exc:
+            self.notify(str(exc), severity="error")
+            return
         self.query_one(ContactList).set_contacts(self.messenger.contacts())
         self.notify(f"{peer} is {'verified' if verified else 'no longer verified'}.")
 
