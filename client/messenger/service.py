@@ -63,7 +63,8 @@ from .transfers import TransferManager, TransferSettings
 log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 15.0
-STOP_GRACE_S = 10.0  # operations under way at stop: a KME or relay time-out ends each sooner
+STOP_GRACE_S = 10.0
+KME_CLOSE_S = 2.0  # operations under way at stop: a KME or relay time-out ends each sooner
 
 
 class MessengerService:
@@ -141,7 +142,10 @@ class MessengerService:
         await self._life.cancel_tasks()  # anything the transfers started while ending
         await self._life.finish_operations(STOP_GRACE_S)
         self._events.muted = True
-        await self.qkd.aclose()
+        try:  # a KME that stopped answering must not keep us from closing
+            await asyncio.wait_for(self.qkd.aclose(), KME_CLOSE_S)
+        except TimeoutError:
+            log.info("the KME connection did not close within %ss: dropped", KME_CLOSE_S)
         self._life.stopped = True
         self.store.close()
 
