@@ -207,6 +207,8 @@ class Sessions:
         """Decrypt (or accept, for a prekey message) and commit; raises ProtocolError or
         ValueError for what can never open, Retry for what may open later."""
         for _ in range(PLAN_ATTEMPTS):
+            if self._store.seen(conversation.peer, msg_id):  # its QKD keys are used up
+                return Opened([], duplicate=True)
             plan = self._receive_plan(conversation, wire)
             qkd = None
             if plan.key_ids:

@@ -15,6 +15,7 @@ from textual.widgets import Footer, Header
 from client.messenger.api import (
     ConnectionEvent,
     ContactEvent,
+    ConversationId,
     DeliveryEvent,
     ErrorEvent,
     Event,
@@ -69,8 +70,13 @@ class ChatScreen(Screen[None]):
         super().__init__()
         self.messenger = messenger
         self.export_dir = export_dir
-        self.peer: str | None = None
+        self.conversation: ConversationId | None = None  # the open conversation
         self._transfer_states: dict[str, TransferState] = {}
+
+    @property
+    def peer(self) -> str | None:
+        """The other party of the open (direct) conversation."""
+        return self.conversation.peer if self.conversation is not None else None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -101,7 +107,7 @@ class ChatScreen(Screen[None]):
     # -- conversation ------------------------------------------------------------------
 
     def open_conversation(self, peer: str | None) -> None:
-        self.peer = peer
+        self.conversation = ConversationId.direct(peer) if peer is not None else None
         contacts = self.query_one(ContactList)
         contacts.active = peer
         transfers = [t for t in self.messenger.transfers() if t.peer == peer]
@@ -170,7 +176,7 @@ class ChatScreen(Screen[None]):
             incoming = event.message
             if self.peer is None:
                 self.open_conversation(incoming.peer)
-            elif incoming.peer == self.peer:
+            elif incoming.conversation == self.conversation:
                 self.query_one(Conversation).add(incoming)
                 if not incoming.outgoing:
                     self.mark_read(incoming.peer)
@@ -179,7 +185,7 @@ class ChatScreen(Screen[None]):
             self.query_one(ContactList).set_contacts(self.messenger.contacts())
             self.refresh_keys()
         elif isinstance(event, DeliveryEvent):
-            if event.peer == self.peer:
+            if event.conversation == self.conversation:
                 self.query_one(Conversation).set_delivery(event.message_id, event.delivery)
         elif isinstance(event, ConnectionEvent):
             self.query_one(StatusBar).show(event)
@@ -196,7 +202,7 @@ class ChatScreen(Screen[None]):
         """Update the conversation and the transfers view; announce what needs the user."""
         previous = self._transfer_states.get(transfer.transfer_id)
         self._transfer_states[transfer.transfer_id] = transfer.state
-        if transfer.peer == self.peer:
+        if transfer.conversation == self.conversation:
             self.query_one(Conversation).show_transfer(transfer)
         for screen in self.app.screen_stack:
             if isinstance(screen, TransfersScreen):
