@@ -2,6 +2,10 @@
 
 The TUI and the CLI depend on this module only, so they can be tested against the
 real service and never reach into protocol or network code themselves.
+
+Everything a conversation owns (history, unread counts, delivery states, transfers) is keyed
+by a :class:`ConversationId`; the views keep their ``peer`` field (a direct conversation's
+key) so callers that speak in handles keep working.
 """
 
 from __future__ import annotations

@@ -180,22 +180,26 @@ class MessengerService:
             self._save_config(self.config)
 
     async def _on_ready(self, auth: AuthOk) -> None:
+        """Login work, beside the relay's read loop: prekeys, then the outbox, then the
+        transfers; ``wait_online`` returns (or raises the refusal) once it is done."""
         self._login_error = None
         try:
-            if auth.new:
-                await self._prekeys.publish()
-            elif auth.prekeys < PREKEYS_LOW:
-                await self._prekeys.replenish()
-        except MessengerError as exc:
-            log.error("%s", exc)
-            self._login_error = exc
-            self._emit(ErrorEvent(exc))
-        try:
-            await self._outbox.resend_all()
-        except RelayError as exc:  # the connection dropped again: the next login resends
-            log.info("outbox not resent: %s", exc)
-        self.files.on_ready()
-        self._logged_in.set()
+            try:
+                if auth.new:
+                    await self._prekeys.publish()
+                elif auth.prekeys < PREKEYS_LOW:
+                    await self._prekeys.replenish()
+            except MessengerError as exc:
+                log.error("%s", exc)
+                self._login_error = exc
+                self._emit(ErrorEvent(exc))
+            try:
+                await self._outbox.resend_all()
+            except RelayError as exc:  # the connection dropped again: the next login resends
+                log.info("outbox not resent: %s", exc)
+            self.files.on_ready()
+        finally:
+            self._logged_in.set()
 
     async def _on_relay_event(self, event: Event) -> None:
         if isinstance(event, BinaryFrame):
