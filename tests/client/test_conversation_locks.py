@@ -1,9 +1,9 @@
 """One lock per conversation, never held across a network wait.
 
 alice's KME sits behind a forwarder that can hold its answers. While a message to dave
-waits for QKD keys (a ratchet turn needs fresh ones), a message to bob -- which needs
-none -- goes out at once; before, one messenger-wide lock held across the KME request
-made bob's message wait for dave's.
+waits for QKD keys (one-time-pad mode needs fresh ones for every message), a message to
+bob -- which needs none -- goes out at once; before, one messenger-wide lock held across
+the KME request made bob's message wait for dave's.
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ async def test_a_conversation_waiting_for_its_kme_does_not_hold_up_another(
         await asyncio.to_thread(stack.init, "dave")
         await asyncio.to_thread(stack.cli, "dave", "send", "alice", "hi alice", check=True)
         await _until(lambda: "hi alice" in received)
-        # alice's first message to dave turns the ratchet (fresh QKD keys); bob has not
-        # answered, so the next one to him needs none.
-        assert alice.store.load_session("dave").send_plan().qkd_keys > 0  # type: ignore[union-attr]
+        # One-time-pad mode: every message to dave needs fresh QKD keys first (the pad is
+        # empty); bob has not answered, so the next message to him needs none.
+        await alice.set_mode("dave", "otp")
+        assert alice.store.load_session("dave").otp_shortfall(32) > 0  # type: ignore[union-attr]
         assert alice.store.load_session("bob").send_plan().qkd_keys == 0  # type: ignore[union-attr]
         proxy.hold()
         to_dave = asyncio.create_task(alice.send("dave", "waits for QKD keys"))
