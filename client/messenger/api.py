@@ -2,6 +2,10 @@
 
 The TUI and the CLI depend on this module only, so they can be tested against the
 real service and never reach into protocol or network code themselves.
+
+Everything a conversation owns (history, unread counts, delivery states, transfers) is keyed
+by a :class:`ConversationId`; the views keep their ``peer`` field (a direct conversation's
+key) so callers that speak in handles keep working.
 """
 
 from __future__ import annotations
@@ -23,6 +27,40 @@ class Delivery(enum.Enum):
     RECEIVED = "received"
 
 
+class ConversationKind(enum.Enum):
+    """What a conversation is; only DIRECT exists today (groups and calls will join)."""
+
+    DIRECT = "direct"
+    GROUP = "group"
+    CALL = "call"
+
+
+@dataclass(frozen=True, order=True)
+class ConversationId:
+    """What history, unread counts, locks, the store and the UI are keyed on.
+
+    A direct conversation's key is the peer's handle, so the store's per-peer tables are
+    its tables; a group or a call will carry its own key under its own kind.
+    """
+
+    kind: ConversationKind
+    key: str
+
+    @classmethod
+    def direct(cls, peer: str) -> ConversationId:
+        return cls(ConversationKind.DIRECT, peer)
+
+    @property
+    def peer(self) -> str:
+        """The other party of a direct conversation (the store's key for it)."""
+        if self.kind is not ConversationKind.DIRECT:
+            raise ValueError(f"a {self.kind.value} conversation has no single peer")
+        return self.key
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.key}"
+
+
 class Connection(enum.Enum):
     CONNECTING = "connecting"
     ONLINE = "online"
@@ -40,6 +78,10 @@ class MessageView:
     sources: str  # e.g. "QKD+ML-KEM-768+X25519", or a degraded label
     mode: str = "ratchet"  # or "otp"
 
+    @property
+    def conversation(self) -> ConversationId:
+        return ConversationId.direct(self.peer)
+
 
 @dataclass(frozen=True)
 class ContactView:
@@ -49,6 +91,10 @@ class ContactView:
     online: bool | None = None  # None: unknown
     last_text: str = ""
     last_at: float = 0.0
+
+    @property
+    def conversation(self) -> ConversationId:
+        return ConversationId.direct(self.handle)
 
 
 @dataclass(frozen=True)
@@ -88,6 +134,10 @@ class DeliveryEvent(Event):
     message_id: str
     peer: str
     delivery: Delivery
+
+    @property
+    def conversation(self) -> ConversationId:
+        return ConversationId.direct(self.peer)
 
 
 @dataclass(frozen=True)
@@ -143,6 +193,10 @@ class TransferView:
     paths: tuple[str, ...] = ()  # receiver: where the files landed
 
     @property
+    def conversation(self) -> ConversationId:
+        return ConversationId.direct(self.peer)
+
+    @property
     def fraction(self) -> float:
         return 1.0 if self.total_bytes == 0 else min(1.0, self.done_bytes / self.total_bytes)
 
@@ -161,13 +215,35 @@ class TransferEvent(Event):
 
 
 class MessengerError(Exception):
-    """A failure the user can act on; the message says what to do."""
+    """A failure the user can act on; the message says what to do.
+
+    ``code`` and ``reason`` are set when the relay refused something (its error code, e.g.
+    ``too_large``, and its own words), so a UI can show both and a CLI exit non-zero.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ErrorEvent(Event):
+    """Something failed in the background (e.g. the relay refused the prekey upload at
+    login): the TUI shows a line; the CLI gets the same error from ``wait_online``."""
+
+    error: MessengerError
 
 
 class Messenger(Protocol):
     """The operations the UIs need. Network calls are async; views are cheap reads."""
 
     handle: str
+
+    @property
+    def stopped(self) -> bool:
+        """True once ``stop`` began: no more events, and reads raise MessengerError."""
+        ...
 
     def subscribe(self, callback: Callable[[Event], None]) -> None: ...
     async def start(self) -> None: ...

@@ -1,21 +1,21 @@
 """What travels inside an end-to-end encrypted message (the plaintext of the ratchet).
 
-A small versioned CBOR map, so receipts and later file manifests or call
-signalling share one envelope: ``{"v": 1, "t": kind, "id": ..., "ts": ..., ...}``.
+A small versioned CBOR map, so texts, receipts, file-transfer messages and later call
+signalling share one envelope: ``{"v": 1, "t": kind, "id": ..., "ts": ..., ...}``. Each
+kind is its own small type; :func:`decode` checks the fields of exactly that kind.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import cbor2
 
 VERSION = 1
 MAX_TEXT_CHARS = 16_000
-KINDS = ("text", "receipt", "transfer")
 MAX_TRANSFER_BYTES = 1 << 20  # a manifest of many thousands of files still fits
 TRANSFER_SECRET_BYTES = 32
 RECEIPT_STATES = ("delivered", "read")
@@ -25,51 +25,87 @@ class PayloadError(ValueError):
     """A decrypted payload is not one this version understands."""
 
 
-@dataclass(frozen=True)
-class Payload:
-    kind: str
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    ts: float = field(default_factory=time.time)
-    text: str = ""
-    state: str = ""  # receipts: delivered | read
-    ids: tuple[str, ...] = ()  # receipts: which payload ids
-    data: bytes = b""  # transfers: an offer / decline / cancel (client.transfer.control)
-    secret: bytes = b""  # transfer offers: the session transfer secret for the file keys
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, repr=False)
+class _Envelope:
+    """The fields every kind shares; subclasses add theirs in ``_fields``."""
+
+    kind: ClassVar[str]
+    id: str
+    ts: float
 
     def encode(self) -> bytes:
-        body: dict[str, Any] = {"v": VERSION, "t": self.kind, "id": self.id, "ts": self.ts}
-        if self.kind == "text":
-            body["text"] = self.text
-        elif self.kind == "transfer":
-            body["data"] = self.data
-            if self.secret:
-                body["secret"] = self.secret
-        else:
-            body["state"], body["ids"] = self.state, list(self.ids)
-        return cbor2.dumps(body)
+        return cbor2.dumps({"v": VERSION, "t": self.kind, "id": self.id, "ts": self.ts,
+                            **self._fields()})
 
-    def __repr__(self) -> str:  # never print message text
-        return f"Payload({self.kind}, id={self.id!r})"
+    def _fields(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:  # never print message text or secrets
+        return f"{type(self).__name__}(id={self.id!r})"
 
 
-def text(message: str) -> Payload:
+@dataclass(frozen=True, repr=False)
+class Text(_Envelope):
+    """A chat message."""
+
+    kind: ClassVar[str] = "text"
+    text: str = ""
+
+    def _fields(self) -> dict[str, Any]:
+        return {"text": self.text}
+
+
+@dataclass(frozen=True, repr=False)
+class Receipt(_Envelope):
+    """The peer's device got (``delivered``) or showed (``read``) these text ids."""
+
+    kind: ClassVar[str] = "receipt"
+    state: str = "delivered"
+    ids: tuple[str, ...] = ()
+
+    def _fields(self) -> dict[str, Any]:
+        return {"state": self.state, "ids": list(self.ids)}
+
+
+@dataclass(frozen=True, repr=False)
+class TransferMessage(_Envelope):
+    """A file-transfer offer, decline or cancel (client.transfer.control); an offer also
+    carries the session transfer secret, which never leaves the E2EE box."""
+
+    kind: ClassVar[str] = "transfer"
+    data: bytes = b""
+    secret: bytes = b""
+
+    def _fields(self) -> dict[str, Any]:
+        return {"data": self.data, **({"secret": self.secret} if self.secret else {})}
+
+
+Payload = Text | Receipt | TransferMessage
+KINDS = (Text.kind, Receipt.kind, TransferMessage.kind)
+
+
+def text(message: str) -> Text:
     if len(message) > MAX_TEXT_CHARS:
         raise PayloadError(f"message is {len(message)} characters; the limit is {MAX_TEXT_CHARS}")
-    return Payload("text", text=message)
+    return Text(_new_id(), time.time(), text=message)
 
 
-def receipt(state: str, ids: list[str]) -> Payload:
+def receipt(state: str, ids: list[str]) -> Receipt:
     if state not in RECEIPT_STATES:
         raise PayloadError(f"unknown receipt state {state!r}")
-    return Payload("receipt", state=state, ids=tuple(ids))
+    return Receipt(_new_id(), time.time(), state=state, ids=tuple(ids))
 
 
-def transfer(data: bytes, secret: bytes = b"") -> Payload:
-    """A file-transfer message; ``secret`` only with an offer (it never leaves the E2EE box)."""
+def transfer(data: bytes, secret: bytes = b"") -> TransferMessage:
+    """A file-transfer message; ``secret`` only with an offer."""
     if len(data) > MAX_TRANSFER_BYTES:
         raise PayloadError(f"transfer message is {len(data)} bytes; the limit is "
                            f"{MAX_TRANSFER_BYTES}")
-    return Payload("transfer", data=data, secret=secret)
+    return TransferMessage(_new_id(), time.time(), data=data, secret=secret)
 
 
 def decode(data: bytes) -> Payload:
@@ -82,21 +118,33 @@ def decode(data: bytes) -> Payload:
     kind, pid, ts = body.get("t"), body.get("id"), body.get("ts")
     if kind not in KINDS or not isinstance(pid, str) or not isinstance(ts, int | float):
         raise PayloadError("payload lacks a valid kind, id or timestamp")
-    if kind == "text":
-        message = body.get("text")
-        if not isinstance(message, str) or len(message) > MAX_TEXT_CHARS:
-            raise PayloadError("text payload has no valid text")
-        return Payload("text", pid, float(ts), text=message)
-    if kind == "transfer":
-        blob, secret = body.get("data"), body.get("secret", b"")
-        if not isinstance(blob, bytes) or len(blob) > MAX_TRANSFER_BYTES:
-            raise PayloadError("transfer payload has no valid data")
-        if not isinstance(secret, bytes) or len(secret) not in (0, TRANSFER_SECRET_BYTES):
-            raise PayloadError("transfer payload has a malformed secret")
-        return Payload("transfer", pid, float(ts), data=blob, secret=secret)
+    if kind == Text.kind:
+        return _decode_text(body, pid, float(ts))
+    if kind == TransferMessage.kind:
+        return _decode_transfer(body, pid, float(ts))
+    return _decode_receipt(body, pid, float(ts))
+
+
+def _decode_text(body: dict[Any, Any], pid: str, ts: float) -> Text:
+    message = body.get("text")
+    if not isinstance(message, str) or len(message) > MAX_TEXT_CHARS:
+        raise PayloadError("text payload has no valid text")
+    return Text(pid, ts, text=message)
+
+
+def _decode_transfer(body: dict[Any, Any], pid: str, ts: float) -> TransferMessage:
+    blob, secret = body.get("data"), body.get("secret", b"")
+    if not isinstance(blob, bytes) or len(blob) > MAX_TRANSFER_BYTES:
+        raise PayloadError("transfer payload has no valid data")
+    if not isinstance(secret, bytes) or len(secret) not in (0, TRANSFER_SECRET_BYTES):
+        raise PayloadError("transfer payload has a malformed secret")
+    return TransferMessage(pid, ts, data=blob, secret=secret)
+
+
+def _decode_receipt(body: dict[Any, Any], pid: str, ts: float) -> Receipt:
     state, ids = body.get("state"), body.get("ids")
     if state not in RECEIPT_STATES or not isinstance(ids, list) or not all(
         isinstance(i, str) for i in ids
     ):
         raise PayloadError("receipt payload is malformed")
-    return Payload("receipt", pid, float(ts), state=state, ids=tuple(ids))
+    return Receipt(pid, ts, state=state, ids=tuple(ids))

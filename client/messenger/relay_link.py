@@ -12,8 +12,9 @@ import contextlib
 import logging
 import os
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection as WebSocket
@@ -47,10 +48,21 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
 REQUEST_TIMEOUT_S = 10.0
 MAX_STREAM_ACK_SEQS = 1024
+UNREADABLE_FRAME_CODES = ("too_large", "bad_field", "missing_field", "bad_json")
 
 
 class RelayError(Exception):
     """The relay refused a request, or could not be reached in time."""
+
+
+class RelayRefused(RelayError):
+    """The relay answered a request with an error frame: ``code`` is its error code
+    (e.g. ``too_large``), ``reason`` its message."""
+
+    def __init__(self, code: str, reason: str, what: str = "") -> None:
+        super().__init__(f"{what}: {reason} ({code})" if what else reason)
+        self.code = code
+        self.reason = reason
 
 
 @dataclass
@@ -73,6 +85,7 @@ class RelayLink:
         callbacks: RelayCallbacks,
         *,
         pinned_fingerprint: str = "",
+        spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None] | None] | None = None,
     ) -> None:
         self.url = url
         self.handle = handle
@@ -87,6 +100,7 @@ class RelayLink:
         self._ready = asyncio.Event()
         self._closed = False
         self._background: set[asyncio.Task[None]] = set()
+        self._spawn = spawn  # the owner's task runner (its stop cancels and awaits them)
         self._extra: list[str] = []  # frames built here rather than by ClientConnection
         self.fatal: str | None = None  # set when retrying cannot help (e.g. pin mismatch)
 
@@ -169,6 +183,9 @@ class RelayLink:
             self._ready.set()
             # Login work (prekey upload, outbox resend) awaits answers that only this read
             # loop can deliver, so it runs beside the loop, never inside it.
+            if self._spawn is not None:
+                self._spawn(self._callbacks.on_ready(event), "relay-login")
+                return
             task = asyncio.create_task(self._callbacks.on_ready(event), name="relay-login")
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -176,6 +193,8 @@ class RelayLink:
         request_id = getattr(event, "id", None)
         if request_id and request_id in self._pending:
             self._pending.pop(request_id).set_result(event)
+            return
+        if self._unattributed_answer(event):
             return
         await self._callbacks.on_event(event)
 
@@ -291,7 +310,7 @@ class RelayLink:
     async def fetch_bundle(self, handle: str) -> Bundle:
         answer = await self._request(lambda rid: self._conn.fetch_prekeys(handle, req_id=rid))  # type: ignore[union-attr]
         if isinstance(answer, Error):
-            raise RelayError(f"no bundle for {handle!r}: {answer.message}")
+            raise RelayRefused(answer.code, answer.message, f"no bundle for {handle!r}")
         if not isinstance(answer, Bundle):
             raise RelayError(f"unexpected answer to a bundle request: {type(answer).__name__}")
         return answer
@@ -299,7 +318,7 @@ class RelayLink:
     async def upload_prekeys(self, bundle: PrekeyBundle) -> int:
         answer = await self._request(lambda rid: self._conn.upload_prekeys(bundle, req_id=rid))  # type: ignore[union-attr]
         if isinstance(answer, Error):
-            raise RelayError(f"prekey upload refused: {answer.message}")
+            raise RelayRefused(answer.code, answer.message, "the relay refused the prekey upload")
         if not isinstance(answer, PrekeysOk):
             raise RelayError(f"unexpected answer to a prekey upload: {type(answer).__name__}")
         return answer.stored
@@ -319,6 +338,21 @@ class RelayLink:
         finally:
             self._pending.pop(request_id, None)
 
+    def _unattributed_answer(self, event: Event) -> bool:
+        """A relay that cannot read a frame cannot echo its request id (it does not parse a
+        frame over its size limit): a validation error about no envelope or stream, while
+        exactly one request is waiting, is that request's answer -- otherwise the refusal
+        would look like a time-out and its reason would be lost."""
+        if not isinstance(event, Error) or event.msg or event.stream or event.id:
+            return False
+        if event.code not in UNREADABLE_FRAME_CODES or len(self._pending) != 1:
+            return False
+        (request_id, future), = self._pending.items()
+        del self._pending[request_id]
+        if not future.done():
+            future.set_result(event)
+        return True
+
     def _fail_pending(self, error: Exception) -> None:
         for future in self._pending.values():
             if not future.done():
@@ -326,12 +360,8 @@ class RelayLink:
         self._pending.clear()
 
 
-class StreamRefused(RelayError):
+class StreamRefused(RelayRefused):
     """The relay refused a stream operation; ``code`` is its error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class PinMismatch(Exception):

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from client.transfer import (
     Accepted,
@@ -60,16 +60,15 @@ from client.transfer import (
     encode_offer,
 )
 from client.transfer import Event as CoreEvent
-from keysource.mix import QkdRequired
+from client.transfer.driver import Incoming, ReceiverDriver, SenderDriver
+from keysource.mix import QkdPolicy, QkdRequired
 from relay.wire import HEADER_BYTES as BINARY_HEADER_BYTES
 from relay.wire import KIND_FILE_CHUNK, BinaryFrame, Error, encode_binary_into
 
 from . import payload as payloads
-from .api import MessengerError, TransferEvent, TransferState, TransferView
+from .api import ConversationId, MessengerError, TransferEvent, TransferState, TransferView
 from .relay_link import RelayError, StreamRefused
-
-if TYPE_CHECKING:
-    from .service import MessengerService
+from .sessions import KeySource
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +79,6 @@ UNBOUNDED_WINDOW = 1 << 40  # flow control is the websocket's backpressure, not 
 INCOMING_QUEUE_FRAMES = 32  # chunks waiting for the disk at most (about 8 MiB)
 SNAPSHOT_EVERY_S = 1.0
 PROGRESS_EVERY_S = 0.25
-SEAL_BATCH = 4  # chunks the sender reads and seals per trip to its worker thread (1 MiB)
-ACK_EVERY_FRAMES = 16  # the receiver acks at least every 4 MiB even when frames keep coming
 IDLE_NUDGE_S = 10.0
 KEEP_FINISHED_PROGRESS_S = 7 * 24 * 3600.0  # as long as the relay keeps a spooled frame
 WAITING_FOR_RELAY = "waiting for the relay"
@@ -105,40 +102,6 @@ _RECEIVER_STATE = {
     ReceiverStatus.CANCELLED: TransferState.CANCELLED,
     ReceiverStatus.FAILED: TransferState.FAILED,
 }
-
-
-def _receive_all(lock: threading.Lock, receiver: TransferReceiver,
-                 payloads: list[bytes]) -> list[CoreEvent]:
-    """Feed frames to the receiver core in order (on the worker thread); stop at the end."""
-    events: list[CoreEvent] = []
-    with lock:
-        for payload in payloads:
-            if receiver.status is not ReceiverStatus.RECEIVING:
-                break
-            events.extend(receiver.receive_frame(payload))
-    return events
-
-
-def _locked(lock: threading.Lock, call: Callable[..., Any], *args: Any) -> Any:
-    with lock:
-        return call(*args)
-
-
-class _Pacer:
-    """An optional bandwidth limit for a sender (like rsync's --bwlimit)."""
-
-    def __init__(self, bytes_per_s: float) -> None:
-        self.rate = bytes_per_s
-        self.start = time.monotonic()
-        self.sent_bytes = 0
-
-    async def sent(self, count: int) -> None:
-        if self.rate <= 0:
-            return
-        self.sent_bytes += count
-        ahead = self.sent_bytes / self.rate - (time.monotonic() - self.start)
-        if ahead > 0:
-            await asyncio.sleep(ahead)
 
 
 class _ControlSeq:
@@ -172,14 +135,14 @@ class _Transfer:
     sender: TransferSender | None = None
     receiver: TransferReceiver | None = None
     meter: ProgressMeter | None = None
-    queue: asyncio.Queue[BinaryFrame | None] | None = None
+    queue: asyncio.Queue[Incoming | None] | None = None
     task: asyncio.Task[None] | None = None
     last_snapshot: float = 0.0
     last_progress: float = 0.0
     done_bytes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)  # one core call at a time
     limit: float = 0.0  # sender: at most this many bytes per second (0: no limit)
-    paused: bool = False  # sender: the relay's spool for the peer is full
+    driver: SenderDriver | None = None  # sender: the running driver (a quota error pauses it)
     finished_at: float = 0.0  # wall clock when it completed, failed or was cancelled
 
     @property
@@ -210,19 +173,104 @@ class _Transfer:
         )
 
 
-class TransferManager:
-    """All file transfers of one messenger; created and driven by MessengerService."""
+class TransferStore(Protocol):
+    """Transfer records in the sealed store (client.store.Store)."""
 
-    def __init__(self, service: MessengerService,
+    def transfers(self) -> list[dict[str, Any]]: ...
+    def save_transfer(self, transfer_id: str, record: dict[str, Any]) -> None: ...
+
+
+class StreamRelay(Protocol):
+    """The relay's file streams (client.messenger.relay_link.RelayLink)."""
+
+    @property
+    def ready(self) -> bool: ...
+    async def wait_ready(self, timeout: float) -> None: ...
+    async def open_stream(self, stream: bytes, to: str, kind: str = "file") -> None: ...
+    async def close_stream(self, stream: bytes) -> None: ...
+    async def send_frame(self, frame: bytes | bytearray) -> None: ...
+    async def send_binary(self, kind: int, stream: bytes, seq: int, payload: bytes) -> None: ...
+    async def stream_ack(self, stream: bytes, seqs: list[int]) -> None: ...
+
+
+class Conversations(Protocol):
+    """What transfers need of the conversations they belong to."""
+
+    def peer_sae_id(self, conversation: ConversationId) -> str | None: ...
+    async def ensure_session(self, conversation: ConversationId) -> str: ...
+    def verified(self, conversation: ConversationId) -> bool: ...
+    async def send_transfer_message(self, conversation: ConversationId,
+                                    body: payloads.TransferMessage) -> None: ...
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    handle: str
+    downloads: Path
+    auto_accept: str
+    policy: QkdPolicy
+
+
+class _StreamLink:
+    """A driver's frame link over one relay file stream (client.transfer.driver.FrameLink)."""
+
+    headroom = BINARY_HEADER_BYTES
+
+    def __init__(self, relay: StreamRelay, stream: bytes, control_seq: _ControlSeq) -> None:
+        self._relay = relay
+        self._stream = stream
+        self._control_seq = control_seq
+
+    def frame_chunk(self, frame: bytearray, ordinal: int) -> None:
+        encode_binary_into(frame, KIND_FILE_CHUNK, self._stream, ordinal)
+
+    async def send_chunk(self, frame: bytearray) -> None:
+        await self._relay.send_frame(frame)
+
+    async def send_control(self, data: bytes) -> None:
+        await self._relay.send_binary(KIND_FILE_CHUNK, self._stream, self._control_seq.next(),
+                                      data)
+
+    async def ack(self, seqs: list[int]) -> None:
+        await self._relay.stream_ack(self._stream, seqs)
+
+
+class _ItemObserver:
+    """Turns a driver's reports into this manager's state changes for one transfer."""
+
+    def __init__(self, manager: TransferManager, item: _Transfer) -> None:
+        self._manager = manager
+        self._item = item
+
+    def events(self, events: list[CoreEvent]) -> None:
+        if self._item.outgoing:
+            self._manager._on_sender_events(self._item, events)
+        else:
+            self._manager._on_receiver_events(self._item, events)
+
+    def progress(self) -> None:
+        self._manager._maybe_progress(self._item)
+
+
+class TransferManager:
+    """All file transfers of one messenger. It knows the rest of the messenger only through
+    the narrow interfaces above (no back-reference to the service)."""
+
+    def __init__(self, settings: TransferSettings, store: TransferStore, relay: StreamRelay,
+                 qkd: KeySource, conversations: Conversations,
                  emit: Callable[[TransferEvent], None]) -> None:
-        self._service = service
+        self._settings = settings
+        self._store = store
+        self._relay = relay
+        self._qkd = qkd
+        self._conversations = conversations
         self._emit = emit
         self._transfers: dict[bytes, _Transfer] = {}
         self._control_seq = _ControlSeq()
         self._background: set[asyncio.Future[Any]] = set()
         self._closed = False
         self.sender_quiet_s = SENDER_QUIET_S
-        for record in service.store.transfers():
+        for record in store.transfers():
             try:
                 item = _Transfer.from_record(record)
             except (KeyError, TypeError, ValueError, TransferError) as exc:
@@ -254,11 +302,11 @@ class TransferManager:
 
     @property
     def downloads(self) -> Path:
-        return self._service.config.downloads_path
+        return self._settings.downloads
 
     @property
     def auto_accept(self) -> str:
-        value = self._service.config.auto_accept
+        value = self._settings.auto_accept
         return value if value in AUTO_ACCEPT else "never"
 
     # -- views ------------------------------------------------------------------------
@@ -303,7 +351,7 @@ class TransferManager:
             if item.sender is not None:
                 item.snapshot = item.sender.snapshot()
                 item.last_snapshot = time.monotonic()
-            self._service.store.save_transfer(item.hex, item.record())
+            self._store.save_transfer(item.hex, item.record())
         self._emit(TransferEvent(self.view(item)))
 
     def _set(self, item: _Transfer, state: TransferState, detail: str | None = None) -> None:
@@ -331,23 +379,19 @@ class TransferManager:
     async def send_built(self, peer: str, built: BuiltManifest, *,
                          limit_bytes_per_s: float = 0.0) -> TransferView:
         """Offer an already hashed manifest (``send_files`` builds one from paths)."""
-        service = self._service
-        if service.store.load_session(peer) is None:
-            await service.add_contact(peer)
-        session = service.store.load_session(peer)
-        if session is None:
-            raise MessengerError(f"no session with {peer}")
-        qkd = await service.qkd.enc_keys(session.peer_sae_id, QKD_KEYS_PER_TRANSFER)
+        conversation = ConversationId.direct(peer)
+        peer_sae_id = await self._conversations.ensure_session(conversation)
+        qkd = await self._qkd.enc_keys(peer_sae_id, QKD_KEYS_PER_TRANSFER)
         manifest = built.manifest
         if qkd is not None:
             manifest = manifest.with_qkd_key_ids(qkd.key_ids)
         secret = os.urandom(SECRET_BYTES)
         material = qkd.material if qkd is not None else None
         try:
-            keys = TransferKeys(manifest, secret, material, policy=service.policy)
+            keys = TransferKeys(manifest, secret, material, policy=self._settings.policy)
         except QkdRequired as exc:
             raise MessengerError(
-                f"not sent: {exc} ({service.qkd.last_error or 'no QKD keys available'})"
+                f"not sent: {exc} ({self._qkd.last_error or 'no QKD keys available'})"
             ) from None
         item = _Transfer(
             tid=manifest.transfer_id, peer=peer, outgoing=True, manifest=manifest,
@@ -360,19 +404,20 @@ class TransferManager:
                                      window_chunks=UNBOUNDED_WINDOW)
         item.meter = item.sender.meter
         # Open the stream first: the peer may accept (and answer on it) at once.
-        if not service.relay.ready:
-            await service.wait_online(10)
         try:
-            await service.relay.open_stream(item.tid, peer)
+            if not self._relay.ready:
+                await self._relay.wait_ready(10)
+            await self._relay.open_stream(item.tid, peer)
         except StreamRefused as exc:
-            raise MessengerError(f"the relay refused the transfer: {exc}") from None
+            raise MessengerError(f"the relay refused the transfer: {exc}", code=exc.code,
+                                 reason=exc.reason) from None
         except RelayError as exc:
             raise MessengerError(f"not sent: {exc}") from None
         self._transfers[item.tid] = item
         self._changed(item)
         try:
-            await service.send_transfer_payload(
-                peer, payloads.transfer(encode_offer(manifest), secret))
+            await self._conversations.send_transfer_message(
+                conversation, payloads.transfer(encode_offer(manifest), secret))
         except MessengerError as exc:
             self._finish(item, TransferState.FAILED)
             raise MessengerError(f"the offer was not sent: {exc}") from None
@@ -413,7 +458,7 @@ class TransferManager:
     def _ensure_sender(self, item: _Transfer) -> TransferSender:
         if item.sender is None:
             keys = TransferKeys(item.manifest, item.secret, item.qkd,
-                                policy=self._service.policy)
+                                policy=self._settings.policy)
             reader = FileReader(item.sources, [tuple(s) for s in item.stamps])
             if item.snapshot is not None:
                 item.sender = TransferSender.restore(item.snapshot, keys, reader,
@@ -424,69 +469,27 @@ class TransferManager:
         return item.sender
 
     async def _run_sender(self, item: _Transfer) -> None:
-        service = self._service
         sender = self._ensure_sender(item)
         assert item.queue is not None
         # Idempotent: after a restart (ours or the relay's) it finds the stream registered.
         # Nothing is rewound here: the receiver finds any gap and says where to resume.
-        await service.relay.open_stream(item.tid, item.peer)
+        await self._relay.open_stream(item.tid, item.peer)
         self._set(item, _SENDER_STATE[sender.status], "")
-        pace = _Pacer(item.limit)
-        quiet = self.sender_quiet_s
-        while True:
-            while not item.paused and (frames := await self._next_frames(item, sender)):
-                for frame in frames:
-                    await service.relay.send_frame(frame)
-                    await pace.sent(len(frame) - BINARY_HEADER_BYTES)
-                    if item.paused:  # a quota error rewound the core: these are void
-                        break
-                self._maybe_progress(item)
-                if not item.queue.empty():
-                    break  # a resume or cancel may change what to send next
-            await self._send_controls(item, sender.data_to_send())
-            if sender.status not in (SenderStatus.OFFERED, SenderStatus.SENDING):
-                break
-            try:
-                incoming = await asyncio.wait_for(item.queue.get(), quiet)
-            except TimeoutError:
-                # Nothing from the receiver for a while with chunks unacknowledged (its final
-                # ack may have died with a relay): go back to the last ack. The relay's spool
-                # keeps one copy of each chunk, so an absent receiver costs no more than this.
-                if sender.status is SenderStatus.SENDING:
-                    with item.lock:
-                        sender.retransmit()
-                item.paused = False
-                quiet = min(quiet * 2, SENDER_QUIET_MAX_S)
-                continue
-            if incoming is None:
-                return  # the connection dropped; restarted after the next login
-            quiet = self.sender_quiet_s
-            item.paused = False
-            with item.lock:
-                events = sender.receive_control(incoming.payload)
-            self._on_sender_events(item, events)
-        await self._send_controls(item, sender.data_to_send())
-        self._finish(item, _SENDER_STATE[sender.status])
-
-    async def _next_frames(self, item: _Transfer, sender: TransferSender) -> list[bytearray]:
-        """Up to SEAL_BATCH sealed chunks as relay binary frames (one thread trip)."""
-        def read() -> list[bytearray]:
-            frames: list[bytearray] = []
-            with item.lock:  # the loop may rewind the core (a quota error) meanwhile
-                while len(frames) < SEAL_BATCH:
-                    ordinal = sender.next_ordinal
-                    frame = sender.next_frame(headroom=BINARY_HEADER_BYTES)
-                    if frame is None:
-                        break
-                    encode_binary_into(frame, KIND_FILE_CHUNK, item.tid, ordinal)
-                    frames.append(frame)
-            return frames
+        driver = SenderDriver(
+            sender, _StreamLink(self._relay, item.tid, self._control_seq), item.queue,
+            _ItemObserver(self, item), lock=item.lock, limit_bytes_per_s=item.limit,
+            quiet_s=self.sender_quiet_s, quiet_max_s=SENDER_QUIET_MAX_S)
+        item.driver = driver
         try:
-            return await asyncio.to_thread(read)
-        except TransferError as exc:  # a source changed: the core queued a cancel
-            await self._send_controls(item, sender.data_to_send())
+            status = await driver.run()
+        except TransferError as exc:  # a source changed: the cancel went out
             item.detail = str(exc)
             raise
+        finally:
+            item.driver = None
+        if status in (SenderStatus.OFFERED, SenderStatus.SENDING):
+            return  # the connection dropped; restarted after the next login
+        self._finish(item, _SENDER_STATE[status])
 
     def _on_sender_events(self, item: _Transfer, events: list[CoreEvent]) -> None:
         changed = False
@@ -512,9 +515,9 @@ class TransferManager:
             self._maybe_progress(item)
 
     async def _send_controls(self, item: _Transfer, frames: list[bytes]) -> None:
+        link = _StreamLink(self._relay, item.tid, self._control_seq)
         for data in frames:
-            await self._service.relay.send_binary(KIND_FILE_CHUNK, item.tid,
-                                                  self._control_seq.next(), data)
+            await link.send_control(data)
 
     def _maybe_progress(self, item: _Transfer) -> None:
         now = time.monotonic()
@@ -532,7 +535,7 @@ class TransferManager:
             closer = getattr(item.sender.reader, "close", None)
             if closer is not None:
                 closer()
-        if state.finished and item.outgoing:
+        if state.finished and item.outgoing and not self._closed:
             closing = asyncio.ensure_future(self._close_stream_later(item))
             self._background.add(closing)
             closing.add_done_callback(self._background.discard)
@@ -543,12 +546,14 @@ class TransferManager:
         if not item.outgoing:
             return
         with contextlib.suppress(RelayError):
-            await self._service.relay.close_stream(item.tid)
+            await self._relay.close_stream(item.tid)
 
     # -- receiving --------------------------------------------------------------------
 
-    async def on_payload(self, peer: str, body: payloads.Payload) -> None:
-        """An E2EE ``transfer`` payload arrived from ``peer``: offer, decline or cancel."""
+    async def on_payload(self, conversation: ConversationId,
+                         body: payloads.TransferMessage) -> None:
+        """An E2EE ``transfer`` payload arrived: offer, decline or cancel."""
+        peer = conversation.peer
         try:
             message = decode_message(body.data)
         except TransferError as exc:
@@ -567,7 +572,7 @@ class TransferManager:
                              state=TransferState.OFFERED)
             self._transfers[item.tid] = item
             self._changed(item)
-            if self._should_auto_accept(peer):
+            if self._should_auto_accept(peer) and not self._closed:
                 task = asyncio.ensure_future(self._auto_accept(item))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
@@ -596,8 +601,7 @@ class TransferManager:
         if mode == "all":
             return True
         if mode == "verified":
-            contact = self._service.store.contact(peer)
-            return bool(contact and contact.verified)
+            return self._conversations.verified(ConversationId.direct(peer))
         return False
 
     async def _auto_accept(self, item: _Transfer) -> None:
@@ -612,20 +616,20 @@ class TransferManager:
             raise MessengerError("that is your own transfer")
         if item.state is not TransferState.OFFERED:
             raise MessengerError(f"the transfer is {item.state.value}, not waiting for you")
-        service = self._service
         ids = item.manifest.qkd_key_ids
         if ids:
-            session = service.store.load_session(item.peer)
-            if session is None:
+            peer_sae_id = self._conversations.peer_sae_id(ConversationId.direct(item.peer))
+            if peer_sae_id is None:
                 raise MessengerError(f"no session with {item.peer}")
-            keys = await service.qkd.dec_keys(session.peer_sae_id, tuple(ids))
+            keys = await self._qkd.dec_keys(peer_sae_id, tuple(ids))
             if keys is None:
                 raise MessengerError(
                     "the QKD keys of this transfer are not available from your KME yet "
-                    f"({service.qkd.last_error or 'try again in a moment'})")
+                    f"({self._qkd.last_error or 'try again in a moment'})")
             item.qkd = keys.material
         try:
-            keys_ = TransferKeys(item.manifest, item.secret, item.qkd, policy=service.policy)
+            keys_ = TransferKeys(item.manifest, item.secret, item.qkd,
+                                 policy=self._settings.policy)
             self.downloads.mkdir(parents=True, exist_ok=True)
             item.receiver = await asyncio.to_thread(TransferReceiver.accept, keys_,
                                                     self.downloads)
@@ -642,15 +646,15 @@ class TransferManager:
         item = self._find(transfer_id)
         if item.outgoing or item.state is not TransferState.OFFERED:
             raise MessengerError("only an offer waiting for you can be declined")
-        await self._service.send_transfer_payload(item.peer, payloads.transfer(
-            encode_decline(item.tid, reason)))
+        await self._conversations.send_transfer_message(
+            ConversationId.direct(item.peer), payloads.transfer(encode_decline(item.tid, reason)))
         self._set(item, TransferState.DECLINED, reason)
 
     async def cancel(self, transfer_id: str) -> None:
         item = self._find(transfer_id)
         if item.state.finished:
             raise MessengerError(f"the transfer is already {item.state.value}")
-        reason = "cancelled by " + self._service.handle
+        reason = "cancelled by " + self._settings.handle
         if item.outgoing:
             sender = self._ensure_sender(item)
             with item.lock:
@@ -664,8 +668,9 @@ class TransferManager:
                 await self._send_controls(item, item.receiver.data_to_send())
         # Also in an E2EE message: the peer may not have accepted (or be online) yet.
         with contextlib.suppress(MessengerError):
-            await self._service.send_transfer_payload(item.peer, payloads.transfer(
-                encode_cancel(item.tid, reason)))
+            await self._conversations.send_transfer_message(
+                ConversationId.direct(item.peer),
+                payloads.transfer(encode_cancel(item.tid, reason)))
         self._stop_task(item)
         item.detail = reason
         self._finish(item, TransferState.CANCELLED)
@@ -678,56 +683,25 @@ class TransferManager:
     def _ensure_receiver(self, item: _Transfer) -> TransferReceiver:
         if item.receiver is None:
             keys = TransferKeys(item.manifest, item.secret, item.qkd,
-                                policy=self._service.policy)
+                                policy=self._settings.policy)
             item.receiver = TransferReceiver.resume(keys, self.downloads)
             item.meter = item.receiver.meter
         return item.receiver
 
     async def _run_receiver(self, item: _Transfer) -> None:
-        service = self._service
         receiver = await asyncio.to_thread(self._ensure_receiver, item)
         assert item.queue is not None
         if item.state is TransferState.WAITING:
             receiver.request_resume()
             self._set(item, TransferState.SENDING, "")
-        relay_acks: list[int] = []
-        nudge = IDLE_NUDGE_S
-        unanswered = 0
-        while receiver.status is ReceiverStatus.RECEIVING:
-            if item.queue.empty() or unanswered >= ACK_EVERY_FRAMES:
-                # Acks are cumulative: one for every frame drained since the last one. The
-                # core saves its position first; only then may the relay drop its copies.
-                await self._send_controls(item, receiver.data_to_send())
-                unanswered = 0
-                if relay_acks:
-                    await service.relay.stream_ack(item.tid, relay_acks)
-                    relay_acks.clear()
-            try:
-                frame = await asyncio.wait_for(item.queue.get(), nudge)
-            except TimeoutError:
-                receiver.request_resume()  # nudge a sender that lost our acks or chunks
-                nudge = min(nudge * 2, IDLE_NUDGE_MAX_S)
-                continue
-            if frame is None:
-                return
-            nudge = IDLE_NUDGE_S
-            # Whatever else is already waiting goes to the worker thread in the same trip
-            # (one thread hand-off per batch, not per chunk).
-            batch = [frame]
-            while len(batch) < ACK_EVERY_FRAMES - unanswered and not item.queue.empty():
-                more = item.queue.get_nowait()
-                if more is None:
-                    break
-                batch.append(more)
-            events = await asyncio.to_thread(_receive_all, item.lock, receiver,
-                                             [f.payload for f in batch])
-            relay_acks.extend(f.seq for f in batch)
-            unanswered += len(batch)
-            self._on_receiver_events(item, events)
-        await self._send_controls(item, receiver.data_to_send())
-        if relay_acks:
-            await service.relay.stream_ack(item.tid, relay_acks)
-        self._finish(item, _RECEIVER_STATE[receiver.status])
+        driver = ReceiverDriver(
+            receiver, _StreamLink(self._relay, item.tid, self._control_seq), item.queue,
+            _ItemObserver(self, item), lock=item.lock, nudge_s=IDLE_NUDGE_S,
+            nudge_max_s=IDLE_NUDGE_MAX_S)
+        status = await driver.run()
+        if status is ReceiverStatus.RECEIVING:
+            return  # the connection dropped; restarted after the next login
+        self._finish(item, _RECEIVER_STATE[status])
 
     def _on_receiver_events(self, item: _Transfer, events: list[CoreEvent]) -> None:
         changed = False
@@ -765,18 +739,23 @@ class TransferManager:
                 return  # not accepted yet: the relay keeps it until we ack
             self._start(item)
         assert item.queue is not None
-        await item.queue.put(frame)  # bounded for receivers: the disk sets the pace
+        # bounded for receivers: the disk sets the pace
+        await item.queue.put(Incoming(frame.payload, frame.seq))
 
     async def _after_the_end(self, item: _Transfer, frame: BinaryFrame) -> None:
         """A frame for a transfer that ended here: a complete receiver repeats its final
         ack (the sender may have missed it); the relay may drop its copy either way."""
         try:
+            receiver = None
             if item.state is TransferState.COMPLETE:
                 receiver = await asyncio.to_thread(self._ensure_receiver, item)
-                await asyncio.to_thread(_locked, item.lock, receiver.receive_frame,
-                                        frame.payload)
-                await self._send_controls(item, receiver.data_to_send())
-            await self._service.relay.stream_ack(frame.stream, [frame.seq])
+            link = _StreamLink(self._relay, item.tid, self._control_seq)
+            if receiver is None:
+                await link.ack([frame.seq])
+            else:
+                await ReceiverDriver(receiver, link, asyncio.Queue(), _ItemObserver(self, item),
+                                     lock=item.lock).answer_late(
+                    Incoming(frame.payload, frame.seq))
         except RelayError:
             pass  # offline: the frame comes again after the next login
         except TransferError as exc:  # e.g. its progress folder was deleted by hand
@@ -791,10 +770,9 @@ class TransferManager:
         if item is None:
             return False
         if error.code == "quota_exceeded":
-            if item.sender is not None:
-                # Stop sending into a full spool; go on from the last ack once the receiver
-                # speaks again (it drained the spool) or after a quiet while.
-                item.paused = True
+            if item.driver is not None:
+                item.driver.pause()
+            elif item.sender is not None:
                 with item.lock:
                     item.sender.retransmit()
             if item.state is not TransferState.WAITING or item.detail != SPOOL_FULL.format(
@@ -834,17 +812,23 @@ class TransferManager:
                 self._changed(item, persist=False)
 
     async def close(self) -> None:
+        """Stop every transfer task and background job, and save where each one is (the
+        store closes after this)."""
         self._closed = True
+        background = list(self._background)
+        for job in background:
+            job.cancel()
         for item in self._transfers.values():
             if item.task is not None:
                 item.task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         for item in self._transfers.values():
             if item.task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await item.task
             if item.sender is not None and not item.state.finished:
                 item.snapshot = item.sender.snapshot()
-                self._service.store.save_transfer(item.hex, item.record())
+                self._store.save_transfer(item.hex, item.record())
             if item.receiver is not None:
                 item.receiver.close()
             if item.sender is not None:

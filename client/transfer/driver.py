@@ -1,125 +1,267 @@
-"""The thin asyncio layer: run a sender or receiver core over any frame transport.
+"""The asyncio layer that runs a sender or receiver core over a frame link: the one the
+messenger runs (client.messenger.transfers) and the one the tests drive.
 
-The transport is two things the caller provides: ``send(frame)`` (e.g. wrap the bytes in a
-relay binary frame of the transfer's stream and put it on the websocket) and an
-``asyncio.Queue`` that the connection's reader fills with the transfer frames addressed to
-this transfer (``None`` when the connection drops). Disk reads, sealing, hashing and writes
-run in a worker thread (``asyncio.to_thread``), one call at a time, so the event loop -- and
-the websocket keepalive -- never waits on them.
+The link is what the caller provides (:class:`FrameLink`): in the messenger, binary frames
+of the transfer's relay stream; in tests, an in-memory link that may lose frames. Frames
+for this transfer arrive on an ``asyncio.Queue`` (``None`` when the connection drops).
+Disk reads, sealing, hashing and writes run on a worker thread, a batch per trip, so the
+event loop -- and the websocket keepalive -- never waits on them; ``lock`` makes every core
+call one at a time (the messenger may rewind a sender from the event loop meanwhile).
 
-Lost frames are recovered by the cores' own protocol: the receiver asks to resume on a gap or
-after ``idle_seconds`` without input; the sender goes back to the last acknowledged chunk after
-``retransmit_seconds`` without an ack.
+Lost frames are recovered by the cores' own protocol: the receiver asks to resume when no
+frame came for ``nudge_s`` (doubling up to ``nudge_max_s``); the sender goes back to the
+last acknowledged chunk when the receiver was quiet for ``quiet_s`` (doubling likewise).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from .errors import SourceError
+from .errors import TransferError
 from .events import Event
 from .receiver import ReceiverStatus, TransferReceiver
 from .sender import SenderStatus, TransferSender
 
-SendFrame = Callable[[bytes], Awaitable[None]]
-FrameQueue = asyncio.Queue[bytes | None]
-DEFAULT_RETRANSMIT_SECONDS = 10.0
-DEFAULT_IDLE_SECONDS = 10.0
-DEFAULT_GIVE_UP_SECONDS = 120.0
-DEFAULT_LINGER_SECONDS = 30.0
-_SENDER_DONE = {SenderStatus.COMPLETE, SenderStatus.CANCELLED, SenderStatus.DECLINED,
-                SenderStatus.FAILED}
+SEAL_BATCH = 4  # chunks the sender reads and seals per trip to its worker thread
+ACK_EVERY_FRAMES = 16  # the receiver acks at least this often even when frames keep coming
+QUIET_S = 30.0
+QUIET_MAX_S = 3600.0
+NUDGE_S = 10.0
+NUDGE_MAX_S = 600.0
+_SENDER_RUNNING = (SenderStatus.OFFERED, SenderStatus.SENDING)
 
 
-def _ignore(_event: Event) -> None:
-    return None
+@dataclass(frozen=True)
+class Incoming:
+    """A frame for this transfer: its payload, and the link's number for it (acked back)."""
+
+    payload: bytes
+    seq: int = 0
 
 
-async def run_sender(
-    sender: TransferSender,
-    send: SendFrame,
-    incoming: FrameQueue,
-    *,
-    on_event: Callable[[Event], None] = _ignore,
-    retransmit_seconds: float = DEFAULT_RETRANSMIT_SECONDS,
-    give_up_seconds: float = DEFAULT_GIVE_UP_SECONDS,
-) -> SenderStatus:
-    """Send until the transfer ends, the connection drops (``None`` on the queue), or the
-    receiver is silent for ``give_up_seconds``.
+FrameQueue = asyncio.Queue[Incoming | None]
 
-    Returns the sender's status; SENDING or OFFERED means "not finished: call again on the
-    next connection". A source file that changed raises SourceError after the cancel is sent.
-    """
-    loop = asyncio.get_running_loop()
-    last_heard = loop.time()
-    while True:
+
+class FrameLink(Protocol):
+    """Where a driver's frames go."""
+
+    headroom: int  # bytes the link writes in front of each chunk (its own frame header)
+
+    def frame_chunk(self, frame: bytearray, ordinal: int) -> None:
+        """Fill the ``headroom`` bytes in front of a sealed chunk (on the worker thread)."""
+
+    async def send_chunk(self, frame: bytearray) -> None: ...
+    async def send_control(self, data: bytes) -> None: ...
+    async def ack(self, seqs: list[int]) -> None:
+        """The receiver processed these incoming frames (the relay may drop its copies)."""
+
+
+class Observer(Protocol):
+    """What the driver reports: the cores' events, and that progress may be shown."""
+
+    def events(self, events: list[Event]) -> None: ...
+    def progress(self) -> None: ...
+
+
+class _Pacer:
+    """An optional bandwidth limit for a sender (like rsync's --bwlimit)."""
+
+    def __init__(self, bytes_per_s: float) -> None:
+        self.rate = bytes_per_s
+        self.start = time.monotonic()
+        self.sent_bytes = 0
+
+    async def sent(self, count: int) -> None:
+        if self.rate <= 0:
+            return
+        self.sent_bytes += count
+        ahead = self.sent_bytes / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+@dataclass
+class SenderDriver:
+    sender: TransferSender
+    link: FrameLink
+    incoming: FrameQueue
+    observer: Observer
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    limit_bytes_per_s: float = 0.0
+    quiet_s: float = QUIET_S
+    quiet_max_s: float = QUIET_MAX_S
+    paused: bool = False  # the link's far end is full: wait for the receiver to speak
+
+    def pause(self) -> None:
+        """Stop sending into a full spool; go on from the last ack once the receiver speaks
+        again (it drained the spool) or after a quiet while."""
+        self.paused = True
+        with self.lock:
+            self.sender.retransmit()
+
+    async def run(self) -> SenderStatus:
+        """Send until the transfer ends or the connection drops (``None`` on the queue);
+        OFFERED or SENDING then means "not finished: run again on the next connection".
+        A source file that changed raises TransferError after the cancel went out."""
+        sender, link = self.sender, self.link
+        pace = _Pacer(self.limit_bytes_per_s)
+        quiet = self.quiet_s
         while True:
-            try:
-                frame = await asyncio.to_thread(sender.next_frame)
-            except SourceError:
-                for control in sender.data_to_send():
-                    await send(control)
-                raise
-            if frame is None:
-                break
-            await send(bytes(frame))
-        for control in sender.data_to_send():
-            await send(control)
-        if sender.status in _SENDER_DONE:
-            return sender.status
-        try:
-            data = await asyncio.wait_for(incoming.get(), timeout=retransmit_seconds)
-        except TimeoutError:
-            if loop.time() - last_heard >= give_up_seconds:
+            while not self.paused and (frames := await self._next_frames()):
+                for frame in frames:
+                    await link.send_chunk(frame)
+                    await pace.sent(len(frame) - link.headroom)
+                    if self.paused:  # a quota error rewound the core: these are void
+                        break
+                self.observer.progress()
+                if not self.incoming.empty():
+                    break  # a resume or cancel may change what to send next
+            await self._send_controls()
+            if sender.status not in _SENDER_RUNNING:
                 return sender.status
-            for event in sender.retransmit():
-                on_event(event)
-            continue
-        if data is None:
-            return sender.status
-        last_heard = loop.time()
-        for event in sender.receive_control(data):
-            on_event(event)
+            try:
+                incoming = await asyncio.wait_for(self.incoming.get(), quiet)
+            except TimeoutError:
+                # Nothing from the receiver for a while with chunks unacknowledged (its final
+                # ack may have died with a relay): go back to the last ack. The relay's spool
+                # keeps one copy of each chunk, so an absent receiver costs no more than this.
+                if sender.status is SenderStatus.SENDING:
+                    with self.lock:
+                        sender.retransmit()
+                self.paused = False
+                quiet = min(quiet * 2, self.quiet_max_s)
+                continue
+            if incoming is None:
+                return sender.status
+            quiet = self.quiet_s
+            self.paused = False
+            with self.lock:
+                events = sender.receive_control(incoming.payload)
+            self.observer.events(events)
 
+    async def _next_frames(self) -> list[bytearray]:
+        """Up to SEAL_BATCH sealed chunks, framed by the link (one thread trip)."""
+        sender, link = self.sender, self.link
 
-async def run_receiver(
-    receiver: TransferReceiver,
-    send: SendFrame,
-    incoming: FrameQueue,
-    *,
-    on_event: Callable[[Event], None] = _ignore,
-    idle_seconds: float = DEFAULT_IDLE_SECONDS,
-    linger_seconds: float = DEFAULT_LINGER_SECONDS,
-) -> ReceiverStatus:
-    """Receive until the transfer ends or the connection drops (``None`` on the queue).
+        def read() -> list[bytearray]:
+            frames: list[bytearray] = []
+            with self.lock:  # the loop may rewind the core (a quota error) meanwhile
+                while len(frames) < SEAL_BATCH:
+                    ordinal = sender.next_ordinal
+                    frame = sender.next_frame(headroom=link.headroom)
+                    if frame is None:
+                        break
+                    link.frame_chunk(frame, ordinal)
+                    frames.append(frame)
+            return frames
 
-    After completion it lingers until the link has been quiet for ``linger_seconds``,
-    answering retransmitted chunks with the final ack (which may have been lost).
-    """
-    while receiver.status is ReceiverStatus.RECEIVING:
-        for control in receiver.data_to_send():
-            await send(control)
         try:
-            data = await asyncio.wait_for(incoming.get(), timeout=idle_seconds)
-        except TimeoutError:
-            receiver.request_resume()  # nudge a sender that lost our acks or its chunks
-            continue
-        if data is None:
-            return receiver.status
-        for event in await asyncio.to_thread(receiver.receive_frame, data):
-            on_event(event)
-    for control in receiver.data_to_send():
-        await send(control)
-    while receiver.status is ReceiverStatus.COMPLETE:
-        try:
-            data = await asyncio.wait_for(incoming.get(), timeout=linger_seconds)
-        except TimeoutError:
-            break
-        if data is None:
-            break
-        for event in await asyncio.to_thread(receiver.receive_frame, data):
-            on_event(event)
-        for control in receiver.data_to_send():
-            await send(control)
-    return receiver.status
+            return await asyncio.to_thread(read)
+        except TransferError:  # e.g. a source changed: the core queued a cancel; send it
+            await self._send_controls()
+            raise
+
+    async def _send_controls(self) -> None:
+        for data in self.sender.data_to_send():
+            await self.link.send_control(data)
+
+
+def _receive_all(lock: threading.Lock, receiver: TransferReceiver,
+                 payloads: list[bytes]) -> list[Event]:
+    """Feed frames to the receiver core in order (on the worker thread); stop at the end."""
+    events: list[Event] = []
+    with lock:
+        for payload in payloads:
+            if receiver.status is not ReceiverStatus.RECEIVING:
+                break
+            events.extend(receiver.receive_frame(payload))
+    return events
+
+
+@dataclass
+class ReceiverDriver:
+    receiver: TransferReceiver
+    link: FrameLink
+    incoming: FrameQueue
+    observer: Observer
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    nudge_s: float = NUDGE_S
+    nudge_max_s: float = NUDGE_MAX_S
+
+    async def run(self) -> ReceiverStatus:
+        """Receive until the transfer ends or the connection drops (``None`` on the queue).
+
+        Acks are cumulative: the core saves its position before it acks, and only then are
+        the frames acknowledged to the link (the relay may drop its copies)."""
+        receiver, queue = self.receiver, self.incoming
+        link_acks: list[int] = []
+        nudge = self.nudge_s
+        unanswered = 0
+        while receiver.status is ReceiverStatus.RECEIVING:
+            if queue.empty() or unanswered >= ACK_EVERY_FRAMES:
+                await self._send_controls()
+                unanswered = 0
+                if link_acks:
+                    await self.link.ack(link_acks)
+                    link_acks = []
+            try:
+                frame = await asyncio.wait_for(queue.get(), nudge)
+            except TimeoutError:
+                receiver.request_resume()  # nudge a sender that lost our acks or chunks
+                nudge = min(nudge * 2, self.nudge_max_s)
+                continue
+            if frame is None:
+                return receiver.status
+            nudge = self.nudge_s
+            # Whatever else is already waiting goes to the worker thread in the same trip
+            # (one thread hand-off per batch, not per chunk).
+            batch = [frame]
+            while len(batch) < ACK_EVERY_FRAMES - unanswered and not queue.empty():
+                more = queue.get_nowait()
+                if more is None:
+                    break
+                batch.append(more)
+            events = await asyncio.to_thread(_receive_all, self.lock, receiver,
+                                             [f.payload for f in batch])
+            link_acks.extend(f.seq for f in batch)
+            unanswered += len(batch)
+            self.observer.events(events)
+        await self._send_controls()
+        if link_acks:
+            await self.link.ack(link_acks)
+        return receiver.status
+
+    async def answer_late(self, frame: Incoming) -> None:
+        """A frame after the end: a complete receiver repeats its final ack (the sender may
+        have missed it); the link may drop its copy either way."""
+        if self.receiver.status is ReceiverStatus.COMPLETE:
+            await asyncio.to_thread(_receive_all_late, self.lock, self.receiver, frame.payload)
+            await self._send_controls()
+        await self.link.ack([frame.seq])
+
+    async def _send_controls(self) -> None:
+        for data in self.receiver.data_to_send():
+            await self.link.send_control(data)
+
+
+def _receive_all_late(lock: threading.Lock, receiver: TransferReceiver, payload: bytes) -> None:
+    with lock:
+        receiver.receive_frame(payload)
+
+
+def no_observer() -> Observer:
+    """An observer that ignores everything (for callers that only want the end status)."""
+    return _Ignore()
+
+
+class _Ignore:
+    def events(self, events: list[Event]) -> None:
+        return None
+
+    def progress(self) -> None:
+        return None
+

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
 from client.messenger.api import Messenger, ProfileGate
 from client.tui.screens.chat import ChatScreen
 from client.tui.screens.onboarding import OnboardingScreen
+
+QUIT_GRACE_S = 10.0
+
+
+async def _finished(worker: Worker[None]) -> None:
+    """Until ``worker`` ended, however it ended (its own handler reported any error)."""
+    with contextlib.suppress(WorkerFailed, WorkerCancelled):
+        await worker.wait()
 
 
 class QsecretApp(App[None]):
@@ -52,6 +63,17 @@ class QsecretApp(App[None]):
         self.push_screen(ChatScreen(messenger, self.export_dir))
 
     async def action_quit(self) -> None:
+        """Messages typed before Ctrl+Q are sealed and queued first (for at most
+        QUIT_GRACE_S: a KME that never answers must not keep the app open); then the
+        messenger stops in order -- its tasks end before its store closes -- then the app."""
+        sends = [w for w in self.workers if w.group == "send" and not w.is_finished]
+        if sends:
+            _, late = await asyncio.wait([asyncio.ensure_future(_finished(w)) for w in sends],
+                                         timeout=QUIT_GRACE_S)
+            for waiting in late:
+                waiting.cancel()
+            for worker in sends:
+                worker.cancel()  # a no-op for those that finished
         if self.messenger is not None:
             await self.messenger.stop()
         self.exit()

@@ -145,6 +145,7 @@ class StaticMessenger:
         self._next_transfer = len(self._transfers) + 1
         self.sent_files: list[tuple[str, list[str]]] = []  # every send_files call, in order
         self.refuse_sends: str | None = None  # set: send_files fails with this message
+        self.stopped = False
 
     def subscribe(self, callback: Callable[[Event], None]) -> None:
         self._callbacks.append(callback)
@@ -157,6 +158,7 @@ class StaticMessenger:
         self._emit(ConnectionEvent(Connection.ONLINE, RELAY_URL))
 
     async def stop(self) -> None:
+        self.stopped = True
         self._callbacks.clear()
 
     def contacts(self) -> list[ContactView]:

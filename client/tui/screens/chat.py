@@ -15,7 +15,9 @@ from textual.widgets import Footer, Header
 from client.messenger.api import (
     ConnectionEvent,
     ContactEvent,
+    ConversationId,
     DeliveryEvent,
+    ErrorEvent,
     Event,
     KeyStatusEvent,
     MessageEvent,
@@ -68,8 +70,13 @@ class ChatScreen(Screen[None]):
         super().__init__()
         self.messenger = messenger
         self.export_dir = export_dir
-        self.peer: str | None = None
+        self.conversation: ConversationId | None = None  # the open conversation
         self._transfer_states: dict[str, TransferState] = {}
+
+    @property
+    def peer(self) -> str | None:
+        """The other party of the open (direct) conversation."""
+        return self.conversation.peer if self.conversation is not None else None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -100,7 +107,7 @@ class ChatScreen(Screen[None]):
     # -- conversation ------------------------------------------------------------------
 
     def open_conversation(self, peer: str | None) -> None:
-        self.peer = peer
+        self.conversation = ConversationId.direct(peer) if peer is not None else None
         contacts = self.query_one(ContactList)
         contacts.active = peer
         transfers = [t for t in self.messenger.transfers() if t.peer == peer]
@@ -114,11 +121,16 @@ class ChatScreen(Screen[None]):
 
     @work(group="read")
     async def mark_read(self, peer: str) -> None:
-        await self.messenger.mark_read(peer)
-        self.query_one(ContactList).set_contacts(self.messenger.contacts())
+        try:
+            await self.messenger.mark_read(peer)
+        except MessengerError:
+            return  # stopping: the receipts go at the next start
+        if not self.messenger.stopped:
+            self.query_one(ContactList).set_contacts(self.messenger.contacts())
 
     def refresh_keys(self) -> None:
-        self.query_one(KeyPanel).show(self.messenger.key_status(self.peer))
+        if not self.messenger.stopped:  # quitting: the store may be closed already
+            self.query_one(KeyPanel).show(self.messenger.key_status(self.peer))
 
     @on(ContactList.Chosen)
     def chosen(self, event: ContactList.Chosen) -> None:
@@ -145,7 +157,7 @@ class ChatScreen(Screen[None]):
         except MessengerError as exc:
             self.notify(str(exc), title="Not sent", severity="error", timeout=8)
             return
-        if peer == self.peer:
+        if peer == self.peer and not self.messenger.stopped:
             self.query_one(Conversation).add(message)
         self.refresh_keys()
 
@@ -154,11 +166,17 @@ class ChatScreen(Screen[None]):
     @on(ServiceEvent)
     def service_event(self, message: ServiceEvent) -> None:
         event = message.event
-        if isinstance(event, MessageEvent):
+        if self.messenger.stopped:
+            return  # posted before the messenger stopped; its store may be closed now
+        if isinstance(event, ErrorEvent):
+            error = event.error
+            title = f"Relay refused ({error.code})" if error.code else "Error"
+            self.notify(str(error), title=title, severity="error", timeout=20)
+        elif isinstance(event, MessageEvent):
             incoming = event.message
             if self.peer is None:
                 self.open_conversation(incoming.peer)
-            elif incoming.peer == self.peer:
+            elif incoming.conversation == self.conversation:
                 self.query_one(Conversation).add(incoming)
                 if not incoming.outgoing:
                     self.mark_read(incoming.peer)
@@ -167,7 +185,7 @@ class ChatScreen(Screen[None]):
             self.query_one(ContactList).set_contacts(self.messenger.contacts())
             self.refresh_keys()
         elif isinstance(event, DeliveryEvent):
-            if event.peer == self.peer:
+            if event.conversation == self.conversation:
                 self.query_one(Conversation).set_delivery(event.message_id, event.delivery)
         elif isinstance(event, ConnectionEvent):
             self.query_one(StatusBar).show(event)
@@ -184,7 +202,7 @@ class ChatScreen(Screen[None]):
         """Update the conversation and the transfers view; announce what needs the user."""
         previous = self._transfer_states.get(transfer.transfer_id)
         self._transfer_states[transfer.transfer_id] = transfer.state
-        if transfer.peer == self.peer:
+        if transfer.conversation == self.conversation:
             self.query_one(Conversation).show_transfer(transfer)
         for screen in self.app.screen_stack:
             if isinstance(screen, TransfersScreen):
@@ -240,6 +258,8 @@ class ChatScreen(Screen[None]):
         except MessengerError as exc:
             self.notify(str(exc), title="Could not add contact", severity="error", timeout=8)
             return
+        if self.messenger.stopped:
+            return
         self.query_one(ContactList).set_contacts(self.messenger.contacts())
         self.open_conversation(handle)
         self.notify(f"{handle} added. Compare safety numbers with Ctrl+S.")
@@ -264,7 +284,11 @@ class ChatScreen(Screen[None]):
 
     @work(group="contacts")
     async def set_verified(self, peer: str, verified: bool) -> None:
-        await self.messenger.set_verified(peer, verified)
+        try:
+            await self.messenger.set_verified(peer, verified)
+        except MessengerError as exc:
+            self.notify(str(exc), severity="error")
+            return
         self.query_one(ContactList).set_contacts(self.messenger.contacts())
         self.notify(f"{peer} is {'verified' if verified else 'no longer verified'}.")
 

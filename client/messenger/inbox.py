@@ -1,0 +1,113 @@
+"""The inbox: envelopes the relay delivers, opened, committed, acknowledged, announced.
+
+Nothing is acknowledged to the relay before it is durable here; a message that cannot be
+opened yet (its QKD keys are not at our KME yet) is not acknowledged, so the relay
+delivers it again later. Texts are answered with a ``delivered`` receipt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from client.protocol import Message, ProtocolError
+from relay.wire import Deliver
+
+from . import payload as payloads
+from .api import (
+    ContactEvent,
+    ContactView,
+    ConversationId,
+    Delivery,
+    DeliveryEvent,
+    Event,
+    KeyStatus,
+    KeyStatusEvent,
+    MessageEvent,
+    MessageView,
+    MessengerError,
+)
+from .sessions import Retry, Sessions
+
+log = logging.getLogger(__name__)
+
+
+class Acker(Protocol):
+    """The relay as the inbox needs it (client.messenger.relay_link.RelayLink)."""
+
+    async def ack(self, seqs: list[int]) -> None: ...
+
+
+class Replies(Protocol):
+    """What the inbox asks of the rest of the messenger, without knowing it."""
+
+    async def send_quietly(self, conversation: ConversationId,
+                           body: payloads.Payload) -> None: ...
+    def contact_view(self, conversation: ConversationId) -> ContactView: ...
+    def key_status_of(self, conversation: ConversationId | None) -> KeyStatus: ...
+
+
+TransferHandler = Callable[[ConversationId, payloads.TransferMessage], Awaitable[None]]
+
+
+class Inbox:
+    def __init__(self, sessions: Sessions, relay: Acker, replies: Replies,
+                 on_transfer: TransferHandler, emit: Callable[[Event], None]) -> None:
+        self._sessions = sessions
+        self._relay = relay
+        self._replies = replies
+        self._on_transfer = on_transfer
+        self._emit = emit
+
+    async def receive(self, deliver: Deliver) -> None:
+        conversation = ConversationId.direct(deliver.sender)
+        try:
+            opened = await self._sessions.open(conversation, deliver.body, deliver.msg)
+        except Retry as exc:
+            log.info("message from %s held for later: %s", deliver.sender, exc)
+            self._emit(KeyStatusEvent(self._replies.key_status_of(conversation)))
+            return
+        except (ProtocolError, ValueError) as exc:
+            # Forged, tampered, replayed or malformed: it can never decrypt, so it is
+            # acked (not redelivered forever) and dropped, loudly; no state changed.
+            log.warning("dropped a message from %s: %s: %s", deliver.sender,
+                        type(exc).__name__, exc)
+            await self._relay.ack([deliver.seq])
+            return
+        await self._relay.ack([deliver.seq])
+        if opened.duplicate:
+            return
+        if opened.new_session:
+            self._emit(ContactEvent(self._replies.contact_view(conversation)))
+        await self._announce(conversation, opened.messages)
+        for body in opened.resend:
+            await self._replies.send_quietly(conversation, body)
+
+    async def _announce(self, conversation: ConversationId, messages: list[Message]) -> None:
+        peer = conversation.peer
+        delivered: list[str] = []
+        for message in messages:
+            try:
+                body = payloads.decode(message.plaintext)
+            except payloads.PayloadError as exc:
+                log.warning("undecodable payload from %s: %s", peer, exc)
+                continue
+            if isinstance(body, payloads.Text):
+                delivered.append(body.id)
+                self._emit(MessageEvent(MessageView(
+                    body.id, peer, False, body.text, body.ts, Delivery.RECEIVED,
+                    message.label, "otp" if message.otp else "ratchet",
+                )))
+            elif isinstance(body, payloads.Receipt):
+                state = Delivery.READ if body.state == "read" else Delivery.DELIVERED
+                for payload_id in body.ids:
+                    self._emit(DeliveryEvent(payload_id, peer, state))
+            else:
+                await self._on_transfer(conversation, body)
+        if delivered:  # a receipt that cannot go now (e.g. policy 'require', no QKD) is skipped
+            with contextlib.suppress(MessengerError):
+                await self._replies.send_quietly(conversation,
+                                                 payloads.receipt("delivered", delivered))
+        self._emit(KeyStatusEvent(self._replies.key_status_of(conversation)))
