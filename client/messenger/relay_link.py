@@ -48,9 +48,6 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
 REQUEST_TIMEOUT_S = 10.0
 MAX_STREAM_ACK_SEQS = 1024
-UNREADABLE_FRAME_CODES = ("too_large", "bad_field", "missing_field", "bad_json")
-
-
 class RelayError(Exception):
     """The relay refused a request, or could not be reached in time."""
 
@@ -194,8 +191,6 @@ class RelayLink:
         if request_id and request_id in self._pending:
             self._pending.pop(request_id).set_result(event)
             return
-        if self._unattributed_answer(event):
-            return
         await self._callbacks.on_event(event)
 
     # -- TLS pinning -------------------------------------------------------------------
@@ -337,21 +332,6 @@ class RelayLink:
             raise RelayError("the relay did not answer in time") from None
         finally:
             self._pending.pop(request_id, None)
-
-    def _unattributed_answer(self, event: Event) -> bool:
-        """A relay that cannot read a frame cannot echo its request id (it does not parse a
-        frame over its size limit): a validation error about no envelope or stream, while
-        exactly one request is waiting, is that request's answer -- otherwise the refusal
-        would look like a time-out and its reason would be lost."""
-        if not isinstance(event, Error) or event.msg or event.stream or event.id:
-            return False
-        if event.code not in UNREADABLE_FRAME_CODES or len(self._pending) != 1:
-            return False
-        (request_id, future), = self._pending.items()
-        del self._pending[request_id]
-        if not future.done():
-            future.set_result(event)
-        return True
 
     def _fail_pending(self, error: Exception) -> None:
         for future in self._pending.values():
