@@ -187,6 +187,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pns", action="store_true",
                         help="the eavesdropper also runs a photon-number-splitting attack")
     parser.add_argument("--seed", type=int, help="random seed of the emulator (reproducible runs)")
+    parser.add_argument("--keys-ready", type=int, default=0, metavar="N",
+                        help="print 'keys ready' once the pools hold N free keys each, for "
+                             "scripts that take keys as soon as they start (default 0: never)")
     parser.add_argument("--status-interval", type=float, default=2.0, metavar="SECONDS",
                         help="print a status line every SECONDS (0 = never; default 2)")
     parser.add_argument("--plain-http", action="store_true",
@@ -217,6 +220,7 @@ def _settings(args: argparse.Namespace) -> KmeSettings:
         link_options={"km": args.km, "eve_fraction": args.eve_fraction, "pns": args.pns,
                       "seed": args.seed},
         status_interval_s=args.status_interval,
+        keys_ready=args.keys_ready,
         limits=Limits(max_key_per_request=args.max_key_per_request),
     )
 
@@ -231,7 +235,11 @@ def _run(coro: object) -> int:
 def _run_pair(args: argparse.Namespace) -> int:
     from .runtime import run_pair
 
-    return _run(run_pair(_settings(args), port_a=args.port_a, port_b=args.port_b))
+    try:
+        settings = _settings(args)
+    except ValueError as exc:
+        return _fail(str(exc))
+    return _run(run_pair(settings, port_a=args.port_a, port_b=args.port_b))
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -246,8 +254,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     )
     if args.plain_http and peer_url.startswith("https://") and not args.peer_url:
         peer_url = "http://" + peer_url.removeprefix("https://")
+    try:
+        settings = _settings(args)
+    except ValueError as exc:
+        return _fail(str(exc))
     return _run(run_serve(
-        _settings(args), role=args.role, kme_id=kme_id, peer_kme_id=peer_kme_id, port=port,
+        settings, role=args.role, kme_id=kme_id, peer_kme_id=peer_kme_id, port=port,
         peer_url=peer_url, link_host=args.link_host, link_port=args.link_port,
     ))
 

@@ -7,6 +7,10 @@ Directory layout under ``--data DIR``::
 
 Both commands print one ``ready`` line per KME (``ready KME_ID URL``) once listening, then
 a status line every few seconds; tests and scripts can wait for the ``ready`` lines.
+Listening is not having keys: the pools start empty and fill as the link runs, slower when
+the machine is busy. With ``keys_ready=N`` (``--keys-ready N``) a ``keys ready`` line follows
+once every pool of the process holds N free keys, so a script that is about to take keys can
+wait for that line instead of racing the link's first blocks.
 """
 
 from __future__ import annotations
@@ -54,6 +58,17 @@ class KmeSettings:
     link_options: dict[str, Any] = field(default_factory=dict)
     status_interval_s: float = 2.0
     limits: Limits = field(default_factory=Limits)
+    keys_ready: int = 0  # print "keys ready" once every pool holds this many free keys (0: never)
+
+    def __post_init__(self) -> None:
+        if self.keys_ready < 0:
+            raise ValueError("--keys-ready must be >= 0")
+        if self.keys_ready > self.max_key_count:
+            raise ValueError(f"--keys-ready {self.keys_ready} exceeds the pools' size "
+                             f"(--max-keys {self.max_key_count}): it would never be printed")
+        if self.keys_ready and not self.link:
+            raise ValueError("--keys-ready needs the emulated link (--link none: keys put "
+                             "into the pools by other means are not watched)")
 
 
 def _say(out: TextIO, line: str) -> None:
@@ -131,6 +146,33 @@ async def _status_loop(
             _say(out, await _status_line(nodes, monitor, started))
 
 
+async def _announce_keys(
+    nodes: Sequence[KmeNode], wanted: int, stop: asyncio.Event, out: TextIO
+) -> None:
+    """Print ``keys ready ...`` once every pool in ``nodes`` holds ``wanted`` free keys.
+
+    Woken by each link batch a pool stores (no polling); ends early when ``stop`` is set.
+    """
+    arrived = asyncio.Event()
+    for node in nodes:
+        node.on_keys_added.append(lambda _added: arrived.set())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        while not stop.is_set():
+            arrived.clear()  # before counting, so a batch stored meanwhile wakes us again
+            free = [(await node.pool_stats())["free"] for node in nodes]
+            if min(free) >= wanted:
+                held = " ".join(f"{node.kme_id} {count}" for node, count in zip(nodes, free,
+                                                                               strict=True))
+                _say(out, f"keys ready: {held} free keys (wanted {wanted})")
+                return
+            waiting = asyncio.create_task(arrived.wait())
+            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+    finally:
+        stopping.cancel()
+
+
 async def _guard_link(coro: Any, monitor: LinkMonitor, out: TextIO) -> None:
     """Run the QKD link; if it fails, say why loudly and keep serving the keys already pooled."""
     try:
@@ -196,6 +238,9 @@ async def run_pair(
             tasks.append(asyncio.create_task(
                 _guard_link(run_pair_link(node_a, node_b, params, monitor, stop), monitor, out)
             ))
+            if settings.keys_ready:
+                tasks.append(asyncio.create_task(
+                    _announce_keys([node_a, node_b], settings.keys_ready, stop, out)))
         else:
             _say(out, "no QKD link (--link none): the pools serve only keys put there otherwise")
         tasks.append(asyncio.create_task(
@@ -268,6 +313,9 @@ async def run_serve(
                 monitor=monitor, stop=stop,
                 on_listening=lambda p: _say(out, f"link listening on {link_host}:{p}"),
             ), monitor, out)))
+            if settings.keys_ready:
+                tasks.append(asyncio.create_task(
+                    _announce_keys([node], settings.keys_ready, stop, out)))
         tasks.append(asyncio.create_task(
             _status_loop([node], monitor, stop, settings.status_interval_s, out)
         ))

@@ -2,11 +2,15 @@
 
 An emulated link computes every pulse of every block (numpy), which keeps a core busy for as
 long as the pools have room. Real QKD hardware does that work on its own electronics; here it
-shares the host with the KME's API, the relay and the messengers, so it yields to them: its
-thread runs at nice +10 (Linux sets priorities per thread) and, where the kernel groups
-processes by session for scheduling (autogroup, the default on most Linux systems, which
-makes a thread's nice count only inside its own session), the process's group does too.
-Keys simply arrive a little later when the machine is busy.
+shares the process with the KME's API, so its thread runs at nice +10 (Linux sets priorities
+per thread): the API, the pool's database thread and the event loop always come first.
+
+The process itself keeps its normal priority. Where the kernel groups processes by session
+for scheduling (autogroup, the default on most Linux systems), lowering the session's nice
+would slow the whole KME, API included, behind every other busy session: on a loaded
+two-core machine that turned 10 ms key requests into seconds, SAEs timed out and messages
+went without QKD. Keys arriving a little later when the machine is busy is fine; answering
+late is not.
 """
 
 from __future__ import annotations
@@ -16,14 +20,12 @@ import contextlib
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
 LINK_NICENESS = 10
 
 _executor: ThreadPoolExecutor | None = None
-AUTOGROUP = Path("/proc/self/autogroup")
 
 
 def _lower_priority() -> None:
@@ -33,18 +35,9 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, LINK_NICENESS)
 
 
-def _lower_group_priority() -> None:
-    """Raise this process's autogroup nice to LINK_NICENESS (never lower it)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):  # no autogroup here: fine
-        current = int(AUTOGROUP.read_text().split("nice", 1)[1])
-        if current < LINK_NICENESS:
-            AUTOGROUP.write_text(str(LINK_NICENESS))
-
-
 def _pool() -> ThreadPoolExecutor:
     global _executor
     if _executor is None:
-        _lower_group_priority()
         _executor = ThreadPoolExecutor(1, thread_name_prefix="qkd-link",
                                        initializer=_lower_priority)
     return _executor

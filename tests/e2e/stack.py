@@ -13,12 +13,17 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from client.processes import ServiceProcess
 
 PASSPHRASE = "e2e-passphrase-123"
 KME_B_USERS = ("bob", "dave", "frank")
+# Free keys each pool holds before a stack built by start_stack is used: more than any test
+# module that shares one stack takes, so no test depends on how fast the emulated link (a
+# low-priority thread) refills the pools on a busy machine. The first block yields ~150.
+KEYS_BEFORE_USE = 100
 
 
 def free_port() -> int:
@@ -38,6 +43,7 @@ class Stack:
     relay_args: tuple[str, ...] = ()
     relay: ServiceProcess | None = None
     kme: ServiceProcess | None = None
+    keys_before_use: int = 0  # start_kme returns once both pools hold this many free keys
 
     @property
     def relay_url(self) -> str:
@@ -63,10 +69,13 @@ class Stack:
         self.kme = ServiceProcess(
             "kme",
             ["kme", "pair", "--data", str(self.root / "kme"), "--port-a", str(self.port_a),
-             "--port-b", str(self.port_b), "--status-interval", "0", *self.kme_args, *extra],
+             "--port-b", str(self.port_b), "--status-interval", "0", *self.kme_args, *extra,
+             *(["--keys-ready", str(self.keys_before_use)] if self.keys_before_use else [])],
             log=self.root / "kme.log",
         ).start()
         self.kme.wait_for("ready kme-bob", timeout=60)
+        if self.keys_before_use:
+            self.kme.wait_for("keys ready", timeout=300)
 
     def wait_for_qkd_keys(self, minimum: int = 64, timeout: float = 60.0) -> None:
         """Until the link has put ``minimum`` keys in alice's pool for bob (the first
@@ -128,9 +137,20 @@ class Stack:
         return list(json.loads(result.stdout))
 
 
+def _pools_filled_by_hand(kme_args: tuple[str, ...]) -> bool:
+    """``--link none``: no link fills the pools; the test puts keys there itself."""
+    return any((flag, value) == ("--link", "none") or flag == "--link=none"
+               for flag, value in pairwise((*kme_args, "")))
+
+
 def start_stack(root: Path, *kme_args: str, users: tuple[str, ...] = ("alice", "bob")) -> Stack:
-    """Relay, KME pair and profiles; every user but bob has added bob as a contact."""
-    stack = Stack(root, kme_args=kme_args)
+    """Relay, KME pair and profiles; every user but bob has added bob as a contact.
+
+    Unless the pools are filled by hand (``--link none``), the link has put KEYS_BEFORE_USE
+    keys in both pools first: a contact added with empty pools would make a degraded session.
+    """
+    stack = Stack(root, kme_args=kme_args,
+                  keys_before_use=0 if _pools_filled_by_hand(kme_args) else KEYS_BEFORE_USE)
     try:
         stack.start_relay()
         stack.start_kme()
