@@ -77,27 +77,6 @@ class Stack:
         if self.keys_before_use:
             self.kme.wait_for("keys ready", timeout=300)
 
-    def wait_for_qkd_keys(self, minimum: int = 64, timeout: float = 60.0) -> None:
-        """Until the link has put ``minimum`` keys in alice's pool for bob (the first
-        sessions must not race the QKD link's first blocks and start degraded)."""
-        from keysource.kme.client import KmeError, SaeClient
-
-        pki = self.root / "kme" / "pki"
-        deadline = time.monotonic() + timeout
-        with SaeClient(f"https://127.0.0.1:{self.port_a}", ca=pki / "ca.pem",
-                       cert=pki / "sae" / "sae-alice.pem", key=pki / "sae" / "sae-alice.key",
-                       sae_id="sae-alice") as client:
-            while True:
-                try:
-                    if client.get_status("sae-bob").stored_key_count >= minimum:
-                        return
-                except KmeError:
-                    pass  # not serving yet: asked again below, until the deadline
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the QKD link gave fewer than {minimum} keys in "
-                                       f"{timeout:.0f}s")
-                time.sleep(0.2)
-
     def stop(self) -> None:
         for service in (self.relay, self.kme):
             if service is not None:
@@ -156,7 +135,6 @@ def start_stack(root: Path, *kme_args: str, users: tuple[str, ...] = ("alice", "
         stack.start_kme()
         for handle in users:
             stack.init(handle)
-        stack.wait_for_qkd_keys()
         # bob logs in once so his prekeys are on the relay; the others then add him.
         stack.cli("bob", "recv", check=True)
         for handle in users:
