@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
