@@ -72,18 +72,26 @@ def run_recv(args: argparse.Namespace) -> int:
 
         messenger.subscribe(lambda e: show(e.message) if isinstance(e, MessageEvent) else None)
         await go_online(messenger, args.timeout)
+        status = EXIT_OK
         try:
             for contact in messenger.contacts():
                 for message in messenger.unread(contact.handle):
                     show(message)
-            while args.follow or time.monotonic() - last < RECV_IDLE_S:
+            try:  # the relay's backlog first, however long opening it takes (KME waits)
+                await messenger.caught_up(args.timeout)
+            except MessengerError as exc:
+                if not args.follow:
+                    print(f"qsecret recv: {one_line(exc)}", file=sys.stderr)
+                    status = EXIT_NOT_DONE
+            last = time.monotonic()
+            while args.follow or (status == EXIT_OK and time.monotonic() - last < RECV_IDLE_S):
                 await asyncio.sleep(0.2)
                 for peer in list(peers):  # read receipts: these were shown to the user
                     await messenger.mark_read(peer)
                 peers.clear()
         finally:
             await messenger.stop()
-        return 0
+        return status
 
     try:
         return asyncio.run(main())

@@ -96,8 +96,10 @@ def register(subparsers: Subparsers) -> None:
 
     recv = _command(
         subparsers, "recv", "print received messages (scriptable)",
-        "Connect, print the messages waiting at the relay and exit when none arrive for "
-        f"{RECV_IDLE_S:.0f}s; --follow keeps printing until Ctrl+C. Logging in also publishes "
+        "Connect, print every message that was waiting at the relay, and exit once all of "
+        f"them are handled and no new one has come for {RECV_IDLE_S:.0f}s (if none arrives for "
+        "--timeout seconds while some are still waiting, exit 1 and say how many: they stay "
+        "queued). --follow keeps printing until Ctrl+C. Logging in also publishes "
         "this profile's prekeys (the first run after 'qsecret init' makes you addable).",
         "qsecret recv",
         "qsecret recv --follow --json",

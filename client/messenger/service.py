@@ -85,6 +85,11 @@ class MessengerService:
         self._started = False
         self._login_error: MessengerError | None = None
         self._logged_in = asyncio.Event()
+        # The relay's backlog for us at the last login, and how many deliveries were handled
+        # since (opened, dropped or held for QKD keys): caught_up() compares the two.
+        self._backlog = 0
+        self._handled = 0
+        self._progress = asyncio.Condition()
         self.connection = ConnectionEvent(Connection.CONNECTING)
         self.relay = RelayLink(
             config.relay_url, handle, identity.public.signing_key, identity.sign,
@@ -164,6 +169,25 @@ class MessengerService:
         if self._login_error is not None:
             raise self._login_error
 
+    async def caught_up(self, stall_timeout: float = 30.0) -> None:
+        """Until every envelope the relay held for us at login has been handled (opened,
+        dropped as bad, or held for QKD keys). Waits as long as deliveries keep coming;
+        ``MessengerError`` when none was handled for ``stall_timeout`` seconds, saying how
+        many are still at the relay (nothing is lost: they come at the next login)."""
+        await self.wait_online()
+        async with self._progress:
+            while self._handled < self._backlog:
+                before = self._handled
+                try:
+                    await asyncio.wait_for(self._progress.wait(), stall_timeout)
+                except TimeoutError:
+                    if self._handled == before:
+                        left = self._backlog - self._handled
+                        raise MessengerError(
+                            f"{left} message(s) still at the relay: none arrived within "
+                            f"{stall_timeout:.0f}s (they stay queued for the next login)"
+                        ) from None
+
     # -- relay callbacks ---------------------------------------------------------------
 
     def _on_state(self, event: ConnectionEvent) -> None:
@@ -183,6 +207,9 @@ class MessengerService:
         """Login work, beside the relay's read loop: prekeys, then the outbox, then the
         transfers; ``wait_online`` returns (or raises the refusal) once it is done."""
         self._login_error = None
+        async with self._progress:
+            self._backlog, self._handled = auth.queued, 0
+            self._progress.notify_all()
         try:
             try:
                 if auth.new:
@@ -205,7 +232,12 @@ class MessengerService:
         if isinstance(event, BinaryFrame):
             await self.files.on_binary(event)
         elif isinstance(event, Deliver):
-            await self._inbox.receive(event)
+            try:
+                await self._inbox.receive(event)
+            finally:
+                async with self._progress:
+                    self._handled += 1
+                    self._progress.notify_all()
         elif isinstance(event, Stored):
             self._outbox.on_stored(event.msg)
         elif isinstance(event, Error):

@@ -161,6 +161,9 @@ class StaticMessenger:
         self.stopped = True
         self._callbacks.clear()
 
+    async def caught_up(self, stall_timeout: float = 30.0) -> None:
+        return None  # nothing is ever queued at a relay it does not have
+
     def contacts(self) -> list[ContactView]:
         views = []
         for handle in sorted(self._contacts):

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from client.cli.parsers import RECV_IDLE_S
+from tests.e2e.holdproxy import HoldProxy
 from tests.e2e.stack import PASSPHRASE, Stack
 
 FULL = "QKD+ML-KEM-768+X25519"
@@ -84,6 +86,32 @@ def test_200_messages_across_relay_and_client_restarts(stack: Stack) -> None:
     assert _texts(alice_view, "alice")[: len(a_to_b)] == a_to_b
     assert {m["keys"] for m in bob_view + alice_view} == {FULL}
     assert "msg while relay is down" not in [m["text"] for m in bob_view]
+
+
+def test_recv_prints_the_whole_backlog_however_slow_the_kme(stack: Stack) -> None:
+    """``recv`` exits once the relay's backlog is handled, not after a quiet spell: with
+    bob's KME answers held longer than RECV_IDLE_S, every waiting message is still shown."""
+    texts = [f"behind a slow KME {n}" for n in range(5)]
+    stack.cli("alice", "recv", check=True)  # alice has bob's latest ratchet key: a turn next
+    stack.cli("alice", "send", "bob", "-", stdin="\n".join(texts), check=True)
+    proxy = HoldProxy(stack.port_b).start()  # bob's KME, behind a forwarder we can hold
+    try:
+        proxy.hold()
+        env = {**os.environ, "QSECRET_PASSPHRASE": PASSPHRASE}
+        bob = subprocess.Popen(
+            [sys.executable, "-m", "client", "recv", "--json", "--data",
+             str(stack.profile("bob")), "--relay", stack.relay_url, "--kme", proxy.url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        assert proxy.request_while_held.wait(60), "bob never asked his KME for the keys"
+        time.sleep(RECV_IDLE_S + 1)  # the slow KME: answers come later than recv's idle exit
+        proxy.release()
+        out, err = bob.communicate(timeout=120)
+    finally:
+        proxy.release()
+        proxy.stop()
+    assert bob.returncode == 0, err
+    shown = [json.loads(line)["text"] for line in out.splitlines()]
+    assert shown[-len(texts):] == texts
 
 
 def test_wrong_passphrase_is_refused_clearly(stack: Stack) -> None:
