@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -23,3 +24,51 @@ def require_liboqs() -> None:
 @pytest.fixture
 def liboqs() -> None:
     require_liboqs()
+
+
+# -- end-to-end tests on each PQ backend present ----------------------------------------
+#
+# Real processes pick their backend at start: QSECRET_DISABLE_LIBOQS=1 keeps liboqs out,
+# and without it a process uses liboqs when the library is found (OQS_INSTALL_PATH). A
+# module of end-to-end tests runs once per backend (its services and profiles made anew);
+# the liboqs run skips with the reason when liboqs is absent, or fails under
+# QSECRET_REQUIRE_OQS=1.
+
+PQ_BACKENDS = ("openssl", "liboqs")
+CORE_SOURCES = "QKD+ML-KEM-768+X25519"
+
+
+def use_pq_backend(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every process started from now on (relay, KMEs, clients) use backend ``name``."""
+    if name == "liboqs":
+        require_liboqs()
+        monkeypatch.delenv("QSECRET_DISABLE_LIBOQS", raising=False)
+    else:
+        monkeypatch.setenv("QSECRET_DISABLE_LIBOQS", "1")
+
+
+def full_sources(backend: str) -> frozenset[str]:
+    """The key labels of messages protected by every source a ``backend`` profile offers:
+    QKD + ML-KEM-768 + X25519, and with liboqs the conservative KEM of the handshake too
+    (ratchet turns after it mix ML-KEM, QKD and X25519)."""
+    if backend == "openssl":
+        return frozenset({CORE_SOURCES})
+    from client.protocol.bundle import conservative_kem_available
+
+    conservative = conservative_kem_available()
+    assert conservative is not None, "liboqs is loaded but offers no conservative KEM"
+    return frozenset({CORE_SOURCES, f"QKD+ML-KEM-768+{conservative}+X25519"})
+
+
+def degraded_sources(backend: str) -> frozenset[str]:
+    """The key labels of messages sent without QKD keys (policy ``prefer``)."""
+    return frozenset(f"{label.removeprefix('QKD+')} (degraded: no QKD)"
+                     for label in full_sources(backend))
+
+
+@pytest.fixture(scope="module", params=PQ_BACKENDS)
+def pq_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The backend of this module's processes (use it autouse in an end-to-end conftest)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_pq_backend(request.param, monkeypatch)
+        yield request.param

@@ -9,8 +9,14 @@ import pytest
 from tests.e2e.stack import Stack, start_stack
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _on_each_backend(pq_backend: str) -> str:
+    """Every end-to-end module runs once per PQ backend present (tests/conftest.py)."""
+    return pq_backend
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
     stack = start_stack(tmp_path_factory.mktemp("stack"))
     try:
         yield stack

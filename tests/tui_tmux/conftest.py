@@ -39,3 +39,9 @@ def terminal(tmux_binary: str, tmp_path: Path) -> Iterator[Callable[[str], TmuxT
     finally:
         for term in made:
             term.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _on_each_backend(pq_backend: str) -> str:
+    """The real-terminal tests run once per PQ backend present (tests/conftest.py)."""
+    return pq_backend
