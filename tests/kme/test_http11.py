@@ -268,8 +268,11 @@ def test_private_loop_runs_the_async_client_for_blocking_callers() -> None:
 
         assert asyncio.run(from_inside_a_running_loop()) == 200
         assert loop.run(get(url)) == 200
-        srv.close()
-        server_loop.run(srv.wait_closed())
+        async def shut() -> None:  # on the server's own loop: asyncio is not thread-safe
+            srv.close()
+            await srv.wait_closed()
+
+        server_loop.run(shut())
     finally:
         loop.close()
         server_loop.close()
