@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def tls_stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
     stack = Stack(tmp_path_factory.mktemp("tls"), relay_scheme="wss")
     try:
         stack.relay = ServiceProcess(

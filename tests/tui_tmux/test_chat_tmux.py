@@ -24,7 +24,8 @@ QUIT_TIMEOUT_S = 20.0
 
 
 @pytest.fixture(scope="module")
-def stack(tmux_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmux_binary: str, tmp_path_factory: pytest.TempPathFactory,
+          pq_backend: str) -> Iterator[Stack]:
     """Relay + KME pair; bob has logged in once and alice has added him as a contact.
     (Needs tmux first, so nothing starts when the tests are skipped.)"""
     stack = start_stack(tmp_path_factory.mktemp("tmux-chat"), users=("alice", "bob"))
