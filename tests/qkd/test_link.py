@@ -157,8 +157,16 @@ def test_garbage_frames_abort_cleanly_and_the_link_recovers() -> None:
     bad = link.run_block()
     assert bad.report.aborted and bad.keys_a == []
     link.tamper_hook = None
-    good = link.run_block()
-    assert not good.report.aborted and good.keys_a == good.keys_b
+    # The link recovers: the blocks after the garbage run as any block does. A block may
+    # still abort on its own for the one reason Cascade allows (residual errors caught by the
+    # verification hash, rare at this QBER and never a key mismatch); a handful of blocks
+    # make that chance negligible, and no other abort reason is accepted.
+    for _ in range(5):
+        good = link.run_block()
+        if not good.report.aborted:
+            break
+        assert good.report.reason == "verification hash mismatch: residual errors", good.report
+    assert not good.report.aborted and good.keys_a and good.keys_a == good.keys_b
     for junk in (b"", b"Q", b"C\x01", b"Z" * 10, b"Q" + bytes(30)):
         assert link.bob.receive(junk).keys == []
         assert link.alice.receive(junk).keys == []
