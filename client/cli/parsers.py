@@ -107,7 +107,8 @@ def register(subparsers: Subparsers) -> None:
     _profile_args(recv)
     recv.add_argument("--follow", action="store_true", help="keep running")
     recv.add_argument("--json", action="store_true", help="one JSON object per line")
-    _timeout_arg(recv)
+    _timeout_arg(recv, "give up connecting, or waiting for the next of the messages still at "
+                       "the relay, after this many seconds (default 30)")
     recv.set_defaults(func=_later("messages", "run_recv"))
 
     export = _command(
@@ -230,9 +231,9 @@ def _profile_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kme", dest="kme_url", help="KME URL ($QSECRET_KME_URL)")
 
 
-def _timeout_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=30.0,
-                        help="give up connecting after this many seconds (default 30)")
+def _timeout_arg(parser: argparse.ArgumentParser,
+                 text: str = "give up connecting after this many seconds (default 30)") -> None:
+    parser.add_argument("--timeout", type=float, default=30.0, help=text)
 
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
