@@ -31,18 +31,15 @@ def _new_id() -> str:
 
 @dataclass(frozen=True, repr=False)
 class _Envelope:
-    """The fields every kind shares; subclasses add theirs in ``_fields``."""
+    """The fields every kind shares; each kind's ``encode`` adds its own through ``_encode``."""
 
     kind: ClassVar[str]
     id: str
     ts: float
 
-    def encode(self) -> bytes:
+    def _encode(self, fields: dict[str, Any]) -> bytes:
         return cbor2.dumps({"v": VERSION, "t": self.kind, "id": self.id, "ts": self.ts,
-                            **self._fields()})
-
-    def _fields(self) -> dict[str, Any]:
-        raise NotImplementedError
+                            **fields})
 
     def __repr__(self) -> str:  # never print message text or secrets
         return f"{type(self).__name__}(id={self.id!r})"
@@ -55,8 +52,8 @@ class Text(_Envelope):
     kind: ClassVar[str] = "text"
     text: str = ""
 
-    def _fields(self) -> dict[str, Any]:
-        return {"text": self.text}
+    def encode(self) -> bytes:
+        return self._encode({"text": self.text})
 
 
 @dataclass(frozen=True, repr=False)
@@ -67,8 +64,8 @@ class Receipt(_Envelope):
     state: str = "delivered"
     ids: tuple[str, ...] = ()
 
-    def _fields(self) -> dict[str, Any]:
-        return {"state": self.state, "ids": list(self.ids)}
+    def encode(self) -> bytes:
+        return self._encode({"state": self.state, "ids": list(self.ids)})
 
 
 @dataclass(frozen=True, repr=False)
@@ -80,8 +77,9 @@ class TransferMessage(_Envelope):
     data: bytes = b""
     secret: bytes = b""
 
-    def _fields(self) -> dict[str, Any]:
-        return {"data": self.data, **({"secret": self.secret} if self.secret else {})}
+    def encode(self) -> bytes:
+        return self._encode({"data": self.data,
+                             **({"secret": self.secret} if self.secret else {})})
 
 
 Payload = Text | Receipt | TransferMessage

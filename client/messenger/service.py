@@ -298,13 +298,7 @@ class MessengerService:
 
     async def send(self, peer: str, text: str) -> MessageView:
         async with self._life.operation():
-            try:
-                body = payloads.text(text)
-            except payloads.PayloadError as exc:
-                raise MessengerError(str(exc)) from None
-            conversation = ConversationId.direct(peer)
-            if not self._sessions.exists(conversation):
-                await self._add_contact(peer)
+            conversation, body = await self._text_for(peer, text)
             sealed = await self._outbox.send(conversation, body, wait=False,
                                              timeout=SEND_TIMEOUT_S)
             self._emit(KeyStatusEvent(self._keys.status(conversation)))
@@ -314,15 +308,20 @@ class MessengerService:
     async def send_and_wait(self, peer: str, text: str, timeout: float = SEND_TIMEOUT_S) -> str:
         """Send and return once the relay holds the message durably (for scripts)."""
         async with self._life.operation():
-            try:
-                body = payloads.text(text)
-            except payloads.PayloadError as exc:
-                raise MessengerError(str(exc)) from None
-            conversation = ConversationId.direct(peer)
-            if not self._sessions.exists(conversation):
-                await self._add_contact(peer)
+            conversation, body = await self._text_for(peer, text)
             await self._outbox.send(conversation, body, wait=True, timeout=timeout)
             return body.id
+
+    async def _text_for(self, peer: str, text: str) -> tuple[ConversationId, payloads.Text]:
+        """The text payload and its conversation, adding ``peer`` as a contact if new."""
+        try:
+            body = payloads.text(text)
+        except payloads.PayloadError as exc:
+            raise MessengerError(str(exc)) from None
+        conversation = ConversationId.direct(peer)
+        if not self._sessions.exists(conversation):
+            await self._add_contact(peer)
+        return conversation, body
 
     # -- file transfers ----------------------------------------------------------------
 
