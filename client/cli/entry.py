@@ -51,6 +51,30 @@ BUILTIN_COMMANDS: dict[str, str] = {
 SWITCH_INTERVAL_S: dict[str, float] = {"send-file": 0.0005}
 
 
+def dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1 PID`` prints every thread's stack and every asyncio task's to stderr.
+
+    For a process that will not stop: it says where each thread and task is waiting, and
+    the process carries on. A process-wide signal handler, so only this entry point sets it.
+    """
+    import faulthandler
+    import signal
+
+    def dump(signum: int, frame: object) -> None:
+        faulthandler.dump_traceback(sys.stderr, all_threads=True)
+        import asyncio
+
+        loop = asyncio._get_running_loop()  # set while the main thread runs an event loop
+        if loop is not None:
+            for task in asyncio.all_tasks(loop):
+                print(f"--- {task!r}", file=sys.stderr)
+                task.print_stack(file=sys.stderr)
+        sys.stderr.flush()
+
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, dump)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; with a built-in ``command``, only the module that registers it."""
     parser = argparse.ArgumentParser(
@@ -94,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = _command_name(words)
     if command in SWITCH_INTERVAL_S:
         sys.setswitchinterval(SWITCH_INTERVAL_S[command])
+    dump_stacks_on_sigusr1()
     level = os.environ.get("QSECRET_LOG", "").upper()
     if level:  # e.g. QSECRET_LOG=info: protocol and network events to stderr (never contents)
         import logging

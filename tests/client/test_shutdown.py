@@ -76,9 +76,15 @@ class Running:
         try:
             _, stderr = self.process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.communicate()
-            raise
+            # Where is it stuck? The qsecret entry point dumps every thread and task on USR1.
+            self.process.send_signal(signal.SIGUSR1)
+            try:
+                _, stderr = self.process.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                _, stderr = self.process.communicate()
+            raise AssertionError(f"{self.process.args[3:5]} did not exit within {timeout:g}s; "
+                                 f"its stderr and stacks:\n{stderr[-20000:]}") from None
         self._reader.join(10)
         return self.process.returncode, stderr
 
