@@ -64,10 +64,13 @@ class RelayRefused(RelayError):
 
 @dataclass
 class RelayCallbacks:
-    on_ready: Callable[[AuthOk], Awaitable[None]]
+    on_ready: Callable[[AuthOk], Awaitable[None]]  # login work, beside the read loop
     on_event: Callable[[Event], Awaitable[None]]
     on_state: Callable[[ConnectionEvent], None]
     on_pin: Callable[[str], None]  # a relay certificate fingerprint was pinned on first use
+    # Called in the read loop at the login, before anything read after it is dispatched
+    # (``on_ready`` may start later than that: frames read together are handled at once).
+    on_login: Callable[[AuthOk], None] | None = None
 
 
 class RelayLink:
@@ -176,6 +179,8 @@ class RelayLink:
 
     async def _dispatch(self, event: Event) -> None:
         if isinstance(event, AuthOk):
+            if self._callbacks.on_login is not None:
+                self._callbacks.on_login(event)
             self._callbacks.on_state(ConnectionEvent(Connection.ONLINE, self.url))
             self._ready.set()
             # Login work (prekey upload, outbox resend) awaits answers that only this read

@@ -89,11 +89,12 @@ class MessengerService:
         # since (opened, dropped or held for QKD keys): caught_up() compares the two.
         self._backlog = 0
         self._handled = 0
-        self._progress = asyncio.Condition()
+        self._progress = asyncio.Event()  # set whenever the two counts above change
         self.connection = ConnectionEvent(Connection.CONNECTING)
         self.relay = RelayLink(
             config.relay_url, handle, identity.public.signing_key, identity.sign,
-            RelayCallbacks(self._on_ready, self._on_relay_event, self._on_state, self._on_pin),
+            RelayCallbacks(self._on_ready, self._on_relay_event, self._on_state, self._on_pin,
+                           on_login=self._on_login),
             pinned_fingerprint=config.relay_fingerprint,
             spawn=self._life.spawn,
         )
@@ -175,18 +176,18 @@ class MessengerService:
         ``MessengerError`` when none was handled for ``stall_timeout`` seconds, saying how
         many are still at the relay (nothing is lost: they come at the next login)."""
         await self.wait_online()
-        async with self._progress:
-            while self._handled < self._backlog:
-                before = self._handled
-                try:
-                    await asyncio.wait_for(self._progress.wait(), stall_timeout)
-                except TimeoutError:
-                    if self._handled == before:
-                        left = self._backlog - self._handled
-                        raise MessengerError(
-                            f"{left} message(s) still at the relay: none arrived within "
-                            f"{stall_timeout:.0f}s (they stay queued for the next login)"
-                        ) from None
+        while self._handled < self._backlog:
+            before = self._handled
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), stall_timeout)
+            except TimeoutError:
+                if self._handled == before:
+                    left = self._backlog - self._handled
+                    raise MessengerError(
+                        f"{left} message(s) still at the relay: none arrived within "
+                        f"{stall_timeout:.0f}s (they stay queued for the next login)"
+                    ) from None
 
     # -- relay callbacks ---------------------------------------------------------------
 
@@ -203,13 +204,21 @@ class MessengerService:
         if self._save_config:
             self._save_config(self.config)
 
+    def _on_login(self, auth: AuthOk) -> None:
+        """The relay's backlog at this login; deliveries are counted from here on.
+
+        Runs in the read loop before any frame read after the login is dispatched: the
+        login work task (``_on_ready``) may start only after several deliveries that were
+        read together with the login have been handled, and counting from there forgot
+        them (``caught_up`` then waited for messages already handled).
+        """
+        self._backlog, self._handled = auth.queued, 0
+        self._progress.set()
+
     async def _on_ready(self, auth: AuthOk) -> None:
         """Login work, beside the relay's read loop: prekeys, then the outbox, then the
         transfers; ``wait_online`` returns (or raises the refusal) once it is done."""
         self._login_error = None
-        async with self._progress:
-            self._backlog, self._handled = auth.queued, 0
-            self._progress.notify_all()
         try:
             try:
                 if auth.new:
@@ -235,9 +244,8 @@ class MessengerService:
             try:
                 await self._inbox.receive(event)
             finally:
-                async with self._progress:
-                    self._handled += 1
-                    self._progress.notify_all()
+                self._handled += 1
+                self._progress.set()
         elif isinstance(event, Stored):
             self._outbox.on_stored(event.msg)
         elif isinstance(event, Error):
