@@ -222,7 +222,8 @@ class Relay:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(_outbox_empty(session), 1.0)
             self.metrics.count("qsecret_relay_closed_total", "code", str(close_code))
-            reason = "policy violation" if close_code == wire.CLOSE_POLICY else "going away"
+            reason = session.core.close_reason or (
+                "policy violation" if close_code == wire.CLOSE_POLICY else "going away")
             await session.ws.close(close_code, reason)
         session.closing = True
         self.sessions.discard(session)
@@ -235,6 +236,7 @@ class Relay:
             session.writer.cancel()
         session.room.set()
         session.send_room.set()
+        session.release()
         log.debug("connection closed handle=%s code=%s", session.handle, close_code)
 
     async def _writer(self, session: Session) -> None:
@@ -243,6 +245,8 @@ class Relay:
             while True:
                 await session.wake.wait()
                 session.wake.clear()
+                if session.redeliver_due and session.handle is not None:
+                    await self.envelopes.resend_due(session)
                 if session.need_drain and session.handle is not None and not session.draining:
                     await self.envelopes.drain(session)
                 while session.outbox:
@@ -308,7 +312,8 @@ class Relay:
         try:
             if isinstance(event, LoginAttempt):
                 close = await log_in(session, event, verifier=self.verifier, store=self.store,
-                                     router=self.router, metrics=self.metrics)
+                                     router=self.router, metrics=self.metrics,
+                                max_sessions=self.config.max_sessions_per_handle)
                 if session.handle is not None:
                     self.streams.logged_in(session)
                 return close
