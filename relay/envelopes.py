@@ -21,6 +21,7 @@ from keysource.pq import InvalidKey, InvalidSignature
 from relay import wire
 from relay.auth import Verifier
 from relay.config import RelayConfig
+from relay.memory import DRAIN_PAGE
 from relay.metrics import Metrics
 from relay.routing import Router
 from relay.session import Session
@@ -30,7 +31,6 @@ log = logging.getLogger("qsecret.relay")
 
 PREKEYS_LOW = 10  # tell the owner to upload more below this many one-time prekeys
 CONFIRM_SLICE = 128  # settled sends answered per loop pass
-DRAIN_PAGE = 64  # envelopes a drain reads beyond those already in flight
 
 
 class Envelopes:

@@ -39,6 +39,7 @@ from relay.housekeeping import (
     describe_metrics,
     tune_gc,
 )
+from relay.memory import READ_QUEUE_FRAMES
 from relay.metrics import Metrics
 from relay.routing import LocalRouter, Router
 from relay.session import Cork, RelayConnection, Session
@@ -133,7 +134,7 @@ class Relay:
             process_request=self._process_request,
             compression=None,
             max_size=wire.MAX_FRAME_BYTES,
-            max_queue=16,
+            max_queue=READ_QUEUE_FRAMES,
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_timeout,
             close_timeout=5,
