@@ -65,17 +65,22 @@ def connection_bound(config: RelayConfig) -> int:
     encoded frames only while the socket has not taken them, and once more for a
     redelivery (which waits until the socket has taken the first copies). A drain's
     store read holds the in-flight bodies and ``DRAIN_PAGE`` more until they are posted.
-    Reading: websockets queues up to ``READ_QUEUE_FRAMES`` frames (each at most
-    ``MAX_FRAME_BYTES``) while the handler is busy. Plus the connection's own objects.
+    Streams: a receiver's queue of binary frames is held to ``BULK_OUTBOX_LIMIT`` (its
+    senders wait), plus a spool page being sent. Reading: websockets queues up to
+    ``READ_QUEUE_FRAMES`` frames (each at most ``MAX_FRAME_BYTES``) while the handler
+    is busy. Plus the connection's own objects.
     """
-    from relay.wire import MAX_FRAME_BYTES
+    from relay.streams import BULK_OUTBOX_LIMIT, SPOOL_PAGE
+    from relay.wire import HEADER_BYTES, MAX_BINARY_PAYLOAD, MAX_FRAME_BYTES
 
     frame = deliver_frame_max()
     in_flight = config.window_bytes + frame
+    binary = HEADER_BYTES + MAX_BINARY_PAYLOAD
     return (CONNECTION_OVERHEAD_BYTES
             + 2 * in_flight  # first copies and one redelivery, unread by the client
             + in_flight + DRAIN_PAGE * frame  # a drain's store read, until it is posted
-            + (READ_QUEUE_FRAMES + 1) * MAX_FRAME_BYTES)
+            + (BULK_OUTBOX_LIMIT + 1 + SPOOL_PAGE) * binary  # stream frames to this client
+            + (READ_QUEUE_FRAMES + 1) * MAX_FRAME_BYTES)  # frames read, not yet handled
 
 
 def handle_bound(config: RelayConfig) -> int:
