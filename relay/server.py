@@ -314,7 +314,7 @@ class Relay:
             if isinstance(event, LoginAttempt):
                 close = await log_in(session, event, verifier=self.verifier, store=self.store,
                                      router=self.router, metrics=self.metrics,
-                                max_sessions=self.config.max_sessions_per_handle)
+                                     max_sessions=self.config.max_sessions_per_handle)
                 if session.handle is not None:
                     self.streams.logged_in(session)
                 return close
