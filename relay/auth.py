@@ -46,8 +46,10 @@ class Verifier:
 
 
 async def log_in(session: Session, attempt: LoginAttempt, *, verifier: Verifier, store: Store,
-                 router: Router[Session], metrics: Metrics) -> int | None:
-    """Verify, bind the handle, join the router and answer ``auth_ok``; or refuse."""
+                 router: Router[Session], metrics: Metrics,
+                 max_sessions: int) -> int | None:
+    """Verify, bind the handle, join the router and answer ``auth_ok``; or refuse (a handle
+    with ``max_sessions`` connections here already: close 1013, its sessions untouched)."""
     frame, core = attempt.frame, session.core
     if not await verifier.check(frame.identity, attempt.message, frame.sig):
         return _failed(session, "auth_failed", "signature did not verify")
@@ -59,6 +61,12 @@ async def log_in(session: Session, attempt: LoginAttempt, *, verifier: Verifier,
     prekeys = await store.prekey_count(frame.handle)
     if session.closing:
         return None
+    # Checked with no await before the join: two logins cannot both pass it.
+    if len(router.sessions(frame.handle)) >= max_sessions:
+        metrics.count("qsecret_relay_auth_total", "result", "too_many_sessions")
+        close = core.login_over_cap(frame.handle, max_sessions)
+        session.post_core()
+        return close
     core.login_ok(frame, new=status is BindStatus.NEW, queued=queued, prekeys=prekeys)
     # Until its drain has looked at the spool, file frames for it are spooled (order).
     session.spool_draining = True

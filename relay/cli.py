@@ -68,6 +68,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="seconds before an unacked delivery is sent again")
     parser.add_argument("--gc-interval", type=float, default=600.0,
                         help="seconds between full garbage-collection passes (default 600)")
+    # Memory bounded by configuration (see the README's relay memory formula).
+    parser.add_argument("--window", type=positive_int, default=512,
+                        help="unacknowledged deliveries per connection (default 512)")
+    parser.add_argument("--window-bytes", type=parse_size, default=1024 * 1024,
+                        help="bytes of unacknowledged deliver frames per connection "
+                             "(default 1MiB)")
+    parser.add_argument("--max-sessions-per-handle", type=positive_int, default=4,
+                        help="connections one handle may have logged in; a further login is "
+                             "refused with too_many_sessions and close 1013 (default 4)")
     parser.add_argument("--loop", choices=event_loop.CHOICES, default="auto",
                         help="event loop: uvloop when installed (auto, default) or asyncio")
     parser.add_argument("--log-level", default="info",
@@ -111,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         max_file_streams=args.max_file_streams,
         expire_interval=args.expire_interval,
         gc_interval=args.gc_interval,
+        window=args.window,
+        window_bytes=args.window_bytes,
+        max_sessions_per_handle=args.max_sessions_per_handle,
     )
     from relay.memory import keep_freed_memory
 
@@ -143,6 +155,17 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: the size must be positive")
     return size
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (for argparse: 0 would make a limit refuse everything)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
 
 
 def raise_open_files_limit() -> int:

@@ -46,3 +46,10 @@ class RelayConfig:
     sweep_interval: float = 1.0
     expire_interval: float = 60.0
     gc_interval: float = 600.0  # seconds between full cyclic-GC passes (see Relay.start)
+    # Memory bounded by configuration (issue 14; the formula is in the README): in-flight
+    # deliveries are kept as seqs and sizes (bodies are re-read from the store to redeliver),
+    # at most window_bytes of encoded deliver frames unacked per connection (one frame more
+    # when a single one is larger), and at most max_sessions_per_handle logged-in
+    # connections per handle on this relay (a further login is refused, close 1013).
+    window_bytes: int = 1024 * 1024
+    max_sessions_per_handle: int = 4

@@ -21,6 +21,7 @@ from keysource.pq import InvalidKey, InvalidSignature
 from relay import wire
 from relay.auth import Verifier
 from relay.config import RelayConfig
+from relay.memory import DRAIN_PAGE
 from relay.metrics import Metrics
 from relay.routing import Router
 from relay.session import Session
@@ -141,7 +142,8 @@ class Envelopes:
     def _push(self, session: Session, envelope: Envelope) -> None:
         """Deliver a fresh envelope now, unless the connection is behind (then it drains)."""
         if (session.draining or session.need_drain
-                or len(session.inflight) >= self.config.window):
+                or len(session.inflight) >= self.config.window
+                or session.inflight_bytes >= self.config.window_bytes):
             session.need_drain = True
             session.wake.set()
             return
@@ -150,38 +152,91 @@ class Envelopes:
     def _deliver(self, session: Session, envelope: Envelope) -> None:
         text = wire.Deliver(envelope.seq, envelope.msg, envelope.sender, envelope.body,
                             envelope.ts).encode()
-        session.inflight[envelope.seq] = (time.monotonic(), text)
+        size = len(text)
+        session.inflight[envelope.seq] = (time.monotonic(), size)
+        session.inflight_bytes += size
         session.post(text)
         self.metrics.count("qsecret_relay_deliveries_total")
 
+    def _window_full(self, session: Session) -> bool:
+        return (len(session.inflight) >= self.config.window
+                or session.inflight_bytes >= self.config.window_bytes)
+
     async def drain(self, session: Session) -> None:
-        """Send queued envelopes not already in flight, oldest first, up to the window."""
+        """Send queued envelopes not already in flight, oldest first, up to the window.
+
+        The store read covers what is in flight plus ``DRAIN_PAGE`` more, not a whole
+        window: the bodies read are held only until this pass has posted them, and this
+        keeps them to about ``window_bytes`` plus a page of the largest envelopes.
+        """
         assert session.handle is not None
         session.draining = True
         try:
-            while session.need_drain and len(session.inflight) < self.config.window:
+            while session.need_drain and not self._window_full(session):
                 session.need_drain = False
-                limit = self.config.window
+                limit = min(self.config.window, len(session.inflight) + DRAIN_PAGE)
                 rows = await self.store.pending(session.handle, limit)
                 fresh = [row for row in rows if row.seq not in session.inflight]
                 for row in fresh:
-                    if len(session.inflight) >= self.config.window:
+                    if self._window_full(session):
                         session.need_drain = True
                         break
                     self._deliver(session, row)
                 if len(rows) == limit and fresh:
                     session.need_drain = True
+                del rows, fresh  # not held across the next read
         finally:
             session.draining = False
 
     def redeliver(self, session: Session, now: float) -> None:
-        """Send again what was delivered over ``redeliver_after`` seconds ago and not acked."""
+        """Mark for sending again what was delivered over ``redeliver_after`` seconds ago
+        and not acked; the session's writer task re-reads and sends them (resend_due).
+
+        Nothing is marked while the connection has not taken what was already sent (frames
+        queued, or the transport's buffer over its high-water mark): a client that does not
+        read gets no second copies piling up in the relay's memory.
+        """
+        if (not session.inflight or session.redeliver_due or session.outbox
+                or session.ws.paused):
+            return
         stale = now - self.config.redeliver_after
-        for seq, (sent, text) in list(session.inflight.items()):
-            if sent < stale:
-                session.inflight[seq] = (now, text)
-                session.post(text)
-                self.metrics.count("qsecret_relay_redeliveries_total")
+        inflight = session.inflight
+        due = [seq for seq, (sent, _) in inflight.items() if sent < stale]
+        if not due:
+            return
+        for seq in due:
+            inflight[seq] = (now, inflight[seq][1])
+        session.redeliver_due = due
+        session.wake.set()
+
+    async def resend_due(self, session: Session) -> None:
+        """Send the deliveries marked by :meth:`redeliver` again, re-read from the store
+        in one batch: the same frame as the first time (the stored envelope's bytes)."""
+        handle = session.handle
+        assert handle is not None
+        due, session.redeliver_due = session.redeliver_due, []
+        rows = await self.store.envelopes(handle, due)
+        if session.closing:
+            return
+        found = {row.seq: row for row in rows}
+        del rows
+        inflight = session.inflight
+        now = time.monotonic()
+        for seq in due:
+            entry = inflight.get(seq)
+            if entry is None:  # acked while the store was read
+                continue
+            row = found.pop(seq, None)
+            if row is None:  # no longer queued (acked on another connection, or expired)
+                del inflight[seq]
+                session.inflight_bytes -= entry[1]
+                continue
+            text = wire.Deliver(row.seq, row.msg, row.sender, row.body, row.ts).encode()
+            size = len(text)
+            inflight[seq] = (now, size)
+            session.inflight_bytes += size - entry[1]
+            session.post(text)
+            self.metrics.count("qsecret_relay_redeliveries_total")
 
     def on_ack(self, session: Session, frame: wire.Ack) -> None:
         handle = session.handle
@@ -189,8 +244,11 @@ class Envelopes:
         self.store.ack_nowait(handle, frame.seqs)
         self.metrics.count("qsecret_relay_acks_total", amount=len(frame.seqs))
         for peer in self.router.sessions(handle):
+            inflight = peer.inflight
             for seq in frame.seqs:
-                peer.inflight.pop(seq, None)
+                entry = inflight.pop(seq, None)
+                if entry is not None:
+                    peer.inflight_bytes -= entry[1]
             if peer.need_drain:
                 peer.wake.set()
 

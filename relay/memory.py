@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from relay.config import RelayConfig
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -35,3 +39,56 @@ def keep_freed_memory() -> bool:
     trim = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     mmap = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     return bool(trim and mmap)
+
+
+# ---------------------------------------------------------------- the memory formula
+# What one logged-in connection can make the relay hold, as the README's formula
+# ("Relay memory") states it; tests/relay/test_relay_memory_bound.py holds a real relay to it.
+
+READ_QUEUE_FRAMES = 16  # frames websockets reads ahead of a busy handler (serve max_queue)
+DRAIN_PAGE = 64  # envelopes a drain reads beyond those in flight (relay/envelopes.py)
+CONNECTION_OVERHEAD_BYTES = 128 * 1024  # an idle logged-in connection: 39 KiB ws, 93 KiB wss
+FRAME_SLACK_BYTES = 256  # a deliver frame's JSON around its base64 body, rounded up
+
+
+def deliver_frame_max() -> int:
+    """The largest ``deliver`` frame: a ``MAX_ENVELOPE_BYTES`` body in base64 and its fields."""
+    from relay.wire import MAX_ENVELOPE_BYTES
+
+    return -(-MAX_ENVELOPE_BYTES // 3) * 4 + FRAME_SLACK_BYTES
+
+
+def connection_bound(config: RelayConfig) -> int:
+    """Bytes one connection can make the relay hold, whatever its client does.
+
+    Deliveries: unacked ones are at most ``window_bytes`` plus one frame, held as
+    encoded frames only while the socket has not taken them, and once more for a
+    redelivery (which waits until the socket has taken the first copies). A drain's
+    store read holds the in-flight bodies and ``DRAIN_PAGE`` more until they are posted.
+    Streams: a receiver's queue of binary frames is held to ``BULK_OUTBOX_LIMIT`` (its
+    senders wait), plus a spool page being sent. Reading: websockets queues up to
+    ``READ_QUEUE_FRAMES`` frames (each at most ``MAX_FRAME_BYTES``) while the handler
+    is busy. Plus the connection's own objects.
+    """
+    from relay.streams import BULK_OUTBOX_LIMIT, SPOOL_PAGE
+    from relay.wire import HEADER_BYTES, MAX_BINARY_PAYLOAD, MAX_FRAME_BYTES
+
+    frame = deliver_frame_max()
+    in_flight = config.window_bytes + frame
+    binary = HEADER_BYTES + MAX_BINARY_PAYLOAD
+    return (CONNECTION_OVERHEAD_BYTES
+            + 2 * in_flight  # first copies and one redelivery, unread by the client
+            + in_flight + DRAIN_PAGE * frame  # a drain's store read, until it is posted
+            + (BULK_OUTBOX_LIMIT + 1 + SPOOL_PAGE) * binary  # stream frames to this client
+            + (READ_QUEUE_FRAMES + 1) * MAX_FRAME_BYTES)  # frames read, not yet handled
+
+
+def handle_bound(config: RelayConfig) -> int:
+    """Bytes all the connections of one handle can make the relay hold."""
+    return config.max_sessions_per_handle * connection_bound(config)
+
+
+def relay_bound(config: RelayConfig, baseline: int) -> int:
+    """Bytes the whole relay can hold: its ``baseline`` (measured idle, with the store's
+    page cache full) plus every connection at its bound."""
+    return baseline + config.max_connections * connection_bound(config)

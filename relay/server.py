@@ -39,6 +39,7 @@ from relay.housekeeping import (
     describe_metrics,
     tune_gc,
 )
+from relay.memory import READ_QUEUE_FRAMES
 from relay.metrics import Metrics
 from relay.routing import LocalRouter, Router
 from relay.session import Cork, RelayConnection, Session
@@ -133,7 +134,7 @@ class Relay:
             process_request=self._process_request,
             compression=None,
             max_size=wire.MAX_FRAME_BYTES,
-            max_queue=16,
+            max_queue=READ_QUEUE_FRAMES,
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_timeout,
             close_timeout=5,
@@ -222,7 +223,8 @@ class Relay:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(_outbox_empty(session), 1.0)
             self.metrics.count("qsecret_relay_closed_total", "code", str(close_code))
-            reason = "policy violation" if close_code == wire.CLOSE_POLICY else "going away"
+            reason = session.core.close_reason or (
+                "policy violation" if close_code == wire.CLOSE_POLICY else "going away")
             await session.ws.close(close_code, reason)
         session.closing = True
         self.sessions.discard(session)
@@ -235,6 +237,7 @@ class Relay:
             session.writer.cancel()
         session.room.set()
         session.send_room.set()
+        session.release()
         log.debug("connection closed handle=%s code=%s", session.handle, close_code)
 
     async def _writer(self, session: Session) -> None:
@@ -243,6 +246,8 @@ class Relay:
             while True:
                 await session.wake.wait()
                 session.wake.clear()
+                if session.redeliver_due and session.handle is not None:
+                    await self.envelopes.resend_due(session)
                 if session.need_drain and session.handle is not None and not session.draining:
                     await self.envelopes.drain(session)
                 while session.outbox:
@@ -308,7 +313,8 @@ class Relay:
         try:
             if isinstance(event, LoginAttempt):
                 close = await log_in(session, event, verifier=self.verifier, store=self.store,
-                                     router=self.router, metrics=self.metrics)
+                                     router=self.router, metrics=self.metrics,
+                                     max_sessions=self.config.max_sessions_per_handle)
                 if session.handle is not None:
                     self.streams.logged_in(session)
                 return close

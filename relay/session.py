@@ -98,7 +98,12 @@ class Session:
         self.cork = cork
         self.metrics = metrics
         self.corked = False
-        self.inflight: dict[int, tuple[float, str]] = {}  # seq -> (sent at, frame)
+        # Deliveries not yet acked: seq -> (sent at, encoded size). No bodies: a redelivery
+        # re-reads them from the store (Envelopes.resend_due), so memory per connection is
+        # bounded by the config (window, window_bytes), not by what the client leaves unacked.
+        self.inflight: dict[int, tuple[float, int]] = {}
+        self.inflight_bytes = 0  # sum of the sizes in inflight
+        self.redeliver_due: list[int] = []  # seqs the writer task is to send again
         self.outbox: deque[str | bytes] = deque()
         self.wake = asyncio.Event()
         self.room = asyncio.Event()  # outbox drained (bulk senders wait on it)
@@ -165,6 +170,28 @@ class Session:
                 return
         self.outbox.append(data)
         self.wake.set()
+
+    def release(self) -> None:
+        """Drop what this closed connection holds, at once.
+
+        Sessions live long, so they sit in the oldest GC generation, which only the
+        sweeper's full pass (every ``gc_interval``) collects (relay.housekeeping.tune_gc).
+        A reference cycle through a closed session (its writer task, the connection's
+        inline hook, stream peers, waiting events) would keep its buffers until then;
+        emptying them here frees them now, whatever cycles remain.
+        """
+        self.closing = True
+        self.outbox.clear()
+        self.inflight.clear()
+        self.inflight_bytes = 0
+        self.redeliver_due = []
+        self.stored_batch = []
+        self.streams.clear()
+        self.writer = None
+        self.spool_task = None
+        ws = self.ws
+        if isinstance(ws, RelayConnection):
+            ws.inline = None
 
     def flush(self) -> None:
         """Write every frame framed so far in one go (what ``ws.send_data()`` does, joined)."""

@@ -178,6 +178,12 @@ class Store(ABC):
         """The oldest ``limit`` envelopes still queued for ``recipient``."""
 
     @abstractmethod
+    async def envelopes(self, recipient: str, seqs: Sequence[int]) -> list[Envelope]:
+        """The envelopes among ``seqs`` still queued for ``recipient``, in seq order (acked,
+        expired and unknown seqs are left out): one read for a whole redelivery, so the
+        relay keeps only seqs, not bodies, for what is in flight."""
+
+    @abstractmethod
     async def ack(self, recipient: str, seqs: Sequence[int]) -> int:
         """Delete these envelopes from ``recipient``'s own queue; return how many were there."""
 

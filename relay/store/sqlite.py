@@ -124,6 +124,7 @@ RELAY_SCHEMA = Schema(
 # The hot statements take many rows at once, in chunks of these sizes: a handful of
 # distinct (cached) statements, and one step per chunk instead of one per row.
 _CHUNKS = (256, 64, 16, 4, 1)
+_READ_CHUNK = 500  # seqs per SELECT ... IN (...) (far below SQLite's variable limit)
 _INSERT_ROWS = {n: "INSERT OR IGNORE INTO envelopes VALUES "
                    + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * n) for n in _CHUNKS}
 _ACK_ROWS = {n: "UPDATE envelopes SET body=NULL FROM (VALUES "
@@ -522,6 +523,24 @@ class SqliteStore(Store):
             "AND body IS NOT NULL ORDER BY seq LIMIT ?",
             (recipient, limit),
         ).fetchall()
+        return [Envelope(seq, recipient, sender, msg, body, ts)
+                for seq, sender, msg, body, ts in rows]
+
+    async def envelopes(self, recipient: str, seqs: Sequence[int]) -> list[Envelope]:
+        return await self._call(self._envelopes, recipient, tuple(seqs))
+
+    @staticmethod
+    def _envelopes(db: sqlite3.Connection, recipient: str,
+                   seqs: tuple[int, ...]) -> list[Envelope]:
+        rows: list[tuple[int, str, str, bytes, int]] = []
+        for start in range(0, len(seqs), _READ_CHUNK):
+            chunk = seqs[start:start + _READ_CHUNK]
+            rows.extend(db.execute(
+                "SELECT seq, sender, msg, body, ts FROM envelopes WHERE recipient=? "
+                f"AND body IS NOT NULL AND seq IN ({','.join('?' * len(chunk))})",
+                (recipient, *chunk),
+            ))
+        rows.sort()
         return [Envelope(seq, recipient, sender, msg, body, ts)
                 for seq, sender, msg, body, ts in rows]
 

@@ -51,7 +51,7 @@ _HOME = {
     ], ".client"),
     **dict.fromkeys([
         "CLOSE_BAD_UTF8", "CLOSE_GOING_AWAY", "CLOSE_POLICY", "CLOSE_TOO_BIG",
-        "ERROR_CODES", "WireError",
+        "CLOSE_TRY_AGAIN", "ERROR_CODES", "WireError",
     ], ".errors"),
     **dict.fromkeys([
         "HYBRID_PUBLIC_KEY_BYTES", "HYBRID_SIGNATURE_BYTES", "MAX_ACK_SEQS",
@@ -94,6 +94,7 @@ if TYPE_CHECKING:
         CLOSE_GOING_AWAY,
         CLOSE_POLICY,
         CLOSE_TOO_BIG,
+        CLOSE_TRY_AGAIN,
         ERROR_CODES,
         WireError,
     )
@@ -150,6 +151,7 @@ __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_POLICY",
     "CLOSE_TOO_BIG",
+    "CLOSE_TRY_AGAIN",
     "ClientConnection",
     "Deliver",
     "ERROR_CODES",

@@ -35,6 +35,8 @@ ERROR_CODES: dict[str, str] = {
     "bad_prekeys": "prekey bundle signature or identity did not verify; nothing stored, +1 strike",
     "no_bundle": "prekeys_fetch for a handle that never uploaded a bundle",
     "internal": "the relay could not complete the request (e.g. storage error); retry later",
+    "too_many_sessions": "a login of a handle that already has max_sessions_per_handle"
+    " connections on this relay; refused, then the connection closes with 1013, no strike",
 }
 
 # Not an error: a connection over its frame rate is throttled (the relay reads no
@@ -46,6 +48,7 @@ CLOSE_POLICY = 1008  # repeated abuse, auth timeout, 3 failed auths
 CLOSE_TOO_BIG = 1009  # frame over max_size (raised by websockets itself)
 CLOSE_BAD_UTF8 = 1007  # text frame that is not UTF-8 (raised by websockets itself)
 CLOSE_GOING_AWAY = 1001  # idle timeout or relay shutdown
+CLOSE_TRY_AGAIN = 1013  # a login over the handle's session cap (try again later)
 
 
 class WireError(Exception):

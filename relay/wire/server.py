@@ -27,7 +27,7 @@ from relay.limits import Strikes, TokenBucket
 
 from .auth import auth_message
 from .binary import parse_binary_header
-from .errors import CLOSE_GOING_AWAY, CLOSE_POLICY, WireError
+from .errors import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN, WireError
 from .frames import (
     NONCE_BYTES,
     SUPPORTED_VERSIONS,
@@ -212,6 +212,16 @@ class ServerConnection:
         elif self.close_code is None:
             self._send_hello()
         return self.close_code
+
+    def login_over_cap(self, handle: str, limit: int) -> int:
+        """A valid login of a handle that has ``limit`` connections here already: refuse
+        it (no strike: the owner's own devices) and close with 1013, try again later."""
+        self.login_pending = False
+        self.refuse("too_many_sessions",
+                    f"{handle!r} has {limit} connections to this relay already; close one",
+                    strike=False)
+        self._close(CLOSE_TRY_AGAIN, "too many sessions")
+        return CLOSE_TRY_AGAIN
 
     def login_ok(self, frame: Auth, *, new: bool, queued: int, prekeys: int) -> None:
         """The shell verified the signature and bound the handle: the connection is ready."""
