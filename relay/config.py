@@ -46,3 +46,12 @@ class RelayConfig:
     sweep_interval: float = 1.0
     expire_interval: float = 60.0
     gc_interval: float = 600.0  # seconds between full cyclic-GC passes (see Relay.start)
+    # -- operator endpoints (README "Relay metrics"). /metrics is not served on the websocket
+    # port unless metrics_token is set (then it needs "Authorization: Bearer TOKEN"), so
+    # exposing the relay, directly or behind a proxy, never exposes its metrics by accident.
+    # metrics_host/metrics_port: a separate plain-HTTP listener for /metrics and /healthz
+    # (port 0 picks one); the token, when set, is needed there too. /healthz stays on the
+    # websocket port for load balancers: it says "ok" and nothing else.
+    metrics_host: str | None = None
+    metrics_port: int = 0
+    metrics_token: str | None = None
