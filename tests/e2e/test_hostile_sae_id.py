@@ -4,8 +4,10 @@ Mallory publishes validly signed prekey bundles whose SAE_ID would walk or break
 ('../', '/', control characters, over-long, percent-encoded dots). Alice runs the real
 ``qsecret contacts add``: each is refused with a message naming the SAE_ID, exit status 2,
 and no contact is left behind (without the check, the contact was added: the KME request
-failed and the session went on without QKD). tests/kme/test_etsi_api.py shows that the SAE
-client refuses such a value before any request and that the KME refuses it in a path.
+failed and the session went on without QKD). An opening message naming such an SAE_ID as its
+sender's is dropped when alice reads it, with the same reason, before any dec_keys request.
+tests/kme/test_etsi_api.py shows that the SAE client refuses such a value before any request
+and that the KME refuses it in a path.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from client.protocol.bundle import generate_prekeys
+from client.protocol import Session
+from client.protocol.bundle import generate_prekeys, parse_bundle_parts
 from client.protocol.identity import Identity
 from relay import wire
 from tests.e2e.stack import Stack
@@ -92,3 +95,40 @@ def test_a_valid_bundle_from_the_same_path_is_accepted(stack: Stack) -> None:
     """The refusals above come from the SAE_ID alone: the same upload with a good one works."""
     asyncio.run(_publish(stack.relay_url, "mallory-good", "sae-mallory"))
     stack.cli("alice", "contacts", "add", "mallory-good", check=True)
+
+
+async def _send_opening_message(relay_url: str, handle: str, sae_id: str, to: str) -> None:
+    """Open a session to ``to`` from a fresh identity that names ``sae_id`` as its SAE."""
+    identity = Identity.generate()
+    signer = _Signer(handle, identity)
+    client = await Client(relay_url, signer).connect()  # type: ignore[arg-type]
+    try:
+        client.conn.fetch_prekeys(to, req_id="get")
+        await client.flush()
+        await client.wait(lambda: any(isinstance(e, wire.Bundle) for e in client.events))
+        got = next(e for e in client.events if isinstance(e, wire.Bundle))
+        bundle = parse_bundle_parts(to, got.bundle.identity, got.bundle.signed,
+                                    got.bundle.signed_sig,
+                                    [(k.key_id, k.key, k.sig) for k in got.bundle.one_time])
+        outgoing = Session.initiate(identity, handle, sae_id, bundle, None).encrypt(b"hello")
+        msg = client.conn.send(to, outgoing.wire)
+        await client.flush()
+        await client.wait(lambda: msg in client.stored)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("name", ["dotdot", "newline", "long"])
+def test_a_hostile_sae_id_in_an_opening_message_is_refused_when_it_is_read(
+        stack: Stack, name: str) -> None:
+    stack.cli("alice", "recv", check=True)  # alice's bundle is on the relay
+    handle = f"opener-{name}"
+    asyncio.run(_send_opening_message(stack.relay_url, handle, HOSTILE[name], "alice"))
+    # (Its exit status is not the point here: a message dropped as bad may be counted before
+    # the login's backlog is set, and recv then waits --timeout for it.)
+    result = stack.cli("alice", "recv", "--timeout", "10")
+    assert "hello" not in result.stdout
+    assert "initial message refused: invalid SAE_ID" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    listed = stack.cli("alice", "contacts", "list", check=True)
+    assert handle not in listed.stdout
