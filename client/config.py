@@ -53,7 +53,7 @@ class ClientConfig:
         values = {item.name: getattr(self, item.name) for item in fields(self)
                   if item.name != "data_dir"}
         for name, value in values.items():
-            _check(name, value, "setting")
+            _check(name, value, f"{self.config_path} (not written)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         text = ("# qsecret profile settings; environment variables QSECRET_* override these\n"
                 + tomli_w.dumps(values))

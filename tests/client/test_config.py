@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,8 @@ FIRST_PER_SETTING = list({name: (name, toml, message)
                           for name, toml, message in reversed(BAD_VALUES)}.values())
 
 
-def test_every_setting_has_a_bad_value_case() -> None:
+def test_every_setting_has_a_check_and_a_bad_value_case() -> None:
+    assert set(SETTINGS) == {f.name for f in fields(ClientConfig)} - {"data_dir"}
     assert {name for name, _, _ in FIRST_PER_SETTING} == set(SETTINGS)
 
 
@@ -137,7 +139,7 @@ def test_bad_values_from_the_environment_and_flags_are_named(
 
 
 def test_a_bad_setting_is_never_written(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="setting: qkd_policy = 'x'"):
+    with pytest.raises(ConfigError, match=r"config.toml \(not written\): qkd_policy = 'x'"):
         ClientConfig(data_dir=tmp_path, qkd_policy="x").save()
     assert not (tmp_path / "config.toml").exists()
 
