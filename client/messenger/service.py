@@ -192,6 +192,10 @@ class MessengerService:
 
     def _on_state(self, event: ConnectionEvent) -> None:
         self.connection = event
+        if event.state is Connection.ONLINE:
+            # Reported before the login work is spawned and before any delivery of this
+            # connection is handled, so every one of them counts against its backlog.
+            self._handled = 0
         if event.state is Connection.OFFLINE:
             self._logged_in.clear()
             self.files.on_disconnect()
@@ -208,7 +212,7 @@ class MessengerService:
         transfers; ``wait_online`` returns (or raises the refusal) once it is done."""
         self._login_error = None
         async with self._progress:
-            self._backlog, self._handled = auth.queued, 0
+            self._backlog = auth.queued  # (deliveries handled meanwhile already count)
             self._progress.notify_all()
         try:
             try:
