@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import platformdirs
+
+from keysource.kme.sae_id import SAE_ID_RULE, sae_id_problem
 
 ENV_PREFIX = "QSECRET_"
 CONFIG_FILE = "config.toml"
@@ -42,16 +46,20 @@ class ClientConfig:
         return self.data_dir / CONFIG_FILE
 
     def save(self) -> None:
-        """Write the non-default settings as flat TOML (strings only)."""
+        """Write every setting to ``config.toml`` (tomli-w: any string round-trips), checked
+        first so a file that would not load is never written, and replaced atomically."""
+        import tomli_w
+
+        values = {item.name: getattr(self, item.name) for item in fields(self)
+                  if item.name != "data_dir"}
+        for name, value in values.items():
+            _check(name, value, f"{self.config_path} (not written)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        lines = ["# qsecret profile settings; environment variables QSECRET_* override these"]
-        for item in fields(self):
-            if item.name == "data_dir":
-                continue
-            value = str(getattr(self, item.name))
-            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-            lines.append(f'{item.name} = "{escaped}"')
-        self.config_path.write_text("\n".join(lines) + "\n")
+        text = ("# qsecret profile settings; environment variables QSECRET_* override these\n"
+                + tomli_w.dumps(values))
+        staged = self.config_path.with_name(CONFIG_FILE + ".tmp")
+        staged.write_text(text, encoding="utf-8")
+        os.replace(staged, self.config_path)
 
     def as_dict(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
@@ -66,7 +74,8 @@ def default_data_dir() -> Path:
 
 
 def load_config(data_dir: Path | str | None = None, **overrides: str | None) -> ClientConfig:
-    """Resolve the configuration of the profile in ``data_dir`` (flags as ``overrides``)."""
+    """Resolve the configuration of the profile in ``data_dir`` (flags as ``overrides``);
+    every value is checked (:data:`SETTINGS`) and a bad one named with where it came from."""
     env = os.environ
     directory = Path(
         data_dir or env.get(f"{ENV_PREFIX}DATA_DIR") or default_data_dir()
@@ -75,19 +84,107 @@ def load_config(data_dir: Path | str | None = None, **overrides: str | None) -> 
     path = directory / CONFIG_FILE
     if path.exists():
         try:
-            stored = tomllib.loads(path.read_text())
+            stored = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-        known = {f.name for f in fields(ClientConfig)} - {"data_dir"}
-        unknown = set(stored) - known
+        unknown = set(stored) - set(SETTINGS)
         if unknown:
-            raise ConfigError(f"{path}: unknown settings {', '.join(sorted(unknown))}")
-        config = replace(config, **{k: str(v) for k, v in stored.items()})
-    for item in fields(ClientConfig):
-        if item.name == "data_dir":
-            continue
-        from_env = env.get(ENV_PREFIX + item.name.upper())
+            raise ConfigError(f"{path}: unknown settings {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(SETTINGS)})")
+        for name, value in stored.items():
+            _check(name, value, str(path))
+        config = replace(config, **stored)
+    for name in SETTINGS:
+        variable = ENV_PREFIX + name.upper()
+        from_env = env.get(variable)
         if from_env is not None:
-            config = replace(config, **{item.name: from_env})
+            _check(name, from_env, f"${variable}")
+            config = replace(config, **{name: from_env})
     flags = {k: v for k, v in overrides.items() if v is not None}
+    for name, value in flags.items():
+        _check(name, value, "command line")
     return replace(config, **flags) if flags else config
+
+
+# -- what each setting may hold -----------------------------------------------------------
+
+QKD_POLICIES = ("prefer", "require")  # keysource.mix.QkdPolicy (a test keeps them equal)
+AUTO_ACCEPT_MODES = ("never", "verified", "all")  # client.messenger.transfers.AUTO_ACCEPT
+
+
+def _url(schemes: tuple[str, ...], example: str, *, empty: bool) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        if not value and empty:
+            return None
+        wanted = f"a {' or '.join(s + '://' for s in schemes)} URL with a host (e.g. {example})"
+        if any(c.isspace() or not c.isprintable() for c in value):
+            return f"{wanted}; it contains spaces or control characters"
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError as exc:
+            return f"{wanted} ({exc})"
+        if parts.scheme not in schemes or not parts.hostname:
+            return wanted
+        return None
+
+    return check
+
+
+def _fingerprint(value: str) -> str | None:
+    if not value:
+        return None
+    from relay.wire.auth import parse_fingerprint
+
+    try:
+        parse_fingerprint(value)
+    except ValueError:
+        return ("a SHA-256 fingerprint: 64 hex digits, optionally as AB:CD:... or sha256:..., "
+                "or empty")
+    return None
+
+
+def _sae_id(value: str) -> str | None:
+    problem = sae_id_problem(value) if value else None
+    return None if problem is None else f"an SAE_ID ({SAE_ID_RULE}) or empty: {problem}"
+
+
+def _path(value: str) -> str | None:
+    return "a file or folder path: it contains a NUL character" if "\0" in value else None
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in allowed else f"one of {', '.join(allowed)}"
+
+    return check
+
+
+SETTINGS: dict[str, Callable[[str], str | None]] = {
+    "relay_url": _url(("ws", "wss"), "ws://127.0.0.1:8765", empty=False),
+    "relay_fingerprint": _fingerprint,
+    "kme_url": _url(("https", "http"), "https://127.0.0.1:8443", empty=True),
+    "sae_id": _sae_id,
+    "kme_ca": _path,
+    "sae_cert": _path,
+    "sae_key": _path,
+    "qkd_policy": _one_of(QKD_POLICIES),
+    "downloads_dir": _path,
+    "auto_accept": _one_of(AUTO_ACCEPT_MODES),
+}
+"""Each setting's check: None if a value is fine, else what the value must be."""
+
+
+def _check(name: str, value: object, source: str) -> None:
+    """Raise :class:`ConfigError` naming ``source``, the setting and the value if it is bad."""
+    check = SETTINGS.get(name)
+    if check is None:
+        raise ConfigError(f"{source}: unknown setting {name} (known: {', '.join(SETTINGS)})")
+    if not isinstance(value, str):
+        kind = {bool: "boolean", int: "integer", float: "number", list: "array",
+                dict: "table"}.get(type(value), type(value).__name__)
+        raise ConfigError(f"{source}: {name} = {value!r}: must be a string, not {kind}")
+    problem = check(value)
+    if problem is not None:
+        shown = value if len(value) <= 120 else value[:120] + "..."
+        raise ConfigError(f"{source}: {name} = {shown!r}: must be {problem}")

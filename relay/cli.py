@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import resource
 import signal
@@ -77,6 +78,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--max-sessions-per-handle", type=positive_int, default=4,
                         help="connections one handle may have logged in; a further login is "
                              "refused with too_many_sessions and close 1013 (default 4)")
+    # -- operator endpoints: where /metrics is served, and its token (README "Relay metrics")
+    parser.add_argument("--metrics-listen", type=parse_listen, metavar="[HOST:]PORT",
+                        help="serve /metrics and /healthz on this separate plain-HTTP address "
+                             "(a bare PORT means 127.0.0.1:PORT; 0 picks a free port). "
+                             "Without it or --metrics-token, /metrics is not served at all")
+    parser.add_argument("--metrics-token", default=os.environ.get(METRICS_TOKEN_ENV),
+                        metavar="TOKEN",
+                        help="bearer token /metrics needs wherever it is served; with it, "
+                             "/metrics is also served on the websocket port. Prefer "
+                             f"${METRICS_TOKEN_ENV} (a flag shows in 'ps'). /healthz "
+                             "answers 'ok' on the websocket port always, for load balancers")
     parser.add_argument("--loop", choices=event_loop.CHOICES, default="auto",
                         help="event loop: uvloop when installed (auto, default) or asyncio")
     parser.add_argument("--log-level", default="info",
@@ -92,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         if path is not None and not path.is_file():
             print(f"qsecret relay: no such file: {path}", file=sys.stderr)
             return 2
+    if args.metrics_token is not None and (problem := metrics_token_problem(args.metrics_token)):
+        print(f"qsecret relay: --metrics-token / ${METRICS_TOKEN_ENV}: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # websockets logs whole frames at debug level: envelope bodies must never reach a log.
@@ -123,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
         window=args.window,
         window_bytes=args.window_bytes,
         max_sessions_per_handle=args.max_sessions_per_handle,
+        metrics_host=args.metrics_listen[0] if args.metrics_listen else None,
+        metrics_port=args.metrics_listen[1] if args.metrics_listen else 0,
+        metrics_token=args.metrics_token,
     )
     from relay.memory import keep_freed_memory
 
@@ -166,6 +184,29 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
     return value
+METRICS_TOKEN_ENV = "QSECRET_RELAY_METRICS_TOKEN"
+MIN_METRICS_TOKEN_CHARS = 16
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or a bare ``PORT`` (on 127.0.0.1), for argparse."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not [HOST:]PORT (e.g. 127.0.0.1:9465, [::1]:9465 or 9465)")
+    return host, int(port)
+
+
+def metrics_token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be the metrics bearer token (None if it can)."""
+    if len(token) < MIN_METRICS_TOKEN_CHARS:
+        return f"at least {MIN_METRICS_TOKEN_CHARS} characters, please (e.g. openssl rand -hex 16)"
+    if not all(33 <= ord(c) < 127 for c in token):
+        return "printable ASCII without spaces only (it travels in an HTTP header)"
+    return None
 
 
 def raise_open_files_limit() -> int:
@@ -199,6 +240,10 @@ async def serve_forever(config: RelayConfig) -> None:
     if relay.tls_fingerprint:
         print(f"relay certificate SHA-256 fingerprint: {format_fingerprint(relay.tls_fingerprint)}")
     print(f"relay id: {relay.relay_id} (event loop: {type(asyncio.get_running_loop()).__module__})")
+    if relay.metrics_port is not None:
+        metrics_host = config.metrics_host or ""
+        metrics_host = metrics_host if ":" not in metrics_host else f"[{metrics_host}]"
+        print(f"relay metrics on http://{metrics_host}:{relay.metrics_port}/metrics")
     # Tests and scripts wait for this line; keep its shape.
     print(f"relay listening on {url}", flush=True)
     stop = asyncio.Event()

@@ -53,3 +53,12 @@ class RelayConfig:
     # connections per handle on this relay (a further login is refused, close 1013).
     window_bytes: int = 1024 * 1024
     max_sessions_per_handle: int = 4
+    # -- operator endpoints (README "Relay metrics"). /metrics is not served on the websocket
+    # port unless metrics_token is set (then it needs "Authorization: Bearer TOKEN"), so
+    # exposing the relay, directly or behind a proxy, never exposes its metrics by accident.
+    # metrics_host/metrics_port: a separate plain-HTTP listener for /metrics and /healthz
+    # (port 0 picks one); the token, when set, is needed there too. /healthz stays on the
+    # websocket port for load balancers: it says "ok" and nothing else.
+    metrics_host: str | None = None
+    metrics_port: int = 0
+    metrics_token: str | None = None

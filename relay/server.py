@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import http
 import logging
 import os
@@ -83,6 +84,7 @@ class Relay:
         self.housekeeper = Housekeeper(config, self.store, self.sessions, self.envelopes,
                                        self.streams, self.metrics, self._close_later)
         self.server: Server | None = None
+        self.metrics_server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.frames_in = 0
         self.frames_inline = 0  # of frames_in: handled where they were read
@@ -142,6 +144,11 @@ class Relay:
             server_header=None,
             create_connection=RelayConnection,
         )
+        if self.config.metrics_host is not None:
+            self.metrics_server = await serve(
+                _never_a_websocket, self.config.metrics_host, self.config.metrics_port,
+                process_request=self._process_metrics_request, compression=None,
+                server_header=None, max_size=1024)
         self._sweeper = asyncio.create_task(self.housekeeper.run())
 
     @property
@@ -149,9 +156,19 @@ class Relay:
         assert self.server is not None
         return self.server.sockets[0].getsockname()[1]
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The metrics listener's port (None without one)."""
+        if self.metrics_server is None:
+            return None
+        return int(self.metrics_server.sockets[0].getsockname()[1])
+
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            await self.metrics_server.wait_closed()
         if self.server is not None:
             self.server.close(close_connections=True)
             await self.server.wait_closed()
@@ -165,9 +182,9 @@ class Relay:
         if path == "/healthz":
             return connection.respond(http.HTTPStatus.OK, "ok\n")
         if path == "/metrics":
-            response = connection.respond(http.HTTPStatus.OK, self.metrics.render())
-            response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
-            return response
+            if self.config.metrics_token is None:  # only with a token on the public port
+                return connection.respond(http.HTTPStatus.NOT_FOUND, METRICS_NOT_HERE)
+            return self._metrics(connection, request)
         if path != "/":
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
         if len(self.sessions) >= self.config.max_connections:
@@ -178,6 +195,28 @@ class Relay:
             response.headers["Retry-After"] = "5"
             return response
         return None
+
+    def _process_metrics_request(self, connection: ServerConnection,
+                                 request: Request) -> Response:
+        """The metrics listener: /metrics and /healthz, never a websocket."""
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "ok\n")
+        if path == "/metrics":
+            return self._metrics(connection, request)
+        return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+
+    def _metrics(self, connection: ServerConnection, request: Request) -> Response:
+        token = self.config.metrics_token
+        if token is not None and not bearer_matches(request.headers.get("Authorization"), token):
+            response = connection.respond(http.HTTPStatus.UNAUTHORIZED,
+                                          "/metrics needs the relay's metrics bearer token\n")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="qsecret relay metrics"'
+            return response
+        response = connection.respond(http.HTTPStatus.OK, self.metrics.render())
+        del response.headers["Content-Type"]  # Headers is a multidict: replace, not add
+        response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        return response
 
     # ------------------------------------------------------------ per connection
 
@@ -347,6 +386,22 @@ class Relay:
         if request is None:
             return session.core.close_code
         return await self.streams.on_binary(session, request)
+
+
+METRICS_NOT_HERE = ("not found: /metrics is served on this port only with --metrics-token "
+                    "(see --metrics-listen in 'qsecret relay --help')\n")
+
+
+async def _never_a_websocket(ws: ServerConnection) -> None:
+    """The metrics listener answers every request in process_request; no upgrade is made."""
+    await ws.close()
+
+
+def bearer_matches(header: str | None, token: str) -> bool:
+    """Whether an Authorization header carries ``token`` (compared in constant time)."""
+    scheme, _, value = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(),
+                                                              token.encode())
 
 
 async def _outbox_empty(session: Session) -> None:

@@ -32,7 +32,7 @@ from client.protocol import (
 from client.protocol.bundle import PrekeyBundle, PrekeySecrets
 from client.protocol.identity import Identity, PublicIdentity
 from client.protocol.qkd import MAX_KEYS_PER_MESSAGE
-from client.protocol.ratchet import parse_header
+from client.protocol.ratchet import T_PREKEY, parse_header
 from client.protocol.session import Outgoing
 from client.store.store import Contact
 
@@ -338,8 +338,9 @@ def _has_sent(session: Session) -> bool:
 
 
 def _is_prekey(wire: bytes) -> bool:
+    """Whether ``wire`` is a session-opening message (by its header: the initial message
+    inside is parsed where it is used, so its refusal keeps its own reason)."""
     try:
-        Session.peek_initial(wire)
+        return parse_header(wire).kind == T_PREKEY
     except ProtocolError:
         return False
-    return True

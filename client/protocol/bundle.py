@@ -25,6 +25,7 @@ import struct
 from dataclasses import dataclass, field
 
 from keysource import pq
+from keysource.kme.sae_id import InvalidSaeId, check_sae_id
 from keysource.pq import x25519_keypair
 
 from .codec import Reader, Writer
@@ -57,6 +58,15 @@ def one_time_message(handle: str, identity: bytes, key_id: int, key: bytes) -> b
         + struct.pack(">I", key_id)
         + _lp(key)
     )
+
+
+def check_peer_sae_id(value: str, where: str) -> str:
+    """A peer's SAE_ID, checked by the KME's own rule before it can reach a KME URL
+    (:mod:`keysource.kme.sae_id`); ``where`` names the message it came in."""
+    try:
+        return check_sae_id(value, "SAE_ID")
+    except InvalidSaeId as exc:
+        raise MalformedMessage(f"{where} refused: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -123,8 +133,7 @@ class SignedPart:
             raise MalformedMessage("bundle X25519 keys must be 32 bytes")
         if pq_alg != PQ_KEM or len(pq_pub) != pq.get_kem(PQ_KEM).sizes.public_key:
             raise MalformedMessage(f"bundle PQ prekey must be a {PQ_KEM} public key")
-        if not sae_id:
-            raise MalformedMessage("bundle has an empty SAE_ID")
+        check_peer_sae_id(sae_id, "bundle")
         return cls(dh_identity, sae_id, kme_hint, Prekey(x_id, "X25519", x_pub),
                    Prekey(pq_id, pq_alg, pq_pub), conservative)
 

@@ -32,7 +32,7 @@ from keysource import pq
 from keysource.mix import MixedKey, MixInputs, QkdPolicy, Transcript
 from keysource.pq import x25519_keypair, x25519_public, x25519_shared
 
-from .bundle import PQ_KEM, PrekeyBundle, PrekeySecrets
+from .bundle import PQ_KEM, PrekeyBundle, PrekeySecrets, check_peer_sae_id
 from .codec import Reader, Writer
 from .errors import (
     BadSignature,
@@ -130,6 +130,8 @@ class InitialMessage:
         ratchet_kem = reader.b16()
         signature = reader.b16()
         reader.done()
+        check_peer_sae_id(initiator_sae, "initial message")
+        check_peer_sae_id(responder_sae, "initial message")
         if pq_kind not in (PQ_ONE_TIME, PQ_LAST_RESORT):
             raise MalformedMessage(f"initial message has unknown PQ prekey kind {pq_kind}")
         if len(ratchet_kem) != pq.get_kem(PQ_KEM).sizes.public_key:

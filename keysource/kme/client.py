@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .http11 import AsyncHttpClient, HttpError, PrivateLoop, Response
+from .sae_id import InvalidSaeId, sae_id_path_segment
 from .tls import client_ssl_context
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,15 @@ def _http_client(
         headers["X-SAE-ID"] = sae_id
     return AsyncHttpClient(base_url.rstrip("/"), ssl_context=ssl_context, headers=headers,
                            timeout=timeout_s)
+
+
+def _path_segment(sae_id: str, what: str) -> str:
+    """An SAE_ID for a URL path: checked by the KME's own rule and percent-encoded, so a
+    value from a peer's bundle can never change which path is asked for."""
+    try:
+        return sae_id_path_segment(sae_id, what)
+    except InvalidSaeId as exc:
+        raise KmeBadRequest(f"not sent to the KME: {exc}") from None
 
 
 def _connection_error(exc: HttpError) -> KmeConnectionError:
@@ -347,11 +357,13 @@ class AsyncSaeClient:
             raise _connection_error(exc) from None
 
     async def get_status(self, slave_sae_id: str) -> KeyStatus:
-        return parse_status(await self._request("GET", f"/api/v1/keys/{slave_sae_id}/status"))
+        slave = _path_segment(slave_sae_id, "slave_SAE_ID")
+        return parse_status(await self._request("GET", f"/api/v1/keys/{slave}/status"))
 
     async def get_enc_keys(
         self, slave_sae_id: str, number: int = 1, size: int | None = None
     ) -> list[QkdKey]:
+        slave = _path_segment(slave_sae_id, "slave_SAE_ID")
         kept = self.reserve.take_enc(slave_sae_id, size, number)
         missing = number - len(kept)
         if not missing:
@@ -363,7 +375,7 @@ class AsyncSaeClient:
                 self.reserve.keep_enc(slave_sae_id, size, keys)
 
         try:
-            body = await self._request("POST", f"/api/v1/keys/{slave_sae_id}/enc_keys",
+            body = await self._request("POST", f"/api/v1/keys/{slave}/enc_keys",
                                        json=_enc_body(missing, size), on_orphan=orphaned)
             fresh = parse_keys(body, expect=missing)
         except BaseException:
@@ -372,6 +384,7 @@ class AsyncSaeClient:
         return kept + fresh
 
     async def get_dec_keys(self, master_sae_id: str, key_ids: Sequence[str]) -> list[QkdKey]:
+        master = _path_segment(master_sae_id, "master_SAE_ID")
         kept = self.reserve.take_dec(master_sae_id, key_ids)
         rest = [k for k in key_ids if k not in kept]
         fresh: list[QkdKey] = []
@@ -382,7 +395,7 @@ class AsyncSaeClient:
                     self.reserve.keep_dec(master_sae_id, keys)
 
             try:
-                body = await self._request("POST", f"/api/v1/keys/{master_sae_id}/dec_keys",
+                body = await self._request("POST", f"/api/v1/keys/{master}/dec_keys",
                                            json=_dec_body(rest), on_orphan=orphaned)
                 fresh = parse_keys(body, expect=len(rest))
             except BaseException:

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .pool import POOL_KEY_BITS
-
-SAE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+from .sae_id import SAE_ID_RULE, sae_id_problem
 
 
 @dataclass(frozen=True)
@@ -75,10 +74,12 @@ class DecKeysRequest:
 
 
 def check_sae_id(value: str, *, what: str = "SAE_ID") -> str:
-    if not SAE_ID_PATTERN.match(value):
+    """The shared rule (:mod:`.sae_id`), refused as an ETSI 400 answer."""
+    problem = sae_id_problem(value)
+    if problem is not None:
         raise BadRequest(
-            f"invalid {what}",
-            [{"parameter": what, "value": value[:80], "expected": SAE_ID_PATTERN.pattern}],
+            f"invalid {what}: {problem}",
+            [{"parameter": what, "value": value[:80], "expected": SAE_ID_RULE}],
         )
     return value
 

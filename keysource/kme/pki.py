@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .etsi import SAE_ID_PATTERN
+from .sae_id import InvalidSaeId, is_valid_sae_id
+from .sae_id import check_sae_id as _check_sae_id
 from .tls import PkiError, client_ssl_context  # defined there, part of this module's API
 
 ROLE_KME = "KME"
@@ -63,11 +64,11 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def check_identity(value: str, what: str) -> str:
-    if not SAE_ID_PATTERN.match(value):
-        raise PkiError(
-            f"invalid {what} {value!r}: 1-64 characters of letters, digits, '.', '_', '-'"
-        )
-    return value
+    """KME and SAE names follow the one SAE_ID rule (:mod:`.sae_id`)."""
+    try:
+        return _check_sae_id(value, what)
+    except InvalidSaeId as exc:
+        raise PkiError(str(exc)) from None
 
 
 class Pki:
@@ -298,7 +299,7 @@ def identity_from_peercert(peercert: dict[str, object] | None) -> PeerIdentity |
             attrs[name] = value
     role = attrs.get("organizationalUnitName")
     name = attrs.get("commonName")
-    if role not in (ROLE_SAE, ROLE_KME) or not name or not SAE_ID_PATTERN.match(name):
+    if role not in (ROLE_SAE, ROLE_KME) or not name or not is_valid_sae_id(name):
         return None
     if role == ROLE_SAE:
         uris = [v for k, v in peercert.get("subjectAltName", ()) if k == "URI"]  # type: ignore[union-attr]

@@ -35,6 +35,7 @@ def free_port() -> int:
 class Stack:
     root: Path
     relay_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)  # the relay's --metrics-listen
     port_a: int = field(default_factory=free_port)
     port_b: int = field(default_factory=free_port)
     kme_args: tuple[str, ...] = ()
@@ -52,7 +53,8 @@ class Stack:
         self.relay = ServiceProcess(
             "relay",
             ["relay", "--port", str(self.relay_port), "--data", str(self.root / "relay"),
-             "--redeliver-after", "2", *self.relay_args],
+             "--redeliver-after", "2",
+             "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *self.relay_args],
             log=self.root / "relay.log",
         ).start()
         self.relay.wait_for("relay listening")

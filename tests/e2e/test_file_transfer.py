@@ -106,7 +106,7 @@ def _complete(event: Event) -> bool:
 
 
 def _metric(stack: Stack, name: str) -> float:
-    url = f"http://127.0.0.1:{stack.relay_port}/metrics"
+    url = f"http://127.0.0.1:{stack.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         for line in response.read().decode().splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):

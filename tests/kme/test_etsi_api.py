@@ -270,6 +270,35 @@ def test_invalid_sae_id_in_path_is_400(pair: Pair) -> None:
         assert resp.status_code == 400 and "slave_SAE_ID" in resp.json()["message"]
 
 
+@pytest.mark.parametrize("segment", ["sae-b%0A", "sae-b%0D%0A", "sae%2Fb", "sae%00b",
+                                     "sae%1Bb", "a" * 65, "%2E%2E", "-sae"])
+def test_a_sae_id_breaking_the_rule_in_a_path_is_400(pair: Pair, segment: str) -> None:
+    """Full match: a trailing newline is refused too (``^...$`` with ``match`` let it by)."""
+    with raw(pair, pair.url_a, SAE_A) as http:
+        resp = http.get(f"/api/v1/keys/{segment}/status")
+        assert resp.status_code in (400, 404), resp.text
+        if resp.status_code == 400:
+            assert "invalid slave_SAE_ID" in resp.json()["message"]
+
+
+@pytest.mark.parametrize("hostile", ["../../kme/v1/stats", "sae-b/../x", "sae-b\n", "sae b",
+                                     "sae\x00b", "a" * 65, "%2e%2e", ""])
+async def test_the_sae_client_refuses_a_bad_sae_id_before_any_request(
+        pair: Pair, hostile: str) -> None:
+    """A peer's SAE_ID never reaches a URL: refused by the same rule, nothing taken."""
+    hostile = hostile.encode().decode("unicode_escape")
+    pair.fill(1)
+    pki = pair.pki
+    a = pki.sae(SAE_A)
+    async with AsyncSaeClient(pair.url_a, ca=pki.ca_cert, cert=a.cert, key=a.key) as alice:
+        before = (await alice.get_status(SAE_B)).stored_key_count
+        for call in (alice.get_status(hostile), alice.get_enc_keys(hostile, number=1),
+                     alice.get_dec_keys(hostile, [str(uuid.uuid4())])):
+            with pytest.raises(KmeBadRequest, match="not sent to the KME: invalid"):
+                await call
+        assert (await alice.get_status(SAE_B)).stored_key_count == before
+
+
 async def test_async_client_round_trip(pair: Pair) -> None:
     pair.fill(2)
     pki = pair.pki

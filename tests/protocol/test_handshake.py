@@ -8,6 +8,7 @@ from client.protocol import (
     BadSignature,
     DecryptionFailed,
     IdentityMismatch,
+    MalformedMessage,
     PrekeyUnavailable,
     QkdMissing,
     QkdPolicy,
@@ -203,3 +204,15 @@ def test_require_policy_session_refuses_to_open_without_qkd() -> None:
     with pytest.raises(QkdRequired):
         Session.initiate(identity("alice"), "alice", "SAE_A", fetched, None,
                          config=RatchetConfig(policy=QkdPolicy.REQUIRE))
+
+
+@pytest.mark.parametrize("hostile", ["../x", "SAE/A", "SAE_A\n", "SAE\x00A", "S" * 65, ""])
+def test_a_hostile_initiator_sae_id_is_refused_when_the_handshake_is_read(hostile: str) -> None:
+    """Bob fetches dec_keys for the initiator's SAE_ID: it must pass the KME's rule first."""
+    link, bob = KeyLink(), make_bob()
+    fetched = parse_bundle(bob.bundle.with_one_time(1).encode())
+    initial, _ = initiate(identity("alice"), "alice", hostile, fetched, link.enc_keys(1))
+    with pytest.raises(MalformedMessage, match="initial message refused: invalid SAE_ID"):
+        InitialMessage.decode(initial.encode())
+    good, _ = initiate(identity("alice"), "alice", "SAE_A", fetched, link.enc_keys(1))
+    assert InitialMessage.decode(good.encode()) == good

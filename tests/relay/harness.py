@@ -40,6 +40,7 @@ class RelayProcess:
     data_dir: Path
     args: list[str]
     output: list[str] = field(default_factory=list)
+    metrics_url: str | None = None  # the metrics listener's base URL (--metrics-listen)
 
     @property
     def http_url(self) -> str:
@@ -63,8 +64,12 @@ class RelayProcess:
         return self.proc.poll() is None
 
 
-def start_relay(data_dir: Path, *extra: str, port: int = 0, timeout: float = 20.0) -> RelayProcess:
-    """Start ``python -m relay`` on 127.0.0.1 and wait for its listening line."""
+def start_relay(data_dir: Path, *extra: str, port: int = 0, timeout: float = 20.0,
+                metrics: bool = True) -> RelayProcess:
+    """Start ``python -m relay`` on 127.0.0.1 and wait for its listening line; ``metrics``:
+    with a metrics listener on a free loopback port (its URL in ``metrics_url``)."""
+    if metrics and "--metrics-listen" not in extra:
+        extra = (*extra, "--metrics-listen", "127.0.0.1:0")
     args = [sys.executable, "-m", "relay", "--host", "127.0.0.1", "--port", str(port),
             "--data", str(data_dir), "--log-level", "warning", *extra]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -72,7 +77,7 @@ def start_relay(data_dir: Path, *extra: str, port: int = 0, timeout: float = 20.
                             text=True, env=env)
     lines: list[str] = []
     deadline = time.monotonic() + timeout
-    relay_id = fingerprint = None
+    relay_id = fingerprint = metrics_url = None
     assert proc.stdout is not None
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -83,12 +88,14 @@ def start_relay(data_dir: Path, *extra: str, port: int = 0, timeout: float = 20.
             relay_id = m.group(1)
         if m := re.match(r"relay certificate SHA-256 fingerprint: (\S+)", line):
             fingerprint = m.group(1)
+        if m := re.match(r"relay metrics on (\S+)/metrics", line):
+            metrics_url = m.group(1)
         if m := re.match(r"relay listening on (\S+)", line):
             url = m.group(1)
             port_found = int(url.rsplit(":", 1)[1].strip("/"))
             assert relay_id is not None
             relay = RelayProcess(proc, url, port_found, relay_id, fingerprint, data_dir, args,
-                                 lines)
+                                 lines, metrics_url)
             _drain_output(relay)
             return relay
     proc.kill()

@@ -406,7 +406,7 @@ async def test_zz_relay_served_the_witness_throughout(relay: RelayProcess, witne
     assert relay.alive()
     with urllib.request.urlopen(relay.http_url + "/healthz", timeout=5) as response:
         assert response.status == 200
-    with urllib.request.urlopen(relay.http_url + "/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"{relay.metrics_url}/metrics", timeout=5) as response:
         metrics = response.read().decode()
     assert 'qsecret_relay_closed_total{code="1008"}' in metrics
     assert "Traceback" not in "".join(relay.output)

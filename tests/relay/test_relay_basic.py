@@ -113,7 +113,7 @@ async def test_healthz_metrics_and_404(relay: RelayProcess) -> None:
     await alice.next_error()
     with urllib.request.urlopen(relay.http_url + "/healthz", timeout=5) as response:
         assert response.status == 200 and response.read() == b"ok\n"
-    with urllib.request.urlopen(relay.http_url + "/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"{relay.metrics_url}/metrics", timeout=5) as response:
         text = response.read().decode()
     assert "qsecret_relay_connections 1" in text
     assert 'qsecret_relay_errors_total{code="bad_json"} 1' in text

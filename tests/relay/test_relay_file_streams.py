@@ -29,7 +29,7 @@ QUIET = 0.5  # seconds to watch for frames that must not come
 
 def metric(relay: RelayProcess, name: str, labels: str = "") -> float:
     """One sample of the relay's /metrics (0 when absent)."""
-    with urllib.request.urlopen(relay.http_url + "/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"{relay.metrics_url}/metrics", timeout=5) as response:
         text = response.read().decode()
     match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
