@@ -17,15 +17,27 @@ to resend. A crash before the commit loses a message that never left (its key
 is reused for the next message, which is safe: the old ciphertext was never
 seen); a crash after it resends the same bytes (the peer de-duplicates).
 Nothing is ever sent under a state that was not durably stored first.
+
+Damage (bit rot, truncation, a bad copy) is found before anything writes: :meth:`Store.open`
+first checks the file's SQLite header (magic, page size, truncation) with a plain read, then
+opens it read-only to run SQLite's ``quick_check``, tell a damaged KDF/check record from a
+wrong passphrase (see :mod:`client.store.sealed`) and open the identity and prekeys; only a
+file that passes is opened for writing (and migrated). Every failure is a
+:class:`CorruptStore` naming the file and what is wrong. Afterwards a damaged history,
+session, outbox or transfer row costs that row only: lists skip it and log one warning with a
+count; a damaged contact or session raises :class:`DamagedRow` for that peer alone.
+:func:`inspect_store` (``qsecret doctor --store``) lists every damaged row without writing.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +49,31 @@ from client.protocol.identity import Identity, PublicIdentity
 from client.protocol.session import Message, Outgoing, Session
 from keysource.sqlite_schema import Schema, SchemaError, inspect_schema, open_schema
 
-from .sealed import CHECK_PLAINTEXT, CorruptStore, KdfParams, Sealer, StoreError, WrongPassphrase
+from .sealed import (
+    CHECK_PLAINTEXT,
+    CHECK_SEALED_BYTES,
+    CorruptStore,
+    DamagedRow,
+    KdfParams,
+    Sealer,
+    StoreError,
+    WrongPassphrase,
+    unlock_tag,
+)
+
+log = logging.getLogger("qsecret.store")
+RESTORE_HINT = "restore the profile from a backup ('qsecret restore FILE', see the README)"
+# SQLite result codes that mean the file itself is damaged (not busy, locked or full).
+_DAMAGE_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB,
+                           sqlite3.SQLITE_IOERR_SHORT_READ})
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# The sealed rows without which the profile is not usable (the others cost one row each).
+VITAL_SECRETS = ("identity", "prekeys")
+# Tables of sealed rows, with the context each row is sealed under (None: the row's name).
+SEALED_TABLES: dict[str, str | None] = {
+    "secrets": None, "contacts": "contact", "sessions": "session", "outbox": "outbox",
+    "history": "history", "transfers": "transfer",
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -76,9 +112,237 @@ STORE_SCHEMA = Schema(
 SCHEMA_VERSION = STORE_SCHEMA.version
 
 
+def _add_unlock_tag(db: sqlite3.Connection) -> None:
+    """Give a store from before the checksum its ``unlock_tag`` (called once the passphrase
+    opened the check value, so both records are known good)."""
+    meta = dict(db.execute(
+        "SELECT name, value FROM meta WHERE name IN ('kdf', 'check', 'unlock_tag')"))
+    if "unlock_tag" not in meta:
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('unlock_tag', ?)",
+                   (unlock_tag(meta["kdf"], meta["check"]),))
+
+
 def default_path() -> Path:
     """``<platform data dir>/qsecret/store.sqlite3`` (e.g. ~/.local/share on Linux)."""
     return platformdirs.user_data_path("qsecret") / "store.sqlite3"
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """Whether an SQLite error means the file is damaged (not locked, busy or full)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in _DAMAGE_CODES or (code is None and "malformed" in str(exc))
+
+
+def damaged(path: Path, what: str) -> CorruptStore:
+    """The one error for a damaged store file: which file, what is wrong, what to do."""
+    return CorruptStore(f"{path}: the profile store is damaged: {what}; nothing was written "
+                        f"to it; {RESTORE_HINT}", path)
+
+
+def header_problem(path: Path) -> str | None:
+    """What is wrong with the file's SQLite header, read without SQLite; None if it is fine.
+
+    Catches a damaged header and a truncated file before SQLite sees them (SQLite would say
+    "file is not a database", or read zeros past the end and fail later, or treat an empty
+    file as a new database and write one).
+    """
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        header = file.read(100)
+    if size == 0:
+        return "the file is empty (truncated to 0 bytes)"
+    if len(header) < 100:
+        return f"the file is truncated ({size} bytes, shorter than an SQLite header)"
+    if header[:16] != SQLITE_MAGIC:
+        return "the SQLite header is damaged (it does not start with the SQLite signature)"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return f"the SQLite header is damaged (page size {page_size})"
+    if header[21:24] != b"\x40\x20\x20":
+        return "the SQLite header is damaged (payload fractions)"
+    pages = int.from_bytes(header[28:32], "big")
+    size_valid = pages and header[24:28] == header[92:96]
+    if size_valid and size < pages * page_size:
+        return (f"the file is truncated ({size} bytes; its header says "
+                f"{pages * page_size})")
+    if size % page_size:
+        return f"the file is truncated or padded ({size} bytes is not whole {page_size}-byte pages)"
+    return None
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write to the file (SQLite's mode=ro)."""
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10,
+                           check_same_thread=False)
+
+
+def _unlock(db: sqlite3.Connection, passphrase: str, path: Path) -> Sealer | None:
+    """The sealer of an existing store, or None when it was never initialised. Tells a wrong
+    passphrase from damaged KDF parameters or check value (client.store.sealed). Reads only
+    ``meta`` (kdf, check, unlock_tag), whose layout every schema version keeps."""
+    meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+    if not meta:
+        return None
+    kdf, check, tag = meta.get("kdf"), meta.get("check"), meta.get("unlock_tag")
+    if not isinstance(kdf, bytes) or not isinstance(check, bytes):
+        raise damaged(path, "its KDF parameters or passphrase check value are missing")
+    if tag is not None and tag != unlock_tag(kdf, check):
+        raise damaged(path, "its KDF parameters or passphrase check value are damaged (their "
+                            "checksum does not match), so no passphrase can open it")
+    try:
+        salt, ops, mem = cbor2.loads(kdf)
+        params = KdfParams(salt, ops, mem)
+    except (ValueError, TypeError, EOFError, cbor2.CBORDecodeError):
+        raise damaged(path, "its KDF parameters do not decode") from None
+    problem = params.problem()
+    if problem is not None:
+        raise damaged(path, f"its KDF parameters are damaged ({problem})")
+    if len(check) != CHECK_SEALED_BYTES:
+        raise damaged(path, f"its passphrase check value is damaged ({len(check)} bytes, "
+                            f"not {CHECK_SEALED_BYTES})")
+    sealer = Sealer(passphrase, params)
+    try:
+        opened = sealer.open("check", check)
+    except CorruptStore:
+        if tag is None:
+            raise WrongPassphrase(
+                f"wrong passphrase for the profile store {path}, or its passphrase check "
+                "value is damaged (this store predates the checksum that tells them apart); "
+                "nothing was changed") from None
+        raise WrongPassphrase(
+            f"wrong passphrase for the profile store {path} (nothing was changed)") from None
+    if opened != CHECK_PLAINTEXT:
+        raise damaged(path, "its passphrase check value holds the wrong text")
+    return sealer
+
+
+def _verify(passphrase: str, path: Path) -> Sealer | None:
+    """Everything :meth:`Store.open` checks before it may write: header, SQLite structure,
+    KDF/check records, the vital secrets; on a read-only connection. None: not initialised."""
+    problem = header_problem(path)
+    if problem is not None:
+        raise damaged(path, problem)
+    db = _read_only(path)
+    try:
+        found = inspect_schema(db, STORE_SCHEMA, path)
+        if not found:
+            return None
+        problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise damaged(path, "SQLite finds its pages inconsistent (" +
+                          "; ".join(problems) + ")")
+        sealer = _unlock(db, passphrase, path)
+        if sealer is None:
+            return None
+        for name in VITAL_SECRETS:
+            row = db.execute("SELECT sealed FROM secrets WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                continue
+            try:
+                sealer.open(name, row[0])
+            except CorruptStore:
+                raise damaged(path, f"the sealed {name} does not open (one bit is enough), and "
+                                    "the profile cannot be used without it") from None
+        return sealer
+    except SchemaError as exc:
+        if any(word in str(exc) for word in ("not a database", "malformed")):
+            raise damaged(path, str(exc).removeprefix(f"{path}: ")) from None
+        raise StoreError(str(exc)) from None
+    except sqlite3.DatabaseError as exc:
+        if is_damage(exc):
+            raise damaged(path, f"SQLite cannot read it ({exc})") from None
+        raise StoreError(f"{path}: {exc}") from None
+    finally:
+        db.close()
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged row: its table, its row id, and what is wrong with it."""
+
+    table: str
+    row: object
+    what: str
+    fatal: bool = False  # the identity or prekeys: the profile cannot be used without it
+
+
+@dataclass
+class StoreReport:
+    """What :func:`inspect_store` found. ``fatal``: the store cannot be opened (and why);
+    ``rows``: damaged rows of a store that opens; ``counts``: rows per table."""
+
+    path: Path
+    fatal: str | None = None
+    wrong_passphrase: bool = False
+    rows: list[Damage] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def healthy(self) -> bool:
+        return self.fatal is None and not self.rows
+
+
+def _damaged_rows(db: sqlite3.Connection, sealer: Sealer) -> list[Damage]:
+    out = []
+    for table, context in SEALED_TABLES.items():
+        key = {"secrets": "name", "contacts": "peer", "sessions": "peer"}.get(table, "rowid")
+        for row_id, name, blob in db.execute(f"SELECT rowid, {key}, sealed FROM {table} "
+                                             "ORDER BY rowid"):
+            try:
+                sealer.open(context or name, blob)
+            except CorruptStore as exc:
+                row = name if table == "secrets" else row_id
+                what = str(exc)
+                if table in ("contacts", "sessions"):
+                    what += f" (peer key {name[:12]}…)"
+                fatal = table == "secrets" and name in VITAL_SECRETS
+                if fatal:
+                    what += f": the profile cannot be used; {RESTORE_HINT}"
+                out.append(Damage(table, row, what, fatal))
+    return out
+
+
+def inspect_store(passphrase: str, path: Path | str) -> StoreReport:
+    """Check a profile store thoroughly without writing to it: header, SQLite's
+    ``integrity_check``, the KDF/check records and every sealed row (``qsecret doctor
+    --store``)."""
+    path = Path(path)
+    report = StoreReport(path)
+    if not path.exists():
+        report.fatal = f"{path}: no profile store here"
+        return report
+    problem = header_problem(path)
+    if problem is not None:
+        report.fatal = str(damaged(path, problem))
+        return report
+    db = _read_only(path)
+    try:
+        if not inspect_schema(db, STORE_SCHEMA, path):
+            report.fatal = f"{path}: the profile store was never initialised"
+            return report
+        problems = [row[0] for row in db.execute("PRAGMA integrity_check(20)")]
+        if problems != ["ok"]:
+            report.fatal = str(damaged(path, "SQLite finds its pages inconsistent (" +
+                                       "; ".join(problems) + ")"))
+            return report
+        sealer = _unlock(db, passphrase, path)
+        if sealer is None:
+            report.fatal = f"{path}: the profile store was never initialised"
+            return report
+        report.rows = _damaged_rows(db, sealer)
+        report.counts = {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                         for table in SEALED_TABLES}
+    except WrongPassphrase as exc:
+        report.fatal, report.wrong_passphrase = str(exc), True
+    except (StoreError, SchemaError) as exc:
+        report.fatal = str(exc)
+    except sqlite3.DatabaseError as exc:
+        report.fatal = str(damaged(path, f"SQLite cannot read it ({exc})"))
+    finally:
+        db.close()
+    return report
 
 
 @dataclass(frozen=True)
@@ -115,19 +379,67 @@ class Store:
         self._db = connection
         self._sealer = sealer
         self.path = path
+        self._reported: set[tuple[str, object]] = set()  # damaged rows already logged
+
+    # -- reading rows that may be damaged --------------------------------------------
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """``fetchall`` with SQLite damage turned into the store's one clear error."""
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise damaged(self.path, f"SQLite cannot read it ({exc})") from None
+            raise
+
+    def _open_row(self, table: str, row: object, context: str, blob: bytes) -> bytes:
+        """The opened blob of one row, or DamagedRow naming the file, table and row."""
+        try:
+            return self._sealer.open(context, blob)
+        except CorruptStore as exc:
+            raise DamagedRow(f"{self.path}: {table} row {row} is damaged ({exc}); run "
+                             "'qsecret doctor --store' for every damaged row",
+                             table, row, self.path) from None
+
+    def _skipped(self, table: str, rows: list[object]) -> None:
+        """Log, once per row and process, that damaged rows were left out of a list."""
+        fresh = [row for row in rows if (table, row) not in self._reported]
+        if not fresh:
+            return
+        self._reported.update((table, row) for row in fresh)
+        log.warning("%s: %d damaged %s row(s) skipped (rows %s); 'qsecret doctor --store' "
+                    "lists them", self.path, len(fresh), table, ", ".join(map(str, fresh)))
+
+    def _readable(self, table: str, context: str,
+                  rows: list[tuple[object, bytes]]) -> list[bytes]:
+        """The opened blobs of ``(row id, blob)`` rows, damaged ones skipped and logged."""
+        out, bad = [], []
+        for row, blob in rows:
+            try:
+                out.append(self._sealer.open(context, blob))
+            except CorruptStore:
+                bad.append(row)
+        self._skipped(table, bad)
+        return out
 
     # -- opening ----------------------------------------------------------------------
 
     @classmethod
     def open(cls, passphrase: str, path: Path | str | None = None, *, create: bool = True,
              opslimit: int | None = None, memlimit: int | None = None) -> Store:
-        """Open (or create) the store; WrongPassphrase when the passphrase does not open it.
+        """Open (or create) the store; WrongPassphrase when the passphrase does not open it,
+        CorruptStore (naming the file and the damage) when it is damaged: then nothing was
+        written to it.
 
         ``opslimit``/``memlimit`` (Argon2id cost) apply when creating; tests pass the minimum.
         """
         path = Path(path) if path is not None else default_path()
-        if not path.exists() and not create:
+        exists = path.exists()
+        if not exists and not create:
             raise StoreError(f"no store at {path}: run 'qsecret init' first")
+        # Every check that can fail runs read-only first (header, structure, passphrase,
+        # identity): a wrong passphrase, a newer file or a damaged one stays byte-for-byte.
+        verified = _verify(passphrase, path) if exists else None
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Opened off the event loop (Argon2id is slow), then used from the loop: one user
         # at a time, never concurrently, so crossing threads is safe here.
@@ -135,9 +447,9 @@ class Store:
         try:
             try:
                 found = inspect_schema(db, STORE_SCHEMA, path)  # refuses a newer file
-                # The passphrase is checked before a migration writes anything, so a wrong
-                # one leaves an older file untouched too.
-                sealer = cls._unlock(db, passphrase, path) if found else None
+                sealer = verified
+                if found and sealer is None:  # created by another process meanwhile
+                    sealer = _unlock(db, passphrase, path)
                 open_schema(db, STORE_SCHEMA, path, pragmas=(
                     "PRAGMA journal_mode=WAL",
                     "PRAGMA synchronous=FULL",  # committed state survives power loss
@@ -147,39 +459,28 @@ class Store:
             if sealer is None:
                 params = KdfParams.fresh(opslimit, memlimit)
                 sealer = Sealer(passphrase, params)
+                kdf = cbor2.dumps([params.salt, params.opslimit, params.memlimit])
+                check = sealer.seal("check", CHECK_PLAINTEXT)
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("schema", str(SCHEMA_VERSION).encode()),
-                    ("kdf", cbor2.dumps([params.salt, params.opslimit, params.memlimit])),
-                    ("check", sealer.seal("check", CHECK_PLAINTEXT)),
+                    ("kdf", kdf),
+                    ("check", check),
+                    ("unlock_tag", unlock_tag(kdf, check)),
                 ])
                 db.execute("COMMIT")
                 path.chmod(0o600)
+            else:
+                _add_unlock_tag(db)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            if is_damage(exc):
+                raise damaged(path, f"SQLite cannot read it ({exc})") from None
+            raise
         except BaseException:
             db.close()
             raise
         return cls(db, sealer, path)
-
-    @staticmethod
-    def _unlock(db: sqlite3.Connection, passphrase: str, path: Path) -> Sealer | None:
-        """The sealer of an existing store, or None when it was never initialised.
-
-        Reads only ``meta`` (kdf, check), whose layout every schema version keeps.
-        """
-        meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
-        if not meta:
-            return None
-        salt, ops, mem = cbor2.loads(meta["kdf"])
-        sealer = Sealer(passphrase, KdfParams(salt, ops, mem))
-        try:
-            check = sealer.open("check", meta["check"])
-        except CorruptStore:
-            raise WrongPassphrase(
-                f"wrong passphrase for the store at {path} (nothing was changed)"
-            ) from None
-        if check != CHECK_PLAINTEXT:
-            raise WrongPassphrase(f"wrong passphrase for the store at {path}")
-        return sealer
 
     def close(self) -> None:
         self._db.close()
@@ -211,8 +512,13 @@ class Store:
                    (name, self._sealer.seal(name, data)))
 
     def _get_secret(self, name: str) -> bytes | None:
-        row = self._db.execute("SELECT sealed FROM secrets WHERE name = ?", (name,)).fetchone()
-        return None if row is None else self._sealer.open(name, row[0])
+        rows = self._rows("SELECT sealed FROM secrets WHERE name = ?", (name,))
+        if not rows:
+            return None
+        try:
+            return self._sealer.open(name, rows[0][0])
+        except CorruptStore:
+            raise damaged(self.path, f"the sealed {name} does not open") from None
 
     def save_identity(self, handle: str, identity: Identity) -> None:
         with self.transaction() as db:
@@ -247,11 +553,18 @@ class Store:
             ))
 
     def contact(self, handle: str) -> Contact | None:
-        row = self._db.execute("SELECT sealed FROM contacts WHERE peer = ?",
-                               (self._sealer.name(handle),)).fetchone()
-        if row is None:
+        """The pinned contact, None if unknown; DamagedRow if its row is damaged (its pinned
+        identity is unknown: never treated as absent, which would re-pin whatever comes)."""
+        peer = self._sealer.name(handle)
+        rows = self._rows("SELECT sealed FROM contacts WHERE peer = ?", (peer,))
+        if not rows:
             return None
-        name, identity, verified = cbor2.loads(self._sealer.open("contact", row[0]))
+        try:
+            name, identity, verified = cbor2.loads(
+                self._open_row("contacts", f"of {handle}", "contact", rows[0][0]))
+        except DamagedRow:
+            self._skipped("contacts", [f"of {handle}"])
+            raise
         return Contact(name, PublicIdentity.decode(identity), verified)
 
     # -- sessions ---------------------------------------------------------------------
@@ -268,18 +581,20 @@ class Store:
             self._session_row(db, peer, session)
 
     def load_session(self, peer: str) -> Session | None:
-        row = self._db.execute("SELECT sealed FROM sessions WHERE peer = ?",
-                               (self._sealer.name(peer),)).fetchone()
-        if row is None:
+        rows = self._rows("SELECT sealed FROM sessions WHERE peer = ?",
+                          (self._sealer.name(peer),))
+        if not rows:
             return None
-        name, state = cbor2.loads(self._sealer.open("session", row[0]))
+        name, state = cbor2.loads(self._open_row("sessions", f"of {peer}", "session",
+                                                 rows[0][0]))
         if name != peer:
             raise CorruptStore(f"session row of {peer!r} holds another peer's state")
         return Session.from_bytes(state)
 
     def peers(self) -> list[str]:
-        rows = self._db.execute("SELECT sealed FROM sessions ORDER BY updated DESC").fetchall()
-        return [cbor2.loads(self._sealer.open("session", row[0]))[0] for row in rows]
+        """Peers with a session, most recent first (a damaged session row is skipped)."""
+        rows = self._rows("SELECT rowid, sealed FROM sessions ORDER BY updated DESC")
+        return [cbor2.loads(blob)[0] for blob in self._readable("sessions", "session", rows)]
 
     def accept_session(self, peer: str, session: Session, secrets: PrekeySecrets,
                        bundle: PrekeyBundle, message_id: str, messages: list[Message]) -> None:
@@ -315,11 +630,16 @@ class Store:
 
     def outbox(self) -> list[OutboxEntry]:
         """Messages committed but not yet acknowledged by the transport: resend these."""
-        out = []
-        for row_id, message_id, sealed in self._db.execute(
+        out, bad = [], []
+        for row_id, message_id, sealed in self._rows(
                 "SELECT id, message_id, sealed FROM outbox ORDER BY id"):
-            peer, wire = cbor2.loads(self._sealer.open("outbox", sealed))
+            try:
+                peer, wire = cbor2.loads(self._sealer.open("outbox", sealed))
+            except CorruptStore:
+                bad.append(row_id)
+                continue
             out.append(OutboxEntry(row_id, peer, message_id, wire))
+        self._skipped("outbox", bad)
         return out
 
     def mark_sent(self, outbox_id: int) -> None:
@@ -380,18 +700,23 @@ class Store:
 
     def transfers(self) -> list[dict[str, Any]]:
         """Every persisted transfer record, oldest first."""
-        rows = self._db.execute("SELECT sealed FROM transfers ORDER BY created").fetchall()
-        return [cbor2.loads(self._sealer.open("transfer", row[0])) for row in rows]
+        rows = self._rows("SELECT rowid, sealed FROM transfers ORDER BY created")
+        return [cbor2.loads(blob) for blob in self._readable("transfers", "transfer", rows)]
 
     def delete_transfer(self, transfer_id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM transfers WHERE id = ?", (self._sealer.name(transfer_id),))
 
     def history(self, peer: str, limit: int = 200) -> list[HistoryEntry]:
-        """The last ``limit`` messages with ``peer``, oldest first."""
-        rows = self._db.execute(
-            "SELECT sealed FROM history WHERE peer = ? ORDER BY id DESC LIMIT ?",
+        """The last ``limit`` messages with ``peer``, oldest first; a damaged row is skipped
+        (and logged once, with the count): the rest of the conversation stays readable."""
+        rows = self._rows(
+            "SELECT id, sealed FROM history WHERE peer = ? ORDER BY id DESC LIMIT ?",
             (self._sealer.name(peer), limit),
-        ).fetchall()
-        entries = [HistoryEntry(*cbor2.loads(self._sealer.open("history", r[0]))) for r in rows]
-        return entries[::-1]
+        )
+        blobs = self._readable("history", "history", rows)
+        return [HistoryEntry(*cbor2.loads(blob)) for blob in reversed(blobs)]
+
+    def damaged_rows(self) -> list[Damage]:
+        """Every row whose sealed blob does not open (what ``qsecret doctor --store`` shows)."""
+        return _damaged_rows(self._db, self._sealer)
