@@ -24,8 +24,7 @@ from .store import _read_only, _verify
 
 def _copy(source: Path, dest: Path) -> None:
     """``source`` (read-only) to the new file ``dest`` with SQLite's backup API, synced."""
-    src = _read_only(source)
-    try:
+    with _read_only(source) as src:
         out = sqlite3.connect(dest, isolation_level=None)
         try:
             src.backup(out)
@@ -34,8 +33,6 @@ def _copy(source: Path, dest: Path) -> None:
             out.execute("PRAGMA journal_mode=DELETE")
         finally:
             out.close()
-    finally:
-        src.close()
     dest.chmod(0o600)
     with dest.open("rb+") as file:
         os.fsync(file.fileno())
@@ -61,8 +58,6 @@ def _checked_copy(passphrase: str, source: Path, dest: Path) -> None:
         for leftover in (partial, *_sidecars(partial)):
             leftover.unlink(missing_ok=True)
         raise
-    for leftover in _sidecars(partial):  # empty, left by the read-only check
-        leftover.unlink(missing_ok=True)
     partial.replace(dest)
     _sync_dir(dest.parent)
 

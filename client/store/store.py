@@ -171,11 +171,34 @@ def header_problem(path: Path) -> str | None:
     return None
 
 
-def _read_only(path: Path) -> sqlite3.Connection:
-    """A connection that cannot write to the file (SQLite's mode=ro)."""
+@contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection that cannot write to the file (SQLite's mode=ro), closed on exit.
+
+    Reading a WAL file read-only makes SQLite create its ``-wal`` and ``-shm`` beside it and,
+    being read-only, leave them; when they were not there before and the WAL is still empty,
+    a plain connection that only reads is opened and closed so SQLite itself removes them
+    (under its own locks: never while another process uses them). Nothing in the database
+    file changes: an empty WAL has nothing to copy back.
+    """
+    sidecars = (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
+    had_sidecars = any(p.exists() for p in sidecars)
     uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
-    return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10,
-                           check_same_thread=False)
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10,
+                         check_same_thread=False)
+    try:
+        yield db
+    finally:
+        db.close()
+        wal = sidecars[0]
+        if not had_sidecars and wal.exists() and wal.stat().st_size == 0:
+            tidy = sqlite3.connect(path, isolation_level=None, timeout=0)
+            try:
+                tidy.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.Error as exc:  # damaged or busy: the empty files stay, harmless
+                log.debug("%s: left its empty -wal/-shm (%s)", path, exc)
+            finally:
+                tidy.close()
 
 
 def _unlock(db: sqlite3.Connection, passphrase: str, path: Path) -> Sealer | None:
@@ -224,7 +247,11 @@ def _verify(passphrase: str, path: Path) -> Sealer | None:
     problem = header_problem(path)
     if problem is not None:
         raise damaged(path, problem)
-    db = _read_only(path)
+    with _read_only(path) as db:
+        return _verify_open(db, passphrase, path)
+
+
+def _verify_open(db: sqlite3.Connection, passphrase: str, path: Path) -> Sealer | None:
     try:
         found = inspect_schema(db, STORE_SCHEMA, path)
         if not found:
@@ -254,8 +281,6 @@ def _verify(passphrase: str, path: Path) -> Sealer | None:
         if is_damage(exc):
             raise damaged(path, f"SQLite cannot read it ({exc})") from None
         raise StoreError(f"{path}: {exc}") from None
-    finally:
-        db.close()
 
 
 @dataclass(frozen=True)
@@ -317,20 +342,26 @@ def inspect_store(passphrase: str, path: Path | str) -> StoreReport:
     if problem is not None:
         report.fatal = str(damaged(path, problem))
         return report
-    db = _read_only(path)
+    with _read_only(path) as db:
+        _inspect_into(report, db, passphrase, path)
+    return report
+
+
+def _inspect_into(report: StoreReport, db: sqlite3.Connection, passphrase: str,
+                  path: Path) -> None:
     try:
         if not inspect_schema(db, STORE_SCHEMA, path):
             report.fatal = f"{path}: the profile store was never initialised"
-            return report
+            return
         problems = [row[0] for row in db.execute("PRAGMA integrity_check(20)")]
         if problems != ["ok"]:
             report.fatal = str(damaged(path, "SQLite finds its pages inconsistent (" +
                                        "; ".join(problems) + ")"))
-            return report
+            return
         sealer = _unlock(db, passphrase, path)
         if sealer is None:
             report.fatal = f"{path}: the profile store was never initialised"
-            return report
+            return
         report.rows = _damaged_rows(db, sealer)
         report.counts = {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                          for table in SEALED_TABLES}
@@ -340,9 +371,6 @@ def inspect_store(passphrase: str, path: Path | str) -> StoreReport:
         report.fatal = str(exc)
     except sqlite3.DatabaseError as exc:
         report.fatal = str(damaged(path, f"SQLite cannot read it ({exc})"))
-    finally:
-        db.close()
-    return report
 
 
 @dataclass(frozen=True)
