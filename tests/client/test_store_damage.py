@@ -54,7 +54,7 @@ def digest(path: Path) -> str:
 
 
 def sealed(path: Path, sql: str) -> bytes:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)  # leaves no -wal/-shm
     try:
         return bytes(db.execute(sql).fetchone()[0])
     finally:
@@ -278,7 +278,7 @@ def test_absurd_kdf_parameters_are_refused_before_argon2_runs(profile: Path) -> 
 
 
 def _meta(path: Path, name: str) -> bytes | None:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)  # leaves no -wal/-shm
     try:
         row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
     finally:
