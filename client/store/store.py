@@ -133,10 +133,11 @@ def is_damage(exc: sqlite3.Error) -> bool:
     return code in _DAMAGE_CODES or (code is None and "malformed" in str(exc))
 
 
-def damaged(path: Path, what: str) -> CorruptStore:
+def damaged(path: Path, what: str, *, written: bool = False) -> CorruptStore:
     """The one error for a damaged store file: which file, what is wrong, what to do."""
-    return CorruptStore(f"{path}: the profile store is damaged: {what}; nothing was written "
-                        f"to it; {RESTORE_HINT}", path)
+    note = "" if written else "nothing was written to it; "
+    return CorruptStore(f"{path}: the profile store is damaged: {what}; {note}{RESTORE_HINT}",
+                        path)
 
 
 def header_problem(path: Path) -> str | None:
@@ -521,14 +522,22 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """All-or-nothing: commit on success, roll back on any exception."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """All-or-nothing: commit on success, roll back on any exception. SQLite finding the
+        file damaged mid-way is the store's one clear error (CorruptStore), not a traceback."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise damaged(self.path, f"SQLite cannot read it ({exc})",
+                              written=True) from None
             raise
-        self._db.execute("COMMIT")
 
     def _checkpoint(self, name: str) -> None:
         """Called at each step of the critical paths; tests override it to inject crashes."""
