@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                              "passphrase): SQLite integrity, the passphrase records and every "
                              "sealed row; exit status 3 if anything is damaged")
     parser.add_argument("--data", type=Path, help="profile directory ($QSECRET_DATA_DIR)")
+    # accepted as by every profile command (scripts pass them all); --store needs no network
+    parser.add_argument("--relay", dest="relay_url", help=argparse.SUPPRESS)
+    parser.add_argument("--kme", dest="kme_url", help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
@@ -91,7 +94,6 @@ def run_store(args: argparse.Namespace) -> int:
 
     from .session import config_for, passphrase
 
-    args.relay_url = args.kme_url = None
     path = store_path(config_for(args))
     found = inspect_store(passphrase(), path)
     status = 0 if found.healthy else EXIT_FAILED if found.wrong_passphrase else EXIT_DAMAGED
