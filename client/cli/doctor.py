@@ -90,7 +90,7 @@ def _short(names: list[str], limit: int = 12) -> str:
 def run_store(args: argparse.Namespace) -> int:
     """Check the profile's store without writing to it; list every damaged row."""
     from client.messenger.unlock import store_path
-    from client.store.store import inspect_store
+    from client.store.check import inspect_store
 
     from .session import config_for, passphrase
 

@@ -1,16 +1,12 @@
-"""The sealed local store (SQLite + Argon2id + secretbox); see :mod:`client.store.store`."""
+"""The sealed local store (SQLite + Argon2id + secretbox); see :mod:`client.store.store`.
 
+Modules: ``sealed`` (the passphrase key, sealing, errors), ``schema`` (tables and versions),
+``check`` (finding damage without writing), ``store`` (the Store), ``backup`` (backup and
+restore of the sealed file)."""
+
+from .check import Damage, StoreReport, inspect_store
 from .sealed import CorruptStore, DamagedRow, KdfParams, Sealer, StoreError, WrongPassphrase
-from .store import (
-    Contact,
-    Damage,
-    HistoryEntry,
-    OutboxEntry,
-    Store,
-    StoreReport,
-    default_path,
-    inspect_store,
-)
+from .store import Contact, HistoryEntry, OutboxEntry, Store, default_path
 
 __all__ = [
     "Contact",

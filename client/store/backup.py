@@ -18,13 +18,13 @@ import sqlite3
 import time
 from pathlib import Path
 
+from .check import read_only, verify
 from .sealed import StoreError
-from .store import _read_only, _verify
 
 
 def _copy(source: Path, dest: Path) -> None:
     """``source`` (read-only) to the new file ``dest`` with SQLite's backup API, synced."""
-    with _read_only(source) as src:
+    with read_only(source) as src:
         out = sqlite3.connect(dest, isolation_level=None)
         try:
             src.backup(out)
@@ -53,7 +53,7 @@ def _checked_copy(passphrase: str, source: Path, dest: Path) -> None:
     partial.unlink(missing_ok=True)
     try:
         _copy(source, partial)
-        _verify(passphrase, partial)
+        verify(passphrase, partial)
     except BaseException:
         for leftover in (partial, *_sidecars(partial)):
             leftover.unlink(missing_ok=True)
@@ -74,7 +74,7 @@ def backup_store(passphrase: str, store: Path, dest: Path, *, force: bool = Fals
     """
     if not store.exists():
         raise StoreError(f"no profile store at {store}: nothing to back up")
-    _verify(passphrase, store)
+    verify(passphrase, store)
     if dest.exists() and not force:
         raise StoreError(f"{dest} already exists; choose another name or pass --force")
     if dest.resolve() == store.resolve():
@@ -96,7 +96,7 @@ def restore_store(passphrase: str, backup: Path, store: Path, *,
         raise StoreError(f"no backup at {backup}")
     if backup.resolve() == store.resolve():
         raise StoreError(f"{backup} is the profile's store itself")
-    _verify(passphrase, backup)  # the backup's own message if damaged or the passphrase wrong
+    verify(passphrase, backup)  # the backup's own message if damaged or the passphrase wrong
     if store.exists() and not force:
         raise StoreError(f"a profile store already exists at {store}; 'qsecret restore' "
                          "replaces it only with --force (it is then kept beside, renamed)")
