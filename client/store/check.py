@@ -72,7 +72,8 @@ def header_problem(path: Path) -> str | None:
 
     Catches a damaged header and a truncated file before SQLite sees them (SQLite would say
     "file is not a database", or read zeros past the end and fail later, or treat an empty
-    file as a new database and write one).
+    file as a new database and write one). The size is judged only when the WAL is empty:
+    no checkpoint can then be changing the file under us.
     """
     size = path.stat().st_size
     with path.open("rb") as file:
@@ -89,6 +90,11 @@ def header_problem(path: Path) -> str | None:
         return f"the SQLite header is damaged (page size {page_size})"
     if header[21:24] != b"\x40\x20\x20":
         return "the SQLite header is damaged (payload fractions)"
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size:
+        # Frames in the WAL: a checkpoint by another process may be extending the file right
+        # now (page 1, with the new size, is written first); quick_check judges the size.
+        return None
     pages = int.from_bytes(header[28:32], "big")
     size_valid = pages and header[24:28] == header[92:96]
     if size_valid and size < pages * page_size:
@@ -203,7 +209,8 @@ def _verify_open(db: sqlite3.Connection, passphrase: str, path: Path) -> Sealer 
         return sealer
     except SchemaError as exc:
         if any(word in str(exc) for word in ("not a database", "malformed")):
-            raise damaged(path, str(exc).removeprefix(f"{path}: ")) from None
+            reason = str(exc)[str(exc).rfind("("):]  # "(database disk image is malformed)"
+            raise damaged(path, f"SQLite cannot read it {reason}") from None
         raise StoreError(str(exc)) from None
     except sqlite3.DatabaseError as exc:
         if is_damage(exc):

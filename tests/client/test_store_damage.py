@@ -99,12 +99,24 @@ def flip_check(path: Path) -> None:
     flip_bit_in(path, "SELECT value FROM meta WHERE name = 'check'")
 
 
+def break_history_page(path: Path) -> None:
+    """Damage SQLite's own structure (not a sealed blob): the history table's root page."""
+    db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'history'").fetchone()
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    finally:
+        db.close()
+    flip_byte((root - 1) * page_size, 0xFF)(path)  # the page's type byte
+
+
 FATAL = {
     "header signature": (flip_byte(3), "does not start with the SQLite signature"),
     "header page size": (flip_byte(16, 0x01), "SQLite header is damaged (page size"),
     "truncated by a page": (truncate_by(4096), "the file is truncated"),
     "truncated mid-page": (truncate_by(1000), "the file is truncated"),
     "truncated to nothing": (truncate_by(1 << 30), "the file is empty"),
+    "history table page": (break_history_page, "the profile store is damaged: SQLite"),
     "identity blob bit": (flip_identity, "the sealed identity does not open"),
     "kdf parameters bit": (flip_kdf, "KDF parameters or passphrase check value are damaged"),
     "check value bit": (flip_check, "KDF parameters or passphrase check value are damaged"),
@@ -284,3 +296,17 @@ def _meta(path: Path, name: str) -> bytes | None:
     finally:
         db.close()
     return None if row is None else bytes(row[0])
+
+
+def test_a_truncated_store_with_frames_in_its_wal_is_refused_untouched(profile: Path) -> None:
+    """With frames in the WAL the header's size is not judged (a checkpoint may be under way
+    in another process); SQLite's own check refuses the truncated file instead."""
+    from client.store import CorruptStore, Store
+
+    path = profile / STORE
+    truncate_by(8192)(path)
+    (profile / f"{STORE}-wal").write_bytes(b"\x00" * 32)  # not a valid WAL: SQLite ignores it
+    before = digest(path)
+    with pytest.raises(CorruptStore, match="SQLite cannot read it"):
+        Store.open(PASSPHRASE, path, create=False)
+    assert digest(path) == before
