@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from client import __version__
 
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STATUS_HELP, user_message
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STATUS_HELP, exit_status, user_message
 from .help import HelpFormatter
 
 Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
@@ -33,7 +33,8 @@ Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg
 # them all; tests/client/test_startup.py checks this table against the entry points.
 BUILTIN_COMMANDS: dict[str, str] = {
     **dict.fromkeys(["init", "chat", "send", "recv", "export", "contacts", "send-file",
-                     "receive-files", "transfers"], "client.cli.parsers:register"),
+                     "receive-files", "transfers", "backup", "restore"],
+                    "client.cli.parsers:register"),
     "demo": "client.cli.demo:register",
     "doctor": "client.cli.doctor:register",
     "eve": "keysource.qkd.cli:register",
@@ -145,4 +146,4 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if message is None:
             raise
         print(f"qsecret {args.command}: {message}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_status(exc)

@@ -8,6 +8,9 @@ Exit status, the same for every command:
 - 2: the command could not run: bad arguments, no profile or a wrong passphrase, or the relay,
   the KME or the transfer refused (every ``MessengerError`` and ``TransferError``); the line
   on standard error says why, as ``qsecret COMMAND: reason``.
+- 3: the profile's store is damaged (``client.store.CorruptStore``): the line names the file
+  and what is wrong; nothing was written to it. ``qsecret doctor --store`` lists the damaged
+  rows; ``qsecret restore FILE`` puts a backup back (README, "Backups").
 - 130: interrupted (Ctrl+C); unfinished transfers are paused, not lost.
 """
 
@@ -18,6 +21,7 @@ import sys
 EXIT_OK = 0
 EXIT_NOT_DONE = 1
 EXIT_FAILED = 2
+EXIT_DAMAGED = 3
 EXIT_INTERRUPTED = 130
 
 EXIT_STATUS_HELP = """\
@@ -26,6 +30,8 @@ exit status:
   1    ran, but it did not happen (message not sent, transfer declined or unfinished)
   2    could not run: bad arguments, profile or passphrase, or the relay, KME or
        transfer refused; one line on standard error says why
+  3    the profile's store is damaged: the line names the file and the damage
+       (nothing was written to it); see 'qsecret doctor --store', 'qsecret restore'
   130  interrupted (Ctrl+C); unfinished transfers are paused"""
 
 # The failures a user can meet and act on, by the module that defines each. They are looked
@@ -39,6 +45,13 @@ USER_ERRORS: tuple[str, ...] = (
     "client.store.sealed:StoreError",
     "client.processes:ServiceError",
     "keysource.kme.tls:PkiError",
+)
+
+
+# Failures with their own exit status (looked up like USER_ERRORS), checked along the chain
+# of causes: the messenger wraps a damaged store's error in its own (``raise ... from``).
+EXIT_STATUS_OF: tuple[tuple[str, int], ...] = (
+    ("client.store.sealed:CorruptStore", EXIT_DAMAGED),
 )
 
 
@@ -59,6 +72,20 @@ def user_message(exc: BaseException) -> str | None:
     if isinstance(exc, OSError):  # a file, folder or port the user named or the system refused
         return one_line(exc)
     return None
+
+
+def exit_status(exc: BaseException) -> int:
+    """The exit status of a failure ``user_message`` accepted: EXIT_DAMAGED for a damaged
+    store (the error itself or what caused it), else EXIT_FAILED."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        for target, status in EXIT_STATUS_OF:
+            module_name, _, class_name = target.partition(":")
+            module = sys.modules.get(module_name)
+            if module is not None and isinstance(seen, getattr(module, class_name)):
+                return status
+        seen = seen.__cause__
+    return EXIT_FAILED
 
 
 def one_line(exc: BaseException) -> str:

@@ -1,5 +1,5 @@
 """The client's command-line parsers: init, chat, send, recv, export, contacts, send-file,
-receive-files and transfers.
+receive-files, transfers, backup and restore.
 
 Only argparse here. Each command's function lives in a module of this package by topic
 (``profile``, ``chat``, ``messages``, ``contacts``, ``files``) and is imported by name when the
@@ -159,6 +159,36 @@ def register(subparsers: Subparsers) -> None:
     contacts.set_defaults(func=lambda args: contacts.print_help() or 2)
 
     _register_files(subparsers)
+    _register_backups(subparsers)
+
+
+def _register_backups(subparsers: Subparsers) -> None:
+    backup = _command(
+        subparsers, "backup", "copy the profile's sealed store to FILE",
+        "Write a consistent copy of the profile's store to FILE (SQLite's backup API; safe "
+        "while qsecret runs). Everything in it is sealed under the passphrase, as in the "
+        "store itself, so the copy is as safe as the store; it is checked to open with the "
+        "passphrase before it is kept. Restore it with 'qsecret restore FILE'.",
+        "qsecret backup ~/backups/qsecret-$(date +%F).sqlite3",
+    )
+    _profile_args(backup)
+    backup.add_argument("file", metavar="FILE", type=Path, help="where to write the backup")
+    backup.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    backup.set_defaults(func=_later("backup", "run_backup"))
+
+    restore = _command(
+        subparsers, "restore", "put a backup back as the profile's store",
+        "Check that FILE (made by 'qsecret backup') opens with the passphrase, then make it "
+        "the profile's store. An existing store is replaced only with --force, and is kept "
+        "beside it (store.sqlite3.replaced-TIME), never deleted. Close every qsecret using "
+        "the profile first. Messages received after the backup was made are not in it.",
+        "qsecret restore ~/backups/qsecret-2026-12-01.sqlite3 --force",
+    )
+    _profile_args(restore)
+    restore.add_argument("file", metavar="FILE", type=Path, help="the backup to restore")
+    restore.add_argument("--force", action="store_true",
+                         help="replace an existing store (kept beside, renamed)")
+    restore.set_defaults(func=_later("backup", "run_restore"))
 
 
 def _register_files(subparsers: Subparsers) -> None:

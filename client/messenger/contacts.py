@@ -8,6 +8,7 @@ from typing import Protocol
 
 from client.protocol import ProtocolError, parse_bundle_parts, qr_text, safety_number, safety_qr
 from client.protocol.identity import Identity, PublicIdentity
+from client.store.sealed import DamagedRow
 from client.store.store import Contact
 from relay.wire import Bundle
 
@@ -46,7 +47,10 @@ class Contacts:
 
     def view(self, conversation: ConversationId) -> ContactView:
         peer = conversation.peer
-        contact = self._store.contact(peer)
+        try:
+            contact = self._store.contact(peer)
+        except DamagedRow:  # logged by the store; listed as not verified, the rest still shows
+            contact = None
         history = self._history.messages(conversation)
         unread = len(self._history.unread(conversation))
         last = history[-1] if history else None

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from client.protocol import Message, ProtocolError
+from client.store.sealed import CorruptStore
 from relay.wire import Deliver
 
 from . import payload as payloads
@@ -22,6 +23,7 @@ from .api import (
     ConversationId,
     Delivery,
     DeliveryEvent,
+    ErrorEvent,
     Event,
     KeyStatus,
     KeyStatusEvent,
@@ -75,6 +77,12 @@ class Inbox:
             log.warning("dropped a message from %s: %s: %s", deliver.sender,
                         type(exc).__name__, exc)
             await self._relay.ack([deliver.seq])
+            return
+        except CorruptStore as exc:
+            # This conversation's stored state is damaged: the message stays at the relay
+            # (never acked, so a restored profile can still read it); the others go on.
+            log.error("a message from %s left at the relay: %s", deliver.sender, exc)
+            self._emit(ErrorEvent(MessengerError(str(exc))))
             return
         await self._relay.ack([deliver.seq])
         if opened.duplicate:

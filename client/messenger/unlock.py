@@ -30,5 +30,5 @@ def unlock_store(config: ClientConfig, passphrase: str) -> Store:
         return Store.open(passphrase, path, create=False)
     except WrongPassphrase:
         raise MessengerError("wrong passphrase (nothing was changed); try again") from None
-    except StoreError as exc:
-        raise MessengerError(str(exc)) from None
+    except StoreError as exc:  # a damaged store keeps its cause: its own exit status
+        raise MessengerError(str(exc)) from exc

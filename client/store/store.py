@@ -17,10 +17,22 @@ to resend. A crash before the commit loses a message that never left (its key
 is reused for the next message, which is safe: the old ciphertext was never
 seen); a crash after it resends the same bytes (the peer de-duplicates).
 Nothing is ever sent under a state that was not durably stored first.
+
+Damage (bit rot, truncation, a bad copy) is found before anything writes: :meth:`Store.open`
+first checks the file's SQLite header (magic, page size, truncation) with a plain read, then
+opens it read-only to run SQLite's ``quick_check``, tell a damaged KDF/check record from a
+wrong passphrase (see :mod:`client.store.sealed`) and open the identity and prekeys; only a
+file that passes is opened for writing (and migrated); see :mod:`client.store.check`. Every
+failure is a :class:`CorruptStore` naming the file and what is wrong. Afterwards a damaged history,
+session, outbox or transfer row costs that row only: lists skip it and log one warning with a
+count; a damaged contact or session raises :class:`DamagedRow` for that peer alone.
+:func:`~client.store.check.inspect_store` (``qsecret doctor --store``) lists every damaged
+row without writing.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -35,45 +47,24 @@ import platformdirs
 from client.protocol.bundle import PrekeyBundle, PrekeySecrets, parse_bundle
 from client.protocol.identity import Identity, PublicIdentity
 from client.protocol.session import Message, Outgoing, Session
-from keysource.sqlite_schema import Schema, SchemaError, inspect_schema, open_schema
+from keysource.sqlite_schema import SchemaError, inspect_schema, open_schema
 
-from .sealed import CHECK_PLAINTEXT, CorruptStore, KdfParams, Sealer, StoreError, WrongPassphrase
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, sealed BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS contacts (peer TEXT PRIMARY KEY, sealed BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS sessions (peer TEXT PRIMARY KEY, sealed BLOB NOT NULL,
-                                     updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT NOT NULL,
-                                   message_id TEXT NOT NULL UNIQUE, sealed BLOB NOT NULL,
-                                   created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT NOT NULL,
-                                    sealed BLOB NOT NULL, created REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS history_peer ON history (peer, id);
-CREATE TABLE IF NOT EXISTS received (peer TEXT NOT NULL, message_id TEXT NOT NULL,
-                                     PRIMARY KEY (peer, message_id));
-CREATE TABLE IF NOT EXISTS transfers (id TEXT PRIMARY KEY, sealed BLOB NOT NULL,
-                                      created REAL NOT NULL);
-"""
-
-
-def _mirror_version(db: sqlite3.Connection, version: int) -> None:
-    """Keep ``meta.schema`` equal to the version: qsecret before versioned stores refuses a
-    store whose ``meta.schema`` is not ``1``, so it cannot damage a newer one."""
-    db.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (str(version).encode(),))
-
-
-# Version 1 is the schema above (files from before versions were recorded hold it); later
-# changes are appended to ``migrations`` (see keysource.sqlite_schema).
-STORE_SCHEMA = Schema(
-    kind="profile store",
-    baseline=SCHEMA,
-    marker_tables=frozenset({"secrets", "contacts", "sessions", "history"}),
-    migrations=(),
-    mirror=_mirror_version,
+from .check import Damage, add_unlock_tag, damaged, damaged_rows, is_damage, unlock, verify
+from .schema import SCHEMA, SCHEMA_VERSION, STORE_SCHEMA
+from .sealed import (
+    CHECK_PLAINTEXT,
+    CorruptStore,
+    DamagedRow,
+    KdfParams,
+    Sealer,
+    StoreError,
+    unlock_tag,
 )
-SCHEMA_VERSION = STORE_SCHEMA.version
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "STORE_SCHEMA", "Contact", "HistoryEntry", "OutboxEntry",
+           "Store", "default_path"]
+
+log = logging.getLogger("qsecret.store")
 
 
 def default_path() -> Path:
@@ -115,19 +106,67 @@ class Store:
         self._db = connection
         self._sealer = sealer
         self.path = path
+        self._reported: set[tuple[str, object]] = set()  # damaged rows already logged
+
+    # -- reading rows that may be damaged --------------------------------------------
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """``fetchall`` with SQLite damage turned into the store's one clear error."""
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise damaged(self.path, f"SQLite cannot read it ({exc})") from None
+            raise
+
+    def _open_row(self, table: str, row: object, context: str, blob: bytes) -> bytes:
+        """The opened blob of one row, or DamagedRow naming the file, table and row."""
+        try:
+            return self._sealer.open(context, blob)
+        except CorruptStore as exc:
+            raise DamagedRow(f"{self.path}: {table} row {row} is damaged ({exc}); run "
+                             "'qsecret doctor --store' for every damaged row",
+                             table, row, self.path) from None
+
+    def _skipped(self, table: str, rows: list[object]) -> None:
+        """Log, once per row and process, that damaged rows were left out of a list."""
+        fresh = [row for row in rows if (table, row) not in self._reported]
+        if not fresh:
+            return
+        self._reported.update((table, row) for row in fresh)
+        log.warning("%s: %d damaged %s row(s) skipped (rows %s); 'qsecret doctor --store' "
+                    "lists them", self.path, len(fresh), table, ", ".join(map(str, fresh)))
+
+    def _readable(self, table: str, context: str,
+                  rows: list[tuple[object, bytes]]) -> list[bytes]:
+        """The opened blobs of ``(row id, blob)`` rows, damaged ones skipped and logged."""
+        out, bad = [], []
+        for row, blob in rows:
+            try:
+                out.append(self._sealer.open(context, blob))
+            except CorruptStore:
+                bad.append(row)
+        self._skipped(table, bad)
+        return out
 
     # -- opening ----------------------------------------------------------------------
 
     @classmethod
     def open(cls, passphrase: str, path: Path | str | None = None, *, create: bool = True,
              opslimit: int | None = None, memlimit: int | None = None) -> Store:
-        """Open (or create) the store; WrongPassphrase when the passphrase does not open it.
+        """Open (or create) the store; WrongPassphrase when the passphrase does not open it,
+        CorruptStore (naming the file and the damage) when it is damaged: then nothing was
+        written to it.
 
         ``opslimit``/``memlimit`` (Argon2id cost) apply when creating; tests pass the minimum.
         """
         path = Path(path) if path is not None else default_path()
-        if not path.exists() and not create:
+        exists = path.exists()
+        if not exists and not create:
             raise StoreError(f"no store at {path}: run 'qsecret init' first")
+        # Every check that can fail runs read-only first (header, structure, passphrase,
+        # identity): a wrong passphrase, a newer file or a damaged one stays byte-for-byte.
+        verified = verify(passphrase, path) if exists else None
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Opened off the event loop (Argon2id is slow), then used from the loop: one user
         # at a time, never concurrently, so crossing threads is safe here.
@@ -135,9 +174,9 @@ class Store:
         try:
             try:
                 found = inspect_schema(db, STORE_SCHEMA, path)  # refuses a newer file
-                # The passphrase is checked before a migration writes anything, so a wrong
-                # one leaves an older file untouched too.
-                sealer = cls._unlock(db, passphrase, path) if found else None
+                sealer = verified
+                if found and sealer is None:  # created by another process meanwhile
+                    sealer = unlock(db, passphrase, path)
                 open_schema(db, STORE_SCHEMA, path, pragmas=(
                     "PRAGMA journal_mode=WAL",
                     "PRAGMA synchronous=FULL",  # committed state survives power loss
@@ -147,39 +186,28 @@ class Store:
             if sealer is None:
                 params = KdfParams.fresh(opslimit, memlimit)
                 sealer = Sealer(passphrase, params)
+                kdf = cbor2.dumps([params.salt, params.opslimit, params.memlimit])
+                check = sealer.seal("check", CHECK_PLAINTEXT)
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("schema", str(SCHEMA_VERSION).encode()),
-                    ("kdf", cbor2.dumps([params.salt, params.opslimit, params.memlimit])),
-                    ("check", sealer.seal("check", CHECK_PLAINTEXT)),
+                    ("kdf", kdf),
+                    ("check", check),
+                    ("unlock_tag", unlock_tag(kdf, check)),
                 ])
                 db.execute("COMMIT")
                 path.chmod(0o600)
+            else:
+                add_unlock_tag(db)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            if is_damage(exc):
+                raise damaged(path, f"SQLite cannot read it ({exc})") from None
+            raise
         except BaseException:
             db.close()
             raise
         return cls(db, sealer, path)
-
-    @staticmethod
-    def _unlock(db: sqlite3.Connection, passphrase: str, path: Path) -> Sealer | None:
-        """The sealer of an existing store, or None when it was never initialised.
-
-        Reads only ``meta`` (kdf, check), whose layout every schema version keeps.
-        """
-        meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
-        if not meta:
-            return None
-        salt, ops, mem = cbor2.loads(meta["kdf"])
-        sealer = Sealer(passphrase, KdfParams(salt, ops, mem))
-        try:
-            check = sealer.open("check", meta["check"])
-        except CorruptStore:
-            raise WrongPassphrase(
-                f"wrong passphrase for the store at {path} (nothing was changed)"
-            ) from None
-        if check != CHECK_PLAINTEXT:
-            raise WrongPassphrase(f"wrong passphrase for the store at {path}")
-        return sealer
 
     def close(self) -> None:
         self._db.close()
@@ -192,14 +220,22 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """All-or-nothing: commit on success, roll back on any exception."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """All-or-nothing: commit on success, roll back on any exception. SQLite finding the
+        file damaged mid-way is the store's one clear error (CorruptStore), not a traceback."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise damaged(self.path, f"SQLite cannot read it ({exc})",
+                              written=True) from None
             raise
-        self._db.execute("COMMIT")
 
     def _checkpoint(self, name: str) -> None:
         """Called at each step of the critical paths; tests override it to inject crashes."""
@@ -211,8 +247,13 @@ class Store:
                    (name, self._sealer.seal(name, data)))
 
     def _get_secret(self, name: str) -> bytes | None:
-        row = self._db.execute("SELECT sealed FROM secrets WHERE name = ?", (name,)).fetchone()
-        return None if row is None else self._sealer.open(name, row[0])
+        rows = self._rows("SELECT sealed FROM secrets WHERE name = ?", (name,))
+        if not rows:
+            return None
+        try:
+            return self._sealer.open(name, rows[0][0])
+        except CorruptStore:
+            raise damaged(self.path, f"the sealed {name} does not open") from None
 
     def save_identity(self, handle: str, identity: Identity) -> None:
         with self.transaction() as db:
@@ -247,11 +288,18 @@ class Store:
             ))
 
     def contact(self, handle: str) -> Contact | None:
-        row = self._db.execute("SELECT sealed FROM contacts WHERE peer = ?",
-                               (self._sealer.name(handle),)).fetchone()
-        if row is None:
+        """The pinned contact, None if unknown; DamagedRow if its row is damaged (its pinned
+        identity is unknown: never treated as absent, which would re-pin whatever comes)."""
+        peer = self._sealer.name(handle)
+        rows = self._rows("SELECT sealed FROM contacts WHERE peer = ?", (peer,))
+        if not rows:
             return None
-        name, identity, verified = cbor2.loads(self._sealer.open("contact", row[0]))
+        try:
+            name, identity, verified = cbor2.loads(
+                self._open_row("contacts", f"of {handle}", "contact", rows[0][0]))
+        except DamagedRow:
+            self._skipped("contacts", [f"of {handle}"])
+            raise
         return Contact(name, PublicIdentity.decode(identity), verified)
 
     # -- sessions ---------------------------------------------------------------------
@@ -268,18 +316,20 @@ class Store:
             self._session_row(db, peer, session)
 
     def load_session(self, peer: str) -> Session | None:
-        row = self._db.execute("SELECT sealed FROM sessions WHERE peer = ?",
-                               (self._sealer.name(peer),)).fetchone()
-        if row is None:
+        rows = self._rows("SELECT sealed FROM sessions WHERE peer = ?",
+                          (self._sealer.name(peer),))
+        if not rows:
             return None
-        name, state = cbor2.loads(self._sealer.open("session", row[0]))
+        name, state = cbor2.loads(self._open_row("sessions", f"of {peer}", "session",
+                                                 rows[0][0]))
         if name != peer:
             raise CorruptStore(f"session row of {peer!r} holds another peer's state")
         return Session.from_bytes(state)
 
     def peers(self) -> list[str]:
-        rows = self._db.execute("SELECT sealed FROM sessions ORDER BY updated DESC").fetchall()
-        return [cbor2.loads(self._sealer.open("session", row[0]))[0] for row in rows]
+        """Peers with a session, most recent first (a damaged session row is skipped)."""
+        rows = self._rows("SELECT rowid, sealed FROM sessions ORDER BY updated DESC")
+        return [cbor2.loads(blob)[0] for blob in self._readable("sessions", "session", rows)]
 
     def accept_session(self, peer: str, session: Session, secrets: PrekeySecrets,
                        bundle: PrekeyBundle, message_id: str, messages: list[Message]) -> None:
@@ -315,11 +365,16 @@ class Store:
 
     def outbox(self) -> list[OutboxEntry]:
         """Messages committed but not yet acknowledged by the transport: resend these."""
-        out = []
-        for row_id, message_id, sealed in self._db.execute(
+        out, bad = [], []
+        for row_id, message_id, sealed in self._rows(
                 "SELECT id, message_id, sealed FROM outbox ORDER BY id"):
-            peer, wire = cbor2.loads(self._sealer.open("outbox", sealed))
+            try:
+                peer, wire = cbor2.loads(self._sealer.open("outbox", sealed))
+            except CorruptStore:
+                bad.append(row_id)
+                continue
             out.append(OutboxEntry(row_id, peer, message_id, wire))
+        self._skipped("outbox", bad)
         return out
 
     def mark_sent(self, outbox_id: int) -> None:
@@ -380,18 +435,23 @@ class Store:
 
     def transfers(self) -> list[dict[str, Any]]:
         """Every persisted transfer record, oldest first."""
-        rows = self._db.execute("SELECT sealed FROM transfers ORDER BY created").fetchall()
-        return [cbor2.loads(self._sealer.open("transfer", row[0])) for row in rows]
+        rows = self._rows("SELECT rowid, sealed FROM transfers ORDER BY created")
+        return [cbor2.loads(blob) for blob in self._readable("transfers", "transfer", rows)]
 
     def delete_transfer(self, transfer_id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM transfers WHERE id = ?", (self._sealer.name(transfer_id),))
 
     def history(self, peer: str, limit: int = 200) -> list[HistoryEntry]:
-        """The last ``limit`` messages with ``peer``, oldest first."""
-        rows = self._db.execute(
-            "SELECT sealed FROM history WHERE peer = ? ORDER BY id DESC LIMIT ?",
+        """The last ``limit`` messages with ``peer``, oldest first; a damaged row is skipped
+        (and logged once, with the count): the rest of the conversation stays readable."""
+        rows = self._rows(
+            "SELECT id, sealed FROM history WHERE peer = ? ORDER BY id DESC LIMIT ?",
             (self._sealer.name(peer), limit),
-        ).fetchall()
-        entries = [HistoryEntry(*cbor2.loads(self._sealer.open("history", r[0]))) for r in rows]
-        return entries[::-1]
+        )
+        blobs = self._readable("history", "history", rows)
+        return [HistoryEntry(*cbor2.loads(blob)) for blob in reversed(blobs)]
+
+    def damaged_rows(self) -> list[Damage]:
+        """Every row whose sealed blob does not open (what ``qsecret doctor --store`` shows)."""
+        return damaged_rows(self._db, self._sealer)

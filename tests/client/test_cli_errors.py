@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from client.cli.entry import run
-from client.cli.errors import EXIT_FAILED, EXIT_NOT_DONE, USER_ERRORS, CliError
+from client.cli.errors import (
+    EXIT_FAILED,
+    EXIT_NOT_DONE,
+    EXIT_STATUS_OF,
+    USER_ERRORS,
+    CliError,
+)
 from tests.e2e.stack import Stack, free_port
 
 UNREACHABLE_KME = "http://127.0.0.1:9"  # nothing listens (the commands here need no KME)
@@ -83,7 +89,7 @@ def test_sending_a_missing_file_fails_before_going_online(relay: Stack, tmp_path
 
 def test_every_user_error_names_an_exception_class_that_exists() -> None:
     """A renamed or moved class would silently turn its errors back into tracebacks."""
-    for target in USER_ERRORS:
+    for target in (*USER_ERRORS, *(target for target, _ in EXIT_STATUS_OF)):
         module, _, name = target.partition(":")
         cls = getattr(importlib.import_module(module), name)
         assert isinstance(cls, type) and issubclass(cls, Exception), target

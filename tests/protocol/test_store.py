@@ -85,9 +85,7 @@ def test_a_sealed_blob_moved_to_another_row_is_refused(tmp_path: Path) -> None:
     rows = dict(db.execute("SELECT peer, sealed FROM sessions").fetchall())
     (bob_key, bob_blob), (carol_key, _) = sorted(rows.items())[:2]
     db.execute("UPDATE sessions SET sealed = ? WHERE peer = ?", (bob_blob, carol_key))
-    db.execute("UPDATE secrets SET sealed = ? WHERE 1", (bob_blob,))
     db.commit()
-    db.close()
     # exactly one row holds its own state; the other now refuses (CorruptStore)
     with _open(path) as store:
         errors = 0
@@ -97,8 +95,11 @@ def test_a_sealed_blob_moved_to_another_row_is_refused(tmp_path: Path) -> None:
             except CorruptStore:
                 errors += 1
         assert errors == 1
-        with pytest.raises(CorruptStore):  # a session blob pasted over a secret
-            store.load_identity()
+    db.execute("UPDATE secrets SET sealed = ? WHERE 1", (bob_blob,))
+    db.commit()
+    db.close()
+    with pytest.raises(CorruptStore, match="sealed identity does not open"):  # a session
+        _open(path)  # blob pasted over the identity: the profile is refused as it opens
 
 
 def test_received_message_ids_are_deduplicated_across_restarts(tmp_path: Path) -> None:

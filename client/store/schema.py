@@ -1,0 +1,49 @@
+"""The profile store's tables, version by version (see keysource.sqlite_schema)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from keysource.sqlite_schema import Schema
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, sealed BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS contacts (peer TEXT PRIMARY KEY, sealed BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (peer TEXT PRIMARY KEY, sealed BLOB NOT NULL,
+                                     updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT NOT NULL,
+                                   message_id TEXT NOT NULL UNIQUE, sealed BLOB NOT NULL,
+                                   created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT NOT NULL,
+                                    sealed BLOB NOT NULL, created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS history_peer ON history (peer, id);
+CREATE TABLE IF NOT EXISTS received (peer TEXT NOT NULL, message_id TEXT NOT NULL,
+                                     PRIMARY KEY (peer, message_id));
+CREATE TABLE IF NOT EXISTS transfers (id TEXT PRIMARY KEY, sealed BLOB NOT NULL,
+                                      created REAL NOT NULL);
+"""
+
+
+def _mirror_version(db: sqlite3.Connection, version: int) -> None:
+    """Keep ``meta.schema`` equal to the version: qsecret before versioned stores refuses a
+    store whose ``meta.schema`` is not ``1``, so it cannot damage a newer one."""
+    db.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (str(version).encode(),))
+
+
+# Version 1 is the schema above (files from before versions were recorded hold it); later
+# changes are appended to ``migrations`` (see keysource.sqlite_schema).
+STORE_SCHEMA = Schema(
+    kind="profile store",
+    baseline=SCHEMA,
+    marker_tables=frozenset({"secrets", "contacts", "sessions", "history"}),
+    migrations=(),
+    mirror=_mirror_version,
+)
+SCHEMA_VERSION = STORE_SCHEMA.version
+
+# Tables of sealed rows, with the context each row is sealed under (None: the row's name).
+SEALED_TABLES: dict[str, str | None] = {
+    "secrets": None, "contacts": "contact", "sessions": "session", "outbox": "outbox",
+    "history": "history", "transfers": "transfer",
+}
