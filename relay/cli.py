@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import re
 import resource
@@ -68,6 +69,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="seconds before an unacked delivery is sent again")
     parser.add_argument("--gc-interval", type=float, default=600.0,
                         help="seconds between full garbage-collection passes (default 600)")
+    # Fair quotas and registrations (issue 14): shares, global cap, new handles per address.
+    parser.add_argument("--sender-share", type=parse_share, default=0.25,
+                        help="the part of a recipient's queue and spool one sender may fill "
+                             "(0 < share <= 1; default 0.25; 1 turns shares off)")
+    parser.add_argument("--max-store-size", type=parse_size, default=None,
+                        help="global cap on the store's database size (e.g. 50GiB; default "
+                             "none): past it sends and file frames are refused (store_full)")
+    parser.add_argument("--registrations", type=int, default=20,
+                        help="new handles one address (IPv6: one /64) may register per "
+                             "--registration-window (default 20; 0: no limit)")
+    parser.add_argument("--registration-window", type=float, default=3600.0,
+                        help="seconds of the --registrations window (default 3600)")
+    parser.add_argument("--registration-exempt", default="127.0.0.0/8,::1/128",
+                        help="comma-separated networks not counted by --registrations "
+                             "(default loopback; '' counts every address)")
     parser.add_argument("--loop", choices=event_loop.CHOICES, default="auto",
                         help="event loop: uvloop when installed (auto, default) or asyncio")
     parser.add_argument("--log-level", default="info",
@@ -112,6 +128,17 @@ def run(args: argparse.Namespace) -> int:
         expire_interval=args.expire_interval,
         gc_interval=args.gc_interval,
     )
+    # Fair quotas and registrations (issue 14): set apart from the fields above.
+    try:
+        config.store_limits = dataclasses.replace(
+            config.store_limits, sender_share=args.sender_share,
+            max_store_bytes=args.max_store_size or 0)
+        config.registrations_per_address = args.registrations
+        config.registration_window = args.registration_window
+        config.registration_exempt = parse_networks(args.registration_exempt)
+    except ValueError as exc:
+        print(f"qsecret relay: {exc}", file=sys.stderr)
+        return 2
     from relay.memory import keep_freed_memory
 
     keep_freed_memory()
@@ -143,6 +170,31 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: the size must be positive")
     return size
+
+
+def parse_share(text: str) -> float:
+    """A sender's share: a fraction such as ``0.25`` or ``1/4`` (for argparse)."""
+    try:
+        num, _, den = text.partition("/")
+        share = float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share (e.g. 0.25 or 1/4)") from None
+    if not 0.0 < share <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the share must be above 0 and at most 1")
+    return share
+
+
+def parse_networks(text: str) -> tuple[str, ...]:
+    """Comma-separated networks (``10.0.0.0/8,::1``), checked; ValueError names a bad one."""
+    import ipaddress
+
+    networks = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"--registration-exempt: {item!r} is not a network") from None
+    return tuple(networks)
 
 
 def raise_open_files_limit() -> int:

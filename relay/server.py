@@ -39,6 +39,7 @@ from relay.housekeeping import (
     describe_metrics,
     tune_gc,
 )
+from relay.limits import RegistrationLimit
 from relay.metrics import Metrics
 from relay.routing import LocalRouter, Router
 from relay.session import Cork, RelayConnection, Session
@@ -77,6 +78,9 @@ class Relay:
         self.cork = Cork()
         self.metrics = Metrics()
         self.verifier = Verifier(config.verify_threads)
+        self.registrations = RegistrationLimit(config.registrations_per_address,
+                                               config.registration_window,
+                                               config.registration_exempt)
         self.envelopes = Envelopes(config, self.store, self.router, self.metrics, self.verifier)
         self.streams = Streams(config, self.store, self.router, self.metrics)
         self.housekeeper = Housekeeper(config, self.store, self.sessions, self.envelopes,
@@ -308,7 +312,8 @@ class Relay:
         try:
             if isinstance(event, LoginAttempt):
                 close = await log_in(session, event, verifier=self.verifier, store=self.store,
-                                     router=self.router, metrics=self.metrics)
+                                     router=self.router, metrics=self.metrics,
+                                     registrations=self.registrations)
                 if session.handle is not None:
                     self.streams.logged_in(session)
                 return close

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from client.store.store import OutboxEntry
 from relay.wire import Error
+from relay.wire.errors import QUOTA_CODES
 
 from . import payload as payloads
 from .api import ConversationId, Delivery, DeliveryEvent, Event, MessengerError
@@ -24,7 +25,9 @@ from .sessions import Sealed, Sessions
 
 log = logging.getLogger(__name__)
 
-FAILED_CODES = ("unknown_recipient", "quota_exceeded", "too_large")
+# Final refusals; a quota refusal's message says whose quota (the recipient's, this sender's
+# share of it, or the relay's whole store), and the error shown carries it.
+FAILED_CODES = ("unknown_recipient", "too_large", *QUOTA_CODES)
 
 
 class OutboxStore(Protocol):
