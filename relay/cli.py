@@ -70,6 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--gc-interval", type=float, default=600.0,
                         help="seconds between full garbage-collection passes (default 600)")
     # Fair quotas and registrations (issue 14): shares, global cap, new handles per address.
+    parser.add_argument("--quota-bytes", type=parse_size, default=64 * 1024**2,
+                        help="queued envelope bytes per user (e.g. 64MiB, the default)")
     parser.add_argument("--sender-share", type=parse_share, default=0.25,
                         help="the part of a recipient's queue and spool one sender may fill "
                              "(0 < share <= 1; default 0.25; 1 turns shares off)")
@@ -131,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     # Fair quotas and registrations (issue 14): set apart from the fields above.
     try:
         config.store_limits = dataclasses.replace(
-            config.store_limits, sender_share=args.sender_share,
+            config.store_limits, quota_bytes=args.quota_bytes, sender_share=args.sender_share,
             max_store_bytes=args.max_store_size or 0)
         config.registrations_per_address = args.registrations
         config.registration_window = args.registration_window

@@ -140,7 +140,9 @@ def quota_refusal(code: str, recipient: str, *, place: str, messages: int | None
     (the share for ``share_exceeded``, the recipient's quota for ``quota_exceeded``, the
     store's cap for ``store_full``; ``messages`` None when only bytes count).
     """
-    amount = size_text(size) if messages is None else f"{messages} messages / {size_text(size)}"
+    amount = size_text(size)
+    if messages is not None:
+        amount = f"{messages} message{'' if messages == 1 else 's'} / {amount}"
     if code == "share_exceeded":
         return (f"your share of {recipient}'s {place} is full ({amount} from one sender); "
                 f"it frees as {recipient} receives what you sent")

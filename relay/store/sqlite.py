@@ -206,6 +206,7 @@ class SqliteStore(Store):
         self._disk_used = 0  # database bytes in use when last measured (global cap only)
         self._since_measure = 0  # bytes accepted since then
         self._measure_due = 0.0
+        self._measured_in = -1  # the batch (commit number) of the last measure
         self._last_ts = 0
         self._last_seq = 0
         self.commits = 0  # batches committed (for tests and metrics)
@@ -305,6 +306,7 @@ class SqliteStore(Store):
         acks: list[tuple[str, tuple[int, ...], asyncio.Future[Any] | None]] = []
         if self.limits.max_store_bytes and time.monotonic() >= self._measure_due:
             self._measure(db)
+            self._measured_in = -1  # measured between batches: this one may measure again
         try:
             db.execute("BEGIN IMMEDIATE")
             for fn, args, future in batch:
@@ -338,8 +340,9 @@ class SqliteStore(Store):
             except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
                 pass
 
-    def _measure(self, db: sqlite3.Connection) -> None:
-        """Re-read how many bytes of the database are in use, for the global cap."""
+    def _measure(self, db: sqlite3.Connection, unwritten: int = 0) -> None:
+        """Re-read how many bytes of the database are in use, for the global cap
+        (``unwritten``: bytes accepted in this batch but not inserted yet)."""
         try:
             pages = db.execute("PRAGMA page_count").fetchone()[0]
             free = db.execute("PRAGMA freelist_count").fetchone()[0]
@@ -348,8 +351,17 @@ class SqliteStore(Store):
             log.warning("cannot measure the store for its cap: %s", exc)
             return
         self._disk_used = (pages - free) * size
-        self._since_measure = 0
+        self._since_measure = unwritten
         self._measure_due = time.monotonic() + _MEASURE_EVERY
+        self._measured_in = self.commits
+
+    def _room_after_all(self, db: sqlite3.Connection, size: int, unwritten: int = 0) -> bool:
+        """The cap refused ``size`` bytes on an estimate: measure afresh (once per batch, so
+        deletions count at once and a flood of refusals costs little) and look again."""
+        if self._measured_in == self.commits:
+            return False
+        self._measure(db, unwritten)
+        return self._store_used() + size <= self.limits.max_store_bytes
 
     def _store_used(self) -> int:
         """The store's size for the global cap: measured, plus what was accepted since."""
@@ -417,6 +429,7 @@ class SqliteStore(Store):
         cap = limits.max_store_bytes
         rows: list[tuple[Any, ...]] = []
         accepted: list[tuple[Envelope, asyncio.Future[Any] | None, list[int], int]] = []
+        unwritten = 0  # bytes accepted below, inserted after the loop
         for envelope, future in sends:
             recipient, body = envelope.recipient, envelope.body
             if recipient not in self._handles:
@@ -434,6 +447,8 @@ class SqliteStore(Store):
                                     share_bytes=share_bytes,
                                     store_used=self._store_used() if cap else 0,
                                     store_cap=cap)
+            if verdict is QuotaVerdict.STORE and self._room_after_all(db, size, unwritten):
+                verdict = QuotaVerdict.OK
             if verdict is not QuotaVerdict.OK:
                 status = (EnqueueStatus.DUPLICATE if self._seq_of(db, envelope) is not None
                           else _STORE_STATUS[verdict])
@@ -451,6 +466,7 @@ class SqliteStore(Store):
             if mine[0] == 1:
                 shares[envelope.sender] = mine
             self._since_measure += size
+            unwritten += size
             rows.append((envelope.seq, recipient, envelope.sender, envelope.msg, body, size,
                          envelope.ts))
             accepted.append((envelope, future, depth, 1))
@@ -859,6 +875,8 @@ class SqliteStore(Store):
                                 share_bytes=limits.share_of(quota_bytes),
                                 store_used=self._store_used(),
                                 store_cap=limits.max_store_bytes)
+        if verdict is QuotaVerdict.STORE and self._room_after_all(db, size):
+            verdict = QuotaVerdict.OK
         if verdict is not QuotaVerdict.OK:
             held = db.execute("SELECT 1 FROM spool WHERE recipient=? AND stream=? AND seq=?",
                               (recipient, stream, _s64(seq))).fetchone()
