@@ -119,6 +119,9 @@ class Relay:
             "spool_quota": config.spool_quota_bytes,
             "spool_ttl": int(config.spool_ttl),
             "max_file_streams": config.max_file_streams,
+            # Fair quotas: what one sender may hold of a recipient's queue and spool.
+            "queue_share": config.store_limits.share_messages,
+            "spool_share": config.store_limits.share_of(config.spool_quota_bytes),
         }
 
     # ------------------------------------------------------------ lifecycle

@@ -231,7 +231,8 @@ async def test_a_strangers_flood_does_not_stop_a_friends_message(tmp_path: Path)
         bob = await _connect(relay, bob_id)
         await bob.close()  # bob is registered and offline: his queue fills
         stranger = await _connect(relay, Identity("mallory"))
-        msgs = [await stranger.send("bob", os.urandom(100)) for _ in range(6)]
+        assert stranger.conn.limits["queue_share"] == 2  # announced in hello.limits
+        msgs = [await stranger.send("bob", os.urandom(100)) for _ in range(10)]  # > the queue
         answers = [await _answer(stranger, msg) for msg in msgs]
         assert answers[:2] == [None, None]
         refusals = answers[2:]
