@@ -441,14 +441,21 @@ class SqliteStore(Store):
             if mine is None:
                 mine = [0, 0]  # joins ``shares`` once it holds something
             size = len(body)
-            verdict = quota_verdict(size, held=depth[0], held_bytes=depth[1], quota=quota,
-                                    quota_bytes=quota_bytes, share_held=mine[0],
-                                    share_held_bytes=mine[1], share=share,
-                                    share_bytes=share_bytes,
-                                    store_used=self._store_used() if cap else 0,
-                                    store_cap=cap)
-            if verdict is QuotaVerdict.STORE and self._room_after_all(db, size, unwritten):
+            # The common case inline (it fits every limit: quota_verdict would say OK);
+            # otherwise the policy decides, and names whose limit it is.
+            if (depth[0] < quota and depth[1] + size <= quota_bytes and mine[0] < share
+                    and mine[1] + size <= share_bytes
+                    and (not cap or self._store_used() + size <= cap)):
                 verdict = QuotaVerdict.OK
+            else:
+                verdict = quota_verdict(size, held=depth[0], held_bytes=depth[1], quota=quota,
+                                        quota_bytes=quota_bytes, share_held=mine[0],
+                                        share_held_bytes=mine[1], share=share,
+                                        share_bytes=share_bytes,
+                                        store_used=self._store_used() if cap else 0,
+                                        store_cap=cap)
+                if verdict is QuotaVerdict.STORE and self._room_after_all(db, size, unwritten):
+                    verdict = QuotaVerdict.OK
             if verdict is not QuotaVerdict.OK:
                 status = (EnqueueStatus.DUPLICATE if self._seq_of(db, envelope) is not None
                           else _STORE_STATUS[verdict])
@@ -642,13 +649,19 @@ class SqliteStore(Store):
             # Counts loaded after the UPDATE would already leave these out: adjust only
             # cached ones (a recipient that acks has its depth cached since its login).
             depth = self._depth.get(recipient)
+            shares = self._shares.get(recipient) if depth is not None else None
             for seq in seqs:
                 row = done.pop((seq, recipient), None)
                 if row is not None:
                     count += 1
                     size_sum += row[0]
-                    if depth is not None:
-                        self._unshare(recipient, row[1], row[0])
+                    if shares is not None:  # _unshare, inline: this runs for every ack
+                        mine = shares.get(row[1])
+                        if mine is not None:
+                            mine[0] -= 1
+                            mine[1] -= row[0]
+                            if mine[0] <= 0:
+                                del shares[row[1]]
             if count:
                 if depth is not None:
                     depth[0] -= count
