@@ -214,7 +214,12 @@ class Store(ABC):
 
     @abstractmethod
     async def enqueue(self, envelope: Envelope) -> EnqueueResult:
-        """Queue an envelope durably, unless duplicate, over quota or for an unknown handle."""
+        """Queue an envelope durably, unless duplicate, over quota or for an unknown handle.
+
+        Quotas follow :func:`quota_verdict` with ``limits``: the recipient's queue, the
+        sender's share of it (what it holds from ``envelope.sender``) and the store's cap;
+        the status says which one refused.
+        """
 
     def enqueue_then(self, envelope: Envelope, callback: Callable[[bool, Any], None]) -> None:
         """:meth:`enqueue` without waiting: ``callback(ok, EnqueueResult | exception)`` later
@@ -292,7 +297,9 @@ class Store(ABC):
         """Hold a frame for ``recipient`` durably, within its ``quota_bytes``.
 
         The stream must still be registered (and not expired); its registration's
-        expiry is pushed to at least ``expires_ms``.
+        expiry is pushed to at least ``expires_ms``. The sender is the stream's other
+        endpoint: its share (``limits.share_of(quota_bytes)``) and the store's cap apply as
+        in :meth:`enqueue`.
         """
 
     def spool_then(self, recipient: str, stream: bytes, seq: int, data: bytes, now_ms: int,
