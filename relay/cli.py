@@ -138,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
         config.registrations_per_address = args.registrations
         config.registration_window = args.registration_window
         config.registration_exempt = parse_networks(args.registration_exempt)
+        if args.registrations < 0 or args.registration_window <= 0:
+            raise ValueError("--registrations must be 0 (no limit) or more, and "
+                             "--registration-window positive")
     except ValueError as exc:
         print(f"qsecret relay: {exc}", file=sys.stderr)
         return 2

@@ -69,6 +69,9 @@ class RegistrationLimit:
     """
 
     def __init__(self, limit: int, window: float, exempt: tuple[str, ...] = ()) -> None:
+        if limit < 0 or window <= 0:
+            raise ValueError("the registration limit must be 0 (none) or more, and its "
+                             "window positive")
         self.limit = limit  # 0: no limit
         self.window = window
         self.exempt = tuple(ipaddress.ip_network(net, strict=False) for net in exempt)

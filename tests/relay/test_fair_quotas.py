@@ -97,6 +97,23 @@ def test_registration_limit_window_networks_and_memory() -> None:
     assert RegistrationLimit(0, 60.0).take("192.0.2.1")  # 0: no limit
 
 
+def test_flags_are_checked() -> None:
+    import argparse
+
+    from relay.cli import parse_networks, parse_share
+
+    assert parse_share("1/4") == 0.25 and parse_share("0.5") == 0.5 and parse_share("1") == 1.0
+    for bad in ("0", "1.5", "1/0", "a quarter", "-1/4"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_share(bad)
+    assert parse_networks("10.0.0.1/8, ::1") == ("10.0.0.0/8", "::1/128")
+    assert parse_networks("") == ()
+    with pytest.raises(ValueError, match="'nope' is not a network"):
+        parse_networks("127.0.0.0/8,nope")
+    with pytest.raises(ValueError, match="registration"):
+        RegistrationLimit(-1, 60.0)
+
+
 # ---------------------------------------------------------------- the store's accounting
 
 
