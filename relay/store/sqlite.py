@@ -883,6 +883,7 @@ class SqliteStore(Store):
         mine = self._spool_shares[recipient].get(sender, 0)
         size = len(data)
         limits = self.limits
+        # The spool counts bytes only: held=0 of quota=1 (and share) leaves counts out.
         verdict = quota_verdict(size, held=0, held_bytes=used, quota=1, quota_bytes=quota_bytes,
                                 share_held=0, share_held_bytes=mine, share=1,
                                 share_bytes=limits.share_of(quota_bytes),
