@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from keysource.pq import InvalidKey, InvalidSignature, hybrid_signature
+from relay.limits import RegistrationLimit
 from relay.metrics import Metrics
 from relay.routing import Router
 from relay.session import Session
@@ -47,12 +48,26 @@ class Verifier:
 
 async def log_in(session: Session, attempt: LoginAttempt, *, verifier: Verifier, store: Store,
                  router: Router[Session], metrics: Metrics,
-                 max_sessions: int) -> int | None:
+                 max_sessions: int,
+                 registrations: RegistrationLimit | None = None) -> int | None:
     """Verify, bind the handle, join the router and answer ``auth_ok``; or refuse (a handle
-    with ``max_sessions`` connections here already: close 1013, its sessions untouched)."""
+    with ``max_sessions`` connections here already: close 1013, its sessions untouched).
+
+    The first login of a handle registers it: ``registrations`` bounds how many new
+    handles one address may register per window (checked only for a handle not yet bound).
+    """
     frame, core = attempt.frame, session.core
     if not await verifier.check(frame.identity, attempt.message, frame.sig):
         return _failed(session, "auth_failed", "signature did not verify")
+    if registrations is not None and await store.identity_of(frame.handle) is None:
+        address = _address(session)
+        if not registrations.take(address):
+            metrics.count("qsecret_relay_registrations_refused_total")
+            wait = registrations.retry_after(address)
+            return _failed(session, "too_many_registrations",
+                           f"this address registered {registrations.limit} new handles within "
+                           f"{registrations.window:.0f} s; {frame.handle!r} is not registered, "
+                           f"try again in {wait:.0f} s")
     status = await store.bind_identity(frame.handle, frame.identity)
     if status is BindStatus.MISMATCH:
         return _failed(session, "handle_taken",
@@ -78,6 +93,14 @@ async def log_in(session: Session, attempt: LoginAttempt, *, verifier: Verifier,
     session.need_drain = True
     session.wake.set()
     return None
+
+
+def _address(session: Session) -> str:
+    """The connecting address (host only), as the registration limit counts it."""
+    peer = session.ws.remote_address
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)
 
 
 def _failed(session: Session, code: str, message: str) -> int | None:

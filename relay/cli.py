@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -89,6 +90,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                              "/metrics is also served on the websocket port. Prefer "
                              f"${METRICS_TOKEN_ENV} (a flag shows in 'ps'). /healthz "
                              "answers 'ok' on the websocket port always, for load balancers")
+    # Fair quotas and registrations (issue 14): shares, global cap, new handles per address.
+    parser.add_argument("--quota-bytes", type=parse_size, default=64 * 1024**2,
+                        help="queued envelope bytes per user (e.g. 64MiB, the default)")
+    parser.add_argument("--sender-share", type=parse_share, default=0.25,
+                        help="the part of a recipient's queue and spool one sender may fill "
+                             "(0 < share <= 1; default 0.25; 1 turns shares off)")
+    parser.add_argument("--max-store-size", type=parse_size, default=None,
+                        help="global cap on the store's database size (e.g. 50GiB; default "
+                             "none): past it sends and file frames are refused (store_full)")
+    parser.add_argument("--registrations", type=int, default=20,
+                        help="new handles one address (IPv6: one /64) may register per "
+                             "--registration-window (default 20; 0: no limit)")
+    parser.add_argument("--registration-window", type=float, default=3600.0,
+                        help="seconds of the --registrations window (default 3600)")
+    parser.add_argument("--registration-exempt", default="127.0.0.0/8,::1/128",
+                        help="comma-separated networks not counted by --registrations "
+                             "(default loopback; '' counts every address)")
     parser.add_argument("--loop", choices=event_loop.CHOICES, default="auto",
                         help="event loop: uvloop when installed (auto, default) or asyncio")
     parser.add_argument("--log-level", default="info",
@@ -142,6 +160,20 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_listen[1] if args.metrics_listen else 0,
         metrics_token=args.metrics_token,
     )
+    # Fair quotas and registrations (issue 14): set apart from the fields above.
+    try:
+        config.store_limits = dataclasses.replace(
+            config.store_limits, quota_bytes=args.quota_bytes, sender_share=args.sender_share,
+            max_store_bytes=args.max_store_size or 0)
+        config.registrations_per_address = args.registrations
+        config.registration_window = args.registration_window
+        config.registration_exempt = parse_networks(args.registration_exempt)
+        if args.registrations < 0 or args.registration_window <= 0:
+            raise ValueError("--registrations must be 0 (no limit) or more, and "
+                             "--registration-window positive")
+    except ValueError as exc:
+        print(f"qsecret relay: {exc}", file=sys.stderr)
+        return 2
     from relay.memory import keep_freed_memory
 
     keep_freed_memory()
@@ -184,6 +216,8 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
     return value
+
+
 METRICS_TOKEN_ENV = "QSECRET_RELAY_METRICS_TOKEN"
 MIN_METRICS_TOKEN_CHARS = 16
 
@@ -207,6 +241,31 @@ def metrics_token_problem(token: str) -> str | None:
     if not all(33 <= ord(c) < 127 for c in token):
         return "printable ASCII without spaces only (it travels in an HTTP header)"
     return None
+
+
+def parse_share(text: str) -> float:
+    """A sender's share: a fraction such as ``0.25`` or ``1/4`` (for argparse)."""
+    try:
+        num, _, den = text.partition("/")
+        share = float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share (e.g. 0.25 or 1/4)") from None
+    if not 0.0 < share <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the share must be above 0 and at most 1")
+    return share
+
+
+def parse_networks(text: str) -> tuple[str, ...]:
+    """Comma-separated networks (``10.0.0.0/8,::1``), checked; ValueError names a bad one."""
+    import ipaddress
+
+    networks = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"--registration-exempt: {item!r} is not a network") from None
+    return tuple(networks)
 
 
 def raise_open_files_limit() -> int:

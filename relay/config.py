@@ -62,3 +62,10 @@ class RelayConfig:
     metrics_host: str | None = None
     metrics_port: int = 0
     metrics_token: str | None = None
+    # Fair quotas (issue 14): a sender's share of each recipient's queue and spool and the
+    # store's global cap are StoreLimits.sender_share / max_store_bytes. New handles per
+    # source address (IPv6 per /64) within registration_window seconds; 0 turns it off.
+    # Addresses in registration_exempt (CIDR) are not counted (loopback: tests, the demo).
+    registrations_per_address: int = 20
+    registration_window: float = 3600.0
+    registration_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")

@@ -21,6 +21,7 @@ from keysource.pq import InvalidKey, InvalidSignature
 from relay import wire
 from relay.auth import Verifier
 from relay.config import RelayConfig
+from relay.limits import quota_refusal
 from relay.memory import DRAIN_PAGE
 from relay.metrics import Metrics
 from relay.routing import Router
@@ -31,6 +32,8 @@ log = logging.getLogger("qsecret.relay")
 
 PREKEYS_LOW = 10  # tell the owner to upload more below this many one-time prekeys
 CONFIRM_SLICE = 128  # settled sends answered per loop pass
+QUOTA_REFUSED = frozenset({EnqueueStatus.QUOTA_EXCEEDED, EnqueueStatus.SHARE_EXCEEDED,
+                           EnqueueStatus.STORE_FULL})
 
 
 class Envelopes:
@@ -120,8 +123,15 @@ class Envelopes:
         elif status is EnqueueStatus.DUPLICATE:
             self.metrics.count("qsecret_relay_envelopes_total", "result", "duplicate")
             session.post(wire.Stored(frame.msg, True, frame.id).encode())
-        elif status is EnqueueStatus.QUOTA_EXCEEDED:
-            session.refuse("quota_exceeded", f"{frame.to}'s queue is full; try later",
+        elif status in QUOTA_REFUSED:
+            limits = self.store.limits
+            code = status.value
+            messages, size = {
+                "share_exceeded": (limits.share_messages, limits.share_bytes),
+                "store_full": (None, limits.max_store_bytes),
+            }.get(code, (limits.quota_messages, limits.quota_bytes))
+            session.refuse(code, quota_refusal(code, frame.to, place="queue",
+                                               messages=messages, size=size),
                            strike=False, req_id=frame.id, msg=frame.msg)
         else:
             session.refuse("unknown_recipient", f"no user {frame.to!r} on this relay",

@@ -40,6 +40,7 @@ from relay.housekeeping import (
     describe_metrics,
     tune_gc,
 )
+from relay.limits import RegistrationLimit
 from relay.memory import READ_QUEUE_FRAMES
 from relay.metrics import Metrics
 from relay.routing import LocalRouter, Router
@@ -79,6 +80,9 @@ class Relay:
         self.cork = Cork()
         self.metrics = Metrics()
         self.verifier = Verifier(config.verify_threads)
+        self.registrations = RegistrationLimit(config.registrations_per_address,
+                                               config.registration_window,
+                                               config.registration_exempt)
         self.envelopes = Envelopes(config, self.store, self.router, self.metrics, self.verifier)
         self.streams = Streams(config, self.store, self.router, self.metrics)
         self.housekeeper = Housekeeper(config, self.store, self.sessions, self.envelopes,
@@ -118,6 +122,9 @@ class Relay:
             "spool_quota": config.spool_quota_bytes,
             "spool_ttl": int(config.spool_ttl),
             "max_file_streams": config.max_file_streams,
+            # Fair quotas: what one sender may hold of a recipient's queue and spool.
+            "queue_share": config.store_limits.share_messages,
+            "spool_share": config.store_limits.share_of(config.spool_quota_bytes),
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -353,7 +360,8 @@ class Relay:
             if isinstance(event, LoginAttempt):
                 close = await log_in(session, event, verifier=self.verifier, store=self.store,
                                      router=self.router, metrics=self.metrics,
-                                     max_sessions=self.config.max_sessions_per_handle)
+                                     max_sessions=self.config.max_sessions_per_handle,
+                                     registrations=self.registrations)
                 if session.handle is not None:
                     self.streams.logged_in(session)
                 return close

@@ -21,6 +21,7 @@ from typing import Any
 
 from relay import wire
 from relay.config import RelayConfig
+from relay.limits import quota_refusal, size_text
 from relay.metrics import Metrics
 from relay.routing import Router
 from relay.session import Session
@@ -331,12 +332,14 @@ class Streams:
                 self.spool_tail[target] = max(self.spool_tail.get(target, 0), result.row)
         elif result.status is SpoolStatus.DUPLICATE:
             self.metrics.count("qsecret_relay_file_frames_total", "path", "duplicate")
-        elif result.status is SpoolStatus.QUOTA_EXCEEDED:
+        elif result.status in _SPOOL_REFUSED:
             self.metrics.count("qsecret_relay_spool_refusals_total")
-            session.refuse("quota_exceeded",
-                           f"{target}'s spool is full (quota "
-                           f"{size_text(self.config.spool_quota_bytes)}); frame seq {seq} was "
-                           "not stored, send it again later",
+            code = result.status.value
+            limits, quota = self.store.limits, self.config.spool_quota_bytes
+            size = {"share_exceeded": limits.share_of(quota),
+                    "store_full": limits.max_store_bytes}.get(code, quota)
+            text = quota_refusal(code, target, place="spool", messages=None, size=size)
+            session.refuse(code, f"{text} (frame seq {seq} was not stored, send it again)",
                            strike=False, stream=stream.hex())
         else:
             session.refuse("unknown_stream",
@@ -410,17 +413,12 @@ class Streams:
                     peer.post(close)
 
 
+_SPOOL_REFUSED = frozenset({SpoolStatus.QUOTA_EXCEEDED, SpoolStatus.SHARE_EXCEEDED,
+                            SpoolStatus.STORE_FULL})
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def size_text(count: int) -> str:
-    """A byte count for people: 4 GiB, 500 MiB, 1000 bytes."""
-    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if count >= scale:
-            value = count / scale
-            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
-    return f"{count} bytes"
 
 
 __all__ = ["BULK_OUTBOX_LIMIT", "Streams", "now_ms", "size_text"]

@@ -16,15 +16,18 @@ from typing import Protocol
 
 from client.store.store import OutboxEntry
 from relay.wire import Error
+from relay.wire.errors import QUOTA_CODES
 
 from . import payload as payloads
-from .api import ConversationId, Delivery, DeliveryEvent, Event, MessengerError
+from .api import ConversationId, Delivery, DeliveryEvent, ErrorEvent, Event, MessengerError
 from .relay_link import RelayError
 from .sessions import Sealed, Sessions
 
 log = logging.getLogger(__name__)
 
-FAILED_CODES = ("unknown_recipient", "quota_exceeded", "too_large")
+# Final refusals; a quota refusal's message says whose quota (the recipient's, this sender's
+# share of it, or the relay's whole store), and the error shown carries it.
+FAILED_CODES = ("unknown_recipient", "too_large", *QUOTA_CODES)
 
 
 class OutboxStore(Protocol):
@@ -103,14 +106,17 @@ class Outbox:
         """An error frame about one of our envelopes; True when it was one."""
         if error.msg is None:
             return False
+        refused = MessengerError(f"the relay refused the message: {error.message} ({error.code})",
+                                 code=error.code, reason=error.message)
         waiter = self._waiters.pop(error.msg, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(MessengerError(
-                f"the relay refused the message: {error.message} ({error.code})",
-                code=error.code, reason=error.message))
+        told = waiter is not None and not waiter.done()
+        if told:
+            waiter.set_exception(refused)
         conversation, payload_id = self._index.pop(error.msg, (None, None))
         if conversation is not None and payload_id and error.code in FAILED_CODES:
             self._emit(DeliveryEvent(payload_id, conversation.peer, Delivery.FAILED))
+            if not told:  # nobody waits (the TUI): the reason, e.g. whose quota, is shown too
+                self._emit(ErrorEvent(refused))
         return True
 
     def stop(self) -> None:

@@ -64,6 +64,7 @@ from client.transfer.driver import Incoming, ReceiverDriver, SenderDriver
 from keysource.mix import QkdPolicy, QkdRequired
 from relay.wire import HEADER_BYTES as BINARY_HEADER_BYTES
 from relay.wire import KIND_FILE_CHUNK, BinaryFrame, Error, encode_binary_into
+from relay.wire.errors import QUOTA_CODES
 
 from . import payload as payloads
 from .api import ConversationId, MessengerError, TransferEvent, TransferState, TransferView
@@ -84,6 +85,11 @@ KEEP_FINISHED_PROGRESS_S = 7 * 24 * 3600.0  # as long as the relay keeps a spool
 WAITING_FOR_RELAY = "waiting for the relay"
 SPOOL_FULL = ("the relay's spool for {peer} is full (its quota): the rest follows when {peer} "
               "comes online")
+SPOOL_FULL_BY_CODE = {  # other quota refusals (relay.wire.errors.QUOTA_CODES), same pause
+    "share_exceeded": "your share of the relay's spool for {peer} is full: the rest follows "
+                      "when {peer} comes online",
+    "store_full": "the relay's store is full: the rest follows when {peer} comes online",
+}
 SENDER_QUIET_S = 30.0  # no word from the receiver this long: resend from the last ack
 SENDER_QUIET_MAX_S = 3600.0
 IDLE_NUDGE_MAX_S = 600.0
@@ -769,16 +775,16 @@ class TransferManager:
         item = self._transfers.get(bytes.fromhex(stream_hex))
         if item is None:
             return False
-        if error.code == "quota_exceeded":
+        if error.code in QUOTA_CODES:
             if item.driver is not None:
                 item.driver.pause()
             elif item.sender is not None:
                 with item.lock:
                     item.sender.retransmit()
-            if item.state is not TransferState.WAITING or item.detail != SPOOL_FULL.format(
-                    peer=item.peer):
+            detail = SPOOL_FULL_BY_CODE.get(error.code, SPOOL_FULL).format(peer=item.peer)
+            if item.state is not TransferState.WAITING or item.detail != detail:
                 log.info("transfer %s: %s", item.hex[:8], error.message)
-                self._set(item, TransferState.WAITING, SPOOL_FULL.format(peer=item.peer))
+                self._set(item, TransferState.WAITING, detail)
         else:
             log.info("relay error %s on transfer %s: %s", error.code, item.hex[:8],
                      error.message)

@@ -7,6 +7,7 @@ from .base import (
     EnqueueStatus,
     Envelope,
     FetchedBundle,
+    QuotaVerdict,
     SpooledFrame,
     SpoolPage,
     SpoolResult,
@@ -15,6 +16,7 @@ from .base import (
     StoreLimits,
     StreamRecord,
     StreamStatus,
+    quota_verdict,
 )
 from .sqlite import SqliteStore
 
@@ -25,6 +27,7 @@ __all__ = [
     "EnqueueStatus",
     "Envelope",
     "FetchedBundle",
+    "QuotaVerdict",
     "SpoolPage",
     "SpoolResult",
     "SpoolStatus",
@@ -34,4 +37,5 @@ __all__ = [
     "StoreLimits",
     "StreamRecord",
     "StreamStatus",
+    "quota_verdict",
 ]

@@ -25,7 +25,9 @@ class BindStatus(enum.Enum):
 class EnqueueStatus(enum.Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"  # (sender, msg) seen before within the TTL: not stored again
-    QUOTA_EXCEEDED = "quota_exceeded"
+    QUOTA_EXCEEDED = "quota_exceeded"  # the recipient's whole queue is full
+    SHARE_EXCEEDED = "share_exceeded"  # this sender's share of the recipient's queue is full
+    STORE_FULL = "store_full"  # the relay's store is at its global cap
     UNKNOWN_RECIPIENT = "unknown_recipient"
 
 
@@ -65,7 +67,9 @@ class StreamStatus(enum.Enum):
 class SpoolStatus(enum.Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"  # (recipient, stream, seq) already spooled: nothing written
-    QUOTA_EXCEEDED = "quota_exceeded"
+    QUOTA_EXCEEDED = "quota_exceeded"  # the recipient's whole spool is full
+    SHARE_EXCEEDED = "share_exceeded"  # the sending endpoint's share of that spool is full
+    STORE_FULL = "store_full"  # the relay's store is at its global cap
     UNKNOWN_STREAM = "unknown_stream"  # closed or expired before the frame got to the disk
 
 
@@ -123,6 +127,60 @@ class StoreLimits:
     quota_bytes: int = 64 * 1024 * 1024  # queued body bytes per recipient
     ttl_seconds: float = 14 * 24 * 3600  # queued envelopes and de-dup memory expire after this
     max_one_time_stored: int = 200  # one-time prekeys kept per handle
+    # Fair quotas (see quota_verdict): one sender may hold at most this fraction of a
+    # recipient's queue (messages and bytes) and of its spool, so a stranger who fills his
+    # share leaves room for everyone else. 1.0 turns shares off.
+    sender_share: float = 0.25
+    # Global cap on the bytes the store holds on disk (0: none); past it, writes are
+    # refused with store_full. See SqliteStore for what is counted.
+    max_store_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.sender_share <= 1.0:
+            raise ValueError(f"sender_share must be in (0, 1], not {self.sender_share}")
+        if self.max_store_bytes < 0:
+            raise ValueError("max_store_bytes must be 0 (no cap) or positive")
+
+    def share_of(self, quota: int) -> int:
+        """One sender's share of a recipient's ``quota`` (messages or bytes): never 0."""
+        return max(1, int(quota * self.sender_share))
+
+    @property
+    def share_messages(self) -> int:
+        return self.share_of(self.quota_messages)
+
+    @property
+    def share_bytes(self) -> int:
+        return self.share_of(self.quota_bytes)
+
+
+class QuotaVerdict(enum.Enum):
+    """Whose limit a write would break; the relay's refusal names it (see quota_verdict)."""
+
+    OK = "ok"
+    RECIPIENT = "quota_exceeded"  # the recipient's queue or spool is full
+    SHARE = "share_exceeded"  # the sender's share of it is full
+    STORE = "store_full"  # the relay's whole store is at its cap
+
+
+def quota_verdict(size: int, *, held: int, held_bytes: int, quota: int, quota_bytes: int,
+                  share_held: int, share_held_bytes: int, share: int, share_bytes: int,
+                  store_used: int, store_cap: int) -> QuotaVerdict:
+    """May one more item of ``size`` bytes be stored for a recipient?
+
+    The policy every backend applies, so SQLite and a networked store refuse alike:
+    ``held``/``held_bytes`` is what the recipient holds from everyone, ``share_held``/
+    ``share_held_bytes`` what it holds from this sender; ``store_used`` is the store's
+    whole size and ``store_cap`` its cap (0: none). The recipient's own quota is named
+    first (it is the sender's business only when it is the sender's share that is full).
+    """
+    if held + 1 > quota or held_bytes + size > quota_bytes:
+        return QuotaVerdict.RECIPIENT
+    if share_held + 1 > share or share_held_bytes + size > share_bytes:
+        return QuotaVerdict.SHARE
+    if store_cap and store_used + size > store_cap:
+        return QuotaVerdict.STORE
+    return QuotaVerdict.OK
 
 
 class Store(ABC):
@@ -156,7 +214,12 @@ class Store(ABC):
 
     @abstractmethod
     async def enqueue(self, envelope: Envelope) -> EnqueueResult:
-        """Queue an envelope durably, unless duplicate, over quota or for an unknown handle."""
+        """Queue an envelope durably, unless duplicate, over quota or for an unknown handle.
+
+        Quotas follow :func:`quota_verdict` with ``limits``: the recipient's queue, the
+        sender's share of it (what it holds from ``envelope.sender``) and the store's cap;
+        the status says which one refused.
+        """
 
     def enqueue_then(self, envelope: Envelope, callback: Callable[[bool, Any], None]) -> None:
         """:meth:`enqueue` without waiting: ``callback(ok, EnqueueResult | exception)`` later
@@ -240,7 +303,9 @@ class Store(ABC):
         """Hold a frame for ``recipient`` durably, within its ``quota_bytes``.
 
         The stream must still be registered (and not expired); its registration's
-        expiry is pushed to at least ``expires_ms``.
+        expiry is pushed to at least ``expires_ms``. The sender is the stream's other
+        endpoint: its share (``limits.share_of(quota_bytes)``) and the store's cap apply as
+        in :meth:`enqueue`.
         """
 
     def spool_then(self, recipient: str, stream: bytes, seq: int, data: bytes, now_ms: int,
@@ -303,6 +368,7 @@ __all__ = [
     "FetchedBundle",
     "OneTimePrekey",
     "PrekeyBundle",
+    "QuotaVerdict",
     "SpoolPage",
     "SpoolResult",
     "SpoolStatus",
@@ -311,4 +377,5 @@ __all__ = [
     "StoreLimits",
     "StreamRecord",
     "StreamStatus",
+    "quota_verdict",
 ]

@@ -24,6 +24,14 @@ operations in the same grouped commits; the ``spool`` row id (AUTOINCREMENT, nev
 reused) is the delivery order, and ``(recipient, stream, seq)`` is unique so a
 retransmitted frame is stored once. Spooled bytes per recipient are cached here
 for the quota check, which runs in the writer thread (no two inserts race it).
+
+Fair quotas (:func:`relay.store.base.quota_verdict`): beside each recipient's queue depth
+and spooled bytes, the writer caches what each sender holds in them (the spool's sender is
+the stream's other endpoint), loaded with the recipient's totals and kept in step by every
+insert, ack and expiry. The global cap (``StoreLimits.max_store_bytes``) is checked against
+the database's used pages (page count less free pages, so deleted rows make room), measured
+at most once a second by the writer, plus the bytes it accepted since; the WAL file is not
+counted (it is checkpointed back into the database).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from .base import (
     EnqueueStatus,
     Envelope,
     FetchedBundle,
+    QuotaVerdict,
     SpooledFrame,
     SpoolPage,
     SpoolResult,
@@ -57,6 +66,7 @@ from .base import (
     StoreLimits,
     StreamRecord,
     StreamStatus,
+    quota_verdict,
 )
 
 log = logging.getLogger("qsecret.relay.store")
@@ -130,7 +140,8 @@ _INSERT_ROWS = {n: "INSERT OR IGNORE INTO envelopes VALUES "
 _ACK_ROWS = {n: "UPDATE envelopes SET body=NULL FROM (VALUES "
                 + ",".join(["(?, ?)"] * n) + ") AS a WHERE envelopes.seq=a.column1 "
                 "AND envelopes.recipient=a.column2 AND envelopes.body IS NOT NULL "
-                "RETURNING envelopes.seq, envelopes.recipient, envelopes.size" for n in _CHUNKS}
+                "RETURNING envelopes.seq, envelopes.recipient, envelopes.size, envelopes.sender"
+             for n in _CHUNKS}
 
 _Op = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any] | None]
 _Result = tuple[asyncio.Future[Any] | None, bool, Any]
@@ -138,6 +149,14 @@ _STOP = object()
 _ENQUEUE: Any = object()  # marker ops the batch runner groups (see _run_batch)
 _ACK: Any = object()
 _EXPIRE_SCAN = 5000  # rows looked at per expiry round (rows are in time order)
+_MEASURE_EVERY = 1.0  # seconds between measurements of the file for the global cap
+_SPOOL_SENDER = "CASE WHEN st.a = sp.recipient THEN st.b ELSE st.a END"
+_STORE_STATUS = {QuotaVerdict.RECIPIENT: EnqueueStatus.QUOTA_EXCEEDED,
+                 QuotaVerdict.SHARE: EnqueueStatus.SHARE_EXCEEDED,
+                 QuotaVerdict.STORE: EnqueueStatus.STORE_FULL}
+_SPOOL_STATUS = {QuotaVerdict.RECIPIENT: SpoolStatus.QUOTA_EXCEEDED,
+                 QuotaVerdict.SHARE: SpoolStatus.SHARE_EXCEEDED,
+                 QuotaVerdict.STORE: SpoolStatus.STORE_FULL}
 
 
 def _barrier(db: sqlite3.Connection) -> None:
@@ -180,9 +199,15 @@ class SqliteStore(Store):
         # Owned by the writer thread only (except the int, read for /metrics).
         self._handles: dict[str, bytes] = {}
         self._depth: dict[str, list[int]] = {}  # recipient -> [count, bytes]
+        self._shares: dict[str, dict[str, list[int]]] = {}  # recipient -> sender -> same
         self._total_depth = 0
         self._spooled: dict[str, int] = {}  # recipient -> spooled bytes
+        self._spool_shares: dict[str, dict[str, int]] = {}  # recipient -> sender -> bytes
         self._spool_total = 0  # read for /metrics
+        self._disk_used = 0  # database bytes in use when last measured (global cap only)
+        self._since_measure = 0  # bytes accepted since then
+        self._measure_due = 0.0
+        self._measured_in = -1  # the batch (commit number) of the last measure
         self._last_ts = 0
         self._last_seq = 0
         self.commits = 0  # batches committed (for tests and metrics)
@@ -280,6 +305,9 @@ class SqliteStore(Store):
         results: list[_Result] = []
         sends: list[tuple[Envelope, asyncio.Future[Any] | None]] = []
         acks: list[tuple[str, tuple[int, ...], asyncio.Future[Any] | None]] = []
+        if self.limits.max_store_bytes and time.monotonic() >= self._measure_due:
+            self._measure(db)
+            self._measured_in = -1  # measured between batches: this one may measure again
         try:
             db.execute("BEGIN IMMEDIATE")
             for fn, args, future in batch:
@@ -312,6 +340,33 @@ class SqliteStore(Store):
                 self._loop.call_soon_threadsafe(_settle, waited)  # type: ignore[union-attr]
             except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
                 pass
+
+    def _measure(self, db: sqlite3.Connection, unwritten: int = 0) -> None:
+        """Re-read how many bytes of the database are in use, for the global cap
+        (``unwritten``: bytes accepted in this batch but not inserted yet)."""
+        try:
+            pages = db.execute("PRAGMA page_count").fetchone()[0]
+            free = db.execute("PRAGMA freelist_count").fetchone()[0]
+            size = db.execute("PRAGMA page_size").fetchone()[0]
+        except sqlite3.Error as exc:  # keep the last measure; the commit will report the fault
+            log.warning("cannot measure the store for its cap: %s", exc)
+            return
+        self._disk_used = (pages - free) * size
+        self._since_measure = unwritten
+        self._measure_due = time.monotonic() + _MEASURE_EVERY
+        self._measured_in = self.commits
+
+    def _room_after_all(self, db: sqlite3.Connection, size: int, unwritten: int = 0) -> bool:
+        """The cap refused ``size`` bytes on an estimate: measure afresh (once per batch, so
+        deletions count at once and a flood of refusals costs little) and look again."""
+        if self._measured_in == self.commits:
+            return False
+        self._measure(db, unwritten)
+        return self._store_used() + size <= self.limits.max_store_bytes
+
+    def _store_used(self) -> int:
+        """The store's size for the global cap: measured, plus what was accepted since."""
+        return self._disk_used + self._since_measure
 
     def _open_room(self, ok: bool, value: Any) -> None:
         if self._room is not None:
@@ -370,18 +425,41 @@ class SqliteStore(Store):
                       results: list[_Result], acked: dict[int, str]) -> set[int]:
         """Insert the sends in one statement; return the seqs stored as tombstones."""
         limits = self.limits
+        quota, quota_bytes = limits.quota_messages, limits.quota_bytes
+        share, share_bytes = limits.share_messages, limits.share_bytes
+        cap = limits.max_store_bytes
         rows: list[tuple[Any, ...]] = []
         accepted: list[tuple[Envelope, asyncio.Future[Any] | None, list[int], int]] = []
+        unwritten = 0  # bytes accepted below, inserted after the loop
         for envelope, future in sends:
             recipient, body = envelope.recipient, envelope.body
             if recipient not in self._handles:
                 results.append((future, True, EnqueueResult(EnqueueStatus.UNKNOWN_RECIPIENT)))
                 continue
             depth = self._depth_of(db, recipient)
+            shares = self._shares[recipient]
+            mine = shares.get(envelope.sender)
+            if mine is None:
+                mine = [0, 0]  # joins ``shares`` once it holds something
             size = len(body)
-            if depth[0] + 1 > limits.quota_messages or depth[1] + size > limits.quota_bytes:
+            # The common case inline (it fits every limit: quota_verdict would say OK);
+            # otherwise the policy decides, and names whose limit it is.
+            if (depth[0] < quota and depth[1] + size <= quota_bytes and mine[0] < share
+                    and mine[1] + size <= share_bytes
+                    and (not cap or self._store_used() + size <= cap)):
+                verdict = QuotaVerdict.OK
+            else:
+                verdict = quota_verdict(size, held=depth[0], held_bytes=depth[1], quota=quota,
+                                        quota_bytes=quota_bytes, share_held=mine[0],
+                                        share_held_bytes=mine[1], share=share,
+                                        share_bytes=share_bytes,
+                                        store_used=self._store_used() if cap else 0,
+                                        store_cap=cap)
+                if verdict is QuotaVerdict.STORE and self._room_after_all(db, size, unwritten):
+                    verdict = QuotaVerdict.OK
+            if verdict is not QuotaVerdict.OK:
                 status = (EnqueueStatus.DUPLICATE if self._seq_of(db, envelope) is not None
-                          else EnqueueStatus.QUOTA_EXCEEDED)
+                          else _STORE_STATUS[verdict])
                 results.append((future, True, EnqueueResult(status)))
                 continue
             if acked.get(envelope.seq) == recipient:  # already delivered and acked
@@ -391,6 +469,12 @@ class SqliteStore(Store):
                 continue
             depth[0] += 1
             depth[1] += size
+            mine[0] += 1
+            mine[1] += size
+            if mine[0] == 1:
+                shares[envelope.sender] = mine
+            self._since_measure += size
+            unwritten += size
             rows.append((envelope.seq, recipient, envelope.sender, envelope.msg, body, size,
                          envelope.ts))
             accepted.append((envelope, future, depth, 1))
@@ -410,8 +494,12 @@ class SqliteStore(Store):
                     absorbed.add(envelope.seq)
                 results.append((future, True, EnqueueResult(EnqueueStatus.STORED, envelope)))
             else:
+                size = len(envelope.body) * counted
                 depth[0] -= counted
-                depth[1] -= len(envelope.body) * counted
+                depth[1] -= size
+                if counted:
+                    self._unshare(envelope.recipient, envelope.sender, size)
+                self._since_measure -= size
                 results.append((future, True, EnqueueResult(EnqueueStatus.DUPLICATE)))
         self._total_depth += queued
         db.execute("INSERT OR REPLACE INTO meta VALUES('last_seq', ?)", (rows[-1][0],))
@@ -427,8 +515,11 @@ class SqliteStore(Store):
         """Re-read what the writer caches, after a rollback made it stale."""
         self._handles = dict(db.execute("SELECT handle, identity FROM handles"))
         self._depth.clear()
+        self._shares.clear()
         self._total_depth = self._count_all(db)
         self._spooled.clear()
+        self._spool_shares.clear()
+        self._measure_due = 0.0  # measure again before the next batch
         self._spool_total = db.execute("SELECT coalesce(sum(size), 0) FROM spool").fetchone()[0]
 
     def _connect(self) -> sqlite3.Connection:
@@ -464,14 +555,18 @@ class SqliteStore(Store):
         return int(time.time() * 1000)
 
     def _depth_of(self, db: sqlite3.Connection, recipient: str) -> list[int]:
+        """``recipient``'s [queued envelopes, bytes], cached with every sender's share of
+        them (``_shares``) on first use."""
         depth = self._depth.get(recipient)
         if depth is None:
-            count, size = db.execute(
-                "SELECT count(*), coalesce(sum(size), 0) FROM envelopes "
-                "WHERE recipient=? AND body IS NOT NULL",
+            shares = {sender: [count, size] for sender, count, size in db.execute(
+                "SELECT sender, count(*), sum(size) FROM envelopes "
+                "WHERE recipient=? AND body IS NOT NULL GROUP BY sender",
                 (recipient,),
-            ).fetchone()
-            depth = self._depth[recipient] = [count, size]
+            )}
+            self._shares[recipient] = shares
+            depth = self._depth[recipient] = [sum(c for c, _ in shares.values()),
+                                              sum(b for _, b in shares.values())]
         return depth
 
     # ------------------------------------------------------------ identities
@@ -561,26 +656,49 @@ class SqliteStore(Store):
         acks had run one after the other.
         """
         pairs = [(seq, recipient) for recipient, seqs in acks for seq in seqs]
-        done: dict[tuple[int, str], int] = {}  # (seq, recipient) -> size, for rows changed
+        # (seq, recipient) -> (size, sender), for rows changed
+        done: dict[tuple[int, str], tuple[int, str]] = {}
         for chunk in _chunks(pairs):
             params = [value for pair in chunk for value in pair]
-            for seq, recipient, size in db.execute(_ACK_ROWS[len(chunk)], params):
-                done[(seq, recipient)] = size
+            for seq, recipient, size, sender in db.execute(_ACK_ROWS[len(chunk)], params):
+                done[(seq, recipient)] = (size, sender)
         counts = []
         for recipient, seqs in acks:
             count = size_sum = 0
+            # Counts loaded after the UPDATE would already leave these out: adjust only
+            # cached ones (a recipient that acks has its depth cached since its login).
+            depth = self._depth.get(recipient)
+            shares = self._shares.get(recipient) if depth is not None else None
             for seq in seqs:
-                size = done.pop((seq, recipient), None)
-                if size is not None:
+                row = done.pop((seq, recipient), None)
+                if row is not None:
                     count += 1
-                    size_sum += size
+                    size_sum += row[0]
+                    if shares is not None:  # _unshare, inline: this runs for every ack
+                        mine = shares.get(row[1])
+                        if mine is not None:
+                            mine[0] -= 1
+                            mine[1] -= row[0]
+                            if mine[0] <= 0:
+                                del shares[row[1]]
             if count:
-                depth = self._depth_of(db, recipient)
-                depth[0] -= count
-                depth[1] -= size_sum
+                if depth is not None:
+                    depth[0] -= count
+                    depth[1] -= size_sum
                 self._total_depth -= count
             counts.append(count)
         return counts
+
+    def _unshare(self, recipient: str, sender: str, size: int, count: int = 1) -> None:
+        """A sender's queued envelopes left ``recipient``'s queue: shrink its share."""
+        shares = self._shares[recipient]
+        mine = shares.get(sender)
+        if mine is None:
+            return
+        mine[0] -= count
+        mine[1] -= size
+        if mine[0] <= 0:  # no entry per sender that holds nothing: memory follows the queue
+            del shares[sender]
 
     async def queue_depth(self, recipient: str) -> int:
         return await self._call(lambda db: self._depth_of(db, recipient)[0])
@@ -601,15 +719,16 @@ class SqliteStore(Store):
         ).fetchone()[0]
         dropped = 0
         if last is not None:
-            for recipient, count, size in db.execute(
-                "SELECT recipient, count(*), sum(size) FROM envelopes "
-                "WHERE seq<=? AND body IS NOT NULL GROUP BY recipient",
+            for recipient, sender, count, size in db.execute(
+                "SELECT recipient, sender, count(*), sum(size) FROM envelopes "
+                "WHERE seq<=? AND body IS NOT NULL GROUP BY recipient, sender",
                 (last,),
             ).fetchall():
                 depth = self._depth.get(recipient)
                 if depth is not None:
                     depth[0] -= count
                     depth[1] -= size
+                    self._unshare(recipient, sender, size, count)
                 dropped += count
             db.execute("DELETE FROM envelopes WHERE seq<=?", (last,))
             self._total_depth -= dropped
@@ -712,24 +831,48 @@ class SqliteStore(Store):
         return await self._call(self._close_stream, stream)
 
     def _close_stream(self, db: sqlite3.Connection, stream: bytes) -> int:
-        db.execute("DELETE FROM streams WHERE stream=?", (stream,))
+        ends = db.execute("DELETE FROM streams WHERE stream=? RETURNING a, b",
+                          (stream,)).fetchone()
         return self._unspool(db.execute(
-            "DELETE FROM spool WHERE stream=? RETURNING recipient, size", (stream,)).fetchall())
+            "DELETE FROM spool WHERE stream=? RETURNING recipient, size", (stream,)).fetchall(),
+            ends)
 
-    def _unspool(self, rows: list[tuple[str, int]]) -> int:
-        """Account for deleted spool rows (recipient, size); return how many."""
+    def _unspool(self, rows: list[tuple[str, int]], ends: tuple[str, str] | None) -> int:
+        """Account for deleted spool rows (recipient, size) of one stream whose endpoints
+        are ``ends`` (None: unknown, no share to adjust); return how many."""
         for recipient, size in rows:
             if recipient in self._spooled:
                 self._spooled[recipient] -= size
+                if ends is not None:
+                    shares = self._spool_shares[recipient]
+                    sender = ends[1] if ends[0] == recipient else ends[0]
+                    left = shares.get(sender, 0) - size
+                    if left > 0:
+                        shares[sender] = left
+                    else:
+                        shares.pop(sender, None)
             self._spool_total -= size
         return len(rows)
 
+    @staticmethod
+    def _ends(db: sqlite3.Connection, stream: bytes) -> tuple[str, str] | None:
+        return db.execute("SELECT a, b FROM streams WHERE stream=?", (stream,)).fetchone()
+
     def _spooled_of(self, db: sqlite3.Connection, recipient: str) -> int:
+        """Bytes spooled for ``recipient``, cached with each sending endpoint's share of
+        them (``_spool_shares``) on first use."""
         used = self._spooled.get(recipient)
         if used is None:
-            used = self._spooled[recipient] = db.execute(
-                "SELECT coalesce(sum(size), 0) FROM spool WHERE recipient=?",
-                (recipient,)).fetchone()[0]
+            shares: dict[str, int] = {}
+            used = 0
+            for sender, size in db.execute(
+                    f"SELECT {_SPOOL_SENDER}, sum(sp.size) FROM spool sp LEFT JOIN streams st "
+                    "ON st.stream = sp.stream WHERE sp.recipient=? GROUP BY 1", (recipient,)):
+                used += size
+                if sender is not None:  # a frame outlives its stream only inside a delete
+                    shares[sender] = size
+            self._spooled[recipient] = used
+            self._spool_shares[recipient] = shares
         return used
 
     async def spool(self, recipient: str, stream: bytes, seq: int, data: bytes, now_ms: int,
@@ -749,17 +892,28 @@ class SqliteStore(Store):
     def _spool(self, db: sqlite3.Connection, recipient: str, stream: bytes, seq: int,
                data: bytes, now_ms: int, expires_ms: int, quota_bytes: int) -> SpoolResult:
         # Still registered (and not expired)? Then it lives at least as long as this frame.
-        alive = db.execute(
-            "UPDATE streams SET expires=max(expires, ?) WHERE stream=? AND expires>?",
-            (expires_ms, stream, now_ms)).rowcount
-        if not alive:
+        ends = db.execute(
+            "UPDATE streams SET expires=max(expires, ?) WHERE stream=? AND expires>? "
+            "RETURNING a, b", (expires_ms, stream, now_ms)).fetchone()
+        if ends is None:
             return SpoolResult(SpoolStatus.UNKNOWN_STREAM)
+        sender = ends[1] if ends[0] == recipient else ends[0]
         used = self._spooled_of(db, recipient)
+        mine = self._spool_shares[recipient].get(sender, 0)
         size = len(data)
-        if used + size > quota_bytes:
+        limits = self.limits
+        # The spool counts bytes only: held=0 of quota=1 (and share) leaves counts out.
+        verdict = quota_verdict(size, held=0, held_bytes=used, quota=1, quota_bytes=quota_bytes,
+                                share_held=0, share_held_bytes=mine, share=1,
+                                share_bytes=limits.share_of(quota_bytes),
+                                store_used=self._store_used(),
+                                store_cap=limits.max_store_bytes)
+        if verdict is QuotaVerdict.STORE and self._room_after_all(db, size):
+            verdict = QuotaVerdict.OK
+        if verdict is not QuotaVerdict.OK:
             held = db.execute("SELECT 1 FROM spool WHERE recipient=? AND stream=? AND seq=?",
                               (recipient, stream, _s64(seq))).fetchone()
-            return SpoolResult(SpoolStatus.DUPLICATE if held else SpoolStatus.QUOTA_EXCEEDED)
+            return SpoolResult(SpoolStatus.DUPLICATE if held else _SPOOL_STATUS[verdict])
         row = db.execute(
             "INSERT OR IGNORE INTO spool(recipient, stream, seq, size, expires, data) "
             "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
@@ -767,7 +921,9 @@ class SqliteStore(Store):
         if row is None:  # a retransmission: same (recipient, stream, seq) already held
             return SpoolResult(SpoolStatus.DUPLICATE)
         self._spooled[recipient] = used + size
+        self._spool_shares[recipient][sender] = mine + size
         self._spool_total += size
+        self._since_measure += size
         return SpoolResult(SpoolStatus.STORED, row[0])
 
     async def spool_page(self, recipient: str, after: int, limit: int,
@@ -799,15 +955,20 @@ class SqliteStore(Store):
         return self._unspool(db.execute(
             f"DELETE FROM spool WHERE recipient=? AND stream=? AND seq IN ({marks}) "
             "RETURNING recipient, size",
-            (recipient, stream, *(_s64(seq) for seq in seqs))).fetchall())
+            (recipient, stream, *(_s64(seq) for seq in seqs))).fetchall(),
+            self._ends(db, stream))
 
     async def expire_spool(self, now_ms: int) -> tuple[int, list[bytes]]:
         return await self._call(self._expire_spool, now_ms)
 
     def _expire_spool(self, db: sqlite3.Connection, now_ms: int) -> tuple[int, list[bytes]]:
-        dropped = self._unspool(db.execute(
-            "DELETE FROM spool WHERE id IN (SELECT id FROM spool WHERE expires<=? LIMIT ?) "
-            "RETURNING recipient, size", (now_ms, _EXPIRE_SCAN)).fetchall())
+        by_stream: dict[bytes, list[tuple[str, int]]] = {}
+        for recipient, stream, size in db.execute(
+                "DELETE FROM spool WHERE id IN (SELECT id FROM spool WHERE expires<=? LIMIT ?) "
+                "RETURNING recipient, stream, size", (now_ms, _EXPIRE_SCAN)).fetchall():
+            by_stream.setdefault(stream, []).append((recipient, size))
+        dropped = sum(self._unspool(rows, self._ends(db, stream))
+                      for stream, rows in by_stream.items())
         gone = [row[0] for row in db.execute(
             "SELECT stream FROM streams WHERE expires<=? LIMIT ?",
             (now_ms, _EXPIRE_SCAN)).fetchall()]

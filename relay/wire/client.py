@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 
 from .auth import auth_message
 from .binary import BinaryFrame, parse_binary
-from .errors import WireError
+from .errors import QUOTA_CODES, WireError
 from .frames import (
     Ack,
     Auth,
@@ -118,8 +118,8 @@ class ClientConnection:
             for msg in frame.msgs:
                 self.unconfirmed.pop(msg, None)
             return [Stored(msg, False) for msg in frame.msgs]
-        elif isinstance(frame, Error) and frame.msg is not None and frame.code in (
-            "unknown_recipient", "quota_exceeded", "too_large"
+        elif isinstance(frame, Error) and frame.msg is not None and (
+            frame.code in ("unknown_recipient", "too_large") or frame.code in QUOTA_CODES
         ):
             # Final refusals: resending would fail the same way.
             self.unconfirmed.pop(frame.msg, None)

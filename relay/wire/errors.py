@@ -24,6 +24,11 @@ ERROR_CODES: dict[str, str] = {
     " or file stream not opened)",
     "quota_exceeded": "recipient's queue (envelopes) or spool (file stream frames; the error"
     " carries 'stream') is full; nothing stored, no strike",
+    "share_exceeded": "the sender's share of the recipient's queue or spool is full (the"
+    " recipient has room for others); nothing stored, no strike",
+    "store_full": "the relay's store is at its global cap; nothing stored, no strike",
+    "too_many_registrations": "login of a new handle refused: too many new handles from this"
+    " address within the window (the message says when to retry); same as auth_failed",
     "bad_binary_frame": "binary frame header malformed; error frame, +1 strike",
     "unknown_stream": "binary frame, stream_close or stream_ack for a stream that is not open"
     " or of which the caller is no endpoint; +1 strike (no strike for stream_ack, or for a"
@@ -38,6 +43,10 @@ ERROR_CODES: dict[str, str] = {
     "too_many_sessions": "a login of a handle that already has max_sessions_per_handle"
     " connections on this relay; refused, then the connection closes with 1013, no strike",
 }
+
+# Refusals of a send or a file frame for lack of room (final for that message: resending
+# at once fails the same way). Each names whose limit it is in its message.
+QUOTA_CODES = ("quota_exceeded", "share_exceeded", "store_full")
 
 # Not an error: a connection over its frame rate is throttled (the relay reads no
 # faster than ``limits.rate`` frames/s after a ``limits.burst``; TCP pushes back).

@@ -207,7 +207,8 @@ async def test_spool_survives_kill_9_and_registration_survives_restart(tmp_path:
 
 
 async def test_quota_refuses_with_stream_id_and_keeps_earlier_frames(tmp_path: Path) -> None:
-    relay = start_relay(tmp_path / "relay", "--spool-quota", "200KiB")
+    # One sender may fill all of bob's spool here (shares: tests/relay/test_fair_quotas.py).
+    relay = start_relay(tmp_path / "relay", "--spool-quota", "200KiB", "--sender-share", "1")
     try:
         alice, bob = Identity("alice"), Identity("bob")
         await register(relay, bob)
@@ -224,8 +225,8 @@ async def test_quota_refuses_with_stream_id_and_keeps_earlier_frames(tmp_path: P
         assert len(refusals) == 3, sender.errors
         assert all(e.stream == stream.hex() for e in refusals)
         messages = sorted(e.message for e in refusals)
-        assert messages[0].startswith("bob's spool is full (quota 200 KiB); frame seq 2 ")
-        assert messages[1].startswith("bob's spool is full (quota 200 KiB); frame seq 3 ")
+        assert messages[0].startswith("bob's spool is full (200 KiB); try later (frame seq 2 ")
+        assert messages[1].startswith("bob's spool is full (200 KiB); try later (frame seq 3 ")
         assert messages[2].startswith("frame seq 4 (256032 bytes) is larger than the whole "
                                       "spool quota of 200 KiB")
         assert metric(relay, "qsecret_relay_spool_refusals_total") == 3

@@ -127,7 +127,8 @@ async def test_ack_only_touches_own_queue(tmp_path: Path) -> None:
 
 
 async def test_unknown_recipient_and_quotas(tmp_path: Path) -> None:
-    store = await open_store(tmp_path, quota_messages=3, quota_bytes=1000)
+    # One sender may fill the whole queue here (shares: tests/relay/test_fair_quotas.py).
+    store = await open_store(tmp_path, quota_messages=3, quota_bytes=1000, sender_share=1.0)
     assert (await send(store, "alice", "zed", "c" * 32)).status is EnqueueStatus.UNKNOWN_RECIPIENT
     for i in range(3):
         assert (await send(store, "alice", "bob", f"{i:032x}")).status is EnqueueStatus.STORED
@@ -191,7 +192,7 @@ async def test_wait_for_room_returns_once_the_writer_catches_up(tmp_path: Path) 
 async def test_file_stream_registration_and_spool(tmp_path: Path) -> None:
     from relay.store import SpoolStatus, StreamStatus
 
-    store = await open_store(tmp_path)
+    store = await open_store(tmp_path, sender_share=1.0)  # one sender fills the spool
     now = int(time.time() * 1000)
     later = now + 60_000
     s1, s2 = b"\x01" * 16, b"\x02" * 16
