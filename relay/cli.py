@@ -66,6 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="seconds to log in after connecting before closing (1008)")
     parser.add_argument("--redeliver-after", type=float, default=30.0,
                         help="seconds before an unacked delivery is sent again")
+    # Bundle fetches per requesting handle (relay/prekeys.py).
+    parser.add_argument("--prekey-fetch-rate", type=float, default=1.0,
+                        help="prekey bundle fetches per second per requesting user (default 1)")
+    parser.add_argument("--prekey-fetch-burst", type=float, default=30.0,
+                        help="bundle fetches a user may make at once (default 30)")
     parser.add_argument("--gc-interval", type=float, default=600.0,
                         help="seconds between full garbage-collection passes (default 600)")
     parser.add_argument("--loop", choices=event_loop.CHOICES, default="auto",
@@ -111,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         max_file_streams=args.max_file_streams,
         expire_interval=args.expire_interval,
         gc_interval=args.gc_interval,
+        prekey_fetch_rate=args.prekey_fetch_rate,
+        prekey_fetch_burst=args.prekey_fetch_burst,
     )
     from relay.memory import keep_freed_memory
 

@@ -46,3 +46,7 @@ class RelayConfig:
     sweep_interval: float = 1.0
     expire_interval: float = 60.0
     gc_interval: float = 600.0  # seconds between full cyclic-GC passes (see Relay.start)
+    # Bundle fetches per requesting handle (token bucket; over it: error rate_limited). Each
+    # fetch consumes one of the owner's one-time prekeys, so a stranger may not drain them.
+    prekey_fetch_rate: float = 1.0  # per second, sustained
+    prekey_fetch_burst: float = 30.0
