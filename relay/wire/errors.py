@@ -34,6 +34,8 @@ ERROR_CODES: dict[str, str] = {
     " are spooled instead)",
     "bad_prekeys": "prekey bundle signature or identity did not verify; nothing stored, +1 strike",
     "no_bundle": "prekeys_fetch for a handle that never uploaded a bundle",
+    "rate_limited": "prekeys_fetch over the requester's fetch rate (the message names the"
+    " limit); no key taken, no strike",
     "internal": "the relay could not complete the request (e.g. storage error); retry later",
 }
 
