@@ -69,8 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     # Bundle fetches per requesting handle (relay/prekeys.py).
     parser.add_argument("--prekey-fetch-rate", type=float, default=1.0,
                         help="prekey bundle fetches per second per requesting user (default 1)")
-    parser.add_argument("--prekey-fetch-burst", type=float, default=30.0,
-                        help="bundle fetches a user may make at once (default 30)")
+    parser.add_argument("--prekey-fetch-burst", type=float, default=50.0,
+                        help="bundle fetches a user may make at once (default 50)")
     parser.add_argument("--gc-interval", type=float, default=600.0,
                         help="seconds between full garbage-collection passes (default 600)")
     parser.add_argument("--loop", choices=event_loop.CHOICES, default="auto",

@@ -49,4 +49,4 @@ class RelayConfig:
     # Bundle fetches per requesting handle (token bucket; over it: error rate_limited). Each
     # fetch consumes one of the owner's one-time prekeys, so a stranger may not drain them.
     prekey_fetch_rate: float = 1.0  # per second, sustained
-    prekey_fetch_burst: float = 30.0
+    prekey_fetch_burst: float = 50.0  # one full upload (MAX_ONE_TIME_PER_UPLOAD) at once

@@ -60,7 +60,7 @@ class PrekeyDirectory(Protocol):
 
 class Prekeys:
     def __init__(self, store: PrekeyStore, relay: PrekeyDirectory, identity: Identity,
-                 handle: str, lock: asyncio.Lock, *, spawn: Spawn | None = None,
+                 handle: str, lock: asyncio.Lock, *, spawn: Spawn,
                  on_error: Callable[[MessengerError], None] | None = None,
                  refill_interval: float = REFILL_INTERVAL_S) -> None:
         self._store = store
@@ -125,7 +125,7 @@ class Prekeys:
         One refill task at a time; requests while it waits or runs are folded into it, and
         refills start at most once per ``refill_interval`` seconds."""
         self._refill_wanted = True
-        if self._refill_task is not None or self._spawn is None:
+        if self._refill_task is not None:
             return
         self._refill_task = self._spawn(self._refill_in_background(), "prekey-refill")
 
