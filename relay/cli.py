@@ -68,6 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="seconds to log in after connecting before closing (1008)")
     parser.add_argument("--redeliver-after", type=float, default=30.0,
                         help="seconds before an unacked delivery is sent again")
+    # Bundle fetches per requesting handle (relay/prekeys.py).
+    parser.add_argument("--prekey-fetch-rate", type=float, default=1.0,
+                        help="prekey bundle fetches per second per requesting user (default 1)")
+    parser.add_argument("--prekey-fetch-burst", type=float, default=50.0,
+                        help="bundle fetches a user may make at once (default 50)")
     parser.add_argument("--gc-interval", type=float, default=600.0,
                         help="seconds between full garbage-collection passes (default 600)")
     # Memory bounded by configuration (see the README's relay memory formula).
@@ -159,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_listen[0] if args.metrics_listen else None,
         metrics_port=args.metrics_listen[1] if args.metrics_listen else 0,
         metrics_token=args.metrics_token,
+        prekey_fetch_rate=args.prekey_fetch_rate,
+        prekey_fetch_burst=args.prekey_fetch_burst,
     )
     # Fair quotas and registrations (issue 14): set apart from the fields above.
     try:

@@ -69,3 +69,7 @@ class RelayConfig:
     registrations_per_address: int = 20
     registration_window: float = 3600.0
     registration_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Bundle fetches per requesting handle (token bucket; over it: error rate_limited). Each
+    # fetch consumes one of the owner's one-time prekeys, so a stranger may not drain them.
+    prekey_fetch_rate: float = 1.0  # per second, sustained
+    prekey_fetch_burst: float = 50.0  # one full upload (MAX_ONE_TIME_PER_UPLOAD) at once

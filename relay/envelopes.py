@@ -1,4 +1,4 @@
-"""Envelopes and prekeys: store, confirm, deliver, redeliver; publish and hand out bundles.
+"""Envelopes: store, confirm, deliver, redeliver (prekeys: relay.prekeys).
 
 A send is numbered and queued for the store's grouped commit, and delivered to the
 recipient's live sessions at once; the sender's ``stored`` waits for the commit.
@@ -17,7 +17,6 @@ import time
 from collections import deque
 from typing import Any
 
-from keysource.pq import InvalidKey, InvalidSignature
 from relay import wire
 from relay.auth import Verifier
 from relay.config import RelayConfig
@@ -26,11 +25,10 @@ from relay.memory import DRAIN_PAGE
 from relay.metrics import Metrics
 from relay.routing import Router
 from relay.session import Session
-from relay.store import BundleRefused, EnqueueResult, EnqueueStatus, Envelope, Store
+from relay.store import EnqueueResult, EnqueueStatus, Envelope, Store
 
 log = logging.getLogger("qsecret.relay")
 
-PREKEYS_LOW = 10  # tell the owner to upload more below this many one-time prekeys
 CONFIRM_SLICE = 128  # settled sends answered per loop pass
 QUOTA_REFUSED = frozenset({EnqueueStatus.QUOTA_EXCEEDED, EnqueueStatus.SHARE_EXCEEDED,
                            EnqueueStatus.STORE_FULL})
@@ -262,42 +260,5 @@ class Envelopes:
             if peer.need_drain:
                 peer.wake.set()
 
-    # ------------------------------------------------------------ prekeys
 
-    async def on_prekeys_upload(self, session: Session,
-                                frame: wire.PrekeysUpload) -> int | None:
-        handle = session.handle
-        assert handle is not None
-        bundle = frame.bundle
-        if bundle.identity != session.core.identity:
-            return session.refuse("bad_prekeys",
-                                  "bundle identity is not the key this handle logged in with",
-                                  req_id=frame.id)
-        try:
-            await self.verifier.run(wire.verify_bundle, handle, bundle, self.verifier.scheme.verify)
-        except (InvalidSignature, InvalidKey) as exc:
-            return session.refuse("bad_prekeys", f"bundle rejected: {exc}", req_id=frame.id)
-        try:
-            stored = await self.store.put_bundle(handle, bundle)
-        except BundleRefused as exc:
-            return session.refuse("quota_exceeded", str(exc), strike=False, req_id=frame.id)
-        session.post(wire.PrekeysOk(stored, frame.id).encode())
-        return None
-
-    async def on_prekeys_fetch(self, session: Session, frame: wire.PrekeysFetch) -> None:
-        fetched = await self.store.take_bundle(frame.handle)
-        if fetched is None:
-            session.refuse("no_bundle", f"{frame.handle!r} has published no prekeys",
-                           strike=False, req_id=frame.id)
-            return
-        self.metrics.count("qsecret_relay_prekey_fetches_total", "one_time",
-                           "yes" if fetched.bundle.one_time else "none_left")
-        session.post(
-            wire.Bundle(frame.handle, fetched.bundle, fetched.remaining, frame.id).encode()
-        )
-        if fetched.remaining < PREKEYS_LOW:
-            for owner in self.router.sessions(frame.handle):
-                owner.post(wire.PrekeysLow(fetched.remaining).encode())
-
-
-__all__ = ["PREKEYS_LOW", "Envelopes"]
+__all__ = ["Envelopes"]

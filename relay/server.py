@@ -6,9 +6,9 @@ writes. One coroutine reads each connection; a writer task per connection sends
 what could not be written at once, so a slow reader never blocks anyone else's
 handler. The frequent frames (send, ack, ping) are handled right where they are
 read while that coroutine is idle (see ``RelayConnection``). The work is done by
-small modules: :mod:`relay.auth` (login), :mod:`relay.envelopes` (envelopes and
-prekeys), :mod:`relay.streams` (bulk streams and the spool), :mod:`relay.routing`
-(where handles are live) and :mod:`relay.housekeeping` (timers, GC, metrics).
+small modules: :mod:`relay.auth` (login), :mod:`relay.envelopes` (envelopes),
+:mod:`relay.prekeys` (bundles), :mod:`relay.streams` (bulk streams and the spool),
+:mod:`relay.routing` (where handles are live) and :mod:`relay.housekeeping` (timers, GC, metrics).
 Envelope bodies and payloads are never logged.
 """
 
@@ -43,6 +43,7 @@ from relay.housekeeping import (
 from relay.limits import RegistrationLimit
 from relay.memory import READ_QUEUE_FRAMES
 from relay.metrics import Metrics
+from relay.prekeys import Prekeys
 from relay.routing import LocalRouter, Router
 from relay.session import Cork, RelayConnection, Session
 from relay.store import SqliteStore, Store
@@ -85,6 +86,7 @@ class Relay:
                                                config.registration_exempt)
         self.envelopes = Envelopes(config, self.store, self.router, self.metrics, self.verifier)
         self.streams = Streams(config, self.store, self.router, self.metrics)
+        self.prekeys = Prekeys(config, self.store, self.router, self.metrics, self.verifier)
         self.housekeeper = Housekeeper(config, self.store, self.sessions, self.envelopes,
                                        self.streams, self.metrics, self._close_later)
         self.server: Server | None = None
@@ -370,9 +372,9 @@ class Relay:
             elif isinstance(frame, wire.Ack):
                 self.envelopes.on_ack(session, frame)
             elif isinstance(frame, wire.PrekeysUpload):
-                return await self.envelopes.on_prekeys_upload(session, frame)
+                return await self.prekeys.on_upload(session, frame)
             elif isinstance(frame, wire.PrekeysFetch):
-                await self.envelopes.on_prekeys_fetch(session, frame)
+                await self.prekeys.on_fetch(session, frame)
             elif isinstance(frame, wire.StreamOpen):
                 return await self.streams.on_open(session, frame)
             elif isinstance(frame, wire.StreamClose):

@@ -107,7 +107,9 @@ class MessengerService:
         self._contacts = Contacts(store, self._history, self._sessions, self.relay, handle,
                                   identity)
         self._keys = KeyStatusTracker(self.qkd, store, f"{config.sae_id} @ {config.kme_url}")
-        self._prekeys = Prekeys(store, self.relay, identity, handle, prekeys_lock)
+        self._prekeys = Prekeys(store, self.relay, identity, handle, prekeys_lock,
+                                spawn=self._life.spawn,
+                                on_error=lambda exc: self._emit(ErrorEvent(exc)))
         self.files = TransferManager(
             TransferSettings(handle, config.downloads_path, config.auto_accept, self.policy),
             store, self.relay, self.qkd, self, self._emit)
@@ -252,11 +254,10 @@ class MessengerService:
             if not self.files.on_error(event) and not self._outbox.on_refused(event):
                 self._refused(event)
         elif isinstance(event, PrekeysLow):
+            # Never awaited here: this is the relay's read loop, which must stay free to
+            # deliver the upload's answer and everyone's messages.
             log.info("relay reports %d one-time prekeys left: publishing more", event.remaining)
-            try:
-                await self._prekeys.replenish()
-            except MessengerError as exc:
-                self._emit(ErrorEvent(exc))
+            self._prekeys.request_refill()
 
     def _refused(self, error: Error) -> None:
         """An error frame about nothing we track: still the user's to see."""

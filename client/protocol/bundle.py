@@ -257,15 +257,20 @@ class PrekeySecrets:
     pq: dict[int, bytes]
     one_time: dict[int, bytes]
     conservative: dict[int, tuple[str, bytes]]
+    # Lowest one-time prekey id never issued (0: above every key held); ids never come back,
+    # even once used and pruned keys are gone from the store.
+    next_one_time: int = 0
 
     def to_dict(self) -> dict:
         return {"x25519": self.x25519, "pq": self.pq, "one_time": self.one_time,
-                "conservative": {k: [a, s] for k, (a, s) in self.conservative.items()}}
+                "conservative": {k: [a, s] for k, (a, s) in self.conservative.items()},
+                "next_one_time": self.next_one_time}
 
     @classmethod
     def from_dict(cls, data: dict) -> PrekeySecrets:
         return cls(dict(data["x25519"]), dict(data["pq"]), dict(data["one_time"]),
-                   {k: (v[0], v[1]) for k, v in data["conservative"].items()})
+                   {k: (v[0], v[1]) for k, v in data["conservative"].items()},
+                   int(data.get("next_one_time", 0)))
 
     def __repr__(self) -> str:
         return f"PrekeySecrets(one_time={len(self.one_time)} left)"

@@ -268,7 +268,8 @@ class Store(ABC):
 
     @abstractmethod
     async def put_bundle(self, handle: str, bundle: PrekeyBundle) -> int:
-        """Replace the signed part, add the one-time prekeys; return how many are stored."""
+        """Replace the signed part and the one-time prekeys (atomically, so no fetch gets a
+        key that was dropped); return how many one-time prekeys are stored."""
 
     @abstractmethod
     async def take_bundle(self, handle: str) -> FetchedBundle | None:

@@ -740,16 +740,9 @@ class SqliteStore(Store):
         return await self._call(self._put_bundle, handle, bundle)
 
     def _put_bundle(self, db: sqlite3.Connection, handle: str, bundle: PrekeyBundle) -> int:
-        have = db.execute("SELECT count(*) FROM one_time WHERE handle=?", (handle,)).fetchone()[0]
-        new_ids = {k.key_id for k in bundle.one_time}
-        replaced = 0
-        if new_ids:
-            marks = ",".join("?" * len(new_ids))
-            replaced = db.execute(
-                f"SELECT count(*) FROM one_time WHERE handle=? AND key_id IN ({marks})",
-                (handle, *new_ids),
-            ).fetchone()[0]
-        total = have - replaced + len(new_ids)
+        # The upload replaces the one-time prekeys held: the owner prunes a private key only
+        # once an upload without its public half is acknowledged (client/messenger/prekeys.py).
+        total = len({k.key_id for k in bundle.one_time})
         if total > self.limits.max_one_time_stored:
             raise BundleRefused(
                 f"{total} one-time prekeys would be stored; the limit is "
@@ -759,6 +752,7 @@ class SqliteStore(Store):
             "INSERT OR REPLACE INTO bundles VALUES (?, ?, ?, ?, ?)",
             (handle, bundle.identity, bundle.signed, bundle.signed_sig, self._now_ms()),
         )
+        db.execute("DELETE FROM one_time WHERE handle=?", (handle,))
         db.executemany(
             "INSERT OR REPLACE INTO one_time VALUES (?, ?, ?, ?)",
             [(handle, k.key_id, k.key, k.sig) for k in bundle.one_time],

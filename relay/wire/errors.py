@@ -39,6 +39,8 @@ ERROR_CODES: dict[str, str] = {
     " are spooled instead)",
     "bad_prekeys": "prekey bundle signature or identity did not verify; nothing stored, +1 strike",
     "no_bundle": "prekeys_fetch for a handle that never uploaded a bundle",
+    "rate_limited": "prekeys_fetch over the requester's fetch rate (the message names the"
+    " limit); no key taken, no strike",
     "internal": "the relay could not complete the request (e.g. storage error); retry later",
     "too_many_sessions": "a login of a handle that already has max_sessions_per_handle"
     " connections on this relay; refused, then the connection closes with 1013, no strike",
