@@ -18,7 +18,6 @@ from collections import deque
 from typing import Any
 
 from relay import wire
-from relay.auth import Verifier
 from relay.config import RelayConfig
 from relay.limits import quota_refusal
 from relay.memory import DRAIN_PAGE
@@ -36,12 +35,11 @@ QUOTA_REFUSED = frozenset({EnqueueStatus.QUOTA_EXCEEDED, EnqueueStatus.SHARE_EXC
 
 class Envelopes:
     def __init__(self, config: RelayConfig, store: Store, router: Router[Session],
-                 metrics: Metrics, verifier: Verifier) -> None:
+                 metrics: Metrics) -> None:
         self.config = config
         self.store = store
         self.router = router
         self.metrics = metrics
-        self.verifier = verifier
         self._settled: deque[tuple[Session, wire.Send, bool, Any]] = deque()
 
     # ------------------------------------------------------------ sends

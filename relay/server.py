@@ -84,7 +84,7 @@ class Relay:
         self.registrations = RegistrationLimit(config.registrations_per_address,
                                                config.registration_window,
                                                config.registration_exempt)
-        self.envelopes = Envelopes(config, self.store, self.router, self.metrics, self.verifier)
+        self.envelopes = Envelopes(config, self.store, self.router, self.metrics)
         self.streams = Streams(config, self.store, self.router, self.metrics)
         self.prekeys = Prekeys(config, self.store, self.router, self.metrics, self.verifier)
         self.housekeeper = Housekeeper(config, self.store, self.sessions, self.envelopes,
