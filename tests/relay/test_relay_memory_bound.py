@@ -53,7 +53,9 @@ def small_relay(tmp_path: Path) -> tuple[RelayProcess, RelayConfig]:
     """A relay with the limits under test, and the same limits as a RelayConfig."""
     config = RelayConfig(tmp_path / "relay", window=WINDOW, window_bytes=WINDOW_BYTES,
                          max_sessions_per_handle=SESSIONS, redeliver_after=1.0)
-    relay = start_relay(config.data_dir, "--sync", "normal", "--window", str(WINDOW),
+    # One sender fills bob's queue here: shares off (they would stop alice at a quarter).
+    relay = start_relay(config.data_dir, "--sync", "normal", "--sender-share", "1",
+                        "--window", str(WINDOW),
                         "--window-bytes", str(WINDOW_BYTES),
                         "--max-sessions-per-handle", str(SESSIONS), "--redeliver-after", "1")
     return relay, config
