@@ -136,6 +136,7 @@ class KmeNode:
         self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._room = pool.room()
         self.on_keys_added: list[Callable[[int], None]] = []
+        self.on_redeliverable_erased: list[Callable[[int], None]] = []
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -364,6 +365,8 @@ class KmeNode:
                 erased = await self._db(self.pool.sweep_redeliverable)
                 if erased:
                     log.info("erased %d dec_keys answer(s) whose redelivery grace ended", erased)
+                    for callback in self.on_redeliverable_erased:
+                        callback(erased)
                 due = await self._db(self.pool.next_redelivery_expiry)
             except Exception:  # keep sweeping; try again in a second
                 log.exception("sweeping kept dec_keys answers failed")
