@@ -396,7 +396,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     return (
         f"{pool['KME_ID']} ({pool['role']}, peer {pool['peer_KME_ID']}): "
         f"pool {pool['stored']}/{pool['max_key_count']} (free {pool['free']}, "
-        f"bound {pool['bound_master'] + pool['bound_slave']}, delivered {pool['delivered']}) | "
+        f"bound {pool['bound_master'] + pool['bound_slave']}, delivered {pool['delivered']}, "
+        f"re-servable {pool.get('redeliverable', 0)}) | "
         f"link {'up' if link.get('connected') else 'down'} | "
         f"{link.get('key_rate_per_s', 0):.1f} keys/s | "
         f"QBER {'-' if qber is None else f'{qber * 100:.2f}%'} | "
