@@ -169,8 +169,10 @@ def test_a_receiver_killed_right_after_its_kme_answered_dec_keys_loses_nothing(
             os.killpg(receiver.pid, signal.SIGKILL)
             receiver.wait(30)
         proxy.stop()
+    # Bob opened at most the messages before the one whose keys he never got (the first,
+    # unless alice's KME was short of keys at her turn: then a later one re-mixed QKD).
     shown = [json.loads(line)["text"] for line in out.splitlines()]
-    assert not set(shown) & set(texts), "bob opened a message: the kill came too late"
+    assert shown == texts[:len(shown)] and len(shown) < len(texts), shown
     assert _delivered_to(journal, "sae-bob") > baseline  # the KME had handed the keys out
 
     again = stack.cli("bob", "recv")  # restarted: asks the KME again for the same keys
