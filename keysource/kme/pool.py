@@ -318,6 +318,10 @@ class KeyPool:
                 # FULL: a commit that handed keys out survives power loss, so a key can never
                 # come back after a crash and be served a second time.
                 "PRAGMA synchronous=FULL",
+                # Deleted rows (delivered keys, expired dec_keys answers) are overwritten with
+                # zeros in the database pages, not merely unlinked. (Older page images in the
+                # WAL are overwritten as the WAL is reused.)
+                "PRAGMA secure_delete=ON",
                 f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}",
             ))
         except BaseException:
