@@ -60,7 +60,8 @@ class QkdSource:
     async def dec_keys(self, peer_sae_id: str, key_ids: tuple[str, ...]) -> QkdKeys | None:
         if self._client is None or not key_ids:
             return None
-        # A KME hands a key out once: keep what we fetched until it is used, so a message
+        # A KME hands a key to one SAE (and again to it only within its re-delivery grace):
+        # keep what we fetched until it is used, so a message
         # retried later (e.g. after another input was missing) can still be opened.
         if all(k in self._fetched for k in key_ids):
             return QkdKeys(key_ids, tuple(self._fetched[k] for k in key_ids))

@@ -14,6 +14,7 @@ from .defaults import (
     DEFAULT_LINK_PORT,
     DEFAULT_PORT_A,
     DEFAULT_PORT_B,
+    DEFAULT_REDELIVERY_GRACE_S,
     KME_A,
     KME_B,
     SAE_A,
@@ -175,6 +176,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-keys", type=int, default=100_000,
                         help="max_key_count: the pool holds at most this many 256-bit keys "
                              "(default 100000)")
+    parser.add_argument("--redelivery-grace", type=float, default=DEFAULT_REDELIVERY_GRACE_S,
+                        metavar="SECONDS",
+                        help="a key handed out by dec_keys stays re-servable to the same SAE "
+                             "(and no other) this long, so a client killed before saving it "
+                             "can fetch it again; 0 = strict once-only ETSI delivery "
+                             f"(default {DEFAULT_REDELIVERY_GRACE_S:g})")
     parser.add_argument("--max-key-per-request", type=int, default=Limits.max_key_per_request,
                         help=f"ETSI max_key_per_request (default {Limits.max_key_per_request})")
     parser.add_argument("--link", choices=["emulated", "none"], default="emulated",
@@ -222,6 +229,7 @@ def _settings(args: argparse.Namespace) -> KmeSettings:
         status_interval_s=args.status_interval,
         keys_ready=args.keys_ready,
         limits=Limits(max_key_per_request=args.max_key_per_request),
+        redelivery_grace_s=args.redelivery_grace,
     )
 
 

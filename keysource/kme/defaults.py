@@ -9,3 +9,6 @@ KME_A = "kme-alice"
 KME_B = "kme-bob"
 SAE_A = "sae-alice"
 SAE_B = "sae-bob"
+# Seconds a key handed out by dec_keys stays re-servable to the same slave SAE (see
+# keysource.kme.pool): long enough for a killed client to be restarted by hand.
+DEFAULT_REDELIVERY_GRACE_S = 600.0

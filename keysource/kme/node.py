@@ -17,7 +17,9 @@ enc_keys at the follower:
   1. ask the allocator to bind N keys to (M, S, master at follower) (``POST /kme/v1/allocate``);
   2. apply that binding locally, hand the keys to M and delete them.
 dec_keys from slave S with master M (at either KME): hand out exactly the named keys if each
-is bound to (M, S) with S on this side, and delete them; anything else is refused.
+is bound to (M, S) with S on this side, and delete them; anything else is refused. S alone may
+fetch them again for a grace period, in case its answer was lost (see :mod:`.pool`);
+:meth:`KmeNode.run_sweeper` erases them when it ends.
 
 Crashes: every step is a durable transaction and every message is idempotent (bindings are
 named by a UUID), so after a crash the allocator simply pushes unacknowledged bindings again
@@ -134,6 +136,7 @@ class KmeNode:
         self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._room = pool.room()
         self.on_keys_added: list[Callable[[int], None]] = []
+        self.on_redeliverable_erased: list[Callable[[int], None]] = []
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -350,6 +353,33 @@ class KmeNode:
                 break
         return settled
 
+    async def run_sweeper(self, stop: asyncio.Event) -> None:
+        """Erase kept dec_keys answers when their grace ends (see :mod:`.pool`), until ``stop``.
+
+        Sleeps until the oldest one is due; one kept later is due no sooner than a whole
+        grace from now, so waking then at the latest misses nothing.
+        """
+        grace = self.pool.redelivery_grace_s
+        while not stop.is_set():
+            try:
+                erased = await self._db(self.pool.sweep_redeliverable)
+                if erased:
+                    log.info("erased %d dec_keys answer(s) whose redelivery grace ended", erased)
+                    for callback in self.on_redeliverable_erased:
+                        callback(erased)
+                due = await self._db(self.pool.next_redelivery_expiry)
+            except Exception:  # keep sweeping; try again in a second
+                log.exception("sweeping kept dec_keys answers failed")
+                due = time.time() + 1.0
+            if due is not None:
+                timeout: float | None = max(0.0, due - time.time()) + 0.01
+            else:
+                timeout = grace if grace > 0 else None
+            try:
+                await asyncio.wait_for(stop.wait(), timeout)
+            except TimeoutError:
+                pass
+
     async def run_sync(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
         """Background loop of the allocator: resend bindings left unconfirmed by a failure."""
         while not stop.is_set():
@@ -373,6 +403,7 @@ class KmeNode:
             "bound_master": stats.bound_master,
             "bound_slave": stats.bound_slave,
             "delivered": stats.delivered,
+            "redeliverable": stats.redeliverable,
             "max_key_count": stats.max_key_count,
         }
 

@@ -15,6 +15,29 @@ Every state change is one SQLite transaction (``BEGIN IMMEDIATE``, WAL, ``synchr
 so a crash or ``kill -9`` at any instant leaves each key in exactly one state: no
 undelivered key is lost, none is handed out twice, not even after power loss.
 
+Re-delivery to the same slave SAE (an extension of ETSI GS QKD 014)
+--------------------------------------------------------------------
+A dec_keys answer can be lost after this KME committed it: the SAE is killed, or its host
+loses power, between our answer and the moment it stored what it decrypted. The key is
+gone here, the sender's message can never be opened, and with the ratchet every later
+message that mixed it is stuck too. No SAE-side cache closes that window (it always lies
+between our answer and the SAE's own commit), so this KME closes it: a key handed out by
+dec_keys keeps its material in the ``redeliverable`` table, in the same transaction, for
+``redelivery_grace_s`` seconds (default :data:`DEFAULT_REDELIVERY_GRACE_S`). Within that
+time a dec_keys by **the same slave SAE** (the SAE_ID of its client certificate) for the same
+master SAE and key_IDs gets the same keys again; any other caller gets exactly the answer it
+got before (400: unknown or already delivered), so the key is still delivered to one SAE
+only. The grace does not restart on a repeat. When it ends the material is erased (the
+node's sweeper, and every dec_keys, delete what is due; expired rows are never served even
+before that), and the key_ID stays in the ``delivered`` journal, so a replayed link batch
+still cannot bring it back. The material lives in this same file, with the same
+permissions, as undelivered keys always did. ``redelivery_grace_s=0`` is ETSI's strict
+once-only behaviour.
+
+enc_keys keeps nothing: the master names no key_IDs (ETSI has no way to ask for a master key
+again), and a master killed after enc_keys loses nothing the peer needs — it never sent a
+message under those keys, so nobody will ask for them; it simply asks for fresh ones.
+
 A *binding* is the unit the two KMEs agree on: a list of delivered keys (each made of one or
 more pool keys, see :mod:`keysource.kme.etsi` for sizes), the SAE pair and the KME at which
 the master fetches them. Only one KME of a link (the allocator) creates bindings; the other
@@ -29,11 +52,13 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from keysource.sqlite_schema import Migration, Schema, open_schema
+
+from .defaults import DEFAULT_REDELIVERY_GRACE_S
 
 POOL_KEY_BYTES = 32
 POOL_KEY_BITS = POOL_KEY_BYTES * 8
@@ -70,6 +95,17 @@ CREATE TABLE IF NOT EXISTS delivered (
 );
 """
 
+_REDELIVERABLE = """
+CREATE TABLE IF NOT EXISTS redeliverable (
+    key_id     TEXT PRIMARY KEY,   -- the delivered key's key_ID (its first pool key)
+    master_sae TEXT NOT NULL,
+    slave_sae  TEXT NOT NULL,      -- the only SAE that may fetch it again
+    material   BLOB NOT NULL,      -- the delivered key, exactly as it was answered
+    at         REAL NOT NULL       -- when it was first handed out (time.time())
+);
+CREATE INDEX IF NOT EXISTS redeliverable_at ON redeliverable(at);
+"""
+
 # Version 1 is _SCHEMA (pools from before versions were recorded hold it); see
 # keysource.sqlite_schema for how a pool file is migrated or refused on open.
 POOL_SCHEMA = Schema(
@@ -82,6 +118,9 @@ POOL_SCHEMA = Schema(
         Migration(2, "index the unacknowledged bindings",
                   "CREATE INDEX IF NOT EXISTS bindings_unacked ON bindings(created)"
                   " WHERE acked = 0"),
+        # dec_keys answers kept for the same slave SAE during the grace (module docstring).
+        Migration(3, "keep dec_keys answers re-servable to their SAE for a grace period",
+                  _REDELIVERABLE),
     ),
 )
 
@@ -209,6 +248,7 @@ class PoolStats:
     bound_slave: int  # bound pool keys our SAEs fetch with dec_keys
     delivered: int  # pool keys handed out so far (journal size)
     max_key_count: int
+    redeliverable: int = 0  # dec_keys answers still kept for their SAE (within the grace)
 
 
 def parts_for_size(size_bits: int) -> int:
@@ -251,11 +291,17 @@ class KeyPool:
         *,
         max_key_count: int = DEFAULT_MAX_KEY_COUNT,
         busy_timeout_s: float = 30.0,
+        redelivery_grace_s: float = DEFAULT_REDELIVERY_GRACE_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if max_key_count <= 0:
             raise ValueError("max_key_count must be positive")
+        if not redelivery_grace_s >= 0:  # also refuses NaN
+            raise ValueError("the redelivery grace must be >= 0 seconds")
         self.path = Path(path)
         self.max_key_count = max_key_count
+        self.redelivery_grace_s = float(redelivery_grace_s)
+        self._clock = clock  # wall clock: retention times survive restarts in the file
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.path.exists()
         self._db = sqlite3.connect(
@@ -272,6 +318,10 @@ class KeyPool:
                 # FULL: a commit that handed keys out survives power loss, so a key can never
                 # come back after a crash and be served a second time.
                 "PRAGMA synchronous=FULL",
+                # Deleted rows (delivered keys, expired dec_keys answers) are overwritten with
+                # zeros in the database pages, not merely unlinked. (Older page images in the
+                # WAL are overwritten as the WAL is reused.)
+                "PRAGMA secure_delete=ON",
                 f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}",
             ))
         except BaseException:
@@ -550,9 +600,17 @@ class KeyPool:
             return self._take_bound(db, [h[0] for h in heads], master)
 
     def take_for_slave(self, master: str, slave: str, key_ids: Sequence[str]) -> list[PoolKey]:
-        """dec_keys: hand the named keys to the slave, only if all are bound to (master, slave)."""
+        """dec_keys: hand the named keys to the slave, only if all are bound to (master, slave).
+
+        A key this slave already fetched (same master) less than ``redelivery_grace_s`` ago
+        is served again, with the same bytes; to anybody else it is unknown, as any
+        delivered key (see the module docstring). All or nothing.
+        """
+        now = self._clock()
         with self._write() as db:
-            unknown, foreign = [], []
+            self._sweep(db, now)
+            unknown, foreign, fresh = [], [], []
+            again: dict[str, bytes] = {}
             for key_id in key_ids:
                 row = db.execute(
                     "SELECT master_sae, slave_sae, role FROM keys"
@@ -560,12 +618,46 @@ class KeyPool:
                     (key_id,),
                 ).fetchone()
                 if row is None:
-                    unknown.append(key_id)
+                    kept = db.execute(
+                        "SELECT material FROM redeliverable"
+                        " WHERE key_id = ? AND master_sae = ? AND slave_sae = ?",
+                        (key_id, master, slave),
+                    ).fetchone()
+                    if kept is None:
+                        unknown.append(key_id)
+                    else:
+                        again[key_id] = kept[0]
                 elif tuple(row) != (master, slave, "slave"):
                     foreign.append(key_id)
+                else:
+                    fresh.append(key_id)
             if unknown or foreign:
                 raise KeyLookupError(unknown, foreign)
-            return self._take_bound(db, list(key_ids), slave)
+            taken = {k.key_ID: k for k in self._take_bound(db, fresh, slave)}
+            if self.redelivery_grace_s > 0:
+                db.executemany(
+                    "INSERT INTO redeliverable (key_id, master_sae, slave_sae, material, at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(k.key_ID, master, slave, k.key, now) for k in taken.values()],
+                )
+        return [taken[k] if k in taken else PoolKey(k, again[k]) for k in key_ids]
+
+    def sweep_redeliverable(self) -> int:
+        """Erase the material of dec_keys answers whose grace is over; return how many."""
+        with self._write() as db:
+            return self._sweep(db, self._clock())
+
+    def _sweep(self, db: sqlite3.Connection, now: float) -> int:
+        # <= : with a grace of 0 nothing is kept, not even rows of an earlier, longer grace.
+        cursor = db.execute(
+            "DELETE FROM redeliverable WHERE at <= ?", (now - self.redelivery_grace_s,)
+        )
+        return cursor.rowcount
+
+    def next_redelivery_expiry(self) -> float | None:
+        """When the oldest kept dec_keys answer is due for erasure (wall clock), or None."""
+        (oldest,) = self._db.execute("SELECT MIN(at) FROM redeliverable").fetchone()
+        return None if oldest is None else float(oldest) + self.redelivery_grace_s
 
     def _take_bound(self, db: sqlite3.Connection, heads: Sequence[str], sae: str) -> list[PoolKey]:
         out = []
@@ -601,6 +693,7 @@ class KeyPool:
             " FROM keys"
         ).fetchone()
         (delivered,) = self._db.execute("SELECT COUNT(*) FROM delivered").fetchone()
+        (redeliverable,) = self._db.execute("SELECT COUNT(*) FROM redeliverable").fetchone()
         return PoolStats(
             stored=row[0],
             free=row[1],
@@ -608,6 +701,7 @@ class KeyPool:
             bound_slave=row[3],
             delivered=delivered,
             max_key_count=self.max_key_count,
+            redeliverable=redeliverable,
         )
 
     def free_count(self) -> int:
@@ -621,3 +715,7 @@ class KeyPool:
 
     def delivered_ids(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT key_id FROM delivered")}
+
+    def redeliverable_ids(self) -> set[str]:
+        """key_IDs whose dec_keys answer is still kept for their SAE (no key material)."""
+        return {r[0] for r in self._db.execute("SELECT key_id FROM redeliverable")}

@@ -33,6 +33,7 @@ from .defaults import (
     DEFAULT_HOST,
     DEFAULT_PORT_A,
     DEFAULT_PORT_B,
+    DEFAULT_REDELIVERY_GRACE_S,
     KME_A,
     KME_B,
     SAE_A,
@@ -59,8 +60,12 @@ class KmeSettings:
     status_interval_s: float = 2.0
     limits: Limits = field(default_factory=Limits)
     keys_ready: int = 0  # print "keys ready" once every pool holds this many free keys (0: never)
+    # A dec_keys answer stays re-servable to the same slave SAE this long (keysource.kme.pool).
+    redelivery_grace_s: float = DEFAULT_REDELIVERY_GRACE_S
 
     def __post_init__(self) -> None:
+        if not self.redelivery_grace_s >= 0:  # also refuses NaN
+            raise ValueError("--redelivery-grace must be >= 0 seconds")
         if self.keys_ready < 0:
             raise ValueError("--keys-ready must be >= 0")
         if self.keys_ready > self.max_key_count:
@@ -78,6 +83,11 @@ def _say(out: TextIO, line: str) -> None:
 
 def pool_path(data: Path, kme_id: str) -> Path:
     return data / kme_id / "pool.sqlite"
+
+
+def _open_pool(settings: KmeSettings, kme_id: str) -> KeyPool:
+    return KeyPool(pool_path(settings.data, kme_id), max_key_count=settings.max_key_count,
+                   redelivery_grace_s=settings.redelivery_grace_s)
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
@@ -203,11 +213,11 @@ async def run_pair(
         _say(out, f"created {created}")
     node_a = KmeNode(
         kme_id=KME_A, peer_kme_id=KME_B, allocator=True, limits=settings.limits,
-        pool=KeyPool(pool_path(settings.data, KME_A), max_key_count=settings.max_key_count),
+        pool=_open_pool(settings, KME_A),
     )
     node_b = KmeNode(
         kme_id=KME_B, peer_kme_id=KME_A, allocator=False, limits=settings.limits,
-        pool=KeyPool(pool_path(settings.data, KME_B), max_key_count=settings.max_key_count),
+        pool=_open_pool(settings, KME_B),
     )
     node_a.peer, node_b.peer = LocalPeer(node_b), LocalPeer(node_a)
     monitor = LinkMonitor()
@@ -233,6 +243,7 @@ async def run_pair(
             _say(out, f"fetch a key for {SAE_A} -> {SAE_B}: "
                       + curl_example(pki, urls[0], SAE_A, SAE_B))
         tasks.append(asyncio.create_task(node_a.run_sync(stop)))
+        tasks += [asyncio.create_task(node.run_sweeper(stop)) for node in (node_a, node_b)]
         if settings.link:
             params = link_params(**settings.link_options)
             tasks.append(asyncio.create_task(
@@ -283,7 +294,7 @@ async def run_serve(
     node = KmeNode(
         kme_id=kme_id, peer_kme_id=peer_kme_id, allocator=(role == "alice"),
         limits=settings.limits,
-        pool=KeyPool(pool_path(settings.data, kme_id), max_key_count=settings.max_key_count),
+        pool=_open_pool(settings, kme_id),
     )
     peer_ctx = None if settings.plain_http else pki.client_context(pki.kme(kme_id))
     peer = HttpPeer(peer_url, ssl_context=peer_ctx, own_kme_id=kme_id)
@@ -305,6 +316,7 @@ async def run_serve(
                   f"{'to' if role == 'alice' else 'on'} {link_host}:{link_port})")
         if node.allocator:
             tasks.append(asyncio.create_task(node.run_sync(stop)))
+        tasks.append(asyncio.create_task(node.run_sweeper(stop)))
         if settings.link:
             params = link_params(**settings.link_options)
             tasks.append(asyncio.create_task(_guard_link(run_link_endpoint(
@@ -384,7 +396,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     return (
         f"{pool['KME_ID']} ({pool['role']}, peer {pool['peer_KME_ID']}): "
         f"pool {pool['stored']}/{pool['max_key_count']} (free {pool['free']}, "
-        f"bound {pool['bound_master'] + pool['bound_slave']}, delivered {pool['delivered']}) | "
+        f"bound {pool['bound_master'] + pool['bound_slave']}, delivered {pool['delivered']}, "
+        f"re-servable {pool.get('redeliverable', 0)}) | "
         f"link {'up' if link.get('connected') else 'down'} | "
         f"{link.get('key_rate_per_s', 0):.1f} keys/s | "
         f"QBER {'-' if qber is None else f'{qber * 100:.2f}%'} | "

@@ -5,6 +5,12 @@ reach the KME but no byte of an answer comes back, so a test can be sure a reque
 flight at the moment it quits a client. TLS passes through untouched (the forwarder only
 copies bytes). It runs its own event loop on a thread, so it serves in-process clients
 (Pilot tests) and subprocesses alike.
+
+``before_answer``, if given, is called on the forwarder's thread with every chunk of an
+answer just before it is passed on: a test can stop the client right there, knowing that no
+byte of that chunk has reached it (the bytes are opaque TLS records; the test decides from
+what the service did, e.g. what its journal holds, whether the chunk answers the request
+it is waiting for).
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable
 
 
 class HoldProxy:
-    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, target_port: int, host: str = "127.0.0.1", *,
+                 before_answer: Callable[[bytes], None] | None = None) -> None:
         self.host = host
         self.target_port = target_port
+        self.before_answer = before_answer
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hold-proxy",
@@ -96,6 +105,8 @@ class HoldProxy:
                     self.request_while_held.set()
                 if not upstream:
                     await self._open.wait()
+                    if self.before_answer is not None:
+                        self.before_answer(data)
                 sink.write(data)
                 await sink.drain()
         with contextlib.suppress(ConnectionError, OSError):

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from client.cli.parsers import RECV_IDLE_S
+from keysource.kme.runtime import KME_B, pool_path
 from tests.conftest import CORE_SOURCES, full_sources
 from tests.e2e.holdproxy import HoldProxy
 from tests.e2e.stack import PASSPHRASE, Stack
@@ -23,11 +28,11 @@ def _texts(history: list[dict[str, str]], sender: str) -> list[str]:
     return [m["text"] for m in history if m["from"] == sender]
 
 
-def _recv_follow(stack: Stack, handle: str) -> subprocess.Popen[str]:
+def _recv_follow(stack: Stack, handle: str, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "QSECRET_PASSPHRASE": PASSPHRASE}
     return subprocess.Popen(
         [sys.executable, "-m", "client", "recv", "--follow", "--json",
-         "--data", str(stack.profile(handle)), "--relay", stack.relay_url],
+         "--data", str(stack.profile(handle)), "--relay", stack.relay_url, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True,
     )
@@ -115,6 +120,65 @@ def test_recv_prints_the_whole_backlog_however_slow_the_kme(stack: Stack) -> Non
     assert bob.returncode == 0, err
     shown = [json.loads(line)["text"] for line in out.splitlines()]
     assert shown[-len(texts):] == texts
+
+
+def _delivered_to(pool: Path, sae: str) -> int:
+    """How many pool keys the KME's journal says it handed to ``sae`` (read-only, beside it)."""
+    with contextlib.closing(sqlite3.connect(f"file:{pool}?mode=ro", uri=True)) as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM delivered WHERE sae = ?", (sae,)).fetchone()
+    return int(count)
+
+
+def test_a_receiver_killed_right_after_its_kme_answered_dec_keys_loses_nothing(
+        stack: Stack) -> None:
+    """kill -9 of ``recv --follow`` after bob's KME committed and answered his dec_keys but
+    before any byte of the answer reached him: the KME keeps that answer for bob during
+    the redelivery grace, so after a restart every message opens (issue: without it the
+    key was gone for ever, and every message of that ratchet step stayed at the relay)."""
+    texts = [f"after a turn {n:02d}" for n in range(20)]
+    # A ratchet turn for alice: her next message mixes fresh QKD keys that bob must fetch,
+    # and every later message of hers depends on that step.
+    stack.cli("bob", "send", "alice", "your turn", check=True)
+    stack.cli("alice", "recv", check=True)
+    stack.cli("alice", "send", "bob", "-", stdin="\n".join(texts), check=True)
+
+    journal = pool_path(stack.root / "kme", KME_B)
+    baseline = _delivered_to(journal, "sae-bob")
+    known = threading.Event()  # the receiver's pid is known
+    stopped = threading.Event()
+    receiver: subprocess.Popen[str] | None = None
+
+    def stop_bob_before_the_answer(_chunk: bytes) -> None:
+        known.wait(60)  # holds this chunk (and the forwarder) until ``receiver`` is set
+        if receiver is None or stopped.is_set():
+            return
+        if _delivered_to(journal, "sae-bob") > baseline:  # the KME committed: this answers it
+            os.killpg(receiver.pid, signal.SIGSTOP)
+            stopped.set()
+
+    proxy = HoldProxy(stack.port_b, before_answer=stop_bob_before_the_answer).start()
+    try:
+        receiver = _recv_follow(stack, "bob", "--kme", proxy.url)
+        known.set()
+        assert stopped.wait(120), "bob's KME never answered a dec_keys"
+        os.killpg(receiver.pid, signal.SIGKILL)
+        out, _ = receiver.communicate(timeout=30)
+    finally:
+        known.set()
+        if receiver is not None and receiver.poll() is None:
+            os.killpg(receiver.pid, signal.SIGKILL)
+            receiver.wait(30)
+        proxy.stop()
+    # Bob opened at most the messages before the one whose keys he never got (the first,
+    # unless alice's KME was short of keys at her turn: then a later one re-mixed QKD).
+    shown = [json.loads(line)["text"] for line in out.splitlines()]
+    assert shown == texts[:len(shown)] and len(shown) < len(texts), shown
+    assert _delivered_to(journal, "sae-bob") > baseline  # the KME had handed the keys out
+
+    again = stack.cli("bob", "recv")  # restarted: asks the KME again for the same keys
+    got = _texts(stack.history("bob", "alice"), "alice")
+    assert got[-len(texts):] == texts, f"bob got {got[-3:]} of {texts[:3]}...:\n{again.stderr}"
+    assert again.returncode == 0, again.stderr
 
 
 def test_wrong_passphrase_is_refused_clearly(stack: Stack) -> None:

@@ -29,6 +29,7 @@ def test_help_explains_each_command() -> None:
     assert "curl" in pair and "--port-a" in pair and "--km" in pair and "--eve-fraction" in pair
     serve = run("serve", "--help").stdout
     assert "--role" in serve and "--link-host" in serve and "--peer-url" in serve
+    assert "--redelivery-grace" in pair and "--redelivery-grace" in serve
 
 
 def test_pki_init_and_issue_sae(tmp_path: Path) -> None:
@@ -55,6 +56,15 @@ def test_plain_http_refuses_non_loopback(tmp_path: Path) -> None:
                  "--host", "0.0.0.0", "--port-a", "0", "--port-b", "0")
     assert result.returncode == 2
     assert "loopback only" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_negative_redelivery_grace_is_refused_clearly(tmp_path: Path, value: str) -> None:
+    result = run("pair", "--data", str(tmp_path), "--link", "none", "--port-a", "0",
+                 "--port-b", "0", "--redelivery-grace", value)
+    assert result.returncode == 2
+    assert "--redelivery-grace must be >= 0" in result.stderr
+    assert not (tmp_path / "pki").exists()  # refused before anything was created
 
 
 def test_plain_http_on_loopback_warns_and_serves(tmp_path: Path) -> None:

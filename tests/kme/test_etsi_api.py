@@ -65,10 +65,51 @@ def test_enc_keys_at_master_dec_keys_at_slave_match(pair: Pair) -> None:
         assert all(len(k.key) == 32 for k in sent)
         got = bob.get_dec_keys(SAE_A, [k.key_ID for k in sent])
         assert [(k.key_ID, k.key) for k in got] == [(k.key_ID, k.key) for k in sent]
-        # Once only: the same key_IDs are gone now, at both KMEs.
+        # Once only for the master: enc_keys never hands out those key_IDs again.
+        later = alice.get_enc_keys(SAE_B, number=1)
+        assert not {k.key_ID for k in later} & {k.key_ID for k in sent}
+
+
+def test_a_lost_dec_keys_answer_is_served_again_to_the_same_sae_only(pair: Pair) -> None:
+    """The KME keeps a dec_keys answer for the SAE that fetched it during the redelivery
+    grace (keysource/kme/pool.py): bob, who may have lost it, asks again and gets the same
+    keys; carol, another SAE of the same KME, gets the 400 of any delivered key."""
+    pki = pair.pki
+    if not pki.sae("sae-carol").cert.exists():
+        pki.issue_sae("sae-carol")
+    pair.fill(2)
+    with pair.alice() as alice, pair.bob() as bob, \
+            pair.client(pair.url_b, "sae-carol") as carol:
+        sent = alice.get_enc_keys(SAE_B, number=2)
+        ids = [k.key_ID for k in sent]
+        first = bob.get_dec_keys(SAE_A, ids)
+        with raw(pair, pair.url_b, SAE_B) as b:  # the same SAE, a new TLS connection
+            resp = b.post(f"/api/v1/keys/{SAE_A}/dec_keys",
+                          json={"key_IDs": [{"key_ID": i} for i in ids]})
+        assert resp.status_code == 200, resp.text
+        again = [(k["key_ID"], base64.b64decode(k["key"])) for k in resp.json()["keys"]]
+        assert again == [(k.key_ID, k.key) for k in first] == [(k.key_ID, k.key) for k in sent]
         with pytest.raises(KmeBadRequest) as err:
-            bob.get_dec_keys(SAE_A, [sent[0].key_ID])
+            carol.get_dec_keys(SAE_A, ids)
         assert "unknown" in err.value.message
+        assert {"unknown_key_IDs": ids} in err.value.details
+        with pytest.raises(KmeBadRequest):
+            bob.get_dec_keys("sae-carol", ids)  # bob, naming another master
+        assert bob.get_dec_keys(SAE_A, ids[1:]) == first[1:]
+
+
+def test_with_no_redelivery_grace_a_key_is_served_once_only(tmp_path: Path) -> None:
+    strict = start_pair(tmp_path, "--redelivery-grace", "0")
+    try:
+        strict.fill(1)
+        with strict.alice() as alice, strict.bob() as bob:
+            (sent,) = alice.get_enc_keys(SAE_B, number=1)
+            assert bob.get_dec_keys(SAE_A, [sent.key_ID]) == [sent]
+            with pytest.raises(KmeBadRequest) as err:
+                bob.get_dec_keys(SAE_A, [sent.key_ID])
+            assert "unknown" in err.value.message
+    finally:
+        strict.process.stop()
 
 
 def test_get_forms_of_enc_and_dec_keys(pair: Pair) -> None:
@@ -310,8 +351,8 @@ async def test_async_client_round_trip(pair: Pair) -> None:
         sent = await alice.get_enc_keys(SAE_B, number=2, size=128)
         got = await bob.get_dec_keys(SAE_A, [k.key_ID for k in sent])
         assert [k.key for k in got] == [k.key for k in sent]
-        with pytest.raises(KmeBadRequest):
-            await bob.get_dec_keys(SAE_A, [sent[0].key_ID])
+        # A second dec_keys by bob within the redelivery grace: the same keys again.
+        assert await bob.get_dec_keys(SAE_A, [sent[0].key_ID]) == got[:1]
 
 
 def test_key_material_never_in_repr(pair: Pair) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,3 +92,38 @@ async def test_enc_keys_without_a_peer_is_503(tmp_path: Path) -> None:
             await lonely.enc_keys("m", "s", REQ)
     finally:
         lonely.close()
+
+
+async def test_the_sweeper_erases_kept_dec_keys_answers_when_their_grace_ends(
+    tmp_path: Path,
+) -> None:
+    grace = 0.5
+    a = KmeNode(kme_id="A", peer_kme_id="B", allocator=True, pool=KeyPool(tmp_path / "a.db"))
+    b = KmeNode(kme_id="B", peer_kme_id="A", allocator=False,
+                pool=KeyPool(tmp_path / "b.db", redelivery_grace_s=grace))
+    a.peer, b.peer = LocalPeer(b), LocalPeer(a)
+    stop = asyncio.Event()
+    erased = asyncio.Event()
+    b.on_redeliverable_erased.append(lambda _count: erased.set())
+    sweeper = asyncio.create_task(b.run_sweeper(stop))
+    try:
+        batch = random_batch(4)
+        await a.add_keys(batch)
+        await b.add_keys(batch)
+        sent = await a.enc_keys("m", "s", REQ)
+        ids = [k.key_ID for k in sent]
+        before = time.time()
+        assert await b.dec_keys("m", "s", ids) == sent
+        assert await b.dec_keys("m", "s", ids) == sent  # the same slave, within the grace
+        assert (await b.pool_stats())["redeliverable"] == 2
+        await asyncio.wait_for(erased.wait(), 30)  # the sweeper woke when they fell due
+        assert time.time() >= before + grace
+        assert b.pool.redeliverable_ids() == set()
+        with pytest.raises(etsi.BadRequest, match="already delivered"):
+            await b.dec_keys("m", "s", ids)
+        assert set(ids) <= b.pool.delivered_ids()
+    finally:
+        stop.set()
+        await asyncio.wait_for(sweeper, 10)
+        a.close()
+        b.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -268,3 +269,141 @@ def test_kill_9_while_serving_loses_nothing_and_serves_nothing_twice(tmp_path: P
     assert after and not set(after) & seen
     with KeyPool(path) as p:
         assert p.key_ids() == set() and p.delivered_ids() == original
+
+
+# -- re-delivery to the same slave SAE within the grace ---------------------------------------
+
+
+class FakeClock:
+    """The pool's wall clock, moved by hand (no sleeping through a grace period)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bound_at_slave(tmp_path: Path, clock: FakeClock, grace: float = 600,
+                   sizes: tuple[int, ...] = (256, 512)) -> tuple[KeyPool, list, list]:
+    """A slave-side pool (KME B) holding keys the master m got for slave s; returns
+    (pool B, the master's keys, the link batch)."""
+    a = KeyPool(tmp_path / "a.sqlite")
+    b = KeyPool(tmp_path / "b.sqlite", redelivery_grace_s=grace, clock=clock)
+    batch = random_batch(10)
+    a.add_keys(batch)
+    b.add_keys(batch)
+    binding = a.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
+                     master_kme=A, local_kme=A, sizes=list(sizes))
+    b.apply_binding(Binding.from_json(binding.to_json()), local_kme=B)
+    a.mark_acked(binding.binding_id)
+    sent = [a.take_bound_for_master("m", "s", size, 1)[0] for size in sizes]
+    a.close()
+    return b, sent, batch
+
+
+def test_the_same_slave_gets_the_same_keys_again_within_the_grace(tmp_path: Path) -> None:
+    clock = FakeClock()
+    b, sent, _ = bound_at_slave(tmp_path, clock)
+    ids = [k.key_ID for k in sent]
+    assert b.take_for_slave("m", "s", ids) == sent
+    stored_after_first = b.key_ids()
+    clock.now += 599
+    assert b.take_for_slave("m", "s", ids) == sent  # the answer was lost: ask again
+    assert b.take_for_slave("m", "s", ids[::-1]) == sent[::-1]  # in the order asked
+    assert b.key_ids() == stored_after_first  # nothing else was taken
+    assert b.redeliverable_ids() == set(ids) and b.stats().redeliverable == 2
+
+
+def test_other_saes_and_other_masters_are_refused_as_for_any_delivered_key(
+        tmp_path: Path) -> None:
+    clock = FakeClock()
+    b, sent, _ = bound_at_slave(tmp_path, clock)
+    ids = [k.key_ID for k in sent]
+    b.take_for_slave("m", "s", ids)
+    for master, slave in (("m", "intruder"), ("intruder", "s"), ("s", "m")):
+        with pytest.raises(KeyLookupError) as err:
+            b.take_for_slave(master, slave, ids)
+        # Exactly what a delivered key always answered: unknown (400), nothing revealed.
+        assert err.value.unknown == tuple(ids) and err.value.foreign == ()
+    assert b.take_for_slave("m", "s", ids) == sent  # ... and the slave still gets them
+
+
+def test_a_repeat_mixed_with_fresh_keys_is_all_or_nothing(tmp_path: Path) -> None:
+    clock = FakeClock()
+    b, sent, batch = bound_at_slave(tmp_path, clock)
+    first, second = sent
+    b.take_for_slave("m", "s", [first.key_ID])
+    with pytest.raises(KeyLookupError):
+        b.take_for_slave("m", "s", [first.key_ID, batch[-1][0]])  # a free key: unknown
+    assert b.redeliverable_ids() == {first.key_ID}  # the failed call changed nothing
+    assert b.take_for_slave("m", "s", [second.key_ID, first.key_ID]) == [second, first]
+    assert b.redeliverable_ids() == {first.key_ID, second.key_ID}
+
+
+def test_after_the_grace_the_material_is_gone_and_replays_stay_blocked(tmp_path: Path) -> None:
+    clock = FakeClock()
+    b, sent, batch = bound_at_slave(tmp_path, clock)
+    ids = [k.key_ID for k in sent]
+    b.take_for_slave("m", "s", ids)
+    clock.now += 300
+    b.take_for_slave("m", "s", ids)  # a repeat does not restart the grace
+    assert b.next_redelivery_expiry() == clock.now - 300 + 600
+    clock.now += 300
+    assert b.sweep_redeliverable() == 2
+    assert b.redeliverable_ids() == set() and b.next_redelivery_expiry() is None
+    with pytest.raises(KeyLookupError) as err:
+        b.take_for_slave("m", "s", ids)
+    assert err.value.unknown == tuple(ids)
+    raw = sqlite3.connect(b.path)
+    assert raw.execute("SELECT COUNT(*) FROM redeliverable").fetchone() == (0,)
+    raw.close()
+    # The journal still knows every pool key of them: a replayed link batch revives none.
+    parts = {p for p, _ in batch[:3]}  # 256 bits: one pool key; 512 bits: two
+    assert parts <= b.delivered_ids()
+    assert b.add_keys(batch) == 0 and not parts & b.key_ids()
+
+
+def test_expired_answers_are_never_served_even_before_a_sweep(tmp_path: Path) -> None:
+    clock = FakeClock()
+    b, sent, _ = bound_at_slave(tmp_path, clock)
+    b.take_for_slave("m", "s", [sent[0].key_ID])
+    clock.now += 600
+    with pytest.raises(KeyLookupError):
+        b.take_for_slave("m", "s", [sent[0].key_ID])
+    assert b.take_for_slave("m", "s", [sent[1].key_ID]) == [sent[1]]
+    assert b.redeliverable_ids() == {sent[1].key_ID}  # a dec_keys sweeps on the way
+
+
+def test_a_grace_of_zero_is_strict_once_only_delivery(tmp_path: Path) -> None:
+    clock = FakeClock()
+    b, sent, _ = bound_at_slave(tmp_path, clock, grace=0)
+    ids = [k.key_ID for k in sent]
+    assert b.take_for_slave("m", "s", ids) == sent
+    assert b.redeliverable_ids() == set()
+    with pytest.raises(KeyLookupError):
+        b.take_for_slave("m", "s", ids)
+    with pytest.raises(ValueError, match="grace"):
+        KeyPool(tmp_path / "c.sqlite", redelivery_grace_s=-1)
+
+
+def test_a_shorter_grace_after_a_restart_applies_to_answers_already_kept(
+        tmp_path: Path) -> None:
+    clock = FakeClock()
+    b, sent, _ = bound_at_slave(tmp_path, clock)
+    b.take_for_slave("m", "s", [sent[0].key_ID])
+    b.close()
+    clock.now += 120
+    with KeyPool(tmp_path / "b.sqlite", redelivery_grace_s=60, clock=clock) as again:
+        assert again.sweep_redeliverable() == 1
+        with pytest.raises(KeyLookupError):
+            again.take_for_slave("m", "s", [sent[0].key_ID])
+
+
+def test_the_master_side_keeps_nothing(tmp_path: Path) -> None:
+    """enc_keys cannot be asked again by key_ID, and a master killed after it sent nothing
+    under those keys: it asks for fresh ones, so there is nothing to keep (module doc)."""
+    clock = FakeClock()
+    b, _, _ = bound_at_slave(tmp_path, clock)
+    with KeyPool(tmp_path / "a.sqlite", clock=clock) as a:
+        assert a.redeliverable_ids() == set() and a.stats().redeliverable == 0
