@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -59,7 +60,11 @@ def interruptible_children() -> Iterator[None]:
 
 
 class Running:
-    """A ``qsecret`` process whose stdout lines are collected as they come."""
+    """A ``qsecret`` process whose stdout and stderr lines are collected as they come.
+
+    One thread per pipe reads it to its end and nothing else touches the pipes, so no line
+    is read twice or lost, and a chatty process never blocks on a full pipe.
+    """
 
     def __init__(self, stack: Stack, handle: str, *args: str, stdin: str | None = None) -> None:
         command = [sys.executable, "-m", "client", *args, "--data", str(stack.profile(handle)),
@@ -72,15 +77,23 @@ class Running:
             assert self.process.stdin is not None
             self.process.stdin.write(stdin)
             self.process.stdin.close()
-            self.process.stdin = None  # communicate() must not flush it again
         self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.err_lines: list[str] = []
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.process.stdout, self.lines),
+                             daemon=True),
+            threading.Thread(target=self._read, args=(self.process.stderr, self.err_lines),
+                             daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
+    @staticmethod
+    def _read(pipe: IO[str], into: list[str]) -> None:
+        with pipe:
+            for line in pipe:
+                into.append(line)
 
     def json_lines(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in list(self.lines) if line.startswith("{")]
@@ -92,19 +105,25 @@ class Running:
 
     def finish(self, timeout: float = 120) -> tuple[int, str]:
         try:
-            _, stderr = self.process.communicate(timeout=timeout)
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             # Where is it stuck? The qsecret entry point dumps every thread and task on USR1.
             self.process.send_signal(signal.SIGUSR1)
             try:
-                _, stderr = self.process.communicate(timeout=5)
+                self.process.wait(5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                _, stderr = self.process.communicate()
+                self.process.wait()
+            self._join()
+            stderr = "".join(self.err_lines)
             raise AssertionError(f"{self.process.args[3:5]} did not exit within {timeout:g}s; "
                                  f"its stderr and stacks:\n{stderr[-20000:]}") from None
-        self._reader.join(10)
-        return self.process.returncode, stderr
+        self._join()
+        return self.process.returncode, "".join(self.err_lines)
+
+    def _join(self) -> None:
+        for reader in self._readers:
+            reader.join(10)
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -224,7 +243,7 @@ def test_interrupting_the_cli_mid_work_stops_in_order_and_loses_nothing(
         for process in (alice, bob):
             if process.process.poll() is None:
                 process.process.kill()
-                process.process.communicate()
+                process.process.wait()
     _clean(bob_err)
     _clean(alice_err)
     assert bob_code in (0, 130)
