@@ -67,7 +67,7 @@ async def _publish(relay_url: str, handle: str, sae_id: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
     stack = Stack(tmp_path_factory.mktemp("hostile-sae"))
     try:
         stack.start_relay()
