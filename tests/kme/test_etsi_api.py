@@ -74,9 +74,7 @@ def test_a_lost_dec_keys_answer_is_served_again_to_the_same_sae_only(pair: Pair)
     """The KME keeps a dec_keys answer for the SAE that fetched it during the redelivery
     grace (keysource/kme/pool.py): bob, who may have lost it, asks again and gets the same
     keys; carol, another SAE of the same KME, gets the 400 of any delivered key."""
-    pki = pair.pki
-    if not pki.sae("sae-carol").cert.exists():
-        pki.issue_sae("sae-carol")
+    _enrol_carol(pair)
     pair.fill(2)
     with pair.alice() as alice, pair.bob() as bob, \
             pair.client(pair.url_b, "sae-carol") as carol:
@@ -212,10 +210,14 @@ def test_unknown_key_id_is_400_and_takes_nothing(pair: Pair) -> None:
         assert got.key == sent.key
 
 
+def _enrol_carol(pair: Pair) -> None:
+    """A third SAE at KME B (once per module's PKI): another SAE than the key's slave."""
+    if not pair.pki.sae("sae-carol").cert.exists():
+        pair.pki.issue_sae("sae-carol")
+
+
 def test_key_of_another_sae_is_refused(pair: Pair) -> None:
-    pki = pair.pki
-    if not pki.sae("sae-carol").cert.exists():
-        pki.issue_sae("sae-carol")
+    _enrol_carol(pair)
     pair.fill(1)
     with pair.alice() as alice, pair.bob() as bob, \
             pair.client(pair.url_b, "sae-carol") as carol:

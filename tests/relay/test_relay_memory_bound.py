@@ -65,8 +65,9 @@ async def login(relay: RelayProcess, identity: Identity, **kw: object) -> Client
     return await Client(relay.url, identity, relay_id=relay.relay_id, **kw).connect()  # type: ignore[arg-type]
 
 
-async def fill_queue(relay: RelayProcess, sender: Identity, recipient: Identity) -> None:
-    """Register ``recipient`` and queue QUEUED large envelopes for it, all confirmed."""
+async def fill_queue(relay: RelayProcess) -> Identity:
+    """Register bob and queue QUEUED large envelopes from alice for him, all confirmed."""
+    sender, recipient = Identity("alice"), Identity("bob")
     await (await login(relay, recipient)).close()
     client = await login(relay, sender)
     for _ in range(QUEUED):
@@ -74,6 +75,7 @@ async def fill_queue(relay: RelayProcess, sender: Identity, recipient: Identity)
     await client.wait(lambda: len(client.stored) == QUEUED, 60)
     assert all(dup is False for dup in client.stored.values())
     await client.close()
+    return recipient
 
 
 async def stalled_login(relay: RelayProcess, identity: Identity) -> WsConnection:
@@ -106,8 +108,7 @@ async def refused_login(relay: RelayProcess, identity: Identity) -> tuple[wire.E
 async def test_connections_that_never_ack_stay_within_the_handle_bound(tmp_path: Path) -> None:
     relay, config = small_relay(tmp_path)
     try:
-        alice, bob = Identity("alice"), Identity("bob")
-        await fill_queue(relay, alice, bob)
+        bob = await fill_queue(relay)
         baseline = rss_anon(relay)
         readers = [await login(relay, bob, auto_ack=False) for _ in range(SESSIONS // 2)]
         stalled = [await stalled_login(relay, bob) for _ in range(SESSIONS - len(readers))]
@@ -136,8 +137,7 @@ async def test_connections_that_never_ack_stay_within_the_handle_bound(tmp_path:
 async def test_open_close_cycles_free_what_each_connection_held(tmp_path: Path) -> None:
     relay, config = small_relay(tmp_path)
     try:
-        alice, bob = Identity("alice"), Identity("bob")
-        await fill_queue(relay, alice, bob)
+        bob = await fill_queue(relay)
         baseline = rss_anon(relay)
         per_window = WINDOW_BYTES // (BODY_BYTES * 4 // 3) + 1
         peak = 0
