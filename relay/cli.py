@@ -84,6 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--max-sessions-per-handle", type=positive_int, default=4,
                         help="connections one handle may have logged in; a further login is "
                              "refused with too_many_sessions and close 1013 (default 4)")
+    parser.add_argument("--unread-reply-bytes", type=parse_size, default=1024 * 1024,
+                        help="replies (stored, pong, errors) a connection may leave unread "
+                             "beyond its delivery window and stream frames; a client that "
+                             "asks for more without reading is dropped (default 1MiB)")
     # -- operator endpoints: where /metrics is served, and its token (README "Relay metrics")
     parser.add_argument("--metrics-listen", type=parse_listen, metavar="[HOST:]PORT",
                         help="serve /metrics and /healthz on this separate plain-HTTP address "
@@ -160,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         gc_interval=args.gc_interval,
         window=args.window,
         window_bytes=args.window_bytes,
+        unread_reply_bytes=args.unread_reply_bytes,
         max_sessions_per_handle=args.max_sessions_per_handle,
         metrics_host=args.metrics_listen[0] if args.metrics_listen else None,
         metrics_port=args.metrics_listen[1] if args.metrics_listen else 0,

@@ -53,6 +53,10 @@ class RelayConfig:
     # connections per handle on this relay (a further login is refused, close 1013).
     window_bytes: int = 1024 * 1024
     max_sessions_per_handle: int = 4
+    # Replies (stored, pong, errors, ...) a connection may leave unread on top of what its
+    # deliveries and stream frames can queue (relay.memory.unread_limit); past that sum
+    # the client is not reading what it asks for and the connection is dropped.
+    unread_reply_bytes: int = 1024 * 1024
     # -- operator endpoints (README "Relay metrics"). /metrics is not served on the websocket
     # port unless metrics_token is set (then it needs "Authorization: Bearer TOKEN"), so
     # exposing the relay, directly or behind a proxy, never exposes its metrics by accident.

@@ -58,17 +58,29 @@ def deliver_frame_max() -> int:
     return -(-MAX_ENVELOPE_BYTES // 3) * 4 + FRAME_SLACK_BYTES
 
 
+def unread_limit(config: RelayConfig) -> int:
+    """Bytes of text frames one connection may leave unread in the relay before it is dropped.
+
+    What a slow but reading client can have queued: its deliveries (the window and one
+    frame more, and a redelivery of them) and ``unread_reply_bytes`` of replies. Binary
+    stream frames are held to a queue of their own (``BULK_OUTBOX_LIMIT`` frames; their
+    senders wait), so they do not count here. A client that asks for more answers than
+    that without reading them is dropped (relay.session.Session.post).
+    """
+    return 2 * (config.window_bytes + deliver_frame_max()) + config.unread_reply_bytes
+
+
 def connection_bound(config: RelayConfig) -> int:
     """Bytes one connection can make the relay hold, whatever its client does.
 
-    Deliveries: unacked ones are at most ``window_bytes`` plus one frame, held as
-    encoded frames only while the socket has not taken them, and once more for a
-    redelivery (which waits until the socket has taken the first copies). A drain's
-    store read holds the in-flight bodies and ``DRAIN_PAGE`` more until they are posted.
-    Streams: a receiver's queue of binary frames is held to ``BULK_OUTBOX_LIMIT`` (its
-    senders wait), plus a spool page being sent. Reading: websockets queues up to
-    ``READ_QUEUE_FRAMES`` frames (each at most ``MAX_FRAME_BYTES``) while the handler
-    is busy. Plus the connection's own objects.
+    Text frames the client has not read: at most :func:`unread_limit` (deliveries are
+    held as encoded frames only while the socket has not taken them; a redelivery waits
+    until the socket has taken the first copies; replies beyond ``unread_reply_bytes``
+    drop the connection). Binary frames to it: a receiver's queue is held to
+    ``BULK_OUTBOX_LIMIT`` (its senders wait), plus a spool page being sent. A drain's
+    store read holds the in-flight bodies and ``DRAIN_PAGE`` more until they are
+    posted. Reading: websockets queues up to ``READ_QUEUE_FRAMES`` frames (each at most
+    ``MAX_FRAME_BYTES``) while the handler is busy. Plus the connection's own objects.
     """
     from relay.streams import BULK_OUTBOX_LIMIT, SPOOL_PAGE
     from relay.wire import HEADER_BYTES, MAX_BINARY_PAYLOAD, MAX_FRAME_BYTES
@@ -77,7 +89,7 @@ def connection_bound(config: RelayConfig) -> int:
     in_flight = config.window_bytes + frame
     binary = HEADER_BYTES + MAX_BINARY_PAYLOAD
     return (CONNECTION_OVERHEAD_BYTES
-            + 2 * in_flight  # first copies and one redelivery, unread by the client
+            + unread_limit(config)  # text frames to this client, not taken by its socket
             + in_flight + DRAIN_PAGE * frame  # a drain's store read, until it is posted
             + (BULK_OUTBOX_LIMIT + 1 + SPOOL_PAGE) * binary  # stream frames to this client
             + (READ_QUEUE_FRAMES + 1) * MAX_FRAME_BYTES)  # frames read, not yet handled

@@ -41,7 +41,7 @@ from relay.housekeeping import (
     tune_gc,
 )
 from relay.limits import RegistrationLimit
-from relay.memory import READ_QUEUE_FRAMES
+from relay.memory import READ_QUEUE_FRAMES, unread_limit
 from relay.metrics import Metrics
 from relay.prekeys import Prekeys
 from relay.routing import LocalRouter, Router
@@ -232,7 +232,8 @@ class Relay:
     async def _handler(self, ws: ServerConnection) -> None:
         core = ConnectionCore(self.relay_id, self.limits, self.rules, time.monotonic(),
                               tls_fingerprint=self.tls_fingerprint)
-        session = Session(ws, core, self.cork, self.metrics)  # posts the hello
+        session = Session(ws, core, self.cork, self.metrics,  # posts the hello
+                          unread_limit(self.config))
         self.sessions.add(session)
         self.metrics.count("qsecret_relay_connections_total")
         session.writer = asyncio.create_task(self._writer(session))
@@ -299,7 +300,7 @@ class Relay:
                 if session.need_drain and session.handle is not None and not session.draining:
                     await self.envelopes.drain(session)
                 while session.outbox:
-                    await ws.send(session.outbox.popleft())
+                    await ws.send(session.take_outbox())
                     session.sent += 1
                 session.room.set()
         except ConnectionClosed:

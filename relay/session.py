@@ -92,7 +92,7 @@ class Session:
     """One websocket connection and everything the relay tracks about it."""
 
     def __init__(self, ws: ServerConnection, core: ConnectionCore, cork: Cork,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, unread_limit: int = 0) -> None:
         self.ws = ws
         self.core = core
         self.cork = cork
@@ -105,6 +105,12 @@ class Session:
         self.inflight_bytes = 0  # sum of the sizes in inflight
         self.redeliver_due: list[int] = []  # seqs the writer task is to send again
         self.outbox: deque[str | bytes] = deque()
+        # Text frames queued that the socket has not taken, in characters (JSON: bytes).
+        # Past unread_limit (relay.memory.unread_limit; 0 = none) the client is not
+        # reading what it asks for: the connection is dropped (see post). Binary stream
+        # frames have their own bound (relay.streams.BULK_OUTBOX_LIMIT).
+        self.outbox_bytes = 0
+        self.unread_limit = unread_limit
         self.wake = asyncio.Event()
         self.room = asyncio.Event()  # outbox drained (bulk senders wait on it)
         self.send_room = asyncio.Event()  # a pending send committed
@@ -169,7 +175,39 @@ class Session:
                 self.cork.add(self)
                 return
         self.outbox.append(data)
+        if isinstance(data, str):
+            self.outbox_bytes += len(data)
+            if self.unread_limit and self.outbox_bytes > self.unread_limit:
+                self._drop_unread()
+                return
         self.wake.set()
+
+    def take_outbox(self) -> str | bytes:
+        """The oldest queued frame, for the writer task."""
+        data = self.outbox.popleft()
+        if isinstance(data, str):
+            self.outbox_bytes -= len(data)
+        return data
+
+    def _drop_unread(self) -> None:
+        """The client leaves more unread than any reading client could: drop it now.
+
+        Deliveries and stream frames are held to their windows, so what piles up here is
+        replies (stored, pong, errors) to requests a client keeps making without reading
+        the answers. Pausing its reads instead could stall a client whose reading waits
+        on its own writes; a close frame would queue behind what it does not read. So
+        the transport is aborted and everything queued is freed at once; the handler's
+        ConnectionClosed then cleans up as for any lost connection.
+        """
+        log.info("dropping connection handle=%s: %d bytes of replies unread (limit %d)",
+                 self.handle, self.outbox_bytes, self.unread_limit)
+        self.metrics.count("qsecret_relay_closed_total", "code", "unread")
+        self.closing = True
+        self.outbox.clear()
+        self.outbox_bytes = 0
+        self.ws.transport.abort()
+        self.room.set()
+        self.send_room.set()
 
     def release(self) -> None:
         """Drop what this closed connection holds, at once.
@@ -182,6 +220,7 @@ class Session:
         """
         self.closing = True
         self.outbox.clear()
+        self.outbox_bytes = 0
         self.inflight.clear()
         self.inflight_bytes = 0
         self.redeliver_due = []

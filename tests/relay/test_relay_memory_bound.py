@@ -22,14 +22,16 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import ClientConnection as WsConnection
 from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 from relay import wire
 from relay.config import RelayConfig
-from relay.memory import connection_bound, handle_bound
+from relay.memory import connection_bound, handle_bound, unread_limit
 from relay.server import Relay
 from relay.session import Session
+from relay.wire.frames import MAX_REQ_ID_CHARS
 from tests.relay.harness import Client, Identity, RelayProcess, start_relay
-from tests.relay.test_relay_file_streams import wait_metric
+from tests.relay.test_relay_file_streams import metric, wait_metric
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads the relay's memory from /proc")
@@ -240,6 +242,59 @@ async def test_a_closed_session_is_freed_without_the_cyclic_gc(tmp_path: Path) -
         if enabled:
             gc.enable()
         await relay.stop()
+
+
+async def test_a_client_that_never_reads_its_answers_is_dropped(tmp_path: Path) -> None:
+    """Pings (or sends, fetches) without reading the answers: once more text is unread than
+    a reading client could leave (window and replies), the relay drops the connection and
+    frees what it held. A reading client asking as much is not dropped."""
+    small = 64 * 1024
+    config = RelayConfig(tmp_path / "relay", window_bytes=small, unread_reply_bytes=small)
+    relay = start_relay(config.data_dir, "--window-bytes", str(small),
+                        "--unread-reply-bytes", str(small),
+                        "--rate", "1000000", "--burst", "1000000")
+    ping = wire.Ping("p" * MAX_REQ_ID_CHARS).encode()
+    try:
+        baseline = rss_anon(relay)
+        mallory = await stalled_login(relay, Identity("mallory"))
+        loop = asyncio.get_running_loop()
+        deadline, sent, dropped = loop.time() + 60, 0, False
+        # Bounded: the kernel's socket buffers take a few MB of pongs before the relay
+        # holds any; the limit is about 0.4 MB of them after that.
+        while not dropped and sent < 1_000_000 and loop.time() < deadline:
+            try:
+                for _ in range(100):
+                    await mallory.send(ping)
+                    sent += 1
+            except ConnectionClosed:
+                dropped = True
+        assert dropped, f"{sent} pings unread and still connected"
+        assert await wait_metric(relay, 'qsecret_relay_closed_total{code="unread"}',
+                                 lambda v: v >= 1) == 1
+        grown = rss_anon(relay) - baseline
+        assert grown <= connection_bound(config), (grown, connection_bound(config))
+        assert unread_limit(config) < sent * len(ping)  # the pongs would have been more
+        # The same number of pings from a client that reads: every one answered.
+        alice = await login(relay, Identity("alice"))
+        pongs = 0
+        record = alice._record
+
+        def count_pongs(event: object) -> None:
+            nonlocal pongs
+            pongs += isinstance(event, wire.Pong)
+            record(event)
+
+        alice._record = count_pongs  # type: ignore[method-assign]
+        for start in range(0, sent, 1000):
+            for _ in range(min(1000, sent - start)):
+                await alice.send_raw(ping)
+            await alice.wait(lambda s=start: pongs >= s, 30)
+        await alice.wait(lambda: pongs == sent, 30)
+        assert alice.closed is not None and not alice.closed.done()
+        assert metric(relay, 'qsecret_relay_closed_total{code="unread"}') == 1
+        await alice.close()
+    finally:
+        relay.stop()
 
 
 async def _until(predicate) -> None:  # type: ignore[no-untyped-def]
