@@ -39,12 +39,18 @@ CORE_SOURCES = "QKD+ML-KEM-768+X25519"
 
 
 def use_pq_backend(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every process started from now on (relay, KMEs, clients) use backend ``name``."""
+    """Make every process started from now on (relay, KMEs, clients) use backend ``name``.
+
+    This process reads the same variable: what it cached about the backends is dropped with
+    each change, so a status taken while liboqs was disabled never hides liboqs later.
+    """
     if name == "liboqs":
-        require_liboqs()
         monkeypatch.delenv("QSECRET_DISABLE_LIBOQS", raising=False)
+        pq.forget_backends()
+        require_liboqs()
     else:
         monkeypatch.setenv("QSECRET_DISABLE_LIBOQS", "1")
+        pq.forget_backends()
 
 
 def full_sources(backend: str) -> frozenset[str]:
@@ -72,3 +78,4 @@ def pq_backend(request: pytest.FixtureRequest) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as monkeypatch:
         use_pq_backend(request.param, monkeypatch)
         yield request.param
+    pq.forget_backends()  # the variable is restored: so is what this process sees

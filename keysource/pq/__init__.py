@@ -29,6 +29,7 @@ from .registry import (
     available_kems,
     available_signatures,
     backend_status,
+    forget_backends,
     get_kem,
     get_signature,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "available_kems",
     "available_signatures",
     "backend_status",
+    "forget_backends",
     "chacha20poly1305",
     "get_kem",
     "get_signature",

@@ -58,6 +58,13 @@ def backend_status(name: str) -> BackendStatus:
     raise UnknownAlgorithm(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
 
 
+def forget_backends() -> None:
+    """Look at the backends afresh (after ``QSECRET_DISABLE_LIBOQS`` changed in this process)."""
+    backend_status.cache_clear()
+    get_kem.cache_clear()
+    get_signature.cache_clear()
+
+
 def _kem_preference(name: str) -> tuple[str, ...]:
     return ("liboqs", "openssl") if name.startswith("ML-KEM-") else ("openssl", "liboqs")
 
