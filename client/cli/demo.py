@@ -29,6 +29,8 @@ from .help import HelpFormatter, examples
 DEMO_PASSPHRASE = "qsecret-demo"
 GREETING = ("Hi Bob! This is the qsecret demo: every key here mixes QKD key material, "
             "ML-KEM-768 and X25519 (see the key panel).")
+DEMO_KEYS_READY = 16  # free keys in each pool before the users are introduced
+KEYS_READY_WAIT_S = 30.0
 USERS = (("alice", "sae-alice", "port_a"), ("bob", "sae-bob", "port_b"))
 
 
@@ -73,7 +75,8 @@ def run_demo(args: argparse.Namespace) -> int:
         signal.signal(signum, _exit_on_signal)
     passphrase = os.environ.get("QSECRET_PASSPHRASE") or DEMO_PASSPHRASE
     kme_args = ["kme", "pair", "--data", str(base / "kme"), "--port-a", str(args.port_a),
-                "--port-b", str(args.port_b), "--status-interval", "0"]
+                "--port-b", str(args.port_b), "--status-interval", "0",
+                "--keys-ready", str(DEMO_KEYS_READY)]
     if args.km is not None:
         kme_args += ["--km", str(args.km)]
     if args.eve_fraction:
@@ -88,6 +91,16 @@ def run_demo(args: argparse.Namespace) -> int:
         services[0].start().wait_for("relay listening")
         print(f"  relay      ws://127.0.0.1:{args.relay_port}  (log {base / 'relay.log'})")
         services[1].start().wait_for("ready kme-bob", timeout=60)
+        # The greeting below mixes QKD keys only once the link has made some: wait for them
+        # (a few blocks of the emulated link) rather than greet on degraded keys. An
+        # eavesdropper (--eve-fraction) may stop the link: then go on, and say so.
+        try:
+            services[1].wait_for("keys ready", timeout=KEYS_READY_WAIT_S)
+        except ServiceError:
+            if not services[1].running:
+                raise
+            print(f"  no QKD keys after {KEYS_READY_WAIT_S:.0f}s (see {base / 'kme.log'}): "
+                  "the first messages say 'degraded: no QKD'")
         print(f"  KME pair   https://127.0.0.1:{args.port_a} and :{args.port_b}, QKD link running"
               f"  (log {base / 'kme.log'})")
         configs = _profiles(base, args, passphrase)
@@ -142,8 +155,7 @@ async def _introduce(configs: dict[str, ClientConfig], passphrase: str) -> None:
     bob = open_profile(configs["bob"], passphrase)
     await bob.start()
     try:
-        await bob.wait_online(15)
-        await asyncio.sleep(0.5)  # his prekey upload follows the login
+        await bob.wait_online(15)  # until his login work, the prekey upload, is done
     finally:
         await bob.stop()
     alice = open_profile(configs["alice"], passphrase)

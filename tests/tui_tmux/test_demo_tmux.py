@@ -83,6 +83,8 @@ def _start_demo(terminal: Callable[[str], TmuxTerminal], directory: Path) -> Dem
     screen = alice.wait_for(lambda s: "Hi Bob!" in s and ONLINE in s, START_TIMEOUT_S,
                             "the greeting and 'online' in alice's TUI")
     assert "@alice" in screen
+    # The demo waits for QKD keys before the greeting: its keys are not degraded.
+    assert "degraded" not in screen, screen
     # The relay and the KME pair run as children of the demo, on the ports it was given.
     services = {pid: cmd for pid, cmd in process_tree(alice.pane_pid()).items()
                 if re.search(r" -m client (relay|kme) ", cmd) and str(directory) in cmd}
