@@ -1,16 +1,19 @@
 """The inbox: envelopes the relay delivers, opened, committed, acknowledged, announced.
 
 Nothing is acknowledged to the relay before it is durable here; a message that cannot be
-opened yet (its QKD keys are not at our KME yet) is not acknowledged, so the relay
-delivers it again later. Texts are answered with a ``delivered`` receipt.
+opened yet (its QKD keys are not at our KME yet, or the KME does not answer) is not
+acknowledged: it is held and tried again after 1, 2, 4, 8 and 15 s (the keys usually come
+within seconds), and the relay delivers it again later anyway. Texts are answered with a
+``delivered`` receipt.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 from client.protocol import Message, ProtocolError
 from client.store.sealed import CorruptStore
@@ -35,6 +38,9 @@ from .sessions import Retry, Sessions
 
 log = logging.getLogger(__name__)
 
+RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 15.0)  # then the relay's redelivery takes over
+MAX_HELD = 256  # held in memory for retries; beyond, only the relay's redelivery retries
+
 
 class Acker(Protocol):
     """The relay as the inbox needs it (client.messenger.relay_link.RelayLink)."""
@@ -52,23 +58,35 @@ class Replies(Protocol):
 
 
 TransferHandler = Callable[[ConversationId, payloads.TransferMessage], Awaitable[None]]
+Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any] | None"]
 
 
 class Inbox:
     def __init__(self, sessions: Sessions, relay: Acker, replies: Replies,
-                 on_transfer: TransferHandler, emit: Callable[[Event], None]) -> None:
+                 on_transfer: TransferHandler, emit: Callable[[Event], None],
+                 spawn: Spawn | None = None) -> None:
         self._sessions = sessions
         self._relay = relay
         self._replies = replies
         self._on_transfer = on_transfer
         self._emit = emit
+        self._spawn = spawn
+        self._held: dict[int, Deliver] = {}  # relay seq -> a delivery waiting for its keys
+        self._retrying = False
+
+    @property
+    def held(self) -> int:
+        """Messages waiting for their QKD keys (tried again soon)."""
+        return len(self._held)
 
     async def receive(self, deliver: Deliver) -> None:
         conversation = ConversationId.direct(deliver.sender)
+        self._held.pop(deliver.seq, None)
         try:
             opened = await self._sessions.open(conversation, deliver.body, deliver.msg)
         except Retry as exc:
             log.info("message from %s held for later: %s", deliver.sender, exc)
+            self._hold(deliver)
             self._emit(KeyStatusEvent(self._replies.key_status_of(conversation)))
             return
         except (ProtocolError, ValueError) as exc:
@@ -92,6 +110,29 @@ class Inbox:
         await self._announce(conversation, opened.messages)
         for body in opened.resend:
             await self._replies.send_quietly(conversation, body)
+
+    def _hold(self, deliver: Deliver) -> None:
+        if len(self._held) < MAX_HELD:
+            self._held[deliver.seq] = deliver
+        if self._retrying or self._spawn is None or not self._held:
+            return
+        self._retrying = True
+        if self._spawn(self._retry_held(), "inbox-retry") is None:  # stopping
+            self._retrying = False
+
+    async def _retry_held(self) -> None:
+        """Open the held messages again after each delay, until none is left."""
+        try:
+            for delay in RETRY_DELAYS_S:
+                await asyncio.sleep(delay)  # a back-off, not a synchronisation
+                for deliver in list(self._held.values()):
+                    if self._held.get(deliver.seq) is deliver:  # not opened meanwhile
+                        await self.receive(deliver)
+                if not self._held:
+                    return
+            self._held.clear()  # the relay delivers them again (and they are held again)
+        finally:
+            self._retrying = False
 
     async def _announce(self, conversation: ConversationId, messages: list[Message]) -> None:
         peer = conversation.peer

@@ -114,7 +114,7 @@ class MessengerService:
             TransferSettings(handle, config.downloads_path, config.auto_accept, self.policy),
             store, self.relay, self.qkd, self, self._emit)
         self._inbox = Inbox(self._sessions, self.relay, self, self.files.on_payload,
-                            self._emit)
+                            self._emit, spawn=self._life.spawn)
 
     # -- lifecycle ---------------------------------------------------------------------
 

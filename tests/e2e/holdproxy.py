@@ -23,11 +23,11 @@ from collections.abc import Callable
 
 class HoldProxy:
     def __init__(self, target_port: int, host: str = "127.0.0.1", *,
-                 before_answer: Callable[[bytes], None] | None = None) -> None:
+                 before_answer: Callable[[bytes], None] | None = None, port: int = 0) -> None:
         self.host = host
         self.target_port = target_port
         self.before_answer = before_answer
-        self.port = 0
+        self.port = port  # 0: any free port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hold-proxy",
                                         daemon=True)
@@ -48,7 +48,7 @@ class HoldProxy:
 
     async def _start(self) -> None:
         self._open.set()
-        self._server = await asyncio.start_server(self._serve, self.host, 0)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def hold(self) -> None:

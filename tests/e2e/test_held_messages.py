@@ -1,0 +1,83 @@
+"""A message whose QKD keys the receiver's KME cannot give yet is held and tried again by the
+client within seconds, not left for the relay's next redelivery (here 10 minutes away)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.holdproxy import HoldProxy
+from tests.e2e.stack import PASSPHRASE, Stack, free_port, start_stack
+
+pytestmark = pytest.mark.slow
+
+HELD_WAIT_S = 60.0
+RETRIES_WITHIN_S = 40.0  # the client's back-off: 1 + 2 + 4 + 8 + 15 s
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
+    stack = start_stack(tmp_path_factory.mktemp("held"))
+    try:
+        stack.restart_relay("--redeliver-after", "600")  # only the client can retry soon
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _lines(stream, into: queue.Queue[str]) -> None:  # type: ignore[no-untyped-def]
+    for line in stream:
+        into.put(line)
+
+
+def _wait_line(lines: queue.Queue[str], text: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if text in line:
+            return line
+    raise AssertionError(f"no line with {text!r} within {timeout:.0f}s")
+
+
+def test_a_message_held_for_its_keys_opens_soon_after_the_kme_answers(
+        stack: Stack, tmp_path: Path) -> None:
+    kme_port = free_port()  # bob's KME, as his client sees it: nobody listens there yet
+    env = {**os.environ, "QSECRET_PASSPHRASE": PASSPHRASE, "QSECRET_LOG": "info"}
+    bob = subprocess.Popen(
+        [sys.executable, "-m", "client", "recv", "--follow", "--json",
+         "--data", str(stack.profile("bob")), "--relay", stack.relay_url,
+         "--kme", f"https://127.0.0.1:{kme_port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True)
+    out: queue.Queue[str] = queue.Queue()
+    err: queue.Queue[str] = queue.Queue()
+    readers = [threading.Thread(target=_lines, args=(bob.stdout, out), daemon=True),
+               threading.Thread(target=_lines, args=(bob.stderr, err), daemon=True)]
+    for reader in readers:
+        reader.start()
+    proxy = None
+    try:
+        stack.cli("alice", "send", "bob", "keys on the way", check=True)
+        _wait_line(err, "held for later", HELD_WAIT_S)
+        proxy = HoldProxy(stack.port_b, port=kme_port).start()  # the KME answers from now
+        line = _wait_line(out, "keys on the way", RETRIES_WITHIN_S)
+        assert "degraded" not in line
+    finally:
+        os.killpg(bob.pid, signal.SIGTERM)
+        bob.wait(30)
+        for reader in readers:
+            reader.join(10)
+        if proxy is not None:
+            proxy.stop()
