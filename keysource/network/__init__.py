@@ -1,0 +1,1 @@
+"""The QKD network: topologies of KME nodes and links, routes, and key relay by trusted nodes."""
