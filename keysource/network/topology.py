@@ -29,9 +29,9 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from itertools import pairwise
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
