@@ -15,10 +15,10 @@ import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .key_relay import KEYS_PER_HOP
 from .topology import Topology, TopologyError
 
 POOL_WEIGHT = 16.0  # a hop over a pool of 16 keys costs as much as two hops over a full one
-KEYS_PER_HOP = 2  # one key pads the relayed key, one keys its one-time MAC
 
 
 @dataclass(frozen=True)
