@@ -1,0 +1,424 @@
+"""Call signalling and call keys, sans-I/O.
+
+Signalling messages travel inside the conversation's end-to-end session (so they are
+already sealed by the ratchet): offer, ringing, answer, decline, busy, hang-up, missed,
+and a rekey pair. :class:`Call` is one call's state machine; it never touches the network,
+the KME or the clock: the messenger feeds it messages, user actions and the time, and
+carries out what it returns (messages to send, keys to install, the end of the call).
+
+Keys. Every epoch (the call's start, then each rekey) makes two base keys, one per
+direction, each from the combiner (keysource.mix)::
+
+    base = mix(MixInputs(qkd = fresh QKD keys named in the offer or rekey,
+                         pq  = ML-KEM-768 shared secret (caller's fresh key pair,
+                               callee's encapsulation in the answer),
+                         ecdh = X25519 shared secret (fresh key pairs on both sides)),
+               transcript = Transcript("qsecret/call/v1") + the session secret, call id,
+                            epoch, both public keys, the ciphertext and the QKD key_IDs,
+               purpose = "call/caller-to-callee" or "call/callee-to-caller")
+
+so a call key needs QKD, ML-KEM-768 and X25519 all broken, and the session's secret
+(exported by the ratchet, like a file transfer's) binds it to this conversation. The label
+is the mix's (``QKD+ML-KEM-768+X25519``, or degraded without QKD under policy ``prefer``).
+KIDs: epoch ``e`` seals caller -> callee frames under KID ``2e``, callee -> caller under
+``2e + 1``. Note the ML-KEM encapsulation travels in the *answer* (and the rekey's
+acknowledgement), to a key pair the offer carries: each call and each rekey gets a fresh
+pair, so nothing long-lived can open a recorded call.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from keysource import pq
+from keysource.mix import MixedKey, MixInputs, QkdPolicy, Transcript, mix
+
+VERSION = 1
+CALL_ID_BYTES = 16
+RING_TIMEOUT_S = 30.0  # an offer not answered by then is a missed call
+REKEY_EVERY_S = 60.0
+REKEY_GRACE_S = 2.0  # an old epoch's receive key is kept this long after the new one
+KEM = "ML-KEM-768"
+TRANSCRIPT_CONTEXT = "qsecret/call/v1"
+
+
+class SignallingError(ValueError):
+    """A call message that is malformed or does not fit the call's state."""
+
+
+class Kind(enum.Enum):
+    OFFER = "offer"
+    RINGING = "ringing"
+    ANSWER = "answer"
+    DECLINE = "decline"
+    BUSY = "busy"
+    HANGUP = "hangup"
+    MISSED = "missed"
+    REKEY = "rekey"
+    REKEY_ACK = "rekey_ack"
+
+
+@dataclass(frozen=True, repr=False)
+class CallMessage:
+    """One signalling message; the fields a kind does not use stay empty."""
+
+    kind: Kind
+    call_id: bytes
+    epoch: int = 0
+    kem_public: bytes = b""  # offer, rekey
+    kem_ciphertext: bytes = b""  # answer, rekey_ack
+    x25519_public: bytes = b""  # offer, answer, rekey, rekey_ack
+    qkd_key_ids: tuple[str, ...] = ()  # offer, rekey
+    reason: str = ""  # hangup, missed
+
+    def __repr__(self) -> str:
+        return f"CallMessage({self.kind.value}, {self.call_id.hex()[:8]}, epoch {self.epoch})"
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {"v": VERSION, "k": self.kind.value, "c": self.call_id,
+                                "e": self.epoch}
+        for key, value in (("kp", self.kem_public), ("kc", self.kem_ciphertext),
+                           ("xp", self.x25519_public), ("q", list(self.qkd_key_ids)),
+                           ("r", self.reason)):
+            if value:
+                body[key] = value
+        return cbor2.dumps(body)
+
+    @classmethod
+    def decode(cls, data: bytes) -> CallMessage:
+        try:
+            body = cbor2.loads(data)
+        except Exception as exc:  # cbor2 raises several types on bad input
+            raise SignallingError(f"call message does not decode: {type(exc).__name__}") \
+                from None
+        if not isinstance(body, dict) or body.get("v") != VERSION:
+            raise SignallingError("call message version not supported: update qsecret")
+        try:
+            kind = Kind(body.get("k"))
+        except ValueError:
+            raise SignallingError(f"unknown call message {body.get('k')!r}") from None
+        call_id, epoch = body.get("c"), body.get("e")
+        if not isinstance(call_id, bytes) or len(call_id) != CALL_ID_BYTES:
+            raise SignallingError("call message without a valid call id")
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 1 << 31:
+            raise SignallingError("call message without a valid epoch")
+        ids = body.get("q", [])
+        if not isinstance(ids, list) or not all(isinstance(i, str) and len(i) <= 64
+                                                for i in ids) or len(ids) > 16:
+            raise SignallingError("call message with malformed QKD key_IDs")
+        message = cls(kind, call_id, epoch, _bytes(body, "kp"), _bytes(body, "kc"),
+                      _bytes(body, "xp"), tuple(ids), _text(body, "r"))
+        _check_fields(message)
+        return message
+
+
+def _bytes(body: dict[Any, Any], key: str) -> bytes:
+    value = body.get(key, b"")
+    if not isinstance(value, bytes) or len(value) > 4096:
+        raise SignallingError(f"call message field {key!r} is malformed")
+    return value
+
+
+def _text(body: dict[Any, Any], key: str) -> str:
+    value = body.get(key, "")
+    if not isinstance(value, str) or len(value) > 200:
+        raise SignallingError(f"call message field {key!r} is malformed")
+    return value
+
+
+def _check_fields(message: CallMessage) -> None:
+    kem = pq.get_kem(KEM)
+    need_pk = message.kind in (Kind.OFFER, Kind.REKEY)
+    need_ct = message.kind in (Kind.ANSWER, Kind.REKEY_ACK)
+    if need_pk and len(message.kem_public) != kem.sizes.public_key:
+        raise SignallingError(f"{message.kind.value} without an {KEM} public key")
+    if need_ct and len(message.kem_ciphertext) != kem.sizes.ciphertext:
+        raise SignallingError(f"{message.kind.value} without an {KEM} ciphertext")
+    if (need_pk or need_ct) and len(message.x25519_public) != 32:
+        raise SignallingError(f"{message.kind.value} without an X25519 public key")
+
+
+# ---------------------------------------------------------------- keys
+
+
+@dataclass(frozen=True, repr=False)
+class EpochKeys:
+    """The two base keys of one epoch, and which KID each goes under."""
+
+    epoch: int
+    send_kid: int
+    send_key: bytes
+    receive_kid: int
+    receive_key: bytes
+    label: str
+
+    def __repr__(self) -> str:
+        return f"EpochKeys(epoch={self.epoch}, {self.label})"
+
+
+def derive_epoch_keys(*, caller: bool, call_id: bytes, epoch: int, session_secret: bytes,
+                      qkd: bytes | None, qkd_key_ids: tuple[str, ...], kem_public: bytes,
+                      kem_ciphertext: bytes, kem_secret: bytes, x25519_caller: bytes,
+                      x25519_callee: bytes, x25519_secret: bytes,
+                      policy: QkdPolicy = QkdPolicy.PREFER) -> EpochKeys:
+    """Both directions' base keys of ``epoch``, seen from the caller or the callee."""
+    transcript = (Transcript(TRANSCRIPT_CONTEXT).add("session", session_secret)
+                  .add("call", call_id).add("epoch", struct.pack(">I", epoch))
+                  .add("kem-public", kem_public).add("kem-ciphertext", kem_ciphertext)
+                  .add("x25519-caller", x25519_caller).add("x25519-callee", x25519_callee)
+                  .add("qkd-key-ids", ",".join(qkd_key_ids).encode()).to_bytes())
+    inputs = MixInputs(qkd=qkd, pq=kem_secret, ecdh=x25519_secret, pq_alg=KEM)
+
+    def one(purpose: str) -> MixedKey:
+        return mix(inputs, transcript=transcript, purpose=purpose, policy=policy)
+
+    to_callee, to_caller = one("call/caller-to-callee"), one("call/callee-to-caller")
+    send, receive = (to_callee, to_caller) if caller else (to_caller, to_callee)
+    send_kid, receive_kid = (2 * epoch, 2 * epoch + 1) if caller else (2 * epoch + 1, 2 * epoch)
+    return EpochKeys(epoch, send_kid, send.key, receive_kid, receive.key, send.label)
+
+
+# ---------------------------------------------------------------- the state machine
+
+
+class State(enum.Enum):
+    OFFERING = "offering"  # caller: offer sent, no answer yet
+    RINGING = "ringing"  # caller: the callee's device rings; callee: ringing here
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class Send:
+    message: CallMessage
+
+
+@dataclass(frozen=True)
+class InstallKeys:
+    """Seal from now on with ``keys.send_*``; accept ``keys.receive_*`` (and keep the
+    previous receive KID until ``retire_at``, then retire it)."""
+
+    keys: EpochKeys
+    retire_kid: int | None
+    retire_at: float
+
+
+@dataclass(frozen=True)
+class NeedQkd:
+    """The machine wants fresh QKD keys for a rekey: fetch them, then call :meth:`Call.rekey`."""
+
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Ended:
+    reason: str  # hung up, declined, busy, missed, failed: ...
+    by_peer: bool
+
+
+Effect = Send | InstallKeys | NeedQkd | Ended
+
+
+@dataclass(frozen=True, repr=False)
+class QkdKeys:
+    key_ids: tuple[str, ...] = ()
+    material: bytes | None = None  # None: no QKD keys (degraded under 'prefer')
+
+
+@dataclass
+class _Pending:
+    """The caller's half of an epoch not yet answered: fresh key pairs and QKD keys."""
+
+    epoch: int
+    kem: pq.KeyPair
+    x25519: pq.KeyPair
+    qkd: QkdKeys
+
+
+@dataclass
+class Call:
+    """One call, seen from one side. Build it with :meth:`outgoing` or :meth:`incoming`."""
+
+    call_id: bytes
+    caller: bool
+    session_secret: bytes
+    policy: QkdPolicy
+    state: State
+    started: float
+    epoch: int = -1
+    keys: EpochKeys | None = None
+    rekeys: int = 0
+    next_rekey: float = 0.0
+    _pending: _Pending | None = None
+    _offer: CallMessage | None = None
+    answered_at: float | None = None
+
+    # -- starting
+
+    @classmethod
+    def outgoing(cls, session_secret: bytes, qkd: QkdKeys, now: float,
+                 policy: QkdPolicy = QkdPolicy.PREFER) -> tuple[Call, list[Effect]]:
+        call = cls(os.urandom(CALL_ID_BYTES), True, session_secret, policy, State.OFFERING,
+                   now)
+        offer = call._propose(Kind.OFFER, 0, qkd)
+        return call, [Send(offer)]
+
+    @classmethod
+    def incoming(cls, offer: CallMessage, session_secret: bytes, now: float,
+                 policy: QkdPolicy = QkdPolicy.PREFER) -> tuple[Call, list[Effect]]:
+        if offer.kind is not Kind.OFFER or offer.epoch != 0:
+            raise SignallingError(f"a call starts with an offer, not {offer.kind.value}")
+        call = cls(offer.call_id, False, session_secret, policy, State.RINGING, now)
+        call._offer = offer
+        return call, [Send(CallMessage(Kind.RINGING, offer.call_id))]
+
+    def _propose(self, kind: Kind, epoch: int, qkd: QkdKeys) -> CallMessage:
+        kem, x = pq.get_kem(KEM).generate_keypair(), pq.x25519_keypair()
+        self._pending = _Pending(epoch, kem, x, qkd)
+        return CallMessage(kind, self.call_id, epoch, kem_public=kem.public_key,
+                           x25519_public=x.public_key, qkd_key_ids=qkd.key_ids)
+
+    # -- the user
+
+    def answer(self, qkd: QkdKeys, now: float) -> list[Effect]:
+        """The callee accepts (``qkd``: the keys the offer named, fetched with dec_keys)."""
+        if self.caller or self.state is not State.RINGING or self._offer is None:
+            raise SignallingError("only a ringing incoming call can be answered")
+        reply, keys = self._accept(self._offer, qkd, Kind.ANSWER)
+        self.state = State.ACTIVE
+        self.answered_at = now
+        return [self._install(keys, now), Send(reply)]
+
+    def decline(self, busy: bool = False) -> list[Effect]:
+        if self.caller or self.state is not State.RINGING:
+            raise SignallingError("only a ringing incoming call can be declined")
+        kind = Kind.BUSY if busy else Kind.DECLINE
+        return [Send(CallMessage(kind, self.call_id)),
+                *self._end("busy" if busy else "declined", by_peer=False)]
+
+    def hang_up(self, reason: str = "hung up") -> list[Effect]:
+        if self.state is State.ENDED:
+            return []
+        return [Send(CallMessage(Kind.HANGUP, self.call_id, reason=reason)),
+                *self._end(reason, by_peer=False)]
+
+    def request_rekey(self) -> list[Effect]:
+        """A rekey now (the caller drives rekeys; the callee may ask through a hang-up-free
+        path later). Returns NeedQkd: fetch fresh keys and call :meth:`rekey`."""
+        if not self.caller or self.state is not State.ACTIVE or self._pending is not None:
+            return []
+        return [NeedQkd(self.epoch + 1)]
+
+    def rekey(self, qkd: QkdKeys) -> list[Effect]:
+        """Start the next epoch with fresh QKD keys (fetched after :class:`NeedQkd`)."""
+        if not self.caller or self.state is not State.ACTIVE or self._pending is not None:
+            return []
+        return [Send(self._propose(Kind.REKEY, self.epoch + 1, qkd))]
+
+    # -- the peer
+
+    def receive(self, message: CallMessage, now: float, qkd: QkdKeys | None = None
+                ) -> list[Effect]:
+        """A message of this call from the peer (``qkd``: for a REKEY, the keys it names)."""
+        if message.call_id != self.call_id:
+            raise SignallingError("a message of another call")
+        if self.state is State.ENDED:
+            return []
+        kind = message.kind
+        if kind is Kind.HANGUP:
+            return self._end(message.reason or "hung up", by_peer=True)
+        if kind is Kind.MISSED and not self.caller and self.state is State.RINGING:
+            return self._end("missed", by_peer=True)
+        if self.caller:
+            if kind is Kind.RINGING and self.state is State.OFFERING:
+                self.state = State.RINGING
+                return []
+            if kind in (Kind.DECLINE, Kind.BUSY) and self.state is not State.ACTIVE:
+                return self._end("declined" if kind is Kind.DECLINE else "busy", by_peer=True)
+            if kind is Kind.ANSWER and self.state in (State.OFFERING, State.RINGING):
+                keys = self._complete(message)
+                self.state = State.ACTIVE
+                self.answered_at = now
+                return [self._install(keys, now)]
+            if kind is Kind.REKEY_ACK and self.state is State.ACTIVE:
+                return [self._install(self._complete(message), now)]
+        elif kind is Kind.REKEY and self.state is State.ACTIVE:
+            if message.epoch != self.epoch + 1:
+                raise SignallingError(f"rekey to epoch {message.epoch} after {self.epoch}")
+            reply, keys = self._accept(message, qkd or QkdKeys(), Kind.REKEY_ACK)
+            return [self._install(keys, now), Send(reply)]
+        raise SignallingError(f"{kind.value} does not fit a call that is {self.state.value}")
+
+    def _accept(self, proposal: CallMessage, qkd: QkdKeys, kind: Kind
+                ) -> tuple[CallMessage, EpochKeys]:
+        """The callee's side of an epoch: encapsulate, agree, derive."""
+        if tuple(qkd.key_ids) != proposal.qkd_key_ids:
+            raise SignallingError("the QKD keys given are not the ones the caller named")
+        ciphertext, kem_secret = pq.get_kem(KEM).encapsulate(proposal.kem_public)
+        x = pq.x25519_keypair()
+        keys = derive_epoch_keys(
+            caller=False, call_id=self.call_id, epoch=proposal.epoch,
+            session_secret=self.session_secret, qkd=qkd.material,
+            qkd_key_ids=proposal.qkd_key_ids, kem_public=proposal.kem_public,
+            kem_ciphertext=ciphertext, kem_secret=kem_secret,
+            x25519_caller=proposal.x25519_public, x25519_callee=x.public_key,
+            x25519_secret=pq.x25519_shared(x.secret_key, proposal.x25519_public),
+            policy=self.policy)
+        reply = CallMessage(kind, self.call_id, proposal.epoch, kem_ciphertext=ciphertext,
+                            x25519_public=x.public_key)
+        return reply, keys
+
+    def _complete(self, reply: CallMessage) -> EpochKeys:
+        """The caller's side of an epoch, once the callee's half arrived."""
+        pending = self._pending
+        if pending is None or reply.epoch != pending.epoch:
+            raise SignallingError(f"no epoch {reply.epoch} is waiting for its answer")
+        self._pending = None
+        kem_secret = pq.get_kem(KEM).decapsulate(pending.kem.secret_key, reply.kem_ciphertext)
+        return derive_epoch_keys(
+            caller=True, call_id=self.call_id, epoch=pending.epoch,
+            session_secret=self.session_secret, qkd=pending.qkd.material,
+            qkd_key_ids=pending.qkd.key_ids, kem_public=pending.kem.public_key,
+            kem_ciphertext=reply.kem_ciphertext, kem_secret=kem_secret,
+            x25519_caller=pending.x25519.public_key, x25519_callee=reply.x25519_public,
+            x25519_secret=pq.x25519_shared(pending.x25519.secret_key, reply.x25519_public),
+            policy=self.policy)
+
+    def _install(self, keys: EpochKeys, now: float) -> InstallKeys:
+        old = self.keys.receive_kid if self.keys is not None else None
+        if self.keys is not None:
+            self.rekeys += 1
+        self.keys, self.epoch = keys, keys.epoch
+        self.next_rekey = now + REKEY_EVERY_S
+        return InstallKeys(keys, old, now + REKEY_GRACE_S)
+
+    # -- time
+
+    def tick(self, now: float) -> list[Effect]:
+        """Timeouts: an unanswered offer becomes a missed call; the caller rekeys on time."""
+        if self.state in (State.OFFERING, State.RINGING) and now - self.started >= \
+                RING_TIMEOUT_S:
+            if self.caller:
+                return [Send(CallMessage(Kind.MISSED, self.call_id, reason="no answer")),
+                        *self._end("no answer", by_peer=False)]
+            return self._end("missed", by_peer=True)
+        if (self.caller and self.state is State.ACTIVE and now >= self.next_rekey
+                and self._pending is None):
+            self.next_rekey = now + REKEY_EVERY_S  # asked once per period
+            return [NeedQkd(self.epoch + 1)]
+        return []
+
+    def _end(self, reason: str, *, by_peer: bool) -> list[Effect]:
+        self.state = State.ENDED
+        self._pending = None
+        return [Ended(reason, by_peer)]
+
+
+__all__ = ["CallMessage", "Call", "Effect", "Ended", "EpochKeys", "InstallKeys", "Kind",
+           "NeedQkd", "QkdKeys", "Send", "SignallingError", "State", "derive_epoch_keys"]
