@@ -37,7 +37,7 @@ from typing import Any
 import cbor2
 
 from keysource import pq
-from keysource.mix import MixedKey, MixInputs, QkdPolicy, Transcript, mix
+from keysource.mix import MixInputs, QkdPolicy, Transcript, mix
 
 VERSION = 1
 CALL_ID_BYTES = 16
@@ -46,6 +46,8 @@ REKEY_EVERY_S = 60.0
 REKEY_GRACE_S = 2.0  # an old epoch's receive key is kept this long after the new one
 KEM = "ML-KEM-768"
 TRANSCRIPT_CONTEXT = "qsecret/call/v1"
+PURPOSE_TO_CALLEE = "call/caller-to-callee"
+PURPOSE_TO_CALLER = "call/callee-to-caller"
 
 
 class SignallingError(ValueError):
@@ -175,10 +177,8 @@ def derive_epoch_keys(*, caller: bool, call_id: bytes, epoch: int, session_secre
                   .add("qkd-key-ids", ",".join(qkd_key_ids).encode()).to_bytes())
     inputs = MixInputs(qkd=qkd, pq=kem_secret, ecdh=x25519_secret, pq_alg=KEM)
 
-    def one(purpose: str) -> MixedKey:
-        return mix(inputs, transcript=transcript, purpose=purpose, policy=policy)
-
-    to_callee, to_caller = one("call/caller-to-callee"), one("call/callee-to-caller")
+    to_callee = mix(inputs, transcript=transcript, purpose=PURPOSE_TO_CALLEE, policy=policy)
+    to_caller = mix(inputs, transcript=transcript, purpose=PURPOSE_TO_CALLER, policy=policy)
     send, receive = (to_callee, to_caller) if caller else (to_caller, to_callee)
     send_kid, receive_kid = (2 * epoch, 2 * epoch + 1) if caller else (2 * epoch + 1, 2 * epoch)
     return EpochKeys(epoch, send_kid, send.key, receive_kid, receive.key, send.label)

@@ -33,8 +33,8 @@ KEY_BYTES = 32
 TAG_BYTES = 16
 KEYS_PER_HOP = 2  # the pad and the MAC key
 MAX_ROUTE = 64
-_DOMAIN_RELAY = b"qsecret key relay v1\x00"
-_DOMAIN_CONFIRM = b"qsecret key relay confirm v1\x00"
+_DOMAIN_RELAY = b"qsecret/v1/key-relay\x00"
+_DOMAIN_CONFIRM = b"qsecret/v1/key-relay-confirm\x00"
 REASONS = ("malformed", "bad_mac", "replayed", "not_on_route", "unknown_relay", "expired")
 
 
