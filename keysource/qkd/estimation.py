@@ -218,16 +218,7 @@ def expected_stats(params: LinkParams, pulses: int | None = None, *,
     n = params.pulses_for_block() if pulses is None else pulses
     y0, ed, eta_d = params.dark_count_prob, params.misalignment, params.detector_efficiency
     probs, intensities = params.class_probs, params.intensities
-    pass_single, thin = 0.0, 1.0
-    if pns:
-        classes = list(zip(probs, intensities, strict=True))
-        target = sum(p * -math.expm1(-params.eta * k) for p, k in classes)
-        multi = sum(p * _pns_multi_gain(k, eta_d) for p, k in classes)
-        singles = sum(p * k * math.exp(-k) * eta_d for p, k in classes)
-        if multi >= target:
-            thin = target / multi
-        else:
-            pass_single = min(1.0, (target - multi) / singles)
+    pass_single, thin = pns_passing(params) if pns else (0.0, 1.0)
     slots, det, sifted, errors = [], [], [], []
     for p, k in zip(probs, intensities, strict=True):
         pulses_k = n * p
@@ -245,6 +236,27 @@ def expected_stats(params: LinkParams, pulses: int | None = None, *,
     return BlockStats(tuple(slots), tuple(det), tuple(sifted),  # type: ignore[arg-type]
                       (round(sample * e_mu), errors[1], errors[2]),
                       (sample, sifted[1], sifted[2]))
+
+
+def pns_passing(params: LinkParams) -> tuple[float, float]:
+    """(share of single-photon pulses Eve lets through, share of multi-photon pulses she
+    forwards) so that Bob's overall click rate stays what the fibre would give (eve.py)."""
+    eta_d = params.detector_efficiency
+    classes = list(zip(params.class_probs, params.intensities, strict=True))
+    target = sum(p * -math.expm1(-params.eta * k) for p, k in classes)
+    multi = sum(p * _pns_multi_gain(k, eta_d) for p, k in classes)
+    singles = sum(p * k * math.exp(-k) * eta_d for p, k in classes)
+    if multi >= target:
+        return 0.0, target / multi
+    return min(1.0, (target - multi) / singles), 1.0
+
+
+def pns_known_share(params: LinkParams) -> float:
+    """Share of Bob's signal-class clicks under PNS whose bit Eve holds (the split photons)."""
+    pass_single, thin = pns_passing(params)
+    mu, eta_d = params.mu_signal, params.detector_efficiency
+    multi = _pns_multi_gain(mu, eta_d) * thin
+    return multi / (multi + mu * math.exp(-mu) * eta_d * pass_single)
 
 
 def _pns_multi_gain(k: float, eta_d: float) -> float:
