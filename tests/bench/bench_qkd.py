@@ -80,9 +80,9 @@ class PhysicsTimer:
         protocol.emit_block, protocol.detect = self._emit, self._detect
 
 
-# Finite-size effects: the decoy bounds widen every count by u sqrt(count) (u = 6.36 for
-# eps_pe = 1e-10). At 150 km few decoy errors and vacuum clicks are seen per block, so the
-# single-photon error bound e1_U is loose unless the block is large: 4 Mbit frames there.
+# Finite-size effects (Chernoff bounds, docs/qkd.md): at 150 km few decoy errors and vacuum
+# clicks are seen per block, so the phase-error bound is loose unless the block is large: 4 Mbit
+# frames there.
 LONG_LINK_KM = 150
 LONG_LINK_FRAME = 1 << 22
 
