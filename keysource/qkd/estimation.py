@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from .params import LinkParams
 
+
 def binary_entropy(p: float) -> float:
     """h(p) = -p log2 p - (1-p) log2 (1-p), with h(0) = h(1) = 0."""
     if p <= 0.0 or p >= 1.0:
