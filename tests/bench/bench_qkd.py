@@ -9,6 +9,15 @@
 - cascade: efficiency f = leaked / (n h(QBER)) for QBER 1..8 %, residual errors and channel uses
   (classical messages), beside the Shannon limit (f = 1.0) row.
 - eve_full_intercept_qber: QBER with intercept-resend on every pulse (target 0.25 +- 0.03).
+- finite_key: per distance and frame size (2^17, 2^20, 2^22 bits), key per pulse slot from the
+  emulated link (2^17 frames run here; 2^20 and 2^22 taken from the key_rate rows, which run
+  those sizes; None where no block was run), the finite-key formula (estimation.py, docs/qkd.md)
+  on the expected counts of one block, the asymptotic decoy formula, and beside them the naive
+  estimate (every click a single photon) and GLLP without decoys (at the link's mu = 0.5, and
+  with mu optimised per distance: gllp_best_mu).
+- pns: what each estimate claims when Eve runs the photon-number-splitting attack of eve.py
+  (expected counts of a 2^20 frame; emulated 2^17 blocks at the nearer distances), and the share
+  of the signal clicks whose bit Eve holds.
 - postprocess_sifted_bits_per_s: sifted bits per second through sifting + estimation + Cascade
   + verification + privacy amplification (pair mode, both ends in this process, physics emulation
   excluded), beside a same-run baseline: sorting the same number of int64 values with numpy.
@@ -20,6 +29,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -28,7 +38,16 @@ import numpy as np
 
 from keysource.qkd import protocol
 from keysource.qkd.cascade import permutations, reconcile
-from keysource.qkd.estimation import binary_entropy, eps_sec, lmc_asymptotic_rate
+from keysource.qkd.estimation import (
+    binary_entropy,
+    eps_sec,
+    expected_stats,
+    finite_key_rate,
+    gllp_rate,
+    lmc_asymptotic_rate,
+    naive_rate,
+    pns_known_share,
+)
 from keysource.qkd.pair import PairLink
 from keysource.qkd.params import LinkParams
 from tests.bench._common import write_json
@@ -61,9 +80,9 @@ class PhysicsTimer:
         protocol.emit_block, protocol.detect = self._emit, self._detect
 
 
-# Finite-size effects: the decoy bounds widen every count by u sqrt(count) (u = 6.36 for
-# eps_pe = 1e-10). At 150 km few decoy errors and vacuum clicks are seen per block, so the
-# single-photon error bound e1_U is loose unless the block is large: 4 Mbit frames there.
+# Finite-size effects (Chernoff bounds, docs/qkd.md): at 150 km few decoy errors and vacuum
+# clicks are seen per block, so the phase-error bound is loose unless the block is large: 4 Mbit
+# frames there.
 LONG_LINK_KM = 150
 LONG_LINK_FRAME = 1 << 22
 
@@ -161,11 +180,138 @@ def postprocess_rate(frame_bits: int, blocks: int) -> dict:
             "baseline_numpy_sort_per_s": baseline}
 
 
+# -- finite-key rows: what each part of the analysis buys ----------------------------------------
+FINITE_FRAMES = [1 << 17, 1 << 20, 1 << 22]
+PNS_DISTANCES = [10, 25, 50, 100]
+
+
+def emulated_rate(params: LinkParams, blocks: int) -> float:
+    """Secret bits per pulse slot over ``blocks`` blocks of the real link (pair mode)."""
+    link = PairLink(params)
+    secret = pulses = 0
+    for _ in range(blocks):
+        report = link.run_block().report
+        secret += report.secret_bits
+        pulses += report.pulses
+    return secret / pulses
+
+
+def gllp_best_mu(params: LinkParams, f_ec: float) -> float:
+    """GLLP without decoys with the signal intensity that maximises it at this distance."""
+    best = 0.0
+    for mu in np.geomspace(1e-4, 0.5, 60):
+        trial = replace(params, mu_signal=float(mu), nu_decoy=float(mu) / 2)
+        best = max(best, gllp_rate(trial, f_ec))
+    return best
+
+
+def finite_key_rows(key_rate_rows: list[dict], blocks: int) -> list[dict]:
+    f_by_km = {row["km"]: row["f_ec"] for row in key_rate_rows}
+    emulated = {(row["km"], row["frame_bits"]): row["emulated_per_pulse"]
+                for row in key_rate_rows}
+    rows = []
+    for km in DISTANCES:
+        f_ec = f_by_km.get(km, 1.05)
+        asymptotic = max(0.0, lmc_asymptotic_rate(LinkParams(fibre_km=km), f_ec))
+        best_gllp = gllp_best_mu(LinkParams(fibre_km=km), f_ec)
+        for frame in FINITE_FRAMES:
+            params = LinkParams(fibre_km=km, frame_bits=frame, seed=km)
+            if frame == FINITE_FRAMES[0] and asymptotic > 0:
+                emulated[(km, frame)] = emulated_rate(params, blocks)
+            row = {"km": km, "frame_bits": frame, "emulated": emulated.get((km, frame)),
+                   "finite_key_formula": finite_key_rate(params, f_ec),
+                   "asymptotic": asymptotic, "naive": naive_rate(params, f_ec),
+                   "gllp": gllp_rate(params, f_ec), "gllp_best_mu": best_gllp, "f_ec": f_ec}
+            row["finite_over_asymptotic"] = (round(row["finite_key_formula"] / asymptotic, 3)
+                                             if asymptotic > 0 else None)
+            rows.append(row)
+            shown = "    -    " if row["emulated"] is None else f"{row['emulated']:.3e}"
+            ratio = row["finite_over_asymptotic"]
+            print(f"  {km:>4} km  2^{frame.bit_length() - 1} bits: emulated {shown}  finite "
+                  f"{row['finite_key_formula']:.3e} ({'-' if ratio is None else ratio} of "
+                  f"asymptotic {asymptotic:.3e})  naive {row['naive']:.3e}  GLLP "
+                  f"{row['gllp']:.1e} (best mu {best_gllp:.2e})")
+    return rows
+
+
+def pns_rows(distances: list[int], emulate_up_to_km: int) -> list[dict]:
+    rows = []
+    frame = 1 << 20
+    for km in distances:
+        params = LinkParams(fibre_km=km, frame_bits=frame)
+        honest, attacked = expected_stats(params), expected_stats(params, pns=True)
+        eve_share = pns_known_share(params)
+        row = {"km": km, "frame_bits": frame, "attack": "photon-number splitting",
+               "qber": attacked.errors[0] / max(1, attacked.revealed[0]),
+               "naive": naive_rate(params, 1.05, attacked),
+               "naive_without_eve": naive_rate(params, 1.05, honest),
+               "gllp": gllp_rate(params, 1.05, attacked),
+               "finite_key_formula": finite_key_rate(params, 1.05, attacked),
+               "eve_known_share_of_signal_clicks": eve_share, "emulated_frame_bits": None,
+               "emulated_keys": None, "emulated_reason": None}
+        if km <= emulate_up_to_km:
+            report = PairLink(LinkParams(fibre_km=km, frame_bits=1 << 17, pns=True,
+                                         seed=km)).run_block().report
+            row.update(emulated_frame_bits=1 << 17, emulated_keys=report.keys,
+                       emulated_secret_bits=report.secret_bits,
+                       emulated_eve_known_frame_bits=report.eve_known_frame_bits,
+                       emulated_reason=report.reason)
+        rows.append(row)
+        emulated = ("" if row["emulated_frame_bits"] is None else
+                    f"; emulated 2^17 block: {row['emulated_secret_bits']} secret bits"
+                    f" ({row['emulated_reason'] or 'kept'})")
+        print(f"  {km:>4} km  PNS: naive claims {row['naive']:.3e}/pulse (Eve holds "
+              f"{eve_share:.0%} of the signal clicks), GLLP {row['gllp']:.1e}, finite-key "
+              f"{row['finite_key_formula']:.1e}{emulated}")
+    return rows
+
+
+CURVES = [("emulated", "emulated link"), ("finite_key_formula", "finite-key formula"),
+          ("asymptotic", "asymptotic decoy (LMC)"), ("naive", "naive (every click 1 photon)"),
+          ("gllp_best_mu", "GLLP, no decoys (best mu)")]
+
+
+def draw_figure(rows: list[dict], path: str) -> None:
+    """Key rate versus distance, log scale, one curve per estimate (bench-only extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("figure skipped: matplotlib is not installed (pip install -e '.[bench]')")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for frame, style in zip(FINITE_FRAMES, [":", "--", "-"], strict=True):
+        for key, label in CURVES:
+            if key in ("asymptotic", "naive", "gllp_best_mu") and frame != FINITE_FRAMES[-1]:
+                continue  # frame-independent curves once
+            points = [(r["km"], r[key]) for r in rows
+                      if r["frame_bits"] == frame and r[key] and r[key] > 0]
+            if not points:
+                continue
+            per_frame = key in ("emulated", "finite_key_formula")
+            suffix = f" 2^{frame.bit_length() - 1}" if per_frame else ""
+            km, rate = [p[0] for p in points], [p[1] for p in points]
+            ax.plot(km, rate, style if per_frame else "-", marker="o", markersize=3,
+                    label=label + suffix)
+    ax.set_yscale("log")
+    ax.set_xlabel("fibre length (km, 0.2 dB/km)")
+    ax.set_ylabel("secret key per pulse slot")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"figure written to {path}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer, smaller blocks")
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--figure", help="draw key rate vs distance to this PNG (matplotlib)")
     args = parser.parse_args()
     frame = 1 << 20
     rate_blocks, speed_blocks, eve_blocks = (2, 3, 3) if args.quick else (4, 5, 6)
@@ -173,6 +319,14 @@ def main() -> int:
           f"{rate_blocks} blocks per distance, "
           f"eps_sec {eps_sec(LinkParams()):.1e}):")
     rates = key_rate(frame, rate_blocks)
+    print(f"finite-key rows ({rate_blocks} emulated blocks of 2^17 bits per distance; 2^20 and "
+          f"2^22 emulated values come from the rows above; formulas on expected counts):")
+    finite_rows = finite_key_rows(rates, rate_blocks)
+    print("photon-number-splitting attack (formulas on a 2^20 frame; emulated 2^17 blocks up "
+          f"to {25 if args.quick else 50} km):")
+    pns = pns_rows(PNS_DISTANCES, 25 if args.quick else 50)
+    if args.figure:
+        draw_figure(finite_rows, args.figure)
     print("Cascade:")
     cascade_rows = cascade(frame)
     print("Eve:")
@@ -183,6 +337,7 @@ def main() -> int:
         "key_rate": rates, "cascade": cascade_rows, "eve_full_intercept_qber": qber,
         "postprocess_sifted_bits_per_s": speed["sifted_bits_per_s"],
         "postprocess": speed, "quick": args.quick,
+        "finite_key": finite_rows, "pns": pns,
     })
     return 0
 

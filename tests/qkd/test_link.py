@@ -13,7 +13,7 @@ from keysource.qkd.pair import PairLink
 from keysource.qkd.protocol import CASCADE_A, CASCADE_Q, COMMIT, ESTIMATE, VERIFY
 
 # Small blocks keep the tests fast; more decoy pulses keep the finite-size decoy bounds useful.
-FAST = dict(frame_bits=16384, p_signal=0.6, p_decoy=0.3, min_sample_bits=1024, seed=7)
+FAST = dict(frame_bits=32768, p_signal=0.6, p_decoy=0.3, min_sample_bits=1024, seed=7)
 
 
 def test_blocks_give_identical_keys_at_both_ends() -> None:
@@ -80,12 +80,12 @@ def test_pns_leaks_nothing_into_the_final_key() -> None:
     report = result.report
     # no detectable QBER change ...
     assert abs(report.qber - clean.qber) < 0.01
-    # ... Eve knows a large part of the frame ...
-    assert not report.aborted, report.reason  # with seed 7 a short key survives
-    if not report.aborted:
+    # ... the decoy bound sees the missing single photons ...
+    assert report.y1_lower < 0.7 * clean.y1_lower
+    if report.aborted:  # the finite-key bound (Chernoff fluctuations) leaves no key at all
+        assert "decoy-state bound" in (report.reason or ""), report.reason
+    else:  # ... or a key shorter than what Eve, who knows a large part of the frame, lacks
         assert report.eve_known_frame_bits > 0.3 * report.frame_bits
-        # ... and the decoy bound shrinks the key below what she does not know
-        assert report.y1_lower < 0.7 * clean.y1_lower
         assert report.secret_bits <= (report.frame_bits - report.eve_known_frame_bits
                                       - report.leaked_bits)
         assert report.secret_bits < 0.5 * clean.secret_bits

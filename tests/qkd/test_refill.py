@@ -8,7 +8,7 @@ from keysource.qkd import LinkParams, run_pair_link
 from keysource.qkd.protocol import BlockReport
 from keysource.qkd.refill import RefillGate
 
-FAST = dict(frame_bits=16384, p_signal=0.6, p_decoy=0.3, min_sample_bits=1024, seed=11)
+FAST = dict(frame_bits=32768, p_signal=0.6, p_decoy=0.3, min_sample_bits=1024, seed=11)
 
 
 def report(keys: int, *, aborted: bool = False, refilled_bits: int = 0) -> BlockReport:
