@@ -103,58 +103,174 @@ def _sorted_unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered[starts], counts
 
 
-def _node_bounds(n: int, level: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lo = np.minimum(ids << level, n)
-    hi = np.minimum((ids + 1) << level, n)
-    return lo, hi
+def parity64(words: np.ndarray) -> np.ndarray:
+    """Parity (0/1, uint8) of each 64-bit word, by folding (works on every numpy version)."""
+    x = words.astype(np.uint64, copy=True)
+    for shift in (32, 16, 8, 4, 2, 1):
+        x ^= x >> np.uint64(shift)
+    return (x & np.uint64(1)).astype(np.uint8)
+
+
+def pack_words(bits: np.ndarray, n_words: int) -> np.ndarray:
+    """Bits (0/1 uint8) as little-endian 64-bit words: bit k is bit k % 64 of word k // 64."""
+    packed = np.zeros(8 * n_words, np.uint8)
+    raw = np.packbits(bits, bitorder="little")
+    packed[: raw.size] = raw
+    return packed.view("<u8").astype(np.uint64, copy=False)
+
+
+_WORD_BITS = 64
+_LOW_MASKS = np.array([(1 << (1 << lv)) - 1 for lv in range(6)], np.uint64)
+
+
+class _PassParities:
+    """One party's parity of any dyadic node of any pass, from its bits packed into words.
+
+    Per pass: the permuted bits as 64-bit words (nodes below 64 bits: masked word parity) and
+    the full binary tree of word parities (nodes of 64 bits and more). A pass is built on
+    first use; ``flip`` keeps built passes in step with Bob's corrections.
+    """
+
+    def __init__(self, n: int, passes: int) -> None:
+        self.n = n
+        self.n_words = max(1, -(-n // _WORD_BITS))
+        sizes = [self.n_words]
+        while sizes[-1] > 1:
+            sizes.append(-(-sizes[-1] // 2))
+        self.height = len(sizes) - 1  # word-tree levels above the words
+        per_pass = sum(sizes)
+        self.tree_off = (np.arange(passes, dtype=np.int64)[:, None] * per_pass
+                         + np.concatenate([[0], np.cumsum(sizes)[:-1]])[None, :])
+        self.tree = np.zeros(passes * per_pass, np.uint8)
+        self.words = np.zeros((passes, self.n_words), np.uint64)
+        self._flat_words = self.words.reshape(-1)
+        self.built = np.zeros(passes, bool)
+
+    def build(self, p: int, permuted: np.ndarray) -> None:
+        self.words[p] = pack_words(permuted, self.n_words)
+        level = parity64(self.words[p])
+        off = self.tree_off[p]
+        self.tree[off[0]: off[0] + level.size] = level
+        for u in range(1, self.height + 1):
+            if level.size & 1:
+                level = np.append(level, np.uint8(0))
+            level = level[0::2] ^ level[1::2]
+            self.tree[off[u]: off[u] + level.size] = level
+        self.built[p] = True
+
+    def parity(self, p: np.ndarray, level: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Parity of nodes (pass ``p``, ``level``, ``ids``) of built passes (valid nodes only)."""
+        out = np.empty(ids.size, np.uint8)
+        small = level < 6
+        if small.any():
+            lo = ids[small] << level[small]
+            word = self.words[p[small], lo >> 6]
+            bits = (word >> (lo & 63).astype(np.uint64)) & _LOW_MASKS[level[small]]
+            out[small] = parity64(bits)
+        big = ~small
+        if big.any():
+            u = np.minimum(level[big] - 6, self.height)
+            out[big] = self.tree[self.tree_off[p[big], u] + ids[big]]
+        return out
+
+    def flip(self, p: np.ndarray, permuted: np.ndarray) -> None:
+        """Bits at these permuted positions of passes ``p`` (same shapes) changed."""
+        keep = self.built[p]
+        p, permuted = p[keep], permuted[keep]
+        if not p.size:
+            return
+        word = permuted >> 6
+        np.bitwise_xor.at(self._flat_words, p * self.n_words + word,
+                          np.left_shift(np.uint64(1), (permuted & 63).astype(np.uint64)))
+        u = np.arange(self.height + 1, dtype=np.int64)[:, None]
+        np.bitwise_xor.at(self.tree, (self.tree_off[p[None, :], u] + (word[None, :] >> u)).ravel(),
+                          np.uint8(1))
+
+
+@lru_cache(maxsize=64)
+def _first_block_mask(n: int, seed: int, passes: int, pass_index: int, level: int) -> np.ndarray:
+    """Packed indicator (frame order) of the first top-level block of a pass."""
+    member = np.zeros(n, np.uint8)
+    member[permutation_matrix(n, seed, passes)[pass_index, : 1 << level]] = 1
+    words = pack_words(member, max(1, -(-n // _WORD_BITS)))
+    words.flags.writeable = False
+    return words
+
+
+def _top_parities_by_mask(frame_words: np.ndarray, n: int, seed: int, passes: int,
+                          pass_index: int, level: int) -> np.ndarray | None:
+    """Parities of a pass's top-level blocks without permuting the frame, when there are at
+    most two blocks (the late passes): the first by a cached mask, the second by difference."""
+    blocks = -(-n >> level)
+    if blocks > 2:
+        return None
+    mask = _first_block_mask(n, seed, passes, pass_index, level)
+    first = parity64(np.bitwise_xor.reduce(frame_words & mask, keepdims=True))[0]
+    if blocks == 1:
+        return np.array([first], np.uint8)
+    total = parity64(np.bitwise_xor.reduce(frame_words, keepdims=True))[0]
+    return np.array([first, first ^ total], np.uint8)
 
 
 class CascadeAlice:
-    """Alice's side: answers parity questions from prefix parities (her bits never change)."""
+    """Alice's side: answers parity questions (her bits never change)."""
 
     def __init__(self, bits: np.ndarray, seed: int, passes: int = N_PASSES) -> None:
         self.bits = np.ascontiguousarray(bits, dtype=np.uint8)
         self.n = self.bits.size
         self.seed = seed
         self.passes = passes
-        self._prefix: dict[int, np.ndarray] = {}
+        self._parities = _PassParities(self.n, passes)
+        self._frame_words: np.ndarray | None = None
+        self._by_mask: dict[tuple[int, int], np.ndarray | None] = {}
         self.leaked_bits = 0
 
-    def _prefix_of(self, pass_index: int) -> np.ndarray:
-        prefix = self._prefix.get(pass_index)
-        if prefix is None:
-            perms = permutation_matrix(self.n, self.seed, self.passes)
-            prefix = np.zeros(self.n + 1, np.int32)
-            np.cumsum(self.bits[perms[pass_index]], out=prefix[1:])
-            self._prefix[pass_index] = prefix
-        return prefix
+    def _mask_answer(self, pass_index: int, level: int) -> np.ndarray | None:
+        key = (pass_index, level)
+        if key not in self._by_mask:
+            if self._frame_words is None:
+                self._frame_words = pack_words(self.bits, self._parities.n_words)
+            self._by_mask[key] = _top_parities_by_mask(self._frame_words, self.n, self.seed,
+                                                       self.passes, pass_index, level)
+        return self._by_mask[key]
 
     def answer(self, queries: list[ParityQuery]) -> np.ndarray:
         """Parity bits for every node asked, concatenated in query order."""
-        out = []
+        answer = np.zeros(sum(int(q.ids.size) for q in queries), np.uint8)
+        tree_queries: list[tuple[int, ParityQuery]] = []
+        pos = 0
         for query in queries:
             if not 0 <= query.pass_index < self.passes or not 0 <= query.level < 40:
                 raise ValueError("cascade query out of range")
-            if query.ids.size and (query.ids.min() < 0 or (int(query.ids.max()) << query.level)
-                                   >= self.n):
+            size = int(query.ids.size)
+            if size and (query.ids.min() < 0 or query.ids.max() > (self.n - 1) >> query.level):
                 raise ValueError("cascade query names a node outside the frame")
-            prefix = self._prefix_of(query.pass_index)
-            lo, hi = _node_bounds(self.n, query.level, query.ids)
-            out.append(((prefix[hi] - prefix[lo]) & 1).astype(np.uint8))
-        answer = np.concatenate(out) if out else np.zeros(0, np.uint8)
+            by_mask = (None if self._parities.built[query.pass_index]
+                       else self._mask_answer(query.pass_index, query.level))
+            if by_mask is not None:
+                answer[pos: pos + size] = by_mask[query.ids]
+            else:
+                if not self._parities.built[query.pass_index]:
+                    perm = permutation_matrix(self.n, self.seed, self.passes)[query.pass_index]
+                    self._parities.build(query.pass_index, np.take(self.bits, perm))
+                tree_queries.append((pos, query))
+            pos += size
+        if tree_queries:
+            sizes = [q.ids.size for _, q in tree_queries]
+            p = np.repeat([q.pass_index for _, q in tree_queries], sizes)
+            level = np.repeat([q.level for _, q in tree_queries], sizes)
+            ids = np.concatenate([q.ids for _, q in tree_queries]).astype(np.int64)
+            at = np.concatenate([np.arange(start, start + q.ids.size)
+                                 for start, q in tree_queries])
+            answer[at] = self._parities.parity(p.astype(np.int64), level.astype(np.int64), ids)
         self.leaked_bits += int(answer.size)
         return answer
 
 
 class _Forest:
     """Known Alice parities and current mismatches for every node of every pass's dyadic tree,
-    in flat arrays shared by all passes (so one numpy call serves searches in several passes),
-    and Bob's own parities of left children (even ids), kept in step with every correction.
-
-    Node (pass p, level l, id i) is flat index ``off[p, l] + i``. Bob's parity of a left child
-    (l, 2m) sits in ``left[lbase[p] + ((2m + 1) << l)]``: the layout of a Fenwick tree, where the
-    entry at 1-based index j holds the parity of (j - lowbit(j), j]; a flipped bit at permuted
-    position k changes the one left child containing it at each level.
+    in flat arrays shared by all passes (so one numpy call serves searches in several passes).
+    Node (pass p, level l, id i) is flat index ``off[p, l] + i``.
     """
 
     def __init__(self, n: int, tops: list[int]) -> None:
@@ -172,14 +288,11 @@ class _Forest:
         self.alice = np.zeros(start, np.uint8)
         self.mismatch = np.zeros(start, np.uint8)
         # segment starts (pass, level) for decoding flat indices
-        seg = [(int(self.off[p, lv]), p, lv) for p, top in enumerate(tops) for lv in range(top + 1)]
+        seg = [(int(self.off[p, lv]), p, lv) for p, top in enumerate(tops)
+               for lv in range(top + 1)]
         self.seg_start = np.array([s for s, _, _ in seg], np.int64)
         self.seg_pass = np.array([p for _, p, _ in seg], np.int64)
         self.seg_level = np.array([lv for _, _, lv in seg], np.int64)
-        self.padded = [-(-n >> top) << top for top in tops]  # frame padded to whole top blocks
-        self.lbase = np.concatenate([[0], np.cumsum([size + 1 for size in self.padded])])
-        self.left = np.zeros(int(self.lbase[-1]), np.uint8)
-        self.built = np.zeros(len(tops), bool)
         self.odd_pool = np.zeros(0, np.int64)  # flat ids that may be odd and known
 
     def flat(self, p: np.ndarray, level: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -189,22 +302,6 @@ class _Forest:
         seg = np.searchsorted(self.seg_start, flat, side="right") - 1
         return self.seg_pass[seg], self.seg_level[seg], flat - self.seg_start[seg]
 
-    def build(self, p: int, permuted: np.ndarray) -> np.ndarray:
-        """Fill pass p's left-child parities from Bob's permuted bits; top-level parities."""
-        top = int(self.tops[p])
-        level = np.zeros(self.padded[p], np.uint8)
-        level[: self.n] = permuted
-        base = int(self.lbase[p])
-        for lv in range(top):
-            self.left[base + (1 << lv): base + self.padded[p] + 1: 2 << lv] = level[0::2]
-            level = level[0::2] ^ level[1::2]
-        self.built[p] = True
-        return level[: -(-self.n >> top)]
-
-    def bob_left(self, p: np.ndarray, level: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Bob's parity of left children (even ``ids``) at ``level`` of pass ``p``."""
-        return self.left[self.lbase[p] + ((ids + 1) << level)]
-
     def learn(self, flat: np.ndarray, alice: np.ndarray, mismatch: np.ndarray) -> None:
         self.known[flat] = True
         self.alice[flat] = alice
@@ -212,26 +309,17 @@ class _Forest:
 
     def flip(self, permuted: np.ndarray) -> None:
         """Bob flipped bits; ``permuted[p]`` are their positions in pass p (started passes).
-
-        Toggles the mismatch of every known ancestor (remembering those that turned odd) and
-        Bob's parity of every left child containing a flipped bit, in passes where it is kept.
-        """
+        Toggles the mismatch of every known ancestor and remembers those that turned odd."""
         started = permuted.shape[0]
-        height = int(self.tops[:started].max()) + 1
-        lv = np.arange(height, dtype=np.int64)[None, :, None]
+        lv = np.arange(int(self.tops[:started].max()) + 1, dtype=np.int64)[None, :, None]
         nodes = permuted[:, None, :] >> lv  # (pass, level, flip)
         passes = np.arange(started, dtype=np.int64)[:, None, None]
         valid = np.broadcast_to(lv <= self.tops[:started, None, None], nodes.shape)
-        flat = (self.off[passes, np.minimum(lv, self.off.shape[1] - 1)] + nodes)[valid]
+        flat = (self.off[passes, lv] + nodes)[valid]
         flat = flat[self.known[flat]]
         if flat.size:
-            np.bitwise_xor.at(self.mismatch, flat, 1)
+            np.bitwise_xor.at(self.mismatch, flat, np.uint8(1))
             self.odd_pool = np.concatenate([self.odd_pool, flat[self.mismatch[flat] == 1]])
-        keep = valid & ((nodes & 1) == 0) & (lv < self.tops[:started, None, None]) \
-            & self.built[:started, None, None]
-        if keep.any():
-            idx = (self.lbase[:started, None, None] + ((nodes + 1) << lv))[keep]
-            np.bitwise_xor.at(self.left, idx, 1)
 
 
 class CascadeBob:
@@ -256,6 +344,7 @@ class CascadeBob:
         self.rounds = 0
         self.corrected = 0
         self._forest = _Forest(self.n, self.levels)
+        self._mine = _PassParities(self.n, passes)
         self._started = 0
         self._mark = np.zeros(self._forest.known.size, bool)
         self._gen = self._run()
@@ -292,7 +381,11 @@ class CascadeBob:
         for j, top in enumerate(self.levels):
             ids = np.arange(-(-self.n >> top), dtype=np.int64)
             alice = yield from self._answer([ParityQuery(j, top, ids)])
-            bob = forest.build(j, self.bits[perms[j]])
+            bob = _top_parities_by_mask(pack_words(self.bits, self._mine.n_words), self.n,
+                                        self.seed, self.passes, j, top)
+            if bob is None:
+                self._mine.build(j, np.take(self.bits, perms[j]))
+                bob = self._mine.parity(np.full(ids.size, j), np.full(ids.size, top), ids)
             flat = forest.off[j, top] + ids
             mismatch = alice ^ bob
             forest.learn(flat, alice, mismatch)
@@ -339,7 +432,7 @@ class CascadeBob:
         child, left = cl - 1, ci << 1
         left_flat = forest.flat(cp, child, left)
         parent_alice = forest.alice[forest.flat(cp, cl, ci)]
-        left_odd = left_alice ^ forest.bob_left(cp, child, left)
+        left_odd = left_alice ^ self._mine.parity(cp, child, left)
         left_odd[right_empty] = 1  # the left child is the whole node, which is odd
         forest.learn(left_flat, left_alice, left_odd)
         has_right = ~right_empty
@@ -384,13 +477,18 @@ class CascadeBob:
 
     def _ancestors(self, p: np.ndarray, level: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Flat ids of every strict ancestor of the given nodes (within their pass's tree)."""
+        if not p.size:
+            return p
         forest = self._forest
-        ups = np.arange(1, int(forest.tops.max()) + 1, dtype=np.int64)[:, None]
-        anc_level = level[None, :] + ups
-        valid = anc_level <= forest.tops[p][None, :]
-        anc = forest.off[p[None, :], np.minimum(anc_level, forest.off.shape[1] - 1)] \
-            + (ids[None, :] >> ups)
-        return anc[valid]
+        room = forest.tops[p] - level  # levels above each node
+        height = int(room.max())
+        if height <= 0:
+            return np.zeros(0, np.int64)
+        ups = np.arange(1, height + 1, dtype=np.int64)[:, None]
+        width = forest.off.shape[1]
+        row = (p * width + level)[None, :] + ups
+        anc = forest.off.ravel()[np.minimum(row, forest.off.size - 1)] + (ids[None, :] >> ups)
+        return anc[ups <= room[None, :]]
 
     def _select(self, cp: np.ndarray, cl: np.ndarray, ci: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -413,14 +511,22 @@ class CascadeBob:
         mark[covered] = True
         free = ~mark[pool]
         mark[covered] = False
-        return p[free], level[free], ids[free]
+        p, level, ids = p[free], level[free], ids[free]
+        perms = permutation_matrix(self.n, self.seed, self.passes)
+        for q in np.unique(p).tolist():  # a search needs Bob's parities of its pass
+            if not self._mine.built[q]:
+                self._mine.build(q, np.take(self.bits, perms[q]))
+        return p, level, ids
 
     def _correct(self, found: np.ndarray) -> None:
         found, _ = _sorted_unique(found)
         self.bits[found] ^= 1
         self.corrected += int(found.size)
         inverses = inverse_matrix(self.n, self.seed, self.passes)
-        self._forest.flip(inverses[: self._started, found].astype(np.int64))
+        permuted = inverses[: self._started, found].astype(np.int64)
+        self._forest.flip(permuted)
+        rows = np.broadcast_to(np.arange(self._started)[:, None], permuted.shape)
+        self._mine.flip(rows.ravel(), permuted.ravel())
 
 
 def reconcile(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, seed: int = 0,
