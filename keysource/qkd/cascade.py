@@ -398,15 +398,19 @@ class CascadeBob:
         forest = self._forest
         empty = np.zeros(0, np.int64)
         cp, cl, ci = empty, empty, empty  # running searches: pass, level, id of their node
+        pool_changed = True  # odd nodes appear only at a pass's start and after corrections
         while True:
-            sp, sl, si = self._select(cp, cl, ci)
-            cp, cl, ci = (np.concatenate([cp, sp]), np.concatenate([cl, sl]),
-                          np.concatenate([ci, si]))
+            if pool_changed:
+                sp, sl, si = self._select(cp, cl, ci)
+                cp, cl, ci = (np.concatenate([cp, sp]), np.concatenate([cl, sl]),
+                              np.concatenate([ci, si]))
+                pool_changed = False
             cp, cl, ci, found = self._descend_known(cp, cl, ci)
             if found.size:
                 self._correct(found)
                 alive = forest.mismatch[forest.flat(cp, cl, ci)] == 1
                 cp, cl, ci = cp[alive], cl[alive], ci[alive]
+                pool_changed = True
                 continue
             if cp.size == 0:
                 return
