@@ -277,10 +277,13 @@ class _Forest:
         self.n = n
         self.tops = np.array(tops, np.int64)
         height = max(tops) + 1
+        # Segments ordered by level, highest first: the top blocks of every pass (the only
+        # nodes of a pass that finds no error) share a few pages instead of one each, so the
+        # large, mostly untouched arrays cost no page faults where nothing is searched.
         self.off = np.zeros((len(tops), height + 1), np.int64)
         start = 0
-        for p, top in enumerate(tops):
-            for lv in range(height + 1):
+        for lv in range(height, -1, -1):
+            for p, top in enumerate(tops):
                 self.off[p, lv] = start
                 if lv <= top:
                     start += -(-n // (1 << lv))
@@ -288,8 +291,8 @@ class _Forest:
         self.alice = np.zeros(start, np.uint8)
         self.mismatch = np.zeros(start, np.uint8)
         # segment starts (pass, level) for decoding flat indices
-        seg = [(int(self.off[p, lv]), p, lv) for p, top in enumerate(tops)
-               for lv in range(top + 1)]
+        seg = sorted((int(self.off[p, lv]), p, lv) for p, top in enumerate(tops)
+                     for lv in range(top + 1))
         self.seg_start = np.array([s for s, _, _ in seg], np.int64)
         self.seg_pass = np.array([p for _, p, _ in seg], np.int64)
         self.seg_level = np.array([lv for _, _, lv in seg], np.int64)
