@@ -236,33 +236,34 @@ class CascadeAlice:
 
     def answer(self, queries: list[ParityQuery]) -> np.ndarray:
         """Parity bits for every node asked, concatenated in query order."""
-        answer = np.zeros(sum(int(q.ids.size) for q in queries), np.uint8)
-        tree_queries: list[tuple[int, ParityQuery]] = []
-        pos = 0
         for query in queries:
             if not 0 <= query.pass_index < self.passes or not 0 <= query.level < 40:
                 raise ValueError("cascade query out of range")
-            size = int(query.ids.size)
-            if size and (query.ids.min() < 0 or query.ids.max() > (self.n - 1) >> query.level):
-                raise ValueError("cascade query names a node outside the frame")
-            by_mask = (None if self._parities.built[query.pass_index]
-                       else self._mask_answer(query.pass_index, query.level))
-            if by_mask is not None:
-                answer[pos: pos + size] = by_mask[query.ids]
-            else:
-                if not self._parities.built[query.pass_index]:
+        if not queries:
+            return np.zeros(0, np.uint8)
+        sizes = [int(q.ids.size) for q in queries]
+        p = np.repeat(np.array([q.pass_index for q in queries], np.int64), sizes)
+        level = np.repeat(np.array([q.level for q in queries], np.int64), sizes)
+        ids = np.concatenate([q.ids for q in queries]).astype(np.int64, copy=False)
+        if ids.size and ((ids < 0).any() or (ids > (self.n - 1) >> level).any()):
+            raise ValueError("cascade query names a node outside the frame")
+        answer = np.zeros(ids.size, np.uint8)
+        by_tree = np.ones(ids.size, bool)
+        pos = 0
+        for query, size in zip(queries, sizes, strict=True):
+            if not self._parities.built[query.pass_index]:
+                by_mask = self._mask_answer(query.pass_index, query.level)
+                if by_mask is not None:
+                    answer[pos: pos + size] = by_mask[query.ids]
+                    by_tree[pos: pos + size] = False
+                else:
                     perm = permutation_matrix(self.n, self.seed, self.passes)[query.pass_index]
                     self._parities.build(query.pass_index, np.take(self.bits, perm))
-                tree_queries.append((pos, query))
             pos += size
-        if tree_queries:
-            sizes = [q.ids.size for _, q in tree_queries]
-            p = np.repeat([q.pass_index for _, q in tree_queries], sizes)
-            level = np.repeat([q.level for _, q in tree_queries], sizes)
-            ids = np.concatenate([q.ids for _, q in tree_queries]).astype(np.int64)
-            at = np.concatenate([np.arange(start, start + q.ids.size)
-                                 for start, q in tree_queries])
-            answer[at] = self._parities.parity(p.astype(np.int64), level.astype(np.int64), ids)
+        if by_tree.all():
+            answer = self._parities.parity(p, level, ids)
+        elif by_tree.any():
+            answer[by_tree] = self._parities.parity(p[by_tree], level[by_tree], ids[by_tree])
         self.leaked_bits += int(answer.size)
         return answer
 
