@@ -12,10 +12,20 @@ Alice ever revealed (top-level blocks, the halves asked during binary searches, 
 by them) stays known, so when a correction makes any known sub-block odd Bob searches the smallest
 one, and a binary search step whose half is already known costs nothing.
 
-Vectorisation: all odd blocks of a pass are searched in parallel (one question per round for all
-of them); Bob's parities are computed by gathering whole sub-blocks with numpy; Alice answers from
-a prefix-parity array per pass. Corrections update the parity mismatch of every known ancestor
-node in every pass at once.
+Scheduling (fewer round trips, the same kind of questions): binary searches run asynchronously.
+Every round trip asks, for every running search, the parity of the left child of its node; a
+search that reaches a single bit corrects it at once, and searches start on every newly odd
+minimal known node in the same round trip, in any started pass, instead of waiting for the
+slowest search of a batch. A correction that makes a running search's node even ends that search
+(its parities stay known). On 1 Mbit frames at 1-11 % QBER this takes 2.3-4x fewer round trips
+than batched searches (1.1x at 0.5 %), for an efficiency f higher by 0.001-0.006.
+
+Parities (both ends): per pass, the permuted bits packed into 64-bit words and a binary tree of
+word parities, so any node's parity is one lookup (a masked word parity below 64 bits) and a
+correction updates one word and one node per tree level. The late passes' top-level blocks (at
+most two per pass) are answered from cached block masks of the frame without permuting it; a
+pass is permuted only when a search runs in it. Known parities and mismatches of every node of
+every pass live in flat arrays, so one numpy call serves searches in several passes.
 """
 
 from __future__ import annotations
