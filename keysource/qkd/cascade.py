@@ -540,6 +540,8 @@ class CascadeBob:
         found, _ = _sorted_unique(found)
         self.bits[found] ^= 1
         self.corrected += int(found.size)
+        if self.corrected > self.n:  # answers no string satisfies would cycle for ever
+            raise ValueError("cascade answers are inconsistent: more corrections than bits")
         inverses = inverse_matrix(self.n, self.seed, self.passes)
         permuted = inverses[: self._started, found].astype(np.int64)
         self._forest.flip(permuted)

@@ -202,3 +202,25 @@ def test_toeplitz_fast_path_matches_the_matrix_product(n: int, out_len: int) -> 
     seed = np.ones(n + out_len - 1, np.uint8)
     assert np.array_equal(toeplitz_hash(ones, seed, out_len),
                           toeplitz_hash_reference(ones, seed, out_len))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_inconsistent_answers_end_in_an_error_or_a_result_never_a_loop(seed: int) -> None:
+    """A forged answer stream (Cascade messages are authenticated only afterwards) must not
+    keep Bob correcting for ever: it ends with a result (which verification then rejects) or
+    a ValueError, after a bounded number of round trips."""
+    rng = np.random.default_rng(seed)
+    n = 2048
+    bob = CascadeBob(rng.integers(0, 2, n, dtype=np.uint8), 0.05, seed=seed)
+    queries = bob.start()
+    trips = 0
+    try:
+        while queries is not None:
+            trips += 1
+            assert trips < 20 * n
+            queries = bob.receive(rng.integers(0, 2, sum(q.ids.size for q in queries),
+                                               dtype=np.uint8))
+    except ValueError as exc:
+        assert "inconsistent" in str(exc)
+    else:
+        assert bob.result is not None
