@@ -298,9 +298,10 @@ class _Forest:
                 self.off[p, lv] = start
                 if lv <= top:
                     start += -(-n // (1 << lv))
-        self.known = np.zeros(start, bool)
-        self.alice = np.zeros(start, np.uint8)
-        self.mismatch = np.zeros(start, np.uint8)
+        self.sink = start  # one extra node, never known
+        self.known = np.zeros(start + 1, bool)
+        self.alice = np.zeros(start + 1, np.uint8)
+        self.mismatch = np.zeros(start + 1, np.uint8)
         # segment starts (pass, level) for decoding flat indices
         seg = sorted((int(self.off[p, lv]), p, lv) for p, top in enumerate(tops)
                      for lv in range(top + 1))
@@ -308,6 +309,7 @@ class _Forest:
         self.seg_pass = np.array([p for _, p, _ in seg], np.int64)
         self.seg_level = np.array([lv for _, _, lv in seg], np.int64)
         self.odd_pool = np.zeros(0, np.int64)  # flat ids that may be odd and known
+        self._grids: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def flat(self, p: np.ndarray, level: np.ndarray, ids: np.ndarray) -> np.ndarray:
         return self.off[p, level] + ids
@@ -321,15 +323,22 @@ class _Forest:
         self.alice[flat] = alice
         self.mismatch[flat] = mismatch
 
+    def _grid(self, started: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Levels, segment offsets and validity (pass, level, 1) of the first passes; a level
+        above a pass's top points at the sink, an extra node that is never known."""
+        grid = self._grids.get(started)
+        if grid is None:
+            lv = np.arange(int(self.tops[:started].max()) + 1, dtype=np.int64)[None, :, None]
+            valid = (lv <= self.tops[:started, None, None]).astype(np.int64)
+            base = np.where(valid == 1, self.off[:started, : lv.shape[1], None], self.sink)
+            grid = self._grids[started] = (lv, base, valid)
+        return grid
+
     def flip(self, permuted: np.ndarray) -> None:
         """Bob flipped bits; ``permuted[p]`` are their positions in pass p (started passes).
         Toggles the mismatch of every known ancestor and remembers those that turned odd."""
-        started = permuted.shape[0]
-        lv = np.arange(int(self.tops[:started].max()) + 1, dtype=np.int64)[None, :, None]
-        nodes = permuted[:, None, :] >> lv  # (pass, level, flip)
-        passes = np.arange(started, dtype=np.int64)[:, None, None]
-        valid = np.broadcast_to(lv <= self.tops[:started, None, None], nodes.shape)
-        flat = (self.off[passes, lv] + nodes)[valid]
+        lv, base, valid = self._grid(permuted.shape[0])
+        flat = (base + (permuted[:, None, :] >> lv) * valid).ravel()  # (pass, level, flip)
         flat = flat[self.known[flat]]
         if flat.size:
             np.bitwise_xor.at(self.mismatch, flat, np.uint8(1))
