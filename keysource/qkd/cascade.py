@@ -439,13 +439,13 @@ class CascadeBob:
                 return
             # every running search needs Alice's parity of its left child: one round trip
             child, left = cl - 1, ci << 1
-            order = np.lexsort((child, cp))
-            key = cp[order] * 64 + child[order]
-            cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
-            queries = [ParityQuery(int(cp[order[a]]), int(child[order[a]]), left[order[a:b]])
-                       for a, b in zip(np.concatenate([[0], cuts]).tolist(),
-                                       np.concatenate([cuts, [order.size]]).tolist(),
-                                       strict=True)]
+            key = cp * 64 + child  # one query per (pass, level)
+            order = np.argsort(key, kind="stable")
+            ordered_key, ordered_left = key[order], left[order]
+            bounds = [0, *(np.flatnonzero(np.diff(ordered_key)) + 1).tolist(), order.size]
+            queries = [ParityQuery(int(ordered_key[a]) >> 6, int(ordered_key[a]) & 63,
+                                   ordered_left[a:b])
+                       for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
             answer = yield from self._answer(queries)
             left_alice = np.empty(order.size, np.uint8)
             left_alice[order] = answer
