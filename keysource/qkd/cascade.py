@@ -113,12 +113,20 @@ def _sorted_unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered[starts], counts
 
 
-def parity64(words: np.ndarray) -> np.ndarray:
-    """Parity (0/1, uint8) of each 64-bit word, by folding (works on every numpy version)."""
+def _parity64_by_folding(words: np.ndarray) -> np.ndarray:
     x = words.astype(np.uint64, copy=True)
     for shift in (32, 16, 8, 4, 2, 1):
         x ^= x >> np.uint64(shift)
     return (x & np.uint64(1)).astype(np.uint8)
+
+
+def parity64(words: np.ndarray) -> np.ndarray:
+    """Parity (0/1, uint8) of each 64-bit word: a popcount where numpy has one (2.0 and
+    later), else by folding."""
+    count = getattr(np, "bitwise_count", None)
+    if count is None:
+        return _parity64_by_folding(words)
+    return (count(words.astype(np.uint64, copy=False)) & 1).astype(np.uint8)
 
 
 def pack_words(bits: np.ndarray, n_words: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from keysource.qkd.cascade import (
     CascadeAlice,
     CascadeBob,
     ParityQuery,
+    _parity64_by_folding,
     _PassParities,
     _top_parities_by_mask,
     block_levels,
@@ -40,6 +41,7 @@ def test_parity64_and_pack_words_match_python() -> None:
                             np.array([0, 1, (1 << 64) - 1, 1 << 63], np.uint64)])
     expected = [bin(int(w)).count("1") & 1 for w in words]
     assert parity64(words).tolist() == expected
+    assert _parity64_by_folding(words).tolist() == expected  # numpy without bitwise_count
     for n in EDGE_SIZES:
         bits = rng.integers(0, 2, n, dtype=np.uint8)
         packed = pack_words(bits, -(-n // 64))
