@@ -18,14 +18,17 @@ def seed_bits_needed(n: int, out_len: int) -> int:
 
 
 def _fast_length(size: int) -> int:
-    """Smallest 2^a 3^b >= size (pocketfft is fastest on smooth lengths)."""
-    best = 1 << (size - 1).bit_length()
-    three = 3
-    while three < best:
-        cand = three * (1 << max(0, (-(-size // three) - 1).bit_length()))
-        if size <= cand < best:
-            best = cand
-        three *= 3
+    """Smallest 2^a 3^b 5^c >= size (pocketfft is fastest on such smooth lengths)."""
+    best = 1 << max(0, size - 1).bit_length()
+    five = 1
+    while five < best:
+        three = five
+        while three < best:
+            cand = three << max(0, (-(-size // three) - 1).bit_length())
+            if size <= cand < best:
+                best = cand
+            three *= 3
+        five *= 5
     return best
 
 
@@ -45,7 +48,7 @@ def toeplitz_hash(bits: np.ndarray, seed: np.ndarray, out_len: int) -> np.ndarra
     rounded = np.rint(conv)
     if np.max(np.abs(conv - rounded), initial=0.0) > 0.25:
         raise ArithmeticError("FFT rounding error too large for exact Toeplitz hashing")
-    return (rounded.astype(np.int64) & 1).astype(np.uint8)
+    return (rounded.astype(np.int32) & 1).astype(np.uint8)
 
 
 def toeplitz_hash_reference(bits: np.ndarray, seed: np.ndarray, out_len: int) -> np.ndarray:

@@ -12,10 +12,20 @@ Alice ever revealed (top-level blocks, the halves asked during binary searches, 
 by them) stays known, so when a correction makes any known sub-block odd Bob searches the smallest
 one, and a binary search step whose half is already known costs nothing.
 
-Vectorisation: all odd blocks of a pass are searched in parallel (one question per round for all
-of them); Bob's parities are computed by gathering whole sub-blocks with numpy; Alice answers from
-a prefix-parity array per pass. Corrections update the parity mismatch of every known ancestor
-node in every pass at once.
+Scheduling (fewer round trips, the same kind of questions): binary searches run asynchronously.
+Every round trip asks, for every running search, the parity of the left child of its node; a
+search that reaches a single bit corrects it at once, and searches start on every newly odd
+minimal known node in the same round trip, in any started pass, instead of waiting for the
+slowest search of a batch. A correction that makes a running search's node even ends that search
+(its parities stay known). On 1 Mbit frames at 1-11 % QBER this takes 2.3-4x fewer round trips
+than batched searches (1.1x at 0.5 %), for an efficiency f higher by 0.001-0.006.
+
+Parities (both ends): per pass, the permuted bits packed into 64-bit words and a binary tree of
+word parities, so any node's parity is one lookup (a masked word parity below 64 bits) and a
+correction updates one word and one node per tree level. The late passes' top-level blocks (at
+most two per pass) are answered from cached block masks of the frame without permuting it; a
+pass is permuted only when a search runs in it. Known parities and mismatches of every node of
+every pass live in flat arrays, so one numpy call serves searches in several passes.
 """
 
 from __future__ import annotations
@@ -59,24 +69,38 @@ def block_levels(qber: float, n: int, passes: int = N_PASSES) -> list[int]:
 
 
 @lru_cache(maxsize=4)
+def _tables(n: int, seed: int, passes: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    perms = np.empty((passes, n), np.int32)
+    perms[0] = np.arange(n, dtype=np.int32)
+    for j in range(1, passes):
+        perms[j] = rng.permutation(n)
+    inverses = np.empty_like(perms)
+    rows = np.arange(passes)[:, None]
+    inverses[rows, perms] = np.arange(n, dtype=np.int32)[None, :]
+    perms.flags.writeable = False
+    inverses.flags.writeable = False
+    return perms, inverses
+
+
 def permutations(n: int, seed: int, passes: int = N_PASSES) -> tuple[tuple[np.ndarray, ...],
                                                                     tuple[np.ndarray, ...]]:
     """The public per-pass permutations (pass 0 is the identity) and their inverses.
 
     Cached: a link uses one seed and a fixed frame size, so this is paid once.
     """
-    rng = np.random.default_rng(seed)
-    perms: list[np.ndarray] = [np.arange(n, dtype=np.int32)]
-    for _ in range(1, passes):
-        perms.append(rng.permutation(n).astype(np.int32))
-    inverses = []
-    for perm in perms:
-        inv = np.empty(n, np.int32)
-        inv[perm] = np.arange(n, dtype=np.int32)
-        inverses.append(inv)
-    for arr in (*perms, *inverses):
-        arr.flags.writeable = False
+    perms, inverses = _tables(n, seed, passes)
     return tuple(perms), tuple(inverses)
+
+
+def permutation_matrix(n: int, seed: int, passes: int = N_PASSES) -> np.ndarray:
+    """Row j: permuted position -> frame position in pass j (read-only, cached)."""
+    return _tables(n, seed, passes)[0]
+
+
+def inverse_matrix(n: int, seed: int, passes: int = N_PASSES) -> np.ndarray:
+    """Row j: frame position -> permuted position in pass j (read-only, cached)."""
+    return _tables(n, seed, passes)[1]
 
 
 def _sorted_unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,106 +113,244 @@ def _sorted_unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered[starts], counts
 
 
-def _node_bounds(n: int, level: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lo = np.minimum(ids << level, n)
-    hi = np.minimum((ids + 1) << level, n)
-    return lo, hi
+def _parity64_by_folding(words: np.ndarray) -> np.ndarray:
+    x = words.astype(np.uint64, copy=True)
+    for shift in (32, 16, 8, 4, 2, 1):
+        x ^= x >> np.uint64(shift)
+    return (x & np.uint64(1)).astype(np.uint8)
+
+
+def parity64(words: np.ndarray) -> np.ndarray:
+    """Parity (0/1, uint8) of each 64-bit word: a popcount where numpy has one (2.0 and
+    later), else by folding."""
+    count = getattr(np, "bitwise_count", None)
+    if count is None:
+        return _parity64_by_folding(words)
+    return (count(words.astype(np.uint64, copy=False)) & 1).astype(np.uint8)
+
+
+def pack_words(bits: np.ndarray, n_words: int) -> np.ndarray:
+    """Bits (0/1 uint8) as little-endian 64-bit words: bit k is bit k % 64 of word k // 64."""
+    packed = np.zeros(8 * n_words, np.uint8)
+    raw = np.packbits(bits, bitorder="little")
+    packed[: raw.size] = raw
+    return packed.view("<u8").astype(np.uint64, copy=False)
+
+
+_WORD_BITS = 64
+_LOW_MASKS = np.array([(1 << (1 << lv)) - 1 for lv in range(6)], np.uint64)
+
+
+class _PassParities:
+    """One party's parity of any dyadic node of any pass, from its bits packed into words.
+
+    Per pass: the permuted bits as 64-bit words (nodes below 64 bits: masked word parity) and
+    the full binary tree of word parities (nodes of 64 bits and more). A pass is built on
+    first use; ``flip`` keeps built passes in step with Bob's corrections.
+    """
+
+    def __init__(self, n: int, passes: int) -> None:
+        self.n = n
+        self.n_words = max(1, -(-n // _WORD_BITS))
+        sizes = [self.n_words]
+        while sizes[-1] > 1:
+            sizes.append(-(-sizes[-1] // 2))
+        self.height = len(sizes) - 1  # word-tree levels above the words
+        per_pass = sum(sizes)
+        self.tree_off = (np.arange(passes, dtype=np.int64)[:, None] * per_pass
+                         + np.concatenate([[0], np.cumsum(sizes)[:-1]])[None, :])
+        self.tree = np.zeros(passes * per_pass, np.uint8)
+        self.words = np.zeros((passes, self.n_words), np.uint64)
+        self._flat_words = self.words.reshape(-1)
+        self.built = np.zeros(passes, bool)
+
+    def build(self, p: int, permuted: np.ndarray) -> None:
+        self.words[p] = pack_words(permuted, self.n_words)
+        level = parity64(self.words[p])
+        off = self.tree_off[p]
+        self.tree[off[0]: off[0] + level.size] = level
+        for u in range(1, self.height + 1):
+            if level.size & 1:
+                level = np.append(level, np.uint8(0))
+            level = level[0::2] ^ level[1::2]
+            self.tree[off[u]: off[u] + level.size] = level
+        self.built[p] = True
+
+    def parity(self, p: np.ndarray, level: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Parity of nodes (pass ``p``, ``level``, ``ids``) of built passes (valid nodes only)."""
+        out = np.empty(ids.size, np.uint8)
+        small = level < 6
+        if small.any():
+            lo = ids[small] << level[small]
+            word = self.words[p[small], lo >> 6]
+            bits = (word >> (lo & 63).astype(np.uint64)) & _LOW_MASKS[level[small]]
+            out[small] = parity64(bits)
+        big = ~small
+        if big.any():
+            u = np.minimum(level[big] - 6, self.height)
+            out[big] = self.tree[self.tree_off[p[big], u] + ids[big]]
+        return out
+
+    def flip(self, p: np.ndarray, permuted: np.ndarray) -> None:
+        """Bits at these permuted positions of passes ``p`` (same shapes) changed."""
+        keep = self.built[p]
+        p, permuted = p[keep], permuted[keep]
+        if not p.size:
+            return
+        word = permuted >> 6
+        np.bitwise_xor.at(self._flat_words, p * self.n_words + word,
+                          np.left_shift(np.uint64(1), (permuted & 63).astype(np.uint64)))
+        u = np.arange(self.height + 1, dtype=np.int64)[:, None]
+        np.bitwise_xor.at(self.tree, (self.tree_off[p[None, :], u] + (word[None, :] >> u)).ravel(),
+                          np.uint8(1))
+
+
+@lru_cache(maxsize=64)
+def _first_block_mask(n: int, seed: int, passes: int, pass_index: int, level: int) -> np.ndarray:
+    """Packed indicator (frame order) of the first top-level block of a pass."""
+    member = np.zeros(n, np.uint8)
+    member[permutation_matrix(n, seed, passes)[pass_index, : 1 << level]] = 1
+    words = pack_words(member, max(1, -(-n // _WORD_BITS)))
+    words.flags.writeable = False
+    return words
+
+
+def _top_parities_by_mask(frame_words: np.ndarray, n: int, seed: int, passes: int,
+                          pass_index: int, level: int) -> np.ndarray | None:
+    """Parities of a pass's top-level blocks without permuting the frame, when there are at
+    most two blocks (the late passes): the first by a cached mask, the second by difference."""
+    blocks = -(-n >> level)
+    if blocks > 2:
+        return None
+    mask = _first_block_mask(n, seed, passes, pass_index, level)
+    first = parity64(np.bitwise_xor.reduce(frame_words & mask, keepdims=True))[0]
+    if blocks == 1:
+        return np.array([first], np.uint8)
+    total = parity64(np.bitwise_xor.reduce(frame_words, keepdims=True))[0]
+    return np.array([first, first ^ total], np.uint8)
 
 
 class CascadeAlice:
-    """Alice's side: answers parity questions from prefix parities (her bits never change)."""
+    """Alice's side: answers parity questions (her bits never change)."""
 
     def __init__(self, bits: np.ndarray, seed: int, passes: int = N_PASSES) -> None:
         self.bits = np.ascontiguousarray(bits, dtype=np.uint8)
         self.n = self.bits.size
         self.seed = seed
         self.passes = passes
-        self._prefix: dict[int, np.ndarray] = {}
+        self._parities = _PassParities(self.n, passes)
+        self._frame_words: np.ndarray | None = None
+        self._by_mask: dict[tuple[int, int], np.ndarray | None] = {}
         self.leaked_bits = 0
 
-    def _prefix_of(self, pass_index: int) -> np.ndarray:
-        prefix = self._prefix.get(pass_index)
-        if prefix is None:
-            perms, _ = permutations(self.n, self.seed, self.passes)
-            prefix = np.zeros(self.n + 1, np.int32)
-            np.cumsum(self.bits[perms[pass_index]], out=prefix[1:])
-            self._prefix[pass_index] = prefix
-        return prefix
+    def _mask_answer(self, pass_index: int, level: int) -> np.ndarray | None:
+        key = (pass_index, level)
+        if key not in self._by_mask:
+            if self._frame_words is None:
+                self._frame_words = pack_words(self.bits, self._parities.n_words)
+            self._by_mask[key] = _top_parities_by_mask(self._frame_words, self.n, self.seed,
+                                                       self.passes, pass_index, level)
+        return self._by_mask[key]
 
     def answer(self, queries: list[ParityQuery]) -> np.ndarray:
         """Parity bits for every node asked, concatenated in query order."""
-        out = []
         for query in queries:
             if not 0 <= query.pass_index < self.passes or not 0 <= query.level < 40:
                 raise ValueError("cascade query out of range")
-            if query.ids.size and (query.ids.min() < 0 or (int(query.ids.max()) << query.level)
-                                   >= self.n):
-                raise ValueError("cascade query names a node outside the frame")
-            prefix = self._prefix_of(query.pass_index)
-            lo, hi = _node_bounds(self.n, query.level, query.ids)
-            out.append(((prefix[hi] - prefix[lo]) & 1).astype(np.uint8))
-        answer = np.concatenate(out) if out else np.zeros(0, np.uint8)
+        if not queries:
+            return np.zeros(0, np.uint8)
+        sizes = [int(q.ids.size) for q in queries]
+        p = np.repeat(np.array([q.pass_index for q in queries], np.int64), sizes)
+        level = np.repeat(np.array([q.level for q in queries], np.int64), sizes)
+        ids = np.concatenate([q.ids for q in queries]).astype(np.int64, copy=False)
+        if ids.size and ((ids < 0).any() or (ids > (self.n - 1) >> level).any()):
+            raise ValueError("cascade query names a node outside the frame")
+        answer = np.zeros(ids.size, np.uint8)
+        by_tree = np.ones(ids.size, bool)
+        pos = 0
+        for query, size in zip(queries, sizes, strict=True):
+            if not self._parities.built[query.pass_index]:
+                by_mask = self._mask_answer(query.pass_index, query.level)
+                if by_mask is not None:
+                    answer[pos: pos + size] = by_mask[query.ids]
+                    by_tree[pos: pos + size] = False
+                else:
+                    perm = permutation_matrix(self.n, self.seed, self.passes)[query.pass_index]
+                    self._parities.build(query.pass_index, np.take(self.bits, perm))
+            pos += size
+        if by_tree.all():
+            answer = self._parities.parity(p, level, ids)
+        elif by_tree.any():
+            answer[by_tree] = self._parities.parity(p[by_tree], level[by_tree], ids[by_tree])
         self.leaked_bits += int(answer.size)
         return answer
 
 
-class _PassState:
-    """Known Alice parities and current mismatches for every node of one pass's dyadic tree."""
+class _Forest:
+    """Known Alice parities and current mismatches for every node of every pass's dyadic tree,
+    in flat arrays shared by all passes (so one numpy call serves searches in several passes).
+    Node (pass p, level l, id i) is flat index ``off[p, l] + i``.
+    """
 
-    def __init__(self, n: int, top_level: int) -> None:
+    def __init__(self, n: int, tops: list[int]) -> None:
         self.n = n
-        self.top = top_level
-        sizes = [-(-n // (1 << lv)) for lv in range(top_level + 1)]
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        total = int(self.offsets[-1])
-        self.known = np.zeros(total, bool)
-        self.alice = np.zeros(total, np.uint8)
-        self.mismatch = np.zeros(total, np.uint8)
-        self.candidates = np.zeros(0, np.int64)  # flat ids that may be odd
+        self.tops = np.array(tops, np.int64)
+        height = max(tops) + 1
+        # Segments ordered by level, highest first: the top blocks of every pass (the only
+        # nodes of a pass that finds no error) share a few pages instead of one each, so the
+        # large, mostly untouched arrays cost no page faults where nothing is searched.
+        self.off = np.zeros((len(tops), height + 1), np.int64)
+        start = 0
+        for lv in range(height, -1, -1):
+            for p, top in enumerate(tops):
+                self.off[p, lv] = start
+                if lv <= top:
+                    start += -(-n // (1 << lv))
+        self.sink = start  # one extra node, never known
+        self.known = np.zeros(start + 1, bool)
+        self.alice = np.zeros(start + 1, np.uint8)
+        self.mismatch = np.zeros(start + 1, np.uint8)
+        # segment starts (pass, level) for decoding flat indices
+        seg = sorted((int(self.off[p, lv]), p, lv) for p, top in enumerate(tops)
+                     for lv in range(top + 1))
+        self.seg_start = np.array([s for s, _, _ in seg], np.int64)
+        self.seg_pass = np.array([p for _, p, _ in seg], np.int64)
+        self.seg_level = np.array([lv for _, _, lv in seg], np.int64)
+        self.odd_pool = np.zeros(0, np.int64)  # flat ids that may be odd and known
+        self._grids: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def flat(self, level: int | np.ndarray, ids: np.ndarray) -> np.ndarray:
-        return self.offsets[level] + ids
+    def flat(self, p: np.ndarray, level: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        return self.off[p, level] + ids
 
-    def learn(self, level: int | np.ndarray, ids: np.ndarray, alice: np.ndarray,
-              mismatch: np.ndarray) -> None:
-        flat = self.flat(level, ids)
+    def decode(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        seg = np.searchsorted(self.seg_start, flat, side="right") - 1
+        return self.seg_pass[seg], self.seg_level[seg], flat - self.seg_start[seg]
+
+    def learn(self, flat: np.ndarray, alice: np.ndarray, mismatch: np.ndarray) -> None:
         self.known[flat] = True
         self.alice[flat] = alice
         self.mismatch[flat] = mismatch
-        odd = flat[mismatch.astype(bool)]
-        if odd.size:
-            self.candidates = np.concatenate([self.candidates, odd])
 
-    def flip_ancestors(self, permuted: np.ndarray) -> None:
-        """Bob flipped the bits at these permuted positions: toggle every known ancestor."""
-        levels = np.arange(self.top + 1, dtype=np.int64)[:, None]
-        permuted = permuted.astype(np.int64)
-        flat = (self.offsets[:-1, None] + (permuted[None, :] >> levels)).ravel()
+    def _grid(self, started: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Levels, segment offsets and validity (pass, level, 1) of the first passes; a level
+        above a pass's top points at the sink, an extra node that is never known."""
+        grid = self._grids.get(started)
+        if grid is None:
+            lv = np.arange(int(self.tops[:started].max()) + 1, dtype=np.int64)[None, :, None]
+            valid = (lv <= self.tops[:started, None, None]).astype(np.int64)
+            base = np.where(valid == 1, self.off[:started, : lv.shape[1], None], self.sink)
+            grid = self._grids[started] = (lv, base, valid)
+        return grid
+
+    def flip(self, permuted: np.ndarray) -> None:
+        """Bob flipped bits; ``permuted[p]`` are their positions in pass p (started passes).
+        Toggles the mismatch of every known ancestor and remembers those that turned odd."""
+        lv, base, valid = self._grid(permuted.shape[0])
+        flat = (base + (permuted[:, None, :] >> lv) * valid).ravel()  # (pass, level, flip)
         flat = flat[self.known[flat]]
-        if flat.size == 0:
-            return
-        ids, counts = _sorted_unique(flat)
-        toggled = ids[(counts & 1).astype(bool)]
-        self.mismatch[toggled] ^= 1
-        self.candidates = np.concatenate([self.candidates, toggled])
-
-    def minimal_odd(self) -> tuple[np.ndarray, np.ndarray]:
-        """Disjoint odd known nodes with no odd known descendant, as (levels, ids)."""
-        cand, _ = _sorted_unique(self.candidates)
-        cand = cand[self.mismatch[cand] == 1]
-        self.candidates = cand
-        if cand.size == 0:
-            return cand, cand
-        levels = np.searchsorted(self.offsets, cand, side="right") - 1
-        ids = cand - self.offsets[levels]
-        # ancestors of every odd node (strictly above it); odd nodes among them are not minimal
-        ups = np.arange(1, self.top + 1, dtype=np.int64)[:, None]
-        anc_levels = levels[None, :] + ups
-        valid = anc_levels <= self.top
-        anc_flat = self.offsets[np.minimum(anc_levels, self.top)] + (ids[None, :] >> ups)
-        anc_flat = anc_flat[valid]
-        minimal = ~np.isin(cand, anc_flat)
-        return levels[minimal], ids[minimal]
+        if flat.size:
+            np.bitwise_xor.at(self.mismatch, flat, np.uint8(1))
+            self.odd_pool = np.concatenate([self.odd_pool, flat[self.mismatch[flat] == 1]])
 
 
 class CascadeBob:
@@ -196,11 +358,14 @@ class CascadeBob:
 
     Use ``queries = bob.start()``; then while queries is not None:
     ``queries = bob.receive(alice_answer_bits)``. The result is in ``bob.result``.
+
+    Searches run asynchronously: every binary search descends one level per round trip, a
+    search that reaches a bit corrects it at once, and every round starts searches on all
+    minimal odd known nodes not already being searched. A correction that makes the node of a
+    running search even ends that search (its parities stay known; nothing is lost).
     """
 
-    def __init__(self, bits: np.ndarray, qber: float, seed: int, passes: int = N_PASSES,
-                 parallel_passes: int = 2) -> None:
-        self.parallel_passes = parallel_passes
+    def __init__(self, bits: np.ndarray, qber: float, seed: int, passes: int = N_PASSES) -> None:
         self.bits = np.array(bits, dtype=np.uint8, copy=True)
         self.n = self.bits.size
         self.seed = seed
@@ -209,7 +374,10 @@ class CascadeBob:
         self.leaked_bits = 0
         self.rounds = 0
         self.corrected = 0
-        self._perm_bits: dict[int, np.ndarray] = {}
+        self._forest = _Forest(self.n, self.levels)
+        self._mine = _PassParities(self.n, passes)
+        self._started = 0
+        self._mark = np.zeros(self._forest.known.size, bool)
         self._gen = self._run()
         self.result: CascadeResult | None = None
 
@@ -228,45 +396,6 @@ class CascadeBob:
         self.rounds += 1
         return queries
 
-    # -- Bob's parities -------------------------------------------------------------------
-    def _permuted(self, pass_index: int) -> np.ndarray:
-        """Bob's bits in pass ``pass_index`` order, kept in step with every correction."""
-        cached = self._perm_bits.get(pass_index)
-        if cached is None:
-            perms, _ = permutations(self.n, self.seed, self.passes)
-            cached = self.bits[perms[pass_index]]
-            self._perm_bits[pass_index] = cached
-        return cached
-
-    def _flip(self, positions: np.ndarray) -> None:
-        self.bits[positions] ^= 1
-        _, inverses = permutations(self.n, self.seed, self.passes)
-        for pass_index, permuted in self._perm_bits.items():
-            permuted[inverses[pass_index][positions]] ^= 1
-
-    def _parities(self, pass_index: int, level: int, ids: np.ndarray) -> np.ndarray:
-        """Bob's current parity of each node: range sums over the permuted copy."""
-        permuted = self._permuted(pass_index)
-        if ids.size == 0:
-            return np.zeros(0, np.uint8)
-        width = 1 << level
-        if ids.size * width >= self.n // 2:  # many nodes: one pass over the whole frame
-            padded_len = -(-self.n // width) * width
-            if padded_len != self.n:
-                permuted = np.concatenate([permuted, np.zeros(padded_len - self.n, np.uint8)])
-            sums = np.bitwise_xor.reduce(permuted.reshape(-1, width), axis=1)
-            return sums[ids].astype(np.uint8)
-        lo, hi = _node_bounds(self.n, level, ids)
-        if width >= 2048 and ids.size <= 64:  # few wide nodes: count set bits slice by slice
-            return np.array([np.count_nonzero(permuted[a:b]) & 1 for a, b in
-                             zip(lo.tolist(), hi.tolist(), strict=True)], np.uint8)
-        idx = lo[:, None] + np.arange(width, dtype=np.int64)[None, :]
-        if (hi - lo < width).any():  # a node cut short by the end of the frame
-            vals = permuted[np.minimum(idx, self.n - 1)] & (idx < self.n)
-        else:
-            vals = permuted[idx]
-        return (np.bitwise_xor.reduce(vals, axis=1) & 1).astype(np.uint8)
-
     def _answer(self, queries: list[ParityQuery]) -> Generator[list[ParityQuery], np.ndarray,
                                                                  np.ndarray]:
         answer = yield queries
@@ -274,147 +403,167 @@ class CascadeBob:
         if answer.size != expected:
             raise ValueError(f"cascade answer has {answer.size} bits, expected {expected}")
         self.leaked_bits += expected
-        return answer
+        return np.asarray(answer, np.uint8)
 
     # -- the protocol ---------------------------------------------------------------------
     def _run(self) -> Generator[list[ParityQuery], np.ndarray, None]:
-        _, inverses = permutations(self.n, self.seed, self.passes)
-        states: list[_PassState] = []
+        perms, _ = permutations(self.n, self.seed, self.passes)
+        forest = self._forest
         for j, top in enumerate(self.levels):
-            state = _PassState(self.n, top)
-            states.append(state)
-            ids = np.arange(-(-self.n // (1 << top)), dtype=np.int64)
+            ids = np.arange(-(-self.n >> top), dtype=np.int64)
             alice = yield from self._answer([ParityQuery(j, top, ids)])
-            bob = self._parities(j, top, ids)
-            state.learn(top, ids, alice, alice ^ bob)
-            while True:
-                batch = self._select(states)
-                if not batch:
-                    break
-                found = yield from self._search_all(states, batch)
-                found, _ = _sorted_unique(found)
-                self._flip(found)
-                self.corrected += int(found.size)
-                for p, st in enumerate(states):
-                    st.flip_ancestors(inverses[p][found])
+            bob = _top_parities_by_mask(pack_words(self.bits, self._mine.n_words), self.n,
+                                        self.seed, self.passes, j, top)
+            if bob is None:
+                self._mine.build(j, np.take(self.bits, perms[j]))
+                bob = self._mine.parity(np.full(ids.size, j), np.full(ids.size, top), ids)
+            flat = forest.off[j, top] + ids
+            mismatch = alice ^ bob
+            forest.learn(flat, alice, mismatch)
+            forest.odd_pool = np.concatenate([forest.odd_pool, flat[mismatch == 1]])
+            self._started = j + 1
+            yield from self._cascade()
 
-    def _select(self, states: list[_PassState]) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """Odd nodes to search now: every pass's minimal odd nodes, skipping nodes that share a
-        bit with a node already chosen from another pass (two searches could otherwise find
-        the same error and waste parities). Cheapest passes choose first."""
-        perms, _ = permutations(self.n, self.seed, self.passes)
-        per_pass = []
-        for q, st in enumerate(states):
-            levels, ids = st.minimal_odd()
-            if levels.size:
-                per_pass.append((int(levels.min()), q, levels, ids))
-        per_pass.sort(key=lambda item: (item[0], item[1]))
-        if self.parallel_passes <= 1:
-            per_pass = per_pass[:1]
-        used = (np.zeros(self.n, bool) if len(per_pass) > 1 and self.parallel_passes == 2
-                else None)
-        batch = []
-        for _, q, levels, ids in per_pass:
-            if used is not None:
-                keep = np.ones(ids.size, bool)
-                for lv in np.unique(levels):
-                    sel = np.flatnonzero(levels == lv)
-                    idx = (ids[sel] << lv)[:, None] + np.arange(1 << lv, dtype=np.int64)[None, :]
-                    valid = idx < self.n
-                    pos = perms[q][np.minimum(idx, self.n - 1)]
-                    clash = (used[pos] & valid).any(axis=1)
-                    keep[sel[clash]] = False
-                    chosen = pos[~clash][valid[~clash]]
-                    used[chosen] = True
-                levels, ids = levels[keep], ids[keep]
-            if levels.size:
-                batch.append((q, levels, ids))
-        return batch
-
-    def _search_all(self, states: list[_PassState], batch: list[tuple[int, np.ndarray,
-                                                                       np.ndarray]]
-                    ) -> Generator[list[ParityQuery], np.ndarray, np.ndarray]:
-        """Run the binary searches of several passes in lockstep, one round trip per step."""
-        searches = [self._binary_search(states[q], q, lv, ids) for q, lv, ids in batch]
-        pending: list[tuple[int, list[ParityQuery]]] = []
-        found: list[np.ndarray] = []
-        for k, search in enumerate(searches):
-            try:
-                pending.append((k, next(search)))
-            except StopIteration as stop:
-                found.append(stop.value)
-        while pending:
-            queries = [query for _, qs in pending for query in qs]
+    def _cascade(self) -> Generator[list[ParityQuery], np.ndarray, None]:
+        """Search until no known node of a started pass is odd."""
+        forest = self._forest
+        empty = np.zeros(0, np.int64)
+        cp, cl, ci = empty, empty, empty  # running searches: pass, level, id of their node
+        pool_changed = True  # odd nodes appear only at a pass's start and after corrections
+        while True:
+            if pool_changed:
+                sp, sl, si = self._select(cp, cl, ci)
+                cp, cl, ci = (np.concatenate([cp, sp]), np.concatenate([cl, sl]),
+                              np.concatenate([ci, si]))
+                pool_changed = False
+            cp, cl, ci, found = self._descend_known(cp, cl, ci)
+            if found.size:
+                self._correct(found)
+                alive = forest.mismatch[forest.flat(cp, cl, ci)] == 1
+                cp, cl, ci = cp[alive], cl[alive], ci[alive]
+                pool_changed = True
+                continue
+            if cp.size == 0:
+                return
+            # every running search needs Alice's parity of its left child: one round trip
+            child, left = cl - 1, ci << 1
+            key = cp * 64 + child  # one query per (pass, level)
+            order = np.argsort(key, kind="stable")
+            ordered_key, ordered_left = key[order], left[order]
+            bounds = [0, *(np.flatnonzero(np.diff(ordered_key)) + 1).tolist(), order.size]
+            queries = [ParityQuery(int(ordered_key[a]) >> 6, int(ordered_key[a]) & 63,
+                                   ordered_left[a:b])
+                       for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
             answer = yield from self._answer(queries)
-            pos = 0
-            still = []
-            for k, qs in pending:
-                size = sum(query.ids.size for query in qs)
-                try:
-                    still.append((k, searches[k].send(answer[pos: pos + size])))
-                except StopIteration as stop:
-                    found.append(stop.value)
-                pos += size
-            pending = still
-        return np.concatenate(found) if found else np.zeros(0, np.int64)
+            left_alice = np.empty(order.size, np.uint8)
+            left_alice[order] = answer
+            right_empty = ((left + 1) << child) >= self.n
+            cl, ci = self._step(cp, cl, ci, left_alice, right_empty)
 
-    def _binary_search(self, state: _PassState, q: int, levels: np.ndarray,
-                       ids: np.ndarray) -> Generator[list[ParityQuery], np.ndarray, np.ndarray]:
-        """Descend from every odd node to one erroneous bit; returns frame positions."""
-        perms, _ = permutations(self.n, self.seed, self.passes)
-        found: list[np.ndarray] = []
-        levels = levels.astype(np.int64)
-        ids = ids.astype(np.int64)
-        while levels.size:
-            done = levels == 0
+    def _step(self, cp: np.ndarray, cl: np.ndarray, ci: np.ndarray, left_alice: np.ndarray,
+              right_empty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Record both children of each node and move each search into its odd child."""
+        forest = self._forest
+        child, left = cl - 1, ci << 1
+        left_flat = forest.flat(cp, child, left)
+        parent_alice = forest.alice[forest.flat(cp, cl, ci)]
+        left_odd = left_alice ^ self._mine.parity(cp, child, left)
+        left_odd[right_empty] = 1  # the left child is the whole node, which is odd
+        forest.learn(left_flat, left_alice, left_odd)
+        has_right = ~right_empty
+        forest.learn(left_flat[has_right] + 1, (parent_alice ^ left_alice)[has_right],
+                     1 ^ left_odd[has_right])
+        return child, left + (1 ^ left_odd)
+
+    def _descend_known(self, cp: np.ndarray, cl: np.ndarray, ci: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Descend every search as far as known parities allow; frame positions found."""
+        forest = self._forest
+        perms = permutation_matrix(self.n, self.seed, self.passes)
+        found = []
+        while cp.size:
+            done = cl == 0
             if done.any():
-                found.append(perms[q][ids[done]].astype(np.int64))
-                levels, ids = levels[~done], ids[~done]
-                if not levels.size:
+                found.append(perms[cp[done], ci[done]].astype(np.int64))
+                keep = ~done
+                cp, cl, ci = cp[keep], cl[keep], ci[keep]
+                if not cp.size:
                     break
-            child = levels - 1
-            left, right = ids * 2, ids * 2 + 1
-            right_empty = (right << child) >= self.n
-            parent_alice = state.alice[state.flat(levels, ids)]
-            left_known = state.known[state.flat(child, left)]
-            right_flat = state.flat(child, np.where(right_empty, left, right))
-            right_known = ~right_empty & state.known[right_flat]
-            ask = ~(right_empty | left_known | right_known)
-            left_alice = np.zeros(ids.size, np.uint8)
-            left_alice[right_empty] = parent_alice[right_empty]
-            lk = left_known & ~right_empty
-            left_alice[lk] = state.alice[state.flat(child[lk], left[lk])]
-            rk = right_known & ~left_known
-            left_alice[rk] = parent_alice[rk] ^ state.alice[right_flat[rk]]
-            if ask.any():
-                queries = []
-                ask_idx = np.flatnonzero(ask)
-                ask_levels = child[ask_idx]
-                order = np.argsort(ask_levels, kind="stable")
-                ask_idx = ask_idx[order]
-                for lv in np.unique(ask_levels):
-                    sel = ask_idx[child[ask_idx] == lv]
-                    queries.append(ParityQuery(q, int(lv), left[sel]))
-                answer = yield queries
-                pos = 0
-                for query in queries:
-                    sel = ask_idx[pos: pos + query.ids.size]
-                    left_alice[sel] = answer[pos: pos + query.ids.size]
-                    pos += query.ids.size
-            # Bob's parity of each left child, level by level
-            left_bob = np.zeros(ids.size, np.uint8)
-            for lv in np.unique(child):
-                sel = child == lv
-                left_bob[sel] = self._parities(q, int(lv), left[sel])
-            left_odd = left_alice ^ left_bob
-            state.learn(child, left, left_alice, left_odd)
-            has_right = ~right_empty
-            state.learn(child[has_right], right[has_right],
-                        parent_alice[has_right] ^ left_alice[has_right],
-                        (1 ^ left_odd[has_right]).astype(np.uint8))
-            ids = np.where(left_odd.astype(bool), left, right)
-            levels = child
-        return np.concatenate(found) if found else np.zeros(0, np.int64)
+            child, left = cl - 1, ci << 1
+            right_empty = ((left + 1) << child) >= self.n
+            left_flat = forest.flat(cp, child, left)
+            left_known = forest.known[left_flat]
+            right_known = ~right_empty & forest.known[np.where(right_empty, left_flat,
+                                                               left_flat + 1)]
+            free = right_empty | left_known | right_known
+            if not free.any():
+                break
+            fp, fl, fi = cp[free], cl[free], ci[free]
+            lf = left_flat[free]
+            parent_alice = forest.alice[forest.flat(fp, fl, fi)]
+            right_alice = forest.alice[np.where(right_empty[free], lf, lf + 1)]
+            left_alice = np.where(left_known[free], forest.alice[lf],
+                                  np.where(right_empty[free], parent_alice,
+                                           parent_alice ^ right_alice)).astype(np.uint8)
+            cl = cl.copy()
+            ci = ci.copy()
+            cl[free], ci[free] = self._step(fp, fl, fi, left_alice, right_empty[free])
+        return cp, cl, ci, (np.concatenate(found) if found else np.zeros(0, np.int64))
+
+    def _ancestors(self, p: np.ndarray, level: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Flat ids of every strict ancestor of the given nodes (within their pass's tree)."""
+        if not p.size:
+            return p
+        forest = self._forest
+        room = forest.tops[p] - level  # levels above each node
+        height = int(room.max())
+        if height <= 0:
+            return np.zeros(0, np.int64)
+        ups = np.arange(1, height + 1, dtype=np.int64)[:, None]
+        width = forest.off.shape[1]
+        row = (p * width + level)[None, :] + ups
+        anc = forest.off.ravel()[np.minimum(row, forest.off.size - 1)] + (ids[None, :] >> ups)
+        return anc[ups <= room[None, :]]
+
+    def _select(self, cp: np.ndarray, cl: np.ndarray, ci: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Odd known nodes to search now: those with no odd known descendant that are neither
+        a running search's node nor one of its ancestors."""
+        forest = self._forest
+        pool = forest.odd_pool
+        if pool.size:
+            pool = pool[forest.mismatch[pool] == 1]
+        empty = np.zeros(0, np.int64)
+        if not pool.size:
+            forest.odd_pool = empty
+            return empty, empty, empty
+        pool, _ = _sorted_unique(pool)
+        forest.odd_pool = pool
+        p, level, ids = forest.decode(pool)
+        covered = np.concatenate([self._ancestors(p, level, ids), self._ancestors(cp, cl, ci),
+                                  forest.flat(cp, cl, ci)])
+        mark = self._mark
+        mark[covered] = True
+        free = ~mark[pool]
+        mark[covered] = False
+        p, level, ids = p[free], level[free], ids[free]
+        perms = permutation_matrix(self.n, self.seed, self.passes)
+        for q in np.unique(p).tolist():  # a search needs Bob's parities of its pass
+            if not self._mine.built[q]:
+                self._mine.build(q, np.take(self.bits, perms[q]))
+        return p, level, ids
+
+    def _correct(self, found: np.ndarray) -> None:
+        found, _ = _sorted_unique(found)
+        self.bits[found] ^= 1
+        self.corrected += int(found.size)
+        if self.corrected > self.n:  # answers no string satisfies would cycle for ever
+            raise ValueError("cascade answers are inconsistent: more corrections than bits")
+        inverses = inverse_matrix(self.n, self.seed, self.passes)
+        permuted = inverses[: self._started, found].astype(np.int64)
+        self._forest.flip(permuted)
+        rows = np.broadcast_to(np.arange(self._started)[:, None], permuted.shape)
+        self._mine.flip(rows.ravel(), permuted.ravel())
 
 
 def reconcile(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, seed: int = 0,
