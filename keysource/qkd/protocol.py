@@ -7,9 +7,11 @@ real quantum channel), b"C" classical message (authenticated, see auth.py), b"R"
 
 One block, Alice (A) and Bob (B):
 
-    A: Q frame, START(n_slots, frame/sample sizes, public seeds, last commit)      tagged
+    A: Q frame, START(n_slots, Cascade seed, last commit)                           tagged
+    B: detects (his bits are fixed from here on)
     B: SIFT(detected slots, Bob's bases)                                           tagged
-    A: SIFT_REPLY(Alice's bases and intensity classes, pulses per class, revealed bits) tagged
+    A: SIFT_REPLY(Alice's bases and intensity classes, pulses per class, decoy bits,
+                  sample seed, Alice's bits at the sample positions)               tagged
     B: ESTIMATE(error counts)  -> both: QBER, decoy bounds, abort or go on         tagged
     B: CASCADE_Q ...  A: CASCADE_A ...  (Bob-driven Cascade)                        deferred
     B: VERIFY(hash key, hash of Bob's frame)   -- covers Bob's Cascade questions    tagged
@@ -19,6 +21,11 @@ One block, Alice (A) and Bob (B):
 
 Both ends derive every decision (abort, Cascade block sizes, key length) from the same
 authenticated data with the same deterministic functions.
+
+The QBER test positions are chosen by Alice only when she answers SIFT, after Bob's detections
+and bases (hence his bits and the sifted set) are fixed, and announced with her bits there: an
+eavesdropper who reads START learns nothing about which pulses will be tested, so she cannot
+spare them and attack only the key frame (tests/qkd/test_sample_after_detection.py).
 """
 
 from __future__ import annotations
@@ -222,8 +229,10 @@ def plan_frame(params: LinkParams, signal_sifted: np.ndarray, order_seed: int
                ) -> tuple[np.ndarray, np.ndarray] | None:
     """Split the sifted signal detections into a revealed random sample and the key frame.
 
-    The sample is a uniformly random subset (public seed); the frame is the next
-    ``frame_bits`` of the rest in slot order (detections are i.i.d., so order is immaterial).
+    The sample is a uniformly random subset (public seed, drawn by Alice only after Bob has
+    reported his detections, so nobody could have aimed an attack at the untested pulses); the
+    frame is the next ``frame_bits`` of the rest in slot order (detections are i.i.d., so order
+    is immaterial).
     """
     n_sample = params.sample_bits
     n_frame = min(params.frame_bits, signal_sifted.size - n_sample)
@@ -448,14 +457,12 @@ class AliceEndpoint(_Endpoint):
         self.next_block += 1
         blk = _Block(number, time.perf_counter(), self.auth.used_bits)
         blk.n_slots = self.params.pulses_for_block()
-        blk.order_seed = int.from_bytes(os.urandom(8), "big")
         frame, blk.record = emit_block(self.params, number, self.rng, n_slots=blk.n_slots)
         self.block = blk
         out = Output(send=[encode_quantum(frame)])
         out.send.append(self._message(START, number, {
-            "n_slots": blk.n_slots, "order_seed": blk.order_seed,
-            "cascade_seed": self.cascade_seed, "last_committed": self.last_committed,
-            "last_count": self.last_count,
+            "n_slots": blk.n_slots, "cascade_seed": self.cascade_seed,
+            "last_committed": self.last_committed, "last_count": self.last_count,
         }))
         return out
 
@@ -495,6 +502,8 @@ class AliceEndpoint(_Endpoint):
         sifted = basis == bob_basis
         signal = np.flatnonzero(sifted & (cls == SIGNAL))
         blk.sifted_signal = int(signal.size)
+        # Bob's detections are fixed (he sent them): only now choose the test positions
+        blk.order_seed = int.from_bytes(os.urandom(8), "big")
         plan = plan_frame(self.params, signal, blk.order_seed)
         reveal_mask = sifted & (cls != SIGNAL)
         sample = plan[0] if plan else np.zeros(0, np.int64)
@@ -506,7 +515,8 @@ class AliceEndpoint(_Endpoint):
         return Output(send=[self._message(SIFT_REPLY, blk.number, {
             "bases": _pack_bits(basis), "classes": cls.astype(np.uint8).tobytes(),
             "class_slots": [int(x) for x in record.class_slots],
-            "revealed": _pack_bits(bit[reveal_mask]), "sample": _pack_bits(bit[sample]),
+            "revealed": _pack_bits(bit[reveal_mask]), "sample_seed": blk.order_seed,
+            "sample": _pack_bits(bit[sample]),
         })])
 
     def _on_estimate(self, blk: _Block, body: dict) -> Output:
@@ -670,7 +680,6 @@ class BobEndpoint(_Endpoint):
 
     def _on_start(self, blk: _Block, body: dict) -> Output:
         blk.n_slots = int(_field(body, "n_slots", int))  # type: ignore[arg-type]
-        blk.order_seed = int(_field(body, "order_seed", int))  # type: ignore[arg-type]
         self.cascade_seed = int(_field(body, "cascade_seed", int))  # type: ignore[arg-type]
         pulses = self.frames.pop(blk.number, None)
         if pulses is None or pulses.n_slots != blk.n_slots:
@@ -718,6 +727,7 @@ class BobEndpoint(_Endpoint):
         sifted = basis == det.basis
         signal = np.flatnonzero(sifted & (cls == SIGNAL))
         blk.sifted_signal = int(signal.size)
+        blk.order_seed = int(_field(body, "sample_seed", int))  # type: ignore[arg-type]
         plan = plan_frame(self.params, signal, blk.order_seed)
         reveal_mask = sifted & (cls != SIGNAL)
         revealed = _unpack_bits(body.get("revealed"), int(reveal_mask.sum()))
