@@ -193,7 +193,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "(0..1; 1 gives ~25%% QBER and no key)")
     parser.add_argument("--pns", action="store_true",
                         help="the eavesdropper also runs a photon-number-splitting attack")
-    parser.add_argument("--seed", type=int, help="random seed of the emulator (reproducible runs)")
+    parser.add_argument("--seed", type=int,
+                        help="seed the emulated link (physics and public choices, not the "
+                             "PSK): runs with the same seed hand out the same keys and "
+                             "key_IDs. Tests and demos only: the seed gives the keys away")
     parser.add_argument("--keys-ready", type=int, default=0, metavar="N",
                         help="print 'keys ready' once the pools hold N free keys each, for "
                              "scripts that take keys as soon as they start (default 0: never)")

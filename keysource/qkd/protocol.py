@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import struct
 import time
 import uuid
@@ -47,6 +46,7 @@ from .auth import AuthError, AuthKeyExhausted, ChannelAuth
 from .cascade import CascadeAlice, CascadeBob, ParityQuery
 from .channel import Detections, detect
 from .params import DECOY, SIGNAL, VACUUM, LinkParams
+from .public_random import PublicRandom
 from .source import AliceRecord, PulseFrame, alice_view, emit_block
 
 KeyBatch = list[tuple[str, bytes]]
@@ -275,6 +275,7 @@ class _Block:
     auth_bits_at_start: int
     n_slots: int = 0
     order_seed: int = 0
+    rng: np.random.Generator | None = None  # Alice's physics generator for this block
     record: AliceRecord | None = None
     detections: Detections | None = None
     sifted_signal: int = 0
@@ -294,6 +295,7 @@ class _Block:
 
 class _Endpoint(ABC):
     role = "?"
+    _salt = -1  # domain of the seeded physics generators (Eve's is 2, see pair.py)
 
     def __init__(self, params: LinkParams, psk: bytes | None = None, *,
                  auth: ChannelAuth | None = None) -> None:
@@ -303,10 +305,19 @@ class _Endpoint(ABC):
             auth = ChannelAuth.from_psk(psk, self.role)
         self.params = params
         self.auth = auth
-        salt = 0 if self.role == "alice" else 1
-        self.rng = np.random.default_rng(None if params.seed is None else [params.seed, salt])
+        # the emulated physics (Alice's source, Bob's detector): one OS-seeded generator, or
+        # with a seed one generator per block (see _physics), so a restarted link goes on
+        self.rng = np.random.default_rng(None if params.seed is None else [params.seed,
+                                                                          self._salt])
+        self.public = PublicRandom(params.seed, self.role)
         self.block: _Block | None = None
         self.last_qber = 0.0
+
+    def _physics(self, block: int) -> np.random.Generator:
+        """The generator of the emulated physics for ``block``."""
+        if self.params.seed is None:
+            return self.rng
+        return np.random.default_rng([self.params.seed, self._salt, block])
 
     # -- message helpers ----------------------------------------------------------------
     def _message(self, kind: int, block: int, body: dict) -> bytes:
@@ -430,12 +441,14 @@ class AliceEndpoint(_Endpoint):
     """Alice: emits pulses, answers Cascade questions, decides the key length and key_IDs."""
 
     role = "alice"
+    _salt = 0
 
     def __init__(self, params: LinkParams, psk: bytes | None = None, *,
                  auth: ChannelAuth | None = None) -> None:
         super().__init__(params, psk, auth=auth)
         self.next_block = 0
-        self.cascade_seed = int.from_bytes(os.urandom(4), "big")
+        # one Cascade seed per link: its permutations are computed once (cascade.permutations)
+        self.cascade_seed = self.public.integer("cascade permutations", 0, 4)
         self.peer_room: int | None = None
         self.last_committed = -1
         self.last_count = 0
@@ -457,7 +470,8 @@ class AliceEndpoint(_Endpoint):
         self.next_block += 1
         blk = _Block(number, time.perf_counter(), self.auth.used_bits)
         blk.n_slots = self.params.pulses_for_block()
-        frame, blk.record = emit_block(self.params, number, self.rng, n_slots=blk.n_slots)
+        blk.rng = self._physics(number)
+        frame, blk.record = emit_block(self.params, number, blk.rng, n_slots=blk.n_slots)
         self.block = blk
         out = Output(send=[encode_quantum(frame)])
         out.send.append(self._message(START, number, {
@@ -498,12 +512,13 @@ class AliceEndpoint(_Endpoint):
         if n and (slots[-1] >= blk.n_slots or np.any(np.diff(slots) < 1)):
             raise ProtocolError("detected slots out of range or not increasing")
         bob_basis = _unpack_bits(body.get("bases"), n)  # type: ignore[arg-type]
-        cls, basis, bit, _ = alice_view(record, slots, self.rng)
+        assert blk.rng is not None
+        cls, basis, bit, _ = alice_view(record, slots, blk.rng)
         sifted = basis == bob_basis
         signal = np.flatnonzero(sifted & (cls == SIGNAL))
         blk.sifted_signal = int(signal.size)
         # Bob's detections are fixed (he sent them): only now choose the test positions
-        blk.order_seed = int.from_bytes(os.urandom(8), "big")
+        blk.order_seed = self.public.integer("sample positions", blk.number)
         plan = plan_frame(self.params, signal, blk.order_seed)
         reveal_mask = sifted & (cls != SIGNAL)
         sample = plan[0] if plan else np.zeros(0, np.int64)
@@ -563,11 +578,9 @@ class AliceEndpoint(_Endpoint):
             out = Output(send=[self._message(VERIFY_RESULT, blk.number, {"ok": False})])
             return out.extend(self._abort("no secure key after reconciliation", notify=False))
         blk.secret_len = length
-        # the public Toeplitz seed must be uniformly random: take it from the OS, not the
-        # (possibly seeded) physics generator
-        seed = np.unpackbits(np.frombuffer(os.urandom((n + length + 6) // 8), np.uint8),
-                             count=n + length - 1)
-        key_ids = [str(uuid.uuid4()) for _ in range(count)]
+        # the public Toeplitz seed must be uniformly random and independent of the physics
+        seed = self.public.bits("toeplitz seed", blk.number, n + length - 1)
+        key_ids = self.public.key_ids(blk.number, count)
         secret = amplification.toeplitz_hash(blk.frame_bits, seed, length)
         blk.pending = split_output(np.packbits(secret).tobytes(), (refill_ab, refill_ba), key_ids)
         blk.refill = (refill_ab, refill_ba)
@@ -601,6 +614,7 @@ class BobEndpoint(_Endpoint):
     """Bob: detects, drives Cascade, commits what Alice commits."""
 
     role = "bob"
+    _salt = 1
 
     def __init__(self, params: LinkParams, psk: bytes | None = None, *,
                  auth: ChannelAuth | None = None) -> None:
@@ -684,7 +698,7 @@ class BobEndpoint(_Endpoint):
         pulses = self.frames.pop(blk.number, None)
         if pulses is None or pulses.n_slots != blk.n_slots:
             raise ProtocolError("no matching quantum frame for this block")
-        det = detect(self.params, pulses, self.rng)
+        det = detect(self.params, pulses, self._physics(blk.number))
         blk.detections = det
         deltas = np.diff(det.slot, prepend=0).astype(">u8").tobytes()
         return Output(send=[self._message(SIFT, blk.number, {
@@ -762,7 +776,8 @@ class BobEndpoint(_Endpoint):
         blk.leaked = result.leaked_bits + verification.TAG_BITS
         blk.rounds = result.rounds
         blk.corrected_errors = result.corrected
-        hash_key = os.urandom(verification.HASH_KEY_BYTES)
+        hash_key = self.public.draw("verification hash key", blk.number,
+                                    verification.HASH_KEY_BYTES)
         return Output(send=[self._message(VERIFY, blk.number, {
             "hash_key": hash_key, "hash": verification.key_hash(result.bits, hash_key),
             "rounds": result.rounds, "corrected": result.corrected})])
