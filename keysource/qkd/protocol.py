@@ -37,12 +37,13 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Self
 
 import cbor2
 import numpy as np
 
 from . import amplification, estimation, verification
-from .auth import AuthError, AuthKeyExhausted, ChannelAuth
+from .auth import AuthError, AuthKeyExhausted, ChannelAuth, KeyStream
 from .cascade import CascadeAlice, CascadeBob, ParityQuery
 from .channel import Detections, detect
 from .params import DECOY, SIGNAL, VACUUM, LinkParams
@@ -54,6 +55,7 @@ KEY_BYTES = 32
 VERSION = 1
 MAX_FRAME_BYTES = 256 << 20
 MIN_FRAME_BITS = 1024
+STATE_VERSION = 1  # of export_state's encoding
 
 (START, SIFT, SIFT_REPLY, ESTIMATE, CASCADE_Q, CASCADE_A, VERIFY, VERIFY_RESULT, DONE, COMMIT,
  ABORT) = range(1, 12)
@@ -313,6 +315,44 @@ class _Endpoint(ABC):
         self.block: _Block | None = None
         self.last_qber = 0.0
 
+    # -- durable state (see durable.py) ------------------------------------------------
+    def export_state(self) -> bytes:
+        """What this end must find again after a crash: both authentication key streams (so
+        no pad is used twice) and what it agreed with the peer (block numbers, a pending
+        commit). The shell stores it atomically with the keys of the same step, before that
+        step's frames leave. Holds unused authentication key: protect it like the PSK."""
+        return cbor2.dumps({"v": STATE_VERSION, "role": self.role,
+                            "send": self.auth.send.to_bytes(), "recv": self.auth.recv.to_bytes(),
+                            **self._durable()})
+
+    @classmethod
+    def from_state(cls, params: LinkParams, state: bytes) -> Self:
+        """An endpoint resumed from :meth:`export_state` (ValueError if it is not one)."""
+        try:
+            body = cbor2.loads(state)
+        except Exception as exc:  # cbor2 raises several types on garbage
+            raise ValueError(f"not a QKD link state: {exc}") from None
+        if not isinstance(body, dict) or body.get("v") != STATE_VERSION:
+            raise ValueError("not a QKD link state of a version this qsecret understands")
+        if body.get("role") != cls.role:
+            raise ValueError(f"QKD link state of {body.get('role')!r}, not of {cls.role!r}")
+        try:
+            send = KeyStream.from_bytes(_field(body, "send", bytes))  # type: ignore[arg-type]
+            recv = KeyStream.from_bytes(_field(body, "recv", bytes))  # type: ignore[arg-type]
+            endpoint = cls(params, auth=ChannelAuth(send, recv))
+            endpoint._restore(body)
+        except ProtocolError as exc:
+            raise ValueError(f"damaged QKD link state: {exc}") from None
+        return endpoint
+
+    @abstractmethod
+    def _durable(self) -> dict:
+        """This end's part of the state both ends must agree on."""
+
+    @abstractmethod
+    def _restore(self, body: dict) -> None:
+        """Take back what :meth:`_durable` saved (ProtocolError if malformed)."""
+
     def _physics(self, block: int) -> np.random.Generator:
         """The generator of the emulated physics for ``block``."""
         if self.params.seed is None:
@@ -458,6 +498,19 @@ class AliceEndpoint(_Endpoint):
     @property
     def idle(self) -> bool:
         return self.block is None
+
+    def _durable(self) -> dict:
+        # next_block: a block number is never used twice (seeded choices derive from it);
+        # last_committed/last_count: what the next START tells Bob to commit or drop
+        return {"next_block": self.next_block, "last_committed": self.last_committed,
+                "last_count": self.last_count}
+
+    def _restore(self, body: dict) -> None:
+        self.next_block = int(_field(body, "next_block", int))  # type: ignore[arg-type]
+        self.last_committed = int(_field(body, "last_committed", int))  # type: ignore[arg-type]
+        self.last_count = int(_field(body, "last_count", int))  # type: ignore[arg-type]
+        if self.next_block < 0 or self.last_committed >= self.next_block or self.last_count < 0:
+            raise ProtocolError("inconsistent block counters")
 
     def start_block(self, room: int = 1 << 62) -> Output:
         """Send one block of pulses and open it (only when idle)."""
@@ -623,6 +676,37 @@ class BobEndpoint(_Endpoint):
         self.pending: _Block | None = None
         self.room = 1 << 62
         self._bob_bits: np.ndarray | None = None
+
+    def _durable(self) -> dict:
+        # a block Bob said DONE to: Alice may have committed it, her next START tells
+        blk = self.pending
+        if blk is None or blk.pending is None:
+            return {"pending": None}
+        to_ab, to_ba, keys = blk.pending
+        return {"pending": {
+            "block": blk.number, "secret_bits": blk.secret_len, "ab": to_ab, "ba": to_ba,
+            "ids": b"".join(uuid.UUID(k).bytes for k, _ in keys),
+            "keys": b"".join(key for _, key in keys)}}
+
+    def _restore(self, body: dict) -> None:
+        saved = body.get("pending")
+        if saved is None:
+            return
+        if not isinstance(saved, dict):
+            raise ProtocolError("bad pending block")
+        ids = _field(saved, "ids", bytes)
+        material = _field(saved, "keys", bytes)
+        count = len(ids) // 16  # type: ignore[arg-type]
+        if len(ids) % 16 or len(material) != KEY_BYTES * count:  # type: ignore[arg-type]
+            raise ProtocolError("pending keys do not match their key_IDs")
+        keys = [(str(uuid.UUID(bytes=ids[16 * i: 16 * i + 16])),  # type: ignore[index]
+                 material[KEY_BYTES * i: KEY_BYTES * (i + 1)])  # type: ignore[index]
+                for i in range(count)]
+        blk = _Block(int(_field(saved, "block", int)), time.perf_counter(),  # type: ignore[arg-type]
+                     self.auth.used_bits)
+        blk.secret_len = int(_field(saved, "secret_bits", int))  # type: ignore[arg-type]
+        blk.pending = (_field(saved, "ab", bytes), _field(saved, "ba", bytes), keys)  # type: ignore[assignment]
+        self.pending = blk
 
     def _abort(self, reason: str, *, notify: bool) -> Output:
         if self.block is not None and self.block is self.pending:
