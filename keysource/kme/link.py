@@ -159,10 +159,16 @@ async def run_link_endpoint(
 ) -> None:
     """One link end over TCP (alice connects and reconnects, bob listens) until ``stop``.
 
-    ``auth_store`` keeps the link's authentication key state across restarts, so a restarted
-    KME never reuses one-time authentication key from the PSK.
+    The link's state (authentication key streams, block numbers, a block awaiting commit) is
+    kept in the pool, written in the same transaction as the keys of each step
+    (keysource.kme.linkstate), so a KME killed at any point resumes the link where both ends
+    agree and never reuses one-time authentication key. ``auth_store`` is the file where
+    older versions kept the authentication streams: read once if the pool has no link state
+    yet, then removed.
     """
     from keysource import qkd
+
+    from .linkstate import PoolLinkState
 
     await qkd.run_link_endpoint(
         role,  # type: ignore[arg-type]
@@ -176,4 +182,5 @@ async def run_link_endpoint(
         room=node.room,
         auth_store=auth_store,
         on_listening=on_listening,
+        state_store=PoolLinkState(node),
     )
