@@ -89,7 +89,9 @@ class AuthStore:
     """Persists the authentication key streams, so a restart never reuses a one-time key.
 
     Saved (atomically, mode 0600) before any frame that used a new pad leaves the process.
-    The file holds unused authentication key: protect it like the PSK.
+    The file holds unused authentication key: protect it like the PSK. It keeps only the
+    streams, not the block a crash may leave half committed: a KME uses a LinkStateStore
+    (durable.py) instead and reads this file only once, to take over from older versions.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:

@@ -20,7 +20,9 @@ One block, Alice (A) and Bob (B):
     either side, any time: ABORT(reason)                                            tagged
 
 Both ends derive every decision (abort, Cascade block sizes, key length) from the same
-authenticated data with the same deterministic functions.
+authenticated data with the same deterministic functions. Alice commits a block on DONE, Bob on
+COMMIT or on the next START naming it as Alice's last commit (and drops it on one that does not);
+what each end must remember of this across a crash is ``export_state`` (see durable.py).
 
 The QBER test positions are chosen by Alice only when she answers SIFT, after Bob's detections
 and bases (hence his bits and the sifted set) are fixed, and announced with her bits there: an
@@ -307,10 +309,9 @@ class _Endpoint(ABC):
             auth = ChannelAuth.from_psk(psk, self.role)
         self.params = params
         self.auth = auth
-        # the emulated physics (Alice's source, Bob's detector): one OS-seeded generator, or
+        # the emulated physics (Alice's source, Bob's detector): this OS-seeded generator, or
         # with a seed one generator per block (see _physics), so a restarted link goes on
-        self.rng = np.random.default_rng(None if params.seed is None else [params.seed,
-                                                                          self._salt])
+        self.rng = np.random.default_rng()
         self.public = PublicRandom(params.seed, self.role)
         self.block: _Block | None = None
         self.last_qber = 0.0
