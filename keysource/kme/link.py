@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .linkstate import DEFAULT_LINK
 from .node import KmeNode
 
 KeyBatch = Sequence[tuple[str, bytes]]
@@ -103,6 +104,21 @@ class LinkMonitor:
         }
 
 
+class PoolLinkState:
+    """A keysource.qkd.durable.LinkStateStore in a KME's pool: keys and state in one commit
+    (keysource.kme.linkstate)."""
+
+    def __init__(self, node: KmeNode, name: str = DEFAULT_LINK) -> None:
+        self.node = node
+        self.name = name
+
+    async def load(self) -> bytes | None:
+        return await self.node.link_state(self.name)
+
+    async def commit(self, state: bytes, keys: Sequence[tuple[str, bytes]]) -> None:
+        await self.node.add_keys(list(keys), link_state=(self.name, state))
+
+
 def _adder(node: KmeNode) -> Callable[[KeyBatch], Awaitable[int]]:
     async def on_keys(batch: KeyBatch) -> int:
         return await node.add_keys(list(batch))
@@ -167,8 +183,6 @@ async def run_link_endpoint(
     yet, then removed.
     """
     from keysource import qkd
-
-    from .linkstate import PoolLinkState
 
     await qkd.run_link_endpoint(
         role,  # type: ignore[arg-type]

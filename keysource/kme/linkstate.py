@@ -7,19 +7,15 @@ stores the keys of the same protocol step (:meth:`KeyPool.add_keys` with ``link_
 after ``kill -9`` the pool and the link state always match: a block's keys and its
 authentication key refill are either both there or both absent.
 
-The blob holds unused authentication key: the pool file (mode 0600) already holds key
-material, and the old ``link-auth.state`` file it replaces held the same.
+The link's store is keysource.kme.link.PoolLinkState. The blob holds unused authentication
+key: the pool file (mode 0600) already holds key material, and the old ``link-auth.state``
+file it replaces held the same.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .node import KmeNode
 
 # pool schema version 4 (keysource.kme.pool.POOL_SCHEMA)
 LINK_STATE_SQL = """
@@ -42,17 +38,3 @@ def write(db: sqlite3.Connection, name: str, state: bytes) -> None:
 def read(db: sqlite3.Connection, name: str) -> bytes | None:
     row = db.execute("SELECT state FROM link_state WHERE name = ?", (name,)).fetchone()
     return None if row is None else bytes(row[0])
-
-
-class PoolLinkState:
-    """A keysource.qkd.durable.LinkStateStore in a KME's pool: keys and state in one commit."""
-
-    def __init__(self, node: KmeNode, name: str = DEFAULT_LINK) -> None:
-        self.node = node
-        self.name = name
-
-    async def load(self) -> bytes | None:
-        return await self.node.link_state(self.name)
-
-    async def commit(self, state: bytes, keys: Sequence[tuple[str, bytes]]) -> None:
-        await self.node.add_keys(list(keys), link_state=(self.name, state))
