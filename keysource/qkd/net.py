@@ -309,11 +309,17 @@ async def run_link_endpoint(
     store = AuthStore(auth_store) if auth_store is not None else None
     stored = await state_store.load() if state_store is not None else None
     endpoint: AliceEndpoint | BobEndpoint
+    psk_id = hashlib.sha256(b"qsecret qkd link psk\x00" + psk).digest()[:16]
     if stored is not None:
         endpoint = kind.from_state(params, stored)
+        if endpoint.psk_id is not None and endpoint.psk_id != psk_id:
+            log.warning("%s: the link's PSK was re-provisioned: authentication starts afresh "
+                        "from it (the peer must have the same new PSK)", role)
+            endpoint.reprovision(psk)
     else:
         auth = store.load(psk, role) if store is not None else ChannelAuth.from_psk(psk, role)
         endpoint = kind(params, auth=auth)
+    endpoint.psk_id = psk_id
     session = _Session(endpoint, store, on_keys, on_report, state_store=state_store,
                        stored=stored)
     if role == "alice":

@@ -313,6 +313,7 @@ class _Endpoint(ABC):
         # with a seed one generator per block (see _physics), so a restarted link goes on
         self.rng = np.random.default_rng()
         self.public = PublicRandom(params.seed, self.role)
+        self.psk_id: bytes | None = None  # which PSK the auth streams grew from (net.py sets it)
         self.block: _Block | None = None
         self.last_qber = 0.0
 
@@ -322,7 +323,7 @@ class _Endpoint(ABC):
         no pad is used twice) and what it agreed with the peer (block numbers, a pending
         commit). The shell stores it atomically with the keys of the same step, before that
         step's frames leave. Holds unused authentication key: protect it like the PSK."""
-        return cbor2.dumps({"v": STATE_VERSION, "role": self.role,
+        return cbor2.dumps({"v": STATE_VERSION, "role": self.role, "psk_id": self.psk_id,
                             "send": self.auth.send.to_bytes(), "recv": self.auth.recv.to_bytes(),
                             **self._durable()})
 
@@ -341,10 +342,17 @@ class _Endpoint(ABC):
             send = KeyStream.from_bytes(_field(body, "send", bytes))  # type: ignore[arg-type]
             recv = KeyStream.from_bytes(_field(body, "recv", bytes))  # type: ignore[arg-type]
             endpoint = cls(params, auth=ChannelAuth(send, recv))
+            psk_id = body.get("psk_id")
+            endpoint.psk_id = psk_id if isinstance(psk_id, bytes) else None
             endpoint._restore(body)
         except ProtocolError as exc:
             raise ValueError(f"damaged QKD link state: {exc}") from None
         return endpoint
+
+    def reprovision(self, psk: bytes) -> None:
+        """Start authentication afresh from a new PSK (both ends do it), keeping the block
+        agreement; a refill of a block still pending belonged to the old streams: dropped."""
+        self.auth = ChannelAuth.from_psk(psk, self.role)
 
     @abstractmethod
     def _durable(self) -> dict:
@@ -708,6 +716,11 @@ class BobEndpoint(_Endpoint):
         blk.secret_len = int(_field(saved, "secret_bits", int))  # type: ignore[arg-type]
         blk.pending = (_field(saved, "ab", bytes), _field(saved, "ba", bytes), keys)  # type: ignore[assignment]
         self.pending = blk
+
+    def reprovision(self, psk: bytes) -> None:
+        super().reprovision(psk)
+        if self.pending is not None and self.pending.pending is not None:
+            self.pending.pending = (b"", b"", self.pending.pending[2])
 
     def _abort(self, reason: str, *, notify: bool) -> Output:
         if self.block is not None and self.block is self.pending:

@@ -150,6 +150,29 @@ def test_a_crash_at_any_step_of_a_block_does_not_break_the_link(role: str, step:
         assert len(end.pads_sent) - sent_before > available, "the test never reached new key"
 
 
+@pytest.mark.slow
+def test_a_new_psk_after_a_crash_between_done_and_commit_keeps_both_ends_in_step() -> None:
+    """Alice committed, Bob holds the block pending, then both ends get a new PSK: Bob still
+    commits the keys Alice has, but not the refill (it belonged to the old streams)."""
+    psk = make_psk(PSK_BYTES)
+    link = Link(Durable(AliceEndpoint, psk), Durable(BobEndpoint, psk))
+    assert link.run_block()
+    link.run_block(crash=("alice", "DONE", "after"))
+    assert isinstance(link.bob.endpoint, BobEndpoint) and link.bob.endpoint.pending is not None
+    link.bob.crash()  # both restart with the new PSK
+    new_psk = make_psk(PSK_BYTES)
+    for end in (link.alice, link.bob):
+        end.endpoint.reprovision(new_psk)
+    held = {end.endpoint.role: (len(end.pads_sent), end.endpoint.auth.send.available_pads())
+            for end in (link.alice, link.bob)}
+    for _ in range(BLOCKS_AFTER):
+        assert link.run_block(), "a block after the new PSK made no key"
+    assert list(link.alice.pool.items()) == list(link.bob.pool.items())
+    for end in (link.alice, link.bob):
+        sent_before, available = held[end.endpoint.role]
+        assert len(end.pads_sent) - sent_before > available
+
+
 def test_state_round_trips_and_refuses_a_foreign_or_damaged_state() -> None:
     psk = make_psk(PSK_BYTES)
     link = Link(Durable(AliceEndpoint, psk), Durable(BobEndpoint, psk))
