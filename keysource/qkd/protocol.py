@@ -311,7 +311,7 @@ class _Endpoint(ABC):
         self.auth = auth
         # the emulated physics (Alice's source, Bob's detector): this OS-seeded generator, or
         # with a seed one generator per block (see _physics), so a restarted link goes on
-        self.rng = np.random.default_rng()
+        self.rng = np.random.default_rng() if params.seed is None else None
         self.public = PublicRandom(params.seed, self.role)
         self.psk_id: bytes | None = None  # which PSK the auth streams grew from (net.py sets it)
         self.block: _Block | None = None
@@ -364,7 +364,7 @@ class _Endpoint(ABC):
 
     def _physics(self, block: int) -> np.random.Generator:
         """The generator of the emulated physics for ``block``."""
-        if self.params.seed is None:
+        if self.rng is not None:
             return self.rng
         return np.random.default_rng([self.params.seed, self._salt, block])
 
