@@ -188,12 +188,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="emulated: run the BB84 link emulator (default); none: serve keys "
                              "put into the pools by other means")
     parser.add_argument("--km", type=float, help="fibre length in km (default: emulator's)")
+    parser.add_argument("--frame-bits", type=int, metavar="BITS",
+                        help="reconciliation frame per block, 1024..4194304 sifted bits "
+                             "(default: emulator's, 131072); both KMEs of a link must agree")
     parser.add_argument("--eve-fraction", type=float,
                         help="fraction of pulses an eavesdropper intercepts and resends "
                              "(0..1; 1 gives ~25%% QBER and no key)")
     parser.add_argument("--pns", action="store_true",
                         help="the eavesdropper also runs a photon-number-splitting attack")
-    parser.add_argument("--seed", type=int, help="random seed of the emulator (reproducible runs)")
+    parser.add_argument("--seed", type=int,
+                        help="seed the emulated link (physics and public choices, not the "
+                             "PSK): runs with the same seed hand out the same keys and "
+                             "key_IDs. Tests and demos only: the seed gives the keys away")
     parser.add_argument("--keys-ready", type=int, default=0, metavar="N",
                         help="print 'keys ready' once the pools hold N free keys each, for "
                              "scripts that take keys as soon as they start (default 0: never)")
@@ -225,7 +231,7 @@ def _settings(args: argparse.Namespace) -> KmeSettings:
         hostnames=args.hostname,
         link=args.link == "emulated",
         link_options={"km": args.km, "eve_fraction": args.eve_fraction, "pns": args.pns,
-                      "seed": args.seed},
+                      "seed": args.seed, "frame_bits": args.frame_bits},
         status_interval_s=args.status_interval,
         keys_ready=args.keys_ready,
         limits=Limits(max_key_per_request=args.max_key_per_request),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .linkstate import DEFAULT_LINK
 from .node import KmeNode
 
 KeyBatch = Sequence[tuple[str, bytes]]
@@ -103,6 +104,21 @@ class LinkMonitor:
         }
 
 
+class PoolLinkState:
+    """A keysource.qkd.durable.LinkStateStore in a KME's pool: keys and state in one commit
+    (keysource.kme.linkstate)."""
+
+    def __init__(self, node: KmeNode, name: str = DEFAULT_LINK) -> None:
+        self.node = node
+        self.name = name
+
+    async def load(self) -> bytes | None:
+        return await self.node.link_state(self.name)
+
+    async def commit(self, state: bytes, keys: Sequence[tuple[str, bytes]]) -> None:
+        await self.node.add_keys(list(keys), link_state=(self.name, state))
+
+
 def _adder(node: KmeNode) -> Callable[[KeyBatch], Awaitable[int]]:
     async def on_keys(batch: KeyBatch) -> int:
         return await node.add_keys(list(batch))
@@ -159,8 +175,12 @@ async def run_link_endpoint(
 ) -> None:
     """One link end over TCP (alice connects and reconnects, bob listens) until ``stop``.
 
-    ``auth_store`` keeps the link's authentication key state across restarts, so a restarted
-    KME never reuses one-time authentication key from the PSK.
+    The link's state (authentication key streams, block numbers, a block awaiting commit) is
+    kept in the pool, written in the same transaction as the keys of each step
+    (keysource.kme.linkstate), so a KME killed at any point resumes the link where both ends
+    agree and never reuses one-time authentication key. ``auth_store`` is the file where
+    older versions kept the authentication streams: read once if the pool has no link state
+    yet, then removed.
     """
     from keysource import qkd
 
@@ -176,4 +196,5 @@ async def run_link_endpoint(
         room=node.room,
         auth_store=auth_store,
         on_listening=on_listening,
+        state_store=PoolLinkState(node),
     )

@@ -155,12 +155,18 @@ class KmeNode:
         """How many more keys the pool takes (cached; refreshed after every change)."""
         return self._room
 
-    async def add_keys(self, batch: Sequence[tuple[str, bytes]]) -> int:
-        added = await self._db(self.pool.add_keys, batch)
-        await self._refresh_room()
-        for callback in self.on_keys_added:
-            callback(added)
+    async def add_keys(self, batch: Sequence[tuple[str, bytes]], *,
+                       link_state: tuple[str, bytes] | None = None) -> int:
+        """Store link keys (with the link's state in the same transaction, if given)."""
+        added = await self._db(self.pool.add_keys, batch, link_state=link_state)
+        if batch:
+            await self._refresh_room()
+            for callback in self.on_keys_added:
+                callback(added)
         return added
+
+    async def link_state(self, name: str) -> bytes | None:
+        return await self._db(self.pool.link_state, name)
 
     async def _refresh_room(self) -> None:
         self._room = await self._db(self.pool.room)

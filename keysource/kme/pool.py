@@ -58,6 +58,7 @@ from pathlib import Path
 
 from keysource.sqlite_schema import Migration, Schema, open_schema
 
+from . import linkstate
 from .defaults import DEFAULT_REDELIVERY_GRACE_S
 
 POOL_KEY_BYTES = 32
@@ -121,6 +122,8 @@ POOL_SCHEMA = Schema(
         # dec_keys answers kept for the same slave SAE during the grace (module docstring).
         Migration(3, "keep dec_keys answers re-servable to their SAE for a grace period",
                   _REDELIVERABLE),
+        # The QKD link's state, written with the keys it produces (keysource.kme.linkstate).
+        Migration(4, "keep the QKD link state in the pool", linkstate.LINK_STATE_SQL),
     ),
 )
 
@@ -364,8 +367,12 @@ class KeyPool:
         (count,) = self._db.execute("SELECT COUNT(*) FROM keys").fetchone()
         return max(0, self.max_key_count - count)
 
-    def add_keys(self, batch: Iterable[tuple[str, bytes]]) -> int:
+    def add_keys(self, batch: Iterable[tuple[str, bytes]], *,
+                 link_state: tuple[str, bytes] | None = None) -> int:
         """Store a link batch atomically; return how many keys were new.
+
+        With ``link_state`` (name, state) that link end's state is replaced in the same
+        transaction (keysource.kme.linkstate).
 
         Idempotent: a key_ID already held with the same bytes is skipped, and one that was
         already delivered is never stored again. The whole batch is accepted even if it
@@ -399,7 +406,13 @@ class KeyPool:
                     (key_id, material, now),
                 )
                 added += 1
+            if link_state is not None:
+                linkstate.write(db, *link_state)
         return added
+
+    def link_state(self, name: str) -> bytes | None:
+        """A link end's last state (see add_keys), or None."""
+        return linkstate.read(self._db, name)
 
     # -- the simplest consumer: take free keys ------------------------------------------
 

@@ -74,6 +74,8 @@ class KmeSettings:
         if self.keys_ready and not self.link:
             raise ValueError("--keys-ready needs the emulated link (--link none: keys put "
                              "into the pools by other means are not watched)")
+        if self.link:
+            link_params(**self.link_options)  # a bad --seed, --frame-bits...: refused up front
 
 
 def _say(out: TextIO, line: str) -> None:

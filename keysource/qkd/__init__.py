@@ -8,7 +8,8 @@ Public API (used by keysource.kme to fill its key pools):
   both ends.
 - ``run_pair_link(params, on_keys_a=, on_keys_b=, on_report=, stop=, room=)``: both ends here.
 - ``run_link_endpoint(role, host=, port=, params=, psk=, on_keys=, on_report=, stop=, room=)``:
-  one end over TCP (Alice connects, Bob listens).
+  one end over TCP (Alice connects, Bob listens); with ``state_store=`` (durable.py) its state
+  is stored atomically with its keys after every step, so it survives ``kill -9``.
 - ``make_psk()``: the initial pre-shared authentication secret of a new link.
 """
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from .auth import AuthKeyExhausted, ChannelAuth, KeyStream
 from .background import in_background
+from .durable import Checkpoint, LinkStateStore
 from .pair import call_maybe_async
 from .params import LinkParams
 from .protocol import MAX_FRAME_BYTES, AliceEndpoint, BlockReport, BobEndpoint, KeyBatch, Output
@@ -88,7 +89,9 @@ class AuthStore:
     """Persists the authentication key streams, so a restart never reuses a one-time key.
 
     Saved (atomically, mode 0600) before any frame that used a new pad leaves the process.
-    The file holds unused authentication key: protect it like the PSK.
+    The file holds unused authentication key: protect it like the PSK. It keeps only the
+    streams, not the block a crash may leave half committed: a KME uses a LinkStateStore
+    (durable.py) instead and reads this file only once, to take over from older versions.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -120,7 +123,8 @@ class _Session:
     """Shared plumbing of one endpoint across (re)connections."""
 
     def __init__(self, endpoint: AliceEndpoint | BobEndpoint, store: AuthStore | None,
-                 on_keys: Callable[[KeyBatch], Any], on_report: Callable[[BlockReport], Any]
+                 on_keys: Callable[[KeyBatch], Any], on_report: Callable[[BlockReport], Any],
+                 *, state_store: LinkStateStore | None = None, stored: bytes | None = None
                  ) -> None:
         self.endpoint = endpoint
         self.store = store
@@ -128,6 +132,8 @@ class _Session:
         self.on_report = on_report
         self._saved_state: tuple[int, int, int, int] | None = None
         self.gate = RefillGate()  # Alice's: when to start the next block
+        self.state_store = state_store
+        self.checkpoint = Checkpoint(endpoint, stored)
 
     def _persist(self) -> None:
         auth = self.endpoint.auth
@@ -137,12 +143,28 @@ class _Session:
             self.store.save(auth)
             self._saved_state = state
 
+    async def _commit(self, out: Output) -> None:
+        """Store the step's state with its keys (durable.py), before its frames leave."""
+        assert self.state_store is not None
+        due = self.checkpoint.due(out)
+        if due is None:
+            return
+        await self.state_store.commit(*due)
+        self.checkpoint.committed(due[0])
+        if self.store is not None:  # a legacy authentication file, now superseded
+            self.store.path.unlink(missing_ok=True)
+            self.store = None
+
     async def deliver(self, out: Output, writer: asyncio.StreamWriter) -> None:
-        self._persist()
+        if self.state_store is not None:
+            await self._commit(out)
+        else:
+            self._persist()
         write_frames(writer, out.send)
         await writer.drain()
-        for batch in out.keys:
-            await call_maybe_async(self.on_keys, batch)
+        if self.state_store is None:  # otherwise the store took them, with the state
+            for batch in out.keys:
+                await call_maybe_async(self.on_keys, batch)
         for report in out.reports:
             if self.endpoint.role == "alice":
                 self.gate.on_report(report)
@@ -267,6 +289,7 @@ async def run_link_endpoint(
     stop: asyncio.Event, room: Callable[[], int] | None = None,
     auth_store: str | os.PathLike[str] | None = None,
     on_listening: Callable[[int], Any] | None = None,
+    state_store: LinkStateStore | None = None,
 ) -> None:
     """Run one end of a TCP link until ``stop`` is set.
 
@@ -274,20 +297,35 @@ async def run_link_endpoint(
     (port 0 picks a free one, reported through ``on_listening``). Both ends need the same
     ``psk`` (see make_psk) and LinkParams. With ``auth_store`` the authentication key state is
     kept in that file across restarts (required for a long-lived link: restarting from the PSK
-    would reuse one-time keys). Raises LinkConfigError when the ends do not match and
-    AuthKeyExhausted when attacks have used up the authentication key.
+    would reuse one-time keys). With ``state_store`` (durable.py) the whole state both ends
+    must agree on is stored there instead, atomically with the keys, which then go to the
+    store and not to ``on_keys``; a legacy ``auth_store`` file is read once if the store holds
+    nothing yet, and removed once the store has taken over. Raises LinkConfigError when the
+    ends do not match and AuthKeyExhausted when attacks have used up the authentication key.
     """
+    if role not in ("alice", "bob"):
+        raise ValueError("role must be 'alice' or 'bob'")
+    kind = AliceEndpoint if role == "alice" else BobEndpoint
     store = AuthStore(auth_store) if auth_store is not None else None
-    auth = store.load(psk, role) if store is not None else ChannelAuth.from_psk(psk, role)
-    endpoint = AliceEndpoint(params, auth=auth) if role == "alice" else BobEndpoint(
-        params, auth=auth)
-    session = _Session(endpoint, store, on_keys, on_report)
+    stored = await state_store.load() if state_store is not None else None
+    endpoint: AliceEndpoint | BobEndpoint
+    psk_id = hashlib.sha256(b"qsecret qkd link psk\x00" + psk).digest()[:16]
+    if stored is not None:
+        endpoint = kind.from_state(params, stored)
+        if endpoint.psk_id is not None and endpoint.psk_id != psk_id:
+            log.warning("%s: the link's PSK was re-provisioned: authentication starts afresh "
+                        "from it (the peer must have the same new PSK)", role)
+            endpoint.reprovision(psk)
+    else:
+        auth = store.load(psk, role) if store is not None else ChannelAuth.from_psk(psk, role)
+        endpoint = kind(params, auth=auth)
+    endpoint.psk_id = psk_id
+    session = _Session(endpoint, store, on_keys, on_report, state_store=state_store,
+                       stored=stored)
     if role == "alice":
         await _run_alice(session, host, port, stop, room)
-    elif role == "bob":
-        await _run_bob(session, host, port, stop, room, on_listening)
     else:
-        raise ValueError("role must be 'alice' or 'bob'")
+        await _run_bob(session, host, port, stop, room, on_listening)
 
 
 async def _run_alice(session: _Session, host: str, port: int, stop: asyncio.Event,

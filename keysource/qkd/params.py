@@ -65,6 +65,7 @@ class LinkParams:
             (0 <= self.intercept_fraction <= 1, "intercept_fraction must be in [0, 1]"),
             (self.tamper_classical_every >= 0, "tamper_classical_every must be >= 0"),
             (self.auth_pool_bytes >= 1024, "auth_pool_bytes must be >= 1024"),
+            (self.seed is None or self.seed >= 0, "seed must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -7,9 +7,11 @@ real quantum channel), b"C" classical message (authenticated, see auth.py), b"R"
 
 One block, Alice (A) and Bob (B):
 
-    A: Q frame, START(n_slots, frame/sample sizes, public seeds, last commit)      tagged
+    A: Q frame, START(n_slots, Cascade seed, last commit)                           tagged
+    B: detects (his bits are fixed from here on)
     B: SIFT(detected slots, Bob's bases)                                           tagged
-    A: SIFT_REPLY(Alice's bases and intensity classes, pulses per class, revealed bits) tagged
+    A: SIFT_REPLY(Alice's bases and intensity classes, pulses per class, decoy bits,
+                  sample seed, Alice's bits at the sample positions)               tagged
     B: ESTIMATE(error counts)  -> both: QBER, decoy bounds, abort or go on         tagged
     B: CASCADE_Q ...  A: CASCADE_A ...  (Bob-driven Cascade)                        deferred
     B: VERIFY(hash key, hash of Bob's frame)   -- covers Bob's Cascade questions    tagged
@@ -18,28 +20,36 @@ One block, Alice (A) and Bob (B):
     either side, any time: ABORT(reason)                                            tagged
 
 Both ends derive every decision (abort, Cascade block sizes, key length) from the same
-authenticated data with the same deterministic functions.
+authenticated data with the same deterministic functions. Alice commits a block on DONE, Bob on
+COMMIT or on the next START naming it as Alice's last commit (and drops it on one that does not);
+what each end must remember of this across a crash is ``export_state`` (see durable.py).
+
+The QBER test positions are chosen by Alice only when she answers SIFT, after Bob's detections
+and bases (hence his bits and the sifted set) are fixed, and announced with her bits there: an
+eavesdropper who reads START learns nothing about which pulses will be tested, so she cannot
+spare them and attack only the key frame (tests/qkd/test_sample_after_detection.py).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import struct
 import time
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Self
 
 import cbor2
 import numpy as np
 
 from . import amplification, estimation, verification
-from .auth import AuthError, AuthKeyExhausted, ChannelAuth
+from .auth import AuthError, AuthKeyExhausted, ChannelAuth, KeyStream
 from .cascade import CascadeAlice, CascadeBob, ParityQuery
 from .channel import Detections, detect
 from .params import DECOY, SIGNAL, VACUUM, LinkParams
+from .public_random import PublicRandom
 from .source import AliceRecord, PulseFrame, alice_view, emit_block
 
 KeyBatch = list[tuple[str, bytes]]
@@ -47,6 +57,7 @@ KEY_BYTES = 32
 VERSION = 1
 MAX_FRAME_BYTES = 256 << 20
 MIN_FRAME_BITS = 1024
+STATE_VERSION = 1  # of export_state's encoding
 
 (START, SIFT, SIFT_REPLY, ESTIMATE, CASCADE_Q, CASCADE_A, VERIFY, VERIFY_RESULT, DONE, COMMIT,
  ABORT) = range(1, 12)
@@ -222,8 +233,10 @@ def plan_frame(params: LinkParams, signal_sifted: np.ndarray, order_seed: int
                ) -> tuple[np.ndarray, np.ndarray] | None:
     """Split the sifted signal detections into a revealed random sample and the key frame.
 
-    The sample is a uniformly random subset (public seed); the frame is the next
-    ``frame_bits`` of the rest in slot order (detections are i.i.d., so order is immaterial).
+    The sample is a uniformly random subset (public seed, drawn by Alice only after Bob has
+    reported his detections, so nobody could have aimed an attack at the untested pulses); the
+    frame is the next ``frame_bits`` of the rest in slot order (detections are i.i.d., so order
+    is immaterial).
     """
     n_sample = params.sample_bits
     n_frame = min(params.frame_bits, signal_sifted.size - n_sample)
@@ -266,6 +279,7 @@ class _Block:
     auth_bits_at_start: int
     n_slots: int = 0
     order_seed: int = 0
+    rng: np.random.Generator | None = None  # Alice's physics generator for this block
     record: AliceRecord | None = None
     detections: Detections | None = None
     sifted_signal: int = 0
@@ -285,6 +299,7 @@ class _Block:
 
 class _Endpoint(ABC):
     role = "?"
+    _salt = -1  # domain of the seeded physics generators (Eve's is 2, see pair.py)
 
     def __init__(self, params: LinkParams, psk: bytes | None = None, *,
                  auth: ChannelAuth | None = None) -> None:
@@ -294,10 +309,64 @@ class _Endpoint(ABC):
             auth = ChannelAuth.from_psk(psk, self.role)
         self.params = params
         self.auth = auth
-        salt = 0 if self.role == "alice" else 1
-        self.rng = np.random.default_rng(None if params.seed is None else [params.seed, salt])
+        # the emulated physics (Alice's source, Bob's detector): this OS-seeded generator, or
+        # with a seed one generator per block (see _physics), so a restarted link goes on
+        self.rng = np.random.default_rng() if params.seed is None else None
+        self.public = PublicRandom(params.seed, self.role)
+        self.psk_id: bytes | None = None  # which PSK the auth streams grew from (net.py sets it)
         self.block: _Block | None = None
         self.last_qber = 0.0
+
+    # -- durable state (see durable.py) ------------------------------------------------
+    def export_state(self) -> bytes:
+        """What this end must find again after a crash: both authentication key streams (so
+        no pad is used twice) and what it agreed with the peer (block numbers, a pending
+        commit). The shell stores it atomically with the keys of the same step, before that
+        step's frames leave. Holds unused authentication key: protect it like the PSK."""
+        return cbor2.dumps({"v": STATE_VERSION, "role": self.role, "psk_id": self.psk_id,
+                            "send": self.auth.send.to_bytes(), "recv": self.auth.recv.to_bytes(),
+                            **self._durable()})
+
+    @classmethod
+    def from_state(cls, params: LinkParams, state: bytes) -> Self:
+        """An endpoint resumed from :meth:`export_state` (ValueError if it is not one)."""
+        try:
+            body = cbor2.loads(state)
+        except Exception as exc:  # cbor2 raises several types on garbage
+            raise ValueError(f"not a QKD link state: {exc}") from None
+        if not isinstance(body, dict) or body.get("v") != STATE_VERSION:
+            raise ValueError("not a QKD link state of a version this qsecret understands")
+        if body.get("role") != cls.role:
+            raise ValueError(f"QKD link state of {body.get('role')!r}, not of {cls.role!r}")
+        try:
+            send = KeyStream.from_bytes(_field(body, "send", bytes))  # type: ignore[arg-type]
+            recv = KeyStream.from_bytes(_field(body, "recv", bytes))  # type: ignore[arg-type]
+            endpoint = cls(params, auth=ChannelAuth(send, recv))
+            psk_id = body.get("psk_id")
+            endpoint.psk_id = psk_id if isinstance(psk_id, bytes) else None
+            endpoint._restore(body)
+        except ProtocolError as exc:
+            raise ValueError(f"damaged QKD link state: {exc}") from None
+        return endpoint
+
+    def reprovision(self, psk: bytes) -> None:
+        """Start authentication afresh from a new PSK (both ends do it), keeping the block
+        agreement; a refill of a block still pending belonged to the old streams: dropped."""
+        self.auth = ChannelAuth.from_psk(psk, self.role)
+
+    @abstractmethod
+    def _durable(self) -> dict:
+        """This end's part of the state both ends must agree on."""
+
+    @abstractmethod
+    def _restore(self, body: dict) -> None:
+        """Take back what :meth:`_durable` saved (ProtocolError if malformed)."""
+
+    def _physics(self, block: int) -> np.random.Generator:
+        """The generator of the emulated physics for ``block``."""
+        if self.rng is not None:
+            return self.rng
+        return np.random.default_rng([self.params.seed, self._salt, block])
 
     # -- message helpers ----------------------------------------------------------------
     def _message(self, kind: int, block: int, body: dict) -> bytes:
@@ -421,12 +490,14 @@ class AliceEndpoint(_Endpoint):
     """Alice: emits pulses, answers Cascade questions, decides the key length and key_IDs."""
 
     role = "alice"
+    _salt = 0
 
     def __init__(self, params: LinkParams, psk: bytes | None = None, *,
                  auth: ChannelAuth | None = None) -> None:
         super().__init__(params, psk, auth=auth)
         self.next_block = 0
-        self.cascade_seed = int.from_bytes(os.urandom(4), "big")
+        # one Cascade seed per link: its permutations are computed once (cascade.permutations)
+        self.cascade_seed = self.public.integer("cascade permutations", 0, 4)
         self.peer_room: int | None = None
         self.last_committed = -1
         self.last_count = 0
@@ -436,6 +507,19 @@ class AliceEndpoint(_Endpoint):
     @property
     def idle(self) -> bool:
         return self.block is None
+
+    def _durable(self) -> dict:
+        # next_block: a block number is never used twice (seeded choices derive from it);
+        # last_committed/last_count: what the next START tells Bob to commit or drop
+        return {"next_block": self.next_block, "last_committed": self.last_committed,
+                "last_count": self.last_count}
+
+    def _restore(self, body: dict) -> None:
+        self.next_block = int(_field(body, "next_block", int))  # type: ignore[arg-type]
+        self.last_committed = int(_field(body, "last_committed", int))  # type: ignore[arg-type]
+        self.last_count = int(_field(body, "last_count", int))  # type: ignore[arg-type]
+        if self.next_block < 0 or self.last_committed >= self.next_block or self.last_count < 0:
+            raise ProtocolError("inconsistent block counters")
 
     def start_block(self, room: int = 1 << 62) -> Output:
         """Send one block of pulses and open it (only when idle)."""
@@ -448,14 +532,13 @@ class AliceEndpoint(_Endpoint):
         self.next_block += 1
         blk = _Block(number, time.perf_counter(), self.auth.used_bits)
         blk.n_slots = self.params.pulses_for_block()
-        blk.order_seed = int.from_bytes(os.urandom(8), "big")
-        frame, blk.record = emit_block(self.params, number, self.rng, n_slots=blk.n_slots)
+        blk.rng = self._physics(number)
+        frame, blk.record = emit_block(self.params, number, blk.rng, n_slots=blk.n_slots)
         self.block = blk
         out = Output(send=[encode_quantum(frame)])
         out.send.append(self._message(START, number, {
-            "n_slots": blk.n_slots, "order_seed": blk.order_seed,
-            "cascade_seed": self.cascade_seed, "last_committed": self.last_committed,
-            "last_count": self.last_count,
+            "n_slots": blk.n_slots, "cascade_seed": self.cascade_seed,
+            "last_committed": self.last_committed, "last_count": self.last_count,
         }))
         return out
 
@@ -491,10 +574,13 @@ class AliceEndpoint(_Endpoint):
         if n and (slots[-1] >= blk.n_slots or np.any(np.diff(slots) < 1)):
             raise ProtocolError("detected slots out of range or not increasing")
         bob_basis = _unpack_bits(body.get("bases"), n)  # type: ignore[arg-type]
-        cls, basis, bit, _ = alice_view(record, slots, self.rng)
+        assert blk.rng is not None
+        cls, basis, bit, _ = alice_view(record, slots, blk.rng)
         sifted = basis == bob_basis
         signal = np.flatnonzero(sifted & (cls == SIGNAL))
         blk.sifted_signal = int(signal.size)
+        # Bob's detections are fixed (he sent them): only now choose the test positions
+        blk.order_seed = self.public.integer("sample positions", blk.number)
         plan = plan_frame(self.params, signal, blk.order_seed)
         reveal_mask = sifted & (cls != SIGNAL)
         sample = plan[0] if plan else np.zeros(0, np.int64)
@@ -506,7 +592,8 @@ class AliceEndpoint(_Endpoint):
         return Output(send=[self._message(SIFT_REPLY, blk.number, {
             "bases": _pack_bits(basis), "classes": cls.astype(np.uint8).tobytes(),
             "class_slots": [int(x) for x in record.class_slots],
-            "revealed": _pack_bits(bit[reveal_mask]), "sample": _pack_bits(bit[sample]),
+            "revealed": _pack_bits(bit[reveal_mask]), "sample_seed": blk.order_seed,
+            "sample": _pack_bits(bit[sample]),
         })])
 
     def _on_estimate(self, blk: _Block, body: dict) -> Output:
@@ -553,11 +640,9 @@ class AliceEndpoint(_Endpoint):
             out = Output(send=[self._message(VERIFY_RESULT, blk.number, {"ok": False})])
             return out.extend(self._abort("no secure key after reconciliation", notify=False))
         blk.secret_len = length
-        # the public Toeplitz seed must be uniformly random: take it from the OS, not the
-        # (possibly seeded) physics generator
-        seed = np.unpackbits(np.frombuffer(os.urandom((n + length + 6) // 8), np.uint8),
-                             count=n + length - 1)
-        key_ids = [str(uuid.uuid4()) for _ in range(count)]
+        # the public Toeplitz seed must be uniformly random and independent of the physics
+        seed = self.public.bits("toeplitz seed", blk.number, n + length - 1)
+        key_ids = self.public.key_ids(blk.number, count)
         secret = amplification.toeplitz_hash(blk.frame_bits, seed, length)
         blk.pending = split_output(np.packbits(secret).tobytes(), (refill_ab, refill_ba), key_ids)
         blk.refill = (refill_ab, refill_ba)
@@ -591,6 +676,7 @@ class BobEndpoint(_Endpoint):
     """Bob: detects, drives Cascade, commits what Alice commits."""
 
     role = "bob"
+    _salt = 1
 
     def __init__(self, params: LinkParams, psk: bytes | None = None, *,
                  auth: ChannelAuth | None = None) -> None:
@@ -599,6 +685,42 @@ class BobEndpoint(_Endpoint):
         self.pending: _Block | None = None
         self.room = 1 << 62
         self._bob_bits: np.ndarray | None = None
+
+    def _durable(self) -> dict:
+        # a block Bob said DONE to: Alice may have committed it, her next START tells
+        blk = self.pending
+        if blk is None or blk.pending is None:
+            return {"pending": None}
+        to_ab, to_ba, keys = blk.pending
+        return {"pending": {
+            "block": blk.number, "secret_bits": blk.secret_len, "ab": to_ab, "ba": to_ba,
+            "ids": b"".join(uuid.UUID(k).bytes for k, _ in keys),
+            "keys": b"".join(key for _, key in keys)}}
+
+    def _restore(self, body: dict) -> None:
+        saved = body.get("pending")
+        if saved is None:
+            return
+        if not isinstance(saved, dict):
+            raise ProtocolError("bad pending block")
+        ids = _field(saved, "ids", bytes)
+        material = _field(saved, "keys", bytes)
+        count = len(ids) // 16  # type: ignore[arg-type]
+        if len(ids) % 16 or len(material) != KEY_BYTES * count:  # type: ignore[arg-type]
+            raise ProtocolError("pending keys do not match their key_IDs")
+        keys = [(str(uuid.UUID(bytes=ids[16 * i: 16 * i + 16])),  # type: ignore[index]
+                 material[KEY_BYTES * i: KEY_BYTES * (i + 1)])  # type: ignore[index]
+                for i in range(count)]
+        blk = _Block(int(_field(saved, "block", int)), time.perf_counter(),  # type: ignore[arg-type]
+                     self.auth.used_bits)
+        blk.secret_len = int(_field(saved, "secret_bits", int))  # type: ignore[arg-type]
+        blk.pending = (_field(saved, "ab", bytes), _field(saved, "ba", bytes), keys)  # type: ignore[assignment]
+        self.pending = blk
+
+    def reprovision(self, psk: bytes) -> None:
+        super().reprovision(psk)
+        if self.pending is not None and self.pending.pending is not None:
+            self.pending.pending = (b"", b"", self.pending.pending[2])
 
     def _abort(self, reason: str, *, notify: bool) -> Output:
         if self.block is not None and self.block is self.pending:
@@ -670,12 +792,11 @@ class BobEndpoint(_Endpoint):
 
     def _on_start(self, blk: _Block, body: dict) -> Output:
         blk.n_slots = int(_field(body, "n_slots", int))  # type: ignore[arg-type]
-        blk.order_seed = int(_field(body, "order_seed", int))  # type: ignore[arg-type]
         self.cascade_seed = int(_field(body, "cascade_seed", int))  # type: ignore[arg-type]
         pulses = self.frames.pop(blk.number, None)
         if pulses is None or pulses.n_slots != blk.n_slots:
             raise ProtocolError("no matching quantum frame for this block")
-        det = detect(self.params, pulses, self.rng)
+        det = detect(self.params, pulses, self._physics(blk.number))
         blk.detections = det
         deltas = np.diff(det.slot, prepend=0).astype(">u8").tobytes()
         return Output(send=[self._message(SIFT, blk.number, {
@@ -718,6 +839,7 @@ class BobEndpoint(_Endpoint):
         sifted = basis == det.basis
         signal = np.flatnonzero(sifted & (cls == SIGNAL))
         blk.sifted_signal = int(signal.size)
+        blk.order_seed = int(_field(body, "sample_seed", int))  # type: ignore[arg-type]
         plan = plan_frame(self.params, signal, blk.order_seed)
         reveal_mask = sifted & (cls != SIGNAL)
         revealed = _unpack_bits(body.get("revealed"), int(reveal_mask.sum()))
@@ -752,7 +874,8 @@ class BobEndpoint(_Endpoint):
         blk.leaked = result.leaked_bits + verification.TAG_BITS
         blk.rounds = result.rounds
         blk.corrected_errors = result.corrected
-        hash_key = os.urandom(verification.HASH_KEY_BYTES)
+        hash_key = self.public.draw("verification hash key", blk.number,
+                                    verification.HASH_KEY_BYTES)
         return Output(send=[self._message(VERIFY, blk.number, {
             "hash_key": hash_key, "hash": verification.key_hash(result.bits, hash_key),
             "rounds": result.rounds, "corrected": result.corrected})])

@@ -138,7 +138,7 @@ def test_kme_pool_from_before_versions_hands_out_the_same_keys(tmp_path: Path) -
         assert [(k.key_ID, k.key) for k in free] == [fx.pool_key(i) for i in (3, 4, 5)]
         # The delivered journal survived: a replayed link batch brings no key back.
         assert pool.add_keys([fx.pool_key(i) for i in range(fx.POOL_KEYS)]) == 0
-    assert _user_version(path) == POOL_SCHEMA.version == 3
+    assert _user_version(path) == POOL_SCHEMA.version == 4
 
 
 def test_kme_pool_migration_to_v2_indexes_unacked_bindings(tmp_path: Path) -> None:
@@ -161,6 +161,15 @@ def test_kme_pool_migration_to_v3_keeps_dec_keys_answers_for_their_sae(tmp_path:
     db.close()
     assert columns == ["key_id", "master_sae", "slave_sae", "material", "at"]
     assert any("redeliverable_at" in row[-1] for row in plan), plan
+
+
+def test_kme_pool_migration_to_v4_keeps_the_link_state_with_the_keys(tmp_path: Path) -> None:
+    path = _copy("kme-pool.sqlite", tmp_path / "pool.sqlite")
+    with KeyPool(path) as pool:
+        assert pool.link_state("qkd-link") is None
+        assert pool.add_keys([fx.pool_key(fx.POOL_KEYS)], link_state=("qkd-link", b"s1")) == 1
+    with KeyPool(path) as pool:
+        assert pool.link_state("qkd-link") == b"s1"
 
 
 def test_kme_pool_of_a_newer_qsecret_is_refused_untouched(tmp_path: Path) -> None:

@@ -1,0 +1,60 @@
+"""``qsecret kme pair --seed 7`` run twice hands out the same first 100 keys (issue 15).
+
+Two real ``qsecret kme pair`` processes, one after the other, each with its own data directory
+(so its own PKI and its own random link PSK: the keys do not depend on the PSK, only on the
+seed); alice takes 100 keys through the ETSI API and bob fetches them by key_ID.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from keysource.kme.runtime import SAE_A, SAE_B
+
+from .conftest import qsecret_cmd, start_pair
+
+WANTED = 100
+
+
+def _first_keys(data: Path, seed: str) -> list[tuple[str, bytes]]:
+    pair = start_pair(data, "--link", "emulated", "--seed", seed,
+                      "--keys-ready", str(WANTED))
+    try:
+        pair.process.wait_for(r"^keys ready: ", timeout_s=300)
+        with pair.alice() as alice, pair.bob() as bob:
+            keys = alice.get_enc_keys(SAE_B, WANTED)
+            fetched = bob.get_dec_keys(SAE_A, [k.key_ID for k in keys])
+    finally:
+        pair.process.stop()
+    assert [(k.key_ID, k.key) for k in fetched] == [(k.key_ID, k.key) for k in keys]
+    return [(k.key_ID, k.key) for k in keys]
+
+
+@pytest.mark.slow
+def test_kme_pair_with_the_same_seed_hands_out_the_same_first_keys(tmp_path: Path) -> None:
+    first = _first_keys(tmp_path / "run1", "7")
+    second = _first_keys(tmp_path / "run2", "7")
+    assert len(first) == WANTED and len(set(first)) == WANTED
+    assert first == second
+    other = _first_keys(tmp_path / "run3", "8")
+    assert not {i for i, _ in other} & {i for i, _ in first}
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--seed", "-3"], "seed must be >= 0"),
+    (["--frame-bits", "100"], "frame_bits must be in [1024, 4194304]"),
+])
+def test_a_bad_link_option_is_refused_before_anything_is_created(
+    tmp_path: Path, args: list[str], error: str
+) -> None:
+    result = subprocess.run(
+        qsecret_cmd("kme", "pair", "--data", str(tmp_path), "--port-a", "0", "--port-b", "0",
+                    *args),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert error in result.stderr
+    assert not (tmp_path / "pki").exists()
