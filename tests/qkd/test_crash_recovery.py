@@ -32,7 +32,7 @@ from keysource.qkd.protocol import (
 
 # Small frames, a short fibre (a good key yield per block) and a tiny authentication pool
 # (32 pads per direction, topped up by every block) so that pads cycle every ~8 blocks.
-PARAMS = LinkParams(frame_bits=16384, fibre_km=5, misalignment=0.005, p_signal=0.6,
+PARAMS = LinkParams(frame_bits=32768, fibre_km=5, misalignment=0.005, p_signal=0.6,
                     p_decoy=0.3, min_sample_bits=1024, auth_pool_bytes=1024, seed=15)
 PSK_BYTES = 2048
 BLOCKS_AFTER = 16
