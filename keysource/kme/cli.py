@@ -22,6 +22,12 @@ from .defaults import (
 )
 from .etsi import Limits
 from .pki import Pki, PkiError
+from .pool import (
+    DEFAULT_BINDING_TTL_S,
+    DEFAULT_MAX_BOUND_PER_MASTER,
+    DEFAULT_MAX_BOUND_PER_PAIR,
+    BindingLimits,
+)
 
 if TYPE_CHECKING:
     from .runtime import KmeSettings
@@ -182,6 +188,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "(and no other) this long, so a client killed before saving it "
                              "can fetch it again; 0 = strict once-only ETSI delivery "
                              f"(default {DEFAULT_REDELIVERY_GRACE_S:g})")
+    parser.add_argument("--max-bound-per-pair", type=int, default=DEFAULT_MAX_BOUND_PER_PAIR,
+                        metavar="N",
+                        help="at most N pool keys (256 bits) bound to one master->slave SAE "
+                             "pair and not yet fetched; more is refused with 503 "
+                             f"(default {DEFAULT_MAX_BOUND_PER_PAIR})")
+    parser.add_argument("--max-bound-per-master", type=int,
+                        default=DEFAULT_MAX_BOUND_PER_MASTER, metavar="N",
+                        help="at most N pool keys bound for one master SAE over all its slaves "
+                             f"and not yet fetched (default {DEFAULT_MAX_BOUND_PER_MASTER})")
+    parser.add_argument("--binding-ttl", type=float,
+                        default=DEFAULT_BINDING_TTL_S / 60, metavar="MINUTES",
+                        help="bound keys not fetched this long are destroyed at both KMEs "
+                             f"(default {DEFAULT_BINDING_TTL_S / 60:g})")
     parser.add_argument("--max-key-per-request", type=int, default=Limits.max_key_per_request,
                         help=f"ETSI max_key_per_request (default {Limits.max_key_per_request})")
     parser.add_argument("--link", choices=["emulated", "none"], default="emulated",
@@ -230,7 +249,18 @@ def _settings(args: argparse.Namespace) -> KmeSettings:
         keys_ready=args.keys_ready,
         limits=Limits(max_key_per_request=args.max_key_per_request),
         redelivery_grace_s=args.redelivery_grace,
+        binding_limits=_binding_limits(args),
     )
+
+
+def _binding_limits(args: argparse.Namespace) -> BindingLimits:
+    try:
+        return BindingLimits(per_pair=args.max_bound_per_pair,
+                             per_master=args.max_bound_per_master,
+                             ttl_s=args.binding_ttl * 60)
+    except ValueError as exc:
+        raise ValueError(f"--max-bound-per-pair/--max-bound-per-master/--binding-ttl: {exc}"
+                         ) from None
 
 
 def _run(coro: object) -> int:
