@@ -47,7 +47,8 @@ fetches them. Three rules keep that from stopping the link for everybody:
 * :class:`BindingLimits` caps the pool keys bound and not yet fetched per (master, slave) pair
   and per master SAE; a binding over either quota is refused whole (:class:`QuotaExceeded`),
   at the allocator when it binds and at the follower when it applies;
-* a binding left unfetched ``ttl_s`` after it was recorded here expires: its keys are deleted
+* a binding left unfetched ``ttl_s`` after it was recorded here (and, at the allocator,
+  confirmed by the follower) expires: its keys are deleted
   (``secure_delete``) and journalled as delivered to ``(expired)``, so they are never handed
   to anybody. Each KME expires on its own clock from the time it recorded the binding, so
   both ends destroy the same keys; a key an SAE asks for after that is simply unknown.
@@ -141,7 +142,6 @@ POOL_SCHEMA = Schema(
 
 
 _CANCELLED = -1  # bindings.acked of a binding the follower refused for ever
-_EXPIRED = -2  # bindings.acked of a binding whose unfetched keys expired (never pushed again)
 EXPIRED_SAE = "(expired)"  # the delivered journal's "SAE" for keys destroyed unfetched
 
 DEFAULT_MAX_BOUND_PER_PAIR = 4096  # pool keys: one full request (128 keys of 8192 bits)
@@ -783,7 +783,10 @@ class KeyPool:
         """Delete (and journal) the bound keys of bindings older than the lifetime.
 
         ``master`` / ``slave`` narrow the search to one master or pair (index ``keys_pair``),
-        so the enc_keys and dec_keys paths never scan other SAEs' keys.
+        so the enc_keys and dec_keys paths never scan other SAEs' keys. A binding the peer has
+        not confirmed yet (``acked = 0``, allocator only) waits: destroying it here while the
+        follower may still apply it would strand the follower's copies as free keys it can
+        never share. Once pushed, it expires at once here and a lifetime later there.
         """
         where, args = "k.binding_id IS NOT NULL", []
         if master is not None:
@@ -792,24 +795,20 @@ class KeyPool:
                 where += " AND k.slave_sae = ?"
                 args.append(slave)
         rows = db.execute(
-            "SELECT k.key_id, k.bound_to, k.binding_id FROM keys k"
+            "SELECT k.key_id, k.bound_to FROM keys k"
             " JOIN bindings b ON b.binding_id = k.binding_id"
-            f" WHERE {where} AND b.created <= ?",
+            f" WHERE {where} AND b.acked != 0 AND b.created <= ?",
             (*args, now - self.binding_limits.ttl_s),
         ).fetchall()
         if not rows:
             return 0
         self._deliver(db, [(r[0], r[1]) for r in rows], EXPIRED_SAE)
-        db.executemany(
-            "UPDATE bindings SET acked = ? WHERE binding_id = ? AND acked = 0",
-            [(_EXPIRED, b) for b in {r[2] for r in rows}],
-        )
         return len(rows)
 
     def next_binding_expiry(self) -> float | None:
         """When the oldest binding still holding unfetched keys expires (wall clock), or None."""
         (oldest,) = self._db.execute(
-            "SELECT MIN(created) FROM bindings WHERE binding_id IN"
+            "SELECT MIN(created) FROM bindings WHERE acked != 0 AND binding_id IN"
             " (SELECT DISTINCT binding_id FROM keys WHERE binding_id IS NOT NULL)"
         ).fetchone()
         return None if oldest is None else float(oldest) + self.binding_limits.ttl_s
