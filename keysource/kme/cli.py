@@ -254,13 +254,15 @@ def _settings(args: argparse.Namespace) -> KmeSettings:
 
 
 def _binding_limits(args: argparse.Namespace) -> BindingLimits:
-    try:
-        return BindingLimits(per_pair=args.max_bound_per_pair,
-                             per_master=args.max_bound_per_master,
-                             ttl_s=args.binding_ttl * 60)
-    except ValueError as exc:
-        raise ValueError(f"--max-bound-per-pair/--max-bound-per-master/--binding-ttl: {exc}"
-                         ) from None
+    """The quotas and lifetime of bound-but-unfetched keys; ValueError naming a bad flag."""
+    for flag, value in (("--max-bound-per-pair", args.max_bound_per_pair),
+                        ("--max-bound-per-master", args.max_bound_per_master)):
+        if value <= 0:
+            raise ValueError(f"{flag} must be a positive number of pool keys (got {value})")
+    if not args.binding_ttl > 0:  # also refuses NaN
+        raise ValueError(f"--binding-ttl must be more than 0 minutes (got {args.binding_ttl})")
+    return BindingLimits(per_pair=args.max_bound_per_pair, per_master=args.max_bound_per_master,
+                         ttl_s=args.binding_ttl * 60)
 
 
 def _run(coro: object) -> int:

@@ -244,3 +244,22 @@ async def test_the_sweeper_destroys_expired_bindings_at_both_kmes(tmp_path: Path
         await asyncio.wait_for(asyncio.gather(*sweepers), 10)
         a.close()
         b.close()
+
+
+# -- the flags ------------------------------------------------------------------------------
+
+
+def test_the_flags_are_documented_and_bad_values_refused(tmp_path: Path) -> None:
+    from .test_cli import run
+
+    for command in ("pair", "serve"):
+        text = run(command, "--help").stdout
+        for flag in ("--max-bound-per-pair", "--max-bound-per-master", "--binding-ttl"):
+            assert flag in text, (command, flag)
+    for flag, value in (("--max-bound-per-pair", "0"), ("--max-bound-per-master", "-5"),
+                        ("--binding-ttl", "0"), ("--binding-ttl", "nan")):
+        result = run("pair", "--data", str(tmp_path), "--link", "none", "--port-a", "0",
+                     "--port-b", "0", flag, value)
+        assert result.returncode == 2, (flag, value, result.stdout)
+        assert f"{flag} must be" in result.stderr, result.stderr
+        assert not (tmp_path / "pki").exists()  # refused before anything was created
