@@ -788,18 +788,27 @@ class KeyPool:
         follower may still apply it would strand the follower's copies as free keys it can
         never share. Once pushed, it expires at once here and a lifetime later there.
         """
-        where, args = "k.binding_id IS NOT NULL", []
-        if master is not None:
-            where, args = "k.master_sae = ?", [master]
+        cutoff = now - self.binding_limits.ttl_s
+        if master is None:
+            # Every binding still holding keys (index keys_binding), looked up by its key.
+            rows = db.execute(
+                "SELECT k.key_id, k.bound_to FROM keys k WHERE k.binding_id IN"
+                " (SELECT binding_id FROM bindings WHERE acked != 0 AND created <= ?"
+                "  AND binding_id IN (SELECT DISTINCT binding_id FROM keys"
+                "   WHERE binding_id IS NOT NULL))",
+                (cutoff,),
+            ).fetchall()
+        else:
+            pair, args = "k.master_sae = ?", [master]
             if slave is not None:
-                where += " AND k.slave_sae = ?"
+                pair += " AND k.slave_sae = ?"
                 args.append(slave)
-        rows = db.execute(
-            "SELECT k.key_id, k.bound_to FROM keys k"
-            " JOIN bindings b ON b.binding_id = k.binding_id"
-            f" WHERE {where} AND b.acked != 0 AND b.created <= ?",
-            (*args, now - self.binding_limits.ttl_s),
-        ).fetchall()
+            rows = db.execute(
+                "SELECT k.key_id, k.bound_to FROM keys k"
+                " JOIN bindings b ON b.binding_id = k.binding_id"
+                f" WHERE {pair} AND b.acked != 0 AND b.created <= ?",
+                (*args, cutoff),
+            ).fetchall()
         if not rows:
             return 0
         self._deliver(db, [(r[0], r[1]) for r in rows], EXPIRED_SAE)
