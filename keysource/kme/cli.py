@@ -24,8 +24,8 @@ from .etsi import Limits
 from .pki import Pki, PkiError
 from .pool import (
     DEFAULT_BINDING_TTL_S,
-    DEFAULT_MAX_BOUND_PER_MASTER,
-    DEFAULT_MAX_BOUND_PER_PAIR,
+    POOL_SHARE_PER_MASTER,
+    POOL_SHARE_PER_PAIR,
     BindingLimits,
 )
 
@@ -188,15 +188,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "(and no other) this long, so a client killed before saving it "
                              "can fetch it again; 0 = strict once-only ETSI delivery "
                              f"(default {DEFAULT_REDELIVERY_GRACE_S:g})")
-    parser.add_argument("--max-bound-per-pair", type=int, default=DEFAULT_MAX_BOUND_PER_PAIR,
-                        metavar="N",
+    parser.add_argument("--max-bound-per-pair", type=int, metavar="N",
                         help="at most N pool keys (256 bits) bound to one master->slave SAE "
                              "pair and not yet fetched; more is refused with 503 "
-                             f"(default {DEFAULT_MAX_BOUND_PER_PAIR})")
-    parser.add_argument("--max-bound-per-master", type=int,
-                        default=DEFAULT_MAX_BOUND_PER_MASTER, metavar="N",
+                             f"(default --max-keys / {POOL_SHARE_PER_PAIR})")
+    parser.add_argument("--max-bound-per-master", type=int, metavar="N",
                         help="at most N pool keys bound for one master SAE over all its slaves "
-                             f"and not yet fetched (default {DEFAULT_MAX_BOUND_PER_MASTER})")
+                             f"and not yet fetched (default --max-keys / {POOL_SHARE_PER_MASTER})")
     parser.add_argument("--binding-ttl", type=float,
                         default=DEFAULT_BINDING_TTL_S / 60, metavar="MINUTES",
                         help="bound keys not fetched this long are destroyed at both KMEs "
@@ -257,12 +255,13 @@ def _binding_limits(args: argparse.Namespace) -> BindingLimits:
     """The quotas and lifetime of bound-but-unfetched keys; ValueError naming a bad flag."""
     for flag, value in (("--max-bound-per-pair", args.max_bound_per_pair),
                         ("--max-bound-per-master", args.max_bound_per_master)):
-        if value <= 0:
+        if value is not None and value <= 0:
             raise ValueError(f"{flag} must be a positive number of pool keys (got {value})")
     if not args.binding_ttl > 0:  # also refuses NaN
         raise ValueError(f"--binding-ttl must be more than 0 minutes (got {args.binding_ttl})")
-    return BindingLimits(per_pair=args.max_bound_per_pair, per_master=args.max_bound_per_master,
-                         ttl_s=args.binding_ttl * 60)
+    return BindingLimits.for_pool(args.max_keys, per_pair=args.max_bound_per_pair,
+                                  per_master=args.max_bound_per_master,
+                                  ttl_s=args.binding_ttl * 60)
 
 
 def _run(coro: object) -> int:

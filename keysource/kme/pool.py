@@ -144,8 +144,12 @@ POOL_SCHEMA = Schema(
 _CANCELLED = -1  # bindings.acked of a binding the follower refused for ever
 EXPIRED_SAE = "(expired)"  # the delivered journal's "SAE" for keys destroyed unfetched
 
-DEFAULT_MAX_BOUND_PER_PAIR = 4096  # pool keys: one full request (128 keys of 8192 bits)
-DEFAULT_MAX_BOUND_PER_MASTER = 16384
+# Default quotas, as shares of the pool's max_key_count: one master can never hold more than
+# an eighth of the pool unfetched, so the others always find free keys, even right after it
+# drained what it could; with the default 100000 keys a pair's quota (6250) still fits one
+# full request (128 keys of 8192 bits = 4096 pool keys).
+POOL_SHARE_PER_PAIR = 16
+POOL_SHARE_PER_MASTER = 8
 DEFAULT_BINDING_TTL_S = 24 * 3600.0
 
 
@@ -153,9 +157,23 @@ DEFAULT_BINDING_TTL_S = 24 * 3600.0
 class BindingLimits:
     """How many pool keys may wait bound and unfetched, and for how long (module docstring)."""
 
-    per_pair: int = DEFAULT_MAX_BOUND_PER_PAIR  # per (master SAE, slave SAE)
-    per_master: int = DEFAULT_MAX_BOUND_PER_MASTER  # per master SAE, over all its slaves
+    per_pair: int = DEFAULT_MAX_KEY_COUNT // POOL_SHARE_PER_PAIR  # per (master, slave) SAEs
+    per_master: int = DEFAULT_MAX_KEY_COUNT // POOL_SHARE_PER_MASTER  # over all its slaves
     ttl_s: float = DEFAULT_BINDING_TTL_S  # an unfetched binding is destroyed this long after
+
+    @classmethod
+    def for_pool(
+        cls, max_key_count: int, *, per_pair: int | None = None, per_master: int | None = None,
+        ttl_s: float = DEFAULT_BINDING_TTL_S,
+    ) -> BindingLimits:
+        """The limits for a pool of ``max_key_count`` keys; None = the default share of it."""
+        return cls(
+            per_pair=per_pair if per_pair is not None
+            else max(1, max_key_count // POOL_SHARE_PER_PAIR),
+            per_master=per_master if per_master is not None
+            else max(1, max_key_count // POOL_SHARE_PER_MASTER),
+            ttl_s=ttl_s,
+        )
 
     def __post_init__(self) -> None:
         if self.per_pair <= 0 or self.per_master <= 0:
@@ -383,7 +401,7 @@ class KeyPool:
         self.path = Path(path)
         self.max_key_count = max_key_count
         self.redelivery_grace_s = float(redelivery_grace_s)
-        self.binding_limits = binding_limits or BindingLimits()
+        self.binding_limits = binding_limits or BindingLimits.for_pool(max_key_count)
         self._clock = clock  # wall clock: retention times survive restarts in the file
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.path.exists()

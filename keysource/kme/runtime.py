@@ -63,7 +63,7 @@ class KmeSettings:
     # A dec_keys answer stays re-servable to the same slave SAE this long (keysource.kme.pool).
     redelivery_grace_s: float = DEFAULT_REDELIVERY_GRACE_S
     # Quotas and lifetime of bound-but-unfetched keys (keysource.kme.pool.BindingLimits).
-    binding_limits: BindingLimits = field(default_factory=BindingLimits)
+    binding_limits: BindingLimits | None = None  # None: the default shares of max_key_count
 
     def __post_init__(self) -> None:
         if not self.redelivery_grace_s >= 0:  # also refuses NaN

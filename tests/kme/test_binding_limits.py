@@ -54,7 +54,7 @@ def bind(pool: KeyPool, master: str, slave: str, count: int, master_kme: str = A
 
 
 def test_the_room_counts_free_keys_only(tmp_path: Path) -> None:
-    with KeyPool(tmp_path / "p.sqlite", max_key_count=10) as pool:
+    with KeyPool(tmp_path / "p.sqlite", max_key_count=10, binding_limits=LIMITS) as pool:
         pool.add_keys(random_batch(10))
         assert pool.room() == 0
         bind(pool, "m", "s", 4)
@@ -153,6 +153,15 @@ def test_a_trailing_newline_in_a_binding_is_refused(pools) -> None:
 def test_take_free_is_gone() -> None:
     """Keys leave a pool only through bindings (issue 15, item 6): nothing bypasses them."""
     assert not hasattr(KeyPool, "take_free")
+
+
+def test_default_quotas_are_shares_of_the_pool(tmp_path: Path) -> None:
+    """One master can hold at most an eighth of the pool unfetched: the rest stays for others."""
+    with KeyPool(tmp_path / "p.sqlite", max_key_count=3000) as pool:
+        assert (pool.binding_limits.per_pair, pool.binding_limits.per_master) == (187, 375)
+    assert BindingLimits.for_pool(100_000) == BindingLimits()
+    assert BindingLimits.for_pool(100_000).per_pair >= 128 * 32  # one full request fits
+    assert BindingLimits.for_pool(5, per_pair=3).per_master == 1
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from keysource.kme.pool import (
     BadBatch,
     Binding,
     BindingConflict,
+    BindingLimits,
     KeyLookupError,
     KeyPool,
     PoolExhausted,
@@ -40,7 +41,9 @@ def take_as_master(pool: KeyPool, number: int, master: str = "m") -> list[PoolKe
 
 @pytest.fixture
 def pool(tmp_path: Path) -> KeyPool:
-    p = KeyPool(tmp_path / "pool.sqlite", max_key_count=50)
+    # Quotas as large as the pool: these tests take whole pools through one master.
+    p = KeyPool(tmp_path / "pool.sqlite", max_key_count=50,
+                binding_limits=BindingLimits(per_pair=100, per_master=100))
     yield p
     p.close()
 
