@@ -180,8 +180,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hostname", action="append", default=[], metavar="NAME_OR_IP",
                         help="extra name/IP for the KME certificates (when first created)")
     parser.add_argument("--max-keys", type=int, default=100_000,
-                        help="max_key_count: the pool holds at most this many 256-bit keys "
-                             "(default 100000)")
+                        help="max_key_count: the link fills the pool up to this many free "
+                             "256-bit keys; keys bound to SAEs come on top, capped by the "
+                             "quotas below (default 100000)")
     parser.add_argument("--redelivery-grace", type=float, default=DEFAULT_REDELIVERY_GRACE_S,
                         metavar="SECONDS",
                         help="a key handed out by dec_keys stays re-servable to the same SAE "

@@ -53,6 +53,9 @@ fetches them. Three rules keep that from stopping the link for everybody:
   to anybody. Each KME expires on its own clock from the time it recorded the binding, so
   both ends destroy the same keys; a key an SAE asks for after that is simply unknown.
 
+Keys leave a pool only through bindings: there is no way to take free keys directly, since
+on a linked pool that would leave the peer's copy free for another binding.
+
 A *binding* is the unit the two KMEs agree on: a list of delivered keys (each made of one or
 more pool keys, see :mod:`keysource.kme.etsi` for sizes), the SAE pair and the KME at which
 the master fetches them. Only one KME of a link (the allocator) creates bindings; the other
