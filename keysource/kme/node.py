@@ -266,20 +266,23 @@ class KmeNode:
             raise etsi.Unavailable("this KME is not connected to a peer KME")
         await self.check_reachable(slave)
         number, size = request.number, request.size
-        async with self._lock(master, slave):
-            ready = await self._db(self.pool.ready_count, master, slave, size)
-            if ready < number:
-                if self.allocator:
-                    await self._bind_here(master, slave, size, number - ready)
-                else:
-                    await self._bind_at_allocator(master, slave, size, number - ready)
-            try:
-                keys = await self._db(self.pool.take_bound_for_master, master, slave, size, number)
-            except PoolExhausted as exc:  # pragma: no cover - guarded by the steps above
-                raise etsi.Unavailable(
-                    "keys could not be reserved", [{"reason": str(exc)}]
-                ) from None
-        await self._refresh_room()
+        try:
+            async with self._lock(master, slave):
+                ready = await self._db(self.pool.ready_count, master, slave, size)
+                if ready < number:
+                    if self.allocator:
+                        await self._bind_here(master, slave, size, number - ready)
+                    else:
+                        await self._bind_at_allocator(master, slave, size, number - ready)
+                try:
+                    keys = await self._db(
+                        self.pool.take_bound_for_master, master, slave, size, number)
+                except PoolExhausted as exc:  # pragma: no cover - guarded by the steps above
+                    raise etsi.Unavailable(
+                        "keys could not be reserved", [{"reason": str(exc)}]
+                    ) from None
+        finally:  # bound, freed or handed out: the free keys changed, and with them the room
+            await self._refresh_room()
         log.info("enc_keys: %d key(s) of %d bits for %s -> %s", number, size, master, slave)
         return keys
 
@@ -455,7 +458,9 @@ class KmeNode:
         (see :mod:`.pool`), until ``stop``.
 
         Sleeps until the oldest one is due; one made later is due no sooner than a whole
-        grace (or binding lifetime) from now, so waking then at the latest misses nothing.
+        grace (or binding lifetime) from now, so waking then at the latest misses nothing. (A
+        binding the follower confirms late is due from its creation: it may wait for the next
+        wake-up, at most a grace or a lifetime later.)
         """
         grace = self.pool.redelivery_grace_s
         ttl = self.pool.binding_limits.ttl_s

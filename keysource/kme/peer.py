@@ -75,8 +75,10 @@ class HttpPeer:
         if resp.status_code == 503:
             body = resp.json()
             raise PoolExhausted(int(body.get("needed", 0)), int(body.get("available", 0)))
-        if resp.status_code == 400 and isinstance(_body(resp).get("unknown_SAE_ID"), str):
-            raise UnknownSae(slave, "the allocator")
+        refused = _body(resp)
+        if resp.status_code == 400 and isinstance(refused.get("unknown_SAE_ID"), str):
+            where = refused.get("KME_ID")
+            raise UnknownSae(slave, where if isinstance(where, str) else "the allocator")
         if resp.status_code != 200:
             raise PeerUnavailable(f"peer refused allocation: {resp.status_code} {resp.text[:200]}")
         try:

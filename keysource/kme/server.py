@@ -209,7 +209,8 @@ async def peer_allocate(request: web.Request) -> web.Response:
     except QuotaExceeded as exc:
         return web.json_response({"message": str(exc), "quota": exc.to_json()}, status=503)
     except UnknownSae as exc:
-        return web.json_response({"message": str(exc), "unknown_SAE_ID": exc.sae_id}, status=400)
+        return web.json_response(
+            {"message": str(exc), "unknown_SAE_ID": exc.sae_id, "KME_ID": node.kme_id}, status=400)
     except BindingConflict as exc:
         return _error(409, str(exc))
     return web.json_response(binding.to_json())

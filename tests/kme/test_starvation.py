@@ -327,6 +327,9 @@ def test_serve_kmes_ask_each_other_which_saes_exist_and_refuse_over_quota(
         # bob is unaffected, both ways.
         with view_a.client(url_a, SAE_A) as alice, \
                 view_b.client(url_b, SAE_B) as bob:
+            # A slave of bob's keys fetches at A, so A must know it: carol is B's only.
+            with pytest.raises(KmeBadRequest, match=f"{CAROL}: not registered at KME {KME_A}"):
+                bob.get_enc_keys(CAROL, number=4)
             sent = bob.get_enc_keys(SAE_A, number=4)
             assert alice.get_dec_keys(SAE_B, [k.key_ID for k in sent]) == sent
             sent = alice.get_enc_keys(SAE_B, number=4)
