@@ -235,8 +235,8 @@ class QuotaExceeded(PoolError):
             quota = data["quota"]
             if quota not in ("per_pair", "per_master"):
                 raise ValueError(f"unknown quota {quota!r}")
-            return cls(quota, master=_nonempty_str(data["master_SAE_ID"]),
-                       slave=_nonempty_str(data["slave_SAE_ID"]),
+            return cls(quota, master=_sae_id_text(data["master_SAE_ID"]),
+                       slave=_sae_id_text(data["slave_SAE_ID"]),
                        bound=int(data["bound"]), requested=int(data["requested"]),
                        limit=int(data["limit"]))
         except (AssertionError, KeyError, TypeError) as exc:
@@ -706,12 +706,13 @@ class KeyPool:
     # -- delivery -------------------------------------------------------------------------
 
     def ready_count(self, master: str, slave: str, size_bits: int) -> int:
-        """Delivered keys bound to (master, slave) at this master KME, confirmed by the peer."""
+        """Delivered keys bound to (master, slave) at this master KME, confirmed by the peer
+        and not expired."""
         (count,) = self._db.execute(
             "SELECT COUNT(*) FROM keys k JOIN bindings b ON b.binding_id = k.binding_id"
             " WHERE k.master_sae = ? AND k.slave_sae = ? AND k.role = 'master'"
-            " AND k.size_bits = ? AND k.part = 0 AND b.acked = 1",
-            (master, slave, size_bits),
+            " AND k.size_bits = ? AND k.part = 0 AND b.acked = 1 AND b.created > ?",
+            (master, slave, size_bits, self._clock() - self.binding_limits.ttl_s),
         ).fetchone()
         return int(count)
 
