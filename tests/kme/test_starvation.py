@@ -168,7 +168,7 @@ def test_quotas_stop_the_attack_and_bob_still_gets_keys_while_the_link_refills(
 
 def test_unfetched_bindings_expire_at_both_kmes_and_their_keys_are_destroyed(
         tmp_path: Path) -> None:
-    ttl_min = 0.05  # 3 s
+    ttl_min = 0.1  # 6 s: far longer than an enc_keys, short for a test
     pair = start(tmp_path, "--binding-ttl", str(ttl_min))
     try:
         enrol(pair, MALLORY, DAVE)
