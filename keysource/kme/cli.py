@@ -22,6 +22,12 @@ from .defaults import (
 )
 from .etsi import Limits
 from .pki import Pki, PkiError
+from .pool import (
+    DEFAULT_BINDING_TTL_S,
+    POOL_SHARE_PER_MASTER,
+    POOL_SHARE_PER_PAIR,
+    BindingLimits,
+)
 
 if TYPE_CHECKING:
     from .runtime import KmeSettings
@@ -174,14 +180,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hostname", action="append", default=[], metavar="NAME_OR_IP",
                         help="extra name/IP for the KME certificates (when first created)")
     parser.add_argument("--max-keys", type=int, default=100_000,
-                        help="max_key_count: the pool holds at most this many 256-bit keys "
-                             "(default 100000)")
+                        help="max_key_count: the link fills the pool up to this many free "
+                             "256-bit keys; keys bound to SAEs come on top, capped by the "
+                             "quotas below (default 100000)")
     parser.add_argument("--redelivery-grace", type=float, default=DEFAULT_REDELIVERY_GRACE_S,
                         metavar="SECONDS",
                         help="a key handed out by dec_keys stays re-servable to the same SAE "
                              "(and no other) this long, so a client killed before saving it "
                              "can fetch it again; 0 = strict once-only ETSI delivery "
                              f"(default {DEFAULT_REDELIVERY_GRACE_S:g})")
+    parser.add_argument("--max-bound-per-pair", type=int, metavar="N",
+                        help="at most N pool keys (256 bits) bound to one master->slave SAE "
+                             "pair and not yet fetched; more is refused with 503 "
+                             f"(default --max-keys / {POOL_SHARE_PER_PAIR})")
+    parser.add_argument("--max-bound-per-master", type=int, metavar="N",
+                        help="at most N pool keys bound for one master SAE over all its slaves "
+                             f"and not yet fetched (default --max-keys / {POOL_SHARE_PER_MASTER})")
+    parser.add_argument("--binding-ttl", type=float,
+                        default=DEFAULT_BINDING_TTL_S / 60, metavar="MINUTES",
+                        help="bound keys not fetched this long are destroyed at both KMEs "
+                             f"(default {DEFAULT_BINDING_TTL_S / 60:g})")
     parser.add_argument("--max-key-per-request", type=int, default=Limits.max_key_per_request,
                         help=f"ETSI max_key_per_request (default {Limits.max_key_per_request})")
     parser.add_argument("--link", choices=["emulated", "none"], default="emulated",
@@ -236,7 +254,21 @@ def _settings(args: argparse.Namespace) -> KmeSettings:
         keys_ready=args.keys_ready,
         limits=Limits(max_key_per_request=args.max_key_per_request),
         redelivery_grace_s=args.redelivery_grace,
+        binding_limits=_binding_limits(args),
     )
+
+
+def _binding_limits(args: argparse.Namespace) -> BindingLimits:
+    """The quotas and lifetime of bound-but-unfetched keys; ValueError naming a bad flag."""
+    for flag, value in (("--max-bound-per-pair", args.max_bound_per_pair),
+                        ("--max-bound-per-master", args.max_bound_per_master)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{flag} must be a positive number of pool keys (got {value})")
+    if not args.binding_ttl > 0:  # also refuses NaN
+        raise ValueError(f"--binding-ttl must be more than 0 minutes (got {args.binding_ttl})")
+    return BindingLimits.for_pool(args.max_keys, per_pair=args.max_bound_per_pair,
+                                  per_master=args.max_bound_per_master,
+                                  ttl_s=args.binding_ttl * 60)
 
 
 def _run(coro: object) -> int:

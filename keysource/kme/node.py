@@ -21,6 +21,18 @@ is bound to (M, S) with S on this side, and delete them; anything else is refuse
 fetch them again for a grace period, in case its answer was lost (see :mod:`.pool`);
 :meth:`KmeNode.run_sweeper` erases them when it ends.
 
+Which SAEs keys may be bound to
+-------------------------------
+enc_keys binds keys only for a slave SAE this KME knows to be reachable: one registered here
+(its :class:`SaeRegistry`: in a deployment, an SAE certificate issued by the KMEs' CA, see
+:class:`keysource.kme.pki.PkiSaeRegistry`) or registered at the peer KME, which answers
+``GET /kme/v1/saes/{SAE_ID}`` over the KME-to-KME channel (a yes is remembered for
+``peer_sae_cache_s``). Anything else is a 400 naming the slave, before any key is touched. The
+allocator checks again when a follower asks it to allocate. Quotas on unfetched bound keys and
+their expiry are enforced by the pool (:class:`keysource.kme.pool.BindingLimits`): a binding over
+quota at the allocator or at the follower is refused whole, and the keys the allocator had
+reserved for it go back to the free keys; :meth:`KmeNode.run_sweeper` destroys expired bindings.
+
 Crashes: every step is a durable transaction and every message is idempotent (bindings are
 named by a UUID), so after a crash the allocator simply pushes unacknowledged bindings again
 (a background loop does so every second). Keys bound for (M, S) whose enc_keys call failed
@@ -53,6 +65,7 @@ from .pool import (
     KeyPool,
     PoolExhausted,
     PoolKey,
+    QuotaExceeded,
     parts_for_size,
 )
 
@@ -62,6 +75,24 @@ T = TypeVar("T")
 
 class PeerUnavailable(Exception):
     """The peer KME could not be reached or answered with an error."""
+
+
+class SaeRegistry(Protocol):
+    """Which SAE_IDs are registered at this KME (may fetch keys here)."""
+
+    def knows(self, sae_id: str) -> bool:
+        """True if ``sae_id`` is a registered SAE here (cheap: called on every enc_keys)."""
+        ...
+
+
+class StaticSaeRegistry:
+    """A fixed set of SAE_IDs (tests, and KMEs configured by list)."""
+
+    def __init__(self, sae_ids: Sequence[str]) -> None:
+        self.sae_ids = frozenset(sae_ids)
+
+    def knows(self, sae_id: str) -> bool:
+        return sae_id in self.sae_ids
 
 
 class PeerChannel(Protocol):
@@ -79,6 +110,10 @@ class PeerChannel(Protocol):
 
     async def cancel_binding(self, binding_id: str) -> bool:
         """Ask the follower to refuse a binding for ever; False if it had already applied it."""
+        ...
+
+    async def knows_sae(self, sae_id: str) -> bool:
+        """Ask the peer KME whether ``sae_id`` is an SAE registered there."""
         ...
 
 
@@ -104,6 +139,9 @@ class LocalPeer:
     async def cancel_binding(self, binding_id: str) -> bool:
         return await self.node.handle_cancel(binding_id)
 
+    async def knows_sae(self, sae_id: str) -> bool:
+        return self.node.handle_knows_sae(sae_id)
+
 
 class KmeNode:
     """ETSI 014 operations over one pool, coordinated with the peer KME (see module doc)."""
@@ -115,10 +153,12 @@ class KmeNode:
         peer_kme_id: str,
         pool: KeyPool,
         allocator: bool,
+        saes: SaeRegistry,
         limits: etsi.Limits | None = None,
         peer: PeerChannel | None = None,
         arrival_wait_s: float = 3.0,
         unshared_after_s: float = 60.0,
+        peer_sae_cache_s: float = 60.0,
     ) -> None:
         self.kme_id = kme_id
         self.peer_kme_id = peer_kme_id
@@ -128,6 +168,9 @@ class KmeNode:
         self.peer = peer
         self.arrival_wait_s = arrival_wait_s
         self.unshared_after_s = unshared_after_s
+        self.saes = saes
+        self.peer_sae_cache_s = peer_sae_cache_s
+        self._peer_saes: dict[str, float] = {}  # SAE_IDs the peer confirmed -> until (monotonic)
         # All pool access runs on one worker thread: SQLite calls (with fsync) never block
         # the event loop, and the single connection is never used from two threads.
         self._db_thread = concurrent.futures.ThreadPoolExecutor(
@@ -137,6 +180,7 @@ class KmeNode:
         self._room = pool.room()
         self.on_keys_added: list[Callable[[int], None]] = []
         self.on_redeliverable_erased: list[Callable[[int], None]] = []
+        self.on_bindings_expired: list[Callable[[int], None]] = []
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -173,7 +217,36 @@ class KmeNode:
 
     # -- ETSI operations ----------------------------------------------------------------
 
+    async def check_reachable(self, slave: str) -> None:
+        """Refuse (400) a slave SAE registered neither here nor at the peer KME."""
+        if self.saes.knows(slave):
+            return
+        until = self._peer_saes.get(slave)
+        if until is not None and until > time.monotonic():
+            return
+        if self.peer is not None:
+            try:
+                known = await self.peer.knows_sae(slave)
+            except PeerUnavailable as exc:
+                raise etsi.Unavailable(
+                    f"cannot ask the peer KME whether slave_SAE_ID {slave} is registered there",
+                    [{"peer_KME_ID": self.peer_kme_id, "reason": str(exc)}],
+                ) from None
+            if known:
+                self._peer_saes[slave] = time.monotonic() + self.peer_sae_cache_s
+                return
+        raise etsi.BadRequest(
+            f"unknown slave_SAE_ID {slave}: no SAE with this ID is registered at this KME "
+            f"({self.kme_id}) or at its peer KME ({self.peer_kme_id})",
+            [{"slave_SAE_ID": slave, "registered": False}],
+        )
+
+    def handle_knows_sae(self, sae_id: str) -> bool:
+        """Peer-facing: is ``sae_id`` registered at this KME (not asking any further)?"""
+        return self.saes.knows(sae_id)
+
     async def status(self, master: str, slave: str) -> dict[str, Any]:
+        await self.check_reachable(slave)
         free = await self._db(self.pool.free_count)
         ready = await self._db(self.pool.ready_count, master, slave, self.limits.key_size)
         return etsi.status_body(
@@ -197,21 +270,25 @@ class KmeNode:
             raise etsi.BadRequest("slave_SAE_ID must differ from the caller's SAE_ID")
         if self.peer is None:
             raise etsi.Unavailable("this KME is not connected to a peer KME")
+        await self.check_reachable(slave)
         number, size = request.number, request.size
-        async with self._lock(master, slave):
-            ready = await self._db(self.pool.ready_count, master, slave, size)
-            if ready < number:
-                if self.allocator:
-                    await self._bind_here(master, slave, size, number - ready)
-                else:
-                    await self._bind_at_allocator(master, slave, size, number - ready)
-            try:
-                keys = await self._db(self.pool.take_bound_for_master, master, slave, size, number)
-            except PoolExhausted as exc:  # pragma: no cover - guarded by the steps above
-                raise etsi.Unavailable(
-                    "keys could not be reserved", [{"reason": str(exc)}]
-                ) from None
-        await self._refresh_room()
+        try:
+            async with self._lock(master, slave):
+                ready = await self._db(self.pool.ready_count, master, slave, size)
+                if ready < number:
+                    if self.allocator:
+                        await self._bind_here(master, slave, size, number - ready)
+                    else:
+                        await self._bind_at_allocator(master, slave, size, number - ready)
+                try:
+                    keys = await self._db(
+                        self.pool.take_bound_for_master, master, slave, size, number)
+                except PoolExhausted as exc:  # pragma: no cover - guarded by the steps above
+                    raise etsi.Unavailable(
+                        "keys could not be reserved", [{"reason": str(exc)}]
+                    ) from None
+        finally:  # bound, freed or handed out: the free keys changed, and with them the room
+            await self._refresh_room()
         log.info("enc_keys: %d key(s) of %d bits for %s -> %s", number, size, master, slave)
         return keys
 
@@ -229,10 +306,16 @@ class KmeNode:
             )
         except PoolExhausted as exc:
             raise _not_enough(exc, size) from None
+        except QuotaExceeded as exc:
+            raise over_quota(exc) from None
         deadline = time.monotonic() + self.arrival_wait_s
         while True:
             try:
                 missing = await self.peer.push_binding(binding)
+            except QuotaExceeded as exc:
+                # The follower cancelled it for ever: these keys are free again.
+                await self._db(self.pool.drop_unshared, binding.binding_id, [])
+                raise over_quota(exc) from None
             except PeerUnavailable as exc:
                 raise etsi.Unavailable(
                     "the peer KME is unreachable; the reserved keys are kept for your next request",
@@ -256,6 +339,10 @@ class KmeNode:
             )
         except PoolExhausted as exc:
             raise _not_enough(exc, size) from None
+        except QuotaExceeded as exc:
+            raise over_quota(exc) from None
+        except UnknownSae as exc:
+            raise etsi.BadRequest(str(exc), [{"slave_SAE_ID": exc.sae_id}]) from None
         except PeerUnavailable as exc:
             raise etsi.Unavailable(
                 "the peer KME is unreachable",
@@ -308,9 +395,14 @@ class KmeNode:
     async def handle_allocate(
         self, *, binding_id: str, master: str, slave: str, sizes: Sequence[int]
     ) -> Binding:
-        """Allocator: bind keys for a master SAE that fetches at the follower."""
+        """Allocator: bind keys for a master SAE that fetches at the follower.
+
+        The slave fetches here, so it must be registered here (:class:`UnknownSae`).
+        """
         if not self.allocator:
             raise BindingConflict("this KME is not the allocator")
+        if not self.saes.knows(slave):
+            raise UnknownSae(slave, self.kme_id)
         binding = await self._db(
             self.pool.bind,
             binding_id=binding_id,
@@ -341,7 +433,15 @@ class KmeNode:
         settled = 0
         for binding, created in await self._db(self.pool.unacked_bindings):
             try:
-                missing = await self.peer.push_binding(binding)
+                try:
+                    missing = await self.peer.push_binding(binding)
+                except QuotaExceeded as exc:
+                    await self._db(self.pool.drop_unshared, binding.binding_id, [])
+                    await self._refresh_room()
+                    log.warning("binding %s refused by %s: %s", binding.binding_id,
+                                self.peer_kme_id, exc)
+                    settled += 1
+                    continue
                 if not missing:
                     await self._db(self.pool.mark_acked, binding.binding_id)
                     settled += 1
@@ -360,12 +460,16 @@ class KmeNode:
         return settled
 
     async def run_sweeper(self, stop: asyncio.Event) -> None:
-        """Erase kept dec_keys answers when their grace ends (see :mod:`.pool`), until ``stop``.
+        """Erase kept dec_keys answers when their grace ends and destroy expired bindings
+        (see :mod:`.pool`), until ``stop``.
 
-        Sleeps until the oldest one is due; one kept later is due no sooner than a whole
-        grace from now, so waking then at the latest misses nothing.
+        Sleeps until the oldest one is due; one made later is due no sooner than a whole
+        grace (or binding lifetime) from now, so waking then at the latest misses nothing. (A
+        binding the follower confirms late is due from its creation: it may wait for the next
+        wake-up, at most a grace or a lifetime later.)
         """
         grace = self.pool.redelivery_grace_s
+        ttl = self.pool.binding_limits.ttl_s
         while not stop.is_set():
             try:
                 erased = await self._db(self.pool.sweep_redeliverable)
@@ -373,14 +477,24 @@ class KmeNode:
                     log.info("erased %d dec_keys answer(s) whose redelivery grace ended", erased)
                     for callback in self.on_redeliverable_erased:
                         callback(erased)
-                due = await self._db(self.pool.next_redelivery_expiry)
+                expired = await self._db(self.pool.expire_bindings)
+                if expired:
+                    log.warning("destroyed %d bound pool key(s) their SAEs never fetched",
+                                expired)
+                    await self._refresh_room()
+                    for callback in self.on_bindings_expired:
+                        callback(expired)
+                dues = [d for d in (await self._db(self.pool.next_redelivery_expiry),
+                                    await self._db(self.pool.next_binding_expiry))
+                        if d is not None]
+                due = min(dues) if dues else None
             except Exception:  # keep sweeping; try again in a second
-                log.exception("sweeping kept dec_keys answers failed")
+                log.exception("sweeping kept dec_keys answers and expired bindings failed")
                 due = time.time() + 1.0
             if due is not None:
                 timeout: float | None = max(0.0, due - time.time()) + 0.01
             else:
-                timeout = grace if grace > 0 else None
+                timeout = min(grace, ttl) if grace > 0 else ttl
             try:
                 await asyncio.wait_for(stop.wait(), timeout)
             except TimeoutError:
@@ -412,6 +526,21 @@ class KmeNode:
             "redeliverable": stats.redeliverable,
             "max_key_count": stats.max_key_count,
         }
+
+
+class UnknownSae(Exception):
+    """A slave SAE_ID that is not registered at the KME asked to bind keys for it."""
+
+    def __init__(self, sae_id: str, kme_id: str) -> None:
+        super().__init__(f"unknown slave_SAE_ID {sae_id}: not registered at KME {kme_id}")
+        self.sae_id = sae_id
+
+
+def over_quota(exc: QuotaExceeded) -> etsi.Unavailable:
+    """The ETSI answer (503: retry once the slave fetched, or its keys expired) for a quota."""
+    return etsi.Unavailable(
+        f"too many keys bound and not yet fetched: {exc}", [exc.to_json()]
+    )
 
 
 def _not_enough(exc: PoolExhausted, size: int) -> etsi.Unavailable:

@@ -12,8 +12,9 @@ import ssl
 from collections.abc import Sequence
 
 from .http11 import AsyncHttpClient, HttpError, Response
-from .node import PeerUnavailable
-from .pool import Binding, PoolExhausted
+from .node import PeerUnavailable, UnknownSae
+from .pool import Binding, PoolExhausted, QuotaExceeded
+from .sae_id import sae_id_path_segment
 
 
 class HttpPeer:
@@ -45,6 +46,7 @@ class HttpPeer:
 
     async def push_binding(self, binding: Binding) -> list[str]:
         resp = await self._post("/kme/v1/bindings", binding.to_json())
+        _raise_quota(resp)
         if resp.status_code != 200:
             raise PeerUnavailable(f"peer refused binding: {resp.status_code} {resp.text[:200]}")
         missing = resp.json().get("missing")
@@ -69,12 +71,52 @@ class HttpPeer:
             {"binding_id": binding_id, "master_SAE_ID": master, "slave_SAE_ID": slave,
              "sizes": list(sizes)},
         )
+        _raise_quota(resp)
         if resp.status_code == 503:
             body = resp.json()
             raise PoolExhausted(int(body.get("needed", 0)), int(body.get("available", 0)))
+        refused = _body(resp)
+        if resp.status_code == 400 and isinstance(refused.get("unknown_SAE_ID"), str):
+            where = refused.get("KME_ID")
+            raise UnknownSae(slave, where if isinstance(where, str) else "the allocator")
         if resp.status_code != 200:
             raise PeerUnavailable(f"peer refused allocation: {resp.status_code} {resp.text[:200]}")
         try:
             return Binding.from_json(resp.json())
         except ValueError as exc:
             raise PeerUnavailable(f"peer sent a malformed binding: {exc}") from None
+
+    async def knows_sae(self, sae_id: str) -> bool:
+        try:
+            resp = await self._client.request(
+                "GET", f"/kme/v1/saes/{sae_id_path_segment(sae_id)}")
+        except HttpError as exc:
+            raise PeerUnavailable(str(exc)) from None
+        if resp.status_code != 200:
+            raise PeerUnavailable(f"peer refused SAE lookup: {resp.status_code} {resp.text[:200]}")
+        registered = _body(resp).get("registered")
+        if not isinstance(registered, bool):
+            raise PeerUnavailable("peer answered the SAE lookup without 'registered'")
+        return registered
+
+
+def _raise_quota(resp: Response) -> None:
+    """Turn the peer's quota refusal (503 with a ``quota`` object) into QuotaExceeded."""
+    if resp.status_code != 503:
+        return
+    quota = _body(resp).get("quota")
+    if quota is None:
+        return
+    try:
+        raise QuotaExceeded.from_json(quota)
+    except ValueError as exc:
+        raise PeerUnavailable(f"peer sent a malformed quota refusal: {exc}") from None
+
+
+def _body(resp: Response) -> dict[str, object]:
+    """The answer's JSON object, or {} when it is not one."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -275,6 +276,56 @@ class Pki:
     def client_context(self, paths: CertPaths) -> ssl.SSLContext:
         """TLS client context presenting ``paths`` and trusting only this CA."""
         return client_ssl_context(ca=self.ca_cert, cert=paths.cert, key=paths.key)
+
+
+class PkiSaeRegistry:
+    """The SAEs registered in a PKI directory: a certificate ``sae/<SAE_ID>.pem`` from its CA.
+
+    This is the list of SAEs both KMEs of a pair hold (they share the PKI directory; SAEs
+    enrolled later appear without a restart). A file counts only if it is a valid SAE
+    certificate for that very SAE_ID (OU=SAE, CN=SAE_ID, signed by this CA, not expired), so
+    a stray file registers nobody. Checked results are kept while the file is unchanged.
+    Removing the file unregisters the SAE for new bindings.
+    """
+
+    def __init__(self, pki: Pki) -> None:
+        self.pki = pki
+        self._ca: x509.Certificate | None = None
+        self._checked: dict[str, tuple[tuple[int, int], bool]] = {}
+
+    def knows(self, sae_id: str) -> bool:
+        if not is_valid_sae_id(sae_id):
+            return False
+        path = self.pki.sae(sae_id).cert
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return False
+        version = (stat.st_mtime_ns, stat.st_size)
+        cached = self._checked.get(sae_id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        valid = self._valid(path, sae_id)
+        self._checked[sae_id] = (version, valid)
+        return valid
+
+    def _valid(self, path: Path, sae_id: str) -> bool:
+        if self._ca is None:
+            self._ca = x509.load_pem_x509_certificate(self.pki.ca_cert.read_bytes())
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            cert.verify_directly_issued_by(self._ca)
+        except (ValueError, TypeError, OSError, InvalidSignature):
+            return False
+        subject = cert.subject
+        names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        units = subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+        now = dt.datetime.now(dt.UTC)
+        return (
+            [n.value for n in names] == [sae_id]
+            and [u.value for u in units] == [ROLE_SAE]
+            and cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+        )
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,24 @@ enc_keys keeps nothing: the master names no key_IDs (ETSI has no way to ask for 
 again), and a master killed after enc_keys loses nothing the peer needs — it never sent a
 message under those keys, so nobody will ask for them; it simply asks for fresh ones.
 
+Limits on bindings (no SAE can starve the others)
+-------------------------------------------------
+Bound keys wait for an SAE that may never come: a master can bind keys to a slave that never
+fetches them. Three rules keep that from stopping the link for everybody:
+
+* the link's :meth:`KeyPool.room` counts **free** keys only, so bound keys never stop refills;
+* :class:`BindingLimits` caps the pool keys bound and not yet fetched per (master, slave) pair
+  and per master SAE; a binding over either quota is refused whole (:class:`QuotaExceeded`),
+  at the allocator when it binds and at the follower when it applies;
+* a binding left unfetched ``ttl_s`` after it was recorded here (and, at the allocator,
+  confirmed by the follower) expires: its keys are deleted
+  (``secure_delete``) and journalled as delivered to ``(expired)``, so they are never handed
+  to anybody. Each KME expires on its own clock from the time it recorded the binding, so
+  both ends destroy the same keys; a key an SAE asks for after that is simply unknown.
+
+Keys leave a pool only through bindings: there is no way to take free keys directly, since
+on a linked pool that would leave the peer's copy free for another binding.
+
 A *binding* is the unit the two KMEs agree on: a list of delivered keys (each made of one or
 more pool keys, see :mod:`keysource.kme.etsi` for sizes), the SAE pair and the KME at which
 the master fetches them. Only one KME of a link (the allocator) creates bindings; the other
@@ -60,6 +78,7 @@ from keysource.sqlite_schema import Migration, Schema, open_schema
 
 from . import linkstate
 from .defaults import DEFAULT_REDELIVERY_GRACE_S
+from .sae_id import sae_id_problem
 
 POOL_KEY_BYTES = 32
 POOL_KEY_BITS = POOL_KEY_BYTES * 8
@@ -129,6 +148,44 @@ POOL_SCHEMA = Schema(
 
 
 _CANCELLED = -1  # bindings.acked of a binding the follower refused for ever
+EXPIRED_SAE = "(expired)"  # the delivered journal's "SAE" for keys destroyed unfetched
+
+# Default quotas, as shares of the pool's max_key_count: one master can never hold more than
+# an eighth of the pool unfetched, so the others always find free keys, even right after it
+# drained what it could; with the default 100000 keys a pair's quota (6250) still fits one
+# full request (128 keys of 8192 bits = 4096 pool keys).
+POOL_SHARE_PER_PAIR = 16
+POOL_SHARE_PER_MASTER = 8
+DEFAULT_BINDING_TTL_S = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class BindingLimits:
+    """How many pool keys may wait bound and unfetched, and for how long (module docstring)."""
+
+    per_pair: int = DEFAULT_MAX_KEY_COUNT // POOL_SHARE_PER_PAIR  # per (master, slave) SAEs
+    per_master: int = DEFAULT_MAX_KEY_COUNT // POOL_SHARE_PER_MASTER  # over all its slaves
+    ttl_s: float = DEFAULT_BINDING_TTL_S  # an unfetched binding is destroyed this long after
+
+    @classmethod
+    def for_pool(
+        cls, max_key_count: int, *, per_pair: int | None = None, per_master: int | None = None,
+        ttl_s: float = DEFAULT_BINDING_TTL_S,
+    ) -> BindingLimits:
+        """The limits for a pool of ``max_key_count`` keys; None = the default share of it."""
+        return cls(
+            per_pair=per_pair if per_pair is not None
+            else max(1, max_key_count // POOL_SHARE_PER_PAIR),
+            per_master=per_master if per_master is not None
+            else max(1, max_key_count // POOL_SHARE_PER_MASTER),
+            ttl_s=ttl_s,
+        )
+
+    def __post_init__(self) -> None:
+        if self.per_pair <= 0 or self.per_master <= 0:
+            raise ValueError("the bound-key quotas must be positive")
+        if not self.ttl_s > 0:  # also refuses NaN
+            raise ValueError("the binding lifetime must be > 0")
 
 
 class PoolError(Exception):
@@ -150,6 +207,43 @@ class BadBatch(PoolError):
 
 class BindingConflict(PoolError):
     """A binding names a key already bound elsewhere: the two pools disagree."""
+
+
+class QuotaExceeded(PoolError):
+    """A binding would put more unfetched keys on an SAE pair or master than allowed."""
+
+    def __init__(self, quota: str, *, master: str, slave: str, bound: int, requested: int,
+                 limit: int) -> None:
+        whom = f"master SAE {master}" if quota == "per_master" else f"SAE pair {master} -> {slave}"
+        super().__init__(
+            f"{quota} quota: {whom} already has {bound} pool keys bound and not yet fetched; "
+            f"{requested} more would exceed the limit of {limit}"
+        )
+        self.quota = quota
+        self.master = master
+        self.slave = slave
+        self.bound = bound
+        self.requested = requested
+        self.limit = limit
+
+    def to_json(self) -> dict[str, object]:
+        return {"quota": self.quota, "master_SAE_ID": self.master, "slave_SAE_ID": self.slave,
+                "bound": self.bound, "requested": self.requested, "limit": self.limit}
+
+    @classmethod
+    def from_json(cls, data: object) -> QuotaExceeded:
+        """Parse a refusal sent by the peer KME; ValueError when malformed."""
+        try:
+            assert isinstance(data, dict)
+            quota = data["quota"]
+            if quota not in ("per_pair", "per_master"):
+                raise ValueError(f"unknown quota {quota!r}")
+            return cls(quota, master=_sae_id_text(data["master_SAE_ID"]),
+                       slave=_sae_id_text(data["slave_SAE_ID"]),
+                       bound=int(data["bound"]), requested=int(data["requested"]),
+                       limit=int(data["limit"]))
+        except (AssertionError, KeyError, TypeError) as exc:
+            raise ValueError(f"malformed quota refusal: {exc!r}") from None
 
 
 class KeyLookupError(PoolError):
@@ -228,8 +322,8 @@ class Binding:
             )
             binding = cls(
                 binding_id=_uuid_text(data["binding_id"]),
-                master_SAE_ID=_nonempty_str(data["master_SAE_ID"]),
-                slave_SAE_ID=_nonempty_str(data["slave_SAE_ID"]),
+                master_SAE_ID=_sae_id_text(data["master_SAE_ID"]),
+                slave_SAE_ID=_sae_id_text(data["slave_SAE_ID"]),
                 master_kme=_nonempty_str(data["master_kme"]),
                 keys=keys,
             )
@@ -279,6 +373,14 @@ def _positive_int(value: object) -> int:
     return value
 
 
+def _sae_id_text(value: object) -> str:
+    problem = sae_id_problem(value)
+    if problem is not None:
+        raise TypeError(f"invalid SAE_ID: {problem}")
+    assert isinstance(value, str)
+    return value
+
+
 def _nonempty_str(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise TypeError("expected a non-empty string")
@@ -295,6 +397,7 @@ class KeyPool:
         max_key_count: int = DEFAULT_MAX_KEY_COUNT,
         busy_timeout_s: float = 30.0,
         redelivery_grace_s: float = DEFAULT_REDELIVERY_GRACE_S,
+        binding_limits: BindingLimits | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_key_count <= 0:
@@ -304,6 +407,7 @@ class KeyPool:
         self.path = Path(path)
         self.max_key_count = max_key_count
         self.redelivery_grace_s = float(redelivery_grace_s)
+        self.binding_limits = binding_limits or BindingLimits.for_pool(max_key_count)
         self._clock = clock  # wall clock: retention times survive restarts in the file
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.path.exists()
@@ -363,9 +467,12 @@ class KeyPool:
     # -- arrivals from the link ---------------------------------------------------------
 
     def room(self) -> int:
-        """How many more pool keys fit under ``max_key_count`` (the link's back-pressure)."""
-        (count,) = self._db.execute("SELECT COUNT(*) FROM keys").fetchone()
-        return max(0, self.max_key_count - count)
+        """How many more free pool keys fit under ``max_key_count`` (the link's back-pressure).
+
+        Only free keys count: keys bound to an SAE pair that does not fetch them must not
+        stop the link for everybody (they are capped by :class:`BindingLimits` instead).
+        """
+        return max(0, self.max_key_count - self.free_count())
 
     def add_keys(self, batch: Iterable[tuple[str, bytes]], *,
                  link_state: tuple[str, bytes] | None = None) -> int:
@@ -414,26 +521,6 @@ class KeyPool:
         """A link end's last state (see add_keys), or None."""
         return linkstate.read(self._db, name)
 
-    # -- the simplest consumer: take free keys ------------------------------------------
-
-    def take_free(self, number: int, *, sae: str) -> list[PoolKey]:
-        """Hand out ``number`` free keys (oldest first) to ``sae``, all or nothing.
-
-        Used where one pool serves one consumer directly (tools, tests); the ETSI server
-        uses bindings instead so the peer KME knows which SAE pair got which key.
-        """
-        if number <= 0:
-            raise ValueError("number must be positive")
-        with self._write() as db:
-            rows = db.execute(
-                "SELECT key_id, material FROM keys WHERE bound_to IS NULL ORDER BY seq LIMIT ?",
-                (number,),
-            ).fetchall()
-            if len(rows) < number:
-                raise PoolExhausted(number, len(rows))
-            self._deliver(db, [(r[0], r[0]) for r in rows], sae)
-        return [PoolKey(r[0], r[1]) for r in rows]
-
     # -- bindings -------------------------------------------------------------------------
 
     def bind(
@@ -458,6 +545,9 @@ class KeyPool:
             if existing is not None:
                 return Binding.from_json(json.loads(existing[0]))
             needed = sum(parts_for_size(s) for s in sizes)
+            quota = self._over_quota(db, master_SAE_ID, slave_SAE_ID, needed)
+            if quota is not None:
+                raise quota
             rows = db.execute(
                 "SELECT key_id FROM keys WHERE bound_to IS NULL ORDER BY seq LIMIT ?", (needed,)
             ).fetchall()
@@ -478,8 +568,11 @@ class KeyPool:
 
         Returns the pool key_IDs that have not arrived here yet (then nothing is applied;
         the allocator retries). Applying the same binding twice is a no-op. Raises
-        :class:`BindingConflict` when a key is bound differently or already delivered.
+        :class:`BindingConflict` when a key is bound differently or already delivered, and
+        :class:`QuotaExceeded` when the slave fetches here and the binding would exceed a
+        quota: the binding is then cancelled for ever (the allocator frees its keys).
         """
+        refused: QuotaExceeded | None = None
         with self._write() as db:
             row = db.execute(
                 "SELECT acked FROM bindings WHERE binding_id = ?", (binding.binding_id,)
@@ -504,8 +597,46 @@ class KeyPool:
                         raise BindingConflict(f"pool key {part} is already bound to {row[0]}")
             if missing:
                 return missing
-            self._store_binding(db, binding, local_kme=local_kme, acked=True)
+            # Quotas hold where the slave fetches (the keys that may wait for ever); the
+            # master's side was checked by the allocator when it bound them.
+            if binding.master_kme != local_kme:
+                needed = sum(len(key.parts) for key in binding.keys)
+                refused = self._over_quota(
+                    db, binding.master_SAE_ID, binding.slave_SAE_ID, needed)
+            if refused is None:
+                self._store_binding(db, binding, local_kme=local_kme, acked=True)
+            else:
+                db.execute(
+                    "INSERT INTO bindings (binding_id, body, acked, created)"
+                    " VALUES (?, '{}', ?, ?)",
+                    (binding.binding_id, _CANCELLED, self._clock()),
+                )
+        if refused is not None:
+            raise refused
         return []
+
+    def _over_quota(
+        self, db: sqlite3.Connection, master: str, slave: str, needed: int
+    ) -> QuotaExceeded | None:
+        """The quota ``needed`` more bound pool keys for (master, slave) would exceed, if any.
+
+        Expired bindings of ``master`` are destroyed first, so they never count.
+        """
+        self._expire(db, self._clock(), master=master)
+        limits = self.binding_limits
+        (pair,) = db.execute(
+            "SELECT COUNT(*) FROM keys WHERE master_sae = ? AND slave_sae = ?", (master, slave)
+        ).fetchone()
+        if pair + needed > limits.per_pair:
+            return QuotaExceeded("per_pair", master=master, slave=slave, bound=pair,
+                                 requested=needed, limit=limits.per_pair)
+        (total,) = db.execute(
+            "SELECT COUNT(*) FROM keys WHERE master_sae = ?", (master,)
+        ).fetchone()
+        if total + needed > limits.per_master:
+            return QuotaExceeded("per_master", master=master, slave=slave, bound=total,
+                                 requested=needed, limit=limits.per_master)
+        return None
 
     def _store_binding(
         self, db: sqlite3.Connection, binding: Binding, *, local_kme: str, acked: bool
@@ -529,7 +660,7 @@ class KeyPool:
                 )
         db.execute(
             "INSERT INTO bindings (binding_id, body, acked, created) VALUES (?, ?, ?, ?)",
-            (binding.binding_id, json.dumps(binding.to_json()), int(acked), time.time()),
+            (binding.binding_id, json.dumps(binding.to_json()), int(acked), self._clock()),
         )
 
     def unacked_bindings(self) -> list[tuple[Binding, float]]:
@@ -554,7 +685,7 @@ class KeyPool:
                 return bool(row[0] == _CANCELLED)
             db.execute(
                 "INSERT INTO bindings (binding_id, body, acked, created) VALUES (?, '{}', ?, ?)",
-                (binding_id, _CANCELLED, time.time()),
+                (binding_id, _CANCELLED, self._clock()),
             )
         return True
 
@@ -588,12 +719,13 @@ class KeyPool:
     # -- delivery -------------------------------------------------------------------------
 
     def ready_count(self, master: str, slave: str, size_bits: int) -> int:
-        """Delivered keys bound to (master, slave) at this master KME, confirmed by the peer."""
+        """Delivered keys bound to (master, slave) at this master KME, confirmed by the peer
+        and not expired."""
         (count,) = self._db.execute(
             "SELECT COUNT(*) FROM keys k JOIN bindings b ON b.binding_id = k.binding_id"
             " WHERE k.master_sae = ? AND k.slave_sae = ? AND k.role = 'master'"
-            " AND k.size_bits = ? AND k.part = 0 AND b.acked = 1",
-            (master, slave, size_bits),
+            " AND k.size_bits = ? AND k.part = 0 AND b.acked = 1 AND b.created > ?",
+            (master, slave, size_bits, self._clock() - self.binding_limits.ttl_s),
         ).fetchone()
         return int(count)
 
@@ -602,6 +734,7 @@ class KeyPool:
     ) -> list[PoolKey]:
         """enc_keys: give ``number`` confirmed keys of (master, slave) to master, all or none."""
         with self._write() as db:
+            self._expire(db, self._clock(), master=master, slave=slave)
             heads = db.execute(
                 "SELECT k.bound_to FROM keys k JOIN bindings b ON b.binding_id = k.binding_id"
                 " WHERE k.master_sae = ? AND k.slave_sae = ? AND k.role = 'master'"
@@ -622,6 +755,7 @@ class KeyPool:
         now = self._clock()
         with self._write() as db:
             self._sweep(db, now)
+            self._expire(db, now, master=master, slave=slave)
             unknown, foreign, fresh = [], [], []
             again: dict[str, bytes] = {}
             for key_id in key_ids:
@@ -672,6 +806,57 @@ class KeyPool:
         (oldest,) = self._db.execute("SELECT MIN(at) FROM redeliverable").fetchone()
         return None if oldest is None else float(oldest) + self.redelivery_grace_s
 
+    def expire_bindings(self) -> int:
+        """Destroy the keys of bindings left unfetched past ``ttl_s``; return how many."""
+        with self._write() as db:
+            return self._expire(db, self._clock())
+
+    def _expire(
+        self, db: sqlite3.Connection, now: float, *, master: str | None = None,
+        slave: str | None = None,
+    ) -> int:
+        """Delete (and journal) the bound keys of bindings older than the lifetime.
+
+        ``master`` / ``slave`` narrow the search to one master or pair (index ``keys_pair``),
+        so the enc_keys and dec_keys paths never scan other SAEs' keys. A binding the peer has
+        not confirmed yet (``acked = 0``, allocator only) waits: destroying it here while the
+        follower may still apply it would strand the follower's copies as free keys it can
+        never share. Once pushed, it expires at once here and a lifetime later there.
+        """
+        cutoff = now - self.binding_limits.ttl_s
+        if master is None:
+            # Every binding still holding keys (index keys_binding), looked up by its key.
+            rows = db.execute(
+                "SELECT k.key_id, k.bound_to FROM keys k WHERE k.binding_id IN"
+                " (SELECT binding_id FROM bindings WHERE acked != 0 AND created <= ?"
+                "  AND binding_id IN (SELECT DISTINCT binding_id FROM keys"
+                "   WHERE binding_id IS NOT NULL))",
+                (cutoff,),
+            ).fetchall()
+        else:
+            pair, args = "k.master_sae = ?", [master]
+            if slave is not None:
+                pair += " AND k.slave_sae = ?"
+                args.append(slave)
+            rows = db.execute(
+                "SELECT k.key_id, k.bound_to FROM keys k"
+                " JOIN bindings b ON b.binding_id = k.binding_id"
+                f" WHERE {pair} AND b.acked != 0 AND b.created <= ?",
+                (*args, cutoff),
+            ).fetchall()
+        if not rows:
+            return 0
+        self._deliver(db, [(r[0], r[1]) for r in rows], EXPIRED_SAE)
+        return len(rows)
+
+    def next_binding_expiry(self) -> float | None:
+        """When the oldest binding still holding unfetched keys expires (wall clock), or None."""
+        (oldest,) = self._db.execute(
+            "SELECT MIN(created) FROM bindings WHERE acked != 0 AND binding_id IN"
+            " (SELECT DISTINCT binding_id FROM keys WHERE binding_id IS NOT NULL)"
+        ).fetchone()
+        return None if oldest is None else float(oldest) + self.binding_limits.ttl_s
+
     def _take_bound(self, db: sqlite3.Connection, heads: Sequence[str], sae: str) -> list[PoolKey]:
         out = []
         for head in heads:
@@ -687,7 +872,7 @@ class KeyPool:
     def _deliver(
         self, db: sqlite3.Connection, keys: Sequence[tuple[str, str | None]], sae: str
     ) -> None:
-        now = time.time()
+        now = self._clock()
         for key_id, head in keys:
             db.execute("DELETE FROM keys WHERE key_id = ?", (key_id,))
             db.execute(

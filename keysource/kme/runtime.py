@@ -43,8 +43,8 @@ from .etsi import Limits
 from .link import LinkMonitor, link_params, run_link_endpoint, run_pair_link
 from .node import KmeNode, LocalPeer
 from .peer import HttpPeer
-from .pki import Pki
-from .pool import KeyPool
+from .pki import Pki, PkiSaeRegistry
+from .pool import BindingLimits, KeyPool
 from .server import start_server
 
 
@@ -62,6 +62,8 @@ class KmeSettings:
     keys_ready: int = 0  # print "keys ready" once every pool holds this many free keys (0: never)
     # A dec_keys answer stays re-servable to the same slave SAE this long (keysource.kme.pool).
     redelivery_grace_s: float = DEFAULT_REDELIVERY_GRACE_S
+    # Quotas and lifetime of bound-but-unfetched keys (keysource.kme.pool.BindingLimits).
+    binding_limits: BindingLimits | None = None  # None: the default shares of max_key_count
 
     def __post_init__(self) -> None:
         if not self.redelivery_grace_s >= 0:  # also refuses NaN
@@ -89,7 +91,8 @@ def pool_path(data: Path, kme_id: str) -> Path:
 
 def _open_pool(settings: KmeSettings, kme_id: str) -> KeyPool:
     return KeyPool(pool_path(settings.data, kme_id), max_key_count=settings.max_key_count,
-                   redelivery_grace_s=settings.redelivery_grace_s)
+                   redelivery_grace_s=settings.redelivery_grace_s,
+                   binding_limits=settings.binding_limits)
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
@@ -215,11 +218,11 @@ async def run_pair(
         _say(out, f"created {created}")
     node_a = KmeNode(
         kme_id=KME_A, peer_kme_id=KME_B, allocator=True, limits=settings.limits,
-        pool=_open_pool(settings, KME_A),
+        pool=_open_pool(settings, KME_A), saes=PkiSaeRegistry(pki),
     )
     node_b = KmeNode(
         kme_id=KME_B, peer_kme_id=KME_A, allocator=False, limits=settings.limits,
-        pool=_open_pool(settings, KME_B),
+        pool=_open_pool(settings, KME_B), saes=PkiSaeRegistry(pki),
     )
     node_a.peer, node_b.peer = LocalPeer(node_b), LocalPeer(node_a)
     monitor = LinkMonitor()
@@ -296,7 +299,7 @@ async def run_serve(
     node = KmeNode(
         kme_id=kme_id, peer_kme_id=peer_kme_id, allocator=(role == "alice"),
         limits=settings.limits,
-        pool=_open_pool(settings, kme_id),
+        pool=_open_pool(settings, kme_id), saes=PkiSaeRegistry(pki),
     )
     peer_ctx = None if settings.plain_http else pki.client_context(pki.kme(kme_id))
     peer = HttpPeer(peer_url, ssl_context=peer_ctx, own_kme_id=kme_id)

@@ -12,10 +12,14 @@ KME-to-KME (only the peer KME's certificate, OU=KME, CN=peer KME_ID):
     POST      /kme/v1/bindings     the allocator pushes a binding to the follower
     POST      /kme/v1/allocate     the follower asks the allocator to bind keys
     POST      /kme/v1/cancel       the allocator gives up a binding the follower cannot hold
+    GET       /kme/v1/saes/{SAE_ID}  is this SAE registered at this KME? (before binding keys)
 Monitoring (any certificate from the CA; no key material):
     GET       /kme/v1/stats
 
-Errors are ``{"message": ..., "details": [...]}`` with 400, 401, 404, 405, 409 or 503.
+Errors are ``{"message": ..., "details": [...]}`` with 400, 401, 404, 405, 409 or 503. An
+enc_keys for a slave SAE registered neither here nor at the peer KME is a 400 naming it; one
+over a quota of bound-but-unfetched keys is a 503 whose details name the quota
+(:class:`keysource.kme.pool.QuotaExceeded`).
 The plain-HTTP mode (``ssl_context=None``) exists for loopback debugging only: identities
 then come from the ``X-SAE-ID`` / ``X-KME-ID`` headers, so it refuses any other address.
 """
@@ -33,9 +37,10 @@ from typing import Any
 from aiohttp import web
 
 from . import etsi
-from .node import KmeNode
+from .node import KmeNode, UnknownSae
 from .pki import ROLE_KME, ROLE_SAE, PeerIdentity, identity_from_peercert
-from .pool import Binding, BindingConflict, PoolExhausted
+from .pool import Binding, BindingConflict, PoolExhausted, QuotaExceeded
+from .sae_id import is_valid_sae_id
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +90,9 @@ async def _errors_as_json(
 def _identity(request: web.Request) -> PeerIdentity | None:
     if request.app[PLAIN_KEY]:
         if sae := request.headers.get("X-SAE-ID"):
-            return PeerIdentity(ROLE_SAE, sae)
+            return PeerIdentity(ROLE_SAE, sae) if is_valid_sae_id(sae) else None
         if kme := request.headers.get("X-KME-ID"):
-            return PeerIdentity(ROLE_KME, kme)
+            return PeerIdentity(ROLE_KME, kme) if is_valid_sae_id(kme) else None
         return None
     transport = request.transport
     if transport is None:
@@ -173,6 +178,8 @@ async def peer_bindings(request: web.Request) -> web.Response:
         raise etsi.BadRequest(str(exc)) from None
     try:
         missing = await node.handle_push(binding)
+    except QuotaExceeded as exc:
+        return web.json_response({"message": str(exc), "quota": exc.to_json()}, status=503)
     except BindingConflict as exc:
         log.error("binding %s conflicts with this pool: %s", binding.binding_id, exc)
         return _error(409, str(exc))
@@ -199,9 +206,22 @@ async def peer_allocate(request: web.Request) -> web.Response:
             {"message": "not enough keys", "needed": exc.needed, "available": exc.available},
             status=503,
         )
+    except QuotaExceeded as exc:
+        return web.json_response({"message": str(exc), "quota": exc.to_json()}, status=503)
+    except UnknownSae as exc:
+        return web.json_response(
+            {"message": str(exc), "unknown_SAE_ID": exc.sae_id, "KME_ID": node.kme_id}, status=400)
     except BindingConflict as exc:
         return _error(409, str(exc))
     return web.json_response(binding.to_json())
+
+
+async def peer_saes(request: web.Request) -> web.Response:
+    """The peer KME asks whether an SAE is registered here before binding keys to it."""
+    _peer_kme(request)
+    sae_id = etsi.check_sae_id(request.match_info["sae"], what="SAE_ID")
+    return web.json_response(
+        {"SAE_ID": sae_id, "registered": request.app[NODE_KEY].handle_knows_sae(sae_id)})
 
 
 async def peer_cancel(request: web.Request) -> web.Response:
@@ -247,6 +267,7 @@ def make_app(
     app.router.add_post("/kme/v1/bindings", peer_bindings)
     app.router.add_post("/kme/v1/allocate", peer_allocate)
     app.router.add_post("/kme/v1/cancel", peer_cancel)
+    app.router.add_get("/kme/v1/saes/{sae}", peer_saes)
     app.router.add_get("/kme/v1/stats", stats)
     return app
 

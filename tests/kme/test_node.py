@@ -10,17 +10,21 @@ from pathlib import Path
 import pytest
 
 from keysource.kme import etsi
-from keysource.kme.node import KmeNode, LocalPeer
+from keysource.kme.node import KmeNode, LocalPeer, StaticSaeRegistry
 from keysource.kme.pool import BindingConflict, KeyPool
 
 from .conftest import random_batch
 
+SAES = StaticSaeRegistry(["m", "s"])  # the SAEs these tests' KMEs have registered
+
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[tuple[KmeNode, KmeNode]]:
-    a = KmeNode(kme_id="A", peer_kme_id="B", allocator=True, pool=KeyPool(tmp_path / "a.db"),
+    a = KmeNode(saes=SAES, kme_id="A", peer_kme_id="B", allocator=True,
+                pool=KeyPool(tmp_path / "a.db"),
                 arrival_wait_s=0.2, unshared_after_s=0.0)
-    b = KmeNode(kme_id="B", peer_kme_id="A", allocator=False, pool=KeyPool(tmp_path / "b.db"),
+    b = KmeNode(saes=SAES, kme_id="B", peer_kme_id="A", allocator=False,
+                pool=KeyPool(tmp_path / "b.db"),
                 arrival_wait_s=0.2)
     a.peer, b.peer = LocalPeer(b), LocalPeer(a)
     yield a, b
@@ -86,7 +90,8 @@ async def test_cancel_after_apply_counts_as_acknowledged(tmp_path: Path) -> None
 
 
 async def test_enc_keys_without_a_peer_is_503(tmp_path: Path) -> None:
-    lonely = KmeNode(kme_id="A", peer_kme_id="B", allocator=True, pool=KeyPool(tmp_path / "x"))
+    lonely = KmeNode(saes=SAES, kme_id="A", peer_kme_id="B", allocator=True,
+                     pool=KeyPool(tmp_path / "x"))
     try:
         with pytest.raises(etsi.Unavailable):
             await lonely.enc_keys("m", "s", REQ)
@@ -98,8 +103,9 @@ async def test_the_sweeper_erases_kept_dec_keys_answers_when_their_grace_ends(
     tmp_path: Path,
 ) -> None:
     grace = 0.5
-    a = KmeNode(kme_id="A", peer_kme_id="B", allocator=True, pool=KeyPool(tmp_path / "a.db"))
-    b = KmeNode(kme_id="B", peer_kme_id="A", allocator=False,
+    a = KmeNode(saes=SAES, kme_id="A", peer_kme_id="B", allocator=True,
+                pool=KeyPool(tmp_path / "a.db"))
+    b = KmeNode(saes=SAES, kme_id="B", peer_kme_id="A", allocator=False,
                 pool=KeyPool(tmp_path / "b.db", redelivery_grace_s=grace))
     a.peer, b.peer = LocalPeer(b), LocalPeer(a)
     stop = asyncio.Event()

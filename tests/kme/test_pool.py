@@ -18,9 +18,11 @@ from keysource.kme.pool import (
     BadBatch,
     Binding,
     BindingConflict,
+    BindingLimits,
     KeyLookupError,
     KeyPool,
     PoolExhausted,
+    PoolKey,
 )
 
 from .conftest import random_batch
@@ -28,9 +30,20 @@ from .conftest import random_batch
 A, B = "kme-a", "kme-b"
 
 
+def take_as_master(pool: KeyPool, number: int, master: str = "m") -> list[PoolKey]:
+    """enc_keys at the allocator, the only way keys leave a pool for a master: bind free keys
+    to (master, s), acknowledge (the peer holds the binding), hand them out."""
+    binding = pool.bind(binding_id=str(uuid.uuid4()), master_SAE_ID=master, slave_SAE_ID="s",
+                        master_kme=A, local_kme=A, sizes=[256] * number)
+    pool.mark_acked(binding.binding_id)
+    return pool.take_bound_for_master(master, "s", 256, number)
+
+
 @pytest.fixture
 def pool(tmp_path: Path) -> KeyPool:
-    p = KeyPool(tmp_path / "pool.sqlite", max_key_count=50)
+    # Quotas as large as the pool: these tests take whole pools through one master.
+    p = KeyPool(tmp_path / "pool.sqlite", max_key_count=50,
+                binding_limits=BindingLimits(per_pair=100, per_master=100))
     yield p
     p.close()
 
@@ -38,12 +51,12 @@ def pool(tmp_path: Path) -> KeyPool:
 def test_keys_are_handed_out_once_oldest_first(pool: KeyPool) -> None:
     batch = random_batch(10)
     assert pool.add_keys(batch) == 10
-    first = pool.take_free(4, sae="x")
+    first = take_as_master(pool, 4)
     assert [(k.key_ID, k.key) for k in first] == batch[:4]
-    rest = pool.take_free(6, sae="x")
+    rest = take_as_master(pool, 6)
     assert {k.key_ID for k in rest} == {k for k, _ in batch[4:]}
     with pytest.raises(PoolExhausted):
-        pool.take_free(1, sae="x")
+        take_as_master(pool, 1)
     assert pool.delivered_ids() == {k for k, _ in batch}
 
 
@@ -51,7 +64,7 @@ def test_add_is_idempotent_and_never_revives_delivered_keys(pool: KeyPool) -> No
     batch = random_batch(3)
     pool.add_keys(batch)
     assert pool.add_keys(batch) == 0  # a replayed batch changes nothing
-    taken = pool.take_free(1, sae="x")
+    taken = take_as_master(pool, 1)
     assert pool.add_keys(batch) == 0  # ... and never brings back the delivered key
     assert taken[0].key_ID not in pool.key_ids()
     with pytest.raises(BadBatch):
@@ -122,7 +135,7 @@ def test_apply_binding_waits_for_missing_keys_and_is_idempotent(tmp_path: Path) 
     a, b, _ = make_pair(tmp_path)
     late = random_batch(2)
     a.add_keys(late)
-    a.take_free(20, sae="drain")  # only the late keys are free at A now
+    take_as_master(a, 20, master="drain")  # only the late keys are free at A now
     binding = a.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
                      master_kme=B, local_kme=A, sizes=[512])
     assert sorted(b.apply_binding(binding, local_kme=B)) == sorted(k for k, _ in late)
@@ -190,7 +203,8 @@ def test_threads_racing_for_keys_never_share_one(tmp_path: Path) -> None:
             barrier.wait(timeout=30)
             for _ in range(40):  # 8 threads x 40 takes x 1-3 keys = 600 keys, all racing
                 try:
-                    received[index] += [k.key_ID for k in mine.take_free(1 + index % 3, sae="t")]
+                    received[index] += [
+                        k.key_ID for k in take_as_master(mine, 1 + index % 3, f"t{index}")]
                 except PoolExhausted:
                     return
 
@@ -207,8 +221,8 @@ def test_threads_racing_for_keys_never_share_one(tmp_path: Path) -> None:
     assert len(got) == 600
 
 
-def worker_cmd(path: Path, per_take: int) -> list[str]:
-    return [sys.executable, "-m", "tests.kme._pool_worker", str(path), str(per_take)]
+def worker_cmd(path: Path, per_take: int, master: str = "worker") -> list[str]:
+    return [sys.executable, "-m", "tests.kme._pool_worker", str(path), str(per_take), master]
 
 
 def test_processes_racing_for_keys_never_share_one(tmp_path: Path) -> None:
@@ -216,7 +230,7 @@ def test_processes_racing_for_keys_never_share_one(tmp_path: Path) -> None:
     batch = random_batch(1500)
     with KeyPool(path) as p:
         p.add_keys(batch)
-    procs = [subprocess.Popen(worker_cmd(path, n), stdout=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(worker_cmd(path, n, f"w{n}"), stdout=subprocess.PIPE, text=True)
              for n in (1, 2, 3, 5)]
     outputs = [p.communicate(timeout=120)[0].split() for p in procs]
     got = [k for out in outputs for k in out if k != "done"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sqlite3
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from client.store import Store, StoreError, WrongPassphrase
 from client.store.store import STORE_SCHEMA
 from client.transfer.errors import TransferError
 from client.transfer.partial import PROGRESS_SCHEMA, STATE_FILE, PartialStore, Position
-from keysource.kme.pool import POOL_SCHEMA, KeyPool
+from keysource.kme.pool import POOL_SCHEMA, BindingLimits, KeyPool
 from keysource.sqlite_schema import SchemaTooNew
 from relay.store import EnqueueStatus, SqliteStore
 from relay.store.sqlite import RELAY_SCHEMA
@@ -128,13 +129,18 @@ def test_new_profile_store_gets_the_current_version(tmp_path: Path) -> None:
 
 def test_kme_pool_from_before_versions_hands_out_the_same_keys(tmp_path: Path) -> None:
     path = _copy("kme-pool.sqlite", tmp_path / "pool.sqlite")
-    with KeyPool(path) as pool:
+    # The fixture's binding was made when the fixture was; a lifetime that long keeps it.
+    with KeyPool(path, binding_limits=BindingLimits(ttl_s=100 * 365 * 86400)) as pool:
         stats = pool.stats()
         assert (stats.free, stats.bound_master, stats.delivered) == (3, 2, 1)
         assert pool.ready_count(fx.POOL_MASTER, fx.POOL_SLAVE, 256) == 2
         bound = pool.take_bound_for_master(fx.POOL_MASTER, fx.POOL_SLAVE, 256, 2)
         assert [(k.key_ID, k.key) for k in bound] == [fx.pool_key(1), fx.pool_key(2)]
-        free = pool.take_free(3, sae="SAE_C")
+        binding = pool.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="SAE_C",
+                            slave_SAE_ID=fx.POOL_SLAVE, master_kme="kme-a", local_kme="kme-a",
+                            sizes=[256] * 3)
+        pool.mark_acked(binding.binding_id)
+        free = pool.take_bound_for_master("SAE_C", fx.POOL_SLAVE, 256, 3)
         assert [(k.key_ID, k.key) for k in free] == [fx.pool_key(i) for i in (3, 4, 5)]
         # The delivered journal survived: a replayed link batch brings no key back.
         assert pool.add_keys([fx.pool_key(i) for i in range(fx.POOL_KEYS)]) == 0
