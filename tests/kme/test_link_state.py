@@ -9,7 +9,7 @@ import pytest
 
 from keysource.kme.link import LinkMonitor, run_link_endpoint
 from keysource.kme.linkstate import DEFAULT_LINK
-from keysource.kme.node import KmeNode
+from keysource.kme.node import KmeNode, StaticSaeRegistry
 from keysource.kme.pool import BadBatch, KeyPool
 from keysource.qkd.auth import ChannelAuth, make_psk, split_psk
 from keysource.qkd.net import AuthStore
@@ -21,7 +21,7 @@ from .conftest import random_batch
 LEGACY_REFILL = bytes(range(64))
 
 # small blocks; a small authentication pool, so that blocks refill it and still make keys
-PARAMS = LinkParams(frame_bits=16384, p_signal=0.6, p_decoy=0.3, min_sample_bits=1024,
+PARAMS = LinkParams(frame_bits=32768, p_signal=0.6, p_decoy=0.3, min_sample_bits=1024,
                     auth_pool_bytes=1024)
 
 
@@ -45,7 +45,8 @@ def _run_link(tmp_path: Path, psk: bytes, good_blocks: int,
     until both ends reported ``good_blocks`` good blocks; check both pools hold the same keys
     and return both ends as their stored states restore them."""
     nodes = {role: KmeNode(kme_id=role, peer_kme_id="other", allocator=role == "alice",
-                           pool=KeyPool(tmp_path / role / "pool.sqlite"))
+                           pool=KeyPool(tmp_path / role / "pool.sqlite"),
+                           saes=StaticSaeRegistry(()))  # the link only: no SAE asks
              for role in ("alice", "bob")}
     monitors: dict[str, LinkMonitor] = {}
 

@@ -12,7 +12,7 @@ from keysource.qkd.pair import PairLink
 from keysource.qkd.protocol import KeyBatch
 from keysource.qkd.public_random import PublicRandom
 
-FAST = dict(frame_bits=16384, p_signal=0.6, p_decoy=0.3, min_sample_bits=1024)
+FAST = dict(frame_bits=32768, p_signal=0.6, p_decoy=0.3, min_sample_bits=1024)
 BLOCKS = 3
 
 
