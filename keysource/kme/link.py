@@ -7,6 +7,7 @@ client) also works with keys coming from elsewhere (``qsecret kme pair --link no
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,6 +17,8 @@ from typing import Any
 
 from .linkstate import DEFAULT_LINK
 from .node import KmeNode
+
+log = logging.getLogger(__name__)
 
 KeyBatch = Sequence[tuple[str, bytes]]
 
@@ -147,8 +150,16 @@ async def run_pair_link(
     monitor: LinkMonitor,
     stop: asyncio.Event,
 ) -> None:
-    """Both link ends in this process; keys go into both pools, back-pressure from the fuller."""
+    """Both link ends in this process; keys go into both pools, back-pressure from the fuller.
+
+    A batch is written to pool A, then to pool B (two files: no transaction spans both), so
+    a kill between the two leaves keys in A only. Such keys are free, and the link that
+    starts again here is a new one that never sends them again: they are destroyed at the
+    start (see :func:`reconcile_pair`), so both pools hold the same keys.
+    """
     from keysource import qkd
+
+    await reconcile_pair(node_a, node_b)
 
     await qkd.run_pair_link(
         params,
@@ -158,6 +169,25 @@ async def run_pair_link(
         stop=stop,
         room=lambda: min(node_a.room(), node_b.room()),
     )
+
+
+async def reconcile_pair(node_a: KmeNode, node_b: KmeNode) -> int:
+    """Destroy free keys that only one pool of a pair holds; return how many."""
+    free_a, free_b = await node_a.free_key_ids(), await node_b.free_key_ids()
+    only_a, only_b = free_a - free_b, free_b - free_a
+    # A key bound at one end has its copy bound (or delivered) at the other: not touched.
+    held_b, held_a = node_b.pool.key_ids(), node_a.pool.key_ids()
+    only_a -= held_b
+    only_b -= held_a
+    discarded = 0
+    if only_a:
+        discarded += await node_a.discard_free(only_a)
+    if only_b:
+        discarded += await node_b.discard_free(only_b)
+    if discarded:
+        log.warning("pair start: %d free keys held by one pool only (a stop between the "
+                    "two writes of a batch) destroyed", discarded)
+    return discarded
 
 
 async def run_link_endpoint(

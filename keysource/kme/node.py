@@ -212,6 +212,14 @@ class KmeNode:
     async def link_state(self, name: str) -> bytes | None:
         return await self._db(self.pool.link_state, name)
 
+    async def free_key_ids(self) -> set[str]:
+        return await self._db(self.pool.free_key_ids)
+
+    async def discard_free(self, key_ids: set[str]) -> int:
+        discarded = await self._db(self.pool.discard_free, sorted(key_ids))
+        await self._refresh_room()
+        return discarded
+
     async def _refresh_room(self) -> None:
         self._room = await self._db(self.pool.room)
 

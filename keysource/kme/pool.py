@@ -149,6 +149,7 @@ POOL_SCHEMA = Schema(
 
 _CANCELLED = -1  # bindings.acked of a binding the follower refused for ever
 EXPIRED_SAE = "(expired)"  # the delivered journal's "SAE" for keys destroyed unfetched
+UNPAIRED_SAE = "(unpaired)"  # ... for free keys the other pool of a pair never got
 
 # Default quotas, as shares of the pool's max_key_count: one master can never hold more than
 # an eighth of the pool unfetched, so the others always find free keys, even right after it
@@ -906,6 +907,19 @@ class KeyPool:
         """Keys not yet promised to anybody (indexed: cheap even for a full pool)."""
         (count,) = self._db.execute("SELECT COUNT(*) FROM keys WHERE bound_to IS NULL").fetchone()
         return int(count)
+
+    def free_key_ids(self) -> set[str]:
+        """The key_IDs of free keys (no key material)."""
+        return {r[0] for r in self._db.execute("SELECT key_id FROM keys WHERE bound_to IS NULL")}
+
+    def discard_free(self, key_ids: Iterable[str]) -> int:
+        """Destroy these keys if they are still free (journalled ``(unpaired)``, so a link
+        batch can never bring them back); return how many were destroyed."""
+        with self._write() as db:
+            free = [r[0] for key_id in key_ids for r in db.execute(
+                "SELECT key_id FROM keys WHERE key_id = ? AND bound_to IS NULL", (key_id,))]
+            self._deliver(db, [(key_id, None) for key_id in free], UNPAIRED_SAE)
+        return len(free)
 
     def key_ids(self) -> set[str]:
         """Every pool key_ID still held (tests and audits; no key material)."""
