@@ -44,8 +44,10 @@ def test_keys_ready_comes_once_both_pools_hold_the_keys(tmp_path: Path) -> None:
     (["--link", "none", "--keys-ready", "5"], "--keys-ready needs the emulated link"),
     (["--max-keys", "100", "--keys-ready", "101"], "exceeds the pools' size"),
     (["--keys-ready", "-1"], "--keys-ready must be >= 0"),
+    (["--seed", "-3"], "seed must be >= 0"),
+    (["--frame-bits", "100"], "frame_bits must be in [1024, 4194304]"),
 ])
-def test_keys_ready_that_could_never_come_is_refused(
+def test_bad_link_options_are_refused_before_anything_is_created(
     tmp_path: Path, args: list[str], error: str
 ) -> None:
     result = subprocess.run(

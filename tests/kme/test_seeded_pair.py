@@ -7,14 +7,13 @@ seed); alice takes 100 keys through the ETSI API and bob fetches them by key_ID.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from keysource.kme.runtime import SAE_A, SAE_B
 
-from .conftest import qsecret_cmd, start_pair
+from .conftest import start_pair
 
 WANTED = 100
 
@@ -41,20 +40,3 @@ def test_kme_pair_with_the_same_seed_hands_out_the_same_first_keys(tmp_path: Pat
     assert first == second
     other = _first_keys(tmp_path / "run3", "8")
     assert not {i for i, _ in other} & {i for i, _ in first}
-
-
-@pytest.mark.parametrize(("args", "error"), [
-    (["--seed", "-3"], "seed must be >= 0"),
-    (["--frame-bits", "100"], "frame_bits must be in [1024, 4194304]"),
-])
-def test_a_bad_link_option_is_refused_before_anything_is_created(
-    tmp_path: Path, args: list[str], error: str
-) -> None:
-    result = subprocess.run(
-        qsecret_cmd("kme", "pair", "--data", str(tmp_path), "--port-a", "0", "--port-b", "0",
-                    *args),
-        capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 2
-    assert error in result.stderr
-    assert not (tmp_path / "pki").exists()
