@@ -127,6 +127,7 @@ class Session:
         self.spool_draining = False  # spooled frames may be waiting: new ones spool too
         self.spool_task: asyncio.Task[None] | None = None
         self.spool_pending = 0  # spool writes of this connection not yet committed
+        self.spool_acks_unsettled = False  # a stream_ack was queued since the last barrier
         self.spool_room = asyncio.Event()
         self.spool_ready = False  # auth_ok posted: spooled frames may follow
         self.post_core()

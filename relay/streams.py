@@ -188,17 +188,20 @@ class Streams:
                                   "stream_ack for a file stream you are not an endpoint of",
                                   strike=False, stream=frame.stream)
         self.store.spool_ack_nowait(session.handle, stream, frame.seqs)
+        session.spool_acks_unsettled = True  # the next pong waits for the deletion
         self.metrics.count("qsecret_relay_stream_acks_total", amount=len(frame.seqs))
         return None
 
     def on_ping(self, session: Session, frame: wire.Ping) -> None:
         """Pong, once every file frame read before the ping is durable (the sender's
         only way to know the relay holds what it sent; live-forwarded frames are already
-        in the peer's connection)."""
+        in the peer's connection) and every ``stream_ack`` before it has deleted its
+        frames (so a receiver, or a test, that pings after acking sees the spool shrunk)."""
         pong = wire.Pong(frame.id).encode()
-        if not session.spool_pending:
+        if not session.spool_pending and not session.spool_acks_unsettled:
             session.post(pong)
             return
+        session.spool_acks_unsettled = False  # the barrier runs after every earlier ack
         self.store.barrier_then(lambda ok, value: session.post(pong))
 
     def _remember_closed(self, record: StreamRecord) -> None:

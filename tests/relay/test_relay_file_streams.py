@@ -152,6 +152,31 @@ async def test_offline_recipient_gets_spool_in_order_until_acked(relay: RelayPro
     await sender.close()
 
 
+async def test_a_pong_after_a_stream_ack_comes_once_the_frames_are_deleted(
+        relay: RelayProcess) -> None:
+    """A ping after a stream_ack is a barrier for the ack too: when the pong arrives the
+    acked frames are gone (before, the pong could overtake the deletion: a flaky CI run)."""
+    alice, bob = Identity("alice"), Identity("bob")
+    await register(relay, bob)
+    sender = await connect(relay, alice)
+    stream = os.urandom(16)
+    await open_file(sender, stream, "bob", "o1")
+    sent = chunks(30, size=1000)
+    await send_all(sender, stream, sent)
+    await ping(sender, "p1")
+    receiver, got = await receive(relay, bob, stream, len(sent))
+    left = metric(relay, "qsecret_relay_spool_bytes")
+    for seq in sent:  # one ack, one ping, one look at the spool: 30 times
+        receiver.stream_ack(stream, [seq])
+        await ping(receiver, f"a{seq}")
+        now = metric(relay, "qsecret_relay_spool_bytes")
+        assert now == left - (len(sent[seq]) + 32), (seq, left, now)
+        left = now
+    assert left == 0
+    await receiver.close()
+    await sender.close()
+
+
 async def test_reverse_direction_is_spooled_too(relay: RelayProcess) -> None:
     """The receiver's small control frames reach the sender after the sender reconnects."""
     alice, bob = Identity("alice"), Identity("bob")
