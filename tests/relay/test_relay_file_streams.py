@@ -105,6 +105,20 @@ async def receive(relay: RelayProcess, identity: Identity, stream: bytes,
     return client, frames(client, stream)
 
 
+async def spooled_for_bob(relay: RelayProcess, alice: Identity, bob: Identity, count: int,
+                          size: int = 20_000) -> tuple[Client, bytes, dict[int, bytes]]:
+    """alice opens a file stream to an offline bob and sends ``count`` chunks, all durable
+    (the pong says so): her connection, the stream and what was sent."""
+    await register(relay, bob)
+    sender = await connect(relay, alice)
+    stream = os.urandom(16)
+    assert isinstance(await open_file(sender, stream, "bob", "o1"), wire.StreamOk)
+    sent = chunks(count, size=size)
+    await send_all(sender, stream, sent)
+    await ping(sender, "p1")
+    return sender, stream, sent
+
+
 @pytest.fixture
 def relay(tmp_path: Path):  # type: ignore[no-untyped-def]
     process = start_relay(tmp_path / "relay")
@@ -117,13 +131,7 @@ def relay(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 async def test_offline_recipient_gets_spool_in_order_until_acked(relay: RelayProcess) -> None:
     alice, bob = Identity("alice"), Identity("bob")
-    await register(relay, bob)
-    sender = await connect(relay, alice)
-    stream = os.urandom(16)
-    assert isinstance(await open_file(sender, stream, "bob", "o1"), wire.StreamOk)
-    sent = chunks(24)
-    await send_all(sender, stream, sent)
-    await ping(sender, "p1")
+    sender, stream, sent = await spooled_for_bob(relay, alice, bob, 24)
     assert metric(relay, "qsecret_relay_spool_bytes") == sum(len(p) + 32 for p in sent.values())
 
     # First connection: all of them, in order, the exact bytes, each once.
@@ -157,13 +165,7 @@ async def test_a_pong_after_a_stream_ack_comes_once_the_frames_are_deleted(
     """A ping after a stream_ack is a barrier for the ack too: when the pong arrives the
     acked frames are gone (before, the pong could overtake the deletion: a flaky CI run)."""
     alice, bob = Identity("alice"), Identity("bob")
-    await register(relay, bob)
-    sender = await connect(relay, alice)
-    stream = os.urandom(16)
-    await open_file(sender, stream, "bob", "o1")
-    sent = chunks(30, size=1000)
-    await send_all(sender, stream, sent)
-    await ping(sender, "p1")
+    sender, stream, sent = await spooled_for_bob(relay, alice, bob, 30, size=1000)
     receiver, got = await receive(relay, bob, stream, len(sent))
     left = metric(relay, "qsecret_relay_spool_bytes")
     for seq in sent:  # one ack, one ping, one look at the spool: 30 times
@@ -200,13 +202,7 @@ async def test_spool_survives_kill_9_and_registration_survives_restart(tmp_path:
     relay = start_relay(tmp_path / "relay")
     alice, bob = Identity("alice"), Identity("bob")
     try:
-        await register(relay, bob)
-        sender = await connect(relay, alice)
-        stream = os.urandom(16)
-        await open_file(sender, stream, "bob", "o1")
-        sent = chunks(16, size=100_000)
-        await send_all(sender, stream, sent)
-        await ping(sender, "p1")  # the pong: all 16 are committed
+        sender, stream, sent = await spooled_for_bob(relay, alice, bob, 16, size=100_000)
         relay.kill9()
         await sender.close()
         relay = start_relay(tmp_path / "relay", port=relay.port)
