@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.fixtures.make_store_fixtures import FAST_KDF
+from tests.fixtures.make_store_fixtures import (
+    FAST_KDF,
+    commit_received,
+    commit_sent,
+    start_profile,
+)
 
 PASSPHRASE = "damaged-store tests: a passphrase"
 HANDLE, PEER = "alice", "bob"
@@ -16,25 +21,15 @@ def write_profile(data_dir: Path) -> Path:
     """Make ``data_dir/store.sqlite3`` (no WAL left behind); returns its path."""
     from client.messenger import payload
     from client.store import Store
-    from tests.protocol.helpers import identity, make_bob, pair, receive, send
 
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "store.sqlite3"
-    alice, bob, link = pair()
     with Store.open(PASSPHRASE, path, **FAST_KDF) as store:
-        store.save_identity(HANDLE, identity(HANDLE))
-        own = make_bob(HANDLE)
-        store.save_prekeys(own.bundle, own.secrets)
-        store.pin_identity(PEER, identity(PEER).public, verified=True)
+        alice, bob, link = start_profile(store, HANDLE, PEER)
         for index, text in enumerate(TEXTS):
             body = payload.text(text).encode()
             if index % 2 == 0:
-                outgoing = alice.encrypt(body, link.enc_keys(alice.send_plan().qkd_keys))
-                store.commit_outgoing(PEER, alice, outgoing, body)
-                for entry in store.outbox():
-                    store.mark_sent(entry.id)
-                receive(bob, link, outgoing.wire)
+                commit_sent(store, PEER, alice, bob, link, body)
             else:
-                messages = receive(alice, link, send(bob, link, body))
-                store.commit_incoming(PEER, alice, f"in-{index}", messages)
+                commit_received(store, PEER, alice, bob, link, body, f"in-{index}")
     return path
