@@ -6,7 +6,7 @@
   imported when it runs.
 - ``session``: what the client's commands share (config, passphrase, opening the messenger).
 - ``profile`` (init), ``chat``, ``messages`` (send, recv, export), ``contacts``, ``files``
-  (send-file, receive-files, transfers; ``send_file`` starts the hashing first), ``doctor``,
+  (send-file, receive-files, transfers; ``send_file`` starts listing the files first), ``doctor``,
   ``demo``.
 - ``errors``: ``CliError`` and how every failure becomes one line and an exit status.
 

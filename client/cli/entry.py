@@ -43,10 +43,11 @@ BUILTIN_COMMANDS: dict[str, str] = {
 }
 
 # The GIL switch interval (the interpreter's default is 5 ms) for the whole process of these
-# commands. 'send-file' hashes its files on a thread while the main thread imports the
-# messenger; after each 4 MiB block the hash thread waits for the GIL, up to one interval,
-# and a shorter one gets it back sooner (measured: hashing 256 MiB during start-up ~10 %
-# sooner). It is a process-wide setting, so only this entry point sets it, once, before any
+# commands. 'send-file' reads, seals and hashes its chunks on a worker thread while the main
+# thread speaks to the relay; after each block the worker waits for the GIL, up to one
+# interval, and a shorter one gets it back sooner (measured when send-file still hashed every
+# file before its offer: 256 MiB ~10 % sooner during start-up). It is a process-wide setting,
+# so only this entry point sets it, once, before any
 # thread starts; library code (the messenger, transfers, the TUI) never touches it, and the
 # servers ('relay', 'kme') keep the default.
 SWITCH_INTERVAL_S: dict[str, float] = {"send-file": 0.0005}

@@ -1,5 +1,5 @@
 """``qsecret send-file``, ``receive-files`` and ``transfers``: file transfer from a shell.
-(``send_file`` starts the hashing before this module and the messenger load.)
+(``send_file`` starts listing the files before this module and the messenger load.)
 
 Progress bars (rich, on standard error) show bytes, rate and ETA; ``--json`` prints one
 JSON object per line on standard output instead, for scripts and tests. An interrupted
@@ -130,8 +130,8 @@ def _run(main: Any) -> int:
 # -- send-file ---------------------------------------------------------------------------
 
 
-def run_send_file(args: argparse.Namespace, hashing: Future[BuiltManifest]) -> int:
-    """Offer and send; ``hashing`` (started by the parser's send-file) builds the manifest."""
+def run_send_file(args: argparse.Namespace, listing: Future[BuiltManifest]) -> int:
+    """Offer and send; ``listing`` (started by the parser's send-file) builds the manifest."""
     messenger = open_messenger(args)
 
     async def main() -> int:
@@ -150,9 +150,9 @@ def run_send_file(args: argparse.Namespace, hashing: Future[BuiltManifest]) -> i
         started = time.monotonic()
         await go_online(messenger, args.timeout)
         try:
-            if not hashing.done():
-                reporter.say("checking the files (SHA-256)...")
-            built = await asyncio.wrap_future(hashing)  # a TransferError: one line, status 2
+            if not listing.done():
+                reporter.say("listing the files...")
+            built = await asyncio.wrap_future(listing)  # a TransferError: one line, status 2
             view = await messenger.send_built(args.handle, built,
                                               limit_bytes_per_s=args.limit_rate)
             mine[view.transfer_id] = view

@@ -3,7 +3,7 @@ receive-files, transfers, backup and restore.
 
 Only argparse here. Each command's function lives in a module of this package by topic
 (``profile``, ``chat``, ``messages``, ``contacts``, ``files``) and is imported by name when the
-command runs, so 'qsecret --help' stays quick and 'qsecret send-file' starts hashing its files
+command runs, so 'qsecret --help' stays quick and 'qsecret send-file' starts listing its files
 (``send_file``) before the messenger (a quarter of a second of imports) loads.
 """
 

@@ -1,8 +1,10 @@
-"""``qsecret send-file``'s first step: start hashing the files, then load the rest.
+"""``qsecret send-file``'s first step: start listing the files, then load the rest.
 
-The manifest's SHA-256 of every file is on a transfer's clock; it runs on a thread while this
-one imports the messenger and the passphrase KDF runs (``files.run_send_file``). Nothing here
-changes interpreter-wide settings (``entry.main`` alone may, see ``SWITCH_INTERVAL_S``).
+Walking a folder of many files takes a while, and it is on a transfer's clock: it runs on a
+thread while this one imports the messenger and the passphrase KDF runs
+(``files.run_send_file``). Nothing is read or hashed before sending (each file is hashed as
+it is sent). Nothing here changes interpreter-wide settings (``entry.main`` alone may, see
+``SWITCH_INTERVAL_S``).
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from .errors import CliError
 
 
 def start_send_file(args: argparse.Namespace) -> int:
-    """Check the paths, start the hash thread, then run the command."""
+    """Check the paths, start listing them on a thread, then run the command."""
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         raise CliError(f"no such file or folder: {', '.join(missing)}")
     from client.transfer import build_manifest
     from client.work import in_background
 
-    hashing = in_background(build_manifest, [str(p) for p in args.paths], name="hash-files")
+    listing = in_background(build_manifest, [str(p) for p in args.paths], name="list-files")
     from .files import run_send_file
 
-    return run_send_file(args, hashing)
+    return run_send_file(args, listing)

@@ -169,7 +169,7 @@ class _Transfer:
     def from_record(cls, record: dict[str, Any]) -> _Transfer:
         return cls(
             tid=record["id"], peer=record["peer"], outgoing=record["out"],
-            manifest=Manifest.decode(record["manifest"]), secret=record["secret"],
+            manifest=Manifest.decode(record["manifest"], stored=True), secret=record["secret"],
             qkd=record["qkd"], state=TransferState(record["state"]), detail=record["detail"],
             started_at=record["started"], sources=list(record["sources"]),
             stamps=[list(s) for s in record["stamps"]], snapshot=record["snapshot"],
@@ -370,8 +370,9 @@ class TransferManager:
 
     async def send_files(self, peer: str, paths: list[str], *,
                          limit_bytes_per_s: float = 0.0) -> TransferView:
-        """Hash the files, open the stream, offer them in an E2EE message; sending starts
-        when the peer accepts (the task runs in the background)."""
+        """List the files, open the stream, offer them in an E2EE message; sending starts
+        when the peer accepts (the task runs in the background; each file is hashed as it
+        is sent)."""
         if not paths:
             raise MessengerError("nothing to send: give at least one file or folder")
         try:

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 from keysource.lazy import lazy_getattr
 
-# Loaded on first use: 'qsecret send-file' imports only the manifest module to start hashing
-# the files at once, before the rest of the transfer machinery (and the messenger) load.
+# Loaded on first use: 'qsecret send-file' imports only the manifest module to list the files
+# at once, before the rest of the transfer machinery (and the messenger) load.
 _HOME = {
     **dict.fromkeys([
         "TransferMessage", "decode_message", "encode_cancel", "encode_decline",

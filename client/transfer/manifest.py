@@ -1,4 +1,4 @@
-"""The transfer manifest: what is offered (names, sizes, SHA-256), and how it is chunked.
+"""The transfer manifest: what is offered (names and sizes), and how it is chunked.
 
 The manifest travels inside an end-to-end encrypted message and is bound into every file key
 (its exact encoded bytes go into the key-derivation transcript), so the relay can neither read
@@ -7,8 +7,16 @@ nor alter it, and a chunk sealed for one manifest never opens under another.
 Encoding: canonical CBOR (RFC 8949 §4.2.1 deterministic encoding, via cbor2), a map with short
 keys and an explicit version::
 
-    {"v": 1, "id": bstr(16), "suite": "AES-256-GCM/STREAM-v1", "chunk": uint,
-     "qkd": [tstr key_ID, ...], "files": [[tstr path, uint size, bstr(32) sha256], ...]}
+    {"v": 2, "id": bstr(16), "suite": "AES-256-GCM/STREAM-v1", "chunk": uint,
+     "qkd": [tstr key_ID, ...], "files": [[tstr path, uint size], ...]}
+
+No file's SHA-256 is in the offer (version 2): hashing every file before the first chunk cost
+about a second per GiB. The sender hashes each file as it sends it and puts the SHA-256 in
+the file's sealed final record (the last chunk, see ``stream.py``); the receiver hashes what
+it writes and compares before the file lands. Version 1 offers (from qsecret before this
+change) listed ``[path, size, sha256]`` and had no final record: an offer of version 1 is
+refused with "update qsecret", while a transfer of version 1 persisted before an update
+(``decode(..., stored=True)``) still resumes and is checked against its listed hashes.
 
 Paths are the sender's relative paths joined with ``/``; they are untrusted on the receiving
 side and pass through ``names.safe_components`` before anything touches the disk.
@@ -20,7 +28,7 @@ import hashlib
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,14 +39,16 @@ from relay.wire.binary import MAX_BINARY_PAYLOAD
 from .errors import ManifestError, SourceError
 from .names import numbered
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+LEGACY_MANIFEST_VERSION = 1  # files carry their SHA-256 in the offer; no final record
 SUITE = "AES-256-GCM/STREAM-v1"
 TRANSFER_ID_BYTES = 16
 SHA256_BYTES = 32
 KiB = 1024
 MiB = 1024 * KiB
-# A sealed chunk frame is the chunk plus a 31-byte header and a 16-byte GCM tag (stream.py).
-CHUNK_FRAME_OVERHEAD = 47
+# A sealed chunk frame is the chunk plus a 31-byte header and a 16-byte GCM tag (stream.py);
+# a file's last chunk also carries its SHA-256 (the final record).
+CHUNK_FRAME_OVERHEAD = 47 + SHA256_BYTES
 MAX_USEFUL_CHUNK_SIZE = 1 * MiB
 
 
@@ -58,20 +68,18 @@ MAX_PATH_CHARS = 4096
 MAX_QKD_KEY_IDS = 64
 MAX_KEY_ID_CHARS = 128
 MAX_MANIFEST_BYTES = 32 * MiB
-# send-file hashes on a thread while the main one imports and logs in, and each block needs
-# the GIL back twice: fewer, larger blocks wait less. Past a few MiB the block no longer
-# stays in the CPU cache between the read and the hash (alone: 1,290 MiB/s with 1 MiB
-# blocks, 1,270 with 4, 1,200 with 8, 890 with 16); 4 MiB started sending soonest.
-HASH_BLOCK = 4 * MiB
 
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One offered file: its relative path as the sender named it, size and SHA-256."""
+    """One offered file: its relative path as the sender named it and its size.
+
+    ``sha256`` is set only in a version-1 manifest (see the module docstring).
+    """
 
     path: str
     size: int
-    sha256: bytes
+    sha256: bytes | None = None
 
     def chunk_count(self, chunk_size: int) -> int:
         """At least one chunk, so an empty file still carries a last-chunk flag."""
@@ -91,6 +99,11 @@ class Manifest:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    @property
+    def final_record_bytes(self) -> int:
+        """Bytes after the data in each file's last chunk: its SHA-256 (version 2), or none."""
+        return 0 if self.version == LEGACY_MANIFEST_VERSION else SHA256_BYTES
 
     @property
     def total_size(self) -> int:
@@ -118,7 +131,8 @@ class Manifest:
                 "suite": self.suite,
                 "chunk": self.chunk_size,
                 "qkd": list(self.qkd_key_ids),
-                "files": [[f.path, f.size, f.sha256] for f in self.files],
+                "files": [[f.path, f.size, f.sha256] if f.sha256 is not None
+                          else [f.path, f.size] for f in self.files],
             },
             canonical=True,
         )
@@ -127,8 +141,12 @@ class Manifest:
         return hashlib.sha256(self.encode()).digest()
 
     @classmethod
-    def decode(cls, data: bytes) -> Manifest:
-        """Parse and validate untrusted manifest bytes; raise ManifestError with the reason."""
+    def decode(cls, data: bytes, *, stored: bool = False) -> Manifest:
+        """Parse and validate untrusted manifest bytes; raise ManifestError with the reason.
+
+        ``stored``: the bytes come from this side's own records (a transfer persisted
+        before an update), so a version-1 manifest is read too; an offer is refused.
+        """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise ManifestError("a manifest must be bytes")
         if len(data) > MAX_MANIFEST_BYTES:
@@ -140,11 +158,18 @@ class Manifest:
         if not isinstance(raw, dict):
             raise ManifestError("manifest must be a CBOR map")
         version = raw.get("v")
-        if version != MANIFEST_VERSION:
+        if version == LEGACY_MANIFEST_VERSION and not stored:
+            raise ManifestError(
+                "the offer comes from an older qsecret (transfer manifest version 1, which "
+                "lists every file's SHA-256 up front): ask the sender to update qsecret"
+            )
+        if version not in (MANIFEST_VERSION, LEGACY_MANIFEST_VERSION):
             raise ManifestError(
                 f"manifest version {version!r} is not supported (this qsecret reads version "
                 f"{MANIFEST_VERSION}); ask the sender to update or update qsecret"
             )
+        width = 3 if version == LEGACY_MANIFEST_VERSION else 2
+        shape = "[path, size, sha256]" if width == 3 else "[path, size]"
         expected = {"v", "id", "suite", "chunk", "qkd", "files"}
         if set(raw) != expected:
             raise ManifestError(f"manifest fields {sorted(map(str, raw))} != {sorted(expected)}")
@@ -153,10 +178,9 @@ class Manifest:
             raise ManifestError("manifest 'files' must be a list")
         files = []
         for number, item in enumerate(files_raw):
-            if not (isinstance(item, list) and len(item) == 3):
-                raise ManifestError(f"manifest file #{number} must be [path, size, sha256]")
-            path, size, digest = item
-            files.append(FileEntry(path=path, size=size, sha256=digest))
+            if not (isinstance(item, list) and len(item) == width):
+                raise ManifestError(f"manifest file #{number} must be {shape}")
+            files.append(FileEntry(*item))
         qkd = raw["qkd"]
         if not isinstance(qkd, list):
             raise ManifestError("manifest 'qkd' must be a list of key_IDs")
@@ -178,8 +202,9 @@ def _is_uint(value: object) -> bool:
 
 
 def _validate(manifest: Manifest) -> None:
-    if manifest.version != MANIFEST_VERSION:
+    if manifest.version not in (MANIFEST_VERSION, LEGACY_MANIFEST_VERSION):
         raise ManifestError(f"unsupported manifest version {manifest.version!r}")
+    legacy = manifest.version == LEGACY_MANIFEST_VERSION
     if manifest.suite != SUITE:
         raise ManifestError(f"unknown cipher suite {manifest.suite!r} (supported: {SUITE})")
     tid = manifest.transfer_id
@@ -205,8 +230,11 @@ def _validate(manifest: Manifest) -> None:
             raise ManifestError(f"file #{number}: size must be a non-negative integer")
         if entry.chunk_count(size) > MAX_CHUNKS_PER_FILE:
             raise ManifestError(f"file #{number}: too large for {size}-byte chunks")
-        if not isinstance(entry.sha256, bytes) or len(entry.sha256) != SHA256_BYTES:
+        if legacy and (not isinstance(entry.sha256, bytes) or len(entry.sha256) != SHA256_BYTES):
             raise ManifestError(f"file #{number}: sha256 must be {SHA256_BYTES} bytes")
+        if not legacy and entry.sha256 is not None:
+            raise ManifestError(f"file #{number}: a version-{manifest.version} manifest lists "
+                                "no SHA-256 (it travels in the file's final record)")
 
 
 # --------------------------------------------------------------------------- building
@@ -227,33 +255,19 @@ class BuiltManifest:
     manifest: Manifest
     sources: tuple[Path, ...]
     skipped: tuple[Skipped, ...] = field(default=())
-    # (size, mtime_ns) of each source when it was hashed, to notice later changes.
+    # (size, mtime_ns) of each source when it was listed, to notice later changes.
     stamps: tuple[tuple[int, int], ...] = field(default=())
 
 
-def hash_file(path: Path, on_bytes: Callable[[int], None] | None = None
-              ) -> tuple[int, bytes, int]:
-    """(size, SHA-256, mtime_ns) of a file, streamed in HASH_BLOCK blocks.
-
-    Raises SourceError if the file changes while it is being hashed.
-    """
-    digest = hashlib.sha256()
-    buffer = bytearray(HASH_BLOCK)
-    view = memoryview(buffer)
-    size = 0
-    with open(path, "rb", buffering=0) as handle:
-        before = os.fstat(handle.fileno())
-        while count := handle.readinto(buffer):
-            digest.update(view[:count])
-            size += count
-            if on_bytes is not None:
-                on_bytes(count)
-        after = os.fstat(handle.fileno())
-    if (before.st_mtime_ns, before.st_size) != (after.st_mtime_ns, after.st_size) or (
-        size != after.st_size
-    ):
-        raise SourceError(f"{path} changed while it was being read: try again when it is done")
-    return size, digest.digest(), after.st_mtime_ns
+def _stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of a regular file, following a symlink the walk allowed."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SourceError(f"{path}: not a regular file (special files are not sent)")
+    return info.st_size, info.st_mtime_ns
 
 
 def _walk(root: Path, top: str) -> tuple[list[tuple[str, Path]], list[Skipped]]:
@@ -302,9 +316,12 @@ def build_manifest(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     transfer_id: bytes | None = None,
-    on_bytes: Callable[[int], None] | None = None,
 ) -> BuiltManifest:
-    """Walk files and folders, hash every file and describe them in a new manifest.
+    """Walk files and folders and describe them (names and sizes) in a new manifest.
+
+    Nothing is read: each file is hashed while it is sent (see the module docstring). Its
+    size and modification time are recorded here, so the sender refuses a file that changes
+    after it was offered.
 
     Folders keep their relative structure under their own name. Inside a folder, symlinks
     that leave it, symlinks to folders and special files are skipped and reported. A path
@@ -342,11 +359,8 @@ def build_manifest(
     entries = []
     stamps = []
     for name, path in named:
-        try:
-            size, digest, mtime_ns = hash_file(path, on_bytes)
-        except OSError as exc:
-            raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
-        entries.append(FileEntry(path=name, size=size, sha256=digest))
+        size, mtime_ns = _stamp(path)
+        entries.append(FileEntry(path=name, size=size))
         stamps.append((size, mtime_ns))
     manifest = Manifest(
         transfer_id=transfer_id if transfer_id is not None else secrets.token_bytes(16),

@@ -174,7 +174,7 @@ class PartialStore:
         if row is None:
             db.close()
             raise TransferError(f"progress of transfer {transfer_id.hex()} is damaged")
-        return cls(downloads, folder, db, Manifest.decode(row[0]))
+        return cls(downloads, folder, db, Manifest.decode(row[0], stored=True))
 
     @staticmethod
     def pending(downloads: str | os.PathLike[str]) -> list[bytes]:

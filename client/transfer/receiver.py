@@ -11,8 +11,10 @@ file. Each one is authenticated before anything is written; then:
 * a tampered chunk is refused (TamperedChunk), changes nothing, and a resume point is sent
   (once per position) in case the genuine chunk was lost with it.
 
-After a file's last chunk its SHA-256 is compared with the manifest; on a match the part file
-is renamed into place, on a mismatch the file is restarted once from chunk 0, then failed.
+After a file's last chunk the SHA-256 of what was written is compared with the one in the
+sender's sealed final record (the end of the last chunk; in a version-1 manifest, the one the
+offer listed); on a match the part file is renamed into place, on a mismatch the file is
+restarted once from chunk 0, then failed.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class TransferReceiver:
         self._pos = store.position()
         self._last_resume_sent: tuple[int, int] | None = None
         self._ack_due: tuple[int, int] | None = None
-        self._buffer = bytearray(self.manifest.chunk_size)
+        self._buffer = bytearray(self.manifest.chunk_size + self.manifest.final_record_bytes)
         self._opener: ChunkOpener | None = None
         self._digest = None
         self._prefix_bytes = [0]
@@ -252,7 +254,8 @@ class TransferReceiver:
             raise
         if header.last != (header.chunk_index == count - 1):
             raise TamperedChunk("last-chunk flag does not match the manifest")
-        if length != manifest.chunk_length(header.file_index, header.chunk_index):
+        final_bytes = manifest.final_record_bytes if header.last else 0
+        if length != manifest.chunk_length(header.file_index, header.chunk_index) + final_bytes:
             raise TamperedChunk("chunk length does not match the manifest")
         here = (self._pos.file_index, self._pos.chunk_index)
         there = (header.file_index, header.chunk_index)
@@ -265,9 +268,12 @@ class TransferReceiver:
             raise OutOfOrderChunk(
                 f"chunk {there[1]} of file #{there[0]} arrived before chunk {here[1]} of file "
                 f"#{here[0]}: refused, asked the sender to resume from there")
-        return self._store_chunk(header.file_index, header.chunk_index, out[:length])
+        data_end = length - final_bytes
+        return self._store_chunk(header.file_index, header.chunk_index, out[:data_end],
+                                 bytes(out[data_end:length]))
 
-    def _store_chunk(self, file_index: int, chunk_index: int, data: memoryview) -> list[Event]:
+    def _store_chunk(self, file_index: int, chunk_index: int, data: memoryview,
+                     final_record: bytes) -> list[Event]:
         self.store.write(file_index, chunk_index * self.manifest.chunk_size, data)
         assert self._digest is not None
         self._digest.update(data)
@@ -276,14 +282,16 @@ class TransferReceiver:
         if self._pos.chunk_index < self.manifest.chunk_count(file_index):
             self._ack(file_index, self._pos.chunk_index)  # persisted when the ack is sealed
         else:
-            events.extend(self._finish_file(file_index))
+            events.extend(self._finish_file(file_index, final_record))
         events.append(ProgressUpdate(self.meter.set_done(self._done_bytes(),
                                                          self._pos.file_index)))
         return events
 
-    def _finish_file(self, file_index: int) -> list[Event]:
+    def _finish_file(self, file_index: int, final_record: bytes) -> list[Event]:
+        """The last chunk is written: land the file if its SHA-256 is the sender's."""
         assert self._digest is not None
-        if self._digest.digest() != self.manifest.files[file_index].sha256:
+        expected = self.manifest.files[file_index].sha256 or final_record
+        if self._digest.digest() != expected:
             failures = self.store.record_failure(file_index)
             retrying = failures <= MAX_INTEGRITY_RETRIES
             events: list[Event] = [IntegrityFailed(file_index, retrying)]
@@ -294,8 +302,9 @@ class TransferReceiver:
                 self.request_resume()
             else:
                 events.extend(self.cancel(
-                    f"file #{file_index} failed its SHA-256 check twice: it changed on the "
-                    "sender's side or was damaged; not saved"))
+                    f"file #{file_index} failed its SHA-256 check twice (what was written is not "
+                    "what the sender read): it changed on the sender's side or was damaged; "
+                    "not saved"))
                 self.status = ReceiverStatus.FAILED
                 self.store.set_status(self.status.value)
             return events

@@ -11,11 +11,15 @@ The receiver is authoritative about where to continue: its ``resume`` message (s
 accept, reconnect, restart or after a gap) moves the send position, back or forward.
 ``snapshot()`` is a small JSON-able dict (no key material) the I/O layer persists so a
 restarted sender continues from the last acknowledged chunk.
+
+Each file is hashed (SHA-256) as its chunks are read for sending, and the digest goes into
+the file's sealed final record (see ``stream.py``): nothing is read before the first chunk.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -60,9 +64,9 @@ class FileReader:
     """A reader callback over the sender's files (one open descriptor at a time).
 
     With ``stamps`` (size, mtime_ns per file, as ``BuiltManifest.stamps`` records them when
-    hashing) a file modified since it was offered is refused when opened and after its last
-    chunk is read, with a clear error, instead of sending bytes that will fail the
-    receiver's SHA-256 check.
+    the files are listed) a file modified since it was offered is refused when opened and
+    after its last chunk is read, with a clear error that reaches the receiver, instead of
+    sending a mix of old and new bytes.
     """
 
     def __init__(self, sources: Sequence[str | os.PathLike[str]],
@@ -106,6 +110,34 @@ class FileReader:
         self._fd, self._index = None, -1
 
 
+class RunningHash:
+    """SHA-256 of one file, fed with its chunks in order as they are read for sending.
+
+    It covers a prefix of the file's chunks: a chunk sent again (a rewind) is already in it,
+    and the digest stays that of the first read, so a file whose bytes change between two
+    reads fails the receiver's check. A jump ahead (a resume point, or a sender restored
+    after a restart: hash states are not persisted) re-reads the skipped chunks once, just
+    before the chunk after them; only a resumed transfer pays that.
+    """
+
+    def __init__(self, file_index: int) -> None:
+        self.file_index = file_index
+        self.chunks = 0  # chunks [0, chunks) are in the digest
+        self._digest = hashlib.sha256()
+
+    def add(self, chunk_index: int, data: bytes | bytearray | memoryview,
+            read_chunk: Callable[[int], bytes | bytearray | memoryview]) -> None:
+        while self.chunks < chunk_index:
+            self._digest.update(read_chunk(self.chunks))
+            self.chunks += 1
+        if self.chunks == chunk_index:
+            self._digest.update(data)
+            self.chunks += 1
+
+    def digest(self) -> bytes:
+        return self._digest.digest()
+
+
 class TransferSender:
     """One outgoing transfer; create it when the offer is sent, or ``restore`` it."""
 
@@ -134,6 +166,7 @@ class TransferSender:
         self._delivered = 0  # files reported delivered
         self._sealer: ChunkSealer | None = None
         self._sealer_index = -1
+        self._hash: RunningHash | None = None
         self.meter = ProgressMeter(self.manifest.total_size, count, clock)
 
     # ------------------------------------------------------------------ persistence
@@ -154,7 +187,7 @@ class TransferSender:
         """The manifest in a snapshot, to re-derive the keys before ``restore``."""
         if snapshot.get("version") != SNAPSHOT_VERSION:
             raise StateError("sender snapshot of an unknown version")
-        return Manifest.decode(bytes.fromhex(snapshot["manifest"]))
+        return Manifest.decode(bytes.fromhex(snapshot["manifest"]), stored=True)
 
     @classmethod
     def restore(cls, snapshot: dict[str, Any], keys: TransferKeys, reader: ChunkReader,
@@ -230,8 +263,8 @@ class TransferSender:
         The frame starts after ``headroom`` free bytes (for the transport's header).
 
         Raises SourceError (and cancels, see ``data_to_send``) if a file changed since it was
-        offered (shorter than announced, or the reader says so). Content changes that keep
-        size and time are caught by the receiver's SHA-256 check before anything lands.
+        offered (shorter than announced, or the reader says so). A file's last chunk carries
+        its SHA-256 (the final record), which the receiver checks before the file lands.
         """
         if self.status is not SenderStatus.SENDING or self._next >= self._end:
             return None
@@ -248,6 +281,10 @@ class TransferSender:
             self._fail(f"{manifest.files[file_index].path!r} is shorter than when it was "
                        "offered (it changed): transfer stopped")
         last = chunk_index == manifest.chunk_count(file_index) - 1
+        if manifest.final_record_bytes:
+            final = self._hashed(file_index, chunk_index, data)
+            if last:
+                data = bytes(data) + final.digest()
         if self._sealer_index != file_index:
             self._sealer = ChunkSealer(manifest.transfer_id, file_index,
                                        self.keys.file_key(file_index))
@@ -256,6 +293,27 @@ class TransferSender:
         frame = self._sealer.seal(chunk_index, data, last, headroom)
         self._next = (file_index + 1, 0) if last else (file_index, chunk_index + 1)
         return frame
+
+    def _hashed(self, file_index: int, chunk_index: int,
+                data: bytes | bytearray | memoryview) -> RunningHash:
+        """The file's running hash with this chunk in it (see :class:`RunningHash`)."""
+        if self._hash is None or self._hash.file_index != file_index:
+            self._hash = RunningHash(file_index)
+        manifest = self.manifest
+
+        def read_chunk(index: int) -> bytes | bytearray | memoryview:
+            length = manifest.chunk_length(file_index, index)
+            try:
+                skipped = self.reader(file_index, index * manifest.chunk_size, length)
+            except SourceError as exc:
+                self._fail(str(exc))
+            if len(skipped) != length:
+                self._fail(f"{manifest.files[file_index].path!r} is shorter than when it was "
+                           "offered (it changed): transfer stopped")
+            return skipped
+
+        self._hash.add(chunk_index, data, read_chunk)
+        return self._hash
 
     def frames(self) -> list[bytearray]:
         """All frames the window allows now (at most ``window_chunks``)."""

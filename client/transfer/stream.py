@@ -23,6 +23,12 @@ Chunk frame (big-endian), 31-byte header then the sealed payload::
     31  n  AES-256-GCM ciphertext of the chunk || 16-byte tag
 
 The frame is opaque to the relay: it rides as the payload of one binary (bulk) frame.
+
+The final record: in a version-2 manifest (``Manifest.final_record_bytes``) the plaintext of
+a file's last chunk is its last bytes followed by the SHA-256 of the whole file, as the
+sender read it while sending. It is sealed like any chunk, with the last-chunk flag, so it is
+authenticated and cannot be cut off or moved; its format is named by the manifest's version,
+which is bound into every file key (keys.py), so no other version field is needed here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What 'qsecret' costs before a command runs: its parser must not import the messenger.
 
-'qsecret send-file' hashes the files while the profile unlocks and the messenger is imported;
+'qsecret send-file' lists the files while the profile unlocks and the messenger is imported;
 that only overlaps if building the parser left those imports for later.
 """
 
@@ -79,9 +79,9 @@ def test_the_messenger_loads_without_certificate_issuing_qr_code_or_httpx() -> N
 
 def test_send_file_leaves_the_switch_interval_to_the_entry_point(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Library code changes no process-wide interpreter setting: send-file's start (hash
+    """Library code changes no process-wide interpreter setting: send-file's start (listing
     thread, then the command) runs under whatever switch interval the process has. The
-    interval is read on this thread after the hashing has finished, so nothing races."""
+    interval is read on this thread after the listing has finished, so nothing races."""
     import argparse
 
     import client.cli.files as files
@@ -91,9 +91,9 @@ def test_send_file_leaves_the_switch_interval_to_the_entry_point(
     source.write_bytes(b"x" * 100_000)
     seen: dict[str, object] = {}
 
-    def command(args: argparse.Namespace, hashing: Any) -> int:
+    def command(args: argparse.Namespace, listing: Any) -> int:
         seen["during"] = sys.getswitchinterval()
-        seen["files"] = len(hashing.result(timeout=30).manifest.files)
+        seen["files"] = len(listing.result(timeout=30).manifest.files)
         return 0
 
     monkeypatch.setattr(files, "run_send_file", command)

@@ -267,3 +267,28 @@ def test_missing_path_is_refused_before_anything_is_offered(stack: Stack) -> Non
     result = stack.cli("alice", "send-file", "bob", str(stack.root / "no-such-file"))
     assert result.returncode == 2
     assert "no such file" in result.stderr
+
+
+def test_a_file_changed_while_it_is_sent_is_refused_with_the_reason(stack: Stack) -> None:
+    """Nothing is hashed before sending, so a file edited mid-transfer is caught while it
+    is sent: the sender stops ("changed since it was offered") and the receiver ends the
+    transfer with that reason, keeping nothing of it."""
+    source = _write(stack.root / "src-changed" / "draft.bin", 8 * MiB)
+    downloads = stack.root / "dl-changed"
+    receiver = _receiver(stack, downloads, "--count", "1")
+    sender = _sender(stack, source, extra=("--limit-rate", "2MB"))
+    try:
+        receiver.wait_event(lambda e: e.get("done", 0) > MiB, 60, "progress")
+        with source.open("r+b") as edit:  # an editor saving in place, mid-transfer
+            edit.seek(100)
+            edit.write(b"edited")
+        ended = receiver.wait_event(lambda e: e.get("state") in ("cancelled", "failed",
+                                                                 "complete"), 90, "the end")
+        assert sender.exit_code(60) != 0
+    finally:
+        receiver.stop()
+        sender.stop()
+    assert ended["state"] == "cancelled", ended
+    assert "changed since it was offered" in json.dumps(ended), ended
+    assert not (downloads / "draft.bin").exists()
+    assert not [p for p in downloads.rglob("*") if p.is_file() and p.suffix == ".part"]

@@ -16,6 +16,7 @@ from client.transfer import (
     IntegrityFailed,
     MalformedFrame,
     Manifest,
+    ManifestError,
     OutOfOrderChunk,
     ReceiverStatus,
     ReplayedChunk,
@@ -25,6 +26,8 @@ from client.transfer import (
     TransferKeys,
     TransferReceiver,
     TransferSender,
+    decode_message,
+    encode_offer,
 )
 from client.transfer.stream import HEADER_BYTES, ChunkSealer, nonce_for
 
@@ -205,25 +208,129 @@ def test_chunks_drained_together_get_one_cumulative_ack(tmp_path: Path) -> None:
     assert pair.receiver.data_to_send() == []
 
 
-def test_source_changed_behind_our_back_fails_its_hash_twice(tmp_path: Path) -> None:
-    """Same size, time reset: only the SHA-256 notices. One retry, then a clear failure."""
+def _one_file(content: bytes) -> tuple[Manifest, Secrets]:
+    return Manifest(os.urandom(16), CHUNK, (FileEntry("f", len(content)),), ("k",)), Secrets.fresh()
+
+
+def test_final_record_naming_another_sha256_fails_twice_and_lands_nothing(
+        tmp_path: Path) -> None:
+    """The receiver checks what it wrote against the sealed final record: one retry, then a
+    clear failure, and no file (a sender whose hash is wrong, sealed with the right keys)."""
     content = os.urandom(3 * CHUNK)
-    manifest = Manifest(os.urandom(16), CHUNK,
-                        (FileEntry("f", len(content), hashlib.sha256(content).digest()),),
-                        ("k",))
-    changed = bytearray(content)
-    changed[5] ^= 1
-    secrets = Secrets.fresh()
-    sender = TransferSender(secrets.keys(manifest),
-                            lambda i, o, n: bytes(changed[o:o + n]), window_chunks=4)
-    receiver = TransferReceiver.accept(secrets.keys(manifest), tmp_path / "dl")
-    events = pump(sender, receiver)
-    failures = [e for e in events if isinstance(e, IntegrityFailed)]
-    assert failures == [IntegrityFailed(0, retrying=True), IntegrityFailed(0, retrying=False)]
+    manifest, secrets = _one_file(content)
+    keys = secrets.keys(manifest)
+    receiver = TransferReceiver.accept(keys, tmp_path / "dl")
+    receiver.data_to_send()
+    sealer = ChunkSealer(manifest.transfer_id, 0, keys.file_key(0))
+
+    def send_file() -> list:
+        events = []
+        for index in range(3):
+            data = content[index * CHUNK:(index + 1) * CHUNK]
+            if index == 2:
+                data += hashlib.sha256(content + b"!").digest()  # not what was sent
+            events += receiver.receive_frame(sealer.seal(index, data, last=index == 2))
+        return events
+
+    assert [e for e in send_file() if isinstance(e, IntegrityFailed)] == [
+        IntegrityFailed(0, retrying=True)]
+    assert receiver.position == (0, 0)  # asked the sender to start the file again
+    assert [e for e in send_file() if isinstance(e, IntegrityFailed)] == [
+        IntegrityFailed(0, retrying=False)]
     assert receiver.status is ReceiverStatus.FAILED
-    assert sender.status is SenderStatus.CANCELLED
     assert not (tmp_path / "dl" / "f").exists()
     assert not list((tmp_path / "dl").rglob("*.part"))
+
+
+def test_final_record_cut_off_or_missing_is_refused(tmp_path: Path) -> None:
+    """A last chunk without its 32-byte SHA-256 does not match the manifest's length."""
+    content = os.urandom(CHUNK // 2)
+    manifest, secrets = _one_file(content)
+    keys = secrets.keys(manifest)
+    receiver = TransferReceiver.accept(keys, tmp_path / "dl")
+    sealer = ChunkSealer(manifest.transfer_id, 0, keys.file_key(0))
+    for bad in (content, content + hashlib.sha256(content).digest()[:31]):
+        error = _refusal(receiver.receive_frame(sealer.seal(0, bad, last=True)))
+        assert isinstance(error, TamperedChunk) and "length" in str(error)
+    assert receiver.position == (0, 0)
+
+
+def test_source_changed_between_a_restart_never_lands_a_mix(tmp_path: Path) -> None:
+    """The sender restarts mid-file and the file changed meanwhile (same size, time reset:
+    only a hash notices). The restored sender re-reads the prefix for its hash, so the final
+    record does not match the old prefix the receiver holds: the file starts again and what
+    lands is the file as it is now, never half old and half new."""
+    content = os.urandom(4 * CHUNK)
+    manifest, secrets = _one_file(content)
+    source = bytearray(content)
+
+    def reader(index: int, offset: int, length: int) -> bytes:
+        return bytes(source[offset:offset + length])
+
+    sender = TransferSender(secrets.keys(manifest), reader, window_chunks=2)
+    receiver = TransferReceiver.accept(secrets.keys(manifest), tmp_path / "dl")
+    deliver_control(sender, receiver)
+    for frame in sender.frames():  # chunks 0 and 1
+        receiver.receive_frame(frame)
+    deliver_control(sender, receiver)
+    assert sender.acknowledged == (0, 2)
+    snapshot = sender.snapshot()
+    source[5] ^= 1  # changed while the sender was down
+    sender = TransferSender.restore(snapshot, secrets.keys(manifest), reader, window_chunks=2)
+    events = pump(sender, receiver)
+    assert [e for e in events if isinstance(e, IntegrityFailed)] == [
+        IntegrityFailed(0, retrying=True)]
+    assert receiver.status is ReceiverStatus.COMPLETE
+    assert (tmp_path / "dl" / "f").read_bytes() == bytes(source)
+
+
+def test_restored_sender_rehashes_the_skipped_prefix_once(tmp_path: Path) -> None:
+    content = os.urandom(6 * CHUNK + 9)
+    manifest, secrets = _one_file(content)
+    reads: list[int] = []
+
+    def reader(index: int, offset: int, length: int) -> bytes:
+        reads.append(offset // CHUNK)
+        return content[offset:offset + length]
+
+    sender = TransferSender(secrets.keys(manifest), reader, window_chunks=3)
+    receiver = TransferReceiver.accept(secrets.keys(manifest), tmp_path / "dl")
+    deliver_control(sender, receiver)
+    for frame in sender.frames():
+        receiver.receive_frame(frame)
+    deliver_control(sender, receiver)
+    snapshot = sender.snapshot()
+    assert reads == [0, 1, 2]  # sending starts at once: no pass over the file first
+    reads.clear()
+    sender = TransferSender.restore(snapshot, secrets.keys(manifest), reader, window_chunks=3)
+    events = pump(sender, receiver)
+    assert not [e for e in events if isinstance(e, IntegrityFailed)]
+    assert (tmp_path / "dl" / "f").read_bytes() == content
+    # Chunk 3 (the resume point) is read, then the prefix once for the hash, then the rest.
+    assert reads == [3, 0, 1, 2, 4, 5, 6]
+
+
+def test_a_version_1_transfer_saved_before_an_update_still_completes(tmp_path: Path) -> None:
+    """Offers of the old format are refused with "update qsecret"; a transfer of that format
+    already in progress (its manifest in this side's own records) still resumes, checked
+    against the SHA-256 its offer listed, with no final record."""
+    content = os.urandom(2 * CHUNK + 3)
+    legacy = Manifest(os.urandom(16), CHUNK,
+                      (FileEntry("f", len(content), hashlib.sha256(content).digest()),), ("k",),
+                      version=1)
+    with pytest.raises(ManifestError, match="update qsecret"):
+        decode_message(encode_offer(legacy))
+    assert Manifest.decode(legacy.encode(), stored=True) == legacy
+    secrets = Secrets.fresh()
+    sender = TransferSender(secrets.keys(legacy), lambda i, o, n: content[o:o + n])
+    receiver = TransferReceiver.accept(secrets.keys(legacy), tmp_path / "dl")
+    receiver.close()
+    (tid,) = TransferReceiver.pending(tmp_path / "dl")
+    stored = TransferReceiver.stored_manifest(tmp_path / "dl", tid)
+    receiver = TransferReceiver.resume(secrets.keys(stored), tmp_path / "dl")
+    pump(sender, receiver)
+    assert receiver.status is ReceiverStatus.COMPLETE
+    assert (tmp_path / "dl" / "f").read_bytes() == content
 
 
 def test_chunks_after_cancel_are_refused(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from .helpers import deliver_control, make_pair, write_seeded_file
 
 
 def _manifest(qkd_ids: tuple[str, ...] = ("k1",), size: int = 10) -> Manifest:
-    files = (FileEntry("a", size, bytes(32)), FileEntry("b", 0, bytes(32)))
+    files = (FileEntry("a", size), FileEntry("b", 0))
     return Manifest(bytes(range(16)), 4096, files, qkd_ids)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -33,13 +32,13 @@ def _tree(root: Path) -> None:
     (root / "sub" / "deep" / "c").write_bytes(b"")
 
 
-def test_tree_keeps_relative_structure_and_hashes(tmp_path: Path) -> None:
+def test_tree_keeps_relative_structure_and_sizes(tmp_path: Path) -> None:
     root = tmp_path / "proj"
     _tree(root)
     built = build_manifest([root], chunk_size=4096)
     files = {f.path: f for f in built.manifest.files}
     assert sorted(files) == ["proj/a.txt", "proj/sub/b.bin", "proj/sub/deep/c"]
-    assert files["proj/a.txt"].sha256 == hashlib.sha256(b"alpha").digest()
+    assert files["proj/a.txt"].size == 5 and files["proj/a.txt"].sha256 is None
     assert files["proj/sub/b.bin"].size == 5000
     assert built.manifest.chunk_count(list(files).index("proj/sub/b.bin")) == 2
     assert files["proj/sub/deep/c"].chunk_count(4096) == 1  # empty file: one (last) chunk
@@ -94,7 +93,7 @@ def test_encoding_is_canonical_and_round_trips(tmp_path: Path) -> None:
     assert Manifest.decode(data) == manifest
     assert Manifest.decode(data).encode() == data
     raw = cbor2.loads(data)
-    assert raw["v"] == 1 and raw["suite"] == "AES-256-GCM/STREAM-v1"
+    assert raw["v"] == 2 and raw["suite"] == "AES-256-GCM/STREAM-v1"
     non_canonical = cbor2.dumps(raw, canonical=False)
     if non_canonical != data:  # key order differs from canonical
         with pytest.raises(ManifestError, match="canonical"):
@@ -103,27 +102,28 @@ def test_encoding_is_canonical_and_round_trips(tmp_path: Path) -> None:
 
 def _raw(**changes: object) -> bytes:
     raw: dict[str, object] = {
-        "v": 1, "id": bytes(16), "suite": "AES-256-GCM/STREAM-v1", "chunk": 65536,
-        "qkd": [], "files": [["a", 1, bytes(32)]],
+        "v": 2, "id": bytes(16), "suite": "AES-256-GCM/STREAM-v1", "chunk": 65536,
+        "qkd": [], "files": [["a", 1]],
     }
     raw.update(changes)
     return cbor2.dumps({k: v for k, v in raw.items() if v is not None}, canonical=True)
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"v": 2}, "version 2 is not supported"),
+    ({"v": 3}, "version 3 is not supported"),
+    ({"v": 1, "files": [["a", 1, bytes(32)]]}, "older qsecret.*update qsecret"),
     ({"suite": "ROT13"}, "unknown cipher suite"),
     ({"id": bytes(15)}, "transfer ID"),
     ({"chunk": 100}, "chunk size"),
     ({"chunk": 1 << 30}, "chunk size"),
     ({"files": []}, "1..100000 files"),
-    ({"files": [["a", -1, bytes(32)]]}, "size"),
-    ({"files": [["a", True, bytes(32)]]}, "size"),
-    ({"files": [["a", 1, bytes(31)]]}, "sha256"),
-    ({"files": [["a", 1]]}, r"\[path, size, sha256\]"),
-    ({"files": [[7, 1, bytes(32)]]}, "path"),
-    ({"files": [["a", 1, bytes(32)], ["a", 2, bytes(32)]]}, "twice"),
-    ({"files": [["a", 2**32 * 65536 + 1, bytes(32)]]}, "too large"),
+    ({"files": [["a", -1]]}, "size"),
+    ({"files": [["a", True]]}, "size"),
+    ({"files": [["a", 1, bytes(32)]]}, r"\[path, size\]"),
+    ({"files": [["a"]]}, r"\[path, size\]"),
+    ({"files": [[7, 1]]}, "path"),
+    ({"files": [["a", 1], ["a", 2]]}, "twice"),
+    ({"files": [["a", 2**32 * 65536 + 1]]}, "too large"),
     ({"qkd": [""]}, "key_IDs"),
     ({"qkd": None}, "fields"),
     ({"extra": 1}, "fields"),
@@ -140,7 +140,7 @@ def test_decode_rejects_garbage() -> None:
 
 
 def test_e2ee_payloads_round_trip() -> None:
-    manifest = Manifest(os.urandom(16), 4096, (FileEntry("a", 0, bytes(32)),))
+    manifest = Manifest(os.urandom(16), 4096, (FileEntry("a", 0),))
     offer = decode_message(encode_offer(manifest))
     assert offer.type == "transfer-offer" and offer.manifest == manifest
     decline = decode_message(encode_decline(manifest.transfer_id, "no thanks"))
@@ -157,7 +157,7 @@ def test_e2ee_payloads_round_trip() -> None:
 def test_default_chunk_fits_relay_binary_frames() -> None:
     assert DEFAULT_CHUNK_SIZE + OVERHEAD_BYTES <= MAX_BINARY_PAYLOAD
     assert DEFAULT_CHUNK_SIZE % 4096 == 0
-    assert chunk_size_for_payload((1 << 20) + 64) == 1 << 20
+    assert chunk_size_for_payload((1 << 20) + 96) == 1 << 20
 
 
 def test_file_reader_notices_a_changed_source(tmp_path: Path) -> None:
@@ -178,10 +178,10 @@ def test_file_reader_notices_a_changed_source(tmp_path: Path) -> None:
 def test_offer_summary_shows_sanitised_names() -> None:
     from client.transfer import format_size, summarise
 
-    files = (FileEntry("../../etc/passwd", 10, bytes(32)), FileEntry("CON", 2048, bytes(32)))
+    files = (FileEntry("../../etc/passwd", 10), FileEntry("CON", 2048))
     summary = summarise(Manifest(os.urandom(16), 4096, files))
     assert summary.top_names == ("etc", "_CON") and summary.renamed == 2
     assert summary.title == "etc and 1 more (2 files, 2.0 KiB)"
-    single = summarise(Manifest(os.urandom(16), 4096, (FileEntry("a.txt", 5, bytes(32)),)))
+    single = summarise(Manifest(os.urandom(16), 4096, (FileEntry("a.txt", 5),)))
     assert single.title == "a.txt (1 file, 5 B)" and single.renamed == 0
     assert format_size(3 * 1024**3) == "3.0 GiB" and format_size(1023) == "1023 B"

@@ -75,7 +75,7 @@ def test_plan_resolves_clashes_inside_one_offer() -> None:
     entries = [("a", 1), ("a/b", 1), ("X.txt", 1), ("x.txt", 1), ("d?", 1), ("d_", 1)]
     manifest = Manifest(
         transfer_id=bytes(16), chunk_size=4096,
-        files=tuple(FileEntry(p, s, bytes(32)) for p, s in entries))
+        files=tuple(FileEntry(p, s) for p, s in entries))
     plan = plan_destinations(manifest)
     assert plan == [("a",), ("a_b",), ("X.txt",), ("x (1).txt",), ("d_",), ("d_ (1)",)]
 
@@ -125,9 +125,7 @@ def test_hostile_offer_lands_inside_downloads(tmp_path: Path) -> None:
 
     names = [name for name, _ in HOSTILE if name]  # an empty path is refused by Manifest
     contents = {name: f"content of {name!r}".encode() for name in names}
-    import hashlib
-
-    files = tuple(FileEntry(n, len(c), hashlib.sha256(c).digest()) for n, c in contents.items())
+    files = tuple(FileEntry(n, len(c)) for n, c in contents.items())
     manifest = Manifest(transfer_id=os.urandom(16), chunk_size=4096, files=files,
                         qkd_key_ids=("k",))
     secrets = Secrets.fresh()
