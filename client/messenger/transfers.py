@@ -42,6 +42,7 @@ from client.transfer import (
     FileReader,
     IntegrityFailed,
     Manifest,
+    OutdatedOffer,
     PartialStore,
     ProgressMeter,
     ProgressUpdate,
@@ -563,6 +564,14 @@ class TransferManager:
         peer = conversation.peer
         try:
             message = decode_message(body.data)
+        except OutdatedOffer as exc:
+            # Not a failed transfer: decline it with the reason, so the sender's qsecret
+            # shows "declined: ... update qsecret" instead of waiting for an answer.
+            log.warning("declined an offer from %s: %s", peer, exc)
+            if exc.transfer_id is not None and not self._closed:
+                await self._conversations.send_transfer_message(
+                    conversation, payloads.transfer(encode_decline(exc.transfer_id, str(exc))))
+            return
         except TransferError as exc:
             log.warning("dropped a malformed transfer message from %s: %s", peer, exc)
             return

@@ -11,6 +11,18 @@ class ManifestError(TransferError):
     """A manifest could not be built, encoded or decoded (bad field, limit exceeded)."""
 
 
+class OutdatedOffer(ManifestError):
+    """An offer in a format this qsecret no longer takes: the sender must update.
+
+    ``transfer_id`` (when the offer names a well-formed one) lets the receiver decline it, so
+    the sender is told why instead of waiting for an answer.
+    """
+
+    def __init__(self, message: str, transfer_id: bytes | None) -> None:
+        super().__init__(message)
+        self.transfer_id = transfer_id
+
+
 class SourceError(TransferError):
     """A path given to send cannot be sent (missing, special file, unreadable)."""
 

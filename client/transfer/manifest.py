@@ -36,7 +36,7 @@ import cbor2
 
 from relay.wire.binary import MAX_BINARY_PAYLOAD
 
-from .errors import ManifestError, SourceError
+from .errors import ManifestError, OutdatedOffer, SourceError
 from .names import numbered
 
 MANIFEST_VERSION = 2
@@ -159,9 +159,11 @@ class Manifest:
             raise ManifestError("manifest must be a CBOR map")
         version = raw.get("v")
         if version == LEGACY_MANIFEST_VERSION and not stored:
-            raise ManifestError(
+            tid = raw.get("id")
+            raise OutdatedOffer(
                 "the offer comes from an older qsecret (transfer manifest version 1, which "
-                "lists every file's SHA-256 up front): ask the sender to update qsecret"
+                "lists every file's SHA-256 up front): ask the sender to update qsecret",
+                tid if isinstance(tid, bytes) and len(tid) == TRANSFER_ID_BYTES else None,
             )
         if version not in (MANIFEST_VERSION, LEGACY_MANIFEST_VERSION):
             raise ManifestError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from client.messenger.api import TransferState
 from client.messenger.profile import open_profile
 from client.messenger.service import MessengerService
 from client.transfer import build_manifest
+from client.transfer.manifest import LEGACY_MANIFEST_VERSION
 from relay.wire import parse_binary
 from tests.e2e.stack import PASSPHRASE, Stack
 from tests.e2e.test_file_transfer import Cli, _receiver, _sha, _write
@@ -246,3 +248,26 @@ async def test_a_finished_receivers_progress_folder_goes_after_a_while(
         assert record.state is TransferState.COMPLETE and (downloads / "tidy.bin").exists()
     finally:
         await later.stop()
+
+
+async def test_an_offer_from_an_older_qsecret_is_declined_with_update_qsecret(
+        stack: Stack, alice: MessengerService) -> None:
+    """alice plays a qsecret from before manifest version 2 (its offer lists each file's
+    SHA-256): bob's side declines it with the reason, so alice sees "update qsecret" at
+    once instead of a transfer that waits or fails half-way."""
+    source = _write(stack.root / "src-old" / "old.bin", 5000)
+    downloads = stack.root / "dl-old"
+    receiver = _receiver(stack, downloads, "--count", "1", "--idle", "20")
+    try:
+        built = await asyncio.to_thread(build_manifest, [source])
+        files = tuple(dataclasses.replace(entry, sha256=hashlib.sha256(source.read_bytes())
+                                          .digest()) for entry in built.manifest.files)
+        old = dataclasses.replace(built, manifest=dataclasses.replace(
+            built.manifest, files=files, version=LEGACY_MANIFEST_VERSION))
+        view = await alice.files.send_built("bob", old)
+        assert await _until_finished(alice, view.transfer_id, 60) is TransferState.DECLINED
+        final = next(v for v in alice.transfers() if v.transfer_id == view.transfer_id)
+        assert "update qsecret" in final.detail, final
+    finally:
+        receiver.stop()
+    assert not (downloads / "old.bin").exists()
