@@ -29,6 +29,18 @@ from relay.store import EnqueueResult, EnqueueStatus, Envelope, Store
 log = logging.getLogger("qsecret.relay")
 
 CONFIRM_SLICE = 128  # settled sends answered per loop pass
+
+
+class _GroupTally:
+    """The copies of one ``send_group`` not settled yet, and the recipients refused."""
+
+    __slots__ = ("frame", "refused", "remaining", "session")
+
+    def __init__(self, session: Session, frame: wire.SendGroup, remaining: int) -> None:
+        self.session = session
+        self.frame = frame
+        self.remaining = remaining
+        self.refused: list[tuple[str, str]] = []
 QUOTA_REFUSED = frozenset({EnqueueStatus.QUOTA_EXCEEDED, EnqueueStatus.SHARE_EXCEEDED,
                            EnqueueStatus.STORE_FULL})
 
@@ -48,17 +60,68 @@ class Envelopes:
         """A send may be taken without waiting (for the store or its own commits)."""
         return session.pending_sends < self.config.max_pending_sends and not self.store.behind()
 
-    async def on_send(self, session: Session, frame: wire.Send) -> None:
+    async def _room_for_a_send(self, session: Session) -> bool:
+        """Wait while the sender has too many sends uncommitted or the store is behind;
+        False if the connection closed meanwhile."""
         while session.pending_sends >= self.config.max_pending_sends:
             session.send_room.clear()
             await session.send_room.wait()
             if session.closing:
-                return
+                return False
         if self.store.behind():
             # The disk is behind: stop reading from senders until it catches up, so
             # "stored" acks (durability) keep pace with what is accepted.
             await self.store.wait_for_room()
-        self.accept_send(session, frame)
+        return True
+
+    async def on_send(self, session: Session, frame: wire.Send) -> None:
+        if await self._room_for_a_send(session):
+            self.accept_send(session, frame)
+
+    async def on_send_group(self, session: Session, frame: wire.SendGroup) -> None:
+        if await self._room_for_a_send(session):
+            self.accept_send_group(session, frame)
+
+    def accept_send_group(self, session: Session, frame: wire.SendGroup) -> None:
+        """One envelope per recipient, each queued, committed and delivered like a send;
+        one ``stored_group`` once all have settled."""
+        assert session.handle is not None
+        session.pending_sends += 1
+        tally = _GroupTally(session, frame, len(frame.to))
+        for recipient in frame.to:
+            envelope = self.store.new_envelope(session.handle, recipient,
+                                               wire.fanout_msg_id(frame.msg, recipient),
+                                               frame.body)
+            self.store.enqueue_then(envelope, functools.partial(self._on_group_copy, tally,
+                                                                recipient))
+            peers = self.router.sessions(recipient)
+            if peers:
+                for peer in peers:
+                    self._push(peer, envelope)
+            else:
+                self.router.wake(recipient)
+
+    def _on_group_copy(self, tally: _GroupTally, recipient: str, ok: bool, value: Any) -> None:
+        """One copy of a group envelope settled (on the event loop, after its commit)."""
+        if not ok:
+            if not isinstance(value, asyncio.CancelledError):
+                log.error("enqueue failed: %s", type(value).__name__)
+            tally.refused.append((recipient, "internal"))
+        else:
+            status = value.status
+            if status in (EnqueueStatus.STORED, EnqueueStatus.DUPLICATE):
+                self.metrics.count("qsecret_relay_envelopes_total", "result", status.value)
+            else:
+                code = status.value if status in QUOTA_REFUSED else "unknown_recipient"
+                tally.refused.append((recipient, code))
+        tally.remaining -= 1
+        if tally.remaining:
+            return
+        session = tally.session
+        session.pending_sends -= 1
+        session.send_room.set()
+        frame = tally.frame
+        session.post(wire.StoredGroup(frame.msg, tuple(tally.refused), frame.id).encode())
 
     def accept_send(self, session: Session, frame: wire.Send) -> None:
         """Number the envelope, queue it for the commit, deliver it to live recipients."""

@@ -29,12 +29,13 @@ class TokenBucket:
             return True
         return False
 
-    def delay(self, now: float | None = None) -> float:
-        """Spend one token, borrowing if needed; return how long to wait until it was due."""
+    def delay(self, now: float | None = None, count: float = 1.0) -> float:
+        """Spend ``count`` tokens, borrowing if needed; return how long to wait until they
+        were due."""
         now = time.monotonic() if now is None else now
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        self.tokens -= 1.0
+        self.tokens -= count
         return 0.0 if self.tokens >= 0.0 else -self.tokens / self.rate
 
 

@@ -370,6 +370,13 @@ class Relay:
                 return close
             if isinstance(frame, wire.Send):
                 await self.envelopes.on_send(session, frame)
+            elif isinstance(frame, wire.SendGroup):
+                # One frame, one envelope per recipient: it costs the sender as many rate
+                # tokens as the sends it replaces (reading pauses, nothing is dropped).
+                pause = session.core.charge(len(frame.to) - 1, time.monotonic())
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                await self.envelopes.on_send_group(session, frame)
             elif isinstance(frame, wire.Ack):
                 self.envelopes.on_ack(session, frame)
             elif isinstance(frame, wire.PrekeysUpload):

@@ -11,7 +11,9 @@ Typical asyncio use (the client team's thin layer)::
             for event in events: ...             # AuthOk, Deliver, Stored, Error, ...
 
 Frames the caller asks for before ``auth_ok`` are held and sent right after it.
-A ``stored_many`` frame comes back as one :class:`Stored` event per message.
+A ``stored_many`` frame comes back as one :class:`Stored` event per message. A group
+envelope (:meth:`ClientConnection.send_group`, one upload for many recipients) is
+answered by one :class:`StoredGroup` naming the recipients it could not be queued for.
 Sends not yet confirmed by ``stored`` stay in :attr:`unconfirmed`, so after a
 reconnect they can be given to the next connection (``resend=``); the relay drops
 the duplicates by message ID.
@@ -58,7 +60,9 @@ from .frames import (
     PrekeysFetch,
     PrekeysUpload,
     Send,
+    SendGroup,
     Stored,
+    StoredGroup,
     StoredMany,
     parse_server_frame,
 )
@@ -82,7 +86,7 @@ class ClientConnection:
         *,
         expected_relay_id: str | None = None,
         tls_fingerprint: bytes = b"",
-        resend: Iterable[Send] = (),
+        resend: Iterable[Send | SendGroup] = (),
     ) -> None:
         self.handle = handle
         self.identity = identity_public_key
@@ -92,7 +96,7 @@ class ClientConnection:
         self.relay_id: str | None = None
         self.limits: dict[str, int] = {}
         self.state = "connecting"
-        self.unconfirmed: dict[str, Send] = {}
+        self.unconfirmed: dict[str, Send | SendGroup] = {}
         self._outgoing: list[str | bytes] = []
         self._held: list[str | bytes] = []
         for frame in resend:
@@ -111,7 +115,7 @@ class ClientConnection:
             self.state = "ready"
             self._outgoing.extend(self._held)
             self._held.clear()
-        elif isinstance(frame, Stored):
+        elif isinstance(frame, Stored | StoredGroup):
             self.unconfirmed.pop(frame.msg, None)
         elif isinstance(frame, StoredMany):
             # One event per message, so callers handle one kind of confirmation only.
@@ -149,7 +153,7 @@ class ClientConnection:
     def _emit(self, data: str | bytes) -> None:
         (self._outgoing if self.state == "ready" else self._held).append(data)
 
-    def _queue_send(self, frame: Send) -> None:
+    def _queue_send(self, frame: Send | SendGroup) -> None:
         self.unconfirmed[frame.msg] = frame
         self._emit(frame.encode())
 
@@ -158,6 +162,14 @@ class ClientConnection:
         """Queue a sealed envelope for ``to``; return its message ID."""
         frame = Send(msg_id or new_message_id(), to, body, req_id)
         frame.to_json()  # encoding is cheap; validation happens on parse at the relay
+        self._queue_send(frame)
+        return frame.msg
+
+    def send_group(self, to: Iterable[str], body: bytes, *, msg_id: str | None = None,
+                   req_id: str | None = None) -> str:
+        """Queue one sealed envelope for several recipients (uploaded once); return its
+        message ID. Each recipient's copy has the ID ``fanout_msg_id(msg, recipient)``."""
+        frame = SendGroup(msg_id or new_message_id(), tuple(to), body, req_id)
         self._queue_send(frame)
         return frame.msg
 

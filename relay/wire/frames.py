@@ -12,6 +12,7 @@ accepts) and :func:`parse_server_frame` (what a client accepts).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -42,6 +43,7 @@ NONCE_BYTES = 32
 MAX_ENVELOPE_BYTES = 64 * 1024  # sealed envelope body
 MAX_ACK_SEQS = 1024  # seqs in one ack frame
 MAX_STORED_MSGS = 1024  # message IDs in one stored_many frame
+MAX_GROUP_RECIPIENTS = 99  # send_group: a group of up to 100 members, less the sender
 MAX_ONE_TIME_PER_UPLOAD = 50
 MAX_REQ_ID_CHARS = 64
 # The client-defined signed part holds an X25519 identity and prekey, an ML-KEM prekey
@@ -168,6 +170,30 @@ def _msg_id_list(max_items: int) -> Callable[[str, object], tuple[str, ...]]:
         if not isinstance(value, list) or not 1 <= len(value) <= max_items:
             raise WireError("bad_field", f"{name} must be a list of 1..{max_items} message IDs")
         return tuple(check_msg_id(name, item) for item in value)
+
+    return check
+
+
+def _handle_set(max_items: int) -> Callable[[str, object], tuple[str, ...]]:
+    def check(name: str, value: object) -> tuple[str, ...]:
+        if not isinstance(value, list) or not 1 <= len(value) <= max_items:
+            raise WireError("bad_field", f"{name} must be a list of 1..{max_items} handles")
+        handles = tuple(check_handle(name, item) for item in value)
+        if len(set(handles)) != len(handles):
+            raise WireError("bad_field", f"{name} names a handle twice")
+        return handles
+
+    return check
+
+
+def _refusals(max_items: int) -> Callable[[str, object], tuple[tuple[str, str], ...]]:
+    def check(name: str, value: object) -> tuple[tuple[str, str], ...]:
+        if not isinstance(value, list) or len(value) > max_items or not all(
+                isinstance(item, list) and len(item) == 2 for item in value):
+            raise WireError("bad_field", f"{name} must be a list of at most {max_items} "
+                                         "[handle, code] pairs")
+        return tuple((check_handle(name, handle), _short_text(64)(name, code))
+                     for handle, code in value)
 
     return check
 
@@ -331,6 +357,30 @@ class Send(Frame):
 
 
 @dataclass(frozen=True)
+class SendGroup(Frame):
+    """One sealed envelope for several recipients (a group message), uploaded once.
+
+    The relay queues a copy for each recipient as an envelope of its own (durable, acked,
+    redelivered like any other) whose message ID is :func:`fanout_msg_id` of ``msg`` and
+    the recipient, so a resend of the same ``send_group`` is a duplicate for every copy.
+    One ``stored_group`` answers it once every copy has settled.
+    """
+
+    TYPE = "send_group"
+    msg: str
+    to: tuple[str, ...]
+    body: bytes
+    id: str | None = None
+    SPEC = {"msg": check_msg_id, "to": _handle_set(MAX_GROUP_RECIPIENTS),
+            "body": _b64(MAX_ENVELOPE_BYTES, 1), "id": _req_id}
+
+
+def fanout_msg_id(msg: str, recipient: str) -> str:
+    """The message ID of ``recipient``'s copy of the group envelope ``msg``."""
+    return hashlib.sha256(f"qsecret/v1/fanout\x00{msg}\x00{recipient}".encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
 class Ack(Frame):
     """The recipient has what it was delivered: delete these ``seq`` from its queue."""
 
@@ -470,6 +520,18 @@ class Stored(Frame):
 
 
 @dataclass(frozen=True)
+class StoredGroup(Frame):
+    """Every copy of the group envelope ``msg`` has settled: durable for every recipient
+    but those in ``refused`` (handle and error code, e.g. ``quota_exceeded``)."""
+
+    TYPE = "stored_group"
+    msg: str
+    refused: tuple[tuple[str, str], ...]
+    id: str | None = None
+    SPEC = {"msg": check_msg_id, "refused": _refusals(MAX_GROUP_RECIPIENTS), "id": _req_id}
+
+
+@dataclass(frozen=True)
 class StoredMany(Frame):
     """Several envelopes of this connection became durable in one commit (none a repeat).
 
@@ -565,11 +627,12 @@ class Pong(Frame):
 
 
 CLIENT_FRAMES: dict[str, type[Frame]] = {
-    cls.TYPE: cls for cls in (Auth, Send, Ack, PrekeysUpload, PrekeysFetch, StreamOpen,
-                              StreamClose, StreamAck, Ping)
+    cls.TYPE: cls for cls in (Auth, Send, SendGroup, Ack, PrekeysUpload, PrekeysFetch,
+                              StreamOpen, StreamClose, StreamAck, Ping)
 }
 SERVER_FRAMES: dict[str, type[Frame]] = {
-    cls.TYPE: cls for cls in (Hello, AuthOk, Error, Stored, StoredMany, Deliver, PrekeysOk,
+    cls.TYPE: cls for cls in (Hello, AuthOk, Error, Stored, StoredMany, StoredGroup, Deliver,
+                              PrekeysOk,
                               Bundle,
                               PrekeysLow, StreamOk, StreamIncoming, StreamClose, Pong)
 }

@@ -148,6 +148,12 @@ class ServerConnection:
         self.last_active = now
         return (self.stream_bucket if binary else self.bucket).delay(now)
 
+    def charge(self, count: int, now: float) -> float:
+        """Spend ``count`` more text-frame tokens for one frame that does the work of
+        ``count + 1`` (a ``send_group`` queues one envelope per recipient); return how long
+        the shell should pause reading."""
+        return self.bucket.delay(now, count) if count > 0 else 0.0
+
     def try_admit(self, now: float) -> bool:
         """Spend a text-frame token only if one is there (the shell's fast path)."""
         if not self.bucket.take(now):
