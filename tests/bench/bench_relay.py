@@ -229,6 +229,7 @@ async def loadgen(args: argparse.Namespace) -> dict:
         measuring_latency = True
         tick = 0.005
         start = time.perf_counter()
+        cpu_at_start = time.process_time()
         owed, index, ticks = 0.0, 0, 0
         while time.perf_counter() < start + seconds and ticks < 100_000:
             ticks += 1
@@ -240,6 +241,7 @@ async def loadgen(args: argparse.Namespace) -> dict:
                 index += 1
             await asyncio.sleep(max(0.0, start + ticks * tick - time.perf_counter()))
         offered = index / (time.perf_counter() - start)
+        busy = (time.process_time() - cpu_at_start) / (time.perf_counter() - start)
         await settle()
         measuring_latency = False
         lat = sorted(latencies)
@@ -248,7 +250,7 @@ async def loadgen(args: argparse.Namespace) -> dict:
             return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else -1.0
 
         return {"offered": round(offered, 1), "p50_ms": pct(0.5), "p99_ms": pct(0.99),
-                "samples": len(lat)}
+                "samples": len(lat), "loadgen_cores": round(busy, 3)}
 
     print(json.dumps({"ready": True, "connect_s": round(connect_s, 2)}), flush=True)
     loop = asyncio.get_running_loop()
@@ -374,8 +376,15 @@ def orchestrate(args: argparse.Namespace) -> dict:
         base_us = base_cpu / max(1.0, sum(base_rates) * args.seconds) * 1e6
         relay_max, base_max = statistics.median(relay_rates), statistics.median(base_rates)
         half = relay_max / 2
+        # Cores busy during the latency phase (its settling included): on two cores a
+        # server and its load generator that together need most of the machine queue
+        # behind each other, and that, not the server alone, sets the tail.
+        before = cpu_seconds(relay.pid)
         relay_lat = relay_gen.ask(f"latency {half} {args.seconds}")
+        relay_cores = (cpu_seconds(relay.pid) - before) / args.seconds
+        before = cpu_seconds(base.pid)
         base_lat = base_gen.ask(f"latency {half} {args.seconds}")
+        base_cores = (cpu_seconds(base.pid) - before) / args.seconds
         loaded_rss = rss_mib(relay.pid)
     finally:
         for gen in gens:
@@ -403,6 +412,10 @@ def orchestrate(args: argparse.Namespace) -> dict:
         "latency_samples": relay_lat["samples"],
         "baseline_p50_ms": base_lat["p50_ms"],
         "baseline_p99_ms": base_lat["p99_ms"],
+        "half_rate_cores": {"relay": round(relay_cores, 3),
+                            "relay_loadgen": relay_lat["loadgen_cores"],
+                            "baseline": round(base_cores, 3),
+                            "baseline_loadgen": base_lat["loadgen_cores"]},
         "relay_cpu_us_per_msg": round(relay_us, 1),
         "baseline_cpu_us_per_msg": round(base_us, 1),
         "cpu_ratio": round(base_us / relay_us, 3) if relay_us else 0.0,
@@ -456,6 +469,10 @@ def main() -> None:
     print(f"CPU per envelope        relay {result['relay_cpu_us_per_msg']} us, baseline "
           f"{result['baseline_cpu_us_per_msg']} us (baseline/relay "
           f"{result['cpu_ratio']}; steadier than rates on a busy machine)")
+    cores = result["half_rate_cores"]
+    print(f"cores busy at half rate relay {cores['relay']} + its load generator "
+          f"{cores['relay_loadgen']}; baseline {cores['baseline']} + its load generator "
+          f"{cores['baseline_loadgen']} (of 2 here)")
     print(f"relay RSS               {result['relay_rss_mib']:>10.1f} MiB (idle with all clients "
           f"connected: {result['relay_idle_rss_mib']} MiB)")
     write_json(args.json, result)
