@@ -137,6 +137,26 @@ def emit_block(
     return frame, record
 
 
+def sorted_ranks(haystack: np.ndarray, needles: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """``np.searchsorted(haystack, needles)`` for sorted ``needles``, chunk by chunk.
+
+    Each chunk of needles is searched only in the part of the haystack its first and last
+    values span, which stays in cache: about twice as fast as one call on millions of slots.
+    """
+    out = np.empty(needles.size, np.int64)
+    if needles.size <= chunk or haystack.size <= chunk:
+        out[:] = np.searchsorted(haystack, needles)
+        return out
+    firsts = np.searchsorted(haystack, needles[::chunk])
+    lasts = np.searchsorted(haystack, needles[chunk - 1:: chunk], side="right").tolist()
+    lasts.append(haystack.size)
+    for k, (lo, hi) in enumerate(zip(firsts.tolist(), lasts, strict=True)):
+        part = slice(k * chunk, (k + 1) * chunk)
+        out[part] = np.searchsorted(haystack[lo:hi], needles[part])
+        out[part] += lo
+    return out
+
+
 def alice_view(
     record: AliceRecord, detected_slots: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -144,24 +164,21 @@ def alice_view(
 
     Slots without a frame entry (dark counts) get values drawn from the conditional
     distribution of an empty slot; their photon number is reported as 0 registrable photons.
+    ``detected_slots`` must be sorted (Bob reports them in slot order).
     """
-    pos = np.searchsorted(record.slot, detected_slots)
-    pos_clipped = np.minimum(pos, max(record.slot.size - 1, 0))
-    known = (record.slot.size > 0) & (record.slot[pos_clipped] == detected_slots)
     n = detected_slots.size
-    unknown = int(n - known.sum())
-    cls = np.empty(n, np.uint8)
-    basis = np.empty(n, np.uint8)
-    bit = np.empty(n, np.uint8)
-    photons = np.zeros(n, np.uint16)
-    idx = pos_clipped[known]
-    cls[known] = record.cls[idx]
-    basis[known] = record.basis[idx]
-    bit[known] = record.bit[idx]
-    photons[known] = record.photons[idx]
-    if unknown:
-        dark = ~known
-        cls[dark] = rng.choice(3, size=unknown, p=record.empty_class_probs)
-        basis[dark] = rng.integers(0, 2, unknown, dtype=np.uint8)
-        bit[dark] = rng.integers(0, 2, unknown, dtype=np.uint8)
+    if record.slot.size:
+        pos = np.minimum(sorted_ranks(record.slot, detected_slots), record.slot.size - 1)
+        dark = np.flatnonzero(record.slot[pos] != detected_slots)
+        cls, basis, bit = record.cls[pos], record.basis[pos], record.bit[pos]
+        photons = record.photons[pos]
+        photons[dark] = 0
+    else:
+        dark = np.arange(n)
+        cls, basis, bit = (np.zeros(n, np.uint8) for _ in range(3))
+        photons = np.zeros(n, np.uint16)
+    if dark.size:
+        cls[dark] = rng.choice(3, size=dark.size, p=record.empty_class_probs)
+        basis[dark] = rng.integers(0, 2, dark.size, dtype=np.uint8)
+        bit[dark] = rng.integers(0, 2, dark.size, dtype=np.uint8)
     return cls, basis, bit, photons
