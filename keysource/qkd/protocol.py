@@ -639,6 +639,7 @@ class AliceEndpoint(_Endpoint):
         reveal_mask = sifted & (cls != SIGNAL)
         sample = plan[0] if plan else np.zeros(0, np.int64)
         blk.detections = Detections(blk.n_slots, slots, basis, bit)
+        self._alice_cls, self._alice_sifted = cls, sifted
         self._alice_counts = class_counts(cls, sifted)
         if plan:
             blk.frame_bits = bit[plan[1]]
@@ -695,9 +696,10 @@ class AliceEndpoint(_Endpoint):
             return out.extend(self._abort("no secure key after reconciliation", notify=False))
         blk.secret_len = length
         # the public Toeplitz seed must be uniformly random and independent of the physics
-        seed = self.public.bits("toeplitz seed", blk.number, n + length - 1)
+        seed = self.public.bits("toeplitz seed", blk.number,
+                                amplification.identity_toeplitz_seed_bits(n, length))
         key_ids = self.public.key_ids(blk.number, count)
-        secret = amplification.toeplitz_hash(blk.frame_bits, seed, length)
+        secret = amplification.identity_toeplitz_hash(blk.frame_bits, seed, length)
         blk.pending = split_output(np.packbits(secret).tobytes(), (refill_ab, refill_ba), key_ids)
         blk.refill = (refill_ab, refill_ba)
         return Output(send=[self._message(VERIFY_RESULT, blk.number, {
@@ -941,7 +943,7 @@ class BobEndpoint(_Endpoint):
         expected = estimation.secure_length(self.params, blk.bounds, n, blk.leaked)
         if length != expected:
             raise ProtocolError(f"key length {length} differs from ours ({expected})")
-        seed = _unpack_bits(body.get("seed"), n + length - 1)
+        seed = _unpack_bits(body.get("seed"), amplification.identity_toeplitz_seed_bits(n, length))
         refill = _field(body, "refill", list)
         raw_ids = _field(body, "key_ids", bytes)
         if (len(refill) != 2 or not all(isinstance(r, int) and r >= 0 for r in refill)  # type: ignore[arg-type]
@@ -952,7 +954,7 @@ class BobEndpoint(_Endpoint):
         if sum(refill) + KEY_BYTES * len(key_ids) > length // 8:  # type: ignore[arg-type]
             raise ProtocolError("more output claimed than the key length allows")
         blk.secret_len = length
-        secret = amplification.toeplitz_hash(blk.frame_bits, seed, length)
+        secret = amplification.identity_toeplitz_hash(blk.frame_bits, seed, length)
         blk.pending = split_output(np.packbits(secret).tobytes(), tuple(refill), key_ids)  # type: ignore[arg-type]
         self.pending = blk
         out = Output(send=[self._message(DONE, blk.number, {"room": int(self.room)})])

@@ -170,7 +170,7 @@ def _postprocess_stages() -> dict[str, tuple[object, str]]:
         "physics_emit": (protocol, "emit_block"), "physics_detect": (protocol, "detect"),
         "cascade_alice": (cascade_module.CascadeAlice, "answer"),
         "cascade_bob": (cascade_module.CascadeBob, "_advance"),
-        "toeplitz": (protocol.amplification, "toeplitz_hash"),
+        "privacy_amplification": (protocol.amplification, "identity_toeplitz_hash"),
         "verify_hash": (verification, "key_hash"),
     }
 
