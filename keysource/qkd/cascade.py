@@ -409,9 +409,15 @@ class CascadeBob:
     def _run(self) -> Generator[list[ParityQuery], np.ndarray, None]:
         perms, _ = permutations(self.n, self.seed, self.passes)
         forest = self._forest
-        for j, top in enumerate(self.levels):
-            ids = np.arange(-(-self.n >> top), dtype=np.int64)
-            alice = yield from self._answer([ParityQuery(j, top, ids)])
+        # Every pass's top-level parities in the first round trip: the protocol asks for all of
+        # them anyway (Alice's bits never change), so this reveals nothing more and saves a
+        # round trip per pass; a pass still starts only when the ones before it are settled.
+        tops = [ParityQuery(j, top, np.arange(-(-self.n >> top), dtype=np.int64))
+                for j, top in enumerate(self.levels)]
+        answers = yield from self._answer(tops)
+        split = np.cumsum([q.ids.size for q in tops])[:-1]
+        for (j, top), alice in zip(enumerate(self.levels), np.split(answers, split), strict=True):
+            ids = tops[j].ids
             bob = _top_parities_by_mask(pack_words(self.bits, self._mine.n_words), self.n,
                                         self.seed, self.passes, j, top)
             if bob is None:
