@@ -429,16 +429,17 @@ class _Endpoint(ABC):
         return np.random.default_rng([self.params.seed, self._salt, block])
 
     # -- message helpers ----------------------------------------------------------------
-    def _message(self, kind: int, block: int, body: dict) -> bytes:
-        payload = cbor2.dumps(body)
+    def _message(self, kind: int, block: int, body: dict | bytes) -> bytes:
+        """A classical frame: ``body`` (a map, or one already CBOR-encoded) tagged or, for the
+        Cascade kinds, appended to the deferred transcript."""
+        payload = body if isinstance(body, bytes) else cbor2.dumps(body)
         if kind in DEFERRED:
-            message = Classical(kind, block, -1, payload)
-            self.auth.defer_send(message.signed_part)
-            return message.to_frame()
+            signed = Classical(kind, block, -1, payload).signed_part
+            self.auth.defer_send(signed)
+            return b"C" + signed
         index = self.auth.next_send_index()
-        message = Classical(kind, block, index, payload)
-        message.tag = self.auth.tag(index, message.signed_part)
-        return message.to_frame()
+        signed = Classical(kind, block, index, payload).signed_part
+        return b"C" + signed + self.auth.tag(index, signed)
 
     def _accept(self, message: Classical) -> None:
         """Authenticate (tagged) or record (deferred) an incoming message."""
@@ -920,7 +921,7 @@ class BobEndpoint(_Endpoint):
         assert cascade is not None
         if queries is not None:
             return Output(send=[self._message(CASCADE_Q, blk.number,
-                                              cbor2.loads(_encode_queries(queries)))])
+                                              _encode_queries(queries))])
         result = cascade.result
         assert result is not None
         blk.frame_bits = result.bits
