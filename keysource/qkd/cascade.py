@@ -137,6 +137,11 @@ def pack_words(bits: np.ndarray, n_words: int) -> np.ndarray:
     return packed.view("<u8").astype(np.uint64, copy=False)
 
 
+def permuted(bits: np.ndarray, perm: np.ndarray, pass_index: int) -> np.ndarray:
+    """The bits in a pass's order (pass 0's permutation is the identity: no gather)."""
+    return bits if pass_index == 0 else np.take(bits, perm)
+
+
 _WORD_BITS = 64
 _LOW_MASKS = np.array([(1 << (1 << lv)) - 1 for lv in range(6)], np.uint64)
 
@@ -276,7 +281,8 @@ class CascadeAlice:
                     by_tree[pos: pos + size] = False
                 else:
                     perm = permutation_matrix(self.n, self.seed, self.passes)[query.pass_index]
-                    self._parities.build(query.pass_index, np.take(self.bits, perm))
+                    self._parities.build(query.pass_index,
+                                         permuted(self.bits, perm, query.pass_index))
             pos += size
         if by_tree.all():
             answer = self._parities.parity(p, level, ids)
@@ -377,6 +383,8 @@ class CascadeBob:
         self._forest = _Forest(self.n, self.levels)
         self._mine = _PassParities(self.n, passes)
         self._started = 0
+        self._packed = np.zeros(0, np.uint64)
+        self._packed_at = -1  # self.corrected when self._packed was taken
         self._mark = np.zeros(self._forest.known.size, bool)
         self._gen = self._run()
         self.result: CascadeResult | None = None
@@ -418,10 +426,14 @@ class CascadeBob:
         split = np.cumsum([q.ids.size for q in tops])[:-1]
         for (j, top), alice in zip(enumerate(self.levels), np.split(answers, split), strict=True):
             ids = tops[j].ids
-            bob = _top_parities_by_mask(pack_words(self.bits, self._mine.n_words), self.n,
-                                        self.seed, self.passes, j, top)
+            bob = None
+            if ids.size <= 2:  # a late pass: by masks of the frame, packed once per correction
+                if self._packed_at != self.corrected:
+                    self._packed = pack_words(self.bits, self._mine.n_words)
+                    self._packed_at = self.corrected
+                bob = _top_parities_by_mask(self._packed, self.n, self.seed, self.passes, j, top)
             if bob is None:
-                self._mine.build(j, np.take(self.bits, perms[j]))
+                self._mine.build(j, permuted(self.bits, perms[j], j))
                 bob = self._mine.parity(np.full(ids.size, j), np.full(ids.size, top), ids)
             flat = forest.off[j, top] + ids
             mismatch = alice ^ bob
@@ -556,7 +568,7 @@ class CascadeBob:
         perms = permutation_matrix(self.n, self.seed, self.passes)
         for q in np.unique(p).tolist():  # a search needs Bob's parities of its pass
             if not self._mine.built[q]:
-                self._mine.build(q, np.take(self.bits, perms[q]))
+                self._mine.build(q, permuted(self.bits, perms[q], q))
         return p, level, ids
 
     def _correct(self, found: np.ndarray) -> None:
