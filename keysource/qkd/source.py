@@ -137,24 +137,28 @@ def emit_block(
     return frame, record
 
 
-def sorted_ranks(haystack: np.ndarray, needles: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """``np.searchsorted(haystack, needles)`` for sorted ``needles``, chunk by chunk.
+def sorted_ranks(haystack: np.ndarray, needles: np.ndarray, stride: int = 1024) -> np.ndarray:
+    """``np.searchsorted(haystack, needles)`` for a strictly increasing ``haystack``, fast when
+    ``needles`` are sorted and mostly in it (Bob's clicks among Alice's pulses).
 
-    Each chunk of needles is searched only in the part of the haystack its first and last
-    values span, which stays in cache: about twice as fast as one call on millions of slots.
+    A needle found at index r of the haystack has rank r. One binary search per ``stride``
+    needles gives the offset of each run; every needle is then checked against the haystack at
+    its run's offset, and only those that do not match it (dark counts, and the needles after
+    them in the same run) are searched.
     """
-    out = np.empty(needles.size, np.int64)
-    if needles.size <= chunk or haystack.size <= chunk:
-        out[:] = np.searchsorted(haystack, needles)
-        return out
-    firsts = np.searchsorted(haystack, needles[::chunk])
-    lasts = np.searchsorted(haystack, needles[chunk - 1:: chunk], side="right").tolist()
-    lasts.append(haystack.size)
-    for k, (lo, hi) in enumerate(zip(firsts.tolist(), lasts, strict=True)):
-        part = slice(k * chunk, (k + 1) * chunk)
-        out[part] = np.searchsorted(haystack[lo:hi], needles[part])
-        out[part] += lo
-    return out
+    count = needles.size
+    if count == 0 or haystack.size == 0:
+        return np.searchsorted(haystack, needles).astype(np.int64)
+    firsts = np.arange(0, count, stride)
+    offsets = np.searchsorted(haystack, needles[firsts]) - firsts
+    ranks = np.repeat(offsets, stride)[:count]
+    ranks += np.arange(count)
+    found = haystack[np.minimum(ranks, haystack.size - 1)] == needles
+    found &= ranks < haystack.size
+    missed = np.flatnonzero(~found)
+    if missed.size:
+        ranks[missed] = np.searchsorted(haystack, needles[missed])
+    return ranks
 
 
 def alice_view(
