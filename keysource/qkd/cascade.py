@@ -120,13 +120,15 @@ def _parity64_by_folding(words: np.ndarray) -> np.ndarray:
     return (x & np.uint64(1)).astype(np.uint8)
 
 
+_BITWISE_COUNT = getattr(np, "bitwise_count", None)  # numpy 2.0 and later
+
+
 def parity64(words: np.ndarray) -> np.ndarray:
     """Parity (0/1, uint8) of each 64-bit word: a popcount where numpy has one (2.0 and
     later), else by folding."""
-    count = getattr(np, "bitwise_count", None)
-    if count is None:
+    if _BITWISE_COUNT is None:
         return _parity64_by_folding(words)
-    return (count(words.astype(np.uint64, copy=False)) & 1).astype(np.uint8)
+    return _BITWISE_COUNT(words.astype(np.uint64, copy=False)) & np.uint8(1)
 
 
 def pack_words(bits: np.ndarray, n_words: int) -> np.ndarray:
@@ -183,9 +185,17 @@ class _PassParities:
 
     def parity(self, p: np.ndarray, level: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Parity of nodes (pass ``p``, ``level``, ``ids``) of built passes (valid nodes only)."""
-        out = np.empty(ids.size, np.uint8)
         small = level < 6
-        if small.any():
+        below = int(np.count_nonzero(small))
+        if below == ids.size:  # all below a word (the usual case deep in the searches)
+            lo = ids << level
+            word = self.words[p, lo >> 6]
+            return parity64((word >> (lo & 63).astype(np.uint64)) & _LOW_MASKS[level])
+        if below == 0:
+            u = np.minimum(level - 6, self.height)
+            return self.tree[self.tree_off[p, u] + ids]
+        out = np.empty(ids.size, np.uint8)
+        if below:
             lo = ids[small] << level[small]
             word = self.words[p[small], lo >> 6]
             bits = (word >> (lo & 63).astype(np.uint64)) & _LOW_MASKS[level[small]]
