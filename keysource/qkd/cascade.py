@@ -103,14 +103,15 @@ def inverse_matrix(n: int, seed: int, passes: int = N_PASSES) -> np.ndarray:
     return _tables(n, seed, passes)[1]
 
 
-def _sorted_unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values and their multiplicities (sort-based; faster than np.unique here)."""
-    if values.size == 0:
-        return values, values
+def _sorted_distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted (faster than np.unique on the small arrays of a round)."""
     ordered = np.sort(values)
-    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-    counts = np.diff(np.append(starts, ordered.size))
-    return ordered[starts], counts
+    if ordered.size > 1:
+        keep = np.empty(ordered.size, bool)
+        keep[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+        ordered = ordered[keep]
+    return ordered
 
 
 def _parity64_by_folding(words: np.ndarray) -> np.ndarray:
@@ -565,7 +566,7 @@ class CascadeBob:
         if not pool.size:
             forest.odd_pool = empty
             return empty, empty, empty
-        pool, _ = _sorted_unique(pool)
+        pool = _sorted_distinct(pool)
         forest.odd_pool = pool
         p, level, ids = forest.decode(pool)
         covered = np.concatenate([self._ancestors(p, level, ids), self._ancestors(cp, cl, ci),
@@ -582,7 +583,7 @@ class CascadeBob:
         return p, level, ids
 
     def _correct(self, found: np.ndarray) -> None:
-        found, _ = _sorted_unique(found)
+        found = _sorted_distinct(found)
         self.bits[found] ^= 1
         self.corrected += int(found.size)
         if self.corrected > self.n:  # answers no string satisfies would cycle for ever

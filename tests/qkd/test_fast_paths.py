@@ -19,6 +19,7 @@ from keysource.qkd.cascade import (
     ParityQuery,
     _parity64_by_folding,
     _PassParities,
+    _sorted_distinct,
     _top_parities_by_mask,
     block_levels,
     pack_words,
@@ -249,3 +250,10 @@ def test_every_pass_top_level_is_asked_once_in_the_first_round_trip() -> None:
     assert bob.result is not None and np.array_equal(bob.result.bits, alice_bits)
     assert len(asked) == len(set(asked))
     assert not any(level == levels[p] for p, level, _ in asked)
+
+
+def test_sorted_distinct_equals_np_unique() -> None:
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 2, 5, 100, 5000):
+        values = rng.integers(0, max(1, size // 3), size)
+        assert np.array_equal(_sorted_distinct(values), np.unique(values))
