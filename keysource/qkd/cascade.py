@@ -462,8 +462,9 @@ class CascadeBob:
         while True:
             if pool_changed:
                 sp, sl, si = self._select(cp, cl, ci)
-                cp, cl, ci = (np.concatenate([cp, sp]), np.concatenate([cl, sl]),
-                              np.concatenate([ci, si]))
+                if sp.size:
+                    cp, cl, ci = (np.concatenate([cp, sp]), np.concatenate([cl, sl]),
+                                  np.concatenate([ci, si]))
                 pool_changed = False
             cp, cl, ci, found = self._descend_known(cp, cl, ci)
             if found.size:
@@ -479,10 +480,11 @@ class CascadeBob:
             key = cp * 64 + child  # one query per (pass, level)
             order = np.argsort(key, kind="stable")
             ordered_key, ordered_left = key[order], left[order]
-            bounds = [0, *(np.flatnonzero(np.diff(ordered_key)) + 1).tolist(), order.size]
-            queries = [ParityQuery(int(ordered_key[a]) >> 6, int(ordered_key[a]) & 63,
-                                   ordered_left[a:b])
-                       for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            firsts = (np.nonzero(ordered_key[1:] != ordered_key[:-1])[0] + 1).tolist()
+            bounds = [0, *firsts, order.size]
+            keys = ordered_key[bounds[:-1]].tolist()
+            queries = [ParityQuery(k >> 6, k & 63, ordered_left[a:b])
+                       for k, a, b in zip(keys, bounds[:-1], bounds[1:], strict=True)]
             answer = yield from self._answer(queries)
             left_alice = np.empty(order.size, np.uint8)
             left_alice[order] = answer
