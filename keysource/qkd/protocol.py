@@ -270,20 +270,27 @@ def _field(body: dict, key: str, kind: type | tuple[type, ...]) -> object:
 
 
 def _encode_queries(queries: list[ParityQuery]) -> bytes:
-    return cbor2.dumps({"q": [[q.pass_index, q.level, q.ids.astype("<u4").tobytes()]
-                              for q in queries]})
+    """CASCADE_Q body: one (pass, level, count) per question and all node ids in one field."""
+    ids = np.concatenate([q.ids for q in queries]) if queries else np.zeros(0, np.int64)
+    return cbor2.dumps({"q": [[q.pass_index, q.level, int(q.ids.size)] for q in queries],
+                        "ids": ids.astype("<u4").tobytes()})
 
 
 def _decode_queries(body: dict) -> list[ParityQuery]:
     raw = _field(body, "q", list)
-    queries = []
+    packed = _field(body, "ids", bytes)
+    if len(packed) % 4:  # type: ignore[arg-type]
+        raise ProtocolError("bad cascade query")
+    ids = np.frombuffer(packed, "<u4").astype(np.int64)  # type: ignore[arg-type]
+    queries, pos = [], 0
     for item in raw:  # type: ignore[union-attr]
-        if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], int)
-                or not isinstance(item[1], int) or not isinstance(item[2], bytes)
-                or len(item[2]) % 4):
+        if (not isinstance(item, list) or len(item) != 3
+                or not all(type(x) is int and x >= 0 for x in item)):
             raise ProtocolError("bad cascade query")
-        queries.append(ParityQuery(item[0], item[1],
-                                   np.frombuffer(item[2], "<u4").astype(np.int64)))
+        queries.append(ParityQuery(item[0], item[1], ids[pos: pos + item[2]]))
+        pos += item[2]
+    if pos != ids.size:
+        raise ProtocolError("cascade query counts do not match its node ids")
     return queries
 
 

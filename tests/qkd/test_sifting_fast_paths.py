@@ -3,17 +3,22 @@
 Alice looks up what she sent in Bob's detected slots with chunked binary searches, the SIFT
 message carries slot gaps in the narrowest width that holds them, SIFT_REPLY carries intensity
 classes as two bit planes, and both ends count clicks per class with comparisons instead of
-bincount. Each is checked here against the obvious computation, including malformed input.
+bincount; a Cascade question carries its node ids in one field. Each is checked here against
+the obvious computation, including malformed input.
 """
 
 from __future__ import annotations
 
+import cbor2
 import numpy as np
 import pytest
 
+from keysource.qkd.cascade import ParityQuery
 from keysource.qkd.params import LinkParams
 from keysource.qkd.protocol import (
     ProtocolError,
+    _decode_queries,
+    _encode_queries,
     class_counts,
     decode_classes,
     decode_slots,
@@ -122,3 +127,23 @@ def test_class_counts_match_bincount() -> None:
     detections, kept = class_counts(cls, sifted)
     assert detections == np.bincount(cls, minlength=3).tolist()
     assert kept == np.bincount(cls[sifted], minlength=3).tolist()
+
+
+def test_cascade_questions_round_trip_and_bad_ones_are_refused() -> None:
+    """CASCADE_Q carries all node ids in one field and a count per question."""
+    rng = np.random.default_rng(6)
+    queries = [ParityQuery(int(p), int(lv), rng.integers(0, 1 << 20, int(k)))
+               for p, lv, k in zip(rng.integers(0, 14, 12), rng.integers(0, 20, 12),
+                                   rng.integers(0, 40, 12), strict=True)]
+    body = cbor2.loads(_encode_queries(queries))
+    decoded = _decode_queries(body)
+    assert [(q.pass_index, q.level, q.ids.tolist()) for q in decoded] == [
+        (q.pass_index, q.level, q.ids.tolist()) for q in queries]
+    assert _decode_queries(cbor2.loads(_encode_queries([]))) == []
+    ids = np.arange(5, dtype="<u4").tobytes()
+    for bad in ({"q": [[0, 1, 4]], "ids": ids}, {"q": [[0, 1, 6]], "ids": ids},
+                {"q": [[0, 1, 5]], "ids": ids[:-1]}, {"q": [[-1, 1, 5]], "ids": ids},
+                {"q": [[True, 1, 5]], "ids": ids}, {"q": [[0, 1]], "ids": ids},
+                {"q": [[0, 1, 5]]}, {"q": "x", "ids": ids}):
+        with pytest.raises(ProtocolError):
+            _decode_queries(bad)
