@@ -217,13 +217,13 @@ def decode_slots(width: object, data: object, count: int, n_slots: int) -> np.nd
     top = int(deltas.max())
     if deltas[1:].min(initial=1) < 1 or top >= n_slots:
         raise ProtocolError("detected slots out of range or not increasing")
-    slots = np.cumsum(deltas, dtype=np.uint64)
-    # the sum of the gaps cannot wrap around 2^64 when count * top is small (always, for an
-    # honest peer); otherwise the last slot alone would not prove the list in range
+    slots = np.cumsum(deltas, dtype=np.int64)
+    # the sum of the gaps cannot overflow when count * top is small (always, for an honest
+    # peer); otherwise the last slot alone would not prove the list in range
     if int(slots[-1]) >= n_slots or (count * top >= 1 << 63 and bool(
             (slots[1:] <= slots[:-1]).any())):
         raise ProtocolError("detected slots out of range or not increasing")
-    return slots.astype(np.int64)
+    return slots
 
 
 def encode_classes(cls: np.ndarray) -> bytes:

@@ -139,7 +139,14 @@ def emit_block(
 
 def sorted_ranks(haystack: np.ndarray, needles: np.ndarray, stride: int = 1024) -> np.ndarray:
     """``np.searchsorted(haystack, needles)`` for a strictly increasing ``haystack``, fast when
-    ``needles`` are sorted and mostly in it (Bob's clicks among Alice's pulses).
+    ``needles`` are sorted and mostly in it (Bob's clicks among Alice's pulses)."""
+    return locate(haystack, needles, stride)[0]
+
+
+def locate(haystack: np.ndarray, needles: np.ndarray, stride: int = 1024
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of ``needles`` in a strictly increasing ``haystack`` (as np.searchsorted) and
+    whether each needle is in it.
 
     A needle found at index r of the haystack has rank r. One binary search per ``stride``
     needles gives the offset of each run; every needle is then checked against the haystack at
@@ -148,17 +155,19 @@ def sorted_ranks(haystack: np.ndarray, needles: np.ndarray, stride: int = 1024) 
     """
     count = needles.size
     if count == 0 or haystack.size == 0:
-        return np.searchsorted(haystack, needles).astype(np.int64)
+        return np.searchsorted(haystack, needles).astype(np.int64), np.zeros(count, bool)
     firsts = np.arange(0, count, stride)
     offsets = np.searchsorted(haystack, needles[firsts]) - firsts
     ranks = np.repeat(offsets, stride)[:count]
     ranks += np.arange(count)
-    found = haystack[np.minimum(ranks, haystack.size - 1)] == needles
-    found &= ranks < haystack.size
+    last = haystack.size - 1
+    found = haystack[np.minimum(ranks, last)] == needles
+    found &= ranks <= last
     missed = np.flatnonzero(~found)
     if missed.size:
-        ranks[missed] = np.searchsorted(haystack, needles[missed])
-    return ranks
+        ranks[missed] = rank = np.searchsorted(haystack, needles[missed])
+        found[missed] = haystack[np.minimum(rank, last)] == needles[missed]
+    return ranks, found
 
 
 def alice_view(
@@ -172,8 +181,9 @@ def alice_view(
     """
     n = detected_slots.size
     if record.slot.size:
-        pos = np.minimum(sorted_ranks(record.slot, detected_slots), record.slot.size - 1)
-        dark = np.flatnonzero(record.slot[pos] != detected_slots)
+        pos, known = locate(record.slot, detected_slots)
+        dark = np.flatnonzero(~known)
+        pos[dark] = 0  # any valid index: their values are drawn below
         cls, basis, bit = record.cls[pos], record.basis[pos], record.bit[pos]
         photons = record.photons[pos]
         photons[dark] = 0
