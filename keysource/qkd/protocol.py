@@ -901,12 +901,12 @@ class BobEndpoint(_Endpoint):
         blk.sifted_signal = int(signal.size)
         blk.order_seed = int(_field(body, "sample_seed", int))  # type: ignore[arg-type]
         plan = plan_frame(self.params, signal, blk.order_seed)
-        reveal_mask = sifted & (cls != SIGNAL)
-        revealed = _unpack_bits(body.get("revealed"), int(reveal_mask.sum()))
+        reveal = np.flatnonzero(sifted & (cls != SIGNAL))
+        revealed = _unpack_bits(body.get("revealed"), int(reveal.size))
         sample_idx = plan[0] if plan else np.zeros(0, np.int64)
         sample = _unpack_bits(body.get("sample"), int(sample_idx.size))
-        wrong = revealed != det.bit[reveal_mask]
-        rcls = cls[reveal_mask]
+        wrong = revealed != det.bit[reveal]
+        rcls = cls[reveal]
         errors = [int((sample != det.bit[sample_idx]).sum()), int(wrong[rcls == DECOY].sum()),
                   int(wrong[rcls == VACUUM].sum())]
         out = Output(send=[self._message(ESTIMATE, blk.number, {"errors": errors})])
