@@ -103,14 +103,15 @@ def inverse_matrix(n: int, seed: int, passes: int = N_PASSES) -> np.ndarray:
     return _tables(n, seed, passes)[1]
 
 
-def _sorted_unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values and their multiplicities (sort-based; faster than np.unique here)."""
-    if values.size == 0:
-        return values, values
+def _sorted_distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted (faster than np.unique on the small arrays of a round)."""
     ordered = np.sort(values)
-    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-    counts = np.diff(np.append(starts, ordered.size))
-    return ordered[starts], counts
+    if ordered.size > 1:
+        keep = np.empty(ordered.size, bool)
+        keep[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+        ordered = ordered[keep]
+    return ordered
 
 
 def _parity64_by_folding(words: np.ndarray) -> np.ndarray:
@@ -120,13 +121,15 @@ def _parity64_by_folding(words: np.ndarray) -> np.ndarray:
     return (x & np.uint64(1)).astype(np.uint8)
 
 
+_BITWISE_COUNT = getattr(np, "bitwise_count", None)  # numpy 2.0 and later
+
+
 def parity64(words: np.ndarray) -> np.ndarray:
     """Parity (0/1, uint8) of each 64-bit word: a popcount where numpy has one (2.0 and
     later), else by folding."""
-    count = getattr(np, "bitwise_count", None)
-    if count is None:
+    if _BITWISE_COUNT is None:
         return _parity64_by_folding(words)
-    return (count(words.astype(np.uint64, copy=False)) & 1).astype(np.uint8)
+    return _BITWISE_COUNT(words.astype(np.uint64, copy=False)) & np.uint8(1)
 
 
 def pack_words(bits: np.ndarray, n_words: int) -> np.ndarray:
@@ -135,6 +138,11 @@ def pack_words(bits: np.ndarray, n_words: int) -> np.ndarray:
     raw = np.packbits(bits, bitorder="little")
     packed[: raw.size] = raw
     return packed.view("<u8").astype(np.uint64, copy=False)
+
+
+def permuted(bits: np.ndarray, perm: np.ndarray, pass_index: int) -> np.ndarray:
+    """The bits in a pass's order (pass 0's permutation is the identity: no gather)."""
+    return bits if pass_index == 0 else np.take(bits, perm)
 
 
 _WORD_BITS = 64
@@ -178,9 +186,17 @@ class _PassParities:
 
     def parity(self, p: np.ndarray, level: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Parity of nodes (pass ``p``, ``level``, ``ids``) of built passes (valid nodes only)."""
-        out = np.empty(ids.size, np.uint8)
         small = level < 6
-        if small.any():
+        below = int(np.count_nonzero(small))
+        if below == ids.size:  # all below a word (the usual case deep in the searches)
+            lo = ids << level
+            word = self.words[p, lo >> 6]
+            return parity64((word >> (lo & 63).astype(np.uint64)) & _LOW_MASKS[level])
+        if below == 0:
+            u = np.minimum(level - 6, self.height)
+            return self.tree[self.tree_off[p, u] + ids]
+        out = np.empty(ids.size, np.uint8)
+        if below:
             lo = ids[small] << level[small]
             word = self.words[p[small], lo >> 6]
             bits = (word >> (lo & 63).astype(np.uint64)) & _LOW_MASKS[level[small]]
@@ -276,7 +292,8 @@ class CascadeAlice:
                     by_tree[pos: pos + size] = False
                 else:
                     perm = permutation_matrix(self.n, self.seed, self.passes)[query.pass_index]
-                    self._parities.build(query.pass_index, np.take(self.bits, perm))
+                    self._parities.build(query.pass_index,
+                                         permuted(self.bits, perm, query.pass_index))
             pos += size
         if by_tree.all():
             answer = self._parities.parity(p, level, ids)
@@ -377,6 +394,8 @@ class CascadeBob:
         self._forest = _Forest(self.n, self.levels)
         self._mine = _PassParities(self.n, passes)
         self._started = 0
+        self._packed = np.zeros(0, np.uint64)
+        self._packed_at = -1  # self.corrected when self._packed was taken
         self._mark = np.zeros(self._forest.known.size, bool)
         self._gen = self._run()
         self.result: CascadeResult | None = None
@@ -409,13 +428,23 @@ class CascadeBob:
     def _run(self) -> Generator[list[ParityQuery], np.ndarray, None]:
         perms, _ = permutations(self.n, self.seed, self.passes)
         forest = self._forest
-        for j, top in enumerate(self.levels):
-            ids = np.arange(-(-self.n >> top), dtype=np.int64)
-            alice = yield from self._answer([ParityQuery(j, top, ids)])
-            bob = _top_parities_by_mask(pack_words(self.bits, self._mine.n_words), self.n,
-                                        self.seed, self.passes, j, top)
+        # Every pass's top-level parities in the first round trip: the protocol asks for all of
+        # them anyway (Alice's bits never change), so this reveals nothing more and saves a
+        # round trip per pass; a pass still starts only when the ones before it are settled.
+        tops = [ParityQuery(j, top, np.arange(-(-self.n >> top), dtype=np.int64))
+                for j, top in enumerate(self.levels)]
+        answers = yield from self._answer(tops)
+        split = np.cumsum([q.ids.size for q in tops])[:-1]
+        for (j, top), alice in zip(enumerate(self.levels), np.split(answers, split), strict=True):
+            ids = tops[j].ids
+            bob = None
+            if ids.size <= 2:  # a late pass: by masks of the frame, packed once per correction
+                if self._packed_at != self.corrected:
+                    self._packed = pack_words(self.bits, self._mine.n_words)
+                    self._packed_at = self.corrected
+                bob = _top_parities_by_mask(self._packed, self.n, self.seed, self.passes, j, top)
             if bob is None:
-                self._mine.build(j, np.take(self.bits, perms[j]))
+                self._mine.build(j, permuted(self.bits, perms[j], j))
                 bob = self._mine.parity(np.full(ids.size, j), np.full(ids.size, top), ids)
             flat = forest.off[j, top] + ids
             mismatch = alice ^ bob
@@ -433,8 +462,9 @@ class CascadeBob:
         while True:
             if pool_changed:
                 sp, sl, si = self._select(cp, cl, ci)
-                cp, cl, ci = (np.concatenate([cp, sp]), np.concatenate([cl, sl]),
-                              np.concatenate([ci, si]))
+                if sp.size:
+                    cp, cl, ci = (np.concatenate([cp, sp]), np.concatenate([cl, sl]),
+                                  np.concatenate([ci, si]))
                 pool_changed = False
             cp, cl, ci, found = self._descend_known(cp, cl, ci)
             if found.size:
@@ -450,10 +480,11 @@ class CascadeBob:
             key = cp * 64 + child  # one query per (pass, level)
             order = np.argsort(key, kind="stable")
             ordered_key, ordered_left = key[order], left[order]
-            bounds = [0, *(np.flatnonzero(np.diff(ordered_key)) + 1).tolist(), order.size]
-            queries = [ParityQuery(int(ordered_key[a]) >> 6, int(ordered_key[a]) & 63,
-                                   ordered_left[a:b])
-                       for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            firsts = (np.nonzero(ordered_key[1:] != ordered_key[:-1])[0] + 1).tolist()
+            bounds = [0, *firsts, order.size]
+            keys = ordered_key[bounds[:-1]].tolist()
+            queries = [ParityQuery(k >> 6, k & 63, ordered_left[a:b])
+                       for k, a, b in zip(keys, bounds[:-1], bounds[1:], strict=True)]
             answer = yield from self._answer(queries)
             left_alice = np.empty(order.size, np.uint8)
             left_alice[order] = answer
@@ -537,7 +568,7 @@ class CascadeBob:
         if not pool.size:
             forest.odd_pool = empty
             return empty, empty, empty
-        pool, _ = _sorted_unique(pool)
+        pool = _sorted_distinct(pool)
         forest.odd_pool = pool
         p, level, ids = forest.decode(pool)
         covered = np.concatenate([self._ancestors(p, level, ids), self._ancestors(cp, cl, ci),
@@ -550,11 +581,11 @@ class CascadeBob:
         perms = permutation_matrix(self.n, self.seed, self.passes)
         for q in np.unique(p).tolist():  # a search needs Bob's parities of its pass
             if not self._mine.built[q]:
-                self._mine.build(q, np.take(self.bits, perms[q]))
+                self._mine.build(q, permuted(self.bits, perms[q], q))
         return p, level, ids
 
     def _correct(self, found: np.ndarray) -> None:
-        found, _ = _sorted_unique(found)
+        found = _sorted_distinct(found)
         self.bits[found] ^= 1
         self.corrected += int(found.size)
         if self.corrected > self.n:  # answers no string satisfies would cycle for ever

@@ -192,6 +192,66 @@ def _unpack_bits(data: object, count: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(data, np.uint8), count=count)
 
 
+_DELTA_TYPES = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+
+
+def encode_slots(slots: np.ndarray) -> tuple[int, bytes]:
+    """Sorted slot numbers as gaps in the narrowest unsigned width that holds every gap
+    (2 bytes a slot on a metro link instead of 8)."""
+    deltas = np.diff(slots, prepend=0)
+    top = int(deltas.max()) if deltas.size else 0
+    width = next(w for w in (1, 2, 4, 8) if top < 1 << (8 * w))
+    return width, deltas.astype(_DELTA_TYPES[width]).tobytes()
+
+
+def decode_slots(width: object, data: object, count: int, n_slots: int) -> np.ndarray:
+    """Inverse of :func:`encode_slots`; ProtocolError unless strictly increasing and below
+    ``n_slots``."""
+    if width not in _DELTA_TYPES or not isinstance(data, bytes) or count < 0:
+        raise ProtocolError("bad slot list")
+    if len(data) != width * count:  # type: ignore[operator]
+        raise ProtocolError("slot list length mismatch")
+    deltas = np.frombuffer(data, _DELTA_TYPES[width])  # type: ignore[index]
+    if not count:
+        return np.zeros(0, np.int64)
+    top = int(deltas.max())
+    if deltas[1:].min(initial=1) < 1 or top >= n_slots:
+        raise ProtocolError("detected slots out of range or not increasing")
+    slots = np.cumsum(deltas, dtype=np.int64)
+    # the sum of the gaps cannot overflow when count * top is small (always, for an honest
+    # peer); otherwise the last slot alone would not prove the list in range
+    if int(slots[-1]) >= n_slots or (count * top >= 1 << 63 and bool(
+            (slots[1:] <= slots[:-1]).any())):
+        raise ProtocolError("detected slots out of range or not increasing")
+    return slots
+
+
+def encode_classes(cls: np.ndarray) -> bytes:
+    """Intensity classes (0, 1, 2) as two packed bit planes: a quarter of a byte each."""
+    return _pack_bits(cls & 1) + _pack_bits(cls >> 1)
+
+
+def decode_classes(data: object, count: int) -> np.ndarray:
+    """Inverse of :func:`encode_classes`; ProtocolError on a wrong length or class 3."""
+    size = (count + 7) // 8
+    if not isinstance(data, bytes) or len(data) != 2 * size:
+        raise ProtocolError("class list length mismatch")
+    low, high = _unpack_bits(data[:size], count), _unpack_bits(data[size:], count)
+    if (low & high).any():
+        raise ProtocolError("unknown intensity class")
+    return low | (high << 1)
+
+
+def class_counts(cls: np.ndarray, sifted: np.ndarray) -> tuple[list[int], list[int]]:
+    """Detections and sifted detections per intensity class."""
+    detections, kept = [], []
+    for klass in (SIGNAL, DECOY, VACUUM):
+        member = cls == klass
+        detections.append(int(np.count_nonzero(member)))
+        kept.append(int(np.count_nonzero(member & sifted)))
+    return detections, kept
+
+
 def _body(message: Classical) -> dict:
     try:
         body = cbor2.loads(message.body)
@@ -210,20 +270,27 @@ def _field(body: dict, key: str, kind: type | tuple[type, ...]) -> object:
 
 
 def _encode_queries(queries: list[ParityQuery]) -> bytes:
-    return cbor2.dumps({"q": [[q.pass_index, q.level, q.ids.astype("<u4").tobytes()]
-                              for q in queries]})
+    """CASCADE_Q body: one (pass, level, count) per question and all node ids in one field."""
+    ids = np.concatenate([q.ids for q in queries]) if queries else np.zeros(0, np.int64)
+    return cbor2.dumps({"q": [[q.pass_index, q.level, int(q.ids.size)] for q in queries],
+                        "ids": ids.astype("<u4").tobytes()})
 
 
 def _decode_queries(body: dict) -> list[ParityQuery]:
     raw = _field(body, "q", list)
-    queries = []
+    packed = _field(body, "ids", bytes)
+    if len(packed) % 4:  # type: ignore[arg-type]
+        raise ProtocolError("bad cascade query")
+    ids = np.frombuffer(packed, "<u4").astype(np.int64)  # type: ignore[arg-type]
+    queries, pos = [], 0
     for item in raw:  # type: ignore[union-attr]
-        if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], int)
-                or not isinstance(item[1], int) or not isinstance(item[2], bytes)
-                or len(item[2]) % 4):
+        if (not isinstance(item, list) or len(item) != 3
+                or not all(type(x) is int and x >= 0 for x in item)):
             raise ProtocolError("bad cascade query")
-        queries.append(ParityQuery(item[0], item[1],
-                                   np.frombuffer(item[2], "<u4").astype(np.int64)))
+        queries.append(ParityQuery(item[0], item[1], ids[pos: pos + item[2]]))
+        pos += item[2]
+    if pos != ids.size:
+        raise ProtocolError("cascade query counts do not match its node ids")
     return queries
 
 
@@ -369,16 +436,17 @@ class _Endpoint(ABC):
         return np.random.default_rng([self.params.seed, self._salt, block])
 
     # -- message helpers ----------------------------------------------------------------
-    def _message(self, kind: int, block: int, body: dict) -> bytes:
-        payload = cbor2.dumps(body)
+    def _message(self, kind: int, block: int, body: dict | bytes) -> bytes:
+        """A classical frame: ``body`` (a map, or one already CBOR-encoded) tagged or, for the
+        Cascade kinds, appended to the deferred transcript."""
+        payload = body if isinstance(body, bytes) else cbor2.dumps(body)
         if kind in DEFERRED:
-            message = Classical(kind, block, -1, payload)
-            self.auth.defer_send(message.signed_part)
-            return message.to_frame()
+            signed = Classical(kind, block, -1, payload).signed_part
+            self.auth.defer_send(signed)
+            return b"C" + signed
         index = self.auth.next_send_index()
-        message = Classical(kind, block, index, payload)
-        message.tag = self.auth.tag(index, message.signed_part)
-        return message.to_frame()
+        signed = Classical(kind, block, index, payload).signed_part
+        return b"C" + signed + self.auth.tag(index, signed)
 
     def _accept(self, message: Classical) -> None:
         """Authenticate (tagged) or record (deferred) an incoming message."""
@@ -423,16 +491,15 @@ class _Endpoint(ABC):
         self.block = None
         return out
 
-    def _stats(self, cls: np.ndarray, sifted: np.ndarray, class_slots: list[int],
+    def _stats(self, counts: tuple[list[int], list[int]], class_slots: list[int],
                errors: list[int], n_sample: int) -> estimation.BlockStats:
-        detections = np.bincount(cls, minlength=3)
-        sifted_per = np.bincount(cls[sifted], minlength=3)
+        detections, sifted_per = counts
         return estimation.BlockStats(
             slots=tuple(int(x) for x in class_slots),  # type: ignore[arg-type]
-            detections=tuple(int(x) for x in detections[:3]),  # type: ignore[arg-type]
-            sifted=tuple(int(x) for x in sifted_per[:3]),  # type: ignore[arg-type]
+            detections=tuple(detections),  # type: ignore[arg-type]
+            sifted=tuple(sifted_per),  # type: ignore[arg-type]
             errors=tuple(int(x) for x in errors),  # type: ignore[arg-type]
-            revealed=(n_sample, int(sifted_per[DECOY]), int(sifted_per[VACUUM])),
+            revealed=(n_sample, sifted_per[DECOY], sifted_per[VACUUM]),
         )
 
     def receive(self, frame: bytes) -> Output:
@@ -567,12 +634,7 @@ class AliceEndpoint(_Endpoint):
         record = blk.record
         assert record is not None
         n = _field(body, "n", int)
-        deltas = _field(body, "slots", bytes)
-        if len(deltas) != 8 * n:  # type: ignore[arg-type]
-            raise ProtocolError("slot list length mismatch")
-        slots = np.cumsum(np.frombuffer(deltas, ">u8").astype(np.int64))  # type: ignore[arg-type]
-        if n and (slots[-1] >= blk.n_slots or np.any(np.diff(slots) < 1)):
-            raise ProtocolError("detected slots out of range or not increasing")
+        slots = decode_slots(body.get("width"), body.get("slots"), n, blk.n_slots)  # type: ignore[arg-type]
         bob_basis = _unpack_bits(body.get("bases"), n)  # type: ignore[arg-type]
         assert blk.rng is not None
         cls, basis, bit, _ = alice_view(record, slots, blk.rng)
@@ -586,11 +648,12 @@ class AliceEndpoint(_Endpoint):
         sample = plan[0] if plan else np.zeros(0, np.int64)
         blk.detections = Detections(blk.n_slots, slots, basis, bit)
         self._alice_cls, self._alice_sifted = cls, sifted
+        self._alice_counts = class_counts(cls, sifted)
         if plan:
             blk.frame_bits = bit[plan[1]]
             self.last_frame_slots = slots[plan[1]]
         return Output(send=[self._message(SIFT_REPLY, blk.number, {
-            "bases": _pack_bits(basis), "classes": cls.astype(np.uint8).tobytes(),
+            "bases": _pack_bits(basis), "classes": encode_classes(cls),
             "class_slots": [int(x) for x in record.class_slots],
             "revealed": _pack_bits(bit[reveal_mask]), "sample_seed": blk.order_seed,
             "sample": _pack_bits(bit[sample]),
@@ -602,8 +665,8 @@ class AliceEndpoint(_Endpoint):
             raise ProtocolError("bad error counts")
         if blk.frame_bits is None:
             return self._abort("too few detections for a key frame", notify=False)
-        blk.stats = self._stats(self._alice_cls, self._alice_sifted, list(blk.record.class_slots),
-                                errors, self.params.sample_bits)  # type: ignore[union-attr, arg-type]
+        blk.stats = self._stats(self._alice_counts, list(blk.record.class_slots),  # type: ignore[union-attr]
+                                errors, self.params.sample_bits)  # type: ignore[arg-type]
         blk.sample_qber = blk.stats.qber_sample
         reason, blk.bounds = decide(self.params, blk.stats, int(blk.frame_bits.size))
         if reason is not None:
@@ -641,9 +704,10 @@ class AliceEndpoint(_Endpoint):
             return out.extend(self._abort("no secure key after reconciliation", notify=False))
         blk.secret_len = length
         # the public Toeplitz seed must be uniformly random and independent of the physics
-        seed = self.public.bits("toeplitz seed", blk.number, n + length - 1)
+        seed = self.public.bits("toeplitz seed", blk.number,
+                                amplification.identity_toeplitz_seed_bits(n, length))
         key_ids = self.public.key_ids(blk.number, count)
-        secret = amplification.toeplitz_hash(blk.frame_bits, seed, length)
+        secret = amplification.identity_toeplitz_hash(blk.frame_bits, seed, length)
         blk.pending = split_output(np.packbits(secret).tobytes(), (refill_ab, refill_ba), key_ids)
         blk.refill = (refill_ab, refill_ba)
         return Output(send=[self._message(VERIFY_RESULT, blk.number, {
@@ -798,9 +862,10 @@ class BobEndpoint(_Endpoint):
             raise ProtocolError("no matching quantum frame for this block")
         det = detect(self.params, pulses, self._physics(blk.number))
         blk.detections = det
-        deltas = np.diff(det.slot, prepend=0).astype(">u8").tobytes()
+        width, deltas = encode_slots(det.slot)
         return Output(send=[self._message(SIFT, blk.number, {
-            "n": int(det.slot.size), "slots": deltas, "bases": _pack_bits(det.basis)})])
+            "n": int(det.slot.size), "width": width, "slots": deltas,
+            "bases": _pack_bits(det.basis)})])
 
     def _on_classical(self, message: Classical) -> Output:
         body = _body(message)
@@ -827,12 +892,7 @@ class BobEndpoint(_Endpoint):
         assert det is not None
         n = int(det.slot.size)
         basis = _unpack_bits(body.get("bases"), n)
-        classes = _field(body, "classes", bytes)
-        if len(classes) != n:  # type: ignore[arg-type]
-            raise ProtocolError("class list length mismatch")
-        cls = np.frombuffer(classes, np.uint8)  # type: ignore[arg-type]
-        if n and cls.max() > VACUUM:
-            raise ProtocolError("unknown intensity class")
+        cls = decode_classes(body.get("classes"), n)
         class_slots = _field(body, "class_slots", list)
         if len(class_slots) != 3 or not all(isinstance(c, int) and c >= 0 for c in class_slots):  # type: ignore[arg-type]
             raise ProtocolError("bad per-class pulse counts")
@@ -841,19 +901,20 @@ class BobEndpoint(_Endpoint):
         blk.sifted_signal = int(signal.size)
         blk.order_seed = int(_field(body, "sample_seed", int))  # type: ignore[arg-type]
         plan = plan_frame(self.params, signal, blk.order_seed)
-        reveal_mask = sifted & (cls != SIGNAL)
-        revealed = _unpack_bits(body.get("revealed"), int(reveal_mask.sum()))
+        reveal = np.flatnonzero(sifted & (cls != SIGNAL))
+        revealed = _unpack_bits(body.get("revealed"), int(reveal.size))
         sample_idx = plan[0] if plan else np.zeros(0, np.int64)
         sample = _unpack_bits(body.get("sample"), int(sample_idx.size))
-        wrong = revealed != det.bit[reveal_mask]
-        rcls = cls[reveal_mask]
+        wrong = revealed != det.bit[reveal]
+        rcls = cls[reveal]
         errors = [int((sample != det.bit[sample_idx]).sum()), int(wrong[rcls == DECOY].sum()),
                   int(wrong[rcls == VACUUM].sum())]
         out = Output(send=[self._message(ESTIMATE, blk.number, {"errors": errors})])
         if plan is None:
             return out.extend(self._abort("too few detections for a key frame", notify=False))
         blk.frame_bits = det.bit[plan[1]]
-        blk.stats = self._stats(cls, sifted, class_slots, errors, self.params.sample_bits)  # type: ignore[arg-type]
+        blk.stats = self._stats(class_counts(cls, sifted), class_slots, errors,  # type: ignore[arg-type]
+                                self.params.sample_bits)
         blk.sample_qber = blk.stats.qber_sample
         reason, blk.bounds = decide(self.params, blk.stats, int(blk.frame_bits.size))
         if reason is not None:
@@ -867,7 +928,7 @@ class BobEndpoint(_Endpoint):
         assert cascade is not None
         if queries is not None:
             return Output(send=[self._message(CASCADE_Q, blk.number,
-                                              cbor2.loads(_encode_queries(queries)))])
+                                              _encode_queries(queries))])
         result = cascade.result
         assert result is not None
         blk.frame_bits = result.bits
@@ -890,7 +951,7 @@ class BobEndpoint(_Endpoint):
         expected = estimation.secure_length(self.params, blk.bounds, n, blk.leaked)
         if length != expected:
             raise ProtocolError(f"key length {length} differs from ours ({expected})")
-        seed = _unpack_bits(body.get("seed"), n + length - 1)
+        seed = _unpack_bits(body.get("seed"), amplification.identity_toeplitz_seed_bits(n, length))
         refill = _field(body, "refill", list)
         raw_ids = _field(body, "key_ids", bytes)
         if (len(refill) != 2 or not all(isinstance(r, int) and r >= 0 for r in refill)  # type: ignore[arg-type]
@@ -901,7 +962,7 @@ class BobEndpoint(_Endpoint):
         if sum(refill) + KEY_BYTES * len(key_ids) > length // 8:  # type: ignore[arg-type]
             raise ProtocolError("more output claimed than the key length allows")
         blk.secret_len = length
-        secret = amplification.toeplitz_hash(blk.frame_bits, seed, length)
+        secret = amplification.identity_toeplitz_hash(blk.frame_bits, seed, length)
         blk.pending = split_output(np.packbits(secret).tobytes(), tuple(refill), key_ids)  # type: ignore[arg-type]
         self.pending = blk
         out = Output(send=[self._message(DONE, blk.number, {"room": int(self.room)})])

@@ -137,6 +137,39 @@ def emit_block(
     return frame, record
 
 
+def sorted_ranks(haystack: np.ndarray, needles: np.ndarray, stride: int = 1024) -> np.ndarray:
+    """``np.searchsorted(haystack, needles)`` for a strictly increasing ``haystack``, fast when
+    ``needles`` are sorted and mostly in it (Bob's clicks among Alice's pulses)."""
+    return locate(haystack, needles, stride)[0]
+
+
+def locate(haystack: np.ndarray, needles: np.ndarray, stride: int = 1024
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of ``needles`` in a strictly increasing ``haystack`` (as np.searchsorted) and
+    whether each needle is in it.
+
+    A needle found at index r of the haystack has rank r. One binary search per ``stride``
+    needles gives the offset of each run; every needle is then checked against the haystack at
+    its run's offset, and only those that do not match it (dark counts, and the needles after
+    them in the same run) are searched.
+    """
+    count = needles.size
+    if count == 0 or haystack.size == 0:
+        return np.searchsorted(haystack, needles).astype(np.int64), np.zeros(count, bool)
+    firsts = np.arange(0, count, stride)
+    offsets = np.searchsorted(haystack, needles[firsts]) - firsts
+    ranks = np.repeat(offsets, stride)[:count]
+    ranks += np.arange(count)
+    last = haystack.size - 1
+    found = haystack[np.minimum(ranks, last)] == needles
+    found &= ranks <= last
+    missed = np.flatnonzero(~found)
+    if missed.size:
+        ranks[missed] = rank = np.searchsorted(haystack, needles[missed])
+        found[missed] = haystack[np.minimum(rank, last)] == needles[missed]
+    return ranks, found
+
+
 def alice_view(
     record: AliceRecord, detected_slots: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -144,24 +177,22 @@ def alice_view(
 
     Slots without a frame entry (dark counts) get values drawn from the conditional
     distribution of an empty slot; their photon number is reported as 0 registrable photons.
+    ``detected_slots`` must be sorted (Bob reports them in slot order).
     """
-    pos = np.searchsorted(record.slot, detected_slots)
-    pos_clipped = np.minimum(pos, max(record.slot.size - 1, 0))
-    known = (record.slot.size > 0) & (record.slot[pos_clipped] == detected_slots)
     n = detected_slots.size
-    unknown = int(n - known.sum())
-    cls = np.empty(n, np.uint8)
-    basis = np.empty(n, np.uint8)
-    bit = np.empty(n, np.uint8)
-    photons = np.zeros(n, np.uint16)
-    idx = pos_clipped[known]
-    cls[known] = record.cls[idx]
-    basis[known] = record.basis[idx]
-    bit[known] = record.bit[idx]
-    photons[known] = record.photons[idx]
-    if unknown:
-        dark = ~known
-        cls[dark] = rng.choice(3, size=unknown, p=record.empty_class_probs)
-        basis[dark] = rng.integers(0, 2, unknown, dtype=np.uint8)
-        bit[dark] = rng.integers(0, 2, unknown, dtype=np.uint8)
+    if record.slot.size:
+        pos, known = locate(record.slot, detected_slots)
+        dark = np.flatnonzero(~known)
+        pos[dark] = 0  # any valid index: their values are drawn below
+        cls, basis, bit = record.cls[pos], record.basis[pos], record.bit[pos]
+        photons = record.photons[pos]
+        photons[dark] = 0
+    else:
+        dark = np.arange(n)
+        cls, basis, bit = (np.zeros(n, np.uint8) for _ in range(3))
+        photons = np.zeros(n, np.uint16)
+    if dark.size:
+        cls[dark] = rng.choice(3, size=dark.size, p=record.empty_class_probs)
+        basis[dark] = rng.integers(0, 2, dark.size, dtype=np.uint8)
+        bit[dark] = rng.integers(0, 2, dark.size, dtype=np.uint8)
     return cls, basis, bit, photons

@@ -19,6 +19,7 @@ from keysource.qkd.cascade import (
     ParityQuery,
     _parity64_by_folding,
     _PassParities,
+    _sorted_distinct,
     _top_parities_by_mask,
     block_levels,
     pack_words,
@@ -226,3 +227,33 @@ def test_inconsistent_answers_end_in_an_error_or_a_result_never_a_loop(seed: int
         assert "inconsistent" in str(exc)
     else:
         assert bob.result is not None
+
+
+def test_every_pass_top_level_is_asked_once_in_the_first_round_trip() -> None:
+    """The first round trip asks every pass's top-level blocks (all of them are always asked),
+    and no question later repeats a top-level block: the prefetch reveals nothing extra."""
+    rng = np.random.default_rng(12)
+    n = 1 << 14
+    alice_bits = rng.integers(0, 2, n, dtype=np.uint8)
+    bob_bits = alice_bits ^ (rng.random(n) < 0.03).astype(np.uint8)
+    alice, bob = CascadeAlice(alice_bits, seed=5), CascadeBob(bob_bits, 0.03, seed=5)
+    levels = block_levels(0.03, n)
+    queries = bob.start()
+    assert queries is not None
+    assert [(q.pass_index, q.level, q.ids.tolist()) for q in queries] == [
+        (j, top, list(range(-(-n >> top)))) for j, top in enumerate(levels)]
+    asked: list[tuple[int, int, int]] = []
+    queries = bob.receive(alice.answer(queries))
+    while queries is not None:
+        asked += [(q.pass_index, q.level, i) for q in queries for i in q.ids.tolist()]
+        queries = bob.receive(alice.answer(queries))
+    assert bob.result is not None and np.array_equal(bob.result.bits, alice_bits)
+    assert len(asked) == len(set(asked))
+    assert not any(level == levels[p] for p, level, _ in asked)
+
+
+def test_sorted_distinct_equals_np_unique() -> None:
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 2, 5, 100, 5000):
+        values = rng.integers(0, max(1, size // 3), size)
+        assert np.array_equal(_sorted_distinct(values), np.unique(values))
