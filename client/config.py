@@ -25,8 +25,10 @@ CONFIG_FILE = "config.toml"
 @dataclass(frozen=True)
 class ClientConfig:
     data_dir: Path
+    # One relay, or several over one shared store, comma-separated (tried in turn).
     relay_url: str = "ws://127.0.0.1:8765"
-    relay_fingerprint: str = ""  # pinned SHA-256 of a self-signed relay certificate
+    # Pinned SHA-256 of each self-signed relay certificate, in relay_url's order.
+    relay_fingerprint: str = ""
     kme_url: str = "https://127.0.0.1:8443"
     sae_id: str = ""
     kme_ca: str = ""  # CA certificate that signed the KME's server certificate
@@ -131,16 +133,32 @@ def _url(schemes: tuple[str, ...], example: str, *, empty: bool) -> Callable[[st
     return check
 
 
+def _relay_urls(value: str) -> str | None:
+    """One ws:// or wss:// URL, or several comma-separated (relays over one store)."""
+    one = _url(("ws", "wss"), "ws://127.0.0.1:8765", empty=False)
+    parts = value.split(",")
+    for part in parts:
+        problem = one(part)
+        if problem is not None:
+            return problem + (", or several separated by commas" if len(parts) > 1 else "")
+    if len(set(parts)) != len(parts):
+        return "relay URLs, each listed once"
+    return None
+
+
 def _fingerprint(value: str) -> str | None:
-    if not value:
-        return None
+    """Empty, or one pinned fingerprint per relay URL, comma-separated (empty entries are
+    pinned on first use)."""
     from relay.wire.auth import parse_fingerprint
 
-    try:
-        parse_fingerprint(value)
-    except ValueError:
-        return ("a SHA-256 fingerprint: 64 hex digits, optionally as AB:CD:... or sha256:..., "
-                "or empty")
+    for part in value.split(",") if value else []:
+        if not part:
+            continue
+        try:
+            parse_fingerprint(part)
+        except ValueError:
+            return ("a SHA-256 fingerprint: 64 hex digits, optionally as AB:CD:... or "
+                    "sha256:... (one per relay URL, comma-separated), or empty")
     return None
 
 
@@ -161,7 +179,7 @@ def _one_of(allowed: tuple[str, ...]) -> Callable[[str], str | None]:
 
 
 SETTINGS: dict[str, Callable[[str], str | None]] = {
-    "relay_url": _url(("ws", "wss"), "ws://127.0.0.1:8765", empty=False),
+    "relay_url": _relay_urls,
     "relay_fingerprint": _fingerprint,
     "kme_url": _url(("https", "http"), "https://127.0.0.1:8443", empty=True),
     "sae_id": _sae_id,

@@ -257,7 +257,9 @@ def _register_files(subparsers: Subparsers) -> None:
 
 def _profile_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="profile directory ($QSECRET_DATA_DIR)")
-    parser.add_argument("--relay", dest="relay_url", help="relay URL ($QSECRET_RELAY_URL)")
+    parser.add_argument("--relay", dest="relay_url",
+                        help="relay URL, or several relays over one store comma-separated "
+                             "($QSECRET_RELAY_URL)")
     parser.add_argument("--kme", dest="kme_url", help="KME URL ($QSECRET_KME_URL)")
 
 

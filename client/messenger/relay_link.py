@@ -3,6 +3,13 @@
 Keeps one authenticated connection alive with exponential backoff, pins the
 relay's TLS certificate on first use (``wss://`` with a self-signed relay), and
 matches request frames (bundle fetch, prekey upload) to their answers.
+
+Several relays (relays over one shared store, e.g. Redis): ``url`` may list them,
+comma-separated, each with its own pin (``pinned_fingerprint`` lists the pins in the same
+order; an empty entry is pinned on first use). When a connection fails or ends, the link
+moves to the next relay at once; it backs off only after every relay failed in a row. A
+relay whose certificate or relay ID is wrong is left out for good (the others go on); when
+none is left the link stops with the reasons.
 """
 
 from __future__ import annotations
@@ -73,6 +80,11 @@ class RelayCallbacks:
     on_login: Callable[[AuthOk], None] | None = None
 
 
+def split_relays(value: str) -> list[str]:
+    """The relay URLs of a ``relay_url`` setting (one, or several comma-separated)."""
+    return [part for part in value.split(",") if part]
+
+
 class RelayLink:
     """One user's connection to the relay, reconnecting until :meth:`close`."""
 
@@ -87,12 +99,17 @@ class RelayLink:
         pinned_fingerprint: str = "",
         spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None] | None] | None = None,
     ) -> None:
-        self.url = url
+        self.urls = split_relays(url)
+        if not self.urls:
+            raise ValueError("no relay URL")
+        self._index = 0  # the relay in use (or tried next)
+        self._left_out: dict[int, str] = {}  # relays that cannot be used, and why
         self.handle = handle
         self._identity = identity_public_key
         self._sign = sign
         self._callbacks = callbacks
-        self._pinned = pinned_fingerprint
+        pins = pinned_fingerprint.split(",") if pinned_fingerprint else []
+        self._pins = (pins + [""] * len(self.urls))[:len(self.urls)]
         self._conn: ClientConnection | None = None
         self._ws: WebSocket | None = None
         self._write_lock = asyncio.Lock()
@@ -106,21 +123,30 @@ class RelayLink:
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    @property
+    def url(self) -> str:
+        """The relay in use (or tried next)."""
+        return self.urls[self._index]
+
     async def run(self) -> None:
-        """Connect, serve, and reconnect with backoff until closed or a fatal error."""
+        """Connect, serve, and reconnect until closed or no relay can be used: the next
+        relay at once after a failure, with backoff once every relay failed in a row."""
         delay = BACKOFF_START_S
+        failed_in_a_row = 0
         while not self._closed:
             self._callbacks.on_state(ConnectionEvent(Connection.CONNECTING, self.url))
             try:
                 await self._serve_once()
                 delay = BACKOFF_START_S
+                failed_in_a_row = 0
                 detail = "connection closed"
             except WireError as exc:
                 detail = f"relay protocol error: {exc}"
                 if exc.code == "wrong_relay":
-                    self.fatal = detail
+                    self._left_out[self._index] = detail
             except PinMismatch as exc:
-                self.fatal = detail = str(exc)
+                detail = str(exc)
+                self._left_out[self._index] = detail
             except (TimeoutError, OSError, websockets.WebSocketException) as exc:
                 detail = f"relay unreachable: {type(exc).__name__}: {exc}"
             finally:
@@ -129,9 +155,20 @@ class RelayLink:
                 self._fail_pending(RelayError("connection to the relay was lost"))
             if self._closed:
                 break
-            if self.fatal:
+            usable = [i for i in range(len(self.urls)) if i not in self._left_out]
+            if not usable:
+                self.fatal = "; ".join(
+                    f"{self.urls[i]}: {why}" if len(self.urls) > 1 else why
+                    for i, why in sorted(self._left_out.items()))
                 self._callbacks.on_state(ConnectionEvent(Connection.OFFLINE, self.fatal))
                 return
+            failed_in_a_row += 1
+            later = [i for i in usable if i > self._index]
+            self._index = (later or usable)[0]
+            if failed_in_a_row < len(usable):
+                log.info("relay failed (%s); trying %s", detail, self.url)
+                continue
+            failed_in_a_row = 0
             self._callbacks.on_state(ConnectionEvent(Connection.OFFLINE, detail, delay))
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_S)
@@ -146,7 +183,8 @@ class RelayLink:
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
         except TimeoutError:
-            reason = self.fatal or f"could not reach the relay at {self.url} within {timeout:.0f}s"
+            where = " or ".join(self.urls)
+            reason = self.fatal or f"could not reach the relay at {where} within {timeout:.0f}s"
             raise RelayError(reason) from None
 
     @property
@@ -215,16 +253,18 @@ class RelayLink:
         if not der:
             raise PinMismatch("the relay presented no TLS certificate")
         fingerprint = certificate_fingerprint(der)
-        if self._pinned:
-            if fingerprint != parse_fingerprint(self._pinned):
+        pinned = self._pins[self._index]
+        if pinned:
+            if fingerprint != parse_fingerprint(pinned):
                 raise PinMismatch(
-                    "the relay's TLS certificate does not match the pinned fingerprint "
-                    f"(got {format_fingerprint(fingerprint)}): refusing to connect. If the relay "
-                    "really changed its certificate, update relay_fingerprint in config.toml."
+                    f"the TLS certificate of the relay at {self.url} does not match the pinned "
+                    f"fingerprint (got {format_fingerprint(fingerprint)}): refusing to connect. "
+                    "If the relay really changed its certificate, update relay_fingerprint in "
+                    "config.toml."
                 )
         else:
-            self._pinned = format_fingerprint(fingerprint)
-            self._callbacks.on_pin(self._pinned)
+            self._pins[self._index] = format_fingerprint(fingerprint)
+            self._callbacks.on_pin(",".join(self._pins))
         return fingerprint
 
     # -- output ------------------------------------------------------------------------
