@@ -53,6 +53,13 @@ class Envelopes:
         self.router = router
         self.metrics = metrics
         self._settled: deque[tuple[Session, wire.Send, bool, Any]] = deque()
+        # How long envelopes wait at the relay (arrival to deliver frame; a recipient who
+        # was offline counts its time away) and how long recipients take to ack.
+        self.waited = metrics.histogram(
+            "qsecret_relay_delivery_wait_seconds",
+            "from an envelope's arrival to its deliver frame (queue time included)")
+        self.acked = metrics.histogram(
+            "qsecret_relay_ack_seconds", "from a deliver frame to the recipient's ack")
 
     # ------------------------------------------------------------ sends
 
@@ -226,6 +233,7 @@ class Envelopes:
         session.inflight_bytes += size
         session.post(text)
         self.metrics.count("qsecret_relay_deliveries_total")
+        self.waited.observe(max(0.0, time.time() - envelope.ts / 1000))
 
     def _window_full(self, session: Session) -> bool:
         return (len(session.inflight) >= self.config.window
@@ -312,12 +320,15 @@ class Envelopes:
         assert handle is not None
         self.store.ack_nowait(handle, frame.seqs)
         self.metrics.count("qsecret_relay_acks_total", amount=len(frame.seqs))
+        now = time.monotonic()
+        observe = self.acked.observe
         for peer in self.router.sessions(handle):
             inflight = peer.inflight
             for seq in frame.seqs:
                 entry = inflight.pop(seq, None)
                 if entry is not None:
                     peer.inflight_bytes -= entry[1]
+                    observe(now - entry[0])
             if peer.need_drain:
                 peer.wake.set()
 

@@ -42,7 +42,7 @@ from relay.housekeeping import (
 )
 from relay.limits import RegistrationLimit
 from relay.memory import READ_QUEUE_FRAMES, unread_limit
-from relay.metrics import Metrics
+from relay.metrics import COMMIT_BUCKETS, Metrics
 from relay.prekeys import Prekeys
 from relay.routing import LocalRouter, Router
 from relay.session import Cork, RelayConnection, Session
@@ -85,6 +85,9 @@ class Relay:
                                                config.registration_window,
                                                config.registration_exempt)
         self.envelopes = Envelopes(config, self.store, self.router, self.metrics)
+        self.store.observe_commit = self.metrics.histogram(
+            "qsecret_relay_store_commit_seconds", "how long each store commit took",
+            COMMIT_BUCKETS).observe
         self.streams = Streams(config, self.store, self.router, self.metrics)
         self.prekeys = Prekeys(config, self.store, self.router, self.metrics, self.verifier)
         self.housekeeper = Housekeeper(config, self.store, self.sessions, self.envelopes,

@@ -187,6 +187,9 @@ class Store(ABC):
     """Durable state of the relay: handle bindings, per-recipient queues, prekey bundles."""
 
     limits: StoreLimits
+    # Called with each commit's duration in seconds (from the thread that commits), if set:
+    # the relay feeds its qsecret_relay_store_commit_seconds histogram from it.
+    observe_commit: Callable[[float], None] | None = None
 
     @abstractmethod
     async def open(self) -> None:

@@ -308,6 +308,7 @@ class SqliteStore(Store):
         if self.limits.max_store_bytes and time.monotonic() >= self._measure_due:
             self._measure(db)
             self._measured_in = -1  # measured between batches: this one may measure again
+        began = time.perf_counter()
         try:
             db.execute("BEGIN IMMEDIATE")
             for fn, args, future in batch:
@@ -322,6 +323,8 @@ class SqliteStore(Store):
             self._flush_hot(db, sends, acks, results)
             db.execute("COMMIT")
             self.commits += 1
+            if self.observe_commit is not None:
+                self.observe_commit(time.perf_counter() - began)
         except sqlite3.Error as exc:
             # The whole batch is lost: nobody is told "stored" for any of it.
             log.error("sqlite commit failed (%s): %d operations refused", exc, len(batch))

@@ -115,16 +115,45 @@ async def test_healthz_metrics_and_404(relay: RelayProcess) -> None:
         assert response.status == 200 and response.read() == b"ok\n"
     with urllib.request.urlopen(f"{relay.metrics_url}/metrics", timeout=5) as response:
         text = response.read().decode()
-    assert "qsecret_relay_connections 1" in text
-    assert 'qsecret_relay_errors_total{code="bad_json"} 1' in text
-    assert "qsecret_relay_queue_depth 0" in text
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples["qsecret_relay_connections"] == 1
+    assert samples['qsecret_relay_errors_total{code="bad_json"}'] == 1
+    assert samples["qsecret_relay_queue_depth"] == 0
     assert "# TYPE qsecret_relay_frames_in_total counter" in text
-    frames_in = int(text.split("\nqsecret_relay_frames_in_total ")[1].split()[0])
-    assert frames_in >= 2  # auth and the bad frame
+    assert samples["qsecret_relay_frames_in_total"] >= 2  # auth and the bad frame
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(relay.http_url + "/nope", timeout=5)
     assert info.value.code == 404
     await alice.close()
+
+
+async def test_latency_histograms_show_commits_deliveries_and_acks(
+        relay: RelayProcess) -> None:
+    """An operator reads p99 off /metrics: store commits, time at the relay, time to ack."""
+    alice = await Client(relay.url, Identity("alice")).connect()
+    bob = await Client(relay.url, Identity("bob")).connect()
+    for index in range(5):
+        await alice.send("bob", b"histogram %d" % index)
+    await bob.wait(lambda: len(bob.delivered) == 5)
+    await alice.wait(lambda: len(alice.stored) == 5)
+
+    def counts() -> dict[str, float]:
+        with urllib.request.urlopen(f"{relay.metrics_url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        assert "# TYPE qsecret_relay_store_commit_seconds histogram" in text
+        return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                if line.endswith(tuple("0123456789.")) and "_seconds_count" in line}
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while counts().get("qsecret_relay_ack_seconds_count", 0) < 5:  # bob's acks: async
+        assert asyncio.get_running_loop().time() < deadline, counts()
+        await asyncio.sleep(0.05)
+    seen = counts()
+    assert seen["qsecret_relay_delivery_wait_seconds_count"] == 5
+    assert seen["qsecret_relay_store_commit_seconds_count"] >= 1
+    await alice.close()
+    await bob.close()
 
 
 async def test_tls_self_signed_pinning(tmp_path) -> None:  # type: ignore[no-untyped-def]
