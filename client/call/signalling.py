@@ -263,9 +263,14 @@ class Call:
 
     @classmethod
     def outgoing(cls, session_secret: bytes, qkd: QkdKeys, now: float,
-                 policy: QkdPolicy = QkdPolicy.PREFER) -> tuple[Call, list[Effect]]:
-        call = cls(os.urandom(CALL_ID_BYTES), True, session_secret, policy, State.OFFERING,
-                   now)
+                 policy: QkdPolicy = QkdPolicy.PREFER, call_id: bytes | None = None
+                 ) -> tuple[Call, list[Effect]]:
+        """``call_id``: chosen beforehand (the messenger opens the media stream under it
+        first, to learn at once whether the peer is online); fresh by default."""
+        call_id = os.urandom(CALL_ID_BYTES) if call_id is None else call_id
+        if len(call_id) != CALL_ID_BYTES:
+            raise SignallingError(f"a call id is {CALL_ID_BYTES} bytes")
+        call = cls(call_id, True, session_secret, policy, State.OFFERING, now)
         offer = call._propose(Kind.OFFER, 0, qkd)
         return call, [Send(offer)]
 
@@ -307,6 +312,12 @@ class Call:
             return []
         return [Send(CallMessage(Kind.HANGUP, self.call_id, reason=reason)),
                 *self._end(reason, by_peer=False)]
+
+    def lost(self, reason: str) -> list[Effect]:
+        """The call ended without a word from the peer (its connection went away)."""
+        if self.state is State.ENDED:
+            return []
+        return self._end(reason, by_peer=True)
 
     def request_rekey(self) -> list[Effect]:
         """A rekey now (the caller drives rekeys; the callee may ask through a hang-up-free

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Delivery(enum.Enum):
@@ -212,6 +212,43 @@ class TransferEvent(Event):
     """A transfer appeared or changed (offered, accepted, progressed, ended)."""
 
     transfer: TransferView
+
+
+class CallState(enum.Enum):
+    """Where a call is, for either side."""
+
+    CALLING = "calling"  # offer sent, the peer's device not ringing yet
+    RINGING = "ringing"  # ringing there (caller) or here (callee)
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class CallView:
+    """A call as the UIs see it; ``stats`` holds the live figures (frames, loss, jitter)."""
+
+    call_id: str  # hex
+    peer: str
+    outgoing: bool
+    state: CallState
+    sources: str = ""  # e.g. "QKD+ML-KEM-768+X25519", or a degraded label
+    reason: str = ""  # why it ended: hung up, declined, busy, missed, offline, ...
+    ended_by_peer: bool = False
+    started_at: float = 0.0  # wall clock of the offer
+    answered_at: float | None = None
+    rekeys: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def conversation(self) -> ConversationId:
+        return ConversationId.direct(self.peer)
+
+
+@dataclass(frozen=True)
+class CallEvent(Event):
+    """A call appeared or changed (offered, ringing, answered, rekeyed, ended)."""
+
+    call: CallView
 
 
 class MessengerError(Exception):
