@@ -96,7 +96,7 @@ class CallConversations(Protocol):
 
     async def ensure_session(self, conversation: ConversationId) -> str: ...
     async def send_call_message(self, conversation: ConversationId,
-                                body: payloads.CallPayload) -> None: ...
+                                body: payloads.CallPayload, *, wait: bool = False) -> None: ...
 
 
 class Source(Protocol):  # client.call.audio.Source, without importing numpy here
@@ -266,7 +266,7 @@ class CallManager:
     async def _offline(self, conversation: ConversationId, call_id: bytes) -> CallView:
         missed = CallMessage(Kind.MISSED, call_id, reason=OFFLINE)
         body = payloads.call(missed.encode())
-        await self._conversations.send_call_message(conversation, body)
+        await self._conversations.send_call_message(conversation, body, wait=True)
         line = call_line(body, conversation.peer, True, "")
         if line is not None:
             self._emit(MessageEvent(line))
@@ -289,7 +289,6 @@ class CallManager:
                                      "call refused")
             item.source, item.sink = source, sink
             await self._apply(item, item.core.answer(qkd, self._now()))
-            item.answered_at = time.time()
         self._changed(item)
         return self._view(item)
 
@@ -493,6 +492,8 @@ class CallManager:
             loop = asyncio.get_running_loop()
             item.timers.append(loop.call_later(delay, item.receiver.retire, install.retire_kid))
         item.sources = keys.label
+        if item.answered_at is None:
+            item.answered_at = time.time()
         if item.core.caller:
             self._switch_sender(item, keys.send_key, keys.send_kid)
         else:  # wait for the caller's first frame under its new KID (see the docstring)

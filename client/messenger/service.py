@@ -326,10 +326,10 @@ class MessengerService:
         await self._outbox.send(conversation, body, wait=False, timeout=SEND_TIMEOUT_S)
 
     async def send_call_message(self, conversation: ConversationId,
-                                body: payloads.CallPayload) -> None:
+                                body: payloads.CallPayload, *, wait: bool = False) -> None:
         """A call's signalling message, end-to-end encrypted (queued at the relay for an
-        offline peer, like a text)."""
-        await self._outbox.send(conversation, body, wait=False, timeout=SEND_TIMEOUT_S)
+        offline peer, like a text); ``wait``: until the relay holds it durably."""
+        await self._outbox.send(conversation, body, wait=wait, timeout=SEND_TIMEOUT_S)
 
     # -- calls -------------------------------------------------------------------------
 
