@@ -77,7 +77,8 @@ async def _session(messenger: Any, args: argparse.Namespace, source: Any, sink: 
     view: CallView | None = None
     try:
         if caller:
-            view = await messenger.place_call(args.handle, source, sink)
+            view = await messenger.place_call(args.handle, source, sink,
+                                              rekey_every=args.rekey_every)
             out.event("calling", view, f"calling {args.handle}...")
         else:
             out.event("waiting", None, "waiting for a call...")

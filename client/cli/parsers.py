@@ -275,6 +275,9 @@ def _register_calls(subparsers: Subparsers) -> None:
     _profile_args(call)
     call.add_argument("handle", metavar="HANDLE", help="the contact to call")
     _call_audio_args(call)
+    call.add_argument("--rekey-every", type=_positive, default=60.0, metavar="S",
+                      help="new keys (fresh QKD, ML-KEM-768 and X25519) every S seconds "
+                           "(default 60, at least 1)")
     _timeout_arg(call)
     call.set_defaults(func=_later("calls", "run_call"))
 

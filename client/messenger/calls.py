@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from client.call.signalling import (
     CALL_ID_BYTES,
+    REKEY_EVERY_S,
     REKEY_GRACE_S,
     RING_TIMEOUT_S,
     Call,
@@ -227,9 +228,10 @@ class CallManager:
 
     # -- the user ----------------------------------------------------------------------
 
-    async def place(self, peer: str, source: Source, sink: Sink | None) -> CallView:
+    async def place(self, peer: str, source: Source, sink: Sink | None, *,
+                    rekey_every: float = REKEY_EVERY_S) -> CallView:
         """Call ``peer``. An offline peer ends the call at once ("offline") and a missed
-        call waits for them at the relay."""
+        call waits for them at the relay. ``rekey_every``: seconds between rekeys."""
         self._check_open()
         if any(item.live for item in self._calls.values()):
             raise MessengerError("already in a call: hang up first")
@@ -249,7 +251,11 @@ class CallManager:
             qkd = await self._fresh_qkd(sae_id)
             secret = os.urandom(payloads.CALL_SECRET_BYTES)
             core, effects = Call.outgoing(secret, qkd, self._now(), self._policy,
-                                          call_id=call_id)
+                                          call_id=call_id, rekey_every=rekey_every)
+        except SignallingError as exc:
+            with contextlib.suppress(RelayError):
+                await self._relay.close_stream(call_id)
+            raise MessengerError(str(exc)) from None
         except BaseException:
             with contextlib.suppress(RelayError):
                 await self._relay.close_stream(call_id)

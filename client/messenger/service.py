@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+from client.call.signalling import REKEY_EVERY_S
 from client.config import ClientConfig
 from client.protocol import RatchetConfig
 from client.protocol.identity import Identity
@@ -333,12 +334,13 @@ class MessengerService:
 
     # -- calls -------------------------------------------------------------------------
 
-    async def place_call(self, peer: str, source: Source, sink: Sink | None) -> CallView:
+    async def place_call(self, peer: str, source: Source, sink: Sink | None, *,
+                         rekey_every: float = REKEY_EVERY_S) -> CallView:
         """Call ``peer`` with sound from ``source`` into ``sink`` (client.call.audio)."""
         if peer == self.handle:
             raise MessengerError("that is your own handle")
         async with self._life.operation():
-            return await self.calls.place(peer, source, sink)
+            return await self.calls.place(peer, source, sink, rekey_every=rekey_every)
 
     async def answer_call(self, call_id: str | None, source: Source,
                           sink: Sink | None) -> CallView:

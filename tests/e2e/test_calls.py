@@ -169,6 +169,44 @@ def test_the_answerer_hangs_up_and_both_calls_end(stack: Stack) -> None:
     assert abs(np.argmax(spectrum) * RATE / tone.size - 300) < 5, "alice heard bob's tone"
 
 
+def _longest_quiet_ms(samples: np.ndarray, level: float) -> float:
+    """The longest run of 20 ms frames whose RMS is under ``level``, in ms."""
+    frames = samples[:samples.size // 960 * 960].reshape(-1, 960)
+    quiet = np.sqrt((frames ** 2).mean(axis=1)) < level
+    longest = run = 0
+    for frame_is_quiet in quiet:
+        run = run + 1 if frame_is_quiet else 0
+        longest = max(longest, run)
+    return longest * 20.0
+
+
+def test_a_call_survives_rekeys_without_a_gap(stack: Stack) -> None:
+    heard_by_bob, heard_by_alice = stack.root / "rekey-bob.wav", stack.root / "rekey-alice.wav"
+    answerer = _answer(stack, "--tone", "300", "--out", str(heard_by_bob))
+    caller = Caller(stack, "alice", "call", "bob", "--tone", "440", "--duration", "5.5",
+                    "--rekey-every", "1.5", "--out", str(heard_by_alice)).start()
+    try:
+        alice_end = caller.event("ended")
+        bob_end = answerer.event("ended")
+        assert caller.exit_code() == 0 and answerer.exit_code() == 0
+    finally:
+        caller.stop()
+        answerer.stop()
+    for end in (alice_end, bob_end):
+        assert end["rekeys"] >= 2, end
+        assert end["sources"] == FULL_SOURCES
+        stats = end["stats"]
+        # Not one frame refused (no frame sealed under a key the other side lacked), none
+        # lost: the rekeys cost nothing audible.
+        assert (stats["refused_total"], stats["lost"]) == (0, 0), stats
+    for path in (heard_by_bob, heard_by_alice):
+        tone = read_wav(path)
+        start = int(np.argmax(np.abs(tone) > 1000))  # the first sound heard
+        steady = tone[start + 4800:tone.size - 9600]  # skip the fade-in and the hang-up
+        assert steady.size > 3 * RATE
+        assert _longest_quiet_ms(steady, 0.3 * np.sqrt((steady ** 2).mean())) <= 60
+
+
 def test_a_lossy_tampering_path_degrades_the_sound_never_the_keys(stack: Stack) -> None:
     sent = speech_like(4.0, seed=11)
     speech = write_wav(stack.root / "speech-lossy.wav", sent)
