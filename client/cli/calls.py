@@ -16,7 +16,7 @@ from typing import Any
 
 from client.messenger.api import CallEvent, CallState, CallView, MessengerError
 
-from .errors import EXIT_NOT_DONE, EXIT_OK, CliError
+from .errors import EXIT_INTERRUPTED, EXIT_NOT_DONE, EXIT_OK, CliError
 from .session import go_online, open_messenger
 
 TAIL_S = 1.0  # after the --in file was sent: time for the far side to play it out
@@ -60,8 +60,8 @@ def _run(args: argparse.Namespace, source: Any, sink: Any, *, caller: bool) -> i
     out = _Output(args)
     try:
         return asyncio.run(_session(messenger, args, source, sink, caller, out))
-    except KeyboardInterrupt:
-        return EXIT_NOT_DONE
+    except KeyboardInterrupt:  # the call was hung up on the way out (messenger.stop)
+        return EXIT_INTERRUPTED
     finally:
         source.close()
         if sink is not None:

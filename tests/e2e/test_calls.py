@@ -4,6 +4,8 @@ as a user runs them, on a clean path and through a lossy, tampering proxy."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import wave
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,34 @@ def test_the_answerer_hangs_up_and_both_calls_end(stack: Stack) -> None:
     tone = read_wav(heard)
     spectrum = np.abs(np.fft.rfft(tone))
     assert abs(np.argmax(spectrum) * RATE / tone.size - 300) < 5, "alice heard bob's tone"
+
+
+def test_ctrl_c_hangs_up_and_a_killed_caller_ends_the_call_too(stack: Stack) -> None:
+    answerer = _answer(stack, "--mute", "--out", str(stack.root / "ctrl-c.wav"))
+    caller = Caller(stack, "alice", "call", "bob", "--tone", "440", "--out",
+                    str(stack.root / "ctrl-c-alice.wav")).start()
+    try:
+        caller.event("connected")
+        assert caller.process is not None
+        os.killpg(caller.process.pid, signal.SIGINT)  # Ctrl+C
+        by_bob = answerer.event("ended")
+        assert caller.exit_code() == 130 and answerer.exit_code() == 0
+    finally:
+        caller.stop()
+        answerer.stop()
+    assert (by_bob["reason"], by_bob["ended_by_peer"]) == ("hung up", True)
+
+    answerer = _answer(stack, "--mute", "--out", str(stack.root / "killed.wav"))
+    caller = Caller(stack, "alice", "call", "bob", "--tone", "440", "--out",
+                    str(stack.root / "killed-alice.wav")).start()
+    try:
+        caller.event("connected")
+        caller.kill()  # no hang-up message: the relay closes the media stream
+        by_bob = answerer.event("ended")
+        assert answerer.exit_code() == 0
+    finally:
+        answerer.stop()
+    assert (by_bob["reason"], by_bob["ended_by_peer"]) == ("connection lost", True)
 
 
 def _longest_quiet_ms(samples: np.ndarray, level: float) -> float:
