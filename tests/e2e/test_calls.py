@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,21 @@ import pytest
 
 from client.processes import ServiceProcess
 from tests.e2e.mediaproxy import MediaProxy
-from tests.e2e.stack import PASSPHRASE, Stack
+from tests.e2e.stack import PASSPHRASE, Stack, start_stack
 
 pytestmark = pytest.mark.slow
 RATE = 48_000
 FULL_SOURCES = "QKD+ML-KEM-768+X25519"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
+    """The shared stack with a third user, carol (who has added bob), for a busy line."""
+    stack = start_stack(tmp_path_factory.mktemp("stack"), users=("alice", "bob", "carol"))
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -169,6 +180,30 @@ def test_the_answerer_hangs_up_and_both_calls_end(stack: Stack) -> None:
     tone = read_wav(heard)
     spectrum = np.abs(np.fft.rfft(tone))
     assert abs(np.argmax(spectrum) * RATE / tone.size - 300) < 5, "alice heard bob's tone"
+
+
+def test_a_second_caller_hears_busy_and_the_first_call_goes_on(stack: Stack) -> None:
+    answerer = _answer(stack, "--mute", "--out", str(stack.root / "busy-bob.wav"))
+    first = Caller(stack, "alice", "call", "bob", "--tone", "440", "--duration", "3",
+                   "--out", str(stack.root / "busy-alice.wav")).start()
+    try:
+        first.event("connected")
+        second = Caller(stack, "carol", "call", "bob", "--tone", "500", "--out",
+                        str(stack.root / "busy-carol.wav")).start()
+        try:
+            busy = second.event("ended")
+            assert second.exit_code() == 1
+        finally:
+            second.stop()
+        alice_end = first.event("ended")
+        bob_end = answerer.event("ended")
+        assert first.exit_code() == 0 and answerer.exit_code() == 0
+    finally:
+        first.stop()
+        answerer.stop()
+    assert (busy["reason"], busy["ended_by_peer"], busy["answered"]) == ("busy", True, False)
+    assert (alice_end["reason"], alice_end["ended_by_peer"]) == ("hung up", False)
+    assert bob_end["peer"] == "alice" and bob_end["stats"]["refused_total"] == 0
 
 
 def test_ctrl_c_hangs_up_and_a_killed_caller_ends_the_call_too(stack: Stack) -> None:
