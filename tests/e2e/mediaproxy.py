@@ -2,8 +2,9 @@
 
 Every websocket connection made to it is forwarded to the relay frame by frame. Binary
 *media* frames going from the client to the relay are dropped with probability ``loss``,
-delayed by a uniform 0..``max_delay`` seconds each (so they also arrive out of order) and,
-every ``tamper_every``-th one, altered (one bit of the SFrame tag flipped). Text frames and
+delayed by a uniform 0..``max_delay`` seconds each (so they also arrive out of order),
+every ``tamper_every``-th one altered (one bit of the SFrame tag flipped) and every
+``replay_every``-th one sent twice (a replay). Text frames and
 everything else pass in order, untouched. It runs its own event loop on a thread; the
 random choices come from a seeded generator (the same run, the same losses).
 """
@@ -25,16 +26,18 @@ from relay.wire import HEADER_BYTES, KIND_MEDIA, MAX_FRAME_BYTES
 
 class MediaProxy:
     def __init__(self, relay_url: str, *, loss: float = 0.0, max_delay: float = 0.0,
-                 tamper_every: int = 0, seed: int = 17) -> None:
+                 tamper_every: int = 0, replay_every: int = 0, seed: int = 17) -> None:
         self.relay_url = relay_url
         self.loss = loss
         self.max_delay = max_delay
         self.tamper_every = tamper_every
+        self.replay_every = replay_every
         self._random = random.Random(seed)
         self.port = 0
         self.media_frames = 0
         self.dropped = 0
         self.tampered = 0
+        self.replayed = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="media-proxy",
                                         daemon=True)
@@ -77,15 +80,19 @@ class MediaProxy:
             async for message in source:
                 if lossy and isinstance(message, bytes) and len(message) > HEADER_BYTES \
                         and message[1] == KIND_MEDIA:
-                    message = self._damage(message)
-                    if message is None:
+                    damaged = self._damage(message)
+                    if damaged is None:
                         continue
-                    if self.max_delay > 0:
+                    copies = [damaged]
+                    if self.replay_every and self.media_frames % self.replay_every == 0:
+                        self.replayed += 1
+                        copies.append(damaged)
+                    for copy in copies:
                         task = asyncio.ensure_future(self._later(
-                            sink, message, self._random.uniform(0, self.max_delay)))
+                            sink, copy, self._random.uniform(0, self.max_delay)))
                         delayed.add(task)
                         task.add_done_callback(delayed.discard)
-                        continue
+                    continue
                 await sink.send(message)
 
     def _damage(self, frame: bytes) -> bytes | None:
@@ -100,6 +107,7 @@ class MediaProxy:
 
     @staticmethod
     async def _later(sink: Any, frame: bytes, delay: float) -> None:
-        await asyncio.sleep(delay)  # the simulated network's delay
+        if delay > 0:
+            await asyncio.sleep(delay)  # the simulated network's delay
         with contextlib.suppress(websockets.ConnectionClosed):
             await sink.send(frame)

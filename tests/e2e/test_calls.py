@@ -276,7 +276,8 @@ def test_a_lossy_tampering_path_degrades_the_sound_never_the_keys(stack: Stack) 
     sent = speech_like(4.0, seed=11)
     speech = write_wav(stack.root / "speech-lossy.wav", sent)
     heard = stack.root / "heard-lossy.wav"
-    proxy = MediaProxy(stack.relay_url, loss=0.10, max_delay=0.030, tamper_every=37).start()
+    proxy = MediaProxy(stack.relay_url, loss=0.10, max_delay=0.030, tamper_every=37,
+                       replay_every=41).start()
     answerer = _answer(stack, "--mute", "--out", str(heard))
     caller = Caller(stack, "alice", "call", "bob", "--in", str(speech), "--out",
                     str(stack.root / "alice-lossy.wav"), relay_url=proxy.url).start()
@@ -290,15 +291,19 @@ def test_a_lossy_tampering_path_degrades_the_sound_never_the_keys(stack: Stack) 
         answerer.stop()
         proxy.stop()
     stats = by_bob["stats"]
-    assert proxy.dropped > 0 and proxy.tampered > 0
-    # Every altered frame that reached bob during the call was refused, none was played
-    # (one still in flight at the hang-up may come after the end: dropped as stray).
-    assert stats["refused"] == {"auth_failed": stats["refused_total"]}
-    assert proxy.tampered - 2 <= stats["refused_total"] <= proxy.tampered
+    assert proxy.dropped > 0 and proxy.tampered > 0 and proxy.replayed > 0
+    # Every altered or replayed frame that reached bob during the call was refused, none
+    # was played (one in flight at the hang-up may come after the end: dropped as stray).
+    refused = stats["refused"]
+    assert set(refused) <= {"auth_failed", "replayed"}
+    assert proxy.tampered - 2 <= refused.get("auth_failed", 0) <= proxy.tampered
+    assert proxy.replayed - 2 <= refused.get("replayed", 0) <= proxy.replayed
+    assert stats["duplicates"] == 0  # no replay got as far as the jitter buffer
     assert stats["lost"] > 0 and stats["recovered_fec"] > 0
     similarity = spectral_similarity(sent.astype(float), read_wav(heard))
     print(f"lossy path: correlation {similarity:.3f}; dropped {proxy.dropped}, tampered "
-          f"{proxy.tampered} of {proxy.media_frames}; stats {stats}")
+          f"{proxy.tampered}, replayed {proxy.replayed} of {proxy.media_frames}; "
+          f"stats {stats}")
     assert similarity >= 0.7
 
 
