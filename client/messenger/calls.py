@@ -75,6 +75,7 @@ FRAME_S = 0.020
 STREAM_GONE_GRACE_S = 1.0  # the media stream closed: the hang-up message may still come
 BEHIND_RESET_S = 0.5  # the clock fell this far behind (a suspended process): start afresh
 QKD_KEYS_PER_EPOCH = 1
+KEEP_ENDED_CALLS = 32  # ended calls kept for their views (the newest)
 OFFLINE = "offline"
 _STATE = {State.OFFERING: CallState.CALLING, State.RINGING: CallState.RINGING,
           State.ACTIVE: CallState.ACTIVE, State.ENDED: CallState.ENDED}
@@ -262,7 +263,7 @@ class CallManager:
             raise
         item = _Call(core, peer, sae_id, secret, time.time(), source=source, sink=sink,
                      stream_open=True)
-        self._calls[call_id] = item
+        self._add(item)
         await self._apply(item, effects)
         if item.live:
             self._start_clock(item)
@@ -326,6 +327,12 @@ class CallManager:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _add(self, item: _Call) -> None:
+        self._calls[item.call_id] = item
+        ended = [key for key, other in self._calls.items() if not other.live]
+        for key in ended[:max(0, len(ended) - KEEP_ENDED_CALLS)]:
+            del self._calls[key]
+
     def _check_open(self) -> None:
         if self._closed:
             raise MessengerError("the messenger is stopping")
@@ -378,7 +385,7 @@ class CallManager:
             return
         item = _Call(core, conversation.peer, sae_id, body.secret, body.ts, offer=offer)
         busy = self._closed or any(other.live for other in self._calls.values())
-        self._calls[offer.call_id] = item
+        self._add(item)
         if busy:
             effects = item.core.decline(busy=True)
         self._in_background(self._apply_locked(item, effects), "call-ringing")
