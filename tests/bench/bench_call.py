@@ -15,7 +15,9 @@
     (target: at least 0.5 x). Calls double from a start until a step fails.
 
 The servers run as their own processes on the same event loop as ``qsecret relay``; the load
-generator is a third process (its latency includes its own scheduling, on both sides alike).
+generator is a third process (its latency includes its own scheduling, on both sides alike;
+from a few thousand frames a second it is a limit itself, for both servers). p99 over a few
+seconds is at the mercy of anything else the machine runs: read (c) on a quiet machine.
 Loopback only, every wait bounded.
 """
 
@@ -247,17 +249,29 @@ def run_loadgen(url: str, target: str, calls: int, seconds: float, tag: str) -> 
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def capacity(url: str, target: str, start: int, limit: int, seconds: float) -> dict:
-    """Double the calls from ``start`` while p99 and missing frames stay in bounds."""
-    best, steps, calls = 0, [], start
-    while calls <= limit:
-        step = run_loadgen(url, target, calls, seconds, f"{target[0]}{calls}x")
-        steps.append(step)
-        print(f"# {target}: {step}", file=sys.stderr, flush=True)
-        if step["p99_ms"] > P99_LIMIT_MS or step["missing"] > MISSING_LIMIT:
-            break
-        best, calls = calls, calls * 2
-    return {"calls": best, "steps": steps}
+def capacity(urls: dict[str, str], start: int, limit: int, seconds: float,
+             repeats: int) -> dict[str, Any]:
+    """Double the calls from ``start`` while p99 and missing frames stay in bounds, the
+    relay and the bare forwarder step by step (interleaved: a busy neighbour hurts both);
+    each step is tried ``repeats`` times and its best try counts (one stall of a shared
+    machine is not the server's limit)."""
+    best = dict.fromkeys(urls, 0)
+    steps: dict[str, list[dict[str, Any]]] = {target: [] for target in urls}
+    going = set(urls)
+    calls = start
+    while going and calls <= limit:
+        for target in sorted(going):
+            tries = [run_loadgen(urls[target], target, calls, seconds, f"{target[0]}{calls}x{n}")
+                     for n in range(repeats)]
+            step = min(tries, key=lambda t: (t["missing"] > MISSING_LIMIT, t["p99_ms"]))
+            steps[target].append({**step, "p99_ms_tries": [t["p99_ms"] for t in tries]})
+            print(f"# {target}: {steps[target][-1]}", file=sys.stderr, flush=True)
+            if step["p99_ms"] > P99_LIMIT_MS or step["missing"] > MISSING_LIMIT:
+                going.discard(target)
+            else:
+                best[target] = calls
+        calls *= 2
+    return {"best": best, "steps": steps}
 
 
 def orchestrate(args: argparse.Namespace) -> dict:
@@ -279,18 +293,17 @@ def orchestrate(args: argparse.Namespace) -> dict:
         for n in range(args.rounds):  # interleaved rounds, medians
             bare_lat.append(run_loadgen(bare_url, "bare", 1, args.latency_seconds, f"l{n}"))
             relay_lat.append(run_loadgen(relay_url, "relay", 1, args.latency_seconds, f"l{n}"))
-        latency = {
+        latency: dict[str, Any] = {
             "relay_p50_ms": statistics.median(r["p50_ms"] for r in relay_lat),
             "relay_p99_ms": statistics.median(r["p99_ms"] for r in relay_lat),
             "bare_p50_ms": statistics.median(r["p50_ms"] for r in bare_lat),
             "bare_p99_ms": statistics.median(r["p99_ms"] for r in bare_lat),
         }
         latency["relay_adds_p50_ms"] = round(latency["relay_p50_ms"] - latency["bare_p50_ms"], 2)
+        latency["relay_rounds"], latency["bare_rounds"] = relay_lat, bare_lat
         print(f"# (b) {latency}", file=sys.stderr, flush=True)
-        relay_cap = capacity(relay_url, "relay", args.start_calls, args.max_calls,
-                             args.step_seconds)
-        bare_cap = capacity(bare_url, "bare", args.start_calls, args.max_calls,
-                            args.step_seconds)
+        cap = capacity({"relay": relay_url, "bare": bare_url}, args.start_calls,
+                       args.max_calls, args.step_seconds, args.step_repeats)
     finally:
         for server in servers:
             server.terminate()
@@ -299,15 +312,16 @@ def orchestrate(args: argparse.Namespace) -> dict:
             except subprocess.TimeoutExpired:
                 server.kill()
         data.cleanup()
-    ratio = relay_cap["calls"] / bare_cap["calls"] if bare_cap["calls"] else 0.0
+    relay_calls, bare_calls = cap["best"]["relay"], cap["best"]["bare"]
+    ratio = relay_calls / bare_calls if bare_calls else 0.0
     return {
         "event_loop": event_loop.resolve("auto"),
         "cpu": {**cpu, "target_overhead_pct": 15.0},
         "latency": {**latency, "target_relay_adds_p50_ms": 2.0},
-        "capacity": {"relay_calls": relay_cap["calls"], "bare_calls": bare_cap["calls"],
+        "capacity": {"relay_calls": relay_calls, "bare_calls": bare_calls,
                      "ratio": round(ratio, 3), "target_ratio": 0.5,
                      "p99_limit_ms": P99_LIMIT_MS, "max_calls_tried": args.max_calls,
-                     "relay_steps": relay_cap["steps"], "bare_steps": bare_cap["steps"]},
+                     "relay_steps": cap["steps"]["relay"], "bare_steps": cap["steps"]["bare"]},
     }
 
 
@@ -334,8 +348,9 @@ def main() -> None:
     args.signal_seconds = 5.0 if args.quick else 20.0
     args.latency_seconds = 3.0 if args.quick else 10.0
     args.step_seconds = 3.0 if args.quick else 8.0
-    args.start_calls = 25
-    args.max_calls = 400 if args.quick else 3200
+    args.start_calls = 5
+    args.max_calls = 640 if args.quick else 5120
+    args.step_repeats = 2
     result = orchestrate(args)
     cpu, lat, cap = result["cpu"], result["latency"], result["capacity"]
     print(f"(a) CPU per 20 ms frame: call path {cpu['call_path_us_per_frame']} us beside Opus "
