@@ -78,6 +78,7 @@ class Streams:
         session.spool_room.set()
         for stream, other in list(session.streams.items()):
             other.streams.pop(stream, None)
+            self._remember_media_closed(stream, session, other)
             other.post(wire.StreamClose(stream.hex()).encode())
         session.streams.clear()
 
@@ -167,15 +168,22 @@ class Streams:
             peer.post(frame.encode())
         return None
 
-    @staticmethod
-    def _close_media_stream(session: Session, frame: wire.StreamClose) -> int | None:
+    def _close_media_stream(self, session: Session, frame: wire.StreamClose) -> int | None:
         stream = bytes.fromhex(frame.stream)
         peer = session.streams.pop(stream, None)
         if peer is None:
             return session.refuse("unknown_stream", "no such open stream")
         peer.streams.pop(stream, None)
+        self._remember_media_closed(stream, session, peer)
         peer.post(frame.encode())
         return None
+
+    def _remember_media_closed(self, stream: bytes, a: Session, b: Session) -> None:
+        """A media frame or close already on its way from either end is no abuse."""
+        if a.handle is not None and b.handle is not None:
+            self.closed_streams[stream] = (a.handle, b.handle)
+            while len(self.closed_streams) > RECENTLY_CLOSED:
+                del self.closed_streams[next(iter(self.closed_streams))]
 
     def on_ack(self, session: Session, frame: wire.StreamAck) -> int | None:
         """The endpoint has these seqs: delete them from the spool held for it."""

@@ -177,6 +177,8 @@ def _stream(kind: str):  # type: ignore[no-untyped-def]
 class MicrophoneSource:
     """The default input device (blocking reads of 20 ms)."""
 
+    blocking = True  # read on a worker thread, never on the event loop
+
     def __init__(self) -> None:
         self._stream = _stream("input")
 
@@ -191,6 +193,8 @@ class MicrophoneSource:
 
 class SpeakerSink:
     """The default output device."""
+
+    blocking = True
 
     def __init__(self) -> None:
         self._stream = _stream("output")

@@ -78,6 +78,7 @@ class JitterBuffer:
         self.max_frames = max_frames  # never hold more than this (a flood is dropped)
         self._frames: dict[int, bytes] = {}
         self._next: int | None = None  # the sequence number whose turn is next
+        self._newest: int | None = None  # the furthest frame held (valid while any is held)
         self._transit: float | None = None
         self._started = False
         self.stats = Stats(target_s=min_delay)
@@ -105,6 +106,8 @@ class JitterBuffer:
         if len(self._frames) >= self.max_frames:
             return False  # full (only reachable with a sender far ahead of its clock)
         self._frames[seq] = payload
+        if self._newest is None or len(self._frames) == 1 or _ahead(seq, self._newest) > 0:
+            self._newest = seq
         self.stats.received += 1
         if self._next is None:
             self._next = seq
@@ -121,6 +124,7 @@ class JitterBuffer:
         self.stats.skipped += len(self._frames)
         self.stats.resyncs += 1
         self._frames.clear()
+        self._newest = None
         self._next = seq
         self._started = False
 
@@ -130,10 +134,9 @@ class JitterBuffer:
 
     def _buffered(self) -> float:
         """Playout time covered by what has arrived: from the next turn to the newest frame."""
-        if self._next is None or not self._frames:
+        if self._next is None or not self._frames or self._newest is None:
             return 0.0
-        newest = max(_ahead(seq, self._next) for seq in self._frames)
-        return (newest + 1) * FRAME_S
+        return (_ahead(self._newest, self._next) + 1) * FRAME_S
 
     def _measure(self) -> None:
         self.stats.delay_s = self._buffered()

@@ -68,6 +68,7 @@ class MediaReceiver:
         self.jitter = jitter or JitterBuffer()
         self._started = False
         self.undecodable = 0
+        self.last_kid: int | None = None  # the KID of the last frame that opened
 
     def add_key(self, base_key: bytes, kid: int) -> None:
         self._sframe.add_key(base_key, kid)
@@ -83,9 +84,10 @@ class MediaReceiver:
         """A sealed frame arrived at ``arrival`` (seconds, our clock). False: refused or
         dropped (counted); nothing refused ever reaches the speaker."""
         try:
-            _kid, _ctr, plaintext = self._sframe.unprotect(data)
+            kid, _ctr, plaintext = self._sframe.unprotect(data)
         except SFrameError:
             return False
+        self.last_kid = kid
         if len(plaintext) <= _SEQ.size:
             self._sframe.refused["malformed"] += 1
             return False

@@ -258,14 +258,24 @@ class Call:
     _pending: _Pending | None = None
     _offer: CallMessage | None = None
     answered_at: float | None = None
+    rekey_every: float = REKEY_EVERY_S  # the caller's rekey period
 
     # -- starting
 
     @classmethod
     def outgoing(cls, session_secret: bytes, qkd: QkdKeys, now: float,
-                 policy: QkdPolicy = QkdPolicy.PREFER) -> tuple[Call, list[Effect]]:
-        call = cls(os.urandom(CALL_ID_BYTES), True, session_secret, policy, State.OFFERING,
-                   now)
+                 policy: QkdPolicy = QkdPolicy.PREFER, call_id: bytes | None = None,
+                 rekey_every: float = REKEY_EVERY_S) -> tuple[Call, list[Effect]]:
+        """``call_id``: chosen beforehand (the messenger opens the media stream under it
+        first, to learn at once whether the peer is online); fresh by default.
+        ``rekey_every``: seconds between rekeys (at least 1)."""
+        if rekey_every < 1.0:
+            raise SignallingError("rekeys at most once a second")
+        call_id = os.urandom(CALL_ID_BYTES) if call_id is None else call_id
+        if len(call_id) != CALL_ID_BYTES:
+            raise SignallingError(f"a call id is {CALL_ID_BYTES} bytes")
+        call = cls(call_id, True, session_secret, policy, State.OFFERING, now,
+                   rekey_every=rekey_every)
         offer = call._propose(Kind.OFFER, 0, qkd)
         return call, [Send(offer)]
 
@@ -307,6 +317,12 @@ class Call:
             return []
         return [Send(CallMessage(Kind.HANGUP, self.call_id, reason=reason)),
                 *self._end(reason, by_peer=False)]
+
+    def lost(self, reason: str) -> list[Effect]:
+        """The call ended without a word from the peer (its connection went away)."""
+        if self.state is State.ENDED:
+            return []
+        return self._end(reason, by_peer=True)
 
     def request_rekey(self) -> list[Effect]:
         """A rekey now (the caller drives rekeys; the callee may ask through a hang-up-free
@@ -395,7 +411,7 @@ class Call:
         if self.keys is not None:
             self.rekeys += 1
         self.keys, self.epoch = keys, keys.epoch
-        self.next_rekey = now + REKEY_EVERY_S
+        self.next_rekey = now + self.rekey_every
         return InstallKeys(keys, old, now + REKEY_GRACE_S)
 
     # -- time
@@ -410,7 +426,7 @@ class Call:
             return self._end("missed", by_peer=True)
         if (self.caller and self.state is State.ACTIVE and now >= self.next_rekey
                 and self._pending is None):
-            self.next_rekey = now + REKEY_EVERY_S  # asked once per period
+            self.next_rekey = now + self.rekey_every  # asked once per period
             return [NeedQkd(self.epoch + 1)]
         return []
 

@@ -41,6 +41,7 @@ exit status:
 USER_ERRORS: tuple[str, ...] = (
     "client.messenger.api:MessengerError",
     "client.transfer.errors:TransferError",
+    "client.call.audio:AudioError",
     "client.config:ConfigError",
     "client.store.sealed:StoreError",
     "client.processes:ServiceError",

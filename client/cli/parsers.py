@@ -1,5 +1,5 @@
 """The client's command-line parsers: init, chat, send, recv, export, contacts, send-file,
-receive-files, transfers, backup and restore.
+receive-files, transfers, backup, restore, call and answer.
 
 Only argparse here. Each command's function lives in a module of this package by topic
 (``profile``, ``chat``, ``messages``, ``contacts``, ``files``) and is imported by name when the
@@ -160,6 +160,7 @@ def register(subparsers: Subparsers) -> None:
 
     _register_files(subparsers)
     _register_backups(subparsers)
+    _register_calls(subparsers)
 
 
 def _register_backups(subparsers: Subparsers) -> None:
@@ -253,6 +254,73 @@ def _register_files(subparsers: Subparsers) -> None:
     transfers.add_argument("--idle", type=float, default=IDLE_EXIT_S)
     transfers.add_argument("--json", action="store_true")
     transfers.set_defaults(func=_later("files", "run_transfers"))
+
+
+def _register_calls(subparsers: Subparsers) -> None:
+    call = _command(
+        subparsers, "call", "call a contact (voice, end-to-end encrypted)",
+        "Call HANDLE: Opus voice in 20 ms frames sealed with SFrame under keys mixed from "
+        "fresh QKD keys, a fresh ML-KEM-768 encapsulation and X25519 (rekeyed every 60 s). "
+        "HANDLE must be online ('qsecret answer', 'qsecret chat' or 'qsecret recv "
+        "--follow'): if not, the call ends at once and a missed call waits for them. The "
+        "call ends when either side hangs up (Ctrl+C here), after --duration seconds, or once "
+        "the --in file has been sent. Sound comes from the microphone unless --in, --tone "
+        "or --mute is given, and goes to the speaker unless --out is; without a sound device "
+        "(needs qsecret[audio] and PortAudio) use --in/--tone and --out. Exit status 1 if "
+        "the call was not answered.",
+        "qsecret call bob --in speech.wav --out heard.wav",
+        "qsecret call bob --tone 440 --duration 10 --json",
+        "qsecret call bob            # microphone and speaker",
+    )
+    _profile_args(call)
+    call.add_argument("handle", metavar="HANDLE", help="the contact to call")
+    _call_audio_args(call)
+    call.add_argument("--rekey-every", type=_positive, default=60.0, metavar="S",
+                      help="new keys (fresh QKD, ML-KEM-768 and X25519) every S seconds "
+                           "(default 60, at least 1)")
+    _timeout_arg(call)
+    call.set_defaults(func=_later("calls", "run_call"))
+
+    answer = _command(
+        subparsers, "answer", "wait for a call and answer it",
+        "Go online, wait for an incoming call (up to --timeout seconds) and answer the first "
+        "one; it runs until either side hangs up (Ctrl+C here) or --duration passes. Sound "
+        "options as for 'qsecret call'. Exit status 1 if no call was answered.",
+        "qsecret answer --out heard.wav --mute",
+        "qsecret answer --in reply.wav --out heard.wav --json",
+    )
+    _profile_args(answer)
+    _call_audio_args(answer)
+    _timeout_arg(answer, "give up waiting for a call after this many seconds (default 60)")
+    answer.set_defaults(func=_later("calls", "run_answer"), timeout=60.0)
+
+
+def _call_audio_args(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--in", dest="input", type=Path, metavar="FILE",
+                        help="send this audio file (WAV or any format PyAV reads) instead of "
+                             "the microphone")
+    source.add_argument("--tone", type=float, metavar="HZ",
+                        help="send a sine tone of HZ instead of the microphone")
+    source.add_argument("--mute", action="store_true", help="send silence (no microphone)")
+    parser.add_argument("--out", type=Path, metavar="FILE.wav",
+                        help="write what the other side says to this WAV file (48 kHz mono) "
+                             "instead of the speaker")
+    parser.add_argument("--duration", type=_positive, metavar="S",
+                        help="hang up this many seconds after the call is answered")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per event; the last has the call's statistics "
+                             "and key sources")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
 
 
 def _profile_args(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Delivery(enum.Enum):
@@ -214,6 +214,43 @@ class TransferEvent(Event):
     transfer: TransferView
 
 
+class CallState(enum.Enum):
+    """Where a call is, for either side."""
+
+    CALLING = "calling"  # offer sent, the peer's device not ringing yet
+    RINGING = "ringing"  # ringing there (caller) or here (callee)
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class CallView:
+    """A call as the UIs see it; ``stats`` holds the live figures (frames, loss, jitter)."""
+
+    call_id: str  # hex
+    peer: str
+    outgoing: bool
+    state: CallState
+    sources: str = ""  # e.g. "QKD+ML-KEM-768+X25519", or a degraded label
+    reason: str = ""  # why it ended: hung up, declined, busy, missed, offline, ...
+    ended_by_peer: bool = False
+    started_at: float = 0.0  # wall clock of the offer
+    answered_at: float | None = None
+    rekeys: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def conversation(self) -> ConversationId:
+        return ConversationId.direct(self.peer)
+
+
+@dataclass(frozen=True)
+class CallEvent(Event):
+    """A call appeared or changed (offered, ringing, answered, rekeyed, ended)."""
+
+    call: CallView
+
+
 class MessengerError(Exception):
     """A failure the user can act on; the message says what to do.
 
@@ -265,6 +302,12 @@ class Messenger(Protocol):
     async def accept_transfer(self, transfer_id: str) -> TransferView: ...
     async def decline_transfer(self, transfer_id: str, reason: str = "declined") -> None: ...
     async def cancel_transfer(self, transfer_id: str) -> None: ...
+    # Calls: ``source``/``sink`` are client.call.audio sources and sinks (a call's sound);
+    # CallEvent reports every change, ``calls.view(call_id)`` the live statistics.
+    async def place_call(self, peer: str, source: Any, sink: Any) -> CallView: ...
+    async def answer_call(self, call_id: str | None, source: Any, sink: Any) -> CallView: ...
+    async def decline_call(self, call_id: str | None, busy: bool = False) -> None: ...
+    async def hang_up(self, call_id: str | None = None) -> CallView: ...
 
 
 class ProfileGate(Protocol):

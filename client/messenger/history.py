@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from client.call.signalling import CallMessage, Kind, SignallingError
 from client.store.store import HistoryEntry
 
 from . import payload as payloads
@@ -15,6 +16,22 @@ from .api import ConversationId, Delivery, MessageView
 
 OTP_LABEL = "QKD one-time pad"
 MAX_ENTRIES = 2000
+
+
+def call_line(body: payloads.CallPayload, peer: str, outgoing: bool,
+              label: str) -> MessageView | None:
+    """A missed call as a line of the conversation (the other call messages are not shown):
+    the callee was offline, or did not answer in time."""
+    try:
+        message = CallMessage.decode(body.data)
+    except SignallingError:
+        return None
+    if message.kind is not Kind.MISSED:
+        return None
+    why = f" ({message.reason})" if message.reason else ""
+    text = f"call not answered{why}" if outgoing else f"missed call from {peer}{why}"
+    delivery = Delivery.SENT if outgoing else Delivery.RECEIVED
+    return MessageView(body.id, peer, outgoing, text, body.ts, delivery, label)
 
 
 class HistoryStore(Protocol):
@@ -61,6 +78,12 @@ class History:
         views = []
         seen: set[str] = set()
         for direction, body, label in entries:
+            if isinstance(body, payloads.CallPayload) and body.id not in seen:
+                line = call_line(body, conversation.peer, direction == "out", label)
+                if line is not None:
+                    seen.add(body.id)
+                    views.append(line)
+                continue
             if not isinstance(body, payloads.Text) or body.id in seen:  # a resent text: once
                 continue
             seen.add(body.id)

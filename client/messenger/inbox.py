@@ -58,17 +58,19 @@ class Replies(Protocol):
 
 
 TransferHandler = Callable[[ConversationId, payloads.TransferMessage], Awaitable[None]]
+CallHandler = Callable[[ConversationId, payloads.CallPayload], Awaitable[None]]
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any] | None"]
 
 
 class Inbox:
     def __init__(self, sessions: Sessions, relay: Acker, replies: Replies,
                  on_transfer: TransferHandler, emit: Callable[[Event], None],
-                 spawn: Spawn | None = None) -> None:
+                 spawn: Spawn | None = None, on_call: CallHandler | None = None) -> None:
         self._sessions = sessions
         self._relay = relay
         self._replies = replies
         self._on_transfer = on_transfer
+        self._on_call = on_call
         self._emit = emit
         self._spawn = spawn
         self._held: dict[int, Deliver] = {}  # relay seq -> a delivery waiting for its keys
@@ -153,6 +155,9 @@ class Inbox:
                 state = Delivery.READ if body.state == "read" else Delivery.DELIVERED
                 for payload_id in body.ids:
                     self._emit(DeliveryEvent(payload_id, peer, state))
+            elif isinstance(body, payloads.CallPayload):
+                if self._on_call is not None:
+                    await self._on_call(conversation, body)
             else:
                 await self._on_transfer(conversation, body)
         if delivered:  # a receipt that cannot go now (e.g. policy 'require', no QKD) is skipped

@@ -1,6 +1,6 @@
 """What travels inside an end-to-end encrypted message (the plaintext of the ratchet).
 
-A small versioned CBOR map, so texts, receipts, file-transfer messages and later call
+A small versioned CBOR map, so texts, receipts, file-transfer messages and call
 signalling share one envelope: ``{"v": 1, "t": kind, "id": ..., "ts": ..., ...}``. Each
 kind is its own small type; :func:`decode` checks the fields of exactly that kind.
 """
@@ -18,6 +18,8 @@ VERSION = 1
 MAX_TEXT_CHARS = 16_000
 MAX_TRANSFER_BYTES = 1 << 20  # a manifest of many thousands of files still fits
 TRANSFER_SECRET_BYTES = 32
+CALL_SECRET_BYTES = 32
+MAX_CALL_BYTES = 8192  # a call message (client.call.signalling) is at most ~1.3 KiB
 RECEIPT_STATES = ("delivered", "read")
 
 
@@ -82,8 +84,22 @@ class TransferMessage(_Envelope):
                              **({"secret": self.secret} if self.secret else {})})
 
 
-Payload = Text | Receipt | TransferMessage
-KINDS = (Text.kind, Receipt.kind, TransferMessage.kind)
+@dataclass(frozen=True, repr=False)
+class CallPayload(_Envelope):
+    """A call signalling message (client.call.signalling.CallMessage, encoded); an offer also
+    carries the call's session secret, which never leaves the E2EE box."""
+
+    kind: ClassVar[str] = "call"
+    data: bytes = b""
+    secret: bytes = b""
+
+    def encode(self) -> bytes:
+        return self._encode({"data": self.data,
+                             **({"secret": self.secret} if self.secret else {})})
+
+
+Payload = Text | Receipt | TransferMessage | CallPayload
+KINDS = (Text.kind, Receipt.kind, TransferMessage.kind, CallPayload.kind)
 
 
 def text(message: str) -> Text:
@@ -106,6 +122,13 @@ def transfer(data: bytes, secret: bytes = b"") -> TransferMessage:
     return TransferMessage(_new_id(), time.time(), data=data, secret=secret)
 
 
+def call(data: bytes, secret: bytes = b"") -> CallPayload:
+    """A call signalling message; ``secret`` only with an offer."""
+    if len(data) > MAX_CALL_BYTES:
+        raise PayloadError(f"call message is {len(data)} bytes; the limit is {MAX_CALL_BYTES}")
+    return CallPayload(_new_id(), time.time(), data=data, secret=secret)
+
+
 def decode(data: bytes) -> Payload:
     try:
         body = cbor2.loads(data)
@@ -120,6 +143,8 @@ def decode(data: bytes) -> Payload:
         return _decode_text(body, pid, float(ts))
     if kind == TransferMessage.kind:
         return _decode_transfer(body, pid, float(ts))
+    if kind == CallPayload.kind:
+        return _decode_call(body, pid, float(ts))
     return _decode_receipt(body, pid, float(ts))
 
 
@@ -137,6 +162,15 @@ def _decode_transfer(body: dict[Any, Any], pid: str, ts: float) -> TransferMessa
     if not isinstance(secret, bytes) or len(secret) not in (0, TRANSFER_SECRET_BYTES):
         raise PayloadError("transfer payload has a malformed secret")
     return TransferMessage(pid, ts, data=blob, secret=secret)
+
+
+def _decode_call(body: dict[Any, Any], pid: str, ts: float) -> CallPayload:
+    blob, secret = body.get("data"), body.get("secret", b"")
+    if not isinstance(blob, bytes) or len(blob) > MAX_CALL_BYTES:
+        raise PayloadError("call payload has no valid data")
+    if not isinstance(secret, bytes) or len(secret) not in (0, CALL_SECRET_BYTES):
+        raise PayloadError("call payload has a malformed secret")
+    return CallPayload(pid, ts, data=blob, secret=secret)
 
 
 def _decode_receipt(body: dict[Any, Any], pid: str, ts: float) -> Receipt:

@@ -7,8 +7,8 @@ Receiving: relay ``deliver`` -> inbox -> sessions.open (dec_keys outside the loc
 Nothing is acknowledged to the relay before it is durable here, and nothing leaves
 before the session state that sealed it is durable (see client.store).
 
-The parts (sessions, outbox, inbox, contacts, history, key status, prekeys, transfers)
-know each other only through narrow interfaces; this module builds them and is the one
+The parts (sessions, outbox, inbox, contacts, history, key status, prekeys, transfers,
+calls) know each other only through narrow interfaces; this module builds them and is the one
 object the UIs hold (client.messenger.api.Messenger). ``stop`` ends everything in order
 before the store closes (see lifecycle.py).
 """
@@ -21,16 +21,28 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+from client.call.signalling import REKEY_EVERY_S
 from client.config import ClientConfig
 from client.protocol import RatchetConfig
 from client.protocol.identity import Identity
 from client.store.store import Store
 from client.transfer import BuiltManifest
 from keysource.mix import QkdPolicy
-from relay.wire import AuthOk, BinaryFrame, Deliver, Error, Event, PrekeysLow, Stored
+from relay.wire import (
+    KIND_MEDIA,
+    AuthOk,
+    BinaryFrame,
+    Deliver,
+    Error,
+    Event,
+    PrekeysLow,
+    Stored,
+    StreamClose,
+)
 
 from . import payload as payloads
 from .api import (
+    CallView,
     Connection,
     ConnectionEvent,
     ContactEvent,
@@ -48,6 +60,7 @@ from .api import (
 from .api import (
     Event as UiEvent,
 )
+from .calls import CallManager, Sink, Source
 from .contacts import Contacts
 from .history import History
 from .inbox import Inbox
@@ -113,8 +126,10 @@ class MessengerService:
         self.files = TransferManager(
             TransferSettings(handle, config.downloads_path, config.auto_accept, self.policy),
             store, self.relay, self.qkd, self, self._emit)
+        self.calls = CallManager(self.relay, self.qkd, self, self._emit, self.policy,
+                                 spawn=self._life.spawn)
         self._inbox = Inbox(self._sessions, self.relay, self, self.files.on_payload,
-                            self._emit, spawn=self._life.spawn)
+                            self._emit, spawn=self._life.spawn, on_call=self.calls.on_payload)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -143,6 +158,7 @@ class MessengerService:
         if self._life.stopping:
             return
         self._life.stopping = True
+        await self.calls.close()  # live calls hang up while the outbox can still say so
         self._outbox.stop()
         await self.relay.close()
         await self._life.cancel_tasks()  # relay read loop, login work, key status
@@ -198,6 +214,7 @@ class MessengerService:
         if event.state is Connection.OFFLINE:
             self._logged_in.clear()
             self.files.on_disconnect()
+            self.calls.on_disconnect()
         self._emit(event)
 
     def _on_pin(self, fingerprint: str) -> None:
@@ -241,7 +258,12 @@ class MessengerService:
 
     async def _on_relay_event(self, event: Event) -> None:
         if isinstance(event, BinaryFrame):
-            await self.files.on_binary(event)
+            if event.kind == KIND_MEDIA:
+                self.calls.on_binary(event)
+            else:
+                await self.files.on_binary(event)
+        elif isinstance(event, StreamClose):
+            self.calls.on_stream_closed(bytes.fromhex(event.stream))
         elif isinstance(event, Deliver):
             try:
                 await self._inbox.receive(event)
@@ -251,7 +273,8 @@ class MessengerService:
         elif isinstance(event, Stored):
             self._outbox.on_stored(event.msg)
         elif isinstance(event, Error):
-            if not self.files.on_error(event) and not self._outbox.on_refused(event):
+            if (not self.calls.on_error(event) and not self.files.on_error(event)
+                    and not self._outbox.on_refused(event)):
                 self._refused(event)
         elif isinstance(event, PrekeysLow):
             # Never awaited here: this is the relay's read loop, which must stay free to
@@ -302,6 +325,35 @@ class MessengerService:
                                     body: payloads.TransferMessage) -> None:
         """An offer, decline or cancel of a file transfer, end-to-end encrypted."""
         await self._outbox.send(conversation, body, wait=False, timeout=SEND_TIMEOUT_S)
+
+    async def send_call_message(self, conversation: ConversationId,
+                                body: payloads.CallPayload, *, wait: bool = False) -> None:
+        """A call's signalling message, end-to-end encrypted (queued at the relay for an
+        offline peer, like a text); ``wait``: until the relay holds it durably."""
+        await self._outbox.send(conversation, body, wait=wait, timeout=SEND_TIMEOUT_S)
+
+    # -- calls -------------------------------------------------------------------------
+
+    async def place_call(self, peer: str, source: Source, sink: Sink | None, *,
+                         rekey_every: float = REKEY_EVERY_S) -> CallView:
+        """Call ``peer`` with sound from ``source`` into ``sink`` (client.call.audio)."""
+        if peer == self.handle:
+            raise MessengerError("that is your own handle")
+        async with self._life.operation():
+            return await self.calls.place(peer, source, sink, rekey_every=rekey_every)
+
+    async def answer_call(self, call_id: str | None, source: Source,
+                          sink: Sink | None) -> CallView:
+        async with self._life.operation():
+            return await self.calls.answer(call_id, source, sink)
+
+    async def decline_call(self, call_id: str | None, busy: bool = False) -> None:
+        async with self._life.operation():
+            await self.calls.decline(call_id, busy=busy)
+
+    async def hang_up(self, call_id: str | None = None) -> CallView:
+        async with self._life.operation():
+            return await self.calls.hang_up(call_id)
 
     # -- sending -----------------------------------------------------------------------
 

@@ -1,0 +1,326 @@
+"""Voice calls through real processes: relay, KME pair, ``qsecret call`` and ``qsecret answer``
+as a user runs them, on a clean path and through a lossy, tampering proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from client.processes import ServiceProcess
+from tests.e2e.mediaproxy import MediaProxy
+from tests.e2e.stack import PASSPHRASE, Stack, start_stack
+
+pytestmark = pytest.mark.slow
+RATE = 48_000
+FULL_SOURCES = "QKD+ML-KEM-768+X25519"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
+    """The shared stack with a third user, carol (who has added bob), for a busy line."""
+    stack = start_stack(tmp_path_factory.mktemp("stack"), users=("alice", "bob", "carol"))
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def speech_like(seconds: float, seed: int = 7) -> np.ndarray:
+    """Syllables of voiced sound (a gliding pitch, harmonics shaped by two formants, a
+    smooth envelope) with pauses between them: what a codec for speech sees."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * RATE))
+    pos = int(0.1 * RATE)
+    while pos < out.size - int(0.3 * RATE):
+        length = int(rng.uniform(0.12, 0.3) * RATE)
+        t = np.arange(length) / RATE
+        f0 = rng.uniform(100, 180) * (1 + 0.15 * t / t[-1] * rng.choice([-1, 1]))
+        phase = 2 * np.pi * np.cumsum(f0) / RATE
+        formants = (rng.uniform(400, 900), rng.uniform(1100, 2300))
+        syllable = np.zeros(length)
+        for k in range(1, 30):
+            freq = k * f0.mean()
+            if freq > 7000:
+                break
+            gain = sum(np.exp(-((freq - f) / 180) ** 2) for f in formants) + 0.05 / k
+            syllable += gain * np.sin(k * phase)
+        syllable *= np.hanning(length)
+        out[pos:pos + length] += syllable
+        pos += length + int(rng.uniform(0.05, 0.25) * RATE)
+    return (out / np.abs(out).max() * 0.5 * 32767).astype(np.int16)
+
+
+def write_wav(path: Path, samples: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(RATE)
+        wav.writeframes(samples.astype("<i2").tobytes())
+    return path
+
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path), "rb") as wav:
+        assert (wav.getnchannels(), wav.getframerate()) == (1, RATE)
+        return np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(float)
+
+
+def _spectra(x: np.ndarray, size: int = 960, hop: int = 480) -> np.ndarray:
+    frames = [x[i:i + size] * np.hanning(size) for i in range(0, x.size - size + 1, hop)]
+    return np.abs(np.fft.rfft(np.array(frames), axis=1))[:, :size * 8000 // RATE]
+
+
+def spectral_similarity(sent: np.ndarray, heard: np.ndarray, segment_s: float = 0.5,
+                        search_s: float = 0.12) -> float:
+    """Correlation of the short-time spectra of ``sent`` and the part of ``heard`` that
+    plays it. The whole is aligned by cross-correlation first; each half second is then
+    aligned again within ``search_s`` (a jitter buffer may add or drop 20 ms here and
+    there, shifting what follows)."""
+    n = 1 << int(np.ceil(np.log2(sent.size + heard.size)))
+    cross = np.fft.irfft(np.fft.rfft(heard, n) * np.conj(np.fft.rfft(sent, n)), n)
+    lag = int(np.argmax(cross[:heard.size]))
+    seg, search = int(segment_s * RATE), int(search_s * RATE)
+    pairs_sent, pairs_heard = [], []
+    for start in range(0, sent.size - seg + 1, seg):
+        piece = sent[start:start + seg]
+        if np.abs(piece).max() < 1:  # silence: nothing to align on
+            continue
+        lo = max(0, lag + start - search)
+        window = heard[lo:lag + start + seg + search]
+        if window.size < seg:
+            break
+        scores = np.correlate(window, piece, mode="valid")
+        best = lo + int(np.argmax(scores))
+        pairs_sent.append(_spectra(piece))
+        pairs_heard.append(_spectra(heard[best:best + seg]))
+    assert pairs_sent, "nothing of the sent sound was heard"
+    a, b = np.concatenate(pairs_sent).ravel(), np.concatenate(pairs_heard).ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+class Caller(ServiceProcess):
+    """One user's ``qsecret call`` / ``answer`` process, with its JSON events."""
+
+    def __init__(self, stack: Stack, handle: str, *args: str, relay_url: str = "") -> None:
+        super().__init__(f"{handle}-{args[0]}",
+                         [*args, "--json", "--data", str(stack.profile(handle)),
+                          "--relay", relay_url or stack.relay_url],
+                         log=stack.root / f"{handle}-{args[0]}.log",
+                         env={"QSECRET_PASSPHRASE": PASSPHRASE, "QSECRET_LOG": "warning"})
+
+    def event(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
+        line = self.wait_for(f'"event": "{name}"', timeout)
+        return dict(json.loads(line[line.index("{"):]))
+
+    def exit_code(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+
+def _answer(stack: Stack, *args: str) -> Caller:
+    answerer = Caller(stack, "bob", "answer", *args).start()
+    answerer.event("waiting")
+    return answerer
+
+
+# -------------------------------------------------------------------------------- tests
+
+
+def test_speech_arrives_aligned_and_alike_and_the_caller_hangs_up(stack: Stack) -> None:
+    sent = speech_like(4.0)
+    speech = write_wav(stack.root / "speech.wav", sent)
+    heard = stack.root / "heard.wav"
+    answerer = _answer(stack, "--mute", "--out", str(heard))
+    caller = Caller(stack, "alice", "call", "bob", "--in", str(speech), "--out",
+                    str(stack.root / "alice-heard.wav")).start()
+    try:
+        assert caller.event("connected")["sources"] == FULL_SOURCES
+        ended = caller.event("ended")
+        by_bob = answerer.event("ended")
+        assert caller.exit_code() == 0 and answerer.exit_code() == 0
+    finally:
+        caller.stop()
+        answerer.stop()
+    assert (ended["reason"], ended["ended_by_peer"]) == ("hung up", False)
+    assert (by_bob["reason"], by_bob["ended_by_peer"]) == ("hung up", True)
+    assert ended["sources"] == by_bob["sources"] == FULL_SOURCES
+    assert not by_bob["degraded"]
+    stats = by_bob["stats"]
+    assert stats["refused_total"] == 0
+    assert stats["frames_opened"] >= sent.size / 960 - 5
+    similarity = spectral_similarity(sent.astype(float), read_wav(heard))
+    print(f"clean path: spectral correlation {similarity:.3f}; stats {stats}")
+    assert similarity >= 0.9
+
+
+def test_the_answerer_hangs_up_and_both_calls_end(stack: Stack) -> None:
+    heard = stack.root / "tone-heard.wav"
+    answerer = _answer(stack, "--tone", "300", "--duration", "1.5")
+    caller = Caller(stack, "alice", "call", "bob", "--tone", "440", "--out", str(heard)).start()
+    try:
+        bob_end = answerer.event("ended")
+        alice_end = caller.event("ended")
+        assert answerer.exit_code() == 0 and caller.exit_code() == 0
+    finally:
+        caller.stop()
+        answerer.stop()
+    assert (bob_end["reason"], bob_end["ended_by_peer"]) == ("hung up", False)
+    assert (alice_end["reason"], alice_end["ended_by_peer"]) == ("hung up", True)
+    tone = read_wav(heard)
+    spectrum = np.abs(np.fft.rfft(tone))
+    assert abs(np.argmax(spectrum) * RATE / tone.size - 300) < 5, "alice heard bob's tone"
+
+
+def test_a_second_caller_hears_busy_and_the_first_call_goes_on(stack: Stack) -> None:
+    answerer = _answer(stack, "--mute", "--out", str(stack.root / "busy-bob.wav"))
+    first = Caller(stack, "alice", "call", "bob", "--tone", "440", "--duration", "3",
+                   "--out", str(stack.root / "busy-alice.wav")).start()
+    try:
+        first.event("connected")
+        second = Caller(stack, "carol", "call", "bob", "--tone", "500", "--out",
+                        str(stack.root / "busy-carol.wav")).start()
+        try:
+            busy = second.event("ended")
+            assert second.exit_code() == 1
+        finally:
+            second.stop()
+        alice_end = first.event("ended")
+        bob_end = answerer.event("ended")
+        assert first.exit_code() == 0 and answerer.exit_code() == 0
+    finally:
+        first.stop()
+        answerer.stop()
+    assert (busy["reason"], busy["ended_by_peer"], busy["answered"]) == ("busy", True, False)
+    assert (alice_end["reason"], alice_end["ended_by_peer"]) == ("hung up", False)
+    assert bob_end["peer"] == "alice" and bob_end["stats"]["refused_total"] == 0
+
+
+def test_ctrl_c_hangs_up_and_a_killed_caller_ends_the_call_too(stack: Stack) -> None:
+    answerer = _answer(stack, "--mute", "--out", str(stack.root / "ctrl-c.wav"))
+    caller = Caller(stack, "alice", "call", "bob", "--tone", "440", "--out",
+                    str(stack.root / "ctrl-c-alice.wav")).start()
+    try:
+        caller.event("connected")
+        assert caller.process is not None
+        os.killpg(caller.process.pid, signal.SIGINT)  # Ctrl+C
+        by_bob = answerer.event("ended")
+        assert caller.exit_code() == 130 and answerer.exit_code() == 0
+    finally:
+        caller.stop()
+        answerer.stop()
+    assert (by_bob["reason"], by_bob["ended_by_peer"]) == ("hung up", True)
+
+    answerer = _answer(stack, "--mute", "--out", str(stack.root / "killed.wav"))
+    caller = Caller(stack, "alice", "call", "bob", "--tone", "440", "--out",
+                    str(stack.root / "killed-alice.wav")).start()
+    try:
+        caller.event("connected")
+        caller.kill()  # no hang-up message: the relay closes the media stream
+        by_bob = answerer.event("ended")
+        assert answerer.exit_code() == 0
+    finally:
+        answerer.stop()
+    assert (by_bob["reason"], by_bob["ended_by_peer"]) == ("connection lost", True)
+
+
+def _longest_quiet_ms(samples: np.ndarray, level: float) -> float:
+    """The longest run of 20 ms frames whose RMS is under ``level``, in ms."""
+    frames = samples[:samples.size // 960 * 960].reshape(-1, 960)
+    quiet = np.sqrt((frames ** 2).mean(axis=1)) < level
+    longest = run = 0
+    for frame_is_quiet in quiet:
+        run = run + 1 if frame_is_quiet else 0
+        longest = max(longest, run)
+    return longest * 20.0
+
+
+def test_a_call_survives_rekeys_without_a_gap(stack: Stack) -> None:
+    heard_by_bob, heard_by_alice = stack.root / "rekey-bob.wav", stack.root / "rekey-alice.wav"
+    answerer = _answer(stack, "--tone", "300", "--out", str(heard_by_bob))
+    caller = Caller(stack, "alice", "call", "bob", "--tone", "440", "--duration", "5.5",
+                    "--rekey-every", "1.5", "--out", str(heard_by_alice)).start()
+    try:
+        alice_end = caller.event("ended")
+        bob_end = answerer.event("ended")
+        assert caller.exit_code() == 0 and answerer.exit_code() == 0
+    finally:
+        caller.stop()
+        answerer.stop()
+    for end in (alice_end, bob_end):
+        assert end["rekeys"] >= 2, end
+        assert end["sources"] == FULL_SOURCES
+        stats = end["stats"]
+        # Not one frame refused (no frame sealed under a key the other side lacked), none
+        # lost: the rekeys cost nothing audible.
+        assert (stats["refused_total"], stats["lost"]) == (0, 0), stats
+    for path in (heard_by_bob, heard_by_alice):
+        tone = read_wav(path)
+        start = int(np.argmax(np.abs(tone) > 1000))  # the first sound heard
+        steady = tone[start + 4800:tone.size - 9600]  # skip the fade-in and the hang-up
+        assert steady.size > 3 * RATE
+        assert _longest_quiet_ms(steady, 0.3 * np.sqrt((steady ** 2).mean())) <= 60
+
+
+def test_a_lossy_tampering_path_degrades_the_sound_never_the_keys(stack: Stack) -> None:
+    sent = speech_like(4.0, seed=11)
+    speech = write_wav(stack.root / "speech-lossy.wav", sent)
+    heard = stack.root / "heard-lossy.wav"
+    proxy = MediaProxy(stack.relay_url, loss=0.10, max_delay=0.030, tamper_every=37,
+                       replay_every=41).start()
+    answerer = _answer(stack, "--mute", "--out", str(heard))
+    caller = Caller(stack, "alice", "call", "bob", "--in", str(speech), "--out",
+                    str(stack.root / "alice-lossy.wav"), relay_url=proxy.url).start()
+    try:
+        assert caller.event("connected")["sources"] == FULL_SOURCES
+        caller.event("ended")
+        by_bob = answerer.event("ended")
+        assert caller.exit_code() == 0 and answerer.exit_code() == 0
+    finally:
+        caller.stop()
+        answerer.stop()
+        proxy.stop()
+    stats = by_bob["stats"]
+    assert proxy.dropped > 0 and proxy.tampered > 0 and proxy.replayed > 0
+    # Every altered or replayed frame that reached bob during the call was refused, none
+    # was played (one in flight at the hang-up may come after the end: dropped as stray).
+    refused = stats["refused"]
+    assert set(refused) <= {"auth_failed", "replayed"}
+    assert proxy.tampered - 2 <= refused.get("auth_failed", 0) <= proxy.tampered
+    assert proxy.replayed - 2 <= refused.get("replayed", 0) <= proxy.replayed
+    assert stats["duplicates"] == 0  # no replay got as far as the jitter buffer
+    assert stats["lost"] > 0 and stats["recovered_fec"] > 0
+    similarity = spectral_similarity(sent.astype(float), read_wav(heard))
+    print(f"lossy path: correlation {similarity:.3f}; dropped {proxy.dropped}, tampered "
+          f"{proxy.tampered}, replayed {proxy.replayed} of {proxy.media_frames}; "
+          f"stats {stats}")
+    assert similarity >= 0.7
+
+
+def test_calling_someone_offline_says_so_at_once_and_leaves_a_missed_call(
+        stack: Stack) -> None:
+    caller = Caller(stack, "alice", "call", "bob", "--tone", "440", "--out",
+                    str(stack.root / "never.wav")).start()
+    try:
+        ended = caller.event("ended", timeout=30)
+        assert caller.exit_code() == 1
+    finally:
+        caller.stop()
+    assert (ended["reason"], ended["answered"]) == ("offline", False)
+    received = stack.cli("bob", "recv", "--json", check=True)
+    lines = [json.loads(line) for line in received.stdout.splitlines()]
+    assert any(line["from"] == "alice" and "missed call from alice (offline)" in line["text"]
+               for line in lines), received.stdout
+    assert any("missed call from alice" in m["text"] for m in stack.history("bob", "alice"))
+    assert any("call not answered (offline)" in m["text"]
+               for m in stack.history("alice", "bob"))
