@@ -303,11 +303,13 @@ class CallManager:
         item = self._find(call_id, ringing=True)
         async with item.lock:
             await self._apply(item, item.core.decline(busy=busy))
+        self._changed(item)  # a UI learns of every change from CallEvent, its own too
 
     async def hang_up(self, call_id: str | None, reason: str = "hung up") -> CallView:
         item = self._find(call_id)
         async with item.lock:
             await self._apply(item, item.core.hang_up(reason))
+        self._changed(item)
         return self._view(item)
 
     async def close(self) -> None:

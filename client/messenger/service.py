@@ -42,6 +42,7 @@ from relay.wire import (
 
 from . import payload as payloads
 from .api import (
+    CallState,
     CallView,
     Connection,
     ConnectionEvent,
@@ -354,6 +355,15 @@ class MessengerService:
     async def hang_up(self, call_id: str | None = None) -> CallView:
         async with self._life.operation():
             return await self.calls.hang_up(call_id)
+
+    def call_view(self, call_id: str) -> CallView:
+        """The call now, with its live statistics (MessengerError if there is none)."""
+        return self.calls.view(call_id)
+
+    def live_call(self) -> CallView | None:
+        """The call not ended yet (there is at most one), if any."""
+        live = [view for view in self.calls.calls() if view.state is not CallState.ENDED]
+        return live[0] if live else None
 
     # -- sending -----------------------------------------------------------------------
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -17,6 +18,19 @@ from client.tui.screens.chat import ChatScreen
 from client.tui.screens.onboarding import OnboardingScreen
 
 QUIT_GRACE_S = 10.0
+AudioFactory = Callable[[], tuple[Any, Any]]
+
+
+def sound_device() -> tuple[Any, Any]:
+    """The microphone and the speaker (client.call.audio); AudioError when there are none."""
+    from client.call import audio
+
+    source = audio.MicrophoneSource()
+    try:
+        return source, audio.SpeakerSink()
+    except audio.AudioError:
+        source.close()
+        raise
 
 
 async def _finished(worker: Worker[None]) -> None:
@@ -38,8 +52,10 @@ class QsecretApp(App[None]):
         export_dir: Path,
         messenger: Messenger | None = None,
         banner: str | None = None,
+        audio: AudioFactory = sound_device,
     ) -> None:
         super().__init__()
+        self.audio = audio  # where a call's sound comes from and goes to
         self.banner = banner
         self.gate = gate
         self.export_dir = export_dir

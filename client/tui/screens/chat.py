@@ -12,7 +12,11 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
+from client.call.levels import MeteredSink, MeteredSource
 from client.messenger.api import (
+    CallEvent,
+    CallState,
+    CallView,
     ConnectionEvent,
     ContactEvent,
     ConversationId,
@@ -27,6 +31,7 @@ from client.messenger.api import (
     TransferState,
     TransferView,
 )
+from client.tui.screens.call import NO_SOUND_HINT, CallScreen, IncomingCallScreen
 from client.tui.screens.help import HelpScreen
 from client.tui.screens.modals import AddContactScreen, ExportScreen
 from client.tui.screens.search import SearchScreen
@@ -61,6 +66,7 @@ class ChatScreen(Screen[None]):
         Binding("ctrl+k", "toggle_keys", "Key panel", priority=True),
         Binding("ctrl+t", "send_files", "Send file", priority=True),
         Binding("ctrl+j", "transfers", "Transfers", priority=True),
+        Binding("ctrl+g", "call", "Call", priority=True),
         Binding("ctrl+down", "cycle(1)", "Next chat", priority=True),
         Binding("ctrl+up", "cycle(-1)", "Previous chat", priority=True),
         Binding("escape", "back", "Back to input", show=False),
@@ -72,6 +78,8 @@ class ChatScreen(Screen[None]):
         self.export_dir = export_dir
         self.conversation: ConversationId | None = None  # the open conversation
         self._transfer_states: dict[str, TransferState] = {}
+        # A call's metered microphone and speaker, from answer/place until it ends.
+        self._sound: dict[str, tuple[MeteredSource, MeteredSink]] = {}
 
     @property
     def peer(self) -> str | None:
@@ -197,6 +205,61 @@ class ChatScreen(Screen[None]):
                 self.open_conversation(event.contact.handle)
         elif isinstance(event, TransferEvent):
             self.transfer_changed(event.transfer)
+        elif isinstance(event, CallEvent):
+            self.call_changed(event.call)
+
+    # -- calls -------------------------------------------------------------------------
+
+    def call_changed(self, call: CallView) -> None:
+        """Ring for an incoming call; say how a call ended when its screen is not shown."""
+        ringing = [s for s in self.app.screen_stack
+                   if isinstance(s, IncomingCallScreen) and s.call_id == call.call_id]
+        if call.state is CallState.RINGING and not call.outgoing and not ringing:
+            self.app.push_screen(IncomingCallScreen(call),
+                                 lambda answer: self.answer_or_decline(call, bool(answer)))
+        elif call.state is CallState.ENDED:
+            for screen in ringing:
+                screen.dismiss(False)  # the caller gave up, or the ring timed out
+            sound = self._sound.pop(call.call_id, None)
+            if sound is not None:
+                sound[0].close()
+                sound[1].close()
+            if not any(isinstance(s, CallScreen) and s.call_id == call.call_id
+                       for s in self.app.screen_stack):
+                what = "Missed call" if not call.outgoing and call.answered_at is None \
+                    else "Call ended"
+                self.notify(f"{call.peer}: {call.reason or 'hung up'}", title=what)
+
+    def _open_sound(self) -> tuple[MeteredSource, MeteredSink] | None:
+        try:
+            source, sink = self.app.audio()  # type: ignore[attr-defined]
+        except Exception as exc:  # client.call.audio.AudioError (no device, no PortAudio)
+            self.notify(f"{exc}\n{NO_SOUND_HINT}", title="No sound device",
+                        severity="error", timeout=20)
+            return None
+        return MeteredSource(source), MeteredSink(sink)
+
+    @work(group="call")
+    async def answer_or_decline(self, call: CallView, answer: bool) -> None:
+        if not answer:
+            try:
+                await self.messenger.decline_call(call.call_id)
+            except MessengerError as exc:  # it ended meanwhile
+                self.notify(str(exc), severity="warning")
+            return
+        sound = self._open_sound()
+        if sound is None:
+            await self.messenger.decline_call(call.call_id)
+            return
+        try:
+            view = await self.messenger.answer_call(call.call_id, *sound)
+        except MessengerError as exc:
+            self.notify(str(exc), title="Not answered", severity="error")
+            sound[0].close()
+            sound[1].close()
+            return
+        self._sound[view.call_id] = sound
+        self.app.push_screen(CallScreen(self.messenger, view, *sound))
 
     def transfer_changed(self, transfer: TransferView) -> None:
         """Update the conversation and the transfers view; announce what needs the user."""
@@ -230,6 +293,38 @@ class ChatScreen(Screen[None]):
                         title="Transfer declined", severity="warning")
 
     # -- actions -----------------------------------------------------------------------
+
+    @work(group="call")
+    async def action_call(self) -> None:
+        """Call the open conversation's peer, or go back to the call going on."""
+        live = self.messenger.live_call()
+        if live is not None:
+            sound = self._sound.get(live.call_id)
+            if sound is None:  # ringing here: the prompt is up
+                return
+            self.app.push_screen(CallScreen(self.messenger, live, *sound))
+            return
+        peer = self.peer
+        if peer is None:
+            self.notify("Open a conversation first.", severity="warning")
+            return
+        sound = self._open_sound()
+        if sound is None:
+            return
+        try:
+            view = await self.messenger.place_call(peer, *sound)
+        except MessengerError as exc:
+            self.notify(str(exc), title="Call failed", severity="error", timeout=10)
+            sound[0].close()
+            sound[1].close()
+            return
+        if view.state is CallState.ENDED:  # offline: a missed call waits for them
+            self.notify(f"{peer} is offline: a missed call waits for them", title="Not reached")
+            sound[0].close()
+            sound[1].close()
+            return
+        self._sound[view.call_id] = sound
+        self.app.push_screen(CallScreen(self.messenger, view, *sound))
 
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen(list(self.BINDINGS) + list(self.app.BINDINGS)))

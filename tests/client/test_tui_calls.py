@@ -1,0 +1,154 @@
+"""Calls in the TUI, with Pilot, against real relay, KME and ``qsecret call/answer`` processes.
+
+alice runs the app in-process with a tone as her microphone and a sink that only measures
+(there is no sound device here); bob uses the real CLI.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from client.call.audio import AudioError, ToneSource
+from client.config import load_config
+from client.messenger.api import CallState, Connection
+from client.messenger.profile import ProfileGate, open_profile
+from client.tui.app import QsecretApp
+from client.tui.screens.call import CallScreen, IncomingCallScreen, meter
+from client.tui.screens.chat import ChatScreen
+from client.tui.widgets.status_bar import StatusBar
+from tests.e2e.stack import PASSPHRASE, Stack
+from tests.e2e.test_calls import Caller
+
+SIZE = (150, 40)
+FULL_SOURCES = "QKD+ML-KEM-768+X25519"
+pytestmark = pytest.mark.slow
+
+
+class HeardSink:
+    """What alice's speaker would play, kept to check that sound arrived."""
+
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+        self.closed = False
+
+    def write(self, frame: np.ndarray) -> None:
+        self.frames.append(frame)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _app(stack: Stack, audio: Callable[[], tuple[Any, Any]]) -> QsecretApp:
+    config = load_config(stack.profile("alice"), relay_url=stack.relay_url)
+    return QsecretApp(ProfileGate(config), export_dir=stack.root / "exports",
+                      messenger=open_profile(config, PASSPHRASE), audio=audio)
+
+
+async def _until(pilot, condition: Callable[[], bool], timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.1)
+
+
+async def _online(app: QsecretApp, pilot) -> ChatScreen:  # type: ignore[no-untyped-def]
+    await _until(pilot, lambda: isinstance(app.screen, ChatScreen))
+    screen = app.screen
+    assert isinstance(screen, ChatScreen)
+    await _until(pilot, lambda: screen.query_one(StatusBar).state.state is Connection.ONLINE)
+    return screen
+
+
+async def test_alice_calls_bob_mutes_and_hangs_up(stack: Stack, tmp_path: Path) -> None:
+    heard = HeardSink()
+    app = _app(stack, lambda: (ToneSource(440), heard))
+    bob = Caller(stack, "bob", "answer", "--tone", "880", "--out", str(tmp_path / "bob.wav"))
+    bob.start()
+    try:
+        bob.event("waiting")
+        async with app.run_test(size=SIZE) as pilot:
+            chat = await _online(app, pilot)
+            chat.open_conversation("bob")
+            await pilot.press("ctrl+g")
+            await _until(pilot, lambda: isinstance(app.screen, CallScreen))
+            call = app.screen
+            assert isinstance(call, CallScreen)
+            await _until(pilot, lambda: call.view.state is CallState.ACTIVE)
+            assert call.view.sources == FULL_SOURCES
+            # bob's tone plays here; alice's tone is measured on the way out
+            await _until(pilot, lambda: call.sink.level > -30 and call.source.level > -30)
+            assert "connected" in str(call.query_one("#call-state").render())
+            assert FULL_SOURCES in str(call.query_one("#call-keys").render())
+            await pilot.press("m")
+            await _until(pilot, lambda: call.source.level <= -90)
+            assert "(muted)" in str(call.query_one("#call-mic").render())
+            await pilot.press("h")
+            await _until(pilot, lambda: call.view.state is CallState.ENDED)
+            assert call.view.reason and not call.view.ended_by_peer
+            await _until(pilot, lambda: heard.closed)  # the app let go of the devices
+            await pilot.press("ctrl+q")
+        assert bob.exit_code(30) == 0
+        assert bob.event("ended")["ended_by_peer"] is True
+    finally:
+        bob.stop()
+    assert heard.frames and max(np.abs(f).max() for f in heard.frames) > 1000
+
+
+async def test_an_incoming_call_rings_and_is_answered_or_declined(stack: Stack) -> None:
+    heard = HeardSink()
+    app = _app(stack, lambda: (ToneSource(300), heard))
+    async with app.run_test(size=SIZE) as pilot:
+        await _online(app, pilot)
+        bob = Caller(stack, "bob", "call", "alice", "--tone", "660", "--duration", "3").start()
+        try:
+            await _until(pilot, lambda: isinstance(app.screen, IncomingCallScreen))
+            await pilot.press("a")
+            await _until(pilot, lambda: isinstance(app.screen, CallScreen))
+            call = app.screen
+            assert isinstance(call, CallScreen)
+            await _until(pilot, lambda: call.view.state is CallState.ACTIVE)
+            await _until(pilot, lambda: call.view.state is CallState.ENDED)  # bob's 3 s
+            assert call.view.ended_by_peer
+            assert bob.exit_code(30) == 0
+        finally:
+            bob.stop()
+        await pilot.press("escape")  # back to the chats
+        assert isinstance(app.screen, ChatScreen)
+        bob = Caller(stack, "bob", "call", "alice", "--tone", "660").start()
+        try:
+            await _until(pilot, lambda: isinstance(app.screen, IncomingCallScreen))
+            await pilot.press("d")
+            assert bob.event("ended")["reason"] == "declined"
+            assert bob.exit_code(30) != 0  # not answered
+        finally:
+            bob.stop()
+        await pilot.press("ctrl+q")
+
+
+async def test_no_sound_device_says_what_to_do(stack: Stack) -> None:
+    def no_device() -> tuple[Any, Any]:
+        raise AudioError("no sound device found")
+
+    app = _app(stack, no_device)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await _online(app, pilot)
+        chat.open_conversation("bob")
+        await pilot.press("ctrl+g")
+        await _until(pilot, lambda: any("qsecret call" in str(n.message)
+                                        for n in app._notifications))
+        assert isinstance(app.screen, ChatScreen)
+        assert chat.messenger.live_call() is None
+        await pilot.press("ctrl+q")
+
+
+def test_meter_spans_silence_to_full_scale() -> None:
+    assert meter(-90.0).startswith("░") and meter(-90.0).endswith("-∞ dB")
+    assert meter(0.0).startswith("█" * 30)
+    assert meter(-30.0).count("█") == 15
