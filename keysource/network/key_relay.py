@@ -35,7 +35,8 @@ KEYS_PER_HOP = 2  # the pad and the MAC key
 MAX_ROUTE = 64
 _DOMAIN_RELAY = b"qsecret/v1/key-relay\x00"
 _DOMAIN_CONFIRM = b"qsecret/v1/key-relay-confirm\x00"
-REASONS = ("malformed", "bad_mac", "replayed", "not_on_route", "unknown_relay", "expired")
+REASONS = ("malformed", "bad_mac", "replayed", "not_on_route", "unknown_relay", "expired",
+           "unknown_key", "unknown_sae")
 
 
 class RelayRefused(Exception):
@@ -319,6 +320,10 @@ class RelayLedger:
             raise self.refuse(RelayRefused("expired", f"relay {confirm.relay_id} was "
                                                       "confirmed after its deadline"))
         return pending
+
+    def discard(self, relay_id: str) -> None:
+        """X gives up a relay (its confirmation failed): the key is never handed out."""
+        self._pending.pop(relay_id, None)
 
     def expire(self, now: float | None = None) -> list[Pending]:
         """Keys whose confirmation never came: dropped (the caller destroys them)."""
