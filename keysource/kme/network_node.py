@@ -197,7 +197,9 @@ class NetworkNode:
             keys_needed=LINK_KEYS_PER_KEY * number, qber_threshold=self.qber_threshold)
 
     def _avoid_link(self, link: str | None) -> None:
-        if link is not None:
+        """Avoid a link this node is not on for a while (of its own links it knows the
+        state: their pools, and whether the neighbour answers the next relay)."""
+        if link is not None and self.name not in link.split("~"):
             self._avoid[link] = time.monotonic() + self.avoid_s
 
     # -- ETSI ---------------------------------------------------------------------------

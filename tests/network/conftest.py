@@ -1,0 +1,109 @@
+"""Real network nodes: ``qsecret kme serve --topology FILE --node NAME`` processes on loopback.
+
+A chain x - m - y (x is the allocator of x~m, m of m~y): sae-x and sae-x2 at x, sae-y at y,
+nobody at the trusted node m. Ports are free ports written into the topology file.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from keysource.kme.client import SaeClient
+from keysource.kme.network_runtime import link_pool_path
+from keysource.kme.pki import Pki
+from keysource.kme.pool import KeyPool
+from tests.kme.conftest import KmeProcess, qsecret_cmd, random_batch, start_kme
+from tests.kme.test_link import free_port
+
+NODES = {"x": ["sae-x", "sae-x2"], "m": [], "y": ["sae-y"]}
+LINKS = [("x", "m"), ("m", "y")]
+
+
+def write_topology(path: Path, nodes: dict[str, list[str]],
+                   links: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """A topology file on free loopback ports; the nodes' HTTPS ports by name."""
+    ports = {name: free_port() for name in nodes}
+    lines = ['name = "test-chain"']
+    for name, saes in nodes.items():
+        listed = ", ".join(f'"{s}"' for s in saes)
+        lines += ["[[node]]", f'name = "{name}"', f"port = {ports[name]}", f"saes = [{listed}]"]
+    for a, b in links:
+        lines += ["[[link]]", f'a = "{a}"', f'b = "{b}"', "km = 5.0", f"port = {free_port()}"]
+    path.write_text("\n".join(lines) + "\n")
+    return ports
+
+
+@dataclass
+class Network:
+    data: Path
+    topology: Path
+    ports: dict[str, int]
+    extra: Sequence[str] = ()
+    processes: dict[str, KmeProcess] = field(default_factory=dict)
+
+    @property
+    def pki(self) -> Pki:
+        return Pki(self.data / "pki")
+
+    def start(self, name: str) -> KmeProcess:
+        self.processes[name] = start_kme(
+            ["serve", "--topology", str(self.topology), "--node", name, "--data",
+             str(self.data), "--status-interval", "0", *self.extra], ready_count=1)
+        return self.processes[name]
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        self.processes[name].stop(sig)
+
+    def url(self, name: str) -> str:
+        return f"https://127.0.0.1:{self.ports[name]}"
+
+    def client(self, node: str, sae: str) -> SaeClient:
+        paths = self.pki.sae(sae)
+        return SaeClient(self.url(node), ca=self.pki.ca_cert, cert=paths.cert, key=paths.key)
+
+    def fill(self, a: str, b: str, count: int) -> list[tuple[str, bytes]]:
+        """The same fresh keys into both pools of link a~b, as its QKD link would."""
+        batch = random_batch(count)
+        for here, there in ((a, b), (b, a)):
+            with KeyPool(link_pool_path(self.data, here, there)) as pool:
+                pool.add_keys(batch)
+        return batch
+
+
+def start_network(tmp: Path, *extra: str) -> Network:
+    """The chain, every node running (the PKI made first, so no two nodes race for it)."""
+    topology = tmp / "chain.toml"
+    ports = write_topology(topology, NODES, LINKS)
+    args = ["kme", "pki", "init", "--dir", str(tmp / "pki")]
+    args += [f"--kme={n}" for n in NODES] + [f"--sae={s}" for saes in NODES.values()
+                                             for s in saes]
+    subprocess.run(qsecret_cmd(*args), check=True, capture_output=True)
+    network = Network(tmp, topology, ports, extra)
+    try:
+        for name in NODES:
+            network.start(name)
+    except BaseException:
+        stop_network(network)
+        raise
+    return network
+
+
+def stop_network(network: Network) -> None:
+    for process in network.processes.values():
+        process.stop()
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[Network]:
+    """The chain without QKD links (--link none): tests fill the link pools themselves."""
+    network = start_network(tmp_path, "--link", "none")
+    try:
+        yield network
+    finally:
+        stop_network(network)
