@@ -156,7 +156,8 @@ async def run_network_node(
                 ), monitors[peer], out)))
             if settings.keys_ready:
                 tasks.append(asyncio.create_task(
-                    _announce_keys(list(links.values()), settings.keys_ready, stop, out)))
+                    _announce_keys(list(links.values()), settings.keys_ready, stop, out,
+                                   labels=[f"{me.name}~{peer}" for peer in links])))
         else:
             _say(out, "no QKD links (--link none): the pools serve only keys put there "
                       "otherwise")

@@ -1,7 +1,7 @@
 """Real network nodes: ``qsecret kme serve --topology FILE --node NAME`` processes on loopback.
 
-A chain x - m - y (x is the allocator of x~m, m of m~y): sae-x and sae-x2 at x, sae-y at y,
-nobody at the trusted node m. Ports are free ports written into the topology file.
+A chain x - m - y (x is the allocator of x~m, m of m~y): sae-x and sae-x2 at x, sae-m at
+the trusted node m, sae-y at y. Ports are free ports written into the topology file.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from keysource.kme.pool import KeyPool
 from tests.kme.conftest import KmeProcess, qsecret_cmd, random_batch, start_kme
 from tests.kme.test_link import free_port
 
-NODES = {"x": ["sae-x", "sae-x2"], "m": [], "y": ["sae-y"]}
+NODES = {"x": ["sae-x", "sae-x2"], "m": ["sae-m"], "y": ["sae-y"]}
 LINKS = [("x", "m"), ("m", "y")]
 
 

@@ -50,6 +50,14 @@ def test_etsi_keys_over_two_hops_and_on_one_node_with_real_qkd_links(tmp_path: P
             back = y.get_enc_keys("sae-x", number=2)
             assert [k.key for k in x.get_dec_keys("sae-y", [k.key_ID for k in back])] == [
                 k.key for k in back]
+            # Neighbours: the link's own binding protocol, whichever end the master is at.
+            with network.client("m", "sae-m") as m:
+                near = x.get_enc_keys("sae-m", number=2)
+                assert [k.key for k in m.get_dec_keys("sae-x", [k.key_ID for k in near])] == [
+                    k.key for k in near]
+                near = m.get_enc_keys("sae-x", number=1, size=512)
+                assert [k.key for k in x.get_dec_keys("sae-m", [k.key_ID for k in near])] == [
+                    k.key for k in near]
             status = x.get_status("sae-y")
             assert (status.source_KME_ID, status.target_KME_ID) == ("x", "y")
             # Two SAEs of one node: keys from the node's own store, no link spent.
