@@ -74,6 +74,7 @@ RELAY_SLAVE = f"{RESERVED_SAE_PREFIX}receiver"  # this pair, master at the hop's
 LINK_KEYS_PER_KEY = 3  # pad, MAC key, confirmation MAC key
 RELAY_KEY_BITS = KEY_BYTES * 8
 HEARSAY_KEYS = 1_000  # what a node assumes of a link it is not on (until a relay fails)
+MAX_ROUTES_TRIED = 3  # a relay that fails on a link is tried again around it, this often
 
 
 class RelayFailed(Exception):
@@ -191,9 +192,14 @@ class NetworkNode:
                 states[link.name] = routing.LinkState(keys=HEARSAY_KEYS)
         return states
 
-    async def route_to(self, target: str, number: int) -> list[str] | None:
+    async def route_to(self, target: str, number: int,
+                       without: frozenset[str] = frozenset()) -> list[str] | None:
+        """The best route now for ``number`` keys, avoiding the links named in ``without``."""
+        states = await self.link_states()
+        for name in without:
+            states[name] = routing.LinkState(keys=0)
         return routing.shortest_path(
-            self.topology, await self.link_states(), self.name, target,
+            self.topology, states, self.name, target,
             keys_needed=LINK_KEYS_PER_KEY * number, qber_threshold=self.qber_threshold)
 
     def _avoid_link(self, link: str | None) -> None:
@@ -236,20 +242,35 @@ class NetworkNode:
             log.info("enc_keys: %d key(s) for %s -> %s, both at %s", len(keys), master, slave,
                      self.name)
             return keys
-        route = await self.route_to(target, request.number)
-        if route is None:
+        failed: list[tuple[list[str], RelayFailed]] = []
+        for _ in range(MAX_ROUTES_TRIED):
+            route = await self.route_to(target, request.number,
+                                        frozenset(f.link for _, f in failed if f.link))
+            if route is None:
+                break
+            if len(route) == 2:
+                return await self.links[target].enc_keys(master, slave, request)
+            if request.size != RELAY_KEY_BITS:
+                raise etsi.BadRequest(
+                    f"keys relayed by trusted nodes are {RELAY_KEY_BITS} bits; ask size="
+                    f"{RELAY_KEY_BITS} (slave_SAE_ID {slave} is {len(route) - 1} hops away)",
+                    [{"size": request.size, "route": route}])
+            try:
+                return await self._relay_from_here(route, master, slave, request.number)
+            except RelayFailed as exc:  # nothing was handed out: another route may do
+                failed.append((route, exc))
+                if exc.link is None:
+                    break
+        if not failed:
             raise _no_path(self.name, target)
-        if len(route) == 2:
-            return await self.links[target].enc_keys(master, slave, request)
-        if request.size != RELAY_KEY_BITS:
-            raise etsi.BadRequest(
-                f"keys relayed by trusted nodes are {RELAY_KEY_BITS} bits; ask size="
-                f"{RELAY_KEY_BITS} (slave_SAE_ID {slave} is {len(route) - 1} hops away)",
-                [{"size": request.size, "route": route}])
-        return await self._relay_from_here(route, master, slave, request.number)
+        route, last = failed[-1]
+        raise etsi.Unavailable(
+            f"the key could not be relayed to {target}: {last}; nothing was handed out, "
+            "retry", [{"route": r, "failed_link": f.link, "reason": str(f)} for r, f in failed])
 
     async def _relay_from_here(self, route: list[str], master: str, slave: str,
                                number: int) -> list[PoolKey]:
+        """One relay along ``route``: the master's keys, or RelayFailed (nothing handed out)."""
         hops = [_Hop(key_relay.new_relay(str(uuid.uuid4()), master, slave, route,
                                          # placeholders: _forward pads each hop itself
                                          str(uuid.UUID(int=1)), str(uuid.UUID(int=2))),
@@ -259,22 +280,16 @@ class NetworkNode:
         try:
             confirms = await self._forward(hops, 0)
             keys = [self.ledger.confirmed(c) for c in confirms]
-        except RelayFailed as exc:
+        except (RelayFailed, RelayRefused) as exc:
             for hop in hops:
                 self.ledger.discard(hop.header.relay_id)
             self.counts["failed"] += 1
-            self._avoid_link(exc.link)
+            failure = exc if isinstance(exc, RelayFailed) else RelayFailed(
+                f"the relay's confirmation was refused ({exc.reason})", None)
+            self._avoid_link(failure.link)
             log.warning("relay %s -> %s over %s failed: %s", master, slave,
-                        " -> ".join(route), exc)
-            raise etsi.Unavailable(
-                f"the key could not be relayed to {route[-1]}: {exc}; nothing was handed "
-                "out, retry", [{"route": route, "failed_link": exc.link}]) from None
-        except RelayRefused as exc:  # a confirmation that does not check out
-            for hop in hops:
-                self.ledger.discard(hop.header.relay_id)
-            self.counts["failed"] += 1
-            raise etsi.Unavailable(f"the relay's confirmation was refused ({exc.reason}); "
-                                   "nothing was handed out, retry") from None
+                        " -> ".join(route), failure)
+            raise failure from None
         self.counts["relayed"] += number
         log.info("enc_keys: %d key(s) for %s -> %s relayed over %s", number, master, slave,
                  routing.describe(route))
@@ -289,6 +304,10 @@ class NetworkNode:
         nxt = route[position + 1]
         link_name = "~".join(sorted((self.name, nxt)))
         link = self.links[nxt]
+        qber = self.link_qber(nxt)
+        if qber is not None and qber > self.qber_threshold:
+            raise RelayFailed(f"{link_name} is over its QBER threshold ({qber * 100:.1f}% > "
+                              f"{self.qber_threshold * 100:.0f}%: an eavesdropper?)", link_name)
         try:
             drawn = await link.bind_and_take(RELAY_MASTER, RELAY_SLAVE,
                                              LINK_KEYS_PER_KEY * len(hops), RELAY_KEY_BITS)

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from keysource.network.topology import Topology
+from keysource.network.topology import Link, Topology
 
 from .link import LinkMonitor, run_link_endpoint
 from .network_node import LinkSaes, NetworkNode
@@ -60,6 +60,9 @@ class NodeSaes:
 
     def knows(self, sae_id: str) -> bool:
         return sae_id in self.listed and self._pki.knows(sae_id)
+
+
+QBER_ALARM = 0.11  # the relay avoids a link whose last QBER is over this
 
 
 def link_psk(psk: bytes, link_name: str) -> bytes:
@@ -117,10 +120,11 @@ async def run_network_node(
                           redelivery_grace_s=settings.redelivery_grace_s, ttl_s=ttl)
     node = NetworkNode(
         topology=topology, name=me.name, links=links, relay_peers=peers, store=store,
-        saes=saes, limits=settings.limits,
+        saes=saes, limits=settings.limits, qber_threshold=QBER_ALARM,
         link_qber=lambda peer: monitors[peer].snapshot()["last_qber"])
     runners: list[web.AppRunner] = []
     tasks: list[asyncio.Task[None]] = []
+    eve_servers: list[asyncio.Server] = []
     host = listen_host or me.host
     try:
         ctx = None if settings.plain_http else pki.server_context(me.name)
@@ -148,9 +152,13 @@ async def run_network_node(
                     params = dataclasses.replace(
                         params, frame_bits=settings.link_options["frame_bits"])
                 listen = topology.node(link.b).host if allocator else host
+                port = link.port
+                if allocator and link.eve > 0:  # the topology's eavesdropper on this fibre
+                    eve_server, port = await _eavesdropper(link, listen, link.port)
+                    eve_servers.append(eve_server)
                 tasks.append(asyncio.create_task(_guard_link(run_link_endpoint(
                     links[peer], role="alice" if allocator else "bob", host=listen,
-                    port=link.port, params=params, psk=link_psk(psk, link.name),
+                    port=port, params=params, psk=link_psk(psk, link.name),
                     auth_store=settings.data / me.name / "links" / f"{peer}-auth.state",
                     monitor=monitors[peer], stop=stop,
                 ), monitors[peer], out)))
@@ -167,11 +175,43 @@ async def run_network_node(
     finally:
         stop.set()
         await _shutdown(tasks, runners)
+        for eve_server in eve_servers:
+            eve_server.close()
         for peer_channel in peers.values():
             await peer_channel.aclose()
         node.close()
     _say(out, "stopped")
     return 0
+
+
+async def _eavesdropper(link: Link, host: str, port: int) -> tuple[asyncio.Server, int]:
+    """An intercept-resend eavesdropper on ``link`` (its ``eve`` fraction of the pulses), in
+    this process between the link's ``a`` end and the ``b`` end at host:port; the loopback
+    port the ``a`` end connects to instead. The ``qsecret eve`` proxy's attack, kept quiet."""
+    import argparse
+
+    from keysource.qkd.eve_proxy import EveProxy, _pump
+
+    class QuietEve(EveProxy):
+        def _emit(self, record: dict[str, Any]) -> None:
+            pass  # the link's QBER and aborts say what Eve did; no line per block
+
+    params = link.link_params()
+    eve = QuietEve(argparse.Namespace(
+        fibre_km=params.fibre_km, loss_db_per_km=params.loss_db_per_km, seed=None,
+        intercept_fraction=link.eve, pns=False, tamper_classical=False, tamper_every=1))
+
+    async def handle(a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWriter) -> None:
+        try:
+            b_reader, b_writer = await asyncio.open_connection(host, port)
+        except OSError:
+            a_writer.close()  # the a end reconnects, as to a b end that is down
+            return
+        await asyncio.gather(_pump(a_reader, b_writer, eve.alice_to_bob),
+                             _pump(b_reader, a_writer, lambda frame: frame))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
 
 
 async def network_status_line(node: NetworkNode, monitors: dict[str, LinkMonitor],
@@ -217,7 +257,9 @@ def format_network_stats(stats: dict[str, Any]) -> str:
             f"{link_pool['max_key_count']} (free {link_pool['free']}) | "
             f"{'up' if snap.get('connected') else 'down'} | "
             f"{snap.get('key_rate_per_s', 0):.1f} keys/s | "
-            f"QBER {'-' if qber is None else f'{qber * 100:.2f}%'}")
+            f"QBER {'-' if qber is None else f'{qber * 100:.2f}%'}"
+            + (" ALARM: over the QBER threshold, an eavesdropper?" if qber is not None
+               and qber > QBER_ALARM else ""))
     relay = pool["relay"]
     refused = ", ".join(f"{k} {v}" for k, v in relay["refused"].items() if v) or "none"
     lines.append(f"  own keys: {pool['local_keys']['waiting']} waiting for their slave SAE | "

@@ -26,15 +26,17 @@ LINKS = [("x", "m"), ("m", "y")]
 
 
 def write_topology(path: Path, nodes: dict[str, list[str]],
-                   links: Sequence[tuple[str, str]]) -> dict[str, int]:
-    """A topology file on free loopback ports; the nodes' HTTPS ports by name."""
+                   links: Sequence[tuple[str, str] | tuple[str, str, float]]) -> dict[str, int]:
+    """A topology file on free loopback ports; the nodes' HTTPS ports by name. A link may
+    name the fraction of pulses an eavesdropper intercepts, third."""
     ports = {name: free_port() for name in nodes}
     lines = ['name = "test-chain"']
     for name, saes in nodes.items():
         listed = ", ".join(f'"{s}"' for s in saes)
         lines += ["[[node]]", f'name = "{name}"', f"port = {ports[name]}", f"saes = [{listed}]"]
-    for a, b in links:
-        lines += ["[[link]]", f'a = "{a}"', f'b = "{b}"', "km = 5.0", f"port = {free_port()}"]
+    for a, b, *eve in links:
+        lines += ["[[link]]", f'a = "{a}"', f'b = "{b}"', "km = 5.0", f"port = {free_port()}",
+                  f"eve = {eve[0] if eve else 0.0}"]
     path.write_text("\n".join(lines) + "\n")
     return ports
 
@@ -51,10 +53,13 @@ class Network:
     def pki(self) -> Pki:
         return Pki(self.data / "pki")
 
+    per_node: dict[str, Sequence[str]] = field(default_factory=dict)
+
     def start(self, name: str) -> KmeProcess:
         self.processes[name] = start_kme(
             ["serve", "--topology", str(self.topology), "--node", name, "--data",
-             str(self.data), "--status-interval", "0", *self.extra], ready_count=1)
+             str(self.data), "--status-interval", "0", *self.extra,
+             *self.per_node.get(name, ())], ready_count=1)
         return self.processes[name]
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
@@ -76,17 +81,20 @@ class Network:
         return batch
 
 
-def start_network(tmp: Path, *extra: str) -> Network:
-    """The chain, every node running (the PKI made first, so no two nodes race for it)."""
-    topology = tmp / "chain.toml"
-    ports = write_topology(topology, NODES, LINKS)
+def start_network(tmp: Path, *extra: str, nodes: dict[str, list[str]] = NODES,
+                  links: Sequence[tuple[str, str] | tuple[str, str, float]] = LINKS,
+                  per_node: dict[str, Sequence[str]] | None = None) -> Network:
+    """The chain (or the network given), every node running (the PKI made first, so no two
+    nodes race for it)."""
+    topology = tmp / "network.toml"
+    ports = write_topology(topology, nodes, links)
     args = ["kme", "pki", "init", "--dir", str(tmp / "pki")]
-    args += [f"--kme={n}" for n in NODES] + [f"--sae={s}" for saes in NODES.values()
+    args += [f"--kme={n}" for n in nodes] + [f"--sae={s}" for saes in nodes.values()
                                              for s in saes]
     subprocess.run(qsecret_cmd(*args), check=True, capture_output=True)
-    network = Network(tmp, topology, ports, extra)
+    network = Network(tmp, topology, ports, extra, per_node=per_node or {})
     try:
-        for name in NODES:
+        for name in nodes:
             network.start(name)
     except BaseException:
         stop_network(network)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -20,7 +21,7 @@ from keysource.kme.network_runtime import link_pool_path
 from keysource.kme.pool import Binding, BoundKey, KeyPool
 from keysource.kme.relay_store import LocalKeyStore
 from keysource.network import key_relay
-from tests.kme.conftest import RawHttp
+from tests.kme.conftest import RawHttp, qsecret_cmd
 
 from .conftest import Network, start_network, stop_network
 
@@ -73,6 +74,44 @@ def test_etsi_keys_over_two_hops_and_on_one_node_with_real_qkd_links(tmp_path: P
         relay = _stats(network, "m")["relay"]
         assert isinstance(relay, dict) and relay["forwarded"] == 5
         assert not any(relay["refused"].values())
+    finally:
+        stop_network(network)
+
+
+def test_an_eavesdropped_ring_link_is_routed_around_and_shows_its_alarm(
+        tmp_path: Path) -> None:
+    """x - a - y and x - b - y, an eavesdropper on a~y (the emulated link between a and y,
+    QBER ~25 %, no new key). x and b run no links: the test fills x~a fuller than x~b, so x
+    tries the way through a first, a refuses to relay over a~y, and x goes round through b."""
+    ring = {"x": ["sae-x"], "a": [], "b": [], "y": ["sae-y"]}
+    network = start_network(
+        tmp_path, "--frame-bits", "65536", nodes=ring,
+        links=[("x", "a"), ("a", "y", 1.0), ("x", "b"), ("b", "y")],
+        per_node={"x": ["--link", "none"], "b": ["--link", "none"],
+                  "a": ["--status-interval", "0.3"]})
+    try:
+        network.fill("x", "a", 300)
+        network.fill("x", "b", 100)
+        network.fill("b", "y", 100)
+        # a's status line once a block of a~y was measured (x~a never runs: no QBER)
+        network.processes["a"].wait_for(r"y pool 0/\d+ .* QBER (1[2-9]|[2-9]\d)\.\d\d%")
+        # Keys a~y made before Eve came: a keeps them, but relays nothing over that fibre.
+        network.fill("a", "y", 100)
+        with network.client("x", "sae-x") as x, network.client("y", "sae-y") as y:
+            for _ in range(5):  # every request succeeds, the first one at its second try
+                sent = x.get_enc_keys("sae-y", number=2)
+                assert [k.key for k in y.get_dec_keys("sae-x", [k.key_ID for k in sent])] == [
+                    k.key for k in sent]
+        a, b, x_stats = (_stats(network, n) for n in ("a", "b", "x"))
+        assert a["relay"]["forwarded"] == 0 and b["relay"]["forwarded"] == 10  # type: ignore[index]
+        assert x_stats["relay"]["failed"] == 1  # type: ignore[index]
+        assert a["links"]["y"]["free"] == 100  # type: ignore[index]
+        status = subprocess.run(
+            qsecret_cmd("kme", "status", "--url", network.url("a"), "--data",
+                        str(network.data), "--sae", "sae-x"),
+            capture_output=True, text=True, timeout=60)
+        (alarm,) = [line for line in status.stdout.splitlines() if "link to y" in line]
+        assert "ALARM" in alarm, status.stdout
     finally:
         stop_network(network)
 
