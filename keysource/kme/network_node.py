@@ -63,7 +63,7 @@ from keysource.network.topology import RESERVED_SAE_PREFIX, Topology
 
 from . import etsi
 from .node import KmeNode, PeerUnavailable, SaeRegistry
-from .pool import KeyLookupError, PoolKey
+from .pool import KeyLookupError, PoolKey, parts_for_size
 from .relay_store import DuplicateKey, LocalKeyStore
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ RELAY_SLAVE = f"{RESERVED_SAE_PREFIX}receiver"  # this pair, master at the hop's
 LINK_KEYS_PER_KEY = 3  # pad, MAC key, confirmation MAC key
 RELAY_KEY_BITS = KEY_BYTES * 8
 HEARSAY_KEYS = 1_000  # what a node assumes of a link it is not on (until a relay fails)
+RELAY_RESERVE = LINK_KEYS_PER_KEY * 8  # link keys bound ahead for the next relays of a hop
 MAX_ROUTES_TRIED = 3  # a relay that fails on a link is tried again around it, this often
 
 
@@ -202,6 +203,9 @@ class NetworkNode:
             self.topology, states, self.name, target,
             keys_needed=LINK_KEYS_PER_KEY * number, qber_threshold=self.qber_threshold)
 
+    def _link_name(self, neighbour: str) -> str:
+        return "~".join(sorted((self.name, neighbour)))
+
     def _avoid_link(self, link: str | None) -> None:
         """Avoid a link this node is not on for a while (of its own links it knows the
         state: their pools, and whether the neighbour answers the next relay)."""
@@ -242,6 +246,10 @@ class NetworkNode:
             log.info("enc_keys: %d key(s) for %s -> %s, both at %s", len(keys), master, slave,
                      self.name)
             return keys
+        if target in self.links and routing.usable(
+                (await self.link_states())[self._link_name(target)],
+                request.number * parts_for_size(request.size), self.qber_threshold):
+            return await self.links[target].enc_keys(master, slave, request)  # neighbours
         failed: list[tuple[list[str], RelayFailed]] = []
         for _ in range(MAX_ROUTES_TRIED):
             route = await self.route_to(target, request.number,
@@ -302,7 +310,7 @@ class NetworkNode:
         """
         route = hops[0].header.route
         nxt = route[position + 1]
-        link_name = "~".join(sorted((self.name, nxt)))
+        link_name = self._link_name(nxt)
         link = self.links[nxt]
         qber = self.link_qber(nxt)
         if qber is not None and qber > self.qber_threshold:
@@ -310,7 +318,8 @@ class NetworkNode:
                               f"{self.qber_threshold * 100:.0f}%: an eavesdropper?)", link_name)
         try:
             drawn = await link.bind_and_take(RELAY_MASTER, RELAY_SLAVE,
-                                             LINK_KEYS_PER_KEY * len(hops), RELAY_KEY_BITS)
+                                             LINK_KEYS_PER_KEY * len(hops), RELAY_KEY_BITS,
+                                             reserve=RELAY_RESERVE)
         except etsi.EtsiError as exc:
             raise RelayFailed(f"no link keys on {link_name}: {exc.message}", link_name) from None
         frames, confirm_keys = [], []

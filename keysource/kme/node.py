@@ -290,12 +290,13 @@ class KmeNode:
         return self if kme_id == self.peer_kme_id else None
 
     async def bind_and_take(self, master: str, slave: str, number: int,
-                            size: int) -> list[PoolKey]:
+                            size: int, *, reserve: int = 0) -> list[PoolKey]:
         """Bind (through the allocator) and take ``number`` keys of ``size`` bits for
         master ``master`` here and ``slave`` at the peer, who fetches them by key_ID.
 
         enc_keys after its checks; a network node draws the pads and MAC keys of a relay hop
-        with it (keysource.kme.network_node).
+        with it (keysource.kme.network_node), binding ``reserve`` more whenever it must bind,
+        so most hops take keys already bound and skip the round trip to the peer.
         """
         if self.peer is None:
             raise etsi.Unavailable("this KME is not connected to a peer KME")
@@ -303,10 +304,14 @@ class KmeNode:
             async with self._lock(master, slave):
                 ready = await self._db(self.pool.ready_count, master, slave, size)
                 if ready < number:
+                    count = number - ready
+                    # The reserve only from a pool with plenty left for everybody else.
+                    if reserve and await self._db(self.pool.free_count) >= count + 2 * reserve:
+                        count += reserve
                     if self.allocator:
-                        await self._bind_here(master, slave, size, number - ready)
+                        await self._bind_here(master, slave, size, count)
                     else:
-                        await self._bind_at_allocator(master, slave, size, number - ready)
+                        await self._bind_at_allocator(master, slave, size, count)
                 try:
                     keys = await self._db(
                         self.pool.take_bound_for_master, master, slave, size, number)
