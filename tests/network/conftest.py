@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from keysource.kme.client import SaeClient
 from keysource.kme.network_runtime import link_pool_path
 from keysource.kme.pki import Pki
 from keysource.kme.pool import KeyPool
-from tests.kme.conftest import KmeProcess, qsecret_cmd, random_batch, start_kme
+from tests.kme.conftest import KmeProcess, RawHttp, qsecret_cmd, random_batch, start_kme
 from tests.kme.test_link import free_port
 
 NODES = {"x": ["sae-x", "sae-x2"], "m": ["sae-m"], "y": ["sae-y"]}
@@ -72,6 +73,14 @@ class Network:
         paths = self.pki.sae(sae)
         return SaeClient(self.url(node), ca=self.pki.ca_cert, cert=paths.cert, key=paths.key)
 
+    def stats(self, node: str) -> dict[str, Any]:
+        """A node's figures (``/kme/v1/stats``: pools, relay counts; no key material)."""
+        with RawHttp(self.url(node), self.pki.client_context(self.pki.kme(node))) as http:
+            resp = http.get("/kme/v1/stats")
+        assert resp.status_code == 200, resp.text
+        body: dict[str, Any] = resp.json()["pool"]
+        return body
+
     def fill(self, a: str, b: str, count: int) -> list[tuple[str, bytes]]:
         """The same fresh keys into both pools of link a~b, as its QKD link would."""
         batch = random_batch(count)
@@ -86,6 +95,7 @@ def start_network(tmp: Path, *extra: str, nodes: dict[str, list[str]] = NODES,
                   per_node: dict[str, Sequence[str]] | None = None) -> Network:
     """The chain (or the network given), every node running (the PKI made first, so no two
     nodes race for it)."""
+    tmp.mkdir(parents=True, exist_ok=True)
     topology = tmp / "network.toml"
     ports = write_topology(topology, nodes, links)
     args = ["kme", "pki", "init", "--dir", str(tmp / "pki")]

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,12 +29,8 @@ from .conftest import Network, start_network, stop_network
 ROUTE = ("x", "m", "y")
 
 
-def _stats(network: Network, node: str) -> dict[str, object]:
-    with RawHttp(network.url(node), network.pki.client_context(network.pki.sae("sae-x"))) as http:
-        resp = http.get("/kme/v1/stats")
-    assert resp.status_code == 200, resp.text
-    body: dict[str, object] = resp.json()["pool"]
-    return body
+def _stats(network: Network, node: str) -> dict[str, Any]:
+    return network.stats(node)
 
 
 def test_etsi_keys_over_two_hops_and_on_one_node_with_real_qkd_links(tmp_path: Path) -> None:
