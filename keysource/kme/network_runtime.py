@@ -19,16 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from aiohttp import web
 
-from keysource.network.topology import Link, Topology
+from keysource.network.topology import Link, Passes, Topology
 
 from .link import LinkMonitor, run_link_endpoint
 from .network_node import LinkSaes, NetworkNode
@@ -156,12 +157,13 @@ async def run_network_node(
                 if allocator and link.eve > 0:  # the topology's eavesdropper on this fibre
                     eve_server, port = await _eavesdropper(link, listen, link.port)
                     eve_servers.append(eve_server)
-                tasks.append(asyncio.create_task(_guard_link(run_link_endpoint(
-                    links[peer], role="alice" if allocator else "bob", host=listen,
-                    port=port, params=params, psk=link_psk(psk, link.name),
+                run = functools.partial(
+                    run_link_endpoint, links[peer], role="alice" if allocator else "bob",
+                    host=listen, port=port, params=params, psk=link_psk(psk, link.name),
                     auth_store=settings.data / me.name / "links" / f"{peer}-auth.state",
-                    monitor=monitors[peer], stop=stop,
-                ), monitors[peer], out)))
+                    monitor=monitors[peer])
+                tasks.append(asyncio.create_task(_guard_link(
+                    _run_in_passes(link.passes, run, stop), monitors[peer], out)))
             if settings.keys_ready:
                 tasks.append(asyncio.create_task(
                     _announce_keys(list(links.values()), settings.keys_ready, stop, out,
@@ -182,6 +184,34 @@ async def run_network_node(
         node.close()
     _say(out, "stopped")
     return 0
+
+
+async def _run_in_passes(passes: Passes | None,
+                         run: Callable[..., Awaitable[None]], stop: asyncio.Event) -> None:
+    """Run a link end until ``stop``; a free-space link only while its satellite is in view
+    (``passes``, on the wall clock both ends share): stopped at the end of each pass, started
+    again at the next. Its pool keeps what a pass made; the relay uses it meanwhile."""
+    if passes is None:
+        await run(stop=stop)
+        return
+    while not stop.is_set():
+        start, end = passes.window(time.time())
+        if start > time.time():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), start - time.time())
+            continue
+        in_view = asyncio.Event()
+
+        async def end_of_pass(end: float = end, in_view: asyncio.Event = in_view) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, end - time.time()))
+            in_view.set()
+
+        ender = asyncio.create_task(end_of_pass())
+        try:
+            await run(stop=in_view)
+        finally:
+            ender.cancel()
 
 
 async def _eavesdropper(link: Link, host: str, port: int) -> tuple[asyncio.Server, int]:

@@ -88,6 +88,13 @@ class Passes:
     def active(self, t: float) -> bool:
         return (t - self.offset_s) % self.period_s < self.duration_s
 
+    def window(self, t: float) -> tuple[float, float]:
+        """(start, end) of the pass under way at ``t``, or of the next one."""
+        start = self.next_start(t)
+        if start == t:
+            start = t - (t - self.offset_s) % self.period_s
+        return start, start + self.duration_s
+
     def next_start(self, t: float) -> float:
         """The start of the next pass at or after ``t`` (``t`` itself during a pass)."""
         if self.active(t):

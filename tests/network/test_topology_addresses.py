@@ -56,3 +56,13 @@ def test_clashing_addresses_are_refused(nodes: list, link_port: int | None,
     link = {"a": "a", "b": "b", "km": 1, **({"port": link_port} if link_port else {})}
     with pytest.raises(TopologyError, match=names.replace(".", r"\.").replace("[", r"\[")):
         from_dict({"node": nodes, "link": [link]})
+
+
+def test_pass_windows() -> None:
+    from keysource.network.topology import Passes
+
+    passes = Passes(period_s=600, duration_s=180, offset_s=100)
+    assert passes.window(150) == (100, 280)  # under way
+    assert passes.window(100) == (100, 280)
+    assert passes.window(280) == (700, 880)  # over: the next one
+    assert passes.window(50) == (100, 280)
