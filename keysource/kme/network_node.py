@@ -402,7 +402,7 @@ class NetworkNode:
         try:
             frames = [RelayFrame.from_json(f) if isinstance(f, dict) else _not_object()
                       for f in raw_frames]
-            confirm_ids = [key_relay._uuid(i, "confirm_mac_ID") for i in raw_ids]
+            confirm_ids = [key_relay.parse_uuid(i, "confirm_mac_ID") for i in raw_ids]
             route = frames[0].header.route
             for frame in frames:
                 header = frame.header

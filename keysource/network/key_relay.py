@@ -66,6 +66,11 @@ def _uuid(value: object, name: str) -> str:
         raise RelayRefused("malformed", f"{name} is not a UUID") from None
 
 
+def parse_uuid(value: object, name: str) -> str:
+    """``value`` as a canonical UUID string, or RelayRefused("malformed") naming ``name``."""
+    return _uuid(value, name)
+
+
 def _text(value: object, name: str, limit: int = 128) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= limit or not value.isprintable():
         raise RelayRefused("malformed", f"{name} must be 1-{limit} printable characters")

@@ -42,6 +42,24 @@ def write_topology(path: Path, nodes: dict[str, list[str]],
     return ports
 
 
+def write_builtin(path: Path, name: str) -> dict[str, int]:
+    """A built-in topology (its nodes, links and SAEs) written to a file on free ports."""
+    from keysource.network.topology import builtin
+
+    topology = builtin(name)
+    ports = {node.name: free_port() for node in topology.nodes}
+    lines = [f'name = "{topology.name}"']
+    for node in topology.nodes:
+        listed = ", ".join(f'"{s}"' for s in node.saes)
+        lines += ["[[node]]", f'name = "{node.name}"', f'role = "{node.role}"',
+                  f"port = {ports[node.name]}", f"saes = [{listed}]"]
+    for link in topology.links:
+        lines += ["[[link]]", f'a = "{link.a}"', f'b = "{link.b}"', f"km = {link.km}",
+                  f"port = {free_port()}"]
+    path.write_text("\n".join(lines) + "\n")
+    return ports
+
+
 @dataclass
 class Network:
     data: Path
@@ -98,6 +116,22 @@ def start_network(tmp: Path, *extra: str, nodes: dict[str, list[str]] = NODES,
     tmp.mkdir(parents=True, exist_ok=True)
     topology = tmp / "network.toml"
     ports = write_topology(topology, nodes, links)
+    return _start(tmp, topology, ports, nodes, extra, per_node)
+
+
+def start_builtin(tmp: Path, name: str, *extra: str) -> Network:
+    """A built-in topology on free ports, every node running."""
+    from keysource.network.topology import builtin
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    topology = tmp / f"{name}.toml"
+    ports = write_builtin(topology, name)
+    nodes = {node.name: list(node.saes) for node in builtin(name).nodes}
+    return _start(tmp, topology, ports, nodes, extra, None)
+
+
+def _start(tmp: Path, topology: Path, ports: dict[str, int], nodes: dict[str, list[str]],
+           extra: Sequence[str], per_node: dict[str, Sequence[str]] | None) -> Network:
     args = ["kme", "pki", "init", "--dir", str(tmp / "pki")]
     args += [f"--kme={n}" for n in nodes] + [f"--sae={s}" for saes in nodes.values()
                                              for s in saes]
