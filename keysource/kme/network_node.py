@@ -271,7 +271,7 @@ class NetworkNode:
                     break
         if not failed:
             raise _no_path(self.name, target)
-        route, last = failed[-1]
+        last = failed[-1][1]
         raise etsi.Unavailable(
             f"the key could not be relayed to {target}: {last}; nothing was handed out, "
             "retry", [{"route": r, "failed_link": f.link, "reason": str(f)} for r, f in failed])
