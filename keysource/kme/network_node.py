@@ -32,9 +32,12 @@ slave S served at node Y:
 Every refused frame (bad MAC, replay, unknown link key, wrong route) is counted by reason and
 logged with its relay ID, never with key material.
 
-Routes: the node knows its own links (free keys, last QBER); of the other links of the
-topology it assumes they work until a relay over them fails, then avoids them for
-``avoid_s`` seconds.
+Routes: the node knows its own links (free keys, last QBER); every node of a relay's route
+answers with its own links' states (and what the nodes after it said), which count for
+``HEARD_FRESH_S``; of a far link it heard nothing about it assumes it works until a relay
+over it fails, then avoids it for ``avoid_s`` seconds. A failed relay is tried again around
+the failed link (``MAX_ROUTES_TRIED``), and a node refuses to relay over its own link whose
+last QBER is over the threshold.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ RELAY_MASTER = f"{RESERVED_SAE_PREFIX}sender"  # link keys drawn for a relay hop
 RELAY_SLAVE = f"{RESERVED_SAE_PREFIX}receiver"  # this pair, master at the hop's sender
 LINK_KEYS_PER_KEY = 3  # pad, MAC key, confirmation MAC key
 RELAY_KEY_BITS = KEY_BYTES * 8
-HEARSAY_KEYS = 1_000  # what a node assumes of a link it is not on (until a relay fails)
+HEARSAY_KEYS = 1_000  # what a node assumes of a link it is not on (until it hears more)
+HEARD_FRESH_S = 30.0  # a far link's state reported along a relay's route counts this long
 RELAY_RESERVE = LINK_KEYS_PER_KEY * 8  # link keys bound ahead for the next relays of a hop
 MAX_ROUTES_TRIED = 3  # a relay that fails on a link is tried again around it, this often
 
@@ -145,6 +149,8 @@ class NetworkNode:
         self.ledger = RelayLedger()
         self.counts = {"relayed": 0, "forwarded": 0, "received": 0, "failed": 0, "local": 0}
         self._avoid: dict[str, float] = {}  # link name -> until (monotonic)
+        # Far links' states as the nodes on a relay's route reported them: name -> (state, at)
+        self._heard: dict[str, tuple[routing.LinkState, float]] = {}
         self._db_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"store-{name}")
 
@@ -190,8 +196,36 @@ class NetworkNode:
                 states[link.name] = routing.LinkState(
                     keys=await self.links[peer].free_count(), qber=self.link_qber(peer))
             else:
-                states[link.name] = routing.LinkState(keys=HEARSAY_KEYS)
+                heard = self._heard.get(link.name)
+                fresh = heard is not None and heard[1] > now - HEARD_FRESH_S
+                states[link.name] = heard[0] if heard and fresh else routing.LinkState(
+                    keys=HEARSAY_KEYS)
         return states
+
+    async def own_link_report(self) -> dict[str, dict[str, Any]]:
+        """This node's links as it tells the nodes upstream of a relay (no key material)."""
+        return {self._link_name(peer): {"keys": await link.free_count(),
+                                        "qber": self.link_qber(peer)}
+                for peer, link in self.links.items()}
+
+    def _hear(self, report: object) -> dict[str, dict[str, Any]]:
+        """Keep the far links' states a downstream node reported; what was kept."""
+        kept: dict[str, dict[str, Any]] = {}
+        if not isinstance(report, dict):
+            return kept
+        known = {link.name for link in self.topology.links}
+        now = time.monotonic()
+        for name, state in list(report.items())[:len(known)]:
+            if name not in known or self.name in str(name).split("~"):
+                continue  # a link not in the topology, or one of ours: we know better
+            keys, qber = (state.get("keys"), state.get("qber")) if isinstance(
+                state, dict) else (None, None)
+            if (isinstance(keys, bool) or not isinstance(keys, int) or keys < 0
+                    or not (qber is None or isinstance(qber, float) and 0 <= qber <= 1)):
+                continue
+            self._heard[name] = (routing.LinkState(keys=keys, qber=qber), now)
+            kept[name] = {"keys": keys, "qber": qber}
+        return kept
 
     async def route_to(self, target: str, number: int,
                        without: frozenset[str] = frozenset()) -> list[str] | None:
@@ -286,7 +320,7 @@ class NetworkNode:
         for hop in hops:
             self.ledger.hold(hop.header, hop.key)
         try:
-            confirms = await self._forward(hops, 0)
+            confirms, _ = await self._forward(hops, 0)
             keys = [self.ledger.confirmed(c) for c in confirms]
         except (RelayFailed, RelayRefused) as exc:
             for hop in hops:
@@ -303,10 +337,12 @@ class NetworkNode:
                  routing.describe(route))
         return [PoolKey(p.key_id, p.key) for p in keys]
 
-    async def _forward(self, hops: list[_Hop], position: int) -> list[Confirm]:
+    async def _forward(self, hops: list[_Hop], position: int
+                       ) -> tuple[list[Confirm], dict[str, dict[str, Any]]]:
         """Seal ``hops`` for the next node of their route, send them, check its confirms.
 
-        Returns the checked confirmations (one per hop, in order); RelayFailed otherwise.
+        Returns the checked confirmations (one per hop, in order) and the far links' states
+        the nodes downstream reported; RelayFailed otherwise.
         """
         route = hops[0].header.route
         nxt = route[position + 1]
@@ -340,6 +376,7 @@ class NetworkNode:
             raise RelayFailed(f"{nxt} is unreachable ({exc})", link_name) from None
         except RelayFailed as exc:
             raise RelayFailed(f"{nxt}: {exc}", exc.link or link_name) from None
+        heard = self._hear(answer.get("links"))
         raw = answer.get("confirms")
         if not isinstance(raw, list) or len(raw) != len(frames):
             raise RelayFailed(f"{nxt} answered without one confirmation per key", link_name)
@@ -359,7 +396,7 @@ class NetworkNode:
                 raise RelayFailed(f"a confirmation from {nxt} was refused ({exc.reason})",
                                   link_name) from None
             confirms.append(confirm)
-        return confirms
+        return confirms, heard
 
     def _refused(self, exc: RelayRefused, sender: str) -> RelayRefused:
         self.ledger.refuse(exc)
@@ -436,10 +473,11 @@ class NetworkNode:
             except RelayRefused as exc:
                 raise self._refused(exc, sender) from None
         position = route.index(self.name)
+        downstream: dict[str, dict[str, Any]] = {}
         if position == len(route) - 1:
             await self._keep(hops, sender)
         else:
-            await self._forward(hops, position)
+            _, downstream = await self._forward(hops, position)
             self.counts["forwarded"] += len(hops)
         confirms = []
         for i, hop in enumerate(hops):
@@ -447,7 +485,7 @@ class NetworkNode:
             confirm = Confirm(hop.header.relay_id, hop.header.key_id, route, position,
                               confirm_mac.key_ID)
             confirms.append(key_relay.seal_confirm(confirm, confirm_mac.key).to_json())
-        return {"confirms": confirms}
+        return {"confirms": confirms, "links": {**downstream, **await self.own_link_report()}}
 
     async def _keep(self, hops: list[_Hop], sender: str) -> None:
         """Last node: store the keys for their slave (all of one pair, checked here)."""
@@ -489,6 +527,9 @@ class NetworkNode:
             "links": {peer: await link.pool_stats() for peer, link in self.links.items()},
             "local_keys": await self._db(self.store.counts),
             "relay": {**self.counts, "refused": dict(self.ledger.refused)},
+            "heard_links": {name: {"keys": state.keys, "qber": state.qber,
+                                   "age_s": round(time.monotonic() - at, 1)}
+                            for name, (state, at) in sorted(self._heard.items())},
         }
 
 

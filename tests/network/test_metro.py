@@ -35,5 +35,11 @@ def test_keys_for_every_kind_of_pair_on_the_metro_network(tmp_path: Path) -> Non
         assert forwarded["hf-1"] == 12 and forwarded["hf-3"] == 8
         assert forwarded["hf-2"] + forwarded["hf-4"] == 12 and forwarded["hf-2"] >= 4
         assert all(forwarded[n] == 0 for n in ("hf-5", "hf-6", "hf-7", "hf-8"))
+        # The nodes on the way told alice's node how full their links are now, so its next
+        # routes weigh the real pools: hf-3~hf-7 gave up keys, the ring's unused side none.
+        heard = network.stats("hf-5")["heard_links"]
+        assert heard["hf-3~hf-7"]["keys"] < 200
+        assert any(state["keys"] == 200 for state in heard.values())
+        assert "hf-1~hf-5" not in heard  # its own link: it knows that one itself
     finally:
         stop_network(network)
