@@ -132,7 +132,7 @@ class NetworkNode:
         limits: etsi.Limits,
         link_qber: Callable[[str], float | None] = lambda _peer: None,
         qber_threshold: float = 0.11,
-        avoid_s: float = 10.0,
+        avoid_s: float = 30.0,
     ) -> None:
         topology.node(name)
         self.topology = topology
