@@ -39,6 +39,7 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "doctor": "client.cli.doctor:register",
     "eve": "keysource.qkd.cli:register",
     "kme": "keysource.kme.cli:register",
+    "network": "keysource.kme.network_cli:register",
     "relay": "relay.cli:register",
 }
 

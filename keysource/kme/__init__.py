@@ -8,6 +8,8 @@
 - :mod:`.pki`    CA, KME and SAE certificates
 - :mod:`.link`   feeds the pools from the QKD link emulator (:mod:`keysource.qkd`)
 - :mod:`.cli`    ``qsecret kme pair | serve | status | pki``
+- :mod:`.network_node`, :mod:`.relay_store`, :mod:`.network_runtime`, :mod:`.network_cli`
+  one node of a QKD network (key relay through trusted nodes) and ``qsecret network``
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .defaults import (
     DEFAULT_HOST,
@@ -103,8 +103,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(serve)
-    serve.add_argument("--role", choices=["alice", "bob"], required=True,
-                       help="alice: connects the link and allocates keys; bob: listens")
+    serve.add_argument("--topology", metavar="FILE|NAME",
+                       help="run one node of a QKD network: a topology TOML file or a "
+                            "built-in (pair, metro, backbone); needs --node. The node's "
+                            "address, its links' ports and its SAEs come from the topology")
+    serve.add_argument("--node", help="with --topology: which node this process runs")
+    serve.add_argument("--role", choices=["alice", "bob"],
+                       help="without --topology: alice connects the link and allocates "
+                            "keys; bob listens")
     serve.add_argument("--kme-id", help=f"this KME's ID (default {KME_A} / {KME_B} by role)")
     serve.add_argument("--peer-kme-id", help="the peer KME's ID (default: the other role's)")
     serve.add_argument("--port", type=int,
@@ -289,6 +295,13 @@ def _run_pair(args: argparse.Namespace) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    if args.topology is not None:
+        return _run_network_node(args)
+    if args.node is not None:
+        return _fail("--node needs --topology (which network the node belongs to)")
+    if args.role is None:
+        return _fail("serve needs --role alice|bob (a KME pair over TCP), or --topology "
+                     "and --node (one node of a network)")
     from .runtime import run_serve
 
     alice = args.role == "alice"
@@ -310,8 +323,33 @@ def _run_serve(args: argparse.Namespace) -> int:
     ))
 
 
+def _run_network_node(args: argparse.Namespace) -> int:
+    from keysource.network.topology import TopologyError, load
+
+    from .network_runtime import run_network_node
+
+    pair_only = [flag for flag, value in (
+        ("--role", args.role), ("--kme-id", args.kme_id), ("--peer-kme-id", args.peer_kme_id),
+        ("--port", args.port), ("--peer-url", args.peer_url), ("--km", args.km),
+        ("--eve-fraction", args.eve_fraction), ("--pns", args.pns or None),
+    ) if value is not None]
+    if pair_only:
+        return _fail(f"{', '.join(pair_only)}: not with --topology (the topology gives every "
+                     "node's address and every link's length and eavesdropper)")
+    if not args.node:
+        return _fail("--topology needs --node NAME (which node this process runs)")
+    try:
+        topology = load(args.topology)
+        topology.node(args.node)
+        settings = _settings(args)
+    except (TopologyError, ValueError) as exc:
+        return _fail(str(exc))
+    listen = args.host if args.host != DEFAULT_HOST else None
+    return _run(run_network_node(settings, topology, args.node, listen_host=listen))
+
+
 def _run_status(args: argparse.Namespace) -> int:
-    from .runtime import dump_json, fetch_stats, format_stats
+    from .runtime import dump_json, fetch_stats
 
     pki = Pki(args.data / "pki")
     try:
@@ -331,12 +369,22 @@ def _run_status(args: argparse.Namespace) -> int:
                     return _fail(line)
                 print(line, flush=True)
             else:
-                print(dump_json(stats) if args.json else format_stats(stats), flush=True)
+                print(dump_json(stats) if args.json else _format_stats(stats), flush=True)
             if not args.watch:
                 return 0
             time.sleep(args.watch)
     except KeyboardInterrupt:
         return 0
+
+
+def _format_stats(stats: dict[str, Any]) -> str:
+    if "links" in stats["pool"]:  # a node of a network: one line per link
+        from .network_runtime import format_network_stats
+
+        return format_network_stats(stats)
+    from .runtime import format_stats
+
+    return format_stats(stats)
 
 
 def _run_pki_init(args: argparse.Namespace) -> int:

@@ -279,15 +279,39 @@ class KmeNode:
         if self.peer is None:
             raise etsi.Unavailable("this KME is not connected to a peer KME")
         await self.check_reachable(slave)
-        number, size = request.number, request.size
+        keys = await self.bind_and_take(master, slave, request.number, request.size)
+        log.info("enc_keys: %d key(s) of %d bits for %s -> %s", request.number, request.size,
+                 master, slave)
+        return keys
+
+    def link_for(self, kme_id: str) -> KmeNode | None:
+        """The link (this node) whose peer KME is ``kme_id``, or None: who may call the
+        KME-to-KME routes."""
+        return self if kme_id == self.peer_kme_id else None
+
+    async def bind_and_take(self, master: str, slave: str, number: int,
+                            size: int, *, reserve: int = 0) -> list[PoolKey]:
+        """Bind (through the allocator) and take ``number`` keys of ``size`` bits for
+        master ``master`` here and ``slave`` at the peer, who fetches them by key_ID.
+
+        enc_keys after its checks; a network node draws the pads and MAC keys of a relay hop
+        with it (keysource.kme.network_node), binding ``reserve`` more whenever it must bind,
+        so most hops take keys already bound and skip the round trip to the peer.
+        """
+        if self.peer is None:
+            raise etsi.Unavailable("this KME is not connected to a peer KME")
         try:
             async with self._lock(master, slave):
                 ready = await self._db(self.pool.ready_count, master, slave, size)
                 if ready < number:
+                    count = number - ready
+                    # The reserve only from a pool with plenty left for everybody else.
+                    if reserve and await self._db(self.pool.free_count) >= count + 2 * reserve:
+                        count += reserve
                     if self.allocator:
-                        await self._bind_here(master, slave, size, number - ready)
+                        await self._bind_here(master, slave, size, count)
                     else:
-                        await self._bind_at_allocator(master, slave, size, number - ready)
+                        await self._bind_at_allocator(master, slave, size, count)
                 try:
                     keys = await self._db(
                         self.pool.take_bound_for_master, master, slave, size, number)
@@ -297,8 +321,10 @@ class KmeNode:
                     ) from None
         finally:  # bound, freed or handed out: the free keys changed, and with them the room
             await self._refresh_room()
-        log.info("enc_keys: %d key(s) of %d bits for %s -> %s", number, size, master, slave)
         return keys
+
+    async def free_count(self) -> int:
+        return await self._db(self.pool.free_count)
 
     async def _bind_here(self, master: str, slave: str, size: int, count: int) -> None:
         assert self.peer is not None

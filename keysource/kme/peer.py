@@ -86,6 +86,23 @@ class HttpPeer:
         except ValueError as exc:
             raise PeerUnavailable(f"peer sent a malformed binding: {exc}") from None
 
+    async def relay(self, body: dict[str, object]) -> dict[str, object]:
+        """Relay frames to this neighbour (keysource.kme.network_node); its confirmations.
+
+        PeerUnavailable when it cannot be reached, RelayFailed when it refused the frames or
+        could not pass them on (``link`` names where, when it said so).
+        """
+        from .network_node import RelayFailed
+
+        resp = await self._post("/kme/v1/relay", body)
+        answer = _body(resp)
+        if resp.status_code == 200:
+            return answer
+        link = answer.get("link")
+        reason = answer.get("refused") or answer.get("message") or resp.text[:200]
+        raise RelayFailed(f"{resp.status_code}: {reason}",
+                          link if isinstance(link, str) else None)
+
     async def knows_sae(self, sae_id: str) -> bool:
         try:
             resp = await self._client.request(

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .sae_id import InvalidSaeId, is_valid_sae_id
+from .sae_id import RESERVED_SAE_PREFIX, InvalidSaeId, is_valid_sae_id
 from .sae_id import check_sae_id as _check_sae_id
 from .tls import PkiError, client_ssl_context  # defined there, part of this module's API
 
@@ -217,6 +217,9 @@ class Pki:
 
     def issue_sae(self, sae_id: str) -> CertPaths:
         """An SAE client certificate: CN = SAE_ID, which is how KMEs recognise the SAE."""
+        if sae_id.startswith(RESERVED_SAE_PREFIX):
+            raise PkiError(f"SAE_IDs starting {RESERVED_SAE_PREFIX!r} are reserved for the "
+                           "KMEs' key relay")
         return self._issue(
             self.sae(sae_id),
             common_name=sae_id,

@@ -162,7 +162,8 @@ async def _status_loop(
 
 
 async def _announce_keys(
-    nodes: Sequence[KmeNode], wanted: int, stop: asyncio.Event, out: TextIO
+    nodes: Sequence[KmeNode], wanted: int, stop: asyncio.Event, out: TextIO,
+    labels: Sequence[str] | None = None,
 ) -> None:
     """Print ``keys ready ...`` once every pool in ``nodes`` holds ``wanted`` free keys.
 
@@ -177,8 +178,9 @@ async def _announce_keys(
             arrived.clear()  # before counting, so a batch stored meanwhile wakes us again
             free = [(await node.pool_stats())["free"] for node in nodes]
             if min(free) >= wanted:
-                held = " ".join(f"{node.kme_id} {count}" for node, count in zip(nodes, free,
-                                                                               strict=True))
+                names = labels or [node.kme_id for node in nodes]
+                held = " ".join(f"{name} {count}" for name, count in zip(names, free,
+                                                                         strict=True))
                 _say(out, f"keys ready: {held} free keys (wanted {wanted})")
                 return
             waiting = asyncio.create_task(arrived.wait())

@@ -16,6 +16,9 @@ import re
 from urllib.parse import quote
 
 MAX_SAE_ID_CHARS = 64
+# SAE_IDs with this prefix name the KMEs of a network themselves when they draw link keys to
+# relay a key (keysource.kme.network_node): the KME refuses SAE certificates that use it.
+RESERVED_SAE_PREFIX = "relay."
 SAE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SAE_ID_RULE = (f"1-{MAX_SAE_ID_CHARS} characters: letters, digits, '.', '_', '-', "
                "starting with a letter or digit")

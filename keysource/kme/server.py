@@ -13,6 +13,7 @@ KME-to-KME (only the peer KME's certificate, OU=KME, CN=peer KME_ID):
     POST      /kme/v1/allocate     the follower asks the allocator to bind keys
     POST      /kme/v1/cancel       the allocator gives up a binding the follower cannot hold
     GET       /kme/v1/saes/{SAE_ID}  is this SAE registered at this KME? (before binding keys)
+    POST      /kme/v1/relay        a network neighbour relays keys (keysource.kme.network_node)
 Monitoring (any certificate from the CA; no key material):
     GET       /kme/v1/stats
 
@@ -31,21 +32,47 @@ import ipaddress
 import json
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from . import etsi
 from .node import KmeNode, UnknownSae
 from .pki import ROLE_KME, ROLE_SAE, PeerIdentity, identity_from_peercert
-from .pool import Binding, BindingConflict, PoolExhausted, QuotaExceeded
-from .sae_id import is_valid_sae_id
+from .pool import Binding, BindingConflict, PoolExhausted, PoolKey, QuotaExceeded
+from .sae_id import RESERVED_SAE_PREFIX, is_valid_sae_id
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
-NODE_KEY: web.AppKey[KmeNode] = web.AppKey("node", KmeNode)
+
+
+class KmeService(Protocol):
+    """What the server serves: a KME of a pair (:class:`KmeNode`) or of a network
+    (:class:`keysource.kme.network_node.NetworkNode`)."""
+
+    kme_id: str
+    limits: etsi.Limits
+
+    async def status(self, master: str, slave: str) -> dict[str, Any]: ...
+
+    async def enc_keys(self, master: str, slave: str,
+                       request: etsi.EncKeysRequest) -> list[PoolKey]: ...
+
+    async def dec_keys(self, master: str, slave: str, key_ids: Sequence[str]
+                       ) -> list[PoolKey]: ...
+
+    def link_for(self, kme_id: str) -> KmeNode | None: ...
+
+    def handle_knows_sae(self, sae_id: str) -> bool: ...
+
+    async def pool_stats(self) -> dict[str, Any]: ...
+
+
+RelayHandler = Callable[[str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+NODE_KEY: web.AppKey[KmeService] = web.AppKey("node", KmeService)  # type: ignore[type-abstract]
+RELAY_KEY: web.AppKey[RelayHandler | None] = web.AppKey("relay", object)  # type: ignore[arg-type]
 PLAIN_KEY: web.AppKey[bool] = web.AppKey("plain", bool)
 STATS_KEY: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("stats", Callable)
 
@@ -108,14 +135,25 @@ def _sae(request: web.Request) -> str:
         )
     if who.role != ROLE_SAE:
         raise etsi.Unauthorized("this certificate does not identify an SAE")
+    if who.name.startswith(RESERVED_SAE_PREFIX):
+        raise etsi.Unauthorized(f"SAE_IDs starting {RESERVED_SAE_PREFIX!r} are reserved for "
+                                "the KMEs' key relay")
     return who.name
 
 
-def _peer_kme(request: web.Request) -> None:
-    node = request.app[NODE_KEY]
+def _peer_kme(request: web.Request) -> KmeNode:
+    """The link whose peer KME presented its certificate (401 for anybody else)."""
     who = _identity(request)
-    if who is None or who.role != ROLE_KME or who.name != node.peer_kme_id:
-        raise etsi.Unauthorized(f"only the peer KME {node.peer_kme_id} may call this route")
+    link = request.app[NODE_KEY].link_for(who.name) if who and who.role == ROLE_KME else None
+    if link is None:
+        raise etsi.Unauthorized("only a peer KME of this KME may call this route")
+    return link
+
+
+def _peer_kme_id(request: web.Request) -> str:
+    who = _identity(request)
+    assert who is not None  # _peer_kme checked it
+    return who.name
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -170,8 +208,7 @@ async def dec_keys(request: web.Request) -> web.Response:
 
 
 async def peer_bindings(request: web.Request) -> web.Response:
-    _peer_kme(request)
-    node = request.app[NODE_KEY]
+    node = _peer_kme(request)
     try:
         binding = Binding.from_json(await _json_body(request))
     except ValueError as exc:
@@ -187,8 +224,7 @@ async def peer_bindings(request: web.Request) -> web.Response:
 
 
 async def peer_allocate(request: web.Request) -> web.Response:
-    _peer_kme(request)
-    node = request.app[NODE_KEY]
+    node = _peer_kme(request)
     body = await _json_body(request)
     try:
         binding_id = str(body["binding_id"])
@@ -225,14 +261,33 @@ async def peer_saes(request: web.Request) -> web.Response:
 
 
 async def peer_cancel(request: web.Request) -> web.Response:
-    _peer_kme(request)
+    node = _peer_kme(request)
     body = await _json_body(request)
     try:
         binding_id = normalise_binding_id(body.get("binding_id"))
-        cancelled = await request.app[NODE_KEY].handle_cancel(binding_id)
+        cancelled = await node.handle_cancel(binding_id)
     except BindingConflict as exc:
         return _error(409, str(exc))
     return web.json_response({"result": "cancelled" if cancelled else "applied"})
+
+
+async def peer_relay(request: web.Request) -> web.Response:
+    """A neighbour relays keys through (or to) this node; refusals are 400 with a reason."""
+    from keysource.network.key_relay import RelayRefused
+
+    from .network_node import RelayFailed
+
+    _peer_kme(request)
+    handler = request.app[RELAY_KEY]
+    if handler is None:
+        return _error(404, "this KME relays no keys (it is not a node of a network)")
+    body = await _json_body(request)
+    try:
+        return web.json_response(await handler(_peer_kme_id(request), body))
+    except RelayRefused as exc:
+        return web.json_response({"message": str(exc), "refused": exc.reason}, status=400)
+    except RelayFailed as exc:
+        return web.json_response({"message": str(exc), "link": exc.link}, status=503)
 
 
 def normalise_binding_id(value: object) -> str:
@@ -250,13 +305,15 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def make_app(
-    node: KmeNode,
+    node: KmeService,
     *,
     plain: bool = False,
     link_stats: Callable[[], dict[str, Any]] | None = None,
+    relay: RelayHandler | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_errors_as_json], client_max_size=MAX_BODY_BYTES)
     app[NODE_KEY] = node
+    app[RELAY_KEY] = relay
     app[PLAIN_KEY] = plain
     app[STATS_KEY] = link_stats or dict
     app.router.add_get("/api/v1/keys/{slave}/status", status)
@@ -268,17 +325,19 @@ def make_app(
     app.router.add_post("/kme/v1/allocate", peer_allocate)
     app.router.add_post("/kme/v1/cancel", peer_cancel)
     app.router.add_get("/kme/v1/saes/{sae}", peer_saes)
+    app.router.add_post("/kme/v1/relay", peer_relay)
     app.router.add_get("/kme/v1/stats", stats)
     return app
 
 
 async def start_server(
-    node: KmeNode,
+    node: KmeService,
     *,
     host: str,
     port: int,
     ssl_context: ssl.SSLContext | None,
     link_stats: Callable[[], dict[str, Any]] | None = None,
+    relay: RelayHandler | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serve ``node`` on host:port (0 = any free port); return the runner and the bound port."""
     plain = ssl_context is None
@@ -286,7 +345,7 @@ async def start_server(
         raise NotLoopback(
             f"plain HTTP is for loopback only; refusing to listen on {host} (use TLS)"
         )
-    app = make_app(node, plain=plain, link_stats=link_stats)
+    app = make_app(node, plain=plain, link_stats=link_stats, relay=relay)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)

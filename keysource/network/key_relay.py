@@ -35,7 +35,8 @@ KEYS_PER_HOP = 2  # the pad and the MAC key
 MAX_ROUTE = 64
 _DOMAIN_RELAY = b"qsecret/v1/key-relay\x00"
 _DOMAIN_CONFIRM = b"qsecret/v1/key-relay-confirm\x00"
-REASONS = ("malformed", "bad_mac", "replayed", "not_on_route", "unknown_relay", "expired")
+REASONS = ("malformed", "bad_mac", "replayed", "not_on_route", "unknown_relay", "expired",
+           "unknown_key", "unknown_sae")
 
 
 class RelayRefused(Exception):
@@ -63,6 +64,11 @@ def _uuid(value: object, name: str) -> str:
         return str(uuid.UUID(str(value)))
     except ValueError:
         raise RelayRefused("malformed", f"{name} is not a UUID") from None
+
+
+def parse_uuid(value: object, name: str) -> str:
+    """``value`` as a canonical UUID string, or RelayRefused("malformed") naming ``name``."""
+    return _uuid(value, name)
 
 
 def _text(value: object, name: str, limit: int = 128) -> str:
@@ -319,6 +325,10 @@ class RelayLedger:
             raise self.refuse(RelayRefused("expired", f"relay {confirm.relay_id} was "
                                                       "confirmed after its deadline"))
         return pending
+
+    def discard(self, relay_id: str) -> None:
+        """X gives up a relay (its confirmation failed): the key is never handed out."""
+        self._pending.pop(relay_id, None)
 
     def expire(self, now: float | None = None) -> list[Pending]:
         """Keys whose confirmation never came: dropped (the caller destroys them)."""

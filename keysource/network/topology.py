@@ -6,6 +6,9 @@ A topology is a TOML file or a built-in name::
     [[node]]
     name = "hf-1"            # letters, digits, '-', '_' and '.' (it names the KME)
     role = "core"            # core | access | trusted | ground (a satellite ground station)
+    host = "127.0.0.1"       # where its KME listens (HTTPS API, and the links it listens for)
+    port = 8441              # its HTTPS port (default 8441 + the node's index)
+    saes = ["sae-alice"]     # the SAEs this KME serves (any number)
     [[link]]
     a = "hf-1"
     b = "hf-2"
@@ -16,6 +19,8 @@ A topology is a TOML file or a built-in name::
     passes = { period_s = 600.0, duration_s = 180.0, offset_s = 0.0 }  # free-space: key only
                                                                        # during passes
     params = { detector_efficiency = 0.2 }   # any other LinkParams field
+    port = 7441              # TCP port the link's ``b`` end listens on (default 7441 + index);
+                             # the ``a`` end connects to it and allocates the link's keys
 
 Built in: ``pair`` (two nodes, one 25 km link: the KME pair), ``metro`` (a Hefei-like metro
 network: a ring of four core nodes with four access nodes hanging off them), ``backbone``
@@ -30,17 +35,20 @@ import math
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from keysource.kme.sae_id import RESERVED_SAE_PREFIX, SAE_ID_RULE, sae_id_problem
 from keysource.qkd.params import LinkParams
 
 ROLES = ("core", "access", "trusted", "ground")
 MEDIA = ("fibre", "free-space")
 BUILTIN = ("pair", "metro", "backbone")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")
+
 # LinkParams fields a topology may not set per link: the topology says them itself, or
 # they belong to a run, not to a fibre.
 _RESERVED_PARAMS = {"fibre_km", "loss_db_per_km", "intercept_fraction", "seed"}
@@ -50,10 +58,23 @@ class TopologyError(ValueError):
     """A topology that cannot be used; the message names the place (``link[3].km``)."""
 
 
+DEFAULT_HOST = "127.0.0.1"
+FIRST_NODE_PORT = 8441  # node i's HTTPS port unless given: FIRST_NODE_PORT + i
+FIRST_LINK_PORT = 7441  # link j's TCP port unless given: FIRST_LINK_PORT + j
+
+
 @dataclass(frozen=True)
 class Node:
     name: str
     role: str = "core"
+    host: str = DEFAULT_HOST
+    port: int = 0  # 0: FIRST_NODE_PORT + the node's index (filled in by Topology)
+    saes: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,13 @@ class Passes:
 
     def active(self, t: float) -> bool:
         return (t - self.offset_s) % self.period_s < self.duration_s
+
+    def window(self, t: float) -> tuple[float, float]:
+        """(start, end) of the pass under way at ``t``, or of the next one."""
+        start = self.next_start(t)
+        if start == t:
+            start = t - (t - self.offset_s) % self.period_s
+        return start, start + self.duration_s
 
     def next_start(self, t: float) -> float:
         """The start of the next pass at or after ``t`` (``t`` itself during a pass)."""
@@ -85,6 +113,7 @@ class Link:
     eve: float = 0.0
     passes: Passes | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    port: int = 0  # 0: FIRST_LINK_PORT + the link's index (filled in by Topology)
 
     @property
     def name(self) -> str:
@@ -116,6 +145,18 @@ class Topology:
 
     def __post_init__(self) -> None:
         _check_graph(self)
+        # Default ports: by position, so every process reading one file agrees on them.
+        object.__setattr__(self, "nodes", tuple(
+            node if node.port else replace(node, port=FIRST_NODE_PORT + i)
+            for i, node in enumerate(self.nodes)))
+        object.__setattr__(self, "links", tuple(
+            link if link.port else replace(link, port=FIRST_LINK_PORT + i)
+            for i, link in enumerate(self.links)))
+        _check_addresses(self)
+
+    def node_of_sae(self, sae_id: str) -> str | None:
+        """The node whose KME serves ``sae_id``, or None."""
+        return next((node.name for node in self.nodes if sae_id in node.saes), None)
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
@@ -178,7 +219,7 @@ def _table_list(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
 
 
 def _node(raw: Mapping[str, Any], where: str) -> Node:
-    _only(raw, {"name", "role"}, where)
+    _only(raw, {"name", "role", "host", "port", "saes"}, where)
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise TopologyError(f"{where}.name: {name!r} is not a node name (letters, digits, "
@@ -186,11 +227,29 @@ def _node(raw: Mapping[str, Any], where: str) -> Node:
     role = raw.get("role", "core")
     if role not in ROLES:
         raise TopologyError(f"{where}.role: {role!r} is not one of {', '.join(ROLES)}")
-    return Node(name, role)
+    host = raw.get("host", DEFAULT_HOST)
+    if not isinstance(host, str) or not _HOST.fullmatch(host):
+        raise TopologyError(f"{where}.host: {host!r} is not a host name or IP address")
+    saes = raw.get("saes", [])
+    if not isinstance(saes, list) or not all(
+            isinstance(s, str) and sae_id_problem(s) is None for s in saes):
+        raise TopologyError(f"{where}.saes: must be a list of SAE_IDs ({SAE_ID_RULE})")
+    if any(s.startswith(RESERVED_SAE_PREFIX) for s in saes):
+        raise TopologyError(f"{where}.saes: SAE_IDs starting {RESERVED_SAE_PREFIX!r} are "
+                            "reserved for the KMEs' own key relay")
+    return Node(name, role, host, _port(raw, where), tuple(saes))
+
+
+def _port(raw: Mapping[str, Any], where: str) -> int:
+    port = raw.get("port", 0)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536 and port:
+        raise TopologyError(f"{where}.port: must be a TCP port (1-65535)")
+    return int(port)
 
 
 def _link(raw: Mapping[str, Any], where: str) -> Link:
-    _only(raw, {"a", "b", "km", "medium", "loss_db", "eve", "passes", "params"}, where)
+    _only(raw, {"a", "b", "km", "medium", "loss_db", "eve", "passes", "params", "port"},
+          where)
     ends = []
     for end in ("a", "b"):
         value = raw.get(end)
@@ -225,7 +284,8 @@ def _link(raw: Mapping[str, Any], where: str) -> Link:
         if key not in known:
             raise TopologyError(f"{where}.params.{key}: not a link parameter "
                                 f"(known: {', '.join(sorted(known))})")
-    link = Link(ends[0], ends[1], float(km), medium, loss_db, float(eve), passes, dict(params))
+    link = Link(ends[0], ends[1], float(km), medium, loss_db, float(eve), passes, dict(params),
+                _port(raw, where))
     try:
         link.link_params()
     except (TypeError, ValueError) as exc:
@@ -296,19 +356,52 @@ def _check_graph(topology: Topology) -> None:
                             f"{', '.join(cut_off)}")
 
 
+def _check_addresses(topology: Topology) -> None:
+    """Two nodes on one host cannot share a port, nor can an SAE be served by two KMEs."""
+    used: dict[tuple[str, int], str] = {}
+    for node in topology.nodes:
+        where = f"node {node.name!r}"
+        if (node.host, node.port) in used:
+            raise TopologyError(f"{where}: port {node.port} on {node.host} is taken by "
+                                f"{used[(node.host, node.port)]}")
+        used[(node.host, node.port)] = where
+    for link in topology.links:
+        host = topology.node(link.b).host
+        where = f"link {link.a} - {link.b}"
+        if (host, link.port) in used:
+            raise TopologyError(f"{where}: port {link.port} on {host} is taken by "
+                                f"{used[(host, link.port)]}")
+        used[(host, link.port)] = where
+    served: dict[str, str] = {}
+    for node in topology.nodes:
+        for sae in node.saes:
+            if sae in served:
+                raise TopologyError(f"SAE {sae!r} is served by both {served[sae]} and "
+                                    f"{node.name}: an SAE belongs to one KME")
+            served[sae] = node.name
+
+
 # ---------------------------------------------------------------- built in
 
 
 def builtin(name: str) -> Topology:
     """One of BUILTIN."""
     if name == "pair":
-        return Topology("pair", (Node("kme-alice"), Node("kme-bob")),
+        return Topology("pair", (Node("kme-alice", saes=("sae-alice",)),
+                                 Node("kme-bob", saes=("sae-bob",))),
                         (Link("kme-alice", "kme-bob", 25.0),))
     if name == "metro":
-        return _metro("hf", "metro")
+        return _with_saes(_metro("hf", "metro"), {"hf-5": ("sae-alice", "sae-dave"),
+                                                  "hf-6": ("sae-carol",),
+                                                  "hf-7": ("sae-bob",)})
     if name == "backbone":
-        return _backbone()
+        return _with_saes(_backbone(), {"hf-5": ("sae-alice",), "bj-5": ("sae-bob",)})
     raise TopologyError(f"no built-in topology {name!r} (built in: {', '.join(BUILTIN)})")
+
+
+def _with_saes(topology: Topology, saes: Mapping[str, tuple[str, ...]]) -> Topology:
+    nodes = tuple(replace(node, saes=saes.get(node.name, ())) for node in topology.nodes)
+    return Topology(topology.name, nodes, topology.links)
 
 
 def _metro(prefix: str, name: str, access: tuple[int, ...] = (1, 2, 3, 4)
@@ -332,8 +425,9 @@ def _backbone() -> Topology:
     passes of 4 minutes every 20: key for the far city waits for a pass or takes the
     fibre chain)."""
     east, west = _metro("hf", "hf", (1,)), _metro("bj", "bj", (1,))
-    nodes = [*east.nodes, *west.nodes]
-    links = [*east.links, *west.links]
+    # The two cities' ports were numbered each from the start: number them again as one.
+    nodes = [replace(node, port=0) for node in (*east.nodes, *west.nodes)]
+    links = [replace(link, port=0) for link in (*east.links, *west.links)]
     hops = (90.0, 85.0, 95.0, 80.0, 100.0, 88.0, 92.0, 84.0, 96.0, 86.0, 90.0, 94.0)
     chain = [f"tn-{i:02d}" for i in range(1, len(hops))]
     nodes += [Node(name, "trusted") for name in chain]
@@ -346,5 +440,5 @@ def _backbone() -> Topology:
     return Topology("backbone", tuple(nodes), tuple(links))
 
 
-__all__ = ["BUILTIN", "Link", "Node", "Passes", "Topology", "TopologyError", "builtin",
-           "from_dict", "load"]
+__all__ = ["BUILTIN", "RESERVED_SAE_PREFIX", "Link", "Node", "Passes", "Topology",
+           "TopologyError", "builtin", "from_dict", "load"]
