@@ -157,12 +157,14 @@ def permuted(bits: np.ndarray, perm: np.ndarray, pass_index: int) -> np.ndarray:
 
 
 def sparse_zeros(count: int, dtype: type) -> np.ndarray:
-    """A zero-filled array in small pages, for large arrays of which a search touches a few
-    scattered entries (the forest: 28 M nodes a 1 Mbit frame). np.zeros asks for transparent
-    huge pages above 4 MB, and then every touched entry costs its whole 2 MB page zeroed; from
-    an anonymous map the kernel zeroes only the 4 kB pages touched."""
+    """A zero-filled array for the forest of a lockstep exchange, where a search touches a few
+    scattered entries of hundreds of MB (28 M nodes a 1 Mbit frame, times K). np.zeros asks
+    for transparent huge pages, and then every touched entry costs its whole 2 MB page zeroed:
+    from an anonymous map the kernel zeroes only the 4 kB pages touched. Below 32 MB (one
+    frame of up to 1 Mbit) np.zeros as before: malloc recycles such arrays from block to block,
+    and the link's other stages gain from the heap they leave (measured)."""
     size = count * np.dtype(dtype).itemsize
-    if size < 1 << 22:
+    if size < 1 << 25:
         return np.zeros(count, dtype)
     return np.frombuffer(mmap.mmap(-1, size), dtype, count)
 
@@ -386,6 +388,7 @@ class _Forest:
         self.seg_pass = np.array([p for _, p, _ in seg], np.int64)
         self.seg_level = np.array([lv for _, _, lv in seg], np.int64)
         self.odd_pool = np.zeros(0, np.int64)  # flat ids that may be odd and known
+        self._grids: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def flat(self, p: np.ndarray, level: np.ndarray, ids: np.ndarray) -> np.ndarray:
         return self.off[p, level] + ids
@@ -399,15 +402,35 @@ class _Forest:
         self.alice[flat] = alice
         self.mismatch[flat] = mismatch
 
+    def _grid(self, started: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Levels, segment offsets and validity (pass, level, 1) of the first passes; a level
+        above a pass's top points at the sink, an extra node that is never known."""
+        grid = self._grids.get(started)
+        if grid is None:
+            lv = np.arange(int(self.tops[:started].max()) + 1, dtype=np.int64)[None, :, None]
+            valid = (lv <= self.tops[:started, None, None]).astype(np.int64)
+            base = np.where(valid == 1, self.off[:started, : lv.shape[1], None], self.sink)
+            grid = self._grids[started] = (lv, base, valid)
+        return grid
+
+    def flip_first_passes(self, permuted: np.ndarray) -> None:
+        """Bob flipped bits of a single frame; ``permuted[p]`` are their positions in pass p
+        (started passes). Toggles the mismatch of every known ancestor and remembers those
+        that turned odd."""
+        lv, base, valid = self._grid(permuted.shape[0])
+        flat = (base + (permuted[:, None, :] >> lv) * valid).ravel()  # (pass, level, flip)
+        self._toggle(flat)
+
     def flip(self, virtual: np.ndarray, permuted: np.ndarray) -> None:
-        """Bob flipped bits: ``permuted`` are their positions in (virtual) passes ``virtual``
-        (same shapes, started passes). Toggles the mismatch of every known ancestor and
-        remembers those that turned odd."""
+        """Bob flipped bits (lockstep): ``permuted`` are their positions in the (virtual)
+        passes ``virtual`` (same shapes, started passes only)."""
         tops = self.tops[virtual]
         lv = np.arange(int(tops.max()) + 1, dtype=np.int64)[:, None]  # (level, flip)
         flat = self.off[virtual[None, :], lv] + (permuted[None, :] >> lv)
         flat[lv > tops[None, :]] = self.sink  # above a pass's top: the never-known sink
-        flat = flat.ravel()
+        self._toggle(flat.ravel())
+
+    def _toggle(self, flat: np.ndarray) -> None:
         flat = flat[self.known[flat]]
         if flat.size:
             np.bitwise_xor.at(self.mismatch, flat, np.uint8(1))
@@ -576,10 +599,13 @@ class CascadeBob:
                 pool_changed = True
                 continue
             # a frame with no running search has settled its started passes
-            settled = ~self._finished
-            if cp.size:
+            if self.n_frames == 1:
+                idle = [] if cp.size or self._finished[0] else [0]
+            else:
+                settled = ~self._finished
                 settled[cp // self.passes] = False
-            for k in np.flatnonzero(settled).tolist():
+                idle = np.flatnonzero(settled).tolist()
+            for k in idle:
                 if self._started[k] < self.passes:
                     self._start_pass(k)
                     pool_changed = True
@@ -629,8 +655,11 @@ class CascadeBob:
         while cp.size:
             done = cl == 0
             if done.any():
-                frame, pass_index = np.divmod(cp[done], self.passes)
-                found.append(frame * self.n + perms[pass_index, ci[done]])
+                if self.n_frames == 1:
+                    found.append(perms[cp[done], ci[done]].astype(np.int64))
+                else:
+                    frame, pass_index = np.divmod(cp[done], self.passes)
+                    found.append(frame * self.n + perms[pass_index, ci[done]])
                 keep = ~done
                 cp, cl, ci = cp[keep], cl[keep], ci[keep]
                 if not cp.size:
@@ -703,6 +732,17 @@ class CascadeBob:
     def _correct(self, found: np.ndarray) -> None:
         found = _sorted_distinct(found)
         self._flat_bits[found] ^= 1
+        if self.n_frames == 1:  # the link's case: fewer numpy calls
+            self.frame_corrected[0] += found.size
+            if self.frame_corrected[0] > self.n:  # answers no string satisfies would cycle
+                raise ValueError("cascade answers are inconsistent: more corrections than bits")
+            started = int(self._started[0])
+            permuted = inverse_matrix(self.n, self.seed, self.passes)[:started, found]
+            permuted = permuted.astype(np.int64)
+            self._forest.flip_first_passes(permuted)
+            rows = np.broadcast_to(np.arange(started)[:, None], permuted.shape)
+            self._mine.flip(rows.ravel(), permuted.ravel())
+            return
         frame, local = np.divmod(found, self.n)
         self.frame_corrected += np.bincount(frame, minlength=self.n_frames)
         if (self.frame_corrected > self.n).any():  # answers no string satisfies would cycle
