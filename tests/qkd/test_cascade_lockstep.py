@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
+import cbor2
 import numpy as np
 import pytest
 
-from keysource.qkd import amplification
+from keysource.qkd import LinkParams, amplification
 from keysource.qkd.cascade import (
     N_PASSES,
     CascadeAlice,
@@ -15,6 +16,8 @@ from keysource.qkd.cascade import (
     ParityQuery,
     reconcile_lockstep,
 )
+from keysource.qkd.pair import PairLink
+from keysource.qkd.protocol import CASCADE_A, CASCADE_Q
 
 Transcript = list[list[tuple[int, int, bytes]]]
 
@@ -141,3 +144,35 @@ def test_mismatched_frames_and_estimates_are_refused() -> None:
     assert bob.results is not None
     with pytest.raises(ValueError, match="results"):
         _ = bob.result  # several frames: one result each, never a silent first one
+
+
+def _first_cascade_question(link: PairLink) -> bytes:
+    """Run a block by hand until Bob's first CASCADE_Q; return it undelivered (the messages
+    before it delivered: Alice has her Cascade state)."""
+    to_bob = link.alice.start_block().send
+    while to_bob:
+        to_alice = [f for frame in to_bob for f in link.bob.receive(frame).send]
+        to_bob = []
+        for frame in to_alice:
+            if frame[:1] == b"C" and frame[2] == CASCADE_Q:
+                return frame
+            to_bob += link.alice.receive(frame).send
+    raise AssertionError("no Cascade question")
+
+
+@pytest.mark.parametrize(("questions", "reason"), [
+    ({"q": [[N_PASSES, 0, 1]], "ids": b"\x00\x00\x00\x00"}, "1 frame(s)"),  # frame 1 of 1
+    ({"q": [[0, 0, 2]], "ids": b"\x00\x00\x00\x00"}, "do not match"),  # ids too short
+    ({"q": [[0, 0, 1]], "ids": b"\x00\x00\x00"}, "bad cascade query"),  # not whole ids
+])
+def test_a_cascade_question_about_a_frame_that_does_not_exist_aborts_the_block(
+        questions: dict, reason: str) -> None:
+    link = PairLink(LinkParams(frame_bits=32768, p_signal=0.6, p_decoy=0.3,
+                               min_sample_bits=1024, seed=7))
+    genuine = _first_cascade_question(link)
+    block = link.alice.block.number
+    out = link.alice.receive(link.bob._message(CASCADE_Q, block, cbor2.dumps(questions)))
+    assert out.reports and out.reports[0].aborted and reason in out.reports[0].reason
+    assert out.keys == [] and not any(f[2] == CASCADE_A for f in out.send if f[:1] == b"C")
+    assert link.alice.block is None and link.alice.receive(genuine).send == []  # block gone
+    assert not link.run_block().report.aborted  # the link goes on
