@@ -459,7 +459,7 @@ class CascadeBob:
         self.frames = _as_frames(bits).copy()
         self.n_frames, self.n = self.frames.shape
         self._flat_bits = self.frames.reshape(-1)  # frame k's bit i is at k * n + i
-        qbers = [qber] * self.n_frames if isinstance(qber, (int, float)) else list(qber)
+        qbers = [float(qber)] * self.n_frames if np.ndim(qber) == 0 else list(qber)  # type: ignore[arg-type]
         if len(qbers) != self.n_frames:
             raise ValueError(f"{len(qbers)} QBER estimates for {self.n_frames} frames")
         self.seed = seed
