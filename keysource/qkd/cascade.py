@@ -26,12 +26,21 @@ correction updates one word and one node per tree level. The late passes' top-le
 most two per pass) are answered from cached block masks of the frame without permuting it; a
 pass is permuted only when a search runs in it. Known parities and mismatches of every node of
 every pass live in flat arrays, so one numpy call serves searches in several passes.
+
+Lockstep (K frames at once): both sides accept K frames of the same length (a (K, n) array).
+Each frame is its own Cascade - its own QBER and block sizes, its own searches, corrections and
+leakage count - but their questions share the round trips and the numpy calls: frame k's pass j
+is the "virtual pass" k * passes + j of one forest, so a round trip's bookkeeping costs about
+the same for K frames as for one. Every frame asks exactly the questions it would alone (the
+frames share no state), so its corrections and its leakage are those of a run on its own. With
+K = 1 this is the single-frame protocol, message for message.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+import mmap
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -43,7 +52,9 @@ MIN_QBER = 1e-4
 
 @dataclass(frozen=True)
 class ParityQuery:
-    """Ask for the parities of nodes ``ids`` at ``level`` of pass ``pass_index``."""
+    """Ask for the parities of nodes ``ids`` at ``level`` of pass ``pass_index``.
+
+    In a lockstep exchange of K frames, ``pass_index`` is ``frame * passes + pass``."""
 
     pass_index: int
     level: int
@@ -143,6 +154,19 @@ def pack_words(bits: np.ndarray, n_words: int) -> np.ndarray:
 def permuted(bits: np.ndarray, perm: np.ndarray, pass_index: int) -> np.ndarray:
     """The bits in a pass's order (pass 0's permutation is the identity: no gather)."""
     return bits if pass_index == 0 else np.take(bits, perm)
+
+
+def sparse_zeros(count: int, dtype: type) -> np.ndarray:
+    """A zero-filled array for the forest of a lockstep exchange, where a search touches a few
+    scattered entries of hundreds of MB (28 M nodes a 1 Mbit frame, times K). np.zeros asks
+    for transparent huge pages, and then every touched entry costs its whole 2 MB page zeroed:
+    from an anonymous map the kernel zeroes only the 4 kB pages touched. Below 32 MB (one
+    frame of up to 1 Mbit) np.zeros as before: malloc recycles such arrays from block to block,
+    and the link's other stages gain from the heap they leave (measured)."""
+    size = count * np.dtype(dtype).itemsize
+    if size < 1 << 25:
+        return np.zeros(count, dtype)
+    return np.frombuffer(mmap.mmap(-1, size), dtype, count)
 
 
 _WORD_BITS = 64
@@ -246,33 +270,59 @@ def _top_parities_by_mask(frame_words: np.ndarray, n: int, seed: int, passes: in
     return np.array([first, first ^ total], np.uint8)
 
 
+def _as_frames(bits: np.ndarray) -> np.ndarray:
+    """One frame (n,) or K frames of the same length (K, n) as a C-contiguous (K, n) array."""
+    frames = np.asarray(bits, dtype=np.uint8)
+    if frames.ndim == 1:
+        frames = frames[None, :]
+    if frames.ndim != 2 or frames.shape[0] < 1:
+        raise ValueError("cascade needs one frame or a (frames, bits) array")
+    return np.ascontiguousarray(frames)
+
+
 class CascadeAlice:
-    """Alice's side: answers parity questions (her bits never change)."""
+    """Alice's side: answers parity questions (her bits never change).
+
+    ``bits`` is one frame, or K frames of the same length answered in lockstep (see the module
+    docstring); ``leaked`` counts the revealed parities of each frame."""
 
     def __init__(self, bits: np.ndarray, seed: int, passes: int = N_PASSES) -> None:
-        self.bits = np.ascontiguousarray(bits, dtype=np.uint8)
-        self.n = self.bits.size
+        self.frames = _as_frames(bits)
+        self.n_frames, self.n = self.frames.shape
+        self.bits = self.frames[0] if self.n_frames == 1 else self.frames
         self.seed = seed
         self.passes = passes
-        self._parities = _PassParities(self.n, passes)
-        self._frame_words: np.ndarray | None = None
+        self._parities = _PassParities(self.n, self.n_frames * passes)
+        self._frame_words: list[np.ndarray | None] = [None] * self.n_frames
         self._by_mask: dict[tuple[int, int], np.ndarray | None] = {}
-        self.leaked_bits = 0
+        self.leaked = np.zeros(self.n_frames, np.int64)
 
-    def _mask_answer(self, pass_index: int, level: int) -> np.ndarray | None:
-        key = (pass_index, level)
+    @property
+    def leaked_bits(self) -> int:
+        """Parities revealed, all frames together."""
+        return int(self.leaked.sum())
+
+    def _mask_answer(self, virtual: int, level: int) -> np.ndarray | None:
+        key = (virtual, level)
         if key not in self._by_mask:
-            if self._frame_words is None:
-                self._frame_words = pack_words(self.bits, self._parities.n_words)
-            self._by_mask[key] = _top_parities_by_mask(self._frame_words, self.n, self.seed,
-                                                       self.passes, pass_index, level)
+            frame, pass_index = divmod(virtual, self.passes)
+            words = self._frame_words[frame]
+            if words is None:
+                words = self._frame_words[frame] = pack_words(self.frames[frame],
+                                                              self._parities.n_words)
+            self._by_mask[key] = _top_parities_by_mask(words, self.n, self.seed, self.passes,
+                                                       pass_index, level)
         return self._by_mask[key]
 
     def answer(self, queries: list[ParityQuery]) -> np.ndarray:
         """Parity bits for every node asked, concatenated in query order."""
+        virtual_passes = self.n_frames * self.passes
         for query in queries:
-            if not 0 <= query.pass_index < self.passes or not 0 <= query.level < 40:
-                raise ValueError("cascade query out of range")
+            if not 0 <= query.pass_index < virtual_passes:
+                raise ValueError(f"cascade query names pass {query.pass_index}: this exchange "
+                                 f"has {self.n_frames} frame(s) of {self.passes} passes")
+            if not 0 <= query.level < 40:
+                raise ValueError("cascade query level out of range")
         if not queries:
             return np.zeros(0, np.uint8)
         sizes = [int(q.ids.size) for q in queries]
@@ -291,15 +341,19 @@ class CascadeAlice:
                     answer[pos: pos + size] = by_mask[query.ids]
                     by_tree[pos: pos + size] = False
                 else:
-                    perm = permutation_matrix(self.n, self.seed, self.passes)[query.pass_index]
+                    frame, pass_index = divmod(query.pass_index, self.passes)
+                    perm = permutation_matrix(self.n, self.seed, self.passes)[pass_index]
                     self._parities.build(query.pass_index,
-                                         permuted(self.bits, perm, query.pass_index))
+                                         permuted(self.frames[frame], perm, pass_index))
             pos += size
         if by_tree.all():
             answer = self._parities.parity(p, level, ids)
         elif by_tree.any():
             answer[by_tree] = self._parities.parity(p[by_tree], level[by_tree], ids[by_tree])
-        self.leaked_bits += int(answer.size)
+        if self.n_frames == 1:
+            self.leaked[0] += answer.size
+        else:
+            self.leaked += np.bincount(p // self.passes, minlength=self.n_frames)
         return answer
 
 
@@ -324,9 +378,9 @@ class _Forest:
                 if lv <= top:
                     start += -(-n // (1 << lv))
         self.sink = start  # one extra node, never known
-        self.known = np.zeros(start + 1, bool)
-        self.alice = np.zeros(start + 1, np.uint8)
-        self.mismatch = np.zeros(start + 1, np.uint8)
+        self.known = sparse_zeros(start + 1, bool)
+        self.alice = sparse_zeros(start + 1, np.uint8)
+        self.mismatch = sparse_zeros(start + 1, np.uint8)
         # segment starts (pass, level) for decoding flat indices
         seg = sorted((int(self.off[p, lv]), p, lv) for p, top in enumerate(tops)
                      for lv in range(top + 1))
@@ -359,11 +413,24 @@ class _Forest:
             grid = self._grids[started] = (lv, base, valid)
         return grid
 
-    def flip(self, permuted: np.ndarray) -> None:
-        """Bob flipped bits; ``permuted[p]`` are their positions in pass p (started passes).
-        Toggles the mismatch of every known ancestor and remembers those that turned odd."""
+    def flip_first_passes(self, permuted: np.ndarray) -> None:
+        """Bob flipped bits of a single frame; ``permuted[p]`` are their positions in pass p
+        (started passes). Toggles the mismatch of every known ancestor and remembers those
+        that turned odd."""
         lv, base, valid = self._grid(permuted.shape[0])
         flat = (base + (permuted[:, None, :] >> lv) * valid).ravel()  # (pass, level, flip)
+        self._toggle(flat)
+
+    def flip(self, virtual: np.ndarray, permuted: np.ndarray) -> None:
+        """Bob flipped bits (lockstep): ``permuted`` are their positions in the (virtual)
+        passes ``virtual`` (same shapes, started passes only)."""
+        tops = self.tops[virtual]
+        lv = np.arange(int(tops.max()) + 1, dtype=np.int64)[:, None]  # (level, flip)
+        flat = self.off[virtual[None, :], lv] + (permuted[None, :] >> lv)
+        flat[lv > tops[None, :]] = self.sink  # above a pass's top: the never-known sink
+        self._toggle(flat.ravel())
+
+    def _toggle(self, flat: np.ndarray) -> None:
         flat = flat[self.known[flat]]
         if flat.size:
             np.bitwise_xor.at(self.mismatch, flat, np.uint8(1))
@@ -374,31 +441,68 @@ class CascadeBob:
     """Bob's side: a generator-driven state machine yielding questions, fed Alice's answers.
 
     Use ``queries = bob.start()``; then while queries is not None:
-    ``queries = bob.receive(alice_answer_bits)``. The result is in ``bob.result``.
+    ``queries = bob.receive(alice_answer_bits)``. The result is in ``bob.result`` (one frame)
+    or ``bob.results`` (one per frame).
 
     Searches run asynchronously: every binary search descends one level per round trip, a
     search that reaches a bit corrects it at once, and every round starts searches on all
     minimal odd known nodes not already being searched. A correction that makes the node of a
     running search even ends that search (its parities stay known; nothing is lost).
+
+    ``bits`` may be K frames of the same length (a (K, n) array) with one QBER each
+    (``qber`` a sequence): they are reconciled in lockstep, each as on its own (module
+    docstring).
     """
 
-    def __init__(self, bits: np.ndarray, qber: float, seed: int, passes: int = N_PASSES) -> None:
-        self.bits = np.array(bits, dtype=np.uint8, copy=True)
-        self.n = self.bits.size
+    def __init__(self, bits: np.ndarray, qber: float | Sequence[float], seed: int,
+                 passes: int = N_PASSES) -> None:
+        self.frames = _as_frames(bits).copy()
+        self.n_frames, self.n = self.frames.shape
+        self._flat_bits = self.frames.reshape(-1)  # frame k's bit i is at k * n + i
+        qbers = [float(qber)] * self.n_frames if np.ndim(qber) == 0 else list(qber)  # type: ignore[arg-type]
+        if len(qbers) != self.n_frames:
+            raise ValueError(f"{len(qbers)} QBER estimates for {self.n_frames} frames")
         self.seed = seed
         self.passes = passes
-        self.levels = block_levels(qber, self.n, passes)
-        self.leaked_bits = 0
-        self.rounds = 0
-        self.corrected = 0
-        self._forest = _Forest(self.n, self.levels)
-        self._mine = _PassParities(self.n, passes)
-        self._started = 0
-        self._packed = np.zeros(0, np.uint64)
-        self._packed_at = -1  # self.corrected when self._packed was taken
-        self._mark = np.zeros(self._forest.known.size, bool)
+        self.frame_levels = [block_levels(q, self.n, passes) for q in qbers]
+        self.levels = self.frame_levels[0]
+        self.leaked = np.zeros(self.n_frames, np.int64)
+        self.frame_rounds = np.zeros(self.n_frames, np.int64)
+        self.frame_corrected = np.zeros(self.n_frames, np.int64)
+        self.rounds = 0  # round trips of the whole exchange
+        virtual_tops = [top for levels in self.frame_levels for top in levels]
+        self._forest = _Forest(self.n, virtual_tops)
+        self._mine = _PassParities(self.n, self.n_frames * passes)
+        self._started = np.zeros(self.n_frames, np.int64)  # passes started, per frame
+        self._finished = np.zeros(self.n_frames, bool)
+        self._top_alice: list[np.ndarray] = []  # Alice's top parities, per virtual pass
+        self._packed: list[np.ndarray] = [np.zeros(0, np.uint64)] * self.n_frames
+        self._packed_at = np.full(self.n_frames, -1)  # corrections when _packed was taken
+        self._mark = sparse_zeros(self._forest.known.size, bool)
         self._gen = self._run()
-        self.result: CascadeResult | None = None
+        self.results: list[CascadeResult] | None = None
+
+    @property
+    def bits(self) -> np.ndarray:
+        """Bob's current bits: the frame, or the (K, n) frames in lockstep."""
+        return self.frames[0] if self.n_frames == 1 else self.frames
+
+    @property
+    def leaked_bits(self) -> int:
+        return int(self.leaked.sum())
+
+    @property
+    def corrected(self) -> int:
+        return int(self.frame_corrected.sum())
+
+    @property
+    def result(self) -> CascadeResult | None:
+        """The result of a single-frame exchange once it is over (None before)."""
+        if self.results is None:
+            return None
+        if self.n_frames != 1:
+            raise ValueError("a lockstep exchange has one result per frame: use results")
+        return self.results[0]
 
     def start(self) -> list[ParityQuery] | None:
         return self._advance(None)
@@ -410,7 +514,10 @@ class CascadeBob:
         try:
             queries = self._gen.send(answer) if answer is not None else next(self._gen)
         except StopIteration:
-            self.result = CascadeResult(self.bits, self.leaked_bits, self.rounds, self.corrected)
+            self.results = [CascadeResult(self.frames[k], int(self.leaked[k]),
+                                          int(self.frame_rounds[k]),
+                                          int(self.frame_corrected[k]))
+                            for k in range(self.n_frames)]
             return None
         self.rounds += 1
         return queries
@@ -421,40 +528,58 @@ class CascadeBob:
         expected = sum(q.ids.size for q in queries)
         if answer.size != expected:
             raise ValueError(f"cascade answer has {answer.size} bits, expected {expected}")
-        self.leaked_bits += expected
+        if self.n_frames == 1:
+            self.leaked[0] += expected
+            self.frame_rounds[0] += 1
+        else:
+            asked = np.bincount([q.pass_index // self.passes for q in queries],
+                                weights=[q.ids.size for q in queries], minlength=self.n_frames)
+            self.leaked += asked.astype(np.int64)
+            self.frame_rounds += asked > 0
         return np.asarray(answer, np.uint8)
 
     # -- the protocol ---------------------------------------------------------------------
     def _run(self) -> Generator[list[ParityQuery], np.ndarray, None]:
-        perms, _ = permutations(self.n, self.seed, self.passes)
-        forest = self._forest
         # Every pass's top-level parities in the first round trip: the protocol asks for all of
         # them anyway (Alice's bits never change), so this reveals nothing more and saves a
         # round trip per pass; a pass still starts only when the ones before it are settled.
-        tops = [ParityQuery(j, top, np.arange(-(-self.n >> top), dtype=np.int64))
-                for j, top in enumerate(self.levels)]
+        tops = [ParityQuery(k * self.passes + j, top,
+                            np.arange(-(-self.n >> top), dtype=np.int64))
+                for k, levels in enumerate(self.frame_levels) for j, top in enumerate(levels)]
         answers = yield from self._answer(tops)
-        split = np.cumsum([q.ids.size for q in tops])[:-1]
-        for (j, top), alice in zip(enumerate(self.levels), np.split(answers, split), strict=True):
-            ids = tops[j].ids
-            bob = None
-            if ids.size <= 2:  # a late pass: by masks of the frame, packed once per correction
-                if self._packed_at != self.corrected:
-                    self._packed = pack_words(self.bits, self._mine.n_words)
-                    self._packed_at = self.corrected
-                bob = _top_parities_by_mask(self._packed, self.n, self.seed, self.passes, j, top)
-            if bob is None:
-                self._mine.build(j, permuted(self.bits, perms[j], j))
-                bob = self._mine.parity(np.full(ids.size, j), np.full(ids.size, top), ids)
-            flat = forest.off[j, top] + ids
-            mismatch = alice ^ bob
-            forest.learn(flat, alice, mismatch)
-            forest.odd_pool = np.concatenate([forest.odd_pool, flat[mismatch == 1]])
-            self._started = j + 1
-            yield from self._cascade()
+        self._top_alice = np.split(answers, np.cumsum([q.ids.size for q in tops])[:-1])
+        for k in range(self.n_frames):
+            self._start_pass(k)
+        yield from self._cascade()
+
+    def _start_pass(self, k: int) -> None:
+        """Frame k's next pass: compare its top-level parities (Bob's as of now) with Alice's."""
+        forest = self._forest
+        j = int(self._started[k])
+        top = self.frame_levels[k][j]
+        virtual = k * self.passes + j
+        frame = self.frames[k]
+        ids = np.arange(-(-self.n >> top), dtype=np.int64)
+        bob = None
+        if ids.size <= 2:  # a late pass: by masks of the frame, packed once per correction
+            if self._packed_at[k] != self.frame_corrected[k]:
+                self._packed[k] = pack_words(frame, self._mine.n_words)
+                self._packed_at[k] = self.frame_corrected[k]
+            bob = _top_parities_by_mask(self._packed[k], self.n, self.seed, self.passes, j, top)
+        if bob is None:
+            perm = permutation_matrix(self.n, self.seed, self.passes)[j]
+            self._mine.build(virtual, permuted(frame, perm, j))
+            bob = self._mine.parity(np.full(ids.size, virtual), np.full(ids.size, top), ids)
+        alice = self._top_alice[virtual]
+        flat = forest.off[virtual, top] + ids
+        mismatch = alice ^ bob
+        forest.learn(flat, alice, mismatch)
+        forest.odd_pool = np.concatenate([forest.odd_pool, flat[mismatch == 1]])
+        self._started[k] = j + 1
 
     def _cascade(self) -> Generator[list[ParityQuery], np.ndarray, None]:
-        """Search until no known node of a started pass is odd."""
+        """Search until every frame has settled all its passes. A frame whose started passes
+        hold no odd known node starts its next pass at once (no round trip), as on its own."""
         forest = self._forest
         empty = np.zeros(0, np.int64)
         cp, cl, ci = empty, empty, empty  # running searches: pass, level, id of their node
@@ -472,6 +597,21 @@ class CascadeBob:
                 alive = forest.mismatch[forest.flat(cp, cl, ci)] == 1
                 cp, cl, ci = cp[alive], cl[alive], ci[alive]
                 pool_changed = True
+                continue
+            # a frame with no running search has settled its started passes
+            if self.n_frames == 1:
+                idle = [] if cp.size or self._finished[0] else [0]
+            else:
+                settled = ~self._finished
+                settled[cp // self.passes] = False
+                idle = np.flatnonzero(settled).tolist()
+            for k in idle:
+                if self._started[k] < self.passes:
+                    self._start_pass(k)
+                    pool_changed = True
+                else:
+                    self._finished[k] = True
+            if pool_changed:
                 continue
             if cp.size == 0:
                 return
@@ -511,11 +651,15 @@ class CascadeBob:
         """Descend every search as far as known parities allow; frame positions found."""
         forest = self._forest
         perms = permutation_matrix(self.n, self.seed, self.passes)
-        found = []
+        found = []  # as positions in the frames laid end to end
         while cp.size:
             done = cl == 0
             if done.any():
-                found.append(perms[cp[done], ci[done]].astype(np.int64))
+                if self.n_frames == 1:
+                    found.append(perms[cp[done], ci[done]].astype(np.int64))
+                else:
+                    frame, pass_index = np.divmod(cp[done], self.passes)
+                    found.append(frame * self.n + perms[pass_index, ci[done]])
                 keep = ~done
                 cp, cl, ci = cp[keep], cl[keep], ci[keep]
                 if not cp.size:
@@ -581,20 +725,36 @@ class CascadeBob:
         perms = permutation_matrix(self.n, self.seed, self.passes)
         for q in np.unique(p).tolist():  # a search needs Bob's parities of its pass
             if not self._mine.built[q]:
-                self._mine.build(q, permuted(self.bits, perms[q], q))
+                frame, j = divmod(q, self.passes)
+                self._mine.build(q, permuted(self.frames[frame], perms[j], j))
         return p, level, ids
 
     def _correct(self, found: np.ndarray) -> None:
         found = _sorted_distinct(found)
-        self.bits[found] ^= 1
-        self.corrected += int(found.size)
-        if self.corrected > self.n:  # answers no string satisfies would cycle for ever
+        self._flat_bits[found] ^= 1
+        if self.n_frames == 1:  # the link's case: fewer numpy calls
+            self.frame_corrected[0] += found.size
+            if self.frame_corrected[0] > self.n:  # answers no string satisfies would cycle
+                raise ValueError("cascade answers are inconsistent: more corrections than bits")
+            started = int(self._started[0])
+            permuted = inverse_matrix(self.n, self.seed, self.passes)[:started, found]
+            permuted = permuted.astype(np.int64)
+            self._forest.flip_first_passes(permuted)
+            rows = np.broadcast_to(np.arange(started)[:, None], permuted.shape)
+            self._mine.flip(rows.ravel(), permuted.ravel())
+            return
+        frame, local = np.divmod(found, self.n)
+        self.frame_corrected += np.bincount(frame, minlength=self.n_frames)
+        if (self.frame_corrected > self.n).any():  # answers no string satisfies would cycle
             raise ValueError("cascade answers are inconsistent: more corrections than bits")
+        started = self._started[frame]
         inverses = inverse_matrix(self.n, self.seed, self.passes)
-        permuted = inverses[: self._started, found].astype(np.int64)
-        self._forest.flip(permuted)
-        rows = np.broadcast_to(np.arange(self._started)[:, None], permuted.shape)
-        self._mine.flip(rows.ravel(), permuted.ravel())
+        rows = np.arange(int(started.max()), dtype=np.int64)[:, None]  # (pass, correction)
+        in_started = rows < started[None, :]
+        positions = inverses[: rows.size, local].astype(np.int64)[in_started]
+        virtual = (frame[None, :] * self.passes + rows)[in_started]
+        self._forest.flip(virtual, positions)
+        self._mine.flip(virtual, positions)
 
 
 def reconcile(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, seed: int = 0,
@@ -607,3 +767,17 @@ def reconcile(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, seed: i
         queries = bob.receive(alice.answer(queries))
     assert bob.result is not None
     return bob.result
+
+
+def reconcile_lockstep(alice_frames: np.ndarray, bob_frames: np.ndarray,
+                       qbers: Sequence[float], seed: int = 0, passes: int = N_PASSES
+                       ) -> tuple[list[CascadeResult], int]:
+    """Reconcile K frames (``(K, n)`` arrays) in lockstep in-process: one result per frame and
+    the round trips of the whole exchange."""
+    alice = CascadeAlice(alice_frames, seed, passes)
+    bob = CascadeBob(bob_frames, qbers, seed, passes)
+    queries = bob.start()
+    while queries is not None:
+        queries = bob.receive(alice.answer(queries))
+    assert bob.results is not None
+    return bob.results, bob.rounds

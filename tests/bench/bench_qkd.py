@@ -21,7 +21,9 @@
 - postprocess_sifted_bits_per_s: sifted bits per second through sifting + estimation + Cascade
   + verification + privacy amplification (pair mode, both ends in this process, physics emulation
   excluded), beside a same-run baseline: sorting the same number of int64 values with numpy
-  (timed after every block; medians and their ratio), with CPU seconds per stage.
+  (timed after every block; medians and their ratio), with CPU seconds per stage; and
+  postprocess.cascade_lockstep: Cascade's CPU per 2^20-bit frame, 4 frames one at a time and
+  the same 4 in lockstep (cascade.py; the link itself still reconciles one frame a block).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np
 
 from keysource.qkd import protocol
-from keysource.qkd.cascade import permutations, reconcile
+from keysource.qkd.cascade import permutations, reconcile, reconcile_lockstep
 from keysource.qkd.estimation import (
     binary_entropy,
     eps_sec,
@@ -244,6 +246,33 @@ def postprocess_rate(frame_bits: int, blocks: int) -> dict:
             "sifted_bits_per_block": sifted_total // blocks}
 
 
+def cascade_lockstep_speed(n: int, frames: int, qber: float = 0.01, repeats: int = 3) -> dict:
+    """CPU seconds per frame of Cascade (both sides, in-process) for ``frames`` frames one
+    after the other and the same frames in lockstep, interleaved ``repeats`` times (medians):
+    what sharing the round trips' numpy calls saves (docs/qkd.md, "Post-processing speed")."""
+    rng = np.random.default_rng(3)
+    alice = rng.integers(0, 2, (frames, n), dtype=np.uint8)
+    bob = alice ^ (rng.random((frames, n)) < qber).astype(np.uint8)
+    reconcile(alice[0], bob[0], qber, seed=1)  # warm the permutation cache
+    one, lockstep, rounds = [], [], 0
+    for _ in range(repeats):
+        start = time.process_time()
+        for k in range(frames):
+            reconcile(alice[k], bob[k], qber, seed=1)
+        one.append((time.process_time() - start) / frames)
+        start = time.process_time()
+        _, rounds = reconcile_lockstep(alice, bob, [qber] * frames, seed=1)
+        lockstep.append((time.process_time() - start) / frames)
+    row = {"frame_bits": n, "frames": frames, "qber": qber,
+           "cpu_s_per_frame_one_at_a_time": round(statistics.median(one), 4),
+           "cpu_s_per_frame_lockstep": round(statistics.median(lockstep), 4),
+           "lockstep_round_trips": rounds}
+    print(f"  Cascade alone, {frames} frames of {n} bits at QBER {qber:.0%}: "
+          f"{row['cpu_s_per_frame_one_at_a_time']:.3f} CPU-s per frame one at a time, "
+          f"{row['cpu_s_per_frame_lockstep']:.3f} in lockstep ({rounds} round trips)")
+    return row
+
+
 # -- finite-key rows: what each part of the analysis buys ----------------------------------------
 FINITE_FRAMES = [1 << 17, 1 << 20, 1 << 22]
 PNS_DISTANCES = [10, 25, 50, 100]
@@ -397,6 +426,7 @@ def main() -> int:
     qber = eve_qber(eve_blocks)
     print("post-processing throughput (pair mode):")
     speed = postprocess_rate(frame, speed_blocks)
+    speed["cascade_lockstep"] = cascade_lockstep_speed(frame, 4)
     write_json(args.json, {
         "key_rate": rates, "cascade": cascade_rows, "eve_full_intercept_qber": qber,
         "postprocess_sifted_bits_per_s": speed["sifted_bits_per_s"],
