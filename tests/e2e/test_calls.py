@@ -199,6 +199,7 @@ def test_a_call_survives_rekeys_without_a_gap(stack: Stack) -> None:
     finally:
         caller.stop()
         answerer.stop()
+    assert 0 < alice_end["stats"]["signalling_round_trip_ms"] < 5000
     for end in (alice_end, bob_end):
         assert end["rekeys"] >= 2, end
         assert end["sources"] == FULL_SOURCES
