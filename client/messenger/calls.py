@@ -137,6 +137,8 @@ class _Call:
     frames_sent: int = 0
     frames_played: int = 0
     stray_frames: int = 0  # media frames before the keys, or after the end: dropped
+    asked_at: float | None = None  # caller: when the offer or rekey awaiting a reply went
+    round_trip_s: float | None = None  # caller: offer -> ringing, rekey -> its ack
 
     @property
     def call_id(self) -> bytes:
@@ -179,6 +181,8 @@ class CallManager:
         stats: dict[str, Any] = {"frames_sent": item.frames_sent,
                                  "frames_played": item.frames_played,
                                  "stray_frames": item.stray_frames}
+        if item.round_trip_s is not None:  # through both ends' sessions and the relay
+            stats["signalling_round_trip_ms"] = round(item.round_trip_s * 1000, 1)
         if item.receiver is not None:
             received = item.receiver.stats
             jitter = received.jitter
@@ -403,6 +407,8 @@ class CallManager:
                 if qkd is None:
                     await self._apply(item, item.core.hang_up("QKD keys unavailable"))
                     return
+            if message.kind in (Kind.RINGING, Kind.REKEY_ACK) and item.asked_at is not None:
+                item.round_trip_s, item.asked_at = self._now() - item.asked_at, None
             try:
                 effects = item.core.receive(message, self._now(), qkd)
             except SignallingError as exc:
@@ -486,6 +492,8 @@ class CallManager:
 
     async def _send(self, item: _Call, message: CallMessage) -> None:
         secret = item.secret if message.kind is Kind.OFFER else b""
+        if message.kind in (Kind.OFFER, Kind.REKEY):
+            item.asked_at = self._now()
         try:
             await self._conversations.send_call_message(
                 item.conversation, payloads.call(message.encode(), secret))

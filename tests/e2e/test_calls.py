@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from client.processes import ServiceProcess
+from tests.call.speech import RATE, segment_aligned_similarity, speech_with_pauses
 from tests.e2e.mediaproxy import MediaProxy
 from tests.e2e.stack import PASSPHRASE, Stack, start_stack
 
 pytestmark = pytest.mark.slow
-RATE = 48_000
 FULL_SOURCES = "QKD+ML-KEM-768+X25519"
 
 
@@ -36,31 +36,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator
 # ------------------------------------------------------------------------------ helpers
 
 
-def speech_like(seconds: float, seed: int = 7) -> np.ndarray:
-    """Syllables of voiced sound (a gliding pitch, harmonics shaped by two formants, a
-    smooth envelope) with pauses between them: what a codec for speech sees."""
-    rng = np.random.default_rng(seed)
-    out = np.zeros(int(seconds * RATE))
-    pos = int(0.1 * RATE)
-    while pos < out.size - int(0.3 * RATE):
-        length = int(rng.uniform(0.12, 0.3) * RATE)
-        t = np.arange(length) / RATE
-        f0 = rng.uniform(100, 180) * (1 + 0.15 * t / t[-1] * rng.choice([-1, 1]))
-        phase = 2 * np.pi * np.cumsum(f0) / RATE
-        formants = (rng.uniform(400, 900), rng.uniform(1100, 2300))
-        syllable = np.zeros(length)
-        for k in range(1, 30):
-            freq = k * f0.mean()
-            if freq > 7000:
-                break
-            gain = sum(np.exp(-((freq - f) / 180) ** 2) for f in formants) + 0.05 / k
-            syllable += gain * np.sin(k * phase)
-        syllable *= np.hanning(length)
-        out[pos:pos + length] += syllable
-        pos += length + int(rng.uniform(0.05, 0.25) * RATE)
-    return (out / np.abs(out).max() * 0.5 * 32767).astype(np.int16)
-
-
 def write_wav(path: Path, samples: np.ndarray) -> Path:
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
@@ -74,39 +49,6 @@ def read_wav(path: Path) -> np.ndarray:
     with wave.open(str(path), "rb") as wav:
         assert (wav.getnchannels(), wav.getframerate()) == (1, RATE)
         return np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(float)
-
-
-def _spectra(x: np.ndarray, size: int = 960, hop: int = 480) -> np.ndarray:
-    frames = [x[i:i + size] * np.hanning(size) for i in range(0, x.size - size + 1, hop)]
-    return np.abs(np.fft.rfft(np.array(frames), axis=1))[:, :size * 8000 // RATE]
-
-
-def spectral_similarity(sent: np.ndarray, heard: np.ndarray, segment_s: float = 0.5,
-                        search_s: float = 0.12) -> float:
-    """Correlation of the short-time spectra of ``sent`` and the part of ``heard`` that
-    plays it. The whole is aligned by cross-correlation first; each half second is then
-    aligned again within ``search_s`` (a jitter buffer may add or drop 20 ms here and
-    there, shifting what follows)."""
-    n = 1 << int(np.ceil(np.log2(sent.size + heard.size)))
-    cross = np.fft.irfft(np.fft.rfft(heard, n) * np.conj(np.fft.rfft(sent, n)), n)
-    lag = int(np.argmax(cross[:heard.size]))
-    seg, search = int(segment_s * RATE), int(search_s * RATE)
-    pairs_sent, pairs_heard = [], []
-    for start in range(0, sent.size - seg + 1, seg):
-        piece = sent[start:start + seg]
-        if np.abs(piece).max() < 1:  # silence: nothing to align on
-            continue
-        lo = max(0, lag + start - search)
-        window = heard[lo:lag + start + seg + search]
-        if window.size < seg:
-            break
-        scores = np.correlate(window, piece, mode="valid")
-        best = lo + int(np.argmax(scores))
-        pairs_sent.append(_spectra(piece))
-        pairs_heard.append(_spectra(heard[best:best + seg]))
-    assert pairs_sent, "nothing of the sent sound was heard"
-    a, b = np.concatenate(pairs_sent).ravel(), np.concatenate(pairs_heard).ravel()
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 class Caller(ServiceProcess):
@@ -138,7 +80,7 @@ def _answer(stack: Stack, *args: str) -> Caller:
 
 
 def test_speech_arrives_aligned_and_alike_and_the_caller_hangs_up(stack: Stack) -> None:
-    sent = speech_like(4.0)
+    sent = speech_with_pauses(4.0)
     speech = write_wav(stack.root / "speech.wav", sent)
     heard = stack.root / "heard.wav"
     answerer = _answer(stack, "--mute", "--out", str(heard))
@@ -159,7 +101,7 @@ def test_speech_arrives_aligned_and_alike_and_the_caller_hangs_up(stack: Stack) 
     stats = by_bob["stats"]
     assert stats["refused_total"] == 0
     assert stats["frames_opened"] >= sent.size / 960 - 5
-    similarity = spectral_similarity(sent.astype(float), read_wav(heard))
+    similarity = segment_aligned_similarity(sent.astype(float), read_wav(heard))
     print(f"clean path: spectral correlation {similarity:.3f}; stats {stats}")
     assert similarity >= 0.9
 
@@ -234,18 +176,7 @@ def test_ctrl_c_hangs_up_and_a_killed_caller_ends_the_call_too(stack: Stack) -> 
     assert (by_bob["reason"], by_bob["ended_by_peer"]) == ("connection lost", True)
 
 
-def _longest_quiet_ms(samples: np.ndarray, level: float) -> float:
-    """The longest run of 20 ms frames whose RMS is under ``level``, in ms."""
-    frames = samples[:samples.size // 960 * 960].reshape(-1, 960)
-    quiet = np.sqrt((frames ** 2).mean(axis=1)) < level
-    longest = run = 0
-    for frame_is_quiet in quiet:
-        run = run + 1 if frame_is_quiet else 0
-        longest = max(longest, run)
-    return longest * 20.0
-
-
-def test_a_call_survives_rekeys_without_a_gap(stack: Stack) -> None:
+def test_a_call_survives_rekeys_without_losing_a_frame(stack: Stack) -> None:
     heard_by_bob, heard_by_alice = stack.root / "rekey-bob.wav", stack.root / "rekey-alice.wav"
     answerer = _answer(stack, "--tone", "300", "--out", str(heard_by_bob))
     caller = Caller(stack, "alice", "call", "bob", "--tone", "440", "--duration", "5.5",
@@ -257,23 +188,26 @@ def test_a_call_survives_rekeys_without_a_gap(stack: Stack) -> None:
     finally:
         caller.stop()
         answerer.stop()
+    assert 0 < alice_end["stats"]["signalling_round_trip_ms"] < 5000
     for end in (alice_end, bob_end):
         assert end["rekeys"] >= 2, end
         assert end["sources"] == FULL_SOURCES
         stats = end["stats"]
-        # Not one frame refused (no frame sealed under a key the other side lacked), none
-        # lost: the rekeys cost nothing audible.
-        assert (stats["refused_total"], stats["lost"]) == (0, 0), stats
+        # Not one frame refused (none sealed under a key the other side lacked yet), lost
+        # or late: every 20 ms of the sender's sound was played, across every rekey. (The
+        # playout may still wait a frame when a busy machine stalls a process: a delay the
+        # jitter buffer absorbs, not a key's gap, so it is not counted here.)
+        assert (stats["refused_total"], stats["lost"], stats["late"]) == (0, 0, 0), stats
     for path in (heard_by_bob, heard_by_alice):
         tone = read_wav(path)
         start = int(np.argmax(np.abs(tone) > 1000))  # the first sound heard
-        steady = tone[start + 4800:tone.size - 9600]  # skip the fade-in and the hang-up
-        assert steady.size > 3 * RATE
-        assert _longest_quiet_ms(steady, 0.3 * np.sqrt((steady ** 2).mean())) <= 60
+        seconds = tone[start + 4800:][:4 * RATE].reshape(4, RATE)  # four whole seconds
+        levels = np.sqrt((seconds ** 2).mean(axis=1))
+        assert levels.min() >= 0.5 * np.median(levels), levels  # the sound never stopped
 
 
 def test_a_lossy_tampering_path_degrades_the_sound_never_the_keys(stack: Stack) -> None:
-    sent = speech_like(4.0, seed=11)
+    sent = speech_with_pauses(4.0, seed=11)
     speech = write_wav(stack.root / "speech-lossy.wav", sent)
     heard = stack.root / "heard-lossy.wav"
     proxy = MediaProxy(stack.relay_url, loss=0.10, max_delay=0.030, tamper_every=37,
@@ -300,7 +234,7 @@ def test_a_lossy_tampering_path_degrades_the_sound_never_the_keys(stack: Stack) 
     assert proxy.replayed - 2 <= refused.get("replayed", 0) <= proxy.replayed
     assert stats["duplicates"] == 0  # no replay got as far as the jitter buffer
     assert stats["lost"] > 0 and stats["recovered_fec"] > 0
-    similarity = spectral_similarity(sent.astype(float), read_wav(heard))
+    similarity = segment_aligned_similarity(sent.astype(float), read_wav(heard))
     print(f"lossy path: correlation {similarity:.3f}; dropped {proxy.dropped}, tampered "
           f"{proxy.tampered}, replayed {proxy.replayed} of {proxy.media_frames}; "
           f"stats {stats}")
