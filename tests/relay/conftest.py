@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.relay.harness import RelayProcess, start_relay
+from tests.relay.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -15,3 +16,11 @@ def relay(tmp_path: Path) -> Iterator[RelayProcess]:
     process = start_relay(tmp_path / "relay", "--redeliver-after", "2")
     yield process
     process.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server in strict mode (AOF, appendfsync always) on a free loopback port."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
