@@ -9,6 +9,7 @@ import pytest
 
 from tests.relay.harness import RelayProcess, start_relay
 from tests.relay.redis_server import RedisServer
+from tests.relay.stores import KINDS, StoreFactory
 
 
 @pytest.fixture
@@ -24,3 +25,16 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(params=KINDS)
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Store tests run on each store: SQLite in tmp_path, Redis on a real redis-server."""
+    if request.param == "sqlite":
+        yield StoreFactory("sqlite", tmp_path)
+        return
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield StoreFactory("redis", tmp_path, server)
+    finally:
+        server.stop()
