@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -46,7 +47,7 @@ from relay.metrics import Metrics
 from relay.prekeys import Prekeys
 from relay.routing import LocalRouter, Router
 from relay.session import Cork, RelayConnection, Session
-from relay.store import SqliteStore, Store
+from relay.store import Store, make_store
 from relay.streams import Streams
 from relay.tls import ensure_self_signed, server_context
 from relay.wire.server import BinaryRequest, ConnectionRules, LoginAttempt
@@ -62,10 +63,9 @@ class Relay:
                  router: Router[Session] | None = None) -> None:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = store or SqliteStore(
-            config.data_dir / "relay.sqlite3", config.store_limits, synchronous=config.sync,
-            commit_interval=config.commit_interval,
-        )
+        self.store = store or make_store(
+            config.store_url, config.data_dir, config.store_limits, sync=config.sync,
+            commit_interval=config.commit_interval, redis_durability=config.redis_durability)
         self.router: Router[Session] = router or LocalRouter()
         self.relay_id = config.relay_id or _persistent_relay_id(config.data_dir)
         self.tls_fingerprint = b""
@@ -186,10 +186,11 @@ class Relay:
 
     # ------------------------------------------------------------ HTTP side
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(self, connection: ServerConnection,
+                         request: Request) -> Response | Awaitable[Response] | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
-            return connection.respond(http.HTTPStatus.OK, "ok\n")
+            return self._healthz(connection, detail=False)
         if path == "/metrics":
             if self.config.metrics_token is None:  # only with a token on the public port
                 return connection.respond(http.HTTPStatus.NOT_FOUND, METRICS_NOT_HERE)
@@ -206,14 +207,27 @@ class Relay:
         return None
 
     def _process_metrics_request(self, connection: ServerConnection,
-                                 request: Request) -> Response:
+                                 request: Request) -> Response | Awaitable[Response]:
         """The metrics listener: /metrics and /healthz, never a websocket."""
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
-            return connection.respond(http.HTTPStatus.OK, "ok\n")
+            return self._healthz(connection, detail=True)
         if path == "/metrics":
             return self._metrics(connection, request)
         return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+
+    async def _healthz(self, connection: ServerConnection, *, detail: bool) -> Response:
+        """"ok" once the store answers (a networked one is pinged); 503 when it does not.
+        The public port says only "ok"; the metrics listener adds what was checked."""
+        try:
+            checked = await asyncio.wait_for(self.store.health(), 5.0)
+        except Exception as exc:
+            log.warning("healthz: store unreachable: %s", exc)
+            text = f"store unreachable: {exc}\n" if detail else "store unreachable\n"
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, text)
+        if detail and checked is not None:
+            return connection.respond(http.HTTPStatus.OK, f"ok\n{checked}\n")
+        return connection.respond(http.HTTPStatus.OK, "ok\n")
 
     def _metrics(self, connection: ServerConnection, request: Request) -> Response:
         token = self.config.metrics_token

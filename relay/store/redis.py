@@ -53,6 +53,7 @@ from .base import (
     SpoolStatus,
     Store,
     StoreLimits,
+    StoreUnavailable,
     StreamRecord,
     StreamStatus,
 )
@@ -70,7 +71,7 @@ _BIND_STATUS = {s.value: s for s in BindStatus}
 _STREAM_STATUS = {s.value: s for s in StreamStatus}
 
 
-class RedisUnavailable(RuntimeError):
+class RedisUnavailable(StoreUnavailable):
     """redis-py is not installed, or the server cannot be used as configured."""
 
 
