@@ -264,6 +264,10 @@ class RedisStore(Store):
                 log.error("redis pipeline failed (%s): %d operations refused", exc, len(batch))
                 replies = [exc] * len(batch)
             self.round_trips += 1
+            if any(_no_function(reply) for reply in replies):
+                # Redis came back without its functions (it lost its data: persistence
+                # off). Those calls did not run; load the library and run them again.
+                await self._reload_library(batch, replies)
             for op, reply in zip(batch, replies, strict=True):
                 if isinstance(reply, Exception):
                     _settle(op, False, reply)
@@ -276,6 +280,23 @@ class RedisStore(Store):
                 _settle(op, True, value)
             if not self.behind():
                 self._room.set()
+
+    async def _reload_library(self, batch: list[_Op], replies: list[Any]) -> None:
+        log.error("redis lost the relay's functions (restarted without its data?): "
+                  "loading them again")
+        try:
+            await self._redis.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY)
+        except Exception as exc:
+            log.error("cannot load the relay's functions into Redis: %s", exc)
+            return
+        for index, (op, reply) in enumerate(zip(batch, replies, strict=True)):
+            if _no_function(reply):
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.fcall(op.function, 0, *op.args)
+                try:
+                    replies[index] = (await pipe.execute(raise_on_error=False))[0]
+                except Exception as exc:
+                    replies[index] = exc
 
     # ------------------------------------------------------------ identities
 
@@ -310,6 +331,8 @@ class RedisStore(Store):
     def new_envelope(self, sender: str, recipient: str, msg: str, body: bytes) -> Envelope:
         if self._seq_next >= self._seq_end:
             if self._seq_spare is None:
+                if self._seq_refill is None:  # try again, for the sends after this one
+                    self._seq_refill = asyncio.ensure_future(self._refill())
                 raise RedisUnavailable("no envelope numbers reserved: Redis is unreachable")
             self._seq_next, self._seq_end = self._seq_spare
             self._seq_spare = None
@@ -527,6 +550,10 @@ def _fetched(reply: Any) -> FetchedBundle | None:
                                   bytes(packed[start + size:])),)
     return FetchedBundle(PrekeyBundle(bytes(identity), bytes(signed), bytes(sig), one_time),
                          int(remaining))
+
+
+def _no_function(reply: Any) -> bool:
+    return isinstance(reply, Exception) and "Function not found" in str(reply)
 
 
 def _settle(op: _Op, ok: bool, value: Any) -> None:
