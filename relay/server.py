@@ -47,7 +47,7 @@ from relay.metrics import Metrics
 from relay.prekeys import Prekeys
 from relay.routing import LocalRouter, Router
 from relay.session import Cork, RelayConnection, Session
-from relay.store import Store, make_store
+from relay.store import REDIS_SCHEMES, Store, make_store
 from relay.streams import Streams
 from relay.tls import ensure_self_signed, server_context
 from relay.wire.server import BinaryRequest, ConnectionRules, LoginAttempt
@@ -66,7 +66,7 @@ class Relay:
         self.store = store or make_store(
             config.store_url, config.data_dir, config.store_limits, sync=config.sync,
             commit_interval=config.commit_interval, redis_durability=config.redis_durability)
-        self.router: Router[Session] = router or LocalRouter()
+        self.router: Router[Session] = router or self._default_router(shared=store is None)
         self.relay_id = config.relay_id or _persistent_relay_id(config.data_dir)
         self.tls_fingerprint = b""
         self.ssl_context = None
@@ -129,6 +129,14 @@ class Relay:
             "spool_share": config.store_limits.share_of(config.spool_quota_bytes),
         }
 
+    def _default_router(self, *, shared: bool) -> Router[Session]:
+        """Relays sharing a Redis store wake each other through its pub/sub; else local."""
+        if shared and (self.config.store_url or "").startswith(REDIS_SCHEMES):
+            from relay.routing_redis import RedisRouter
+
+            return RedisRouter(self.store, _read_queue_again)  # type: ignore[arg-type]
+        return LocalRouter()
+
     # ------------------------------------------------------------ lifecycle
 
     @property
@@ -137,6 +145,7 @@ class Relay:
 
     async def start(self) -> None:
         await self.store.open()
+        await self.router.start()
         await self.streams.load()
         self.server = await serve(
             self._handler,
@@ -181,6 +190,7 @@ class Relay:
         if self.server is not None:
             self.server.close(close_connections=True)
             await self.server.wait_closed()
+        await self.router.stop()
         await self.store.close()
         self.verifier.shutdown()
 
@@ -452,6 +462,13 @@ def _persistent_relay_id(data_dir: Path) -> str:
     tmp.write_text(relay_id + "\n")
     os.replace(tmp, path)
     return relay_id
+
+
+def _read_queue_again(session: Session) -> None:
+    """Another relay queued something for ``session``'s handle: its writer reads the queue."""
+    if session.handle is not None and not session.closing:
+        session.need_drain = True
+        session.wake.set()
 
 
 __all__ = ["GC_NO_AUTOMATIC_FULL", "GC_YOUNG_THRESHOLD", "Relay", "RelayConfig", "Session",

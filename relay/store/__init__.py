@@ -45,6 +45,7 @@ def make_store(store_url: str | None, data_dir: Path, limits: StoreLimits, *,
 __all__ = [
     "BindStatus",
     "BundleRefused",
+    "REDIS_SCHEMES",
     "EnqueueResult",
     "EnqueueStatus",
     "Envelope",

@@ -147,6 +147,9 @@ class RedisStore(Store):
         self._total_depth = 0
         self._spool_total = 0
         self.round_trips = 0  # pipelines sent (for tests and metrics)
+        # Queue reads in progress per recipient, and the seqs acked meanwhile (see pending).
+        self._reading: dict[str, int] = {}
+        self._acked_meanwhile: dict[str, set[int]] = {}
 
     # ------------------------------------------------------------ plumbing
 
@@ -370,10 +373,34 @@ class RedisStore(Store):
                     callback)
 
     async def pending(self, recipient: str, limit: int) -> list[Envelope]:
+        """As the interface says; and never an envelope whose ack this store was given
+        while the read was on its way (the reader would take it for a fresh one). Relays
+        that share a Redis deliver through these reads, not in-process, so that race is
+        their common case, not a rare one."""
         if limit <= 0:
             return []
-        return await self._call("qs_pending", recipient, self.consumer, limit,
-                                convert=lambda r: _envelopes_of(recipient, r))
+        while True:
+            self._reading[recipient] = self._reading.get(recipient, 0) + 1
+            try:
+                rows: list[Envelope] = await self._call(
+                    "qs_pending", recipient, self.consumer, limit,
+                    convert=lambda r: _envelopes_of(recipient, r))
+            finally:
+                acked = self._acked_meanwhile.get(recipient)
+                left = self._reading[recipient] - 1
+                if left:
+                    self._reading[recipient] = left
+                else:
+                    del self._reading[recipient]
+                    self._acked_meanwhile.pop(recipient, None)
+            if not acked or not any(row.seq in acked for row in rows):
+                return rows
+            # Read again rather than return a short page (the caller takes a short page
+            # for the end of the queue); those acks are now ahead of the new read.
+
+    def _note_acks(self, recipient: str, seqs: Sequence[int]) -> None:
+        if recipient in self._reading:
+            self._acked_meanwhile.setdefault(recipient, set()).update(seqs)
 
     async def envelopes(self, recipient: str, seqs: Sequence[int]) -> list[Envelope]:
         if not seqs:
@@ -389,10 +416,12 @@ class RedisStore(Store):
     async def ack(self, recipient: str, seqs: Sequence[int]) -> int:
         if not seqs:
             return 0
+        self._note_acks(recipient, seqs)
         return await self._call("qs_ack", recipient, *seqs, convert=self._acked)
 
     def ack_nowait(self, recipient: str, seqs: Sequence[int]) -> None:
         if seqs:
+            self._note_acks(recipient, seqs)
             self._queue("qs_ack", (self.prefix, recipient, *seqs), self._acked, None)
 
     async def queue_depth(self, recipient: str) -> int:
@@ -515,6 +544,23 @@ class RedisStore(Store):
 
     def barrier_then(self, callback: Callable[[bool, Any], None]) -> None:
         self._queue("PING", (), lambda reply: None, callback)
+
+    # ------------------------------------------------------------ wake-ups between relays
+
+    def wake_channel(self, handle: str) -> str:
+        """The pub/sub channel on which relays hear that ``handle`` has something queued."""
+        return f"{self.prefix}wake:{handle}"
+
+    def publish_after_writes(self, handle: str) -> None:
+        """Tell the relays serving ``handle`` to read its queue, once every write queued so
+        far is in Redis (same connection, same order: the envelope is there when they look)."""
+        self._queue("PUBLISH", (self.wake_channel(handle), b""), lambda reply: None, None)
+
+    def client(self) -> Any:
+        """The redis-py client (open store only), for the relay's pub/sub subscriber."""
+        if self._redis is None:
+            raise RuntimeError("store is not open")
+        return self._redis
 
 
 def _text(value: Any) -> str:
