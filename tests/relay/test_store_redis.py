@@ -7,11 +7,12 @@ Every test runs a real redis-server (tests/relay/redis_server.py), never a mock.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
-from relay.store import EnqueueStatus, Envelope, StoreLimits
+from relay.store import EnqueueStatus, Envelope, SpoolStatus, StoreLimits
 from relay.store.redis import RedisStore, RedisUnavailable, check_durability
 from tests.relay.redis_server import RedisServer
 
@@ -134,3 +135,26 @@ async def test_a_live_relay_takes_over_a_dead_relays_pending_deliveries(
     assert await peek.xlen("qsecret:q:bob") == 0  # acked entries leave the stream
     await live.close()
     await peek.aclose()
+
+
+async def test_the_global_cap_counts_the_bytes_redis_holds(redis_server: RedisServer) -> None:
+    kib = 1024
+    store = await _open(redis_server.url, StoreLimits(sender_share=1.0,
+                                                      max_store_bytes=300 * kib))
+    body = b"b" * (60 * kib)
+    results = [await store.enqueue(store.new_envelope("alice", "bob", f"{i:032x}", body))
+               for i in range(7)]
+    assert [r.status for r in results] == [EnqueueStatus.STORED] * 5 + [
+        EnqueueStatus.STORE_FULL] * 2
+    now = int(time.time() * 1000)
+    stream = b"\x07" * 16
+    await store.register_stream(stream, "carol", "alice", now, now + 60_000, 8)
+    assert (await store.spool("alice", stream, 0, body, now, now + 60_000,
+                              10**9)).status is SpoolStatus.STORE_FULL
+    # bob reads one envelope: its bytes are free again at once, for a frame as for a send.
+    assert await store.ack("bob", [results[0].envelope.seq]) == 1  # type: ignore[union-attr]
+    assert (await store.spool("alice", stream, 0, body, now, now + 60_000,
+                              10**9)).status is SpoolStatus.STORED
+    assert (await store.enqueue(store.new_envelope("alice", "bob", "z" * 32, body))).status \
+        is EnqueueStatus.STORE_FULL
+    await store.close()
