@@ -204,6 +204,8 @@ class RedisStore(Store):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._writer = self._seq_refill = None
+        while self._ops:  # queued after the barrier, or left by a failed one: not stored
+            _settle(self._ops.popleft(), False, RedisUnavailable("store closed"))
         await self._redis.aclose()
         self._redis = None
 
