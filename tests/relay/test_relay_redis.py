@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from relay import wire
 from tests.relay.harness import Client, Identity, start_relay
 from tests.relay.redis_server import RedisServer
 
@@ -77,6 +78,41 @@ async def test_clients_on_two_relays_over_one_redis_talk_live(tmp_path: Path,
         assert sorted(d.body for d in bob.delivered) == sorted(b"to bob %d" % i
                                                              for i in range(200))
         assert sorted(d.msg for d in alice.delivered) == sorted(to_alice)
+        await alice.close()
+        await bob.close()
+    finally:
+        one.stop()
+        two.stop()
+
+
+async def _pong(client: Client, req_id: str) -> None:
+    """A ping answered: every frame the client sent before it has been handled."""
+    client.conn.ping(req_id=req_id)
+    await client.flush()
+    await client.wait(lambda: any(isinstance(e, wire.Pong) and e.id == req_id
+                                  for e in client.events))
+
+
+async def test_a_relay_killed_mid_way_loses_nothing_and_repeats_nothing_acked(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    one = start_relay(tmp_path / "one", "--store", redis_server.url)
+    two = start_relay(tmp_path / "two", "--store", redis_server.url)
+    try:
+        alice_id, bob_id = Identity("alice"), Identity("bob")
+        bob = await Client(one.url, bob_id, auto_ack=False).connect()
+        alice = await Client(two.url, alice_id).connect()
+        to_bob = [await alice.send("bob", b"%d" % i) for i in range(300)]
+        await alice.wait(lambda: set(to_bob) <= set(alice.stored), timeout=30)
+        await bob.wait(lambda: len(bob.delivered) >= 300, timeout=30)
+        acked = {d.msg for d in bob.delivered[:100]}
+        bob.conn.ack([d.seq for d in bob.delivered[:100]])
+        await _pong(bob, "acked")
+        one.kill9()  # 200 deliveries are pending on relay one's consumer, never acked
+        await bob.close()
+        bob = await Client(two.url, bob_id).connect()  # bob moves to relay two
+        await bob.wait(lambda: len(bob.delivered) >= 200, timeout=30)
+        await _pong(bob, "settled")
+        assert sorted(d.msg for d in bob.delivered) == sorted(set(to_bob) - acked)
         await alice.close()
         await bob.close()
     finally:
