@@ -118,3 +118,31 @@ async def test_a_relay_killed_mid_way_loses_nothing_and_repeats_nothing_acked(
     finally:
         one.stop()
         two.stop()
+
+
+async def test_redis_restarted_under_a_running_relay_loses_nothing_stored(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    relay = start_relay(tmp_path / "relay", "--store", redis_server.url)
+    try:
+        alice_id, bob_id = Identity("alice"), Identity("bob")
+        bob = await Client(relay.url, bob_id).connect()
+        await bob.close()
+        alice = await Client(relay.url, alice_id).connect()
+        before = [await alice.send("bob", b"before %d" % i) for i in range(200)]
+        await alice.wait(lambda: set(before) <= set(alice.stored), timeout=30)
+        redis_server.kill9()
+        lost = await alice.send("bob", b"while Redis is down")
+        await alice.wait(lambda: any(e.msg == lost for e in alice.errors), timeout=30)
+        assert lost not in alice.stored  # refused, never "stored": the client sends it again
+        redis_server.restart()
+        again = await alice.send("bob", b"while Redis is down", msg_id=lost)
+        after = await alice.send("bob", b"after")
+        await alice.wait(lambda: {again, after} <= set(alice.stored), timeout=30)
+        bob = await Client(relay.url, bob_id).connect()
+        await bob.wait(lambda: len(bob.delivered) >= 202, timeout=30)
+        await _pong(bob, "settled")
+        assert sorted(d.msg for d in bob.delivered) == sorted([*before, lost, after])
+        await alice.close()
+        await bob.close()
+    finally:
+        relay.stop()
