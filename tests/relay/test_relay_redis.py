@@ -3,6 +3,7 @@ answer on /healthz, and live delivery between two relays sharing one Redis (issu
 
 from __future__ import annotations
 
+import asyncio
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -93,6 +94,20 @@ async def _pong(client: Client, req_id: str) -> None:
                                   for e in client.events))
 
 
+async def _queued_in_redis(server: RedisServer, handle: str, count: int) -> None:
+    """Wait until ``handle``'s queue in Redis holds ``count`` envelopes (polling a condition
+    with a deadline, as Client.wait does)."""
+    import redis.asyncio as redis_asyncio
+
+    peek = redis_asyncio.Redis.from_url(server.url)
+    try:
+        async with asyncio.timeout(30):
+            while int(await peek.hget(f"qsecret:qs:{handle}", "n") or 0) != count:
+                await asyncio.sleep(0.01)
+    finally:
+        await peek.aclose()
+
+
 async def test_a_relay_killed_mid_way_loses_nothing_and_repeats_nothing_acked(
         tmp_path: Path, redis_server: RedisServer) -> None:
     one = start_relay(tmp_path / "one", "--store", redis_server.url)
@@ -106,7 +121,10 @@ async def test_a_relay_killed_mid_way_loses_nothing_and_repeats_nothing_acked(
         await bob.wait(lambda: len(bob.delivered) >= 300, timeout=30)
         acked = {d.msg for d in bob.delivered[:100]}
         bob.conn.ack([d.seq for d in bob.delivered[:100]])
-        await _pong(bob, "acked")
+        await bob.flush()
+        # A pong does not wait for acks (they are not confirmed to clients: an ack lost
+        # with its relay only means a redelivery). Wait until Redis has applied these.
+        await _queued_in_redis(redis_server, "bob", 200)
         one.kill9()  # 200 deliveries are pending on relay one's consumer, never acked
         await bob.close()
         bob = await Client(two.url, bob_id).connect()  # bob moves to relay two
