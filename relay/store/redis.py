@@ -20,9 +20,11 @@ Durability: Redis answers a write only after it is in its AOF under the server's
 and accepts ``appendfsync everysec``: a Redis crash may lose the last second.
 
 Sequence numbers: ``new_envelope`` must not do I/O, so each relay reserves blocks of
-numbers with INCRBY on one counter and refills ahead of need. Numbers are unique across
-relays and restarts and increasing within each relay process (two relays interleave
-blocks). The queue order is the stream's (arrival) order.
+numbers with INCRBY on one counter and refills ahead of need (half a block left). Blocks
+are large (2^20) because a refill needs the event loop to turn: a burst of sends handled
+in one loop pass must not run dry; 2^53 (JSON's exact integers) still allows 2^33 blocks.
+Numbers are unique across relays and restarts and increasing within each relay process
+(two relays interleave blocks). The queue order is the stream's (arrival) order.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class RedisStore(Store):
 
     def __init__(self, url: str, limits: StoreLimits | None = None, *,
                  durability: str = "strict", prefix: str = "qsecret:",
-                 seq_block: int = 4096, max_batch: int = 1024,
+                 seq_block: int = 1 << 20, max_batch: int = 1024,
                  max_backlog: int = 8192, consumer: str | None = None) -> None:
         if durability not in DURABILITY_MODES:
             raise ValueError(f"redis durability must be one of {', '.join(DURABILITY_MODES)}")
