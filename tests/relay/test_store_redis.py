@@ -158,3 +158,24 @@ async def test_the_global_cap_counts_the_bytes_redis_holds(redis_server: RedisSe
     assert (await store.enqueue(store.new_envelope("alice", "bob", "z" * 32, body))).status \
         is EnqueueStatus.STORE_FULL
     await store.close()
+
+
+async def test_a_burst_in_one_loop_pass_never_runs_out_of_numbers(
+        redis_server: RedisServer) -> None:
+    # The relay numbers envelopes without I/O (new_envelope) as it reads frames; a block is
+    # refilled only once the loop turns, so a burst handled in one pass must fit in one.
+    store = await _open(redis_server.url, StoreLimits(quota_messages=20_000, sender_share=1.0))
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    results: list[object] = []
+
+    def settled(ok: bool, value: object) -> None:
+        results.append(value if ok else repr(value))
+        if len(results) == 10_000:
+            done.set_result(None)
+
+    for i in range(10_000):  # no await in between: one loop pass
+        store.enqueue_then(store.new_envelope("alice", "bob", f"{i:032x}", b"x"), settled)
+    await done
+    assert {r.status for r in results} == {EnqueueStatus.STORED}  # type: ignore[attr-defined]
+    assert await store.queue_depth("bob") == 10_000
+    await store.close()
