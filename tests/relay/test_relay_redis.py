@@ -164,3 +164,31 @@ async def test_redis_restarted_under_a_running_relay_loses_nothing_stored(
         await bob.close()
     finally:
         relay.stop()
+
+
+async def test_live_delivery_between_relays_resumes_after_a_redis_restart(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    one = start_relay(tmp_path / "one", "--store", redis_server.url)
+    two = start_relay(tmp_path / "two", "--store", redis_server.url)
+    try:
+        bob = await Client(two.url, Identity("bob")).connect()
+        alice = await Client(one.url, Identity("alice")).connect()
+        first = await alice.send("bob", b"before")
+        await bob.wait(lambda: [d.msg for d in bob.delivered] == [first], timeout=30)
+        redis_server.kill9()
+        redis_server.restart()
+        # Relay two's subscriber reconnects and subscribes again; relay one's next send
+        # (retried by the client until stored) wakes bob's session on relay two live.
+        second = await alice.send("bob", b"after")
+        while second not in alice.stored:
+            await alice.wait(lambda: second in alice.stored or any(
+                e.msg == second for e in alice.errors), timeout=30)
+            if second not in alice.stored:
+                alice.errors.clear()
+                await alice.send("bob", b"after", msg_id=second)
+        await bob.wait(lambda: second in [d.msg for d in bob.delivered], timeout=30)
+        await alice.close()
+        await bob.close()
+    finally:
+        one.stop()
+        two.stop()
