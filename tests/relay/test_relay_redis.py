@@ -58,26 +58,33 @@ def test_a_relay_refuses_a_redis_without_fsync_always(tmp_path: Path) -> None:
         server.stop()
 
 
-async def test_clients_on_two_relays_over_one_redis_talk_live(tmp_path: Path,
-                                                             redis_server: RedisServer) -> None:
-    one = start_relay(tmp_path / "one", "--store", redis_server.url)
-    two = start_relay(tmp_path / "two", "--store", redis_server.url)
+async def test_clients_on_two_relays_over_one_redis_exchange_10000_live(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    # The test sends as fast as it can, 5000 from one sender to one recipient.
+    fast = ("--rate", "100000", "--burst", "100000", "--sender-share", "1")
+    one = start_relay(tmp_path / "one", "--store", redis_server.url, *fast)
+    two = start_relay(tmp_path / "two", "--store", redis_server.url, *fast)
     try:
         alice_id, bob_id = Identity("alice"), Identity("bob")
         bob = await Client(two.url, bob_id).connect()
         alice = await Client(one.url, alice_id).connect()
         # Live both ways: nobody reconnects, so only a wake-up between the relays (pub/sub,
         # published once the envelope is in Redis) makes these arrive.
-        to_bob = [await alice.send("bob", b"to bob %d" % i) for i in range(200)]
-        to_alice = [await bob.send("alice", b"to alice %d" % i) for i in range(200)]
-        await bob.wait(lambda: len(bob.delivered) >= 200, timeout=30)
-        await alice.wait(lambda: len(alice.delivered) >= 200, timeout=30)
-        await alice.wait(lambda: set(to_bob) <= set(alice.stored), timeout=30)
-        await bob.wait(lambda: set(to_alice) <= set(bob.stored), timeout=30)
+        count = 5000
+        to_bob = [alice.conn.send("bob", b"to bob %d" % i) for i in range(count)]
+        to_alice = [bob.conn.send("alice", b"to alice %d" % i) for i in range(count)]
+        await alice.flush()
+        await bob.flush()
+        await bob.wait(lambda: len(bob.delivered) >= count, timeout=120)
+        await alice.wait(lambda: len(alice.delivered) >= count, timeout=120)
+        await alice.wait(lambda: set(to_bob) <= set(alice.stored), timeout=120)
+        await bob.wait(lambda: set(to_alice) <= set(bob.stored), timeout=120)
+        await _pong(alice, "settled")
+        await _pong(bob, "settled")
         # Exactly once, every byte as sent.
         assert sorted(d.msg for d in bob.delivered) == sorted(to_bob)
         assert sorted(d.body for d in bob.delivered) == sorted(b"to bob %d" % i
-                                                             for i in range(200))
+                                                             for i in range(count))
         assert sorted(d.msg for d in alice.delivered) == sorted(to_alice)
         await alice.close()
         await bob.close()
