@@ -152,6 +152,9 @@ class RedisStore(Store):
         # Queue reads in progress per recipient, and the seqs acked meanwhile (see pending).
         self._reading: dict[str, int] = {}
         self._acked_meanwhile: dict[str, set[int]] = {}
+        # Set while the server no longer runs the durability this store was opened with
+        # (re-checked with each expiry round): every operation is refused meanwhile.
+        self.unsafe: str | None = None
 
     # ------------------------------------------------------------ plumbing
 
@@ -184,7 +187,7 @@ class RedisStore(Store):
                 f"needs CONFIG GET to check durability (`{how_to_start(self.durability)}`)"
             ) from exc
         except (OSError, errors.ConnectionError) as exc:
-            raise RedisUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+            raise RedisUnavailable(f"cannot reach Redis at {_redact(self.url)}: {exc}") from exc
         values = {_text(k): _text(v) for k, v in config.items()}
         if (problem := check_durability(values, self.durability)) is not None:
             raise RedisUnavailable(problem)
@@ -215,6 +218,8 @@ class RedisStore(Store):
         """PING Redis (on its own connection, not behind queued writes)."""
         if self._redis is None:
             raise RedisUnavailable("store is not open")
+        if self.unsafe is not None:
+            raise RedisUnavailable(self.unsafe)
         started = time.perf_counter()
         await self._redis.ping()
         return f"redis ok ({(time.perf_counter() - started) * 1000:.1f} ms)"
@@ -255,6 +260,11 @@ class RedisStore(Store):
                 self._wake.clear()
                 await self._wake.wait()
             batch = [self._ops.popleft() for _ in range(min(len(self._ops), self.max_batch))]
+            if self.unsafe is not None:  # not "stored" under weaker durability than promised
+                for op in batch:
+                    _settle(op, False, RedisUnavailable(self.unsafe))
+                self._room.set()
+                continue
             pipe = self._redis.pipeline(transaction=False)
             for op in batch:
                 if op.function.startswith("qs_"):
@@ -436,8 +446,23 @@ class RedisStore(Store):
         return self._total_depth
 
     async def expire(self) -> int:
+        await self._recheck_durability()
+        if self.unsafe is not None:  # refused anyway; the next round looks again
+            return 0
         cutoff = int((time.time() - self.limits.ttl_seconds) * 1000)
         return await self._call("qs_expire", cutoff, _EXPIRE_SCAN, convert=self._acked)
+
+    async def _recheck_durability(self) -> None:
+        """An operator may CONFIG SET appendfsync later: refuse to store until it is back."""
+        config = await self._redis.config_get("append*")
+        problem = check_durability({_text(k): _text(v) for k, v in config.items()},
+                                   self.durability)
+        if problem != self.unsafe:
+            if problem is None:
+                log.warning("Redis durability is back to %s: storing again", self.durability)
+            else:
+                log.error("refusing every store operation: %s", problem)
+        self.unsafe = problem
 
     # ------------------------------------------------------------ prekeys
 

@@ -179,3 +179,23 @@ async def test_a_burst_in_one_loop_pass_never_runs_out_of_numbers(
     assert {r.status for r in results} == {EnqueueStatus.STORED}  # type: ignore[attr-defined]
     assert await store.queue_depth("bob") == 10_000
     await store.close()
+
+
+async def test_a_server_weakened_after_open_is_refused_until_it_is_fixed(
+        redis_server: RedisServer) -> None:
+    import redis.asyncio as redis_asyncio
+
+    store = await _open(redis_server.url)
+    admin = redis_asyncio.Redis.from_url(redis_server.url)
+    await admin.config_set("appendfsync", "everysec")
+    await store.expire()  # each expiry round re-reads the server's durability
+    with pytest.raises(RedisUnavailable, match="appendfsync always"):
+        await store.enqueue(store.new_envelope("alice", "bob", "a" * 32, b"a"))
+    with pytest.raises(RedisUnavailable):
+        await store.health()
+    await admin.config_set("appendfsync", "always")
+    await store.expire()
+    result = await store.enqueue(store.new_envelope("alice", "bob", "a" * 32, b"a"))
+    assert result.status is EnqueueStatus.STORED
+    await admin.aclose()
+    await store.close()
