@@ -199,3 +199,17 @@ async def test_a_server_weakened_after_open_is_refused_until_it_is_fixed(
     assert result.status is EnqueueStatus.STORED
     await admin.aclose()
     await store.close()
+
+
+def test_without_redis_py_the_relay_says_how_to_get_it() -> None:
+    import subprocess
+    import sys
+
+    # A fresh interpreter where `import redis` fails, as on a machine without the extra.
+    code = ("import sys, asyncio; sys.modules['redis'] = None\n"
+            "from relay.store.redis import RedisStore\n"
+            "asyncio.run(RedisStore('redis://127.0.0.1:1/0').open())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode != 0
+    assert "pip install 'qsecret[redis]'" in result.stderr
