@@ -17,7 +17,7 @@ import platformdirs
 
 from relay import loop as event_loop
 from relay.config import RelayConfig
-from relay.store import StoreLimits
+from relay.store import StoreLimits, StoreUnavailable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,6 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--relay-id", help="relay id announced to clients (default: persisted)")
     parser.add_argument("--sync", choices=["full", "normal"], default="full",
                         help="sqlite durability: full survives power loss, normal a crash")
+    parser.add_argument("--store", default="sqlite", metavar="sqlite|redis://HOST:PORT/DB",
+                        help="where the relay keeps queues, handles, prekeys and the spool: "
+                             "sqlite in --data (default), or one Redis shared by many relays")
+    parser.add_argument("--redis-durability", choices=["strict", "everysec"], default="strict",
+                        help="with --store redis://: strict needs Redis with appendonly yes "
+                             "and appendfsync always (an acked send survives a Redis crash); "
+                             "everysec: a Redis crash may lose the last second")
     parser.add_argument("--max-connections", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=500.0,
                         help="text frames/s per connection (default 500)")
@@ -148,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         key=args.key,
         self_signed=args.self_signed,
         sync=args.sync.upper(),
+        store_url=None if args.store == "sqlite" else args.store,
+        redis_durability=args.redis_durability,
         store_limits=StoreLimits(quota_messages=args.quota, ttl_seconds=args.ttl),
         max_connections=args.max_connections,
         rate=args.rate,
@@ -196,6 +205,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except OSError as exc:
         print(f"qsecret relay: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"qsecret relay: cannot use the store: {exc}", file=sys.stderr)
         return 2
     return 0
 
@@ -311,6 +323,7 @@ async def serve_forever(config: RelayConfig) -> None:
     if relay.tls_fingerprint:
         print(f"relay certificate SHA-256 fingerprint: {format_fingerprint(relay.tls_fingerprint)}")
     print(f"relay id: {relay.relay_id} (event loop: {type(asyncio.get_running_loop()).__module__})")
+    print(f"relay store: {relay.store.describe()}")
     if relay.metrics_port is not None:
         metrics_host = config.metrics_host or ""
         metrics_host = metrics_host if ":" not in metrics_host else f"[{metrics_host}]"

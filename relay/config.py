@@ -18,6 +18,11 @@ class RelayConfig:
     key: Path | None = None
     self_signed: bool = False
     sync: str = "FULL"  # sqlite synchronous: FULL survives power loss, NORMAL a killed process
+    # None: the embedded SQLite store in data_dir; "redis://HOST:PORT/DB": many relays over
+    # one Redis (relay/store/redis.py), whose durability mode is redis_durability
+    # ("strict": appendfsync always; "everysec": a Redis crash may lose the last second).
+    store_url: str | None = None
+    redis_durability: str = "strict"
     commit_interval: float = 0.004  # seconds; sqlite commits start at most this often
     store_limits: StoreLimits = field(default_factory=StoreLimits)
     max_connections: int = 10_000

@@ -45,6 +45,12 @@ class Router(ABC, Generic[S]):
         """Something was queued for ``handle`` while none of its sessions is here; a
         multi-relay router tells the relay that has one (here: nothing to do)."""
 
+    async def start(self) -> None:
+        """Connect to the other relays, if any (after the store is open)."""
+
+    async def stop(self) -> None:
+        """Disconnect from the other relays (before the store closes)."""
+
 
 class LocalRouter(Router[S]):
     """The in-process router: one relay, every session in one dict."""

@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -46,7 +47,7 @@ from relay.metrics import COMMIT_BUCKETS, Metrics
 from relay.prekeys import Prekeys
 from relay.routing import LocalRouter, Router
 from relay.session import Cork, RelayConnection, Session
-from relay.store import SqliteStore, Store
+from relay.store import REDIS_SCHEMES, Store, make_store
 from relay.streams import Streams
 from relay.tls import ensure_self_signed, server_context
 from relay.wire.server import BinaryRequest, ConnectionRules, LoginAttempt
@@ -62,12 +63,12 @@ class Relay:
                  router: Router[Session] | None = None) -> None:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = store or SqliteStore(
-            config.data_dir / "relay.sqlite3", config.store_limits, synchronous=config.sync,
-            commit_interval=config.commit_interval,
-        )
-        self.router: Router[Session] = router or LocalRouter()
         self.relay_id = config.relay_id or _persistent_relay_id(config.data_dir)
+        self.store = store or make_store(
+            config.store_url, config.data_dir, config.store_limits, sync=config.sync,
+            commit_interval=config.commit_interval, redis_durability=config.redis_durability,
+            consumer=self.relay_id)
+        self.router: Router[Session] = router or self._default_router(shared=store is None)
         self.tls_fingerprint = b""
         self.ssl_context = None
         if config.self_signed or config.cert:
@@ -132,6 +133,14 @@ class Relay:
             "spool_share": config.store_limits.share_of(config.spool_quota_bytes),
         }
 
+    def _default_router(self, *, shared: bool) -> Router[Session]:
+        """Relays sharing a Redis store wake each other through its pub/sub; else local."""
+        if shared and (self.config.store_url or "").startswith(REDIS_SCHEMES):
+            from relay.routing_redis import RedisRouter
+
+            return RedisRouter(self.store, _read_queue_again)  # type: ignore[arg-type]
+        return LocalRouter()
+
     # ------------------------------------------------------------ lifecycle
 
     @property
@@ -140,6 +149,7 @@ class Relay:
 
     async def start(self) -> None:
         await self.store.open()
+        await self.router.start()
         await self.streams.load()
         self.server = await serve(
             self._handler,
@@ -184,15 +194,17 @@ class Relay:
         if self.server is not None:
             self.server.close(close_connections=True)
             await self.server.wait_closed()
+        await self.router.stop()
         await self.store.close()
         self.verifier.shutdown()
 
     # ------------------------------------------------------------ HTTP side
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(self, connection: ServerConnection,
+                         request: Request) -> Response | Awaitable[Response] | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
-            return connection.respond(http.HTTPStatus.OK, "ok\n")
+            return self._healthz(connection, detail=False)
         if path == "/metrics":
             if self.config.metrics_token is None:  # only with a token on the public port
                 return connection.respond(http.HTTPStatus.NOT_FOUND, METRICS_NOT_HERE)
@@ -209,14 +221,27 @@ class Relay:
         return None
 
     def _process_metrics_request(self, connection: ServerConnection,
-                                 request: Request) -> Response:
+                                 request: Request) -> Response | Awaitable[Response]:
         """The metrics listener: /metrics and /healthz, never a websocket."""
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
-            return connection.respond(http.HTTPStatus.OK, "ok\n")
+            return self._healthz(connection, detail=True)
         if path == "/metrics":
             return self._metrics(connection, request)
         return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+
+    async def _healthz(self, connection: ServerConnection, *, detail: bool) -> Response:
+        """"ok" once the store answers (a networked one is pinged); 503 when it does not.
+        The public port says only "ok"; the metrics listener adds what was checked."""
+        try:
+            checked = await asyncio.wait_for(self.store.health(), 5.0)
+        except Exception as exc:
+            log.warning("healthz: store unreachable: %s", exc)
+            text = f"store unreachable: {exc}\n" if detail else "store unreachable\n"
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, text)
+        if detail and checked is not None:
+            return connection.respond(http.HTTPStatus.OK, f"ok\n{checked}\n")
+        return connection.respond(http.HTTPStatus.OK, "ok\n")
 
     def _metrics(self, connection: ServerConnection, request: Request) -> Response:
         token = self.config.metrics_token
@@ -441,6 +466,13 @@ def _persistent_relay_id(data_dir: Path) -> str:
     tmp.write_text(relay_id + "\n")
     os.replace(tmp, path)
     return relay_id
+
+
+def _read_queue_again(session: Session) -> None:
+    """Another relay queued something for ``session``'s handle: its writer reads the queue."""
+    if session.handle is not None and not session.closing:
+        session.need_drain = True
+        session.wake.set()
 
 
 __all__ = ["GC_NO_AUTOMATIC_FULL", "GC_YOUNG_THRESHOLD", "Relay", "RelayConfig", "Session",

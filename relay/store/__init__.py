@@ -1,4 +1,9 @@
-"""Relay storage: the :class:`Store` interface and its SQLite implementation."""
+"""Relay storage: the :class:`Store` interface, its SQLite implementation (embedded default)
+and its Redis one (relay/store/redis.py, imported only for ``--store redis://``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 from .base import (
     BindStatus,
@@ -14,15 +19,34 @@ from .base import (
     SpoolStatus,
     Store,
     StoreLimits,
+    StoreUnavailable,
     StreamRecord,
     StreamStatus,
     quota_verdict,
 )
 from .sqlite import SqliteStore
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def make_store(store_url: str | None, data_dir: Path, limits: StoreLimits, *,
+               sync: str = "FULL", commit_interval: float = 0.004,
+               redis_durability: str = "strict", consumer: str | None = None) -> Store:
+    """The store a relay runs on: SQLite in ``data_dir`` unless ``store_url`` names a Redis
+    (``consumer``: the relay's name in the Redis consumer groups, kept across restarts)."""
+    if store_url is None or store_url == "sqlite":
+        return SqliteStore(data_dir / "relay.sqlite3", limits, synchronous=sync,
+                           commit_interval=commit_interval)
+    if store_url.startswith(REDIS_SCHEMES):
+        from .redis import RedisStore
+
+        return RedisStore(store_url, limits, durability=redis_durability, consumer=consumer)
+    raise ValueError(f"--store must be sqlite or redis://HOST:PORT/DB, not {store_url!r}")
+
 __all__ = [
     "BindStatus",
     "BundleRefused",
+    "REDIS_SCHEMES",
     "EnqueueResult",
     "EnqueueStatus",
     "Envelope",
@@ -35,7 +59,9 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoreLimits",
+    "StoreUnavailable",
     "StreamRecord",
     "StreamStatus",
+    "make_store",
     "quota_verdict",
 ]

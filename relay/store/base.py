@@ -117,6 +117,11 @@ class SpoolPage:
     top: int
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot be used as configured (its server unreachable, unsafe or missing a
+    library); the message says what to do."""
+
+
 class BundleRefused(Exception):
     """An upload the store will not keep (e.g. too many one-time prekeys stored)."""
 
@@ -354,6 +359,15 @@ class Store(ABC):
     async def barrier(self) -> None:
         """Return once every write queued before this call is durable."""
 
+    def describe(self) -> str:
+        """Which store this is and where, for the relay's start-up line."""
+        return type(self).__name__
+
+    async def health(self) -> str | None:
+        """Check a networked backend (raise when it is unreachable) and say so; None: an
+        embedded store with nothing to check beyond the process itself."""
+        return None
+
 
 def _outcome(future: asyncio.Future[Any]) -> tuple[bool, Any]:
     if future.cancelled():
@@ -380,6 +394,7 @@ __all__ = [
     "Store",
     "StoreLimits",
     "StreamRecord",
+    "StoreUnavailable",
     "StreamStatus",
     "quota_verdict",
 ]

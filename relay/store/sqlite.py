@@ -216,6 +216,9 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------ plumbing
 
+    def describe(self) -> str:
+        return f"sqlite {self.path} (synchronous {self.synchronous})"
+
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = self._loop.create_future()

@@ -3,7 +3,7 @@ store's global cap, and the limit on new handles per address; every refusal name
 limit it is.
 
 The policy and the limiter are pure (tested here on their own); the store's accounting is
-tested on SqliteStore directly (shares survive acks, expiry and a reopen); the behaviour
+tested on each store directly (shares survive acks, expiry and a reopen); the behaviour
 users see is tested against a real relay process with small limits.
 """
 
@@ -23,11 +23,13 @@ from relay.store import (
     QuotaVerdict,
     SpoolStatus,
     SqliteStore,
+    Store,
     StoreLimits,
     StreamStatus,
     quota_verdict,
 )
 from tests.relay.harness import Client, Identity, RelayProcess, start_relay
+from tests.relay.stores import StoreFactory
 from tests.relay.test_relay_file_streams import wait_metric
 
 KiB = 1024
@@ -117,21 +119,25 @@ def test_flags_are_checked() -> None:
 # ---------------------------------------------------------------- the store's accounting
 
 
-async def _store(path: Path, **limits: float) -> SqliteStore:
-    store = SqliteStore(path / "s.db", StoreLimits(**limits), synchronous="NORMAL")  # type: ignore[arg-type]
-    await store.open()
+async def _store(where: Path | StoreFactory, **limits: float) -> Store:
+    """A store with four users: SQLite in a directory, or either store (tests/relay/stores)."""
+    if isinstance(where, StoreFactory):
+        store = await where.open(StoreLimits(**limits))  # type: ignore[arg-type]
+    else:
+        store = SqliteStore(where / "s.db", StoreLimits(**limits), synchronous="NORMAL")  # type: ignore[arg-type]
+        await store.open()
     for handle in ("alice", "bob", "carol", "mallory"):
         await store.bind_identity(handle, handle.encode())
     return store
 
 
-async def _send(store: SqliteStore, sender: str, to: str, body: bytes = b"x") -> EnqueueStatus:
+async def _send(store: Store, sender: str, to: str, body: bytes = b"x") -> EnqueueStatus:
     envelope = store.new_envelope(sender, to, os.urandom(16).hex(), body)
     return (await store.enqueue(envelope)).status
 
 
-async def test_a_stranger_fills_only_his_share_of_the_queue(tmp_path: Path) -> None:
-    store = await _store(tmp_path, quota_messages=8, quota_bytes=8000, sender_share=0.25)
+async def test_a_stranger_fills_only_his_share_of_the_queue(stores: StoreFactory) -> None:
+    store = await _store(stores, quota_messages=8, quota_bytes=8000, sender_share=0.25)
     # Grouped in one commit as a flood would be: the share holds within a batch too.
     flood = await asyncio.gather(*(store.enqueue(store.new_envelope(
         "mallory", "bob", f"{i:032x}", b"m")) for i in range(20)))
@@ -148,8 +154,7 @@ async def test_a_stranger_fills_only_his_share_of_the_queue(tmp_path: Path) -> N
     assert await _send(store, "mallory", "bob") is EnqueueStatus.SHARE_EXCEEDED
     await store.close()
     # The shares are re-read from the disk after a restart.
-    store = SqliteStore(tmp_path / "s.db", StoreLimits(quota_messages=8, quota_bytes=8000))
-    await store.open()
+    store = await stores.open(StoreLimits(quota_messages=8, quota_bytes=8000))
     assert await _send(store, "mallory", "bob") is EnqueueStatus.SHARE_EXCEEDED
     assert await _send(store, "alice", "bob") is EnqueueStatus.STORED
     # Many senders together still fill the recipient's queue: then it is bob's quota.
@@ -161,8 +166,8 @@ async def test_a_stranger_fills_only_his_share_of_the_queue(tmp_path: Path) -> N
     await store.close()
 
 
-async def test_expiry_frees_shares(tmp_path: Path) -> None:
-    store = await _store(tmp_path, quota_messages=4, sender_share=0.5, ttl_seconds=0.2)
+async def test_expiry_frees_shares(stores: StoreFactory) -> None:
+    store = await _store(stores, quota_messages=4, sender_share=0.5, ttl_seconds=0.2)
     assert await store.queue_depth("bob") == 0  # bob's depth (and shares) now cached
     assert [await _send(store, "mallory", "bob") for _ in range(3)] == [
         EnqueueStatus.STORED, EnqueueStatus.STORED, EnqueueStatus.SHARE_EXCEEDED]
@@ -174,8 +179,8 @@ async def test_expiry_frees_shares(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_spool_shares_follow_the_streams_sender(tmp_path: Path) -> None:
-    store = await _store(tmp_path, sender_share=0.25)
+async def test_spool_shares_follow_the_streams_sender(stores: StoreFactory) -> None:
+    store = await _store(stores, sender_share=0.25)
     now = int(time.time() * 1000)
     later = now + 60_000
     from_mallory, from_alice, to_mallory = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16
@@ -198,8 +203,7 @@ async def test_spool_shares_follow_the_streams_sender(tmp_path: Path) -> None:
     assert await store.spool_ack("bob", from_mallory, [0]) == 1
     assert await spool(from_mallory, "bob", 2) is SpoolStatus.STORED
     await store.close()
-    store = SqliteStore(tmp_path / "s.db", StoreLimits(sender_share=0.25))
-    await store.open()  # re-read from the disk
+    store = await stores.open(StoreLimits(sender_share=0.25))  # re-read from the disk
     assert await spool(from_mallory, "bob", 3) is SpoolStatus.SHARE_EXCEEDED
     assert await store.close_stream(from_mallory) == 2  # closing frees it all
     assert await store.register_stream(from_mallory, "mallory", "bob", now, later,

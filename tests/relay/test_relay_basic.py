@@ -15,6 +15,9 @@ from websockets.asyncio.client import connect
 
 from relay import wire
 from tests.relay.harness import ROOT, Client, Identity, RelayProcess, start_relay
+from tests.relay.stores import KINDS
+
+RELAY_STORES = KINDS  # the `relay` fixture runs these tests on SQLite and on Redis
 
 
 async def test_login_send_receive_ack(relay: RelayProcess) -> None:

@@ -18,6 +18,9 @@ import pytest
 
 from relay import wire
 from tests.relay.harness import Client, Identity, RelayProcess, start_relay
+from tests.relay.stores import KINDS
+
+RELAY_STORES = KINDS  # the `relay` fixture runs these tests on SQLite and on Redis
 
 pytestmark = pytest.mark.slow
 
@@ -120,8 +123,8 @@ async def spooled_for_bob(relay: RelayProcess, alice: Identity, bob: Identity, c
 
 
 @pytest.fixture
-def relay(tmp_path: Path):  # type: ignore[no-untyped-def]
-    process = start_relay(tmp_path / "relay")
+def relay(tmp_path: Path, relay_store: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    process = start_relay(tmp_path / "relay", *relay_store)
     yield process
     process.stop()
 
@@ -198,14 +201,15 @@ async def test_reverse_direction_is_spooled_too(relay: RelayProcess) -> None:
     await sender.close()
 
 
-async def test_spool_survives_kill_9_and_registration_survives_restart(tmp_path: Path) -> None:
-    relay = start_relay(tmp_path / "relay")
+async def test_spool_survives_kill_9_and_registration_survives_restart(
+        tmp_path: Path, relay_store: tuple[str, ...]) -> None:
+    relay = start_relay(tmp_path / "relay", *relay_store)
     alice, bob = Identity("alice"), Identity("bob")
     try:
         sender, stream, sent = await spooled_for_bob(relay, alice, bob, 16, size=100_000)
         relay.kill9()
         await sender.close()
-        relay = start_relay(tmp_path / "relay", port=relay.port)
+        relay = start_relay(tmp_path / "relay", *relay_store, port=relay.port)
 
         # The registration is still there: the same opener re-opens idempotently...
         sender = await connect(relay, alice)

@@ -7,6 +7,9 @@ import asyncio
 from relay import wire
 from relay.prekeys import PREKEYS_LOW
 from tests.relay.harness import HYBRID, Client, Identity, RelayProcess, start_relay
+from tests.relay.stores import KINDS
+
+RELAY_STORES = KINDS  # the `relay` fixture runs these tests on SQLite and on Redis
 
 ONE_TIME = 30
 FETCHERS = 8
@@ -67,8 +70,9 @@ async def test_concurrent_fetches_never_share_a_prekey(relay: RelayProcess) -> N
         await client.close()
 
 
-async def test_prekeys_survive_restart_and_count_at_login(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    relay = start_relay(tmp_path / "r")
+async def test_prekeys_survive_restart_and_count_at_login(  # type: ignore[no-untyped-def]
+        tmp_path, relay_store: tuple[str, ...]) -> None:
+    relay = start_relay(tmp_path / "r", *relay_store)
     carol_id = Identity("carol")
     carol = await Client(relay.url, carol_id).connect()
     carol.conn.upload_prekeys(wire.sign_bundle("carol", carol_id.keypair.public_key, b"s",
@@ -77,7 +81,7 @@ async def test_prekeys_survive_restart_and_count_at_login(tmp_path) -> None:  # 
     await carol.wait(lambda: any(isinstance(e, wire.PrekeysOk) for e in carol.events))
     await carol.close()
     relay.stop()
-    relay = start_relay(tmp_path / "r")
+    relay = start_relay(tmp_path / "r", *relay_store)
     try:
         carol = await Client(relay.url, carol_id).connect()
         assert carol.auth_ok is not None and carol.auth_ok.prekeys == 2

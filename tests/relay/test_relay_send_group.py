@@ -8,6 +8,9 @@ from pathlib import Path
 
 from relay import wire
 from tests.relay.harness import Client, Identity, RelayProcess, start_relay
+from tests.relay.stores import KINDS
+
+RELAY_STORES = KINDS  # the `relay` fixture runs these tests on SQLite and on Redis
 
 
 def _stored_groups(client: Client) -> list[wire.StoredGroup]:

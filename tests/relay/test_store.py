@@ -1,4 +1,5 @@
-"""SqliteStore directly: grouped commits, de-dup, quotas, TTL, own-queue acks, atomic prekeys."""
+"""Each store directly (SQLite and Redis, see tests/relay/stores.py): grouped writes, de-dup,
+quotas, TTL, own-queue acks, atomic prekeys, file-stream spool."""
 
 from __future__ import annotations
 
@@ -9,51 +10,50 @@ from pathlib import Path
 import pytest
 
 from relay import wire
-from relay.store import BindStatus, BundleRefused, EnqueueStatus, SqliteStore, StoreLimits
+from relay.store import BindStatus, BundleRefused, EnqueueStatus, SqliteStore, Store, StoreLimits
+from tests.relay.stores import StoreFactory, batches
 
 
-async def open_store(path: Path, **limits: float) -> SqliteStore:
-    store = SqliteStore(path / "s.db", StoreLimits(**limits), synchronous="NORMAL")  # type: ignore[arg-type]
-    await store.open()
+async def open_store(stores: StoreFactory, **limits: float) -> Store:
+    store = await stores.open(StoreLimits(**limits))  # type: ignore[arg-type]
     for handle in ("alice", "bob", "carol"):
         await store.bind_identity(handle, handle.encode())
     return store
 
 
-async def send(store: SqliteStore, sender: str, to: str, msg: str, body: bytes = b"x"):  # type: ignore[no-untyped-def]
+async def send(store: Store, sender: str, to: str, msg: str, body: bytes = b"x"):  # type: ignore[no-untyped-def]
     return await store.enqueue(store.new_envelope(sender, to, msg, body))
 
 
-async def test_bind_identity(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
+async def test_bind_identity(stores: StoreFactory) -> None:
+    store = await open_store(stores)
     assert await store.bind_identity("dave", b"k1") is BindStatus.NEW
     assert await store.bind_identity("dave", b"k1") is BindStatus.MATCH
     assert await store.bind_identity("dave", b"k2") is BindStatus.MISMATCH
     await store.close()
 
 
-async def test_concurrent_sends_share_commits_and_survive_reopen(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
-    before = store.commits
-    futures = [store.enqueue_future(store.new_envelope("alice", "bob", f"{i:032x}", b"b"))
-               for i in range(2000)]
-    results = await asyncio.gather(*futures)
+async def test_concurrent_sends_share_commits_and_survive_reopen(stores: StoreFactory) -> None:
+    store = await open_store(stores)
+    before = batches(store)
+    results = await asyncio.gather(*(
+        store.enqueue(store.new_envelope("alice", "bob", f"{i:032x}", b"b"))
+        for i in range(2000)))
     assert all(r.status is EnqueueStatus.STORED for r in results)
     # Grouped: far fewer commits than sends (the writer takes what queued meanwhile).
-    assert store.commits - before < 500
+    assert batches(store) - before < 500
     seqs = [r.envelope.seq for r in results]
     assert seqs == sorted(seqs) and len(set(seqs)) == 2000
     await store.close()
-    store = SqliteStore(tmp_path / "s.db")
-    await store.open()
+    store = await stores.open()
     assert await store.queue_depth("bob") == 2000 and store.total_queue_depth() == 2000
     fresh = store.new_envelope("alice", "bob", "f" * 32, b"b")
     assert fresh.seq > max(seqs)  # numbers never reused after a restart
     await store.close()
 
 
-async def test_duplicates_dropped_even_after_ack(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
+async def test_duplicates_dropped_even_after_ack(stores: StoreFactory) -> None:
+    store = await open_store(stores)
     first = await send(store, "alice", "bob", "a" * 32)
     assert (await send(store, "alice", "bob", "a" * 32)).status is EnqueueStatus.DUPLICATE
     assert (await send(store, "carol", "bob", "a" * 32)).status is EnqueueStatus.STORED
@@ -62,12 +62,13 @@ async def test_duplicates_dropped_even_after_ack(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_repeats_within_one_commit_and_acks_in_the_same_commit(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
+async def test_repeats_within_one_commit_and_acks_in_the_same_commit(stores: StoreFactory) -> None:
+    store = await open_store(stores)
     first = store.new_envelope("alice", "bob", "9" * 32, b"one")
     again = store.new_envelope("alice", "bob", "9" * 32, b"one")
     other = store.new_envelope("carol", "bob", "8" * 32, b"two")
-    futures = [store.enqueue_future(e) for e in (first, again, other)]
+    futures = [asyncio.ensure_future(store.enqueue(e)) for e in (first, again, other)]
+    await asyncio.sleep(0)  # the three are queued in this order before the ack
     store.ack_nowait("bob", [other.seq])  # queued behind its send: may share its commit
     results = await asyncio.gather(*futures)
     assert [r.status for r in results] == [EnqueueStatus.STORED, EnqueueStatus.DUPLICATE,
@@ -77,8 +78,7 @@ async def test_repeats_within_one_commit_and_acks_in_the_same_commit(tmp_path: P
     # Acked (perhaps before its commit: then written as a tombstone only), still a repeat.
     assert (await send(store, "carol", "bob", "8" * 32)).status is EnqueueStatus.DUPLICATE
     await store.close()
-    store = SqliteStore(tmp_path / "s.db")
-    await store.open()
+    store = await stores.open()
     assert [e.msg for e in await store.pending("bob", 10)] == ["9" * 32]
     assert store.total_queue_depth() == 1
     await store.close()
@@ -117,8 +117,8 @@ async def test_data_dir_from_the_queue_and_seen_schema_is_migrated(tmp_path: Pat
     await store.close()
 
 
-async def test_ack_only_touches_own_queue(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
+async def test_ack_only_touches_own_queue(stores: StoreFactory) -> None:
+    store = await open_store(stores)
     result = await send(store, "alice", "bob", "b" * 32)
     assert await store.ack("carol", [result.envelope.seq]) == 0
     assert [e.msg for e in await store.pending("bob", 10)] == ["b" * 32]
@@ -126,9 +126,9 @@ async def test_ack_only_touches_own_queue(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_unknown_recipient_and_quotas(tmp_path: Path) -> None:
+async def test_unknown_recipient_and_quotas(stores: StoreFactory) -> None:
     # One sender may fill the whole queue here (shares: tests/relay/test_fair_quotas.py).
-    store = await open_store(tmp_path, quota_messages=3, quota_bytes=1000, sender_share=1.0)
+    store = await open_store(stores, quota_messages=3, quota_bytes=1000, sender_share=1.0)
     assert (await send(store, "alice", "zed", "c" * 32)).status is EnqueueStatus.UNKNOWN_RECIPIENT
     for i in range(3):
         assert (await send(store, "alice", "bob", f"{i:032x}")).status is EnqueueStatus.STORED
@@ -144,8 +144,8 @@ async def test_unknown_recipient_and_quotas(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_ttl_expiry(tmp_path: Path) -> None:
-    store = await open_store(tmp_path, ttl_seconds=0.2)
+async def test_ttl_expiry(stores: StoreFactory) -> None:
+    store = await open_store(stores, ttl_seconds=0.2)
     await send(store, "alice", "bob", "1" * 32)
     assert await store.expire() == 0
     time.sleep(0.3)
@@ -163,8 +163,8 @@ def _bundle(n: int, start: int = 0) -> wire.PrekeyBundle:
                                    for i in range(start, start + n)))
 
 
-async def test_take_bundle_is_atomic_under_concurrency(tmp_path: Path) -> None:
-    store = await open_store(tmp_path, max_one_time_stored=50)
+async def test_take_bundle_is_atomic_under_concurrency(stores: StoreFactory) -> None:
+    store = await open_store(stores, max_one_time_stored=50)
     assert await store.take_bundle("bob") is None
     assert await store.put_bundle("bob", _bundle(40)) == 40
     taken = await asyncio.gather(*(store.take_bundle("bob") for _ in range(60)))
@@ -177,22 +177,22 @@ async def test_take_bundle_is_atomic_under_concurrency(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_wait_for_room_returns_once_the_writer_catches_up(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db", synchronous="NORMAL", max_backlog=10)
-    await store.open()
+async def test_wait_for_room_returns_once_the_writer_catches_up(stores: StoreFactory) -> None:
+    store = await stores.open(max_backlog=10)
     await store.bind_identity("bob", b"bob")
-    futures = [store.enqueue_future(store.new_envelope("alice", "bob", f"{i:032x}", b"b"))
-               for i in range(500)]
+    futures = [asyncio.ensure_future(store.enqueue(
+        store.new_envelope("alice", "bob", f"{i:032x}", b"b"))) for i in range(500)]
+    await asyncio.sleep(0)  # all queued: the writer is behind
     await asyncio.wait_for(store.wait_for_room(), 5)
     assert not store.behind()
     assert all(r.status is EnqueueStatus.STORED for r in await asyncio.gather(*futures))
     await store.close()
 
 
-async def test_file_stream_registration_and_spool(tmp_path: Path) -> None:
+async def test_file_stream_registration_and_spool(stores: StoreFactory) -> None:
     from relay.store import SpoolStatus, StreamStatus
 
-    store = await open_store(tmp_path, sender_share=1.0)  # one sender fills the spool
+    store = await open_store(stores, sender_share=1.0)  # one sender fills the spool
     now = int(time.time() * 1000)
     later = now + 60_000
     s1, s2 = b"\x01" * 16, b"\x02" * 16
@@ -223,8 +223,7 @@ async def test_file_stream_registration_and_spool(tmp_path: Path) -> None:
     assert await store.spool_ack("bob", s1, [5, 77]) == 1
     assert store.spool_bytes() == 200
     await store.close()
-    store = SqliteStore(tmp_path / "s.db")
-    await store.open()
+    store = await stores.open()
     assert store.spool_bytes() == 200
     assert {r.stream for r in await store.file_streams(now)} == {s1, s2}
     assert await store.close_stream(s1) == 2 and store.spool_bytes() == 0
@@ -238,8 +237,8 @@ async def test_file_stream_registration_and_spool(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_acks_grouped_in_one_commit_count_as_if_one_by_one(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
+async def test_acks_grouped_in_one_commit_count_as_if_one_by_one(stores: StoreFactory) -> None:
+    store = await open_store(stores)
     results = await asyncio.gather(*(send(store, "alice", "bob", f"{i:032x}", b"xyz")
                                      for i in range(300)))
     carol = await send(store, "alice", "carol", "c" * 32)

@@ -1,6 +1,7 @@
 """The relay runs on any Store: only the interface's methods, no concrete class checks.
 
-``ContractOnly`` forwards the abstract methods of relay.store.Store to a SQLite store
+``ContractOnly`` forwards the abstract methods of relay.store.Store to a store (SQLite or
+Redis)
 and nothing else (no grouped-commit fast paths), so the relay must run on the
 interface's defaults; and routing goes through a Router the test supplies.
 """
@@ -16,8 +17,9 @@ from relay import wire
 from relay.config import RelayConfig
 from relay.routing import LocalRouter
 from relay.server import Relay
-from relay.store import SqliteStore, Store
+from relay.store import Store
 from tests.relay.harness import Client, Identity
+from tests.relay.stores import StoreFactory
 
 
 def _forwarding_store(inner: Store) -> Store:
@@ -61,8 +63,8 @@ def test_the_relay_source_names_no_concrete_store() -> None:
 
 
 async def test_envelopes_prekeys_and_file_streams_over_the_interface_only(
-        tmp_path: Path) -> None:
-    inner = SqliteStore(tmp_path / "inner.sqlite3", synchronous="NORMAL")
+        tmp_path: Path, stores: StoreFactory) -> None:
+    inner = stores.make()
     router = CountingRouter()
     relay = Relay(RelayConfig(tmp_path / "relay", port=0), store=_forwarding_store(inner),
                   router=router)

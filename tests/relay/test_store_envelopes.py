@@ -7,15 +7,13 @@ hand one user's envelope to another.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from relay.store import SqliteStore, StoreLimits
+from relay.store import StoreLimits
+from tests.relay.stores import StoreFactory
 
 
 async def test_envelopes_returns_only_the_recipients_queued_ones_in_order(
-        tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db", StoreLimits(), synchronous="NORMAL")
-    await store.open()
+        stores: StoreFactory) -> None:
+    store = await stores.open(StoreLimits())
     try:
         for handle in ("alice", "bob", "carol"):
             await store.bind_identity(handle, handle.encode())

@@ -1,0 +1,360 @@
+"""The Lua function library the Redis store runs (one FCALL per store operation).
+
+Every operation that reads and then writes (quota checks, de-dup, one-time prekey pops,
+spool accounting) is one function, so Redis runs it atomically: relays sharing one Redis
+never race each other between the check and the write. Keys are built from the prefix
+(ARGV[1]) inside the functions, so the library assumes one Redis (not Redis Cluster).
+
+Key layout (P is the prefix, R a recipient handle, F a file-stream frame id = the stream's
+16 bytes followed by the frame's seq as 8 big-endian bytes):
+  P.seq            INCRBY counter: blocks of envelope numbers reserved by relays
+  P.h              hash handle -> identity
+  P.q:R            stream: R's queued envelopes (fields q seq, s sender, m msg, b body, t ts),
+                   consumer group "relay"; acked entries are XACKed and XDELed
+  P.ix:R           hash seq -> "entry-id size sender" (find an entry by its seq)
+  P.qs:R           hash n, b (queued count and bytes), n:S, b:S (what sender S holds)
+  P.d:S\\0M         de-dup memory of (sender S, msg M): the seq, expires after the TTL
+  P.exp            zset R\\0seq scored by ts (TTL expiry of queued envelopes)
+  P.total          hash n (queued envelopes), b (bytes held: bodies and frames), sp (spool)
+  P.b:H, P.ot:H    bundle hash (identity, signed, sig); zset of packed one-time prekeys
+  P.fs:ID          hash a, b, created, expires of a file stream
+  P.fsx, P.fo:A    zsets stream -> expires (all streams; streams A opened)
+  P.fsf:ID         set R\\0F of the stream's spooled frames
+  P.sp:R           zset F scored by row; P.spd:R hash F -> data; P.spm:R F -> "row exp sender"
+  P.spx            zset R\\0F scored by expiry; P.sq:R hash b, b:S (spooled bytes)
+  P.sprow          INCR counter of spool rows
+"""
+
+
+LIBRARY = r"""#!lua name=qsecret_relay_v1
+
+local function num(v) if v then return tonumber(v) or 0 end return 0 end
+
+local function shrink(key, field, by)
+  local left = redis.call('HINCRBY', key, field, -by)
+  if left <= 0 then redis.call('HDEL', key, field) end
+end
+
+-- ------------------------------------------------------------ identities
+
+local function bind(keys, a)
+  local P, handle, identity = a[1], a[2], a[3]
+  if redis.call('HSETNX', P .. 'h', handle, identity) == 1 then return 'new' end
+  if redis.call('HGET', P .. 'h', handle) == identity then return 'match' end
+  return 'mismatch'
+end
+
+-- ------------------------------------------------------------ envelopes
+
+local function enqueue(keys, a)
+  local P, rcpt, sender, msg, body, seq, ts, ttl_ms = a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8]
+  local quota, quota_bytes, share, share_bytes, cap =
+    tonumber(a[9]), tonumber(a[10]), tonumber(a[11]), tonumber(a[12]), tonumber(a[13])
+  if redis.call('HEXISTS', P .. 'h', rcpt) == 0 then return {'unknown_recipient'} end
+  local dk = P .. 'd:' .. sender .. '\0' .. msg
+  if redis.call('EXISTS', dk) == 1 then return {'duplicate'} end
+  local qs = P .. 'qs:' .. rcpt
+  local size = #body
+  local held = redis.call('HMGET', qs, 'n', 'b', 'n:' .. sender, 'b:' .. sender)
+  if num(held[1]) + 1 > quota or num(held[2]) + size > quota_bytes then
+    return {'quota_exceeded'}
+  end
+  if num(held[3]) + 1 > share or num(held[4]) + size > share_bytes then
+    return {'share_exceeded'}
+  end
+  local total = P .. 'total'
+  if cap > 0 and num(redis.call('HGET', total, 'b')) + size > cap then return {'store_full'} end
+  redis.call('SET', dk, seq, 'PX', ttl_ms)
+  local q = P .. 'q:' .. rcpt
+  if redis.call('EXISTS', q) == 0 then
+    redis.call('XGROUP', 'CREATE', q, 'relay', '0', 'MKSTREAM')
+  end
+  local id = redis.call('XADD', q, '*', 'q', seq, 's', sender, 'm', msg, 'b', body, 't', ts)
+  redis.call('HSET', P .. 'ix:' .. rcpt, seq, id .. ' ' .. size .. ' ' .. sender)
+  redis.call('HINCRBY', qs, 'n', 1)
+  redis.call('HINCRBY', qs, 'b', size)
+  redis.call('HINCRBY', qs, 'n:' .. sender, 1)
+  redis.call('HINCRBY', qs, 'b:' .. sender, size)
+  redis.call('ZADD', P .. 'exp', ts, rcpt .. '\0' .. seq)
+  redis.call('HINCRBY', total, 'b', size)
+  return {'stored', redis.call('HINCRBY', total, 'n', 1)}
+end
+
+-- Remove one queued envelope (acked or expired); true when it was there.
+local function unqueue(P, rcpt, seq)
+  local ix = P .. 'ix:' .. rcpt
+  local v = redis.call('HGET', ix, seq)
+  if not v then return false end
+  local id, size, sender = string.match(v, '^(%S+) (%d+) (.*)$')
+  size = tonumber(size)
+  local q = P .. 'q:' .. rcpt
+  redis.call('XACK', q, 'relay', id)
+  redis.call('XDEL', q, id)
+  redis.call('HDEL', ix, seq)
+  redis.call('ZREM', P .. 'exp', rcpt .. '\0' .. seq)
+  local qs = P .. 'qs:' .. rcpt
+  shrink(qs, 'n', 1)
+  shrink(qs, 'b', size)
+  shrink(qs, 'n:' .. sender, 1)
+  shrink(qs, 'b:' .. sender, size)
+  redis.call('HINCRBY', P .. 'total', 'n', -1)
+  redis.call('HINCRBY', P .. 'total', 'b', -size)
+  return true
+end
+
+local function ack(keys, a)
+  local P, rcpt = a[1], a[2]
+  local count = 0
+  for i = 3, #a do
+    if unqueue(P, rcpt, a[i]) then count = count + 1 end
+  end
+  return {count, num(redis.call('HGET', P .. 'total', 'n'))}
+end
+
+-- The oldest `limit` queued envelopes: deliveries still pending in the consumer group
+-- (this relay's own, or a dead relay's: XAUTOCLAIM takes them over), then new ones
+-- (XREADGROUP '>'). Stream order is arrival order.
+local function pending(keys, a)
+  local P, rcpt, me, limit = a[1], a[2], a[3], tonumber(a[4])
+  local q = P .. 'q:' .. rcpt
+  if redis.call('EXISTS', q) == 0 then return {} end
+  local claimed = redis.call('XAUTOCLAIM', q, 'relay', me, 0, '0-0', 'COUNT', limit)
+  local out = claimed[2]
+  if #out < limit and claimed[1] == '0-0' then
+    local fresh = redis.call('XREADGROUP', 'GROUP', 'relay', me, 'COUNT', limit - #out,
+                             'STREAMS', q, '>')
+    if fresh and fresh[1] then
+      for _, entry in ipairs(fresh[1][2]) do table.insert(out, entry) end
+    end
+  end
+  return out
+end
+
+local function envelopes(keys, a)
+  local P, rcpt = a[1], a[2]
+  local ix, q = P .. 'ix:' .. rcpt, P .. 'q:' .. rcpt
+  local out = {}
+  for i = 3, #a do
+    local v = redis.call('HGET', ix, a[i])
+    if v then
+      local id = string.match(v, '^(%S+) ')
+      local entry = redis.call('XRANGE', q, id, id)
+      if entry[1] then table.insert(out, entry[1]) end
+    end
+  end
+  return out
+end
+
+local function expire(keys, a)
+  local P, cutoff, scan = a[1], a[2], tonumber(a[3])
+  local gone = redis.call('ZRANGEBYSCORE', P .. 'exp', '-inf', '(' .. cutoff, 'LIMIT', 0, scan)
+  local dropped = 0
+  for _, member in ipairs(gone) do
+    local rcpt, seq = string.match(member, '^(.-)%z(.*)$')
+    if unqueue(P, rcpt, seq) then dropped = dropped + 1 end
+    redis.call('ZREM', P .. 'exp', member)
+  end
+  return {dropped, num(redis.call('HGET', P .. 'total', 'n'))}
+end
+
+-- ------------------------------------------------------------ prekeys
+
+local function put_bundle(keys, a)
+  local P, handle, identity, signed, sig, now = a[1], a[2], a[3], a[4], a[5], a[6]
+  redis.call('HSET', P .. 'b:' .. handle, 'identity', identity, 'signed', signed, 'sig', sig,
+             'updated', now)
+  local ot = P .. 'ot:' .. handle
+  redis.call('DEL', ot)
+  for i = 7, #a, 2 do redis.call('ZADD', ot, a[i], a[i + 1]) end
+  return redis.call('ZCARD', ot)
+end
+
+local function take_bundle(keys, a)
+  local P, handle = a[1], a[2]
+  local b = redis.call('HMGET', P .. 'b:' .. handle, 'identity', 'signed', 'sig')
+  if not b[1] then return false end
+  local ot = P .. 'ot:' .. handle
+  local popped = redis.call('ZPOPMIN', ot)
+  local key = false
+  if popped[1] then key = popped[1] end
+  return {b[1], b[2], b[3], key, redis.call('ZCARD', ot)}
+end
+
+-- ------------------------------------------------------------ file streams and spool
+
+local function unspool(P, rcpt, fid)
+  local spd = P .. 'spd:' .. rcpt
+  local size = redis.call('HSTRLEN', spd, fid)
+  local meta = redis.call('HGET', P .. 'spm:' .. rcpt, fid)
+  if not meta then return false end
+  local sender = string.match(meta, '^%S+ %S+ (.*)$')
+  local stream = string.sub(fid, 1, 16)
+  redis.call('HDEL', spd, fid)
+  redis.call('HDEL', P .. 'spm:' .. rcpt, fid)
+  redis.call('ZREM', P .. 'sp:' .. rcpt, fid)
+  redis.call('ZREM', P .. 'spx', rcpt .. '\0' .. fid)
+  redis.call('SREM', P .. 'fsf:' .. stream, rcpt .. '\0' .. fid)
+  local sq = P .. 'sq:' .. rcpt
+  shrink(sq, 'b', size)
+  shrink(sq, 'b:' .. sender, size)
+  redis.call('HINCRBY', P .. 'total', 'b', -size)
+  redis.call('HINCRBY', P .. 'total', 'sp', -size)
+  return true
+end
+
+local function close(P, stream)
+  local fk = P .. 'fs:' .. stream
+  local opener = redis.call('HGET', fk, 'a')
+  redis.call('DEL', fk)
+  redis.call('ZREM', P .. 'fsx', stream)
+  if opener then redis.call('ZREM', P .. 'fo:' .. opener, stream) end
+  local count = 0
+  for _, member in ipairs(redis.call('SMEMBERS', P .. 'fsf:' .. stream)) do
+    local rcpt, fid = string.match(member, '^(.-)%z(.*)$')
+    if unspool(P, rcpt, fid) then count = count + 1 end
+  end
+  redis.call('DEL', P .. 'fsf:' .. stream)
+  return count
+end
+
+local function extend(P, stream, opener, expires)
+  redis.call('HSET', P .. 'fs:' .. stream, 'expires', expires)
+  redis.call('ZADD', P .. 'fsx', expires, stream)
+  redis.call('ZADD', P .. 'fo:' .. opener, expires, stream)
+end
+
+local function register_stream(keys, a)
+  local P, stream, ea, eb, now, expires, max = a[1], a[2], a[3], a[4], tonumber(a[5]),
+    tonumber(a[6]), tonumber(a[7])
+  local fk = P .. 'fs:' .. stream
+  local st = redis.call('HMGET', fk, 'a', 'b', 'expires')
+  if st[1] then
+    if tonumber(st[3]) > now then
+      if st[1] ~= ea or st[2] ~= eb then return 'taken' end
+      if expires > tonumber(st[3]) then extend(P, stream, ea, expires) end
+      return 'same'
+    end
+    close(P, stream)
+  end
+  if redis.call('ZCOUNT', P .. 'fo:' .. ea, '(' .. now, '+inf') >= max then return 'too_many' end
+  redis.call('HSET', fk, 'a', ea, 'b', eb, 'created', now, 'expires', expires)
+  extend(P, stream, ea, expires)
+  return 'new'
+end
+
+local function file_streams(keys, a)
+  local P, now = a[1], a[2]
+  local out = {}
+  for _, stream in ipairs(redis.call('ZRANGEBYSCORE', P .. 'fsx', '(' .. now, '+inf')) do
+    local st = redis.call('HMGET', P .. 'fs:' .. stream, 'a', 'b', 'created', 'expires')
+    if st[1] then
+      table.insert(out, {stream, st[1], st[2], st[3], st[4]})
+    end
+  end
+  return out
+end
+
+local function close_stream(keys, a)
+  local P = a[1]
+  local count = close(P, a[2])
+  return {count, num(redis.call('HGET', P .. 'total', 'sp'))}
+end
+
+local function spool(keys, a)
+  local P, rcpt, stream, fid, data = a[1], a[2], a[3], a[4], a[5]
+  local now, expires, quota_bytes, share_bytes, cap =
+    tonumber(a[6]), tonumber(a[7]), tonumber(a[8]), tonumber(a[9]), tonumber(a[10])
+  local fk = P .. 'fs:' .. stream
+  local st = redis.call('HMGET', fk, 'a', 'b', 'expires')
+  if not st[1] or tonumber(st[3]) <= now then return {'unknown_stream'} end
+  if expires > tonumber(st[3]) then extend(P, stream, st[1], expires) end
+  local sender = st[1]
+  if st[1] == rcpt then sender = st[2] end
+  if redis.call('HEXISTS', P .. 'spm:' .. rcpt, fid) == 1 then return {'duplicate'} end
+  local sq = P .. 'sq:' .. rcpt
+  local size = #data
+  local held = redis.call('HMGET', sq, 'b', 'b:' .. sender)
+  if num(held[1]) + size > quota_bytes then return {'quota_exceeded'} end
+  if num(held[2]) + size > share_bytes then return {'share_exceeded'} end
+  local total = P .. 'total'
+  if cap > 0 and num(redis.call('HGET', total, 'b')) + size > cap then return {'store_full'} end
+  local row = redis.call('INCR', P .. 'sprow')
+  redis.call('ZADD', P .. 'sp:' .. rcpt, row, fid)
+  redis.call('HSET', P .. 'spd:' .. rcpt, fid, data)
+  redis.call('HSET', P .. 'spm:' .. rcpt, fid, row .. ' ' .. expires .. ' ' .. sender)
+  redis.call('ZADD', P .. 'spx', expires, rcpt .. '\0' .. fid)
+  redis.call('SADD', P .. 'fsf:' .. stream, rcpt .. '\0' .. fid)
+  redis.call('HINCRBY', sq, 'b', size)
+  redis.call('HINCRBY', sq, 'b:' .. sender, size)
+  redis.call('HINCRBY', total, 'b', size)
+  return {'stored', row, redis.call('HINCRBY', total, 'sp', size)}
+end
+
+-- Frames after row `after` not yet expired, in row order; `top` is the last row handed out
+-- (read in the same atomic step, so a short page holds every row up to it).
+local function spool_page(keys, a)
+  local P, rcpt, after, limit, now = a[1], a[2], a[3], tonumber(a[4]), tonumber(a[5])
+  local sp, spd, spm = P .. 'sp:' .. rcpt, P .. 'spd:' .. rcpt, P .. 'spm:' .. rcpt
+  local out = {}
+  local cursor = '(' .. after
+  while #out < limit do
+    local rows = redis.call('ZRANGEBYSCORE', sp, cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
+    if #rows == 0 then break end
+    for i = 1, #rows, 2 do
+      local fid, row = rows[i], rows[i + 1]
+      cursor = '(' .. row
+      local meta = redis.call('HGET', spm, fid)
+      local exp = tonumber(string.match(meta, '^%S+ (%S+) '))
+      if exp > now and #out < limit then
+        table.insert(out, {row, fid, redis.call('HGET', spd, fid)})
+      end
+    end
+  end
+  return {num(redis.call('GET', P .. 'sprow')), out}
+end
+
+local function spool_ack(keys, a)
+  local P, rcpt = a[1], a[2]
+  local count = 0
+  for i = 3, #a do
+    if unspool(P, rcpt, a[i]) then count = count + 1 end
+  end
+  return {count, num(redis.call('HGET', P .. 'total', 'sp'))}
+end
+
+local function expire_spool(keys, a)
+  local P, now, scan = a[1], a[2], tonumber(a[3])
+  local dropped = 0
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', P .. 'spx', '-inf', now,
+                                     'LIMIT', 0, scan)) do
+    local rcpt, fid = string.match(member, '^(.-)%z(.*)$')
+    if unspool(P, rcpt, fid) then dropped = dropped + 1 end
+    redis.call('ZREM', P .. 'spx', member)
+  end
+  local gone = redis.call('ZRANGEBYSCORE', P .. 'fsx', '-inf', now, 'LIMIT', 0, scan)
+  for _, stream in ipairs(gone) do dropped = dropped + close(P, stream) end
+  return {dropped, gone, num(redis.call('HGET', P .. 'total', 'sp'))}
+end
+
+local function totals(keys, a)
+  local t = redis.call('HMGET', a[1] .. 'total', 'n', 'sp')
+  return {num(t[1]), num(t[2])}
+end
+
+redis.register_function('qs_bind', bind)
+redis.register_function('qs_enqueue', enqueue)
+redis.register_function('qs_ack', ack)
+redis.register_function('qs_pending', pending)
+redis.register_function('qs_envelopes', envelopes)
+redis.register_function('qs_expire', expire)
+redis.register_function('qs_put_bundle', put_bundle)
+redis.register_function('qs_take_bundle', take_bundle)
+redis.register_function('qs_register_stream', register_stream)
+redis.register_function('qs_file_streams', file_streams)
+redis.register_function('qs_close_stream', close_stream)
+redis.register_function('qs_spool', spool)
+redis.register_function('qs_spool_page', spool_page)
+redis.register_function('qs_spool_ack', spool_ack)
+redis.register_function('qs_expire_spool', expire_spool)
+redis.register_function('qs_totals', totals)
+"""
