@@ -24,7 +24,7 @@ from relay.memory import DRAIN_PAGE
 from relay.metrics import Metrics
 from relay.routing import Router
 from relay.session import Session
-from relay.store import EnqueueResult, EnqueueStatus, Envelope, Store
+from relay.store import EnqueueResult, EnqueueStatus, Envelope, Store, StoreUnavailable
 
 log = logging.getLogger("qsecret.relay")
 
@@ -93,12 +93,16 @@ class Envelopes:
         """One envelope per recipient, each queued, committed and delivered like a send;
         one ``stored_group`` once all have settled."""
         assert session.handle is not None
+        try:  # every copy numbered first: a store that fails half-way queues nothing
+            copies = [self.store.new_envelope(session.handle, recipient,
+                                              wire.fanout_msg_id(frame.msg, recipient),
+                                              frame.body) for recipient in frame.to]
+        except StoreUnavailable as exc:
+            self._store_down(session, exc, frame.msg, frame.id)
+            return
         session.pending_sends += 1
         tally = _GroupTally(session, frame, len(frame.to))
-        for recipient in frame.to:
-            envelope = self.store.new_envelope(session.handle, recipient,
-                                               wire.fanout_msg_id(frame.msg, recipient),
-                                               frame.body)
+        for recipient, envelope in zip(frame.to, copies, strict=True):
             self.store.enqueue_then(envelope, functools.partial(self._on_group_copy, tally,
                                                                 recipient))
             peers = self.router.sessions(recipient)
@@ -107,6 +111,15 @@ class Envelopes:
                     self._push(peer, envelope)
             else:
                 self.router.wake(recipient)
+
+    def _store_down(self, session: Session, exc: StoreUnavailable, msg: str,
+                    req_id: str | None) -> None:
+        """The store cannot number envelopes now (its server is down): refuse the send so
+        the sender keeps it and sends it again; nothing was queued or delivered."""
+        log.warning("send refused, store unavailable: %s", exc)
+        self.metrics.count("qsecret_relay_envelopes_total", "result", "store_unavailable")
+        session.refuse("internal", "the relay's store is unavailable; send it again later",
+                       strike=False, req_id=req_id, msg=msg)
 
     def _on_group_copy(self, tally: _GroupTally, recipient: str, ok: bool, value: Any) -> None:
         """One copy of a group envelope settled (on the event loop, after its commit)."""
@@ -133,7 +146,11 @@ class Envelopes:
     def accept_send(self, session: Session, frame: wire.Send) -> None:
         """Number the envelope, queue it for the commit, deliver it to live recipients."""
         assert session.handle is not None
-        envelope = self.store.new_envelope(session.handle, frame.to, frame.msg, frame.body)
+        try:
+            envelope = self.store.new_envelope(session.handle, frame.to, frame.msg, frame.body)
+        except StoreUnavailable as exc:
+            self._store_down(session, exc, frame.msg, frame.id)
+            return
         session.pending_sends += 1
         self.store.enqueue_then(envelope, functools.partial(self._on_stored, session, frame))
         # Live recipients get it now, while it is being committed: their ack deletes it

@@ -271,8 +271,11 @@ class RedisStore(Store):
                     pipe.fcall(op.function, 0, *op.args)
                 else:  # a plain command
                     pipe.execute_command(op.function, *op.args)
+            began = time.perf_counter()
             try:
                 replies = await pipe.execute(raise_on_error=False)
+                if self.observe_commit is not None:  # the round trip is this store's commit
+                    self.observe_commit(time.perf_counter() - began)
             except asyncio.CancelledError:
                 for op in batch:
                     _settle(op, False, RedisUnavailable("store closed"))
