@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from client.messenger.api import KeyStatus
+from client.messenger.api import KeyPath, KeyStatus
 
 
 def _bar(level: int | None, maximum: int | None, width: int = 12) -> str:
@@ -13,6 +13,21 @@ def _bar(level: int | None, maximum: int | None, width: int = 12) -> str:
         return "?" * width
     filled = round(width * min(level, maximum) / maximum)
     return "█" * filled + "░" * (width - filled)
+
+
+PATH_WIDTH = 29  # the panel's inner width (36) less the " path  " indent
+
+
+def _path_lines(path: KeyPath) -> list[str]:
+    """``alice@hf-5 → hf-1 → bob@hf-7`` wrapped at arrows to the panel's width."""
+    steps = path.steps()
+    lines = [steps[0]]
+    for step in steps[1:]:
+        if len(lines[-1]) + 3 + len(step) <= PATH_WIDTH:
+            lines[-1] += f" → {step}"
+        else:
+            lines.append(f"→ {step}")
+    return lines
 
 
 def render_key_status(status: KeyStatus) -> Text:
@@ -45,6 +60,10 @@ def render_key_status(status: KeyStatus) -> Text:
     else:
         text.append("no session yet", style="grey50")
     text.append("\n")
+    if status.key_path is not None:  # the way the last QKD keys went, as the KME said
+        for i, line in enumerate(_path_lines(status.key_path)):
+            text.append(f"{' path  ' if i == 0 else '       '}{line}\n")
+        text.append(f"       {status.key_path.summary()}\n", style="grey70")
     if status.degraded:
         text.append(" DEGRADED: no QKD key this epoch,\n re-mixed when keys return\n",
                     style="yellow")
