@@ -147,7 +147,8 @@ class KeyStatus:
     mode: str = "ratchet"
     algorithms: tuple[str, ...] = field(default_factory=tuple)
     kme: str = ""
-    key_path: KeyPath | None = None  # the path of the conversation's last QKD keys
+    key_path: KeyPath | None = None  # the path of the last QKD keys sent to the peer
+    key_path_back: KeyPath | None = None  # ... and of the last ones the peer sent
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ class LinkStats(Protocol):
     @property
     def configured(self) -> bool: ...
     async def stats(self) -> dict[str, Any] | None: ...
-    def path_with(self, peer_sae_id: str) -> PeerKeyPath | None: ...
+    def path_with(self, peer_sae_id: str, *, sent: bool) -> PeerKeyPath | None: ...
 
 
 class SessionReader(Protocol):
@@ -64,23 +64,25 @@ class KeyStatusTracker:
             sources, degraded = label, "degraded" in label
             if mode == "otp":
                 sources = "QKD one-time pad"
-        key_path = None
+        key_path = key_path_back = None
         if session is not None and conversation is not None:
-            key_path = self._key_path(conversation.peer, session.peer_sae_id)
+            key_path = self._key_path(conversation.peer, session.peer_sae_id, sent=True)
+            key_path_back = self._key_path(conversation.peer, session.peer_sae_id, sent=False)
         return KeyStatus(
             pool_keys=pool.get("stored"), pool_max=pool.get("max_key_count"),
             key_rate=link.get("key_rate_per_s"), qber=qber, qber_threshold=threshold,
             link_alarm=alarm, sources=sources, degraded=degraded, mode=mode,
             algorithms=ALGORITHMS, kme=self._kme_label if self._qkd.configured else "",
-            key_path=key_path,
+            key_path=key_path, key_path_back=key_path_back,
         )
 
-    def _key_path(self, peer: str, peer_sae_id: str) -> KeyPath | None:
-        """The path of the last keys with ``peer``, the way they went (KME-named nodes)."""
-        path = self._qkd.path_with(peer_sae_id)
+    def _key_path(self, peer: str, peer_sae_id: str, *, sent: bool) -> KeyPath | None:
+        """The path of the last keys this SAE sent ``peer`` (or got from it), the way they
+        went, as the KMEs named it."""
+        path = self._qkd.path_with(peer_sae_id, sent=sent)
         if path is None:
             return None
-        sender, receiver = (self._handle, peer) if path.sent else (peer, self._handle)
+        sender, receiver = (self._handle, peer) if sent else (peer, self._handle)
         return KeyPath(sender, receiver, path.nodes)
 
     async def run(self, emit: Callable[[Event], None]) -> None:

@@ -42,7 +42,8 @@ class QkdSource:
         self.last_error: str | None = None
         self._client: AsyncSaeClient | None = None
         self._fetched: dict[str, bytes] = {}  # in memory only, oldest dropped first
-        self._paths: dict[str, PeerKeyPath] = {}  # peer SAE_ID -> its last keys' path
+        # (peer SAE_ID, sent) -> the path of the last keys this SAE sent it / got from it
+        self._paths: dict[tuple[str, bool], PeerKeyPath] = {}
         if config.kme_url and config.sae_id:
             https = config.kme_url.startswith("https://")
             self._client = AsyncSaeClient(
@@ -70,16 +71,17 @@ class QkdSource:
         self._note_path(peer_sae_id, keys, sent=True)
         return QkdKeys.from_pairs([(k.key_ID, k.key) for k in keys])
 
-    def path_with(self, peer_sae_id: str) -> PeerKeyPath | None:
-        """The path of the last keys shared with ``peer_sae_id`` (None: the KME named none)."""
-        return self._paths.get(peer_sae_id)
+    def path_with(self, peer_sae_id: str, *, sent: bool) -> PeerKeyPath | None:
+        """The path of the last keys this SAE got for ``peer_sae_id`` (``sent``: with
+        enc_keys) or from it (dec_keys); None if none since start or the KME named none."""
+        return self._paths.get((peer_sae_id, sent))
 
     def _note_path(self, peer_sae_id: str, keys: list[QkdKey], *, sent: bool) -> None:
         path = next((k.path for k in reversed(keys) if k.path), ())
         if not path:
             return
-        self._paths.pop(peer_sae_id, None)  # newest last, so the oldest goes first
-        self._paths[peer_sae_id] = PeerKeyPath(path, sent)
+        self._paths.pop((peer_sae_id, sent), None)  # newest last, so the oldest goes first
+        self._paths[(peer_sae_id, sent)] = PeerKeyPath(path, sent)
         while len(self._paths) > PATHS_KEPT:
             self._paths.pop(next(iter(self._paths)))
 

@@ -17,11 +17,11 @@ from textual.pilot import Pilot
 from textual.widgets import Static
 
 from client.config import load_config
-from client.messenger.api import KeyPath
+from client.messenger.api import KeyPath, KeyStatus
 from client.messenger.profile import ProfileGate
 from client.tui.app import QsecretApp
 from client.tui.screens.chat import ChatScreen
-from client.tui.widgets.key_panel import KeyPanel
+from client.tui.widgets.key_panel import KeyPanel, render_key_status
 from tests.client.static_messenger import StaticMessenger
 
 SIZE = (150, 40)
@@ -90,3 +90,17 @@ async def test_the_panel_follows_the_open_conversations_path(tmp_path: Path) -> 
 def test_chat_with_a_relayed_key_path(snap_compare: Callable[..., bool],
                                       tmp_path: Path) -> None:
     assert snap_compare(_app(tmp_path), terminal_size=SIZE, run_before=_chat_ready)
+
+
+def test_the_peers_keys_show_only_when_they_came_another_way() -> None:
+    out = KeyPath("alice", "bob", ("hf-5", "hf-1", "hf-3", "hf-7"))
+    same_way_back = KeyPath("bob", "alice", ("hf-7", "hf-3", "hf-1", "hf-5"))
+    other_way = KeyPath("bob", "alice", ("hf-7", "hf-3", "hf-4", "hf-1", "hf-5"))
+    text = render_key_status(KeyStatus(key_path=out, key_path_back=same_way_back)).plain
+    assert text.count(" path  ") == 1
+    text = render_key_status(KeyStatus(key_path=out, key_path_back=other_way)).plain
+    assert " path  bob@hf-7 → hf-3 → hf-4 → hf-1\n       → alice@hf-5\n" in text, text
+    assert "4 hops; trusted: hf-3, hf-4, hf-1" in text
+    only_back = render_key_status(KeyStatus(key_path_back=other_way)).plain
+    assert only_back.count(" path  ") == 1 and " path  bob@hf-7" in only_back
+    assert " path  " not in render_key_status(KeyStatus()).plain

@@ -60,10 +60,15 @@ def render_key_status(status: KeyStatus) -> Text:
     else:
         text.append("no session yet", style="grey50")
     text.append("\n")
-    if status.key_path is not None:  # the way the last QKD keys went, as the KME said
-        for i, line in enumerate(_path_lines(status.key_path)):
+    # The way the last QKD keys went, as the KMEs said: ours to the peer (else the peer's to
+    # us), and the peer's too when they took another route back.
+    paths = [p for p in (status.key_path, status.key_path_back) if p is not None]
+    if len(paths) == 2 and paths[1].nodes == paths[0].nodes[::-1]:
+        paths.pop()
+    for path in paths:
+        for i, line in enumerate(_path_lines(path)):
             text.append(f"{' path  ' if i == 0 else '       '}{line}\n")
-        text.append(f"       {status.key_path.summary()}\n", style="grey70")
+        text.append(f"       {path.summary()}\n", style="grey70")
     if status.degraded:
         text.append(" DEGRADED: no QKD key this epoch,\n re-mixed when keys return\n",
                     style="yellow")
