@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import base64
 import logging
+import sqlite3
+import time
+from pathlib import Path
 
 import pytest
 
 from keysource.kme.client import QkdKey, parse_keys
 from keysource.kme.key_path import PATH_EXTENSION
+from keysource.kme.pool import PoolKey
+from keysource.kme.relay_store import LocalKeyStore
 from tests.kme.conftest import RawHttp
 
 from .conftest import Network
@@ -55,3 +60,22 @@ def test_a_key_without_or_with_a_bad_path_is_still_a_key(
             got = parse_keys({"keys": [{"key_ID": "a", "key": key, "key_extension": bad}]})
             assert got == [QkdKey("a", b"k" * 32)] and got[0].path == (), bad
     assert caplog.text.count("path ignored") == 5
+
+
+def test_the_node_store_keeps_each_keys_path_and_opens_an_older_store(tmp_path: Path) -> None:
+    db = tmp_path / "own.sqlite"
+    with sqlite3.connect(db) as old:  # a store made before keys named their path
+        old.execute("CREATE TABLE local_keys (key_id TEXT PRIMARY KEY, master_sae TEXT NOT "
+                    "NULL, slave_sae TEXT NOT NULL, material BLOB, created REAL NOT NULL, "
+                    "delivered REAL)")
+        old.execute("INSERT INTO local_keys VALUES ('00000000-0000-0000-0000-000000000001', "
+                    "'sae-a', 'sae-b', ?, ?, NULL)", (b"o" * 32, time.time()))
+    store = LocalKeyStore(db, redelivery_grace_s=60, ttl_s=300)
+    try:
+        store.put("sae-a", "sae-b", [PoolKey("00000000-0000-0000-0000-000000000002",
+                                             b"n" * 32, ("x", "m", "y"))])
+        got = store.take_for_slave("sae-a", "sae-b", ["00000000-0000-0000-0000-000000000001",
+                                                      "00000000-0000-0000-0000-000000000002"])
+    finally:
+        store.close()
+    assert [(k.key, k.path) for k in got] == [(b"o" * 32, ()), (b"n" * 32, ("x", "m", "y"))]
