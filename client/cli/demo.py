@@ -1,7 +1,10 @@
-"""``qsecret demo``: a relay, a KME pair with a running QKD link, two users, the TUI.
+"""``qsecret demo``: a relay, a QKD network (or a KME pair), the users, the TUI.
 
-Everything runs on loopback from one command; quitting the TUI stops what it started.
-The second user is opened in another terminal with the command the demo prints.
+Everything runs on loopback from one command; quitting the TUI stops what it started. By
+default the ``metro`` network (``qsecret network up``): alice, bob and carol at three
+nodes, dave at alice's, every pair introduced. ``--pair`` (or any option of the pair: its
+ports, ``--km``, ``--eve-fraction``) runs the two KMEs of one QKD link with alice and bob.
+The other users are opened in other terminals with the commands the demo prints.
 """
 
 from __future__ import annotations
@@ -36,19 +39,25 @@ NETWORK_USERS = ("alice", "bob", "carol", "dave")  # SAE sae-<handle>, placed by
 NETWORK_READY_WAIT_S = 90.0  # every node serving (8 processes starting on 2 cores)
 NETWORK_KEYS_WAIT_S = 90.0  # every link pool holding DEMO_KEYS_READY keys
 NETWORK_FRAME_BITS = 65536  # smaller reconciliation frames: the first keys sooner
+NETWORK_MAX_KEYS = 8000  # each link pool's size: full soon, then its link rests (CPU for TUIs)
+DEFAULT_TOPOLOGY = "metro"
+PAIR_PORTS = {"port_a": 8441, "port_b": 8442}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     demo = subparsers.add_parser(
         "demo",
-        help="one-machine demo: relay, KME pair with a QKD link, two users, the TUI",
+        help="one-machine demo: relay, QKD network (or KME pair), users, the TUI",
         description=(
-            "Start a local relay and two KMEs joined by an emulated QKD link, create the users "
-            "alice and bob (passphrase $QSECRET_PASSPHRASE, default 'qsecret-demo'), and open "
-            "the chat TUI as alice. It prints the command that opens bob in a second terminal. "
-            "Quitting the TUI (Ctrl+Q) stops everything the demo started."
+            "Start a local relay and the metro QKD network (8 KMEs joined by emulated QKD "
+            "links, keys relayed by trusted nodes), create the users alice, bob, carol and "
+            "dave (passphrase $QSECRET_PASSPHRASE, default 'qsecret-demo'; alice, bob and "
+            "carol at three nodes, dave at alice's), introduce every pair, and open the chat "
+            "TUI as alice. It prints the commands that open the others in other terminals. "
+            "--pair runs two KMEs of one QKD link with alice and bob instead. Quitting the "
+            "TUI (Ctrl+Q) stops everything the demo started."
         ),
-        epilog=examples("qsecret demo", "qsecret demo --eve-fraction 0.3   # watch the QKD alarm",
+        epilog=examples("qsecret demo", "qsecret demo --pair --eve-fraction 0.3   # the alarm",
                         "qsecret demo --no-tui --relay-port 9765") + "\n\n" + EXIT_STATUS_HELP,
         formatter_class=HelpFormatter,
     )
@@ -56,25 +65,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                       default=Path(platformdirs.user_data_dir("qsecret", appauthor=False)) / "demo",
                       help="where the demo keeps its relay queue, KME pools and profiles")
     demo.add_argument("--relay-port", type=int, default=8765)
-    demo.add_argument("--port-a", type=int, default=8441, help="HTTPS port of alice's KME")
-    demo.add_argument("--port-b", type=int, default=8442, help="HTTPS port of bob's KME")
-    demo.add_argument("--km", type=float, help="fibre length of the emulated QKD link")
-    demo.add_argument("--eve-fraction", type=float, default=0.0,
-                      help="an eavesdropper intercepts this fraction of pulses (1 = all)")
     demo.add_argument("--topology", metavar="NAME|FILE",
-                      help="run a QKD network instead of the KME pair (e.g. metro: alice, bob "
-                           "and carol at different nodes, dave at alice's; keys relayed by "
-                           "trusted nodes); every pair of the four is introduced")
+                      help=f"the QKD network (default {DEFAULT_TOPOLOGY}; a topology file "
+                           "must serve sae-alice, sae-bob, sae-carol and sae-dave; its nodes' "
+                           "and links' ports are its own)")
+    demo.add_argument("--pair", action="store_true",
+                      help="two KMEs of one QKD link and two users (alice, bob) instead")
+    demo.add_argument("--port-a", type=int,
+                      help=f"HTTPS port of alice's KME (pair; default {PAIR_PORTS['port_a']})")
+    demo.add_argument("--port-b", type=int,
+                      help=f"HTTPS port of bob's KME (pair; default {PAIR_PORTS['port_b']})")
+    demo.add_argument("--km", type=float, help="fibre length of the emulated QKD link (pair)")
+    demo.add_argument("--eve-fraction", type=float,
+                      help="an eavesdropper intercepts this fraction of pulses (1 = all; "
+                           "pair: a network's eavesdroppers are in its topology file)")
     demo.add_argument("--no-tui", action="store_true",
                       help="start the services and users, print how to chat, wait for Ctrl+C")
     demo.set_defaults(func=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    pair_options = [f"--{name.replace('_', '-')}" for name in ("port_a", "port_b", "km",
+                                                                 "eve_fraction")
+                    if getattr(args, name) is not None]
+    if args.topology and (args.pair or pair_options):
+        raise CliError(f"{' '.join(pair_options) or '--pair'} is for the KME pair demo; "
+                       "--topology runs a network (its eavesdroppers and ports are in the "
+                       "topology file)")
     base: Path = args.dir.expanduser().resolve()
     base.mkdir(parents=True, exist_ok=True)
-    if args.topology:
-        return _run_network_demo(args, base)
+    if not (args.pair or pair_options):
+        return _run_network_demo(args, base, args.topology or DEFAULT_TOPOLOGY)
+    for name, port in PAIR_PORTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, port)
     for port in (args.relay_port, args.port_a, args.port_b):
         if not port_free(port):
             raise CliError(f"port {port} on 127.0.0.1 is in use (is a demo already running?); "
@@ -133,13 +157,13 @@ def run_demo(args: argparse.Namespace) -> int:
             print("demo stopped: relay and KMEs shut down")
 
 
-def _run_network_demo(args: argparse.Namespace, base: Path) -> int:
+def _run_network_demo(args: argparse.Namespace, base: Path, spec: str) -> int:
     """The demo on a QKD network (``--topology``): one ``qsecret network up`` for every node,
     four users at the nodes the topology names for them, every pair introduced."""
     from keysource.network.topology import BUILTIN, TopologyError, load
 
     try:
-        topology = load(args.topology)
+        topology = load(spec)
     except TopologyError as exc:
         raise CliError(str(exc)) from None
     nodes = {h: topology.node_of_sae(f"sae-{h}") for h in NETWORK_USERS}
@@ -156,14 +180,15 @@ def _run_network_demo(args: argparse.Namespace, base: Path) -> int:
     for signum in (signal.SIGHUP, signal.SIGTERM):
         signal.signal(signum, _exit_on_signal)
     passphrase = os.environ.get("QSECRET_PASSPHRASE") or DEMO_PASSPHRASE
-    spec = args.topology if args.topology in BUILTIN else str(Path(args.topology).resolve())
+    spec = spec if spec in BUILTIN else str(Path(spec).resolve())
     net = base / "network"
     services = [
         ServiceProcess("relay", ["relay", "--port", str(args.relay_port), "--data",
                                  str(base / "relay")], log=base / "relay.log"),
         ServiceProcess("network", ["network", "up", "--topology", spec, "--data", str(net),
                                    "--interval", "0", "--keys-ready", str(DEMO_KEYS_READY),
-                                   "--frame-bits", str(NETWORK_FRAME_BITS)],
+                                   "--frame-bits", str(NETWORK_FRAME_BITS),
+                                   "--max-keys", str(NETWORK_MAX_KEYS)],
                        log=base / "network.log"),
     ]
     try:

@@ -100,7 +100,15 @@ def test_the_peers_keys_show_only_when_they_came_another_way() -> None:
     assert text.count(" path  ") == 1
     text = render_key_status(KeyStatus(key_path=out, key_path_back=other_way)).plain
     assert " path  bob@hf-7 → hf-3 → hf-4 → hf-1\n       → alice@hf-5\n" in text, text
-    assert "4 hops; trusted: hf-3, hf-4, hf-1" in text
+    assert "4 hops; trusted:\n       hf-3, hf-4, hf-1\n" in text, text
     only_back = render_key_status(KeyStatus(key_path_back=other_way)).plain
     assert only_back.count(" path  ") == 1 and " path  bob@hf-7" in only_back
     assert " path  " not in render_key_status(KeyStatus()).plain
+
+
+def test_a_long_path_wraps_inside_the_panel() -> None:
+    path = KeyPath("alice", "bob", ("hf-5", "hf-1", "hf-2", "hf-3", "hf-7"))
+    text = render_key_status(KeyStatus(key_path=path)).plain
+    assert (" path  alice@hf-5 → hf-1 → hf-2\n       → hf-3 → bob@hf-7\n"
+            "       4 hops; trusted:\n       hf-1, hf-2, hf-3\n") in text, text
+    assert all(len(line) <= 36 for line in text.splitlines()), text

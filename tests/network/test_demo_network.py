@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,14 @@ def test_the_demo_on_the_metro_network_lets_every_pair_chat(tmp_path: Path) -> N
         demo.stop(timeout=60)
     assert "demo stopped: relay and network shut down" in demo.lines
     assert all(port_free(port) for port in [relay_port, *ports.values()])
+
+
+@pytest.mark.parametrize("extra", [["--pair"], ["--eve-fraction", "1"], ["--port-a", "9441"]])
+def test_options_of_the_pair_are_refused_with_a_topology(tmp_path: Path,
+                                                         extra: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "client", "demo", "--dir", str(tmp_path),
+                             "--topology", "metro", *extra], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0
+    assert "is for the KME pair demo" in result.stderr, result.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything started or was written

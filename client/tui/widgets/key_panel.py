@@ -30,6 +30,20 @@ def _path_lines(path: KeyPath) -> list[str]:
     return lines
 
 
+def _summary_lines(path: KeyPath) -> list[str]:
+    """``3 hops; trusted: hf-1, hf-3``, the trusted nodes on lines of their own if long."""
+    summary = path.summary()
+    if len(summary) <= PATH_WIDTH or not path.trusted:
+        return [summary]
+    lines = [f"{path.hops} hops; trusted:"]
+    for node in path.trusted:
+        if len(lines) > 1 and len(lines[-1]) + 2 + len(node) <= PATH_WIDTH:
+            lines[-1] += f", {node}"
+        else:
+            lines.append(node)
+    return lines
+
+
 def render_key_status(status: KeyStatus) -> Text:
     text = Text()
     text.append("QKD link\n", style="bold")
@@ -68,7 +82,8 @@ def render_key_status(status: KeyStatus) -> Text:
     for path in paths:
         for i, line in enumerate(_path_lines(path)):
             text.append(f"{' path  ' if i == 0 else '       '}{line}\n")
-        text.append(f"       {path.summary()}\n", style="grey70")
+        for line in _summary_lines(path):
+            text.append(f"       {line}\n", style="grey70")
     if status.degraded:
         text.append(" DEGRADED: no QKD key this epoch,\n re-mixed when keys return\n",
                     style="yellow")
