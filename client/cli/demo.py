@@ -1,7 +1,10 @@
-"""``qsecret demo``: a relay, a KME pair with a running QKD link, two users, the TUI.
+"""``qsecret demo``: a relay, a QKD network (or a KME pair), the users, the TUI.
 
-Everything runs on loopback from one command; quitting the TUI stops what it started.
-The second user is opened in another terminal with the command the demo prints.
+Everything runs on loopback from one command; quitting the TUI stops what it started. By
+default the ``metro`` network (``qsecret network up``): alice, bob and carol at three
+nodes, dave at alice's, every pair introduced. ``--pair`` (or any option of the pair: its
+ports, ``--km``, ``--eve-fraction``) runs the two KMEs of one QKD link with alice and bob.
+The other users are opened in other terminals with the commands the demo prints.
 """
 
 from __future__ import annotations
@@ -32,19 +35,29 @@ GREETING = ("Hi Bob! This is the qsecret demo: every key here mixes QKD key mate
 DEMO_KEYS_READY = 16  # free keys in each pool before the users are introduced
 KEYS_READY_WAIT_S = 30.0
 USERS = (("alice", "sae-alice", "port_a"), ("bob", "sae-bob", "port_b"))
+NETWORK_USERS = ("alice", "bob", "carol", "dave")  # SAE sae-<handle>, placed by the topology
+NETWORK_READY_WAIT_S = 90.0  # every node serving (8 processes starting on 2 cores)
+NETWORK_KEYS_WAIT_S = 90.0  # every link pool holding DEMO_KEYS_READY keys
+NETWORK_FRAME_BITS = 65536  # smaller reconciliation frames: the first keys sooner
+NETWORK_MAX_KEYS = 8000  # each link pool's size: full soon, then its link rests (CPU for TUIs)
+DEFAULT_TOPOLOGY = "metro"
+PAIR_PORTS = {"port_a": 8441, "port_b": 8442}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     demo = subparsers.add_parser(
         "demo",
-        help="one-machine demo: relay, KME pair with a QKD link, two users, the TUI",
+        help="one-machine demo: relay, QKD network (or KME pair), users, the TUI",
         description=(
-            "Start a local relay and two KMEs joined by an emulated QKD link, create the users "
-            "alice and bob (passphrase $QSECRET_PASSPHRASE, default 'qsecret-demo'), and open "
-            "the chat TUI as alice. It prints the command that opens bob in a second terminal. "
-            "Quitting the TUI (Ctrl+Q) stops everything the demo started."
+            "Start a local relay and the metro QKD network (8 KMEs joined by emulated QKD "
+            "links, keys relayed by trusted nodes), create the users alice, bob, carol and "
+            "dave (passphrase $QSECRET_PASSPHRASE, default 'qsecret-demo'; alice, bob and "
+            "carol at three nodes, dave at alice's), introduce every pair, and open the chat "
+            "TUI as alice. It prints the commands that open the others in other terminals. "
+            "--pair runs two KMEs of one QKD link with alice and bob instead. Quitting the "
+            "TUI (Ctrl+Q) stops everything the demo started."
         ),
-        epilog=examples("qsecret demo", "qsecret demo --eve-fraction 0.3   # watch the QKD alarm",
+        epilog=examples("qsecret demo", "qsecret demo --pair --eve-fraction 0.3   # the alarm",
                         "qsecret demo --no-tui --relay-port 9765") + "\n\n" + EXIT_STATUS_HELP,
         formatter_class=HelpFormatter,
     )
@@ -52,19 +65,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                       default=Path(platformdirs.user_data_dir("qsecret", appauthor=False)) / "demo",
                       help="where the demo keeps its relay queue, KME pools and profiles")
     demo.add_argument("--relay-port", type=int, default=8765)
-    demo.add_argument("--port-a", type=int, default=8441, help="HTTPS port of alice's KME")
-    demo.add_argument("--port-b", type=int, default=8442, help="HTTPS port of bob's KME")
-    demo.add_argument("--km", type=float, help="fibre length of the emulated QKD link")
-    demo.add_argument("--eve-fraction", type=float, default=0.0,
-                      help="an eavesdropper intercepts this fraction of pulses (1 = all)")
+    demo.add_argument("--topology", metavar="NAME|FILE",
+                      help=f"the QKD network (default {DEFAULT_TOPOLOGY}; a topology file "
+                           "must serve sae-alice, sae-bob, sae-carol and sae-dave; its nodes' "
+                           "and links' ports are its own)")
+    demo.add_argument("--pair", action="store_true",
+                      help="two KMEs of one QKD link and two users (alice, bob) instead")
+    demo.add_argument("--port-a", type=int,
+                      help=f"HTTPS port of alice's KME (pair; default {PAIR_PORTS['port_a']})")
+    demo.add_argument("--port-b", type=int,
+                      help=f"HTTPS port of bob's KME (pair; default {PAIR_PORTS['port_b']})")
+    demo.add_argument("--km", type=float, help="fibre length of the emulated QKD link (pair)")
+    demo.add_argument("--eve-fraction", type=float,
+                      help="an eavesdropper intercepts this fraction of pulses (1 = all; "
+                           "pair: a network's eavesdroppers are in its topology file)")
     demo.add_argument("--no-tui", action="store_true",
                       help="start the services and users, print how to chat, wait for Ctrl+C")
     demo.set_defaults(func=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    pair_options = [f"--{name.replace('_', '-')}" for name in ("port_a", "port_b", "km",
+                                                                 "eve_fraction")
+                    if getattr(args, name) is not None]
+    if args.topology and (args.pair or pair_options):
+        raise CliError(f"{' '.join(pair_options) or '--pair'} is for the KME pair demo; "
+                       "--topology runs a network (its eavesdroppers and ports are in the "
+                       "topology file)")
     base: Path = args.dir.expanduser().resolve()
     base.mkdir(parents=True, exist_ok=True)
+    if not (args.pair or pair_options):
+        return _run_network_demo(args, base, args.topology or DEFAULT_TOPOLOGY)
+    for name, port in PAIR_PORTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, port)
     for port in (args.relay_port, args.port_a, args.port_b):
         if not port_free(port):
             raise CliError(f"port {port} on 127.0.0.1 is in use (is a demo already running?); "
@@ -123,17 +157,132 @@ def run_demo(args: argparse.Namespace) -> int:
             print("demo stopped: relay and KMEs shut down")
 
 
-def _profiles(base: Path, args: argparse.Namespace, passphrase: str) -> dict[str, ClientConfig]:
+def _run_network_demo(args: argparse.Namespace, base: Path, spec: str) -> int:
+    """The demo on a QKD network (``--topology``): one ``qsecret network up`` for every node,
+    four users at the nodes the topology names for them, every pair introduced."""
+    from keysource.network.topology import BUILTIN, TopologyError, load
+
+    try:
+        topology = load(spec)
+    except TopologyError as exc:
+        raise CliError(str(exc)) from None
+    nodes = {h: topology.node_of_sae(f"sae-{h}") for h in NETWORK_USERS}
+    unplaced = [f"sae-{h}" for h, node in nodes.items() if node is None]
+    if unplaced:
+        raise CliError(f"topology {topology.name!r} serves no {', '.join(unplaced)}: the "
+                       f"network demo needs a node for each of sae-{', sae-'.join(NETWORK_USERS)}")
+    ports = [args.relay_port, *(n.port for n in topology.nodes),
+             *(link.port for link in topology.links)]
+    for port in ports:
+        if not port_free(port):
+            raise CliError(f"port {port} on 127.0.0.1 is in use (is a demo or a network already "
+                           "running?); the topology file names the nodes' and links' ports")
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, _exit_on_signal)
+    passphrase = os.environ.get("QSECRET_PASSPHRASE") or DEMO_PASSPHRASE
+    spec = spec if spec in BUILTIN else str(Path(spec).resolve())
+    net = base / "network"
+    services = [
+        ServiceProcess("relay", ["relay", "--port", str(args.relay_port), "--data",
+                                 str(base / "relay")], log=base / "relay.log"),
+        ServiceProcess("network", ["network", "up", "--topology", spec, "--data", str(net),
+                                   "--interval", "0", "--keys-ready", str(DEMO_KEYS_READY),
+                                   "--frame-bits", str(NETWORK_FRAME_BITS),
+                                   "--max-keys", str(NETWORK_MAX_KEYS)],
+                       log=base / "network.log"),
+    ]
+    try:
+        print(f"qsecret demo in {base}")
+        services[0].start().wait_for("relay listening")
+        print(f"  relay      ws://127.0.0.1:{args.relay_port}  (log {base / 'relay.log'})")
+        services[1].start().wait_for("network ready", timeout=NETWORK_READY_WAIT_S)
+        try:  # as for the pair: greet on QKD keys, not degraded ones
+            services[1].wait_for("network keys ready", timeout=NETWORK_KEYS_WAIT_S)
+        except ServiceError:
+            if not services[1].running:
+                raise
+            print(f"  not every link has QKD keys after {NETWORK_KEYS_WAIT_S:.0f}s (see "
+                  f"{base / 'network.log'}): some first messages may say 'degraded: no QKD'")
+        print(f"  network    {topology.name}: {len(topology.nodes)} nodes, "
+              f"{len(topology.links)} QKD links running  (logs {net}/<node>/node.log; "
+              f"qsecret network status --data {shlex.quote(str(net))})")
+        kmes = {h: (topology.node(node).url, f"sae-{h}") for h, node in nodes.items()
+                if node is not None}
+        configs = _profiles(base, args, passphrase, kmes=kmes, pki=net / "pki")
+        for handle, node in nodes.items():
+            print(f"  {handle:<6} at node {node}")
+        asyncio.run(_introduce_all(configs, passphrase))
+        others = {h: (f"QSECRET_PASSPHRASE={shlex.quote(passphrase)} {_qsecret_command()} "
+                      f"chat --data {shlex.quote(str(configs[h].data_dir))}")
+                  for h in NETWORK_USERS[1:]}
+        print("\nOpen the others in other terminals with:\n")
+        for handle, command in others.items():
+            print(f"  {handle}:\n  {command}\n")
+        if args.no_tui:
+            print("Services running; Ctrl+C stops them.")
+            _wait_forever(services)
+            return 0
+        return _run_tui(configs["alice"], passphrase, "\n".join(others.values()),
+                        who="the others")
+    except ServiceError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        for service in reversed(services):
+            service.stop()
+        with contextlib.suppress(OSError):
+            print("demo stopped: relay and network shut down")
+
+
+async def _introduce_all(configs: dict[str, ClientConfig], passphrase: str) -> None:
+    """Every user logs in once (prekeys), then each adds and greets every later one."""
+    from client.messenger.profile import open_profile
+
+    handles = list(configs)
+    for handle in handles:
+        user = open_profile(configs[handle], passphrase)
+        await user.start()
+        try:
+            await user.wait_online(15)
+        finally:
+            await user.stop()
+    for i, handle in enumerate(handles):
+        user = open_profile(configs[handle], passphrase)
+        await user.start()
+        try:
+            await user.wait_online(15)
+            known = {c.handle for c in user.contacts()}
+            for peer in handles[i + 1:]:
+                if peer in known:
+                    continue
+                await user.add_contact(peer)
+                text = GREETING if (handle, peer) == ("alice", "bob") else (
+                    f"Hi {peer.capitalize()}! {handle} here, on the QKD network demo.")
+                await user.send_and_wait(peer, text)
+                print(f"  {handle} added {peer} as a contact and greeted them")
+        except MessengerError as exc:
+            print(f"  (could not introduce {handle} to the others yet: {exc})", file=sys.stderr)
+        finally:
+            await user.stop()
+
+
+def _profiles(base: Path, args: argparse.Namespace, passphrase: str, *,
+              kmes: dict[str, tuple[str, str]] | None = None,
+              pki: Path | None = None) -> dict[str, ClientConfig]:
+    """The users' profiles: the pair's two (default), or ``kmes``: handle -> (KME URL,
+    SAE_ID) with the network's ``pki``."""
     from client.messenger.profile import create_profile, store_path
 
-    pki = base / "kme" / "pki"
+    pki = pki or base / "kme" / "pki"
+    if kmes is None:
+        kmes = {handle: (f"https://127.0.0.1:{getattr(args, port_attr)}", sae_id)
+                for handle, sae_id, port_attr in USERS}
     configs = {}
-    for handle, sae_id, port_attr in USERS:
+    for handle, (kme_url, sae_id) in kmes.items():
         config = load_config(base / handle)
         config = replace(
             config,
             relay_url=f"ws://127.0.0.1:{args.relay_port}",
-            kme_url=f"https://127.0.0.1:{getattr(args, port_attr)}",
+            kme_url=kme_url,
             sae_id=sae_id,
             kme_ca=str(pki / "ca.pem"),
             sae_cert=str(pki / "sae" / f"{sae_id}.pem"),
@@ -172,15 +321,15 @@ async def _introduce(configs: dict[str, ClientConfig], passphrase: str) -> None:
         await alice.stop()
 
 
-def _run_tui(config: ClientConfig, passphrase: str, other: str) -> int:
+def _run_tui(config: ClientConfig, passphrase: str, other: str, who: str = "bob") -> int:
     from client.messenger.profile import open_profile
     from client.tui.app import QsecretApp
 
     messenger = open_profile(config, passphrase)
     app = QsecretApp(None, export_dir=config.data_dir / "exports", messenger=messenger,  # type: ignore[arg-type]
-                     banner=f"You are alice. Open bob in another terminal:\n{other}")
+                     banner=f"You are alice. Open {who} in another terminal:\n{other}")
     app.run()
-    print("\nTo chat again as bob while a demo runs:\n  " + other)
+    print(f"\nTo chat again as {who} while a demo runs:\n  " + other.replace("\n", "\n  "))
     return 0
 
 

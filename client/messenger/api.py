@@ -98,6 +98,41 @@ class ContactView:
 
 
 @dataclass(frozen=True)
+class KeyPath:
+    """The KMEs the last QKD keys of a conversation went through, as the KME said
+    (ETSI 014 ``key_extension``): from the SAE that asked for them to the other."""
+
+    sender: str  # handle whose KME handed the keys out first (enc_keys)
+    receiver: str
+    nodes: tuple[str, ...]  # the sender's KME first, the receiver's last
+
+    @property
+    def hops(self) -> int:
+        return len(self.nodes) - 1
+
+    @property
+    def trusted(self) -> tuple[str, ...]:
+        """The trusted nodes that relayed the keys (they saw them)."""
+        return self.nodes[1:-1]
+
+    def steps(self) -> list[str]:
+        """``alice@hf-5``, ``hf-1``, ..., ``bob@hf-7``: who and where, in order."""
+        return [f"{self.sender}@{self.nodes[0]}", *self.trusted,
+                f"{self.receiver}@{self.nodes[-1]}"]
+
+    def summary(self) -> str:
+        if self.hops == 0:
+            return "same node"
+        if self.hops == 1:
+            return "direct link"
+        return f"{self.hops} hops; trusted: {', '.join(self.trusted)}"
+
+    def describe(self) -> str:
+        """``alice@hf-1 → hf-3 → bob@hf-5  (2 hops; trusted: hf-3)``."""
+        return f"{' → '.join(self.steps())}  ({self.summary()})"
+
+
+@dataclass(frozen=True)
 class KeyStatus:
     """The key panel: where keys come from right now."""
 
@@ -112,6 +147,8 @@ class KeyStatus:
     mode: str = "ratchet"
     algorithms: tuple[str, ...] = field(default_factory=tuple)
     kme: str = ""
+    key_path: KeyPath | None = None  # the path of the last QKD keys sent to the peer
+    key_path_back: KeyPath | None = None  # ... and of the last ones the peer sent
 
 
 @dataclass(frozen=True)

@@ -10,17 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from client.config import ClientConfig
 from client.protocol import QkdKeys
-from keysource.kme.client import AsyncSaeClient, KmeError, KmeUnavailable
+from keysource.kme.client import AsyncSaeClient, KmeError, KmeUnavailable, QkdKey
 
 log = logging.getLogger(__name__)
 
 DEC_KEYS_RETRIES = 5
 DEC_KEYS_RETRY_DELAY_S = 0.3
 FETCHED_CACHE = 256
+PATHS_KEPT = 1024  # peers whose last key path is remembered (in memory only)
+
+
+@dataclass(frozen=True)
+class PeerKeyPath:
+    """The KMEs the last keys shared with a peer SAE went through (the KME's key_extension);
+    ``sent``: this SAE asked for them (enc_keys), so ``nodes`` starts at its own KME."""
+
+    nodes: tuple[str, ...]
+    sent: bool
 
 
 class QkdSource:
@@ -31,6 +42,8 @@ class QkdSource:
         self.last_error: str | None = None
         self._client: AsyncSaeClient | None = None
         self._fetched: dict[str, bytes] = {}  # in memory only, oldest dropped first
+        # (peer SAE_ID, sent) -> the path of the last keys this SAE sent it / got from it
+        self._paths: dict[tuple[str, bool], PeerKeyPath] = {}
         if config.kme_url and config.sae_id:
             https = config.kme_url.startswith("https://")
             self._client = AsyncSaeClient(
@@ -55,7 +68,22 @@ class QkdSource:
             self._note(exc)
             return None
         self.last_error = None
+        self._note_path(peer_sae_id, keys, sent=True)
         return QkdKeys.from_pairs([(k.key_ID, k.key) for k in keys])
+
+    def path_with(self, peer_sae_id: str, *, sent: bool) -> PeerKeyPath | None:
+        """The path of the last keys this SAE got for ``peer_sae_id`` (``sent``: with
+        enc_keys) or from it (dec_keys); None if none since start or the KME named none."""
+        return self._paths.get((peer_sae_id, sent))
+
+    def _note_path(self, peer_sae_id: str, keys: list[QkdKey], *, sent: bool) -> None:
+        path = next((k.path for k in reversed(keys) if k.path), ())
+        if not path:
+            return
+        self._paths.pop((peer_sae_id, sent), None)  # newest last, so the oldest goes first
+        self._paths[(peer_sae_id, sent)] = PeerKeyPath(path, sent)
+        while len(self._paths) > PATHS_KEPT:
+            self._paths.pop(next(iter(self._paths)))
 
     async def dec_keys(self, peer_sae_id: str, key_ids: tuple[str, ...]) -> QkdKeys | None:
         if self._client is None or not key_ids:
@@ -76,6 +104,7 @@ class QkdSource:
                 self._note(exc)
                 return None
             self.last_error = None
+            self._note_path(peer_sae_id, keys, sent=False)
             for key in keys:
                 self._fetched[key.key_ID] = key.key
             while len(self._fetched) > FETCHED_CACHE:

@@ -120,7 +120,8 @@ class MessengerService:
         self._outbox = Outbox(self._sessions, store, self.relay, self._emit)
         self._contacts = Contacts(store, self._history, self._sessions, self.relay, handle,
                                   identity)
-        self._keys = KeyStatusTracker(self.qkd, store, f"{config.sae_id} @ {config.kme_url}")
+        self._keys = KeyStatusTracker(self.qkd, store, f"{config.sae_id} @ {config.kme_url}",
+                                      handle)
         self._prekeys = Prekeys(store, self.relay, identity, handle, prekeys_lock,
                                 spawn=self._life.spawn,
                                 on_error=lambda exc: self._emit(ErrorEvent(exc)))

@@ -25,11 +25,12 @@ import binascii
 import logging
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .http11 import AsyncHttpClient, HttpError, PrivateLoop, Response
+from .key_path import BadKeyPath, path_of
 from .sae_id import InvalidSaeId, sae_id_path_segment
 from .tls import client_ssl_context
 
@@ -94,10 +95,12 @@ class KeyStatus:
 
 @dataclass(frozen=True)
 class QkdKey:
-    """A key from the KME: its key_ID and bytes (the bytes never appear in repr)."""
+    """A key from the KME: its key_ID and bytes (the bytes never appear in repr), and the
+    KMEs it went through, the master's first, when the KME says (:mod:`.key_path`)."""
 
     key_ID: str
     key: bytes
+    path: tuple[str, ...] = field(default=(), compare=False)
 
     def __repr__(self) -> str:
         return f"QkdKey(key_ID={self.key_ID!r}, {len(self.key) * 8} bits)"
@@ -143,9 +146,14 @@ def parse_keys(body: dict[str, Any], *, expect: int | None = None) -> list[QkdKe
     out = []
     for item in raw:
         try:
-            out.append(QkdKey(str(item["key_ID"]), base64.b64decode(item["key"], validate=True)))
+            key = QkdKey(str(item["key_ID"]), base64.b64decode(item["key"], validate=True))
         except (KeyError, TypeError, binascii.Error):
             raise KmeProtocolError("malformed entry in 'keys'") from None
+        try:  # an optional extension: a bad one costs the path, never the key
+            out.append(replace(key, path=path_of(item)))
+        except BadKeyPath as exc:
+            log.warning("key %s: path ignored, %s", key.key_ID, exc)
+            out.append(key)
     if expect is not None and len(out) != expect:
         raise KmeProtocolError(f"asked for {expect} keys, got {len(out)}")
     return out
@@ -200,15 +208,16 @@ def _connection_error(exc: HttpError) -> KmeConnectionError:
 class _HeldKey:
     """A key the KME handed out that no caller has taken yet; its bytes are wiped on release."""
 
-    __slots__ = ("key_ID", "_material")
+    __slots__ = ("key_ID", "path", "_material")
 
     def __init__(self, key: QkdKey) -> None:
         self.key_ID = key.key_ID
+        self.path = key.path
         self._material = bytearray(key.key)
 
     def release(self) -> QkdKey:
         """The key for a caller; the reserve's copy is zeroed."""
-        key = QkdKey(self.key_ID, bytes(self._material))
+        key = QkdKey(self.key_ID, bytes(self._material), self.path)
         self.wipe()
         return key
 

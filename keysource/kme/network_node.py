@@ -273,7 +273,7 @@ class NetworkNode:
             if not self.saes.knows(slave):
                 raise etsi.BadRequest(f"unknown slave_SAE_ID {slave}: it has no certificate "
                                       "of this network's CA", [{"slave_SAE_ID": slave}])
-            keys = [PoolKey(str(uuid.uuid4()), os.urandom(request.size // 8))
+            keys = [PoolKey(str(uuid.uuid4()), os.urandom(request.size // 8), (self.name,))
                     for _ in range(request.number)]
             await self._db(self.store.put, master, slave, keys)
             self.counts["local"] += len(keys)
@@ -335,7 +335,7 @@ class NetworkNode:
         self.counts["relayed"] += number
         log.info("enc_keys: %d key(s) for %s -> %s relayed over %s", number, master, slave,
                  routing.describe(route))
-        return [PoolKey(p.key_id, p.key) for p in keys]
+        return [PoolKey(p.key_id, p.key, tuple(route)) for p in keys]
 
     async def _forward(self, hops: list[_Hop], position: int
                        ) -> tuple[list[Confirm], dict[str, dict[str, Any]]]:
@@ -497,7 +497,8 @@ class NetworkNode:
                 "unknown_sae", f"slave_SAE_ID {slave} is not served at {self.name}"), sender)
         try:
             await self._db(self.store.put, master, slave,
-                           [PoolKey(h.header.key_id, h.key) for h in hops])
+                           [PoolKey(h.header.key_id, h.key, tuple(h.header.route))
+                            for h in hops])
         except DuplicateKey as exc:
             raise self._refused(RelayRefused("replayed", str(exc)), sender) from None
         self.counts["received"] += len(hops)

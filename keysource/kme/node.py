@@ -55,6 +55,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from . import etsi
@@ -282,7 +283,8 @@ class KmeNode:
         keys = await self.bind_and_take(master, slave, request.number, request.size)
         log.info("enc_keys: %d key(s) of %d bits for %s -> %s", request.number, request.size,
                  master, slave)
-        return keys
+        # Bound with this KME as the master's: the slave fetches them at the peer KME.
+        return [replace(k, path=(self.kme_id, self.peer_kme_id)) for k in keys]
 
     def link_for(self, kme_id: str) -> KmeNode | None:
         """The link (this node) whose peer KME is ``kme_id``, or None: who may call the
@@ -414,7 +416,8 @@ class KmeNode:
             ) from None
         await self._refresh_room()
         log.info("dec_keys: %d key(s) for %s from %s", len(keys), slave, master)
-        return keys
+        # A slave takes only keys bound at the peer KME (role "slave"): made on this link.
+        return [replace(k, path=(self.peer_kme_id, self.kme_id)) for k in keys]
 
     # -- peer-facing ----------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from keysource.sqlite_schema import Migration, Schema, open_schema
@@ -271,6 +271,9 @@ class PoolKey:
 
     key_ID: str
     key: bytes
+    # The KMEs the key went through, master's first (ETSI 014 ``key_extension``, see
+    # keysource.kme.etsi.key_container); empty for keys handed to nobody (relay link keys).
+    path: tuple[str, ...] = field(default=(), compare=False)
 
     def __repr__(self) -> str:
         return f"PoolKey(key_ID={self.key_ID!r}, {len(self.key) * 8} bits)"

@@ -29,9 +29,11 @@ CREATE TABLE IF NOT EXISTS local_keys (
     slave_sae  TEXT NOT NULL,
     material   BLOB,          -- NULL once destroyed (a tombstone)
     created    REAL NOT NULL,
-    delivered  REAL           -- when the slave first fetched it
+    delivered  REAL,          -- when the slave first fetched it
+    route      TEXT           -- the nodes the key went through, comma-separated (key_path)
 );
 """
+ROUTE_SEPARATOR = ","  # node names never hold one (the SAE_ID rule)
 
 
 class DuplicateKey(Exception):
@@ -49,6 +51,9 @@ class LocalKeyStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(local_keys)")}
+        if "route" not in columns:  # a store made before keys named their path
+            self._db.execute("ALTER TABLE local_keys ADD COLUMN route TEXT")
         path.chmod(0o600)
         self.redelivery_grace_s = redelivery_grace_s
         self.ttl_s = ttl_s
@@ -59,14 +64,16 @@ class LocalKeyStore:
         self._db.close()
 
     def put(self, master: str, slave: str, keys: Sequence[PoolKey]) -> None:
-        """Store keys for (master, slave), all or none; DuplicateKey if a key_ID is known."""
+        """Store keys for (master, slave), all or none, with the path each took (its
+        ``path``); DuplicateKey if a key_ID is known."""
         now = self._clock()
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
-                "INSERT INTO local_keys (key_id, master_sae, slave_sae, material, created)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(k.key_ID, master, slave, k.key, now) for k in keys])
+                "INSERT INTO local_keys (key_id, master_sae, slave_sae, material, created,"
+                " route) VALUES (?, ?, ?, ?, ?, ?)",
+                [(k.key_ID, master, slave, k.key, now, ROUTE_SEPARATOR.join(k.path) or None)
+                 for k in keys])
         except sqlite3.IntegrityError:
             self._db.execute("ROLLBACK")
             raise DuplicateKey("a key_ID of this relay is already known here") from None
@@ -91,8 +98,8 @@ class LocalKeyStore:
             unknown, foreign, found = [], [], []
             for key_id in key_ids:
                 row = self._db.execute(
-                    "SELECT master_sae, slave_sae, material, created, delivered FROM local_keys"
-                    " WHERE key_id = ?", (key_id,)).fetchone()
+                    "SELECT master_sae, slave_sae, material, created, delivered, route"
+                    " FROM local_keys WHERE key_id = ?", (key_id,)).fetchone()
                 if row is None or row[2] is None:
                     unknown.append(key_id)
                 elif (row[0], row[1]) != (master, slave):
@@ -102,7 +109,8 @@ class LocalKeyStore:
                 elif row[4] is not None and row[4] <= now - self.redelivery_grace_s:
                     unknown.append(key_id)
                 else:
-                    found.append(PoolKey(key_id, bytes(row[2])))
+                    path = tuple(row[5].split(ROUTE_SEPARATOR)) if row[5] else ()
+                    found.append(PoolKey(key_id, bytes(row[2]), path))
             if unknown or foreign:
                 raise KeyLookupError(unknown, foreign)
             self._db.executemany(

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from . import etsi
+from .key_path import key_extension
 from .node import KmeNode, UnknownSae
 from .pki import ROLE_KME, ROLE_SAE, PeerIdentity, identity_from_peercert
 from .pool import Binding, BindingConflict, PoolExhausted, PoolKey, QuotaExceeded
@@ -168,10 +169,15 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _keys_response(keys: list[Any]) -> web.Response:
-    return web.json_response(
-        {"keys": [{"key_ID": k.key_ID, "key": base64.b64encode(k.key).decode()} for k in keys]}
-    )
+def _keys_response(keys: list[PoolKey]) -> web.Response:
+    """The ETSI 014 Key container; each key names the KMEs it went through (key_path)."""
+    entries = []
+    for k in keys:
+        entry: dict[str, Any] = {"key_ID": k.key_ID, "key": base64.b64encode(k.key).decode()}
+        if (extension := key_extension(k.path)) is not None:
+            entry["key_extension"] = extension
+        entries.append(entry)
+    return web.json_response({"keys": entries})
 
 
 async def status(request: web.Request) -> web.Response:

@@ -38,6 +38,7 @@ from client.messenger.api import (
     ContactView,
     Delivery,
     Event,
+    KeyPath,
     KeyStatus,
     MessageView,
     MessengerError,
@@ -128,9 +129,11 @@ def _size(path: str, limit: int = 100_000) -> tuple[int, int]:
 class StaticMessenger:
     """Fixed data behind the Messenger protocol; ``link_alarm`` shows the degraded/eve view."""
 
-    def __init__(self, handle: str = "alice", *, link_alarm: bool = False) -> None:
+    def __init__(self, handle: str = "alice", *, link_alarm: bool = False,
+                 key_paths: dict[str, KeyPath] | None = None) -> None:
         self.handle = handle
         self.link_alarm = link_alarm
+        self.key_paths = key_paths or {}  # peer -> the path its keys took (network view)
         self._callbacks: list[Callable[[Event], None]] = []
         self._messages = _conversations()
         self._contacts = {
@@ -230,6 +233,7 @@ class StaticMessenger:
         return KeyStatus(
             pool_keys=3410, pool_max=100_000, key_rate=249.3, qber=0.0103,
             sources=sources, degraded=False, mode=mode, algorithms=ALGORITHMS, kme=KME,
+            key_path=self.key_paths.get(peer or ""),
         )
 
     async def set_mode(self, peer: str, mode: str) -> None:

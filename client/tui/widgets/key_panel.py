@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from client.messenger.api import KeyStatus
+from client.messenger.api import KeyPath, KeyStatus
 
 
 def _bar(level: int | None, maximum: int | None, width: int = 12) -> str:
@@ -13,6 +13,35 @@ def _bar(level: int | None, maximum: int | None, width: int = 12) -> str:
         return "?" * width
     filled = round(width * min(level, maximum) / maximum)
     return "█" * filled + "░" * (width - filled)
+
+
+PATH_WIDTH = 29  # the panel's inner width (36) less the " path  " indent
+
+
+def _path_lines(path: KeyPath) -> list[str]:
+    """``alice@hf-5 → hf-1 → bob@hf-7`` wrapped at arrows to the panel's width."""
+    steps = path.steps()
+    lines = [steps[0]]
+    for step in steps[1:]:
+        if len(lines[-1]) + 3 + len(step) <= PATH_WIDTH:
+            lines[-1] += f" → {step}"
+        else:
+            lines.append(f"→ {step}")
+    return lines
+
+
+def _summary_lines(path: KeyPath) -> list[str]:
+    """``3 hops; trusted: hf-1, hf-3``, the trusted nodes on lines of their own if long."""
+    summary = path.summary()
+    if len(summary) <= PATH_WIDTH or not path.trusted:
+        return [summary]
+    lines = [f"{path.hops} hops; trusted:"]
+    for node in path.trusted:
+        if len(lines) > 1 and len(lines[-1]) + 2 + len(node) <= PATH_WIDTH:
+            lines[-1] += f", {node}"
+        else:
+            lines.append(node)
+    return lines
 
 
 def render_key_status(status: KeyStatus) -> Text:
@@ -45,6 +74,16 @@ def render_key_status(status: KeyStatus) -> Text:
     else:
         text.append("no session yet", style="grey50")
     text.append("\n")
+    # The way the last QKD keys went, as the KMEs said: ours to the peer (else the peer's to
+    # us), and the peer's too when they took another route back.
+    paths = [p for p in (status.key_path, status.key_path_back) if p is not None]
+    if len(paths) == 2 and paths[1].nodes == paths[0].nodes[::-1]:
+        paths.pop()
+    for path in paths:
+        for i, line in enumerate(_path_lines(path)):
+            text.append(f"{' path  ' if i == 0 else '       '}{line}\n")
+        for line in _summary_lines(path):
+            text.append(f"       {line}\n", style="grey70")
     if status.degraded:
         text.append(" DEGRADED: no QKD key this epoch,\n re-mixed when keys return\n",
                     style="yellow")
