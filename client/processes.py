@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -95,6 +96,26 @@ class ServiceProcess:
             assert self.process is not None
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+def stop_all(services: Sequence[ServiceProcess], timeout: float = 10.0) -> None:
+    """Stop several services at once: SIGTERM to all first, then wait for them together
+    (at most ``timeout`` in all), then SIGKILL whoever is left. One after the other, a busy
+    machine would make the last wait for the sum of everyone's shutdown."""
+    running = [s for s in services if s.running]
+    for service in running:
+        assert service.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for service in running:
+        assert service.process is not None
+        try:
+            service.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.process.pid, signal.SIGKILL)
+            service.process.wait()
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:

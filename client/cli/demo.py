@@ -24,7 +24,7 @@ import platformdirs
 
 from client.config import ClientConfig, load_config
 from client.messenger.api import MessengerError
-from client.processes import ServiceError, ServiceProcess, port_free
+from client.processes import ServiceError, ServiceProcess, port_free, stop_all
 
 from .errors import EXIT_STATUS_HELP, CliError
 from .help import HelpFormatter, examples
@@ -151,8 +151,7 @@ def run_demo(args: argparse.Namespace) -> int:
     except ServiceError as exc:
         raise CliError(str(exc)) from None
     finally:
-        for service in reversed(services):
-            service.stop()
+        stop_all(services)
         with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
             print("demo stopped: relay and KMEs shut down")
 
@@ -227,8 +226,7 @@ def _run_network_demo(args: argparse.Namespace, base: Path, spec: str) -> int:
     except ServiceError as exc:
         raise CliError(str(exc)) from None
     finally:
-        for service in reversed(services):
-            service.stop()
+        stop_all(services)
         with contextlib.suppress(OSError):
             print("demo stopped: relay and network shut down")
 
