@@ -77,6 +77,7 @@ BEHIND_RESET_S = 0.5  # the clock fell this far behind (a suspended process): st
 QKD_KEYS_PER_EPOCH = 1
 KEEP_ENDED_CALLS = 32  # ended calls kept for their views (the newest)
 OFFLINE = "offline"
+NOT_A_CONTACT = "not a contact"
 _STATE = {State.OFFERING: CallState.CALLING, State.RINGING: CallState.RINGING,
           State.ACTIVE: CallState.ACTIVE, State.ENDED: CallState.ENDED}
 
@@ -99,6 +100,7 @@ class CallConversations(Protocol):
     async def ensure_session(self, conversation: ConversationId) -> str: ...
     async def send_call_message(self, conversation: ConversationId,
                                 body: payloads.CallPayload, *, wait: bool = False) -> None: ...
+    def known_caller(self, conversation: ConversationId) -> bool: ...
 
 
 class Source(Protocol):  # client.call.audio.Source, without importing numpy here
@@ -316,6 +318,21 @@ class CallManager:
         self._changed(item)
         return self._view(item)
 
+    async def rekey(self, call_id: str | None) -> CallView:
+        """Rekey the active call now with fresh QKD keys (``call_id`` None: the live call).
+        The caller starts it; at the callee this asks the caller to (``rekey_ask``), so the
+        count goes up at both ends once the new keys are installed."""
+        item = self._find(call_id)
+        async with item.lock:
+            if item.core.state is not State.ACTIVE:
+                raise MessengerError("only an active call can be rekeyed")
+            effects = item.core.request_rekey()
+            if not effects:
+                raise MessengerError("a rekey is already under way")
+            await self._apply(item, effects)
+        self._changed(item)
+        return self._view(item)
+
     async def close(self) -> None:
         """Hang up every live call (the peer is told while the relay is there)."""
         self._closed = True
@@ -369,10 +386,9 @@ class CallManager:
             log.warning("%s sent a %s for a call with %s: dropped", conversation.peer,
                         message.kind.value, item.peer)
             return
-        if message.kind is Kind.MISSED:
-            line = call_line(body, conversation.peer, False, "")
-            if line is not None:
-                self._emit(MessageEvent(line))
+        line = call_line(body, conversation.peer, False, "")  # missed, or refused: a line
+        if line is not None:
+            self._emit(MessageEvent(line))
         self._in_background(self._from_peer(item, message), "call-signalling")
 
     async def _incoming(self, conversation: ConversationId, body: payloads.CallPayload,
@@ -392,7 +408,10 @@ class CallManager:
         item = _Call(core, conversation.peer, sae_id, body.secret, body.ts, offer=offer)
         busy = self._closed or any(other.live for other in self._calls.values())
         self._add(item)
-        if busy:
+        if not self._conversations.known_caller(conversation):  # a stranger: never rings
+            log.info("refused a call from %s: %s", conversation.peer, NOT_A_CONTACT)
+            effects = item.core.decline(reason=NOT_A_CONTACT)
+        elif busy:
             effects = item.core.decline(busy=True)
         self._in_background(self._apply_locked(item, effects), "call-ringing")
         if item.live:
@@ -494,13 +513,17 @@ class CallManager:
         secret = item.secret if message.kind is Kind.OFFER else b""
         if message.kind in (Kind.OFFER, Kind.REKEY):
             item.asked_at = self._now()
+        body = payloads.call(message.encode(), secret)
         try:
-            await self._conversations.send_call_message(
-                item.conversation, payloads.call(message.encode(), secret))
+            await self._conversations.send_call_message(item.conversation, body)
         except MessengerError as exc:
             log.warning("call with %s: %s not sent: %s", item.peer, message.kind.value, exc)
             if message.kind is not Kind.HANGUP and item.live:
                 await self._apply(item, item.core.lost(f"failed: {exc}"))
+            return
+        line = call_line(body, item.peer, True, "")  # a missed or refused call: a line
+        if line is not None:
+            self._emit(MessageEvent(line))
 
     def _install(self, item: _Call, install: InstallKeys) -> None:
         from client.call.media import MediaReceiver

@@ -25,9 +25,17 @@ FULL_SOURCES = "QKD+ML-KEM-768+X25519"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
-    """The shared stack with a third user, carol (who has added bob), for a busy line."""
-    stack = start_stack(tmp_path_factory.mktemp("stack"), users=("alice", "bob", "carol"))
+    """The shared stack with a third user, carol (who has added bob), for a busy line, and
+    dave (on bob's side of the QKD link, a stranger to alice) for a refused call.
+
+    alice and carol have written to bob, so he takes their calls (a caller must be a contact:
+    someone you exchanged a message with, or verified); dave has never written to alice."""
+    stack = start_stack(tmp_path_factory.mktemp("stack"),
+                        users=("alice", "bob", "carol", "dave"))
     try:
+        for handle in ("alice", "carol"):
+            stack.cli(handle, "send", "bob", f"hello bob, {handle} here", check=True)
+        stack.cli("bob", "recv", check=True)
         yield stack
     finally:
         stack.stop()
@@ -258,3 +266,28 @@ def test_calling_someone_offline_says_so_at_once_and_leaves_a_missed_call(
     assert any("missed call from alice" in m["text"] for m in stack.history("bob", "alice"))
     assert any("call not answered (offline)" in m["text"]
                for m in stack.history("alice", "bob"))
+
+
+def test_a_call_from_a_stranger_is_refused_at_once_with_the_reason(stack: Stack) -> None:
+    """dave never exchanged a message with alice: his call never rings, he hears why."""
+    answerer = Caller(stack, "alice", "answer", "--mute", "--out",
+                      str(stack.root / "stranger.wav")).start()
+    try:
+        answerer.event("waiting")
+        caller = Caller(stack, "dave", "call", "alice", "--tone", "440", "--out",
+                        str(stack.root / "stranger-dave.wav")).start()
+        try:
+            ended = caller.event("ended")
+            assert caller.exit_code() == 1  # not answered
+        finally:
+            caller.stop()
+        refused = answerer.event("refused")
+    finally:
+        answerer.stop()
+    assert (ended["reason"], ended["ended_by_peer"], ended["answered"]) == (
+        "declined: not a contact", True, False)
+    assert refused["peer"] == "dave"
+    assert any("refused a call from dave (not a contact)" in m["text"]
+               for m in stack.history("alice", "dave"))
+    assert any("call declined by alice (not a contact)" in m["text"]
+               for m in stack.history("dave", "alice"))
