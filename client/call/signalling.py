@@ -44,7 +44,7 @@ CALL_ID_BYTES = 16
 RING_TIMEOUT_S = 30.0  # an offer not answered by then is a missed call
 REKEY_EVERY_S = 60.0
 REKEY_GRACE_S = 2.0  # an old epoch's receive key is kept this long after the new one
-MIN_ASKED_REKEY_GAP_S = 1.0  # a callee's rekey_ask within this of the last rekey is ignored
+MIN_ASKED_REKEY_GAP_S = 1.0  # a callee's rekey_ask within this of the last rekey waits
 KEM = "ML-KEM-768"
 TRANSCRIPT_CONTEXT = "qsecret/call/v1"
 PURPOSE_TO_CALLEE = "call/caller-to-callee"
@@ -383,9 +383,12 @@ class Call:
             if kind is Kind.REKEY_ACK and self.state is State.ACTIVE:
                 return [self._install(self._complete(message), now)]
             if kind is Kind.REKEY_ASK and self.state is State.ACTIVE:
-                # Asked before our last rekey (already done), or too soon after it: a peer
-                # cannot make us spend QKD keys faster than once a second.
-                if message.epoch != self.epoch or now - self.keyed_at < MIN_ASKED_REKEY_GAP_S:
+                if message.epoch != self.epoch:  # asked before our last rekey: done
+                    return []
+                if now - self.keyed_at < MIN_ASKED_REKEY_GAP_S:  # too soon: tick() does it
+                    # then (a peer cannot make us spend QKD keys faster than once a second)
+                    self.next_rekey = min(self.next_rekey,
+                                          self.keyed_at + MIN_ASKED_REKEY_GAP_S)
                     return []
                 return self.request_rekey()
         elif kind is Kind.REKEY and self.state is State.ACTIVE:

@@ -180,5 +180,6 @@ class _Output:
             stats = view.stats
             print(f"call ended ({view.reason}, by {who}) after {duration:.1f}s; keys: "
                   f"{view.sources}, {view.rekeys} rekey(s); loss {stats.get('loss', 0):.1%}, "
-                  f"jitter {stats.get('jitter_ms', 0)} ms, refused frames "
+                  f"jitter {stats.get('jitter_ms', 0)} ms, media round trip "
+                  f"{stats.get('media_round_trip_ms', '-')} ms, refused frames "
                   f"{stats.get('refused_total', 0)}", flush=True)

@@ -185,6 +185,9 @@ class CallManager:
                                  "stray_frames": item.stray_frames}
         if item.round_trip_s is not None:  # through both ends' sessions and the relay
             stats["signalling_round_trip_ms"] = round(item.round_trip_s * 1000, 1)
+        if item.sender is not None and item.sender.round_trip_s is not None:
+            # echoes in the sealed media frames: relay and both event loops, no KME or ratchet
+            stats["media_round_trip_ms"] = round(item.sender.round_trip_s * 1000, 1)
         if item.receiver is not None:
             received = item.receiver.stats
             jitter = received.jitter
@@ -445,7 +448,12 @@ class CallManager:
             item.stray_frames += 1
             return True
         receiver = item.receiver
-        if receiver.receive(bytes(frame.payload), self._now()) and item.deferred is not None:
+        now = self._now()
+        opened = receiver.receive(bytes(frame.payload), now)
+        echo, receiver.peer_echo = receiver.peer_echo, None  # set by a frame that opened
+        if echo is not None and item.sender is not None:
+            item.sender.echoed(echo[0], echo[1], now)
+        if opened and item.deferred is not None:
             key, kid, proof, _by = item.deferred
             if receiver.last_kid == proof:  # the caller holds the new keys: switch now
                 self._switch_sender(item, key, kid)
@@ -632,7 +640,8 @@ class CallManager:
 
                 pcm = SILENCE
             seq = item.sender.seq
-            data = item.sender.frame(pcm)
+            newest = item.receiver.newest if item.receiver is not None else None
+            data = item.sender.frame(pcm, self._now(), newest)
             try:
                 await self._relay.send_binary(KIND_MEDIA, item.call_id, seq, data)
                 item.frames_sent += 1

@@ -201,6 +201,7 @@ def test_a_call_survives_rekeys_without_losing_a_frame(stack: Stack) -> None:
         assert end["rekeys"] >= 2, end
         assert end["sources"] == FULL_SOURCES
         stats = end["stats"]
+        assert 0 < stats["media_round_trip_ms"] < 1000, stats  # echoes in the media frames
         # Not one frame refused (none sealed under a key the other side lacked yet), lost
         # or late: every 20 ms of the sender's sound was played, across every rekey. (The
         # playout may still wait a frame when a busy machine stalls a process: a delay the
