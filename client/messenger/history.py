@@ -39,6 +39,26 @@ def call_line(body: payloads.CallPayload, peer: str, outgoing: bool,
     return MessageView(body.id, peer, outgoing, text, body.ts, delivery, label)
 
 
+# Call signalling kept in the history: what a call was and how it ended. Ringing and the
+# rekey messages (one or more a minute) would only fill it.
+HISTORY_CALL_KINDS = frozenset({Kind.OFFER, Kind.ANSWER, Kind.DECLINE, Kind.BUSY, Kind.HANGUP,
+                                Kind.MISSED})
+
+
+def kept_in_history(plaintext: bytes) -> bool:
+    """Whether a payload goes into the history (all but the passing call signalling)."""
+    try:
+        body = payloads.decode(plaintext)
+    except payloads.PayloadError:
+        return True  # stored as it came; the views skip it
+    if not isinstance(body, payloads.CallPayload):
+        return True
+    try:
+        return CallMessage.decode(body.data).kind in HISTORY_CALL_KINDS
+    except SignallingError:
+        return False
+
+
 def _placed_call(body: payloads.CallPayload) -> bool:
     try:
         return CallMessage.decode(body.data).kind in (Kind.OFFER, Kind.MISSED)

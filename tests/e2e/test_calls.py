@@ -78,6 +78,25 @@ class Caller(ServiceProcess):
         return self.process.wait(timeout)
 
 
+def call_kinds_in_history(stack: Stack, handle: str, peer: str) -> list[str]:
+    """The kinds of call signalling in ``handle``'s stored history with ``peer``, of the
+    newest call (read from the sealed store itself, the process being stopped)."""
+    from client.call.signalling import CallMessage
+    from client.config import load_config
+    from client.messenger import payload as payloads
+    from client.messenger.unlock import store_path
+    from client.store.store import Store
+
+    with Store.open(PASSPHRASE, store_path(load_config(stack.profile(handle))),
+                    create=False) as store:
+        entries = store.history(peer)
+    messages = [CallMessage.decode(body.data) for body in
+                (payloads.decode(entry.plaintext) for entry in entries)
+                if isinstance(body, payloads.CallPayload)]
+    newest = messages[-1].call_id
+    return [m.kind.value for m in messages if m.call_id == newest]
+
+
 def _answer(stack: Stack, *args: str) -> Caller:
     answerer = Caller(stack, "bob", "answer", *args).start()
     answerer.event("waiting")
@@ -207,6 +226,9 @@ def test_a_call_survives_rekeys_without_losing_a_frame(stack: Stack) -> None:
         # playout may still wait a frame when a busy machine stalls a process: a delay the
         # jitter buffer absorbs, not a key's gap, so it is not counted here.)
         assert (stats["refused_total"], stats["lost"], stats["late"]) == (0, 0, 0), stats
+    # The history keeps what the call was and how it ended, not its ringing and rekeys.
+    assert call_kinds_in_history(stack, "alice", "bob") == ["offer", "answer", "hangup"]
+    assert call_kinds_in_history(stack, "bob", "alice") == ["offer", "answer", "hangup"]
     for path in (heard_by_bob, heard_by_alice):
         tone = read_wav(path)
         start = int(np.argmax(np.abs(tone) > 1000))  # the first sound heard
