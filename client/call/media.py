@@ -1,7 +1,12 @@
 """One direction of a call's audio, sans-I/O: PCM -> Opus -> SFrame, and back.
 
-The sender numbers each 20 ms frame and seals ``seq (4 bytes) || opus packet`` with SFrame
-under its current KID; a rekey starts a new KID (a fresh counter) and the number goes on.
+The sender numbers each 20 ms frame and seals ``seq (4) || echo seq (4) || echo hold (2) ||
+opus packet`` with SFrame under its current KID; a rekey starts a new KID (a fresh counter)
+and the number goes on. The echo (like RTCP's LSR/DLSR) names the newest frame this side
+received from the other and how long, in ms, it held it before this frame went out; the other
+side, which noted when it sent that frame, gets the media round trip: now - sent - hold
+(both terms on its own clock, so the two clocks need not agree). Echoes ride inside the
+SFrame seal: a relay cannot fake them.
 The receiver opens frames under the KIDs it holds (an old one stays for a short grace after
 a rekey, then is retired), hands them to the jitter buffer, and every 20 ms gives the
 speaker a frame: decoded, recovered from the next frame's FEC, or concealed. What it
@@ -19,8 +24,20 @@ from .jitter import FRAME_S, JitterBuffer, Kind, Stats
 from .opus import FRAME_SAMPLES, Decoder, Encoder, OpusError
 from .sframe import Receiver, Sender, SFrameError
 
-_SEQ = struct.Struct(">I")
+_HEAD = struct.Struct(">IIH")  # seq, echoed seq, hold in ms
+NO_ECHO = 0xFFFF_FFFF
+MAX_HOLD_MS = 0xFFFF
+SENT_TIMES_KEPT = 256  # frames whose send time is kept for echoes (5 s)
+RTT_GAIN = 1 / 8  # the smoothing of RFC 6298's SRTT
 SILENCE = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+
+
+@dataclass(frozen=True)
+class Echo:
+    """The newest frame received from the other side and when it arrived (our clock)."""
+
+    seq: int
+    arrival: float
 
 
 class MediaSender:
@@ -31,6 +48,9 @@ class MediaSender:
         self._sframe = Sender(base_key, kid)
         self.seq = 0
         self.rekeys = 0
+        self._sent_at: dict[int, float] = {}
+        self.round_trip_s: float | None = None  # smoothed media round trip
+        self.last_round_trip_s: float | None = None
 
     @property
     def kid(self) -> int:
@@ -43,12 +63,40 @@ class MediaSender:
         self._sframe = Sender(base_key, kid)
         self.rekeys += 1
 
-    def frame(self, pcm: np.ndarray) -> bytes:
-        """One sealed media frame for 20 ms of sound."""
+    def frame(self, pcm: np.ndarray, now: float = 0.0, echo: Echo | None = None) -> bytes:
+        """One sealed media frame for 20 ms of sound, sent at ``now`` (our clock), echoing
+        the newest frame received from the other side (None: none yet)."""
         packet = self._encoder.encode(pcm)
-        sealed = self._sframe.protect(_SEQ.pack(self.seq) + packet)
+        if echo is None:
+            head = _HEAD.pack(self.seq, NO_ECHO, 0)
+        else:
+            hold_ms = min(MAX_HOLD_MS, max(0, round((now - echo.arrival) * 1000)))
+            head = _HEAD.pack(self.seq, echo.seq, hold_ms)
+        sealed = self._sframe.protect(head + packet)
+        self._sent_at[self.seq] = now
+        if len(self._sent_at) > SENT_TIMES_KEPT:
+            del self._sent_at[next(iter(self._sent_at))]  # the oldest (insertion order)
         self.seq = (self.seq + 1) % (1 << 32)
         return sealed
+
+    def echoed(self, seq: int, hold_s: float, arrival: float) -> float | None:
+        """The other side echoed our frame ``seq`` after holding it ``hold_s``, in a frame
+        that arrived at ``arrival``: one round-trip sample (None: not a frame we know)."""
+        sent = self._sent_at.get(seq)
+        if sent is None:
+            return None
+        sample = max(0.0, arrival - sent - hold_s)
+        self.last_round_trip_s = sample
+        if self.round_trip_s is None:
+            self.round_trip_s = sample
+        else:
+            self.round_trip_s += RTT_GAIN * (sample - self.round_trip_s)
+        return sample
+
+
+def _newer(seq: int, than: int) -> bool:
+    """Whether ``seq`` comes after ``than`` (sequence numbers wrap at 2**32)."""
+    return 0 < (seq - than) % (1 << 32) < 1 << 31
 
 
 @dataclass
@@ -69,6 +117,8 @@ class MediaReceiver:
         self._started = False
         self.undecodable = 0
         self.last_kid: int | None = None  # the KID of the last frame that opened
+        self.newest: Echo | None = None  # the newest frame opened, to echo back
+        self.peer_echo: tuple[int, float] | None = None  # the last frame's echo: seq, hold s
 
     def add_key(self, base_key: bytes, kid: int) -> None:
         self._sframe.add_key(base_key, kid)
@@ -88,11 +138,14 @@ class MediaReceiver:
         except SFrameError:
             return False
         self.last_kid = kid
-        if len(plaintext) <= _SEQ.size:
+        if len(plaintext) <= _HEAD.size:
             self._sframe.refused["malformed"] += 1
             return False
-        (seq,) = _SEQ.unpack_from(plaintext)
-        return self.jitter.push(seq, seq * FRAME_S, arrival, plaintext[_SEQ.size:])
+        seq, echo_seq, hold_ms = _HEAD.unpack_from(plaintext)
+        self.peer_echo = None if echo_seq == NO_ECHO else (echo_seq, hold_ms / 1000)
+        if self.newest is None or _newer(seq, self.newest.seq):
+            self.newest = Echo(seq, arrival)
+        return self.jitter.push(seq, seq * FRAME_S, arrival, plaintext[_HEAD.size:])
 
     def play(self) -> np.ndarray:
         """The next 20 ms for the speaker."""
@@ -115,4 +168,4 @@ class MediaReceiver:
         return ReceiveStats(self._sframe.opened, dict(self._sframe.refused), self.jitter.stats)
 
 
-__all__ = ["MediaReceiver", "MediaSender", "ReceiveStats"]
+__all__ = ["Echo", "MediaReceiver", "MediaSender", "ReceiveStats"]

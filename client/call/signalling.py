@@ -44,6 +44,7 @@ CALL_ID_BYTES = 16
 RING_TIMEOUT_S = 30.0  # an offer not answered by then is a missed call
 REKEY_EVERY_S = 60.0
 REKEY_GRACE_S = 2.0  # an old epoch's receive key is kept this long after the new one
+MIN_ASKED_REKEY_GAP_S = 1.0  # a callee's rekey_ask within this of the last rekey waits
 KEM = "ML-KEM-768"
 TRANSCRIPT_CONTEXT = "qsecret/call/v1"
 PURPOSE_TO_CALLEE = "call/caller-to-callee"
@@ -64,6 +65,7 @@ class Kind(enum.Enum):
     MISSED = "missed"
     REKEY = "rekey"
     REKEY_ACK = "rekey_ack"
+    REKEY_ASK = "rekey_ask"  # callee -> caller: please rekey now (the caller drives rekeys)
 
 
 @dataclass(frozen=True, repr=False)
@@ -77,7 +79,7 @@ class CallMessage:
     kem_ciphertext: bytes = b""  # answer, rekey_ack
     x25519_public: bytes = b""  # offer, answer, rekey, rekey_ack
     qkd_key_ids: tuple[str, ...] = ()  # offer, rekey
-    reason: str = ""  # hangup, missed
+    reason: str = ""  # hangup, missed, decline (why it was refused, e.g. "not a contact")
 
     def __repr__(self) -> str:
         return f"CallMessage({self.kind.value}, {self.call_id.hex()[:8]}, epoch {self.epoch})"
@@ -118,6 +120,11 @@ class CallMessage:
                       _bytes(body, "xp"), tuple(ids), _text(body, "r"))
         _check_fields(message)
         return message
+
+
+def declined(reason: str) -> str:
+    """How a declined call ends: "declined", or "declined: not a contact"."""
+    return f"declined: {reason}" if reason else "declined"
 
 
 def _bytes(body: dict[Any, Any], key: str) -> bytes:
@@ -259,6 +266,7 @@ class Call:
     _offer: CallMessage | None = None
     answered_at: float | None = None
     rekey_every: float = REKEY_EVERY_S  # the caller's rekey period
+    keyed_at: float = 0.0  # when the current epoch's keys were installed
 
     # -- starting
 
@@ -305,12 +313,15 @@ class Call:
         self.answered_at = now
         return [self._install(keys, now), Send(reply)]
 
-    def decline(self, busy: bool = False) -> list[Effect]:
+    def decline(self, busy: bool = False, reason: str = "") -> list[Effect]:
+        """Decline (``busy``: another call is going on; ``reason``: why the call was refused,
+        shown to the caller, e.g. "not a contact")."""
         if self.caller or self.state is not State.RINGING:
             raise SignallingError("only a ringing incoming call can be declined")
         kind = Kind.BUSY if busy else Kind.DECLINE
-        return [Send(CallMessage(kind, self.call_id)),
-                *self._end("busy" if busy else "declined", by_peer=False)]
+        ended = "busy" if busy else declined(reason)
+        return [Send(CallMessage(kind, self.call_id, reason="" if busy else reason)),
+                *self._end(ended, by_peer=False)]
 
     def hang_up(self, reason: str = "hung up") -> list[Effect]:
         if self.state is State.ENDED:
@@ -325,9 +336,15 @@ class Call:
         return self._end(reason, by_peer=True)
 
     def request_rekey(self) -> list[Effect]:
-        """A rekey now (the caller drives rekeys; the callee may ask through a hang-up-free
-        path later). Returns NeedQkd: fetch fresh keys and call :meth:`rekey`."""
-        if not self.caller or self.state is not State.ACTIVE or self._pending is not None:
+        """A rekey now, on demand. The caller drives every rekey: at the caller this returns
+        NeedQkd (fetch fresh keys and call :meth:`rekey`); at the callee it sends a
+        ``rekey_ask``, which makes the caller start one. Nothing while one is under way or the
+        call is not active."""
+        if self.state is not State.ACTIVE:
+            return []
+        if not self.caller:
+            return [Send(CallMessage(Kind.REKEY_ASK, self.call_id, self.epoch))]
+        if self._pending is not None:
             return []
         return [NeedQkd(self.epoch + 1)]
 
@@ -356,7 +373,8 @@ class Call:
                 self.state = State.RINGING
                 return []
             if kind in (Kind.DECLINE, Kind.BUSY) and self.state is not State.ACTIVE:
-                return self._end("declined" if kind is Kind.DECLINE else "busy", by_peer=True)
+                why = declined(message.reason) if kind is Kind.DECLINE else "busy"
+                return self._end(why, by_peer=True)
             if kind is Kind.ANSWER and self.state in (State.OFFERING, State.RINGING):
                 keys = self._complete(message)
                 self.state = State.ACTIVE
@@ -364,6 +382,15 @@ class Call:
                 return [self._install(keys, now)]
             if kind is Kind.REKEY_ACK and self.state is State.ACTIVE:
                 return [self._install(self._complete(message), now)]
+            if kind is Kind.REKEY_ASK and self.state is State.ACTIVE:
+                if message.epoch != self.epoch:  # asked before our last rekey: done
+                    return []
+                if now - self.keyed_at < MIN_ASKED_REKEY_GAP_S:  # too soon: tick() does it
+                    # then (a peer cannot make us spend QKD keys faster than once a second)
+                    self.next_rekey = min(self.next_rekey,
+                                          self.keyed_at + MIN_ASKED_REKEY_GAP_S)
+                    return []
+                return self.request_rekey()
         elif kind is Kind.REKEY and self.state is State.ACTIVE:
             if message.epoch != self.epoch + 1:
                 raise SignallingError(f"rekey to epoch {message.epoch} after {self.epoch}")
@@ -412,6 +439,7 @@ class Call:
             self.rekeys += 1
         self.keys, self.epoch = keys, keys.epoch
         self.next_rekey = now + self.rekey_every
+        self.keyed_at = now
         return InstallKeys(keys, old, now + REKEY_GRACE_S)
 
     # -- time
@@ -437,4 +465,5 @@ class Call:
 
 
 __all__ = ["CallMessage", "Call", "Effect", "Ended", "EpochKeys", "InstallKeys", "Kind",
-           "NeedQkd", "QkdKeys", "Send", "SignallingError", "State", "derive_epoch_keys"]
+           "NeedQkd", "QkdKeys", "Send", "SignallingError", "State", "declined",
+           "derive_epoch_keys"]

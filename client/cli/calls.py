@@ -82,7 +82,7 @@ async def _session(messenger: Any, args: argparse.Namespace, source: Any, sink: 
             out.event("calling", view, f"calling {args.handle}...")
         else:
             out.event("waiting", None, "waiting for a call...")
-            view = await _next_ringing(changes, args.timeout)
+            view = await _next_ringing(changes, args.timeout, out)
             out.event("ringing", view, f"{view.peer} is calling: answering")
             view = await messenger.answer_call(view.call_id, source, sink)
         if view.state is not CallState.ENDED:
@@ -97,7 +97,9 @@ async def _session(messenger: Any, args: argparse.Namespace, source: Any, sink: 
     return EXIT_OK if view.answered_at is not None else EXIT_NOT_DONE
 
 
-async def _next_ringing(changes: asyncio.Queue[CallView], timeout: float) -> CallView:
+async def _next_ringing(changes: asyncio.Queue[CallView], timeout: float,
+                        out: _Output) -> CallView:
+    """The next incoming call that rings (one refused, from a stranger, is only reported)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -106,6 +108,8 @@ async def _next_ringing(changes: asyncio.Queue[CallView], timeout: float) -> Cal
             raise CliError(f"no call came within {timeout:.0f}s") from None
         if not view.outgoing and view.state is CallState.RINGING:
             return view
+        if not view.outgoing and view.state is CallState.ENDED and view.answered_at is None:
+            out.event("refused", view, f"refused a call from {view.peer}: {view.reason}")
 
 
 async def _until_answered(messenger: Any, changes: asyncio.Queue[CallView], view: CallView,
@@ -176,5 +180,6 @@ class _Output:
             stats = view.stats
             print(f"call ended ({view.reason}, by {who}) after {duration:.1f}s; keys: "
                   f"{view.sources}, {view.rekeys} rekey(s); loss {stats.get('loss', 0):.1%}, "
-                  f"jitter {stats.get('jitter_ms', 0)} ms, refused frames "
+                  f"jitter {stats.get('jitter_ms', 0)} ms, media round trip "
+                  f"{stats.get('media_round_trip_ms', '-')} ms, refused frames "
                   f"{stats.get('refused_total', 0)}", flush=True)

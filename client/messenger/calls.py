@@ -77,6 +77,7 @@ BEHIND_RESET_S = 0.5  # the clock fell this far behind (a suspended process): st
 QKD_KEYS_PER_EPOCH = 1
 KEEP_ENDED_CALLS = 32  # ended calls kept for their views (the newest)
 OFFLINE = "offline"
+NOT_A_CONTACT = "not a contact"
 _STATE = {State.OFFERING: CallState.CALLING, State.RINGING: CallState.RINGING,
           State.ACTIVE: CallState.ACTIVE, State.ENDED: CallState.ENDED}
 
@@ -99,6 +100,7 @@ class CallConversations(Protocol):
     async def ensure_session(self, conversation: ConversationId) -> str: ...
     async def send_call_message(self, conversation: ConversationId,
                                 body: payloads.CallPayload, *, wait: bool = False) -> None: ...
+    def known_caller(self, conversation: ConversationId) -> bool: ...
 
 
 class Source(Protocol):  # client.call.audio.Source, without importing numpy here
@@ -183,6 +185,9 @@ class CallManager:
                                  "stray_frames": item.stray_frames}
         if item.round_trip_s is not None:  # through both ends' sessions and the relay
             stats["signalling_round_trip_ms"] = round(item.round_trip_s * 1000, 1)
+        if item.sender is not None and item.sender.round_trip_s is not None:
+            # echoes in the sealed media frames: relay and both event loops, no KME or ratchet
+            stats["media_round_trip_ms"] = round(item.sender.round_trip_s * 1000, 1)
         if item.receiver is not None:
             received = item.receiver.stats
             jitter = received.jitter
@@ -316,6 +321,21 @@ class CallManager:
         self._changed(item)
         return self._view(item)
 
+    async def rekey(self, call_id: str | None) -> CallView:
+        """Rekey the active call now with fresh QKD keys (``call_id`` None: the live call).
+        The caller starts it; at the callee this asks the caller to (``rekey_ask``), so the
+        count goes up at both ends once the new keys are installed."""
+        item = self._find(call_id)
+        async with item.lock:
+            if item.core.state is not State.ACTIVE:
+                raise MessengerError("only an active call can be rekeyed")
+            effects = item.core.request_rekey()
+            if not effects:
+                raise MessengerError("a rekey is already under way")
+            await self._apply(item, effects)
+        self._changed(item)
+        return self._view(item)
+
     async def close(self) -> None:
         """Hang up every live call (the peer is told while the relay is there)."""
         self._closed = True
@@ -369,10 +389,9 @@ class CallManager:
             log.warning("%s sent a %s for a call with %s: dropped", conversation.peer,
                         message.kind.value, item.peer)
             return
-        if message.kind is Kind.MISSED:
-            line = call_line(body, conversation.peer, False, "")
-            if line is not None:
-                self._emit(MessageEvent(line))
+        line = call_line(body, conversation.peer, False, "")  # missed, or refused: a line
+        if line is not None:
+            self._emit(MessageEvent(line))
         self._in_background(self._from_peer(item, message), "call-signalling")
 
     async def _incoming(self, conversation: ConversationId, body: payloads.CallPayload,
@@ -392,7 +411,10 @@ class CallManager:
         item = _Call(core, conversation.peer, sae_id, body.secret, body.ts, offer=offer)
         busy = self._closed or any(other.live for other in self._calls.values())
         self._add(item)
-        if busy:
+        if not self._conversations.known_caller(conversation):  # a stranger: never rings
+            log.info("refused a call from %s: %s", conversation.peer, NOT_A_CONTACT)
+            effects = item.core.decline(reason=NOT_A_CONTACT)
+        elif busy:
             effects = item.core.decline(busy=True)
         self._in_background(self._apply_locked(item, effects), "call-ringing")
         if item.live:
@@ -426,7 +448,12 @@ class CallManager:
             item.stray_frames += 1
             return True
         receiver = item.receiver
-        if receiver.receive(bytes(frame.payload), self._now()) and item.deferred is not None:
+        now = self._now()
+        opened = receiver.receive(bytes(frame.payload), now)
+        echo, receiver.peer_echo = receiver.peer_echo, None  # set by a frame that opened
+        if echo is not None and item.sender is not None:
+            item.sender.echoed(echo[0], echo[1], now)
+        if opened and item.deferred is not None:
             key, kid, proof, _by = item.deferred
             if receiver.last_kid == proof:  # the caller holds the new keys: switch now
                 self._switch_sender(item, key, kid)
@@ -494,13 +521,17 @@ class CallManager:
         secret = item.secret if message.kind is Kind.OFFER else b""
         if message.kind in (Kind.OFFER, Kind.REKEY):
             item.asked_at = self._now()
+        body = payloads.call(message.encode(), secret)
         try:
-            await self._conversations.send_call_message(
-                item.conversation, payloads.call(message.encode(), secret))
+            await self._conversations.send_call_message(item.conversation, body)
         except MessengerError as exc:
             log.warning("call with %s: %s not sent: %s", item.peer, message.kind.value, exc)
             if message.kind is not Kind.HANGUP and item.live:
                 await self._apply(item, item.core.lost(f"failed: {exc}"))
+            return
+        line = call_line(body, item.peer, True, "")  # a missed or refused call: a line
+        if line is not None:
+            self._emit(MessageEvent(line))
 
     def _install(self, item: _Call, install: InstallKeys) -> None:
         from client.call.media import MediaReceiver
@@ -609,7 +640,8 @@ class CallManager:
 
                 pcm = SILENCE
             seq = item.sender.seq
-            data = item.sender.frame(pcm)
+            newest = item.receiver.newest if item.receiver is not None else None
+            data = item.sender.frame(pcm, self._now(), newest)
             try:
                 await self._relay.send_binary(KIND_MEDIA, item.call_id, seq, data)
                 item.frames_sent += 1

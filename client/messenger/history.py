@@ -20,18 +20,50 @@ MAX_ENTRIES = 2000
 
 def call_line(body: payloads.CallPayload, peer: str, outgoing: bool,
               label: str) -> MessageView | None:
-    """A missed call as a line of the conversation (the other call messages are not shown):
-    the callee was offline, or did not answer in time."""
+    """A missed or refused call as a line of the conversation (the other call messages are
+    not shown): the callee was offline, did not answer in time, or refused the caller (who
+    is not a contact)."""
     try:
         message = CallMessage.decode(body.data)
     except SignallingError:
         return None
+    why = f" ({message.reason})" if message.reason else ""
+    if message.kind is Kind.DECLINE and message.reason:  # refused, e.g. not a contact
+        text = f"refused a call from {peer}{why}" if outgoing else f"call declined by {peer}{why}"
+        delivery = Delivery.SENT if outgoing else Delivery.RECEIVED
+        return MessageView(body.id, peer, outgoing, text, body.ts, delivery, label)
     if message.kind is not Kind.MISSED:
         return None
-    why = f" ({message.reason})" if message.reason else ""
     text = f"call not answered{why}" if outgoing else f"missed call from {peer}{why}"
     delivery = Delivery.SENT if outgoing else Delivery.RECEIVED
     return MessageView(body.id, peer, outgoing, text, body.ts, delivery, label)
+
+
+# Call signalling kept in the history: what a call was and how it ended. Ringing and the
+# rekey messages (one or more a minute) would only fill it.
+HISTORY_CALL_KINDS = frozenset({Kind.OFFER, Kind.ANSWER, Kind.DECLINE, Kind.BUSY, Kind.HANGUP,
+                                Kind.MISSED})
+
+
+def kept_in_history(plaintext: bytes) -> bool:
+    """Whether a payload goes into the history (all but the passing call signalling)."""
+    try:
+        body = payloads.decode(plaintext)
+    except payloads.PayloadError:
+        return True  # stored as it came; the views skip it
+    if not isinstance(body, payloads.CallPayload):
+        return True
+    try:
+        return CallMessage.decode(body.data).kind in HISTORY_CALL_KINDS
+    except SignallingError:
+        return False
+
+
+def _placed_call(body: payloads.CallPayload) -> bool:
+    try:
+        return CallMessage.decode(body.data).kind in (Kind.OFFER, Kind.MISSED)
+    except SignallingError:
+        return False
 
 
 class HistoryStore(Protocol):
@@ -69,6 +101,16 @@ class History:
             if d == direction and isinstance(body, payloads.Receipt) and body.state == state:
                 ids.update(body.ids)
         return ids
+
+    def exchanged(self, conversation: ConversationId) -> bool:
+        """Whether anything but the peer's own call signalling passed in this conversation: a
+        text, a file, a receipt, or a call we placed (what makes a caller a contact)."""
+        for direction, body, _label in self._entries(conversation):
+            if not isinstance(body, payloads.CallPayload):
+                return True
+            if direction == "out" and _placed_call(body):
+                return True
+        return False
 
     def messages(self, conversation: ConversationId, limit: int = 500) -> list[MessageView]:
         entries = self._entries(conversation)

@@ -323,6 +323,11 @@ class MessengerService:
     def verified(self, conversation: ConversationId) -> bool:
         return self._contacts.verified(conversation)
 
+    def known_caller(self, conversation: ConversationId) -> bool:
+        """Whether the peer may ring us: a verified contact, or one we exchanged anything
+        with beyond their own call signalling (docs/protocol.md §14); others are refused."""
+        return self._contacts.verified(conversation) or self._history.exchanged(conversation)
+
     async def send_transfer_message(self, conversation: ConversationId,
                                     body: payloads.TransferMessage) -> None:
         """An offer, decline or cancel of a file transfer, end-to-end encrypted."""
@@ -356,6 +361,11 @@ class MessengerService:
     async def hang_up(self, call_id: str | None = None) -> CallView:
         async with self._life.operation():
             return await self.calls.hang_up(call_id)
+
+    async def rekey_call(self, call_id: str | None = None) -> CallView:
+        """Rekey the call now with fresh QKD keys (a new KID each way); see CallManager.rekey."""
+        async with self._life.operation():
+            return await self.calls.rekey(call_id)
 
     def call_view(self, call_id: str) -> CallView:
         """The call now, with its live statistics (MessengerError if there is none)."""

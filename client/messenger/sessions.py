@@ -38,6 +38,7 @@ from client.store.store import Contact
 
 from . import payload as payloads
 from .api import ConversationId, MessengerError
+from .history import kept_in_history
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,9 @@ class Sessions:
             ) from None
         except ProtocolError as exc:
             raise MessengerError(f"not sent: {exc}") from None
-        outbox_id = self._store.commit_outgoing(conversation.peer, session, outgoing, plaintext)
+        outbox_id = self._store.commit_outgoing(
+            conversation.peer, session, outgoing,
+            plaintext if kept_in_history(plaintext) else None)
         return Sealed(conversation, outbox_id, outgoing.message_id, outgoing.wire,
                       outgoing.label, outgoing.otp)
 
@@ -257,7 +260,7 @@ class Sessions:
             for event in events:
                 if isinstance(event, Discarded):
                     log.warning("discarded a held message from %s: %s", peer, event.reason)
-            self._store.commit_incoming(peer, session, msg_id, messages)
+            self._store.commit_incoming(peer, session, msg_id, _for_history(messages))
             return Opened(messages)
         resend: tuple[payloads.Payload, ...] = ()
         if session is not None and _unanswered(session) and _has_sent(session):
@@ -276,7 +279,8 @@ class Sessions:
             messages = [e for e in events if isinstance(e, Message)]
             if contact is None:
                 self._store.pin_identity(peer, session.peer_identity)
-            self._store.accept_session(peer, session, secrets, bundle, msg_id, messages)
+            self._store.accept_session(peer, session, secrets, bundle, msg_id,
+                                       _for_history(messages))
         return Opened(messages, resend=resend, new_session=True)
 
     # -- starting and switching --------------------------------------------------------
@@ -344,3 +348,8 @@ def _is_prekey(wire: bytes) -> bool:
         return parse_header(wire).kind == T_PREKEY
     except ProtocolError:
         return False
+
+
+def _for_history(messages: list[Message]) -> list[Message]:
+    """The messages the history keeps (not a call's ringing or rekeys: history.py)."""
+    return [message for message in messages if kept_in_history(message.plaintext)]

@@ -341,8 +341,9 @@ class Store:
     # -- the crash-safe paths ---------------------------------------------------------
 
     def commit_outgoing(self, peer: str, session: Session, outgoing: Outgoing,
-                        plaintext: bytes) -> int:
-        """Persist the advanced session, the outbox entry and history atomically.
+                        plaintext: bytes | None) -> int:
+        """Persist the advanced session, the outbox entry and history atomically
+        (``plaintext`` None: no history row, e.g. a call's rekey message).
 
         Call after ``session.encrypt`` and BEFORE handing ``outgoing.wire`` to the
         transport. Returns the outbox id to pass to :meth:`mark_sent`.
@@ -358,7 +359,8 @@ class Store:
                  self._sealer.seal("outbox", cbor2.dumps([peer, outgoing.wire])), time.time()),
             )
             self._checkpoint("outgoing:outbox")
-            self._history(db, peer, "out", outgoing.message_id, plaintext, outgoing.label)
+            if plaintext is not None:
+                self._history(db, peer, "out", outgoing.message_id, plaintext, outgoing.label)
             self._checkpoint("outgoing:history")
         self._checkpoint("outgoing:committed")
         return int(cursor.lastrowid or 0)

@@ -58,6 +58,14 @@ async def _until(pilot, condition: Callable[[], bool], timeout: float = 30.0) ->
         await pilot.pause(0.1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def acquainted(stack: Stack) -> None:
+    """alice writes to bob (who reads it): each is then the other's contact, whose calls
+    ring (a stranger's are refused)."""
+    stack.cli("alice", "send", "bob", "hello bob", check=True)
+    stack.cli("bob", "recv", check=True)
+
+
 async def _online(app: QsecretApp, pilot) -> ChatScreen:  # type: ignore[no-untyped-def]
     await _until(pilot, lambda: isinstance(app.screen, ChatScreen))
     screen = app.screen
@@ -86,6 +94,12 @@ async def test_alice_calls_bob_mutes_and_hangs_up(stack: Stack, tmp_path: Path) 
             await _until(pilot, lambda: call.sink.level > -30 and call.source.level > -30)
             assert "connected" in str(call.query_one("#call-state").render())
             assert FULL_SOURCES in str(call.query_one("#call-keys").render())
+            assert "rekeys 0" in str(call.query_one("#call-keys").render())
+            await pilot.press("r")  # the caller rekeys now (the period is 60 s)
+            await _until(pilot, lambda: call.view.rekeys == 1)
+            await _until(pilot, lambda: "rekeys 1" in str(call.query_one("#call-keys").render()))
+            await _until(pilot, lambda: "media_round_trip_ms" in call.view.stats)
+            assert "round trip" in str(call.query_one("#call-network").render())
             await pilot.press("m")
             await _until(pilot, lambda: call.source.level <= -90)
             assert "(muted)" in str(call.query_one("#call-mic").render())
@@ -95,7 +109,9 @@ async def test_alice_calls_bob_mutes_and_hangs_up(stack: Stack, tmp_path: Path) 
             await _until(pilot, lambda: heard.closed)  # the app let go of the devices
             await pilot.press("ctrl+q")
         assert bob.exit_code(30) == 0
-        assert bob.event("ended")["ended_by_peer"] is True
+        bob_end = bob.event("ended")
+        assert bob_end["ended_by_peer"] is True and bob_end["rekeys"] == 1
+        assert bob_end["stats"]["refused_total"] == 0
     finally:
         bob.stop()
     assert heard.frames and max(np.abs(f).max() for f in heard.frames) > 1000
@@ -106,7 +122,7 @@ async def test_an_incoming_call_rings_and_is_answered_or_declined(stack: Stack) 
     app = _app(stack, lambda: (ToneSource(300), heard))
     async with app.run_test(size=SIZE) as pilot:
         await _online(app, pilot)
-        bob = Caller(stack, "bob", "call", "alice", "--tone", "660", "--duration", "3").start()
+        bob = Caller(stack, "bob", "call", "alice", "--tone", "660", "--duration", "4").start()
         try:
             await _until(pilot, lambda: isinstance(app.screen, IncomingCallScreen))
             await pilot.press("a")
@@ -114,9 +130,13 @@ async def test_an_incoming_call_rings_and_is_answered_or_declined(stack: Stack) 
             call = app.screen
             assert isinstance(call, CallScreen)
             await _until(pilot, lambda: call.view.state is CallState.ACTIVE)
-            await _until(pilot, lambda: call.view.state is CallState.ENDED)  # bob's 3 s
+            # alice, the callee, asks; bob, the caller, rekeys (his period is 60 s)
+            await pilot.press("r")
+            await _until(pilot, lambda: call.view.rekeys == 1)
+            await _until(pilot, lambda: call.view.state is CallState.ENDED)  # bob's 4 s
             assert call.view.ended_by_peer
             assert bob.exit_code(30) == 0
+            assert bob.event("ended")["rekeys"] == 1
         finally:
             bob.stop()
         await pilot.press("escape")  # back to the chats

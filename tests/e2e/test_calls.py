@@ -25,9 +25,17 @@ FULL_SOURCES = "QKD+ML-KEM-768+X25519"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
-    """The shared stack with a third user, carol (who has added bob), for a busy line."""
-    stack = start_stack(tmp_path_factory.mktemp("stack"), users=("alice", "bob", "carol"))
+    """The shared stack with a third user, carol (who has added bob), for a busy line, and
+    dave (on bob's side of the QKD link, a stranger to alice) for a refused call.
+
+    alice and carol have written to bob, so he takes their calls (a caller must be a contact:
+    someone you exchanged a message with, or verified); dave has never written to alice."""
+    stack = start_stack(tmp_path_factory.mktemp("stack"),
+                        users=("alice", "bob", "carol", "dave"))
     try:
+        for handle in ("alice", "carol"):
+            stack.cli(handle, "send", "bob", f"hello bob, {handle} here", check=True)
+        stack.cli("bob", "recv", check=True)
         yield stack
     finally:
         stack.stop()
@@ -68,6 +76,25 @@ class Caller(ServiceProcess):
     def exit_code(self, timeout: float = 30.0) -> int:
         assert self.process is not None
         return self.process.wait(timeout)
+
+
+def call_kinds_in_history(stack: Stack, handle: str, peer: str) -> list[str]:
+    """The kinds of call signalling in ``handle``'s stored history with ``peer``, of the
+    newest call (read from the sealed store itself, the process being stopped)."""
+    from client.call.signalling import CallMessage
+    from client.config import load_config
+    from client.messenger import payload as payloads
+    from client.messenger.unlock import store_path
+    from client.store.store import Store
+
+    with Store.open(PASSPHRASE, store_path(load_config(stack.profile(handle))),
+                    create=False) as store:
+        entries = store.history(peer)
+    messages = [CallMessage.decode(body.data) for body in
+                (payloads.decode(entry.plaintext) for entry in entries)
+                if isinstance(body, payloads.CallPayload)]
+    newest = messages[-1].call_id
+    return [m.kind.value for m in messages if m.call_id == newest]
 
 
 def _answer(stack: Stack, *args: str) -> Caller:
@@ -193,11 +220,15 @@ def test_a_call_survives_rekeys_without_losing_a_frame(stack: Stack) -> None:
         assert end["rekeys"] >= 2, end
         assert end["sources"] == FULL_SOURCES
         stats = end["stats"]
+        assert 0 < stats["media_round_trip_ms"] < 1000, stats  # echoes in the media frames
         # Not one frame refused (none sealed under a key the other side lacked yet), lost
         # or late: every 20 ms of the sender's sound was played, across every rekey. (The
         # playout may still wait a frame when a busy machine stalls a process: a delay the
         # jitter buffer absorbs, not a key's gap, so it is not counted here.)
         assert (stats["refused_total"], stats["lost"], stats["late"]) == (0, 0, 0), stats
+    # The history keeps what the call was and how it ended, not its ringing and rekeys.
+    assert call_kinds_in_history(stack, "alice", "bob") == ["offer", "answer", "hangup"]
+    assert call_kinds_in_history(stack, "bob", "alice") == ["offer", "answer", "hangup"]
     for path in (heard_by_bob, heard_by_alice):
         tone = read_wav(path)
         start = int(np.argmax(np.abs(tone) > 1000))  # the first sound heard
@@ -258,3 +289,28 @@ def test_calling_someone_offline_says_so_at_once_and_leaves_a_missed_call(
     assert any("missed call from alice" in m["text"] for m in stack.history("bob", "alice"))
     assert any("call not answered (offline)" in m["text"]
                for m in stack.history("alice", "bob"))
+
+
+def test_a_call_from_a_stranger_is_refused_at_once_with_the_reason(stack: Stack) -> None:
+    """dave never exchanged a message with alice: his call never rings, he hears why."""
+    answerer = Caller(stack, "alice", "answer", "--mute", "--out",
+                      str(stack.root / "stranger.wav")).start()
+    try:
+        answerer.event("waiting")
+        caller = Caller(stack, "dave", "call", "alice", "--tone", "440", "--out",
+                        str(stack.root / "stranger-dave.wav")).start()
+        try:
+            ended = caller.event("ended")
+            assert caller.exit_code() == 1  # not answered
+        finally:
+            caller.stop()
+        refused = answerer.event("refused")
+    finally:
+        answerer.stop()
+    assert (ended["reason"], ended["ended_by_peer"], ended["answered"]) == (
+        "declined: not a contact", True, False)
+    assert refused["peer"] == "dave"
+    assert any("refused a call from dave (not a contact)" in m["text"]
+               for m in stack.history("alice", "dave"))
+    assert any("call declined by alice (not a contact)" in m["text"]
+               for m in stack.history("dave", "alice"))

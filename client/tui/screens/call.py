@@ -1,7 +1,8 @@
 """A call on screen: who, how long, the keys, the sound levels, the network; and the ring.
 
 :class:`CallScreen` follows one call (refreshed four times a second: the live figures change
-all the time, not only when the call does); ``m`` mutes the microphone, ``h`` hangs up and
+all the time, not only when the call does); ``m`` mutes the microphone, ``r`` rekeys now with
+fresh QKD keys (the callee asks the caller to), ``h`` hangs up and
 ``escape`` goes back to the chats while the call goes on (``ctrl+g`` there comes back).
 :class:`IncomingCallScreen` rings: accept or decline.
 """
@@ -49,8 +50,10 @@ def describe_state(view: CallView, now: float) -> str:
 def describe_network(stats: dict[str, object]) -> str:
     if "received" not in stats:
         return "no media yet"
+    round_trip = stats.get("media_round_trip_ms")
+    rtt = f"{round_trip} ms" if round_trip is not None else "-"
     return (f"loss {float(stats.get('loss', 0.0)):.1%}   jitter {stats.get('jitter_ms', 0)} ms   "
-            f"playout delay {stats.get('playout_delay_ms', 0)} ms   "
+            f"round trip {rtt}   playout delay {stats.get('playout_delay_ms', 0)} ms   "
             f"FEC recovered {stats.get('recovered_fec', 0)}   "
             f"refused frames {stats.get('refused_total', 0)}")
 
@@ -58,6 +61,7 @@ def describe_network(stats: dict[str, object]) -> str:
 class CallScreen(Screen[None]):
     BINDINGS = [
         Binding("m", "mute", "Mute"),
+        Binding("r", "rekey", "Rekey now"),
         Binding("h", "hang_up", "Hang up"),
         Binding("escape", "back", "Back to chats"),
     ]
@@ -113,6 +117,16 @@ class CallScreen(Screen[None]):
 
     def action_back(self) -> None:
         self.app.pop_screen()
+
+    @work(group="call")
+    async def action_rekey(self) -> None:
+        try:
+            self.view = await self.messenger.rekey_call(self.call_id)
+        except MessengerError as exc:  # not active, or a rekey is already under way
+            self.notify(str(exc), severity="warning")
+            return
+        self.notify("rekeying with fresh QKD keys")
+        self.refresh_view()
 
     @work(group="call")
     async def action_hang_up(self) -> None:
