@@ -272,14 +272,7 @@ class TransferSender:
             return None
         file_index, chunk_index = self._next
         manifest = self.manifest
-        length = manifest.chunk_length(file_index, chunk_index)
-        try:
-            data = self.reader(file_index, chunk_index * manifest.chunk_size, length)
-        except SourceError as exc:
-            self._fail(str(exc))
-        if len(data) != length:
-            self._fail(f"{manifest.files[file_index].path!r} is shorter than when it was "
-                       "offered (it changed): transfer stopped")
+        data = self._read_chunk(file_index, chunk_index)
         last = chunk_index == manifest.chunk_count(file_index) - 1
         if manifest.final_record_bytes:
             final = self._hashed(file_index, chunk_index, data)
@@ -294,25 +287,25 @@ class TransferSender:
         self._next = (file_index + 1, 0) if last else (file_index, chunk_index + 1)
         return frame
 
+    def _read_chunk(self, file_index: int, chunk_index: int) -> bytes | bytearray | memoryview:
+        """One chunk's plaintext from the reader; a file that changed fails the transfer."""
+        manifest = self.manifest
+        length = manifest.chunk_length(file_index, chunk_index)
+        try:
+            data = self.reader(file_index, chunk_index * manifest.chunk_size, length)
+        except SourceError as exc:
+            self._fail(str(exc))
+        if len(data) != length:
+            self._fail(f"{manifest.files[file_index].path!r} is shorter than when it was "
+                       "offered (it changed): transfer stopped")
+        return data
+
     def _hashed(self, file_index: int, chunk_index: int,
                 data: bytes | bytearray | memoryview) -> RunningHash:
         """The file's running hash with this chunk in it (see :class:`RunningHash`)."""
         if self._hash is None or self._hash.file_index != file_index:
             self._hash = RunningHash(file_index)
-        manifest = self.manifest
-
-        def read_chunk(index: int) -> bytes | bytearray | memoryview:
-            length = manifest.chunk_length(file_index, index)
-            try:
-                skipped = self.reader(file_index, index * manifest.chunk_size, length)
-            except SourceError as exc:
-                self._fail(str(exc))
-            if len(skipped) != length:
-                self._fail(f"{manifest.files[file_index].path!r} is shorter than when it was "
-                           "offered (it changed): transfer stopped")
-            return skipped
-
-        self._hash.add(chunk_index, data, read_chunk)
+        self._hash.add(chunk_index, data, lambda index: self._read_chunk(file_index, index))
         return self._hash
 
     def frames(self) -> list[bytearray]:
