@@ -66,6 +66,12 @@ def full_sources(backend: str) -> frozenset[str]:
     return frozenset({CORE_SOURCES, f"QKD+ML-KEM-768+{conservative}+X25519"})
 
 
+def active_full_sources() -> frozenset[str]:
+    """``full_sources`` of the backend this process, and the processes it starts, use (for
+    tests that do not take the ``pq_backend`` fixture)."""
+    return full_sources("liboqs" if pq.backend_status("liboqs").available else "openssl")
+
+
 def degraded_sources(backend: str) -> frozenset[str]:
     """The key labels of messages sent without QKD keys (policy ``prefer``)."""
     return frozenset(f"{label.removeprefix('QKD+')} (degraded: no QKD)"
