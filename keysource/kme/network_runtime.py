@@ -41,6 +41,7 @@ from .relay_store import LocalKeyStore
 from .runtime import (
     KmeSettings,
     _announce_keys,
+    _every,
     _guard_link,
     _install_signal_handlers,
     _make_psk,
@@ -265,14 +266,8 @@ async def network_status_line(node: NetworkNode, monitors: dict[str, LinkMonitor
 
 async def _network_status_loop(node: NetworkNode, monitors: dict[str, LinkMonitor],
                                stop: asyncio.Event, interval_s: float, out: TextIO) -> None:
-    started = time.monotonic()
-    if interval_s <= 0:
-        return
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
-        if not stop.is_set():
-            _say(out, await network_status_line(node, monitors, started))
+    await _every(interval_s, stop, out,
+                 lambda started: network_status_line(node, monitors, started))
 
 
 def format_network_stats(stats: dict[str, Any]) -> str:

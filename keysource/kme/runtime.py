@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -144,13 +144,9 @@ async def _status_line(nodes: Sequence[KmeNode], monitor: LinkMonitor, started: 
     )
 
 
-async def _status_loop(
-    nodes: Sequence[KmeNode],
-    monitor: LinkMonitor,
-    stop: asyncio.Event,
-    interval_s: float,
-    out: TextIO,
-) -> None:
+async def _every(interval_s: float, stop: asyncio.Event, out: TextIO,
+                 line: Callable[[float], Awaitable[str]]) -> None:
+    """Print ``await line(started)`` every ``interval_s`` until ``stop`` (0: never)."""
     started = time.monotonic()
     if interval_s <= 0:
         return
@@ -158,7 +154,17 @@ async def _status_loop(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
         if not stop.is_set():
-            _say(out, await _status_line(nodes, monitor, started))
+            _say(out, await line(started))
+
+
+async def _status_loop(
+    nodes: Sequence[KmeNode],
+    monitor: LinkMonitor,
+    stop: asyncio.Event,
+    interval_s: float,
+    out: TextIO,
+) -> None:
+    await _every(interval_s, stop, out, lambda started: _status_line(nodes, monitor, started))
 
 
 async def _announce_keys(

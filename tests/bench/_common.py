@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rate(op: Callable[[], object], *, seconds: float, rounds: int) -> float:
@@ -31,3 +34,20 @@ def write_json(path: str | None, data: dict[str, Any]) -> None:
     if path:
         Path(path).write_text(json.dumps(data, indent=2) + "\n")
         print(f"wrote {path}")
+
+
+def start_server(cmd: list[str], pattern: str) -> tuple[subprocess.Popen[str], int]:
+    """Start a server process and read its port from the first line starting with
+    ``pattern`` (it ends with the port, or a URL ending with it); 30 s at most."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith(pattern):
+            return proc, int(line.strip().rstrip("/").rsplit(":", 1)[-1].split()[-1])
+    proc.kill()
+    raise RuntimeError(f"server did not start: {cmd}")

@@ -39,7 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from relay import loop as event_loop
-from tests.bench._common import write_json
+from tests.bench._common import start_server, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAME_S = 0.020
@@ -222,21 +222,6 @@ async def loadgen(url: str, target: str, calls: int, seconds: float, tag: str) -
 
 
 # ---------------------------------------------------------------- orchestrator
-
-
-def start_server(cmd: list[str], pattern: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith(pattern):
-            return proc, int(line.strip().rstrip("/").rsplit(":", 1)[-1].split()[-1])
-    proc.kill()
-    raise RuntimeError(f"server did not start: {cmd}")
 
 
 def run_loadgen(url: str, target: str, calls: int, seconds: float, tag: str) -> dict:

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from relay import loop as event_loop
-from tests.bench._common import write_json
+from tests.bench._common import start_server, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY_BYTES = 256
@@ -285,22 +285,6 @@ def cpu_seconds(pid: int) -> float:
     machine changes how fast a server runs, much less how much CPU a message costs)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def start_server(cmd: list[str], pattern: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith(pattern):
-            port = int(line.strip().rstrip("/").rsplit(":", 1)[-1].split()[-1])
-            return proc, port
-    proc.kill()
-    raise RuntimeError(f"server did not start: {cmd}")
 
 
 class LoadGen:
