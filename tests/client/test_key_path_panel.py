@@ -8,13 +8,11 @@ so the panel's text and look can be pinned.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Static
 
 from client.config import load_config
 from client.messenger.api import KeyPath, KeyStatus
@@ -22,6 +20,7 @@ from client.messenger.profile import ProfileGate
 from client.tui.app import QsecretApp
 from client.tui.screens.chat import ChatScreen
 from client.tui.widgets.key_panel import KeyPanel, render_key_status
+from tests.client.pilot_helpers import chat_ready, until
 from tests.client.static_messenger import StaticMessenger
 
 SIZE = (150, 40)
@@ -49,19 +48,8 @@ def _app(tmp_path: Path) -> QsecretApp:
                       messenger=StaticMessenger(key_paths=PATHS))
 
 
-async def _until(pilot: Pilot, condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("the screen did not reach the expected state in time")
-        await pilot.pause(0.05)
 
 
-async def _chat_ready(pilot: Pilot) -> None:
-    await _until(pilot, lambda: isinstance(pilot.app.screen, ChatScreen)
-                 and pilot.app.screen.peer == "bob"
-                 and "online" in str(pilot.app.screen.query_one("#status", Static).render()))
-    await pilot.pause()
 
 
 def _panel_text(pilot: Pilot) -> str:
@@ -71,7 +59,7 @@ def _panel_text(pilot: Pilot) -> str:
 async def test_the_panel_follows_the_open_conversations_path(tmp_path: Path) -> None:
     app = _app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        await _chat_ready(pilot)
+        await chat_ready(pilot)
         text = _panel_text(pilot)
         assert " path  alice@hf-5 → hf-1 → hf-3\n       → bob@hf-7\n" in text, text
         assert "3 hops; trusted: hf-1, hf-3" in text
@@ -80,7 +68,7 @@ async def test_the_panel_follows_the_open_conversations_path(tmp_path: Path) -> 
         seen = {}
         for _ in range(2):
             await pilot.press("ctrl+down")
-            await _until(pilot, lambda: screen.peer != "bob" and screen.peer not in seen)
+            await until(pilot, lambda: screen.peer != "bob" and screen.peer not in seen)
             await pilot.pause()
             seen[screen.peer] = _panel_text(pilot)
         assert " path  carol@hf-6 → alice@hf-5\n       direct link\n" in seen["carol"]
@@ -89,7 +77,7 @@ async def test_the_panel_follows_the_open_conversations_path(tmp_path: Path) -> 
 
 def test_chat_with_a_relayed_key_path(snap_compare: Callable[..., bool],
                                       tmp_path: Path) -> None:
-    assert snap_compare(_app(tmp_path), terminal_size=SIZE, run_before=_chat_ready)
+    assert snap_compare(_app(tmp_path), terminal_size=SIZE, run_before=chat_ready)
 
 
 def test_the_peers_keys_show_only_when_they_came_another_way() -> None:

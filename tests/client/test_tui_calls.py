@@ -6,7 +6,6 @@ alice runs the app in-process with a tone as her microphone and a sink that only
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,12 @@ import pytest
 
 from client.call.audio import AudioError, ToneSource
 from client.config import load_config
-from client.messenger.api import CallState, Connection
+from client.messenger.api import CallState
 from client.messenger.profile import ProfileGate, open_profile
 from client.tui.app import QsecretApp
 from client.tui.screens.call import CallScreen, IncomingCallScreen, meter
 from client.tui.screens.chat import ChatScreen
-from client.tui.widgets.status_bar import StatusBar
+from tests.client.pilot_helpers import online, until
 from tests.e2e.stack import PASSPHRASE, Stack
 from tests.e2e.test_calls import Caller
 
@@ -50,12 +49,6 @@ def _app(stack: Stack, audio: Callable[[], tuple[Any, Any]]) -> QsecretApp:
                       messenger=open_profile(config, PASSPHRASE), audio=audio)
 
 
-async def _until(pilot, condition: Callable[[], bool], timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await pilot.pause(0.1)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,12 +59,6 @@ def acquainted(stack: Stack) -> None:
     stack.cli("bob", "recv", check=True)
 
 
-async def _online(app: QsecretApp, pilot) -> ChatScreen:  # type: ignore[no-untyped-def]
-    await _until(pilot, lambda: isinstance(app.screen, ChatScreen))
-    screen = app.screen
-    assert isinstance(screen, ChatScreen)
-    await _until(pilot, lambda: screen.query_one(StatusBar).state.state is Connection.ONLINE)
-    return screen
 
 
 async def test_alice_calls_bob_mutes_and_hangs_up(stack: Stack, tmp_path: Path) -> None:
@@ -82,31 +69,31 @@ async def test_alice_calls_bob_mutes_and_hangs_up(stack: Stack, tmp_path: Path) 
     try:
         bob.event("waiting")
         async with app.run_test(size=SIZE) as pilot:
-            chat = await _online(app, pilot)
+            chat = await online(pilot)
             chat.open_conversation("bob")
             await pilot.press("ctrl+g")
-            await _until(pilot, lambda: isinstance(app.screen, CallScreen))
+            await until(pilot, lambda: isinstance(app.screen, CallScreen))
             call = app.screen
             assert isinstance(call, CallScreen)
-            await _until(pilot, lambda: call.view.state is CallState.ACTIVE)
+            await until(pilot, lambda: call.view.state is CallState.ACTIVE)
             assert call.view.sources == FULL_SOURCES
             # bob's tone plays here; alice's tone is measured on the way out
-            await _until(pilot, lambda: call.sink.level > -30 and call.source.level > -30)
+            await until(pilot, lambda: call.sink.level > -30 and call.source.level > -30)
             assert "connected" in str(call.query_one("#call-state").render())
             assert FULL_SOURCES in str(call.query_one("#call-keys").render())
             assert "rekeys 0" in str(call.query_one("#call-keys").render())
             await pilot.press("r")  # the caller rekeys now (the period is 60 s)
-            await _until(pilot, lambda: call.view.rekeys == 1)
-            await _until(pilot, lambda: "rekeys 1" in str(call.query_one("#call-keys").render()))
-            await _until(pilot, lambda: "media_round_trip_ms" in call.view.stats)
+            await until(pilot, lambda: call.view.rekeys == 1)
+            await until(pilot, lambda: "rekeys 1" in str(call.query_one("#call-keys").render()))
+            await until(pilot, lambda: "media_round_trip_ms" in call.view.stats)
             assert "round trip" in str(call.query_one("#call-network").render())
             await pilot.press("m")
-            await _until(pilot, lambda: call.source.level <= -90)
+            await until(pilot, lambda: call.source.level <= -90)
             assert "(muted)" in str(call.query_one("#call-mic").render())
             await pilot.press("h")
-            await _until(pilot, lambda: call.view.state is CallState.ENDED)
+            await until(pilot, lambda: call.view.state is CallState.ENDED)
             assert call.view.reason and not call.view.ended_by_peer
-            await _until(pilot, lambda: heard.closed)  # the app let go of the devices
+            await until(pilot, lambda: heard.closed)  # the app let go of the devices
             await pilot.press("ctrl+q")
         assert bob.exit_code(30) == 0
         bob_end = bob.event("ended")
@@ -121,19 +108,19 @@ async def test_an_incoming_call_rings_and_is_answered_or_declined(stack: Stack) 
     heard = HeardSink()
     app = _app(stack, lambda: (ToneSource(300), heard))
     async with app.run_test(size=SIZE) as pilot:
-        await _online(app, pilot)
+        await online(pilot)
         bob = Caller(stack, "bob", "call", "alice", "--tone", "660", "--duration", "4").start()
         try:
-            await _until(pilot, lambda: isinstance(app.screen, IncomingCallScreen))
+            await until(pilot, lambda: isinstance(app.screen, IncomingCallScreen))
             await pilot.press("a")
-            await _until(pilot, lambda: isinstance(app.screen, CallScreen))
+            await until(pilot, lambda: isinstance(app.screen, CallScreen))
             call = app.screen
             assert isinstance(call, CallScreen)
-            await _until(pilot, lambda: call.view.state is CallState.ACTIVE)
+            await until(pilot, lambda: call.view.state is CallState.ACTIVE)
             # alice, the callee, asks; bob, the caller, rekeys (his period is 60 s)
             await pilot.press("r")
-            await _until(pilot, lambda: call.view.rekeys == 1)
-            await _until(pilot, lambda: call.view.state is CallState.ENDED)  # bob's 4 s
+            await until(pilot, lambda: call.view.rekeys == 1)
+            await until(pilot, lambda: call.view.state is CallState.ENDED)  # bob's 4 s
             assert call.view.ended_by_peer
             assert bob.exit_code(30) == 0
             assert bob.event("ended")["rekeys"] == 1
@@ -143,7 +130,7 @@ async def test_an_incoming_call_rings_and_is_answered_or_declined(stack: Stack) 
         assert isinstance(app.screen, ChatScreen)
         bob = Caller(stack, "bob", "call", "alice", "--tone", "660").start()
         try:
-            await _until(pilot, lambda: isinstance(app.screen, IncomingCallScreen))
+            await until(pilot, lambda: isinstance(app.screen, IncomingCallScreen))
             await pilot.press("d")
             assert bob.event("ended")["reason"] == "declined"
             assert bob.exit_code(30) != 0  # not answered
@@ -158,10 +145,10 @@ async def test_no_sound_device_says_what_to_do(stack: Stack) -> None:
 
     app = _app(stack, no_device)
     async with app.run_test(size=SIZE) as pilot:
-        chat = await _online(app, pilot)
+        chat = await online(pilot)
         chat.open_conversation("bob")
         await pilot.press("ctrl+g")
-        await _until(pilot, lambda: any("qsecret call" in str(n.message)
+        await until(pilot, lambda: any("qsecret call" in str(n.message)
                                         for n in app._notifications))
         assert isinstance(app.screen, ChatScreen)
         assert chat.messenger.live_call() is None

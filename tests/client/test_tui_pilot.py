@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,6 @@ from textual.command import CommandPalette
 from textual.widgets import Input, OptionList
 
 from client.config import load_config
-from client.messenger.api import Connection
 from client.messenger.profile import ProfileGate, open_profile
 from client.tui.app import QsecretApp
 from client.tui.screens.chat import ChatScreen
@@ -29,7 +26,7 @@ from client.tui.screens.verify import VerifyScreen
 from client.tui.widgets.contact_list import ContactList
 from client.tui.widgets.conversation import Conversation
 from client.tui.widgets.key_panel import KeyPanel
-from client.tui.widgets.status_bar import StatusBar
+from tests.client.pilot_helpers import online, until
 from tests.e2e.stack import PASSPHRASE, Stack
 
 SIZE = (150, 40)
@@ -43,20 +40,8 @@ def _app(stack: Stack, handle: str = "alice") -> QsecretApp:
                       messenger=messenger)
 
 
-async def _until(pilot, condition: Callable[[], bool], timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await pilot.pause(0.1)
 
 
-async def _online(app: QsecretApp, pilot) -> ChatScreen:  # type: ignore[no-untyped-def]
-    await _until(pilot, lambda: isinstance(app.screen, ChatScreen))
-    screen = app.screen
-    assert isinstance(screen, ChatScreen)
-    await _until(pilot, lambda: screen.query_one(StatusBar).state.state is Connection.ONLINE)
-    return screen
 
 
 async def _type(pilot, text: str) -> None:  # type: ignore[no-untyped-def]
@@ -66,19 +51,19 @@ async def _type(pilot, text: str) -> None:  # type: ignore[no-untyped-def]
 async def test_send_and_receive(stack: Stack) -> None:
     app = _app(stack)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await _online(app, pilot)
+        screen = await online(pilot)
         assert screen.peer == "bob"
         await _type(pilot, "hello from pilot")
         await pilot.press("enter")
         conversation = screen.query_one(Conversation)
-        await _until(pilot, lambda: "hello from pilot" in conversation.texts())
+        await until(pilot, lambda: "hello from pilot" in conversation.texts())
         received = await asyncio.to_thread(stack.cli, "bob", "recv", "--json", check=True)
         texts = [json.loads(line)["text"] for line in received.stdout.splitlines()]
         assert "hello from pilot" in texts
         # bob answers; alice's open conversation shows it without any key press
         await asyncio.to_thread(stack.cli, "bob", "send", "alice", "pilot, bob here",
                                 check=True)
-        await _until(pilot, lambda: "pilot, bob here" in conversation.texts())
+        await until(pilot, lambda: "pilot, bob here" in conversation.texts())
         panel = screen.query_one(KeyPanel)
         assert panel.status.sources == "QKD+ML-KEM-768+X25519"
         assert not panel.status.degraded
@@ -89,11 +74,11 @@ async def test_send_and_receive(stack: Stack) -> None:
 async def test_message_history_on_up_arrow(stack: Stack) -> None:
     app = _app(stack)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await _online(app, pilot)
+        screen = await online(pilot)
         await _type(pilot, "first line")
         await pilot.press("enter")
         box = screen.query_one("#message", Input)
-        await _until(pilot, lambda: box.value == "")
+        await until(pilot, lambda: box.value == "")
         await pilot.press("up")
         assert box.value == "first line"
         await pilot.press("down")
@@ -103,7 +88,7 @@ async def test_message_history_on_up_arrow(stack: Stack) -> None:
 async def test_help_lists_every_binding_and_escape_closes(stack: Stack) -> None:
     app = _app(stack)
     async with app.run_test(size=SIZE) as pilot:
-        await _online(app, pilot)
+        await online(pilot)
         await pilot.press("f1")
         assert isinstance(app.screen, HelpScreen)
         keys = {b.key for b in app.screen.bindings_list}
@@ -116,7 +101,7 @@ async def test_help_lists_every_binding_and_escape_closes(stack: Stack) -> None:
 async def test_add_contact_unknown_and_known(stack: Stack) -> None:
     app = _app(stack, "carol")
     async with app.run_test(size=SIZE) as pilot:
-        screen = await _online(app, pilot)
+        screen = await online(pilot)
         contacts = screen.query_one(ContactList)
         await pilot.press("ctrl+n")
         assert isinstance(app.screen, AddContactScreen)
@@ -125,20 +110,20 @@ async def test_add_contact_unknown_and_known(stack: Stack) -> None:
         await pilot.press("ctrl+n")
         await _type(pilot, "nobody")
         await pilot.press("enter")
-        await _until(pilot, lambda: any("nobody" in str(n.message)
+        await until(pilot, lambda: any("nobody" in str(n.message)
                                         for n in app._notifications))
         assert "nobody" not in contacts.handles()
         await pilot.press("ctrl+n")
         await _type(pilot, "alice")
         await pilot.press("enter")
-        await _until(pilot, lambda: "alice" in contacts.handles())
+        await until(pilot, lambda: "alice" in contacts.handles())
         assert screen.peer == "alice"
 
 
 async def test_cycle_conversations(stack: Stack) -> None:
     app = _app(stack, "carol")
     async with app.run_test(size=SIZE) as pilot:
-        screen = await _online(app, pilot)
+        screen = await online(pilot)
         handles = screen.query_one(ContactList).handles()
         if len(handles) < 2:
             await screen.messenger.add_contact("alice")
@@ -155,15 +140,15 @@ async def test_cycle_conversations(stack: Stack) -> None:
 async def test_verify_screen_marks_verified(stack: Stack) -> None:
     app = _app(stack)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await _online(app, pilot)
+        screen = await online(pilot)
         await pilot.press("ctrl+s")
         assert isinstance(app.screen, VerifyScreen)
         expected = screen.messenger.safety_number("bob")
         assert app.screen.number == expected
         assert len(expected.digits.replace(" ", "")) == 60
         await pilot.press("v")
-        await _until(pilot, lambda: isinstance(app.screen, ChatScreen))
-        await _until(pilot, lambda: next(c for c in screen.messenger.contacts()
+        await until(pilot, lambda: isinstance(app.screen, ChatScreen))
+        await until(pilot, lambda: next(c for c in screen.messenger.contacts()
                                          if c.handle == "bob").verified)
         await pilot.press("ctrl+s")
         await pilot.press("escape")
@@ -173,32 +158,32 @@ async def test_verify_screen_marks_verified(stack: Stack) -> None:
 async def test_search_opens_the_conversation(stack: Stack) -> None:
     app = _app(stack)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await _online(app, pilot)
+        screen = await online(pilot)
         await _type(pilot, "needle in a haystack")
         await pilot.press("enter")
-        await _until(pilot, lambda: "needle in a haystack" in screen.query_one(
+        await until(pilot, lambda: "needle in a haystack" in screen.query_one(
             Conversation).texts())
         await pilot.press("ctrl+f")
         assert isinstance(app.screen, SearchScreen)
         await _type(pilot, "haystack")
         hits = app.screen.query_one("#hits", OptionList)
-        await _until(pilot, lambda: hits.option_count >= 1)
+        await until(pilot, lambda: hits.option_count >= 1)
         await pilot.press("enter")  # focus the hits
         await pilot.press("enter")  # open the highlighted hit
-        await _until(pilot, lambda: isinstance(app.screen, ChatScreen))
+        await until(pilot, lambda: isinstance(app.screen, ChatScreen))
         assert screen.peer == "bob"
 
 
 async def test_export_writes_json(stack: Stack) -> None:
     app = _app(stack)
     async with app.run_test(size=SIZE) as pilot:
-        await _online(app, pilot)
+        await online(pilot)
         await pilot.press("ctrl+e")
         assert isinstance(app.screen, ExportScreen)
         await pilot.click("#json")
         await pilot.click("#export")
         path = stack.root / "exports" / "bob.json"
-        await _until(pilot, path.exists)
+        await until(pilot, path.exists)
         exported = json.loads(Path(path).read_text())
         assert exported and {"id", "from", "to", "text", "keys"} <= set(exported[0])
 
@@ -206,14 +191,14 @@ async def test_export_writes_json(stack: Stack) -> None:
 async def test_otp_toggle_and_key_panel_toggle(stack: Stack) -> None:
     app = _app(stack)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await _online(app, pilot)
+        screen = await online(pilot)
         panel = screen.query_one(KeyPanel)
         await pilot.press("ctrl+o")
-        await _until(pilot, lambda: panel.status.mode == "otp")
+        await until(pilot, lambda: panel.status.mode == "otp")
         await _type(pilot, "one time pad message")
         await pilot.press("enter")
         conversation = screen.query_one(Conversation)
-        await _until(pilot, lambda: "one time pad message" in conversation.texts())
+        await until(pilot, lambda: "one time pad message" in conversation.texts())
         line = next(m for m in conversation._lines.values()
                     if m.message.text == "one time pad message")
         assert line.message.mode == "otp"
@@ -222,7 +207,7 @@ async def test_otp_toggle_and_key_panel_toggle(stack: Stack) -> None:
                if json.loads(x)["text"] == "one time pad message"]
         assert otp and otp[0]["mode"] == "otp"
         await pilot.press("ctrl+o")
-        await _until(pilot, lambda: panel.status.mode == "ratchet")
+        await until(pilot, lambda: panel.status.mode == "ratchet")
         await pilot.press("ctrl+k")
         assert not panel.display
         await pilot.press("ctrl+k")
@@ -232,12 +217,12 @@ async def test_otp_toggle_and_key_panel_toggle(stack: Stack) -> None:
 async def test_command_palette_opens(stack: Stack) -> None:
     app = _app(stack)
     async with app.run_test(size=SIZE) as pilot:
-        await _online(app, pilot)
+        await online(pilot)
         await pilot.press("ctrl+p")
-        await _until(pilot, lambda: isinstance(app.screen, CommandPalette))
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette))
         await _type(pilot, "verify")
         await pilot.press("enter")
-        await _until(pilot, lambda: isinstance(app.screen, VerifyScreen))
+        await until(pilot, lambda: isinstance(app.screen, VerifyScreen))
 
 
 async def test_onboarding_validates_and_creates(stack: Stack, tmp_path: Path) -> None:
@@ -271,7 +256,7 @@ async def test_onboarding_validates_and_creates(stack: Stack, tmp_path: Path) ->
         confirm.value = "long-enough-1"
         confirm.focus()
         await pilot.press("enter")
-        await _until(pilot, lambda: isinstance(app.screen, ChatScreen), timeout=30)
+        await until(pilot, lambda: isinstance(app.screen, ChatScreen), timeout=30)
         await pilot.press("ctrl+q")
     # unlocking afterwards: a wrong passphrase is refused on screen, the right one opens
     app = QsecretApp(ProfileGate(config), export_dir=tmp_path / "exports")
@@ -281,8 +266,8 @@ async def test_onboarding_validates_and_creates(stack: Stack, tmp_path: Path) ->
         await _type(pilot, "wrong-passphrase")
         await pilot.press("enter")
         error = app.screen.query_one("#error")
-        await _until(pilot, lambda: "wrong passphrase" in str(error.render()))
+        await until(pilot, lambda: "wrong passphrase" in str(error.render()))
         app.screen.query_one("#passphrase", Input).value = "long-enough-1"
         await pilot.press("enter")
-        await _until(pilot, lambda: isinstance(app.screen, ChatScreen), timeout=30)
+        await until(pilot, lambda: isinstance(app.screen, ChatScreen), timeout=30)
         await pilot.press("ctrl+q")
