@@ -30,7 +30,8 @@ from client.messenger.api import TransferState
 from client.messenger.profile import ProfileGate, open_profile
 from client.tui.app import QsecretApp
 from client.tui.widgets.conversation import Conversation
-from tests.client.test_tui_pilot import SIZE, _online, _type, _until
+from tests.client.pilot_helpers import online, until
+from tests.client.test_tui_pilot import SIZE, _type
 from tests.e2e.holdproxy import HoldProxy
 from tests.e2e.stack import PASSPHRASE, Stack
 
@@ -181,19 +182,19 @@ async def test_quitting_the_tui_mid_work_stops_in_order_and_loses_nothing(
         app = QsecretApp(ProfileGate(config), export_dir=tmp_path / "exports",
                          messenger=messenger)
         async with app.run_test(size=SIZE) as pilot:
-            screen = await _online(app, pilot)
+            screen = await online(pilot)
             conversation = screen.query_one(Conversation)
             for text in texts:  # sealed, committed, on their way to the relay
                 await _type(pilot, text)
                 await pilot.press("enter")
-            await _until(pilot, lambda: set(texts) <= set(conversation.texts()))
+            await until(pilot, lambda: set(texts) <= set(conversation.texts()))
             view = await messenger.send_files("bob", [str(source)],
                                               limit_bytes_per_s=RATE_BYTES)
-            await _until(pilot, lambda: any(
+            await until(pilot, lambda: any(
                 t.transfer_id == view.transfer_id and t.state is TransferState.SENDING
                 and t.done_bytes > 0 for t in messenger.transfers()), timeout=60)
             proxy.hold()
-            await _until(pilot, proxy.request_while_held.is_set)  # key status: mid-request
+            await until(pilot, proxy.request_while_held.is_set)  # key status: mid-request
             await pilot.press("ctrl+q")
         # run_test re-raises whatever crashed the app (a closed-store error would)
         assert app.return_code in (0, None)

@@ -40,10 +40,6 @@ def _app(stack: Stack, handle: str = "alice") -> QsecretApp:
                       messenger=messenger)
 
 
-
-
-
-
 async def _type(pilot, text: str) -> None:  # type: ignore[no-untyped-def]
     await pilot.press(*[c if c != " " else "space" for c in text])
 

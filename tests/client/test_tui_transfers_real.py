@@ -20,7 +20,8 @@ from client.tui.screens.send_files import SendFilesScreen
 from client.tui.screens.transfers import TransfersScreen
 from client.tui.widgets.conversation import Conversation
 from client.tui.widgets.transfer_list import TransferList
-from tests.client.test_tui_pilot import SIZE, _app, _online, _until
+from tests.client.pilot_helpers import online, until
+from tests.client.test_tui_pilot import SIZE, _app
 from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -47,15 +48,15 @@ async def test_incoming_offer_accepted_in_the_transfers_view(sessions: Stack,
     source.write_bytes(os.urandom(3_000_000))
     app = _app(stack)
     async with app.run_test(size=SIZE) as pilot:
-        await _online(app, pilot)
+        await online(pilot)
         sender = asyncio.create_task(asyncio.to_thread(
             stack.cli, "bob", "send-file", "alice", str(source), "--json", "--timeout", "60",
             timeout=180))
-        await _until(pilot, lambda: any(
+        await until(pilot, lambda: any(
             "bob wants to send you measurements.bin (3.0 MB)" in str(n.message)
             for n in app._notifications), timeout=60)
         await pilot.press("ctrl+j")
-        await _until(pilot, lambda: isinstance(app.screen, TransfersScreen))
+        await until(pilot, lambda: isinstance(app.screen, TransfersScreen))
         rows = app.screen.query_one(TransferList)
         offer = rows.selected()
         assert offer is not None and not offer.outgoing
@@ -63,7 +64,7 @@ async def test_incoming_offer_accepted_in_the_transfers_view(sessions: Stack,
         await pilot.press("a")
         row = rows.row(offer.transfer_id)
         assert row is not None
-        await _until(pilot, lambda: row.transfer.state is TransferState.COMPLETE
+        await until(pilot, lambda: row.transfer.state is TransferState.COMPLETE
                      or row.transfer.detail != "", timeout=120)
         assert row.transfer.state is TransferState.COMPLETE, (
             row.transfer, (stack.root / "relay.log").read_text()[-3000:])
@@ -84,25 +85,25 @@ async def test_attach_sends_to_bob_who_receives_with_the_cli(sessions: Stack,
     downloads = tmp_path / "bob-downloads"
     app = _app(stack)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await _online(app, pilot)
+        screen = await online(pilot)
         assert screen.peer == "bob"
         await pilot.press("ctrl+t")
-        await _until(pilot, lambda: isinstance(app.screen, SendFilesScreen))
+        await until(pilot, lambda: isinstance(app.screen, SendFilesScreen))
         app.screen.query_one("#paths", Input).value = f"'{source}'"
         await pilot.press("enter")
         conversation = screen.query_one(Conversation)
-        await _until(pilot, lambda: any("draft report.pdf" in t
+        await until(pilot, lambda: any("draft report.pdf" in t
                                         for t in conversation.transfer_texts()), timeout=60)
         receiver = await asyncio.to_thread(
             stack.cli, "bob", "receive-files", "--accept", "all", "--count", "1",
             "--downloads", str(downloads), "--json", "--timeout", "60", timeout=180)
         assert receiver.returncode == 0, receiver.stderr
         await pilot.press("ctrl+j")
-        await _until(pilot, lambda: isinstance(app.screen, TransfersScreen))
+        await until(pilot, lambda: isinstance(app.screen, TransfersScreen))
         rows = app.screen.query_one(TransferList)
         sent = [r for r in rows.query("TransferRow") if r.transfer.title == "draft report.pdf"]
         assert len(sent) == 1
-        await _until(pilot, lambda: sent[0].transfer.state is TransferState.COMPLETE,
+        await until(pilot, lambda: sent[0].transfer.state is TransferState.COMPLETE,
                      timeout=60)
         assert sent[0].percentage_text() == "100%"
     landed = [p for p in downloads.rglob("*") if p.name == source.name]  # (+ receiver state)

@@ -23,7 +23,8 @@ from client.protocol.bundle import Prekey, signed_part_message
 from client.store.store import Store
 from client.tui.app import QsecretApp
 from relay.wire import MAX_SIGNED_PART_BYTES
-from tests.client.test_tui_pilot import SIZE, _until
+from tests.client.pilot_helpers import until
+from tests.client.test_tui_pilot import SIZE
 from tests.e2e.stack import PASSPHRASE, Stack
 
 pytestmark = pytest.mark.slow
@@ -75,7 +76,7 @@ async def test_the_tui_shows_the_refusal(stack: Stack, tmp_path: Path) -> None:
     messenger.subscribe(lambda e: errors.append(e) if isinstance(e, ErrorEvent) else None)
     app = QsecretApp(ProfileGate(config), export_dir=tmp_path, messenger=messenger)
     async with app.run_test(size=SIZE) as pilot:
-        await _until(pilot, lambda: any(
+        await until(pilot, lambda: any(
             "too_large" in str(n.title) or "too_large" in str(n.message)
             for n in app._notifications), timeout=30)
         await pilot.press("ctrl+q")
