@@ -187,14 +187,17 @@ class NetworkNode:
         """What this node knows of every link now (see module doc)."""
         now = time.monotonic()
         states: dict[str, routing.LinkState] = {}
+        peers = list(self.links)  # own links' pools, asked together (a thread each)
+        free = dict(zip(peers, await asyncio.gather(
+            *(self.links[peer].free_count() for peer in peers)), strict=True))
         for link in self.topology.links:
             until = self._avoid.get(link.name)
             if until is not None and until > now:
                 states[link.name] = routing.LinkState(keys=0)
             elif self.name in (link.a, link.b):
                 peer = link.other(self.name)
-                states[link.name] = routing.LinkState(
-                    keys=await self.links[peer].free_count(), qber=self.link_qber(peer))
+                states[link.name] = routing.LinkState(keys=free[peer],
+                                                      qber=self.link_qber(peer))
             else:
                 heard = self._heard.get(link.name)
                 fresh = heard is not None and heard[1] > now - HEARD_FRESH_S
@@ -503,18 +506,24 @@ class NetworkNode:
                 await self._abandon(drawing, route[position + 1])
             raise
         downstream: dict[str, dict[str, Any]] = {}
-        if drawing is None:
-            await self._keep(hops, sender)
-        else:
-            _, downstream = await self._forward(hops, position, drawing)
-            self.counts["forwarded"] += len(hops)
+        # This node's link report (a routing hint upstream) is read while the keys go on.
+        report = asyncio.ensure_future(self.own_link_report())
+        try:
+            if drawing is None:
+                await self._keep(hops, sender)
+            else:
+                _, downstream = await self._forward(hops, position, drawing)
+                self.counts["forwarded"] += len(hops)
+        except BaseException:
+            await asyncio.gather(report, return_exceptions=True)  # not left running
+            raise
         confirms = []
         for i, hop in enumerate(hops):
             confirm_mac = link_keys[LINK_KEYS_PER_KEY * i + 2]
             confirm = Confirm(hop.header.relay_id, hop.header.key_id, route, position,
                               confirm_mac.key_ID)
             confirms.append(key_relay.seal_confirm(confirm, confirm_mac.key).to_json())
-        return {"confirms": confirms, "links": {**downstream, **await self.own_link_report()}}
+        return {"confirms": confirms, "links": {**downstream, **await report}}
 
     async def _abandon(self, drawing: asyncio.Future[list[PoolKey]], nxt: str) -> None:
         """The relay was refused before it could go on: the next link's keys drawn for it

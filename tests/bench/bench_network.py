@@ -85,7 +85,7 @@ def measure_relay(tmp: Path, requests: int, fill: int) -> dict[str, Any]:
                     if [k.key for k in got] != [key for _, key in ids[:50]]:
                         raise SystemExit(f"keys over {hops} hop(s) differ at the two ends")
                     after = _pool_stored(network)
-                    batches = max(2, requests // BATCH)
+                    batches = max(8, requests // BATCH)
                     started = time.perf_counter()
                     for _ in range(batches):
                         keys = master.get_enc_keys(f"sae-{hops}", number=BATCH)
@@ -228,7 +228,7 @@ def main() -> None:
     requests = 40 if args.quick else 200
     with tempfile.TemporaryDirectory(prefix="bench-network-") as tmp:
         # Every relayed key spends 3 keys of each link it crosses; n0~n1 carries them all.
-        per_hop_count = requests + max(2, requests // BATCH) * BATCH + 2
+        per_hop_count = requests + max(8, requests // BATCH) * BATCH + 2
         relay = measure_relay(Path(tmp), requests, fill=3 * per_hop_count * len(HOPS) + 200)
         link = measure_link_rate(Path(tmp), 8.0 if args.quick else 20.0)
         tui = None if args.only == "relay" else measure_tui_lag(Path(tmp),
