@@ -19,7 +19,8 @@ slave S served at node Y:
   2. X posts the sealed frames to the next node (``POST /kme/v1/relay``, mutual TLS with
      the KME certificates, only from a neighbour). That node claims the named link keys
      (once: a used key_ID is unknown), checks the MAC, removes the pad and seals K for the
-     next hop with keys of the next link; and so on.
+     next hop with keys of the next link (drawn while it claimed: the two durable writes
+     overlap; keys drawn for a frame then refused are spent unused); and so on.
   3. Y stores K in its own key store, bound to (M, S), then answers with a confirmation per
      key, authenticated with the confirmation MAC key of the hop; each node checks the one
      it gets and answers its own upstream.
