@@ -322,10 +322,13 @@ async def _introduce(configs: dict[str, ClientConfig], passphrase: str) -> None:
 def _run_tui(config: ClientConfig, passphrase: str, other: str, who: str = "bob") -> int:
     from client.messenger.profile import open_profile
     from client.tui.app import QsecretApp
+    from keysource.kme.network_status import NetworkSource
 
     messenger = open_profile(config, passphrase)
     app = QsecretApp(None, export_dir=config.data_dir / "exports", messenger=messenger,  # type: ignore[arg-type]
-                     banner=f"You are alice. Open {who} in another terminal:\n{other}")
+                     banner=f"You are alice. Open {who} in another terminal:\n{other}",
+                     network=NetworkSource.for_profile(config.kme_ca, config.sae_cert,
+                                                       config.sae_key))
     app.run()
     print(f"\nTo chat again as {who} while a demo runs:\n  " + other.replace("\n", "\n  "))
     return 0

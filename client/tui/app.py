@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -16,6 +16,9 @@ from textual.worker import Worker, WorkerCancelled, WorkerFailed
 from client.messenger.api import Messenger, ProfileGate
 from client.tui.screens.chat import ChatScreen
 from client.tui.screens.onboarding import OnboardingScreen
+
+if TYPE_CHECKING:
+    from keysource.kme.network_status import NetworkSource
 
 QUIT_GRACE_S = 10.0
 AudioFactory = Callable[[], tuple[Any, Any]]
@@ -44,6 +47,7 @@ class QsecretApp(App[None]):
     TITLE = "qsecret"
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("f2", "network", "QKD network", show=False),
     ]
 
     def __init__(
@@ -53,8 +57,10 @@ class QsecretApp(App[None]):
         messenger: Messenger | None = None,
         banner: str | None = None,
         audio: AudioFactory = sound_device,
+        network: NetworkSource | None = None,
     ) -> None:
         super().__init__()
+        self.network = network  # where the network screen (F2) gets its figures
         self.audio = audio  # where a call's sound comes from and goes to
         self.banner = banner
         self.gate = gate
@@ -94,6 +100,16 @@ class QsecretApp(App[None]):
             await self.messenger.stop()
         self.exit()
 
+    def action_network(self) -> None:
+        """The network screen, on the open conversation's keys (once: F2 there goes back)."""
+        from client.tui.screens.network import NetworkScreen
+
+        if isinstance(self.screen, NetworkScreen) or self.messenger is None:
+            return
+        chat = next((s for s in self.screen_stack if isinstance(s, ChatScreen)), None)
+        self.push_screen(NetworkScreen(self.network, self.messenger,
+                                       chat.peer if chat is not None else None))
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         if isinstance(screen, ChatScreen):
@@ -113,6 +129,8 @@ class QsecretApp(App[None]):
             yield SystemCommand(
                 "File transfers", "Progress; accept or decline offers", screen.action_transfers
             )
+            yield SystemCommand("QKD network", "Links, nodes and the path of these keys",
+                                self.action_network)
             yield SystemCommand("Help", "All key bindings", screen.action_help)
             if self.messenger is not None:
                 for contact in self.messenger.contacts():

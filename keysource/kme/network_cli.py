@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .network_status import STATE_FILE
+
 if TYPE_CHECKING:
     from keysource.network.topology import Topology
 
 DEFAULT_DATA = Path("qsecret-network")
-STATE_FILE = "network.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -213,77 +214,43 @@ def _write_state(data: Path, spec: str, topology: Topology,
     (data / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
 
-def node_stats(topology: Topology, data: Path) -> dict[str, dict[str, Any] | str]:
-    """Every node's /kme/v1/stats (asked with that node's own KME certificate), or why not."""
-    from .pki import Pki
-    from .runtime import fetch_stats
-
-    pki = Pki(data / "pki")
-    stats: dict[str, dict[str, Any] | str] = {}
-    for node in topology.nodes:
-        paths = pki.kme(node.name)
-        try:
-            stats[node.name] = fetch_stats(node.url, ca=pki.ca_cert, cert=paths.cert,
-                                           key=paths.key, sae_id=None)
-        except Exception as exc:  # a node down is a row of the table, not a failure
-            stats[node.name] = f"{type(exc).__name__}: {exc}"[:80]
-    return stats
-
-
 def status_table(topology: Topology, data: Path, started: float | None = None,
                  stats: dict[str, dict[str, Any] | str] | None = None) -> str:
     """Per link: km, key rate, QBER, free keys, state; per node: SAEs and relay counts."""
-    stats = node_stats(topology, data) if stats is None else stats
-    up = sum(isinstance(s, dict) for s in stats.values())
+    from .network_status import network_view, node_stats
+
+    view = network_view(topology, node_stats(topology, data) if stats is None else stats)
     when = f" +{time.monotonic() - started:.0f}s" if started is not None else ""
-    lines = [f"[{time.strftime('%H:%M:%S')}{when}] network {topology.name}: "
-             f"{up}/{len(topology.nodes)} nodes up",
+    lines = [f"[{time.strftime('%H:%M:%S')}{when}] network {view.name}: "
+             f"{view.nodes_up}/{len(view.nodes)} nodes up",
              f"  {'link':<22} {'km':>7} {'keys/s':>7} {'QBER':>7} {'free keys':>10}  state"]
-    for link in topology.links:
-        row = None
-        for here, there in ((link.a, link.b), (link.b, link.a)):
-            node = stats.get(here)
-            if isinstance(node, dict):
-                row = (node["pool"]["links"].get(there), node["link"].get(there, {}))
-                break
-        if row is None or row[0] is None:
+    for link in view.links:
+        if link.free is None:
             lines.append(f"  {link.name:<22} {link.km:>7.1f} {'-':>7} {'-':>7} {'-':>10}  "
-                         "both nodes down")
+                         f"{link.state}")
             continue
-        pool, snap = row
-        qber = snap.get("last_qber")
-        state = "up" if snap.get("connected") else "down"
-        if not all(isinstance(stats.get(end), dict) for end in (link.a, link.b)):
-            state = "node down"
-        elif qber is not None and qber > 0.11:
-            state = "ALARM (QBER over 11%)"
-        lines.append(f"  {link.name:<22} {link.km:>7.1f} {snap.get('key_rate_per_s', 0):>7.1f} "
-                     f"{'-' if qber is None else f'{qber * 100:.2f}%':>7} {pool['free']:>10}  "
-                     f"{state}")
+        qber = "-" if link.qber is None else f"{link.qber * 100:.2f}%"
+        lines.append(f"  {link.name:<22} {link.km:>7.1f} {link.rate or 0.0:>7.1f} "
+                     f"{qber:>7} {link.free:>10}  {link.state}")
     lines.append(f"  {'node':<10} {'SAEs':<24} {'relayed':>8} {'forwarded':>9} "
                  f"{'received':>8} {'refused':>7}")
-    for node in topology.nodes:
-        info = stats.get(node.name)
+    for node in view.nodes:
         saes = ",".join(node.saes) or "-"
-        if not isinstance(info, dict):
-            lines.append(f"  {node.name:<10} {saes:<24} down: {info}")
+        if node.down is not None:
+            lines.append(f"  {node.name:<10} {saes:<24} down: {node.down}")
             continue
-        relay = info["pool"]["relay"]
-        lines.append(f"  {node.name:<10} {saes:<24} {relay['relayed']:>8} "
-                     f"{relay['forwarded']:>9} {relay['received']:>8} "
-                     f"{sum(relay['refused'].values()):>7}")
+        lines.append(f"  {node.name:<10} {saes:<24} {node.relayed:>8} {node.forwarded:>9} "
+                     f"{node.received:>8} {node.refused:>7}")
     return "\n".join(lines)
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from keysource.network.topology import TopologyError, load
+    from .network_status import NetworkUnknown, load_network, node_stats
 
-    state_file = args.data / STATE_FILE
     try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-        topology = load(state["topology"])
-    except (OSError, ValueError, KeyError, TopologyError) as exc:
-        return _fail(f"no network in {args.data} ({exc}); start one with 'qsecret network up'")
+        topology = load_network(args.data)
+    except NetworkUnknown as exc:
+        return _fail(str(exc))
     stats = node_stats(topology, args.data)
     if args.json:
         print(json.dumps(stats, indent=2))

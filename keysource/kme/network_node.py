@@ -19,7 +19,8 @@ slave S served at node Y:
   2. X posts the sealed frames to the next node (``POST /kme/v1/relay``, mutual TLS with
      the KME certificates, only from a neighbour). That node claims the named link keys
      (once: a used key_ID is unknown), checks the MAC, removes the pad and seals K for the
-     next hop with keys of the next link; and so on.
+     next hop with keys of the next link (drawn while it claimed: the two durable writes
+     overlap; keys drawn for a frame then refused are spent unused); and so on.
   3. Y stores K in its own key store, bound to (M, S), then answers with a confirmation per
      key, authenticated with the confirmation MAC key of the hop; each node checks the one
      it gets and answers its own upstream.
@@ -187,14 +188,17 @@ class NetworkNode:
         """What this node knows of every link now (see module doc)."""
         now = time.monotonic()
         states: dict[str, routing.LinkState] = {}
+        peers = list(self.links)  # own links' pools, asked together (a thread each)
+        free = dict(zip(peers, await asyncio.gather(
+            *(self.links[peer].free_count() for peer in peers)), strict=True))
         for link in self.topology.links:
             until = self._avoid.get(link.name)
             if until is not None and until > now:
                 states[link.name] = routing.LinkState(keys=0)
             elif self.name in (link.a, link.b):
                 peer = link.other(self.name)
-                states[link.name] = routing.LinkState(
-                    keys=await self.links[peer].free_count(), qber=self.link_qber(peer))
+                states[link.name] = routing.LinkState(keys=free[peer],
+                                                      qber=self.link_qber(peer))
             else:
                 heard = self._heard.get(link.name)
                 fresh = heard is not None and heard[1] > now - HEARD_FRESH_S
@@ -203,10 +207,12 @@ class NetworkNode:
         return states
 
     async def own_link_report(self) -> dict[str, dict[str, Any]]:
-        """This node's links as it tells the nodes upstream of a relay (no key material)."""
-        return {self._link_name(peer): {"keys": await link.free_count(),
-                                        "qber": self.link_qber(peer)}
-                for peer, link in self.links.items()}
+        """This node's links as it tells the nodes upstream of a relay (no key material).
+        Each link's pool answers on its own thread: asked together, not one after another."""
+        peers = list(self.links)
+        free = await asyncio.gather(*(self.links[peer].free_count() for peer in peers))
+        return {self._link_name(peer): {"keys": keys, "qber": self.link_qber(peer)}
+                for peer, keys in zip(peers, free, strict=True)}
 
     def _hear(self, report: object) -> dict[str, dict[str, Any]]:
         """Keep the far links' states a downstream node reported; what was kept."""
@@ -337,27 +343,41 @@ class NetworkNode:
                  routing.describe(route))
         return [PoolKey(p.key_id, p.key, tuple(route)) for p in keys]
 
-    async def _forward(self, hops: list[_Hop], position: int
+    async def _draw_link_keys(self, nxt: str, number: int) -> list[PoolKey]:
+        """The pad, MAC and confirmation MAC keys of ``number`` relayed keys on the link to
+        ``nxt``; RelayFailed when that link is over its QBER threshold or has too few.
+
+        Binding (a round trip to the link's allocator and a durable write there) happens
+        only when the keys bound ahead run out; it then binds the next relays' keys too,
+        as many as this request's twice over (at least RELAY_RESERVE), so a stream of
+        requests of one size binds once every three."""
+        link_name = self._link_name(nxt)
+        qber = self.link_qber(nxt)
+        if qber is not None and qber > self.qber_threshold:
+            raise RelayFailed(f"{link_name} is over its QBER threshold ({qber * 100:.1f}% > "
+                              f"{self.qber_threshold * 100:.0f}%: an eavesdropper?)", link_name)
+        count = LINK_KEYS_PER_KEY * number
+        try:
+            return await self.links[nxt].bind_and_take(
+                RELAY_MASTER, RELAY_SLAVE, count, RELAY_KEY_BITS,
+                reserve=max(RELAY_RESERVE, 2 * count))
+        except etsi.EtsiError as exc:
+            raise RelayFailed(f"no link keys on {link_name}: {exc.message}", link_name) from None
+
+    async def _forward(self, hops: list[_Hop], position: int,
+                       drawing: asyncio.Future[list[PoolKey]] | None = None
                        ) -> tuple[list[Confirm], dict[str, dict[str, Any]]]:
         """Seal ``hops`` for the next node of their route, send them, check its confirms.
 
+        ``drawing``: the next link's keys, already being drawn (see handle_relay).
         Returns the checked confirmations (one per hop, in order) and the far links' states
         the nodes downstream reported; RelayFailed otherwise.
         """
         route = hops[0].header.route
         nxt = route[position + 1]
         link_name = self._link_name(nxt)
-        link = self.links[nxt]
-        qber = self.link_qber(nxt)
-        if qber is not None and qber > self.qber_threshold:
-            raise RelayFailed(f"{link_name} is over its QBER threshold ({qber * 100:.1f}% > "
-                              f"{self.qber_threshold * 100:.0f}%: an eavesdropper?)", link_name)
-        try:
-            drawn = await link.bind_and_take(RELAY_MASTER, RELAY_SLAVE,
-                                             LINK_KEYS_PER_KEY * len(hops), RELAY_KEY_BITS,
-                                             reserve=RELAY_RESERVE)
-        except etsi.EtsiError as exc:
-            raise RelayFailed(f"no link keys on {link_name}: {exc.message}", link_name) from None
+        drawn = await (drawing if drawing is not None
+                       else self._draw_link_keys(nxt, len(hops)))
         frames, confirm_keys = [], []
         for i, hop in enumerate(hops):
             pad, mac, confirm_mac = drawn[LINK_KEYS_PER_KEY * i:LINK_KEYS_PER_KEY * (i + 1)]
@@ -458,34 +478,67 @@ class NetworkNode:
             raise
         claim = [i for f, c in zip(frames, confirm_ids, strict=True)
                  for i in (f.header.pad_id, f.header.mac_id, c)]
-        try:
-            link_keys = await link.dec_keys(RELAY_MASTER, RELAY_SLAVE, claim)
-        except etsi.EtsiError as exc:
-            raise self._refused(RelayRefused(
-                "unknown_key", f"relay {frames[0].header.relay_id}: link keys unknown or "
-                f"used ({exc.message})"), sender) from None
-        hops = []
-        for i, frame in enumerate(frames):
-            pad, mac, _ = link_keys[LINK_KEYS_PER_KEY * i:LINK_KEYS_PER_KEY * (i + 1)]
-            try:
-                hops.append(_Hop(frame.header,
-                                 key_relay.open_hop(frame, pad.key, mac.key, self.name)))
-            except RelayRefused as exc:
-                raise self._refused(exc, sender) from None
         position = route.index(self.name)
+        # A trusted node draws the next link's keys while it claims this link's: the two
+        # durable writes (one per link pool, each its own thread) overlap instead of adding
+        # up. The price: keys drawn for a frame then refused are spent unused (a neighbour's
+        # bad frame; counted in the log).
+        drawing = None
+        if position < len(route) - 1:
+            drawing = asyncio.ensure_future(self._draw_link_keys(route[position + 1],
+                                                                 len(frames)))
+        try:
+            try:
+                link_keys = await link.dec_keys(RELAY_MASTER, RELAY_SLAVE, claim)
+            except etsi.EtsiError as exc:
+                raise self._refused(RelayRefused(
+                    "unknown_key", f"relay {frames[0].header.relay_id}: link keys unknown or "
+                    f"used ({exc.message})"), sender) from None
+            hops = []
+            for i, frame in enumerate(frames):
+                pad, mac, _ = link_keys[LINK_KEYS_PER_KEY * i:LINK_KEYS_PER_KEY * (i + 1)]
+                try:
+                    hops.append(_Hop(frame.header,
+                                     key_relay.open_hop(frame, pad.key, mac.key, self.name)))
+                except RelayRefused as exc:
+                    raise self._refused(exc, sender) from None
+        except BaseException:
+            if drawing is not None:
+                await self._abandon(drawing, route[position + 1])
+            raise
         downstream: dict[str, dict[str, Any]] = {}
-        if position == len(route) - 1:
-            await self._keep(hops, sender)
-        else:
-            _, downstream = await self._forward(hops, position)
-            self.counts["forwarded"] += len(hops)
+        # This node's link report (a routing hint upstream) is read while the keys go on.
+        report = asyncio.ensure_future(self.own_link_report())
+        try:
+            if drawing is None:
+                await self._keep(hops, sender)
+            else:
+                _, downstream = await self._forward(hops, position, drawing)
+                self.counts["forwarded"] += len(hops)
+        except BaseException:
+            await asyncio.gather(report, return_exceptions=True)  # not left running
+            raise
         confirms = []
         for i, hop in enumerate(hops):
             confirm_mac = link_keys[LINK_KEYS_PER_KEY * i + 2]
             confirm = Confirm(hop.header.relay_id, hop.header.key_id, route, position,
                               confirm_mac.key_ID)
             confirms.append(key_relay.seal_confirm(confirm, confirm_mac.key).to_json())
-        return {"confirms": confirms, "links": {**downstream, **await self.own_link_report()}}
+        return {"confirms": confirms, "links": {**downstream, **await report}}
+
+    async def _abandon(self, drawing: asyncio.Future[list[PoolKey]], nxt: str) -> None:
+        """The relay was refused before it could go on: the next link's keys drawn for it
+        meanwhile are never used (no frame was sealed with them)."""
+        try:
+            drawn = await drawing
+        except RelayFailed:
+            return  # none were drawn
+        except Exception as exc:  # the refusal is what the sender hears; this is logged
+            log.warning("drawing link keys of %s for a refused relay failed too: %r",
+                        self._link_name(nxt), exc)
+            return
+        log.warning("%d link key(s) of %s drawn for a refused relay are discarded",
+                    len(drawn), self._link_name(nxt))
 
     async def _keep(self, hops: list[_Hop], sender: str) -> None:
         """Last node: store the keys for their slave (all of one pair, checked here)."""

@@ -55,7 +55,12 @@ def write_builtin(path: Path, name: str) -> dict[str, int]:
                   f"port = {ports[node.name]}", f"saes = [{listed}]"]
     for link in topology.links:
         lines += ["[[link]]", f'a = "{link.a}"', f'b = "{link.b}"', f"km = {link.km}",
-                  f"port = {free_port()}"]
+                  f"port = {free_port()}", f'medium = "{link.medium}"']
+        if link.loss_db is not None:
+            lines.append(f"loss_db = {link.loss_db}")
+        if link.passes is not None:
+            lines.append(f"passes = {{ period_s = {link.passes.period_s}, duration_s = "
+                         f"{link.passes.duration_s}, offset_s = {link.passes.offset_s} }}")
     path.write_text("\n".join(lines) + "\n")
     return ports
 
