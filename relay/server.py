@@ -138,8 +138,16 @@ class Relay:
         if shared and (self.config.store_url or "").startswith(REDIS_SCHEMES):
             from relay.routing_redis import RedisRouter
 
-            return RedisRouter(self.store, _read_queue_again)  # type: ignore[arg-type]
+            return RedisRouter(self.store, self._woken)  # type: ignore[arg-type]
         return LocalRouter()
+
+    def _woken(self, session: Session, kind: str) -> None:
+        """Another relay queued something for ``session``'s handle: an envelope ('e': its
+        writer reads the queue) or a file frame ('s': its spool is drained)."""
+        if kind == "s":
+            self.streams.spooled_elsewhere(session)
+        else:
+            _read_queue_again(session)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -416,7 +424,7 @@ class Relay:
             elif isinstance(frame, wire.StreamClose):
                 return await self.streams.on_close(session, frame)
             elif isinstance(frame, wire.StreamAck):
-                return self.streams.on_ack(session, frame)
+                return await self.streams.on_ack(session, frame)
             elif isinstance(frame, wire.Ping):
                 self.streams.on_ping(session, frame)
         except Exception:

@@ -122,6 +122,8 @@ class _Op:
 class RedisStore(Store):
     """The store for several relays sharing one Redis (see module docstring)."""
 
+    shared = True
+
     def __init__(self, url: str, limits: StoreLimits | None = None, *,
                  durability: str = "strict", prefix: str = "qsecret:",
                  seq_block: int = 1 << 20, max_batch: int = 1024,
@@ -369,7 +371,7 @@ class RedisStore(Store):
         return (self.prefix, envelope.recipient, envelope.sender, envelope.msg, envelope.body,
                 envelope.seq, envelope.ts, max(1, int(limits.ttl_seconds * 1000)),
                 limits.quota_messages, limits.quota_bytes, limits.share_messages,
-                limits.share_bytes, limits.max_store_bytes)
+                limits.share_bytes, limits.max_store_bytes, self.consumer)
 
     def _enqueued(self, envelope: Envelope) -> Callable[[Any], EnqueueResult]:
         def convert(reply: Any) -> EnqueueResult:
@@ -499,6 +501,14 @@ class RedisStore(Store):
             StreamRecord(bytes(s), _text(a), _text(b), int(c), int(e))
             for s, a, b, c, e in rows])
 
+    async def file_stream(self, stream: bytes, now_ms: int) -> StreamRecord | None:
+        def convert(reply: Any) -> StreamRecord | None:
+            if reply is None:
+                return None
+            a, b, created, expires = reply
+            return StreamRecord(stream, _text(a), _text(b), int(created), int(expires))
+        return await self._call("qs_file_stream", stream, now_ms, convert=convert)
+
     def _spool_changed(self, reply: Any) -> int:
         self._spool_total = int(reply[-1])
         return int(reply[0])
@@ -510,7 +520,7 @@ class RedisStore(Store):
                     expires_ms: int, quota_bytes: int) -> tuple[Any, ...]:
         return (self.prefix, recipient, stream, stream + _SEQ.pack(seq), data, now_ms,
                 expires_ms, quota_bytes, self.limits.share_of(quota_bytes),
-                self.limits.max_store_bytes)
+                self.limits.max_store_bytes, self.consumer)
 
     def _spooled(self, reply: Any) -> SpoolResult:
         status = _SPOOL_STATUS[_text(reply[0])]
@@ -583,10 +593,16 @@ class RedisStore(Store):
         """The pub/sub channel on which relays hear that ``handle`` has something queued."""
         return f"{self.prefix}wake:{handle}"
 
-    def publish_after_writes(self, handle: str) -> None:
-        """Tell the relays serving ``handle`` to read its queue, once every write queued so
-        far is in Redis (same connection, same order: the envelope is there when they look)."""
-        self._queue("PUBLISH", (self.wake_channel(handle), b""), lambda reply: None, None)
+    def set_presence(self, handle: str, live: bool) -> None:
+        """Record (in order with every other write) whether this relay has a session of
+        ``handle``: the writes queueing something for it then wake this relay (see
+        relay/store/redis_lua.py, "Wake-ups")."""
+        self._queue("qs_presence", (self.prefix, self.consumer, handle, b"1" if live else b"0"),
+                    lambda reply: None, None)
+
+    def reset_presence(self) -> None:
+        """Forget the sessions this relay had before it (re)started or stopped."""
+        self._queue("qs_presence_reset", (self.prefix, self.consumer), lambda reply: None, None)
 
     def client(self) -> Any:
         """The redis-py client (open store only), for the relay's pub/sub subscriber."""

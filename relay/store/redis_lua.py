@@ -23,6 +23,13 @@ Key layout (P is the prefix, R a recipient handle, F a file-stream frame id = th
   P.sp:R           zset F scored by row; P.spd:R hash F -> data; P.spm:R F -> "row exp sender"
   P.spx            zset R\\0F scored by expiry; P.sq:R hash b, b:S (spooled bytes)
   P.sprow          INCR counter of spool rows
+  P.on:R           set of the relays (consumer names) that have a session of R right now
+  P.live:C         set of the handles relay C has put in P.on:* (reset when C starts again)
+
+Wake-ups: a write that queues something for R (an envelope, a spooled file frame) publishes
+on P.wake:R, in the same atomic step, when a relay other than the writer's holds a session
+of R; the message is one kind byte ('e' envelope, 's' spool) and the writer's name (a relay
+ignores its own: it delivered to its sessions directly).
 """
 
 
@@ -33,6 +40,37 @@ local function num(v) if v then return tonumber(v) or 0 end return 0 end
 local function shrink(key, field, by)
   local left = redis.call('HINCRBY', key, field, -by)
   if left <= 0 then redis.call('HDEL', key, field) end
+end
+
+-- Tell the other relays holding a session of `rcpt` that something is queued for it.
+local function announce(P, rcpt, me, kind)
+  for _, relay in ipairs(redis.call('SMEMBERS', P .. 'on:' .. rcpt)) do
+    if relay ~= me then
+      redis.call('PUBLISH', P .. 'wake:' .. rcpt, kind .. me)
+      return
+    end
+  end
+end
+
+local function presence(keys, a)
+  local P, me, handle, on = a[1], a[2], a[3], a[4]
+  if on == '1' then
+    redis.call('SADD', P .. 'on:' .. handle, me)
+    redis.call('SADD', P .. 'live:' .. me, handle)
+  else
+    redis.call('SREM', P .. 'on:' .. handle, me)
+    redis.call('SREM', P .. 'live:' .. me, handle)
+  end
+  return 1
+end
+
+-- A relay (re)starting under its name: the sessions it had are gone.
+local function presence_reset(keys, a)
+  local P, me = a[1], a[2]
+  local handles = redis.call('SMEMBERS', P .. 'live:' .. me)
+  for _, handle in ipairs(handles) do redis.call('SREM', P .. 'on:' .. handle, me) end
+  redis.call('DEL', P .. 'live:' .. me)
+  return #handles
 end
 
 -- ------------------------------------------------------------ identities
@@ -48,8 +86,8 @@ end
 
 local function enqueue(keys, a)
   local P, rcpt, sender, msg, body, seq, ts, ttl_ms = a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8]
-  local quota, quota_bytes, share, share_bytes, cap =
-    tonumber(a[9]), tonumber(a[10]), tonumber(a[11]), tonumber(a[12]), tonumber(a[13])
+  local quota, quota_bytes, share, share_bytes, cap, me =
+    tonumber(a[9]), tonumber(a[10]), tonumber(a[11]), tonumber(a[12]), tonumber(a[13]), a[14]
   if redis.call('HEXISTS', P .. 'h', rcpt) == 0 then return {'unknown_recipient'} end
   local dk = P .. 'd:' .. sender .. '\0' .. msg
   if redis.call('EXISTS', dk) == 1 then return {'duplicate'} end
@@ -77,6 +115,7 @@ local function enqueue(keys, a)
   redis.call('HINCRBY', qs, 'b:' .. sender, size)
   redis.call('ZADD', P .. 'exp', ts, rcpt .. '\0' .. seq)
   redis.call('HINCRBY', total, 'b', size)
+  announce(P, rcpt, me, 'e')
   return {'stored', redis.call('HINCRBY', total, 'n', 1)}
 end
 
@@ -242,6 +281,13 @@ local function register_stream(keys, a)
   return 'new'
 end
 
+local function file_stream(keys, a)
+  local P, stream, now = a[1], a[2], tonumber(a[3])
+  local st = redis.call('HMGET', P .. 'fs:' .. stream, 'a', 'b', 'created', 'expires')
+  if not st[1] or tonumber(st[4]) <= now then return false end
+  return st
+end
+
 local function file_streams(keys, a)
   local P, now = a[1], a[2]
   local out = {}
@@ -262,8 +308,8 @@ end
 
 local function spool(keys, a)
   local P, rcpt, stream, fid, data = a[1], a[2], a[3], a[4], a[5]
-  local now, expires, quota_bytes, share_bytes, cap =
-    tonumber(a[6]), tonumber(a[7]), tonumber(a[8]), tonumber(a[9]), tonumber(a[10])
+  local now, expires, quota_bytes, share_bytes, cap, me =
+    tonumber(a[6]), tonumber(a[7]), tonumber(a[8]), tonumber(a[9]), tonumber(a[10]), a[11]
   local fk = P .. 'fs:' .. stream
   local st = redis.call('HMGET', fk, 'a', 'b', 'expires')
   if not st[1] or tonumber(st[3]) <= now then return {'unknown_stream'} end
@@ -287,6 +333,7 @@ local function spool(keys, a)
   redis.call('HINCRBY', sq, 'b', size)
   redis.call('HINCRBY', sq, 'b:' .. sender, size)
   redis.call('HINCRBY', total, 'b', size)
+  announce(P, rcpt, me, 's')
   return {'stored', row, redis.call('HINCRBY', total, 'sp', size)}
 end
 
@@ -351,10 +398,13 @@ redis.register_function('qs_put_bundle', put_bundle)
 redis.register_function('qs_take_bundle', take_bundle)
 redis.register_function('qs_register_stream', register_stream)
 redis.register_function('qs_file_streams', file_streams)
+redis.register_function('qs_file_stream', file_stream)
 redis.register_function('qs_close_stream', close_stream)
 redis.register_function('qs_spool', spool)
 redis.register_function('qs_spool_page', spool_page)
 redis.register_function('qs_spool_ack', spool_ack)
 redis.register_function('qs_expire_spool', expire_spool)
 redis.register_function('qs_totals', totals)
+redis.register_function('qs_presence', presence)
+redis.register_function('qs_presence_reset', presence_reset)
 """
