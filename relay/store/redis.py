@@ -19,6 +19,10 @@ Durability: Redis answers a write only after it is in its AOF under the server's
 "stored" survives a Redis crash and power loss); ``everysec`` needs ``appendonly yes``
 and accepts ``appendfsync everysec``: a Redis crash may lose the last second.
 
+Wake-ups: the relay records here which handles have a session on it (``set_presence``); the
+Lua function that queues an envelope or spools a file frame for a handle publishes on its
+wake channel when another relay has a session of it (relay/routing_redis.py listens).
+
 Sequence numbers: ``new_envelope`` must not do I/O, so each relay reserves blocks of
 numbers with INCRBY on one counter and refills ahead of need (half a block left). Blocks
 are large (2^20) because a refill needs the event loop to turn: a burst of sends handled
@@ -597,6 +601,8 @@ class RedisStore(Store):
         """Record (in order with every other write) whether this relay has a session of
         ``handle``: the writes queueing something for it then wake this relay (see
         relay/store/redis_lua.py, "Wake-ups")."""
+        if self._redis is None:  # closed: reset_presence ran (or Redis was never reached)
+            return
         self._queue("qs_presence", (self.prefix, self.consumer, handle, b"1" if live else b"0"),
                     lambda reply: None, None)
 
