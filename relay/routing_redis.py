@@ -7,7 +7,8 @@ file frame) publishes on that handle's channel in the same atomic step when anot
 has a session of it (relay/store/redis_lua.py, "Wake-ups"), so the message goes out only
 once the write is in Redis, also when the handle is live on the writer's relay too (two
 devices, or a client that failed over while its old connection lingers). The relay serving
-the recipient then reads the recipient's queue ('e') or file spool ('s') and delivers. A
+the recipient then delivers the envelope the message carries ('e': to its live sessions at
+once, as the writer's relay does for its own) or reads the file spool ('s'). A
 wake-up that is missed (the subscription not yet confirmed, the pub/sub connection lost) is
 made good by reading both again whenever a subscription is confirmed, which redis-py also
 does after it reconnects and subscribes again.
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from relay.routing import LocalRouter
+from relay.store.base import Envelope
 from relay.store.redis import RedisStore
 
 S = TypeVar("S")
@@ -34,11 +36,13 @@ log = logging.getLogger("qsecret.relay.routing")
 class RedisRouter(LocalRouter[S]):
     """Local sessions as in :class:`LocalRouter`, plus wake-ups to and from other relays."""
 
-    def __init__(self, store: RedisStore, on_wake: Callable[[S, str], None]) -> None:
+    def __init__(self, store: RedisStore,
+                 on_wake: Callable[[S, str, Envelope | None], None]) -> None:
         super().__init__()
         self.store = store
-        # on_wake(session, kind): read the queue ('e') or the file spool ('s') of
-        # ``session``'s handle again (set by the relay).
+        # on_wake(session, kind, envelope), set by the relay: 'e' with an envelope: deliver
+        # it live; 'e' without: read the queue of ``session``'s handle again; 's': its
+        # file spool.
         self.on_wake = on_wake
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -125,13 +129,28 @@ class RedisRouter(LocalRouter[S]):
                 # now, and the presence is recorded again (a restarted Redis may lack it).
                 if self.sessions(handle):
                     self.store.set_presence(handle, True)
-                kinds = ("e", "s")
-            else:  # another relay queued something for this handle
-                data = bytes(message["data"])
-                if data[1:] == me:  # our own write: delivered here directly
-                    continue
-                self.wakes_received += 1
-                kinds = ("s",) if data[:1] == b"s" else ("e",)
+                for session in list(self.sessions(handle)):
+                    self.on_wake(session, "e", None)
+                    self.on_wake(session, "s", None)
+                continue
+            # Another relay queued something for this handle.
+            data = bytes(message["data"])
+            writer, _, envelope = data[1:].partition(b"\0")
+            if writer == me:  # our own write: delivered here directly
+                continue
+            self.wakes_received += 1
+            kind = "s" if data[:1] == b"s" else "e"
+            live = _envelope(handle, envelope) if envelope else None
             for session in list(self.sessions(handle)):
-                for kind in kinds:
-                    self.on_wake(session, kind)
+                self.on_wake(session, kind, live)
+
+
+def _envelope(recipient: str, packed: bytes) -> Envelope | None:
+    """The envelope a wake-up carries (redis_lua.py, "Wake-ups"); None if it does not parse
+    (the queue is read instead)."""
+    try:
+        seq, ts, sender, msg, body = packed.split(b"\0", 4)
+        return Envelope(int(seq), recipient, sender.decode(), msg.decode(), body, int(ts))
+    except ValueError:
+        log.error("a wake-up for %s carried a malformed envelope", recipient)
+        return None

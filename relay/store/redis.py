@@ -271,15 +271,10 @@ class RedisStore(Store):
                     _settle(op, False, RedisUnavailable(self.unsafe))
                 self._room.set()
                 continue
-            pipe = self._redis.pipeline(transaction=False)
-            for op in batch:
-                if op.function.startswith("qs_"):
-                    pipe.fcall(op.function, 0, *op.args)
-                else:  # a plain command
-                    pipe.execute_command(op.function, *op.args)
+            pipe, sizes = self._pipeline(batch)
             began = time.perf_counter()
             try:
-                replies = await pipe.execute(raise_on_error=False)
+                replies = _unbatch(await pipe.execute(raise_on_error=False), sizes)
                 if self.observe_commit is not None:  # the round trip is this store's commit
                     self.observe_commit(time.perf_counter() - began)
             except asyncio.CancelledError:
@@ -306,6 +301,38 @@ class RedisStore(Store):
                 _settle(op, True, value)
             if not self.behind():
                 self._room.set()
+
+    def _pipeline(self, batch: list[_Op]) -> tuple[Any, list[int]]:
+        """One pipeline for ``batch``, in order: each run of function calls is one
+        ``qs_batch`` call (Redis reads a pipeline 16 KiB per event-loop turn and, under
+        ``appendfsync always``, fsyncs after each turn that wrote: one call per run means
+        one fsync, and one reply to parse); plain commands go as they are. Returns the
+        pipeline and how many operations each of its commands carries (0: not batched)."""
+        pipe = self._redis.pipeline(transaction=False)
+        sizes: list[int] = []
+        run: list[_Op] = []
+
+        def flush() -> None:
+            if len(run) == 1:
+                pipe.fcall(run[0].function, 0, *run[0].args)
+                sizes.append(0)
+            elif run:
+                args: list[Any] = []
+                for op in run:
+                    args += [op.function, len(op.args), *op.args]
+                pipe.fcall("qs_batch", 0, *args)
+                sizes.append(len(run))
+            run.clear()
+
+        for op in batch:
+            if op.function.startswith("qs_"):
+                run.append(op)
+            else:  # a plain command
+                flush()
+                pipe.execute_command(op.function, *op.args)
+                sizes.append(0)
+        flush()
+        return pipe, sizes
 
     async def _reload_library(self, batch: list[_Op], replies: list[Any]) -> None:
         log.error("redis lost the relay's functions (restarted without its data?): "
@@ -418,8 +445,11 @@ class RedisStore(Store):
                     self._acked_meanwhile.pop(recipient, None)
             if not acked or not any(row.seq in acked for row in rows):
                 return rows
-            # Read again rather than return a short page (the caller takes a short page
-            # for the end of the queue); those acks are now ahead of the new read.
+            if len(rows) < limit:
+                # A short page holds the whole queue: leaving those out keeps it short.
+                return [row for row in rows if row.seq not in acked]
+            # A full page: read again rather than return a short one (the caller takes a
+            # short page for the end of the queue); those acks are now ahead of the read.
 
     def _note_acks(self, recipient: str, seqs: Sequence[int]) -> None:
         if recipient in self._reading:
@@ -650,6 +680,20 @@ def _fetched(reply: Any) -> FetchedBundle | None:
                                   bytes(packed[start + size:])),)
     return FetchedBundle(PrekeyBundle(bytes(identity), bytes(signed), bytes(sig), one_time),
                          int(remaining))
+
+
+def _unbatch(replies: list[Any], sizes: list[int]) -> list[Any]:
+    """One reply per operation again (see ``RedisStore._pipeline``): a ``qs_batch`` call's
+    reply is the list of its operations' replies, or one error that all of them share."""
+    out: list[Any] = []
+    for reply, size in zip(replies, sizes, strict=True):
+        if not size:
+            out.append(reply)
+        elif isinstance(reply, Exception):
+            out.extend([reply] * size)
+        else:
+            out.extend(reply)
+    return out
 
 
 def _no_function(reply: Any) -> bool:

@@ -28,8 +28,11 @@ Key layout (P is the prefix, R a recipient handle, F a file-stream frame id = th
 
 Wake-ups: a write that queues something for R (an envelope, a spooled file frame) publishes
 on P.wake:R, in the same atomic step, when a relay other than the writer's holds a session
-of R; the message is one kind byte ('e' envelope, 's' spool) and the writer's name (a relay
-ignores its own: it delivered to its sessions directly).
+of R. The message is one kind byte, the writer's name (a relay ignores its own: it delivered
+to its sessions directly) and, for 'e' (an envelope), NUL and the envelope itself: seq, ts,
+sender, msg and body separated by NUL (the body last: it may hold NUL), so the relay holding
+R's session delivers it at once, as the writer's relay does for its own sessions; 's' (a
+spooled file frame) carries nothing more: that relay reads the spool.
 """
 
 
@@ -43,10 +46,10 @@ local function shrink(key, field, by)
 end
 
 -- Tell the other relays holding a session of `rcpt` that something is queued for it.
-local function announce(P, rcpt, me, kind)
+local function announce(P, rcpt, me, message)
   for _, relay in ipairs(redis.call('SMEMBERS', P .. 'on:' .. rcpt)) do
     if relay ~= me then
-      redis.call('PUBLISH', P .. 'wake:' .. rcpt, kind .. me)
+      redis.call('PUBLISH', P .. 'wake:' .. rcpt, message())
       return
     end
   end
@@ -115,7 +118,9 @@ local function enqueue(keys, a)
   redis.call('HINCRBY', qs, 'b:' .. sender, size)
   redis.call('ZADD', P .. 'exp', ts, rcpt .. '\0' .. seq)
   redis.call('HINCRBY', total, 'b', size)
-  announce(P, rcpt, me, 'e')
+  announce(P, rcpt, me, function()
+    return 'e' .. me .. '\0' .. seq .. '\0' .. ts .. '\0' .. sender .. '\0' .. msg .. '\0' .. body
+  end)
   return {'stored', redis.call('HINCRBY', total, 'n', 1)}
 end
 
@@ -333,7 +338,7 @@ local function spool(keys, a)
   redis.call('HINCRBY', sq, 'b', size)
   redis.call('HINCRBY', sq, 'b:' .. sender, size)
   redis.call('HINCRBY', total, 'b', size)
-  announce(P, rcpt, me, 's')
+  announce(P, rcpt, me, function() return 's' .. me end)
   return {'stored', row, redis.call('HINCRBY', total, 'sp', size)}
 end
 
@@ -388,6 +393,45 @@ local function totals(keys, a)
   return {num(t[1]), num(t[2])}
 end
 
+-- Many operations in one call (the store's pipeline: one fsync and one reply for all):
+-- ARGV is name, argc, args... per operation; the reply has one entry per operation, an
+-- error entry for one that failed (the others still run, in order).
+local OPERATIONS = {
+  qs_bind = bind, qs_enqueue = enqueue, qs_ack = ack, qs_pending = pending,
+  qs_envelopes = envelopes, qs_expire = expire, qs_put_bundle = put_bundle,
+  qs_take_bundle = take_bundle, qs_register_stream = register_stream,
+  qs_file_streams = file_streams, qs_file_stream = file_stream, qs_close_stream = close_stream,
+  qs_spool = spool, qs_spool_page = spool_page, qs_spool_ack = spool_ack,
+  qs_expire_spool = expire_spool, qs_totals = totals, qs_presence = presence,
+  qs_presence_reset = presence_reset,
+}
+
+local function batch(keys, a)
+  local out = {}
+  local i, n = 1, 0
+  while i <= #a do
+    local fn, argc = OPERATIONS[a[i]], tonumber(a[i + 1])
+    local args = {}
+    for j = 1, argc do args[j] = a[i + 1 + j] end
+    n = n + 1
+    if not fn then
+      out[n] = {err = 'ERR unknown relay operation ' .. a[i]}
+    else
+      local ok, res = pcall(fn, keys, args)
+      if ok then
+        out[n] = res
+      elseif type(res) == 'table' and res.err then
+        out[n] = res
+      else
+        out[n] = {err = 'ERR ' .. tostring(res)}
+      end
+    end
+    i = i + 2 + argc
+  end
+  return out
+end
+
+redis.register_function('qs_batch', batch)
 redis.register_function('qs_bind', bind)
 redis.register_function('qs_enqueue', enqueue)
 redis.register_function('qs_ack', ack)
