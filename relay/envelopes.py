@@ -232,6 +232,11 @@ class Envelopes:
 
     # ------------------------------------------------------------ deliveries
 
+    def push(self, session: Session, envelope: Envelope) -> None:
+        """Deliver an envelope another relay stored (relays sharing a store) like one sent
+        here: now, or through the queue when the connection is behind."""
+        self._push(session, envelope)
+
     def _push(self, session: Session, envelope: Envelope) -> None:
         """Deliver a fresh envelope now, unless the connection is behind (then it drains)."""
         if (session.draining or session.need_drain

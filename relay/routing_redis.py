@@ -1,16 +1,20 @@
 """Live delivery across relays that share one Redis (issue 19 item 2).
 
-Each relay subscribes, on its own pub/sub connection, to the wake-up channel of every handle
-that has a session on it, and unsubscribes when the last one leaves. A send for a handle
-with no session on this relay publishes on that handle's channel, through the store's
-writer, so the message goes out only after the envelope is in Redis: the relay serving the
-recipient then reads the recipient's stream and delivers it. A wake-up that is missed (the
-subscription not yet confirmed, the pub/sub connection lost) is made good by reading the
-stream again whenever a subscription is confirmed, which redis-py also does after it
-reconnects and subscribes again.
+Each relay records in Redis which handles have a session on it (``qs_presence``, queued in
+order with its other writes) and subscribes, on its own pub/sub connection, to the wake-up
+channel of each of them. A write that queues something for a handle (an envelope, a spooled
+file frame) publishes on that handle's channel in the same atomic step when another relay
+has a session of it (relay/store/redis_lua.py, "Wake-ups"), so the message goes out only
+once the write is in Redis, also when the handle is live on the writer's relay too (two
+devices, or a client that failed over while its old connection lingers). The relay serving
+the recipient then delivers the envelope the message carries ('e': to its live sessions at
+once, as the writer's relay does for its own) or reads the file spool ('s'). A
+wake-up that is missed (the subscription not yet confirmed, the pub/sub connection lost) is
+made good by reading both again whenever a subscription is confirmed, which redis-py also
+does after it reconnects and subscribes again.
 
 Presence stays private: clients learn nothing about where, or whether, anyone is connected;
-the channel list is visible only to whoever administers the Redis.
+the channel list and the presence sets are visible only to whoever administers the Redis.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from relay.routing import LocalRouter
+from relay.store.base import Envelope
 from relay.store.redis import RedisStore
 
 S = TypeVar("S")
@@ -31,10 +36,14 @@ log = logging.getLogger("qsecret.relay.routing")
 class RedisRouter(LocalRouter[S]):
     """Local sessions as in :class:`LocalRouter`, plus wake-ups to and from other relays."""
 
-    def __init__(self, store: RedisStore, on_wake: Callable[[S], None]) -> None:
+    def __init__(self, store: RedisStore,
+                 on_wake: Callable[[S, str, Envelope | None], None]) -> None:
         super().__init__()
         self.store = store
-        self.on_wake = on_wake  # read ``session``'s queue again (set by the relay)
+        # on_wake(session, kind, envelope), set by the relay: 'e' with an envelope: deliver
+        # it live; 'e' without: read the queue of ``session``'s handle again; 's': its
+        # file spool.
+        self.on_wake = on_wake
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._changes: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()
@@ -43,6 +52,7 @@ class RedisRouter(LocalRouter[S]):
 
     async def start(self) -> None:
         """Open the pub/sub connection (the store must be open)."""
+        self.store.reset_presence()  # what this relay had before a crash is gone
         self._pubsub = self.store.client().pubsub()
         # A placeholder subscription: redis-py reads messages only while subscribed.
         await self._pubsub.subscribe(self.store.wake_channel("\0relay"))
@@ -50,6 +60,8 @@ class RedisRouter(LocalRouter[S]):
         self._subscriber = asyncio.create_task(self._apply(), name="relay-redis-subscribe")
 
     async def stop(self) -> None:
+        if self._pubsub is not None:
+            self.store.reset_presence()  # queued before the store's closing barrier
         for task in (self._reader, self._subscriber):
             if task is not None:
                 task.cancel()
@@ -63,16 +75,21 @@ class RedisRouter(LocalRouter[S]):
         first = not self.sessions(handle)
         super().join(handle, session)
         if first:
+            # Before the login's first queue read (same writer, in order): every write
+            # after this one wakes this relay, every write before it is seen by the read.
+            self.store.set_presence(handle, True)
             self._changes.put_nowait((True, handle))
 
     def leave(self, handle: str, session: S) -> S | None:
+        was_here = bool(self.sessions(handle))
         newest = super().leave(handle, session)
-        if not self.sessions(handle):
+        if was_here and not self.sessions(handle):
+            self.store.set_presence(handle, False)
             self._changes.put_nowait((False, handle))
         return newest
 
     def wake(self, handle: str) -> None:
-        self.store.publish_after_writes(handle)
+        """Nothing to do: the write itself wakes the relays that have ``handle``."""
 
     async def _apply(self) -> None:
         """(Un)subscribe in the order sessions came and went (one task: no reordering)."""
@@ -91,6 +108,7 @@ class RedisRouter(LocalRouter[S]):
 
     async def _read(self) -> None:
         prefix = self.store.wake_channel("").encode()
+        me = self.store.consumer.encode()
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=None)
@@ -106,8 +124,33 @@ class RedisRouter(LocalRouter[S]):
             if not channel.startswith(prefix):
                 continue
             handle = channel[len(prefix):].decode()
-            # "subscribe": confirmed (again, after a reconnect) - whatever was queued before
-            # is read now; "message": another relay queued something for this handle.
-            self.wakes_received += message["type"] == "message"
-            for session in self.sessions(handle):
-                self.on_wake(session)
+            if message["type"] == "subscribe":
+                # Confirmed (again, after a reconnect): whatever was queued before is read
+                # now, and the presence is recorded again (a restarted Redis may lack it).
+                if self.sessions(handle):
+                    self.store.set_presence(handle, True)
+                for session in list(self.sessions(handle)):
+                    self.on_wake(session, "e", None)
+                    self.on_wake(session, "s", None)
+                continue
+            # Another relay queued something for this handle.
+            data = bytes(message["data"])
+            writer, _, envelope = data[1:].partition(b"\0")
+            if writer == me:  # our own write: delivered here directly
+                continue
+            self.wakes_received += 1
+            kind = "s" if data[:1] == b"s" else "e"
+            live = _envelope(handle, envelope) if envelope else None
+            for session in list(self.sessions(handle)):
+                self.on_wake(session, kind, live)
+
+
+def _envelope(recipient: str, packed: bytes) -> Envelope | None:
+    """The envelope a wake-up carries (redis_lua.py, "Wake-ups"); None if it does not parse
+    (the queue is read instead)."""
+    try:
+        seq, ts, sender, msg, body = packed.split(b"\0", 4)
+        return Envelope(int(seq), recipient, sender.decode(), msg.decode(), body, int(ts))
+    except ValueError:
+        log.error("a wake-up for %s carried a malformed envelope", recipient)
+        return None

@@ -47,7 +47,7 @@ from relay.metrics import COMMIT_BUCKETS, Metrics
 from relay.prekeys import Prekeys
 from relay.routing import LocalRouter, Router
 from relay.session import Cork, RelayConnection, Session
-from relay.store import REDIS_SCHEMES, Store, make_store
+from relay.store import REDIS_SCHEMES, Envelope, Store, make_store
 from relay.streams import Streams
 from relay.tls import ensure_self_signed, server_context
 from relay.wire.server import BinaryRequest, ConnectionRules, LoginAttempt
@@ -138,8 +138,19 @@ class Relay:
         if shared and (self.config.store_url or "").startswith(REDIS_SCHEMES):
             from relay.routing_redis import RedisRouter
 
-            return RedisRouter(self.store, _read_queue_again)  # type: ignore[arg-type]
+            return RedisRouter(self.store, self._woken)  # type: ignore[arg-type]
         return LocalRouter()
+
+    def _woken(self, session: Session, kind: str, envelope: Envelope | None) -> None:
+        """Another relay queued something for ``session``'s handle: an envelope ('e':
+        delivered live as a local send would be, or its writer reads the queue) or a file
+        frame ('s': its spool is drained)."""
+        if kind == "s":
+            self.streams.spooled_elsewhere(session)
+        elif envelope is not None and session.handle is not None and not session.closing:
+            self.envelopes.push(session, envelope)
+        else:
+            _read_queue_again(session)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -416,7 +427,7 @@ class Relay:
             elif isinstance(frame, wire.StreamClose):
                 return await self.streams.on_close(session, frame)
             elif isinstance(frame, wire.StreamAck):
-                return self.streams.on_ack(session, frame)
+                return await self.streams.on_ack(session, frame)
             elif isinstance(frame, wire.Ping):
                 self.streams.on_ping(session, frame)
         except Exception:

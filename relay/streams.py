@@ -8,6 +8,13 @@ keeps order: while its newest session has spooled frames not yet sent
 (``spool_draining``) or spool writes for it are in flight, every new frame for it
 is spooled behind them, and the drain catches up before live forwarding resumes.
 Payloads are never logged.
+
+Relays sharing one store (Redis, ``Store.shared``): a stream registered through another
+relay is looked up in the store on first use here, and a frame whose target has no session
+on this relay is spooled (the same quotas and TTL), which wakes the relay holding the
+target's newest session: that relay drains the spool to it (``spooled_elsewhere``). So a
+transfer between clients on two relays goes through the spool while both are online, and
+the target's ``stream_ack`` deletes the frames wherever it is connected.
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ class Streams:
         self.closed_streams: dict[bytes, tuple[str, str]] = {}  # recently closed (in order)
         self.spool_inflight: dict[str, int] = {}  # target handle -> spool writes uncommitted
         self.spool_tail: dict[str, int] = {}  # live target handle -> last spool row committed
+        # Handles another relay spooled a frame for since their drain's last read (shared
+        # store): the drain reads once more before it stops.
+        self.spool_woken: set[str] = set()
 
     async def load(self) -> None:
         self.file_streams = {record.stream: record
@@ -69,6 +79,7 @@ class Streams:
         if handle is not None:
             if not self.router.sessions(handle):
                 self.spool_tail.pop(handle, None)
+                self.spool_woken.discard(handle)
             elif newest is not None:
                 # The next newest session now gets this handle's file frames: first what
                 # was spooled since it last drained.
@@ -87,7 +98,7 @@ class Streams:
     async def on_open(self, session: Session, frame: wire.StreamOpen) -> int | None:
         if frame.kind == "file":
             return await self._open_file_stream(session, frame)
-        if bytes.fromhex(frame.stream) in self.file_streams:
+        if await self._record(bytes.fromhex(frame.stream)) is not None:
             return session.refuse("bad_field", "stream id taken", req_id=frame.id)
         return self._open_media_stream(session, frame)
 
@@ -153,13 +164,13 @@ class Streams:
         if stream in session.streams:
             return self._close_media_stream(session, frame)
         assert session.handle is not None
-        record = self.file_streams.get(stream)
+        record = await self._record(stream)
         other = record.other(session.handle) if record is not None else None
         if record is None or other is None:
             return session.refuse("unknown_stream", "no such open stream",
                                   strike=not self._recently_closed(stream, session.handle),
                                   stream=frame.stream)
-        del self.file_streams[stream]
+        self.file_streams.pop(stream, None)
         self._remember_closed(record)
         dropped = await self.store.close_stream(stream)
         log.debug("file stream closed by handle=%s spooled frames dropped=%d",
@@ -185,11 +196,11 @@ class Streams:
             while len(self.closed_streams) > RECENTLY_CLOSED:
                 del self.closed_streams[next(iter(self.closed_streams))]
 
-    def on_ack(self, session: Session, frame: wire.StreamAck) -> int | None:
+    async def on_ack(self, session: Session, frame: wire.StreamAck) -> int | None:
         """The endpoint has these seqs: delete them from the spool held for it."""
         assert session.handle is not None
         stream = bytes.fromhex(frame.stream)
-        record = self.file_streams.get(stream)
+        record = await self._record(stream)
         if record is None or record.other(session.handle) is None:
             # No strike: an ack can cross the other end's stream_close.
             return session.refuse("unknown_stream",
@@ -212,6 +223,16 @@ class Streams:
         session.spool_acks_unsettled = False  # the barrier runs after every earlier ack
         self.store.barrier_then(lambda ok, value: session.post(pong))
 
+    async def _record(self, stream: bytes) -> StreamRecord | None:
+        """The file stream's registration: cached, or (shared store) registered through
+        another relay and read from the store once."""
+        record = self.file_streams.get(stream)
+        if record is None and self.store.shared:
+            record = await self.store.file_stream(stream, now_ms())
+            if record is not None:
+                self.file_streams[stream] = record
+        return record
+
     def _remember_closed(self, record: StreamRecord) -> None:
         self.closed_streams[record.stream] = (record.a, record.b)
         while len(self.closed_streams) > RECENTLY_CLOSED:
@@ -227,7 +248,7 @@ class Streams:
         stream, data = request.stream, request.data
         peer = session.streams.get(stream)
         if peer is None:
-            record = self.file_streams.get(stream)
+            record = await self._record(stream)
             if record is not None:
                 return await self._on_file_frame(session, record, request)
             closed = self._recently_closed(stream, session.handle)
@@ -363,11 +384,25 @@ class Streams:
         if handle is None or session.closing or not session.spool_ready:
             return
         idle = session.spool_task is None or session.spool_task.done()
-        if idle and self.store.spool_bytes() == 0 and not self.spool_inflight.get(handle):
+        if (idle and not self.store.shared and self.store.spool_bytes() == 0
+                and not self.spool_inflight.get(handle)):
             session.spool_draining = False  # nothing spooled anywhere, nothing on its way
             return
         session.spool_draining = True
         if idle:
+            session.spool_task = asyncio.create_task(self._drain_spool(session))
+
+    def spooled_elsewhere(self, session: Session) -> None:
+        """Another relay sharing the store spooled a file frame for ``session``'s handle
+        (or may have: a subscription was confirmed): its newest session drains the spool."""
+        handle = session.handle
+        if handle is None or self.router.newest(handle) is not session:
+            return
+        self.spool_woken.add(handle)
+        if session.closing or not session.spool_ready:
+            return  # logged_in starts its drain
+        session.spool_draining = True
+        if session.spool_task is None or session.spool_task.done():
             session.spool_task = asyncio.create_task(self._drain_spool(session))
 
     async def _drain_spool(self, session: Session) -> None:
@@ -377,6 +412,7 @@ class Streams:
         assert handle is not None
         await asyncio.sleep(0)  # let the envelope drain read first
         while not session.closing:
+            self.spool_woken.discard(handle)  # this read sees what woke it
             try:
                 page = await self.store.spool_page(handle, session.spool_cursor, SPOOL_PAGE,
                                                    now_ms())
@@ -402,7 +438,7 @@ class Streams:
                 # A short page holds every row up to page.top for this handle; later rows
                 # are in flight (counted) or were committed since (spool_tail says).
                 session.spool_cursor = max(session.spool_cursor, page.top)
-                if (not self.spool_inflight.get(handle)
+                if (not self.spool_inflight.get(handle) and handle not in self.spool_woken
                         and self.spool_tail.get(handle, 0) <= session.spool_cursor):
                     session.spool_draining = False
                     return
@@ -413,6 +449,12 @@ class Streams:
         if dropped:
             self.metrics.count("qsecret_relay_spool_expired_total", amount=dropped)
             log.info("expired %d spooled file frames past the spool TTL", dropped)
+        if self.store.shared:
+            # Another relay may have expired (or extended) these: forget them here, the
+            # store is asked again on their next use.
+            now = now_ms()
+            for stream in [s for s, r in self.file_streams.items() if r.expires <= now]:
+                del self.file_streams[stream]
         for stream in gone:
             record = self.file_streams.pop(stream, None)
             if record is None:

@@ -192,6 +192,9 @@ class Store(ABC):
     """Durable state of the relay: handle bindings, per-recipient queues, prekey bundles."""
 
     limits: StoreLimits
+    # True when other relay processes write the same store (Redis): what this process
+    # caches or counts of it (file-stream registrations, spool bytes) may be behind.
+    shared: bool = False
     # Called with each commit's duration in seconds (from the thread that commits), if set:
     # the relay feeds its qsecret_relay_store_commit_seconds histogram from it.
     observe_commit: Callable[[float], None] | None = None
@@ -301,6 +304,14 @@ class Store(ABC):
     @abstractmethod
     async def file_streams(self, now_ms: int) -> list[StreamRecord]:
         """Every registration not yet expired (the relay caches them for routing)."""
+
+    async def file_stream(self, stream: bytes, now_ms: int) -> StreamRecord | None:
+        """One registration, if not expired (a shared store's relays look up the streams
+        another relay registered; this default scans them all)."""
+        for record in await self.file_streams(now_ms):
+            if record.stream == stream:
+                return record
+        return None
 
     @abstractmethod
     async def close_stream(self, stream: bytes) -> int:

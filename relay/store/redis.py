@@ -19,6 +19,10 @@ Durability: Redis answers a write only after it is in its AOF under the server's
 "stored" survives a Redis crash and power loss); ``everysec`` needs ``appendonly yes``
 and accepts ``appendfsync everysec``: a Redis crash may lose the last second.
 
+Wake-ups: the relay records here which handles have a session on it (``set_presence``); the
+Lua function that queues an envelope or spools a file frame for a handle publishes on its
+wake channel when another relay has a session of it (relay/routing_redis.py listens).
+
 Sequence numbers: ``new_envelope`` must not do I/O, so each relay reserves blocks of
 numbers with INCRBY on one counter and refills ahead of need (half a block left). Blocks
 are large (2^20) because a refill needs the event loop to turn: a burst of sends handled
@@ -121,6 +125,8 @@ class _Op:
 
 class RedisStore(Store):
     """The store for several relays sharing one Redis (see module docstring)."""
+
+    shared = True
 
     def __init__(self, url: str, limits: StoreLimits | None = None, *,
                  durability: str = "strict", prefix: str = "qsecret:",
@@ -265,15 +271,10 @@ class RedisStore(Store):
                     _settle(op, False, RedisUnavailable(self.unsafe))
                 self._room.set()
                 continue
-            pipe = self._redis.pipeline(transaction=False)
-            for op in batch:
-                if op.function.startswith("qs_"):
-                    pipe.fcall(op.function, 0, *op.args)
-                else:  # a plain command
-                    pipe.execute_command(op.function, *op.args)
+            pipe, sizes = self._pipeline(batch)
             began = time.perf_counter()
             try:
-                replies = await pipe.execute(raise_on_error=False)
+                replies = _unbatch(await pipe.execute(raise_on_error=False), sizes)
                 if self.observe_commit is not None:  # the round trip is this store's commit
                     self.observe_commit(time.perf_counter() - began)
             except asyncio.CancelledError:
@@ -300,6 +301,38 @@ class RedisStore(Store):
                 _settle(op, True, value)
             if not self.behind():
                 self._room.set()
+
+    def _pipeline(self, batch: list[_Op]) -> tuple[Any, list[int]]:
+        """One pipeline for ``batch``, in order: each run of function calls is one
+        ``qs_batch`` call (Redis reads a pipeline 16 KiB per event-loop turn and, under
+        ``appendfsync always``, fsyncs after each turn that wrote: one call per run means
+        one fsync, and one reply to parse); plain commands go as they are. Returns the
+        pipeline and how many operations each of its commands carries (0: not batched)."""
+        pipe = self._redis.pipeline(transaction=False)
+        sizes: list[int] = []
+        run: list[_Op] = []
+
+        def flush() -> None:
+            if len(run) == 1:
+                pipe.fcall(run[0].function, 0, *run[0].args)
+                sizes.append(0)
+            elif run:
+                args: list[Any] = []
+                for op in run:
+                    args += [op.function, len(op.args), *op.args]
+                pipe.fcall("qs_batch", 0, *args)
+                sizes.append(len(run))
+            run.clear()
+
+        for op in batch:
+            if op.function.startswith("qs_"):
+                run.append(op)
+            else:  # a plain command
+                flush()
+                pipe.execute_command(op.function, *op.args)
+                sizes.append(0)
+        flush()
+        return pipe, sizes
 
     async def _reload_library(self, batch: list[_Op], replies: list[Any]) -> None:
         log.error("redis lost the relay's functions (restarted without its data?): "
@@ -369,7 +402,7 @@ class RedisStore(Store):
         return (self.prefix, envelope.recipient, envelope.sender, envelope.msg, envelope.body,
                 envelope.seq, envelope.ts, max(1, int(limits.ttl_seconds * 1000)),
                 limits.quota_messages, limits.quota_bytes, limits.share_messages,
-                limits.share_bytes, limits.max_store_bytes)
+                limits.share_bytes, limits.max_store_bytes, self.consumer)
 
     def _enqueued(self, envelope: Envelope) -> Callable[[Any], EnqueueResult]:
         def convert(reply: Any) -> EnqueueResult:
@@ -412,8 +445,11 @@ class RedisStore(Store):
                     self._acked_meanwhile.pop(recipient, None)
             if not acked or not any(row.seq in acked for row in rows):
                 return rows
-            # Read again rather than return a short page (the caller takes a short page
-            # for the end of the queue); those acks are now ahead of the new read.
+            if len(rows) < limit:
+                # A short page holds the whole queue: leaving those out keeps it short.
+                return [row for row in rows if row.seq not in acked]
+            # A full page: read again rather than return a short one (the caller takes a
+            # short page for the end of the queue); those acks are now ahead of the read.
 
     def _note_acks(self, recipient: str, seqs: Sequence[int]) -> None:
         if recipient in self._reading:
@@ -499,6 +535,14 @@ class RedisStore(Store):
             StreamRecord(bytes(s), _text(a), _text(b), int(c), int(e))
             for s, a, b, c, e in rows])
 
+    async def file_stream(self, stream: bytes, now_ms: int) -> StreamRecord | None:
+        def convert(reply: Any) -> StreamRecord | None:
+            if reply is None:
+                return None
+            a, b, created, expires = reply
+            return StreamRecord(stream, _text(a), _text(b), int(created), int(expires))
+        return await self._call("qs_file_stream", stream, now_ms, convert=convert)
+
     def _spool_changed(self, reply: Any) -> int:
         self._spool_total = int(reply[-1])
         return int(reply[0])
@@ -510,7 +554,7 @@ class RedisStore(Store):
                     expires_ms: int, quota_bytes: int) -> tuple[Any, ...]:
         return (self.prefix, recipient, stream, stream + _SEQ.pack(seq), data, now_ms,
                 expires_ms, quota_bytes, self.limits.share_of(quota_bytes),
-                self.limits.max_store_bytes)
+                self.limits.max_store_bytes, self.consumer)
 
     def _spooled(self, reply: Any) -> SpoolResult:
         status = _SPOOL_STATUS[_text(reply[0])]
@@ -583,10 +627,18 @@ class RedisStore(Store):
         """The pub/sub channel on which relays hear that ``handle`` has something queued."""
         return f"{self.prefix}wake:{handle}"
 
-    def publish_after_writes(self, handle: str) -> None:
-        """Tell the relays serving ``handle`` to read its queue, once every write queued so
-        far is in Redis (same connection, same order: the envelope is there when they look)."""
-        self._queue("PUBLISH", (self.wake_channel(handle), b""), lambda reply: None, None)
+    def set_presence(self, handle: str, live: bool) -> None:
+        """Record (in order with every other write) whether this relay has a session of
+        ``handle``: the writes queueing something for it then wake this relay (see
+        relay/store/redis_lua.py, "Wake-ups")."""
+        if self._redis is None:  # closed: reset_presence ran (or Redis was never reached)
+            return
+        self._queue("qs_presence", (self.prefix, self.consumer, handle, b"1" if live else b"0"),
+                    lambda reply: None, None)
+
+    def reset_presence(self) -> None:
+        """Forget the sessions this relay had before it (re)started or stopped."""
+        self._queue("qs_presence_reset", (self.prefix, self.consumer), lambda reply: None, None)
 
     def client(self) -> Any:
         """The redis-py client (open store only), for the relay's pub/sub subscriber."""
@@ -628,6 +680,20 @@ def _fetched(reply: Any) -> FetchedBundle | None:
                                   bytes(packed[start + size:])),)
     return FetchedBundle(PrekeyBundle(bytes(identity), bytes(signed), bytes(sig), one_time),
                          int(remaining))
+
+
+def _unbatch(replies: list[Any], sizes: list[int]) -> list[Any]:
+    """One reply per operation again (see ``RedisStore._pipeline``): a ``qs_batch`` call's
+    reply is the list of its operations' replies, or one error that all of them share."""
+    out: list[Any] = []
+    for reply, size in zip(replies, sizes, strict=True):
+        if not size:
+            out.append(reply)
+        elif isinstance(reply, Exception):
+            out.extend([reply] * size)
+        else:
+            out.extend(reply)
+    return out
 
 
 def _no_function(reply: Any) -> bool:

@@ -23,6 +23,16 @@ Key layout (P is the prefix, R a recipient handle, F a file-stream frame id = th
   P.sp:R           zset F scored by row; P.spd:R hash F -> data; P.spm:R F -> "row exp sender"
   P.spx            zset R\\0F scored by expiry; P.sq:R hash b, b:S (spooled bytes)
   P.sprow          INCR counter of spool rows
+  P.on:R           set of the relays (consumer names) that have a session of R right now
+  P.live:C         set of the handles relay C has put in P.on:* (reset when C starts again)
+
+Wake-ups: a write that queues something for R (an envelope, a spooled file frame) publishes
+on P.wake:R, in the same atomic step, when a relay other than the writer's holds a session
+of R. The message is one kind byte, the writer's name (a relay ignores its own: it delivered
+to its sessions directly) and, for 'e' (an envelope), NUL and the envelope itself: seq, ts,
+sender, msg and body separated by NUL (the body last: it may hold NUL), so the relay holding
+R's session delivers it at once, as the writer's relay does for its own sessions; 's' (a
+spooled file frame) carries nothing more: that relay reads the spool.
 """
 
 
@@ -33,6 +43,37 @@ local function num(v) if v then return tonumber(v) or 0 end return 0 end
 local function shrink(key, field, by)
   local left = redis.call('HINCRBY', key, field, -by)
   if left <= 0 then redis.call('HDEL', key, field) end
+end
+
+-- Tell the other relays holding a session of `rcpt` that something is queued for it.
+local function announce(P, rcpt, me, message)
+  for _, relay in ipairs(redis.call('SMEMBERS', P .. 'on:' .. rcpt)) do
+    if relay ~= me then
+      redis.call('PUBLISH', P .. 'wake:' .. rcpt, message())
+      return
+    end
+  end
+end
+
+local function presence(keys, a)
+  local P, me, handle, on = a[1], a[2], a[3], a[4]
+  if on == '1' then
+    redis.call('SADD', P .. 'on:' .. handle, me)
+    redis.call('SADD', P .. 'live:' .. me, handle)
+  else
+    redis.call('SREM', P .. 'on:' .. handle, me)
+    redis.call('SREM', P .. 'live:' .. me, handle)
+  end
+  return 1
+end
+
+-- A relay (re)starting under its name: the sessions it had are gone.
+local function presence_reset(keys, a)
+  local P, me = a[1], a[2]
+  local handles = redis.call('SMEMBERS', P .. 'live:' .. me)
+  for _, handle in ipairs(handles) do redis.call('SREM', P .. 'on:' .. handle, me) end
+  redis.call('DEL', P .. 'live:' .. me)
+  return #handles
 end
 
 -- ------------------------------------------------------------ identities
@@ -48,8 +89,8 @@ end
 
 local function enqueue(keys, a)
   local P, rcpt, sender, msg, body, seq, ts, ttl_ms = a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8]
-  local quota, quota_bytes, share, share_bytes, cap =
-    tonumber(a[9]), tonumber(a[10]), tonumber(a[11]), tonumber(a[12]), tonumber(a[13])
+  local quota, quota_bytes, share, share_bytes, cap, me =
+    tonumber(a[9]), tonumber(a[10]), tonumber(a[11]), tonumber(a[12]), tonumber(a[13]), a[14]
   if redis.call('HEXISTS', P .. 'h', rcpt) == 0 then return {'unknown_recipient'} end
   local dk = P .. 'd:' .. sender .. '\0' .. msg
   if redis.call('EXISTS', dk) == 1 then return {'duplicate'} end
@@ -77,6 +118,9 @@ local function enqueue(keys, a)
   redis.call('HINCRBY', qs, 'b:' .. sender, size)
   redis.call('ZADD', P .. 'exp', ts, rcpt .. '\0' .. seq)
   redis.call('HINCRBY', total, 'b', size)
+  announce(P, rcpt, me, function()
+    return 'e' .. me .. '\0' .. seq .. '\0' .. ts .. '\0' .. sender .. '\0' .. msg .. '\0' .. body
+  end)
   return {'stored', redis.call('HINCRBY', total, 'n', 1)}
 end
 
@@ -242,6 +286,13 @@ local function register_stream(keys, a)
   return 'new'
 end
 
+local function file_stream(keys, a)
+  local P, stream, now = a[1], a[2], tonumber(a[3])
+  local st = redis.call('HMGET', P .. 'fs:' .. stream, 'a', 'b', 'created', 'expires')
+  if not st[1] or tonumber(st[4]) <= now then return false end
+  return st
+end
+
 local function file_streams(keys, a)
   local P, now = a[1], a[2]
   local out = {}
@@ -262,8 +313,8 @@ end
 
 local function spool(keys, a)
   local P, rcpt, stream, fid, data = a[1], a[2], a[3], a[4], a[5]
-  local now, expires, quota_bytes, share_bytes, cap =
-    tonumber(a[6]), tonumber(a[7]), tonumber(a[8]), tonumber(a[9]), tonumber(a[10])
+  local now, expires, quota_bytes, share_bytes, cap, me =
+    tonumber(a[6]), tonumber(a[7]), tonumber(a[8]), tonumber(a[9]), tonumber(a[10]), a[11]
   local fk = P .. 'fs:' .. stream
   local st = redis.call('HMGET', fk, 'a', 'b', 'expires')
   if not st[1] or tonumber(st[3]) <= now then return {'unknown_stream'} end
@@ -287,6 +338,7 @@ local function spool(keys, a)
   redis.call('HINCRBY', sq, 'b', size)
   redis.call('HINCRBY', sq, 'b:' .. sender, size)
   redis.call('HINCRBY', total, 'b', size)
+  announce(P, rcpt, me, function() return 's' .. me end)
   return {'stored', row, redis.call('HINCRBY', total, 'sp', size)}
 end
 
@@ -341,6 +393,45 @@ local function totals(keys, a)
   return {num(t[1]), num(t[2])}
 end
 
+-- Many operations in one call (the store's pipeline: one fsync and one reply for all):
+-- ARGV is name, argc, args... per operation; the reply has one entry per operation, an
+-- error entry for one that failed (the others still run, in order).
+local OPERATIONS = {
+  qs_bind = bind, qs_enqueue = enqueue, qs_ack = ack, qs_pending = pending,
+  qs_envelopes = envelopes, qs_expire = expire, qs_put_bundle = put_bundle,
+  qs_take_bundle = take_bundle, qs_register_stream = register_stream,
+  qs_file_streams = file_streams, qs_file_stream = file_stream, qs_close_stream = close_stream,
+  qs_spool = spool, qs_spool_page = spool_page, qs_spool_ack = spool_ack,
+  qs_expire_spool = expire_spool, qs_totals = totals, qs_presence = presence,
+  qs_presence_reset = presence_reset,
+}
+
+local function batch(keys, a)
+  local out = {}
+  local i, n = 1, 0
+  while i <= #a do
+    local fn, argc = OPERATIONS[a[i]], tonumber(a[i + 1])
+    local args = {}
+    for j = 1, argc do args[j] = a[i + 1 + j] end
+    n = n + 1
+    if not fn then
+      out[n] = {err = 'ERR unknown relay operation ' .. a[i]}
+    else
+      local ok, res = pcall(fn, keys, args)
+      if ok then
+        out[n] = res
+      elseif type(res) == 'table' and res.err then
+        out[n] = res
+      else
+        out[n] = {err = 'ERR ' .. tostring(res)}
+      end
+    end
+    i = i + 2 + argc
+  end
+  return out
+end
+
+redis.register_function('qs_batch', batch)
 redis.register_function('qs_bind', bind)
 redis.register_function('qs_enqueue', enqueue)
 redis.register_function('qs_ack', ack)
@@ -351,10 +442,13 @@ redis.register_function('qs_put_bundle', put_bundle)
 redis.register_function('qs_take_bundle', take_bundle)
 redis.register_function('qs_register_stream', register_stream)
 redis.register_function('qs_file_streams', file_streams)
+redis.register_function('qs_file_stream', file_stream)
 redis.register_function('qs_close_stream', close_stream)
 redis.register_function('qs_spool', spool)
 redis.register_function('qs_spool_page', spool_page)
 redis.register_function('qs_spool_ack', spool_ack)
 redis.register_function('qs_expire_spool', expire_spool)
 redis.register_function('qs_totals', totals)
+redis.register_function('qs_presence', presence)
+redis.register_function('qs_presence_reset', presence_reset)
 """

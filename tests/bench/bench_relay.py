@@ -2,6 +2,7 @@
 
     python tests/bench/bench_relay.py --quick --json OUT.json    # 500 clients
     python tests/bench/bench_relay.py --json OUT.json            # 5,000 clients
+    python tests/bench/bench_relay.py --store redis --relays 2 --quick --json OUT.json
 
 Three processes on loopback: this orchestrator, the server under test (the relay
 with auth, validation and durable SQLite queueing at synchronous=FULL; or the
@@ -13,6 +14,15 @@ end-to-end latency, send to delivery. Rounds are repeated and medians taken.
 Every loop is bounded in count and time. Both servers run on the same event loop
 (uvloop when installed, as ``qsecret relay`` does; the JSON says which), so the
 ratio measures the relay's own work; the load generator runs on the standard loop.
+
+``--store redis --relays N`` (issue 19) adds, in the same run and interleaved rounds, N
+relay processes over one redis-server that the bench starts on a free loopback port (AOF
+with ``appendfsync always`` unless ``--redis-durability everysec``); one load generator
+spreads its clients over them round-robin, so in the ring every envelope crosses relays
+(its sender's relay stores it, Redis wakes the recipient's relay, which reads and delivers
+it). The bench reports their msgs/s beside the SQLite relay's, the latency at half their
+rate, the CPU each relay process and redis-server spend per message (from /proc/PID/stat),
+and from those what each added relay machine would carry and where Redis caps it.
 """
 
 from __future__ import annotations
@@ -95,6 +105,7 @@ async def loadgen(args: argparse.Namespace) -> dict:
     from relay.wire.codec import b64encode
 
     relay_mode = args.target == "relay"
+    urls = args.url.split(",")  # relays over one store: clients spread round-robin
     count = args.clients
     clients = [LoadClient(i, count) for i in range(count)]
     # msg -> [sent at, sender, events still due]. For the relay an envelope is complete
@@ -150,7 +161,8 @@ async def loadgen(args: argparse.Namespace) -> dict:
 
     async def open_client(client: LoadClient) -> None:
         if relay_mode:
-            ws = await connect(args.url, compression=None, max_size=wire.MAX_FRAME_BYTES,
+            ws = await connect(urls[client.index % len(urls)], compression=None,
+                               max_size=wire.MAX_FRAME_BYTES,
                                open_timeout=60, ping_interval=None)
             hello = wire.parse_server_frame(await ws.recv())
             message = wire.auth_message(hello.nonce, hello.relay, b"", client.handle,
@@ -322,11 +334,113 @@ class LoadGen:
                 self.proc.kill()
 
 
+class RedisPair:
+    """``--store redis --relays N``: a redis-server and N relay processes over it, and one
+    load generator whose clients are spread over the relays."""
+
+    def __init__(self, args: argparse.Namespace, data: Path, relay_cmd: list[str]) -> None:
+        from tests.relay.redis_server import RedisServer
+
+        self.durability = args.redis_durability
+        self.fsync = "always" if self.durability == "strict" else "everysec"
+        self.redis = RedisServer(data / "redis", fsync=self.fsync).start()
+        self.relays: list[subprocess.Popen[str]] = []
+        self.gen: LoadGen | None = None
+        self.rates: list[float] = []
+        self.cpu = [0.0] * args.relays
+        self.redis_cpu = 0.0
+        ports = []
+        for index in range(args.relays):
+            cmd = [*relay_cmd, "--data", str(data / f"relay-{index}"), "--store",
+                   self.redis.url, "--redis-durability", self.durability]
+            relay, port = start_server(cmd, "relay listening on")
+            self.relays.append(relay)
+            ports.append(port)
+        self.urls = ",".join(f"ws://127.0.0.1:{port}/" for port in ports)
+
+    @property
+    def pids(self) -> list[int]:
+        assert self.redis.proc is not None
+        return [relay.pid for relay in self.relays] + [self.redis.proc.pid]
+
+    def connect(self, clients: int) -> None:
+        self.gen = LoadGen(self.urls, "relay", clients)
+
+    def round(self, seconds: float) -> None:
+        """One saturation round; CPU of every relay and of redis-server added up."""
+        assert self.gen is not None
+        before = [cpu_seconds(pid) for pid in self.pids]
+        self.rates.append(self.gen.ask(f"round {seconds}")["rate"])
+        spent = [cpu_seconds(pid) - was for pid, was in zip(self.pids, before, strict=True)]
+        for index, value in enumerate(spent[:-1]):
+            self.cpu[index] += value
+        self.redis_cpu += spent[-1]
+
+    def latency(self, seconds: float) -> tuple[dict, list[float]]:
+        """Open loop at half the median saturated rate; cores busy per process."""
+        assert self.gen is not None
+        before = [cpu_seconds(pid) for pid in self.pids]
+        result = self.gen.ask(f"latency {statistics.median(self.rates) / 2} {seconds}")
+        cores = [(cpu_seconds(pid) - was) / seconds
+                 for pid, was in zip(self.pids, before, strict=True)]
+        return result, cores
+
+    def close(self) -> None:
+        if self.gen is not None:
+            self.gen.close()
+        for relay in self.relays:
+            relay.terminate()
+            try:
+                relay.wait(30)
+            except subprocess.TimeoutExpired:
+                relay.kill()
+        self.redis.stop()
+
+    def report(self, args: argparse.Namespace, sqlite_max: float, lat: dict,
+               cores: list[float]) -> dict:
+        """Rates, latency and CPU per message, and what each added relay machine carries."""
+        messages = max(1.0, sum(self.rates) * args.seconds)
+        relay_us = [round(cpu / messages * 1e6, 1) for cpu in self.cpu]
+        redis_us = round(self.redis_cpu / messages * 1e6, 1)
+        fleet_us = sum(relay_us)  # each envelope costs this much relay CPU, wherever it runs
+        pair_max = statistics.median(self.rates)
+        ratio = pair_max / sqlite_max if sqlite_max else 0.0
+        per_core = 1e6 / fleet_us if fleet_us else 0.0
+        return {
+            "relays": args.relays,
+            "durability": f"redis AOF appendfsync {self.fsync} (--redis-durability "
+                          f"{self.durability}); sender acked after Redis answered",
+            "msgs_per_s": pair_max,
+            "rounds": self.rates,
+            "ratio_to_sqlite_relay": round(ratio, 3),
+            "latency_offered_msgs_per_s": lat["offered"],
+            "p50_ms": lat["p50_ms"],
+            "p99_ms": lat["p99_ms"],
+            "latency_samples": lat["samples"],
+            "half_rate_cores": {**{f"relay{i}": round(c, 3) for i, c in enumerate(cores[:-1])},
+                                "redis": round(cores[-1], 3),
+                                "loadgen": lat["loadgen_cores"]},
+            "relay_cpu_us_per_msg": relay_us,
+            "relays_cpu_us_per_msg": round(fleet_us, 1),
+            "redis_cpu_us_per_msg": redis_us,
+            "relay_connect_s": self.gen.ready["connect_s"] if self.gen else None,
+            # Each envelope costs fleet_us of relay CPU in total (its sender's relay stores
+            # it, its recipient's delivers it), so a relay core carries 1e6/fleet_us msgs/s
+            # wherever clients connect; redis-server runs commands on one core: 1e6/redis_us
+            # msgs/s is the ceiling that adding relay machines cannot pass.
+            "msgs_per_s_per_added_relay_core": round(per_core),
+            "msgs_per_s_per_added_2_core_machine": round(2 * per_core),
+            "redis_one_core_ceiling_msgs_per_s": round(1e6 / redis_us) if redis_us else None,
+            "targets": {"ratio>=0.7": ratio >= 0.7},
+        }
+
+
 def orchestrate(args: argparse.Namespace) -> dict:
     raise_nofile()
     data = tempfile.TemporaryDirectory()
     servers: list[subprocess.Popen[str]] = []
     gens: list[LoadGen] = []
+    pair: RedisPair | None = None
     try:
         base, base_port = start_server([sys.executable, __file__, "--serve-baseline"],
                                        "baseline listening on")
@@ -337,10 +451,17 @@ def orchestrate(args: argparse.Namespace) -> dict:
                      "--sync", os.environ.get("BENCH_SYNC", "full")]
         relay, relay_port = start_server(relay_cmd, "relay listening on")
         servers.append(relay)
+        if args.store == "redis":
+            shared_cmd = [arg for arg in relay_cmd if arg not in ("--data", data.name)]
+            shared_cmd[shared_cmd.index("--max-connections") + 1] = str(
+                args.clients // args.relays + 100)
+            pair = RedisPair(args, Path(data.name), shared_cmd)
         base_gen = LoadGen(f"ws://127.0.0.1:{base_port}/", "baseline", args.clients)
         gens.append(base_gen)
         relay_gen = LoadGen(f"ws://127.0.0.1:{relay_port}/", "relay", args.clients)
         gens.append(relay_gen)
+        if pair is not None:
+            pair.connect(args.clients)
         time.sleep(1.0)
         idle_rss = rss_mib(relay.pid)
         print(f"# {args.clients} clients connected to each server; relay idle RSS "
@@ -355,6 +476,8 @@ def orchestrate(args: argparse.Namespace) -> dict:
             before = cpu_seconds(relay.pid)
             relay_rates.append(relay_gen.ask(f"round {args.seconds}")["rate"])
             relay_cpu += cpu_seconds(relay.pid) - before
+            if pair is not None:
+                pair.round(args.seconds)
         # CPU per envelope over the saturation rounds (settling included on both sides).
         relay_us = relay_cpu / max(1.0, sum(relay_rates) * args.seconds) * 1e6
         base_us = base_cpu / max(1.0, sum(base_rates) * args.seconds) * 1e6
@@ -370,7 +493,11 @@ def orchestrate(args: argparse.Namespace) -> dict:
         base_lat = base_gen.ask(f"latency {half} {args.seconds}")
         base_cores = (cpu_seconds(base.pid) - before) / args.seconds
         loaded_rss = rss_mib(relay.pid)
+        if pair is not None:
+            pair_lat, pair_cores = pair.latency(args.seconds)
     finally:
+        if pair is not None:
+            pair.close()
         for gen in gens:
             gen.close()
         for server in servers:
@@ -382,7 +509,7 @@ def orchestrate(args: argparse.Namespace) -> dict:
         data.cleanup()
     ratio = relay_max / base_max if base_max else 0.0
     rss = max(idle_rss, loaded_rss)
-    return {
+    result = {
         "clients": args.clients,
         "event_loop": event_loop.resolve("auto"),
         "relay_msgs_per_s": relay_max,
@@ -415,6 +542,27 @@ def orchestrate(args: argparse.Namespace) -> dict:
             "rss<1GiB": rss < 1024,
         },
     }
+    if pair is not None:
+        result["redis"] = pair.report(args, relay_max, pair_lat, pair_cores)
+    return result
+
+
+def print_redis(result: dict) -> None:
+    """The relays-over-Redis lines (after the usual ones)."""
+    pair = result["redis"]
+    relays = pair["relays"]
+    print(f"{relays} relays on redis msgs/s {pair['msgs_per_s']:>7.0f}   (median of "
+          f"{pair['rounds']}; durable: {pair['durability']}; every envelope crosses relays)")
+    print(f"ratio to sqlite relay   {pair['ratio_to_sqlite_relay']:>10.3f}   target >= 0.7")
+    print(f"latency at {pair['latency_offered_msgs_per_s']:.0f} msgs/s: {relays} relays on "
+          f"redis p50 {pair['p50_ms']} ms, p99 {pair['p99_ms']} ms")
+    print(f"CPU per envelope        each relay {pair['relay_cpu_us_per_msg']} us (all relays "
+          f"{pair['relays_cpu_us_per_msg']} us), redis-server {pair['redis_cpu_us_per_msg']} us")
+    print(f"cores busy at half rate {pair['half_rate_cores']}")
+    print(f"each added relay core carries about {pair['msgs_per_s_per_added_relay_core']} "
+          f"msgs/s (a 2-core machine {pair['msgs_per_s_per_added_2_core_machine']}), up to "
+          f"the one redis-server's ceiling of about "
+          f"{pair['redis_one_core_ceiling_msgs_per_s']} msgs/s in all")
 
 
 def main() -> None:
@@ -424,6 +572,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int)
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--rounds", type=int)
+    parser.add_argument("--store", choices=["sqlite", "redis"], default="sqlite",
+                        help="redis: also N relays over one redis-server (the SQLite relay "
+                             "and the bare forwarder are measured in the same run)")
+    parser.add_argument("--relays", type=int, default=2, help="relays over Redis (--store redis)")
+    parser.add_argument("--redis-durability", choices=["strict", "everysec"], default="strict")
     parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -459,6 +612,8 @@ def main() -> None:
           f"{cores['baseline_loadgen']} (of 2 here)")
     print(f"relay RSS               {result['relay_rss_mib']:>10.1f} MiB (idle with all clients "
           f"connected: {result['relay_idle_rss_mib']} MiB)")
+    if "redis" in result:
+        print_redis(result)
     write_json(args.json, result)
 
 

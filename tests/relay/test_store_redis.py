@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,39 @@ def test_without_redis_py_the_relay_says_how_to_get_it() -> None:
                             timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode != 0
     assert "pip install 'qsecret[redis]'" in result.stderr
+
+
+async def test_operations_queued_together_run_as_one_call_in_order_and_fail_alone(
+        redis_server: RedisServer) -> None:
+    """The writer sends a run of operations as one qs_batch call (one fsync, one reply):
+    they run in the order queued, and one that fails fails alone."""
+    store = await _open(redis_server.url)
+    try:
+        before = store.round_trips
+        loop = asyncio.get_running_loop()
+        stored, broken, stored_too = (loop.create_future() for _ in range(3))
+
+        def settle(future: asyncio.Future[object]) -> Callable[[bool, object], None]:
+            def done(ok: bool, value: object) -> None:
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)  # type: ignore[arg-type]
+            return done
+
+        # Queued in one go (no await in between): one pipeline; the four function calls
+        # are one qs_batch call, the plain HGET after them its own command.
+        store.enqueue_then(store.new_envelope("alice", "bob", "m1", b"one"), settle(stored))
+        store._queue("qs_no_such_operation", (store.prefix,), lambda reply: reply, broken)
+        read = store._call("qs_pending", "bob", store.consumer, 10, convert=len)
+        store.enqueue_then(store.new_envelope("alice", "bob", "m2", b"two"), settle(stored_too))
+        depth = store._read("HGET", store.prefix + "qs:bob", "n", convert=int)
+        assert (await stored).status is EnqueueStatus.STORED
+        with pytest.raises(Exception, match="unknown relay operation qs_no_such_operation"):
+            await broken
+        assert await read == 1  # after the first enqueue, before the second
+        assert (await stored_too).status is EnqueueStatus.STORED
+        assert await depth == 2  # the command after the run sees all of it
+        assert store.round_trips - before == 1
+    finally:
+        await store.close()
