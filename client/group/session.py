@@ -18,13 +18,20 @@ Refusals are exceptions with a reason (:class:`NotAMember`, :class:`RetiredSende
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from client.protocol.codec import Reader, Writer
 from client.protocol.errors import MalformedMessage, ProtocolError
 
 from .roster import Change, GroupLog, Op, Status
-from .sender_keys import OwnSenderKey, PeerSenderKey, SenderKeyRecord, parse_group_message
+from .sender_keys import (
+    OwnSenderKey,
+    PeerSenderKey,
+    SenderKeyRecord,
+    parse_group_message,
+)
 
 
 class NotAMember(ProtocolError):
@@ -109,7 +116,17 @@ class GroupSession:
 
     # ---------------------------------------------------------------------- sending
 
-    def encrypt(self, plaintext: bytes, now: float | None = None) -> Outgoing:
+    @property
+    def rotation_due(self) -> bool:
+        """A removal or departure happened since this member's key was made."""
+        return self._rotate
+
+    def prepare(self, now: float | None = None) -> dict[str, Distribution]:
+        """Make a new sender key if one is due; the records members still lack.
+
+        Nothing is marked as held: the messenger sends each record through the pairwise
+        session, then calls :meth:`delivered` (so a crash in between resends, never skips).
+        """
         if self.me not in self.log.roster.members:
             raise NotAMember("you are not a member of this group any more")
         if self.own is None or self._rotate or self.own.due_for_rotation(now):
@@ -118,12 +135,30 @@ class GroupSession:
             self.own = OwnSenderKey.new(self.log.group_id, self.me, generation, now)
             self._holders = set()
             self._rotate = False
-        others = tuple(m for m in self.log.roster.members if m != self.me)
         record = self.own.record()
-        due = {m: Distribution(record, self._previous_end) for m in others
-               if m not in self._holders}
-        self._holders.update(due)
-        return Outgoing(self.own.encrypt(plaintext), others, due)
+        return {m: Distribution(record, self._previous_end) for m in self.others()
+                if m not in self._holders}
+
+    def delivered(self, members: Iterable[str]) -> None:
+        """These members were sent the current key's record (it is durable in their outbox)."""
+        self._holders.update(members)
+
+    def others(self) -> tuple[str, ...]:
+        return tuple(m for m in self.log.roster.members if m != self.me)
+
+    def seal(self, plaintext: bytes, now: float | None = None) -> bytes:
+        """One group message under the current key (call :meth:`prepare` first)."""
+        if self.me not in self.log.roster.members:
+            raise NotAMember("you are not a member of this group any more")
+        if self.own is None or self._rotate or self.own.due_for_rotation(now):
+            raise ProtocolError("a new sender key is due: prepare() before sealing")
+        return self.own.encrypt(plaintext)
+
+    def encrypt(self, plaintext: bytes, now: float | None = None) -> Outgoing:
+        """prepare + delivered + seal in one step (when the records surely arrive)."""
+        due = self.prepare(now)
+        self.delivered(due)
+        return Outgoing(self.seal(plaintext, now), self.others(), due)
 
     # -------------------------------------------------------------------- receiving
 
@@ -173,3 +208,38 @@ class GroupSession:
         except ProtocolError:
             self.counts["bad"] += 1
             raise
+
+    # ------------------------------------------------------------------- persisting
+
+    def keys_to_dict(self) -> dict[str, Any]:
+        """Everything but the log (stored apart: it changes rarely, the keys every message)."""
+        return {
+            "own": None if self.own is None else self.own.to_dict(),
+            "previous_end": self._previous_end, "holders": sorted(self._holders),
+            "rotate": self._rotate, "removals_seen": self._removals_seen,
+            "peers": {h: {"keys": {g: k.to_dict() for g, k in p.keys.items()},
+                          "ends": dict(p.ends)} for h, p in self._peers.items()},
+            "counts": dict(self.counts),
+        }
+
+    @classmethod
+    def restore(cls, me: str, log: GroupLog, keys: dict[str, Any] | None) -> GroupSession:
+        session = cls(me, log)
+        if not keys:
+            return session
+        own = keys["own"]
+        session.own = None if own is None else OwnSenderKey.from_dict(own)
+        session._previous_end = keys["previous_end"]
+        session._holders = set(keys["holders"])
+        session._rotate = keys["rotate"]
+        session._removals_seen = keys["removals_seen"]
+        session._peers = {h: _Peer({int(g): PeerSenderKey.from_dict(k)
+                                    for g, k in p["keys"].items()},
+                                   {int(g): e for g, e in p["ends"].items()})
+                          for h, p in keys["peers"].items()}
+        session.counts.update(keys["counts"])
+        return session
+
+    def has_key(self, sender: str, generation: int) -> bool:
+        peer = self._peers.get(sender)
+        return peer is not None and generation in peer.keys

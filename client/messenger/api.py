@@ -76,10 +76,14 @@ class MessageView:
     timestamp: float
     delivery: Delivery
     sources: str  # e.g. "QKD+ML-KEM-768+X25519", or a degraded label
-    mode: str = "ratchet"  # or "otp"
+    mode: str = "ratchet"  # or "otp"; "group" for a group message (sender key)
+    group_id: str = ""  # a group message: the group's ID (hex); ``peer`` is its sender
+    group: str = ""  # ... and the group's name
 
     @property
     def conversation(self) -> ConversationId:
+        if self.group_id:
+            return ConversationId(ConversationKind.GROUP, self.group_id)
         return ConversationId.direct(self.peer)
 
 
@@ -95,6 +99,39 @@ class ContactView:
     @property
     def conversation(self) -> ConversationId:
         return ConversationId.direct(self.handle)
+
+
+@dataclass(frozen=True)
+class GroupChangeView:
+    """One membership change as every member folded it (``effect`` "" when it took effect,
+    else why not: it lost a race with another admin's change)."""
+
+    change_id: str  # hex
+    op: str  # create, add, remove, leave, rename, promote, demote
+    author: str
+    handles: tuple[str, ...]  # who joined (create/add) or whom it concerned
+    name: str
+    at: float  # the author's clock (shown, never trusted)
+    effect: str = ""
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """A group as this member sees it (the roster every member folds to the same)."""
+
+    group_id: str  # hex
+    name: str
+    members: tuple[str, ...]  # in the order they joined
+    admins: tuple[str, ...]
+    status: str  # "member", "removed" (by an admin) or "left"
+    removed_by: str = ""  # the admin who removed this member
+    changes: tuple[GroupChangeView, ...] = ()
+    refused: dict[str, int] = field(default_factory=dict)  # refusal reason -> count
+    sender_key_generation: int = 0  # this member's current sender key
+
+    @property
+    def conversation(self) -> ConversationId:
+        return ConversationId(ConversationKind.GROUP, self.group_id)
 
 
 @dataclass(frozen=True)
@@ -164,6 +201,15 @@ class Event:
 @dataclass(frozen=True)
 class MessageEvent(Event):
     message: MessageView
+
+
+@dataclass(frozen=True)
+class GroupEvent(Event):
+    """A group's membership changed (or this member joined, or was removed): ``note`` says
+    what happened in one line, e.g. "alice removed carol"."""
+
+    group: GroupView
+    note: str
 
 
 @dataclass(frozen=True)
