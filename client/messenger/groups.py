@@ -79,6 +79,7 @@ class Pairwise(Protocol):
 
 
 class GroupRelay(Protocol):
+    @property
     def ready(self) -> bool: ...
     async def send_group(self, to: tuple[str, ...], body: bytes, msg_id: str) -> None: ...
     async def ack(self, seqs: list[int]) -> None: ...
@@ -416,7 +417,7 @@ class Groups:
             packs[-1].append(change)
         targets = [h for h in handles if h != self._handle]
 
-        online = self._relay.ready()  # offline: they wait in the outbox for the next login
+        online = self._relay.ready  # offline: they wait in the outbox for the next login
 
         async def one(handle: str) -> None:
             for pack in packs:
