@@ -101,14 +101,14 @@ def run_recv(args: argparse.Namespace) -> int:
                 show_group(event)
 
         messenger.subscribe(on_event)
+        for message in messenger.groups.unread():  # came while another command ran: first
+            show(message)
         await go_online(messenger, args.timeout)
         status = EXIT_OK
         try:
             for contact in messenger.contacts():
                 for message in messenger.unread(contact.handle):
                     show(message)
-            for message in messenger.groups.unread():  # came while another command ran
-                show(message)
             try:  # the relay's backlog first, however long opening it takes (KME waits)
                 await messenger.caught_up(args.timeout)
             except MessengerError as exc:

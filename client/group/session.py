@@ -30,6 +30,7 @@ from .sender_keys import (
     OwnSenderKey,
     PeerSenderKey,
     SenderKeyRecord,
+    chain_key_at,
     parse_group_message,
 )
 
@@ -84,7 +85,10 @@ class GroupSession:
         self.log = log
         self.own: OwnSenderKey | None = None
         self._previous_end = 0
-        self._holders: set[str] = set()  # members holding self.own's record
+        # member -> the iteration their copy of self.own's record starts at; and the chain
+        # key of iteration 0, so a record lost on the way can be sent again from there
+        self._sent_at: dict[str, int] = {}
+        self._origin = b""
         self._rotate = False
         self._removals_seen = len(self.log.roster.removed)
         self._peers: dict[str, _Peer] = {}
@@ -133,15 +137,28 @@ class GroupSession:
             generation = 1 if self.own is None else self.own.generation + 1
             self._previous_end = 0 if self.own is None else self.own.iteration
             self.own = OwnSenderKey.new(self.log.group_id, self.me, generation, now)
-            self._holders = set()
+            self._origin = self.own.chain_key
+            self._sent_at = {}
             self._rotate = False
         record = self.own.record()
         return {m: Distribution(record, self._previous_end) for m in self.others()
-                if m not in self._holders}
+                if m not in self._sent_at}
 
     def delivered(self, members: Iterable[str]) -> None:
         """These members were sent the current key's record (it is durable in their outbox)."""
-        self._holders.update(members)
+        assert self.own is not None
+        for member in members:
+            self._sent_at.setdefault(member, self.own.iteration)
+
+    def resend(self, member: str) -> Distribution | None:
+        """The record ``member`` was sent, again, from the same iteration (it was lost: e.g.
+        the pairwise session it went on lost a tie to the member's own)."""
+        start = self._sent_at.get(member)
+        if self.own is None or start is None or member not in self.others():
+            return None
+        record = SenderKeyRecord(self.log.group_id, self.me, self.own.generation, start,
+                                 chain_key_at(self._origin, start), self.own.signing_public)
+        return Distribution(record, self._previous_end)
 
     def others(self) -> tuple[str, ...]:
         return tuple(m for m in self.log.roster.members if m != self.me)
@@ -215,7 +232,8 @@ class GroupSession:
         """Everything but the log (stored apart: it changes rarely, the keys every message)."""
         return {
             "own": None if self.own is None else self.own.to_dict(),
-            "previous_end": self._previous_end, "holders": sorted(self._holders),
+            "previous_end": self._previous_end, "sent_at": dict(self._sent_at),
+            "origin": self._origin,
             "rotate": self._rotate, "removals_seen": self._removals_seen,
             "peers": {h: {"keys": {g: k.to_dict() for g, k in p.keys.items()},
                           "ends": dict(p.ends)} for h, p in self._peers.items()},
@@ -230,7 +248,8 @@ class GroupSession:
         own = keys["own"]
         session.own = None if own is None else OwnSenderKey.from_dict(own)
         session._previous_end = keys["previous_end"]
-        session._holders = set(keys["holders"])
+        session._sent_at = dict(keys["sent_at"])
+        session._origin = keys["origin"]
         session._rotate = keys["rotate"]
         session._removals_seen = keys["removals_seen"]
         session._peers = {h: _Peer({int(g): PeerSenderKey.from_dict(k)

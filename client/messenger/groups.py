@@ -55,6 +55,7 @@ from .api import (
     MessageView,
     MessengerError,
 )
+from .relay_link import RelayError
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class _Group:
     parked_changes: list[bytes] = field(default_factory=list)
     labels: dict[tuple[str, int], str] = field(default_factory=dict)  # (sender, gen) -> label
     shown_in: int = 0  # incoming messages shown (``unread`` is what came after)
+    unsent: list[tuple[str, bytes]] = field(default_factory=list)  # (member, change): retry
     refused: dict[str, int] = field(default_factory=dict)  # reasons counted here
 
     @property
@@ -107,7 +109,8 @@ class _Group:
                 "parked_keys": [list(p) for p in self.parked_keys],
                 "parked_changes": list(self.parked_changes),
                 "labels": [[s, g, label] for (s, g), label in self.labels.items()],
-                "shown_in": self.shown_in, "refused": dict(self.refused)}
+                "shown_in": self.shown_in, "refused": dict(self.refused),
+                "unsent": [list(u) for u in self.unsent]}
 
     def log_state(self) -> dict[str, Any] | None:
         if self.session is None:
@@ -158,6 +161,7 @@ class Groups:
         group.labels = {(s, g): label for s, g, label in keys["labels"]}
         group.shown_in = keys["shown_in"]
         group.refused = dict(keys["refused"])
+        group.unsent = [(h, c) for h, c in keys["unsent"]]
         return group
 
     def _save(self, group: _Group, *, log_changed: bool = True) -> None:
@@ -391,7 +395,7 @@ class Groups:
         if session.rotation_due and self._handle in session.log.roster.members:
             try:
                 await self._rotate(group)
-            except MessengerError as exc:  # e.g. offline with a member never met: later
+            except (MessengerError, RelayError) as exc:  # e.g. offline, a member never met
                 log.warning("group %s: the new sender key waits for the next message: %s",
                             group.name, exc)
         view = self.view(group)
@@ -420,19 +424,38 @@ class Groups:
         online = self._relay.ready  # offline: they wait in the outbox for the next login
 
         async def one(handle: str) -> None:
+            await self._pairwise.ensure_session(ConversationId.direct(handle))
             for pack in packs:
                 await self._pairwise.send_pairwise(
                     ConversationId.direct(handle),
                     payloads.group_changes(group.group_id, pack), wait=online)
 
         results = await asyncio.gather(*(one(h) for h in targets), return_exceptions=True)
+        failed = []
         for handle, result in zip(targets, results, strict=True):
             if isinstance(result, BaseException):
-                if not isinstance(result, MessengerError):
+                if not isinstance(result, MessengerError | RelayError):
                     raise result
-                log.warning("group change not sent to %s: %s", handle, result)
-                self._emit(ErrorEvent(MessengerError(
-                    f"group {group.name}: the change did not reach {handle}: {result}")))
+                log.warning("group change not sent to %s yet: %s", handle, result)
+                failed += [(handle, change) for change in encoded]
+        if failed:  # kept, and sent again at the next login
+            async with self._lock(group.group_id):
+                group.unsent += [f for f in failed if f not in group.unsent]
+                self._save(group, log_changed=False)
+
+    async def _send_unsent(self) -> None:
+        """Changes that could not reach a member (offline, no session yet): again."""
+        for group in list(self._all().values()):
+            if not group.unsent:
+                continue
+            async with self._lock(group.group_id):
+                unsent, group.unsent = group.unsent, []
+                self._save(group, log_changed=False)
+            by_member: dict[str, list[bytes]] = {}
+            for handle, change in unsent:
+                by_member.setdefault(handle, []).append(change)
+            for handle, changes in by_member.items():
+                await self._send_changes(group, [handle], changes)
 
     # -- sender keys ---------------------------------------------------------------------
 
@@ -468,6 +491,26 @@ class Groups:
                 sent.append(handle)
             session.delivered(sent)
             self._save(group, log_changed=False)
+
+    def on_new_session(self, conversation: ConversationId) -> None:
+        """The peer opened a new pairwise session with us (it may have won a tie with ours,
+        whose messages were then dropped): send them our sender keys again, from where
+        their copies began (beside the read loop)."""
+        peer = conversation.peer
+        due = [g for g in self._all().values()
+               if g.session is not None and peer in g.session.others()]
+        if due:
+            self._background(self._resend_keys(peer, due), "group-keys-again")
+
+    async def _resend_keys(self, peer: str, groups: list[_Group]) -> None:
+        for group in groups:
+            async with self._lock(group.group_id):
+                dist = self._session(group).resend(peer)
+                if dist is None:
+                    continue
+                await self._pairwise.send_pairwise(
+                    ConversationId.direct(peer), payloads.sender_key(dist.encode()),
+                    wait=False)
 
     def _identity_matches(self, session: GroupSession, handle: str) -> bool:
         """The identity the group knows for ``handle`` is the one pinned for our pairwise
@@ -538,6 +581,8 @@ class Groups:
         for entry in self._store.group_outbox():
             self._outbox_ids[entry.message_id] = entry.id
             await self._relay.send_group(entry.recipients, entry.wire, entry.message_id)
+        if any(g.unsent for g in self._all().values()):
+            self._background(self._send_unsent(), "group-unsent")
 
     def on_stored(self, stored: StoredGroup) -> None:
         outbox_id = self._outbox_ids.pop(stored.msg, None)
@@ -687,7 +732,7 @@ class Groups:
     async def _logged(work: Coroutine[Any, Any, Any]) -> None:
         try:
             await work
-        except MessengerError as exc:
+        except (MessengerError, RelayError) as exc:  # offline: done at the next change/send
             log.warning("group work not done: %s", exc)
 
     async def settle(self) -> None:
@@ -741,7 +786,6 @@ class Groups:
     async def receive(self, deliver: Deliver) -> None:
         """A group envelope from the relay: opened, committed, acknowledged, shown; or held
         for its sender key; or refused (acknowledged, counted, logged)."""
-        self._held.pop(deliver.seq, None)
         wire = deliver.body[1:]
         try:
             header = parse_group_message(wire)[0]
@@ -758,15 +802,39 @@ class Groups:
                         deliver.sender)
             await self._relay.ack([deliver.seq])
             return
+        self._held.pop(deliver.seq, None)
+        await self._drain(group, deliver)
+
+    async def _drain(self, group: _Group, new: Deliver | None = None) -> None:
+        """Open the group's held messages and ``new`` in relay order, a sender's later
+        messages held behind an earlier one still waiting for its key (so each sender's
+        messages are shown in order). All under the lock, without awaiting: commits, and
+        the events after them, happen in that order; the acknowledgements follow."""
+        acks, shown = [], []
         async with self._lock(group.group_id):
-            opened = self._open(group, deliver, header.sender)
-        if opened is None:
-            return  # held for its sender key: not acknowledged
-        await self._relay.ack([deliver.seq])
-        if isinstance(opened, MessageView):
-            self._emit(MessageEvent(opened))
+            waiting = [d for d in self._held.values() if _group_of(d) == group.group_id]
+            batch = sorted(waiting + ([new] if new is not None else []), key=lambda d: d.seq)
+            blocked: set[str] = set()
+            for deliver in batch:
+                self._held.pop(deliver.seq, None)
+                if deliver.sender in blocked:
+                    self._hold(deliver)
+                    continue
+                opened = self._open(group, deliver, _sender_of(deliver))
+                if opened is None:
+                    blocked.add(deliver.sender)
+                    continue
+                acks.append(deliver.seq)
+                if isinstance(opened, MessageView):
+                    shown.append(opened)
+        for view in shown:
+            self._emit(MessageEvent(view))
+        if acks:
+            await self._relay.ack(acks)
 
     def _open(self, group: _Group, deliver: Deliver, sender: str) -> object:
+        """One message under the group's lock: a MessageView, _REFUSED (acknowledge it) or
+        None (held for its sender key)."""
         session = self._session(group)
         key = group_key(group.group_id)
         if self._store.seen(key, deliver.msg):
@@ -807,22 +875,23 @@ class Groups:
                            label, "group", group.group_id.hex(), group.name)
 
     def _hold(self, deliver: Deliver) -> None:
-        if len(self._held) < MAX_HELD:
+        if len(self._held) < MAX_HELD or deliver.seq in self._held:
             self._held[deliver.seq] = deliver
         log.info("group message from %s held: its sender key has not come yet",
                  deliver.sender)
 
     async def _retry_held(self, group_id: bytes) -> None:
-        for seq in sorted(self._held):
-            deliver = self._held.get(seq)
-            if deliver is None:
-                continue
-            try:
-                header = parse_group_message(deliver.body[1:])[0]
-            except ProtocolError:
-                continue
-            if header.group_id == group_id:
-                await self.receive(deliver)
+        group = self._all().get(group_id)
+        if group is not None and group.session is not None:
+            await self._drain(group)
+
+
+def _group_of(deliver: Deliver) -> bytes:
+    return deliver.body[2:2 + 16]  # envelope byte, version byte, then the group ID
+
+
+def _sender_of(deliver: Deliver) -> str:
+    return parse_group_message(deliver.body[1:])[0].sender
 
 
 _REFUSED = object()

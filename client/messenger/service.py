@@ -136,7 +136,8 @@ class MessengerService:
         self.groups = Groups(store, identity, handle, self, self.relay, self._emit,
                              spawn=self._life.spawn)
         self._inbox = Inbox(self._sessions, self.relay, self, self._on_payload,
-                            self._emit, spawn=self._life.spawn, on_call=self.calls.on_payload)
+                            self._emit, spawn=self._life.spawn, on_call=self.calls.on_payload,
+                            on_new_session=self.groups.on_new_session)
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -41,15 +41,37 @@ def crew(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[
         for name in NODES:
             network.processes[name].wait_for(r"^keys ready", timeout_s=300)
         stack.start_relay()
-        for handle, node in AT.items():
+        for handle, node in AT.items():  # one at a time: the PKI issues each certificate
             stack.cli(handle, "init", "--handle", handle, "--sae-id", f"sae-{handle}",
                       "--kme", network.url(node), "--kme-pki", str(network.pki.root),
                       check=True)
-            stack.cli(handle, "recv", check=True)
+        _each(stack, {handle: ("recv",) for handle in AT})
         yield stack
     finally:
         stack.stop()
         stop_network(network)
+
+
+def _each(stack: Stack, commands: dict[str, tuple[str, ...]],
+          stdin: dict[str, str] | None = None) -> dict[str, str]:
+    """One command per member, run at once (separate processes, as separate users would);
+    the standard output of each."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        futures = {handle: pool.submit(stack.cli, handle, *args, check=True,
+                                       stdin=(stdin or {}).get(handle))
+                   for handle, args in commands.items()}
+        return {handle: future.result().stdout for handle, future in futures.items()}
+
+
+def _recv_each(stack: Stack, handles: list[str] | tuple[str, ...]) -> dict[str, list[dict]]:
+    out = _each(stack, {handle: ("recv", "--json") for handle in handles})
+    return {handle: [json.loads(line) for line in text.splitlines() if line.strip()]
+            for handle, text in out.items()}
+
+
+def _send_each(stack: Stack, group: str, lines: dict[str, list[str]]) -> None:
+    _each(stack, {handle: ("send", f"@{group}", "-") for handle in lines},
+          {handle: "\n".join(texts) + "\n" for handle, texts in lines.items()})
 
 
 def _recv(stack: Stack, handle: str) -> list[dict[str, object]]:
@@ -58,7 +80,7 @@ def _recv(stack: Stack, handle: str) -> list[dict[str, object]]:
 
 
 def _groups(stack: Stack, handle: str) -> dict[str, dict[str, object]]:
-    result = stack.cli(handle, "group", "list", "--json", check=True)
+    result = stack.cli(handle, "group", "list", "--json", "--changes", check=True)
     return {g["name"]: g for g in json.loads(result.stdout)}
 
 
@@ -70,24 +92,21 @@ def test_five_members_200_messages_one_offline_for_half(crew: Stack) -> None:
     crew.cli("alice", "group", "create", "five", "bob", "carol", "dave", "erin", check=True)
     received: dict[str, list[dict[str, object]]] = {h: [] for h in MEMBERS}
     online = [h for h in MEMBERS if h != "dave"]
-    for handle in online:
-        received[handle] += _recv(crew, handle)
-    # First half: dave is offline; the four others send 25 each, reading as they go.
-    sent: dict[str, list[str]] = {h: [] for h in MEMBERS}
-    for handle in online:
-        lines = [f"{handle} #{i}" for i in range(25)]
-        _send(crew, handle, "five", lines)
-        sent[handle] += lines
-    for handle in online:
-        received[handle] += _recv(crew, handle)
-    # dave comes back: everything sent meanwhile, then the second half from all five.
+    for handle, got in _recv_each(crew, online).items():
+        received[handle] += got
+    # First half: dave is offline; the four others send 25 each at once.
+    sent = {h: [f"{h} #{i}" for i in range(25)] if h != "dave" else [] for h in MEMBERS}
+    _send_each(crew, "five", {h: sent[h] for h in online})
+    for handle, got in _recv_each(crew, online).items():
+        received[handle] += got
+    # dave comes back: everything sent meanwhile; then the second half from all five.
     received["dave"] += _recv(crew, "dave")
+    second = {h: [f"{h} #{i}" for i in range(len(sent[h]), len(sent[h]) + 20)] for h in MEMBERS}
+    _send_each(crew, "five", second)
     for handle in MEMBERS:
-        lines = [f"{handle} #{i}" for i in range(len(sent[handle]), len(sent[handle]) + 20)]
-        _send(crew, handle, "five", lines)
-        sent[handle] += lines
-    for handle in MEMBERS:
-        received[handle] += _recv(crew, handle)
+        sent[handle] += second[handle]
+    for handle, got in _recv_each(crew, MEMBERS).items():
+        received[handle] += got
     assert sum(map(len, sent.values())) == 200
     full = active_full_sources()
     for handle in MEMBERS:
@@ -103,3 +122,97 @@ def test_five_members_200_messages_one_offline_for_half(crew: Stack) -> None:
     assert {str(m["keys"]).removeprefix("sender key via ") for m in from_alice} <= full
     view = _groups(crew, "dave")["five"]
     assert view["members"] == list(MEMBERS) and view["status"] == "member"
+
+
+def _relay_bodies(stack: Stack, recipient: str) -> list[bytes]:
+    """The group envelopes the relay holds for ``recipient`` (what it sees: sealed bytes)."""
+    db = sqlite3.connect(f"file:{stack.root / 'relay' / 'relay.sqlite3'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT body FROM envelopes WHERE recipient = ? AND body IS NOT NULL "
+                          "ORDER BY seq", (recipient,)).fetchall()
+    finally:
+        db.close()
+    return [bytes(body) for (body,) in rows if body[0] == GROUP_ENVELOPE]
+
+
+def test_a_removed_member_reads_nothing_sent_after_the_removal(crew: Stack) -> None:
+    crew.cli("alice", "group", "create", "trio", "bob", "carol", check=True)
+    _recv_each(crew, ("bob", "carol"))
+    _send_each(crew, "trio", {h: [f"{h} before"] for h in ("alice", "bob", "carol")})
+    before = _recv_each(crew, ("alice", "bob", "carol"))
+    assert "alice before" in [m.get("text") for m in before["carol"]]
+    crew.cli("alice", "group", "remove", "trio", "carol", check=True)
+    # carol is told, and can no longer send to the group.
+    told = _recv(crew, "carol")
+    assert {"event": "group", "note": "alice removed you"}.items() <= told[-1].items(), told
+    refused = crew.cli("carol", "send", "@trio", "still here?")
+    assert refused.returncode == 1 and "not a member" in refused.stderr
+    view = _groups(crew, "carol")["trio"]
+    assert (view["status"], view["removed_by"]) == ("removed", "alice")
+    # After the removal alice and bob write while the other is away: the relay holds it.
+    waiting = set(_relay_bodies(crew, "bob"))
+    _send(crew, "alice", "trio", ["alice after 1", "alice after 2"])
+    after = [b for b in _relay_bodies(crew, "bob") if b not in waiting]  # before bob takes them
+    _send(crew, "bob", "trio", ["bob after"])  # bob took in the removal first: a new key
+    after += _relay_bodies(crew, "alice")
+    assert len(after) == 3
+    # carol, with her own store open, decrypts none of it.
+    store = Store.open(PASSPHRASE, crew.profile("carol") / "store.sqlite3", create=False)
+    try:
+        (group_id,) = [g for g in store.group_ids() if _named(store, g) == "trio"]
+        loaded = store.load_group(group_id)
+        assert loaded is not None and loaded[0] is not None
+        session = GroupSession.restore("carol", GroupLog.restore(loaded[0]["changes"]),
+                                       loaded[1]["session"])
+        for body in after:
+            with pytest.raises(ProtocolError):
+                session.decrypt(body[1:])
+    finally:
+        store.close()
+    got = _recv_each(crew, ("alice", "bob", "carol"))
+    assert [m["text"] for m in got["bob"] if "text" in m] == ["alice after 1", "alice after 2"]
+    assert [m["text"] for m in got["alice"] if "text" in m] == ["bob after"]
+    assert not [m for m in got["carol"] if "text" in m]
+    assert _groups(crew, "bob")["trio"]["members"] == ["alice", "bob"]
+
+
+def _named(store: Store, group_id: bytes) -> str:
+    loaded = store.load_group(group_id)
+    if loaded is None or loaded[0] is None:
+        return ""
+    return GroupLog.restore(loaded[0]["changes"]).roster.name
+
+
+def test_concurrent_add_and_remove_by_two_admins_converge(crew: Stack) -> None:
+    crew.cli("alice", "group", "create", "both", "bob", "carol", "dave", check=True)
+    crew.cli("alice", "group", "promote", "both", "bob", check=True)
+    crew.cli("alice", "contacts", "add", "erin", check=True)
+    _recv_each(crew, ("bob", "carol", "dave", "erin"))
+    # With the relay down neither admin can see the other's change: alice adds erin while
+    # bob removes dave, each on the roster they have.
+    assert crew.relay is not None
+    crew.relay.stop()
+    try:
+        for handle, args in (("alice", ("add", "both", "erin")),
+                             ("bob", ("remove", "both", "dave"))):
+            result = crew.cli(handle, "group", *args, "--timeout", "2")
+            assert result.returncode == 0, result.stderr
+            assert "offline" in result.stderr
+    finally:
+        crew.start_relay()
+    for _ in range(2):  # the changes, then what members forward to those who lacked them
+        _recv_each(crew, MEMBERS)
+    views = {h: _groups(crew, h)["both"] for h in MEMBERS}
+    for handle in ("alice", "bob", "carol", "erin"):
+        assert views[handle]["members"] == ["alice", "bob", "carol", "erin"], (handle, views)
+        assert views[handle]["admins"] == ["alice", "bob"]
+        assert views[handle]["status"] == "member"
+        assert [c["id"] for c in views[handle]["changes"]] == \
+            [c["id"] for c in views["alice"]["changes"]]
+    assert (views["dave"]["status"], views["dave"]["removed_by"]) == ("removed", "bob")
+    # And the group works for the roster it converged to.
+    _send(crew, "erin", "both", ["erin here"])
+    got = _recv_each(crew, ("alice", "bob", "carol", "dave"))
+    for handle in ("alice", "bob", "carol"):
+        assert [m["text"] for m in got[handle] if "text" in m] == ["erin here"], handle
+    assert not [m for m in got["dave"] if "text" in m]
