@@ -189,6 +189,13 @@ class Groups:
                                  "its ID")
         return matches[0]
 
+    async def _ensure(self, handle: str) -> None:
+        """A pairwise session with ``handle``; offline without one, say so at once (opening
+        one needs their bundle from the relay)."""
+        if not self._relay.ready and self._store.load_session(handle) is None:
+            raise MessengerError(f"offline, and no session with {handle} yet")
+        await self._pairwise.ensure_session(ConversationId.direct(handle))
+
     def _session(self, group: _Group) -> GroupSession:
         assert group.session is not None
         return group.session
@@ -269,7 +276,7 @@ class Groups:
         their bundle is fetched and pinned, as adding a contact does)."""
         out = []
         for handle in handles:
-            await self._pairwise.ensure_session(ConversationId.direct(handle))
+            await self._ensure(handle)
             contact = self._store.contact(handle)
             if contact is None:
                 raise MessengerError(f"no identity pinned for {handle}")
@@ -424,7 +431,7 @@ class Groups:
         online = self._relay.ready  # offline: they wait in the outbox for the next login
 
         async def one(handle: str) -> None:
-            await self._pairwise.ensure_session(ConversationId.direct(handle))
+            await self._ensure(handle)
             for pack in packs:
                 await self._pairwise.send_pairwise(
                     ConversationId.direct(handle),
@@ -467,8 +474,14 @@ class Groups:
         """Send the current key's record to every member who lacks it; sessions are opened
         first (outside the lock), the records sealed into the pairwise outboxes under it."""
         session = self._session(group)
+        reachable = set()
         for handle in session.others():
-            await self._pairwise.ensure_session(ConversationId.direct(handle))
+            try:
+                await self._ensure(handle)
+            except (MessengerError, RelayError) as exc:  # they get it with a later message
+                log.warning("group %s: no sender key for %s yet: %s", group.name, handle, exc)
+                continue
+            reachable.add(handle)
         async with self._lock(group.group_id):
             if self._handle not in session.log.roster.members:
                 return
@@ -479,7 +492,7 @@ class Groups:
                 return
             sent = []
             for handle, dist in due.items():
-                if not self._identity_matches(session, handle):
+                if handle not in reachable or not self._identity_matches(session, handle):
                     continue
                 try:
                     await self._pairwise.send_pairwise(
