@@ -211,37 +211,39 @@ def _register_groups(subparsers: Subparsers) -> None:
                     run="run_group_create")
     create.add_argument("name", metavar="NAME", help="the group's name")
     create.add_argument("members", metavar="MEMBER", nargs="+", help="handles to add")
+    group_help = "the group: its name, or the start of its ID ('qsecret group list')"
+    members_help = "handles of members"
     changes(create)
     add = action("add", "add members (admins)", "Add MEMBERs to GROUP; they get the "
                  "group's whole signed history of changes.", "qsecret group add crew dave",
                  run="run_group_add")
-    add.add_argument("group", metavar="GROUP")
-    add.add_argument("members", metavar="MEMBER", nargs="+")
+    add.add_argument("group", metavar="GROUP", help=group_help)
+    add.add_argument("members", metavar="MEMBER", nargs="+", help="handles to add")
     changes(add)
     remove = action("remove", "remove members (admins)", "Remove MEMBERs from GROUP. "
                     "Every remaining member makes a new sender key at once, so they read "
                     "nothing sent afterwards; they are told they were removed.",
                     "qsecret group remove crew carol", run="run_group_remove")
-    remove.add_argument("group", metavar="GROUP")
-    remove.add_argument("members", metavar="MEMBER", nargs="+")
+    remove.add_argument("group", metavar="GROUP", help=group_help)
+    remove.add_argument("members", metavar="MEMBER", nargs="+", help="handles to remove")
     changes(remove)
     leave = action("leave", "leave a group", "Leave GROUP (the last admin names another "
                    "first, with 'group promote').", "qsecret group leave crew",
                    run="run_group_leave")
-    leave.add_argument("group", metavar="GROUP")
+    leave.add_argument("group", metavar="GROUP", help=group_help)
     changes(leave)
     rename = action("rename", "rename a group (admins)", "Give GROUP a new NAME.",
                     "qsecret group rename crew 'night shift'", run="run_group_rename")
-    rename.add_argument("group", metavar="GROUP")
-    rename.add_argument("name", metavar="NAME")
+    rename.add_argument("group", metavar="GROUP", help=group_help)
+    rename.add_argument("name", metavar="NAME", help="its new name")
     changes(rename)
     for name, verb in (("promote", "make MEMBERs admins"),
                        ("demote", "make MEMBERs admins no more")):
         parser = action(name, f"{verb} (admins)", f"{verb[0].upper()}{verb[1:]} of GROUP (a "
                         "group keeps at least one admin).", f"qsecret group {name} crew bob",
                         run=f"run_group_{name}")
-        parser.add_argument("group", metavar="GROUP")
-        parser.add_argument("members", metavar="MEMBER", nargs="+")
+        parser.add_argument("group", metavar="GROUP", help=group_help)
+        parser.add_argument("members", metavar="MEMBER", nargs="+", help=members_help)
         changes(parser)
     listing = action("list", "list your groups (no network)", "Every group in the local "
                      "store: members (admins marked *), whether you were removed, and the "

@@ -852,11 +852,6 @@ class Groups:
         key = group_key(group.group_id)
         if self._store.seen(key, deliver.msg):
             return _REFUSED  # a redelivery: acknowledged again
-        if self._handle not in session.log.roster.members:
-            self._refuse(group, "not a member", f"a group message from {deliver.sender} after "
-                         "you left the group")
-            self._save(group, log_changed=False)
-            return _REFUSED
         if sender != deliver.sender:
             self._refuse(group, "sender mismatch", f"a group message from {deliver.sender} "
                          f"names {sender} as its sender")
@@ -865,6 +860,11 @@ class Groups:
         try:
             sender, plaintext = session.decrypt(deliver.body[1:])
         except UnknownSenderKey:
+            if self._handle not in session.log.roster.members:  # a key made after we left
+                self._refuse(group, "not a member", f"a group message from {sender} under a "
+                             "key made after you left the group")
+                self._save(group, log_changed=False)
+                return _REFUSED
             self._hold(deliver)
             return None
         except ProtocolError as exc:
