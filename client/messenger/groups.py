@@ -217,8 +217,9 @@ class Groups:
             c.id.hex(), c.op.value, c.author,
             tuple(h for h, _ in c.members) or c.targets, c.name, c.at / 1000,
             roster.refused.get(c.id, "")) for c in session.log.order())
-        refused = {k: v for k, v in {**session.log.counts, **session.counts,
-                                     **group.refused}.items() if v}
+        counts = {**session.log.counts, **session.counts, **group.refused}
+        counts.pop("unknown_key", None)  # held for their key, not refused
+        refused = {k: v for k, v in counts.items() if v}
         own = session.own
         return GroupView(group.group_id.hex(), roster.name, tuple(roster.members),
                          tuple(m for m in roster.members if m in roster.admins), status,

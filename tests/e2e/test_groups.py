@@ -8,21 +8,26 @@ down, so neither can have seen the other's change) reach the same roster on ever
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 
 from client.group.roster import GroupLog
 from client.group.session import GroupSession
+from client.messenger import payload
 from client.messenger.groups import GROUP_ENVELOPE
 from client.protocol import ProtocolError
 from client.store.store import Store
+from relay import wire
 from tests.conftest import active_full_sources
 from tests.e2e.stack import PASSPHRASE, Stack
 from tests.network.conftest import start_network, stop_network
+from tests.relay.harness import Client
 
 MEMBERS = ("alice", "bob", "carol", "dave", "erin")
 # Two QKD nodes joined by a link: every pair of members gets QKD keys, on one node or across.
@@ -221,3 +226,58 @@ def test_concurrent_add_and_remove_by_two_admins_converge(crew: Stack) -> None:
     for handle in ("alice", "bob", "carol"):
         assert [m["text"] for m in got[handle] if "text" in m] == ["erin here"], handle
     assert not [m for m in got["dave"] if "text" in m]
+
+
+class _Login:
+    """A relay login with a profile's own identity (what a hostile member's client could do)."""
+
+    def __init__(self, stack: Stack, handle: str) -> None:
+        with Store.open(PASSPHRASE, stack.profile(handle) / "store.sqlite3",
+                        create=False) as store:
+            loaded = store.load_identity()
+        assert loaded is not None
+        self.handle, identity = loaded
+        self.keypair = SimpleNamespace(public_key=identity.public.signing_key)
+        self.sign = identity.sign
+
+
+def _group_state(stack: Stack, handle: str, name: str) -> tuple[bytes, GroupSession]:
+    with Store.open(PASSPHRASE, stack.profile(handle) / "store.sqlite3",
+                    create=False) as store:
+        (group_id,) = [g for g in store.group_ids() if _named(store, g) == name]
+        loaded = store.load_group(group_id)
+    assert loaded is not None and loaded[0] is not None
+    log = GroupLog.restore(loaded[0]["changes"])
+    return group_id, GroupSession.restore(handle, log, loaded[1]["session"])
+
+
+async def _inject(stack: Stack, handle: str, to: list[str], body: bytes) -> None:
+    client = await Client(stack.relay_url, _Login(stack, handle)).connect()  # type: ignore[arg-type]
+    try:
+        client.conn.send_group(to, body)
+        await client.flush()
+        await client.wait(lambda: any(isinstance(e, wire.StoredGroup) for e in client.events))
+    finally:
+        await client.close()
+
+
+def test_messages_from_a_removed_member_or_under_a_retired_key_are_refused_and_counted(
+        crew: Stack) -> None:
+    crew.cli("alice", "group", "create", "watch", "bob", "carol", check=True)
+    _recv_each(crew, ("bob", "carol"))
+    _send_each(crew, "watch", {"alice": ["a1"], "carol": ["c1"]})
+    _recv_each(crew, ("alice", "bob", "carol"))
+    _, alice_before = _group_state(crew, "alice", "watch")  # her key before the removal
+    crew.cli("alice", "group", "remove", "watch", "carol", check=True)
+    _send(crew, "alice", "watch", ["a2"])  # under her new key (the removal made one)
+    assert [m["text"] for m in _recv(crew, "bob") if "text" in m] == ["a2"]
+    # carol, removed, writes with the key she still has; and alice's old key, which bob now
+    # knows was replaced after a1, seals one more (a copy of her state from before).
+    _, carol = _group_state(crew, "carol", "watch")
+    asyncio.run(_inject(crew, "carol", ["bob"], bytes([GROUP_ENVELOPE])
+                        + carol.seal(payload.text("c2 after removal").encode())))
+    asyncio.run(_inject(crew, "alice", ["bob"], bytes([GROUP_ENVELOPE])
+                        + alice_before.seal(payload.text("a-stale").encode())))
+    assert [m for m in _recv(crew, "bob") if "text" in m] == []
+    refused = _groups(crew, "bob")["watch"]["refused"]
+    assert refused.get("not_member") == 1 and refused.get("retired") == 1, refused
