@@ -573,7 +573,7 @@ class Groups:
         if wait:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters[msg_id] = waiter
-        with contextlib.suppress(MessengerError, ConnectionError):
+        with contextlib.suppress(RelayError):  # offline: it stays in the group outbox
             await self._relay.send_group(recipients, wire, msg_id)
         if waiter is not None:
             try:
