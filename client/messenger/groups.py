@@ -728,9 +728,12 @@ class Groups:
         joined = _joined_by(session.log)
         for change in fresh:
             known = session.log.ancestors(change.id) | {change.id}
+            # Concurrent with the member's join: neither the change's author knew of them,
+            # nor did whoever added them have the change (to send it with the whole log).
             targets = [m for m in session.log.roster.members
                        if m not in (self._handle, change.author, peer)
-                       and joined.get(m) not in known]
+                       and joined.get(m) not in known
+                       and change.id not in session.log.ancestors(joined.get(m, b""))]
             if targets:
                 await self._send_changes(group, targets, [change.encode()])
         if session.rotation_due and self._handle in session.log.roster.members:
