@@ -63,6 +63,7 @@ def run_recv(args: argparse.Namespace) -> int:
         last = time.monotonic()
         shown: set[str] = set()
         peers: set[str] = set()
+        groups_shown: set[str] = set()
 
         def show(m: MessageView) -> None:
             nonlocal last
@@ -70,7 +71,9 @@ def run_recv(args: argparse.Namespace) -> int:
             if m.outgoing or m.message_id in shown:
                 return
             shown.add(m.message_id)
-            if not m.group_id:
+            if m.group_id:
+                groups_shown.add(m.group_id)
+            else:
                 peers.add(m.peer)
             if args.json:
                 line = {"id": m.message_id, "from": m.peer, "text": m.text,
@@ -121,7 +124,9 @@ def run_recv(args: argparse.Namespace) -> int:
                 for peer in list(peers):  # read receipts: these were shown to the user
                     await messenger.mark_read(peer)
                 peers.clear()
-                messenger.groups.mark_shown()
+                if groups_shown:  # what was shown is not shown again by the next recv
+                    messenger.groups.mark_shown()
+                    groups_shown.clear()
         finally:
             await messenger.stop()
         return status
