@@ -29,6 +29,8 @@ from tests.e2e.stack import PASSPHRASE, Stack
 from tests.network.conftest import start_network, stop_network
 from tests.relay.harness import Client
 
+pytestmark = pytest.mark.slow
+
 MEMBERS = ("alice", "bob", "carol", "dave", "erin")
 # Two QKD nodes joined by a link: every pair of members gets QKD keys, on one node or across.
 AT = {"alice": "x", "carol": "x", "erin": "x", "bob": "y", "dave": "y"}
