@@ -33,7 +33,8 @@ Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg
 # them all; tests/client/test_startup.py checks this table against the entry points.
 BUILTIN_COMMANDS: dict[str, str] = {
     **dict.fromkeys(["init", "chat", "send", "recv", "export", "contacts", "send-file",
-                     "receive-files", "transfers", "backup", "restore", "call", "answer"],
+                     "receive-files", "transfers", "backup", "restore", "call", "answer",
+                     "group"],
                     "client.cli.parsers:register"),
     "demo": "client.cli.demo:register",
     "doctor": "client.cli.doctor:register",

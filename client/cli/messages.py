@@ -8,7 +8,7 @@ import json
 import sys
 import time
 
-from client.messenger.api import MessageEvent, MessageView, MessengerError
+from client.messenger.api import GroupEvent, MessageEvent, MessageView, MessengerError
 
 from .errors import EXIT_NOT_DONE, EXIT_OK, CliError, one_line
 from .parsers import RECV_IDLE_S
@@ -22,13 +22,22 @@ def run_send(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         await go_online(messenger, 15)
+        if args.handle.startswith("@"):  # the group's latest roster and keys first
+            try:
+                await messenger.caught_up(15)
+            except BaseException:
+                await messenger.stop()
+                raise
         failures = 0
         try:
             for line in lines:
                 if not line:
                     continue
                 try:
-                    payload_id = await messenger.send_and_wait(args.handle, line)
+                    if args.handle.startswith("@"):
+                        payload_id = (await messenger.send_group(args.handle[1:], line)).message_id
+                    else:
+                        payload_id = await messenger.send_and_wait(args.handle, line)
                 except MessengerError as exc:
                     failures += 1
                     print(f"qsecret send: {one_line(exc)}", file=sys.stderr)
@@ -54,6 +63,7 @@ def run_recv(args: argparse.Namespace) -> int:
         last = time.monotonic()
         shown: set[str] = set()
         peers: set[str] = set()
+        groups_shown: set[str] = set()
 
         def show(m: MessageView) -> None:
             nonlocal last
@@ -61,16 +71,41 @@ def run_recv(args: argparse.Namespace) -> int:
             if m.outgoing or m.message_id in shown:
                 return
             shown.add(m.message_id)
-            peers.add(m.peer)
+            if m.group_id:
+                groups_shown.add(m.group_id)
+            else:
+                peers.add(m.peer)
             if args.json:
-                print(json.dumps({"id": m.message_id, "from": m.peer, "text": m.text,
-                                  "time": m.timestamp, "keys": m.sources, "mode": m.mode}),
-                      flush=True)
+                line = {"id": m.message_id, "from": m.peer, "text": m.text,
+                        "time": m.timestamp, "keys": m.sources, "mode": m.mode}
+                if m.group_id:
+                    line |= {"group": m.group, "group_id": m.group_id}
+                print(json.dumps(line), flush=True)
             else:
                 stamp = time.strftime("%H:%M:%S", time.localtime(m.timestamp))
-                print(f"[{stamp}] {m.peer}: {m.text}    ({m.sources})", flush=True)
+                where = f"@{m.group} " if m.group_id else ""
+                print(f"[{stamp}] {where}{m.peer}: {m.text}    ({m.sources})", flush=True)
 
-        messenger.subscribe(lambda e: show(e.message) if isinstance(e, MessageEvent) else None)
+        def show_group(event: GroupEvent) -> None:
+            nonlocal last
+            last = time.monotonic()
+            if args.json:
+                print(json.dumps({"event": "group", "group": event.group.name,
+                                  "group_id": event.group.group_id, "note": event.note,
+                                  "status": event.group.status,
+                                  "members": list(event.group.members)}), flush=True)
+            else:
+                print(f"@{event.group.name}: {event.note}", flush=True)
+
+        def on_event(event: object) -> None:
+            if isinstance(event, MessageEvent):
+                show(event.message)
+            elif isinstance(event, GroupEvent):
+                show_group(event)
+
+        messenger.subscribe(on_event)
+        for message in messenger.groups.unread():  # came while another command ran: first
+            show(message)
         await go_online(messenger, args.timeout)
         status = EXIT_OK
         try:
@@ -89,6 +124,9 @@ def run_recv(args: argparse.Namespace) -> int:
                 for peer in list(peers):  # read receipts: these were shown to the user
                     await messenger.mark_read(peer)
                 peers.clear()
+                if groups_shown:  # what was shown is not shown again by the next recv
+                    messenger.groups.mark_shown()
+                    groups_shown.clear()
         finally:
             await messenger.stop()
         return status

@@ -84,12 +84,16 @@ def register(subparsers: Subparsers) -> None:
     send = _command(
         subparsers, "send", "send a message (scriptable)",
         "Send TEXT to HANDLE and exit once the relay holds it durably. TEXT '-' sends each "
-        "line of standard input as a message. Exit status 1 if any message was not sent.",
+        "line of standard input as a message. Exit status 1 if any message was not sent. "
+        "To a group, write @GROUP (its name or the start of its ID, 'qsecret group list'): the "
+        "message is sealed once with your sender key and uploaded once for every member.",
         "qsecret send bob 'see you at noon'",
+        "qsecret send @crew 'standup in 5'",
         "printf 'one\\ntwo\\n' | qsecret send bob - --json",
     )
     _profile_args(send)
-    send.add_argument("handle", metavar="HANDLE", help="the contact to send to")
+    send.add_argument("handle", metavar="HANDLE",
+                      help="the contact to send to, or @GROUP for a group")
     send.add_argument("text", metavar="TEXT", help="the message; '-' reads lines from stdin")
     send.add_argument("--json", action="store_true", help="print one JSON object per message")
     send.set_defaults(func=_later("messages", "run_send"))
@@ -100,7 +104,10 @@ def register(subparsers: Subparsers) -> None:
         f"them are handled and no new one has come for {RECV_IDLE_S:.0f}s (if none arrives for "
         "--timeout seconds while some are still waiting, exit 1 and say how many: they stay "
         "queued). --follow keeps printing until Ctrl+C. Logging in also publishes "
-        "this profile's prekeys (the first run after 'qsecret init' makes you addable).",
+        "this profile's prekeys (the first run after 'qsecret init' makes you addable). "
+        "A group message is shown as '@GROUP sender: text'; a membership change as "
+        "'@GROUP: alice added erin' (with --json: \"group\" and \"from\", or \"event\": "
+        "\"group\").",
         "qsecret recv",
         "qsecret recv --follow --json",
     )
@@ -158,9 +165,94 @@ def register(subparsers: Subparsers) -> None:
     verify.set_defaults(func=_later("contacts", "run_contacts_verify"))
     contacts.set_defaults(func=lambda args: contacts.print_help() or 2)
 
+    _register_groups(subparsers)
     _register_files(subparsers)
     _register_backups(subparsers)
     _register_calls(subparsers)
+
+
+def _register_groups(subparsers: Subparsers) -> None:
+    group = _command(
+        subparsers, "group", "create a group chat, change its members, list your groups",
+        "Groups of up to 100 members. Every membership change is signed with your identity "
+        "(Ed25519 + ML-DSA-65) and checked by every member; only an admin (the creator, and "
+        "those promoted) may add, remove, rename or promote. Each member reads a group "
+        "message with that sender's key, which reaches them through your pairwise session "
+        "(QKD + ML-KEM-768 + X25519 keys); after any removal every member makes a new one, "
+        "so a removed member reads nothing sent afterwards. GROUP is the group's name or "
+        "the start of its ID. Send with 'qsecret send @GROUP TEXT'; 'qsecret recv' shows "
+        "group messages and changes. Without the relay, a change is still made and its "
+        "messages go at the next login.",
+        "qsecret group create crew bob carol",
+        "qsecret send @crew 'hello all'",
+        "qsecret group add crew dave",
+        "qsecret group remove crew carol",
+        "qsecret group list --changes",
+    )
+    sub = group.add_subparsers(dest="group_command", metavar="ACTION")
+
+    def action(name: str, help: str, description: str, *example_lines: str,
+               run: str) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=help, description=description,
+                                formatter_class=HelpFormatter,
+                                epilog=examples(*example_lines) + "\n\n" + EXIT_STATUS_HELP)
+        _profile_args(parser)
+        parser.set_defaults(func=_later("groups", run))
+        return parser
+
+    def changes(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--json", action="store_true", help="print the group as JSON")
+        _timeout_arg(parser)
+
+    create = action("create", "create a group with you as its admin",
+                    "Create group NAME with MEMBERs (their identities are pinned as for "
+                    "'contacts add': they must have logged in once). Each member gets the "
+                    "signed group.", "qsecret group create crew bob carol",
+                    run="run_group_create")
+    create.add_argument("name", metavar="NAME", help="the group's name")
+    create.add_argument("members", metavar="MEMBER", nargs="+", help="handles to add")
+    group_help = "the group: its name, or the start of its ID ('qsecret group list')"
+    members_help = "handles of members"
+    changes(create)
+    add = action("add", "add members (admins)", "Add MEMBERs to GROUP; they get the "
+                 "group's whole signed history of changes.", "qsecret group add crew dave",
+                 run="run_group_add")
+    add.add_argument("group", metavar="GROUP", help=group_help)
+    add.add_argument("members", metavar="MEMBER", nargs="+", help="handles to add")
+    changes(add)
+    remove = action("remove", "remove members (admins)", "Remove MEMBERs from GROUP. "
+                    "Every remaining member makes a new sender key at once, so they read "
+                    "nothing sent afterwards; they are told they were removed.",
+                    "qsecret group remove crew carol", run="run_group_remove")
+    remove.add_argument("group", metavar="GROUP", help=group_help)
+    remove.add_argument("members", metavar="MEMBER", nargs="+", help="handles to remove")
+    changes(remove)
+    leave = action("leave", "leave a group", "Leave GROUP (the last admin names another "
+                   "first, with 'group promote').", "qsecret group leave crew",
+                   run="run_group_leave")
+    leave.add_argument("group", metavar="GROUP", help=group_help)
+    changes(leave)
+    rename = action("rename", "rename a group (admins)", "Give GROUP a new NAME.",
+                    "qsecret group rename crew 'night shift'", run="run_group_rename")
+    rename.add_argument("group", metavar="GROUP", help=group_help)
+    rename.add_argument("name", metavar="NAME", help="its new name")
+    changes(rename)
+    for name, verb in (("promote", "make MEMBERs admins"),
+                       ("demote", "make MEMBERs admins no more")):
+        parser = action(name, f"{verb} (admins)", f"{verb[0].upper()}{verb[1:]} of GROUP (a "
+                        "group keeps at least one admin).", f"qsecret group {name} crew bob",
+                        run=f"run_group_{name}")
+        parser.add_argument("group", metavar="GROUP", help=group_help)
+        parser.add_argument("members", metavar="MEMBER", nargs="+", help=members_help)
+        changes(parser)
+    listing = action("list", "list your groups (no network)", "Every group in the local "
+                     "store: members (admins marked *), whether you were removed, and the "
+                     "bad input refused in it, counted by reason.", "qsecret group list",
+                     "qsecret group list --changes --json", run="run_group_list")
+    listing.add_argument("--json", action="store_true", help="JSON instead of text")
+    listing.add_argument("--changes", action="store_true",
+                         help="also every membership change, and those that had no effect")
+    group.set_defaults(func=lambda args: group.print_help() or 2)
 
 
 def _register_backups(subparsers: Subparsers) -> None:

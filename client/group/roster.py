@@ -278,6 +278,26 @@ class GroupLog:
         raise ChangeRefused(f"group change by {change.author!r} has a bad signature: "
                             "forged or damaged")
 
+    def export(self) -> list[bytes]:
+        """Every change in fold order, then those waiting for parents (see :meth:`restore`)."""
+        return [c.encode() for c in self.order()] + [c.encode() for c in self.pending.values()]
+
+    @classmethod
+    def restore(cls, encoded: list[bytes], counts: dict[str, int] | None = None) -> GroupLog:
+        """The log :meth:`export` gave (every signature is checked again)."""
+        changes = [Change.decode(data) for data in encoded]
+        log = cls(changes[0])
+        for change in changes[1:]:
+            try:
+                log.receive(change)
+            except ChangeRefused as exc:  # cannot happen to what passed before: say so
+                raise MalformedMessage(f"stored group log does not check: {exc}") from None
+        log.counts.update(counts or {})
+        return log
+
+    def ancestors(self, change_id: bytes) -> frozenset[bytes]:
+        return self._ancestors.get(change_id, frozenset())
+
     def heads(self) -> tuple[bytes, ...]:
         """The changes no other change names as a parent: what a new change builds on."""
         named = {p for c in self.changes.values() for p in c.parents}

@@ -72,6 +72,13 @@ def _step(chain_key: bytes) -> tuple[bytes, bytes]:
     return hmac.digest(chain_key, _MK, "sha256"), hmac.digest(chain_key, _CK, "sha256")
 
 
+def chain_key_at(chain_key: bytes, steps: int) -> bytes:
+    """The chain key ``steps`` messages further on (to give a member a chain from there)."""
+    for _ in range(steps):
+        chain_key = _step(chain_key)[1]
+    return chain_key
+
+
 def _seal_key(message_key: bytes) -> tuple[bytes, bytes]:
     out = hkdf_sha256(message_key, salt=None, info=MESSAGE_INFO, length=44)
     return out[:32], out[32:]

@@ -18,13 +18,21 @@ Refusals are exceptions with a reason (:class:`NotAMember`, :class:`RetiredSende
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from client.protocol.codec import Reader, Writer
 from client.protocol.errors import MalformedMessage, ProtocolError
 
 from .roster import Change, GroupLog, Op, Status
-from .sender_keys import OwnSenderKey, PeerSenderKey, SenderKeyRecord, parse_group_message
+from .sender_keys import (
+    OwnSenderKey,
+    PeerSenderKey,
+    SenderKeyRecord,
+    chain_key_at,
+    parse_group_message,
+)
 
 
 class NotAMember(ProtocolError):
@@ -77,7 +85,10 @@ class GroupSession:
         self.log = log
         self.own: OwnSenderKey | None = None
         self._previous_end = 0
-        self._holders: set[str] = set()  # members holding self.own's record
+        # member -> the iteration their copy of self.own's record starts at; and the chain
+        # key of iteration 0, so a record lost on the way can be sent again from there
+        self._sent_at: dict[str, int] = {}
+        self._origin = b""
         self._rotate = False
         self._removals_seen = len(self.log.roster.removed)
         self._peers: dict[str, _Peer] = {}
@@ -109,21 +120,62 @@ class GroupSession:
 
     # ---------------------------------------------------------------------- sending
 
-    def encrypt(self, plaintext: bytes, now: float | None = None) -> Outgoing:
+    @property
+    def rotation_due(self) -> bool:
+        """A removal or departure happened since this member's key was made."""
+        return self._rotate
+
+    def prepare(self, now: float | None = None) -> dict[str, Distribution]:
+        """Make a new sender key if one is due; the records members still lack.
+
+        Nothing is marked as held: the messenger sends each record through the pairwise
+        session, then calls :meth:`delivered` (so a crash in between resends, never skips).
+        """
         if self.me not in self.log.roster.members:
             raise NotAMember("you are not a member of this group any more")
         if self.own is None or self._rotate or self.own.due_for_rotation(now):
             generation = 1 if self.own is None else self.own.generation + 1
             self._previous_end = 0 if self.own is None else self.own.iteration
             self.own = OwnSenderKey.new(self.log.group_id, self.me, generation, now)
-            self._holders = set()
+            self._origin = self.own.chain_key
+            self._sent_at = {}
             self._rotate = False
-        others = tuple(m for m in self.log.roster.members if m != self.me)
         record = self.own.record()
-        due = {m: Distribution(record, self._previous_end) for m in others
-               if m not in self._holders}
-        self._holders.update(due)
-        return Outgoing(self.own.encrypt(plaintext), others, due)
+        return {m: Distribution(record, self._previous_end) for m in self.others()
+                if m not in self._sent_at}
+
+    def delivered(self, members: Iterable[str]) -> None:
+        """These members were sent the current key's record (it is durable in their outbox)."""
+        assert self.own is not None
+        for member in members:
+            self._sent_at.setdefault(member, self.own.iteration)
+
+    def resend(self, member: str) -> Distribution | None:
+        """The record ``member`` was sent, again, from the same iteration (it was lost: e.g.
+        the pairwise session it went on lost a tie to the member's own)."""
+        start = self._sent_at.get(member)
+        if self.own is None or start is None or member not in self.others():
+            return None
+        record = SenderKeyRecord(self.log.group_id, self.me, self.own.generation, start,
+                                 chain_key_at(self._origin, start), self.own.signing_public)
+        return Distribution(record, self._previous_end)
+
+    def others(self) -> tuple[str, ...]:
+        return tuple(m for m in self.log.roster.members if m != self.me)
+
+    def seal(self, plaintext: bytes, now: float | None = None) -> bytes:
+        """One group message under the current key (call :meth:`prepare` first)."""
+        if self.me not in self.log.roster.members:
+            raise NotAMember("you are not a member of this group any more")
+        if self.own is None or self._rotate or self.own.due_for_rotation(now):
+            raise ProtocolError("a new sender key is due: prepare() before sealing")
+        return self.own.encrypt(plaintext)
+
+    def encrypt(self, plaintext: bytes, now: float | None = None) -> Outgoing:
+        """prepare + delivered + seal in one step (when the records surely arrive)."""
+        due = self.prepare(now)
+        self.delivered(due)
+        return Outgoing(self.seal(plaintext, now), self.others(), due)
 
     # -------------------------------------------------------------------- receiving
 
@@ -173,3 +225,40 @@ class GroupSession:
         except ProtocolError:
             self.counts["bad"] += 1
             raise
+
+    # ------------------------------------------------------------------- persisting
+
+    def keys_to_dict(self) -> dict[str, Any]:
+        """Everything but the log (stored apart: it changes rarely, the keys every message)."""
+        return {
+            "own": None if self.own is None else self.own.to_dict(),
+            "previous_end": self._previous_end, "sent_at": dict(self._sent_at),
+            "origin": self._origin,
+            "rotate": self._rotate, "removals_seen": self._removals_seen,
+            "peers": {h: {"keys": {g: k.to_dict() for g, k in p.keys.items()},
+                          "ends": dict(p.ends)} for h, p in self._peers.items()},
+            "counts": dict(self.counts),
+        }
+
+    @classmethod
+    def restore(cls, me: str, log: GroupLog, keys: dict[str, Any] | None) -> GroupSession:
+        session = cls(me, log)
+        if not keys:
+            return session
+        own = keys["own"]
+        session.own = None if own is None else OwnSenderKey.from_dict(own)
+        session._previous_end = keys["previous_end"]
+        session._sent_at = dict(keys["sent_at"])
+        session._origin = keys["origin"]
+        session._rotate = keys["rotate"]
+        session._removals_seen = keys["removals_seen"]
+        session._peers = {h: _Peer({int(g): PeerSenderKey.from_dict(k)
+                                    for g, k in p["keys"].items()},
+                                   {int(g): e for g, e in p["ends"].items()})
+                          for h, p in keys["peers"].items()}
+        session.counts.update(keys["counts"])
+        return session
+
+    def has_key(self, sender: str, generation: int) -> bool:
+        peer = self._peers.get(sender)
+        return peer is not None and generation in peer.keys

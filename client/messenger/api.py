@@ -28,7 +28,7 @@ class Delivery(enum.Enum):
 
 
 class ConversationKind(enum.Enum):
-    """What a conversation is; only DIRECT exists today (groups and calls will join)."""
+    """What a conversation is: DIRECT and GROUP exist (a group's key is its ID, hex)."""
 
     DIRECT = "direct"
     GROUP = "group"
@@ -76,10 +76,14 @@ class MessageView:
     timestamp: float
     delivery: Delivery
     sources: str  # e.g. "QKD+ML-KEM-768+X25519", or a degraded label
-    mode: str = "ratchet"  # or "otp"
+    mode: str = "ratchet"  # or "otp"; "group" for a group message (sender key)
+    group_id: str = ""  # a group message: the group's ID (hex); ``peer`` is its sender
+    group: str = ""  # ... and the group's name
 
     @property
     def conversation(self) -> ConversationId:
+        if self.group_id:
+            return ConversationId(ConversationKind.GROUP, self.group_id)
         return ConversationId.direct(self.peer)
 
 
@@ -95,6 +99,39 @@ class ContactView:
     @property
     def conversation(self) -> ConversationId:
         return ConversationId.direct(self.handle)
+
+
+@dataclass(frozen=True)
+class GroupChangeView:
+    """One membership change as every member folded it (``effect`` "" when it took effect,
+    else why not: it lost a race with another admin's change)."""
+
+    change_id: str  # hex
+    op: str  # create, add, remove, leave, rename, promote, demote
+    author: str
+    handles: tuple[str, ...]  # who joined (create/add) or whom it concerned
+    name: str
+    at: float  # the author's clock (shown, never trusted)
+    effect: str = ""
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """A group as this member sees it (the roster every member folds to the same)."""
+
+    group_id: str  # hex
+    name: str
+    members: tuple[str, ...]  # in the order they joined
+    admins: tuple[str, ...]
+    status: str  # "member", "removed" (by an admin) or "left"
+    removed_by: str = ""  # the admin who removed this member
+    changes: tuple[GroupChangeView, ...] = ()
+    refused: dict[str, int] = field(default_factory=dict)  # refusal reason -> count
+    sender_key_generation: int = 0  # this member's current sender key
+
+    @property
+    def conversation(self) -> ConversationId:
+        return ConversationId(ConversationKind.GROUP, self.group_id)
 
 
 @dataclass(frozen=True)
@@ -164,6 +201,15 @@ class Event:
 @dataclass(frozen=True)
 class MessageEvent(Event):
     message: MessageView
+
+
+@dataclass(frozen=True)
+class GroupEvent(Event):
+    """A group's membership changed (or this member joined, or was removed): ``note`` says
+    what happened in one line, e.g. "alice removed carol"."""
+
+    group: GroupView
+    note: str
 
 
 @dataclass(frozen=True)
@@ -348,6 +394,18 @@ class Messenger(Protocol):
     async def rekey_call(self, call_id: str | None = None) -> CallView: ...
     def call_view(self, call_id: str) -> CallView: ...
     def live_call(self) -> CallView | None: ...
+    # Groups: GROUP is a name or the start of an ID; GroupEvent reports every change,
+    # MessageEvent a group message (MessageView.group_id set, ``peer`` its sender).
+    async def create_group(self, name: str, members: list[str]) -> GroupView: ...
+    async def add_to_group(self, group: str, members: list[str]) -> GroupView: ...
+    async def remove_from_group(self, group: str, members: list[str]) -> GroupView: ...
+    async def leave_group(self, group: str) -> GroupView: ...
+    async def rename_group(self, group: str, name: str) -> GroupView: ...
+    async def set_group_admin(self, group: str, members: list[str],
+                              admin: bool) -> GroupView: ...
+    def group_list(self) -> list[GroupView]: ...
+    def group_history(self, group: str, limit: int = 500) -> list[MessageView]: ...
+    async def send_group(self, group: str, text: str, *, wait: bool = True) -> MessageView: ...
 
 
 class ProfileGate(Protocol):

@@ -51,6 +51,8 @@ def kept_in_history(plaintext: bytes) -> bool:
         body = payloads.decode(plaintext)
     except payloads.PayloadError:
         return True  # stored as it came; the views skip it
+    if isinstance(body, payloads.SenderKey):
+        return False  # a chain key: kept in the group's key state only, erased as it moves
     if not isinstance(body, payloads.CallPayload):
         return True
     try:

@@ -65,12 +65,14 @@ Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any] | None"]
 class Inbox:
     def __init__(self, sessions: Sessions, relay: Acker, replies: Replies,
                  on_transfer: TransferHandler, emit: Callable[[Event], None],
-                 spawn: Spawn | None = None, on_call: CallHandler | None = None) -> None:
+                 spawn: Spawn | None = None, on_call: CallHandler | None = None,
+                 on_new_session: Callable[[ConversationId], None] | None = None) -> None:
         self._sessions = sessions
         self._relay = relay
         self._replies = replies
         self._on_transfer = on_transfer
         self._on_call = on_call
+        self._on_new_session = on_new_session  # e.g. groups send their sender keys again
         self._emit = emit
         self._spawn = spawn
         self._held: dict[int, Deliver] = {}  # relay seq -> a delivery waiting for its keys
@@ -109,6 +111,8 @@ class Inbox:
             return
         if opened.new_session:
             self._emit(ContactEvent(self._replies.contact_view(conversation)))
+            if self._on_new_session is not None:
+                self._on_new_session(conversation)
         await self._announce(conversation, opened.messages)
         for body in opened.resend:
             await self._replies.send_quietly(conversation, body)

@@ -98,8 +98,39 @@ class CallPayload(_Envelope):
                              **({"secret": self.secret} if self.secret else {})})
 
 
-Payload = Text | Receipt | TransferMessage | CallPayload
-KINDS = (Text.kind, Receipt.kind, TransferMessage.kind, CallPayload.kind)
+@dataclass(frozen=True, repr=False)
+class GroupChanges(_Envelope):
+    """Signed membership changes of one group (client.group.roster.Change, encoded): a new
+    change for every member, or a group's whole log for a member just added."""
+
+    kind: ClassVar[str] = "group_changes"
+    group: bytes = b""
+    changes: tuple[bytes, ...] = ()
+
+    def encode(self) -> bytes:
+        return self._encode({"group": self.group, "changes": list(self.changes)})
+
+
+@dataclass(frozen=True, repr=False)
+class SenderKey(_Envelope):
+    """A member's sender-key record for a group (client.group.session.Distribution,
+    encoded): rides on the pairwise session's keys, never kept in the history."""
+
+    kind: ClassVar[str] = "sender_key"
+    data: bytes = b""
+
+    def encode(self) -> bytes:
+        return self._encode({"data": self.data})
+
+
+Payload = Text | Receipt | TransferMessage | CallPayload | GroupChanges | SenderKey
+GroupPayload = GroupChanges | SenderKey
+KINDS = (Text.kind, Receipt.kind, TransferMessage.kind, CallPayload.kind, GroupChanges.kind,
+         SenderKey.kind)
+GROUP_ID_BYTES = 16
+# A relay envelope is at most 64 KiB: the changes of one payload stay well under it.
+MAX_GROUP_CHANGES_BYTES = 48_000
+MAX_SENDER_KEY_BYTES = 512
 
 
 def text(message: str) -> Text:
@@ -129,6 +160,20 @@ def call(data: bytes, secret: bytes = b"") -> CallPayload:
     return CallPayload(_new_id(), time.time(), data=data, secret=secret)
 
 
+def group_changes(group: bytes, changes: list[bytes]) -> GroupChanges:
+    if len(group) != GROUP_ID_BYTES:
+        raise PayloadError("a group ID is 16 bytes")
+    if sum(map(len, changes)) > MAX_GROUP_CHANGES_BYTES:
+        raise PayloadError(f"group changes over {MAX_GROUP_CHANGES_BYTES} bytes in one payload")
+    return GroupChanges(_new_id(), time.time(), group=group, changes=tuple(changes))
+
+
+def sender_key(data: bytes) -> SenderKey:
+    if len(data) > MAX_SENDER_KEY_BYTES:
+        raise PayloadError(f"sender key record over {MAX_SENDER_KEY_BYTES} bytes")
+    return SenderKey(_new_id(), time.time(), data=data)
+
+
 def decode(data: bytes) -> Payload:
     try:
         body = cbor2.loads(data)
@@ -145,6 +190,13 @@ def decode(data: bytes) -> Payload:
         return _decode_transfer(body, pid, float(ts))
     if kind == CallPayload.kind:
         return _decode_call(body, pid, float(ts))
+    if kind == GroupChanges.kind:
+        return _decode_group_changes(body, pid, float(ts))
+    if kind == SenderKey.kind:
+        blob = body.get("data")
+        if not isinstance(blob, bytes) or len(blob) > MAX_SENDER_KEY_BYTES:
+            raise PayloadError("sender key payload has no valid data")
+        return SenderKey(pid, float(ts), data=blob)
     return _decode_receipt(body, pid, float(ts))
 
 
@@ -180,3 +232,14 @@ def _decode_receipt(body: dict[Any, Any], pid: str, ts: float) -> Receipt:
     ):
         raise PayloadError("receipt payload is malformed")
     return Receipt(pid, ts, state=state, ids=tuple(ids))
+
+
+def _decode_group_changes(body: dict[Any, Any], pid: str, ts: float) -> GroupChanges:
+    group, changes = body.get("group"), body.get("changes")
+    if not isinstance(group, bytes) or len(group) != GROUP_ID_BYTES:
+        raise PayloadError("group changes payload has no valid group ID")
+    if not isinstance(changes, list) or not changes or not all(
+            isinstance(c, bytes) for c in changes) or sum(map(len, changes)) > \
+            MAX_GROUP_CHANGES_BYTES:
+        raise PayloadError("group changes payload has no valid changes")
+    return GroupChanges(pid, ts, group=group, changes=tuple(changes))

@@ -288,6 +288,14 @@ class RelayLink:
         with contextlib.suppress(websockets.WebSocketException, OSError):
             await self._flush()
 
+    async def send_group(self, to: tuple[str, ...], body: bytes, msg_id: str) -> None:
+        """One envelope for several recipients (a group message), uploaded once."""
+        if self._conn is None:
+            raise RelayError("not connected to the relay yet")
+        self._conn.send_group(to, body, msg_id=msg_id)
+        with contextlib.suppress(websockets.WebSocketException, OSError):
+            await self._flush()
+
     async def ack(self, seqs: list[int]) -> None:
         if self._conn is not None and seqs:
             self._conn.ack(seqs)

@@ -37,6 +37,7 @@ from relay.wire import (
     Event,
     PrekeysLow,
     Stored,
+    StoredGroup,
     StreamClose,
 )
 
@@ -51,6 +52,7 @@ from .api import (
     ConversationId,
     Delivery,
     ErrorEvent,
+    GroupView,
     KeyStatus,
     KeyStatusEvent,
     MessageView,
@@ -63,6 +65,7 @@ from .api import (
 )
 from .calls import CallManager, Sink, Source
 from .contacts import Contacts
+from .groups import Groups, is_group_envelope
 from .history import History
 from .inbox import Inbox
 from .key_status import KeyStatusTracker
@@ -130,8 +133,11 @@ class MessengerService:
             store, self.relay, self.qkd, self, self._emit)
         self.calls = CallManager(self.relay, self.qkd, self, self._emit, self.policy,
                                  spawn=self._life.spawn)
-        self._inbox = Inbox(self._sessions, self.relay, self, self.files.on_payload,
-                            self._emit, spawn=self._life.spawn, on_call=self.calls.on_payload)
+        self.groups = Groups(store, identity, handle, self, self.relay, self._emit,
+                             spawn=self._life.spawn)
+        self._inbox = Inbox(self._sessions, self.relay, self, self._on_payload,
+                            self._emit, spawn=self._life.spawn, on_call=self.calls.on_payload,
+                            on_new_session=self.groups.on_new_session)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -162,6 +168,7 @@ class MessengerService:
         self._life.stopping = True
         await self.calls.close()  # live calls hang up while the outbox can still say so
         self._outbox.stop()
+        self.groups.stop()
         await self.relay.close()
         await self._life.cancel_tasks()  # relay read loop, login work, key status
         await self.files.close()  # transfer tasks end; their positions are saved
@@ -208,6 +215,7 @@ class MessengerService:
                         f"{left} message(s) still at the relay: none arrived within "
                         f"{stall_timeout:.0f}s (they stay queued for the next login)"
                     ) from None
+        await self.groups.settle()  # changes just received: forwarded, new keys sent
 
     # -- relay callbacks ---------------------------------------------------------------
 
@@ -252,6 +260,7 @@ class MessengerService:
                 self._emit(ErrorEvent(exc))
             try:
                 await self._outbox.resend_all()
+                await self.groups.resend_all()
             except RelayError as exc:  # the connection dropped again: the next login resends
                 log.info("outbox not resent: %s", exc)
             self.files.on_ready()
@@ -268,14 +277,20 @@ class MessengerService:
             self.calls.on_stream_closed(bytes.fromhex(event.stream))
         elif isinstance(event, Deliver):
             try:
-                await self._inbox.receive(event)
+                if is_group_envelope(event.body):
+                    await self.groups.receive(event)
+                else:
+                    await self._inbox.receive(event)
             finally:
                 self._handled += 1
                 self._progress.set()
         elif isinstance(event, Stored):
             self._outbox.on_stored(event.msg)
+        elif isinstance(event, StoredGroup):
+            self.groups.on_stored(event)
         elif isinstance(event, Error):
             if (not self.calls.on_error(event) and not self.files.on_error(event)
+                    and not self.groups.on_error(event)
                     and not self._outbox.on_refused(event)):
                 self._refused(event)
         elif isinstance(event, PrekeysLow):
@@ -301,6 +316,22 @@ class MessengerService:
         """A receipt or a resend: goes when it can, never raises."""
         with contextlib.suppress(MessengerError):
             await self._outbox.send(conversation, body, wait=False, timeout=SEND_TIMEOUT_S)
+
+    async def _on_payload(self, conversation: ConversationId,
+                          body: payloads.Payload) -> None:
+        """A payload that is neither a text, a receipt nor a call: a group's change or
+        sender key (with the keys it rode on), else a file transfer's."""
+        if isinstance(body, payloads.GroupChanges | payloads.SenderKey):
+            session = self.store.load_session(conversation.peer)
+            label = session.status().receiving if session is not None else "?"
+            await self.groups.on_payload(conversation, body, label)
+        elif isinstance(body, payloads.TransferMessage):
+            await self.files.on_payload(conversation, body)
+
+    async def send_pairwise(self, conversation: ConversationId, body: payloads.Payload,
+                            *, wait: bool) -> None:
+        """A group's change or sender key, through the pairwise session (groups.Pairwise)."""
+        await self._outbox.send(conversation, body, wait=wait, timeout=SEND_TIMEOUT_S)
 
     def contact_view(self, conversation: ConversationId) -> ContactView:
         return self._contacts.view(conversation)
@@ -404,6 +435,46 @@ class MessengerService:
         if not self._sessions.exists(conversation):
             await self._add_contact(peer)
         return conversation, body
+
+    # -- groups ------------------------------------------------------------------------
+
+    async def create_group(self, name: str, members: list[str]) -> GroupView:
+        async with self._life.operation():
+            return await self.groups.create(name, members)
+
+    async def add_to_group(self, group: str, members: list[str]) -> GroupView:
+        async with self._life.operation():
+            return await self.groups.add(group, members)
+
+    async def remove_from_group(self, group: str, members: list[str]) -> GroupView:
+        async with self._life.operation():
+            return await self.groups.remove(group, members)
+
+    async def leave_group(self, group: str) -> GroupView:
+        async with self._life.operation():
+            return await self.groups.leave(group)
+
+    async def rename_group(self, group: str, name: str) -> GroupView:
+        async with self._life.operation():
+            return await self.groups.rename(group, name)
+
+    async def set_group_admin(self, group: str, members: list[str], admin: bool) -> GroupView:
+        async with self._life.operation():
+            return await self.groups.set_admin(group, members, admin)
+
+    def group_list(self) -> list[GroupView]:
+        self._life.check()
+        return self.groups.list()
+
+    def group_history(self, group: str, limit: int = 500) -> list[MessageView]:
+        self._life.check()
+        return self.groups.history(group, limit)
+
+    async def send_group(self, group: str, text: str, *, wait: bool = True) -> MessageView:
+        """Seal once with this member's sender key, upload once for every member; with
+        ``wait``, return once the relay holds every copy."""
+        async with self._life.operation():
+            return await self.groups.send(group, text, wait=wait)
 
     # -- file transfers ----------------------------------------------------------------
 

@@ -246,7 +246,11 @@ class StoreReport:
 
 def damaged_rows(db: sqlite3.Connection, sealer: Sealer) -> list[Damage]:
     out = []
+    present = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = "
+                                              "'table'")}
     for table, context in SEALED_TABLES.items():
+        if table not in present:  # a file of an older schema version (read, not migrated)
+            continue
         key = {"secrets": "name", "contacts": "peer", "sessions": "peer"}.get(table, "rowid")
         for row_id, name, blob in db.execute(f"SELECT rowid, {key}, sealed FROM {table} "
                                              "ORDER BY rowid"):
@@ -298,8 +302,10 @@ def _inspect_into(report: StoreReport, db: sqlite3.Connection, passphrase: str,
             report.fatal = f"{path}: the profile store was never initialised"
             return
         report.rows = damaged_rows(db, sealer)
+        present = {name for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
         report.counts = {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                         for table in SEALED_TABLES}
+                         for table in SEALED_TABLES if table in present}
     except WrongPassphrase as exc:
         report.fatal, report.wrong_passphrase = str(exc), True
     except (StoreError, SchemaError) as exc:

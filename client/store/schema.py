@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from keysource.sqlite_schema import Schema
+from keysource.sqlite_schema import Migration, Schema
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -31,13 +31,28 @@ def _mirror_version(db: sqlite3.Connection, version: int) -> None:
     db.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (str(version).encode(),))
 
 
+# Version 2: groups (issue 18). ``groups`` holds each group's signed membership log,
+# ``group_keys`` this member's and the others' sender keys (rewritten with every group
+# message, so apart from the log), ``group_outbox`` group messages not yet confirmed by the
+# relay (one upload for all recipients). A group's history rows and received IDs live in
+# ``history``/``received`` under the keyed name of ``group:<hex ID>``.
+GROUPS_V2 = """
+CREATE TABLE groups (id TEXT PRIMARY KEY, sealed BLOB NOT NULL, updated REAL NOT NULL);
+CREATE TABLE group_keys (id TEXT PRIMARY KEY, sealed BLOB NOT NULL, updated REAL NOT NULL);
+CREATE TABLE group_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, grp TEXT NOT NULL,
+                           message_id TEXT NOT NULL UNIQUE, sealed BLOB NOT NULL,
+                           created REAL NOT NULL);
+"""
+
 # Version 1 is the schema above (files from before versions were recorded hold it); later
 # changes are appended to ``migrations`` (see keysource.sqlite_schema).
 STORE_SCHEMA = Schema(
     kind="profile store",
     baseline=SCHEMA,
     marker_tables=frozenset({"secrets", "contacts", "sessions", "history"}),
-    migrations=(),
+    migrations=(
+        Migration(2, "groups: membership logs, sender keys, group outbox", sql=GROUPS_V2),
+    ),
     mirror=_mirror_version,
 )
 SCHEMA_VERSION = STORE_SCHEMA.version
@@ -46,4 +61,5 @@ SCHEMA_VERSION = STORE_SCHEMA.version
 SEALED_TABLES: dict[str, str | None] = {
     "secrets": None, "contacts": "contact", "sessions": "session", "outbox": "outbox",
     "history": "history", "transfers": "transfer",
+    "groups": "group", "group_keys": "group_keys", "group_outbox": "group_outbox",
 }

@@ -8,6 +8,9 @@ What is kept (all values sealed, row names keyed-hashed):
     outbox          sealed wire messages not yet acknowledged by the transport
     history         decrypted and sent messages
     received        ids of messages already processed (de-duplication, persisted)
+    groups          each group's signed membership log (schema version 2)
+    group_keys      each group's sender keys: this member's chain and the others'
+    group_outbox    group messages (one upload for every member) not yet acknowledged
 
 Crash safety of sending: ``commit_outgoing`` writes the new session state, the
 outbox entry and the history line in ONE transaction, and only then may the
@@ -61,10 +64,15 @@ from .sealed import (
     unlock_tag,
 )
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "STORE_SCHEMA", "Contact", "HistoryEntry", "OutboxEntry",
-           "Store", "default_path"]
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "STORE_SCHEMA", "Contact", "GroupOutboxEntry",
+           "HistoryEntry", "OutboxEntry", "Store", "default_path", "group_key"]
 
 log = logging.getLogger("qsecret.store")
+
+
+def group_key(group_id: bytes) -> str:
+    """The name a group's rows go under in ``history`` and ``received``."""
+    return "group:" + group_id.hex()
 
 
 def default_path() -> Path:
@@ -81,12 +89,22 @@ class OutboxEntry:
 
 
 @dataclass(frozen=True)
+class GroupOutboxEntry:
+    id: int
+    group_id: bytes
+    message_id: str
+    recipients: tuple[str, ...]
+    wire: bytes
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
     direction: str  # "in" or "out"
     message_id: str
     plaintext: bytes
     label: str
     created: float
+    sender: str = ""  # a group message's sender ("" in a direct conversation)
 
     def __repr__(self) -> str:  # never print plaintext
         return f"HistoryEntry({self.direction}, {self.message_id!r}, bytes={len(self.plaintext)})"
@@ -414,14 +432,101 @@ class Store:
         return True
 
     def _history(self, db: sqlite3.Connection, peer: str, direction: str, message_id: str,
-                 plaintext: bytes, label: str) -> None:
+                 plaintext: bytes, label: str, sender: str = "") -> None:
         now = time.time()
+        row = [direction, message_id, plaintext, label, now] + ([sender] if sender else [])
         db.execute("INSERT INTO history (peer, sealed, created) VALUES (?, ?, ?)", (
-            self._sealer.name(peer),
-            self._sealer.seal("history", cbor2.dumps([direction, message_id, plaintext, label,
-                                                       now])),
-            now,
+            self._sealer.name(peer), self._sealer.seal("history", cbor2.dumps(row)), now,
         ))
+
+    # -- groups (schema version 2) ----------------------------------------------------
+
+    def _group_rows(self, db: sqlite3.Connection, group_id: bytes,
+                    log: dict[str, Any] | None, keys: dict[str, Any]) -> None:
+        name, now = self._sealer.name(group_key(group_id)), time.time()
+        if log is not None:
+            db.execute("INSERT OR REPLACE INTO groups VALUES (?, ?, ?)", (
+                name, self._sealer.seal("group", cbor2.dumps([group_id, log])), now))
+        db.execute("INSERT OR REPLACE INTO group_keys VALUES (?, ?, ?)", (
+            name, self._sealer.seal("group_keys", cbor2.dumps([group_id, keys])), now))
+
+    def save_group(self, group_id: bytes, log: dict[str, Any] | None,
+                   keys: dict[str, Any]) -> None:
+        """A group's membership log (None: unchanged) and its sender keys, together."""
+        with self.transaction() as db:
+            self._group_rows(db, group_id, log, keys)
+
+    def load_group(self, group_id: bytes) -> tuple[dict[str, Any] | None, dict[str, Any]] | None:
+        """(log, keys) of a group; log None for a group known only by parked records."""
+        name = self._sealer.name(group_key(group_id))
+        keys = self._rows("SELECT sealed FROM group_keys WHERE id = ?", (name,))
+        if not keys:
+            return None
+        stored_id, key_state = cbor2.loads(self._open_row("group_keys", group_id.hex(),
+                                                          "group_keys", keys[0][0]))
+        logs = self._rows("SELECT sealed FROM groups WHERE id = ?", (name,))
+        log_state = None
+        if logs:
+            log_id, log_state = cbor2.loads(self._open_row("groups", group_id.hex(), "group",
+                                                           logs[0][0]))
+            if log_id != group_id:
+                raise CorruptStore(f"group row {group_id.hex()} holds another group")
+        if stored_id != group_id:
+            raise CorruptStore(f"group key row {group_id.hex()} holds another group")
+        return log_state, key_state
+
+    def group_ids(self) -> list[bytes]:
+        """Every group with a row, most recently changed first (damaged rows skipped)."""
+        rows = self._rows("SELECT rowid, sealed FROM group_keys ORDER BY updated DESC")
+        return [cbor2.loads(blob)[0] for blob in self._readable("group_keys", "group_keys",
+                                                                 rows)]
+
+    def commit_group_outgoing(self, group_id: bytes, keys: dict[str, Any], message_id: str,
+                              recipients: tuple[str, ...], wire: bytes,
+                              plaintext: bytes, label: str) -> int:
+        """The advanced sender key, the group outbox entry and the history row at once
+        (before the wire may leave); returns the id for :meth:`mark_group_sent`."""
+        with self.transaction() as db:
+            self._group_rows(db, group_id, None, keys)
+            cursor = db.execute(
+                "INSERT INTO group_outbox (grp, message_id, sealed, created) VALUES (?, ?, ?, ?)",
+                (self._sealer.name(group_key(group_id)), message_id,
+                 self._sealer.seal("group_outbox", cbor2.dumps(
+                     [group_id, list(recipients), wire])), time.time()))
+            self._history(db, group_key(group_id), "out", message_id, plaintext, label)
+        return int(cursor.lastrowid or 0)
+
+    def group_outbox(self) -> list[GroupOutboxEntry]:
+        out, bad = [], []
+        for row_id, message_id, sealed in self._rows(
+                "SELECT id, message_id, sealed FROM group_outbox ORDER BY id"):
+            try:
+                group_id, recipients, wire = cbor2.loads(self._sealer.open("group_outbox", sealed))
+            except CorruptStore:
+                bad.append(row_id)
+                continue
+            out.append(GroupOutboxEntry(row_id, group_id, message_id, tuple(recipients), wire))
+        self._skipped("group_outbox", bad)
+        return out
+
+    def mark_group_sent(self, outbox_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM group_outbox WHERE id = ?", (outbox_id,))
+
+    def commit_group_incoming(self, group_id: bytes, keys: dict[str, Any], message_id: str,
+                              sender: str, plaintext: bytes, label: str) -> bool:
+        """Record a group message as processed, the advanced sender key and the plaintext at
+        once; False (nothing stored) when ``message_id`` was processed before."""
+        key = group_key(group_id)
+        with self.transaction() as db:
+            try:
+                db.execute("INSERT INTO received VALUES (?, ?)", (self._sealer.name(key),
+                                                                  message_id))
+            except sqlite3.IntegrityError:
+                return False
+            self._group_rows(db, group_id, None, keys)
+            self._history(db, key, "in", message_id, plaintext, label, sender)
+        return True
 
     # -- file transfers ---------------------------------------------------------------
 
