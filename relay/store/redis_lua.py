@@ -56,12 +56,43 @@ local function over(command, key, head, list)
 end
 
 -- Lower the counters of hash `key` by `changes` (field -> amount); fields at zero go.
+-- One read and at most two writes, however many fields: a write inside a function costs
+-- Redis about three times a read (it is also appended to the AOF).
 local function shrink_all(key, changes)
-  local gone = {}
-  for field, by in pairs(changes) do
-    if by ~= 0 and redis.call('HINCRBY', key, field, -by) <= 0 then gone[#gone + 1] = field end
+  local fields = {}
+  for field in pairs(changes) do fields[#fields + 1] = field end
+  local held = redis.call('HMGET', key, unpack(fields))
+  local left, gone = {}, {}
+  for i, field in ipairs(fields) do
+    local value = num(held[i]) - changes[field]
+    if value > 0 then
+      left[#left + 1] = field
+      left[#left + 1] = value
+    else
+      gone[#gone + 1] = field
+    end
   end
+  if #left > 0 then redis.call('HSET', key, unpack(left)) end
   if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
+end
+
+-- The expiry index P.exp (R\0seq scored by ts) gets one ZADD and one ZREM per call
+-- (`call` below flushes them; `expire` first), not one each per envelope.
+local index_add, index_drop = {}, {}
+
+local function flush_index()
+  for P, list in pairs(index_add) do over('ZADD', P .. 'exp', {}, list) end
+  for P, list in pairs(index_drop) do over('ZREM', P .. 'exp', {}, list) end
+  index_add, index_drop = {}, {}
+end
+
+local function index_later(into, P, ...)
+  local list = into[P]
+  if not list then
+    list = {}
+    into[P] = list
+  end
+  for _, v in ipairs({...}) do list[#list + 1] = v end
 end
 
 -- The P.total hash (n queued envelopes, b bytes held, sp spooled bytes) is read once and
@@ -103,9 +134,10 @@ end
 -- when it failed half-way: what it wrote stays written, so its counts must too).
 local function call(fn)
   return function(keys, a)
-    ledgers = {}
+    ledgers, index_add, index_drop = {}, {}, {}
     local ok, res = pcall(fn, keys, a)
     settle_totals()
+    flush_index()
     if not ok then error(res, 0) end
     return res
   end
@@ -184,11 +216,9 @@ local function enqueue(keys, a)
     id = redis.call('XADD', q, '*', 'q', seq, 's', sender, 'm', msg, 'b', body, 't', ts)
   end
   redis.call('HSET', P .. 'ix:' .. rcpt, seq, id .. ' ' .. size .. ' ' .. sender)
-  redis.call('HINCRBY', qs, 'n', 1)
-  redis.call('HINCRBY', qs, 'b', size)
-  redis.call('HINCRBY', qs, 'n:' .. sender, 1)
-  redis.call('HINCRBY', qs, 'b:' .. sender, size)
-  redis.call('ZADD', P .. 'exp', ts, rcpt .. '\0' .. seq)
+  redis.call('HSET', qs, 'n', num(held[1]) + 1, 'b', num(held[2]) + size,
+             'n:' .. sender, num(held[3]) + 1, 'b:' .. sender, num(held[4]) + size)
+  index_later(index_add, P, ts, rcpt .. '\0' .. seq)
   total_add(P, 'b', size)
   total_add(P, 'n', 1)
   announce(P, rcpt, me, function()
@@ -228,7 +258,7 @@ local function unqueue(P, rcpt, seqs)
   over('XACK', q, {'relay'}, ids)
   over('XDEL', q, {}, ids)
   over('HDEL', ix, {}, found)
-  over('ZREM', P .. 'exp', {}, members)
+  for _, member in ipairs(members) do index_later(index_drop, P, member) end
   shrink_all(P .. 'qs:' .. rcpt, changes)
   total_add(P, 'n', -changes.n)
   total_add(P, 'b', -changes.b)
@@ -278,6 +308,7 @@ end
 
 local function expire(keys, a)
   local P, cutoff, scan = a[1], a[2], tonumber(a[3])
+  flush_index()  -- the envelopes queued earlier in this call
   local gone = redis.call('ZRANGEBYSCORE', P .. 'exp', '-inf', '(' .. cutoff, 'LIMIT', 0, scan)
   local by_rcpt, order = {}, {}
   for _, member in ipairs(gone) do
