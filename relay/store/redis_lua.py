@@ -26,6 +26,15 @@ Key layout (P is the prefix, R a recipient handle, F a file-stream frame id = th
   P.on:R           set of the relays (consumer names) that have a session of R right now
   P.live:C         set of the handles relay C has put in P.on:* (reset when C starts again)
 
+Cost: a write command inside a function costs Redis about three times a read (it is also
+appended to the AOF, MULTI/EXEC-wrapped) and each call that writes costs one fsync under
+`appendfsync always`. So the functions keep writes per envelope few: counters are read with
+HMGET and written back with one HSET/HDEL, P.total is read once and written once per call
+(`ledger`), the P.exp index gets one ZADD and one ZREM per call (`index_later`), an ack is
+one XACK, XDEL and HDEL for all its seqs; de-dup is SET NX (EXISTS only on a refusal, so a
+resend of a stored envelope is still a duplicate, not a quota refusal). About 10 commands
+per envelope sent and acked (28 before), same keys and fields as before (no migration).
+
 Wake-ups: a write that queues something for R (an envelope, a spooled file frame) publishes
 on P.wake:R, in the same atomic step, when a relay other than the writer's holds a session
 of R. The message is one kind byte, the writer's name (a relay ignores its own: it delivered
