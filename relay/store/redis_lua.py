@@ -26,6 +26,15 @@ Key layout (P is the prefix, R a recipient handle, F a file-stream frame id = th
   P.on:R           set of the relays (consumer names) that have a session of R right now
   P.live:C         set of the handles relay C has put in P.on:* (reset when C starts again)
 
+Cost: a write command inside a function costs Redis about three times a read (it is also
+appended to the AOF, MULTI/EXEC-wrapped) and each call that writes costs one fsync under
+`appendfsync always`. So the functions keep writes per envelope few: counters are read with
+HMGET and written back with one HSET/HDEL, P.total is read once and written once per call
+(`ledger`), the P.exp index gets one ZADD and one ZREM per call (`index_later`), an ack is
+one XACK, XDEL and HDEL for all its seqs; de-dup is SET NX (EXISTS only on a refusal, so a
+resend of a stored envelope is still a duplicate, not a quota refusal). About 10 commands
+per envelope sent and acked (28 before), same keys and fields as before (no migration).
+
 Wake-ups: a write that queues something for R (an envelope, a spooled file frame) publishes
 on P.wake:R, in the same atomic step, when a relay other than the writer's holds a session
 of R. The message is one kind byte, the writer's name (a relay ignores its own: it delivered
@@ -43,6 +52,104 @@ local function num(v) if v then return tonumber(v) or 0 end return 0 end
 local function shrink(key, field, by)
   local left = redis.call('HINCRBY', key, field, -by)
   if left <= 0 then redis.call('HDEL', key, field) end
+end
+
+-- One command over a list of arguments of any length (Lua's unpack has a stack limit).
+local function over(command, key, head, list)
+  for first = 1, #list, 1000 do
+    local args = {key}
+    for _, v in ipairs(head) do args[#args + 1] = v end
+    for i = first, math.min(first + 999, #list) do args[#args + 1] = list[i] end
+    redis.call(command, unpack(args))
+  end
+end
+
+-- Lower the counters of hash `key` by `changes` (field -> amount); fields at zero go.
+-- One read and at most two writes, however many fields: a write inside a function costs
+-- Redis about three times a read (it is also appended to the AOF).
+local function shrink_all(key, changes)
+  local fields = {}
+  for field in pairs(changes) do fields[#fields + 1] = field end
+  local held = redis.call('HMGET', key, unpack(fields))
+  local left, gone = {}, {}
+  for i, field in ipairs(fields) do
+    local value = num(held[i]) - changes[field]
+    if value > 0 then
+      left[#left + 1] = field
+      left[#left + 1] = value
+    else
+      gone[#gone + 1] = field
+    end
+  end
+  if #left > 0 then redis.call('HSET', key, unpack(left)) end
+  if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
+end
+
+-- The expiry index P.exp (R\0seq scored by ts) gets one ZADD and one ZREM per call
+-- (`call` below flushes them; `expire` first), not one each per envelope.
+local index_add, index_drop = {}, {}
+
+local function flush_index()
+  for P, list in pairs(index_add) do over('ZADD', P .. 'exp', {}, list) end
+  for P, list in pairs(index_drop) do over('ZREM', P .. 'exp', {}, list) end
+  index_add, index_drop = {}, {}
+end
+
+local function index_later(into, P, ...)
+  local list = into[P]
+  if not list then
+    list = {}
+    into[P] = list
+  end
+  for _, v in ipairs({...}) do list[#list + 1] = v end
+end
+
+-- The P.total hash (n queued envelopes, b bytes held, sp spooled bytes) is read once and
+-- written once per call, however many operations of the call change it: the call is
+-- atomic anyway, and those were three commands per envelope. `ledgers` is reset by
+-- `call` (below), which wraps every registered function.
+local ledgers = {}
+
+local function ledger(P)
+  local l = ledgers[P]
+  if not l then
+    local t = redis.call('HMGET', P .. 'total', 'n', 'b', 'sp')
+    l = {base = {n = num(t[1]), b = num(t[2]), sp = num(t[3])}, delta = {n = 0, b = 0, sp = 0}}
+    ledgers[P] = l
+  end
+  return l
+end
+
+local function total_of(P, field)
+  local l = ledger(P)
+  return l.base[field] + l.delta[field]
+end
+
+local function total_add(P, field, by)
+  local l = ledger(P)
+  l.delta[field] = l.delta[field] + by
+end
+
+local function settle_totals()
+  for P, l in pairs(ledgers) do
+    for field, by in pairs(l.delta) do
+      if by ~= 0 then redis.call('HINCRBY', P .. 'total', field, by) end
+    end
+  end
+  ledgers = {}
+end
+
+-- A registered function: its operation, then the totals it changed written back (also
+-- when it failed half-way: what it wrote stays written, so its counts must too).
+local function call(fn)
+  return function(keys, a)
+    ledgers, index_add, index_drop = {}, {}, {}
+    local ok, res = pcall(fn, keys, a)
+    settle_totals()
+    flush_index()
+    if not ok then error(res, 0) end
+    return res
+  end
 end
 
 -- Tell the other relays holding a session of `rcpt` that something is queued for it.
@@ -93,66 +200,85 @@ local function enqueue(keys, a)
     tonumber(a[9]), tonumber(a[10]), tonumber(a[11]), tonumber(a[12]), tonumber(a[13]), a[14]
   if redis.call('HEXISTS', P .. 'h', rcpt) == 0 then return {'unknown_recipient'} end
   local dk = P .. 'd:' .. sender .. '\0' .. msg
-  if redis.call('EXISTS', dk) == 1 then return {'duplicate'} end
   local qs = P .. 'qs:' .. rcpt
   local size = #body
   local held = redis.call('HMGET', qs, 'n', 'b', 'n:' .. sender, 'b:' .. sender)
+  local refused = nil
   if num(held[1]) + 1 > quota or num(held[2]) + size > quota_bytes then
-    return {'quota_exceeded'}
+    refused = 'quota_exceeded'
+  elseif num(held[3]) + 1 > share or num(held[4]) + size > share_bytes then
+    refused = 'share_exceeded'
+  elseif cap > 0 and total_of(P, 'b') + size > cap then
+    refused = 'store_full'
   end
-  if num(held[3]) + 1 > share or num(held[4]) + size > share_bytes then
-    return {'share_exceeded'}
+  -- A resent envelope that is stored already is a duplicate, even when a limit is hit now.
+  if refused then
+    if redis.call('EXISTS', dk) == 1 then return {'duplicate'} end
+    return {refused}
   end
-  local total = P .. 'total'
-  if cap > 0 and num(redis.call('HGET', total, 'b')) + size > cap then return {'store_full'} end
-  redis.call('SET', dk, seq, 'PX', ttl_ms)
+  if not redis.call('SET', dk, seq, 'NX', 'PX', ttl_ms) then return {'duplicate'} end
   local q = P .. 'q:' .. rcpt
-  if redis.call('EXISTS', q) == 0 then
+  local id = redis.call('XADD', q, 'NOMKSTREAM', '*', 'q', seq, 's', sender, 'm', msg,
+                        'b', body, 't', ts)
+  if not id then  -- R's first envelope ever: its stream and consumer group
     redis.call('XGROUP', 'CREATE', q, 'relay', '0', 'MKSTREAM')
+    id = redis.call('XADD', q, '*', 'q', seq, 's', sender, 'm', msg, 'b', body, 't', ts)
   end
-  local id = redis.call('XADD', q, '*', 'q', seq, 's', sender, 'm', msg, 'b', body, 't', ts)
   redis.call('HSET', P .. 'ix:' .. rcpt, seq, id .. ' ' .. size .. ' ' .. sender)
-  redis.call('HINCRBY', qs, 'n', 1)
-  redis.call('HINCRBY', qs, 'b', size)
-  redis.call('HINCRBY', qs, 'n:' .. sender, 1)
-  redis.call('HINCRBY', qs, 'b:' .. sender, size)
-  redis.call('ZADD', P .. 'exp', ts, rcpt .. '\0' .. seq)
-  redis.call('HINCRBY', total, 'b', size)
+  redis.call('HSET', qs, 'n', num(held[1]) + 1, 'b', num(held[2]) + size,
+             'n:' .. sender, num(held[3]) + 1, 'b:' .. sender, num(held[4]) + size)
+  index_later(index_add, P, ts, rcpt .. '\0' .. seq)
+  total_add(P, 'b', size)
+  total_add(P, 'n', 1)
   announce(P, rcpt, me, function()
     return 'e' .. me .. '\0' .. seq .. '\0' .. ts .. '\0' .. sender .. '\0' .. msg .. '\0' .. body
   end)
-  return {'stored', redis.call('HINCRBY', total, 'n', 1)}
+  return {'stored', total_of(P, 'n')}
 end
 
--- Remove one queued envelope (acked or expired); true when it was there.
-local function unqueue(P, rcpt, seq)
+-- Remove queued envelopes of R (acked or expired), each command once for all of them;
+-- how many were there.
+local function unqueue(P, rcpt, seqs)
   local ix = P .. 'ix:' .. rcpt
-  local v = redis.call('HGET', ix, seq)
-  if not v then return false end
-  local id, size, sender = string.match(v, '^(%S+) (%d+) (.*)$')
-  size = tonumber(size)
+  local ids, found, members, seen = {}, {}, {}, {}
+  local changes = {n = 0, b = 0}
+  for first = 1, #seqs, 1000 do
+    local chunk = {}
+    for i = first, math.min(first + 999, #seqs) do chunk[#chunk + 1] = seqs[i] end
+    local rows = redis.call('HMGET', ix, unpack(chunk))
+    for i, v in ipairs(rows) do
+      local seq = chunk[i]
+      if v and not seen[seq] then
+        seen[seq] = true
+        local id, size, sender = string.match(v, '^(%S+) (%d+) (.*)$')
+        size = tonumber(size)
+        ids[#ids + 1] = id
+        found[#found + 1] = seq
+        members[#members + 1] = rcpt .. '\0' .. seq
+        changes.n = changes.n + 1
+        changes.b = changes.b + size
+        changes['n:' .. sender] = (changes['n:' .. sender] or 0) + 1
+        changes['b:' .. sender] = (changes['b:' .. sender] or 0) + size
+      end
+    end
+  end
+  if #ids == 0 then return 0 end
   local q = P .. 'q:' .. rcpt
-  redis.call('XACK', q, 'relay', id)
-  redis.call('XDEL', q, id)
-  redis.call('HDEL', ix, seq)
-  redis.call('ZREM', P .. 'exp', rcpt .. '\0' .. seq)
-  local qs = P .. 'qs:' .. rcpt
-  shrink(qs, 'n', 1)
-  shrink(qs, 'b', size)
-  shrink(qs, 'n:' .. sender, 1)
-  shrink(qs, 'b:' .. sender, size)
-  redis.call('HINCRBY', P .. 'total', 'n', -1)
-  redis.call('HINCRBY', P .. 'total', 'b', -size)
-  return true
+  over('XACK', q, {'relay'}, ids)
+  over('XDEL', q, {}, ids)
+  over('HDEL', ix, {}, found)
+  for _, member in ipairs(members) do index_later(index_drop, P, member) end
+  shrink_all(P .. 'qs:' .. rcpt, changes)
+  total_add(P, 'n', -changes.n)
+  total_add(P, 'b', -changes.b)
+  return #ids
 end
 
 local function ack(keys, a)
   local P, rcpt = a[1], a[2]
-  local count = 0
-  for i = 3, #a do
-    if unqueue(P, rcpt, a[i]) then count = count + 1 end
-  end
-  return {count, num(redis.call('HGET', P .. 'total', 'n'))}
+  local seqs = {}
+  for i = 3, #a do seqs[#seqs + 1] = a[i] end
+  return {unqueue(P, rcpt, seqs), total_of(P, 'n')}
 end
 
 -- The oldest `limit` queued envelopes: deliveries still pending in the consumer group
@@ -191,14 +317,21 @@ end
 
 local function expire(keys, a)
   local P, cutoff, scan = a[1], a[2], tonumber(a[3])
+  flush_index()  -- the envelopes queued earlier in this call
   local gone = redis.call('ZRANGEBYSCORE', P .. 'exp', '-inf', '(' .. cutoff, 'LIMIT', 0, scan)
-  local dropped = 0
+  local by_rcpt, order = {}, {}
   for _, member in ipairs(gone) do
     local rcpt, seq = string.match(member, '^(.-)%z(.*)$')
-    if unqueue(P, rcpt, seq) then dropped = dropped + 1 end
-    redis.call('ZREM', P .. 'exp', member)
+    if not by_rcpt[rcpt] then
+      by_rcpt[rcpt] = {}
+      order[#order + 1] = rcpt
+    end
+    table.insert(by_rcpt[rcpt], seq)
   end
-  return {dropped, num(redis.call('HGET', P .. 'total', 'n'))}
+  local dropped = 0
+  for _, rcpt in ipairs(order) do dropped = dropped + unqueue(P, rcpt, by_rcpt[rcpt]) end
+  over('ZREM', P .. 'exp', {}, gone)  -- also members whose envelope was gone already
+  return {dropped, total_of(P, 'n')}
 end
 
 -- ------------------------------------------------------------ prekeys
@@ -241,8 +374,8 @@ local function unspool(P, rcpt, fid)
   local sq = P .. 'sq:' .. rcpt
   shrink(sq, 'b', size)
   shrink(sq, 'b:' .. sender, size)
-  redis.call('HINCRBY', P .. 'total', 'b', -size)
-  redis.call('HINCRBY', P .. 'total', 'sp', -size)
+  total_add(P, 'b', -size)
+  total_add(P, 'sp', -size)
   return true
 end
 
@@ -308,7 +441,7 @@ end
 local function close_stream(keys, a)
   local P = a[1]
   local count = close(P, a[2])
-  return {count, num(redis.call('HGET', P .. 'total', 'sp'))}
+  return {count, total_of(P, 'sp')}
 end
 
 local function spool(keys, a)
@@ -327,8 +460,7 @@ local function spool(keys, a)
   local held = redis.call('HMGET', sq, 'b', 'b:' .. sender)
   if num(held[1]) + size > quota_bytes then return {'quota_exceeded'} end
   if num(held[2]) + size > share_bytes then return {'share_exceeded'} end
-  local total = P .. 'total'
-  if cap > 0 and num(redis.call('HGET', total, 'b')) + size > cap then return {'store_full'} end
+  if cap > 0 and total_of(P, 'b') + size > cap then return {'store_full'} end
   local row = redis.call('INCR', P .. 'sprow')
   redis.call('ZADD', P .. 'sp:' .. rcpt, row, fid)
   redis.call('HSET', P .. 'spd:' .. rcpt, fid, data)
@@ -337,9 +469,10 @@ local function spool(keys, a)
   redis.call('SADD', P .. 'fsf:' .. stream, rcpt .. '\0' .. fid)
   redis.call('HINCRBY', sq, 'b', size)
   redis.call('HINCRBY', sq, 'b:' .. sender, size)
-  redis.call('HINCRBY', total, 'b', size)
+  total_add(P, 'b', size)
+  total_add(P, 'sp', size)
   announce(P, rcpt, me, function() return 's' .. me end)
-  return {'stored', row, redis.call('HINCRBY', total, 'sp', size)}
+  return {'stored', row, total_of(P, 'sp')}
 end
 
 -- Frames after row `after` not yet expired, in row order; `top` is the last row handed out
@@ -371,7 +504,7 @@ local function spool_ack(keys, a)
   for i = 3, #a do
     if unspool(P, rcpt, a[i]) then count = count + 1 end
   end
-  return {count, num(redis.call('HGET', P .. 'total', 'sp'))}
+  return {count, total_of(P, 'sp')}
 end
 
 local function expire_spool(keys, a)
@@ -385,12 +518,11 @@ local function expire_spool(keys, a)
   end
   local gone = redis.call('ZRANGEBYSCORE', P .. 'fsx', '-inf', now, 'LIMIT', 0, scan)
   for _, stream in ipairs(gone) do dropped = dropped + close(P, stream) end
-  return {dropped, gone, num(redis.call('HGET', P .. 'total', 'sp'))}
+  return {dropped, gone, total_of(P, 'sp')}
 end
 
 local function totals(keys, a)
-  local t = redis.call('HMGET', a[1] .. 'total', 'n', 'sp')
-  return {num(t[1]), num(t[2])}
+  return {total_of(a[1], 'n'), total_of(a[1], 'sp')}
 end
 
 -- Many operations in one call (the store's pipeline: one fsync and one reply for all):
@@ -431,24 +563,24 @@ local function batch(keys, a)
   return out
 end
 
-redis.register_function('qs_batch', batch)
-redis.register_function('qs_bind', bind)
-redis.register_function('qs_enqueue', enqueue)
-redis.register_function('qs_ack', ack)
-redis.register_function('qs_pending', pending)
-redis.register_function('qs_envelopes', envelopes)
-redis.register_function('qs_expire', expire)
-redis.register_function('qs_put_bundle', put_bundle)
-redis.register_function('qs_take_bundle', take_bundle)
-redis.register_function('qs_register_stream', register_stream)
-redis.register_function('qs_file_streams', file_streams)
-redis.register_function('qs_file_stream', file_stream)
-redis.register_function('qs_close_stream', close_stream)
-redis.register_function('qs_spool', spool)
-redis.register_function('qs_spool_page', spool_page)
-redis.register_function('qs_spool_ack', spool_ack)
-redis.register_function('qs_expire_spool', expire_spool)
-redis.register_function('qs_totals', totals)
-redis.register_function('qs_presence', presence)
-redis.register_function('qs_presence_reset', presence_reset)
+redis.register_function('qs_batch', call(batch))
+redis.register_function('qs_bind', call(bind))
+redis.register_function('qs_enqueue', call(enqueue))
+redis.register_function('qs_ack', call(ack))
+redis.register_function('qs_pending', call(pending))
+redis.register_function('qs_envelopes', call(envelopes))
+redis.register_function('qs_expire', call(expire))
+redis.register_function('qs_put_bundle', call(put_bundle))
+redis.register_function('qs_take_bundle', call(take_bundle))
+redis.register_function('qs_register_stream', call(register_stream))
+redis.register_function('qs_file_streams', call(file_streams))
+redis.register_function('qs_file_stream', call(file_stream))
+redis.register_function('qs_close_stream', call(close_stream))
+redis.register_function('qs_spool', call(spool))
+redis.register_function('qs_spool_page', call(spool_page))
+redis.register_function('qs_spool_ack', call(spool_ack))
+redis.register_function('qs_expire_spool', call(expire_spool))
+redis.register_function('qs_totals', call(totals))
+redis.register_function('qs_presence', call(presence))
+redis.register_function('qs_presence_reset', call(presence_reset))
 """
