@@ -1,0 +1,146 @@
+"""Calls through real processes (relay, KME pair, ``qsecret call`` / ``qsecret answer``):
+the sound does not stop across two rekeys (no gap over 60 ms), and who may ring: a contact
+the user added themselves may call although neither side ever wrote; a stranger may not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from tests.call.speech import RATE
+from tests.e2e.stack import PASSPHRASE, Stack, start_stack
+from tests.e2e.test_calls import FULL_SOURCES, Caller, read_wav
+
+pytestmark = pytest.mark.slow
+WINDOW_S = 0.005  # short-time energy in 5 ms windows
+MAX_GAP_S = 0.060
+QUIET = 0.5  # a window below half the call's median level is a gap (silence or concealment)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
+    """alice has written to bob; bob added erin (``contacts add``) and neither ever wrote to
+    the other; carol only added bob on her side: to bob she is a stranger. (alice, carol and
+    erin sit on KME A, bob on KME B: each call crosses the QKD link.)"""
+    stack = start_stack(tmp_path_factory.mktemp("stack"),
+                        users=("alice", "bob", "carol", "erin"))
+    try:
+        stack.cli("alice", "send", "bob", "hello bob", check=True)
+        stack.cli("bob", "recv", check=True)
+        stack.cli("bob", "contacts", "add", "erin", check=True)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def gaps(samples: np.ndarray) -> tuple[float, float]:
+    """(longest gap, span) in seconds of a steady tone: the span runs from the first to the
+    last window at the tone's level; a gap is a run of windows below QUIET of the median."""
+    size = int(WINDOW_S * RATE)
+    count = samples.size // size
+    level = np.sqrt((samples[:count * size].reshape(count, size) ** 2).mean(axis=1))
+    loud = level >= QUIET * np.median(level[level > 0.05 * level.max()])
+    first, last = int(np.argmax(loud)), count - 1 - int(np.argmax(loud[::-1]))
+    longest = run = 0
+    for window in loud[first:last + 1]:
+        run = 0 if window else run + 1
+        longest = max(longest, run)
+    return longest * WINDOW_S, (last - first + 1) * WINDOW_S
+
+
+def test_gaps_finds_a_gap_and_its_length() -> None:
+    """The measure itself: a 100 ms hole in a tone is found as 100 ms, a steady tone has none."""
+    t = np.arange(3 * RATE) / RATE
+    tone = np.sin(2 * np.pi * 440 * t) * 10000
+    assert gaps(tone) == (0.0, pytest.approx(3.0))
+    holed = tone.copy()
+    holed[RATE:RATE + RATE // 10] *= 0.1  # 100 ms concealed (faded), not even silent
+    longest, span = gaps(holed)
+    assert longest == pytest.approx(0.100, abs=WINDOW_S) and span == pytest.approx(3.0)
+
+
+def test_a_call_survives_two_rekeys_with_no_gap_over_60_ms(stack: Stack) -> None:
+    heard_by_bob, heard_by_alice = stack.root / "gap-bob.wav", stack.root / "gap-alice.wav"
+    answerer = Caller(stack, "bob", "answer", "--tone", "300", "--out",
+                      str(heard_by_bob)).start()
+    try:
+        answerer.event("waiting")
+        caller = Caller(stack, "alice", "call", "bob", "--tone", "440", "--duration", "5.5",
+                        "--rekey-every", "1.5", "--out", str(heard_by_alice)).start()
+        try:
+            assert caller.event("connected")["sources"] == FULL_SOURCES
+            alice_end = caller.event("ended")
+            bob_end = answerer.event("ended")
+            assert caller.exit_code() == 0 and answerer.exit_code() == 0
+        finally:
+            caller.stop()
+    finally:
+        answerer.stop()
+    for end in (alice_end, bob_end):
+        assert end["rekeys"] >= 2, end  # rekeyed at 1.5 s, 3 s (and 4.5 s) of the call
+        assert end["sources"] == FULL_SOURCES
+        assert end["stats"]["refused_total"] == 0, end["stats"]
+    for path, end in ((heard_by_bob, bob_end), (heard_by_alice, alice_end)):
+        longest, span = gaps(read_wav(path))
+        print(f"{path.name}: longest gap {longest * 1000:.0f} ms over {span:.2f} s, "
+              f"{end['rekeys']} rekeys; stats {end['stats']}")
+        assert span >= 4.5, f"{path.name}: the tone was heard for {span:.2f} s only"
+        assert longest <= MAX_GAP_S, f"{path.name}: a gap of {longest * 1000:.0f} ms"
+
+
+def _contact_marks(stack: Stack, handle: str) -> dict[str, bool]:
+    """``handle``'s pinned contacts and their "added by me" mark (from the sealed store)."""
+    from client.config import load_config
+    from client.messenger.unlock import store_path
+    from client.store.store import Store
+
+    with Store.open(PASSPHRASE, store_path(load_config(stack.profile(handle))),
+                    create=False) as store:
+        return {peer: contact.added_by_me for peer in ("alice", "carol", "erin")
+                if (contact := store.contact(peer)) is not None}
+
+
+def test_a_contact_i_added_may_call_though_nobody_ever_wrote(stack: Stack) -> None:
+    heard = stack.root / "erin-heard.wav"
+    answerer = Caller(stack, "bob", "answer", "--mute", "--out", str(heard)).start()
+    try:
+        answerer.event("waiting")
+        caller = Caller(stack, "erin", "call", "bob", "--tone", "440", "--duration", "1",
+                        "--out", str(stack.root / "erin-alice.wav")).start()
+        try:
+            ringing = answerer.event("ringing")
+            assert caller.event("connected")["sources"] == FULL_SOURCES
+            ended = caller.event("ended")
+            assert caller.exit_code() == 0 and answerer.exit_code() == 0
+        finally:
+            caller.stop()
+    finally:
+        answerer.stop()
+    assert ringing["peer"] == "erin"
+    assert (ended["reason"], ended["answered"]) == ("hung up", True)
+    assert _contact_marks(stack, "bob")["erin"] is True
+
+
+def test_a_stranger_is_still_refused_and_not_marked_added(stack: Stack) -> None:
+    answerer = Caller(stack, "bob", "answer", "--mute", "--out",
+                      str(stack.root / "carol-heard.wav")).start()
+    try:
+        answerer.event("waiting")
+        caller = Caller(stack, "carol", "call", "bob", "--tone", "440", "--out",
+                        str(stack.root / "carol-call.wav")).start()
+        try:
+            ended = caller.event("ended")
+            assert caller.exit_code() == 1  # not answered
+        finally:
+            caller.stop()
+        refused = answerer.event("refused")
+    finally:
+        answerer.stop()
+    assert (ended["reason"], ended["answered"]) == ("declined: not a contact", False)
+    assert refused["peer"] == "carol"
+    # carol is pinned now (her offer opened a session), but only as someone who wrote to
+    # bob: not one he added. alice, who wrote first, is not marked either.
+    marks = _contact_marks(stack, "bob")
+    assert (marks["carol"], marks["alice"], marks["erin"]) == (False, False, True)
