@@ -81,13 +81,14 @@ def test_a_call_survives_two_rekeys_with_no_gap_over_60_ms(stack: Stack) -> None
     for end in (alice_end, bob_end):
         assert end["rekeys"] >= 2, end  # rekeyed at 1.5 s, 3 s (and 4.5 s) of the call
         assert end["sources"] == FULL_SOURCES
-        assert end["stats"]["refused_total"] == 0, end["stats"]
     for path, end in ((heard_by_bob, bob_end), (heard_by_alice, alice_end)):
         longest, span = gaps(read_wav(path))
         print(f"{path.name}: longest gap {longest * 1000:.0f} ms over {span:.2f} s, "
               f"{end['rekeys']} rekeys; stats {end['stats']}")
         assert span >= 4.5, f"{path.name}: the tone was heard for {span:.2f} s only"
         assert longest <= MAX_GAP_S, f"{path.name}: a gap of {longest * 1000:.0f} ms"
+        assert end["stats"]["refused_total"] == 0, end["stats"]  # no frame under a key
+        # the other side did not hold yet
 
 
 def _contact_marks(stack: Stack, handle: str) -> dict[str, bool]:
