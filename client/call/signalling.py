@@ -48,7 +48,7 @@ from keysource.mix import MixInputs, QkdPolicy, Transcript, mix
 VERSION = 2  # 2: the session secret is exported from the offer's ratchet message
 LEGACY_VERSION = 1  # decoded only to refuse it clearly (its answer is encoded as version 1)
 EXPORTER_LABEL = "qsecret call v1"
-OUTDATED = "update qsecret: this call needs a newer version"
+OUTDATED = "update qsecret: the caller's version is too old for calls"
 CALL_ID_BYTES = 16
 RING_TIMEOUT_S = 30.0  # an offer not answered by then is a missed call
 REKEY_EVERY_S = 60.0

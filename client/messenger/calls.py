@@ -56,6 +56,7 @@ from client.call.signalling import (
     SignallingError,
     State,
     call_secret,
+    declined,
     refuse_outdated,
 )
 from keysource.mix import QkdPolicy
@@ -415,6 +416,9 @@ class CallManager:
                      conversation.peer, why)
             self._in_background(self._refuse(conversation, refuse_outdated(offer, why)),
                                 "call-refuse")
+            self._emit(CallEvent(CallView(offer.call_id.hex(), conversation.peer, False,
+                                          CallState.ENDED, reason=declined(why),
+                                          started_at=body.ts)))
             return
         if body.secret:
             log.warning("dropped a call offer from %s with a secret beside it (malformed)",

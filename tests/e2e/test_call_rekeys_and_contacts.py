@@ -1,9 +1,12 @@
 """Calls through real processes (relay, KME pair, ``qsecret call`` / ``qsecret answer``):
-the sound does not stop across two rekeys (no gap over 60 ms), and who may ring: a contact
-the user added themselves may call although neither side ever wrote; a stranger may not."""
+the sound does not stop across two rekeys (no gap over 60 ms); who may ring: a contact
+the user added themselves may call although neither side ever wrote, a stranger may not;
+and an old client's offer (version 1, its secret beside it) is refused with "update qsecret"."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -145,3 +148,46 @@ def test_a_stranger_is_still_refused_and_not_marked_added(stack: Stack) -> None:
     # bob: not one he added. alice, who wrote first, is not marked either.
     marks = _contact_marks(stack, "bob")
     assert (marks["carol"], marks["alice"], marks["erin"]) == (False, False, True)
+
+
+async def _send_a_version_1_offer(stack: Stack) -> str:
+    """What an old qsecret sent: a version-1 offer with a random secret in the payload (sent
+    by alice's messenger in this process, as the old client's outbox would)."""
+    from client.call.signalling import KEM, LEGACY_VERSION, CallMessage, Kind
+    from client.cli.session import go_online
+    from client.config import load_config
+    from client.messenger import payload as payloads
+    from client.messenger.api import ConversationId
+    from client.messenger.profile import open_profile
+    from keysource import pq
+
+    offer = CallMessage(Kind.OFFER, os.urandom(16), kem_public=pq.get_kem(KEM)
+                        .generate_keypair().public_key,
+                        x25519_public=pq.x25519_keypair().public_key, version=LEGACY_VERSION)
+    config = load_config(stack.profile("alice"), relay_url=stack.relay_url)
+    messenger = await asyncio.to_thread(open_profile, config, PASSPHRASE)
+    await go_online(messenger, 30)
+    try:
+        body = payloads.call(offer.encode(), os.urandom(payloads.CALL_SECRET_BYTES))
+        await messenger.send_call_message(ConversationId.direct("bob"), body, wait=True)
+    finally:
+        await messenger.stop()
+    return offer.call_id.hex()
+
+
+def test_an_old_clients_offer_is_refused_with_update_qsecret(stack: Stack) -> None:
+    answerer = Caller(stack, "bob", "answer", "--mute", "--out",
+                      str(stack.root / "old-heard.wav")).start()
+    try:
+        answerer.event("waiting")
+        call_id = asyncio.run(_send_a_version_1_offer(stack))
+        refused = answerer.event("refused")  # it never rang
+    finally:
+        answerer.stop()
+    assert (refused["peer"], refused["call_id"]) == ("alice", call_id)
+    stack.cli("alice", "recv", check=True)  # the decline, in version 1 for the old client
+    why = "update qsecret: the caller's version is too old for calls"
+    assert any(f"refused a call from alice ({why})" in m["text"]
+               for m in stack.history("bob", "alice"))
+    assert any(f"call declined by bob ({why})" in m["text"]
+               for m in stack.history("alice", "bob"))
