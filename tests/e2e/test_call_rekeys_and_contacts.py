@@ -148,6 +148,9 @@ def test_a_stranger_is_still_refused_and_not_marked_added(stack: Stack) -> None:
     # bob: not one he added. alice, who wrote first, is not marked either.
     marks = _contact_marks(stack, "bob")
     assert (marks["carol"], marks["alice"], marks["erin"]) == (False, False, True)
+    # Adding her now (her session exists already) marks her: her next call would ring.
+    stack.cli("bob", "contacts", "add", "carol", check=True)
+    assert _contact_marks(stack, "bob")["carol"] is True
 
 
 async def _send_a_version_1_offer(stack: Stack) -> str:
