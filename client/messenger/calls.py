@@ -414,11 +414,10 @@ class CallManager:
             why = OUTDATED if known else NOT_A_CONTACT
             log.info("refused a version %d call offer from %s: %s", offer.version,
                      conversation.peer, why)
-            self._in_background(self._refuse(conversation, refuse_outdated(offer, why)),
+            view = CallView(offer.call_id.hex(), conversation.peer, False, CallState.ENDED,
+                            reason=declined(why), started_at=body.ts)
+            self._in_background(self._refuse(conversation, refuse_outdated(offer, why), view),
                                 "call-refuse")
-            self._emit(CallEvent(CallView(offer.call_id.hex(), conversation.peer, False,
-                                          CallState.ENDED, reason=declined(why),
-                                          started_at=body.ts)))
             return
         if body.secret:
             log.warning("dropped a call offer from %s with a secret beside it (malformed)",
@@ -444,17 +443,20 @@ class CallManager:
             self._start_clock(item)
         self._changed(item)
 
-    async def _refuse(self, conversation: ConversationId, refusal: CallMessage) -> None:
-        """Tell an old client why its call does not ring (in its own message version)."""
+    async def _refuse(self, conversation: ConversationId, refusal: CallMessage,
+                      view: CallView) -> None:
+        """Tell an old client why its call does not ring (in its own message version); the
+        user learns of the refused call once the relay holds the refusal."""
         body = payloads.call(refusal.encode())
         try:
-            await self._conversations.send_call_message(conversation, body)
-        except MessengerError as exc:
-            log.warning("the refusal of %s's call was not sent: %s", conversation.peer, exc)
-            return
+            await self._conversations.send_call_message(conversation, body, wait=True)
+        except MessengerError as exc:  # kept in the outbox: sent at the next login
+            log.warning("the refusal of %s's call is not at the relay yet: %s",
+                        conversation.peer, exc)
         line = call_line(body, conversation.peer, True, "")
         if line is not None:
             self._emit(MessageEvent(line))
+        self._emit(CallEvent(view))
 
     async def _from_peer(self, item: _Call, message: CallMessage) -> None:
         async with item.lock:

@@ -38,30 +38,33 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator
         stack.stop()
 
 
-def gaps(samples: np.ndarray) -> tuple[float, float]:
-    """(longest gap, span) in seconds of a steady tone: the span runs from the first to the
-    last window at the tone's level; a gap is a run of windows below QUIET of the median."""
+def gaps(samples: np.ndarray) -> tuple[float, float, float]:
+    """(longest gap, where it starts, span) in seconds of a steady tone: the span runs from
+    the first to the last window at the tone's level (times count from its start); a gap is
+    a run of windows below QUIET of the median level."""
     size = int(WINDOW_S * RATE)
     count = samples.size // size
     level = np.sqrt((samples[:count * size].reshape(count, size) ** 2).mean(axis=1))
     loud = level >= QUIET * np.median(level[level > 0.05 * level.max()])
     first, last = int(np.argmax(loud)), count - 1 - int(np.argmax(loud[::-1]))
-    longest = run = 0
-    for window in loud[first:last + 1]:
+    longest = run = at = 0
+    for index, window in enumerate(loud[first:last + 1]):
         run = 0 if window else run + 1
-        longest = max(longest, run)
-    return longest * WINDOW_S, (last - first + 1) * WINDOW_S
+        if run > longest:
+            longest, at = run, index + 1 - run
+    return longest * WINDOW_S, at * WINDOW_S, (last - first + 1) * WINDOW_S
 
 
 def test_gaps_finds_a_gap_and_its_length() -> None:
     """The measure itself: a 100 ms hole in a tone is found as 100 ms, a steady tone has none."""
     t = np.arange(3 * RATE) / RATE
     tone = np.sin(2 * np.pi * 440 * t) * 10000
-    assert gaps(tone) == (0.0, pytest.approx(3.0))
+    assert gaps(tone) == (0.0, 0.0, pytest.approx(3.0))
     holed = tone.copy()
     holed[RATE:RATE + RATE // 10] *= 0.1  # 100 ms concealed (faded), not even silent
-    longest, span = gaps(holed)
+    longest, at, span = gaps(holed)
     assert longest == pytest.approx(0.100, abs=WINDOW_S) and span == pytest.approx(3.0)
+    assert at == pytest.approx(1.0, abs=WINDOW_S)
 
 
 def test_a_call_survives_two_rekeys_with_no_gap_over_60_ms(stack: Stack) -> None:
@@ -85,9 +88,9 @@ def test_a_call_survives_two_rekeys_with_no_gap_over_60_ms(stack: Stack) -> None
         assert end["rekeys"] >= 2, end  # rekeyed at 1.5 s, 3 s (and 4.5 s) of the call
         assert end["sources"] == FULL_SOURCES
     for path, end in ((heard_by_bob, bob_end), (heard_by_alice, alice_end)):
-        longest, span = gaps(read_wav(path))
-        print(f"{path.name}: longest gap {longest * 1000:.0f} ms over {span:.2f} s, "
-              f"{end['rekeys']} rekeys; stats {end['stats']}")
+        longest, at, span = gaps(read_wav(path))
+        print(f"{path.name}: longest gap {longest * 1000:.0f} ms at {at:.2f} s of "
+              f"{span:.2f} s, {end['rekeys']} rekeys; stats {end['stats']}")
         assert span >= 4.5, f"{path.name}: the tone was heard for {span:.2f} s only"
         assert longest <= MAX_GAP_S, f"{path.name}: a gap of {longest * 1000:.0f} ms"
         assert end["stats"]["refused_total"] == 0, end["stats"]  # no frame under a key
