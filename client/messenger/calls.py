@@ -147,6 +147,8 @@ class _Call:
     frames_sent: int = 0
     frames_played: int = 0
     stray_frames: int = 0  # media frames before the keys, or after the end: dropped
+    clock_stalls: int = 0  # times the 20 ms clock fell over two frames behind (a starved
+    clock_stall_max_s: float = 0.0  # process): it catches up, the peer hears a gap
     asked_at: float | None = None  # caller: when the offer or rekey awaiting a reply went
     round_trip_s: float | None = None  # caller: offer -> ringing, rekey -> its ack
 
@@ -190,7 +192,9 @@ class CallManager:
     def _view(self, item: _Call) -> CallView:
         stats: dict[str, Any] = {"frames_sent": item.frames_sent,
                                  "frames_played": item.frames_played,
-                                 "stray_frames": item.stray_frames}
+                                 "stray_frames": item.stray_frames,
+                                 "clock_stalls": item.clock_stalls,
+                                 "clock_stall_max_ms": round(item.clock_stall_max_s * 1000, 1)}
         if item.round_trip_s is not None:  # through both ends' sessions and the relay
             stats["signalling_round_trip_ms"] = round(item.round_trip_s * 1000, 1)
         if item.sender is not None and item.sender.round_trip_s is not None:
@@ -210,6 +214,7 @@ class CallManager:
                 "loss": round(jitter.loss, 4), "jitter_ms": round(jitter.jitter_s * 1000, 2),
                 "target_delay_ms": round(jitter.target_s * 1000, 1),
                 "playout_delay_ms": round(jitter.delay_s * 1000, 1),
+                "wait_runs": [list(run) for run in item.receiver.waits],
             })
         return CallView(item.call_id.hex(), item.peer, item.core.caller,
                         _STATE[item.core.state], item.sources, item.reason, item.by_peer,
@@ -656,9 +661,15 @@ class CallManager:
     async def _clock(self, item: _Call) -> None:
         loop = asyncio.get_running_loop()
         start, ticks = loop.time(), 0
+        catching_up = False
         while item.live:
             ticks += 1
             late = loop.time() - (start + ticks * FRAME_S)
+            stalled = late > 2 * FRAME_S and item.core.state is State.ACTIVE
+            if stalled and not catching_up:  # a new stall (the catch-up ticks follow it)
+                item.clock_stalls += 1
+                item.clock_stall_max_s = max(item.clock_stall_max_s, late)
+            catching_up = stalled
             if late < 0:
                 await asyncio.sleep(-late)  # pacing, not synchronisation
             elif late > BEHIND_RESET_S:
