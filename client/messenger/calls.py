@@ -549,6 +549,9 @@ class CallManager:
         self._changed(item)
 
     async def _apply(self, item: _Call, effects: list[Effect]) -> None:
+        for effect in effects:  # the view says why as soon as it says ended (the hang-up
+            if isinstance(effect, Ended):  # message goes out first; a UI may look meanwhile)
+                item.reason, item.by_peer = effect.reason, effect.by_peer
         for effect in effects:
             if isinstance(effect, Send):
                 await self._send(item, effect.message)
