@@ -106,6 +106,9 @@ class ReceiveStats:
     jitter: Stats
 
 
+MAX_WAIT_RUNS = 256  # kept for the statistics; later ones are only counted (jitter.waits)
+
+
 class MediaReceiver:
     """Opens, orders and decodes the frames of one direction; one playout per 20 ms."""
 
@@ -119,6 +122,11 @@ class MediaReceiver:
         self.last_kid: int | None = None  # the KID of the last frame that opened
         self.newest: Echo | None = None  # the newest frame opened, to echo back
         self.peer_echo: tuple[int, float] | None = None  # the last frame's echo: seq, hold s
+        self.played = 0  # playouts so far: the sink's frame index of the next one
+        # Where playout waited for a frame not yet delivered (delay grown by 20 ms, nothing
+        # of the sender's sound missing), as [first playout index, count] runs: telling a
+        # late delivery (a starved process or path) from a lost frame in a recording.
+        self.waits: list[list[int]] = []
 
     def add_key(self, base_key: bytes, kid: int) -> None:
         self._sframe.add_key(base_key, kid)
@@ -150,6 +158,12 @@ class MediaReceiver:
     def play(self) -> np.ndarray:
         """The next 20 ms for the speaker."""
         playout = self.jitter.pull()
+        index, self.played = self.played, self.played + 1
+        if playout.kind is Kind.WAIT and self._started:
+            if self.waits and sum(self.waits[-1]) == index:
+                self.waits[-1][1] += 1
+            elif len(self.waits) < MAX_WAIT_RUNS:
+                self.waits.append([index, 1])
         try:
             if playout.kind is Kind.FRAME:
                 self._started = True

@@ -17,8 +17,13 @@ direction, each from the combiner (keysource.mix)::
                             epoch, both public keys, the ciphertext and the QKD key_IDs,
                purpose = "call/caller-to-callee" or "call/callee-to-caller")
 
-so a call key needs QKD, ML-KEM-768 and X25519 all broken, and the session's secret
-(exported by the ratchet, like a file transfer's) binds it to this conversation. The label
+so a call key needs QKD, ML-KEM-768 and X25519 all broken, and the session secret binds it
+to this conversation's current ratchet state. The session secret is exported from the
+ratchet message that carried the offer (:func:`call_secret`, client.protocol.exporter): the
+caller gets it when the offer is sealed, the callee when it is opened, and both hold the
+same 32 bytes whatever else is in flight, because they come from that one message's key.
+Nothing secret travels in the offer itself (version 1 carried a random secret beside it:
+such an offer is refused with "update qsecret", see :data:`OUTDATED`). The label
 is the mix's (``QKD+ML-KEM-768+X25519``, or degraded without QKD under policy ``prefer``).
 KIDs: epoch ``e`` seals caller -> callee frames under KID ``2e``, callee -> caller under
 ``2e + 1``. Note the ML-KEM encapsulation travels in the *answer* (and the rekey's
@@ -36,10 +41,14 @@ from typing import Any
 
 import cbor2
 
+from client.protocol.exporter import SECRET_BYTES, export
 from keysource import pq
 from keysource.mix import MixInputs, QkdPolicy, Transcript, mix
 
-VERSION = 1
+VERSION = 2  # 2: the session secret is exported from the offer's ratchet message
+LEGACY_VERSION = 1  # decoded only to refuse it clearly (its answer is encoded as version 1)
+EXPORTER_LABEL = "qsecret call v1"
+OUTDATED = "update qsecret: the caller's version is too old for calls"
 CALL_ID_BYTES = 16
 RING_TIMEOUT_S = 30.0  # an offer not answered by then is a missed call
 REKEY_EVERY_S = 60.0
@@ -80,12 +89,13 @@ class CallMessage:
     x25519_public: bytes = b""  # offer, answer, rekey, rekey_ack
     qkd_key_ids: tuple[str, ...] = ()  # offer, rekey
     reason: str = ""  # hangup, missed, decline (why it was refused, e.g. "not a contact")
+    version: int = VERSION  # LEGACY_VERSION: an old client's (see OUTDATED)
 
     def __repr__(self) -> str:
         return f"CallMessage({self.kind.value}, {self.call_id.hex()[:8]}, epoch {self.epoch})"
 
     def encode(self) -> bytes:
-        body: dict[str, Any] = {"v": VERSION, "k": self.kind.value, "c": self.call_id,
+        body: dict[str, Any] = {"v": self.version, "k": self.kind.value, "c": self.call_id,
                                 "e": self.epoch}
         for key, value in (("kp", self.kem_public), ("kc", self.kem_ciphertext),
                            ("xp", self.x25519_public), ("q", list(self.qkd_key_ids)),
@@ -101,7 +111,7 @@ class CallMessage:
         except Exception as exc:  # cbor2 raises several types on bad input
             raise SignallingError(f"call message does not decode: {type(exc).__name__}") \
                 from None
-        if not isinstance(body, dict) or body.get("v") != VERSION:
+        if not isinstance(body, dict) or body.get("v") not in (VERSION, LEGACY_VERSION):
             raise SignallingError("call message version not supported: update qsecret")
         try:
             kind = Kind(body.get("k"))
@@ -117,9 +127,24 @@ class CallMessage:
                                                 for i in ids) or len(ids) > 16:
             raise SignallingError("call message with malformed QKD key_IDs")
         message = cls(kind, call_id, epoch, _bytes(body, "kp"), _bytes(body, "kc"),
-                      _bytes(body, "xp"), tuple(ids), _text(body, "r"))
+                      _bytes(body, "xp"), tuple(ids), _text(body, "r"), body["v"])
         _check_fields(message)
         return message
+
+
+def call_secret(message_secret: bytes, call_id: bytes) -> bytes:
+    """The call's session secret, from the exporter secret of the ratchet message that
+    carried its offer (client.protocol.exporter): the same at both ends."""
+    if len(call_id) != CALL_ID_BYTES:
+        raise SignallingError(f"a call id is {CALL_ID_BYTES} bytes")
+    if len(message_secret) != SECRET_BYTES:
+        raise SignallingError("the offer's message has no exporter secret")
+    return export(message_secret, EXPORTER_LABEL, call_id)
+
+
+def refuse_outdated(offer: CallMessage, reason: str = OUTDATED) -> CallMessage:
+    """The decline an old client's offer gets: in its own version, so it can read why."""
+    return CallMessage(Kind.DECLINE, offer.call_id, reason=reason, version=offer.version)
 
 
 def declined(reason: str) -> str:
@@ -191,6 +216,11 @@ def derive_epoch_keys(*, caller: bool, call_id: bytes, epoch: int, session_secre
     return EpochKeys(epoch, send_kid, send.key, receive_kid, receive.key, send.label)
 
 
+def _check_secret(session_secret: bytes) -> None:
+    if len(session_secret) != SECRET_BYTES:
+        raise SignallingError(f"a call's session secret is {SECRET_BYTES} bytes")
+
+
 # ---------------------------------------------------------------- the state machine
 
 
@@ -254,7 +284,7 @@ class Call:
 
     call_id: bytes
     caller: bool
-    session_secret: bytes
+    session_secret: bytes  # the caller's: b"" until bind_session (the offer is sealed)
     policy: QkdPolicy
     state: State
     started: float
@@ -271,30 +301,41 @@ class Call:
     # -- starting
 
     @classmethod
-    def outgoing(cls, session_secret: bytes, qkd: QkdKeys, now: float,
-                 policy: QkdPolicy = QkdPolicy.PREFER, call_id: bytes | None = None,
-                 rekey_every: float = REKEY_EVERY_S) -> tuple[Call, list[Effect]]:
+    def outgoing(cls, qkd: QkdKeys, now: float, policy: QkdPolicy = QkdPolicy.PREFER,
+                 call_id: bytes | None = None, rekey_every: float = REKEY_EVERY_S
+                 ) -> tuple[Call, list[Effect]]:
         """``call_id``: chosen beforehand (the messenger opens the media stream under it
         first, to learn at once whether the peer is online); fresh by default.
-        ``rekey_every``: seconds between rekeys (at least 1)."""
+        ``rekey_every``: seconds between rekeys (at least 1). Once the offer is sealed,
+        give the call its session secret with :meth:`bind_session`."""
         if rekey_every < 1.0:
             raise SignallingError("rekeys at most once a second")
         call_id = os.urandom(CALL_ID_BYTES) if call_id is None else call_id
         if len(call_id) != CALL_ID_BYTES:
             raise SignallingError(f"a call id is {CALL_ID_BYTES} bytes")
-        call = cls(call_id, True, session_secret, policy, State.OFFERING, now,
-                   rekey_every=rekey_every)
+        call = cls(call_id, True, b"", policy, State.OFFERING, now, rekey_every=rekey_every)
         offer = call._propose(Kind.OFFER, 0, qkd)
         return call, [Send(offer)]
 
     @classmethod
     def incoming(cls, offer: CallMessage, session_secret: bytes, now: float,
                  policy: QkdPolicy = QkdPolicy.PREFER) -> tuple[Call, list[Effect]]:
+        """``session_secret``: :func:`call_secret` of the message the offer came in."""
         if offer.kind is not Kind.OFFER or offer.epoch != 0:
             raise SignallingError(f"a call starts with an offer, not {offer.kind.value}")
+        if offer.version != VERSION:
+            raise SignallingError(f"a version {offer.version} call offer: {OUTDATED}")
+        _check_secret(session_secret)
         call = cls(offer.call_id, False, session_secret, policy, State.RINGING, now)
         call._offer = offer
         return call, [Send(CallMessage(Kind.RINGING, offer.call_id))]
+
+    def bind_session(self, session_secret: bytes) -> None:
+        """The caller's session secret: :func:`call_secret` of the sealed offer's message."""
+        if not self.caller or self.session_secret:
+            raise SignallingError("only a caller binds its session secret, once")
+        _check_secret(session_secret)
+        self.session_secret = session_secret
 
     def _propose(self, kind: Kind, epoch: int, qkd: QkdKeys) -> CallMessage:
         kem, x = pq.get_kem(KEM).generate_keypair(), pq.x25519_keypair()
@@ -422,6 +463,8 @@ class Call:
         pending = self._pending
         if pending is None or reply.epoch != pending.epoch:
             raise SignallingError(f"no epoch {reply.epoch} is waiting for its answer")
+        if not self.session_secret:
+            raise SignallingError("an answer before the offer was sealed")
         self._pending = None
         kem_secret = pq.get_kem(KEM).decapsulate(pending.kem.secret_key, reply.kem_ciphertext)
         return derive_epoch_keys(
@@ -464,6 +507,6 @@ class Call:
         return [Ended(reason, by_peer)]
 
 
-__all__ = ["CallMessage", "Call", "Effect", "Ended", "EpochKeys", "InstallKeys", "Kind",
-           "NeedQkd", "QkdKeys", "Send", "SignallingError", "State", "declined",
-           "derive_epoch_keys"]
+__all__ = ["OUTDATED", "CallMessage", "Call", "Effect", "Ended", "EpochKeys", "InstallKeys",
+           "Kind", "NeedQkd", "QkdKeys", "Send", "SignallingError", "State", "call_secret",
+           "declined", "derive_epoch_keys", "refuse_outdated"]

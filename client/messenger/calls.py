@@ -1,9 +1,11 @@
 """Calls of one messenger: the thin asyncio layer around client.call's sans-I/O cores.
 
 Signalling (client.call.signalling) travels as ``call`` payloads inside the conversation's
-end-to-end session, through the outbox like a text. An offer carries a fresh 32-byte call
-secret (like a file transfer's): only the ratchet protects it, and it binds the call's keys
-to this conversation (the "session secret" of the call transcript). Each epoch's keys mix
+end-to-end session, through the outbox like a text. The call's session secret (in every
+epoch's transcript) is exported from the ratchet message that carries the offer
+(client.protocol.exporter): the caller learns it when the outbox seals the offer, the
+callee when the inbox opens it, so it binds the call's keys to this conversation's current
+ratchet state and nothing secret rides in the offer. Each epoch's keys mix
 fresh QKD keys (``enc_keys`` at the caller, ``dec_keys`` at the callee, the same KME client
 and policy as messages), a fresh ML-KEM-768 encapsulation and a fresh X25519 agreement.
 
@@ -37,9 +39,11 @@ from typing import Any, Protocol
 
 from client.call.signalling import (
     CALL_ID_BYTES,
+    OUTDATED,
     REKEY_EVERY_S,
     REKEY_GRACE_S,
     RING_TIMEOUT_S,
+    VERSION,
     Call,
     CallMessage,
     Effect,
@@ -51,6 +55,9 @@ from client.call.signalling import (
     Send,
     SignallingError,
     State,
+    call_secret,
+    declined,
+    refuse_outdated,
 )
 from keysource.mix import QkdPolicy
 from relay.wire import KIND_MEDIA, BinaryFrame, Error
@@ -99,7 +106,9 @@ class CallConversations(Protocol):
 
     async def ensure_session(self, conversation: ConversationId) -> str: ...
     async def send_call_message(self, conversation: ConversationId,
-                                body: payloads.CallPayload, *, wait: bool = False) -> None: ...
+                                body: payloads.CallPayload, *, wait: bool = False) -> bytes:
+        """Seal and send; returns the sealed message's exporter secret."""
+        ...
     def known_caller(self, conversation: ConversationId) -> bool: ...
 
 
@@ -118,7 +127,6 @@ class _Call:
     core: Call
     peer: str
     sae_id: str
-    secret: bytes
     started_at: float
     source: Source | None = None
     sink: Sink | None = None
@@ -139,6 +147,8 @@ class _Call:
     frames_sent: int = 0
     frames_played: int = 0
     stray_frames: int = 0  # media frames before the keys, or after the end: dropped
+    clock_stalls: int = 0  # times the 20 ms clock fell over two frames behind (a starved
+    clock_stall_max_s: float = 0.0  # process): it catches up, the peer hears a gap
     asked_at: float | None = None  # caller: when the offer or rekey awaiting a reply went
     round_trip_s: float | None = None  # caller: offer -> ringing, rekey -> its ack
 
@@ -182,7 +192,9 @@ class CallManager:
     def _view(self, item: _Call) -> CallView:
         stats: dict[str, Any] = {"frames_sent": item.frames_sent,
                                  "frames_played": item.frames_played,
-                                 "stray_frames": item.stray_frames}
+                                 "stray_frames": item.stray_frames,
+                                 "clock_stalls": item.clock_stalls,
+                                 "clock_stall_max_ms": round(item.clock_stall_max_s * 1000, 1)}
         if item.round_trip_s is not None:  # through both ends' sessions and the relay
             stats["signalling_round_trip_ms"] = round(item.round_trip_s * 1000, 1)
         if item.sender is not None and item.sender.round_trip_s is not None:
@@ -202,6 +214,7 @@ class CallManager:
                 "loss": round(jitter.loss, 4), "jitter_ms": round(jitter.jitter_s * 1000, 2),
                 "target_delay_ms": round(jitter.target_s * 1000, 1),
                 "playout_delay_ms": round(jitter.delay_s * 1000, 1),
+                "wait_runs": [list(run) for run in item.receiver.waits],
             })
         return CallView(item.call_id.hex(), item.peer, item.core.caller,
                         _STATE[item.core.state], item.sources, item.reason, item.by_peer,
@@ -259,9 +272,8 @@ class CallManager:
             raise MessengerError(f"cannot call {peer}: {exc}") from None
         try:
             qkd = await self._fresh_qkd(sae_id)
-            secret = os.urandom(payloads.CALL_SECRET_BYTES)
-            core, effects = Call.outgoing(secret, qkd, self._now(), self._policy,
-                                          call_id=call_id, rekey_every=rekey_every)
+            core, effects = Call.outgoing(qkd, self._now(), self._policy, call_id=call_id,
+                                          rekey_every=rekey_every)
         except SignallingError as exc:
             with contextlib.suppress(RelayError):
                 await self._relay.close_stream(call_id)
@@ -270,10 +282,11 @@ class CallManager:
             with contextlib.suppress(RelayError):
                 await self._relay.close_stream(call_id)
             raise
-        item = _Call(core, peer, sae_id, secret, time.time(), source=source, sink=sink,
+        item = _Call(core, peer, sae_id, time.time(), source=source, sink=sink,
                      stream_open=True)
         self._add(item)
-        await self._apply(item, effects)
+        async with item.lock:  # the answer waits until the offer's secret is bound
+            await self._apply(item, effects)
         if item.live:
             self._start_clock(item)
         self._changed(item)
@@ -365,9 +378,11 @@ class CallManager:
 
     # -- the peer ----------------------------------------------------------------------
 
-    async def on_payload(self, conversation: ConversationId, body: payloads.CallPayload) -> None:
+    async def on_payload(self, conversation: ConversationId, body: payloads.CallPayload,
+                         message_secret: bytes = b"") -> None:
         """A ``call`` payload arrived (from the inbox, in the relay's read loop: anything
-        that waits for a KME runs in a task of its own)."""
+        that waits for a KME runs in a task of its own). ``message_secret``: the exporter
+        secret of the message that carried it (an offer's session secret derives from it)."""
         try:
             message = CallMessage.decode(body.data)
         except SignallingError as exc:
@@ -376,7 +391,7 @@ class CallManager:
         item = self._calls.get(message.call_id)
         if item is None:
             if message.kind is Kind.OFFER:
-                await self._incoming(conversation, body, message)
+                await self._incoming(conversation, body, message, message_secret)
             elif message.kind is Kind.MISSED:
                 line = call_line(body, conversation.peer, False, "")
                 if line is not None:
@@ -395,20 +410,32 @@ class CallManager:
         self._in_background(self._from_peer(item, message), "call-signalling")
 
     async def _incoming(self, conversation: ConversationId, body: payloads.CallPayload,
-                        offer: CallMessage) -> None:
+                        offer: CallMessage, message_secret: bytes) -> None:
         if time.time() - body.ts > RING_TIMEOUT_S:
             log.info("an offer from %s came too late to ring", conversation.peer)
             return
-        if len(body.secret) != payloads.CALL_SECRET_BYTES:
-            log.warning("dropped a call offer from %s without its secret", conversation.peer)
+        if offer.version != VERSION:  # an old client's offer (a secret beside it): refused
+            known = self._conversations.known_caller(conversation)
+            why = OUTDATED if known else NOT_A_CONTACT
+            log.info("refused a version %d call offer from %s: %s", offer.version,
+                     conversation.peer, why)
+            view = CallView(offer.call_id.hex(), conversation.peer, False, CallState.ENDED,
+                            reason=declined(why), started_at=body.ts)
+            self._in_background(self._refuse(conversation, refuse_outdated(offer, why), view),
+                                "call-refuse")
+            return
+        if body.secret:
+            log.warning("dropped a call offer from %s with a secret beside it (malformed)",
+                        conversation.peer)
             return
         try:
+            secret = call_secret(message_secret, offer.call_id)
             sae_id = await self._conversations.ensure_session(conversation)
-            core, effects = Call.incoming(offer, body.secret, self._now(), self._policy)
+            core, effects = Call.incoming(offer, secret, self._now(), self._policy)
         except (SignallingError, MessengerError) as exc:
             log.warning("refused a call offer from %s: %s", conversation.peer, exc)
             return
-        item = _Call(core, conversation.peer, sae_id, body.secret, body.ts, offer=offer)
+        item = _Call(core, conversation.peer, sae_id, body.ts, offer=offer)
         busy = self._closed or any(other.live for other in self._calls.values())
         self._add(item)
         if not self._conversations.known_caller(conversation):  # a stranger: never rings
@@ -420,6 +447,21 @@ class CallManager:
         if item.live:
             self._start_clock(item)
         self._changed(item)
+
+    async def _refuse(self, conversation: ConversationId, refusal: CallMessage,
+                      view: CallView) -> None:
+        """Tell an old client why its call does not ring (in its own message version); the
+        user learns of the refused call once the relay holds the refusal."""
+        body = payloads.call(refusal.encode())
+        try:
+            await self._conversations.send_call_message(conversation, body, wait=True)
+        except MessengerError as exc:  # kept in the outbox: sent at the next login
+            log.warning("the refusal of %s's call is not at the relay yet: %s",
+                        conversation.peer, exc)
+        line = call_line(body, conversation.peer, True, "")
+        if line is not None:
+            self._emit(MessageEvent(line))
+        self._emit(CallEvent(view))
 
     async def _from_peer(self, item: _Call, message: CallMessage) -> None:
         async with item.lock:
@@ -507,6 +549,9 @@ class CallManager:
         self._changed(item)
 
     async def _apply(self, item: _Call, effects: list[Effect]) -> None:
+        for effect in effects:  # the view says why as soon as it says ended (the hang-up
+            if isinstance(effect, Ended):  # message goes out first; a UI may look meanwhile)
+                item.reason, item.by_peer = effect.reason, effect.by_peer
         for effect in effects:
             if isinstance(effect, Send):
                 await self._send(item, effect.message)
@@ -518,12 +563,17 @@ class CallManager:
                 await self._finish(item, effect)
 
     async def _send(self, item: _Call, message: CallMessage) -> None:
-        secret = item.secret if message.kind is Kind.OFFER else b""
         if message.kind in (Kind.OFFER, Kind.REKEY):
             item.asked_at = self._now()
-        body = payloads.call(message.encode(), secret)
+        body = payloads.call(message.encode())
         try:
-            await self._conversations.send_call_message(item.conversation, body)
+            exporter = await self._conversations.send_call_message(item.conversation, body)
+            if message.kind is Kind.OFFER:  # the secret of the very message the callee opens
+                item.core.bind_session(call_secret(exporter, item.call_id))
+        except SignallingError as exc:  # a session that exports nothing: cannot happen
+            log.error("call with %s: %s", item.peer, exc)
+            await self._apply(item, item.core.hang_up(f"failed: {exc}"))
+            return
         except MessengerError as exc:
             log.warning("call with %s: %s not sent: %s", item.peer, message.kind.value, exc)
             if message.kind is not Kind.HANGUP and item.live:
@@ -614,9 +664,15 @@ class CallManager:
     async def _clock(self, item: _Call) -> None:
         loop = asyncio.get_running_loop()
         start, ticks = loop.time(), 0
+        catching_up = False
         while item.live:
             ticks += 1
             late = loop.time() - (start + ticks * FRAME_S)
+            stalled = late > 2 * FRAME_S and item.core.state is State.ACTIVE
+            if stalled and not catching_up:  # a new stall (the catch-up ticks follow it)
+                item.clock_stalls += 1
+                item.clock_stall_max_s = max(item.clock_stall_max_s, late)
+            catching_up = stalled
             if late < 0:
                 await asyncio.sleep(-late)  # pacing, not synchronisation
             elif late > BEHIND_RESET_S:

@@ -23,7 +23,7 @@ RECENTLY_ACTIVE_S = 300.0
 class ContactStore(Protocol):
     def contact(self, handle: str) -> Contact | None: ...
     def pin_identity(self, handle: str, identity: PublicIdentity, *,
-                     verified: bool = False) -> None: ...
+                     verified: bool = False, added_by_me: bool = False) -> None: ...
 
 
 class BundleDirectory(Protocol):
@@ -67,11 +67,13 @@ class Contacts:
         return [self.view(c) for c in self._history.conversations()]
 
     async def add(self, handle: str) -> ContactView:
-        """Fetch ``handle``'s bundle from the relay and open a session with it."""
+        """Fetch ``handle``'s bundle from the relay and open a session with it; either way
+        the contact is marked "added by me" (their calls ring: :meth:`added_by_me`)."""
         if handle == self._handle:
             raise MessengerError("that is your own handle")
         conversation = ConversationId.direct(handle)
         if self._sessions.exists(conversation):
+            self._mark_added(handle)
             return self.view(conversation)
         try:
             if not self._directory.ready:
@@ -92,18 +94,37 @@ class Contacts:
         except ProtocolError as exc:
             raise MessengerError(f"{handle}'s prekey bundle was rejected: {exc}") from None
         await self._sessions.initiate(conversation, bundle, pinned)
+        self._mark_added(handle)
         return self.view(conversation)
+
+    def _mark_added(self, handle: str) -> None:
+        try:
+            contact = self._store.contact(handle)
+        except DamagedRow:  # its pinned identity is unknown: never re-pinned blindly
+            raise MessengerError(f"the stored contact record of {handle} is damaged") from None
+        if contact is not None and not contact.added_by_me:
+            self._store.pin_identity(handle, contact.identity, verified=contact.verified,
+                                     added_by_me=True)
 
     def set_verified(self, conversation: ConversationId, verified: bool) -> ContactView:
         contact = self._store.contact(conversation.peer)
         if contact is None:
             raise MessengerError(f"{conversation.peer} is not a contact")
-        self._store.pin_identity(conversation.peer, contact.identity, verified=verified)
+        self._store.pin_identity(conversation.peer, contact.identity, verified=verified,
+                                 added_by_me=contact.added_by_me)
         return self.view(conversation)
 
     def verified(self, conversation: ConversationId) -> bool:
         contact = self._store.contact(conversation.peer)
         return bool(contact and contact.verified)
+
+    def added_by_me(self, conversation: ConversationId) -> bool:
+        """Whether the user added this contact themselves (not only: they wrote to us)."""
+        try:
+            contact = self._store.contact(conversation.peer)
+        except DamagedRow:  # logged by the store: not known to be added
+            return False
+        return bool(contact and contact.added_by_me)
 
     def safety_number(self, conversation: ConversationId) -> SafetyNumber:
         peer = conversation.peer

@@ -58,7 +58,9 @@ class Replies(Protocol):
 
 
 TransferHandler = Callable[[ConversationId, payloads.TransferMessage], Awaitable[None]]
-CallHandler = Callable[[ConversationId, payloads.CallPayload], Awaitable[None]]
+# a call payload, and the exporter secret of the message that carried it (an offer's keys
+# derive from it: client.protocol.exporter)
+CallHandler = Callable[[ConversationId, payloads.CallPayload, bytes], Awaitable[None]]
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any] | None"]
 
 
@@ -161,7 +163,7 @@ class Inbox:
                     self._emit(DeliveryEvent(payload_id, peer, state))
             elif isinstance(body, payloads.CallPayload):
                 if self._on_call is not None:
-                    await self._on_call(conversation, body)
+                    await self._on_call(conversation, body, message.exporter)
             else:
                 await self._on_transfer(conversation, body)
         if delivered:  # a receipt that cannot go now (e.g. policy 'require', no QKD) is skipped

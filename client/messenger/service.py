@@ -355,9 +355,12 @@ class MessengerService:
         return self._contacts.verified(conversation)
 
     def known_caller(self, conversation: ConversationId) -> bool:
-        """Whether the peer may ring us: a verified contact, or one we exchanged anything
-        with beyond their own call signalling (docs/protocol.md §14); others are refused."""
-        return self._contacts.verified(conversation) or self._history.exchanged(conversation)
+        """Whether the peer may ring us: a verified contact, one the user added, or one we
+        exchanged anything with beyond their own call signalling (docs/protocol.md §14);
+        others are refused."""
+        return (self._contacts.verified(conversation)
+                or self._contacts.added_by_me(conversation)
+                or self._history.exchanged(conversation))
 
     async def send_transfer_message(self, conversation: ConversationId,
                                     body: payloads.TransferMessage) -> None:
@@ -365,10 +368,12 @@ class MessengerService:
         await self._outbox.send(conversation, body, wait=False, timeout=SEND_TIMEOUT_S)
 
     async def send_call_message(self, conversation: ConversationId,
-                                body: payloads.CallPayload, *, wait: bool = False) -> None:
+                                body: payloads.CallPayload, *, wait: bool = False) -> bytes:
         """A call's signalling message, end-to-end encrypted (queued at the relay for an
-        offline peer, like a text); ``wait``: until the relay holds it durably."""
-        await self._outbox.send(conversation, body, wait=wait, timeout=SEND_TIMEOUT_S)
+        offline peer, like a text); ``wait``: until the relay holds it durably. Returns the
+        sealed message's exporter secret (an offer's call keys derive from it)."""
+        sealed = await self._outbox.send(conversation, body, wait=wait, timeout=SEND_TIMEOUT_S)
+        return sealed.exporter
 
     # -- calls -------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from client.protocol import (
@@ -83,6 +83,7 @@ class Sealed:
     wire: bytes
     label: str
     otp: bool
+    exporter: bytes = field(default=b"", repr=False)  # client.protocol.exporter; not stored
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class Sessions:
             conversation.peer, session, outgoing,
             plaintext if kept_in_history(plaintext) else None)
         return Sealed(conversation, outbox_id, outgoing.message_id, outgoing.wire,
-                      outgoing.label, outgoing.otp)
+                      outgoing.label, outgoing.otp, outgoing.exporter)
 
     async def _take_enc_keys(self, conversation: ConversationId, sae_id: str,
                              number: int) -> QkdKeys | None:

@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from .errors import DecryptionFailed, MalformedMessage, OtpExhausted, QkdMissing, ReplayedMessage
+from .exporter import message_secret
 from .qkd import QkdKeys
 
 VERSION = 1
@@ -114,6 +115,11 @@ class OtpPad:
 
     def seal(self, plaintext: bytes, session_id: bytes) -> bytes:
         """Encrypt with fresh pad bytes; raises OtpExhausted (changing nothing) if short."""
+        return self.seal_exporting(plaintext, session_id)[0]
+
+    def seal_exporting(self, plaintext: bytes, session_id: bytes) -> tuple[bytes, bytes]:
+        """:meth:`seal`, also returning the message's exporter secret (from its one-time
+        MAC key: client.protocol.exporter)."""
         need = MAC_KEY_BYTES + len(plaintext)
         have = self.send.available()
         if have < need:
@@ -142,7 +148,7 @@ class OtpPad:
         for key_id, start, length in segments:
             self.send.mark(key_id, start, start + length)
         self.send_seq += 1
-        return header + ciphertext + tag
+        return header + ciphertext + tag, message_secret(pad[:MAC_KEY_BYTES])
 
     @staticmethod
     def _header(seq: int, segments: list[tuple[str, int, int]]) -> bytes:
@@ -185,6 +191,10 @@ class OtpPad:
 
     def open(self, wire: bytes, session_id: bytes) -> bytes:
         """Verify and decrypt; raises (changing nothing) on reuse, tampering or missing keys."""
+        return self.open_exporting(wire, session_id)[0]
+
+    def open_exporting(self, wire: bytes, session_id: bytes) -> tuple[bytes, bytes]:
+        """:meth:`open`, also returning the message's exporter secret."""
         _, segments, header_end = self.parse(wire)
         total = sum(length for _, _, length in segments)
         body = wire[header_end:]
@@ -215,7 +225,7 @@ class OtpPad:
             raise DecryptionFailed("one-time-pad message failed authentication") from None
         for key_id, start, length in segments:
             self.recv.mark(key_id, start, start + length)
-        return _xor(ciphertext, pad[MAC_KEY_BYTES:])
+        return _xor(ciphertext, pad[MAC_KEY_BYTES:]), message_secret(pad[:MAC_KEY_BYTES])
 
     def to_dict(self) -> dict:
         return {"send": self.send.to_dict(), "recv": self.recv.to_dict(), "seq": self.send_seq}

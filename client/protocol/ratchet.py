@@ -68,6 +68,7 @@ from .errors import (
     TooManySkipped,
     UnsupportedVersion,
 )
+from .exporter import message_secret
 from .handshake import HandshakeKeys
 from .qkd import QkdKeys, decode_key_ids, encode_key_ids
 
@@ -122,6 +123,7 @@ class Received:
     n: int
     sources: tuple[str, ...]
     degraded: bool
+    exporter: bytes = b""  # the message secret (client.protocol.exporter); never stored
 
     @property
     def message_id(self) -> str:
@@ -321,6 +323,11 @@ class Ratchet:
 
     def encrypt(self, plaintext: bytes, qkd: QkdKeys | None = None) -> bytes:
         """Seal ``plaintext``; returns wire bytes. Persist the state before sending them."""
+        return self.seal(plaintext, qkd)[0]
+
+    def seal(self, plaintext: bytes, qkd: QkdKeys | None = None) -> tuple[bytes, bytes]:
+        """:meth:`encrypt`, also returning the message's exporter secret (the receiver's
+        :class:`Received` carries the same: client.protocol.exporter)."""
         plan = self.send_plan()
         if plan.turn or (qkd is not None and plan.qkd_keys):
             header, ck = self._turn(qkd)
@@ -340,7 +347,7 @@ class Ratchet:
         self.send_ck = hmac.digest(ck, _CK, "sha256")
         nonce = _NONCE.pack(self.send_turn, self.send_n)
         self.send_n += 1
-        return header + AESGCM(mk).encrypt(nonce, plaintext, header)
+        return header + AESGCM(mk).encrypt(nonce, plaintext, header), message_secret(mk)
 
     def _turn(self, qkd: QkdKeys | None) -> tuple[bytes, bytes]:
         kem = _kem()
@@ -465,7 +472,8 @@ class Ratchet:
                 if new_skipped:
                     self._store_skipped(new_skipped)
                 self._confirmed()
-                return Received(plaintext, turn, n, self.recv_sources, self.recv_degraded)
+                return Received(plaintext, turn, n, self.recv_sources, self.recv_degraded,
+                                message_secret(mk))
             return self._open_skipped(turn, n, body, header_bytes)
         if turn < self.recv_turn or (turn == self.recv_turn and self.recv_ck is None):
             return self._open_skipped(turn, n, body, header_bytes)
@@ -482,7 +490,7 @@ class Ratchet:
         del self.skipped[(turn, n)]
         self._confirmed()
         sources, degraded = self.recv_epochs.get(turn, (self.recv_sources, self.recv_degraded))
-        return Received(plaintext, turn, n, sources, degraded)
+        return Received(plaintext, turn, n, sources, degraded, message_secret(mk))
 
     def _open_turn(self, wire: bytes, header: Header, qkd: QkdKeys | None) -> Received:
         own = self.own_keys.get(header.peer_version)
@@ -503,8 +511,9 @@ class Ratchet:
                             qkd=qkd.material if qkd else None, kem_secret=kem_secret,
                             dh_secret=dh_secret, policy=self.config.policy)
         root, ck = mixed.key[:32], mixed.key[32:]
-        plaintext = self._aead_open(hmac.digest(ck, _MK, "sha256"), header.turn, 0,
-                                    wire[header.header_end :], header_bytes)
+        mk = hmac.digest(ck, _MK, "sha256")
+        plaintext = self._aead_open(mk, header.turn, 0, wire[header.header_end :],
+                                    header_bytes)
         # previous chain: keep the keys of its messages not yet received
         new_skipped = {}
         if self.recv_ck is not None:
@@ -526,7 +535,8 @@ class Ratchet:
         for version in [v for v in self.own_keys if v < header.peer_version]:
             del self.own_keys[version]
         self._confirmed()
-        return Received(plaintext, header.turn, 0, mixed.sources, mixed.degraded)
+        return Received(plaintext, header.turn, 0, mixed.sources, mixed.degraded,
+                        message_secret(mk))
 
     def _aead_open(self, mk: bytes, turn: int, n: int, body: bytes, header: bytes) -> bytes:
         try:

@@ -24,7 +24,7 @@ A responder creates its session from the first message with :meth:`Session.accep
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cbor2
 
@@ -67,6 +67,9 @@ class Outgoing:
     sources: tuple[str, ...]
     degraded: bool
     otp: bool
+    # the message's exporter secret (client.protocol.exporter): keys bound to this very
+    # message, e.g. a call's; never stored
+    exporter: bytes = field(default=b"", repr=False)
 
     @property
     def label(self) -> str:
@@ -82,6 +85,7 @@ class Message:
     sources: tuple[str, ...]
     degraded: bool
     otp: bool = False
+    exporter: bytes = field(default=b"", repr=False)  # as Outgoing.exporter
 
     @property
     def label(self) -> str:
@@ -214,12 +218,12 @@ class Session:
         if self.mode == MODE_OTP:
             if qkd is not None:
                 self.otp.add_send_keys(qkd)
-            wire = self.otp.seal(plaintext, self.session_id)
-            return Outgoing(wire, wire_id(wire), False, ("QKD",), False, True)
+            wire, exporter = self.otp.seal_exporting(plaintext, self.session_id)
+            return Outgoing(wire, wire_id(wire), False, ("QKD",), False, True, exporter)
         before = self.ratchet.send_turn
-        wire = self.ratchet.encrypt(plaintext, qkd)
+        wire, exporter = self.ratchet.seal(plaintext, qkd)
         return Outgoing(wire, wire_id(wire), self.ratchet.send_turn != before,
-                        self.ratchet.send_sources, self.ratchet.send_degraded, False)
+                        self.ratchet.send_sources, self.ratchet.send_degraded, False, exporter)
 
     # -- receiving --------------------------------------------------------------------
 
@@ -239,13 +243,13 @@ class Session:
                                      " fetch them with dec_keys")
                 self.otp.add_recv_keys(qkd.select(missing))
             seq = OtpPad.parse(wire)[0]
-            plaintext = self.otp.open(wire, self.session_id)
-            return [Message(plaintext, f"otp.{seq}", ("QKD",), False, True)]
+            plaintext, exporter = self.otp.open_exporting(wire, self.session_id)
+            return [Message(plaintext, f"otp.{seq}", ("QKD",), False, True, exporter)]
         out: list[SessionEvent] = []
         for event in self.ratchet.decrypt(wire, qkd):
             if isinstance(event, Received):
                 out.append(Message(event.plaintext, event.message_id, event.sources,
-                                   event.degraded))
+                                   event.degraded, exporter=event.exporter))
             else:
                 out.append(event)
         return out

@@ -115,6 +115,7 @@ class Contact:
     handle: str
     identity: PublicIdentity
     verified: bool
+    added_by_me: bool = False  # the user added them (not: they wrote first); calls ring
 
 
 class Store:
@@ -298,11 +299,13 @@ class Store:
     # -- contacts ---------------------------------------------------------------------
 
     def pin_identity(self, handle: str, identity: PublicIdentity, *,
-                     verified: bool = False) -> None:
+                     verified: bool = False, added_by_me: bool = False) -> None:
+        """Pin (or re-pin) a contact. The sealed record is ``[handle, identity, verified,
+        added_by_me]``; records from before the mark have three fields (not added)."""
+        record = [handle, identity.encode(), verified, added_by_me]
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO contacts VALUES (?, ?)", (
-                self._sealer.name(handle),
-                self._sealer.seal("contact", cbor2.dumps([handle, identity.encode(), verified])),
+                self._sealer.name(handle), self._sealer.seal("contact", cbor2.dumps(record)),
             ))
 
     def contact(self, handle: str) -> Contact | None:
@@ -313,12 +316,13 @@ class Store:
         if not rows:
             return None
         try:
-            name, identity, verified = cbor2.loads(
+            name, identity, verified, *rest = cbor2.loads(
                 self._open_row("contacts", f"of {handle}", "contact", rows[0][0]))
         except DamagedRow:
             self._skipped("contacts", [f"of {handle}"])
             raise
-        return Contact(name, PublicIdentity.decode(identity), verified)
+        added_by_me = bool(rest[0]) if rest else False  # a record from before the mark
+        return Contact(name, PublicIdentity.decode(identity), verified, added_by_me)
 
     # -- sessions ---------------------------------------------------------------------
 

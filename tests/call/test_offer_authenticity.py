@@ -3,8 +3,6 @@ altered on the way (or forged without the session's keys) never opens and never 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from client.call.signalling import Call, CallMessage, Kind, QkdKeys, Send
@@ -14,9 +12,9 @@ from tests.protocol.helpers import pair, receive, send
 
 
 def _offer_plaintext() -> bytes:
-    _call, effects = Call.outgoing(os.urandom(32), QkdKeys(), now=0.0)
+    _call, effects = Call.outgoing(QkdKeys(), now=0.0)
     (offer,) = [e.message for e in effects if isinstance(e, Send)]
-    return payloads.call(offer.encode(), os.urandom(32)).encode()
+    return payloads.call(offer.encode()).encode()
 
 
 def test_an_offer_opens_intact_and_a_tampered_one_is_refused_by_the_ratchet() -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from client.call.signalling import Call, Ended, Kind, NeedQkd, State
-from tests.call.test_signalling import QKD, SESSION, connect, installed, sent
+from tests.call.test_signalling import QKD, SESSION, connect, installed, outgoing, sent
 
 
 def test_a_refused_call_tells_the_caller_why() -> None:
-    alice, effects = Call.outgoing(SESSION, QKD, now=0.0)
+    alice, effects = outgoing()
     bob, _ = Call.incoming(sent(effects), SESSION, now=0.1)
     effects = bob.decline(reason="not a contact")
     assert Ended("declined: not a contact", False) in effects and bob.state is State.ENDED
@@ -35,6 +35,6 @@ def test_the_callee_asks_and_the_caller_rekeys() -> None:
 
 
 def test_no_rekey_before_the_call_is_up() -> None:
-    alice, effects = Call.outgoing(SESSION, QKD, now=0.0)
+    alice, effects = outgoing()
     bob, _ = Call.incoming(sent(effects), SESSION, now=0.1)
     assert alice.request_rekey() == [] and bob.request_rekey() == []
