@@ -80,6 +80,7 @@ QKD_KEYS_PER_TRANSFER = 1
 UNBOUNDED_WINDOW = 1 << 40  # flow control is the websocket's backpressure, not acks
 INCOMING_QUEUE_FRAMES = 32  # chunks waiting for the disk at most (about 8 MiB)
 SNAPSHOT_EVERY_S = 1.0
+RELAY_READY_S = 10.0  # how long an offer waits for the relay login by default
 PROGRESS_EVERY_S = 0.25
 IDLE_NUDGE_S = 10.0
 KEEP_FINISHED_PROGRESS_S = 7 * 24 * 3600.0  # as long as the relay keeps a spooled frame
@@ -385,8 +386,13 @@ class TransferManager:
         return await self.send_built(peer, built, limit_bytes_per_s=limit_bytes_per_s)
 
     async def send_built(self, peer: str, built: BuiltManifest, *,
-                         limit_bytes_per_s: float = 0.0) -> TransferView:
-        """Offer an already hashed manifest (``send_files`` builds one from paths)."""
+                         limit_bytes_per_s: float = 0.0,
+                         relay_timeout: float = RELAY_READY_S) -> TransferView:
+        """Offer a listed manifest (``send_files`` builds one from paths).
+
+        It may start while the relay login is under way: an existing session (in the
+        store) and the QKD keys (from the KME) need no relay, so they overlap the login;
+        the stream and the offer wait up to ``relay_timeout`` for it."""
         conversation = ConversationId.direct(peer)
         peer_sae_id = await self._conversations.ensure_session(conversation)
         qkd = await self._qkd.enc_keys(peer_sae_id, QKD_KEYS_PER_TRANSFER)
@@ -414,7 +420,7 @@ class TransferManager:
         # Open the stream first: the peer may accept (and answer on it) at once.
         try:
             if not self._relay.ready:
-                await self._relay.wait_ready(10)
+                await self._relay.wait_ready(relay_timeout)
             await self._relay.open_stream(item.tid, peer)
         except StreamRefused as exc:
             raise MessengerError(f"the relay refused the transfer: {exc}", code=exc.code,
