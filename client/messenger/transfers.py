@@ -71,6 +71,7 @@ from . import payload as payloads
 from .api import ConversationId, MessengerError, TransferEvent, TransferState, TransferView
 from .relay_link import RelayError, StreamRefused
 from .sessions import KeySource
+from .ws_frames import WS_HEADROOM
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ class StreamRelay(Protocol):
     async def wait_ready(self, timeout: float) -> None: ...
     async def open_stream(self, stream: bytes, to: str, kind: str = "file") -> None: ...
     async def close_stream(self, stream: bytes) -> None: ...
-    async def send_frame(self, frame: bytes | bytearray) -> None: ...
+    async def send_frame(self, frame: bytearray, headroom: int = 0) -> None: ...
     async def send_binary(self, kind: int, stream: bytes, seq: int, payload: bytes) -> None: ...
     async def stream_ack(self, stream: bytes, seqs: list[int]) -> None: ...
 
@@ -222,7 +223,7 @@ class TransferSettings:
 class _StreamLink:
     """A driver's frame link over one relay file stream (client.transfer.driver.FrameLink)."""
 
-    headroom = BINARY_HEADER_BYTES
+    headroom = WS_HEADROOM + BINARY_HEADER_BYTES  # the websocket's header, then the relay's
 
     def __init__(self, relay: StreamRelay, stream: bytes, control_seq: _ControlSeq) -> None:
         self._relay = relay
@@ -230,10 +231,11 @@ class _StreamLink:
         self._control_seq = control_seq
 
     def frame_chunk(self, frame: bytearray, ordinal: int) -> None:
-        encode_binary_into(frame, KIND_FILE_CHUNK, self._stream, ordinal)
+        encode_binary_into(memoryview(frame)[WS_HEADROOM:], KIND_FILE_CHUNK, self._stream,
+                           ordinal)
 
     async def send_chunk(self, frame: bytearray) -> None:
-        await self._relay.send_frame(frame)
+        await self._relay.send_frame(frame, WS_HEADROOM)
 
     async def send_control(self, data: bytes) -> None:
         await self._relay.send_binary(KIND_FILE_CHUNK, self._stream, self._control_seq.next(),
