@@ -220,6 +220,23 @@ class TransferSettings:
     policy: QkdPolicy
 
 
+class _Stages:
+    """How long each step of an offer took (QSECRET_LOG=info shows them: the time before
+    the first chunk is on a transfer's clock)."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self._parts: list[str] = []
+
+    def done(self, stage: str) -> None:
+        now = time.perf_counter()
+        self._parts.append(f"{stage} {1000 * (now - self._last):.1f} ms")
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(self._parts)
+
+
 class _StreamLink:
     """A driver's frame link over one relay file stream (client.transfer.driver.FrameLink)."""
 
@@ -396,8 +413,11 @@ class TransferManager:
         store) and the QKD keys (from the KME) need no relay, so they overlap the login;
         the stream and the offer wait up to ``relay_timeout`` for it."""
         conversation = ConversationId.direct(peer)
+        stages = _Stages()
         peer_sae_id = await self._conversations.ensure_session(conversation)
+        stages.done("session")
         qkd = await self._qkd.enc_keys(peer_sae_id, QKD_KEYS_PER_TRANSFER)
+        stages.done("QKD keys")
         manifest = built.manifest
         if qkd is not None:
             manifest = manifest.with_qkd_key_ids(qkd.key_ids)
@@ -429,6 +449,7 @@ class TransferManager:
                                  reason=exc.reason) from None
         except RelayError as exc:
             raise MessengerError(f"not sent: {exc}") from None
+        stages.done("login + stream")
         self._transfers[item.tid] = item
         self._changed(item)
         try:
@@ -437,6 +458,8 @@ class TransferManager:
         except MessengerError as exc:
             self._finish(item, TransferState.FAILED)
             raise MessengerError(f"the offer was not sent: {exc}") from None
+        stages.done("record + offer")
+        log.info("offered transfer %s: %s", item.hex[:8], stages)
         self._start(item)
         return self.view(item)
 
@@ -511,6 +534,8 @@ class TransferManager:
         changed = False
         for event in events:
             if isinstance(event, Accepted):
+                log.info("transfer %s accepted %.0f ms after it was created", item.hex[:8],
+                         1000 * (time.time() - item.started_at))
                 item.state, item.detail, changed = TransferState.SENDING, "", True
             elif isinstance(event, Rewound):
                 log.info("transfer %s: the receiver asked to resume at file %d chunk %d",
