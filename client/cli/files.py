@@ -14,6 +14,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -148,13 +149,20 @@ def run_send_file(args: argparse.Namespace, listing: Future[BuiltManifest]) -> i
 
         messenger.subscribe(on_event)
         started = time.monotonic()
-        await go_online(messenger, args.timeout)
+        await messenger.start()
         try:
+            online = asyncio.ensure_future(messenger.wait_online(args.timeout))
             if not listing.done():
                 reporter.say("listing the files...")
-            built = await asyncio.wrap_future(listing)  # a TransferError: one line, status 2
-            view = await messenger.send_built(args.handle, built,
-                                              limit_bytes_per_s=args.limit_rate)
+            try:
+                built = await asyncio.wrap_future(listing)  # a TransferError: one line, status 2
+            except BaseException:
+                online.cancel()
+                raise
+            view = await _offer_while_logging_in(
+                online, messenger.send_built(args.handle, built,
+                                             limit_bytes_per_s=args.limit_rate,
+                                             relay_timeout=args.timeout))
             mine[view.transfer_id] = view
             reporter.line("offered", view)
             size = format_size(view.total_bytes)
@@ -172,6 +180,23 @@ def run_send_file(args: argparse.Namespace, listing: Future[BuiltManifest]) -> i
             await messenger.stop()
 
     return _run(main())
+
+
+async def _offer_while_logging_in(online: asyncio.Future[None],
+                                  offering: Coroutine[Any, Any, TransferView]) -> TransferView:
+    """Make the offer while the relay login (``online``) is under way: the session and the
+    transfer's QKD keys (a KME request) need no relay, so they overlap the connection; the
+    offer waits for the login inside ``send_built``. A failed login is the error reported
+    (it explains a failed offer too); else the offer's own error."""
+    sending = asyncio.ensure_future(offering)
+    try:
+        await asyncio.wait({online, sending}, return_when=asyncio.FIRST_EXCEPTION)
+        await online  # raises a login refusal, also when the offer failed first
+        return await sending
+    finally:
+        for task in (online, sending):
+            task.cancel()
+        await asyncio.gather(online, sending, return_exceptions=True)
 
 
 # -- receive-files -----------------------------------------------------------------------

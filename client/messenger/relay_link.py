@@ -48,6 +48,7 @@ from relay.wire import (
 )
 
 from .api import Connection, ConnectionEvent
+from .ws_frames import WS_HEADROOM, ChunkConnection
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ class RelayLink:
         tls = self._tls_context()
         async with connect(
             self.url,
+            create_connection=ChunkConnection,
             compression=None,
             max_size=MAX_FRAME_BYTES,
             ssl=tls,
@@ -317,11 +319,13 @@ class RelayLink:
         """Write one binary frame now; raises RelayError when not connected."""
         await self._write_frame(encode_binary(kind, stream, seq, payload))
 
-    async def send_frame(self, frame: bytes | bytearray) -> None:
-        """Write one encoded binary frame (see ``encode_binary_into``) now."""
-        await self._write_frame(frame)
+    async def send_frame(self, frame: bytearray, headroom: int = 0) -> None:
+        """Write one encoded binary frame, ``frame[headroom:]`` (see ``encode_binary_into``),
+        now. With ``headroom`` >= ``WS_HEADROOM`` free bytes in front, the websocket frame is
+        built there without a copy of the chunk (client.messenger.ws_frames)."""
+        await self._write_frame(frame, headroom)
 
-    async def _write_frame(self, frame: bytes | bytearray) -> None:
+    async def _write_frame(self, frame: bytes | bytearray, headroom: int = 0) -> None:
         """Awaiting the websocket's drain here is the flow control: a relay that stops
         reading (its receiver is slow) stops this sender too."""
         ws = self._ws
@@ -329,7 +333,11 @@ class RelayLink:
             raise RelayError("not connected to the relay")
         try:
             async with self._write_lock:
-                await ws.send(frame)
+                if (headroom >= WS_HEADROOM and isinstance(ws, ChunkConnection)
+                        and isinstance(frame, bytearray)):
+                    await ws.send_framed(frame, headroom)
+                else:
+                    await ws.send(memoryview(frame)[headroom:] if headroom else frame)
         except (websockets.WebSocketException, OSError) as exc:
             raise RelayError(f"connection to the relay lost: {type(exc).__name__}") from None
 

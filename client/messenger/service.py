@@ -494,12 +494,15 @@ class MessengerService:
             return await self.files.send_files(peer, paths, limit_bytes_per_s=limit_bytes_per_s)
 
     async def send_built(self, peer: str, built: BuiltManifest, *,
-                         limit_bytes_per_s: float = 0.0) -> TransferView:
-        """Like ``send_files`` with the files already hashed (e.g. while logging in)."""
+                         limit_bytes_per_s: float = 0.0,
+                         relay_timeout: float = 10.0) -> TransferView:
+        """Like ``send_files`` with the files already listed; it may start before the
+        relay login finished (it waits up to ``relay_timeout`` for it)."""
         if peer == self.handle:
             raise MessengerError("that is your own handle")
         async with self._life.operation():
-            return await self.files.send_built(peer, built, limit_bytes_per_s=limit_bytes_per_s)
+            return await self.files.send_built(peer, built, limit_bytes_per_s=limit_bytes_per_s,
+                                               relay_timeout=relay_timeout)
 
     async def accept_transfer(self, transfer_id: str) -> TransferView:
         async with self._life.operation():

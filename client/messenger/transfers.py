@@ -71,6 +71,7 @@ from . import payload as payloads
 from .api import ConversationId, MessengerError, TransferEvent, TransferState, TransferView
 from .relay_link import RelayError, StreamRefused
 from .sessions import KeySource
+from .ws_frames import WS_HEADROOM
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ QKD_KEYS_PER_TRANSFER = 1
 UNBOUNDED_WINDOW = 1 << 40  # flow control is the websocket's backpressure, not acks
 INCOMING_QUEUE_FRAMES = 32  # chunks waiting for the disk at most (about 8 MiB)
 SNAPSHOT_EVERY_S = 1.0
+RELAY_READY_S = 10.0  # how long an offer waits for the relay login by default
 PROGRESS_EVERY_S = 0.25
 IDLE_NUDGE_S = 10.0
 KEEP_FINISHED_PROGRESS_S = 7 * 24 * 3600.0  # as long as the relay keeps a spooled frame
@@ -195,7 +197,7 @@ class StreamRelay(Protocol):
     async def wait_ready(self, timeout: float) -> None: ...
     async def open_stream(self, stream: bytes, to: str, kind: str = "file") -> None: ...
     async def close_stream(self, stream: bytes) -> None: ...
-    async def send_frame(self, frame: bytes | bytearray) -> None: ...
+    async def send_frame(self, frame: bytearray, headroom: int = 0) -> None: ...
     async def send_binary(self, kind: int, stream: bytes, seq: int, payload: bytes) -> None: ...
     async def stream_ack(self, stream: bytes, seqs: list[int]) -> None: ...
 
@@ -218,10 +220,27 @@ class TransferSettings:
     policy: QkdPolicy
 
 
+class _Stages:
+    """How long each step of an offer took (QSECRET_LOG=info shows them: the time before
+    the first chunk is on a transfer's clock)."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self._parts: list[str] = []
+
+    def done(self, stage: str) -> None:
+        now = time.perf_counter()
+        self._parts.append(f"{stage} {1000 * (now - self._last):.1f} ms")
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(self._parts)
+
+
 class _StreamLink:
     """A driver's frame link over one relay file stream (client.transfer.driver.FrameLink)."""
 
-    headroom = BINARY_HEADER_BYTES
+    headroom = WS_HEADROOM + BINARY_HEADER_BYTES  # the websocket's header, then the relay's
 
     def __init__(self, relay: StreamRelay, stream: bytes, control_seq: _ControlSeq) -> None:
         self._relay = relay
@@ -229,10 +248,11 @@ class _StreamLink:
         self._control_seq = control_seq
 
     def frame_chunk(self, frame: bytearray, ordinal: int) -> None:
-        encode_binary_into(frame, KIND_FILE_CHUNK, self._stream, ordinal)
+        encode_binary_into(memoryview(frame)[WS_HEADROOM:], KIND_FILE_CHUNK, self._stream,
+                           ordinal)
 
     async def send_chunk(self, frame: bytearray) -> None:
-        await self._relay.send_frame(frame)
+        await self._relay.send_frame(frame, WS_HEADROOM)
 
     async def send_control(self, data: bytes) -> None:
         await self._relay.send_binary(KIND_FILE_CHUNK, self._stream, self._control_seq.next(),
@@ -385,11 +405,19 @@ class TransferManager:
         return await self.send_built(peer, built, limit_bytes_per_s=limit_bytes_per_s)
 
     async def send_built(self, peer: str, built: BuiltManifest, *,
-                         limit_bytes_per_s: float = 0.0) -> TransferView:
-        """Offer an already hashed manifest (``send_files`` builds one from paths)."""
+                         limit_bytes_per_s: float = 0.0,
+                         relay_timeout: float = RELAY_READY_S) -> TransferView:
+        """Offer a listed manifest (``send_files`` builds one from paths).
+
+        It may start while the relay login is under way: an existing session (in the
+        store) and the QKD keys (from the KME) need no relay, so they overlap the login;
+        the stream and the offer wait up to ``relay_timeout`` for it."""
         conversation = ConversationId.direct(peer)
+        stages = _Stages()
         peer_sae_id = await self._conversations.ensure_session(conversation)
+        stages.done("session")
         qkd = await self._qkd.enc_keys(peer_sae_id, QKD_KEYS_PER_TRANSFER)
+        stages.done("QKD keys")
         manifest = built.manifest
         if qkd is not None:
             manifest = manifest.with_qkd_key_ids(qkd.key_ids)
@@ -414,13 +442,14 @@ class TransferManager:
         # Open the stream first: the peer may accept (and answer on it) at once.
         try:
             if not self._relay.ready:
-                await self._relay.wait_ready(10)
+                await self._relay.wait_ready(relay_timeout)
             await self._relay.open_stream(item.tid, peer)
         except StreamRefused as exc:
             raise MessengerError(f"the relay refused the transfer: {exc}", code=exc.code,
                                  reason=exc.reason) from None
         except RelayError as exc:
             raise MessengerError(f"not sent: {exc}") from None
+        stages.done("login + stream")
         self._transfers[item.tid] = item
         self._changed(item)
         try:
@@ -429,6 +458,8 @@ class TransferManager:
         except MessengerError as exc:
             self._finish(item, TransferState.FAILED)
             raise MessengerError(f"the offer was not sent: {exc}") from None
+        stages.done("record + offer")
+        log.info("offered transfer %s: %s", item.hex[:8], stages)
         self._start(item)
         return self.view(item)
 
@@ -503,6 +534,8 @@ class TransferManager:
         changed = False
         for event in events:
             if isinstance(event, Accepted):
+                log.info("transfer %s accepted %.0f ms after it was created", item.hex[:8],
+                         1000 * (time.time() - item.started_at))
                 item.state, item.detail, changed = TransferState.SENDING, "", True
             elif isinstance(event, Rewound):
                 log.info("transfer %s: the receiver asked to resume at file %d chunk %d",

@@ -59,9 +59,9 @@ async def _send_through(alice: MessengerService, send_binary: object, source: Pa
     (the wire as an attacker in the relay's position shapes it); both ends must finish."""
     genuine = alice.relay.send_binary
 
-    async def send_frame(frame: bytes | bytearray) -> None:
+    async def send_frame(frame: bytes | bytearray, headroom: int = 0) -> None:
         """Chunks leave as whole encoded frames: hand them to ``send_binary`` parsed."""
-        parsed = parse_binary(bytes(frame))
+        parsed = parse_binary(bytes(frame[headroom:]))
         await send_binary(parsed.kind, parsed.stream, parsed.seq,  # type: ignore[operator]
                           bytes(parsed.payload))
 
