@@ -164,3 +164,60 @@ async def test_create_chat_unread_and_remove_from_the_tui(stack: Stack) -> None:
         assert any(m.get("text") == "carol is gone" for m in await _recv(stack, "bob"))
         assert not [m for m in await _recv(stack, "carol") if "text" in m]
         await pilot.press("ctrl+q")
+
+
+async def test_the_removed_member_sees_it_and_a_non_admin_is_refused(stack: Stack) -> None:
+    """carol runs the app: the group alice made appears with its unread count, carol (no
+    admin) cannot remove bob, and when alice removes her the conversation says so, the
+    group is marked removed, her input refuses and nothing sent afterwards reaches her."""
+    await asyncio.to_thread(stack.cli, "alice", "group", "create", "pair", "bob", "carol",
+                            check=True)
+    app = _app(stack, "carol")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await online(pilot)
+        contacts = screen.query_one(ContactList)
+        conversation = screen.query_one(Conversation)
+        await until(pilot, lambda: any(g.name == "pair" for g in contacts.groups()),
+                    timeout=60)
+        group = next(g for g in contacts.groups() if g.name == "pair")
+        if screen.conversation == group.conversation:  # nothing was open: it opened itself
+            screen.open_conversation("alice")
+        await asyncio.to_thread(stack.cli, "bob", "send", "@pair", "from bob", check=True)
+        await until(pilot, lambda: contacts.unread(group.group_id) == 1, timeout=60)
+        screen.open_group(group.group_id)
+        assert "from bob" in conversation.texts()
+        assert "alice created pair with bob, you" in conversation.notes()
+
+        # Not an admin: the removal is refused, said clearly, and the roster is unchanged.
+        await pilot.press("f5")
+        assert isinstance(app.screen, ChooseMembersScreen)
+        await _tick(pilot, app.screen.query_one(SelectionList), {"bob"})
+        await pilot.click("#done")
+        await until(pilot, lambda: any("admin" in str(n.message)
+                                        for n in app._notifications), timeout=30)
+        assert screen.group is not None and "bob" in screen.group.members
+
+        # alice removes carol: carol's open conversation says who did it.
+        await asyncio.to_thread(stack.cli, "alice", "group", "remove", "pair", "carol",
+                                check=True)
+        await until(pilot, lambda: "alice removed you" in conversation.notes(), timeout=60)
+        assert conversation.notes()[-1].startswith("you were removed by alice")
+        assert contacts.label(group.conversation).startswith("# pair (removed)")
+        box = screen.query_one("#message", Input)
+        assert "no longer" in box.placeholder
+        await _type(pilot, "still here?")
+        await pilot.press("enter")
+        await until(pilot, lambda: any("not a member" in str(n.message)
+                                        for n in app._notifications), timeout=30)
+
+        # alice writes to the group, then to carol directly: the direct message arrives
+        # (the relay keeps carol's queue in order), the group message never does.
+        await asyncio.to_thread(stack.cli, "alice", "send", "@pair", "after carol",
+                                check=True)
+        await asyncio.to_thread(stack.cli, "alice", "send", "carol", "marker", check=True)
+        await until(pilot, lambda: any(c.handle == "alice" and c.last_text == "marker"
+                                       for c in screen.messenger.contacts()), timeout=60)
+        assert "after carol" not in [m.text for m in screen.messenger.group_history(
+            group.group_id)]
+        assert "after carol" not in conversation.texts()
+        await pilot.press("ctrl+q")
