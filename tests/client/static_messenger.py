@@ -321,6 +321,12 @@ class StaticMessenger:
     def group_history(self, group: str, limit: int = 500) -> list[MessageView]:
         raise MessengerError(f"no group called {group!r}")
 
+    def group_unread(self) -> dict[str, int]:
+        return {}
+
+    def mark_group_shown(self, group: str) -> None:
+        raise MessengerError(f"no group called {group!r}")
+
     # -- what the peer or the network would do (test helpers) --------------------------
 
     def offer_incoming(self, peer: str, names: tuple[str, ...], total_bytes: int,

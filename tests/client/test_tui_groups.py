@@ -221,3 +221,38 @@ async def test_the_removed_member_sees_it_and_a_non_admin_is_refused(stack: Stac
             group.group_id)]
         assert "after carol" not in conversation.texts()
         await pilot.press("ctrl+q")
+
+
+async def _carol_unread(stack: Stack, name: str, *, open_it: bool = False) -> int:
+    """Start carol's app, read the unread count of group ``name`` as it starts (from her
+    store), open the group if asked, quit."""
+    app = _app(stack, "carol")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await online(pilot)
+        contacts = screen.query_one(ContactList)
+        group = next(g for g in contacts.groups() if g.name == name)
+        unread = contacts.unread(group.group_id)
+        if open_it:
+            screen.open_group(group.group_id)
+            assert contacts.unread(group.group_id) == 0
+        await pilot.press("ctrl+q")
+    return unread
+
+
+async def test_group_unread_counts_are_kept_across_restarts(stack: Stack) -> None:
+    await asyncio.to_thread(stack.cli, "alice", "group", "create", "later", "bob", "carol",
+                            check=True)
+    app = _app(stack, "carol")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await online(pilot)
+        contacts = screen.query_one(ContactList)
+        await until(pilot, lambda: any(g.name == "later" for g in contacts.groups()),
+                    timeout=60)
+        group = next(g for g in contacts.groups() if g.name == "later")
+        if screen.conversation == group.conversation:
+            screen.open_conversation("alice")
+        await asyncio.to_thread(stack.cli, "bob", "send", "@later", "unread one", check=True)
+        await until(pilot, lambda: contacts.unread(group.group_id) == 1, timeout=60)
+        await pilot.press("ctrl+q")
+    assert await _carol_unread(stack, "later", open_it=True) == 1
+    assert await _carol_unread(stack, "later") == 0

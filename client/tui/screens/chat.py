@@ -108,7 +108,7 @@ class ChatScreen(GroupActions, Screen[None]):
         self.app.sub_title = f"@{self.messenger.handle}"
         contacts = self.messenger.contacts()
         self.query_one(ContactList).set_contacts(contacts)
-        self.refresh_groups()
+        self.load_group_unread()
         for transfer in self.messenger.transfers():  # offers left from the last session
             self.transfer_changed(transfer)
         self.open_conversation(contacts[0].handle if contacts else None)

@@ -111,6 +111,18 @@ class GroupActions(_Base):
     def _groups(self) -> dict[str, GroupView]:
         return {g.group_id: g for g in self.messenger.group_list()}
 
+    def load_group_unread(self) -> None:
+        """Unread counts left from before (what neither this app nor ``recv`` showed)."""
+        self._group_unread = self.messenger.group_unread()
+        self.refresh_groups()
+
+    def _mark_shown(self, group_id: str) -> None:
+        self._group_unread.pop(group_id, None)
+        try:
+            self.messenger.mark_group_shown(group_id)
+        except MessengerError:
+            return  # stopping: counted again at the next start, nothing lost
+
     def refresh_groups(self) -> None:
         if not self.messenger.stopped:
             self.query_one(ContactList).set_groups(self.messenger.group_list(),
@@ -121,7 +133,7 @@ class GroupActions(_Base):
         if group is None:
             return
         self.conversation = group.conversation
-        self._group_unread.pop(group_id, None)
+        self._mark_shown(group_id)
         contacts = self.query_one(ContactList)
         contacts.active = self.conversation
         self.query_one(Conversation).show(
@@ -138,6 +150,7 @@ class GroupActions(_Base):
         """A group message arrived (or was sent from another terminal of this profile)."""
         if message.conversation == self.conversation:
             self.query_one(Conversation).add(message)
+            self._mark_shown(message.group_id)
         elif not message.outgoing:
             self._group_unread[message.group_id] = self._group_unread.get(message.group_id,
                                                                           0) + 1
