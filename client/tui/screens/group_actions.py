@@ -160,8 +160,8 @@ class GroupActions(_Base):
 
     def group_changed(self, event: GroupEvent) -> None:
         """Someone else changed a group's membership (or made this member join or leave)."""
-        if event.group.conversation == self.conversation:
-            self.open_group(event.group.group_id)  # re-shown with the new line
+        if self.conversation is None or event.group.conversation == self.conversation:
+            self.open_group(event.group.group_id)  # (re-)shown with the new line
         else:
             self.notify(event.note, title=f"{GROUP_MARK}{event.group.name}")
             self.refresh_groups()
