@@ -261,8 +261,10 @@ class Groups:
             out.extend(incoming[group.shown_in:])
         return out
 
-    def mark_shown(self) -> None:
-        for group in self._all().values():
+    def mark_shown(self, name_or_id: str | None = None) -> None:
+        """Everything received so far counts as shown (in one group, or in all)."""
+        groups = [self.find(name_or_id)] if name_or_id else list(self._all().values())
+        for group in groups:
             if group.session is None:
                 continue
             count = sum(1 for m in self._messages(group, 1_000_000) if not m.outgoing)

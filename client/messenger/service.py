@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -474,6 +475,15 @@ class MessengerService:
     def group_history(self, group: str, limit: int = 500) -> list[MessageView]:
         self._life.check()
         return self.groups.history(group, limit)
+
+    def group_unread(self) -> dict[str, int]:
+        """Group ID -> messages received and not shown yet (by the TUI or ``recv``)."""
+        self._life.check()
+        return dict(Counter(m.group_id for m in self.groups.unread()))
+
+    def mark_group_shown(self, group: str) -> None:
+        self._life.check()
+        self.groups.mark_shown(group)
 
     async def send_group(self, group: str, text: str, *, wait: bool = True) -> MessageView:
         """Seal once with this member's sender key, upload once for every member; with

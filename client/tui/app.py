@@ -15,6 +15,7 @@ from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
 from client.messenger.api import Messenger, ProfileGate
 from client.tui.screens.chat import ChatScreen
+from client.tui.screens.group_actions import GROUP_BINDINGS, GROUP_HELP
 from client.tui.screens.onboarding import OnboardingScreen
 
 if TYPE_CHECKING:
@@ -132,10 +133,18 @@ class QsecretApp(App[None]):
             yield SystemCommand("QKD network", "Links, nodes and the path of these keys",
                                 self.action_network)
             yield SystemCommand("Help", "All key bindings", screen.action_help)
+            for binding in GROUP_BINDINGS:
+                yield SystemCommand(binding.description, GROUP_HELP[binding.action],
+                                    getattr(screen, f"action_{binding.action}"))
             if self.messenger is not None:
                 for contact in self.messenger.contacts():
                     yield SystemCommand(
                         f"Open chat with {contact.handle}",
                         "Switch conversation",
                         lambda h=contact.handle: screen.open_conversation(h),
+                    )
+                for group in self.messenger.group_list():
+                    yield SystemCommand(
+                        f"Open group #{group.name}", "Switch conversation",
+                        lambda g=group.group_id: screen.open_group(g),
                     )

@@ -38,6 +38,7 @@ from client.messenger.api import (
     ContactView,
     Delivery,
     Event,
+    GroupView,
     KeyPath,
     KeyStatus,
     MessageView,
@@ -313,6 +314,18 @@ class StaticMessenger:
         if transfer.state.finished:
             raise MessengerError(f"{transfer.title} is already {transfer.state.value}")
         self._store(replace(transfer, state=TransferState.CANCELLED, detail="cancelled by you"))
+
+    def group_list(self) -> list[GroupView]:
+        return []  # no groups: the snapshots show the one-to-one screens
+
+    def group_history(self, group: str, limit: int = 500) -> list[MessageView]:
+        raise MessengerError(f"no group called {group!r}")
+
+    def group_unread(self) -> dict[str, int]:
+        return {}
+
+    def mark_group_shown(self, group: str) -> None:
+        raise MessengerError(f"no group called {group!r}")
 
     # -- what the peer or the network would do (test helpers) --------------------------
 

@@ -20,9 +20,11 @@ from client.messenger.api import (
     ConnectionEvent,
     ContactEvent,
     ConversationId,
+    ConversationKind,
     DeliveryEvent,
     ErrorEvent,
     Event,
+    GroupEvent,
     KeyStatusEvent,
     MessageEvent,
     Messenger,
@@ -32,6 +34,7 @@ from client.messenger.api import (
     TransferView,
 )
 from client.tui.screens.call import NO_SOUND_HINT, CallScreen, IncomingCallScreen
+from client.tui.screens.group_actions import GROUP_BINDINGS, GroupActions
 from client.tui.screens.help import HelpScreen
 from client.tui.screens.modals import AddContactScreen, ExportScreen
 from client.tui.screens.search import SearchScreen
@@ -54,7 +57,7 @@ class ServiceEvent(Message):
         super().__init__()
 
 
-class ChatScreen(Screen[None]):
+class ChatScreen(GroupActions, Screen[None]):
     # priority=True: these must work while the message Input has focus.
     BINDINGS = [
         Binding("f1", "help", "Help", priority=True),
@@ -70,6 +73,7 @@ class ChatScreen(Screen[None]):
         Binding("ctrl+down", "cycle(1)", "Next chat", priority=True),
         Binding("ctrl+up", "cycle(-1)", "Previous chat", priority=True),
         Binding("escape", "back", "Back to input", show=False),
+        *GROUP_BINDINGS,
     ]
 
     def __init__(self, messenger: Messenger, export_dir: Path) -> None:
@@ -80,11 +84,14 @@ class ChatScreen(Screen[None]):
         self._transfer_states: dict[str, TransferState] = {}
         # A call's metered microphone and speaker, from answer/place until it ends.
         self._sound: dict[str, tuple[MeteredSource, MeteredSink]] = {}
+        self._group_unread: dict[str, int] = {}
 
     @property
     def peer(self) -> str | None:
-        """The other party of the open (direct) conversation."""
-        return self.conversation.peer if self.conversation is not None else None
+        """The other party of the open conversation; None for none or a group."""
+        if self.conversation is None or self.conversation.kind is not ConversationKind.DIRECT:
+            return None
+        return self.conversation.peer
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -101,6 +108,7 @@ class ChatScreen(Screen[None]):
         self.app.sub_title = f"@{self.messenger.handle}"
         contacts = self.messenger.contacts()
         self.query_one(ContactList).set_contacts(contacts)
+        self.load_group_unread()
         for transfer in self.messenger.transfers():  # offers left from the last session
             self.transfer_changed(transfer)
         self.open_conversation(contacts[0].handle if contacts else None)
@@ -117,7 +125,7 @@ class ChatScreen(Screen[None]):
     def open_conversation(self, peer: str | None) -> None:
         self.conversation = ConversationId.direct(peer) if peer is not None else None
         contacts = self.query_one(ContactList)
-        contacts.active = peer
+        contacts.active = self.conversation
         transfers = [t for t in self.messenger.transfers() if t.peer == peer]
         self.query_one(Conversation).show(peer, self.messenger.history(peer) if peer else [],
                                           transfers)
@@ -142,7 +150,7 @@ class ChatScreen(Screen[None]):
 
     @on(ContactList.Chosen)
     def chosen(self, event: ContactList.Chosen) -> None:
-        self.open_conversation(event.handle)
+        self.open_chosen(event.conversation)
         self.query_one(MessageInput).focus()
 
     @on(MessageInput.Submitted, "#message")
@@ -151,12 +159,16 @@ class ChatScreen(Screen[None]):
         box = self.query_one(MessageInput)
         if not text:
             return
-        if self.peer is None:
+        group = self.group
+        if self.peer is None and group is None:
             self.notify("Add a contact first (Ctrl+N).", severity="warning")
             return
         box.remember(text)
         box.value = ""
-        self.send(self.peer, text)
+        if group is not None:
+            self.send_to_group(group.group_id, text)
+        elif self.peer is not None:
+            self.send(self.peer, text)
 
     @work(group="send")
     async def send(self, peer: str, text: str) -> None:
@@ -180,9 +192,16 @@ class ChatScreen(Screen[None]):
             error = event.error
             title = f"Relay refused ({error.code})" if error.code else "Error"
             self.notify(str(error), title=title, severity="error", timeout=20)
+        elif isinstance(event, MessageEvent) and event.message.group_id:
+            if self.conversation is None:
+                self.open_group(event.message.group_id)
+            else:
+                self.group_message(event.message)
+        elif isinstance(event, GroupEvent):
+            self.group_changed(event)
         elif isinstance(event, MessageEvent):
             incoming = event.message
-            if self.peer is None:
+            if self.conversation is None:
                 self.open_conversation(incoming.peer)
             elif incoming.conversation == self.conversation:
                 self.query_one(Conversation).add(incoming)
@@ -201,7 +220,7 @@ class ChatScreen(Screen[None]):
             self.refresh_keys()
         elif isinstance(event, ContactEvent):
             self.query_one(ContactList).update_contact(event.contact)
-            if self.peer is None:
+            if self.conversation is None:
                 self.open_conversation(event.contact.handle)
         elif isinstance(event, TransferEvent):
             self.transfer_changed(event.transfer)
@@ -332,12 +351,18 @@ class ChatScreen(Screen[None]):
     def action_back(self) -> None:
         self.query_one(MessageInput).focus()
 
+    def open_chosen(self, conversation: ConversationId) -> None:
+        if conversation.kind is ConversationKind.GROUP:
+            self.open_group(conversation.key)
+        else:
+            self.open_conversation(conversation.key)
+
     def action_cycle(self, step: int) -> None:
-        handles = self.query_one(ContactList).handles()
-        if not handles:
+        listed = self.query_one(ContactList).conversations()
+        if not listed:
             return
-        index = handles.index(self.peer) if self.peer in handles else -step
-        self.open_conversation(handles[(index + step) % len(handles)])
+        index = listed.index(self.conversation) if self.conversation in listed else -step
+        self.open_chosen(listed[(index + step) % len(listed)])
 
     def action_add_contact(self) -> None:
         def added(handle: str | None) -> None:

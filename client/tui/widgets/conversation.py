@@ -59,6 +59,18 @@ class TransferLine(Static):
         self.update(render_transfer_line(transfer))
 
 
+class NoteLine(Static):
+    """A line about the conversation itself, e.g. a group's membership change."""
+
+    def __init__(self, text: str, at: float) -> None:
+        stamp = time.strftime("%H:%M", time.localtime(at))
+        line = Text()
+        line.append(f"{stamp} ", style="grey50")
+        line.append(f"— {text} —", style="italic yellow")
+        super().__init__(line, classes="note-line")
+        self.text = text
+
+
 class Conversation(VerticalScroll):
     """Messages (and file transfers) of the open conversation; updated in place."""
 
@@ -67,27 +79,45 @@ class Conversation(VerticalScroll):
         self.peer: str | None = None
         self._lines: dict[str, MessageLine] = {}
         self._transfers: dict[str, TransferLine] = {}
+        self._notes: list[NoteLine] = []
 
     def show(self, peer: str | None, messages: list[MessageView],
-             transfers: list[TransferView] | None = None) -> None:
+             transfers: list[TransferView] | None = None,
+             notes: list[tuple[float, str]] | None = None) -> None:
+        """Show one conversation: ``peer`` is the contact's handle or ``#group``; ``notes``
+        are (time, text) lines among the messages, e.g. a group's membership changes."""
         self.peer = peer
         self.remove_children()
         self._lines = {}
         self._transfers = {}
+        self._notes = []
         if peer is None:
             self.mount(Static("No conversation open. Ctrl+N adds a contact.", classes="hint"))
             return
         if not messages and not transfers:
             self.mount(Static(f"No messages with {peer} yet. Say hello.", classes="hint"))
-        timeline: list[tuple[float, int, MessageView | TransferView]] = [
-            (m.timestamp, 0, m) for m in messages]
-        timeline += [(t.started_at, 1, t) for t in transfers or []]
+        timeline: list[tuple[float, int, MessageView | TransferView | tuple[float, str]]] = [
+            (m.timestamp, 1, m) for m in messages]
+        timeline += [(t.started_at, 2, t) for t in transfers or []]
+        timeline += [(note[0], 0, note) for note in notes or []]
         for _, _, item in sorted(timeline, key=lambda entry: entry[:2]):
             if isinstance(item, MessageView):
                 self.add(item, scroll=False)
-            else:
+            elif isinstance(item, TransferView):
                 self.show_transfer(item, scroll=False)
+            else:
+                self.add_note(item[1], item[0], scroll=False)
         self.scroll_end(animate=False)
+
+    def add_note(self, text: str, at: float, scroll: bool = True) -> None:
+        line = NoteLine(text, at)
+        self._notes.append(line)
+        self.mount(line)
+        if scroll:
+            self.scroll_end(animate=False)
+
+    def notes(self) -> list[str]:
+        return [line.text for line in self._notes]
 
     def show_transfer(self, transfer: TransferView, scroll: bool = True) -> None:
         """Add the transfer's line, or update it if it is already shown."""
