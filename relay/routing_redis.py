@@ -177,6 +177,9 @@ class MediaLink:
         self.me = store.consumer
         self.channel = self.channel_of(self.me)
         self.on_message: Callable[[bytes], None] = lambda message: None  # set by relay.streams
+        # on_gone(relay): a message to ``relay`` reached no subscriber (it died, or lost
+        # Redis): its streams are over. Set by relay.streams.
+        self.on_gone: Callable[[str], None] = lambda relay: None
         self._queue: deque[tuple[str, bytes]] = deque()
         self._frames = 0  # media frames in _queue
         self._ready = asyncio.Event()
@@ -231,12 +234,17 @@ class MediaLink:
                 for channel, message in batch:
                     pipe.publish(channel, message)
                 try:
-                    await pipe.execute()
-                    self.published += len(batch)
+                    heard = await pipe.execute()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # live media: what Redis did not take is gone
                     log.error("redis media publish failed: %s", exc)
+                    continue
+                self.published += len(batch)
+                gone = {channel for (channel, _), count in zip(batch, heard, strict=True)
+                        if not count}
+                for channel in gone:
+                    self.on_gone(channel[len(self.channel_of("")):])
 
 
 MEDIA_FRAME_KINDS = (b"f", b"F")  # relay.streams: a media frame, the final one

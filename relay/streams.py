@@ -67,6 +67,9 @@ class MediaLink(Protocol):
     def send(self, relay: str, message: bytes) -> bool: ...
 
 
+_Opening = tuple[Session, wire.StreamOpen, str, "asyncio.Future[str]"]
+
+
 class RemoteEnd:
     """The far end of a media stream whose other end is a session on this relay."""
 
@@ -96,9 +99,14 @@ class Streams:
         self.link: MediaLink | None = getattr(router, "media_link", None)
         self.remote: dict[bytes, RemoteEnd] = {}
         self.remote_of: dict[Session, set[bytes]] = {}  # session -> its remote streams
-        self.remote_opening: dict[bytes, tuple[Session, wire.StreamOpen, asyncio.Future[str]]] = {}
+        # Media opens waiting for the answer of the relay asked: (opener, open, relay, answer)
+        self.remote_opening: dict[bytes, _Opening] = {}
         if self.link is not None:
             self.link.on_message = self.on_remote_media
+            self.link.on_gone = self.on_relay_gone
+            metrics.describe("qsecret_relay_media_dropped_total",
+                             "live media frames between relays dropped, by why (link: Redis "
+                             "lagging; receiver: its connection lagging; gone: stream ended)")
 
     async def load(self) -> None:
         self.file_streams = {record.stream: record
@@ -182,7 +190,7 @@ class Streams:
         code = "recipient_offline"
         for relay in await self.link.relays_of(frame.to):
             future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-            self.remote_opening[stream] = (session, frame, future)
+            self.remote_opening[stream] = (session, frame, relay, future)
             self.link.send(relay, b"o" + stream + b"\0".join(
                 (session.handle.encode(), frame.to.encode(), self.link.me.encode())))
             try:
@@ -226,6 +234,18 @@ class Streams:
             code, _, relay = rest.decode().partition("\0")
             self._remote_answer(stream, code, relay)
 
+    def on_relay_gone(self, relay: str) -> None:
+        """No relay listens on ``relay``'s channel any more (it died or lost Redis): the
+        streams with an end there are over, and an open waiting for its answer is
+        ``recipient_offline``."""
+        for stream, end in [(s, e) for s, e in self.remote.items() if e.relay == relay]:
+            self._forget_remote(stream)
+            self._remember_remote_closed(stream, end)
+            end.session.post(wire.StreamClose(stream.hex()).encode())
+        for _session, _frame, asked, future in list(self.remote_opening.values()):
+            if asked == relay and not future.done():
+                future.set_result("recipient_offline")
+
     def _remote_open(self, stream: bytes, caller: str, callee: str, relay: str) -> None:
         """Another relay's client calls ``callee``: take the stream to its newest session."""
         assert self.link is not None
@@ -247,11 +267,11 @@ class Streams:
         the peer's can arrive (same channel, later), then let the opener go on."""
         assert self.link is not None
         opening = self.remote_opening.get(stream)
-        if opening is None or opening[2].done() or opening[0].closing:
+        if opening is None or opening[3].done() or opening[0].closing:
             if code == "":  # nobody waits for this stream any more
                 self.link.send(relay, b"c" + stream)
             return
-        session, frame, future = opening
+        session, frame, _relay, future = opening
         if code == "":
             self._add_remote(stream, RemoteEnd(session, frame.to, relay))
             session.post(wire.StreamOk(frame.stream, frame.id).encode())

@@ -161,3 +161,19 @@ async def test_a_frame_for_a_stream_the_sender_does_not_own_is_refused(
     assert [f.payload for f in frames(bob, stream)] == [b"real"]
     for client in (alice, bob, mallory, eve):
         await client.close()
+
+
+async def test_a_relay_dying_mid_call_ends_the_stream_on_the_other(
+        relays: tuple[RelayProcess, ...]) -> None:
+    """Relay two is killed: relay one's next publish for it reaches no subscriber, so
+    alice's stream is closed (the call's "connection lost" path), not left hanging."""
+    one, two = relays
+    alice = await connect(one, "alice")
+    bob = await connect(two, "bob")
+    stream = await call(alice, bob, "bob")
+    two.kill9()
+    alice.send_chunk(stream, "media", 0, b"anyone there?")
+    await alice.flush()
+    await alice.wait(lambda: closes(alice, stream), 15)
+    assert not alice.errors
+    await alice.close()
