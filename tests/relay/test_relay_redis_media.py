@@ -11,6 +11,7 @@ frame for a stream the sender does not own is refused.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from relay import wire
 from tests.relay.harness import Client, Identity, RelayProcess, start_relay
 from tests.relay.redis_server import RedisServer
-from tests.relay.test_relay_file_streams import frames
+from tests.relay.test_relay_file_streams import frames, metric, ping
 
 pytestmark = pytest.mark.slow
 
@@ -177,3 +178,33 @@ async def test_a_relay_dying_mid_call_ends_the_stream_on_the_other(
     await alice.wait(lambda: closes(alice, stream), 15)
     assert not alice.errors
     await alice.close()
+
+
+async def test_frames_redis_cannot_take_are_dropped_counted_and_bounded(
+        relays: tuple[RelayProcess, ...], redis_server: RedisServer) -> None:
+    """Redis stalls mid-call: relay one keeps at most MEDIA_QUEUE frames (plus the batch in
+    flight) for it and drops the rest, counted; what arrives after is in order."""
+    from relay.routing_redis import MEDIA_QUEUE
+
+    one, two = relays
+    alice = await connect(one, "alice")
+    bob = await connect(two, "bob")
+    stream = await call(alice, bob, "bob")
+    sent = 2 * MEDIA_QUEUE + 100
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        for seq in range(sent):
+            alice.send_chunk(stream, "media", seq, seq.to_bytes(4, "big") * 40)
+        await ping(alice, "all-read")  # relay one has handled every frame
+        dropped = metric(one, "qsecret_relay_media_dropped_total", '{why="link"}')
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    assert sent - MEDIA_QUEUE - 64 <= dropped <= sent - MEDIA_QUEUE
+    await bob.wait(lambda: len(frames(bob, stream)) >= sent - dropped, 20)
+    seqs = [f.seq for f in frames(bob, stream)]
+    assert len(seqs) == sent - dropped and seqs == sorted(set(seqs))
+    assert all(f.payload == f.seq.to_bytes(4, "big") * 40 for f in frames(bob, stream))
+    assert not alice.errors and not bob.errors
+    await alice.close()
+    await bob.close()
