@@ -13,6 +13,13 @@ wake-up that is missed (the subscription not yet confirmed, the pub/sub connecti
 made good by reading both again whenever a subscription is confirmed, which redis-py also
 does after it reconnects and subscribes again.
 
+Live media streams (calls) between relays: each relay also subscribes to its own media
+channel (``P.media:<relay>``) and :class:`MediaLink` publishes there, in order, a stream's
+open, its answer, its frames and its close for the relay holding the other end (found in
+the presence set ``P.on:<handle>``). Media frames are never stored: PUBLISH only, and a frame
+that finds the link's queue full (Redis or the link lagging) is dropped and counted, as live
+media is; the relay.streams module holds the stream logic.
+
 Presence stays private: clients learn nothing about where, or whether, anyone is connected;
 the channel list and the presence sets are visible only to whoever administers the Redis.
 """
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -49,6 +57,7 @@ class RedisRouter(LocalRouter[S]):
         self._changes: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()
         self._subscriber: asyncio.Task[None] | None = None
         self.wakes_received = 0  # for tests and metrics
+        self.media_link = MediaLink(store)
 
     async def start(self) -> None:
         """Open the pub/sub connection (the store must be open)."""
@@ -56,10 +65,13 @@ class RedisRouter(LocalRouter[S]):
         self._pubsub = self.store.client().pubsub()
         # A placeholder subscription: redis-py reads messages only while subscribed.
         await self._pubsub.subscribe(self.store.wake_channel("\0relay"))
+        await self._pubsub.subscribe(self.media_link.channel)
+        self.media_link.start()
         self._reader = asyncio.create_task(self._read(), name="relay-redis-wakeups")
         self._subscriber = asyncio.create_task(self._apply(), name="relay-redis-subscribe")
 
     async def stop(self) -> None:
+        await self.media_link.stop()
         if self._pubsub is not None:
             self.store.reset_presence()  # queued before the store's closing barrier
         for task in (self._reader, self._subscriber):
@@ -109,6 +121,7 @@ class RedisRouter(LocalRouter[S]):
     async def _read(self) -> None:
         prefix = self.store.wake_channel("").encode()
         me = self.store.consumer.encode()
+        media = self.media_link.channel.encode()
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=None)
@@ -121,6 +134,10 @@ class RedisRouter(LocalRouter[S]):
             if message is None or message["type"] not in ("message", "subscribe"):
                 continue
             channel = bytes(message["channel"])
+            if channel == media:
+                if message["type"] == "message":
+                    self.media_link.received(bytes(message["data"]))
+                continue
             if not channel.startswith(prefix):
                 continue
             handle = channel[len(prefix):].decode()
@@ -143,6 +160,98 @@ class RedisRouter(LocalRouter[S]):
             live = _envelope(handle, envelope) if envelope else None
             for session in list(self.sessions(handle)):
                 self.on_wake(session, kind, live)
+
+
+MEDIA_QUEUE = 256  # media frames waiting to be published, past which new ones are dropped
+
+
+class MediaLink:
+    """Live media messages to other relays, published in order, never stored.
+
+    Control messages (open, answer, close: a few per call) always go out; media frames
+    are dropped (and counted) once ``MEDIA_QUEUE`` wait, so a lagging Redis costs bounded
+    memory and late frames, as a stuck receiver does on one relay."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.me = store.consumer
+        self.channel = self.channel_of(self.me)
+        self.on_message: Callable[[bytes], None] = lambda message: None  # set by relay.streams
+        # on_gone(relay): a message to ``relay`` reached no subscriber (it died, or lost
+        # Redis): its streams are over. Set by relay.streams.
+        self.on_gone: Callable[[str], None] = lambda relay: None
+        self._queue: deque[tuple[str, bytes]] = deque()
+        self._frames = 0  # media frames in _queue
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0  # media frames dropped here (the queue was full)
+        self.published = 0
+
+    def channel_of(self, relay: str) -> str:
+        return f"{self.store.prefix}media:{relay}"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._publish(), name="relay-redis-media")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def relays_of(self, handle: str) -> list[str]:
+        """The other relays recorded as holding a session of ``handle``."""
+        members = await self.store.client().smembers(f"{self.store.prefix}on:{handle}")
+        return sorted(name for name in (_text(m) for m in members) if name != self.me)
+
+    def send(self, relay: str, message: bytes) -> bool:
+        """Queue ``message`` for ``relay``; False (dropped) for a media frame past the bound."""
+        if message[:1] in MEDIA_FRAME_KINDS:
+            if self._frames >= MEDIA_QUEUE:
+                self.dropped += 1
+                return False
+            self._frames += 1
+        self._queue.append((self.channel_of(relay), message))
+        self._ready.set()
+        return True
+
+    def received(self, message: bytes) -> None:
+        try:
+            self.on_message(message)
+        except Exception:  # one bad message must not stop the relay's pub/sub reader
+            log.exception("a media message from another relay failed")
+
+    async def _publish(self) -> None:
+        """One task, one pipeline at a time: messages leave in the order they were queued."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), 64))]
+                self._frames -= sum(1 for _, m in batch if m[:1] in MEDIA_FRAME_KINDS)
+                pipe = self.store.client().pipeline(transaction=False)
+                for channel, message in batch:
+                    pipe.publish(channel, message)
+                try:
+                    heard = await pipe.execute()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # live media: what Redis did not take is gone
+                    log.error("redis media publish failed: %s", exc)
+                    continue
+                self.published += len(batch)
+                gone = {channel for (channel, _), count in zip(batch, heard, strict=True)
+                        if not count}
+                for channel in gone:
+                    self.on_gone(channel[len(self.channel_of("")):])
+
+
+MEDIA_FRAME_KINDS = (b"f", b"F")  # relay.streams: a media frame, the final one
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _envelope(recipient: str, packed: bytes) -> Envelope | None:

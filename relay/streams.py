@@ -15,6 +15,14 @@ on this relay is spooled (the same quotas and TTL), which wakes the relay holdin
 target's newest session: that relay drains the spool to it (``spooled_elsewhere``). So a
 transfer between clients on two relays goes through the spool while both are online, and
 the target's ``stream_ack`` deletes the frames wherever it is connected.
+
+A "media" stream between clients on two relays (shared store with a media link, see
+relay/routing_redis.py's ``MediaLink``) stays live and unstored: the opener's relay asks the
+relay holding the peer's session (Redis presence) to take the stream and answers
+``stream_ok`` or that relay's refusal (``recipient_offline`` when no relay has the peer);
+each frame and the close are then published to the other end's relay, which writes them to
+its session. A frame the link or the receiver cannot take at once is dropped and counted
+(live media: late is useless), so memory per stream stays bounded.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ import contextlib
 import functools
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from relay import wire
 from relay.config import RelayConfig
@@ -44,6 +53,32 @@ SPOOL_OUTBOX = 8  # queued outgoing frames past which a spool drain waits for th
 MAX_SPOOL_PENDING = 32  # spool writes awaiting their commit per connection
 RECENTLY_CLOSED = 4096  # file streams remembered after close/expiry (late frames: no strike)
 MAX_FILE_SEQ = 2**53 - 1  # stream_ack carries seqs as JSON integers
+REMOTE_OPEN_WAIT = 5.0  # seconds a media open waits for the peer's relay to answer
+
+
+class MediaLink(Protocol):
+    """Messages to the relays sharing this one's store (relay/routing_redis.py)."""
+
+    me: str
+    on_message: Callable[[bytes], None]
+
+    def relays_of(self, handle: str) -> Awaitable[list[str]]: ...
+
+    def send(self, relay: str, message: bytes) -> bool: ...
+
+
+_Opening = tuple[Session, wire.StreamOpen, str, "asyncio.Future[str]"]
+
+
+class RemoteEnd:
+    """The far end of a media stream whose other end is a session on this relay."""
+
+    __slots__ = ("handle", "relay", "session")
+
+    def __init__(self, session: Session, handle: str, relay: str) -> None:
+        self.session = session  # this relay's end
+        self.handle = handle  # the far end's handle
+        self.relay = relay  # the relay holding the far end's session
 
 
 class Streams:
@@ -60,6 +95,18 @@ class Streams:
         # Handles another relay spooled a frame for since their drain's last read (shared
         # store): the drain reads once more before it stops.
         self.spool_woken: set[str] = set()
+        # Live media streams with their other end on another relay (shared store only).
+        self.link: MediaLink | None = getattr(router, "media_link", None)
+        self.remote: dict[bytes, RemoteEnd] = {}
+        self.remote_of: dict[Session, set[bytes]] = {}  # session -> its remote streams
+        # Media opens waiting for the answer of the relay asked: (opener, open, relay, answer)
+        self.remote_opening: dict[bytes, _Opening] = {}
+        if self.link is not None:
+            self.link.on_message = self.on_remote_media
+            self.link.on_gone = self.on_relay_gone
+            metrics.describe("qsecret_relay_media_dropped_total",
+                             "live media frames between relays dropped, by why (link: Redis "
+                             "lagging; receiver: its connection lagging; gone: stream ended)")
 
     async def load(self) -> None:
         self.file_streams = {record.stream: record
@@ -92,6 +139,10 @@ class Streams:
             self._remember_media_closed(stream, session, other)
             other.post(wire.StreamClose(stream.hex()).encode())
         session.streams.clear()
+        for stream in self.remote_of.pop(session, ()):
+            end = self.remote.pop(stream, None)
+            if end is not None and self.link is not None:
+                self.link.send(end.relay, b"c" + stream)
 
     # ------------------------------------------------------------ control frames
 
@@ -100,18 +151,24 @@ class Streams:
             return await self._open_file_stream(session, frame)
         if await self._record(bytes.fromhex(frame.stream)) is not None:
             return session.refuse("bad_field", "stream id taken", req_id=frame.id)
-        return self._open_media_stream(session, frame)
+        return await self._open_media_stream(session, frame)
 
-    def _open_media_stream(self, session: Session, frame: wire.StreamOpen) -> int | None:
+    async def _open_media_stream(self, session: Session,
+                                 frame: wire.StreamOpen) -> int | None:
         """A live stream: both ends online, session to session."""
         stream = bytes.fromhex(frame.stream)
         if stream in session.streams:
             return session.refuse("bad_field", "stream id already open", req_id=frame.id)
-        if len(session.streams) >= self.config.max_streams:
+        if stream in self.remote or stream in self.remote_opening:
+            return session.refuse("bad_field", "stream id already open", req_id=frame.id)
+        if len(session.streams) + len(self.remote_of.get(session, ())) >= \
+                self.config.max_streams:
             return session.refuse("too_many_streams",
                                   f"at most {self.config.max_streams} open streams",
                                   strike=False, req_id=frame.id)
         peer = self.router.newest(frame.to)
+        if peer is None and self.link is not None:
+            return await self._open_remote_media(session, frame)
         if peer is None:
             return session.refuse("recipient_offline", f"{frame.to!r} is not connected",
                                   strike=False, req_id=frame.id)
@@ -124,6 +181,121 @@ class Streams:
         session.post(wire.StreamOk(frame.stream, frame.id).encode())
         peer.post(wire.StreamIncoming(frame.stream, session.handle, frame.kind).encode())
         return None
+
+    async def _open_remote_media(self, session: Session,
+                                 frame: wire.StreamOpen) -> int | None:
+        """The peer has no session here: ask the relays that have one, in turn."""
+        assert self.link is not None and session.handle is not None
+        stream = bytes.fromhex(frame.stream)
+        code = "recipient_offline"
+        for relay in await self.link.relays_of(frame.to):
+            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self.remote_opening[stream] = (session, frame, relay, future)
+            self.link.send(relay, b"o" + stream + b"\0".join(
+                (session.handle.encode(), frame.to.encode(), self.link.me.encode())))
+            try:
+                code = await asyncio.wait_for(future, REMOTE_OPEN_WAIT)
+            except TimeoutError:
+                code = "recipient_offline"  # a late "yes" is answered with a close
+            finally:
+                self.remote_opening.pop(stream, None)
+            if code == "":
+                return None  # stream_ok posted when the answer came (before any frame)
+            if code != "recipient_offline":
+                break
+        text = {"recipient_offline": f"{frame.to!r} is not connected",
+                "too_many_streams": "the peer cannot take this stream",
+                "bad_field": "stream id already open"}.get(code, code)
+        return session.refuse(code, text, strike=code == "bad_field", req_id=frame.id)
+
+    def on_remote_media(self, message: bytes) -> None:
+        """A media message from another relay (its pub/sub reader calls this, in order)."""
+        kind, stream, rest = message[:1], message[1:17], message[17:]
+        if kind in (b"f", b"F"):
+            end = self.remote.get(stream)
+            if end is None or end.session.closing:
+                self.metrics.count("qsecret_relay_media_dropped_total", "why", "gone")
+                return
+            if len(end.session.outbox) >= BULK_OUTBOX_LIMIT:
+                self.metrics.count("qsecret_relay_media_dropped_total", "why", "receiver")
+                return
+            self.metrics.count("qsecret_relay_bulk_bytes_total", amount=len(rest))
+            end.session.post(rest)
+            if kind == b"F":
+                self._forget_remote(stream)
+        elif kind == b"c":
+            end = self._forget_remote(stream)
+            if end is not None:
+                self._remember_remote_closed(stream, end)
+                end.session.post(wire.StreamClose(stream.hex()).encode())
+        elif kind == b"o":
+            self._remote_open(stream, *rest.decode().split("\0"))
+        elif kind == b"r":
+            code, _, relay = rest.decode().partition("\0")
+            self._remote_answer(stream, code, relay)
+
+    def on_relay_gone(self, relay: str) -> None:
+        """No relay listens on ``relay``'s channel any more (it died or lost Redis): the
+        streams with an end there are over, and an open waiting for its answer is
+        ``recipient_offline``."""
+        for stream, end in [(s, e) for s, e in self.remote.items() if e.relay == relay]:
+            self._forget_remote(stream)
+            self._remember_remote_closed(stream, end)
+            end.session.post(wire.StreamClose(stream.hex()).encode())
+        for _session, _frame, asked, future in list(self.remote_opening.values()):
+            if asked == relay and not future.done():
+                future.set_result("recipient_offline")
+
+    def _remote_open(self, stream: bytes, caller: str, callee: str, relay: str) -> None:
+        """Another relay's client calls ``callee``: take the stream to its newest session."""
+        assert self.link is not None
+        peer = self.router.newest(callee)
+        code = ""
+        if peer is None or peer.closing:
+            code = "recipient_offline"
+        elif stream in self.remote or stream in self.remote_opening or stream in peer.streams:
+            code = "bad_field"
+        elif len(peer.streams) + len(self.remote_of.get(peer, ())) >= self.config.max_streams:
+            code = "too_many_streams"
+        else:
+            self._add_remote(stream, RemoteEnd(peer, caller, relay))
+            peer.post(wire.StreamIncoming(stream.hex(), caller, "media").encode())
+        self.link.send(relay, b"r" + stream + code.encode() + b"\0" + self.link.me.encode())
+
+    def _remote_answer(self, stream: bytes, code: str, relay: str) -> None:
+        """The peer's relay answered our open: register the stream before any frame of
+        the peer's can arrive (same channel, later), then let the opener go on."""
+        assert self.link is not None
+        opening = self.remote_opening.get(stream)
+        if opening is None or opening[3].done() or opening[0].closing:
+            if code == "":  # nobody waits for this stream any more
+                self.link.send(relay, b"c" + stream)
+            return
+        session, frame, _relay, future = opening
+        if code == "":
+            self._add_remote(stream, RemoteEnd(session, frame.to, relay))
+            session.post(wire.StreamOk(frame.stream, frame.id).encode())
+        future.set_result(code)
+
+    def _add_remote(self, stream: bytes, end: RemoteEnd) -> None:
+        self.remote[stream] = end
+        self.remote_of.setdefault(end.session, set()).add(stream)
+
+    def _forget_remote(self, stream: bytes) -> RemoteEnd | None:
+        end = self.remote.pop(stream, None)
+        if end is not None:
+            streams = self.remote_of.get(end.session)
+            if streams is not None:
+                streams.discard(stream)
+                if not streams:
+                    del self.remote_of[end.session]
+        return end
+
+    def _remember_remote_closed(self, stream: bytes, end: RemoteEnd) -> None:
+        if end.session.handle is not None:
+            self.closed_streams[stream] = (end.session.handle, end.handle)
+            while len(self.closed_streams) > RECENTLY_CLOSED:
+                del self.closed_streams[next(iter(self.closed_streams))]
 
     async def _open_file_stream(self, session: Session, frame: wire.StreamOpen) -> int | None:
         """Register a durable file stream; the peer need not be online."""
@@ -163,6 +335,13 @@ class Streams:
         stream = bytes.fromhex(frame.stream)
         if stream in session.streams:
             return self._close_media_stream(session, frame)
+        end = self.remote.get(stream)
+        if end is not None and end.session is session:
+            assert self.link is not None
+            self._forget_remote(stream)
+            self._remember_remote_closed(stream, end)
+            self.link.send(end.relay, b"c" + stream)
+            return None
         assert session.handle is not None
         record = await self._record(stream)
         other = record.other(session.handle) if record is not None else None
@@ -247,6 +426,8 @@ class Streams:
         assert session.handle is not None
         stream, data = request.stream, request.data
         peer = session.streams.get(stream)
+        if peer is None and stream in self.remote:
+            return self._remote_frame(session, request)
         if peer is None:
             record = await self._record(stream)
             if record is not None:
@@ -267,6 +448,22 @@ class Streams:
         if request.flags & wire.FLAG_FINAL:
             session.streams.pop(stream, None)
             peer.streams.pop(stream, None)
+        return None
+
+    def _remote_frame(self, session: Session, request: BinaryRequest) -> int | None:
+        """A media frame for the far end on another relay: published, never stored, and
+        dropped (counted) when the link to Redis lags."""
+        assert self.link is not None
+        stream = request.stream
+        end = self.remote[stream]
+        if end.session is not session:
+            return session.refuse("unknown_stream", "binary frame for a stream you do not own")
+        self.metrics.count("qsecret_relay_bulk_bytes_total", amount=len(request.data))
+        final = bool(request.flags & wire.FLAG_FINAL)
+        if not self.link.send(end.relay, (b"F" if final else b"f") + stream + request.data):
+            self.metrics.count("qsecret_relay_media_dropped_total", "why", "link")
+        if final:
+            self._forget_remote(stream)
         return None
 
     async def _on_file_frame(self, session: Session, record: StreamRecord,
