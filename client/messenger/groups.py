@@ -77,6 +77,7 @@ class Pairwise(Protocol):
     async def ensure_session(self, conversation: ConversationId) -> str: ...
     async def send_pairwise(self, conversation: ConversationId, body: payloads.Payload,
                             *, wait: bool) -> None: ...
+    def pairwise_held_from(self, peer: str) -> bool: ...
 
 
 class GroupRelay(Protocol):
@@ -814,8 +815,12 @@ class Groups:
             return
         group = self._all().get(header.group_id)
         if group is None or group.session is None:
-            if self._store.load_session(deliver.sender) is not None:
-                self._hold(deliver)  # from a contact: its group's log may still be on the way
+            # From a contact, or from someone whose first message (the one that opens the
+            # session) waits in the inbox for its QKD keys: the group's log may still be on
+            # the way, so hold it unacknowledged rather than lose it.
+            if (self._store.load_session(deliver.sender) is not None
+                    or self._pairwise.pairwise_held_from(deliver.sender)):
+                self._hold(deliver)
                 return
             log.warning("dropped a group message from %s: a group you are not in",
                         deliver.sender)

@@ -85,6 +85,11 @@ class Inbox:
         """Messages waiting for their QKD keys (tried again soon)."""
         return len(self._held)
 
+    def holds_from(self, sender: str) -> bool:
+        """Whether a message from ``sender`` waits here for its keys (it may be the one
+        that opens the session, so what follows it from them must wait too)."""
+        return any(deliver.sender == sender for deliver in self._held.values())
+
     async def receive(self, deliver: Deliver) -> None:
         conversation = ConversationId.direct(deliver.sender)
         self._held.pop(deliver.seq, None)

@@ -334,6 +334,11 @@ class MessengerService:
         """A group's change or sender key, through the pairwise session (groups.Pairwise)."""
         await self._outbox.send(conversation, body, wait=wait, timeout=SEND_TIMEOUT_S)
 
+    def pairwise_held_from(self, peer: str) -> bool:
+        """Whether a pairwise message from ``peer`` waits in the inbox for its keys
+        (groups.Pairwise: their group messages then wait too)."""
+        return self._inbox.holds_from(peer)
+
     def contact_view(self, conversation: ConversationId) -> ContactView:
         return self._contacts.view(conversation)
 
