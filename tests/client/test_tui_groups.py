@@ -25,7 +25,7 @@ from client.tui.widgets.contact_list import ContactList
 from client.tui.widgets.conversation import Conversation
 from tests.client.pilot_helpers import online, until
 from tests.e2e.stack import PASSPHRASE, Stack
-from tests.network.conftest import start_network, stop_network
+from tests.network.conftest import stop_network, users_on_two_nodes
 
 SIZE = (150, 40)
 pytestmark = pytest.mark.slow
@@ -40,18 +40,9 @@ NODES = {"x": ["sae-alice", "sae-carol"], "y": ["sae-bob"]}
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A relay, the two nodes and three profiles; each logged in once (prekeys published)
     and alice has bob and carol as contacts."""
-    root = tmp_path_factory.mktemp("tui-groups")
-    network = start_network(root / "net", "--frame-bits", "65536", "--keys-ready", "200",
-                            nodes=NODES, links=[("x", "y")])
-    stack = Stack(root)
+    stack, network = users_on_two_nodes(tmp_path_factory.mktemp("tui-groups"), AT, NODES)
     try:
-        for name in NODES:
-            network.processes[name].wait_for(r"^keys ready", timeout_s=300)
-        stack.start_relay()
-        for handle, node in AT.items():  # one at a time: the PKI issues each certificate
-            stack.cli(handle, "init", "--handle", handle, "--sae-id", f"sae-{handle}",
-                      "--kme", network.url(node), "--kme-pki", str(network.pki.root),
-                      check=True)
+        for handle in AT:
             stack.cli(handle, "recv", check=True)
         stack.cli("alice", "contacts", "add", "bob", check=True)
         stack.cli("alice", "contacts", "add", "carol", check=True)

@@ -26,7 +26,7 @@ from client.store.store import Store
 from relay import wire
 from tests.conftest import active_full_sources
 from tests.e2e.stack import PASSPHRASE, Stack
-from tests.network.conftest import start_network, stop_network
+from tests.network.conftest import stop_network, users_on_two_nodes
 from tests.relay.harness import Client
 
 pytestmark = pytest.mark.slow
@@ -40,18 +40,8 @@ NODES = {"x": ["sae-alice", "sae-carol", "sae-erin"], "y": ["sae-bob", "sae-dave
 @pytest.fixture(scope="module")
 def crew(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
     """A relay, the two nodes and five profiles, each logged in once (prekeys published)."""
-    root = tmp_path_factory.mktemp("groups")
-    network = start_network(root / "net", "--frame-bits", "65536", "--keys-ready", "200",
-                            nodes=NODES, links=[("x", "y")])
-    stack = Stack(root)
+    stack, network = users_on_two_nodes(tmp_path_factory.mktemp("groups"), AT, NODES)
     try:
-        for name in NODES:
-            network.processes[name].wait_for(r"^keys ready", timeout_s=300)
-        stack.start_relay()
-        for handle, node in AT.items():  # one at a time: the PKI issues each certificate
-            stack.cli(handle, "init", "--handle", handle, "--sae-id", f"sae-{handle}",
-                      "--kme", network.url(node), "--kme-pki", str(network.pki.root),
-                      check=True)
         _each(stack, {handle: ("recv",) for handle in AT})
         yield stack
     finally:

@@ -11,29 +11,16 @@ import numpy as np
 import pytest
 
 from tests.call.speech import RATE
-from tests.e2e.stack import KEYS_BEFORE_USE, free_port
 from tests.e2e.test_calls import FULL_SOURCES, Caller, read_wav
-from tests.e2e.test_redis_file_transfer import TwoRelays
-from tests.relay.redis_server import RedisServer
+from tests.e2e.test_redis_file_transfer import TwoRelays, start_two_relays
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[TwoRelays]:
-    root = tmp_path_factory.mktemp("two-relay-calls")
-    redis = RedisServer(root / "redis").start()
-    stack = TwoRelays(root, keys_before_use=KEYS_BEFORE_USE)
-    stack.redis = redis
-    stack.relay_args = ("--store", redis.url)
-    stack.relay_b_port, stack.metrics_b_port = free_port(), free_port()
+    stack = start_two_relays(tmp_path_factory.mktemp("two-relay-calls"))
     try:
-        stack.start_relay()
-        stack.start_relay_b()
-        stack.start_kme()
-        for handle in ("alice", "bob"):
-            stack.init(handle)
-        stack.cli("bob", "recv", check=True)  # prekeys on relay A, so in Redis for both
         # alice has written to bob, so he takes her calls (a caller must be a contact).
         stack.cli("alice", "send", "bob", "hello bob", check=True)
         stack.cli("bob", "recv", check=True)

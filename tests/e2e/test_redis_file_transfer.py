@@ -59,9 +59,9 @@ class CliOn(Cli):
             env={"QSECRET_PASSPHRASE": PASSPHRASE, "QSECRET_LOG": "warning"})
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[TwoRelays]:
-    root = tmp_path_factory.mktemp("two-relays")
+def start_two_relays(root: Path) -> TwoRelays:
+    """Redis (strict), relays A and B on it, the KME pair, alice and bob; bob logged in once
+    (his prekeys are on relay A, so in Redis for both)."""
     redis = RedisServer(root / "redis").start()
     stack = TwoRelays(root, keys_before_use=KEYS_BEFORE_USE)
     stack.redis = redis
@@ -73,7 +73,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator
         stack.start_kme()
         for handle in ("alice", "bob"):
             stack.init(handle)
-        stack.cli("bob", "recv", check=True)  # prekeys on relay A, so in Redis for both
+        stack.cli("bob", "recv", check=True)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[TwoRelays]:
+    stack = start_two_relays(tmp_path_factory.mktemp("two-relays"))
+    try:
         stack.cli("alice", "contacts", "add", "bob", check=True)
         yield stack
     finally:

@@ -19,6 +19,7 @@ from keysource.kme.client import SaeClient
 from keysource.kme.network_runtime import link_pool_path
 from keysource.kme.pki import Pki
 from keysource.kme.pool import KeyPool
+from tests.e2e.stack import Stack
 from tests.kme.conftest import KmeProcess, RawHttp, qsecret_cmd, random_batch, start_kme
 from tests.kme.test_link import free_port
 
@@ -149,6 +150,28 @@ def _start(tmp: Path, topology: Path, ports: dict[str, int], nodes: dict[str, li
         stop_network(network)
         raise
     return network
+
+
+def users_on_two_nodes(root: Path, at: dict[str, str],
+                       nodes: dict[str, list[str]]) -> tuple[Stack, Network]:
+    """Nodes x and y joined by one link (their pools holding keys), a relay, and a profile
+    for each user at their node (``at``: handle -> node), each not yet logged in."""
+    network = start_network(root / "net", "--frame-bits", "65536", "--keys-ready", "200",
+                            nodes=nodes, links=[("x", "y")])
+    stack = Stack(root)
+    try:
+        for name in nodes:
+            network.processes[name].wait_for(r"^keys ready", timeout_s=300)
+        stack.start_relay()
+        for handle, node in at.items():  # one at a time: the PKI issues each certificate
+            stack.cli(handle, "init", "--handle", handle, "--sae-id", f"sae-{handle}",
+                      "--kme", network.url(node), "--kme-pki", str(network.pki.root),
+                      check=True)
+    except BaseException:
+        stack.stop()
+        stop_network(network)
+        raise
+    return stack, network
 
 
 def stop_network(network: Network) -> None:
