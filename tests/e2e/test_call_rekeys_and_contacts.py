@@ -14,7 +14,7 @@ import pytest
 
 from tests.call.speech import RATE
 from tests.e2e.stack import PASSPHRASE, Stack, start_stack
-from tests.e2e.test_calls import FULL_SOURCES, Caller, read_wav
+from tests.e2e.test_calls import FULL_SOURCES, Caller, read_wav, refused_call
 
 pytestmark = pytest.mark.slow
 WINDOW_S = 0.005  # short-time energy in 5 ms windows
@@ -168,20 +168,7 @@ def test_a_contact_i_added_may_call_though_nobody_ever_wrote(stack: Stack) -> No
 
 
 def test_a_stranger_is_still_refused_and_not_marked_added(stack: Stack) -> None:
-    answerer = Caller(stack, "bob", "answer", "--mute", "--out",
-                      str(stack.root / "carol-heard.wav")).start()
-    try:
-        answerer.event("waiting")
-        caller = Caller(stack, "carol", "call", "bob", "--tone", "440", "--out",
-                        str(stack.root / "carol-call.wav")).start()
-        try:
-            ended = caller.event("ended")
-            assert caller.exit_code() == 1  # not answered
-        finally:
-            caller.stop()
-        refused = answerer.event("refused")
-    finally:
-        answerer.stop()
+    ended, refused = refused_call(stack, "carol", "bob")
     assert (ended["reason"], ended["answered"]) == ("declined: not a contact", False)
     assert refused["peer"] == "carol"
     # carol is pinned now (her offer opened a session), but only as someone who wrote to

@@ -297,22 +297,30 @@ def test_calling_someone_offline_says_so_at_once_and_leaves_a_missed_call(
                for m in stack.history("alice", "bob"))
 
 
-def test_a_call_from_a_stranger_is_refused_at_once_with_the_reason(stack: Stack) -> None:
-    """dave never exchanged a message with alice: his call never rings, he hears why."""
-    answerer = Caller(stack, "alice", "answer", "--mute", "--out",
-                      str(stack.root / "stranger.wav")).start()
+def refused_call(stack: Stack, caller: str, callee: str) -> tuple[dict[str, Any],
+                                                                  dict[str, Any]]:
+    """``caller`` calls ``callee``, who waits with ``qsecret answer``; the call must not be
+    answered. The caller's ``ended`` event and the callee's ``refused`` event."""
+    answerer = Caller(stack, callee, "answer", "--mute", "--out",
+                      str(stack.root / f"{callee}-refused-{caller}.wav")).start()
     try:
         answerer.event("waiting")
-        caller = Caller(stack, "dave", "call", "alice", "--tone", "440", "--out",
-                        str(stack.root / "stranger-dave.wav")).start()
+        calling = Caller(stack, caller, "call", callee, "--tone", "440", "--out",
+                         str(stack.root / f"{caller}-refused-by-{callee}.wav")).start()
         try:
-            ended = caller.event("ended")
-            assert caller.exit_code() == 1  # not answered
+            ended = calling.event("ended")
+            assert calling.exit_code() == 1  # not answered
         finally:
-            caller.stop()
+            calling.stop()
         refused = answerer.event("refused")
     finally:
         answerer.stop()
+    return ended, refused
+
+
+def test_a_call_from_a_stranger_is_refused_at_once_with_the_reason(stack: Stack) -> None:
+    """dave never exchanged a message with alice: his call never rings, he hears why."""
+    ended, refused = refused_call(stack, "dave", "alice")
     assert (ended["reason"], ended["ended_by_peer"], ended["answered"]) == (
         "declined: not a contact", True, False)
     assert refused["peer"] == "dave"
