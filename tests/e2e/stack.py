@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from client.processes import ServiceProcess
+from tests.ports import free_port
 
 PASSPHRASE = "e2e-passphrase-123"
 KME_B_USERS = ("bob", "dave", "frank")
@@ -23,12 +23,6 @@ KME_B_USERS = ("bob", "dave", "frank")
 # module that shares one stack takes, so no test depends on how fast the emulated link (a
 # low-priority thread) refills the pools on a busy machine. The first block yields ~150.
 KEYS_BEFORE_USE = 100
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,16 +15,11 @@ import pytest
 from keysource.kme.client import SaeClient
 from keysource.kme.pki import Pki
 from keysource.kme.runtime import KME_A, KME_B, SAE_A, SAE_B
+from tests.ports import free_port
 
 from .conftest import KmeProcess, Pair, qsecret_cmd, start_kme, start_pair
 
 FILL_TIMEOUT_S = 45.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_keys(client: SaeClient, slave: str, count: int, process: KmeProcess) -> int:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 REQUIRE_ENV = "QSECRET_REQUIRE_REDIS"
 
 
@@ -30,12 +32,6 @@ def redis_server_binary() -> str:
             pytest.fail(f"{reason}, and {REQUIRE_ENV}=1")
         pytest.skip(reason)
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -57,7 +53,7 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         # A port taken between the probe and the bind makes redis exit: pick again.
         for _ in range(5):
-            port = self.port or _free_port()
+            port = self.port or free_port()
             logfile = self.directory / f"redis-{port}-{len(self.log)}.log"
             self.log.append(logfile)
             with logfile.open("wb") as out:

@@ -6,16 +6,15 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from client.processes import port_free
+from tests.ports import free_ports
 from tests.tui_tmux.tmux import (
     TmuxTerminal,
     alive,
@@ -41,15 +40,6 @@ class Demo:
     services: dict[int, str]  # pid -> command line of the relay and KME processes
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (sockets held open together so none is handed out twice)."""
-    with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-
-
 def _wait_until(condition: Callable[[], bool], timeout: float, failure: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -73,7 +63,7 @@ def demo_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def _start_demo(terminal: Callable[[str], TmuxTerminal], directory: Path) -> Demo:
-    ports = _free_ports(3)
+    ports = free_ports(3)
     relay_port, port_a, port_b = ports
     alice = terminal("demo").start(
         [*qsecret_command(), "demo", "--dir", str(directory), "--relay-port", str(relay_port),
