@@ -98,15 +98,22 @@ class ServiceProcess:
             self.process.wait()
 
 
-def stop_all(services: Sequence[ServiceProcess], timeout: float = 10.0) -> None:
-    """Stop several services at once: SIGTERM to all first, then wait for them together
-    (at most ``timeout`` in all), then SIGKILL whoever is left. One after the other, a busy
-    machine would make the last wait for the sum of everyone's shutdown."""
+def terminate_all(services: Sequence[ServiceProcess]) -> list[ServiceProcess]:
+    """SIGTERM to every running service, without waiting (safe in a signal handler, and
+    again later); returns the ones that were running."""
     running = [s for s in services if s.running]
     for service in running:
         assert service.process is not None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(service.process.pid, signal.SIGTERM)
+    return running
+
+
+def stop_all(services: Sequence[ServiceProcess], timeout: float = 10.0) -> None:
+    """Stop several services at once: SIGTERM to all first, then wait for them together
+    (at most ``timeout`` in all), then SIGKILL whoever is left. One after the other, a busy
+    machine would make the last wait for the sum of everyone's shutdown."""
+    running = terminate_all(services)
     deadline = time.monotonic() + timeout
     for service in running:
         assert service.process is not None

@@ -55,6 +55,14 @@ from relay.wire.server import ServerConnection as ConnectionCore
 
 log = logging.getLogger("qsecret.relay")
 
+# How long a closing handshake may take: in service, a client that starts one has this long
+# to answer (then again as long for the TCP close) before the relay drops the connection.
+CLOSE_TIMEOUT_S = 5.0
+# When the relay stops, each client gets this long instead: a client that is busy, frozen or
+# gone must not hold the stop up (websockets waits close_timeout for the close frame and
+# again for TCP, so 5 s would be 10 s per stop, the same as a service manager's SIGKILL).
+SHUTDOWN_CLOSE_TIMEOUT_S = 1.0
+
 
 class Relay:
     """A relay bound to a config and a store; ``start()`` serves until ``stop()``."""
@@ -172,7 +180,7 @@ class Relay:
             max_queue=READ_QUEUE_FRAMES,
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_timeout,
-            close_timeout=5,
+            close_timeout=CLOSE_TIMEOUT_S,
             ssl=self.ssl_context,
             server_header=None,
             create_connection=RelayConnection,
@@ -203,6 +211,8 @@ class Relay:
             self.metrics_server.close()
             await self.metrics_server.wait_closed()
         if self.server is not None:
+            for connection in self.server.connections:
+                connection.close_timeout = SHUTDOWN_CLOSE_TIMEOUT_S
             self.server.close(close_connections=True)
             await self.server.wait_closed()
         await self.router.stop()

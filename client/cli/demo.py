@@ -19,15 +19,19 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import platformdirs
 
 from client.config import ClientConfig, load_config
 from client.messenger.api import MessengerError
-from client.processes import ServiceError, ServiceProcess, port_free, stop_all
+from client.processes import ServiceError, ServiceProcess, port_free, stop_all, terminate_all
 
 from .errors import EXIT_STATUS_HELP, CliError
 from .help import HelpFormatter, examples
+
+if TYPE_CHECKING:
+    from textual.app import App
 
 DEMO_PASSPHRASE = "qsecret-demo"
 GREETING = ("Hi Bob! This is the qsecret demo: every key here mixes QKD key material, "
@@ -103,10 +107,6 @@ def run_demo(args: argparse.Namespace) -> int:
         if not port_free(port):
             raise CliError(f"port {port} on 127.0.0.1 is in use (is a demo already running?); "
                            "pick others with --relay-port/--port-a/--port-b")
-    # Closing the terminal (SIGHUP) or a plain kill (SIGTERM) must still stop the relay and
-    # KMEs, which run in sessions of their own: turn both into SystemExit so `finally` runs.
-    for signum in (signal.SIGHUP, signal.SIGTERM):
-        signal.signal(signum, _exit_on_signal)
     passphrase = os.environ.get("QSECRET_PASSPHRASE") or DEMO_PASSPHRASE
     kme_args = ["kme", "pair", "--data", str(base / "kme"), "--port-a", str(args.port_a),
                 "--port-b", str(args.port_b), "--status-interval", "0",
@@ -120,6 +120,7 @@ def run_demo(args: argparse.Namespace) -> int:
                                  str(base / "relay")], log=base / "relay.log"),
         ServiceProcess("kme", kme_args, log=base / "kme.log"),
     ]
+    stopper = _SignalStop(services)
     try:
         print(f"qsecret demo in {base}")
         services[0].start().wait_for("relay listening")
@@ -147,7 +148,7 @@ def run_demo(args: argparse.Namespace) -> int:
             print("Services running; Ctrl+C stops them.")
             _wait_forever(services)
             return 0
-        return _run_tui(configs["alice"], passphrase, other)
+        return _run_tui(configs["alice"], passphrase, other, stopper)
     except ServiceError as exc:
         raise CliError(str(exc)) from None
     finally:
@@ -176,8 +177,6 @@ def _run_network_demo(args: argparse.Namespace, base: Path, spec: str) -> int:
         if not port_free(port):
             raise CliError(f"port {port} on 127.0.0.1 is in use (is a demo or a network already "
                            "running?); the topology file names the nodes' and links' ports")
-    for signum in (signal.SIGHUP, signal.SIGTERM):
-        signal.signal(signum, _exit_on_signal)
     passphrase = os.environ.get("QSECRET_PASSPHRASE") or DEMO_PASSPHRASE
     spec = spec if spec in BUILTIN else str(Path(spec).resolve())
     net = base / "network"
@@ -190,6 +189,7 @@ def _run_network_demo(args: argparse.Namespace, base: Path, spec: str) -> int:
                                    "--max-keys", str(NETWORK_MAX_KEYS)],
                        log=base / "network.log"),
     ]
+    stopper = _SignalStop(services)
     try:
         print(f"qsecret demo in {base}")
         services[0].start().wait_for("relay listening")
@@ -221,7 +221,7 @@ def _run_network_demo(args: argparse.Namespace, base: Path, spec: str) -> int:
             print("Services running; Ctrl+C stops them.")
             _wait_forever(services)
             return 0
-        return _run_tui(configs["alice"], passphrase, "\n".join(others.values()),
+        return _run_tui(configs["alice"], passphrase, "\n".join(others.values()), stopper,
                         who="the others")
     except ServiceError as exc:
         raise CliError(str(exc)) from None
@@ -319,7 +319,8 @@ async def _introduce(configs: dict[str, ClientConfig], passphrase: str) -> None:
         await alice.stop()
 
 
-def _run_tui(config: ClientConfig, passphrase: str, other: str, who: str = "bob") -> int:
+def _run_tui(config: ClientConfig, passphrase: str, other: str, stopper: _SignalStop,
+             who: str = "bob") -> int:
     from client.messenger.profile import open_profile
     from client.tui.app import QsecretApp
     from keysource.kme.network_status import NetworkSource
@@ -329,13 +330,56 @@ def _run_tui(config: ClientConfig, passphrase: str, other: str, who: str = "bob"
                      banner=f"You are alice. Open {who} in another terminal:\n{other}",
                      network=NetworkSource.for_profile(config.kme_ca, config.sae_cert,
                                                        config.sae_key))
-    app.run()
+    stopper.app = app
+    try:
+        app.run()
+    finally:
+        stopper.app = None
+    stopper.exit_if_signalled()
     print(f"\nTo chat again as {who} while a demo runs:\n  " + other.replace("\n", "\n  "))
     return 0
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
+class _SignalStop:
+    """Closing the terminal (SIGHUP) or a plain kill (SIGTERM) must still stop the services,
+    which run in sessions of their own.
+
+    On the first signal: ignore further ones (closing a terminal can deliver SIGHUP twice,
+    and a second SystemExit inside ``finally`` would cut ``stop_all`` short and orphan the
+    services), send the services SIGTERM at once (whatever the TUI does next), and then
+    unwind: the TUI is asked to exit on its own event loop (an exception raised at a random
+    point inside Textual can wedge its output thread), anything else gets SystemExit so
+    ``finally`` waits for the services."""
+
+    def __init__(self, services: list[ServiceProcess]) -> None:
+        self.services = services
+        self.app: App[object] | None = None  # the running TUI, if any
+        self.signum: int | None = None
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        for other in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(other, signal.SIG_IGN)
+        # A hung-up terminal also sends SIGCONT; Textual's handler for it restarts its
+        # driver (new output thread) on the dead terminal, and its shutdown then blocks for
+        # ever on the old thread's queue. Nothing is stopped that SIGCONT should resume.
+        signal.signal(signal.SIGCONT, signal.SIG_DFL)
+        self.signum = signum
+        terminate_all(self.services)
+        app = self.app
+        try:
+            loop = asyncio.get_running_loop() if app is not None else None
+        except RuntimeError:  # the TUI's loop has not started yet, or has ended
+            loop = None
+        if app is None or loop is None:
+            raise SystemExit(128 + signum)
+        # Thread-safe, so also safe here: it only queues a callback and wakes the loop.
+        loop.call_soon_threadsafe(app.exit, 128 + signum)
+
+    def exit_if_signalled(self) -> None:
+        if self.signum is not None:
+            raise SystemExit(128 + self.signum)
 
 
 def _qsecret_command() -> str:

@@ -122,6 +122,10 @@ def test_closing_the_terminal_stops_the_demo_services(
     demo_dir: Path, terminal: Callable[[str], TmuxTerminal]
 ) -> None:
     demo = _start_demo(terminal, demo_dir)
-    demo.terminal.close()  # like closing the terminal window: the demo gets SIGHUP
+    # Like closing the terminal window: the demo gets SIGHUP (from tmux and from the
+    # hung-up terminal, with SIGCONT). Without care this orphaned the services (a second
+    # SIGHUP inside the demo's `finally`) or wedged the demo itself (Textual restarting its
+    # driver on the dead terminal), about one run in five.
+    demo.terminal.close()
     # ServiceProcess.stop allows 10 s before SIGKILL; a little more is enough here.
     _assert_all_stopped(demo, timeout=12.0)
