@@ -78,6 +78,18 @@ class Caller(ServiceProcess):
         return self.process.wait(timeout)
 
 
+def dominant_frequency(path: Path) -> float:
+    """The loudest frequency (Hz) in a WAV file: which tone a user heard."""
+    tone = read_wav(path)
+    return float(np.argmax(np.abs(np.fft.rfft(tone))) * RATE / tone.size)
+
+
+def assert_answerer_hung_up(answerer_end: dict[str, Any], caller_end: dict[str, Any]) -> None:
+    """Both ``ended`` events of a call the answerer hung up."""
+    assert (answerer_end["reason"], answerer_end["ended_by_peer"]) == ("hung up", False)
+    assert (caller_end["reason"], caller_end["ended_by_peer"]) == ("hung up", True)
+
+
 def call_kinds_in_history(stack: Stack, handle: str, peer: str) -> list[str]:
     """The kinds of call signalling in ``handle``'s stored history with ``peer``, of the
     newest call (read from the sealed store itself, the process being stopped)."""
@@ -144,11 +156,8 @@ def test_the_answerer_hangs_up_and_both_calls_end(stack: Stack) -> None:
     finally:
         caller.stop()
         answerer.stop()
-    assert (bob_end["reason"], bob_end["ended_by_peer"]) == ("hung up", False)
-    assert (alice_end["reason"], alice_end["ended_by_peer"]) == ("hung up", True)
-    tone = read_wav(heard)
-    spectrum = np.abs(np.fft.rfft(tone))
-    assert abs(np.argmax(spectrum) * RATE / tone.size - 300) < 5, "alice heard bob's tone"
+    assert_answerer_hung_up(bob_end, alice_end)
+    assert abs(dominant_frequency(heard) - 300) < 5, "alice heard bob's tone"
 
 
 def test_a_second_caller_hears_busy_and_the_first_call_goes_on(stack: Stack) -> None:
