@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,36 +18,20 @@ from client.cli.errors import (
     USER_ERRORS,
     CliError,
 )
-from tests.e2e.stack import Stack, free_port
-
-UNREACHABLE_KME = "http://127.0.0.1:9"  # nothing listens (the commands here need no KME)
+from tests.e2e.stack import Stack, free_port, one_line_failure, relay_with_alice
 
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A real relay and one profile, alice, who has logged in once."""
-    stack = Stack(tmp_path_factory.mktemp("cli-errors"))
-    stack.start_relay()
-    try:
-        stack.cli("alice", "init", "--handle", "alice", "--kme", UNREACHABLE_KME, check=True)
-        stack.cli("alice", "recv", check=True)
+    with relay_with_alice(tmp_path_factory.mktemp("cli-errors")) as stack:
         yield stack
-    finally:
-        stack.stop()
 
-
-def _one_line_failure(result: subprocess.CompletedProcess[str], command: str) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert "Traceback" not in result.stderr
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"qsecret {command}: "), lines[0]
-    return lines[0]
 
 
 def test_adding_someone_with_no_prekeys_fails_with_the_reason(relay: Stack) -> None:
     result = relay.cli("alice", "contacts", "add", "nobody")
     assert result.returncode == EXIT_FAILED
-    assert "nobody" in _one_line_failure(result, "contacts")
+    assert "nobody" in one_line_failure(result, "contacts")
     assert result.stdout == ""
 
 
@@ -56,32 +39,32 @@ def test_a_message_to_nobody_is_reported_and_the_exit_says_it_was_not_sent(
         relay: Stack) -> None:
     result = relay.cli("alice", "send", "nobody", "hello?")
     assert result.returncode == EXIT_NOT_DONE
-    assert "nobody" in _one_line_failure(result, "send")
+    assert "nobody" in one_line_failure(result, "send")
 
 
 def test_a_wrong_passphrase_fails_with_the_reason(relay: Stack) -> None:
     result = relay.cli("alice", "recv", passphrase="not-the-passphrase")
     assert result.returncode == EXIT_FAILED
-    assert "passphrase" in _one_line_failure(result, "recv")
+    assert "passphrase" in one_line_failure(result, "recv")
 
 
 def test_a_relay_that_does_not_answer_fails_with_the_reason(relay: Stack) -> None:
     result = relay.cli(None, "recv", "--data", str(relay.profile("alice")),
                        "--relay", f"ws://127.0.0.1:{free_port()}", "--timeout", "1")
     assert result.returncode == EXIT_FAILED
-    assert "relay" in _one_line_failure(result, "recv")
+    assert "relay" in one_line_failure(result, "recv")
 
 
 def test_a_missing_profile_fails_with_the_reason(relay: Stack) -> None:
     result = relay.cli("nobody", "contacts", "list")
     assert result.returncode == EXIT_FAILED
-    assert "qsecret init" in _one_line_failure(result, "contacts")
+    assert "qsecret init" in one_line_failure(result, "contacts")
 
 
 def test_sending_a_missing_file_fails_before_going_online(relay: Stack, tmp_path: Path) -> None:
     result = relay.cli("alice", "send-file", "bob", str(tmp_path / "absent.bin"))
     assert result.returncode == EXIT_FAILED
-    assert "absent.bin" in _one_line_failure(result, "send-file")
+    assert "absent.bin" in one_line_failure(result, "send-file")
 
 
 # -- the mapping itself ------------------------------------------------------------------

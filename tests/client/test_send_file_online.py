@@ -4,7 +4,6 @@ a login that fails must still be the one-line reason, with no traceback and no w
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,30 +11,14 @@ from pathlib import Path
 import pytest
 
 from client.cli.errors import EXIT_FAILED
-from tests.e2e.stack import Stack, free_port
-
-UNREACHABLE_KME = "http://127.0.0.1:9"  # nothing listens: the offer's KME request fails fast
+from tests.e2e.stack import Stack, free_port, one_line_failure, relay_with_alice
 
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A real relay and one profile, alice, who has logged in once."""
-    stack = Stack(tmp_path_factory.mktemp("send-file-online"))
-    stack.start_relay()
-    try:
-        stack.cli("alice", "init", "--handle", "alice", "--kme", UNREACHABLE_KME, check=True)
-        stack.cli("alice", "recv", check=True)
+    with relay_with_alice(tmp_path_factory.mktemp("send-file-online")) as stack:
         yield stack
-    finally:
-        stack.stop()
 
-
-def _one_line_failure(result: subprocess.CompletedProcess[str]) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert "Traceback" not in result.stderr
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("qsecret send-file: "), lines[0]
-    return lines[0]
 
 
 def test_an_unreachable_relay_is_the_reason_within_the_timeout(relay: Stack,
@@ -47,7 +30,7 @@ def test_an_unreachable_relay_is_the_reason_within_the_timeout(relay: Stack,
                        str(relay.profile("alice")), "--relay", f"ws://127.0.0.1:{free_port()}",
                        "--timeout", "1")
     assert result.returncode == EXIT_FAILED
-    assert "could not reach the relay" in _one_line_failure(result)
+    assert "could not reach the relay" in one_line_failure(result, "send-file")
     assert time.monotonic() - start < 8  # the login's 1 s, not the offer's own waits (10 s)
 
 
@@ -58,4 +41,4 @@ def test_an_offer_to_a_handle_without_prekeys_fails_with_its_reason(relay: Stack
     source.write_bytes(b"x" * 1000)
     result = relay.cli("alice", "send-file", "nobody", str(source), "--timeout", "5")
     assert result.returncode == EXIT_FAILED
-    assert "nobody" in _one_line_failure(result)
+    assert "nobody" in one_line_failure(result, "send-file")

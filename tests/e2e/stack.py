@@ -6,10 +6,12 @@ Everything listens on 127.0.0.1 ports picked at start; the CLI is run as subproc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -19,6 +21,7 @@ from tests.ports import free_port
 
 PASSPHRASE = "e2e-passphrase-123"
 KME_B_USERS = ("bob", "dave", "frank")
+UNREACHABLE_KME = "http://127.0.0.1:9"  # nothing listens: a KME request fails at once
 # Free keys each pool holds before a stack built by start_stack is used: more than any test
 # module that shares one stack takes, so no test depends on how fast the emulated link (a
 # low-priority thread) refills the pools on a busy machine. The first block yields ~150.
@@ -139,3 +142,26 @@ def start_stack(root: Path, *kme_args: str, users: tuple[str, ...] = ("alice", "
         stack.stop()
         raise
     return stack
+
+
+@contextlib.contextmanager
+def relay_with_alice(root: Path) -> Iterator[Stack]:
+    """A real relay and one profile, alice (her KME unreachable), who has logged in once:
+    enough for the CLI's failure paths."""
+    stack = Stack(root)
+    stack.start_relay()
+    try:
+        stack.cli("alice", "init", "--handle", "alice", "--kme", UNREACHABLE_KME, check=True)
+        stack.cli("alice", "recv", check=True)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def one_line_failure(result: subprocess.CompletedProcess[str], command: str) -> str:
+    """The single line a failed ``qsecret COMMAND`` printed on standard error."""
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"qsecret {command}: "), lines[0]
+    return lines[0]
