@@ -116,8 +116,18 @@ class Output:
 
 # -- codecs -----------------------------------------------------------------------------------
 
+def _gaps(slots: np.ndarray) -> np.ndarray:
+    """The gaps of a sorted slot list, the first from 0 (np.diff with prepend, without the
+    copy of the whole list that prepending makes)."""
+    gaps = np.empty(slots.size, np.int64)
+    if slots.size:
+        gaps[0] = slots[0]
+        np.subtract(slots[1:], slots[:-1], out=gaps[1:])
+    return gaps
+
+
 def encode_quantum(frame: PulseFrame) -> bytes:
-    deltas = np.diff(frame.slot, prepend=0)
+    deltas = _gaps(frame.slot)
     width = 4 if deltas.size == 0 or int(deltas.max()) < 1 << 32 else 8
     flags = (frame.basis | (frame.bit << 1) | (frame.lossless.astype(np.uint8) << 2))
     return b"".join([
@@ -140,8 +150,9 @@ def decode_quantum(data: bytes) -> PulseFrame:
     pos += count * width
     flags, photons, capable = (np.frombuffer(data, np.uint8, count, pos + i * count)
                                for i in range(3))
-    slot = np.cumsum(deltas)
-    if count and (deltas[1:].min(initial=1) < 1 or slot[-1] >= n_slots or slot[0] < 0):
+    increasing = deltas[1:].min(initial=1) >= 1
+    slot = np.cumsum(deltas, out=deltas)  # in place (the gaps are not needed any more)
+    if count and (not increasing or slot[-1] >= n_slots or slot[0] < 0):
         raise ProtocolError("quantum frame slots are not increasing within the block")
     if count and (capable.min() < 1 or (capable > photons).any() or flags.max() > 7):
         raise ProtocolError("quantum frame has inconsistent photon numbers")
@@ -198,7 +209,7 @@ _DELTA_TYPES = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np
 def encode_slots(slots: np.ndarray) -> tuple[int, bytes]:
     """Sorted slot numbers as gaps in the narrowest unsigned width that holds every gap
     (2 bytes a slot on a metro link instead of 8)."""
-    deltas = np.diff(slots, prepend=0)
+    deltas = _gaps(slots)
     top = int(deltas.max()) if deltas.size else 0
     width = next(w for w in (1, 2, 4, 8) if top < 1 << (8 * w))
     return width, deltas.astype(_DELTA_TYPES[width]).tobytes()
@@ -217,7 +228,8 @@ def decode_slots(width: object, data: object, count: int, n_slots: int) -> np.nd
     top = int(deltas.max())
     if deltas[1:].min(initial=1) < 1 or top >= n_slots:
         raise ProtocolError("detected slots out of range or not increasing")
-    slots = np.cumsum(deltas, dtype=np.int64)
+    slots = deltas.astype(np.int64)
+    np.cumsum(slots, out=slots)  # casting first, then summing in place: half the time
     # the sum of the gaps cannot overflow when count * top is small (always, for an honest
     # peer); otherwise the last slot alone would not prove the list in range
     if int(slots[-1]) >= n_slots or (count * top >= 1 << 63 and bool(
