@@ -143,8 +143,13 @@ class JitterBuffer:
 
     # ------------------------------------------------------------ playout
 
-    def pull(self) -> Playout:
-        """What to play for the next 20 ms (called once per 20 ms by the audio clock)."""
+    def pull(self, behind_s: float = 0.0) -> Playout:
+        """What to play for the next 20 ms (called once per 20 ms by the audio clock).
+
+        ``behind_s``: how late the clock is with this pull (it was not scheduled, and now
+        pulls its missed turns back to back). The frames that arrived meanwhile are due,
+        not surplus delay: they are played, not skipped. Skipping them would cut the speech
+        each time the receiving process is starved, where the network had delayed nothing."""
         stats = self.stats
         if self._next is None:
             stats.waits += 1
@@ -155,7 +160,8 @@ class JitterBuffer:
                 return Playout(Kind.WAIT)
             self._started = True
         # Too much buffered: skip the oldest frame (20 ms less delay).
-        if self._buffered() > stats.target_s + 2 * FRAME_S and self._next in self._frames:
+        surplus = self._buffered() - max(0.0, behind_s) - stats.target_s
+        if surplus > 2 * FRAME_S and self._next in self._frames:
             del self._frames[self._next]
             self._advance()
             stats.skipped += 1

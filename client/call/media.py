@@ -155,9 +155,9 @@ class MediaReceiver:
             self.newest = Echo(seq, arrival)
         return self.jitter.push(seq, seq * FRAME_S, arrival, plaintext[_HEAD.size:])
 
-    def play(self) -> np.ndarray:
-        """The next 20 ms for the speaker."""
-        playout = self.jitter.pull()
+    def play(self, behind_s: float = 0.0) -> np.ndarray:
+        """The next 20 ms for the speaker (``behind_s``: how late the audio clock is)."""
+        playout = self.jitter.pull(behind_s)
         index, self.played = self.played, self.played + 1
         if playout.kind is Kind.WAIT and self._started:
             if self.waits and sum(self.waits[-1]) == index:

@@ -683,9 +683,9 @@ class CallManager:
             if effects:
                 await self._apply_locked(item, effects)
             if item.core.state is State.ACTIVE:
-                await self._media_tick(item)
+                await self._media_tick(item, behind_s=max(0.0, late))
 
-    async def _media_tick(self, item: _Call) -> None:
+    async def _media_tick(self, item: _Call, behind_s: float = 0.0) -> None:
         if item.deferred is not None and self._now() >= item.deferred[3]:
             self._switch_sender(item, item.deferred[0], item.deferred[1])
         if item.sender is not None and item.source is not None:
@@ -705,7 +705,7 @@ class CallManager:
                 log.info("call with %s: media frame not sent: %s", item.peer, exc)
         if item.receiver is not None and item.sink is not None:
             sink = item.sink
-            frame = item.receiver.play()
+            frame = item.receiver.play(behind_s)
             await _io(sink, lambda: sink.write(frame))
             item.frames_played += 1
 

@@ -165,3 +165,33 @@ def test_held_frames_are_bounded() -> None:
 def test_bad_delays_are_refused() -> None:
     with pytest.raises(ValueError):
         JitterBuffer(min_delay=0.3, max_delay=0.2)
+
+
+def _stalled_receiver(pass_lateness: bool) -> JitterBuffer:
+    """A clean path; the receiving process is not scheduled for 160 ms at frame 50: the
+    frames of the stall are read at once when it resumes, then the clock pulls its eight
+    missed turns back to back (telling the buffer how late each one is, or not)."""
+    buffer = JitterBuffer()
+    stall = range(50, 58)
+    pending: list[int] = []
+    for tick in range(150):
+        pending.append(tick)  # frame ``tick`` arrives (sent 0 ms before: a clean path)
+        if tick in stall:
+            continue
+        for seq in pending:
+            buffer.push(seq, seq * FRAME_S, tick * FRAME_S, seq.to_bytes(4, "big"))
+        pending.clear()
+        owed = [t for t in stall if t <= tick] if tick == stall[-1] + 1 else []
+        for missed in owed:  # the catch-up turns, each later than its time
+            behind = (tick - missed) * FRAME_S
+            buffer.pull(behind if pass_lateness else 0.0)
+        buffer.pull()
+    return buffer
+
+
+def test_a_receiver_that_was_not_scheduled_plays_what_arrived_meanwhile() -> None:
+    stats = _stalled_receiver(pass_lateness=True).stats
+    assert stats.skipped == stats.lost == stats.late == 0
+    # Unaware of the clock's lateness, the buffer mistook the stall's frames for surplus
+    # delay and cut them out of the sound (what a starved CI machine did to a call).
+    assert _stalled_receiver(pass_lateness=False).stats.skipped > 0

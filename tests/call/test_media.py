@@ -9,7 +9,7 @@ import random
 
 import numpy as np
 
-from client.call.jitter import FRAME_S, Kind
+from client.call.jitter import FRAME_S, Kind, Playout
 from client.call.media import MediaReceiver, MediaSender
 from client.call.opus import FRAME_SAMPLES
 from tests.call.speech import spectral_correlation, speech_like
@@ -44,8 +44,8 @@ def call(*, loss: float = 0.0, jitter: float = 0.0, seed: int = 1, tamper: float
     kinds: list[Kind] = []
     pull = receiver.jitter.pull
 
-    def recorded():  # type: ignore[no-untyped-def]
-        playout = pull()
+    def recorded(behind_s: float = 0.0) -> Playout:
+        playout = pull(behind_s)
         kinds.append(playout.kind)
         return playout
 
