@@ -80,3 +80,53 @@ def test_three_users_on_the_pair_chat_with_qkd_keys(tmp_path: Path, pq_backend: 
             bob.get_enc_keys("sae-erin", number=1)
     finally:
         stack.stop()
+
+
+def test_a_third_sae_on_two_serve_processes(tmp_path: Path) -> None:
+    """The old two-KME link (``qsecret kme serve --role``, one process each): carol at
+    alice's KME gets keys with alice from that KME's store and with bob over the link, both
+    ways; bob's KME learns over the KME channel that carol is served at alice's."""
+    from keysource.kme.defaults import SAE_A, SAE_B
+    from tests.kme.test_link import start_serve, wait_for_keys
+    from tests.ports import free_port
+
+    init = subprocess.run(
+        [sys.executable, "-m", "client", "kme", "pki", "init", "--dir", str(tmp_path / "pki")],
+        capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stderr
+    pki = Pki(tmp_path / "pki")
+    pki.issue_sae("sae-carol")
+    port_a, port_b, link_port = free_port(), free_port(), free_port()
+    bob_kme = start_serve(tmp_path, "bob", port_b, port_a, link_port)
+    alice_kme = None
+    try:
+        bob_kme.wait_for(r"^link listening on ")
+        alice_kme = start_serve(tmp_path, "alice", port_a, port_b, link_port)
+
+        def client(port: int, sae: str) -> SaeClient:
+            paths = pki.sae(sae)
+            return SaeClient(f"https://127.0.0.1:{port}", ca=pki.ca_cert, cert=paths.cert,
+                             key=paths.key)
+
+        with client(port_a, SAE_A) as alice, client(port_b, SAE_B) as bob, \
+                client(port_a, "sae-carol") as carol:
+            wait_for_keys(alice, SAE_B, 6, alice_kme)
+            with pytest.raises(KmeUnavailable, match="has not called either KME"):
+                bob.get_enc_keys("sae-carol", number=1)  # nobody serves carol yet
+            assert carol.get_status(SAE_A).target_KME_ID == "kme-alice"  # she calls her KME
+            for master, slave, master_id, slave_id in (
+                    (alice, carol, SAE_A, "sae-carol"), (carol, alice, "sae-carol", SAE_A),
+                    (bob, carol, SAE_B, "sae-carol"), (carol, bob, "sae-carol", SAE_B)):
+                sent = master.get_enc_keys(slave_id, number=2)
+                got = slave.get_dec_keys(master_id, [k.key_ID for k in sent])
+                assert [(k.key_ID, k.key) for k in got] == [(k.key_ID, k.key) for k in sent]
+                same_kme = "sae-carol" in (master_id, slave_id) and SAE_B not in (
+                    master_id, slave_id)
+                if same_kme:
+                    assert sent[0].path == ("kme-alice",)
+                else:
+                    assert len(sent[0].path) == 2, sent[0].path
+    finally:
+        for process in (alice_kme, bob_kme):
+            if process is not None:
+                process.stop()
