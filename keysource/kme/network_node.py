@@ -444,6 +444,8 @@ class NetworkNode:
                     stock.put(await self._take_link_keys(nxt, missing))
             except RelayFailed as exc:  # the pool is low: relays draw for themselves
                 log.info("link key stock of %s not refilled: %s", self._link_name(nxt), exc)
+            except Exception:  # relays draw for themselves meanwhile; say why
+                log.exception("refilling the link key stock of %s failed", self._link_name(nxt))
             finally:
                 stock.refill = None
 
