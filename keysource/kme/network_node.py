@@ -119,8 +119,8 @@ class _LinkStock:
     Each key here was durably marked delivered before it came here, so it can never be drawn
     again: after a crash the stock is lost (spent unused, as a key drawn for a refused frame;
     the neighbour's copies expire with their binding), never used twice. It holds what the
-    last request over the link took, twice over, and keys older than ``max_age_s`` (half the
-    neighbour's binding lifetime, after which it destroys its copies) are dropped."""
+    last request over the link took, three times over, and keys older than ``max_age_s``
+    (half the neighbour's binding lifetime, after which it destroys its copies) are dropped."""
 
     def __init__(self, max_age_s: float) -> None:
         self.max_age_s = max_age_s
@@ -142,7 +142,7 @@ class _LinkStock:
         return [key for _, key in taken]
 
     def want(self, count: int) -> None:
-        self.wanted = 2 * count
+        self.wanted = 3 * count  # the next request's keys while a refill is still running
 
     def missing(self) -> int:
         return self.wanted - len(self.keys)
@@ -397,8 +397,9 @@ class NetworkNode:
         ``nxt``; RelayFailed when that link is over its QBER threshold or has too few.
 
         Taken from the link's stock (:class:`_LinkStock`) when it holds enough, so a hop
-        waits for no durable write of the next link; otherwise drawn now. Either way the
-        stock is then refilled in the background for the next relay."""
+        waits for no durable write of the next link; otherwise drawn now. The stock is
+        refilled in the background once the hop's answer is in (:meth:`_forward`): not
+        while the neighbour is busy with this relay, whose pool the refill writes to too."""
         link_name = self._link_name(nxt)
         qber = self.link_qber(nxt)
         if qber is not None and qber > self.qber_threshold:
@@ -411,7 +412,6 @@ class NetworkNode:
         if keys is None:
             keys = await self._take_link_keys(nxt, count)
         stock.want(count)
-        self._refill_stock(nxt)
         return keys
 
     async def _take_link_keys(self, nxt: str, count: int) -> list[PoolKey]:
@@ -431,8 +431,8 @@ class NetworkNode:
 
     def _refill_stock(self, nxt: str) -> None:
         """Top the link's stock up in the background (one refill per link at a time)."""
-        stock = self._stocks[nxt]
-        if stock.refill is not None or stock.missing() <= 0:
+        stock = self._stocks.get(nxt)
+        if stock is None or stock.refill is not None or stock.missing() <= 0:
             return
 
         async def refill() -> None:
@@ -483,6 +483,8 @@ class NetworkNode:
             raise RelayFailed(f"{nxt} is unreachable ({exc})", link_name) from None
         except RelayFailed as exc:
             raise RelayFailed(f"{nxt}: {exc}", exc.link or link_name) from None
+        finally:
+            self._refill_stock(nxt)  # the neighbour is done with this relay's frames
         heard = self._hear(answer.get("links"))
         raw = answer.get("confirms")
         if not isinstance(raw, list) or len(raw) != len(frames):
