@@ -83,6 +83,9 @@ HEARSAY_KEYS = 1_000  # what a node assumes of a link it is not on (until it hea
 HEARD_FRESH_S = 30.0  # a far link's state reported along a relay's route counts this long
 RELAY_RESERVE = LINK_KEYS_PER_KEY * 8  # link keys bound ahead for the next relays of a hop
 MAX_ROUTES_TRIED = 3  # a relay that fails on a link is tried again around it, this often
+# After a neighbour did not answer, relays over its link are refused this long before any
+# link key is drawn: SAEs retrying at once must not burn the link's pool on a dead node.
+UNREACHABLE_HOLD_S = 0.5
 
 
 class RelayFailed(Exception):
@@ -195,6 +198,7 @@ class NetworkNode:
         # Far links' states as the nodes on a relay's route reported them: name -> (state, at)
         self._heard: dict[str, tuple[routing.LinkState, float]] = {}
         self._stocks: dict[str, _LinkStock] = {}  # neighbour -> link keys ready to seal
+        self._unreachable: dict[str, float] = {}  # neighbour -> no relay to it until
         self._db_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"store-{name}")
 
@@ -375,7 +379,10 @@ class NetworkNode:
         for hop in hops:
             self.ledger.hold(hop.header, hop.key)
         try:
-            confirms, _ = await self._forward(hops, 0)
+            try:
+                confirms, _ = await self._forward(hops, 0)
+            finally:
+                self._refill_stock(route[1])  # the neighbour is done with this relay
             keys = [self.ledger.confirmed(c) for c in confirms]
         except (RelayFailed, RelayRefused) as exc:
             for hop in hops:
@@ -398,13 +405,16 @@ class NetworkNode:
 
         Taken from the link's stock (:class:`_LinkStock`) when it holds enough, so a hop
         waits for no durable write of the next link; otherwise drawn now. The stock is
-        refilled in the background once the hop's answer is in (:meth:`_forward`): not
+        refilled in the background once the hop's answer is in and reported upstream: not
         while the neighbour is busy with this relay, whose pool the refill writes to too."""
         link_name = self._link_name(nxt)
         qber = self.link_qber(nxt)
         if qber is not None and qber > self.qber_threshold:
             raise RelayFailed(f"{link_name} is over its QBER threshold ({qber * 100:.1f}% > "
                               f"{self.qber_threshold * 100:.0f}%: an eavesdropper?)", link_name)
+        if self._unreachable.get(nxt, 0.0) > time.monotonic():
+            raise RelayFailed(f"{nxt} did not answer a moment ago; no link key was drawn",
+                              link_name)
         count = LINK_KEYS_PER_KEY * number
         stock = self._stocks.setdefault(nxt, _LinkStock(
             max_age_s=self.links[nxt].pool.binding_limits.ttl_s / 2))
@@ -480,11 +490,10 @@ class NetworkNode:
         try:
             answer = await self.relay_peers[nxt].relay(body)
         except PeerUnavailable as exc:
+            self._unreachable[nxt] = time.monotonic() + UNREACHABLE_HOLD_S
             raise RelayFailed(f"{nxt} is unreachable ({exc})", link_name) from None
         except RelayFailed as exc:
             raise RelayFailed(f"{nxt}: {exc}", exc.link or link_name) from None
-        finally:
-            self._refill_stock(nxt)  # the neighbour is done with this relay's frames
         heard = self._hear(answer.get("links"))
         raw = answer.get("confirms")
         if not isinstance(raw, list) or len(raw) != len(frames):
@@ -568,9 +577,6 @@ class NetworkNode:
         claim = [i for f, c in zip(frames, confirm_ids, strict=True)
                  for i in (f.header.pad_id, f.header.mac_id, c)]
         position = route.index(self.name)
-        # This node's link report (a routing hint upstream), asked first: each pool's
-        # thread answers it before the claim and the next link's draw queue writes there.
-        report = asyncio.ensure_future(self.own_link_report())
         # A trusted node draws the next link's keys (from its stock, or durably now) while
         # it reads and claims this link's. The price: keys drawn for a frame then refused
         # are spent unused (a neighbour's bad frame; counted in the log).
@@ -592,7 +598,7 @@ class NetworkNode:
                     "unknown_key", f"relay {frames[0].header.relay_id}: link keys unknown or "
                     f"used ({exc.message})"), sender) from None
             claiming = asyncio.ensure_future(link.dec_keys(RELAY_MASTER, RELAY_SLAVE, claim))
-            hops = []
+            hops: list[_Hop] = []
             for i, frame in enumerate(frames):
                 pad, mac, _ = link_keys[LINK_KEYS_PER_KEY * i:LINK_KEYS_PER_KEY * (i + 1)]
                 try:
@@ -601,9 +607,8 @@ class NetworkNode:
                 except RelayRefused as exc:
                     raise self._refused(exc, sender) from None
         except BaseException:
-            # not left running; a refused frame's link keys are spent all the same
-            await asyncio.gather(report, *([claiming] if claiming else []),
-                                 return_exceptions=True)
+            if claiming is not None:  # a refused frame's link keys are spent all the same
+                await asyncio.gather(claiming, return_exceptions=True)
             if drawing is not None:
                 await self._abandon(drawing, route[position + 1])
             raise
@@ -615,18 +620,15 @@ class NetworkNode:
                 _, downstream = await self._forward(hops, position, drawing)
                 self.counts["forwarded"] += len(hops)
         except BaseException:
-            # not left running
-            await asyncio.gather(report, claiming, return_exceptions=True)
+            await asyncio.gather(claiming, return_exceptions=True)  # not left running
             raise
         try:
             claimed = await claiming
         except etsi.EtsiError as exc:
-            await asyncio.gather(report, return_exceptions=True)
             raise self._refused(RelayRefused(
                 "unknown_key", f"relay {frames[0].header.relay_id}: link keys claimed "
                 f"meanwhile ({exc.message})"), sender) from None
         if [k.key for k in claimed] != [k.key for k in link_keys]:  # pragma: no cover
-            await asyncio.gather(report, return_exceptions=True)
             raise self._refused(RelayRefused("unknown_key", "link keys changed while claimed"),
                                 sender)
         confirms = []
@@ -635,7 +637,12 @@ class NetworkNode:
             confirm = Confirm(hop.header.relay_id, hop.header.key_id, route, position,
                               confirm_mac.key_ID)
             confirms.append(key_relay.seal_confirm(confirm, confirm_mac.key).to_json())
-        return {"confirms": confirms, "links": {**downstream, **await report}}
+        # This node's link report (a routing hint upstream), its pools as the relay left
+        # them; read before the next link's stock refill queues its writes there.
+        report = await self.own_link_report()
+        if drawing is not None:
+            self._refill_stock(route[position + 1])  # the neighbour is done with this relay
+        return {"confirms": confirms, "links": {**downstream, **report}}
 
     async def _abandon(self, drawing: asyncio.Future[list[PoolKey]], nxt: str) -> None:
         """The relay was refused before it could go on: the next link's keys drawn for it
