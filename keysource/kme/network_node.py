@@ -17,12 +17,10 @@ slave S served at node Y:
      to the reserved pair :data:`RELAY_MASTER` -> :data:`RELAY_SLAVE`, master at the
      sending end), so the allocator of each link still decides alone who gets which key.
   2. X posts the sealed frames to the next node (``POST /kme/v1/relay``, mutual TLS with
-     the KME certificates, only from a neighbour). That node reads the named link keys,
-     checks the MAC, removes the pad and seals K for the next hop with keys of the next
-     link (from its :class:`_LinkStock`, taken durably before); it claims the link keys it
-     read (once: a used key_ID is unknown) while the frames go on, and answers upstream only
-     once the claim is durable. No fsync waits on a hop's critical path; keys drawn for a
-     frame then refused are spent unused; and so on.
+     the KME certificates, only from a neighbour). That node claims the named link keys
+     (once: a used key_ID is unknown), checks the MAC, removes the pad and seals K for the
+     next hop with keys of the next link (drawn while it claimed: the two durable writes
+     overlap; keys drawn for a frame then refused are spent unused); and so on.
   3. Y stores K in its own key store, bound to (M, S), then answers with a confirmation per
      key, authenticated with the confirmation MAC key of the hop; each node checks the one
      it gets and answers its own upstream.
@@ -115,46 +113,6 @@ class LinkSaes:
         return sae_id == RELAY_SLAVE or self.saes.knows(sae_id)
 
 
-class _LinkStock:
-    """Link keys already taken out of one link's pool for the next relays over it, so a
-    relay hop seals at once instead of waiting for the pool's durable write.
-
-    Each key here was durably marked delivered before it came here, so it can never be drawn
-    again: after a crash the stock is lost (spent unused, as a key drawn for a refused frame;
-    the neighbour's copies expire with their binding), never used twice. It holds what the
-    last request over the link took, three times over, and keys older than ``max_age_s``
-    (half the neighbour's binding lifetime, after which it destroys its copies) are dropped."""
-
-    def __init__(self, max_age_s: float) -> None:
-        self.max_age_s = max_age_s
-        self.keys: list[tuple[float, PoolKey]] = []  # (when taken, key), oldest first
-        self.wanted = 0
-        self.refill: asyncio.Future[None] | None = None
-
-    def _drop_stale(self) -> None:
-        oldest = time.monotonic() - self.max_age_s
-        while self.keys and self.keys[0][0] < oldest:
-            self.keys.pop(0)
-
-    def take(self, count: int) -> list[PoolKey] | None:
-        """``count`` keys, oldest first, or None (none taken) if the stock holds fewer."""
-        self._drop_stale()
-        if len(self.keys) < count:
-            return None
-        taken, self.keys = self.keys[:count], self.keys[count:]
-        return [key for _, key in taken]
-
-    def want(self, count: int) -> None:
-        self.wanted = 3 * count  # the next request's keys while a refill is still running
-
-    def missing(self) -> int:
-        return self.wanted - len(self.keys)
-
-    def put(self, keys: list[PoolKey]) -> None:
-        now = time.monotonic()
-        self.keys += [(now, key) for key in keys]
-
-
 @dataclass
 class _Hop:
     """One relayed key as a node handles it: where it is and what it is."""
@@ -197,7 +155,6 @@ class NetworkNode:
         self._avoid: dict[str, float] = {}  # link name -> until (monotonic)
         # Far links' states as the nodes on a relay's route reported them: name -> (state, at)
         self._heard: dict[str, tuple[routing.LinkState, float]] = {}
-        self._stocks: dict[str, _LinkStock] = {}  # neighbour -> link keys ready to seal
         self._unreachable: dict[str, float] = {}  # neighbour -> no relay to it until
         self._db_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"store-{name}")
@@ -207,9 +164,6 @@ class NetworkNode:
         return await loop.run_in_executor(self._db_thread, functools.partial(fn, *args))
 
     def close(self) -> None:
-        for stock in self._stocks.values():
-            if stock.refill is not None:
-                stock.refill.cancel()
         self._db_thread.shutdown(wait=True)
         self.store.close()
         for link in self.links.values():
@@ -379,10 +333,7 @@ class NetworkNode:
         for hop in hops:
             self.ledger.hold(hop.header, hop.key)
         try:
-            try:
-                confirms, _ = await self._forward(hops, 0)
-            finally:
-                self._refill_stock(route[1])  # the neighbour is done with this relay
+            confirms, _ = await self._forward(hops, 0)
             keys = [self.ledger.confirmed(c) for c in confirms]
         except (RelayFailed, RelayRefused) as exc:
             for hop in hops:
@@ -403,10 +354,10 @@ class NetworkNode:
         """The pad, MAC and confirmation MAC keys of ``number`` relayed keys on the link to
         ``nxt``; RelayFailed when that link is over its QBER threshold or has too few.
 
-        Taken from the link's stock (:class:`_LinkStock`) when it holds enough, so a hop
-        waits for no durable write of the next link; otherwise drawn now. The stock is
-        refilled in the background once the hop's answer is in and reported upstream: not
-        while the neighbour is busy with this relay, whose pool the refill writes to too."""
+        Binding (a round trip to the link's allocator and a durable write there) happens
+        only when the keys bound ahead run out; it then binds the next relays' keys too,
+        as many as this request's twice over (at least RELAY_RESERVE), so a stream of
+        requests of one size binds once every three."""
         link_name = self._link_name(nxt)
         qber = self.link_qber(nxt)
         if qber is not None and qber > self.qber_threshold:
@@ -416,50 +367,12 @@ class NetworkNode:
             raise RelayFailed(f"{nxt} did not answer a moment ago; no link key was drawn",
                               link_name)
         count = LINK_KEYS_PER_KEY * number
-        stock = self._stocks.setdefault(nxt, _LinkStock(
-            max_age_s=self.links[nxt].pool.binding_limits.ttl_s / 2))
-        keys = stock.take(count)
-        if keys is None:
-            keys = await self._take_link_keys(nxt, count)
-        stock.want(count)
-        return keys
-
-    async def _take_link_keys(self, nxt: str, count: int) -> list[PoolKey]:
-        """``count`` link keys to ``nxt`` taken (durably) out of its pool for relaying.
-
-        Binding (a round trip to the link's allocator and a durable write there) happens
-        only when the keys bound ahead run out; it then binds the next relays' keys too,
-        as many as this request's twice over (at least RELAY_RESERVE), so a stream of
-        requests of one size binds once every three."""
         try:
             return await self.links[nxt].bind_and_take(
                 RELAY_MASTER, RELAY_SLAVE, count, RELAY_KEY_BITS,
                 reserve=max(RELAY_RESERVE, 2 * count))
         except etsi.EtsiError as exc:
-            raise RelayFailed(f"no link keys on {self._link_name(nxt)}: {exc.message}",
-                              self._link_name(nxt)) from None
-
-    def _refill_stock(self, nxt: str) -> None:
-        """Top the link's stock up in the background (one refill per link at a time)."""
-        stock = self._stocks.get(nxt)
-        if stock is None or stock.refill is not None or stock.missing() <= 0:
-            return
-
-        async def refill() -> None:
-            try:
-                while (missing := stock.missing()) > 0:
-                    # Only from a pool with plenty left for everybody else.
-                    if await self.links[nxt].free_count() < 4 * missing:
-                        return
-                    stock.put(await self._take_link_keys(nxt, missing))
-            except RelayFailed as exc:  # the pool is low: relays draw for themselves
-                log.info("link key stock of %s not refilled: %s", self._link_name(nxt), exc)
-            except Exception:  # relays draw for themselves meanwhile; say why
-                log.exception("refilling the link key stock of %s failed", self._link_name(nxt))
-            finally:
-                stock.refill = None
-
-        stock.refill = asyncio.ensure_future(refill())
+            raise RelayFailed(f"no link keys on {link_name}: {exc.message}", link_name) from None
 
     async def _forward(self, hops: list[_Hop], position: int,
                        drawing: asyncio.Future[list[PoolKey]] | None = None
@@ -577,28 +490,22 @@ class NetworkNode:
         claim = [i for f, c in zip(frames, confirm_ids, strict=True)
                  for i in (f.header.pad_id, f.header.mac_id, c)]
         position = route.index(self.name)
-        # A trusted node draws the next link's keys (from its stock, or durably now) while
-        # it reads and claims this link's. The price: keys drawn for a frame then refused
-        # are spent unused (a neighbour's bad frame; counted in the log).
+        # A trusted node draws the next link's keys while it claims this link's: the two
+        # durable writes (one per link pool, each its own thread) overlap instead of adding
+        # up. The price: keys drawn for a frame then refused are spent unused (a neighbour's
+        # bad frame; counted in the log).
         drawing = None
         if position < len(route) - 1:
             drawing = asyncio.ensure_future(self._draw_link_keys(route[position + 1],
                                                                  len(frames)))
-        # The link keys are read first, then claimed (taken durably, once) while the frames
-        # are opened and sent on: the confirmations upstream wait for the claim, so no key
-        # is confirmed on link keys this node did not take, and the hop waits for no fsync.
-        # (A frame sent on before its claim failed leaves the last node a key under a
-        # key_ID nobody learns, as any failed relay; the sender never reuses its keys.)
-        claiming: asyncio.Future[list[PoolKey]] | None = None
         try:
             try:
-                link_keys = await link.peek_for_slave(RELAY_MASTER, RELAY_SLAVE, claim)
+                link_keys = await link.dec_keys(RELAY_MASTER, RELAY_SLAVE, claim)
             except etsi.EtsiError as exc:
                 raise self._refused(RelayRefused(
                     "unknown_key", f"relay {frames[0].header.relay_id}: link keys unknown or "
                     f"used ({exc.message})"), sender) from None
-            claiming = asyncio.ensure_future(link.dec_keys(RELAY_MASTER, RELAY_SLAVE, claim))
-            hops: list[_Hop] = []
+            hops = []
             for i, frame in enumerate(frames):
                 pad, mac, _ = link_keys[LINK_KEYS_PER_KEY * i:LINK_KEYS_PER_KEY * (i + 1)]
                 try:
@@ -607,12 +514,12 @@ class NetworkNode:
                 except RelayRefused as exc:
                     raise self._refused(exc, sender) from None
         except BaseException:
-            if claiming is not None:  # a refused frame's link keys are spent all the same
-                await asyncio.gather(claiming, return_exceptions=True)
             if drawing is not None:
                 await self._abandon(drawing, route[position + 1])
             raise
         downstream: dict[str, dict[str, Any]] = {}
+        # This node's link report (a routing hint upstream) is read while the keys go on.
+        report = asyncio.ensure_future(self.own_link_report())
         try:
             if drawing is None:
                 await self._keep(hops, sender)
@@ -620,29 +527,15 @@ class NetworkNode:
                 _, downstream = await self._forward(hops, position, drawing)
                 self.counts["forwarded"] += len(hops)
         except BaseException:
-            await asyncio.gather(claiming, return_exceptions=True)  # not left running
+            await asyncio.gather(report, return_exceptions=True)  # not left running
             raise
-        try:
-            claimed = await claiming
-        except etsi.EtsiError as exc:
-            raise self._refused(RelayRefused(
-                "unknown_key", f"relay {frames[0].header.relay_id}: link keys claimed "
-                f"meanwhile ({exc.message})"), sender) from None
-        if [k.key for k in claimed] != [k.key for k in link_keys]:  # pragma: no cover
-            raise self._refused(RelayRefused("unknown_key", "link keys changed while claimed"),
-                                sender)
         confirms = []
         for i, hop in enumerate(hops):
             confirm_mac = link_keys[LINK_KEYS_PER_KEY * i + 2]
             confirm = Confirm(hop.header.relay_id, hop.header.key_id, route, position,
                               confirm_mac.key_ID)
             confirms.append(key_relay.seal_confirm(confirm, confirm_mac.key).to_json())
-        # This node's link report (a routing hint upstream), its pools as the relay left
-        # them; read before the next link's stock refill queues its writes there.
-        report = await self.own_link_report()
-        if drawing is not None:
-            self._refill_stock(route[position + 1])  # the neighbour is done with this relay
-        return {"confirms": confirms, "links": {**downstream, **report}}
+        return {"confirms": confirms, "links": {**downstream, **await report}}
 
     async def _abandon(self, drawing: asyncio.Future[list[PoolKey]], nxt: str) -> None:
         """The relay was refused before it could go on: the next link's keys drawn for it
@@ -698,8 +591,6 @@ class NetworkNode:
             "network": self.topology.name,
             "links": {peer: await link.pool_stats() for peer, link in self.links.items()},
             "local_keys": await self._db(self.store.counts),
-            # link keys taken out of each link's pool for the next relays (_LinkStock)
-            "link_key_stock": {peer: len(stock.keys) for peer, stock in self._stocks.items()},
             "relay": {**self.counts, "refused": dict(self.ledger.refused)},
             "heard_links": {name: {"keys": state.keys, "qber": state.qber,
                                    "age_s": round(time.monotonic() - at, 1)}

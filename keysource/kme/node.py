@@ -484,14 +484,6 @@ class KmeNode:
         # A slave takes only keys bound at the peer KME (role "slave"): made on this link.
         return [replace(k, path=(self.peer_kme_id, self.kme_id)) for k in keys]
 
-    async def peek_for_slave(self, master: str, slave: str,
-                             key_ids: Sequence[str]) -> list[PoolKey]:
-        """The keys dec_keys would hand to ``slave`` now, not taken (see KeyPool)."""
-        try:
-            return await self._db(self.pool.peek_for_slave, master, slave, list(key_ids))
-        except KeyLookupError as exc:
-            raise _lookup_error(exc) from None
-
     # -- peer-facing ----------------------------------------------------------------------
 
     async def handle_push(self, binding: Binding) -> list[str]:

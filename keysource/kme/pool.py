@@ -793,36 +793,6 @@ class KeyPool:
                 )
         return [taken[k] if k in taken else PoolKey(k, again[k]) for k in key_ids]
 
-    def peek_for_slave(self, master: str, slave: str, key_ids: Sequence[str]) -> list[PoolKey]:
-        """The keys :meth:`take_for_slave` would hand to the slave now, read without taking
-        them (no write): a relay hop opens its frames with them while its claim, the real
-        take, is made durable. KeyLookupError as take_for_slave (expiry aside: the take
-        refuses an expired key)."""
-        unknown, foreign, found = [], [], []
-        for key_id in key_ids:
-            row = self._db.execute(
-                "SELECT master_sae, slave_sae, role FROM keys WHERE bound_to = ? AND part = 0",
-                (key_id,)).fetchone()
-            if row is None:
-                kept = self._db.execute(
-                    "SELECT material FROM redeliverable"
-                    " WHERE key_id = ? AND master_sae = ? AND slave_sae = ?",
-                    (key_id, master, slave)).fetchone()
-                if kept is None:
-                    unknown.append(key_id)
-                else:
-                    found.append(PoolKey(key_id, bytes(kept[0])))
-            elif tuple(row) != (master, slave, "slave"):
-                foreign.append(key_id)
-            else:
-                parts = self._db.execute(
-                    "SELECT material, size_bits FROM keys WHERE bound_to = ? ORDER BY part",
-                    (key_id,)).fetchall()
-                found.append(PoolKey(key_id, assemble([r[0] for r in parts], parts[0][1])))
-        if unknown or foreign:
-            raise KeyLookupError(unknown, foreign)
-        return found
-
     def sweep_redeliverable(self) -> int:
         """Erase the material of dec_keys answers whose grace is over; return how many."""
         with self._write() as db:

@@ -51,14 +51,11 @@ BATCH = 16  # keys per request in the rate runs (an SAE asks for several at once
 
 
 def _pool_stored(network: Network) -> dict[tuple[str, str], int]:
-    """Keys of each link at its ``a`` end not yet used: in its pool, or taken out of it into
-    the node's stock for the next relays (keysource.kme.network_node._LinkStock)."""
+    """Keys stored in each link's pool at its ``a`` end."""
     out = {}
     for index in range(CHAIN - 1):
         a, b = f"n{index}", f"n{index + 1}"
-        stats = network.stats(a)
-        out[(a, b)] = (int(stats["links"][b]["stored"])
-                       + int(stats.get("link_key_stock", {}).get(b, 0)))
+        out[(a, b)] = int(network.stats(a)["links"][b]["stored"])
     return out
 
 

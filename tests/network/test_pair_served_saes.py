@@ -1,17 +1,11 @@
-"""Which SAEs a KME of a pair serves (keysource.kme.served_saes), and the read-only peek a
-relay hop opens its frames with before its claim is durable (KeyPool.peek_for_slave)."""
+"""Which SAEs a KME of a pair serves (keysource.kme.served_saes)."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
-import pytest
-
 from keysource.kme.pki import Pki, PkiSaeRegistry
-from keysource.kme.pool import KeyLookupError, KeyPool
 from keysource.kme.served_saes import ServedSaes
-from tests.kme.conftest import random_batch
 
 
 def _pair(tmp_path: Path) -> tuple[Pki, ServedSaes, ServedSaes]:
@@ -55,26 +49,3 @@ def test_a_removed_certificate_unregisters_a_served_sae(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
-
-
-def test_peek_reads_what_the_claim_then_takes_and_writes_nothing(tmp_path: Path) -> None:
-    pool = KeyPool(tmp_path / "pool.sqlite", redelivery_grace_s=0)
-    try:
-        pool.add_keys(random_batch(6))
-        binding = pool.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
-                            master_kme="x", local_kme="y", sizes=[256, 512])
-        heads = [k.key_ID for k in binding.keys]  # the slave's side: it fetches here
-        before = pool.stats()
-        peeked = pool.peek_for_slave("m", "s", heads)
-        assert pool.stats() == before
-        assert pool.peek_for_slave("m", "s", heads) == peeked  # nothing was taken
-        with pytest.raises(KeyLookupError) as foreign:
-            pool.peek_for_slave("m", "other", heads)
-        assert foreign.value.foreign
-        taken = pool.take_for_slave("m", "s", heads)
-        assert [(k.key_ID, k.key) for k in taken] == [(k.key_ID, k.key) for k in peeked]
-        with pytest.raises(KeyLookupError) as gone:
-            pool.peek_for_slave("m", "s", heads)
-        assert list(gone.value.unknown) == heads
-    finally:
-        pool.close()
