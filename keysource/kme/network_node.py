@@ -81,6 +81,9 @@ HEARSAY_KEYS = 1_000  # what a node assumes of a link it is not on (until it hea
 HEARD_FRESH_S = 30.0  # a far link's state reported along a relay's route counts this long
 RELAY_RESERVE = LINK_KEYS_PER_KEY * 8  # link keys bound ahead for the next relays of a hop
 MAX_ROUTES_TRIED = 3  # a relay that fails on a link is tried again around it, this often
+# After a neighbour did not answer, relays over its link are refused this long before any
+# link key is drawn: SAEs retrying at once must not burn the link's pool on a dead node.
+UNREACHABLE_HOLD_S = 0.5
 
 
 class RelayFailed(Exception):
@@ -152,6 +155,7 @@ class NetworkNode:
         self._avoid: dict[str, float] = {}  # link name -> until (monotonic)
         # Far links' states as the nodes on a relay's route reported them: name -> (state, at)
         self._heard: dict[str, tuple[routing.LinkState, float]] = {}
+        self._unreachable: dict[str, float] = {}  # neighbour -> no relay to it until
         self._db_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"store-{name}")
 
@@ -173,6 +177,9 @@ class NetworkNode:
 
     def handle_knows_sae(self, sae_id: str) -> bool:
         return self.saes.knows(sae_id)
+
+    def called_by(self, sae_id: str) -> None:
+        """Nothing to learn: the topology says which node serves which SAE."""
 
     def _node_of(self, sae_id: str, what: str) -> str:
         node = self.topology.node_of_sae(sae_id)
@@ -356,6 +363,9 @@ class NetworkNode:
         if qber is not None and qber > self.qber_threshold:
             raise RelayFailed(f"{link_name} is over its QBER threshold ({qber * 100:.1f}% > "
                               f"{self.qber_threshold * 100:.0f}%: an eavesdropper?)", link_name)
+        if self._unreachable.get(nxt, 0.0) > time.monotonic():
+            raise RelayFailed(f"{nxt} did not answer a moment ago; no link key was drawn",
+                              link_name)
         count = LINK_KEYS_PER_KEY * number
         try:
             return await self.links[nxt].bind_and_take(
@@ -393,6 +403,7 @@ class NetworkNode:
         try:
             answer = await self.relay_peers[nxt].relay(body)
         except PeerUnavailable as exc:
+            self._unreachable[nxt] = time.monotonic() + UNREACHABLE_HOLD_S
             raise RelayFailed(f"{nxt} is unreachable ({exc})", link_name) from None
         except RelayFailed as exc:
             raise RelayFailed(f"{nxt}: {exc}", exc.link or link_name) from None

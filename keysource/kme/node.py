@@ -33,6 +33,15 @@ their expiry are enforced by the pool (:class:`keysource.kme.pool.BindingLimits`
 quota at the allocator or at the follower is refused whole, and the keys the allocator had
 reserved for it go back to the free keys; :meth:`KmeNode.run_sweeper` destroys expired bindings.
 
+Two SAEs at one KME (a KME of a pair)
+-------------------------------------
+A pair's KME serves any number of SAEs (:class:`keysource.kme.served_saes.ServedSaes`: its
+default SAE and every enrolled SAE that has called it). enc_keys for a slave served by this
+very KME takes no link key: a fresh key from the KME's random source goes into its own key
+store (:class:`keysource.kme.relay_store.LocalKeyStore`, durably, before the master gets it),
+bound to (M, S); S fetches it here with dec_keys, once. A slave enrolled but served by neither
+KME yet is a 503 saying so: binding its keys to either side could strand them.
+
 Crashes: every step is a durable transaction and every message is idempotent (bindings are
 named by a UUID), so after a crash the allocator simply pushes unacknowledged bindings again
 (a background loop does so every second). Keys bound for (M, S) whose enc_keys call failed
@@ -52,11 +61,12 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import etsi
 from .pool import (
@@ -69,6 +79,10 @@ from .pool import (
     QuotaExceeded,
     parts_for_size,
 )
+
+if TYPE_CHECKING:
+    from .relay_store import LocalKeyStore
+    from .served_saes import ServedSaes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -160,6 +174,8 @@ class KmeNode:
         arrival_wait_s: float = 3.0,
         unshared_after_s: float = 60.0,
         peer_sae_cache_s: float = 60.0,
+        served: ServedSaes | None = None,
+        own_keys: LocalKeyStore | None = None,
     ) -> None:
         self.kme_id = kme_id
         self.peer_kme_id = peer_kme_id
@@ -170,6 +186,13 @@ class KmeNode:
         self.arrival_wait_s = arrival_wait_s
         self.unshared_after_s = unshared_after_s
         self.saes = saes
+        # A KME of a pair (not a network link): the SAEs it serves, and its own key store
+        # for two of them (see "Two SAEs at one KME" in the module doc).
+        if (served is None) != (own_keys is None):
+            raise ValueError("a KME of a pair needs both its served SAEs and its own key store")
+        self.served = served
+        self.own_keys = own_keys
+        self.counts = {"own": 0}
         self.peer_sae_cache_s = peer_sae_cache_s
         self._peer_saes: dict[str, float] = {}  # SAE_IDs the peer confirmed -> until (monotonic)
         # All pool access runs on one worker thread: SQLite calls (with fsync) never block
@@ -193,6 +216,19 @@ class KmeNode:
     def close(self) -> None:
         self._db_thread.shutdown(wait=True)
         self.pool.close()
+        if self.own_keys is not None:
+            self.own_keys.close()
+        if self.served is not None:
+            self.served.close()
+
+    def called_by(self, sae_id: str) -> None:
+        """An authenticated SAE called this KME: a KME of a pair serves it from now on."""
+        if self.served is not None:
+            self.served.called_by(sae_id)
+
+    def _serves_here(self, sae_id: str) -> bool:
+        """Does this KME of a pair serve ``sae_id`` itself (keys from its own store)?"""
+        return self.served is not None and self.served.knows(sae_id)
 
     # -- the link side ------------------------------------------------------------------
 
@@ -244,6 +280,13 @@ class KmeNode:
             if known:
                 self._peer_saes[slave] = time.monotonic() + self.peer_sae_cache_s
                 return
+        if self.served is not None and self.served.is_enrolled(slave):
+            raise etsi.Unavailable(
+                f"slave_SAE_ID {slave} has a certificate but has not called either KME of "
+                f"this pair ({self.kme_id}, {self.peer_kme_id}) yet, so neither knows which "
+                "of them serves it: an SAE is served by the KME it calls (status, enc_keys, "
+                "dec_keys or stats). Retry once it has; no key was bound",
+                [{"slave_SAE_ID": slave, "registered": True, "served_by": None}])
         raise etsi.BadRequest(
             f"unknown slave_SAE_ID {slave}: no SAE with this ID is registered at this KME "
             f"({self.kme_id}) or at its peer KME ({self.peer_kme_id})",
@@ -255,6 +298,12 @@ class KmeNode:
         return self.saes.knows(sae_id)
 
     async def status(self, master: str, slave: str) -> dict[str, Any]:
+        self.called_by(master)
+        if self._serves_here(slave) and master != slave:
+            return etsi.status_body(
+                source_kme=self.kme_id, target_kme=self.kme_id, master=master, slave=slave,
+                stored_key_count=self.limits.max_key_per_request,
+                max_key_count=self.limits.max_key_per_request, limits=self.limits)
         await self.check_reachable(slave)
         free = await self._db(self.pool.free_count)
         ready = await self._db(self.pool.ready_count, master, slave, self.limits.key_size)
@@ -277,6 +326,9 @@ class KmeNode:
         """Keys for master SAE ``master`` to share with ``slave`` (who fetches them at the peer)."""
         if master == slave:
             raise etsi.BadRequest("slave_SAE_ID must differ from the caller's SAE_ID")
+        self.called_by(master)
+        if self._serves_here(slave):
+            return await self._own_keys_for(master, slave, request)
         if self.peer is None:
             raise etsi.Unavailable("this KME is not connected to a peer KME")
         await self.check_reachable(slave)
@@ -285,6 +337,19 @@ class KmeNode:
                  master, slave)
         # Bound with this KME as the master's: the slave fetches them at the peer KME.
         return [replace(k, path=(self.kme_id, self.peer_kme_id)) for k in keys]
+
+    async def _own_keys_for(self, master: str, slave: str,
+                            request: etsi.EncKeysRequest) -> list[PoolKey]:
+        """Both SAEs at this KME of a pair: fresh keys from its random source, stored for
+        the slave (durably, before the master gets them), never touching the link's pool."""
+        assert self.own_keys is not None
+        keys = [PoolKey(str(uuid.uuid4()), os.urandom(request.size // 8), (self.kme_id,))
+                for _ in range(request.number)]
+        await self._db(self.own_keys.put, master, slave, keys)
+        self.counts["own"] += len(keys)
+        log.info("enc_keys: %d key(s) of %d bits for %s -> %s, both at %s", request.number,
+                 request.size, master, slave, self.kme_id)
+        return keys
 
     def link_for(self, kme_id: str) -> KmeNode | None:
         """The link (this node) whose peer KME is ``kme_id``, or None: who may call the
@@ -399,21 +464,21 @@ class KmeNode:
 
     async def dec_keys(self, master: str, slave: str, key_ids: Sequence[str]) -> list[PoolKey]:
         """The keys ``master`` obtained for slave SAE ``slave``, handed to ``slave`` once."""
+        self.called_by(slave)
+        if self.own_keys is not None and await self._db(self.own_keys.holds_any,
+                                                        list(key_ids)):
+            try:
+                own = await self._db(self.own_keys.take_for_slave, master, slave,
+                                     list(key_ids))
+            except KeyLookupError as exc:
+                raise _lookup_error(exc) from None
+            log.info("dec_keys: %d key(s) for %s from %s (this KME's own store)", len(own),
+                     slave, master)
+            return own
         try:
             keys = await self._db(self.pool.take_for_slave, master, slave, key_ids)
         except KeyLookupError as exc:
-            details: list[dict[str, Any]] = []
-            if exc.unknown:
-                details.append({"unknown_key_IDs": list(exc.unknown)})
-            if exc.foreign:
-                details.append({"key_IDs_of_other_SAEs": list(exc.foreign)})
-            if exc.foreign and not exc.unknown:
-                raise etsi.Unauthorized(
-                    "key_ID not addressed to this SAE for this master_SAE_ID", details
-                ) from None
-            raise etsi.BadRequest(
-                "key_ID unknown or already delivered (nothing was delivered)", details
-            ) from None
+            raise _lookup_error(exc) from None
         await self._refresh_room()
         log.info("dec_keys: %d key(s) for %s from %s", len(keys), slave, master)
         # A slave takes only keys bound at the peer KME (role "slave"): made on this link.
@@ -549,9 +614,31 @@ class KmeNode:
             except TimeoutError:
                 pass
 
+    async def run_own_keys_sweeper(self, stop: asyncio.Event, interval_s: float = 5.0) -> None:
+        """A KME of a pair: destroy own-store keys past their grace or lifetime, until stop."""
+        if self.own_keys is None:
+            return
+        while not stop.is_set():
+            try:
+                erased = await self._db(self.own_keys.sweep)
+                if erased:
+                    log.info("destroyed %d key(s) of %s's own store", erased, self.kme_id)
+            except Exception:  # keep sweeping; report it
+                log.exception("sweeping the KME's own key store failed")
+            try:
+                await asyncio.wait_for(stop.wait(), interval_s)
+            except TimeoutError:
+                pass
+
     async def pool_stats(self) -> dict[str, Any]:
         stats = await self._db(self.pool.stats)
-        return {
+        if self.own_keys is not None and self.served is not None:
+            own = {"own_keys": {**await self._db(self.own_keys.counts),
+                                "handed_out": self.counts["own"]},
+                   "saes_served": self.served.served()}
+        else:
+            own = {}
+        return {**own,
             "KME_ID": self.kme_id,
             "peer_KME_ID": self.peer_kme_id,
             "role": "allocator" if self.allocator else "follower",
@@ -571,6 +658,20 @@ class UnknownSae(Exception):
     def __init__(self, sae_id: str, kme_id: str) -> None:
         super().__init__(f"unknown slave_SAE_ID {sae_id}: not registered at KME {kme_id}")
         self.sae_id = sae_id
+
+
+def _lookup_error(exc: KeyLookupError) -> etsi.EtsiError:
+    """The ETSI answer to dec_keys naming keys this SAE may not have (nothing delivered)."""
+    details: list[dict[str, Any]] = []
+    if exc.unknown:
+        details.append({"unknown_key_IDs": list(exc.unknown)})
+    if exc.foreign:
+        details.append({"key_IDs_of_other_SAEs": list(exc.foreign)})
+    if exc.foreign and not exc.unknown:
+        return etsi.Unauthorized("key_ID not addressed to this SAE for this master_SAE_ID",
+                                 details)
+    return etsi.BadRequest("key_ID unknown or already delivered (nothing was delivered)",
+                           details)
 
 
 def over_quota(exc: QuotaExceeded) -> etsi.Unavailable:

@@ -44,7 +44,9 @@ from .link import LinkMonitor, link_params, run_link_endpoint, run_pair_link
 from .node import KmeNode, LocalPeer
 from .peer import HttpPeer
 from .pki import Pki, PkiSaeRegistry
-from .pool import BindingLimits, KeyPool
+from .pool import DEFAULT_BINDING_TTL_S, BindingLimits, KeyPool
+from .relay_store import LocalKeyStore
+from .served_saes import ServedSaes
 from .server import start_server
 
 
@@ -93,6 +95,19 @@ def _open_pool(settings: KmeSettings, kme_id: str) -> KeyPool:
     return KeyPool(pool_path(settings.data, kme_id), max_key_count=settings.max_key_count,
                    redelivery_grace_s=settings.redelivery_grace_s,
                    binding_limits=settings.binding_limits)
+
+
+def _pair_kme_parts(settings: KmeSettings, pki: Pki, kme_id: str,
+                    default_sae: str) -> dict[str, Any]:
+    """The SAEs a KME of a pair serves and its own key store (keysource.kme.served_saes):
+    keyword arguments of its KmeNode."""
+    ttl = (settings.binding_limits.ttl_s if settings.binding_limits
+           else DEFAULT_BINDING_TTL_S)
+    served = ServedSaes(PkiSaeRegistry(pki), settings.data / kme_id / "saes-served.sqlite",
+                        defaults=[default_sae])
+    own_keys = LocalKeyStore(settings.data / kme_id / "own-keys.sqlite",
+                             redelivery_grace_s=settings.redelivery_grace_s, ttl_s=ttl)
+    return {"saes": served, "served": served, "own_keys": own_keys}
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
@@ -226,13 +241,15 @@ async def run_pair(
         _say(out, f"created {created}")
     node_a = KmeNode(
         kme_id=KME_A, peer_kme_id=KME_B, allocator=True, limits=settings.limits,
-        pool=_open_pool(settings, KME_A), saes=PkiSaeRegistry(pki),
+        pool=_open_pool(settings, KME_A), **_pair_kme_parts(settings, pki, KME_A, SAE_A),
     )
     node_b = KmeNode(
         kme_id=KME_B, peer_kme_id=KME_A, allocator=False, limits=settings.limits,
-        pool=_open_pool(settings, KME_B), saes=PkiSaeRegistry(pki),
+        pool=_open_pool(settings, KME_B), **_pair_kme_parts(settings, pki, KME_B, SAE_B),
     )
     node_a.peer, node_b.peer = LocalPeer(node_b), LocalPeer(node_a)
+    assert node_a.served is not None and node_b.served is not None
+    node_a.served.rival, node_b.served.rival = node_b.served, node_a.served  # one process
     monitor = LinkMonitor()
     runners: list[web.AppRunner] = []
     tasks: list[asyncio.Task[None]] = []
@@ -257,6 +274,8 @@ async def run_pair(
                       + curl_example(pki, urls[0], SAE_A, SAE_B))
         tasks.append(asyncio.create_task(node_a.run_sync(stop)))
         tasks += [asyncio.create_task(node.run_sweeper(stop)) for node in (node_a, node_b)]
+        tasks += [asyncio.create_task(node.run_own_keys_sweeper(stop))
+                  for node in (node_a, node_b)]
         if settings.link:
             params = link_params(**settings.link_options)
             tasks.append(asyncio.create_task(
@@ -306,8 +325,8 @@ async def run_serve(
         _say(out, f"created {created}")
     node = KmeNode(
         kme_id=kme_id, peer_kme_id=peer_kme_id, allocator=(role == "alice"),
-        limits=settings.limits,
-        pool=_open_pool(settings, kme_id), saes=PkiSaeRegistry(pki),
+        limits=settings.limits, pool=_open_pool(settings, kme_id),
+        **_pair_kme_parts(settings, pki, kme_id, SAE_A if role == "alice" else SAE_B),
     )
     peer_ctx = None if settings.plain_http else pki.client_context(pki.kme(kme_id))
     peer = HttpPeer(peer_url, ssl_context=peer_ctx, own_kme_id=kme_id)
@@ -330,6 +349,7 @@ async def run_serve(
         if node.allocator:
             tasks.append(asyncio.create_task(node.run_sync(stop)))
         tasks.append(asyncio.create_task(node.run_sweeper(stop)))
+        tasks.append(asyncio.create_task(node.run_own_keys_sweeper(stop)))
         if settings.link:
             params = link_params(**settings.link_options)
             tasks.append(asyncio.create_task(_guard_link(run_link_endpoint(

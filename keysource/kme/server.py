@@ -68,6 +68,10 @@ class KmeService(Protocol):
 
     def handle_knows_sae(self, sae_id: str) -> bool: ...
 
+    def called_by(self, sae_id: str) -> None:
+        """An authenticated SAE called (a KME of a pair serves it from now on)."""
+        ...
+
     async def pool_stats(self) -> dict[str, Any]: ...
 
 
@@ -303,9 +307,13 @@ def normalise_binding_id(value: object) -> str:
 
 
 async def stats(request: web.Request) -> web.Response:
-    if _identity(request) is None:
+    who = _identity(request)
+    if who is None:
         raise etsi.Unauthorized("a client certificate issued by this KME's CA is required")
     node = request.app[NODE_KEY]
+    if who.role == ROLE_SAE and not who.name.startswith(
+            RESERVED_SAE_PREFIX):
+        node.called_by(who.name)  # the key panel's poll places an SAE before its first key
     body = {"pool": await node.pool_stats(), "link": request.app[STATS_KEY]()}
     return web.json_response(body)
 

@@ -90,6 +90,11 @@ def attacked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
                  "--max-bound-per-master", str(PER_MASTER))
     try:
         enrol(pair, MALLORY, CAROL, DAVE)
+        # A KME of a pair serves the SAEs that call it: carol and dave call B, mallory A.
+        for url, sae, other in ((pair.url_b, CAROL, SAE_A), (pair.url_b, DAVE, SAE_A),
+                                (pair.url_a, MALLORY, SAE_B)):
+            with pair.client(url, sae) as client:
+                client.get_status(other)
         yield pair
     finally:
         pair.process.stop()
@@ -283,8 +288,8 @@ def test_a_stray_file_registers_nobody(idle: Pair) -> None:
 def test_serve_kmes_ask_each_other_which_saes_exist_and_refuse_over_quota(
         tmp_path: Path) -> None:
     """KME A's PKI copy lacks carol (enrolled at B after the copy) and B's lacks mallory:
-    A learns from B, over the KME-to-KME channel, that carol exists; a slave neither knows is a
-    400; B's quota refusal reaches mallory through A as a 503 naming the quota."""
+    A learns from B, over the KME-to-KME channel, that B serves carol; a slave neither knows
+    is a 400; B's quota refusal reaches mallory through A as a 503 naming the quota."""
     from .conftest import KmeProcess, qsecret_cmd, start_kme
     from .test_link import free_port
 
@@ -316,6 +321,7 @@ def test_serve_kmes_ask_each_other_which_saes_exist_and_refuse_over_quota(
         view_b = Pair(tmp_path / "b", kme_b)
         url_a, url_b = kme_a.urls[KME_A], kme_b.urls[KME_B]
         with view_a.client(url_a, MALLORY) as mallory, view_b.client(url_b, CAROL) as carol:
+            carol.get_status(SAE_B)  # carol calls B: from now on B serves her
             with pytest.raises(KmeBadRequest, match="unknown slave_SAE_ID nobody-at-all"):
                 mallory.get_enc_keys("nobody-at-all", number=8)
             sent = mallory.get_enc_keys(CAROL, number=16)  # known to A only through B
@@ -327,9 +333,11 @@ def test_serve_kmes_ask_each_other_which_saes_exist_and_refuse_over_quota(
         # bob is unaffected, both ways.
         with view_a.client(url_a, SAE_A) as alice, \
                 view_b.client(url_b, SAE_B) as bob:
-            # A slave of bob's keys fetches at A, so A must know it: carol is B's only.
-            with pytest.raises(KmeBadRequest, match=f"{CAROL}: not registered at KME {KME_A}"):
-                bob.get_enc_keys(CAROL, number=4)
+            # carol and bob are both B's: their keys come from B's own store.
+            with view_b.client(url_b, CAROL) as carol:
+                sent = bob.get_enc_keys(CAROL, number=4)
+                assert sent[0].path == (KME_B,)
+                assert carol.get_dec_keys(SAE_B, [k.key_ID for k in sent]) == sent
             sent = bob.get_enc_keys(SAE_A, number=4)
             assert alice.get_dec_keys(SAE_B, [k.key_ID for k in sent]) == sent
             sent = alice.get_enc_keys(SAE_B, number=4)
