@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from keysource.sqlite_schema import Schema, open_schema
+
 from .pool import KeyLookupError, PoolKey
 
 SCHEMA = """
@@ -33,6 +35,18 @@ CREATE TABLE IF NOT EXISTS local_keys (
     route      TEXT           -- the nodes the key went through, comma-separated (key_path)
 );
 """
+
+
+def _add_route(db: sqlite3.Connection) -> None:
+    """An unversioned store made before keys named their path has no ``route`` column."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(local_keys)")}
+    if "route" not in columns:
+        db.execute("ALTER TABLE local_keys ADD COLUMN route TEXT")
+
+
+# Version 1 is SCHEMA; see keysource.sqlite_schema for how the file is migrated or refused.
+LOCAL_KEYS_SCHEMA = Schema(kind="KME local key store", baseline=SCHEMA,
+                           marker_tables=frozenset({"local_keys"}), adopt=_add_route)
 ROUTE_SEPARATOR = ","  # node names never hold one (the SAE_ID rule)
 
 
@@ -48,12 +62,12 @@ class LocalKeyStore:
                  clock: Callable[[], float] = time.time) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(local_keys)")}
-        if "route" not in columns:  # a store made before keys named their path
-            self._db.execute("ALTER TABLE local_keys ADD COLUMN route TEXT")
+        try:
+            open_schema(self._db, LOCAL_KEYS_SCHEMA, path,
+                        pragmas=("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL"))
+        except BaseException:
+            self._db.close()
+            raise
         path.chmod(0o600)
         self.redelivery_grace_s = redelivery_grace_s
         self.ttl_s = ttl_s

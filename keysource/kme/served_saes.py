@@ -22,9 +22,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from keysource.sqlite_schema import Schema, open_schema
+
 from .pki import PkiSaeRegistry
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS served (sae_id TEXT PRIMARY KEY, since REAL NOT NULL);"
+# Version 1 is SCHEMA; see keysource.sqlite_schema for how the file is migrated or refused.
+SERVED_SCHEMA = Schema(kind="KME served-SAE record", baseline=SCHEMA,
+                       marker_tables=frozenset({"served"}))
 
 
 class ServedSaes:
@@ -33,11 +38,14 @@ class ServedSaes:
     def __init__(self, enrolled: PkiSaeRegistry, path: Path, *,
                  defaults: Sequence[str] = ()) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not path.exists()
         self.enrolled = enrolled
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        try:
+            fresh = open_schema(self._db, SERVED_SCHEMA, path,
+                                pragmas=("PRAGMA journal_mode=WAL",)).fresh
+        except BaseException:
+            self._db.close()
+            raise
         path.chmod(0o600)
         self._served = {row[0] for row in self._db.execute("SELECT sae_id FROM served")}
         self.rival: ServedSaes | None = None  # the other KME of an in-process pair
