@@ -27,6 +27,8 @@ Frame flows (``C`` client, ``R`` relay; every text frame is ``{"v":1,"t":...}``)
            offline (or behind) endpoint are spooled at the relay and sent when it logs in;
            the endpoint deletes them with C ``stream_ack{stream,seqs}``; refusals of frames
            are ``error{code,stream}`` (e.g. ``quota_exceeded``).
+           C ``stream_open_group{stream,to[]}`` -> R ``stream_ok``: a durable file stream
+           whose frames the opener uploads once and the relay spools for every recipient.
 * keepalive: C ``ping`` -> R ``pong`` (counts against the idle timeout; websocket pings do not).
 """
 
@@ -62,8 +64,8 @@ _HOME = {
         "Bundle", "Deliver", "Error", "Frame", "Hello", "OneTimePrekey", "Ping", "Pong",
         "PrekeyBundle", "PrekeysFetch", "PrekeysLow", "PrekeysOk", "PrekeysUpload", "Send",
         "SendGroup", "Stored", "StoredGroup", "StoredMany", "StreamAck", "StreamClose",
-        "StreamIncoming", "StreamOk", "StreamOpen", "fanout_msg_id", "parse_client_frame",
-        "parse_server_frame",
+        "StreamIncoming", "StreamOk", "StreamOpen", "StreamOpenGroup", "fanout_msg_id",
+        "parse_client_frame", "parse_server_frame",
     ], ".frames"),
     **dict.fromkeys([
         "one_time_message", "sign_bundle", "signed_part_message", "verify_bundle",
@@ -140,6 +142,7 @@ if TYPE_CHECKING:
         StreamIncoming,
         StreamOk,
         StreamOpen,
+        StreamOpenGroup,
         fanout_msg_id,
         parse_client_frame,
         parse_server_frame,
@@ -201,6 +204,7 @@ __all__ = [
     "StreamIncoming",
     "StreamOk",
     "StreamOpen",
+    "StreamOpenGroup",
     "WireError",
     "auth_message",
     "certificate_fingerprint",
