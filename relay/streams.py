@@ -670,6 +670,18 @@ class Streams:
         if idle:
             session.spool_task = asyncio.create_task(self._drain_spool(session))
 
+    def on_rewind(self, session: Session) -> None:
+        """``spool_rewind``: the drain starts over (at its next page) from the first row
+        still spooled for this handle; frames the client did not ack come again."""
+        session.spool_rewound = True
+        if session.spool_task is None or session.spool_task.done():
+            session.spool_cursor = 0
+            session.spool_rewound = False
+            if self.store.shared:
+                self.spooled_elsewhere(session)
+            else:
+                self.maybe_drain_spool(session)
+
     def spooled_elsewhere(self, session: Session) -> None:
         """Another relay sharing the store spooled a file frame for ``session``'s handle
         (or may have: a subscription was confirmed): its newest session drains the spool."""
@@ -690,6 +702,8 @@ class Streams:
         assert handle is not None
         await asyncio.sleep(0)  # let the envelope drain read first
         while not session.closing:
+            if session.spool_rewound:
+                session.spool_rewound, session.spool_cursor = False, 0
             self.spool_woken.discard(handle)  # this read sees what woke it
             try:
                 page = await self.store.spool_page(handle, session.spool_cursor, SPOOL_PAGE,
@@ -717,6 +731,7 @@ class Streams:
                 # are in flight (counted) or were committed since (spool_tail says).
                 session.spool_cursor = max(session.spool_cursor, page.top)
                 if (not self.spool_inflight.get(handle) and handle not in self.spool_woken
+                        and not session.spool_rewound
                         and self.spool_tail.get(handle, 0) <= session.spool_cursor):
                     session.spool_draining = False
                     return

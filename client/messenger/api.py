@@ -274,6 +274,7 @@ class TransferView:
     detail: str = ""  # the reason of a decline / cancel / failure, or where files landed
     started_at: float = 0.0
     paths: tuple[str, ...] = ()  # receiver: where the files landed
+    group: str = ""  # a group file: the group's name (``peer`` is "@name" when sending)
 
     @property
     def conversation(self) -> ConversationId:

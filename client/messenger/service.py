@@ -360,6 +360,10 @@ class MessengerService:
     def verified(self, conversation: ConversationId) -> bool:
         return self._contacts.verified(conversation)
 
+    def group(self, name_or_id: str) -> GroupView:
+        """A group's roster as this member sees it (transfers.Conversations)."""
+        return self.groups.get(name_or_id)
+
     def known_caller(self, conversation: ConversationId) -> bool:
         """Whether the peer may ring us: a verified contact, one the user added, or one we
         exchanged anything with beyond their own call signalling (docs/protocol.md §14);
@@ -506,6 +510,9 @@ class MessengerService:
         if peer == self.handle:
             raise MessengerError("that is your own handle")
         async with self._life.operation():
+            if peer.startswith("@"):  # a group file: uploaded once, spooled per member
+                return await self.files.send_group_files(
+                    peer[1:], paths, limit_bytes_per_s=limit_bytes_per_s)
             return await self.files.send_files(peer, paths, limit_bytes_per_s=limit_bytes_per_s)
 
     async def send_built(self, peer: str, built: BuiltManifest, *,
@@ -516,6 +523,10 @@ class MessengerService:
         if peer == self.handle:
             raise MessengerError("that is your own handle")
         async with self._life.operation():
+            if peer.startswith("@"):
+                return await self.files.send_group_built(
+                    peer[1:], built, limit_bytes_per_s=limit_bytes_per_s,
+                    relay_timeout=relay_timeout)
             return await self.files.send_built(peer, built, limit_bytes_per_s=limit_bytes_per_s,
                                                relay_timeout=relay_timeout)
 

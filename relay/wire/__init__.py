@@ -29,6 +29,8 @@ Frame flows (``C`` client, ``R`` relay; every text frame is ``{"v":1,"t":...}``)
            are ``error{code,stream}`` (e.g. ``quota_exceeded``).
            C ``stream_open_group{stream,to[]}`` -> R ``stream_ok``: a durable file stream
            whose frames the opener uploads once and the relay spools for every recipient.
+           C ``spool_rewind`` -> the relay sends this connection its spool again from the
+           start (frames it dropped unacked come again; duplicates are the client's to skip).
 * keepalive: C ``ping`` -> R ``pong`` (counts against the idle timeout; websocket pings do not).
 """
 
@@ -63,7 +65,8 @@ _HOME = {
         "NONCE_BYTES", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "Ack", "Auth", "AuthOk",
         "Bundle", "Deliver", "Error", "Frame", "Hello", "OneTimePrekey", "Ping", "Pong",
         "PrekeyBundle", "PrekeysFetch", "PrekeysLow", "PrekeysOk", "PrekeysUpload", "Send",
-        "SendGroup", "Stored", "StoredGroup", "StoredMany", "StreamAck", "StreamClose",
+        "SendGroup", "SpoolRewind", "Stored", "StoredGroup", "StoredMany", "StreamAck",
+        "StreamClose",
         "StreamIncoming", "StreamOk", "StreamOpen", "StreamOpenGroup", "fanout_msg_id",
         "parse_client_frame", "parse_server_frame",
     ], ".frames"),
@@ -134,6 +137,7 @@ if TYPE_CHECKING:
         PrekeysUpload,
         Send,
         SendGroup,
+        SpoolRewind,
         Stored,
         StoredGroup,
         StoredMany,
@@ -196,6 +200,7 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "Send",
     "SendGroup",
+    "SpoolRewind",
     "Stored",
     "StoredGroup",
     "StoredMany",

@@ -444,6 +444,16 @@ class StreamOpenGroup(Frame):
 
 
 @dataclass(frozen=True)
+class SpoolRewind(Frame):
+    """Send me my spool again from its start: file frames this connection dropped unacked
+    (e.g. of a group file whose offer it had not read yet) come again, in order."""
+
+    TYPE = "spool_rewind"
+    id: str | None = None
+    SPEC = {"id": _req_id}
+
+
+@dataclass(frozen=True)
 class StreamClose(Frame):
     """Either end closes a stream; the relay tells the other end."""
 
@@ -645,7 +655,8 @@ class Pong(Frame):
 
 CLIENT_FRAMES: dict[str, type[Frame]] = {
     cls.TYPE: cls for cls in (Auth, Send, SendGroup, Ack, PrekeysUpload, PrekeysFetch,
-                              StreamOpen, StreamOpenGroup, StreamClose, StreamAck, Ping)
+                              StreamOpen, StreamOpenGroup, StreamClose, StreamAck, SpoolRewind,
+                              Ping)
 }
 SERVER_FRAMES: dict[str, type[Frame]] = {
     cls.TYPE: cls for cls in (Hello, AuthOk, Error, Stored, StoredMany, StoredGroup, Deliver,
