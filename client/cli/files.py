@@ -38,7 +38,7 @@ def _describe(view: TransferView) -> dict[str, Any]:
         "transfer": view.transfer_id, "peer": view.peer, "outgoing": view.outgoing,
         "names": list(view.names), "files": view.files, "bytes": view.total_bytes,
         "done": view.done_bytes, "state": view.state.value, "detail": view.detail,
-        "paths": list(view.paths),
+        "paths": list(view.paths), **({"group": view.group} if view.group else {}),
     }
 
 

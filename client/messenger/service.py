@@ -373,9 +373,11 @@ class MessengerService:
                 or self._history.exchanged(conversation))
 
     async def send_transfer_message(self, conversation: ConversationId,
-                                    body: payloads.TransferMessage) -> None:
-        """An offer, decline or cancel of a file transfer, end-to-end encrypted."""
-        await self._outbox.send(conversation, body, wait=False, timeout=SEND_TIMEOUT_S)
+                                    body: payloads.TransferMessage, *,
+                                    wait: bool = False) -> None:
+        """An offer, decline or cancel of a file transfer, end-to-end encrypted; ``wait``:
+        until the relay holds it durably (a group file's offers)."""
+        await self._outbox.send(conversation, body, wait=wait, timeout=SEND_TIMEOUT_S)
 
     async def send_call_message(self, conversation: ConversationId,
                                 body: payloads.CallPayload, *, wait: bool = False) -> bytes:

@@ -239,7 +239,8 @@ class Conversations(Protocol):
     def verified(self, conversation: ConversationId) -> bool: ...
     def group(self, name_or_id: str) -> GroupView: ...
     async def send_transfer_message(self, conversation: ConversationId,
-                                    body: payloads.TransferMessage) -> None: ...
+                                    body: payloads.TransferMessage, *,
+                                    wait: bool = False) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -553,15 +554,22 @@ class TransferManager:
         self._transfers[item.tid] = item
         self._changed(item)
         offer = encode_group_offer(manifest, bytes.fromhex(group.group_id), group.name)
-        unreached = []
-        for member in recipients:
+
+
+        async def offer_to(member: str) -> str:
+            """Offer to one member, durably at the relay before the upload can end (the
+            sender may exit then); "" or why not."""
             conversation = ConversationId.direct(member)
             try:
                 await self._conversations.ensure_session(conversation)
                 await self._conversations.send_transfer_message(
-                    conversation, payloads.transfer(offer, secret))
+                    conversation, payloads.transfer(offer, secret), wait=True)
             except MessengerError as exc:
-                unreached.append(f"{member} ({exc})")
+                return f"{member} ({exc})"
+            return ""
+
+        results = await asyncio.gather(*(offer_to(m) for m in recipients))
+        unreached = [why for why in results if why]
         if len(unreached) == len(recipients):
             self._finish(item, TransferState.FAILED)
             raise MessengerError("the offer reached no member: " + "; ".join(unreached))
