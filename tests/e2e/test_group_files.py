@@ -14,27 +14,34 @@ from collections.abc import Iterator
 import pytest
 
 from client.transfer.manifest import DEFAULT_CHUNK_SIZE
-from tests.e2e.stack import Stack, start_stack
+from tests.e2e.stack import Stack
 from tests.e2e.test_file_transfer import Cli, MiB, _metric, _sha, _write
+from tests.network.conftest import stop_network, users_on_two_nodes
 
 pytestmark = pytest.mark.slow
 
 MEMBERS = ("bob", "carol", "dave")
 UPLOADS = "qsecret_relay_group_file_uploads_total"
+# Two QKD nodes joined by a link: alice on one, the members on the other, so each pairwise
+# session (which carries the group's keys and the file's offer) gets QKD keys.
+AT = {"alice": "x", "bob": "y", "carol": "y", "dave": "y"}
+NODES = {"x": ["sae-alice"], "y": ["sae-bob", "sae-carol", "sae-dave"]}
 
 
 @pytest.fixture(scope="module")
 def crew(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
-    stack = start_stack(tmp_path_factory.mktemp("gfiles"), users=("alice", *MEMBERS))
+    stack, network = users_on_two_nodes(tmp_path_factory.mktemp("gfiles"), AT, NODES)
     try:
         for handle in MEMBERS:
             stack.cli(handle, "recv", check=True)  # prekeys on the relay
         stack.cli("alice", "group", "create", "team", *MEMBERS, check=True)
-        for handle in MEMBERS:
-            stack.cli(handle, "recv", check=True)  # the group's log and alice's sender key
+        for handle in MEMBERS:  # the group's log and alice's sender key
+            out = stack.cli(handle, "recv", "--json", check=True).stdout
+            assert '"group": "team"' in out, (handle, out)
         yield stack
     finally:
         stack.stop()
+        stop_network(network)
 
 
 def _receive(stack: Stack, handle: str) -> Cli:
