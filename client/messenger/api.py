@@ -275,9 +275,12 @@ class TransferView:
     started_at: float = 0.0
     paths: tuple[str, ...] = ()  # receiver: where the files landed
     group: str = ""  # a group file: the group's name (``peer`` is "@name" when sending)
+    group_id: str = ""  # a group file: the group's ID (hex)
 
     @property
     def conversation(self) -> ConversationId:
+        if self.group_id:
+            return ConversationId(ConversationKind.GROUP, self.group_id)
         return ConversationId.direct(self.peer)
 
     @property

@@ -395,7 +395,7 @@ class TransferManager:
             rate_bytes_per_s=progress.rate_bytes_per_s if progress else 0.0,
             eta_seconds=progress.eta_seconds if progress else None,
             detail=item.detail, started_at=item.started_at, paths=tuple(item.paths),
-            group=item.group_name,
+            group=item.group_name, group_id=item.group,
         )
 
     def transfers(self) -> list[TransferView]:

@@ -7,14 +7,22 @@ relay's counters show each chunk was uploaded once and spooled once per member.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+import os
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from client.config import load_config
+from client.messenger import payload
+from client.messenger.api import ConversationId
+from client.messenger.profile import open_profile
+from client.transfer import build_manifest, encode_group_offer
 from client.transfer.manifest import DEFAULT_CHUNK_SIZE
-from tests.e2e.stack import Stack
+from tests.e2e.stack import PASSPHRASE, Stack
 from tests.e2e.test_file_transfer import Cli, MiB, _metric, _sha, _write
 from tests.network.conftest import stop_network, users_on_two_nodes
 
@@ -24,15 +32,15 @@ MEMBERS = ("bob", "carol", "dave")
 UPLOADS = "qsecret_relay_group_file_uploads_total"
 # Two QKD nodes joined by a link: alice on one, the members on the other, so each pairwise
 # session (which carries the group's keys and the file's offer) gets QKD keys.
-AT = {"alice": "x", "bob": "y", "carol": "y", "dave": "y"}
-NODES = {"x": ["sae-alice"], "y": ["sae-bob", "sae-carol", "sae-dave"]}
+AT = {"alice": "x", "eve": "x", "bob": "y", "carol": "y", "dave": "y"}
+NODES = {"x": ["sae-alice", "sae-eve"], "y": ["sae-bob", "sae-carol", "sae-dave"]}
 
 
 @pytest.fixture(scope="module")
 def crew(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
     stack, network = users_on_two_nodes(tmp_path_factory.mktemp("gfiles"), AT, NODES)
     try:
-        for handle in MEMBERS:
+        for handle in (*MEMBERS, "eve"):
             stack.cli(handle, "recv", check=True)  # prekeys on the relay
         stack.cli("alice", "group", "create", "team", *MEMBERS, check=True)
         for handle in MEMBERS:  # the group's log and alice's sender key
@@ -83,3 +91,43 @@ def test_a_group_file_to_three_members_one_offline_until_halfway(crew: Stack) ->
         assert not list((crew.root / f"dl-{handle}").glob("*.part")), handle
     assert _metric(crew, UPLOADS) == frames  # uploaded once...
     assert _fanout(crew) == len(MEMBERS) * frames  # ...one spooled copy per member
+
+
+async def _offer_as(stack: Stack, handle: str, to: str, group_id: str, path: str) -> None:
+    """``handle`` (not a member) offers a group file for ``group_id`` to ``to``: the offer
+    its own qsecret would never make, sealed in a genuine pairwise session."""
+    messenger = open_profile(load_config(stack.profile(handle), relay_url=stack.relay_url),
+                             PASSPHRASE)
+    await messenger.start()
+    try:
+        await messenger.wait_online(30)
+        conversation = ConversationId.direct(to)
+        await messenger.ensure_session(conversation)
+        manifest = build_manifest([path]).manifest
+        offer = encode_group_offer(manifest, bytes.fromhex(group_id), "team")
+        await messenger.send_transfer_message(
+            conversation, payload.transfer(offer, os.urandom(32)), wait=True)
+    finally:
+        await messenger.stop()
+
+
+def test_a_group_file_from_a_non_member_is_refused_with_the_reason(crew: Stack) -> None:
+    groups = json.loads(crew.cli("bob", "group", "list", "--json", check=True).stdout)
+    group_id = next(g["id"] for g in groups if g["name"] == "team")
+    source = _write(crew.root / "src-eve" / "invoice.bin", 1000)
+    asyncio.run(_offer_as(crew, "eve", "bob", group_id, str(source)))
+    out = crew.cli("bob", "recv", "--json", check=True).stdout
+    shown = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert {"event": "file", "group": "team", "from": "eve", "state": "failed",
+            "detail": "refused: eve is not a member of team"}.items() <= next(
+        e for e in shown if e.get("event") == "file").items(), shown
+    downloads = crew.root / "dl-bob-eve"
+    crew.cli("bob", "receive-files", "--accept", "all", "--idle", "3", "--downloads",
+             str(downloads), "--json")
+    out = crew.cli("bob", "transfers", "--json", check=True).stdout
+    listed = [json.loads(line) for line in out.splitlines() if line.strip()]
+    refused = [t for t in listed if t["peer"] == "eve"]
+    assert len(refused) == 1, listed
+    assert refused[0]["state"] == "failed"
+    assert refused[0]["detail"] == "refused: eve is not a member of team"
+    assert not downloads.exists() or not any(downloads.iterdir())
