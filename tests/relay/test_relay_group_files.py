@@ -112,3 +112,28 @@ async def test_only_the_opener_sends_and_recipients_must_exist(relay: RelayProce
     assert metric(relay, UPLOADS) == 0 and metric(relay, FANOUT) == 0
     await member.close()
     await sender.close()
+
+
+async def test_spool_rewind_sends_what_was_not_acked_again_in_order(
+        relay: RelayProcess) -> None:
+    """A member that dropped frames (a group file whose offer it had not read yet) asks
+    for its spool again on the same connection: the unacked frames come again, in order."""
+    alice, bob = Identity("alice"), Identity("bob")
+    await register(relay, bob)
+    sender = await connect(relay, alice)
+    stream = os.urandom(16)
+    assert isinstance(await open_group(sender, stream, ["bob"], "o1"), wire.StreamOk)
+    sent = chunks(10, size=3_000)
+    await send_all(sender, stream, sent)
+    await ping(sender, "p1")
+    member, got = await receive(relay, bob, stream, len(sent))
+    assert [f.seq for f in got] == list(sent)
+    member.stream_ack(stream, list(sent)[:4])  # took the first four; dropped the rest
+    await ping(member, "a1")
+    await member.send_raw(wire.SpoolRewind().encode())
+    await member.wait(lambda: len(frames(member, stream)) >= len(sent) + 6, 20)
+    again = frames(member, stream)[len(sent):]
+    assert [(f.seq, f.payload) for f in again] == [(s, sent[s]) for s in list(sent)[4:]]
+    assert not member.errors
+    await member.close()
+    await sender.close()
