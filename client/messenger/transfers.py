@@ -687,9 +687,15 @@ class TransferManager:
             self._maybe_progress(item)
 
     async def _send_controls(self, item: _Transfer, frames: list[bytes]) -> None:
-        link = _StreamLink(self._relay, item.tid, self._control_seq)
+        link = self._link(item)
         for data in frames:
             await link.send_control(data)
+
+    def _link(self, item: _Transfer) -> _StreamLink:
+        """The transfer's link over its relay stream (a group file's member sends nothing
+        on it: the relay accepts frames there from the sender only)."""
+        link_type = _GroupReceiveLink if item.group and not item.outgoing else _StreamLink
+        return link_type(self._relay, item.tid, self._control_seq)
 
     def _maybe_progress(self, item: _Transfer) -> None:
         now = time.monotonic()
@@ -895,11 +901,14 @@ class TransferManager:
                 item.receiver.cancel(reason)
             with contextlib.suppress(RelayError):
                 await self._send_controls(item, item.receiver.data_to_send())
-        # Also in an E2EE message: the peer may not have accepted (or be online) yet.
-        with contextlib.suppress(MessengerError):
-            await self._conversations.send_transfer_message(
-                ConversationId.direct(item.peer),
-                payloads.transfer(encode_cancel(item.tid, reason)))
+        # Also in an E2EE message: the peer may not have accepted (or be online) yet. (A
+        # group file's cancel goes on its stream, which every member reads; a member's
+        # cancel concerns only its own copy.)
+        if not item.group:
+            with contextlib.suppress(MessengerError):
+                await self._conversations.send_transfer_message(
+                    ConversationId.direct(item.peer),
+                    payloads.transfer(encode_cancel(item.tid, reason)))
         self._stop_task(item)
         item.detail = reason
         self._finish(item, TransferState.CANCELLED)
@@ -923,9 +932,8 @@ class TransferManager:
         if item.state is TransferState.WAITING:
             receiver.request_resume()
             self._set(item, TransferState.SENDING, "")
-        link_type = _GroupReceiveLink if item.group else _StreamLink
         driver = ReceiverDriver(
-            receiver, link_type(self._relay, item.tid, self._control_seq), item.queue,
+            receiver, self._link(item), item.queue,
             _ItemObserver(self, item), lock=item.lock, nudge_s=IDLE_NUDGE_S,
             nudge_max_s=IDLE_NUDGE_MAX_S, keep_early=bool(item.group))
         status = await driver.run()
@@ -989,7 +997,7 @@ class TransferManager:
             receiver = None
             if item.state is TransferState.COMPLETE:
                 receiver = await asyncio.to_thread(self._ensure_receiver, item)
-            link = _StreamLink(self._relay, item.tid, self._control_seq)
+            link = self._link(item)
             if receiver is None:
                 await link.ack([frame.seq])
             else:

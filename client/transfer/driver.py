@@ -190,6 +190,9 @@ class UploadDriver(SenderDriver):
         pace = _Pacer(self.limit_bytes_per_s)
         with self.lock:
             sender.start_upload()
+            # Again after a lost connection: from the last chunk the relay confirmed (it
+            # keeps a chunk it still holds once; a member skips one it already has).
+            sender.retransmit()
         unconfirmed = 0
         while sender.status is SenderStatus.SENDING and (frames := await self._next_frames()):
             for frame in frames:

@@ -112,3 +112,53 @@ def test_a_tampered_chunk_fails_the_copy_and_keeps_nothing(tmp_path: Path) -> No
     pair.receiver.fail()  # what the messenger does with that reason
     assert pair.receiver.status is ReceiverStatus.FAILED
     assert _leftovers(pair.downloads) == []
+
+
+class _DroppingEnd:
+    """A link whose connection drops after ``limit`` frames (what it sent before the last
+    barrier is durable; the rest is lost with the connection)."""
+
+    headroom = 0
+
+    def __init__(self, link: LossyLink, limit: int) -> None:
+        self.link, self.limit, self.durable = link, limit, 0
+        self.pending: list[bytes] = []
+
+    def frame_chunk(self, frame: bytearray, ordinal: int) -> None:
+        return None
+
+    async def send_chunk(self, frame: bytearray) -> None:
+        await self.send_control(bytes(frame))
+
+    async def send_control(self, data: bytes) -> None:
+        if self.durable + len(self.pending) >= self.limit:
+            raise ConnectionError("connection to the relay lost")
+        self.pending.append(data)
+
+    async def barrier(self) -> None:
+        for data in self.pending:
+            await self.link.put("r", data)
+        self.durable += len(self.pending)
+        self.pending.clear()
+
+    async def ack(self, seqs: list[int]) -> None:
+        return None
+
+
+async def test_an_upload_cut_off_goes_on_from_the_last_confirmed_chunk(tmp_path: Path) -> None:
+    pair, source = _group_pair(tmp_path)
+    link = LossyLink()
+    first = _DroppingEnd(link, limit=5)
+    with pytest.raises(ConnectionError):
+        await UploadDriver(pair.sender, first, asyncio.Queue(), Seen(), barrier=first.barrier,
+                           confirm_every=2).run()
+    assert pair.sender.status is SenderStatus.SENDING and first.durable == 4
+    second = _DroppingEnd(link, limit=1000)
+    assert await UploadDriver(pair.sender, second, asyncio.Queue(), Seen(),
+                              barrier=second.barrier, confirm_every=2).run() \
+        is SenderStatus.COMPLETE
+    await link.to_receiver.put(None)
+    receiver = ReceiverDriver(pair.receiver, link.end("s"), link.to_receiver, Seen(),
+                              keep_early=True)
+    assert await receiver.run() is ReceiverStatus.COMPLETE
+    assert sha256_file(pair.downloads / "slides.bin") == sha256_file(source)
