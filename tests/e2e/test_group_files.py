@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -22,6 +22,7 @@ from client.messenger.api import ConversationId
 from client.messenger.profile import open_profile
 from client.transfer import build_manifest, encode_group_offer
 from client.transfer.manifest import DEFAULT_CHUNK_SIZE
+from relay.wire import parse_binary
 from tests.e2e.stack import PASSPHRASE, Stack
 from tests.e2e.test_file_transfer import Cli, MiB, _metric, _sha, _write
 from tests.network.conftest import stop_network, users_on_two_nodes
@@ -131,3 +132,66 @@ def test_a_group_file_from_a_non_member_is_refused_with_the_reason(crew: Stack) 
     assert refused[0]["state"] == "failed"
     assert refused[0]["detail"] == "refused: eve is not a member of team"
     assert not downloads.exists() or not any(downloads.iterdir())
+
+
+async def _send_hostile(stack: Stack, source: str, spoil: Callable[[int, bytes], bytes | None],
+                        ) -> str:
+    """alice sends ``source`` to @team from this process, each chunk frame going through
+    ``spoil(seq, payload)`` (the wire as someone in the relay's position would shape it;
+    None: dropped); returns how her side ended."""
+    messenger = open_profile(load_config(stack.profile("alice"), relay_url=stack.relay_url),
+                             PASSPHRASE)
+    await messenger.start()
+    genuine = messenger.relay.send_binary
+
+    async def send_frame(frame: bytes | bytearray, headroom: int = 0) -> None:
+        parsed = parse_binary(bytes(frame[headroom:]))
+        payload = spoil(parsed.seq, bytes(parsed.payload))
+        if payload is not None:
+            await genuine(parsed.kind, parsed.stream, parsed.seq, payload)
+
+    messenger.relay.send_frame = send_frame  # type: ignore[method-assign]
+    try:
+        await messenger.wait_online(30)
+        view = await messenger.send_files("@team", [source])
+        deadline = asyncio.get_running_loop().time() + 60
+        while not (state := next(v.state for v in messenger.transfers()
+                                 if v.transfer_id == view.transfer_id)).finished:
+            assert asyncio.get_running_loop().time() < deadline, "the upload did not end"
+            await asyncio.sleep(0.1)
+        return state.value
+    finally:
+        await messenger.stop()
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    ("tampered", "failed authentication"),
+    ("truncated", "truncated: the sender's upload ended"),
+])
+def test_a_tampered_or_truncated_group_file_fails_each_copy_and_keeps_nothing(
+        crew: Stack, case: str, reason: str) -> None:
+    source = _write(crew.root / f"src-{case}" / f"{case}.bin", 3 * MiB + 99)
+    last = math.ceil(source.stat().st_size / DEFAULT_CHUNK_SIZE) - 1
+
+    def spoil(seq: int, payload: bytes) -> bytes | None:
+        if case == "tampered" and seq == 1:
+            flipped = bytearray(payload)
+            flipped[len(flipped) // 2] ^= 0x01
+            return bytes(flipped)
+        if case == "truncated" and seq == last:
+            return None  # the last chunk never reaches the relay; the end record does
+        return payload
+
+    assert asyncio.run(_send_hostile(crew, str(source), spoil)) == "complete"
+    for member in ("bob", "carol"):
+        downloads = crew.root / f"dl-{case}-{member}"
+        # --count 1 counts completed transfers: it exits (1) after --idle with none.
+        result = crew.cli(member, "receive-files", "--accept", "all", "--count", "1",
+                          "--idle", "8", "--downloads", str(downloads), "--json")
+        events = [json.loads(line) for line in result.stdout.splitlines()
+                  if line.startswith("{")]
+        failed = [e for e in events if e.get("event") == "failed"]
+        assert result.returncode == 1 and failed, (member, result.stdout, result.stderr)
+        assert reason in failed[-1]["detail"], failed[-1]
+        assert not [p for p in downloads.rglob("*")
+                    if p.is_file() and ".qsecret-partial" not in p.parts], member
