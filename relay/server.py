@@ -434,6 +434,10 @@ class Relay:
                 await self.prekeys.on_fetch(session, frame)
             elif isinstance(frame, wire.StreamOpen):
                 return await self.streams.on_open(session, frame)
+            elif isinstance(frame, wire.SpoolRewind):
+                self.streams.on_rewind(session)
+            elif isinstance(frame, wire.StreamOpenGroup):
+                return await self.streams.on_open_group(session, frame)
             elif isinstance(frame, wire.StreamClose):
                 return await self.streams.on_close(session, frame)
             elif isinstance(frame, wire.StreamAck):

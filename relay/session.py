@@ -123,7 +123,8 @@ class Session:
         self.writer: asyncio.Task[None] | None = None
         self.sent = 0  # frames written
         self.stored_batch: list[str] = []  # msgs made durable, confirmed together soon
-        self.spool_cursor = 0  # spool row last sent on this connection (never sent twice)
+        self.spool_cursor = 0  # spool row last sent here (sent again only after a rewind)
+        self.spool_rewound = False  # spool_rewind: the drain starts over at its next page
         self.spool_draining = False  # spooled frames may be waiting: new ones spool too
         self.spool_task: asyncio.Task[None] | None = None
         self.spool_pending = 0  # spool writes of this connection not yet committed

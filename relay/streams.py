@@ -16,6 +16,15 @@ target's newest session: that relay drains the spool to it (``spooled_elsewhere`
 transfer between clients on two relays goes through the spool while both are online, and
 the target's ``stream_ack`` deletes the frames wherever it is connected.
 
+A group file stream (``stream_open_group``) has one opener and up to 99 recipients: the
+opener uploads each frame once and the relay spools a copy for every recipient (each under
+that recipient's quota and the spool TTL, as a one-to-one file frame for an offline
+endpoint), so every recipient gets it through its spool drain, now or when it logs in,
+and deletes its own copy with ``stream_ack``. Only the opener sends frames on it; its
+``stream_close`` ends the upload without dropping copies not yet delivered (they go at
+the TTL, with the registration). ``qsecret_relay_group_file_uploads_total`` counts the
+frames uploaded, ``qsecret_relay_file_frames_total{path="fanout"}`` the copies stored.
+
 A "media" stream between clients on two relays (shared store with a media link, see
 relay/routing_redis.py's ``MediaLink``) stays live and unstored: the opener's relay asks the
 relay holding the peer's session (Redis presence) to take the stream and answers
@@ -41,7 +50,14 @@ from relay.limits import quota_refusal, size_text
 from relay.metrics import Metrics
 from relay.routing import Router
 from relay.session import Session
-from relay.store import SpoolResult, SpoolStatus, Store, StreamRecord, StreamStatus
+from relay.store import (
+    SpoolResult,
+    SpoolStatus,
+    Store,
+    StreamRecord,
+    StreamStatus,
+    group_stream_b,
+)
 from relay.wire.server import BinaryRequest
 
 log = logging.getLogger("qsecret.relay")
@@ -89,7 +105,7 @@ class Streams:
         self.router = router
         self.metrics = metrics
         self.file_streams: dict[bytes, StreamRecord] = {}  # durable registrations (cache)
-        self.closed_streams: dict[bytes, tuple[str, str]] = {}  # recently closed (in order)
+        self.closed_streams: dict[bytes, tuple[str, ...]] = {}  # recently closed (in order)
         self.spool_inflight: dict[str, int] = {}  # target handle -> spool writes uncommitted
         self.spool_tail: dict[str, int] = {}  # live target handle -> last spool row committed
         # Handles another relay spooled a frame for since their drain's last read (shared
@@ -101,6 +117,8 @@ class Streams:
         self.remote_of: dict[Session, set[bytes]] = {}  # session -> its remote streams
         # Media opens waiting for the answer of the relay asked: (opener, open, relay, answer)
         self.remote_opening: dict[bytes, _Opening] = {}
+        metrics.describe("qsecret_relay_group_file_uploads_total",
+                         "binary frames uploaded once on group file streams")
         if self.link is not None:
             self.link.on_message = self.on_remote_media
             self.link.on_gone = self.on_relay_gone
@@ -331,6 +349,46 @@ class Streams:
             peer.post(wire.StreamIncoming(frame.stream, handle, "file").encode())
         return None
 
+    async def on_open_group(self, session: Session,
+                            frame: wire.StreamOpenGroup) -> int | None:
+        """Register a durable group file stream: frames uploaded once, spooled per
+        recipient (who need not be online)."""
+        handle = session.handle
+        assert handle is not None
+        stream = bytes.fromhex(frame.stream)
+        if handle in frame.to:
+            return session.refuse("bad_field", "a group file stream's recipients must not "
+                                  "include its opener", req_id=frame.id)
+        if stream in session.streams:
+            return session.refuse("bad_field", "stream id taken", req_id=frame.id)
+        for recipient in frame.to:
+            if await self.store.identity_of(recipient) is None:
+                return session.refuse("unknown_recipient",
+                                      f"no user {recipient!r} on this relay",
+                                      strike=False, req_id=frame.id)
+        now = now_ms()
+        expires = now + int(self.config.spool_ttl * 1000)
+        b = group_stream_b(frame.to)
+        status = await self.store.register_stream(stream, handle, b, now, expires,
+                                                  self.config.max_file_streams)
+        if status is StreamStatus.TAKEN:
+            return session.refuse("bad_field", "stream id taken", req_id=frame.id)
+        if status is StreamStatus.TOO_MANY:
+            return session.refuse("too_many_streams",
+                                  f"at most {self.config.max_file_streams} open file streams",
+                                  strike=False, req_id=frame.id)
+        known = self.file_streams.get(stream)
+        created = known.created if known is not None and status is StreamStatus.SAME else now
+        self.file_streams[stream] = StreamRecord(stream, handle, b, created, expires)
+        self.closed_streams.pop(stream, None)
+        if status is StreamStatus.NEW:
+            self.metrics.count("qsecret_relay_file_streams_opened_total")
+        session.post(wire.StreamOk(frame.stream, frame.id).encode())
+        for recipient in frame.to:
+            for peer in self.router.sessions(recipient):
+                peer.post(wire.StreamIncoming(frame.stream, handle, "file").encode())
+        return None
+
     async def on_close(self, session: Session, frame: wire.StreamClose) -> int | None:
         stream = bytes.fromhex(frame.stream)
         if stream in session.streams:
@@ -345,10 +403,15 @@ class Streams:
         assert session.handle is not None
         record = await self._record(stream)
         other = record.other(session.handle) if record is not None else None
+        if record is not None and record.group and session.handle == record.a:
+            # The upload is over: the copies not yet delivered stay until acked (or the TTL).
+            return None
         if record is None or other is None:
             return session.refuse("unknown_stream", "no such open stream",
                                   strike=not self._recently_closed(stream, session.handle),
                                   stream=frame.stream)
+        if record.group:
+            return None  # a recipient is done with its copy (its acks deleted it)
         self.file_streams.pop(stream, None)
         self._remember_closed(record)
         dropped = await self.store.close_stream(stream)
@@ -413,7 +476,7 @@ class Streams:
         return record
 
     def _remember_closed(self, record: StreamRecord) -> None:
-        self.closed_streams[record.stream] = (record.a, record.b)
+        self.closed_streams[record.stream] = (record.a, *record.recipients)
         while len(self.closed_streams) > RECENTLY_CLOSED:
             del self.closed_streams[next(iter(self.closed_streams))]
 
@@ -472,7 +535,11 @@ class Streams:
         assert session.handle is not None
         seq, data = request.seq, request.data
         target = record.other(session.handle)
-        if target is None:
+        if record.group and session.handle != record.a:
+            return session.refuse("bad_binary_frame",
+                                  "only the opener of a group file stream sends on it",
+                                  stream=record.stream.hex())
+        if target is None and not record.group:
             return session.refuse("unknown_stream",
                                   "binary frame for a stream you are not an endpoint of")
         if request.kind != wire.KIND_FILE_CHUNK:
@@ -483,6 +550,8 @@ class Streams:
                                   "file stream seq must be below 2^53 (stream_ack limit)",
                                   stream=record.stream.hex())
         self.metrics.count("qsecret_relay_bulk_bytes_total", amount=len(data))
+        if record.group:
+            return await self._fan_out(session, record, seq, data)
         dest = self._live_target(target)
         if dest is not None:
             if len(dest.outbox) >= BULK_OUTBOX_LIMIT:
@@ -497,6 +566,18 @@ class Streams:
             # ... and a stuck receiver's frames are spooled (kept, in order), not dropped.
         return await self._spool_frame(session, record, target, seq, data)
 
+    async def _fan_out(self, session: Session, record: StreamRecord, seq: int,
+                       data: bytes) -> int | None:
+        """A group file frame, uploaded once: a durable copy for every recipient, each
+        delivered by that recipient's spool drain (in order, now or at its next login)."""
+        self.metrics.count("qsecret_relay_group_file_uploads_total")
+        for target in record.recipients:
+            refused = await self._spool_frame(session, record, target, seq, data,
+                                              path="fanout")
+            if refused is not None or session.closing:
+                return refused
+        return None
+
     def _live_target(self, target: str) -> Session | None:
         """The session to forward a file frame to now, or None: spool it."""
         if self.spool_inflight.get(target):
@@ -509,7 +590,7 @@ class Streams:
     # ------------------------------------------------------------ spool
 
     async def _spool_frame(self, session: Session, record: StreamRecord, target: str, seq: int,
-                           data: bytes) -> int | None:
+                           data: bytes, path: str = "spooled") -> int | None:
         quota = self.config.spool_quota_bytes
         if len(data) > quota:
             self.metrics.count("qsecret_relay_spool_refusals_total")
@@ -526,7 +607,7 @@ class Streams:
         session.spool_pending += 1
         self.spool_inflight[target] = self.spool_inflight.get(target, 0) + 1
         now = now_ms()
-        done = functools.partial(self._on_spooled, session, record.stream, target, seq)
+        done = functools.partial(self._on_spooled, session, record.stream, target, seq, path)
         self.store.spool_then(target, record.stream, seq, data, now,
                               now + int(self.config.spool_ttl * 1000), quota, done)
         newest = self.router.newest(target)
@@ -538,8 +619,8 @@ class Streams:
             self.router.wake(target)
         return None
 
-    def _on_spooled(self, session: Session, stream: bytes, target: str, seq: int, ok: bool,
-                    value: Any) -> None:
+    def _on_spooled(self, session: Session, stream: bytes, target: str, seq: int, path: str,
+                    ok: bool, value: Any) -> None:
         session.spool_pending -= 1
         session.spool_room.set()
         left = self.spool_inflight.get(target, 1) - 1
@@ -556,7 +637,7 @@ class Streams:
             return
         result: SpoolResult = value
         if result.status is SpoolStatus.STORED:
-            self.metrics.count("qsecret_relay_file_frames_total", "path", "spooled")
+            self.metrics.count("qsecret_relay_file_frames_total", "path", path)
             if self.router.sessions(target):
                 self.spool_tail[target] = max(self.spool_tail.get(target, 0), result.row)
         elif result.status is SpoolStatus.DUPLICATE:
@@ -589,6 +670,18 @@ class Streams:
         if idle:
             session.spool_task = asyncio.create_task(self._drain_spool(session))
 
+    def on_rewind(self, session: Session) -> None:
+        """``spool_rewind``: the drain starts over (at its next page) from the first row
+        still spooled for this handle; frames the client did not ack come again."""
+        session.spool_rewound = True
+        if session.spool_task is None or session.spool_task.done():
+            session.spool_cursor = 0
+            session.spool_rewound = False
+            if self.store.shared:
+                self.spooled_elsewhere(session)
+            else:
+                self.maybe_drain_spool(session)
+
     def spooled_elsewhere(self, session: Session) -> None:
         """Another relay sharing the store spooled a file frame for ``session``'s handle
         (or may have: a subscription was confirmed): its newest session drains the spool."""
@@ -609,6 +702,8 @@ class Streams:
         assert handle is not None
         await asyncio.sleep(0)  # let the envelope drain read first
         while not session.closing:
+            if session.spool_rewound:
+                session.spool_rewound, session.spool_cursor = False, 0
             self.spool_woken.discard(handle)  # this read sees what woke it
             try:
                 page = await self.store.spool_page(handle, session.spool_cursor, SPOOL_PAGE,
@@ -636,6 +731,7 @@ class Streams:
                 # are in flight (counted) or were committed since (spool_tail says).
                 session.spool_cursor = max(session.spool_cursor, page.top)
                 if (not self.spool_inflight.get(handle) and handle not in self.spool_woken
+                        and not session.spool_rewound
                         and self.spool_tail.get(handle, 0) <= session.spool_cursor):
                     session.spool_draining = False
                     return
@@ -658,7 +754,7 @@ class Streams:
                 continue
             self._remember_closed(record)
             close = wire.StreamClose(stream.hex()).encode()
-            for handle in (record.a, record.b):
+            for handle in (record.a, *record.recipients):
                 for peer in self.router.sessions(handle):
                     peer.post(close)
 

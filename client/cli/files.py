@@ -38,7 +38,7 @@ def _describe(view: TransferView) -> dict[str, Any]:
         "transfer": view.transfer_id, "peer": view.peer, "outgoing": view.outgoing,
         "names": list(view.names), "files": view.files, "bytes": view.total_bytes,
         "done": view.done_bytes, "state": view.state.value, "detail": view.detail,
-        "paths": list(view.paths),
+        "paths": list(view.paths), **({"group": view.group} if view.group else {}),
     }
 
 
@@ -166,8 +166,13 @@ def run_send_file(args: argparse.Namespace, listing: Future[BuiltManifest]) -> i
             mine[view.transfer_id] = view
             reporter.line("offered", view)
             size = format_size(view.total_bytes)
-            reporter.say(f"offered {view.title} ({view.files} files, {size}) to {args.handle}; "
-                         "waiting for them to accept")
+            if view.group:
+                reporter.say(f"offered {view.title} ({view.files} files, {size}) to "
+                             f"{args.handle}; uploading once, the relay keeps a copy for "
+                             "each member")
+            else:
+                reporter.say(f"offered {view.title} ({view.files} files, {size}) to "
+                             f"{args.handle}; waiting for them to accept")
             reporter.update(view)
             await done.wait()
             final = mine[view.transfer_id]

@@ -8,7 +8,15 @@ import json
 import sys
 import time
 
-from client.messenger.api import GroupEvent, MessageEvent, MessageView, MessengerError
+from client.messenger.api import (
+    GroupEvent,
+    MessageEvent,
+    MessageView,
+    MessengerError,
+    TransferEvent,
+    TransferState,
+    TransferView,
+)
 
 from .errors import EXIT_NOT_DONE, EXIT_OK, CliError, one_line
 from .parsers import RECV_IDLE_S
@@ -97,11 +105,38 @@ def run_recv(args: argparse.Namespace) -> int:
             else:
                 print(f"@{event.group.name}: {event.note}", flush=True)
 
+        files_shown: set[tuple[str, str]] = set()
+
+        def show_group_file(view: TransferView) -> None:
+            """A group file offered to you (or refused, with why): its group and sender;
+            'qsecret receive-files' receives it."""
+            nonlocal last
+            if view.outgoing or not view.group or view.state not in (
+                    TransferState.OFFERED, TransferState.FAILED):
+                return
+            if (view.transfer_id, view.state.value) in files_shown:
+                return
+            files_shown.add((view.transfer_id, view.state.value))
+            last = time.monotonic()
+            if args.json:
+                print(json.dumps({"event": "file", "group": view.group,
+                                  "group_id": view.group_id, "from": view.peer,
+                                  "transfer": view.transfer_id, "names": list(view.names),
+                                  "bytes": view.total_bytes, "state": view.state.value,
+                                  "detail": view.detail}), flush=True)
+            else:
+                what = (f"offers {view.title} ({view.total_bytes} bytes): 'qsecret "
+                        "receive-files' takes it" if view.state is TransferState.OFFERED
+                        else view.detail)
+                print(f"@{view.group} {view.peer}: file {what}", flush=True)
+
         def on_event(event: object) -> None:
             if isinstance(event, MessageEvent):
                 show(event.message)
             elif isinstance(event, GroupEvent):
                 show_group(event)
+            elif isinstance(event, TransferEvent):
+                show_group_file(event.transfer)
 
         messenger.subscribe(on_event)
         for message in messenger.groups.unread():  # came while another command ran: first

@@ -290,12 +290,17 @@ def _register_files(subparsers: Subparsers) -> None:
         "Offer PATH... (files and whole folders) to HANDLE and send them once accepted, with a "
         "progress bar; exits when every file is verified at the other end (status 1 if "
         "declined, cancelled or failed). If HANDLE is offline the relay holds the chunks (up "
-        "to its quota). Ctrl+C pauses: 'qsecret transfers --resume' continues.",
+        "to its quota). Ctrl+C pauses: 'qsecret transfers --resume' continues. To @GROUP: "
+        "the offer goes to every member through your pairwise sessions, the chunks are "
+        "sealed and uploaded once, and the relay keeps a copy for each member (offline ones "
+        "get theirs when back); it exits once the relay holds the whole upload.",
         "qsecret send-file bob report.pdf photos/",
         "qsecret send-file bob big.iso --limit-rate 5MB --json",
+        "qsecret send-file @team slides.pdf",
     )
     _profile_args(send)
-    send.add_argument("handle", metavar="HANDLE", help="the contact to send to")
+    send.add_argument("handle", metavar="HANDLE",
+                      help="the contact to send to, or @GROUP for every member of a group")
     send.add_argument("paths", metavar="PATH", nargs="+", help="files and folders to send")
     send.add_argument("--json", action="store_true", help="JSON lines instead of a progress bar")
     _timeout_arg(send)

@@ -274,9 +274,13 @@ class TransferView:
     detail: str = ""  # the reason of a decline / cancel / failure, or where files landed
     started_at: float = 0.0
     paths: tuple[str, ...] = ()  # receiver: where the files landed
+    group: str = ""  # a group file: the group's name (``peer`` is "@name" when sending)
+    group_id: str = ""  # a group file: the group's ID (hex)
 
     @property
     def conversation(self) -> ConversationId:
+        if self.group_id:
+            return ConversationId(ConversationKind.GROUP, self.group_id)
         return ConversationId.direct(self.peer)
 
     @property
@@ -381,6 +385,7 @@ class Messenger(Protocol):
     def search(self, query: str) -> list[MessageView]: ...
     def export(self, peer: str, fmt: str) -> str: ...
     def transfers(self) -> list[TransferView]: ...
+    # ``peer`` "@GROUP" (a group's name or ID): a group file, uploaded once for every member.
     async def send_files(self, peer: str, paths: list[str]) -> TransferView: ...
     async def accept_transfer(self, transfer_id: str) -> TransferView: ...
     async def decline_transfer(self, transfer_id: str, reason: str = "declined") -> None: ...

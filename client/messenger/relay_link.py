@@ -36,10 +36,12 @@ from relay.wire import (
     Event,
     PrekeyBundle,
     PrekeysOk,
+    SpoolRewind,
     StreamAck,
     StreamClose,
     StreamOk,
     StreamOpen,
+    StreamOpenGroup,
     WireError,
     certificate_fingerprint,
     encode_binary,
@@ -314,6 +316,24 @@ class RelayLink:
             raise StreamRefused(answer.code, answer.message)
         if not isinstance(answer, StreamOk):
             raise RelayError(f"unexpected answer to stream_open: {type(answer).__name__}")
+
+    async def open_group_stream(self, stream: bytes, to: tuple[str, ...]) -> None:
+        """Register a group file stream to ``to`` (idempotent): frames sent on it are
+        uploaded once and spooled by the relay for each of them."""
+        answer = await self._request(
+            lambda rid: self._write_later(StreamOpenGroup(stream.hex(), to, rid).encode()))
+        if isinstance(answer, Error):
+            raise StreamRefused(answer.code, answer.message)
+        if not isinstance(answer, StreamOk):
+            raise RelayError(f"unexpected answer to stream_open_group: {type(answer).__name__}")
+
+    async def barrier(self) -> None:
+        """Return once every file frame sent before is durable at the relay (its pong)."""
+        await self._request(lambda rid: self._conn.ping(req_id=rid))  # type: ignore[union-attr]
+
+    async def spool_rewind(self) -> None:
+        """Ask the relay to send this connection its file-frame spool again."""
+        await self._write_text(SpoolRewind().encode())
 
     async def send_binary(self, kind: int, stream: bytes, seq: int, payload: bytes) -> None:
         """Write one binary frame now; raises RelayError when not connected."""

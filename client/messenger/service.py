@@ -360,6 +360,10 @@ class MessengerService:
     def verified(self, conversation: ConversationId) -> bool:
         return self._contacts.verified(conversation)
 
+    def group(self, name_or_id: str) -> GroupView:
+        """A group's roster as this member sees it (transfers.Conversations)."""
+        return self.groups.get(name_or_id)
+
     def known_caller(self, conversation: ConversationId) -> bool:
         """Whether the peer may ring us: a verified contact, one the user added, or one we
         exchanged anything with beyond their own call signalling (docs/protocol.md §14);
@@ -369,9 +373,11 @@ class MessengerService:
                 or self._history.exchanged(conversation))
 
     async def send_transfer_message(self, conversation: ConversationId,
-                                    body: payloads.TransferMessage) -> None:
-        """An offer, decline or cancel of a file transfer, end-to-end encrypted."""
-        await self._outbox.send(conversation, body, wait=False, timeout=SEND_TIMEOUT_S)
+                                    body: payloads.TransferMessage, *,
+                                    wait: bool = False) -> None:
+        """An offer, decline or cancel of a file transfer, end-to-end encrypted; ``wait``:
+        until the relay holds it durably (a group file's offers)."""
+        await self._outbox.send(conversation, body, wait=wait, timeout=SEND_TIMEOUT_S)
 
     async def send_call_message(self, conversation: ConversationId,
                                 body: payloads.CallPayload, *, wait: bool = False) -> bytes:
@@ -506,6 +512,9 @@ class MessengerService:
         if peer == self.handle:
             raise MessengerError("that is your own handle")
         async with self._life.operation():
+            if peer.startswith("@"):  # a group file: uploaded once, spooled per member
+                return await self.files.send_group_files(
+                    peer[1:], paths, limit_bytes_per_s=limit_bytes_per_s)
             return await self.files.send_files(peer, paths, limit_bytes_per_s=limit_bytes_per_s)
 
     async def send_built(self, peer: str, built: BuiltManifest, *,
@@ -516,6 +525,10 @@ class MessengerService:
         if peer == self.handle:
             raise MessengerError("that is your own handle")
         async with self._life.operation():
+            if peer.startswith("@"):
+                return await self.files.send_group_built(
+                    peer[1:], built, limit_bytes_per_s=limit_bytes_per_s,
+                    relay_timeout=relay_timeout)
             return await self.files.send_built(peer, built, limit_bytes_per_s=limit_bytes_per_s,
                                                relay_timeout=relay_timeout)
 

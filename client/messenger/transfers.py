@@ -11,6 +11,15 @@ Binary-frame sequence numbers: a chunk's is its ordinal in the transfer (a retra
 chunk is the same frame, which the relay's spool keeps once); control frames use numbers
 from ``CONTROL_SEQ_BASE`` up, growing with the clock so they never repeat.
 
+Group files (``send_files("@GROUP", ...)``): the offer (manifest, the group's ID and a fresh
+secret) goes to each member through the pairwise session, so the secret rides that
+session's QKD + ML-KEM + X25519 keys; the chunks are sealed once under keys mixed from that
+secret and uploaded once on a group file stream, which the relay spools for every member.
+Nothing comes back on the stream: the sender is done once the relay holds everything (a
+ping's pong) and the sealed ``uploaded`` record follows the last chunk. A member checks the
+offer's sender and itself against the group's roster; a chunk that fails authentication, a
+hash mismatch or a stream that ends short fails that member's copy (partial files deleted).
+
 Durability: every transfer's record (manifest, secrets, sources, state, the sender's
 snapshot) is in the sealed store; the receiver's progress is in its ``.part`` folder. After
 a restart, a reconnect or a relay restart, the receiver asks to resume from its position
@@ -41,6 +50,7 @@ from client.transfer import (
     FileLanded,
     FileReader,
     IntegrityFailed,
+    MalformedFrame,
     Manifest,
     OutdatedOffer,
     PartialStore,
@@ -49,6 +59,7 @@ from client.transfer import (
     ReceiverStatus,
     Rewound,
     SenderStatus,
+    TamperedChunk,
     TransferComplete,
     TransferError,
     TransferKeys,
@@ -58,17 +69,25 @@ from client.transfer import (
     decode_message,
     encode_cancel,
     encode_decline,
+    encode_group_offer,
     encode_offer,
 )
 from client.transfer import Event as CoreEvent
-from client.transfer.driver import Incoming, ReceiverDriver, SenderDriver
+from client.transfer.driver import Incoming, ReceiverDriver, SenderDriver, UploadDriver
 from keysource.mix import QkdPolicy, QkdRequired
 from relay.wire import HEADER_BYTES as BINARY_HEADER_BYTES
 from relay.wire import KIND_FILE_CHUNK, BinaryFrame, Error, encode_binary_into
 from relay.wire.errors import QUOTA_CODES
 
 from . import payload as payloads
-from .api import ConversationId, MessengerError, TransferEvent, TransferState, TransferView
+from .api import (
+    ConversationId,
+    GroupView,
+    MessengerError,
+    TransferEvent,
+    TransferState,
+    TransferView,
+)
 from .relay_link import RelayError, StreamRefused
 from .sessions import KeySource
 from .ws_frames import WS_HEADROOM
@@ -81,6 +100,7 @@ QKD_KEYS_PER_TRANSFER = 1
 UNBOUNDED_WINDOW = 1 << 40  # flow control is the websocket's backpressure, not acks
 INCOMING_QUEUE_FRAMES = 32  # chunks waiting for the disk at most (about 8 MiB)
 SNAPSHOT_EVERY_S = 1.0
+UPLOAD_CONFIRM_EVERY = 4  # group file chunks between two relay barriers (progress, resume)
 RELAY_READY_S = 10.0  # how long an offer waits for the relay login by default
 PROGRESS_EVERY_S = 0.25
 IDLE_NUDGE_S = 10.0
@@ -153,6 +173,9 @@ class _Transfer:
     limit: float = 0.0  # sender: at most this many bytes per second (0: no limit)
     driver: SenderDriver | None = None  # sender: the running driver (a quota error pauses it)
     finished_at: float = 0.0  # wall clock when it completed, failed or was cancelled
+    group: str = ""  # a group file: the group's ID (hex)
+    group_name: str = ""
+    recipients: list[str] = field(default_factory=list)  # a group file's sender: members
 
     @property
     def hex(self) -> str:
@@ -165,7 +188,8 @@ class _Transfer:
             "state": self.state.value, "detail": self.detail, "started": self.started_at,
             "sources": self.sources, "stamps": self.stamps, "snapshot": self.snapshot,
             "paths": self.paths, "done": self.done_bytes, "limit": self.limit,
-            "finished": self.finished_at,
+            "finished": self.finished_at, "group": self.group, "group_name": self.group_name,
+            "recipients": self.recipients,
         }
 
     @classmethod
@@ -179,6 +203,8 @@ class _Transfer:
             paths=list(record["paths"]), done_bytes=int(record.get("done", 0)),
             limit=float(record.get("limit", 0.0)),
             finished_at=float(record.get("finished", 0.0)),
+            group=str(record.get("group", "")), group_name=str(record.get("group_name", "")),
+            recipients=list(record.get("recipients", [])),
         )
 
 
@@ -196,6 +222,9 @@ class StreamRelay(Protocol):
     def ready(self) -> bool: ...
     async def wait_ready(self, timeout: float) -> None: ...
     async def open_stream(self, stream: bytes, to: str, kind: str = "file") -> None: ...
+    async def open_group_stream(self, stream: bytes, to: tuple[str, ...]) -> None: ...
+    async def barrier(self) -> None: ...
+    async def spool_rewind(self) -> None: ...
     async def close_stream(self, stream: bytes) -> None: ...
     async def send_frame(self, frame: bytearray, headroom: int = 0) -> None: ...
     async def send_binary(self, kind: int, stream: bytes, seq: int, payload: bytes) -> None: ...
@@ -208,8 +237,10 @@ class Conversations(Protocol):
     def peer_sae_id(self, conversation: ConversationId) -> str | None: ...
     async def ensure_session(self, conversation: ConversationId) -> str: ...
     def verified(self, conversation: ConversationId) -> bool: ...
+    def group(self, name_or_id: str) -> GroupView: ...
     async def send_transfer_message(self, conversation: ConversationId,
-                                    body: payloads.TransferMessage) -> None: ...
+                                    body: payloads.TransferMessage, *,
+                                    wait: bool = False) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -262,6 +293,14 @@ class _StreamLink:
         await self._relay.stream_ack(self._stream, seqs)
 
 
+class _GroupReceiveLink(_StreamLink):
+    """A group file's receiving end: acks go to the relay (they delete this member's
+    copies), control frames go nowhere (the sender does not listen on the stream)."""
+
+    async def send_control(self, data: bytes) -> None:
+        return None
+
+
 class _ItemObserver:
     """Turns a driver's reports into this manager's state changes for one transfer."""
 
@@ -296,6 +335,7 @@ class TransferManager:
         self._control_seq = _ControlSeq()
         self._background: set[asyncio.Future[Any]] = set()
         self._closed = False
+        self._dropped_frames = False  # frames dropped unacked: rewind the spool on accept
         self.sender_quiet_s = SENDER_QUIET_S
         for record in store.transfers():
             try:
@@ -355,6 +395,7 @@ class TransferManager:
             rate_bytes_per_s=progress.rate_bytes_per_s if progress else 0.0,
             eta_seconds=progress.eta_seconds if progress else None,
             detail=item.detail, started_at=item.started_at, paths=tuple(item.paths),
+            group=item.group_name, group_id=item.group,
         )
 
     def transfers(self) -> list[TransferView]:
@@ -463,6 +504,80 @@ class TransferManager:
         self._start(item)
         return self.view(item)
 
+    async def send_group_files(self, group_ref: str, paths: list[str], *,
+                               limit_bytes_per_s: float = 0.0) -> TransferView:
+        """A group file: offered to every member through the pairwise sessions, the
+        chunks sealed once and uploaded once; the relay spools them for each member."""
+        if not paths:
+            raise MessengerError("nothing to send: give at least one file or folder")
+        try:
+            built = await asyncio.to_thread(build_manifest, paths)
+        except TransferError as exc:
+            raise MessengerError(str(exc)) from None
+        return await self.send_group_built(group_ref, built,
+                                           limit_bytes_per_s=limit_bytes_per_s)
+
+    async def send_group_built(self, group_ref: str, built: BuiltManifest, *,
+                               limit_bytes_per_s: float = 0.0,
+                               relay_timeout: float = RELAY_READY_S) -> TransferView:
+        """``send_group_files`` with the files already listed."""
+        group = self._conversations.group(group_ref)
+        me = self._settings.handle
+        if group.status != "member" or me not in group.members:
+            raise MessengerError(f"you are not a member of {group.name} any more")
+        recipients = [m for m in group.members if m != me]
+        if not recipients:
+            raise MessengerError(f"{group.name} has no other members to send to")
+        manifest, secret = built.manifest, os.urandom(SECRET_BYTES)
+        # No QKD key_IDs of its own (they are pairwise): the secret rides each member's
+        # QKD-mixed pairwise session, which is where fresh QKD material enters.
+        keys = TransferKeys(manifest, secret, None, policy=QkdPolicy.PREFER)
+        item = _Transfer(
+            tid=manifest.transfer_id, peer="@" + group.name, outgoing=True, manifest=manifest,
+            secret=secret, qkd=None, state=TransferState.OFFERED,
+            sources=[str(Path(p).resolve()) for p in built.sources],
+            stamps=[list(s) for s in built.stamps], group=group.group_id,
+            group_name=group.name, recipients=recipients)
+        item.limit = limit_bytes_per_s
+        item.sender = TransferSender(keys, FileReader(item.sources, built.stamps),
+                                     window_chunks=UNBOUNDED_WINDOW)
+        item.meter = item.sender.meter
+        try:
+            if not self._relay.ready:
+                await self._relay.wait_ready(relay_timeout)
+            await self._relay.open_group_stream(item.tid, tuple(recipients))
+        except StreamRefused as exc:
+            raise MessengerError(f"the relay refused the group file: {exc}", code=exc.code,
+                                 reason=exc.reason) from None
+        except RelayError as exc:
+            raise MessengerError(f"not sent: {exc}") from None
+        self._transfers[item.tid] = item
+        self._changed(item)
+        offer = encode_group_offer(manifest, bytes.fromhex(group.group_id), group.name)
+
+
+        async def offer_to(member: str) -> str:
+            """Offer to one member, durably at the relay before the upload can end (the
+            sender may exit then); "" or why not."""
+            conversation = ConversationId.direct(member)
+            try:
+                await self._conversations.ensure_session(conversation)
+                await self._conversations.send_transfer_message(
+                    conversation, payloads.transfer(offer, secret), wait=True)
+            except MessengerError as exc:
+                return f"{member} ({exc})"
+            return ""
+
+        results = await asyncio.gather(*(offer_to(m) for m in recipients))
+        unreached = [why for why in results if why]
+        if len(unreached) == len(recipients):
+            self._finish(item, TransferState.FAILED)
+            raise MessengerError("the offer reached no member: " + "; ".join(unreached))
+        if unreached:
+            item.detail = "not offered to " + "; ".join(unreached)
+        self._start(item)
+        return self.view(item)
+
     def _start(self, item: _Transfer) -> None:
         if self._closed or item.state.finished:
             return
@@ -471,6 +586,8 @@ class TransferManager:
         if item.queue is None:
             item.queue = asyncio.Queue(0 if item.outgoing else INCOMING_QUEUE_FRAMES)
         runner = self._run_sender if item.outgoing else self._run_receiver
+        if item.outgoing and item.group:
+            runner = self._run_uploader
         item.task = asyncio.create_task(self._guard(item, runner), name=f"transfer-{item.hex}")
 
     async def _guard(self, item: _Transfer, runner: Callable[[_Transfer], Any]) -> None:
@@ -497,7 +614,7 @@ class TransferManager:
     def _ensure_sender(self, item: _Transfer) -> TransferSender:
         if item.sender is None:
             keys = TransferKeys(item.manifest, item.secret, item.qkd,
-                                policy=self._settings.policy)
+                                policy=self._policy_of(item))
             reader = FileReader(item.sources, [tuple(s) for s in item.stamps])
             if item.snapshot is not None:
                 item.sender = TransferSender.restore(item.snapshot, keys, reader,
@@ -530,6 +647,20 @@ class TransferManager:
             return  # the connection dropped; restarted after the next login
         self._finish(item, _SENDER_STATE[status])
 
+    async def _run_uploader(self, item: _Transfer) -> None:
+        """A group file's sender: upload every chunk once, then the ``uploaded`` record."""
+        sender = self._ensure_sender(item)
+        await self._relay.open_group_stream(item.tid, tuple(item.recipients))
+        self._set(item, TransferState.SENDING, item.detail)
+        driver = UploadDriver(
+            sender, _StreamLink(self._relay, item.tid, self._control_seq), asyncio.Queue(),
+            _ItemObserver(self, item), lock=item.lock, limit_bytes_per_s=item.limit,
+            barrier=self._relay.barrier, confirm_every=UPLOAD_CONFIRM_EVERY)
+        status = await driver.run()
+        if status in (SenderStatus.OFFERED, SenderStatus.SENDING):
+            return
+        self._finish(item, _SENDER_STATE[status])
+
     def _on_sender_events(self, item: _Transfer, events: list[CoreEvent]) -> None:
         changed = False
         for event in events:
@@ -556,9 +687,15 @@ class TransferManager:
             self._maybe_progress(item)
 
     async def _send_controls(self, item: _Transfer, frames: list[bytes]) -> None:
-        link = _StreamLink(self._relay, item.tid, self._control_seq)
+        link = self._link(item)
         for data in frames:
             await link.send_control(data)
+
+    def _link(self, item: _Transfer) -> _StreamLink:
+        """The transfer's link over its relay stream (a group file's member sends nothing
+        on it: the relay accepts frames there from the sender only)."""
+        link_type = _GroupReceiveLink if item.group and not item.outgoing else _StreamLink
+        return link_type(self._relay, item.tid, self._control_seq)
 
     def _maybe_progress(self, item: _Transfer) -> None:
         now = time.monotonic()
@@ -609,6 +746,10 @@ class TransferManager:
             log.warning("dropped a malformed transfer message from %s: %s", peer, exc)
             return
         item = self._transfers.get(message.transfer_id)
+        if message.type == "transfer-group-offer":
+            if item is None:
+                self._on_group_offer(peer, message, body.secret)
+            return
         if message.type == "transfer-offer":
             if item is not None:
                 return  # a resent offer
@@ -645,6 +786,40 @@ class TransferManager:
             item.detail = message.reason
             self._finish(item, TransferState.CANCELLED)
 
+    def _on_group_offer(self, peer: str, message: Any, secret: bytes) -> None:
+        """A group file offered by ``peer``: kept when ``peer`` and this user are members
+        of that group; else recorded as refused, with the reason (nothing is received)."""
+        assert message.manifest is not None
+        if len(secret) != SECRET_BYTES:
+            log.warning("dropped a group file offer from %s without its secret", peer)
+            return
+        item = _Transfer(tid=message.transfer_id, peer=peer, outgoing=False,
+                         manifest=message.manifest, secret=secret, qkd=None,
+                         state=TransferState.OFFERED, group=message.group.hex(),
+                         group_name=message.group_name)
+        refusal = ""
+        try:
+            group = self._conversations.group(message.group.hex())
+        except MessengerError:
+            refusal = f"refused: a group file from {peer} for a group you are not in"
+        else:
+            item.group_name = group.name
+            if peer not in group.members:
+                refusal = f"refused: {peer} is not a member of {group.name}"
+            elif self._settings.handle not in group.members or group.status != "member":
+                refusal = f"refused: you are not a member of {group.name} any more"
+        self._transfers[item.tid] = item
+        if refusal:
+            log.warning("group file %s: %s", item.hex[:8], refusal)
+            item.detail = refusal
+            self._finish(item, TransferState.FAILED)
+            return
+        self._changed(item)
+        if self._should_auto_accept(peer) and not self._closed:
+            task = asyncio.ensure_future(self._auto_accept(item))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     def _should_auto_accept(self, peer: str) -> bool:
         mode = self.auto_accept
         if mode == "all":
@@ -678,7 +853,7 @@ class TransferManager:
             item.qkd = keys.material
         try:
             keys_ = TransferKeys(item.manifest, item.secret, item.qkd,
-                                 policy=self._settings.policy)
+                                 policy=self._policy_of(item))
             self.downloads.mkdir(parents=True, exist_ok=True)
             item.receiver = await asyncio.to_thread(TransferReceiver.accept, keys_,
                                                     self.downloads)
@@ -689,7 +864,18 @@ class TransferManager:
         item.meter = item.receiver.meter
         self._set(item, TransferState.SENDING, "")
         self._start(item)
+        if item.group and self._dropped_frames:
+            # Its chunks may have come (and been dropped, unacked) before the offer was
+            # read or accepted: they are spooled once, so ask for the spool again.
+            self._dropped_frames = False
+            with contextlib.suppress(RelayError):
+                await self._relay.spool_rewind()
         return self.view(item)
+
+    def _policy_of(self, item: _Transfer) -> QkdPolicy:
+        """A group file has no QKD keys of its own: its secret came through a QKD-mixed
+        pairwise session."""
+        return QkdPolicy.PREFER if item.group else self._settings.policy
 
     async def decline(self, transfer_id: str, reason: str = "declined") -> None:
         item = self._find(transfer_id)
@@ -715,11 +901,14 @@ class TransferManager:
                 item.receiver.cancel(reason)
             with contextlib.suppress(RelayError):
                 await self._send_controls(item, item.receiver.data_to_send())
-        # Also in an E2EE message: the peer may not have accepted (or be online) yet.
-        with contextlib.suppress(MessengerError):
-            await self._conversations.send_transfer_message(
-                ConversationId.direct(item.peer),
-                payloads.transfer(encode_cancel(item.tid, reason)))
+        # Also in an E2EE message: the peer may not have accepted (or be online) yet. (A
+        # group file's cancel goes on its stream, which every member reads; a member's
+        # cancel concerns only its own copy.)
+        if not item.group:
+            with contextlib.suppress(MessengerError):
+                await self._conversations.send_transfer_message(
+                    ConversationId.direct(item.peer),
+                    payloads.transfer(encode_cancel(item.tid, reason)))
         self._stop_task(item)
         item.detail = reason
         self._finish(item, TransferState.CANCELLED)
@@ -732,7 +921,7 @@ class TransferManager:
     def _ensure_receiver(self, item: _Transfer) -> TransferReceiver:
         if item.receiver is None:
             keys = TransferKeys(item.manifest, item.secret, item.qkd,
-                                policy=self._settings.policy)
+                                policy=self._policy_of(item))
             item.receiver = TransferReceiver.resume(keys, self.downloads)
             item.meter = item.receiver.meter
         return item.receiver
@@ -744,9 +933,9 @@ class TransferManager:
             receiver.request_resume()
             self._set(item, TransferState.SENDING, "")
         driver = ReceiverDriver(
-            receiver, _StreamLink(self._relay, item.tid, self._control_seq), item.queue,
+            receiver, self._link(item), item.queue,
             _ItemObserver(self, item), lock=item.lock, nudge_s=IDLE_NUDGE_S,
-            nudge_max_s=IDLE_NUDGE_MAX_S)
+            nudge_max_s=IDLE_NUDGE_MAX_S, keep_early=bool(item.group))
         status = await driver.run()
         if status is ReceiverStatus.RECEIVING:
             return  # the connection dropped; restarted after the next login
@@ -769,6 +958,13 @@ class TransferManager:
                 item.state, item.detail, changed = TransferState.CANCELLED, event.reason, True
             elif isinstance(event, TransferComplete):
                 changed = True
+        if item.group and item.receiver is not None:
+            failure = _group_copy_failure(events)
+            if failure:
+                # Nothing is sent twice on a group stream: this copy cannot be completed.
+                with item.lock:
+                    item.receiver.fail()
+                item.detail, changed = failure, True
         if changed:
             self._changed(item)
         else:
@@ -782,9 +978,12 @@ class TransferManager:
         if item is None or item.state.finished:
             if item is not None and not item.outgoing:
                 await self._after_the_end(item, frame)
+            elif item is None:
+                self._dropped_frames = True  # perhaps a group file whose offer is coming
             return
         if item.queue is None or item.task is None or item.task.done():
             if item.state is TransferState.OFFERED and not item.outgoing:
+                self._dropped_frames = True
                 return  # not accepted yet: the relay keeps it until we ack
             self._start(item)
         assert item.queue is not None
@@ -798,7 +997,7 @@ class TransferManager:
             receiver = None
             if item.state is TransferState.COMPLETE:
                 receiver = await asyncio.to_thread(self._ensure_receiver, item)
-            link = _StreamLink(self._relay, item.tid, self._control_seq)
+            link = self._link(item)
             if receiver is None:
                 await link.ack([frame.seq])
             else:
@@ -818,7 +1017,13 @@ class TransferManager:
         item = self._transfers.get(bytes.fromhex(stream_hex))
         if item is None:
             return False
-        if error.code in QUOTA_CODES:
+        if item.group and item.outgoing:
+            # One member's copy was refused (e.g. its spool is full): the others go on;
+            # that member's copy ends short and fails there.
+            log.info("group file %s: %s", item.hex[:8], error.message)
+            item.detail = error.message
+            self._changed(item, persist=False)
+        elif error.code in QUOTA_CODES:
             if item.driver is not None:
                 item.driver.pause()
             elif item.sender is not None:
@@ -884,3 +1089,16 @@ class TransferManager:
                 closer = getattr(item.sender.reader, "close", None)
                 if closer is not None:
                     closer()
+
+
+def _group_copy_failure(events: list[CoreEvent]) -> str:
+    """Why a group file's copy cannot be completed here, from its receiver's events (a
+    chunk that failed authentication, a file whose SHA-256 differs); "" if none."""
+    for event in events:
+        if isinstance(event, ChunkRefused) and isinstance(
+                event.error, TamperedChunk | MalformedFrame):
+            return f"refused: {event.error}; the group file is not saved"
+        if isinstance(event, IntegrityFailed):
+            return (f"refused: file #{event.file_index} failed its SHA-256 check; the group "
+                    "file is not saved")
+    return ""

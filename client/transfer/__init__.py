@@ -31,12 +31,12 @@ from keysource.lazy import lazy_getattr
 _HOME = {
     **dict.fromkeys([
         "TransferMessage", "decode_message", "encode_cancel", "encode_decline",
-        "encode_offer",
+        "encode_group_offer", "encode_offer",
     ], ".control"),
     **dict.fromkeys([
         "ChunkRejected", "MalformedFrame", "ManifestError", "OutdatedOffer", "OutOfOrderChunk",
         "ReplayedChunk", "SourceError", "StateError", "TamperedChunk", "TransferError",
-        "UnsafeName",
+        "TruncatedStream", "UnsafeName",
     ], ".errors"),
     **dict.fromkeys([
         "Accepted", "Cancelled", "ChunkRefused", "ChunkStored", "ControlIgnored",
@@ -79,6 +79,7 @@ if TYPE_CHECKING:
         decode_message,
         encode_cancel,
         encode_decline,
+        encode_group_offer,
         encode_offer,
     )
     from .errors import (
@@ -92,6 +93,7 @@ if TYPE_CHECKING:
         StateError,
         TamperedChunk,
         TransferError,
+        TruncatedStream,
         UnsafeName,
     )
     from .events import (
@@ -169,6 +171,7 @@ __all__ = [
     "TamperedChunk",
     "TransferComplete",
     "TransferError",
+    "TruncatedStream",
     "TransferKeys",
     "TransferMessage",
     "TransferReceiver",
@@ -178,6 +181,7 @@ __all__ = [
     "decode_message",
     "encode_cancel",
     "encode_decline",
+    "encode_group_offer",
     "encode_offer",
     "format_size",
     "frame_kind",

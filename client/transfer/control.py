@@ -22,6 +22,14 @@ file before ``f`` is verified and landed, and chunks ``0..n-1`` of file ``f`` ar
                                                          gap, tampered chunk, failed hash)
   ``{"t": "ack", "s": seq, "f": file, "n": chunk}``      r->s  cumulative, after persisting
   ``{"t": "cancel", "s": seq, "reason": text}``          both
+  ``{"t": "uploaded", "s": seq, "n": chunks}``           s->r  a group file's upload is over
+                                                         (all ``n`` chunks sent): a receiver
+                                                         still missing some fails (truncated)
+
+A **group file** is offered with ``transfer-group-offer`` (the manifest plus the group's ID
+and name), sent to each member through the pairwise session; its chunks are uploaded once
+on a group file stream and spooled by the relay for every member. Nothing goes back to the
+sender on the stream: the receiver's acks and resume points stay local.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ _HEADER = struct.Struct(">4sBB16sB12s")
 HEADER_BYTES = _HEADER.size  # 35
 MAX_CONTROL_BYTES = 1 << 20
 MAX_REASON_CHARS = 500
+GROUP_ID_BYTES = 16
 _DIRECTIONS = {SENDER_TO_RECEIVER: 0, RECEIVER_TO_SENDER: 1}
 
 
@@ -111,6 +120,12 @@ def encode_offer(manifest: Manifest) -> bytes:
     return cbor2.dumps({"t": "transfer-offer", "manifest": manifest.encode()}, canonical=True)
 
 
+def encode_group_offer(manifest: Manifest, group_id: bytes, group_name: str) -> bytes:
+    """The E2EE payload that offers a group file: the manifest and the group it is for."""
+    return cbor2.dumps({"t": "transfer-group-offer", "manifest": manifest.encode(),
+                        "group": group_id, "name": group_name}, canonical=True)
+
+
 def encode_decline(transfer_id: bytes, reason: str = "declined") -> bytes:
     return cbor2.dumps({"t": "transfer-decline", "id": transfer_id,
                         "reason": clip_reason(reason)}, canonical=True)
@@ -129,6 +144,8 @@ class TransferMessage:
     transfer_id: bytes
     manifest: Manifest | None = None
     reason: str = ""
+    group: bytes = b""  # a group offer: the group's ID
+    group_name: str = ""
 
 
 def decode_message(payload: bytes) -> TransferMessage:
@@ -143,6 +160,15 @@ def decode_message(payload: bytes) -> TransferMessage:
     if kind == "transfer-offer":
         manifest = Manifest.decode(body.get("manifest", b""))
         return TransferMessage(kind, manifest.transfer_id, manifest)
+    if kind == "transfer-group-offer":
+        manifest = Manifest.decode(body.get("manifest", b""))
+        group, name = body.get("group"), body.get("name", "")
+        if not isinstance(group, bytes) or len(group) != GROUP_ID_BYTES:
+            raise ManifestError("group file offer with a bad group ID")
+        if not isinstance(name, str) or len(name) > MAX_REASON_CHARS:
+            raise ManifestError("group file offer with a bad group name")
+        return TransferMessage(kind, manifest.transfer_id, manifest, group=group,
+                               group_name=name)
     if kind in ("transfer-decline", "transfer-cancel"):
         tid, reason = body.get("id"), body.get("reason", "")
         if not isinstance(tid, bytes) or len(tid) != TRANSFER_ID_BYTES:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .errors import TransferError
-from .events import Event
+from .errors import OutOfOrderChunk, TransferError
+from .events import ChunkRefused, Event
 from .receiver import ReceiverStatus, TransferReceiver
 from .sender import SenderStatus, TransferSender
 
@@ -170,16 +171,69 @@ class SenderDriver:
             await self.link.send_control(data)
 
 
+async def _no_barrier() -> None:
+    return None
+
+
+@dataclass
+class UploadDriver(SenderDriver):
+    """A group file: every chunk is uploaded once and nobody answers on the stream (the
+    relay spools a copy for each member). ``barrier`` returns once what was sent is
+    durable at the relay; each barrier confirms the chunks before it (the snapshot then
+    resumes after them), and the sealed ``uploaded`` record closes the upload."""
+
+    barrier: Callable[[], Awaitable[None]] = _no_barrier
+    confirm_every: int = 64  # chunks between two barriers
+
+    async def run(self) -> SenderStatus:
+        sender, link = self.sender, self.link
+        pace = _Pacer(self.limit_bytes_per_s)
+        with self.lock:
+            sender.start_upload()
+            # Again after a lost connection: from the last chunk the relay confirmed (it
+            # keeps a chunk it still holds once; a member skips one it already has).
+            sender.retransmit()
+        unconfirmed = 0
+        while sender.status is SenderStatus.SENDING and (frames := await self._next_frames()):
+            for frame in frames:
+                await link.send_chunk(frame)
+                await pace.sent(len(frame) - link.headroom)
+            unconfirmed += len(frames)
+            if unconfirmed >= self.confirm_every:
+                await self.barrier()
+                with self.lock:
+                    events = sender.upload_confirmed(final=False)
+                self.observer.events(events)
+                unconfirmed = 0
+            self.observer.progress()
+        await self._send_controls()  # a cancel, if one was queued
+        if sender.status is SenderStatus.SENDING:
+            with self.lock:
+                record = sender.uploaded_record()
+            await link.send_control(record)
+            await self.barrier()
+            with self.lock:
+                events = sender.upload_confirmed(final=True)
+            self.observer.events(events)
+        return sender.status
+
+
 def _receive_all(lock: threading.Lock, receiver: TransferReceiver,
-                 payloads: list[bytes]) -> list[Event]:
-    """Feed frames to the receiver core in order (on the worker thread); stop at the end."""
+                 payloads: list[bytes]) -> tuple[list[Event], set[int]]:
+    """Feed frames to the receiver core in order (on the worker thread); stop at the end.
+    Also: the indexes of the frames refused as early (out of order)."""
     events: list[Event] = []
+    early: set[int] = set()
     with lock:
-        for payload in payloads:
+        for index, payload in enumerate(payloads):
             if receiver.status is not ReceiverStatus.RECEIVING:
                 break
-            events.extend(receiver.receive_frame(payload))
-    return events
+            got = receiver.receive_frame(payload)
+            if any(isinstance(e, ChunkRefused) and isinstance(e.error, OutOfOrderChunk)
+                   for e in got):
+                early.add(index)
+            events.extend(got)
+    return events, early
 
 
 @dataclass
@@ -191,6 +245,9 @@ class ReceiverDriver:
     lock: threading.Lock = field(default_factory=threading.Lock)
     nudge_s: float = NUDGE_S
     nudge_max_s: float = NUDGE_MAX_S
+    # A group file (nothing is sent twice): a frame that came early is not acknowledged,
+    # so the relay's spool brings it again, in order, after a rewind or the next login.
+    keep_early: bool = False
 
     async def run(self) -> ReceiverStatus:
         """Receive until the transfer ends or the connection drops (``None`` on the queue).
@@ -225,9 +282,10 @@ class ReceiverDriver:
                 if more is None:
                     break
                 batch.append(more)
-            events = await asyncio.to_thread(_receive_all, self.lock, receiver,
-                                             [f.payload for f in batch])
-            link_acks.extend(f.seq for f in batch)
+            events, early = await asyncio.to_thread(_receive_all, self.lock, receiver,
+                                                    [f.payload for f in batch])
+            link_acks.extend(f.seq for i, f in enumerate(batch)
+                             if not (self.keep_early and i in early))
             unanswered += len(batch)
             self.observer.events(events)
         await self._send_controls()

@@ -66,3 +66,8 @@ class MalformedFrame(ChunkRejected):
 
 class StateError(TransferError):
     """An operation does not fit the current state (e.g. sending before acceptance)."""
+
+
+class TruncatedStream(TransferError):
+    """A group file's upload ended (the sender's sealed ``uploaded`` record came) before
+    every chunk arrived here: it cannot be completed, and nothing of it was saved."""

@@ -34,6 +34,7 @@ from .errors import (
     StateError,
     TamperedChunk,
     TransferError,
+    TruncatedStream,
 )
 from .events import (
     Cancelled,
@@ -81,6 +82,7 @@ class TransferReceiver:
         self._pos = store.position()
         self._last_resume_sent: tuple[int, int] | None = None
         self._ack_due: tuple[int, int] | None = None
+        self._gap_seen = False  # a chunk came early since the last one stored in order
         self._buffer = bytearray(self.manifest.chunk_size + self.manifest.final_record_bytes)
         self._opener: ChunkOpener | None = None
         self._digest = None
@@ -224,6 +226,19 @@ class TransferReceiver:
         self.store.save_peer_seq(self._peer_seq)
         if message.type == "cancel":
             return self._cancelled(clip_reason(message.body.get("reason", "")), by_peer=True)
+        if message.type == "uploaded":
+            if self.status is not ReceiverStatus.RECEIVING:
+                return [ControlIgnored(f"end of upload after the transfer was "
+                                       f"{self.status.value}")]
+            if self._gap_seen:  # the missing chunks may still come (a spool rewind)
+                raise OutOfOrderChunk(
+                    f"the end of the upload came before chunk {self._pos.chunk_index} of "
+                    f"file #{self._pos.file_index}: waiting for the missing chunks")
+            self.fail()
+            raise TruncatedStream(
+                f"truncated: the sender's upload ended, but chunk {self._pos.chunk_index} "
+                f"of file #{self._pos.file_index} and what follows never came; nothing of "
+                "the unfinished files was saved")
         return [ControlIgnored(f"unknown control message {message.type!r}")]
 
     def _receive_chunk(self, frame: bytes | bytearray | memoryview) -> list[Event]:
@@ -264,6 +279,7 @@ class TransferReceiver:
             raise ReplayedChunk(
                 f"chunk {there[1]} of file #{there[0]} was already written: ignored (replay)")
         if there > here:
+            self._gap_seen = True
             self._ask_resume_once()
             raise OutOfOrderChunk(
                 f"chunk {there[1]} of file #{there[0]} arrived before chunk {here[1]} of file "
@@ -274,6 +290,7 @@ class TransferReceiver:
 
     def _store_chunk(self, file_index: int, chunk_index: int, data: memoryview,
                      final_record: bytes) -> list[Event]:
+        self._gap_seen = False
         self.store.write(file_index, chunk_index * self.manifest.chunk_size, data)
         assert self._digest is not None
         self._digest.update(data)
@@ -338,6 +355,15 @@ class TransferReceiver:
         self.store.discard_parts()
         self._opener = None
         return [Cancelled(reason, by_peer)]
+
+    def fail(self) -> None:
+        """Give up (a group file that cannot be completed): partial files are deleted,
+        landed ones stay; nothing goes to the sender."""
+        if self.status is ReceiverStatus.RECEIVING:
+            self.status = ReceiverStatus.FAILED
+            self.store.set_status(self.status.value)
+            self.store.discard_parts()
+            self._opener = None
 
     def close(self) -> None:
         """Release the file handle and database (the persisted state stays for resume)."""

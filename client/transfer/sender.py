@@ -378,6 +378,38 @@ class TransferSender:
             events.append(TransferComplete())
         return events
 
+    # ------------------------------------------------------- group files (upload once)
+
+    def start_upload(self) -> None:
+        """A group file: send without waiting for an accept (nobody answers on the
+        stream; the relay spools every chunk for each member)."""
+        if self.status is SenderStatus.OFFERED:
+            self.status = SenderStatus.SENDING
+
+    def upload_confirmed(self, *, final: bool) -> list[Event]:
+        """Everything sent so far is durable at the relay (its pong came): that counts as
+        acknowledged. Only the ``final`` confirmation (after the ``uploaded`` record)
+        completes the upload."""
+        if self.status is not SenderStatus.SENDING:
+            return []
+        self._acked = self._next
+        events: list[Event] = []
+        while self._delivered < self._acked[0]:
+            events.append(FileDelivered(self._delivered))
+            self._delivered += 1
+        events.append(ProgressUpdate(self.meter.set_done(self._acked_bytes(), self._delivered)))
+        if final and self._acked == self._end:
+            self.status = SenderStatus.COMPLETE
+            events.append(TransferComplete())
+        return events
+
+    def uploaded_record(self) -> bytes:
+        """The sealed ``uploaded`` control frame that follows a group file's last chunk: a
+        receiver still missing chunks then knows they will not come."""
+        self._seq += 1
+        return seal_control(self.keys, SENDER_TO_RECEIVER, self._seq, "uploaded",
+                            n=self._chunks_before[-1])
+
     def declined(self, reason: str = "declined") -> list[Event]:
         """The recipient declined (an E2EE ``transfer-decline`` message arrived)."""
         if self.status is not SenderStatus.OFFERED:

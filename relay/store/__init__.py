@@ -22,6 +22,7 @@ from .base import (
     StoreUnavailable,
     StreamRecord,
     StreamStatus,
+    group_stream_b,
     quota_verdict,
 )
 from .sqlite import SqliteStore
@@ -61,6 +62,7 @@ __all__ = [
     "StoreLimits",
     "StoreUnavailable",
     "StreamRecord",
+    "group_stream_b",
     "StreamStatus",
     "make_store",
     "quota_verdict",

@@ -84,12 +84,39 @@ class StreamRecord:
     expires: int
 
     def other(self, handle: str) -> str | None:
-        """The endpoint that is not ``handle`` (None: ``handle`` is not an endpoint)."""
+        """The endpoint that is not ``handle`` (None: ``handle`` is not an endpoint). On a
+        group stream the opener is the only other end (its recipients have none)."""
+        if self.group:
+            return self.a if handle in self.recipients else None
         if handle == self.a:
             return self.b
         if handle == self.b:
             return self.a
         return None
+
+    @property
+    def group(self) -> bool:
+        """A group file stream: ``a`` uploads once, every recipient gets a spooled copy."""
+        return self.b.startswith(GROUP_STREAM_MARK)
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        """Who gets this stream's frames: ``(b,)``, or a group stream's recipients."""
+        if self.group:
+            return tuple(self.b[1:].split(","))
+        return (self.b,)
+
+
+# A group file stream keeps its recipients in the registration's ``b`` column, as
+# ``*`` + comma-separated handles (neither character is allowed in a handle). Both stores
+# keep ``b`` as an opaque string and count a spooled frame against the share of the
+# stream's other endpoint, which for every recipient of a group stream is its opener.
+GROUP_STREAM_MARK = "*"
+
+
+def group_stream_b(recipients: Sequence[str]) -> str:
+    """The ``b`` of a group stream's registration (recipients sorted: idempotent)."""
+    return GROUP_STREAM_MARK + ",".join(sorted(recipients))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,10 @@ Frame flows (``C`` client, ``R`` relay; every text frame is ``{"v":1,"t":...}``)
            offline (or behind) endpoint are spooled at the relay and sent when it logs in;
            the endpoint deletes them with C ``stream_ack{stream,seqs}``; refusals of frames
            are ``error{code,stream}`` (e.g. ``quota_exceeded``).
+           C ``stream_open_group{stream,to[]}`` -> R ``stream_ok``: a durable file stream
+           whose frames the opener uploads once and the relay spools for every recipient.
+           C ``spool_rewind`` -> the relay sends this connection its spool again from the
+           start (frames it dropped unacked come again; duplicates are the client's to skip).
 * keepalive: C ``ping`` -> R ``pong`` (counts against the idle timeout; websocket pings do not).
 """
 
@@ -61,9 +65,10 @@ _HOME = {
         "NONCE_BYTES", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "Ack", "Auth", "AuthOk",
         "Bundle", "Deliver", "Error", "Frame", "Hello", "OneTimePrekey", "Ping", "Pong",
         "PrekeyBundle", "PrekeysFetch", "PrekeysLow", "PrekeysOk", "PrekeysUpload", "Send",
-        "SendGroup", "Stored", "StoredGroup", "StoredMany", "StreamAck", "StreamClose",
-        "StreamIncoming", "StreamOk", "StreamOpen", "fanout_msg_id", "parse_client_frame",
-        "parse_server_frame",
+        "SendGroup", "SpoolRewind", "Stored", "StoredGroup", "StoredMany", "StreamAck",
+        "StreamClose",
+        "StreamIncoming", "StreamOk", "StreamOpen", "StreamOpenGroup", "fanout_msg_id",
+        "parse_client_frame", "parse_server_frame",
     ], ".frames"),
     **dict.fromkeys([
         "one_time_message", "sign_bundle", "signed_part_message", "verify_bundle",
@@ -132,6 +137,7 @@ if TYPE_CHECKING:
         PrekeysUpload,
         Send,
         SendGroup,
+        SpoolRewind,
         Stored,
         StoredGroup,
         StoredMany,
@@ -140,6 +146,7 @@ if TYPE_CHECKING:
         StreamIncoming,
         StreamOk,
         StreamOpen,
+        StreamOpenGroup,
         fanout_msg_id,
         parse_client_frame,
         parse_server_frame,
@@ -193,6 +200,7 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "Send",
     "SendGroup",
+    "SpoolRewind",
     "Stored",
     "StoredGroup",
     "StoredMany",
@@ -201,6 +209,7 @@ __all__ = [
     "StreamIncoming",
     "StreamOk",
     "StreamOpen",
+    "StreamOpenGroup",
     "WireError",
     "auth_message",
     "certificate_fingerprint",

@@ -427,6 +427,33 @@ class StreamOpen(Frame):
 
 
 @dataclass(frozen=True)
+class StreamOpenGroup(Frame):
+    """Open a durable file stream from the caller to several recipients (a group file).
+
+    The caller uploads each binary frame once; the relay spools a copy for every
+    recipient (each copy under that recipient's spool quota and TTL, delivered when it
+    is online, deleted by its ``stream_ack``). Only the opener sends frames on it.
+    Re-opening with the same recipients is idempotent; ``stream_ok`` answers.
+    """
+
+    TYPE = "stream_open_group"
+    stream: str
+    to: tuple[str, ...]
+    id: str | None = None
+    SPEC = {"stream": _stream, "to": _handle_set(MAX_GROUP_RECIPIENTS), "id": _req_id}
+
+
+@dataclass(frozen=True)
+class SpoolRewind(Frame):
+    """Send me my spool again from its start: file frames this connection dropped unacked
+    (e.g. of a group file whose offer it had not read yet) come again, in order."""
+
+    TYPE = "spool_rewind"
+    id: str | None = None
+    SPEC = {"id": _req_id}
+
+
+@dataclass(frozen=True)
 class StreamClose(Frame):
     """Either end closes a stream; the relay tells the other end."""
 
@@ -628,7 +655,8 @@ class Pong(Frame):
 
 CLIENT_FRAMES: dict[str, type[Frame]] = {
     cls.TYPE: cls for cls in (Auth, Send, SendGroup, Ack, PrekeysUpload, PrekeysFetch,
-                              StreamOpen, StreamClose, StreamAck, Ping)
+                              StreamOpen, StreamOpenGroup, StreamClose, StreamAck, SpoolRewind,
+                              Ping)
 }
 SERVER_FRAMES: dict[str, type[Frame]] = {
     cls.TYPE: cls for cls in (Hello, AuthOk, Error, Stored, StoredMany, StoredGroup, Deliver,

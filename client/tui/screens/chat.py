@@ -293,7 +293,8 @@ class ChatScreen(GroupActions, Screen[None]):
             return
         size = format_bytes(transfer.total_bytes)
         if transfer.state is TransferState.OFFERED and not transfer.outgoing:
-            self.notify(f"{transfer.peer} wants to send you {transfer.title} ({size}) — "
+            where = f" in @{transfer.group}" if transfer.group else ""
+            self.notify(f"{transfer.peer}{where} wants to send you {transfer.title} ({size}) — "
                         "ctrl+j to accept or decline", title="File offered", timeout=20)
         elif transfer.state is TransferState.COMPLETE and previous is not None:
             where = ""
@@ -450,16 +451,19 @@ class ChatScreen(GroupActions, Screen[None]):
         self.notify(f"Conversation with {peer} now uses {mode.upper()} mode.")
 
     def action_send_files(self) -> None:
-        peer = self.peer
-        if peer is None:
+        peer, group = self.peer, self.group
+        if peer is None and group is None:
             self.notify("Open a conversation first.", severity="warning")
             return
+        # A group file goes to "@<group ID>" (names need not be unique).
+        target = peer if peer is not None else "@" + group.group_id  # type: ignore[union-attr]
+        title = peer if peer is not None else "@" + group.name  # type: ignore[union-attr]
 
         def chosen(paths: list[str] | None) -> None:
             if paths:
-                self.send_files(peer, paths)
+                self.send_files(target, paths)
 
-        self.app.push_screen(SendFilesScreen(peer), chosen)
+        self.app.push_screen(SendFilesScreen(title), chosen)
 
     @work(group="transfers")
     async def send_files(self, peer: str, paths: list[str]) -> None:
@@ -469,7 +473,13 @@ class ChatScreen(GroupActions, Screen[None]):
             self.notify(str(exc), title="Not sent", severity="error", timeout=8)
             return
         self.transfer_changed(transfer)
-        self.notify(f"Offered {transfer.title} ({format_bytes(transfer.total_bytes)}) to "
+        size = format_bytes(transfer.total_bytes)
+        if transfer.group:
+            self.notify(f"Sending {transfer.title} ({size}) to @{transfer.group}: uploaded "
+                        "once, the relay keeps a copy for each member. Ctrl+J shows progress.",
+                        title="Group file")
+            return
+        self.notify(f"Offered {transfer.title} ({size}) to "
                     f"{peer}; it starts when they accept. Ctrl+J shows progress.",
                     title="File offered")
 

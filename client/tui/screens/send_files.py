@@ -95,12 +95,17 @@ class SendFilesScreen(ModalScreen[list[str] | None]):
     BINDINGS = [("escape", "dismiss(None)", "Back")]
 
     def __init__(self, peer: str) -> None:
+        """``peer``: a handle, or ``@name`` for a group (the files are uploaded once and
+        the relay keeps a copy for each member)."""
         super().__init__()
         self.peer = peer
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="send-files"):
             yield Label(f"Send files to {self.peer}", classes="title")
+            if self.peer.startswith("@"):
+                yield Static("A group file: offered to every member, uploaded once; members "
+                             "who are offline get it when they are back.", classes="hint")
             yield PathsInput(placeholder="~/report.pdf ~/photos", id="paths",
                              suggester=PathSuggester())
             yield Static("Files or folders, separated by spaces; quote names with spaces. "
