@@ -8,7 +8,13 @@ import json
 import sys
 import time
 
-from client.messenger.api import GroupEvent, MessageEvent, MessageView, MessengerError
+from client.messenger.api import (
+    GroupEvent,
+    GroupReceiptEvent,
+    MessageEvent,
+    MessageView,
+    MessengerError,
+)
 
 from .errors import EXIT_NOT_DONE, EXIT_OK, CliError, one_line
 from .parsers import RECV_IDLE_S
@@ -97,11 +103,28 @@ def run_recv(args: argparse.Namespace) -> int:
             else:
                 print(f"@{event.group.name}: {event.note}", flush=True)
 
+        def show_receipts(event: GroupReceiptEvent) -> None:
+            """Members' receipts for one of our group messages: the counts now."""
+            nonlocal last
+            last = time.monotonic()
+            counts = event.counts
+            if args.json:
+                print(json.dumps({"event": "receipts", "group": event.group,
+                                  "group_id": event.group_id,
+                                  "id": event.message_id, "delivered": counts.delivered,
+                                  "read": counts.read, "recipients": counts.recipients}),
+                      flush=True)
+            else:
+                print(f"@{event.group}: your message {event.message_id[:8]}: "
+                      f"{counts.describe()}", flush=True)
+
         def on_event(event: object) -> None:
             if isinstance(event, MessageEvent):
                 show(event.message)
             elif isinstance(event, GroupEvent):
                 show_group(event)
+            elif isinstance(event, GroupReceiptEvent):
+                show_receipts(event)
 
         messenger.subscribe(on_event)
         for message in messenger.groups.unread():  # came while another command ran: first
@@ -125,8 +148,9 @@ def run_recv(args: argparse.Namespace) -> int:
                     await messenger.mark_read(peer)
                 peers.clear()
                 if groups_shown:  # what was shown is not shown again by the next recv
-                    messenger.groups.mark_shown()
+                    messenger.groups.mark_shown()  # (and read receipts are owed for it)
                     groups_shown.clear()
+                    await messenger.groups.settle()  # the receipts sealed into the outbox
         finally:
             await messenger.stop()
         return status
