@@ -98,7 +98,7 @@ def run_recv(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"event": "group", "group": event.group.name,
                                   "group_id": event.group.group_id, "note": event.note,
-                                  "status": event.group.status,
+                                  "status": event.group.status, "refused": event.refused,
                                   "members": list(event.group.members)}), flush=True)
             else:
                 print(f"@{event.group.name}: {event.note}", flush=True)

@@ -225,6 +225,7 @@ class GroupEvent(Event):
 
     group: GroupView
     note: str
+    refused: bool = False  # a change refused (forged, unauthorised): ``note`` says why
 
 
 @dataclass(frozen=True)

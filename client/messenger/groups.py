@@ -680,21 +680,24 @@ class Groups:
 
     async def _on_changes(self, peer: str, body: payloads.GroupChanges) -> None:
         group = self._all().get(body.group) or _Group(body.group)
+        refusals: list[str] = []
         async with self._lock(group.group_id):
-            fresh, was_member = self._admit_changes(group, peer, list(body.changes))
+            fresh, was_member = self._admit_changes(group, peer, list(body.changes), refusals)
             if group.session is None:
                 return
             self._all()[group.group_id] = group
             self._save(group)
         self._announce(group, fresh, was_member)
+        for note in refusals:  # forged or unauthorised: the user sees it, with the reason
+            self._emit(GroupEvent(self.view(group), note, refused=True))
         if fresh:
             self._background(self._after_changes(group, fresh, peer), "group-changes")
         await self._retry_held(group.group_id)
 
-    def _admit_changes(self, group: _Group, peer: str,
-                       encoded: list[bytes]) -> tuple[list[Change], bool]:
+    def _admit_changes(self, group: _Group, peer: str, encoded: list[bytes],
+                       refusals: list[str]) -> tuple[list[Change], bool]:
         """Take the changes (and the parked ones) into the log; (new ones, whether we were a
-        member before)."""
+        member before); a line for each change refused goes to ``refusals``."""
         changes = []
         for data in encoded:
             try:
@@ -735,12 +738,14 @@ class Groups:
             except ChangeRefused as exc:
                 log.warning("group %s: refused a change from %s: %s", session.log.roster.name,
                             peer, exc)
+                refusals.append(f"refused a membership change from {peer}: {exc}")
                 continue
             if status is Status.APPLIED:
                 fresh.append(change)
-            elif status is Status.DUPLICATE:
-                log.info("group %s: change %s from %s seen before: ignored",
-                         session.log.roster.name, change.id.hex()[:8], peer)
+            elif status is Status.DUPLICATE:  # harmless (a set), but counted: "duplicate"
+                log.warning("group %s: refused change %s (%s by %s) from %s: a replay or a "
+                            "resend of a change already applied", session.log.roster.name,
+                            change.id.hex()[:8], change.op.value, change.author, peer)
         applied = set(session.log.changes)
         fresh = [c for c in fresh if c.id in applied]
         self._apply_parked_keys(group)
