@@ -1,4 +1,4 @@
-"""``qsecret group create|add|remove|leave|rename|promote|demote|list``: group membership.
+"""``qsecret group create|add|remove|leave|rename|promote|demote|list|history``: groups.
 
 Every change is signed with this profile's identity and sent to each member through the
 pairwise sessions; a command first takes in what the relay holds for us (so a change builds on
@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from client.messenger.api import GroupView, MessengerError
+from client.messenger.api import GroupView, MessageView, MessengerError
 
 from .errors import EXIT_OK, one_line
 from .session import open_messenger
@@ -113,6 +113,45 @@ def run_group_list(args: argparse.Namespace) -> int:
     if not views:
         print("no groups yet: qsecret group create NAME MEMBER...")
     return EXIT_OK
+
+
+def run_group_history(args: argparse.Namespace) -> int:
+    """A group's messages from the local store (no network); our own with how many members
+    got and read each ('qsecret recv' takes in the latest receipts)."""
+    messenger = open_messenger(args)
+    try:
+        try:
+            messages = messenger.group_history(args.group, args.limit)
+        except MessengerError as exc:
+            print(f"qsecret group history: {one_line(exc)}", file=sys.stderr)
+            return 2
+    finally:
+        messenger.store.close()
+    for message in messages:
+        if args.json:
+            print(json.dumps(message_json(message)), flush=True)
+        else:
+            print(message_line(message))
+    return EXIT_OK
+
+
+def message_json(message: MessageView) -> dict[str, Any]:
+    """One group message as ``recv --json`` and ``group history --json`` print it."""
+    out: dict[str, Any] = {"id": message.message_id, "from": message.peer,
+                           "text": message.text, "time": message.timestamp,
+                           "keys": message.sources, "mode": message.mode,
+                           "group": message.group, "group_id": message.group_id}
+    if message.receipts is not None:
+        out |= {"delivered": message.receipts.delivered, "read": message.receipts.read,
+                "recipients": message.receipts.recipients}
+    return out
+
+
+def message_line(message: MessageView) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(message.timestamp))
+    who = "me" if message.outgoing else message.peer
+    counts = f"    {message.receipts.describe()}" if message.receipts is not None else ""
+    return f"[{stamp}] @{message.group} {who}: {message.text}{counts}"
 
 
 def view_json(view: GroupView, *, changes: bool = True) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import time
 
 from client.messenger.api import (
     GroupEvent,
+    GroupReceiptEvent,
     MessageEvent,
     MessageView,
     MessengerError,
@@ -100,7 +101,7 @@ def run_recv(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"event": "group", "group": event.group.name,
                                   "group_id": event.group.group_id, "note": event.note,
-                                  "status": event.group.status,
+                                  "status": event.group.status, "refused": event.refused,
                                   "members": list(event.group.members)}), flush=True)
             else:
                 print(f"@{event.group.name}: {event.note}", flush=True)
@@ -130,6 +131,21 @@ def run_recv(args: argparse.Namespace) -> int:
                         else view.detail)
                 print(f"@{view.group} {view.peer}: file {what}", flush=True)
 
+        def show_receipts(event: GroupReceiptEvent) -> None:
+            """Members' receipts for one of our group messages: the counts now."""
+            nonlocal last
+            last = time.monotonic()
+            counts = event.counts
+            if args.json:
+                print(json.dumps({"event": "receipts", "group": event.group,
+                                  "group_id": event.group_id,
+                                  "id": event.message_id, "delivered": counts.delivered,
+                                  "read": counts.read, "recipients": counts.recipients}),
+                      flush=True)
+            else:
+                print(f"@{event.group}: your message {event.message_id[:8]}: "
+                      f"{counts.describe()}", flush=True)
+
         def on_event(event: object) -> None:
             if isinstance(event, MessageEvent):
                 show(event.message)
@@ -137,6 +153,8 @@ def run_recv(args: argparse.Namespace) -> int:
                 show_group(event)
             elif isinstance(event, TransferEvent):
                 show_group_file(event.transfer)
+            elif isinstance(event, GroupReceiptEvent):
+                show_receipts(event)
 
         messenger.subscribe(on_event)
         for message in messenger.groups.unread():  # came while another command ran: first
@@ -160,8 +178,9 @@ def run_recv(args: argparse.Namespace) -> int:
                     await messenger.mark_read(peer)
                 peers.clear()
                 if groups_shown:  # what was shown is not shown again by the next recv
-                    messenger.groups.mark_shown()
+                    messenger.groups.mark_shown()  # (and read receipts are owed for it)
                     groups_shown.clear()
+                    await messenger.groups.settle()  # the receipts sealed into the outbox
         finally:
             await messenger.stop()
         return status

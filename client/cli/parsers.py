@@ -252,6 +252,15 @@ def _register_groups(subparsers: Subparsers) -> None:
     listing.add_argument("--json", action="store_true", help="JSON instead of text")
     listing.add_argument("--changes", action="store_true",
                          help="also every membership change, and those that had no effect")
+    history = action("history", "a group's messages, yours with delivered/read counts "
+                     "(no network)", "GROUP's messages from the local store; each of yours "
+                     "with how many members got it and read it (their receipts come in with "
+                     "'qsecret recv').", "qsecret group history crew",
+                     "qsecret group history crew --json --limit 20", run="run_group_history")
+    history.add_argument("group", metavar="GROUP", help=group_help)
+    history.add_argument("--json", action="store_true", help="one JSON object per line")
+    history.add_argument("--limit", type=int, default=500, metavar="N",
+                         help="the last N messages (default 500)")
     group.set_defaults(func=lambda args: group.print_help() or 2)
 
 

@@ -5,10 +5,15 @@ demote), each signed by its author with the hybrid identity signature (Ed25519 +
 and naming the changes its author had seen (``parents``): the log is a DAG whose root is
 the one ``create``. A member applies a change only when its parents are there, its
 signature verifies under the author's identity as the DAG recorded it (the ``create`` or
-``add`` that brought the author in must be among the change's ancestors) and it was not seen
-before. The roster is then a **deterministic fold** of the whole DAG: a topological order in
-which ties (concurrent changes) go by change ID, each change taking effect only if it is
-allowed in the roster built so far (its author a member; an admin for everything but
+``add`` that brought the author in must be among the change's ancestors), its author had the
+right to make it in the roster its ancestors fold to (an admin; a member, for ``leave``) and it
+was not seen before. That last check depends on the change and its ancestors only, so every
+member decides the same; an honest client never makes a change it has no right to (it checks
+its own roster first), so what fails it is forged by a member's client and never enters the
+log (which would otherwise carry it to every member, and every member added later, for good).
+The roster is then a **deterministic fold** of the whole DAG: a topological order in which
+ties (concurrent changes) go by change ID, each change taking effect only if it is allowed
+in the roster built so far (its author a member; an admin for everything but
 ``leave``; targets present or absent as the operation needs). So two admins changing the
 membership at once reach, on every member, the same roster: whoever sorts first wins, and a
 change made invalid by it (an admin removed a moment before adding someone) has no effect,
@@ -257,7 +262,9 @@ class GroupLog:
         self.changes: dict[bytes, Change] = {create.id: create}
         self._ancestors: dict[bytes, frozenset[bytes]] = {create.id: frozenset()}
         self.pending: dict[bytes, Change] = {}
-        self.counts = {"forged": 0, "duplicate": 0, "foreign": 0, "pending_dropped": 0}
+        self.counts = {"forged": 0, "duplicate": 0, "foreign": 0, "pending_dropped": 0,
+                       "unauthorised": 0}
+        self._check_rights = True
         self.roster = self._fold()
 
     @staticmethod
@@ -287,11 +294,13 @@ class GroupLog:
         """The log :meth:`export` gave (every signature is checked again)."""
         changes = [Change.decode(data) for data in encoded]
         log = cls(changes[0])
+        log._check_rights = False  # admitted before (maybe by a version without that check)
         for change in changes[1:]:
             try:
                 log.receive(change)
             except ChangeRefused as exc:  # cannot happen to what passed before: say so
                 raise MalformedMessage(f"stored group log does not check: {exc}") from None
+        log._check_rights = True
         log.counts.update(counts or {})
         return log
 
@@ -336,6 +345,11 @@ class GroupLog:
         except ChangeRefused:
             self.counts["forged"] += 1
             raise
+        if self._check_rights:
+            reason = self._no_right(change, ancestors)
+            if reason is not None:
+                self.counts["unauthorised"] += 1
+                raise ChangeRefused(f"group change by {change.author!r} refused: {reason}")
         self.changes[change.id] = change
         self._ancestors[change.id] = ancestors
 
@@ -352,11 +366,25 @@ class GroupLog:
                         continue  # counted; it never enters
                     progress = True
 
-    def order(self) -> list[Change]:
-        """Topological order, concurrent changes by ID: the same on every member."""
-        children: dict[bytes, list[bytes]] = {cid: [] for cid in self.changes}
-        waiting = {cid: len(c.parents) for cid, c in self.changes.items()}
-        for cid, change in self.changes.items():
+    def _no_right(self, change: Change, ancestors: frozenset[bytes]) -> str | None:
+        """Why ``change``'s author had no right to make it in the roster its ancestors fold
+        to (None: they had)."""
+        if change.op is Op.CREATE:
+            return None
+        roster = self._fold(ancestors)
+        if change.author not in roster.members:
+            return f"{change.author} was not a member in the group their change builds on"
+        if change.op is not Op.LEAVE and change.author not in roster.admins:
+            return f"{change.author} is not an admin"
+        return None
+
+    def order(self, only: frozenset[bytes] | None = None) -> list[Change]:
+        """Topological order, concurrent changes by ID: the same on every member (``only``:
+        of those changes, closed under ancestry)."""
+        changes = self.changes if only is None else {c: self.changes[c] for c in only}
+        children: dict[bytes, list[bytes]] = {cid: [] for cid in changes}
+        waiting = {cid: len(c.parents) for cid, c in changes.items()}
+        for cid, change in changes.items():
             for parent in change.parents:
                 children[parent].append(cid)
         ready = [cid for cid, count in waiting.items() if count == 0]
@@ -364,16 +392,16 @@ class GroupLog:
         out = []
         while ready:
             cid = heapq.heappop(ready)
-            out.append(self.changes[cid])
+            out.append(changes[cid])
             for child in children[cid]:
                 waiting[child] -= 1
                 if waiting[child] == 0:
                     heapq.heappush(ready, child)
         return out
 
-    def _fold(self) -> Roster:
+    def _fold(self, only: frozenset[bytes] | None = None) -> Roster:
         roster = Roster(self.group_id)
-        for change in self.order():
+        for change in self.order(only):
             reason = _effect(roster, change)
             if reason is None:
                 roster.applied.append(change.id)

@@ -68,6 +68,20 @@ class Connection(enum.Enum):
 
 
 @dataclass(frozen=True)
+class GroupCounts:
+    """How many of the members one of our group messages went to got it and read it."""
+
+    delivered: int
+    read: int
+    recipients: int
+
+    def describe(self) -> str:
+        """E.g. "✓ 3/4 delivered · 2/4 read" (read ones count as delivered too)."""
+        return (f"✓ {self.delivered}/{self.recipients} delivered · "
+                f"{self.read}/{self.recipients} read")
+
+
+@dataclass(frozen=True)
 class MessageView:
     message_id: str
     peer: str
@@ -79,6 +93,7 @@ class MessageView:
     mode: str = "ratchet"  # or "otp"; "group" for a group message (sender key)
     group_id: str = ""  # a group message: the group's ID (hex); ``peer`` is its sender
     group: str = ""  # ... and the group's name
+    receipts: GroupCounts | None = None  # our own group message: who got and read it
 
     @property
     def conversation(self) -> ConversationId:
@@ -210,6 +225,21 @@ class GroupEvent(Event):
 
     group: GroupView
     note: str
+    refused: bool = False  # a change refused (forged, unauthorised): ``note`` says why
+
+
+@dataclass(frozen=True)
+class GroupReceiptEvent(Event):
+    """Members' receipts moved the counts of one of our group messages."""
+
+    group_id: str  # hex
+    message_id: str  # the text's payload ID (MessageView.message_id)
+    counts: GroupCounts
+    group: str = ""  # the group's name
+
+    @property
+    def conversation(self) -> ConversationId:
+        return ConversationId(ConversationKind.GROUP, self.group_id)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,17 @@
   schedule, before its next message).
 - **Group messages** are sealed once with the sender key and uploaded once with their
   recipient list (relay ``send_group``): relay body = ``0x10`` || group message.
+- **Receipts** (``group_receipt`` payloads: delivered when a message is committed, read when
+  it is shown) go to the message's sender only, through the pairwise session, batched: every
+  id owed to one sender in one payload, read superseding delivered. The ids owed are kept in
+  the group's key state (committed with the message itself), so a receipt not sent before a
+  stop goes at the next start; one flush runs at a time and what comes in meanwhile waits
+  for the next, so a backlog of N messages costs far fewer than N receipts. The sender counts
+  them per message in the store (``group_receipts``) and shows "✓ 3/4 delivered · 2/4 read".
+  Why not the group channel: a sender-key message to one member would leave a gap in the
+  chain every other member then holds skipped keys for, and a receipt to everyone is the
+  storm (N² deliveries) this avoids; the pairwise session reaches exactly the sender, is
+  already open (the sender key came through it) and steps symmetrically, with no KME call.
 
 Bad input is refused with its reason, logged and counted (``GroupView.refused``): a message
 from a non-member, a forged or replayed change, a message under a retired key. A message
@@ -39,7 +50,7 @@ from client.protocol import ProtocolError
 from client.protocol.identity import Identity
 from client.protocol.session import wire_id
 from client.store.sealed import CorruptStore
-from client.store.store import Store, group_key
+from client.store.store import GroupReceipts, Store, group_key
 from relay.wire import Deliver, Error, StoredGroup
 
 from . import payload as payloads
@@ -49,7 +60,9 @@ from .api import (
     ErrorEvent,
     Event,
     GroupChangeView,
+    GroupCounts,
     GroupEvent,
+    GroupReceiptEvent,
     GroupView,
     MessageEvent,
     MessageView,
@@ -63,6 +76,7 @@ GROUP_ENVELOPE = 0x10  # first byte of a relay body holding a group message (nev
 MEMBERS_PER_CHANGE = 16  # identities (~2 KiB each) per create/add: a change fits an envelope
 MAX_HELD = 256  # group messages held for their sender key; beyond, the relay redelivers
 MAX_PARKED = 200  # records and changes kept for a group or member not known yet
+MAX_OWED = 5000  # receipts owed per group (beyond, the oldest are dropped: best effort)
 SEND_TIMEOUT_S = 15.0
 SENDER_KEY_LABEL = "sender key"
 
@@ -100,6 +114,7 @@ class _Group:
     shown_in: int = 0  # incoming messages shown (``unread`` is what came after)
     unsent: list[tuple[str, bytes]] = field(default_factory=list)  # (member, change): retry
     refused: dict[str, int] = field(default_factory=dict)  # reasons counted here
+    owed: list[tuple[str, str, str]] = field(default_factory=list)  # (sender, state, text ID)
 
     @property
     def name(self) -> str:
@@ -111,7 +126,8 @@ class _Group:
                 "parked_changes": list(self.parked_changes),
                 "labels": [[s, g, label] for (s, g), label in self.labels.items()],
                 "shown_in": self.shown_in, "refused": dict(self.refused),
-                "unsent": [list(u) for u in self.unsent]}
+                "unsent": [list(u) for u in self.unsent],
+                "owed": [list(o) for o in self.owed]}
 
     def log_state(self) -> dict[str, Any] | None:
         if self.session is None:
@@ -135,6 +151,9 @@ class Groups:
         self._waiters: dict[str, asyncio.Future[StoredGroup]] = {}
         self._outbox_ids: dict[str, int] = {}
         self._work: set[asyncio.Task[Any]] = set()
+        self._flushing = False  # a receipt flush runs; ``_flush_again``: more came meanwhile
+        self._flush_again = False
+        self.stray_receipts = 0  # receipts for no group of ours (refused, logged)
 
     # -- state -------------------------------------------------------------------------
 
@@ -163,6 +182,7 @@ class Groups:
         group.shown_in = keys["shown_in"]
         group.refused = dict(keys["refused"])
         group.unsent = [(h, c) for h, c in keys["unsent"]]
+        group.owed = [(s, st, i) for s, st, i in keys.get("owed", [])]  # absent before receipts
         return group
 
     def _save(self, group: _Group, *, log_changed: bool = True) -> None:
@@ -236,7 +256,9 @@ class Groups:
         group = self.find(name_or_id)
         return self._messages(group, limit)
 
-    def _messages(self, group: _Group, limit: int) -> list[MessageView]:
+    def _messages(self, group: _Group, limit: int, *,
+                  receipts: bool = True) -> list[MessageView]:
+        counted = self._store.group_receipts(group.group_id) if receipts else {}
         out = []
         for entry in self._store.history(group_key(group.group_id), limit):
             try:
@@ -246,10 +268,11 @@ class Groups:
             if not isinstance(body, payloads.Text):
                 continue
             outgoing = entry.direction == "out"
+            counts = _counts(counted[body.id]) if outgoing and body.id in counted else None
             out.append(MessageView(
                 body.id, self._handle if outgoing else entry.sender, outgoing, body.text,
-                body.ts, Delivery.SENT if outgoing else Delivery.RECEIVED, entry.label,
-                "group", group.group_id.hex(), group.name))
+                body.ts, _delivery(counts) if outgoing else Delivery.RECEIVED, entry.label,
+                "group", group.group_id.hex(), group.name, counts))
         return out
 
     def unread(self) -> list[MessageView]:
@@ -258,20 +281,29 @@ class Groups:
         for group in self._all().values():
             if group.session is None:
                 continue
-            incoming = [m for m in self._messages(group, 1_000_000) if not m.outgoing]
+            incoming = [m for m in self._messages(group, 1_000_000, receipts=False)
+                        if not m.outgoing]
             out.extend(incoming[group.shown_in:])
         return out
 
     def mark_shown(self, name_or_id: str | None = None) -> None:
-        """Everything received so far counts as shown (in one group, or in all)."""
+        """Everything received so far counts as shown (in one group, or in all); a read
+        receipt is owed to the sender of each newly shown message (sent beside this)."""
         groups = [self.find(name_or_id)] if name_or_id else list(self._all().values())
+        owed = False
         for group in groups:
             if group.session is None:
                 continue
-            count = sum(1 for m in self._messages(group, 1_000_000) if not m.outgoing)
-            if count != group.shown_in:
-                group.shown_in = count
+            incoming = [m for m in self._messages(group, 1_000_000, receipts=False)
+                        if not m.outgoing]
+            if len(incoming) != group.shown_in:
+                for message in incoming[group.shown_in:]:
+                    self._owe(group, message.peer, "read", message.message_id)
+                    owed = True
+                group.shown_in = len(incoming)
                 self._save(group, log_changed=False)
+        if owed:
+            self._flush_soon()
 
     # -- membership ----------------------------------------------------------------------
 
@@ -565,9 +597,10 @@ class Groups:
             msg_id = wire_id(wire)
             outbox_id = self._store.commit_group_outgoing(
                 group.group_id, group.keys_state(), msg_id, recipients, wire, plaintext,
-                SENDER_KEY_LABEL)
+                SENDER_KEY_LABEL, text_id=body.id)
         view = MessageView(body.id, self._handle, True, text, body.ts, Delivery.PENDING,
-                           SENDER_KEY_LABEL, "group", group.group_id.hex(), group.name)
+                           SENDER_KEY_LABEL, "group", group.group_id.hex(), group.name,
+                           GroupCounts(0, 0, len(recipients)) if recipients else None)
         if not recipients:
             self._store.mark_group_sent(outbox_id)
             return view
@@ -600,6 +633,8 @@ class Groups:
             await self._relay.send_group(entry.recipients, entry.wire, entry.message_id)
         if any(g.unsent for g in self._all().values()):
             self._background(self._send_unsent(), "group-unsent")
+        if any(g.owed for g in self._all().values()):
+            self._flush_soon()
 
     def on_stored(self, stored: StoredGroup) -> None:
         outbox_id = self._outbox_ids.pop(stored.msg, None)
@@ -638,26 +673,31 @@ class Groups:
         """A change or a sender key that came through ``conversation``'s pairwise session."""
         if isinstance(body, payloads.GroupChanges):
             await self._on_changes(conversation.peer, body)
+        elif isinstance(body, payloads.GroupReceipt):
+            await self._on_receipt(conversation.peer, body)
         else:
             await self._on_sender_key(conversation.peer, body.data, label)
 
     async def _on_changes(self, peer: str, body: payloads.GroupChanges) -> None:
         group = self._all().get(body.group) or _Group(body.group)
+        refusals: list[str] = []
         async with self._lock(group.group_id):
-            fresh, was_member = self._admit_changes(group, peer, list(body.changes))
+            fresh, was_member = self._admit_changes(group, peer, list(body.changes), refusals)
             if group.session is None:
                 return
             self._all()[group.group_id] = group
             self._save(group)
         self._announce(group, fresh, was_member)
+        for note in refusals:  # forged or unauthorised: the user sees it, with the reason
+            self._emit(GroupEvent(self.view(group), note, refused=True))
         if fresh:
             self._background(self._after_changes(group, fresh, peer), "group-changes")
         await self._retry_held(group.group_id)
 
-    def _admit_changes(self, group: _Group, peer: str,
-                       encoded: list[bytes]) -> tuple[list[Change], bool]:
+    def _admit_changes(self, group: _Group, peer: str, encoded: list[bytes],
+                       refusals: list[str]) -> tuple[list[Change], bool]:
         """Take the changes (and the parked ones) into the log; (new ones, whether we were a
-        member before)."""
+        member before); a line for each change refused goes to ``refusals``."""
         changes = []
         for data in encoded:
             try:
@@ -698,12 +738,14 @@ class Groups:
             except ChangeRefused as exc:
                 log.warning("group %s: refused a change from %s: %s", session.log.roster.name,
                             peer, exc)
+                refusals.append(f"refused a membership change from {peer}: {exc}")
                 continue
             if status is Status.APPLIED:
                 fresh.append(change)
-            elif status is Status.DUPLICATE:
-                log.info("group %s: change %s from %s seen before: ignored",
-                         session.log.roster.name, change.id.hex()[:8], peer)
+            elif status is Status.DUPLICATE:  # harmless (a set), but counted: "duplicate"
+                log.warning("group %s: refused change %s (%s by %s) from %s: a replay or a "
+                            "resend of a change already applied", session.log.roster.name,
+                            change.id.hex()[:8], change.op.value, change.author, peer)
         applied = set(session.log.changes)
         fresh = [c for c in fresh if c.id in applied]
         self._apply_parked_keys(group)
@@ -742,11 +784,13 @@ class Groups:
         if session.rotation_due and self._handle in session.log.roster.members:
             await self._rotate(group)
 
-    def _background(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+    def _background(self, work: Coroutine[Any, Any, Any], name: str) -> bool:
+        """Run ``work`` beside the caller (``settle`` waits for it); False when stopping."""
         task = self._spawn(self._logged(work), name)
         if task is not None:
             self._work.add(task)
             task.add_done_callback(self._work.discard)
+        return task is not None
 
     @staticmethod
     async def _logged(work: Coroutine[Any, Any, Any]) -> None:
@@ -797,9 +841,104 @@ class Groups:
             group.labels[(sender, generation)] = label
         group.parked_keys = waiting
 
-    def _refuse(self, group: _Group, reason: str, detail: str) -> None:
-        group.refused[reason] = group.refused.get(reason, 0) + 1
+    def _refuse(self, group: _Group, reason: str, detail: str, count: int = 1) -> None:
+        group.refused[reason] = group.refused.get(reason, 0) + count
         log.warning("refused: %s", detail)
+
+    # -- receipts ------------------------------------------------------------------------
+
+    def _owe(self, group: _Group, sender: str, state: str, text_id: str) -> None:
+        if sender != self._handle:
+            group.owed = (group.owed + [(sender, state, text_id)])[-MAX_OWED:]
+
+    def _flush_soon(self) -> None:
+        """Send the receipts owed, beside the caller; one flush at a time (what comes in
+        while one runs goes with the next: the batching)."""
+        if self._flushing:
+            self._flush_again = True
+            return
+        self._flushing = self._background(self._flush_receipts(), "group-receipts")
+        # False: stopping, nothing started; the receipts owed go at the next start
+
+    async def _flush_receipts(self) -> None:
+        try:
+            again = True
+            while again:
+                self._flush_again = False
+                for group in list(self._all().values()):
+                    if group.owed and group.session is not None:
+                        await self._flush_group(group)
+                again = self._flush_again
+        finally:
+            self._flushing = False
+
+    async def _flush_group(self, group: _Group) -> None:
+        """One payload per (sender, state) of this group's owed receipts (a read one
+        covering delivery); what was sealed into the pairwise outbox is no longer owed."""
+        session = self._session(group)
+        owed = list(group.owed)
+        done: set[tuple[str, str, str]] = set()
+        batches: dict[tuple[str, str], list[str]] = {}
+        read = {(s, i) for s, state, i in owed if state == "read"}
+        for entry in owed:
+            sender, state, text_id = entry
+            if (sender not in session.log.roster.members
+                    or self._handle not in session.log.roster.members):
+                done.add(entry)  # they (or we) are out of the group: nobody to tell
+                continue
+            if state == "delivered" and (sender, text_id) in read:
+                done.add(entry)  # the read receipt says it
+                continue
+            ids = batches.setdefault((sender, state), [])
+            if text_id not in ids:
+                ids.append(text_id)
+        for (sender, state), ids in batches.items():
+            for start in range(0, len(ids), payloads.MAX_RECEIPT_IDS):
+                chunk = ids[start:start + payloads.MAX_RECEIPT_IDS]
+                try:
+                    await self._pairwise.send_pairwise(
+                        ConversationId.direct(sender),
+                        payloads.group_receipt(group.group_id, state, chunk), wait=False)
+                except MessengerError as exc:  # kept: they go with the next flush
+                    log.info("group %s: receipts for %s not sent yet: %s", group.name,
+                             sender, exc)
+                    break
+                done.update((sender, state, i) for i in chunk)
+        if done:
+            async with self._lock(group.group_id):
+                group.owed = [e for e in group.owed if e not in done]
+                self._save(group, log_changed=False)
+
+    async def _on_receipt(self, peer: str, body: payloads.GroupReceipt) -> None:
+        """A member's receipt for our messages: counted per message, or refused and counted
+        (from a non-member, for a message we never sent them); never raises."""
+        group = self._all().get(body.group)
+        if group is None or group.session is None:
+            self.stray_receipts += 1
+            log.warning("refused: a group receipt from %s for a group you are not in", peer)
+            return
+        async with self._lock(group.group_id):
+            if peer not in group.session.log.roster.members:
+                self._refuse(group, "receipt from a non-member",
+                             f"a group receipt from {peer}, who is not a member of "
+                             f"{group.name}")
+                self._save(group, log_changed=False)
+                return
+            outcome = self._store.record_group_receipts(group.group_id, peer, body.state,
+                                                        list(body.ids))
+            if outcome.unknown:
+                self._refuse(group, "receipt for an unknown message",
+                             f"{peer}'s receipt names {outcome.unknown} message(s) you never "
+                             f"sent to {group.name}", outcome.unknown)
+            if outcome.not_recipient:
+                self._refuse(group, "receipt for a message not sent to them",
+                             f"{peer}'s receipt names {outcome.not_recipient} message(s) of "
+                             f"{group.name} that did not go to them", outcome.not_recipient)
+            if outcome.unknown or outcome.not_recipient:
+                self._save(group, log_changed=False)
+        for receipts in outcome.changed:
+            self._emit(GroupReceiptEvent(group.group_id.hex(), receipts.message_id,
+                                         _counts(receipts), group.name))
 
     # -- receiving: group messages -------------------------------------------------------
 
@@ -855,6 +994,8 @@ class Groups:
             self._emit(MessageEvent(view))
         if acks:
             await self._relay.ack(acks)
+        if shown:
+            self._flush_soon()
 
     def _open(self, group: _Group, deliver: Deliver, sender: str) -> object:
         """One message under the group's lock: a MessageView, _REFUSED (acknowledge it) or
@@ -890,8 +1031,13 @@ class Groups:
         except payloads.PayloadError as exc:
             log.warning("group %s: undecodable message from %s: %s", group.name, sender, exc)
             body = None
+        owes = isinstance(body, payloads.Text) and sender in session.log.roster.members
+        if owes and body is not None:  # committed with the message: sent even after a stop
+            self._owe(group, sender, "delivered", body.id)
         if not self._store.commit_group_incoming(group.group_id, group.keys_state(),
                                                  deliver.msg, sender, plaintext, label):
+            if owes:
+                group.owed.pop()
             return _REFUSED
         if not isinstance(body, payloads.Text):
             return _REFUSED
@@ -919,6 +1065,19 @@ def _sender_of(deliver: Deliver) -> str:
 
 
 _REFUSED = object()
+
+
+def _counts(receipts: GroupReceipts) -> GroupCounts:
+    return GroupCounts(len(receipts.delivered), len(receipts.read), len(receipts.recipients))
+
+
+def _delivery(counts: GroupCounts | None) -> Delivery:
+    """Our group message's state: read or delivered once every recipient said so."""
+    if counts is None or not counts.recipients:
+        return Delivery.SENT
+    if counts.read == counts.recipients:
+        return Delivery.READ
+    return Delivery.DELIVERED if counts.delivered == counts.recipients else Delivery.SENT
 
 
 def _now_ms() -> int:

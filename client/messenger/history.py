@@ -53,6 +53,8 @@ def kept_in_history(plaintext: bytes) -> bool:
         return True  # stored as it came; the views skip it
     if isinstance(body, payloads.SenderKey):
         return False  # a chain key: kept in the group's key state only, erased as it moves
+    if isinstance(body, payloads.GroupReceipt):
+        return False  # counted in the group's receipts table (the sender's), not a line here
     if not isinstance(body, payloads.CallPayload):
         return True
     try:

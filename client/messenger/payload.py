@@ -123,11 +123,27 @@ class SenderKey(_Envelope):
         return self._encode({"data": self.data})
 
 
-Payload = Text | Receipt | TransferMessage | CallPayload | GroupChanges | SenderKey
-GroupPayload = GroupChanges | SenderKey
+@dataclass(frozen=True, repr=False)
+class GroupReceipt(_Envelope):
+    """A member's device got (``delivered``) or showed (``read``) these group texts, sent
+    to their sender only, through the pairwise session (many ids in one: a batch)."""
+
+    kind: ClassVar[str] = "group_receipt"
+    group: bytes = b""
+    state: str = "delivered"
+    ids: tuple[str, ...] = ()
+
+    def encode(self) -> bytes:
+        return self._encode({"group": self.group, "state": self.state, "ids": list(self.ids)})
+
+
+Payload = Text | Receipt | TransferMessage | CallPayload | GroupChanges | SenderKey | GroupReceipt
+GroupPayload = GroupChanges | SenderKey | GroupReceipt
 KINDS = (Text.kind, Receipt.kind, TransferMessage.kind, CallPayload.kind, GroupChanges.kind,
-         SenderKey.kind)
+         SenderKey.kind, GroupReceipt.kind)
 GROUP_ID_BYTES = 16
+MAX_RECEIPT_IDS = 512  # ids in one group receipt (32 hex characters each): ~17 KiB
+MAX_ID_CHARS = 64
 # A relay envelope is at most 64 KiB: the changes of one payload stay well under it.
 MAX_GROUP_CHANGES_BYTES = 48_000
 MAX_SENDER_KEY_BYTES = 512
@@ -174,6 +190,16 @@ def sender_key(data: bytes) -> SenderKey:
     return SenderKey(_new_id(), time.time(), data=data)
 
 
+def group_receipt(group: bytes, state: str, ids: list[str]) -> GroupReceipt:
+    if len(group) != GROUP_ID_BYTES:
+        raise PayloadError("a group ID is 16 bytes")
+    if state not in RECEIPT_STATES:
+        raise PayloadError(f"unknown receipt state {state!r}")
+    if not ids or len(ids) > MAX_RECEIPT_IDS:
+        raise PayloadError(f"a group receipt names 1 to {MAX_RECEIPT_IDS} messages")
+    return GroupReceipt(_new_id(), time.time(), group=group, state=state, ids=tuple(ids))
+
+
 def decode(data: bytes) -> Payload:
     try:
         body = cbor2.loads(data)
@@ -197,6 +223,8 @@ def decode(data: bytes) -> Payload:
         if not isinstance(blob, bytes) or len(blob) > MAX_SENDER_KEY_BYTES:
             raise PayloadError("sender key payload has no valid data")
         return SenderKey(pid, float(ts), data=blob)
+    if kind == GroupReceipt.kind:
+        return _decode_group_receipt(body, pid, float(ts))
     return _decode_receipt(body, pid, float(ts))
 
 
@@ -243,3 +271,14 @@ def _decode_group_changes(body: dict[Any, Any], pid: str, ts: float) -> GroupCha
             MAX_GROUP_CHANGES_BYTES:
         raise PayloadError("group changes payload has no valid changes")
     return GroupChanges(pid, ts, group=group, changes=tuple(changes))
+
+
+def _decode_group_receipt(body: dict[Any, Any], pid: str, ts: float) -> GroupReceipt:
+    group, state, ids = body.get("group"), body.get("state"), body.get("ids")
+    if not isinstance(group, bytes) or len(group) != GROUP_ID_BYTES:
+        raise PayloadError("group receipt has no valid group ID")
+    if state not in RECEIPT_STATES or not isinstance(ids, list) or not \
+            0 < len(ids) <= MAX_RECEIPT_IDS or not all(
+                isinstance(i, str) and 0 < len(i) <= MAX_ID_CHARS for i in ids):
+        raise PayloadError("group receipt payload is malformed")
+    return GroupReceipt(pid, ts, group=group, state=state, ids=tuple(ids))

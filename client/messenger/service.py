@@ -320,9 +320,9 @@ class MessengerService:
 
     async def _on_payload(self, conversation: ConversationId,
                           body: payloads.Payload) -> None:
-        """A payload that is neither a text, a receipt nor a call: a group's change or
-        sender key (with the keys it rode on), else a file transfer's."""
-        if isinstance(body, payloads.GroupChanges | payloads.SenderKey):
+        """A payload that is neither a text, a receipt nor a call: a group's change, sender
+        key (with the keys it rode on) or receipt, else a file transfer's."""
+        if isinstance(body, payloads.GroupChanges | payloads.SenderKey | payloads.GroupReceipt):
             session = self.store.load_session(conversation.peer)
             label = session.status().receiving if session is not None else "?"
             await self.groups.on_payload(conversation, body, label)

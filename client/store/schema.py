@@ -44,6 +44,15 @@ CREATE TABLE group_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, grp TEXT NOT NU
                            created REAL NOT NULL);
 """
 
+# Version 3: delivered/read receipts of this member's own group messages (issue 18): one row
+# per message sent, keyed by the group and the text's payload ID (keyed names, as the other
+# tables), holding who it went to and who confirmed delivery and reading.
+GROUP_RECEIPTS_V3 = """
+CREATE TABLE group_receipts (id TEXT PRIMARY KEY, grp TEXT NOT NULL, sealed BLOB NOT NULL,
+                             created REAL NOT NULL);
+CREATE INDEX group_receipts_grp ON group_receipts (grp, created);
+"""
+
 # Version 1 is the schema above (files from before versions were recorded hold it); later
 # changes are appended to ``migrations`` (see keysource.sqlite_schema).
 STORE_SCHEMA = Schema(
@@ -52,6 +61,8 @@ STORE_SCHEMA = Schema(
     marker_tables=frozenset({"secrets", "contacts", "sessions", "history"}),
     migrations=(
         Migration(2, "groups: membership logs, sender keys, group outbox", sql=GROUPS_V2),
+        Migration(3, "group receipts: who got and read each own group message",
+                  sql=GROUP_RECEIPTS_V3),
     ),
     mirror=_mirror_version,
 )
@@ -62,4 +73,5 @@ SEALED_TABLES: dict[str, str | None] = {
     "secrets": None, "contacts": "contact", "sessions": "session", "outbox": "outbox",
     "history": "history", "transfers": "transfer",
     "groups": "group", "group_keys": "group_keys", "group_outbox": "group_outbox",
+    "group_receipts": "group_receipts",
 }

@@ -11,6 +11,7 @@ What is kept (all values sealed, row names keyed-hashed):
     groups          each group's signed membership log (schema version 2)
     group_keys      each group's sender keys: this member's chain and the others'
     group_outbox    group messages (one upload for every member) not yet acknowledged
+    group_receipts  who each own group message went to, and who got and read it (version 3)
 
 Crash safety of sending: ``commit_outgoing`` writes the new session state, the
 outbox entry and the history line in ONE transaction, and only then may the
@@ -65,7 +66,8 @@ from .sealed import (
 )
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "STORE_SCHEMA", "Contact", "GroupOutboxEntry",
-           "HistoryEntry", "OutboxEntry", "Store", "default_path", "group_key"]
+           "GroupReceipts", "HistoryEntry", "OutboxEntry", "ReceiptOutcome", "Store",
+           "default_path", "group_key"]
 
 log = logging.getLogger("qsecret.store")
 
@@ -95,6 +97,25 @@ class GroupOutboxEntry:
     message_id: str
     recipients: tuple[str, ...]
     wire: bytes
+
+
+@dataclass(frozen=True)
+class GroupReceipts:
+    """Who one of our group messages went to, and who confirmed getting and reading it."""
+
+    message_id: str  # the text's payload ID (what receipts name)
+    recipients: tuple[str, ...]
+    delivered: frozenset[str]  # includes those who read it
+    read: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ReceiptOutcome:
+    """What one member's receipt did: the messages whose counts moved, and what was refused."""
+
+    changed: tuple[GroupReceipts, ...] = ()
+    unknown: int = 0  # ids of no message of ours in this group
+    not_recipient: int = 0  # ids of messages that did not go to this member
 
 
 @dataclass(frozen=True)
@@ -487,10 +508,14 @@ class Store:
 
     def commit_group_outgoing(self, group_id: bytes, keys: dict[str, Any], message_id: str,
                               recipients: tuple[str, ...], wire: bytes,
-                              plaintext: bytes, label: str) -> int:
+                              plaintext: bytes, label: str, *, text_id: str = "") -> int:
         """The advanced sender key, the group outbox entry and the history row at once
-        (before the wire may leave); returns the id for :meth:`mark_group_sent`."""
+        (before the wire may leave); returns the id for :meth:`mark_group_sent`. With
+        ``text_id`` (the text's payload ID), its receipts row too (who it goes to)."""
         with self.transaction() as db:
+            if text_id:
+                self._receipt_row(db, group_id, GroupReceipts(text_id, tuple(recipients),
+                                                              frozenset(), frozenset()))
             self._group_rows(db, group_id, None, keys)
             cursor = db.execute(
                 "INSERT INTO group_outbox (grp, message_id, sealed, created) VALUES (?, ?, ?, ?)",
@@ -531,6 +556,72 @@ class Store:
             self._group_rows(db, group_id, None, keys)
             self._history(db, key, "in", message_id, plaintext, label, sender)
         return True
+
+    def _receipt_name(self, group_id: bytes, text_id: str) -> str:
+        return self._sealer.name(f"{group_key(group_id)}/{text_id}")
+
+    def _receipt_row(self, db: sqlite3.Connection, group_id: bytes,
+                     receipts: GroupReceipts) -> None:
+        blob = self._sealer.seal("group_receipts", cbor2.dumps([
+            group_id, receipts.message_id, list(receipts.recipients),
+            sorted(receipts.delivered), sorted(receipts.read)]))
+        db.execute("INSERT INTO group_receipts (id, grp, sealed, created) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT(id) DO UPDATE SET sealed = excluded.sealed", (
+                       self._receipt_name(group_id, receipts.message_id),
+                       self._sealer.name(group_key(group_id)), blob, time.time()))
+
+    @staticmethod
+    def _receipts_of(blob: bytes) -> tuple[bytes, GroupReceipts]:
+        group_id, text_id, recipients, delivered, read = cbor2.loads(blob)
+        return group_id, GroupReceipts(text_id, tuple(recipients), frozenset(delivered),
+                                       frozenset(read))
+
+    def group_receipts(self, group_id: bytes) -> dict[str, GroupReceipts]:
+        """Text payload ID -> receipts, for every group message of ours with a row (damaged
+        rows skipped and logged)."""
+        rows = self._rows("SELECT rowid, sealed FROM group_receipts WHERE grp = ? "
+                          "ORDER BY created", (self._sealer.name(group_key(group_id)),))
+        out = {}
+        for blob in self._readable("group_receipts", "group_receipts", rows):
+            stored_id, receipts = self._receipts_of(blob)
+            if stored_id == group_id:
+                out[receipts.message_id] = receipts
+        return out
+
+    def record_group_receipts(self, group_id: bytes, member: str, state: str,
+                              text_ids: list[str]) -> ReceiptOutcome:
+        """``member`` got (``delivered``) or read these texts of ours, in one transaction:
+        only for messages that went to them; the rest is counted, never raised. Read
+        implies delivered."""
+        changed: list[GroupReceipts] = []
+        unknown = not_recipient = 0
+        with self.transaction() as db:
+            for text_id in dict.fromkeys(text_ids):
+                row = db.execute("SELECT rowid, sealed FROM group_receipts WHERE id = ?",
+                                 (self._receipt_name(group_id, text_id),)).fetchone()
+                if row is None:
+                    unknown += 1
+                    continue
+                try:
+                    stored_id, receipts = self._receipts_of(
+                        self._sealer.open("group_receipts", row[1]))
+                except CorruptStore:
+                    self._skipped("group_receipts", [row[0]])
+                    unknown += 1
+                    continue
+                if stored_id != group_id or receipts.message_id != text_id:
+                    unknown += 1
+                    continue
+                if member not in receipts.recipients:
+                    not_recipient += 1
+                    continue
+                read = receipts.read | {member} if state == "read" else receipts.read
+                updated = GroupReceipts(text_id, receipts.recipients,
+                                        receipts.delivered | {member}, read)
+                if updated != receipts:
+                    self._receipt_row(db, group_id, updated)
+                    changed.append(updated)
+        return ReceiptOutcome(tuple(changed), unknown, not_recipient)
 
     # -- file transfers ---------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from client.messenger.api import (
     ErrorEvent,
     Event,
     GroupEvent,
+    GroupReceiptEvent,
     KeyStatusEvent,
     MessageEvent,
     Messenger,
@@ -211,6 +212,9 @@ class ChatScreen(GroupActions, Screen[None]):
                 self.notify(incoming.text[:80], title=f"New message from {incoming.peer}")
             self.query_one(ContactList).set_contacts(self.messenger.contacts())
             self.refresh_keys()
+        elif isinstance(event, GroupReceiptEvent):
+            if event.conversation == self.conversation:
+                self.query_one(Conversation).set_receipts(event.message_id, event.counts)
         elif isinstance(event, DeliveryEvent):
             if event.conversation == self.conversation:
                 self.query_one(Conversation).set_delivery(event.message_id, event.delivery)

@@ -159,7 +159,13 @@ class GroupActions(_Base):
         self.refresh_groups()
 
     def group_changed(self, event: GroupEvent) -> None:
-        """Someone else changed a group's membership (or made this member join or leave)."""
+        """Someone else changed a group's membership (or made this member join or leave),
+        or a change was refused (forged, by a non-admin): said, nothing changed."""
+        if event.refused:
+            self.notify(event.note, title=f"{GROUP_MARK}{event.group.name}: refused",
+                        severity="warning", timeout=15)
+            self.refresh_groups()
+            return
         if self.conversation is None or event.group.conversation == self.conversation:
             self.open_group(event.group.group_id)  # (re-)shown with the new line
         else:

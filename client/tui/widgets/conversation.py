@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from client.messenger.api import Delivery, MessageView, TransferView
+from client.messenger.api import Delivery, GroupCounts, MessageView, TransferView
 from client.tui.widgets.transfer_list import render_transfer_line
 
 DELIVERY_MARKS = {
@@ -28,9 +28,14 @@ def render_message(message: MessageView) -> Text:
     who = "me" if message.outgoing else message.peer
     line.append(f"{who}: ", style="bold cyan" if message.outgoing else "bold magenta")
     line.append(message.text)
-    mark, style = DELIVERY_MARKS[message.delivery]
-    if mark:
-        line.append(f" {mark}", style=style)
+    if message.receipts is not None:  # our group message: how many got and read it
+        counts = message.receipts
+        style = "cyan" if counts.recipients and counts.read == counts.recipients else "grey70"
+        line.append(f" {counts.describe()}", style=style)
+    else:
+        mark, style = DELIVERY_MARKS[message.delivery]
+        if mark:
+            line.append(f" {mark}", style=style)
     if message.mode == "otp":
         line.append(" [OTP]", style="bold yellow")
     return line
@@ -43,6 +48,10 @@ class MessageLine(Static):
 
     def set_delivery(self, delivery: Delivery) -> None:
         self.message = MessageView(**{**self.message.__dict__, "delivery": delivery})
+        self.update(render_message(self.message))
+
+    def set_receipts(self, counts: GroupCounts) -> None:
+        self.message = MessageView(**{**self.message.__dict__, "receipts": counts})
         self.update(render_message(self.message))
 
 
@@ -151,6 +160,17 @@ class Conversation(VerticalScroll):
         line = self._lines.get(message_id)
         if line is not None:
             line.set_delivery(delivery)
+
+    def set_receipts(self, message_id: str, counts: GroupCounts) -> None:
+        """Our group message's delivered/read counts moved."""
+        line = self._lines.get(message_id)
+        if line is not None:
+            line.set_receipts(counts)
+
+    def line_text(self, message_id: str) -> str:
+        """The rendered line of one message (what the user sees), "" if not shown."""
+        line = self._lines.get(message_id)
+        return render_message(line.message).plain if line is not None else ""
 
     def texts(self) -> list[str]:
         return [line.message.text for line in self._lines.values()]
