@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 
 from keysource import pq
+
+# A runner may start the suite with SIGINT ignored (a background job of a non-interactive
+# shell does), and every process a test starts would inherit that: Ctrl+C (SIGINT) sent to
+# `qsecret call` would then do nothing. With a handler here instead, a child's exec resets
+# SIGINT to the default, as in a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def require_liboqs() -> None:
