@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -40,24 +40,6 @@ pytestmark = pytest.mark.slow
 FILE_BYTES = 8 * 1024 * 1024
 RATE = "1MB"  # slow enough that the file is still moving when we quit
 RATE_BYTES = 1_000_000
-
-
-@pytest.fixture(autouse=True, scope="module")
-def interruptible_children() -> Iterator[None]:
-    """Children take Ctrl+C as from a terminal, however the test run itself was started.
-
-    A job started in the background by a non-interactive shell (as a CI runner may start
-    this suite) has SIGINT ignored, and an ignored signal stays ignored across exec: every
-    ``qsecret`` started here would then ignore the test's Ctrl+C and never stop. A handled
-    signal is reset to its default at exec, so handling it here gives children the default.
-    """
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 class Running:
