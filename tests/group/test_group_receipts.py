@@ -5,7 +5,6 @@ counted, never raised), and a receipt payload is bounded and checked."""
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -19,24 +18,17 @@ from client.store.schema import STORE_SCHEMA
 from client.store.store import group_key
 from tests.fixtures import make_group_store_v2 as v2
 from tests.fixtures import make_store_fixtures as fx
+from tests.sqlite_files import user_version
 
 GROUP = bytes(range(16))
-
-
-def _user_version(path: Path) -> int:
-    db = sqlite3.connect(path)
-    try:
-        return int(db.execute("PRAGMA user_version").fetchone()[0])
-    finally:
-        db.close()
 
 
 def test_a_version_2_store_with_a_group_migrates_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite3"
     shutil.copyfile(v2.OUT, path)
-    assert _user_version(path) == 2
+    assert user_version(path) == 2
     with Store.open(fx.PASSPHRASE, path) as store:
-        assert _user_version(path) == STORE_SCHEMA.version == 3
+        assert user_version(path) == STORE_SCHEMA.version == 3
         assert store.group_ids() == [v2.GROUP]
         loaded = store.load_group(v2.GROUP)
         assert loaded is not None and loaded[0] is not None and loaded[1]["shown_in"] == 1

@@ -18,6 +18,7 @@ from client.store.schema import STORE_SCHEMA
 from client.store.store import group_key
 from tests.fixtures import make_store_fixtures as fx
 from tests.protocol.helpers import identity
+from tests.sqlite_files import user_version
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "stores" / "profile.sqlite3"
 GROUP = bytes(range(16))
@@ -27,14 +28,6 @@ def _tables(path: Path) -> set[str]:
     db = sqlite3.connect(path)
     try:
         return {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    finally:
-        db.close()
-
-
-def _user_version(path: Path) -> int:
-    db = sqlite3.connect(path)
-    try:
-        return int(db.execute("PRAGMA user_version").fetchone()[0])
     finally:
         db.close()
 
@@ -58,9 +51,9 @@ def test_a_store_of_version_1_opens_migrated_with_its_rows_and_takes_groups(
     assert "groups" not in _tables(path)
     report = inspect_store(fx.PASSPHRASE, path)  # doctor reads an old file without writing
     assert report.healthy and "groups" not in report.counts
-    assert _user_version(path) == stamp
+    assert user_version(path) == stamp
     with Store.open(fx.PASSPHRASE, path) as store:
-        assert _user_version(path) == STORE_SCHEMA.version >= 2
+        assert user_version(path) == STORE_SCHEMA.version >= 2
         assert [e.plaintext for e in store.history(fx.PROFILE_PEER)] == [
             fx.PROFILE_SENT, fx.PROFILE_RECEIVED]  # what was there is still there
         alice = _sessions()["alice"]

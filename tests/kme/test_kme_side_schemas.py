@@ -15,20 +15,13 @@ from keysource.kme.pool import PoolKey
 from keysource.kme.relay_store import LOCAL_KEYS_SCHEMA, LocalKeyStore
 from keysource.kme.served_saes import SERVED_SCHEMA, ServedSaes
 from keysource.sqlite_schema import SchemaTooNew
+from tests.sqlite_files import user_version
 
 # local_keys as written before keys named the path they took (no ``route`` column).
 LOCAL_KEYS_BEFORE_ROUTES = """
 CREATE TABLE local_keys (key_id TEXT PRIMARY KEY, master_sae TEXT NOT NULL,
     slave_sae TEXT NOT NULL, material BLOB, created REAL NOT NULL, delivered REAL);
 """
-
-
-def _user_version(path: Path) -> int:
-    db = sqlite3.connect(path)
-    try:
-        return int(db.execute("PRAGMA user_version").fetchone()[0])
-    finally:
-        db.close()
 
 
 def _local_store(path: Path) -> LocalKeyStore:
@@ -38,7 +31,7 @@ def _local_store(path: Path) -> LocalKeyStore:
 def test_a_new_local_key_store_is_stamped_and_an_old_one_gets_its_route_column(
         tmp_path: Path) -> None:
     _local_store(tmp_path / "new.sqlite").close()
-    assert _user_version(tmp_path / "new.sqlite") == LOCAL_KEYS_SCHEMA.version
+    assert user_version(tmp_path / "new.sqlite") == LOCAL_KEYS_SCHEMA.version
 
     old = tmp_path / "old.sqlite"
     db = sqlite3.connect(old)
@@ -55,7 +48,7 @@ def test_a_new_local_key_store_is_stamped_and_an_old_one_gets_its_route_column(
                                                            ("k-new", b"\x02" * 32)]
     finally:
         store.close()
-    assert _user_version(old) == LOCAL_KEYS_SCHEMA.version
+    assert user_version(old) == LOCAL_KEYS_SCHEMA.version
 
 
 @pytest.mark.parametrize("kind", ["local keys", "served SAEs"])

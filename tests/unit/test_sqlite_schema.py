@@ -16,6 +16,7 @@ from keysource.sqlite_schema import (
     open_schema,
     split_statements,
 )
+from tests.sqlite_files import user_version
 
 # Version 1: notes with a free-text "tags" column, as a store written before versions had it.
 V1 = """
@@ -71,14 +72,6 @@ def _open(path: Path, schema: Schema = NOTES) -> tuple[sqlite3.Connection, objec
         raise
 
 
-def _version(path: Path) -> int:
-    db = sqlite3.connect(path)
-    try:
-        return int(db.execute("PRAGMA user_version").fetchone()[0])
-    finally:
-        db.close()
-
-
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
@@ -90,7 +83,7 @@ def test_a_fresh_file_gets_every_migration_and_the_current_version(tmp_path: Pat
     db.execute("INSERT INTO notes (id, body) VALUES (5, 'x')")
     assert db.execute("SELECT pinned FROM notes").fetchone() == (0,)
     db.close()
-    assert _version(tmp_path / "n.db") == 3
+    assert user_version(tmp_path / "n.db") == 3
 
 
 def test_an_unversioned_file_is_version_1_and_is_migrated_with_its_rows(tmp_path: Path) -> None:
@@ -102,7 +95,7 @@ def test_an_unversioned_file_is_version_1_and_is_migrated_with_its_rows(tmp_path
         (1, "first", "a,b", 0), (2, "second", None, 0)]
     assert sorted(db.execute("SELECT note, tag FROM note_tags")) == [(1, "a"), (1, "b")]
     db.close()
-    assert _version(path) == 3
+    assert user_version(path) == 3
     db, opened = _open(path)  # already current: nothing runs again
     assert (opened.found, opened.migrated) == (3, False)
     assert [r[0] for r in db.execute("SELECT line FROM log")] == ["to v2", "to v3"]
@@ -139,7 +132,7 @@ def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path: Path) -> None:
                                           r".*no such table.*left as it was"):
         _open(path, failing)
     assert path.read_bytes() == before  # v2's work and step 3's delete were rolled back
-    assert _version(path) == 0
+    assert user_version(path) == 0
     db, opened = _open(path)  # the fixed code migrates the untouched file
     assert opened.found == 1
     assert db.execute("SELECT count(*) FROM notes").fetchone() == (2,)
@@ -158,7 +151,7 @@ def test_an_interrupted_migration_is_rolled_back_too(tmp_path: Path) -> None:
                     migrations=(STEPS[0], Migration(3, "interrupted", run=interrupted)))
     with pytest.raises(KeyboardInterrupt):
         _open(path, schema)
-    assert path.read_bytes() == before and _version(path) == 0
+    assert path.read_bytes() == before and user_version(path) == 0
 
 
 def test_a_newer_file_is_refused_with_a_clear_message_and_not_changed(tmp_path: Path) -> None:

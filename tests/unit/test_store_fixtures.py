@@ -27,6 +27,7 @@ from relay.store import EnqueueStatus, SqliteStore
 from relay.store.sqlite import RELAY_SCHEMA
 from tests.fixtures import make_store_fixtures as fx
 from tests.protocol.helpers import KeyLink, identity
+from tests.sqlite_files import user_version
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "stores"
 
@@ -35,14 +36,6 @@ def _copy(name: str, to: Path) -> Path:
     to.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(FIXTURES / name, to)
     return to
-
-
-def _user_version(path: Path) -> int:
-    db = sqlite3.connect(path)
-    try:
-        return int(db.execute("PRAGMA user_version").fetchone()[0])
-    finally:
-        db.close()
 
 
 def _stamp_future(path: Path, version: int) -> dict[str, bytes]:
@@ -66,7 +59,7 @@ def _assert_clear_refusal(message: str, path: Path, kind: str, found: int, curre
 def test_the_fixtures_are_unversioned_files_of_today() -> None:
     names = {"profile.sqlite3", "kme-pool.sqlite", "relay.sqlite3", "partial-state.sqlite"}
     assert names <= {p.name for p in FIXTURES.iterdir()}
-    assert all(_user_version(FIXTURES / name) == 0 for name in names)
+    assert all(user_version(FIXTURES / name) == 0 for name in names)
 
 
 # -- profile store ---------------------------------------------------------------------------
@@ -92,7 +85,7 @@ def test_profile_store_from_before_versions_opens_with_everything_in_it(tmp_path
         outgoing = session.encrypt(b"after the upgrade",
                                    link.enc_keys(session.send_plan().qkd_keys))
         store.commit_outgoing(fx.PROFILE_PEER, session, outgoing, b"after the upgrade")
-    assert _user_version(path) == STORE_SCHEMA.version
+    assert user_version(path) == STORE_SCHEMA.version
     db = sqlite3.connect(path)
     assert db.execute("SELECT value FROM meta WHERE name='schema'").fetchone() == (
         str(STORE_SCHEMA.version).encode(),)
@@ -106,7 +99,7 @@ def test_profile_store_wrong_passphrase_leaves_an_old_file_untouched(tmp_path: P
     before = _snapshot(tmp_path)
     with pytest.raises(WrongPassphrase, match="nothing was changed"):
         Store.open("not the passphrase", path)
-    assert _snapshot(tmp_path) == before and _user_version(path) == 0
+    assert _snapshot(tmp_path) == before and user_version(path) == 0
 
 
 def test_profile_store_of_a_newer_qsecret_is_refused_untouched(tmp_path: Path) -> None:
@@ -122,7 +115,7 @@ def test_profile_store_of_a_newer_qsecret_is_refused_untouched(tmp_path: Path) -
 def test_new_profile_store_gets_the_current_version(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite3"
     Store.open("pw", path, **fx.FAST_KDF).close()
-    assert _user_version(path) == STORE_SCHEMA.version
+    assert user_version(path) == STORE_SCHEMA.version
 
 
 # -- KME key pool ----------------------------------------------------------------------------
@@ -144,7 +137,7 @@ def test_kme_pool_from_before_versions_hands_out_the_same_keys(tmp_path: Path) -
         assert [(k.key_ID, k.key) for k in free] == [fx.pool_key(i) for i in (3, 4, 5)]
         # The delivered journal survived: a replayed link batch brings no key back.
         assert pool.add_keys([fx.pool_key(i) for i in range(fx.POOL_KEYS)]) == 0
-    assert _user_version(path) == POOL_SCHEMA.version == 4
+    assert user_version(path) == POOL_SCHEMA.version == 4
 
 
 def test_kme_pool_migration_to_v2_indexes_unacked_bindings(tmp_path: Path) -> None:
@@ -190,7 +183,7 @@ def test_kme_pool_of_a_newer_qsecret_is_refused_untouched(tmp_path: Path) -> Non
 
 def test_new_kme_pool_gets_the_current_version(tmp_path: Path) -> None:
     KeyPool(tmp_path / "pool.sqlite").close()
-    assert _user_version(tmp_path / "pool.sqlite") == POOL_SCHEMA.version
+    assert user_version(tmp_path / "pool.sqlite") == POOL_SCHEMA.version
 
 
 # -- relay store -----------------------------------------------------------------------------
@@ -220,7 +213,7 @@ async def test_relay_store_from_before_versions_drains_its_queue(tmp_path: Path)
         assert new.status is EnqueueStatus.STORED and new.envelope.seq > queued[0].seq
     finally:
         await store.close()
-    assert _user_version(path) == RELAY_SCHEMA.version
+    assert user_version(path) == RELAY_SCHEMA.version
 
 
 async def test_relay_store_of_a_newer_qsecret_is_refused_untouched(tmp_path: Path) -> None:
@@ -239,7 +232,7 @@ async def test_new_relay_store_gets_the_current_version(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "relay.sqlite3")
     await store.open()
     await store.close()
-    assert _user_version(tmp_path / "relay.sqlite3") == RELAY_SCHEMA.version
+    assert user_version(tmp_path / "relay.sqlite3") == RELAY_SCHEMA.version
 
 
 # -- transfer progress -----------------------------------------------------------------------
@@ -269,7 +262,7 @@ def test_transfer_progress_from_before_versions_resumes_and_lands(tmp_path: Path
     finally:
         store.close()
     assert landed.read_bytes() == fx.PARTIAL_CONTENT and not renamed
-    assert _user_version(state) == PROGRESS_SCHEMA.version
+    assert user_version(state) == PROGRESS_SCHEMA.version
 
 
 def test_transfer_progress_of_a_newer_qsecret_is_refused_untouched(tmp_path: Path) -> None:
@@ -287,7 +280,7 @@ def test_new_transfer_progress_gets_the_current_version(tmp_path: Path) -> None:
     store = PartialStore.create(tmp_path / "downloads", fx.partial_manifest())
     state = store.folder / STATE_FILE
     store.close()
-    assert _user_version(state) == PROGRESS_SCHEMA.version
+    assert user_version(state) == PROGRESS_SCHEMA.version
 
 
 def test_a_store_pointed_at_another_stores_file_refuses_it_untouched(tmp_path: Path) -> None:
