@@ -222,6 +222,13 @@ class TransferReceiver:
         message = open_control(self.keys, SENDER_TO_RECEIVER, frame)
         if message.seq <= self._peer_seq:
             return [ControlIgnored(f"stale or replayed control message (seq {message.seq})")]
+        if (message.type == "uploaded" and self.status is ReceiverStatus.RECEIVING
+                and self._gap_seen):
+            # The missing chunks may still come (a spool rewind brings them, and this record
+            # again after them): not consumed, so that copy is taken and not a replay.
+            raise OutOfOrderChunk(
+                f"the end of the upload came before chunk {self._pos.chunk_index} of "
+                f"file #{self._pos.file_index}: waiting for the missing chunks")
         self._peer_seq = message.seq
         self.store.save_peer_seq(self._peer_seq)
         if message.type == "cancel":
@@ -230,10 +237,6 @@ class TransferReceiver:
             if self.status is not ReceiverStatus.RECEIVING:
                 return [ControlIgnored(f"end of upload after the transfer was "
                                        f"{self.status.value}")]
-            if self._gap_seen:  # the missing chunks may still come (a spool rewind)
-                raise OutOfOrderChunk(
-                    f"the end of the upload came before chunk {self._pos.chunk_index} of "
-                    f"file #{self._pos.file_index}: waiting for the missing chunks")
             self.fail()
             raise TruncatedStream(
                 f"truncated: the sender's upload ended, but chunk {self._pos.chunk_index} "

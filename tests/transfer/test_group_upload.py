@@ -98,6 +98,25 @@ def test_an_upload_that_ends_short_fails_the_copy_and_keeps_nothing(tmp_path: Pa
     assert _leftovers(pair.downloads) == []
 
 
+def test_an_upload_that_ends_short_fails_the_copy_also_after_a_rewind(tmp_path: Path) -> None:
+    """Chunk 0 came before the offer was read, so the rest were early and the end of the
+    upload came with a gap: it waits for the rewind, which brings the chunks and the end
+    record again; that copy (the same seq) ends the copy as truncated, not as a replay."""
+    pair, _ = _group_pair(tmp_path)
+    frames = _upload(pair)
+    for frame in frames[1:-2]:  # the last chunk never reached the relay
+        pair.receiver.receive_frame(frame)
+    waiting = pair.receiver.receive_frame(frames[-1])
+    assert [type(e.error) for e in waiting if isinstance(e, ChunkRefused)] == [OutOfOrderChunk]
+    assert pair.receiver.status is ReceiverStatus.RECEIVING
+    for frame in frames[:-2]:  # the rewound spool
+        pair.receiver.receive_frame(frame)
+    with pytest.raises(TruncatedStream, match="truncated: the sender's upload ended"):
+        pair.receiver.receive_frame(frames[-1])
+    assert pair.receiver.status is ReceiverStatus.FAILED
+    assert _leftovers(pair.downloads) == []
+
+
 def test_a_tampered_chunk_fails_the_copy_and_keeps_nothing(tmp_path: Path) -> None:
     pair, _ = _group_pair(tmp_path)
     frames = _upload(pair)
