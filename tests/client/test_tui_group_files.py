@@ -16,7 +16,7 @@ from client.tui.screens.send_files import SendFilesScreen
 from tests.client.pilot_helpers import online, until
 from tests.client.test_tui_groups import SIZE, _app, _type
 from tests.e2e.stack import Stack
-from tests.network.conftest import stop_network, users_on_two_nodes
+from tests.network.conftest import logged_in_on_two_nodes
 
 pytestmark = pytest.mark.slow
 AT = {"alice": "x", "bob": "y", "carol": "y"}
@@ -25,17 +25,11 @@ NODES = {"x": ["sae-alice"], "y": ["sae-bob", "sae-carol"]}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack, network = users_on_two_nodes(tmp_path_factory.mktemp("tui-gfiles"), AT, NODES)
-    try:
-        for handle in AT:
-            stack.cli(handle, "recv", check=True)
+    with logged_in_on_two_nodes(tmp_path_factory.mktemp("tui-gfiles"), AT, NODES) as stack:
         stack.cli("alice", "group", "create", "duo", "bob", "carol", check=True)
         for handle in ("bob", "carol"):
             stack.cli(handle, "recv", check=True)
         yield stack
-    finally:
-        stack.stop()
-        stop_network(network)
 
 
 def _sha(path: Path) -> str:

@@ -11,13 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from client.config import load_config
-from client.messenger.profile import ProfileGate, open_profile
-from client.tui.app import QsecretApp
 from client.tui.widgets.conversation import Conversation
 from tests.client.pilot_helpers import online, until
-from tests.e2e.stack import PASSPHRASE, Stack
-from tests.network.conftest import stop_network, users_on_two_nodes
+from tests.client.test_tui_groups import _app
+from tests.e2e.stack import Stack
+from tests.network.conftest import logged_in_on_two_nodes
 
 SIZE = (150, 40)
 pytestmark = pytest.mark.slow
@@ -27,23 +25,12 @@ NODES = {"x": ["sae-alice", "sae-carol"], "y": ["sae-bob"]}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack, network = users_on_two_nodes(tmp_path_factory.mktemp("tui-greceipts"), AT, NODES)
-    try:
-        for handle in AT:
-            stack.cli(handle, "recv", check=True)
+    with logged_in_on_two_nodes(tmp_path_factory.mktemp("tui-greceipts"), AT, NODES) as stack:
         stack.cli("alice", "group", "create", "duo", "bob", "carol", check=True)
         for handle in ("bob", "carol"):
             stack.cli(handle, "recv", check=True)
         yield stack
-    finally:
-        stack.stop()
-        stop_network(network)
 
-
-def _app(stack: Stack, handle: str) -> QsecretApp:
-    config = load_config(stack.profile(handle), relay_url=stack.relay_url)
-    return QsecretApp(ProfileGate(config), export_dir=stack.root / "exports",
-                      messenger=open_profile(config, PASSPHRASE))
 
 
 async def test_the_sender_sees_delivered_and_read_counts_move(stack: Stack) -> None:

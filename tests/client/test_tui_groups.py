@@ -25,7 +25,7 @@ from client.tui.widgets.contact_list import ContactList
 from client.tui.widgets.conversation import Conversation
 from tests.client.pilot_helpers import online, until
 from tests.e2e.stack import PASSPHRASE, Stack
-from tests.network.conftest import stop_network, users_on_two_nodes
+from tests.network.conftest import logged_in_on_two_nodes
 
 SIZE = (150, 40)
 pytestmark = pytest.mark.slow
@@ -40,16 +40,10 @@ NODES = {"x": ["sae-alice", "sae-carol"], "y": ["sae-bob"]}
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A relay, the two nodes and three profiles; each logged in once (prekeys published)
     and alice has bob and carol as contacts."""
-    stack, network = users_on_two_nodes(tmp_path_factory.mktemp("tui-groups"), AT, NODES)
-    try:
-        for handle in AT:
-            stack.cli(handle, "recv", check=True)
+    with logged_in_on_two_nodes(tmp_path_factory.mktemp("tui-groups"), AT, NODES) as stack:
         stack.cli("alice", "contacts", "add", "bob", check=True)
         stack.cli("alice", "contacts", "add", "carol", check=True)
         yield stack
-    finally:
-        stack.stop()
-        stop_network(network)
 
 
 def _app(stack: Stack, handle: str) -> QsecretApp:

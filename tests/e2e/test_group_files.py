@@ -25,7 +25,7 @@ from client.transfer.manifest import DEFAULT_CHUNK_SIZE
 from relay.wire import parse_binary
 from tests.e2e.stack import PASSPHRASE, Stack
 from tests.e2e.test_file_transfer import Cli, MiB, _metric, _sha, _write
-from tests.network.conftest import stop_network, users_on_two_nodes
+from tests.network.conftest import logged_in_on_two_nodes
 
 pytestmark = pytest.mark.slow
 
@@ -39,18 +39,12 @@ NODES = {"x": ["sae-alice", "sae-eve"], "y": ["sae-bob", "sae-carol", "sae-dave"
 
 @pytest.fixture(scope="module")
 def crew(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
-    stack, network = users_on_two_nodes(tmp_path_factory.mktemp("gfiles"), AT, NODES)
-    try:
-        for handle in (*MEMBERS, "eve"):
-            stack.cli(handle, "recv", check=True)  # prekeys on the relay
+    with logged_in_on_two_nodes(tmp_path_factory.mktemp("gfiles"), AT, NODES) as stack:
         stack.cli("alice", "group", "create", "team", *MEMBERS, check=True)
         for handle in MEMBERS:  # the group's log and alice's sender key
             out = stack.cli(handle, "recv", "--json", check=True).stdout
             assert '"group": "team"' in out, (handle, out)
         yield stack
-    finally:
-        stack.stop()
-        stop_network(network)
 
 
 def _receive(stack: Stack, handle: str) -> Cli:

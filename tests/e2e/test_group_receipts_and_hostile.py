@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.stack import PASSPHRASE, Stack
-from tests.network.conftest import stop_network, users_on_two_nodes
+from tests.network.conftest import logged_in_on_two_nodes
 
 pytestmark = pytest.mark.slow
 
@@ -38,13 +38,8 @@ NODES = {"x": ["sae-alice", "sae-carol", "sae-mallory"], "y": ["sae-bob", "sae-d
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
     """A relay, the two nodes and five profiles, each logged in once (prekeys published)."""
-    stack, network = users_on_two_nodes(tmp_path_factory.mktemp("greceipts"), AT, NODES)
-    try:
-        _each(stack, {handle: ("recv",) for handle in AT})
+    with logged_in_on_two_nodes(tmp_path_factory.mktemp("greceipts"), AT, NODES) as stack:
         yield stack
-    finally:
-        stack.stop()
-        stop_network(network)
 
 
 def _each(stack: Stack, commands: dict[str, tuple[str, ...]]) -> dict[str, str]:

@@ -26,7 +26,7 @@ from client.store.store import Store
 from relay import wire
 from tests.conftest import active_full_sources
 from tests.e2e.stack import PASSPHRASE, Stack
-from tests.network.conftest import stop_network, users_on_two_nodes
+from tests.network.conftest import logged_in_on_two_nodes
 from tests.relay.harness import Client
 
 pytestmark = pytest.mark.slow
@@ -40,13 +40,8 @@ NODES = {"x": ["sae-alice", "sae-carol", "sae-erin"], "y": ["sae-bob", "sae-dave
 @pytest.fixture(scope="module")
 def crew(tmp_path_factory: pytest.TempPathFactory, pq_backend: str) -> Iterator[Stack]:
     """A relay, the two nodes and five profiles, each logged in once (prekeys published)."""
-    stack, network = users_on_two_nodes(tmp_path_factory.mktemp("groups"), AT, NODES)
-    try:
-        _each(stack, {handle: ("recv",) for handle in AT})
+    with logged_in_on_two_nodes(tmp_path_factory.mktemp("groups"), AT, NODES) as stack:
         yield stack
-    finally:
-        stack.stop()
-        stop_network(network)
 
 
 def _each(stack: Stack, commands: dict[str, tuple[str, ...]],

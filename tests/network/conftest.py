@@ -6,9 +6,11 @@ the trusted node m, sae-y at y. Ports are free ports written into the topology f
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +179,22 @@ def users_on_two_nodes(root: Path, at: dict[str, str],
 def stop_network(network: Network) -> None:
     for process in network.processes.values():
         process.stop()
+
+
+@contextlib.contextmanager
+def logged_in_on_two_nodes(root: Path, at: dict[str, str],
+                           nodes: dict[str, list[str]]) -> Iterator[Stack]:
+    """:func:`users_on_two_nodes`, every user logged in once (prekeys on the relay; at once,
+    as separate users would); relay and nodes stopped afterwards."""
+    stack, network = users_on_two_nodes(root, at, nodes)
+    try:
+        with ThreadPoolExecutor(len(at)) as pool:
+            for login in [pool.submit(stack.cli, handle, "recv", check=True) for handle in at]:
+                login.result()
+        yield stack
+    finally:
+        stack.stop()
+        stop_network(network)
 
 
 @pytest.fixture
