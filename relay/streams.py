@@ -328,26 +328,8 @@ class Streams:
         if await self.store.identity_of(frame.to) is None:
             return session.refuse("unknown_recipient", f"no user {frame.to!r} on this relay",
                                   strike=False, req_id=frame.id)
-        now = now_ms()
-        expires = now + int(self.config.spool_ttl * 1000)
-        status = await self.store.register_stream(stream, handle, frame.to, now, expires,
-                                                  self.config.max_file_streams)
-        if status is StreamStatus.TAKEN:
-            return session.refuse("bad_field", "stream id taken", req_id=frame.id)
-        if status is StreamStatus.TOO_MANY:
-            return session.refuse("too_many_streams",
-                                  f"at most {self.config.max_file_streams} open file streams",
-                                  strike=False, req_id=frame.id)
-        known = self.file_streams.get(stream)
-        created = known.created if known is not None and status is StreamStatus.SAME else now
-        self.file_streams[stream] = StreamRecord(stream, handle, frame.to, created, expires)
-        self.closed_streams.pop(stream, None)
-        if status is StreamStatus.NEW:
-            self.metrics.count("qsecret_relay_file_streams_opened_total")
-        session.post(wire.StreamOk(frame.stream, frame.id).encode())
-        for peer in self.router.sessions(frame.to):
-            peer.post(wire.StreamIncoming(frame.stream, handle, "file").encode())
-        return None
+        return await self._register_file_stream(session, frame.stream, frame.id, frame.to,
+                                                (frame.to,))
 
     async def on_open_group(self, session: Session,
                             frame: wire.StreamOpenGroup) -> int | None:
@@ -366,27 +348,37 @@ class Streams:
                 return session.refuse("unknown_recipient",
                                       f"no user {recipient!r} on this relay",
                                       strike=False, req_id=frame.id)
+        return await self._register_file_stream(session, frame.stream, frame.id,
+                                                group_stream_b(frame.to), frame.to)
+
+    async def _register_file_stream(self, session: Session, stream_hex: str,
+                                    req_id: str | None, b: str,
+                                    recipients: tuple[str, ...]) -> int | None:
+        """Record a durable file stream from the session's user to ``b`` (a handle, or a
+        group's recipient list), confirm it, and tell the recipients who are online."""
+        handle = session.handle
+        assert handle is not None
+        stream = bytes.fromhex(stream_hex)
         now = now_ms()
         expires = now + int(self.config.spool_ttl * 1000)
-        b = group_stream_b(frame.to)
         status = await self.store.register_stream(stream, handle, b, now, expires,
                                                   self.config.max_file_streams)
         if status is StreamStatus.TAKEN:
-            return session.refuse("bad_field", "stream id taken", req_id=frame.id)
+            return session.refuse("bad_field", "stream id taken", req_id=req_id)
         if status is StreamStatus.TOO_MANY:
             return session.refuse("too_many_streams",
                                   f"at most {self.config.max_file_streams} open file streams",
-                                  strike=False, req_id=frame.id)
+                                  strike=False, req_id=req_id)
         known = self.file_streams.get(stream)
         created = known.created if known is not None and status is StreamStatus.SAME else now
         self.file_streams[stream] = StreamRecord(stream, handle, b, created, expires)
         self.closed_streams.pop(stream, None)
         if status is StreamStatus.NEW:
             self.metrics.count("qsecret_relay_file_streams_opened_total")
-        session.post(wire.StreamOk(frame.stream, frame.id).encode())
-        for recipient in frame.to:
+        session.post(wire.StreamOk(stream_hex, req_id).encode())
+        for recipient in recipients:
             for peer in self.router.sessions(recipient):
-                peer.post(wire.StreamIncoming(frame.stream, handle, "file").encode())
+                peer.post(wire.StreamIncoming(stream_hex, handle, "file").encode())
         return None
 
     async def on_close(self, session: Session, frame: wire.StreamClose) -> int | None:

@@ -435,14 +435,7 @@ class TransferManager:
         """List the files, open the stream, offer them in an E2EE message; sending starts
         when the peer accepts (the task runs in the background; each file is hashed as it
         is sent)."""
-        if not paths:
-            raise MessengerError("nothing to send: give at least one file or folder")
-        try:
-            built = await asyncio.to_thread(build_manifest, paths)
-        except TransferError as exc:
-            raise MessengerError(str(exc)) from None
-        for skipped in built.skipped:
-            log.info("not sending %s: %s", skipped.path, skipped.reason)
+        built = await _listed(paths)
         return await self.send_built(peer, built, limit_bytes_per_s=limit_bytes_per_s)
 
     async def send_built(self, peer: str, built: BuiltManifest, *,
@@ -476,10 +469,7 @@ class TransferManager:
             sources=[str(Path(p).resolve()) for p in built.sources],
             stamps=[list(s) for s in built.stamps],
         )
-        item.limit = limit_bytes_per_s
-        item.sender = TransferSender(keys, FileReader(item.sources, built.stamps),
-                                     window_chunks=UNBOUNDED_WINDOW)
-        item.meter = item.sender.meter
+        _arm_sender(item, keys, built, limit_bytes_per_s)
         # Open the stream first: the peer may accept (and answer on it) at once.
         try:
             if not self._relay.ready:
@@ -508,12 +498,7 @@ class TransferManager:
                                limit_bytes_per_s: float = 0.0) -> TransferView:
         """A group file: offered to every member through the pairwise sessions, the
         chunks sealed once and uploaded once; the relay spools them for each member."""
-        if not paths:
-            raise MessengerError("nothing to send: give at least one file or folder")
-        try:
-            built = await asyncio.to_thread(build_manifest, paths)
-        except TransferError as exc:
-            raise MessengerError(str(exc)) from None
+        built = await _listed(paths)
         return await self.send_group_built(group_ref, built,
                                            limit_bytes_per_s=limit_bytes_per_s)
 
@@ -538,10 +523,7 @@ class TransferManager:
             sources=[str(Path(p).resolve()) for p in built.sources],
             stamps=[list(s) for s in built.stamps], group=group.group_id,
             group_name=group.name, recipients=recipients)
-        item.limit = limit_bytes_per_s
-        item.sender = TransferSender(keys, FileReader(item.sources, built.stamps),
-                                     window_chunks=UNBOUNDED_WINDOW)
-        item.meter = item.sender.meter
+        _arm_sender(item, keys, built, limit_bytes_per_s)
         try:
             if not self._relay.ready:
                 await self._relay.wait_ready(relay_timeout)
@@ -1102,3 +1084,25 @@ def _group_copy_failure(events: list[CoreEvent]) -> str:
             return (f"refused: file #{event.file_index} failed its SHA-256 check; the group "
                     "file is not saved")
     return ""
+
+
+def _arm_sender(item: _Transfer, keys: TransferKeys, built: BuiltManifest,
+                limit_bytes_per_s: float) -> None:
+    """Give an outgoing transfer its sending machine, reading the files as listed."""
+    item.limit = limit_bytes_per_s
+    item.sender = TransferSender(keys, FileReader(item.sources, built.stamps),
+                                 window_chunks=UNBOUNDED_WINDOW)
+    item.meter = item.sender.meter
+
+
+async def _listed(paths: list[str]) -> BuiltManifest:
+    """The files and folders to send, listed off the event loop (what is left out, logged)."""
+    if not paths:
+        raise MessengerError("nothing to send: give at least one file or folder")
+    try:
+        built = await asyncio.to_thread(build_manifest, paths)
+    except TransferError as exc:
+        raise MessengerError(str(exc)) from None
+    for skipped in built.skipped:
+        log.info("not sending %s: %s", skipped.path, skipped.reason)
+    return built

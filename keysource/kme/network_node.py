@@ -66,7 +66,7 @@ from keysource.network.key_relay import (
 from keysource.network.topology import RESERVED_SAE_PREFIX, Topology
 
 from . import etsi
-from .node import KmeNode, PeerUnavailable, SaeRegistry
+from .node import KmeNode, PeerUnavailable, SaeRegistry, lookup_error, sweep_until
 from .pool import KeyLookupError, PoolKey, parts_for_size
 from .relay_store import DuplicateKey, LocalKeyStore
 
@@ -440,7 +440,7 @@ class NetworkNode:
             try:
                 keys = await self._db(self.store.take_for_slave, master, slave, list(key_ids))
             except KeyLookupError as exc:
-                raise _lookup_error(exc) from None
+                raise lookup_error(exc) from None
             log.info("dec_keys: %d key(s) for %s from %s (this node's store)", len(keys),
                      slave, master)
             return keys
@@ -573,17 +573,8 @@ class NetworkNode:
 
     async def run_store_sweeper(self, stop: asyncio.Event, interval_s: float = 5.0) -> None:
         """Destroy keys of the node's own store past their grace or lifetime, until stop."""
-        while not stop.is_set():
-            try:
-                erased = await self._db(self.store.sweep)
-                if erased:
-                    log.info("destroyed %d key(s) of %s's own store", erased, self.name)
-            except Exception:  # keep sweeping; report it
-                log.exception("sweeping the node's own key store failed")
-            try:
-                await asyncio.wait_for(stop.wait(), interval_s)
-            except TimeoutError:
-                pass
+        await sweep_until(stop, functools.partial(self._db, self.store.sweep), self.name,
+                          interval_s)
 
     async def pool_stats(self) -> dict[str, Any]:
         return {
@@ -607,16 +598,3 @@ def _no_path(source: str, target: str) -> etsi.Unavailable:
         f"no usable path from {source} to {target} now (every route has a link without "
         "keys, over its QBER threshold, or down); retry later",
         [{"source_KME_ID": source, "target_KME_ID": target}])
-
-
-def _lookup_error(exc: KeyLookupError) -> etsi.EtsiError:
-    details: list[dict[str, Any]] = []
-    if exc.unknown:
-        details.append({"unknown_key_IDs": list(exc.unknown)})
-    if exc.foreign:
-        details.append({"key_IDs_of_other_SAEs": list(exc.foreign)})
-    if exc.foreign and not exc.unknown:
-        return etsi.Unauthorized("key_ID not addressed to this SAE for this master_SAE_ID",
-                                 details)
-    return etsi.BadRequest("key_ID unknown or already delivered (nothing was delivered)",
-                           details)

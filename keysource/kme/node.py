@@ -64,7 +64,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -471,14 +471,14 @@ class KmeNode:
                 own = await self._db(self.own_keys.take_for_slave, master, slave,
                                      list(key_ids))
             except KeyLookupError as exc:
-                raise _lookup_error(exc) from None
+                raise lookup_error(exc) from None
             log.info("dec_keys: %d key(s) for %s from %s (this KME's own store)", len(own),
                      slave, master)
             return own
         try:
             keys = await self._db(self.pool.take_for_slave, master, slave, key_ids)
         except KeyLookupError as exc:
-            raise _lookup_error(exc) from None
+            raise lookup_error(exc) from None
         await self._refresh_room()
         log.info("dec_keys: %d key(s) for %s from %s", len(keys), slave, master)
         # A slave takes only keys bound at the peer KME (role "slave"): made on this link.
@@ -618,17 +618,8 @@ class KmeNode:
         """A KME of a pair: destroy own-store keys past their grace or lifetime, until stop."""
         if self.own_keys is None:
             return
-        while not stop.is_set():
-            try:
-                erased = await self._db(self.own_keys.sweep)
-                if erased:
-                    log.info("destroyed %d key(s) of %s's own store", erased, self.kme_id)
-            except Exception:  # keep sweeping; report it
-                log.exception("sweeping the KME's own key store failed")
-            try:
-                await asyncio.wait_for(stop.wait(), interval_s)
-            except TimeoutError:
-                pass
+        await sweep_until(stop, functools.partial(self._db, self.own_keys.sweep),
+                          self.kme_id, interval_s)
 
     async def pool_stats(self) -> dict[str, Any]:
         stats = await self._db(self.pool.stats)
@@ -660,7 +651,24 @@ class UnknownSae(Exception):
         self.sae_id = sae_id
 
 
-def _lookup_error(exc: KeyLookupError) -> etsi.EtsiError:
+async def sweep_until(stop: asyncio.Event, sweep: Callable[[], Awaitable[int]], kme_id: str,
+                      interval_s: float) -> None:
+    """Destroy a KME's own-store keys past their grace or lifetime every ``interval_s``
+    until ``stop``; a failed sweep is logged and the next one runs."""
+    while not stop.is_set():
+        try:
+            erased = await sweep()
+            if erased:
+                log.info("destroyed %d key(s) of %s's own store", erased, kme_id)
+        except Exception:  # keep sweeping; report it
+            log.exception("sweeping %s's own key store failed", kme_id)
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+        except TimeoutError:
+            pass
+
+
+def lookup_error(exc: KeyLookupError) -> etsi.EtsiError:
     """The ETSI answer to dec_keys naming keys this SAE may not have (nothing delivered)."""
     details: list[dict[str, Any]] = []
     if exc.unknown:
