@@ -396,7 +396,12 @@ class Streams:
         record = await self._record(stream)
         other = record.other(session.handle) if record is not None else None
         if record is not None and record.group and session.handle == record.a:
-            # The upload is over: the copies not yet delivered stay until acked (or the TTL).
+            # The upload is over: the copies not yet delivered stay until acked (or the
+            # TTL), but the stream no longer takes one of the opener's open-stream slots
+            # (a member offline for days must not stop its next group files).
+            if await self.store.end_upload(stream):
+                self.file_streams.pop(stream, None)
+                self._remember_closed(record)
             return None
         if record is None or other is None:
             return session.refuse("unknown_stream", "no such open stream",
@@ -734,12 +739,6 @@ class Streams:
         if dropped:
             self.metrics.count("qsecret_relay_spool_expired_total", amount=dropped)
             log.info("expired %d spooled file frames past the spool TTL", dropped)
-        if self.store.shared:
-            # Another relay may have expired (or extended) these: forget them here, the
-            # store is asked again on their next use.
-            now = now_ms()
-            for stream in [s for s, r in self.file_streams.items() if r.expires <= now]:
-                del self.file_streams[stream]
         for stream in gone:
             record = self.file_streams.pop(stream, None)
             if record is None:
@@ -749,6 +748,13 @@ class Streams:
             for handle in (record.a, *record.recipients):
                 for peer in self.router.sessions(handle):
                     peer.post(close)
+        # Forget the other cached registrations past their expiry: (shared store) another
+        # relay may have extended them, and the store is asked again on their next use; an
+        # ended group upload's registration, which the store deleted with its last copy's
+        # ack, leaves this cache only here.
+        now = now_ms()
+        for stream in [s for s, r in self.file_streams.items() if r.expires <= now]:
+            del self.file_streams[stream]
 
 
 _SPOOL_REFUSED = frozenset({SpoolStatus.QUOTA_EXCEEDED, SpoolStatus.SHARE_EXCEEDED,

@@ -345,6 +345,13 @@ class Store(ABC):
         """Delete the registration and both directions' spool; return frames deleted."""
 
     @abstractmethod
+    async def end_upload(self, stream: bytes) -> bool:
+        """A group stream's opener has ended its upload: the registration stays while
+        copies are spooled (members fetch them later) but no longer counts toward the
+        opener's ``max_per_handle``; it is deleted with the last copy's ``spool_ack`` (or
+        at once, returning True, when none is left). Registering it again reopens it."""
+
+    @abstractmethod
     async def spool(self, recipient: str, stream: bytes, seq: int, data: bytes, now_ms: int,
                     expires_ms: int, quota_bytes: int) -> SpoolResult:
         """Hold a frame for ``recipient`` durably, within its ``quota_bytes``.

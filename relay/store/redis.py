@@ -550,6 +550,9 @@ class RedisStore(Store):
     async def close_stream(self, stream: bytes) -> int:
         return await self._call("qs_close_stream", stream, convert=self._spool_changed)
 
+    async def end_upload(self, stream: bytes) -> bool:
+        return bool(await self._call("qs_end_upload", stream, convert=int))
+
     def _spool_args(self, recipient: str, stream: bytes, seq: int, data: bytes, now_ms: int,
                     expires_ms: int, quota_bytes: int) -> tuple[Any, ...]:
         return (self.prefix, recipient, stream, stream + _SEQ.pack(seq), data, now_ms,

@@ -395,9 +395,24 @@ local function close(P, stream)
 end
 
 local function extend(P, stream, opener, expires)
-  redis.call('HSET', P .. 'fs:' .. stream, 'expires', expires)
+  local fk = P .. 'fs:' .. stream
+  redis.call('HSET', fk, 'expires', expires)
   redis.call('ZADD', P .. 'fsx', expires, stream)
-  redis.call('ZADD', P .. 'fo:' .. opener, expires, stream)
+  -- fo:<opener> holds the streams that count toward the opener's open streams: not an
+  -- ended group upload (see end_upload)
+  if redis.call('HEXISTS', fk, 'ended') == 0 then
+    redis.call('ZADD', P .. 'fo:' .. opener, expires, stream)
+  end
+end
+
+-- An ended group upload's registration goes with its last spooled copy.
+local function drop_if_drained(P, stream)
+  if redis.call('HEXISTS', P .. 'fs:' .. stream, 'ended') == 1
+      and redis.call('SCARD', P .. 'fsf:' .. stream) == 0 then
+    close(P, stream)
+    return 1
+  end
+  return 0
 end
 
 local function register_stream(keys, a)
@@ -408,7 +423,8 @@ local function register_stream(keys, a)
   if st[1] then
     if tonumber(st[3]) > now then
       if st[1] ~= ea or st[2] ~= eb then return 'taken' end
-      if expires > tonumber(st[3]) then extend(P, stream, ea, expires) end
+      redis.call('HDEL', fk, 'ended')  -- opened again (a resumed upload): it counts again
+      extend(P, stream, ea, math.max(expires, tonumber(st[3])))
       return 'same'
     end
     close(P, stream)
@@ -436,6 +452,16 @@ local function file_streams(keys, a)
     end
   end
   return out
+end
+
+local function end_upload(keys, a)
+  local P, stream = a[1], a[2]
+  local fk = P .. 'fs:' .. stream
+  local opener = redis.call('HGET', fk, 'a')
+  if not opener then return 0 end
+  redis.call('HSET', fk, 'ended', 1)
+  redis.call('ZREM', P .. 'fo:' .. opener, stream)
+  return drop_if_drained(P, stream)
 end
 
 local function close_stream(keys, a)
@@ -504,6 +530,7 @@ local function spool_ack(keys, a)
   for i = 3, #a do
     if unspool(P, rcpt, a[i]) then count = count + 1 end
   end
+  if count > 0 then drop_if_drained(P, string.sub(a[3], 1, 16)) end
   return {count, total_of(P, 'sp')}
 end
 
@@ -533,6 +560,7 @@ local OPERATIONS = {
   qs_envelopes = envelopes, qs_expire = expire, qs_put_bundle = put_bundle,
   qs_take_bundle = take_bundle, qs_register_stream = register_stream,
   qs_file_streams = file_streams, qs_file_stream = file_stream, qs_close_stream = close_stream,
+  qs_end_upload = end_upload,
   qs_spool = spool, qs_spool_page = spool_page, qs_spool_ack = spool_ack,
   qs_expire_spool = expire_spool, qs_totals = totals, qs_presence = presence,
   qs_presence_reset = presence_reset,
@@ -576,6 +604,7 @@ redis.register_function('qs_register_stream', call(register_stream))
 redis.register_function('qs_file_streams', call(file_streams))
 redis.register_function('qs_file_stream', call(file_stream))
 redis.register_function('qs_close_stream', call(close_stream))
+redis.register_function('qs_end_upload', call(end_upload))
 redis.register_function('qs_spool', call(spool))
 redis.register_function('qs_spool_page', call(spool_page))
 redis.register_function('qs_spool_ack', call(spool_ack))

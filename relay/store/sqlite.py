@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from keysource.sqlite_schema import Schema, open_schema, split_statements
+from keysource.sqlite_schema import Migration, Schema, open_schema, split_statements
 from relay.wire import OneTimePrekey, PrekeyBundle
 
 from .base import (
@@ -127,7 +127,13 @@ RELAY_SCHEMA = Schema(
     kind="relay store",
     baseline=SCHEMA,
     marker_tables=frozenset({"handles", "envelopes", "queue", "seen", "bundles"}),
-    migrations=(),
+    migrations=(
+        # A group file stream's opener ends its upload (stream_close) long before every
+        # member has fetched its copy: the registration stays for them, but no longer
+        # counts toward the opener's open streams, and goes once the last copy is acked.
+        Migration(version=2, summary="streams.ended: a group upload the opener has ended",
+                  sql="ALTER TABLE streams ADD COLUMN ended INTEGER NOT NULL DEFAULT 0"),
+    ),
     adopt=_adopt_unversioned,
 )
 
@@ -809,15 +815,16 @@ class SqliteStore(Store):
             if row[2] > now_ms:
                 if (row[0], row[1]) != (a, b):
                     return StreamStatus.TAKEN
-                db.execute("UPDATE streams SET expires=max(expires, ?) WHERE stream=?",
+                # Opened again (a resumed upload): it is open, and counts, again.
+                db.execute("UPDATE streams SET expires=max(expires, ?), ended=0 WHERE stream=?",
                            (expires_ms, stream))
                 return StreamStatus.SAME
             self._close_stream(db, stream)  # expired, not yet swept: gone
-        opened = db.execute("SELECT count(*) FROM streams WHERE a=? AND expires>?",
+        opened = db.execute("SELECT count(*) FROM streams WHERE a=? AND expires>? AND ended=0",
                             (a, now_ms)).fetchone()[0]
         if opened >= max_per_handle:
             return StreamStatus.TOO_MANY
-        db.execute("INSERT INTO streams VALUES (?, ?, ?, ?, ?)",
+        db.execute("INSERT INTO streams(stream, a, b, created, expires) VALUES (?, ?, ?, ?, ?)",
                    (stream, a, b, now_ms, expires_ms))
         return StreamStatus.NEW
 
@@ -836,6 +843,20 @@ class SqliteStore(Store):
         return self._unspool(db.execute(
             "DELETE FROM spool WHERE stream=? RETURNING recipient, size", (stream,)).fetchall(),
             ends)
+
+    async def end_upload(self, stream: bytes) -> bool:
+        return await self._call(self._end_upload, stream)
+
+    def _end_upload(self, db: sqlite3.Connection, stream: bytes) -> bool:
+        if db.execute("UPDATE streams SET ended=1 WHERE stream=?", (stream,)).rowcount == 0:
+            return False
+        return self._drop_if_drained(db, stream)
+
+    def _drop_if_drained(self, db: sqlite3.Connection, stream: bytes) -> bool:
+        """Delete an ended upload's registration once no copy of it is spooled."""
+        return db.execute(
+            "DELETE FROM streams WHERE stream=? AND ended=1 "
+            "AND NOT EXISTS (SELECT 1 FROM spool WHERE stream=?)", (stream, stream)).rowcount > 0
 
     def _unspool(self, rows: list[tuple[str, int]], ends: tuple[str, str] | None) -> int:
         """Account for deleted spool rows (recipient, size) of one stream whose endpoints
@@ -952,11 +973,14 @@ class SqliteStore(Store):
             return 0
         # recipient in the WHERE clause: a client only ever deletes what is held for it.
         marks = ",".join("?" * len(seqs))
-        return self._unspool(db.execute(
+        removed = self._unspool(db.execute(
             f"DELETE FROM spool WHERE recipient=? AND stream=? AND seq IN ({marks}) "
             "RETURNING recipient, size",
             (recipient, stream, *(_s64(seq) for seq in seqs))).fetchall(),
             self._ends(db, stream))
+        if removed:
+            self._drop_if_drained(db, stream)
+        return removed
 
     async def expire_spool(self, now_ms: int) -> tuple[int, list[bytes]]:
         return await self._call(self._expire_spool, now_ms)

@@ -9,11 +9,12 @@ relay's /metrics: ``qsecret_relay_group_file_uploads_total`` (frames uploaded) a
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from relay import wire
-from tests.relay.harness import Client, Identity, RelayProcess
+from tests.relay.harness import Client, Identity, RelayProcess, start_relay
 from tests.relay.stores import KINDS
 from tests.relay.test_relay_file_streams import (
     chunks,
@@ -137,3 +138,50 @@ async def test_spool_rewind_sends_what_was_not_acked_again_in_order(
     assert not member.errors
     await member.close()
     await sender.close()
+
+
+async def test_an_ended_group_upload_frees_its_slot_and_goes_with_the_last_copy(
+        tmp_path: Path, relay_store: tuple[str, ...]) -> None:
+    """A member offline for days must not use up the opener's open streams: once the opener
+    closes a group upload it stops counting (its copies stay), and its registration goes
+    when the last member acks its copy."""
+    relay = start_relay(tmp_path / "relay", "--max-file-streams", "2", *relay_store)
+    try:
+        alice, bob, carol = Identity("alice"), Identity("bob"), Identity("carol")
+        await register(relay, bob, carol)
+        sender = await connect(relay, alice)
+        sent = chunks(3, size=2_000)
+        ended = [os.urandom(16) for _ in range(3)]
+        for index, stream in enumerate(ended):  # bob and carol are offline throughout
+            assert isinstance(await open_group(sender, stream, ["bob", "carol"], f"o{index}"),
+                              wire.StreamOk)
+            await send_all(sender, stream, sent)
+            sender.stream_close(stream)
+            await ping(sender, f"p{index}")
+        # Three group files sent with a limit of two open streams; an open one still counts.
+        open_ones = [os.urandom(16) for _ in range(3)]
+        for index, stream in enumerate(open_ones[:2]):
+            assert isinstance(await open_group(sender, stream, ["bob"], f"u{index}"),
+                              wire.StreamOk)
+        third = await open_group(sender, open_ones[2], ["bob"], "u2")
+        assert isinstance(third, wire.Error) and third.code == "too_many_streams"
+
+        # The registration stays while a copy is spooled: its id is still taken...
+        member, got = await receive(relay, bob, ended[0], len(sent))
+        assert [(f.seq, f.payload) for f in got] == list(sent.items())
+        member.stream_ack(ended[0], list(sent))
+        await ping(member, "b")
+        taken = await open_group(member, ended[0], ["carol"], "t1")
+        assert isinstance(taken, wire.Error) and "taken" in taken.message
+        await member.close()
+        # ...and carol still gets her copies; her last ack drops it: the id is free again.
+        member, got = await receive(relay, carol, ended[0], len(sent))
+        assert [(f.seq, f.payload) for f in got] == list(sent.items())
+        member.stream_ack(ended[0], list(sent))
+        await ping(member, "c")
+        assert isinstance(await open_group(member, ended[0], ["bob"], "t2"), wire.StreamOk)
+        assert [error.id for error in sender.errors] == ["u2"]  # the one refusal above
+        await member.close()
+        await sender.close()
+    finally:
+        relay.stop()

@@ -23,7 +23,7 @@ from client.transfer.errors import TransferError
 from client.transfer.partial import PROGRESS_SCHEMA, STATE_FILE, PartialStore, Position
 from keysource.kme.pool import POOL_SCHEMA, BindingLimits, KeyPool
 from keysource.sqlite_schema import SchemaTooNew
-from relay.store import EnqueueStatus, SqliteStore
+from relay.store import EnqueueStatus, SqliteStore, StreamStatus
 from relay.store.sqlite import RELAY_SCHEMA
 from tests.fixtures import make_store_fixtures as fx
 from tests.protocol.helpers import KeyLink, identity
@@ -211,6 +211,12 @@ async def test_relay_store_from_before_versions_drains_its_queue(tmp_path: Path)
         new = await store.enqueue(store.new_envelope(fx.RELAY_SENDER, fx.RELAY_RECIPIENT,
                                                      "8" * 32, b"new"))
         assert new.status is EnqueueStatus.STORED and new.envelope.seq > queued[0].seq
+        # Version 2's streams.ended: an ended upload with nothing spooled goes at once.
+        stream = bytes(16)
+        assert await store.register_stream(stream, fx.RELAY_SENDER, fx.RELAY_RECIPIENT, 1,
+                                           2**62, 1) is StreamStatus.NEW
+        assert await store.end_upload(stream)
+        assert await store.file_streams(2) == []
     finally:
         await store.close()
     assert user_version(path) == RELAY_SCHEMA.version
