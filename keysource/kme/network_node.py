@@ -178,8 +178,12 @@ class NetworkNode:
     def handle_knows_sae(self, sae_id: str) -> bool:
         return self.saes.knows(sae_id)
 
-    def called_by(self, sae_id: str) -> None:
+    async def called_by(self, sae_id: str) -> None:
         """Nothing to learn: the topology says which node serves which SAE."""
+
+    def handle_peer_serves(self, sae_id: str) -> bool:
+        """Not a pair: the topology, not the calls, says where an SAE is served."""
+        return False
 
     def _node_of(self, sae_id: str, what: str) -> str:
         node = self.topology.node_of_sae(sae_id)

@@ -40,7 +40,10 @@ default SAE and every enrolled SAE that has called it). enc_keys for a slave ser
 very KME takes no link key: a fresh key from the KME's random source goes into its own key
 store (:class:`keysource.kme.relay_store.LocalKeyStore`, durably, before the master gets it),
 bound to (M, S); S fetches it here with dec_keys, once. A slave enrolled but served by neither
-KME yet is a 503 saying so: binding its keys to either side could strand them.
+KME yet is a 503 saying so: binding its keys to either side could strand them. An SAE that
+calls the other KME of the pair (its profile was pointed there) moves: that KME tells this one
+(``POST /kme/v1/served``, :meth:`KmeNode.called_by`), which stops serving it, so its keys are
+not handed out of a store it no longer fetches from.
 
 Crashes: every step is a durable transaction and every message is idempotent (bindings are
 named by a UUID), so after a crash the allocator simply pushes unacknowledged bindings again
@@ -85,6 +88,11 @@ if TYPE_CHECKING:
     from .served_saes import ServedSaes
 
 log = logging.getLogger(__name__)
+
+# How long an SAE's first call at a KME waits for the peer KME to hear that it is served here
+# (loopback or LAN: milliseconds; a peer that is down costs that SAE this once per call).
+ANNOUNCE_WAIT_S = 2.0
+ANNOUNCE_RETRY_S = 30.0  # after the peer could not be told, before the next try
 T = TypeVar("T")
 
 
@@ -131,6 +139,10 @@ class PeerChannel(Protocol):
         """Ask the peer KME whether ``sae_id`` is an SAE registered there."""
         ...
 
+    async def serves_sae(self, sae_id: str) -> None:
+        """Tell the peer KME that this KME serves ``sae_id`` now (it stops serving it)."""
+        ...
+
 
 class LocalPeer:
     """Pair mode: both KMEs live in one process, so the peer is called directly."""
@@ -156,6 +168,9 @@ class LocalPeer:
 
     async def knows_sae(self, sae_id: str) -> bool:
         return self.node.handle_knows_sae(sae_id)
+
+    async def serves_sae(self, sae_id: str) -> None:
+        self.node.handle_peer_serves(sae_id)
 
 
 class KmeNode:
@@ -201,6 +216,8 @@ class KmeNode:
             max_workers=1, thread_name_prefix=f"pool-{kme_id}"
         )
         self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._announcing: dict[str, asyncio.Task[None]] = {}  # SAE_ID -> telling the peer
+        self._announce_retry: dict[str, float] = {}  # SAE_ID -> next try (monotonic)
         self._room = pool.room()
         self.on_keys_added: list[Callable[[int], None]] = []
         self.on_redeliverable_erased: list[Callable[[int], None]] = []
@@ -221,10 +238,48 @@ class KmeNode:
         if self.served is not None:
             self.served.close()
 
-    def called_by(self, sae_id: str) -> None:
-        """An authenticated SAE called this KME: a KME of a pair serves it from now on."""
-        if self.served is not None:
-            self.served.called_by(sae_id)
+    async def called_by(self, sae_id: str) -> None:
+        """An authenticated SAE called this KME: a KME of a pair serves it from now on.
+
+        If it was served at the peer KME (its profile now names this one), the peer must
+        stop, or the peer would keep handing keys for it out of its own store. So the peer
+        is told, and the SAE's first call waits for that up to ``ANNOUNCE_WAIT_S``. With
+        the peer unreachable the call goes on, and a later call of that SAE (after
+        ``ANNOUNCE_RETRY_S``) tries again in the background, so a peer that is down slows
+        no SAE twice.
+        """
+        if self.served is None or not self.served.called_by(sae_id) or self.peer is None:
+            return
+        retry_at = self._announce_retry.get(sae_id)
+        if sae_id in self._announcing or (retry_at is not None
+                                          and time.monotonic() < retry_at):
+            return
+        task = asyncio.create_task(self._announce(sae_id))
+        self._announcing[sae_id] = task
+        task.add_done_callback(lambda _: self._announcing.pop(sae_id, None))
+        if retry_at is None:
+            await asyncio.wait({task}, timeout=ANNOUNCE_WAIT_S)
+
+    async def _announce(self, sae_id: str) -> None:
+        assert self.peer is not None and self.served is not None
+        try:
+            await self.peer.serves_sae(sae_id)
+        except PeerUnavailable as exc:
+            self._announce_retry[sae_id] = time.monotonic() + ANNOUNCE_RETRY_S
+            log.warning("could not tell peer KME %s that %s is served here now (%s); "
+                        "will try again on a later call of that SAE", self.peer_kme_id,
+                        sae_id, exc)
+            return
+        self._announce_retry.pop(sae_id, None)
+        self.served.announced(sae_id)
+
+    def handle_peer_serves(self, sae_id: str) -> bool:
+        """Peer-facing: ``sae_id`` is served at the peer KME now; True if it was here."""
+        if self.served is None or not self.served.knows(sae_id):
+            return False
+        self.served.forget(sae_id)
+        log.info("SAE %s moved to peer KME %s", sae_id, self.peer_kme_id)
+        return True
 
     def _serves_here(self, sae_id: str) -> bool:
         """Does this KME of a pair serve ``sae_id`` itself (keys from its own store)?"""
@@ -298,7 +353,7 @@ class KmeNode:
         return self.saes.knows(sae_id)
 
     async def status(self, master: str, slave: str) -> dict[str, Any]:
-        self.called_by(master)
+        await self.called_by(master)
         if self._serves_here(slave) and master != slave:
             return etsi.status_body(
                 source_kme=self.kme_id, target_kme=self.kme_id, master=master, slave=slave,
@@ -326,7 +381,7 @@ class KmeNode:
         """Keys for master SAE ``master`` to share with ``slave`` (who fetches them at the peer)."""
         if master == slave:
             raise etsi.BadRequest("slave_SAE_ID must differ from the caller's SAE_ID")
-        self.called_by(master)
+        await self.called_by(master)
         if self._serves_here(slave):
             return await self._own_keys_for(master, slave, request)
         if self.peer is None:
@@ -464,7 +519,7 @@ class KmeNode:
 
     async def dec_keys(self, master: str, slave: str, key_ids: Sequence[str]) -> list[PoolKey]:
         """The keys ``master`` obtained for slave SAE ``slave``, handed to ``slave`` once."""
-        self.called_by(slave)
+        await self.called_by(slave)
         if self.own_keys is not None and await self._db(self.own_keys.holds_any,
                                                         list(key_ids)):
             try:

@@ -117,6 +117,13 @@ class HttpPeer:
         return registered
 
 
+    async def serves_sae(self, sae_id: str) -> None:
+        resp = await self._post("/kme/v1/served", {"SAE_ID": sae_id})
+        if resp.status_code != 200:
+            raise PeerUnavailable(
+                f"peer refused the served-SAE notice: {resp.status_code} {resp.text[:200]}")
+
+
 def _raise_quota(resp: Response) -> None:
     """Turn the peer's quota refusal (503 with a ``quota`` object) into QuotaExceeded."""
     if resp.status_code != 503:

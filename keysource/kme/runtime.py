@@ -248,8 +248,6 @@ async def run_pair(
         pool=_open_pool(settings, KME_B), **_pair_kme_parts(settings, pki, KME_B, SAE_B),
     )
     node_a.peer, node_b.peer = LocalPeer(node_b), LocalPeer(node_a)
-    assert node_a.served is not None and node_b.served is not None
-    node_a.served.rival, node_b.served.rival = node_b.served, node_a.served  # one process
     monitor = LinkMonitor()
     runners: list[web.AppRunner] = []
     tasks: list[asyncio.Task[None]] = []

@@ -7,8 +7,9 @@ fetches keys. A KME of a pair serves:
   record is first made;
 * every SAE with a valid certificate that has called it (``status``, ``enc_keys``,
   ``dec_keys`` or ``/kme/v1/stats``): an SAE talks to the one KME its profile names. An SAE
-  that calls the other KME of an in-process pair (``qsecret kme pair``) moves there: the
-  ``rival`` record forgets it. Two KMEs in separate processes each keep their own record.
+  that calls the other KME moves there: that KME tells its peer over the KME channel
+  (``POST /kme/v1/served``; in-process, ``LocalPeer``), and the peer forgets it
+  (:meth:`KmeNode.called_by <keysource.kme.node.KmeNode.called_by>`).
 
 The record is kept in a small SQLite file, so a restarted KME still knows where its SAEs are.
 An SAE with a certificate that has called neither KME is served by nobody yet: enc_keys for
@@ -48,7 +49,10 @@ class ServedSaes:
             raise
         path.chmod(0o600)
         self._served = {row[0] for row in self._db.execute("SELECT sae_id FROM served")}
-        self.rival: ServedSaes | None = None  # the other KME of an in-process pair
+        # Served SAEs the peer KME has been told about since this KME started. After a
+        # restart each is announced again on its next call: a message lost while the peer
+        # was down is sent again, and an announcement is idempotent.
+        self._announced: set[str] = set()
         if fresh:
             for sae_id in defaults:
                 self._record(sae_id)
@@ -64,15 +68,25 @@ class ServedSaes:
         """True if ``sae_id`` holds a valid certificate of the pair's CA (served or not)."""
         return self.enrolled.knows(sae_id)
 
-    def called_by(self, sae_id: str) -> None:
-        """An authenticated SAE called this KME: from now on this KME serves it."""
-        if sae_id in self._served or not self.enrolled.knows(sae_id):
-            return
-        self._record(sae_id)
-        if self.rival is not None:
-            self.rival.forget(sae_id)
+    def called_by(self, sae_id: str) -> bool:
+        """An authenticated SAE called this KME: from now on this KME serves it.
+
+        True while the peer KME has not been told (:meth:`announced`) that this KME serves
+        it (so the peer stops serving an SAE that moved here)."""
+        if not self.enrolled.knows(sae_id):
+            return False
+        if sae_id not in self._served:
+            self._record(sae_id)
+        return sae_id not in self._announced
+
+    def announced(self, sae_id: str) -> None:
+        """The peer KME now knows that this KME serves ``sae_id``."""
+        if sae_id in self._served:
+            self._announced.add(sae_id)
 
     def forget(self, sae_id: str) -> None:
+        """``sae_id`` moved to the peer KME (it said so): this KME no longer serves it."""
+        self._announced.discard(sae_id)
         if sae_id in self._served:
             self._served.discard(sae_id)
             self._db.execute("DELETE FROM served WHERE sae_id = ?", (sae_id,))

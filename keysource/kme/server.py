@@ -13,6 +13,7 @@ KME-to-KME (only the peer KME's certificate, OU=KME, CN=peer KME_ID):
     POST      /kme/v1/allocate     the follower asks the allocator to bind keys
     POST      /kme/v1/cancel       the allocator gives up a binding the follower cannot hold
     GET       /kme/v1/saes/{SAE_ID}  is this SAE registered at this KME? (before binding keys)
+    POST      /kme/v1/served       an SAE now calls the peer KME: this one stops serving it
     POST      /kme/v1/relay        a network neighbour relays keys (keysource.kme.network_node)
 Monitoring (any certificate from the CA; no key material):
     GET       /kme/v1/stats
@@ -68,8 +69,12 @@ class KmeService(Protocol):
 
     def handle_knows_sae(self, sae_id: str) -> bool: ...
 
-    def called_by(self, sae_id: str) -> None:
+    async def called_by(self, sae_id: str) -> None:
         """An authenticated SAE called (a KME of a pair serves it from now on)."""
+        ...
+
+    def handle_peer_serves(self, sae_id: str) -> bool:
+        """The peer KME serves ``sae_id`` now; True if this KME served it until now."""
         ...
 
     async def pool_stats(self) -> dict[str, Any]: ...
@@ -270,6 +275,18 @@ async def peer_saes(request: web.Request) -> web.Response:
         {"SAE_ID": sae_id, "registered": request.app[NODE_KEY].handle_knows_sae(sae_id)})
 
 
+async def peer_served(request: web.Request) -> web.Response:
+    """The peer KME serves this SAE now (it called there): this KME stops serving it."""
+    _peer_kme(request)
+    body = await _json_body(request)
+    value = body.get("SAE_ID")
+    if not isinstance(value, str):
+        raise etsi.BadRequest("SAE_ID must be a string")
+    sae_id = etsi.check_sae_id(value, what="SAE_ID")
+    moved = request.app[NODE_KEY].handle_peer_serves(sae_id)
+    return web.json_response({"SAE_ID": sae_id, "moved": moved})
+
+
 async def peer_cancel(request: web.Request) -> web.Response:
     node = _peer_kme(request)
     body = await _json_body(request)
@@ -313,7 +330,7 @@ async def stats(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     if who.role == ROLE_SAE and not who.name.startswith(
             RESERVED_SAE_PREFIX):
-        node.called_by(who.name)  # the key panel's poll places an SAE before its first key
+        await node.called_by(who.name)  # the key panel's poll places an SAE before its first key
     body = {"pool": await node.pool_stats(), "link": request.app[STATS_KEY]()}
     return web.json_response(body)
 
@@ -339,6 +356,7 @@ def make_app(
     app.router.add_post("/kme/v1/allocate", peer_allocate)
     app.router.add_post("/kme/v1/cancel", peer_cancel)
     app.router.add_get("/kme/v1/saes/{sae}", peer_saes)
+    app.router.add_post("/kme/v1/served", peer_served)
     app.router.add_post("/kme/v1/relay", peer_relay)
     app.router.add_get("/kme/v1/stats", stats)
     return app

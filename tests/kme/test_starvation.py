@@ -265,6 +265,12 @@ def test_a_trailing_newline_is_refused_in_every_path(idle: Pair, bad: str) -> No
             "binding_id": str(uuid.uuid4()), "master_SAE_ID": SAE_A, "slave_SAE_ID": newline,
             "master_kme": KME_A, "keys": [{"key_ID": key_id, "size": 256, "parts": [key_id]}]})
         assert resp.status_code == 400 and "invalid SAE_ID" in resp.text
+        for body in ({"SAE_ID": newline}, {"SAE_ID": 7}, {}):  # "an SAE moved to me"
+            resp = from_a.post("/kme/v1/served", json=body)
+            assert resp.status_code == 400 and "SAE_ID" in resp.text, body
+    with sae_http(idle, idle.url_a, SAE_A) as alice:  # an SAE may not move another one
+        resp = alice.post("/kme/v1/served", json={"SAE_ID": SAE_B})
+        assert resp.status_code in (401, 403), resp.text
     # The SAE client never sends such a value at all (tests/kme/test_etsi_api.py); with a
     # valid SAE_ID the same calls work.
     with idle.alice() as alice, idle.bob() as bob:

@@ -13,7 +13,6 @@ def _pair(tmp_path: Path) -> tuple[Pki, ServedSaes, ServedSaes]:
     pki.ensure(kme_ids=["kme-alice", "kme-bob"], sae_ids=["sae-alice", "sae-bob", "sae-carol"])
     a = ServedSaes(PkiSaeRegistry(pki), tmp_path / "a.sqlite", defaults=["sae-alice"])
     b = ServedSaes(PkiSaeRegistry(pki), tmp_path / "b.sqlite", defaults=["sae-bob"])
-    a.rival, b.rival = b, a
     return pki, a, b
 
 
@@ -23,11 +22,14 @@ def test_an_sae_is_served_where_it_calls_and_moves_with_its_calls(tmp_path: Path
         assert a.knows("sae-alice") and not a.knows("sae-bob") and b.knows("sae-bob")
         assert not a.knows("sae-carol") and not b.knows("sae-carol")
         assert a.is_enrolled("sae-carol")
-        a.called_by("sae-carol")
+        assert a.called_by("sae-carol")  # recorded; the peer KME is still to be told
         assert a.knows("sae-carol") and not b.knows("sae-carol")
-        b.called_by("sae-carol")  # its profile now names the other KME
+        a.announced("sae-carol")
+        assert not a.called_by("sae-carol")  # told already
+        assert b.called_by("sae-carol")  # its profile now names the other KME...
+        a.forget("sae-carol")  # ...which tells this one (KmeNode.called_by, POST /served)
         assert b.knows("sae-carol") and not a.knows("sae-carol")
-        a.called_by("sae-mallory")  # no certificate: nobody is recorded
+        assert not a.called_by("sae-mallory")  # no certificate: nobody is recorded
         assert not a.knows("sae-mallory") and "sae-mallory" not in a.served()
     finally:
         a.close()

@@ -126,6 +126,18 @@ def test_a_third_sae_on_two_serve_processes(tmp_path: Path) -> None:
                     assert sent[0].path == ("kme-alice",)
                 else:
                     assert len(sent[0].path) == 2, sent[0].path
+            # carol's profile now names bob's KME: her first call there moves her, and
+            # alice's KME (told over the KME channel) binds her keys across the link; bob's
+            # come from his KME's own store.
+            with client(port_b, "sae-carol") as moved:
+                assert moved.get_status(SAE_B).target_KME_ID == "kme-bob"
+                for master, slave, master_id, slave_id, path in (
+                        (alice, moved, SAE_A, "sae-carol", 2), (bob, moved, SAE_B, "sae-carol", 1),
+                        (moved, alice, "sae-carol", SAE_A, 2)):
+                    sent = master.get_enc_keys(slave_id, number=2)
+                    got = slave.get_dec_keys(master_id, [k.key_ID for k in sent])
+                    assert [(k.key_ID, k.key) for k in got] == [(k.key_ID, k.key) for k in sent]
+                    assert len(sent[0].path) == path, (master_id, slave_id, sent[0].path)
     finally:
         for process in (alice_kme, bob_kme):
             if process is not None:
