@@ -73,6 +73,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from keysource.sqlite_schema import Migration, Schema, open_schema
 
@@ -391,6 +392,21 @@ def _nonempty_str(value: object) -> str:
     return value
 
 
+_IN_CHUNK = 500  # values per "IN (...)" (far below SQLite's variable limit)
+
+
+def _select_in(db: sqlite3.Connection, query: str, values: Sequence[str], *args: object,
+               order: str = "") -> list[Any]:
+    """Rows of ``query`` ending in ``... IN`` for every value, in chunks (``args`` bind the
+    placeholders before the IN list). One statement per chunk, not one per value."""
+    rows: list[Any] = []
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = values[start:start + _IN_CHUNK]
+        rows.extend(db.execute(f"{query} ({','.join('?' * len(chunk))}) {order}",
+                               (*args, *chunk)).fetchall())
+    return rows
+
+
 class KeyPool:
     """A durable, once-only QKD key store (see the module docstring)."""
 
@@ -413,6 +429,11 @@ class KeyPool:
         self.redelivery_grace_s = float(redelivery_grace_s)
         self.binding_limits = binding_limits or BindingLimits.for_pool(max_key_count)
         self._clock = clock  # wall clock: retention times survive restarts in the file
+        # Free keys, counted once and then kept up to date by the writes that change them
+        # (None: count again). A full pool holds many; counting them after every relay
+        # hop's draw and claim cost more than the draw itself.
+        self._free: int | None = None
+        self._data_version = 0  # PRAGMA data_version when _free was counted
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.path.exists()
         self._db = sqlite3.connect(
@@ -519,6 +540,8 @@ class KeyPool:
                 added += 1
             if link_state is not None:
                 linkstate.write(db, *link_state)
+        if self._free is not None:
+            self._free += added
         return added
 
     def link_state(self, name: str) -> bytes | None:
@@ -565,6 +588,8 @@ class KeyPool:
                 keys.append(BoundKey(key_ID=parts[0], size_bits=size, parts=parts))
             binding = Binding(binding_id, master_SAE_ID, slave_SAE_ID, master_kme, tuple(keys))
             self._store_binding(db, binding, local_kme=local_kme, acked=False)
+        if self._free is not None:
+            self._free -= needed
         return binding
 
     def apply_binding(self, binding: Binding, *, local_kme: str) -> list[str]:
@@ -585,20 +610,19 @@ class KeyPool:
                 if row[0] == _CANCELLED:
                     raise BindingConflict(f"binding {binding.binding_id} was cancelled")
                 return []
+            parts = [part for key in binding.keys for part in key.parts]
+            held = dict(_select_in(db, "SELECT key_id, bound_to FROM keys WHERE key_id IN", parts))
+            absent = [part for part in parts if part not in held]
+            delivered = set(r[0] for r in _select_in(
+                db, "SELECT key_id FROM delivered WHERE key_id IN", absent))
             missing = []
-            for key in binding.keys:
-                for part in key.parts:
-                    row = db.execute(
-                        "SELECT bound_to FROM keys WHERE key_id = ?", (part,)
-                    ).fetchone()
-                    if row is None:
-                        if db.execute(
-                            "SELECT 1 FROM delivered WHERE key_id = ?", (part,)
-                        ).fetchone():
-                            raise BindingConflict(f"pool key {part} was already delivered here")
-                        missing.append(part)
-                    elif row[0] is not None:
-                        raise BindingConflict(f"pool key {part} is already bound to {row[0]}")
+            for part in parts:
+                if part not in held:
+                    if part in delivered:
+                        raise BindingConflict(f"pool key {part} was already delivered here")
+                    missing.append(part)
+                elif held[part] is not None:
+                    raise BindingConflict(f"pool key {part} is already bound to {held[part]}")
             if missing:
                 return missing
             # Quotas hold where the slave fetches (the keys that may wait for ever); the
@@ -609,6 +633,8 @@ class KeyPool:
                     db, binding.master_SAE_ID, binding.slave_SAE_ID, needed)
             if refused is None:
                 self._store_binding(db, binding, local_kme=local_kme, acked=True)
+                if self._free is not None:
+                    self._free -= len(parts)
             else:
                 db.execute(
                     "INSERT INTO bindings (binding_id, body, acked, created)"
@@ -646,22 +672,13 @@ class KeyPool:
         self, db: sqlite3.Connection, binding: Binding, *, local_kme: str, acked: bool
     ) -> None:
         role = "master" if binding.master_kme == local_kme else "slave"
-        for key in binding.keys:
-            for index, part in enumerate(key.parts):
-                db.execute(
-                    "UPDATE keys SET bound_to = ?, part = ?, size_bits = ?, master_sae = ?,"
-                    " slave_sae = ?, role = ?, binding_id = ? WHERE key_id = ?",
-                    (
-                        key.key_ID,
-                        index,
-                        key.size_bits,
-                        binding.master_SAE_ID,
-                        binding.slave_SAE_ID,
-                        role,
-                        binding.binding_id,
-                        part,
-                    ),
-                )
+        db.executemany(
+            "UPDATE keys SET bound_to = ?, part = ?, size_bits = ?, master_sae = ?,"
+            " slave_sae = ?, role = ?, binding_id = ? WHERE key_id = ?",
+            [(key.key_ID, index, key.size_bits, binding.master_SAE_ID, binding.slave_SAE_ID,
+              role, binding.binding_id, part)
+             for key in binding.keys for index, part in enumerate(key.parts)],
+        )
         db.execute(
             "INSERT INTO bindings (binding_id, body, acked, created) VALUES (?, ?, ?, ?)",
             (binding.binding_id, json.dumps(binding.to_json()), int(acked), self._clock()),
@@ -719,6 +736,7 @@ class KeyPool:
             )
             db.execute("DELETE FROM bindings WHERE binding_id = ?", (binding_id,))
             self._deliver(db, [(m, None) for m in missing], "(unshared)")
+        self._free = None  # the rest of the binding is free again
 
     # -- delivery -------------------------------------------------------------------------
 
@@ -761,24 +779,27 @@ class KeyPool:
             self._sweep(db, now)
             self._expire(db, now, master=master, slave=slave)
             unknown, foreign, fresh = [], [], []
+            held = {r[0]: tuple(r[1:]) for r in _select_in(
+                db, "SELECT bound_to, master_sae, slave_sae, role FROM keys"
+                " WHERE part = 0 AND bound_to IN", key_ids)}
+            kept = dict(_select_in(
+                db, "SELECT key_id, material FROM redeliverable"
+                " WHERE master_sae = ? AND slave_sae = ? AND key_id IN",
+                [k for k in key_ids if k not in held], master, slave))
             again: dict[str, bytes] = {}
+            named: set[str] = set()
             for key_id in key_ids:
-                row = db.execute(
-                    "SELECT master_sae, slave_sae, role FROM keys"
-                    " WHERE bound_to = ? AND part = 0",
-                    (key_id,),
-                ).fetchone()
+                if key_id in named:  # named twice: the first takes it, this one is gone
+                    unknown.append(key_id)
+                    continue
+                named.add(key_id)
+                row = held.get(key_id)
                 if row is None:
-                    kept = db.execute(
-                        "SELECT material FROM redeliverable"
-                        " WHERE key_id = ? AND master_sae = ? AND slave_sae = ?",
-                        (key_id, master, slave),
-                    ).fetchone()
-                    if kept is None:
-                        unknown.append(key_id)
+                    if key_id in kept:
+                        again[key_id] = kept[key_id]
                     else:
-                        again[key_id] = kept[0]
-                elif tuple(row) != (master, slave, "slave"):
+                        unknown.append(key_id)
+                elif row != (master, slave, "slave"):
                     foreign.append(key_id)
                 else:
                     fresh.append(key_id)
@@ -862,27 +883,28 @@ class KeyPool:
         return None if oldest is None else float(oldest) + self.binding_limits.ttl_s
 
     def _take_bound(self, db: sqlite3.Connection, heads: Sequence[str], sae: str) -> list[PoolKey]:
+        """Assemble the keys headed by ``heads`` (distinct) from their parts; deliver them."""
+        parts: dict[str, list[tuple[str, bytes, int]]] = {head: [] for head in heads}
+        for key_id, material, size_bits, head in _select_in(
+                db, "SELECT key_id, material, size_bits, bound_to FROM keys WHERE bound_to IN",
+                heads, order="ORDER BY bound_to, part"):
+            parts[head].append((key_id, material, size_bits))
         out = []
         for head in heads:
-            rows = db.execute(
-                "SELECT key_id, material, size_bits FROM keys WHERE bound_to = ? ORDER BY part",
-                (head,),
-            ).fetchall()
-            size = rows[0][2]
-            out.append(PoolKey(head, assemble([r[1] for r in rows], size)))
-            self._deliver(db, [(r[0], head) for r in rows], sae)
+            rows = parts[head]
+            out.append(PoolKey(head, assemble([r[1] for r in rows], rows[0][2])))
+        self._deliver(db, [(r[0], head) for head in heads for r in parts[head]], sae)
         return out
 
     def _deliver(
         self, db: sqlite3.Connection, keys: Sequence[tuple[str, str | None]], sae: str
     ) -> None:
         now = self._clock()
-        for key_id, head in keys:
-            db.execute("DELETE FROM keys WHERE key_id = ?", (key_id,))
-            db.execute(
-                "INSERT OR IGNORE INTO delivered (key_id, bound_to, sae, at) VALUES (?, ?, ?, ?)",
-                (key_id, head, sae, now),
-            )
+        db.executemany("DELETE FROM keys WHERE key_id = ?", [(key_id,) for key_id, _ in keys])
+        db.executemany(
+            "INSERT OR IGNORE INTO delivered (key_id, bound_to, sae, at) VALUES (?, ?, ?, ?)",
+            [(key_id, head, sae, now) for key_id, head in keys],
+        )
 
     # -- inspection -----------------------------------------------------------------------
 
@@ -907,9 +929,14 @@ class KeyPool:
         )
 
     def free_count(self) -> int:
-        """Keys not yet promised to anybody (indexed: cheap even for a full pool)."""
-        (count,) = self._db.execute("SELECT COUNT(*) FROM keys WHERE bound_to IS NULL").fetchone()
-        return int(count)
+        """Keys not yet promised to anybody (counted once, then kept up to date; counted
+        again after another connection changed the file, e.g. a test filling the pool)."""
+        (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        if self._free is None or version != self._data_version:
+            (count,) = self._db.execute(
+                "SELECT COUNT(*) FROM keys WHERE bound_to IS NULL").fetchone()
+            self._free, self._data_version = int(count), version
+        return self._free
 
     def free_key_ids(self) -> set[str]:
         """The key_IDs of free keys (no key material)."""
@@ -922,6 +949,8 @@ class KeyPool:
             free = [r[0] for key_id in key_ids for r in db.execute(
                 "SELECT key_id FROM keys WHERE key_id = ? AND bound_to IS NULL", (key_id,))]
             self._deliver(db, [(key_id, None) for key_id in free], UNPAIRED_SAE)
+        if self._free is not None:
+            self._free -= len(free)
         return len(free)
 
     def key_ids(self) -> set[str]:

@@ -421,3 +421,57 @@ def test_the_master_side_keeps_nothing(tmp_path: Path) -> None:
     b, _, _ = bound_at_slave(tmp_path, clock)
     with KeyPool(tmp_path / "a.sqlite", clock=clock) as a:
         assert a.redeliverable_ids() == set() and a.stats().redeliverable == 0
+
+
+def _counted(pool: KeyPool) -> int:
+    with sqlite3.connect(pool.path) as db:
+        return db.execute("SELECT COUNT(*) FROM keys WHERE bound_to IS NULL").fetchone()[0]
+
+
+def test_the_free_count_follows_every_change_and_other_writers(tmp_path: Path) -> None:
+    """free_count is kept up to date rather than counted each time (a relay hop asks for it
+    after every draw and claim): after each kind of write, and after another connection
+    (a test filling the pool, as its link would) changed the file, it equals a fresh count."""
+    a, b, batch = make_pair(tmp_path)
+
+    def same() -> None:
+        assert a.free_count() == _counted(a) and b.free_count() == _counted(b)
+
+    same()
+    binding = a.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
+                     master_kme=A, local_kme=A, sizes=[256, 512])
+    same()
+    assert b.apply_binding(binding, local_kme=B) == []
+    same()
+    a.mark_acked(binding.binding_id)
+    sent = a.take_bound_for_master("m", "s", 512, 1)
+    b.take_for_slave("m", "s", [sent[0].key_ID])
+    same()
+    assert a.add_keys(batch[:3] + random_batch(4)) == 4  # three already held
+    same()
+    with KeyPool(a.path) as other:  # another writer on the same file
+        other.add_keys(random_batch(5))
+    same()
+    unshared = a.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
+                      master_kme=A, local_kme=A, sizes=[256, 256])
+    same()
+    a.drop_unshared(unshared.binding_id, [unshared.keys[0].key_ID])
+    same()
+    assert a.discard_free({batch[-1][0]}) == 1
+    same()
+    with pytest.raises(PoolExhausted):
+        a.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
+               master_kme=A, local_kme=A, sizes=[256] * 1_000)
+    same()
+
+
+def test_a_key_named_twice_in_one_dec_keys_is_not_handed_out_twice(tmp_path: Path) -> None:
+    a, b, _ = make_pair(tmp_path)
+    binding = a.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
+                     master_kme=A, local_kme=A, sizes=[256])
+    b.apply_binding(binding, local_kme=B)
+    key_id = binding.keys[0].key_ID
+    with pytest.raises(KeyLookupError) as err:
+        b.take_for_slave("m", "s", [key_id, key_id])
+    assert err.value.unknown == (key_id,)
+    assert len(b.take_for_slave("m", "s", [key_id])) == 1  # nothing was taken
