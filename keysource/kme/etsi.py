@@ -13,10 +13,11 @@ first pool key, so both KMEs name it identically.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from keysource.uuid_text import canonical_uuid
 
 from .pool import POOL_KEY_BITS
 from .sae_id import SAE_ID_RULE, sae_id_problem
@@ -180,7 +181,7 @@ def parse_dec_keys(body: Mapping[str, Any], limits: Limits) -> DecKeysRequest:
 
 def normalise_key_id(value: str) -> str:
     try:
-        return str(uuid.UUID(value))
+        return canonical_uuid(value)
     except ValueError:
         raise BadRequest("key_ID is not a UUID", [{"key_ID": value[:80]}]) from None
 

@@ -69,13 +69,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from keysource.sqlite_schema import Migration, Schema, open_schema
+from keysource.uuid_text import canonical_uuid
 
 from . import linkstate
 from .defaults import DEFAULT_REDELIVERY_GRACE_S
@@ -367,7 +367,7 @@ def _uuid_text(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError("key_ID must be a string")
     try:
-        return str(uuid.UUID(value))
+        return canonical_uuid(value)
     except ValueError:
         raise TypeError(f"not a UUID: {value[:64]!r}") from None
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass, replace
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
+from keysource.uuid_text import canonical_uuid
+
 KEY_BYTES = 32
 TAG_BYTES = 16
 KEYS_PER_HOP = 2  # the pad and the MAC key
@@ -61,7 +63,7 @@ def _xor(a: bytes, b: bytes) -> bytes:
 
 def _uuid(value: object, name: str) -> str:
     try:
-        return str(uuid.UUID(str(value)))
+        return canonical_uuid(str(value))
     except ValueError:
         raise RelayRefused("malformed", f"{name} is not a UUID") from None
 
