@@ -128,7 +128,10 @@ def test_slave_side_refuses_other_pairs_and_unknown_ids(tmp_path: Path) -> None:
     assert err.value.unknown == (free_id,)
     with pytest.raises(KeyLookupError):
         a.take_for_slave("m", "s", [key_id])  # the master side never serves dec_keys
-    assert len(b.take_for_slave("m", "s", [key_id])) == 1
+    with pytest.raises(KeyLookupError) as err:  # named twice: not handed out twice
+        b.take_for_slave("m", "s", [key_id, key_id])
+    assert err.value.unknown == (key_id,)
+    assert len(b.take_for_slave("m", "s", [key_id])) == 1  # nothing was taken before
 
 
 def test_apply_binding_waits_for_missing_keys_and_is_idempotent(tmp_path: Path) -> None:
@@ -463,15 +466,3 @@ def test_the_free_count_follows_every_change_and_other_writers(tmp_path: Path) -
         a.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
                master_kme=A, local_kme=A, sizes=[256] * 1_000)
     same()
-
-
-def test_a_key_named_twice_in_one_dec_keys_is_not_handed_out_twice(tmp_path: Path) -> None:
-    a, b, _ = make_pair(tmp_path)
-    binding = a.bind(binding_id=str(uuid.uuid4()), master_SAE_ID="m", slave_SAE_ID="s",
-                     master_kme=A, local_kme=A, sizes=[256])
-    b.apply_binding(binding, local_kme=B)
-    key_id = binding.keys[0].key_ID
-    with pytest.raises(KeyLookupError) as err:
-        b.take_for_slave("m", "s", [key_id, key_id])
-    assert err.value.unknown == (key_id,)
-    assert len(b.take_for_slave("m", "s", [key_id])) == 1  # nothing was taken
