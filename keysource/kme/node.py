@@ -422,6 +422,7 @@ class KmeNode:
         """
         if self.peer is None:
             raise etsi.Unavailable("this KME is not connected to a peer KME")
+        binding = False  # only binding changes the free keys (taking bound ones does not)
         try:
             async with self._lock(master, slave):
                 ready = await self._db(self.pool.ready_count, master, slave, size)
@@ -430,6 +431,7 @@ class KmeNode:
                     # The reserve only from a pool with plenty left for everybody else.
                     if reserve and await self._db(self.pool.free_count) >= count + 2 * reserve:
                         count += reserve
+                    binding = True
                     if self.allocator:
                         await self._bind_here(master, slave, size, count)
                     else:
@@ -441,8 +443,9 @@ class KmeNode:
                     raise etsi.Unavailable(
                         "keys could not be reserved", [{"reason": str(exc)}]
                     ) from None
-        finally:  # bound, freed or handed out: the free keys changed, and with them the room
-            await self._refresh_room()
+        finally:  # bound (or bound and freed again): the free keys changed, and the room
+            if binding:
+                await self._refresh_room()
         return keys
 
     async def free_count(self) -> int:
@@ -531,10 +534,10 @@ class KmeNode:
                      slave, master)
             return own
         try:
+            # Bound keys only: the free keys, and so the room, stay as they were.
             keys = await self._db(self.pool.take_for_slave, master, slave, key_ids)
         except KeyLookupError as exc:
             raise lookup_error(exc) from None
-        await self._refresh_room()
         log.info("dec_keys: %d key(s) for %s from %s", len(keys), slave, master)
         # A slave takes only keys bound at the peer KME (role "slave"): made on this link.
         return [replace(k, path=(self.peer_kme_id, self.kme_id)) for k in keys]
