@@ -425,17 +425,19 @@ class KmeNode:
         binding = False  # only binding changes the free keys (taking bound ones does not)
         try:
             async with self._lock(master, slave):
-                ready = await self._db(self.pool.ready_count, master, slave, size)
-                if ready < number:
-                    count = number - ready
-                    # The reserve only from a pool with plenty left for everybody else.
-                    if reserve and await self._db(self.pool.free_count) >= count + 2 * reserve:
-                        count += reserve
-                    binding = True
-                    if self.allocator:
-                        await self._bind_here(master, slave, size, count)
-                    else:
-                        await self._bind_at_allocator(master, slave, size, count)
+                try:  # keys bound ahead (a reserve), if there are enough: one step
+                    return await self._db(
+                        self.pool.take_bound_for_master, master, slave, size, number)
+                except PoolExhausted as exc:
+                    count = number - exc.available
+                # The reserve only from a pool with plenty left for everybody else.
+                if reserve and await self._db(self.pool.free_count) >= count + 2 * reserve:
+                    count += reserve
+                binding = True
+                if self.allocator:
+                    await self._bind_here(master, slave, size, count)
+                else:
+                    await self._bind_at_allocator(master, slave, size, count)
                 try:
                     keys = await self._db(
                         self.pool.take_bound_for_master, master, slave, size, number)
