@@ -504,7 +504,8 @@ class NetworkNode:
                                                                  len(frames)))
         try:
             try:
-                link_keys = await link.dec_keys(RELAY_MASTER, RELAY_SLAVE, claim)
+                link_keys = await link.dec_keys(RELAY_MASTER, RELAY_SLAVE, claim,
+                                                redeliverable=False)
             except etsi.EtsiError as exc:
                 raise self._refused(RelayRefused(
                     "unknown_key", f"relay {frames[0].header.relay_id}: link keys unknown or "

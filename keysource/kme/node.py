@@ -522,8 +522,10 @@ class KmeNode:
                 "the KMEs disagree about these keys; retry", [{"reason": str(exc)}]
             ) from None
 
-    async def dec_keys(self, master: str, slave: str, key_ids: Sequence[str]) -> list[PoolKey]:
-        """The keys ``master`` obtained for slave SAE ``slave``, handed to ``slave`` once."""
+    async def dec_keys(self, master: str, slave: str, key_ids: Sequence[str], *,
+                       redeliverable: bool = True) -> list[PoolKey]:
+        """The keys ``master`` obtained for slave SAE ``slave``, handed to ``slave`` once
+        (``redeliverable``: see :meth:`KeyPool.take_for_slave`)."""
         await self.called_by(slave)
         if self.own_keys is not None and await self._db(self.own_keys.holds_any,
                                                         list(key_ids)):
@@ -537,7 +539,8 @@ class KmeNode:
             return own
         try:
             # Bound keys only: the free keys, and so the room, stay as they were.
-            keys = await self._db(self.pool.take_for_slave, master, slave, key_ids)
+            keys = await self._db(self.pool.take_for_slave, master, slave, key_ids,
+                                  redeliverable=redeliverable)
         except KeyLookupError as exc:
             raise lookup_error(exc) from None
         log.info("dec_keys: %d key(s) for %s from %s", len(keys), slave, master)

@@ -767,12 +767,15 @@ class KeyPool:
                 raise PoolExhausted(number, len(heads))
             return self._take_bound(db, [h[0] for h in heads], master)
 
-    def take_for_slave(self, master: str, slave: str, key_ids: Sequence[str]) -> list[PoolKey]:
+    def take_for_slave(self, master: str, slave: str, key_ids: Sequence[str], *,
+                       redeliverable: bool = True) -> list[PoolKey]:
         """dec_keys: hand the named keys to the slave, only if all are bound to (master, slave).
 
         A key this slave already fetched (same master) less than ``redelivery_grace_s`` ago
         is served again, with the same bytes; to anybody else it is unknown, as any
-        delivered key (see the module docstring). All or nothing.
+        delivered key (see the module docstring). All or nothing. ``redeliverable=False``
+        keeps no copy for that (a trusted node claiming a relay hop's link keys for itself:
+        no answer of it can be lost on the way, and a repeated claim is a replay).
         """
         now = self._clock()
         with self._write() as db:
@@ -806,7 +809,7 @@ class KeyPool:
             if unknown or foreign:
                 raise KeyLookupError(unknown, foreign)
             taken = {k.key_ID: k for k in self._take_bound(db, fresh, slave)}
-            if self.redelivery_grace_s > 0:
+            if self.redelivery_grace_s > 0 and redeliverable:
                 db.executemany(
                     "INSERT INTO redeliverable (key_id, master_sae, slave_sae, material, at)"
                     " VALUES (?, ?, ?, ?, ?)",

@@ -50,12 +50,12 @@ def test_etsi_keys_over_two_hops_and_on_one_node_with_real_qkd_links(tmp_path: P
                 k.key for k in back]
             # Neighbours: the link's own binding protocol, whichever end the master is at.
             with network.client("m", "sae-m") as m:
-                near = x.get_enc_keys("sae-m", number=2)
-                assert [k.key for k in m.get_dec_keys("sae-x", [k.key_ID for k in near])] == [
-                    k.key for k in near]
-                near = m.get_enc_keys("sae-x", number=1, size=512)
-                assert [k.key for k in x.get_dec_keys("sae-m", [k.key_ID for k in near])] == [
-                    k.key for k in near]
+                to_m = x.get_enc_keys("sae-m", number=2)
+                assert [k.key for k in m.get_dec_keys("sae-x", [k.key_ID for k in to_m])] == [
+                    k.key for k in to_m]
+                to_x = m.get_enc_keys("sae-x", number=1, size=512)
+                assert [k.key for k in x.get_dec_keys("sae-m", [k.key_ID for k in to_x])] == [
+                    k.key for k in to_x]
             status = x.get_status("sae-y")
             assert (status.source_KME_ID, status.target_KME_ID) == ("x", "y")
             # Two SAEs of one node: keys from the node's own store, no link spent.
@@ -71,6 +71,12 @@ def test_etsi_keys_over_two_hops_and_on_one_node_with_real_qkd_links(tmp_path: P
         relay = _stats(network, "m")["relay"]
         assert isinstance(relay, dict) and relay["forwarded"] == 5
         assert not any(relay["refused"].values())
+        # A dec_keys answer is kept for its grace (in case the SAE lost it), but a node's own
+        # claims of relay link keys are not: no copy of them stays on disk.
+        for here, there, kept in (("m", "x", to_m), ("x", "m", to_x), ("m", "y", []),
+                                  ("y", "m", [])):
+            with KeyPool(link_pool_path(network.data, here, there)) as pool:
+                assert pool.redeliverable_ids() == {k.key_ID for k in kept}, (here, there)
     finally:
         stop_network(network)
 
