@@ -91,9 +91,10 @@ async def _session(messenger: Any, args: argparse.Namespace, source: Any, sink: 
             view = await _talk(messenger, args, view, out)
     finally:
         await messenger.stop()  # a call still live is hung up here
-    if view.state is not CallState.ENDED or view.reason != "offline":
-        view = messenger.calls.view(view.call_id)
-    out.summary(view)
+        if view is not None:  # also after Ctrl+C, which hung it up on the way out
+            if view.state is not CallState.ENDED or view.reason != "offline":
+                view = messenger.calls.view(view.call_id)
+            out.summary(view)
     return EXIT_OK if view.answered_at is not None else EXIT_NOT_DONE
 
 

@@ -200,6 +200,9 @@ def test_ctrl_c_hangs_up_and_a_killed_caller_ends_the_call_too(stack: Stack) -> 
         os.killpg(caller.process.pid, signal.SIGINT)  # Ctrl+C
         by_bob = answerer.event("ended")
         assert caller.exit_code() == 130 and answerer.exit_code() == 0
+        mine = caller.event("ended")  # the summary comes after Ctrl+C too
+        assert (mine["reason"], mine["ended_by_peer"], mine["answered"]) == (
+            "hung up", False, True)
     finally:
         caller.stop()
         answerer.stop()
