@@ -90,7 +90,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # How long an SAE's first call at a KME waits for the peer KME to hear that it is served here
-# (loopback or LAN: milliseconds; a peer that is down costs that SAE this once per call).
+# (loopback or LAN: milliseconds; a peer that is down costs an SAE this once, and later
+# tries run in the background).
 ANNOUNCE_WAIT_S = 2.0
 ANNOUNCE_RETRY_S = 30.0  # after the peer could not be told, before the next try
 T = TypeVar("T")

@@ -73,9 +73,9 @@ class ServedSaes:
 
         True while the peer KME has not been told (:meth:`announced`) that this KME serves
         it (so the peer stops serving an SAE that moved here)."""
-        if not self.enrolled.knows(sae_id):
-            return False
         if sae_id not in self._served:
+            if not self.enrolled.knows(sae_id):
+                return False
             self._record(sae_id)
         return sae_id not in self._announced
 
