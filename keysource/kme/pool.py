@@ -339,6 +339,9 @@ class Binding:
                 raise ValueError("a bound key's key_ID must be its first part")
             if len(key.parts) != parts_for_size(key.size_bits):
                 raise ValueError("a bound key's parts do not match its size")
+        parts = [part for key in keys for part in key.parts]
+        if len(set(parts)) != len(parts):
+            raise ValueError("a pool key is named twice in one binding")
         return binding
 
 

@@ -182,6 +182,7 @@ def test_bind_is_all_or_nothing_and_idempotent(tmp_path: Path) -> None:
         lambda d: d["keys"][0].update(size=512),  # parts do not match the size
         lambda d: d["keys"][0].update(key_ID=str(uuid.uuid4())),
         lambda d: d.update(master_SAE_ID=""),
+        lambda d: d["keys"].append(dict(d["keys"][0])),  # one pool key in two keys
     ],
 )
 def test_malformed_bindings_are_rejected(tmp_path: Path, mutate: object) -> None:
