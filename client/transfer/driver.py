@@ -55,7 +55,10 @@ class FrameLink(Protocol):
     def frame_chunk(self, frame: bytearray, ordinal: int) -> None:
         """Fill the ``headroom`` bytes in front of a sealed chunk (on the worker thread)."""
 
-    async def send_chunk(self, frame: bytearray) -> None: ...
+    async def send_chunk(self, frame: bytearray) -> None:
+        """Write a sealed chunk. Once this returns the sender seals later chunks into the
+        same buffer: a link that keeps the frame (a queue) keeps a copy."""
+
     async def send_control(self, data: bytes) -> None: ...
     async def ack(self, seqs: list[int]) -> None:
         """The receiver processed these incoming frames (the relay may drop its copies)."""
@@ -96,6 +99,9 @@ class SenderDriver:
     quiet_s: float = QUIET_S
     quiet_max_s: float = QUIET_MAX_S
     paused: bool = False  # the link's far end is full: wait for the receiver to speak
+    # Frames already sent, sealed into again (a new 256 KiB buffer per chunk cost page
+    # faults: the allocator returned the memory to the kernel between chunks).
+    spare: list[bytearray] = field(default_factory=list)
 
     def pause(self) -> None:
         """Stop sending into a full spool; go on from the last ack once the receiver speaks
@@ -115,6 +121,7 @@ class SenderDriver:
             while not self.paused and (frames := await self._next_frames()):
                 for frame in frames:
                     await link.send_chunk(frame)
+                    self._spent(frame)
                     await pace.sent(len(frame) - link.headroom)
                     if self.paused:  # a quota error rewound the core: these are void
                         break
@@ -148,12 +155,15 @@ class SenderDriver:
         """Up to SEAL_BATCH sealed chunks, framed by the link (one thread trip)."""
         sender, link = self.sender, self.link
 
+        spare = self.spare
+
         def read() -> list[bytearray]:
             frames: list[bytearray] = []
             with self.lock:  # the loop may rewind the core (a quota error) meanwhile
                 while len(frames) < SEAL_BATCH:
                     ordinal = sender.next_ordinal
-                    frame = sender.next_frame(headroom=link.headroom)
+                    frame = sender.next_frame(headroom=link.headroom,
+                                              reuse=spare.pop() if spare else None)
                     if frame is None:
                         break
                     link.frame_chunk(frame, ordinal)
@@ -165,6 +175,11 @@ class SenderDriver:
         except TransferError:  # e.g. a source changed: the core queued a cancel; send it
             await self._send_controls()
             raise
+
+    def _spent(self, frame: bytearray) -> None:
+        """The link is done with ``frame`` (written out): seal a later chunk into it."""
+        if len(self.spare) < SEAL_BATCH:
+            self.spare.append(frame)
 
     async def _send_controls(self) -> None:
         for data in self.sender.data_to_send():
@@ -197,6 +212,7 @@ class UploadDriver(SenderDriver):
         while sender.status is SenderStatus.SENDING and (frames := await self._next_frames()):
             for frame in frames:
                 await link.send_chunk(frame)
+                self._spent(frame)
                 await pace.sent(len(frame) - link.headroom)
             unconfirmed += len(frames)
             if unconfirmed >= self.confirm_every:
