@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 
 from client.transfer import (
@@ -148,4 +149,64 @@ async def test_the_driver_seals_into_frames_already_sent(tmp_path: Path) -> None
     assert sha256_file(receiver.landed()[0]) == sha256_file(source)
     assert len(sending_link.frames) == 41
     distinct = {id(frame) for frame in sending_link.frames}  # all still alive: ids are unique
-    assert len(distinct) <= SEAL_BATCH + 1  # one batch of buffers, and the short last chunk
+    # two batches (one sent while the next is sealed), and the short last chunk
+    assert len(distinct) <= 2 * SEAL_BATCH + 1
+
+
+class _WatchedLock:
+    """The driver's core lock; ``entered`` is set (on the loop) whenever the worker thread
+    takes it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._lock = threading.Lock()
+        self._loop = loop
+        self.entered = asyncio.Event()
+        self.worker_entries = 0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        if threading.current_thread() is not threading.main_thread():
+            self.worker_entries += 1
+            self._loop.call_soon_threadsafe(self.entered.set)
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+class _WaitingLink(_KeepingLink):
+    """Holds the first chunk until the worker thread has gone back to the core (to seal
+    the next batch): without read-ahead that never happens and the test times out."""
+
+    def __init__(self, queue: FrameQueue, lock: _WatchedLock) -> None:
+        super().__init__(queue)
+        self.lock = lock
+
+    async def send_chunk(self, frame: bytearray) -> None:
+        if not self.frames:
+            before = self.lock.worker_entries
+            while self.lock.worker_entries == before:
+                self.lock.entered.clear()
+                if self.lock.worker_entries == before:
+                    await asyncio.wait_for(self.lock.entered.wait(), 10)
+        await super().send_chunk(frame)
+
+
+async def test_the_next_batch_is_sealed_while_one_is_sent(tmp_path: Path) -> None:
+    source = tmp_path / "src" / "f.bin"
+    write_seeded_file(source, 3 * SEAL_BATCH * CHUNK, seed=4)
+    built = build_manifest([source], chunk_size=CHUNK)
+    manifest = built.manifest.with_qkd_key_ids(["k"])
+    secrets = Secrets.fresh()
+    sender = TransferSender(secrets.keys(manifest), FileReader.for_manifest(built),
+                            window_chunks=1 << 20)
+    receiver = TransferReceiver.accept(secrets.keys(manifest), tmp_path / "dl")
+    to_receiver: FrameQueue = asyncio.Queue()
+    to_sender: FrameQueue = asyncio.Queue()
+    lock = _WatchedLock(asyncio.get_running_loop())
+    sending = SenderDriver(sender, _WaitingLink(to_receiver, lock), to_sender, _Quiet(),
+                           lock=lock)  # type: ignore[arg-type]
+    receiving = ReceiverDriver(receiver, _KeepingLink(to_sender), to_receiver, _Quiet())
+    running = asyncio.ensure_future(sending.run())
+    assert await asyncio.wait_for(receiving.run(), 60) is ReceiverStatus.COMPLETE
+    assert await asyncio.wait_for(running, 60) is SenderStatus.COMPLETE
+    assert sha256_file(receiver.landed()[0]) == sha256_file(source)
