@@ -77,17 +77,21 @@ class BulkFrameReader:
     ``feed(data)`` calls, in stream order, ``forward(piece)`` with bytes that belong to
     other frames (whole frames, possibly in several pieces) and ``deliver(payload)`` with
     the payload of each bulk frame: final, binary, no reserved bits, not masked, between
-    ``min_size`` and ``max_size`` bytes. At each frame boundary ``allowed()`` is asked
-    first (after the forwarded bytes before it were handled); once it says no, every
-    byte from there on is forwarded (``active`` turns false).
+    ``min_size`` and ``max_size`` bytes, and not inside a fragmented message
+    (``fragmenting()``: such a frame is a protocol error, websockets' to report). At each
+    frame boundary ``allowed()`` is asked first (after the forwarded bytes before it were
+    handled); once it says no, every byte from there on is forwarded (``active`` turns
+    false).
     """
 
     def __init__(self, forward: Callable[[bytes], None], deliver: Callable[[bytes], None],
                  allowed: Callable[[], bool], max_size: int | None,
-                 min_size: int = BULK_MIN_BYTES) -> None:
+                 min_size: int = BULK_MIN_BYTES,
+                 fragmenting: Callable[[], bool] = lambda: False) -> None:
         self._forward = forward
         self._deliver = deliver
         self._allowed = allowed
+        self._fragmenting = fragmenting
         self._max_size = max_size
         self._min_size = min_size
         self.active = True
@@ -140,7 +144,8 @@ class BulkFrameReader:
             length = int.from_bytes(head[2:10], "big")
         bulk = (first == _FIN | Opcode.BINARY and not second & _MASKED
                 and length >= self._min_size
-                and (self._max_size is None or length <= self._max_size))
+                and (self._max_size is None or length <= self._max_size)
+                and not self._fragmenting())
         if bulk:
             self._bulk_left = length
         else:  # websockets reads it (and refuses it if it is wrong)
@@ -189,7 +194,8 @@ class ChunkConnection(ClientConnection):
         if reader is None and parser_at_frame_boundary(self):
             self.bulk_reader = BulkFrameReader(
                 super().data_received, self._bulk_message, self._bulk_allowed,
-                self.protocol.max_message_size)
+                self.protocol.max_message_size,
+                fragmenting=lambda: self.protocol.current_size is not None)
 
     def _bulk_allowed(self) -> bool:
         protocol = self.protocol

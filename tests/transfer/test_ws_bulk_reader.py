@@ -87,7 +87,8 @@ def _through_the_bulk_reader(reads: list[bytes]) -> tuple[list[tuple[Opcode, byt
         bulk += 1
         seen.append((Opcode.BINARY, payload, True))
 
-    reader = BulkFrameReader(forward, deliver, lambda: protocol.state is State.OPEN, None)
+    reader = BulkFrameReader(forward, deliver, lambda: protocol.state is State.OPEN, None,
+                             fragmenting=lambda: protocol.current_size is not None)
     for data in reads:
         reader.feed(data)
     return seen, bulk
@@ -120,6 +121,21 @@ def test_after_a_close_frame_everything_goes_to_websockets() -> None:
     seen, bulk = _through_the_bulk_reader([data])
     assert bulk == 0
     assert [opcode for opcode, _, _ in seen] == [Opcode.CLOSE]
+
+
+def test_a_whole_binary_frame_inside_a_fragmented_message_is_websockets_to_refuse() -> None:
+    """A protocol error: websockets fails the connection; the reader must not take it."""
+    data = _server_bytes([Frame(Opcode.BINARY, os.urandom(BIG), fin=False),
+                          Frame(Opcode.BINARY, os.urandom(BIG))])
+    protocol = Protocol(CLIENT, state=State.OPEN, max_size=None)
+    taken: list[bytes] = []
+    reader = BulkFrameReader(protocol.receive_data, taken.append,
+                             lambda: protocol.state is State.OPEN, None,
+                             fragmenting=lambda: protocol.current_size is not None)
+    reader.feed(data)
+    assert taken == []
+    assert protocol.state is State.CLOSING  # websockets refused it, as without the reader
+    assert "continuation" in str(protocol.parser_exc)
 
 
 def test_masked_or_oversized_frames_are_left_to_websockets() -> None:
