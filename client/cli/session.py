@@ -17,6 +17,7 @@ from typing import Any
 from client.config import ClientConfig, ConfigError, load_config
 from client.work import in_background
 
+from .entry import startup_done
 from .errors import CliError
 
 PASSPHRASE_ENV = "QSECRET_PASSPHRASE"
@@ -58,7 +59,9 @@ def open_messenger(args: argparse.Namespace, **settings: str) -> Any:
     unlocking = in_background(unlock_store, config, passphrase(), name="unlock")
     from client.messenger.profile import messenger_for
 
-    return messenger_for(config, unlocking.result())
+    messenger = messenger_for(config, unlocking.result())
+    startup_done()  # the collector resumes, if the entry point paused it for the start
+    return messenger
 
 
 async def go_online(messenger: Any, timeout: float) -> None:

@@ -55,7 +55,10 @@ class FrameLink(Protocol):
     def frame_chunk(self, frame: bytearray, ordinal: int) -> None:
         """Fill the ``headroom`` bytes in front of a sealed chunk (on the worker thread)."""
 
-    async def send_chunk(self, frame: bytearray) -> None: ...
+    async def send_chunk(self, frame: bytearray) -> None:
+        """Write a sealed chunk. Once this returns the sender seals later chunks into the
+        same buffer: a link that keeps the frame (a queue) keeps a copy."""
+
     async def send_control(self, data: bytes) -> None: ...
     async def ack(self, seqs: list[int]) -> None:
         """The receiver processed these incoming frames (the relay may drop its copies)."""
@@ -96,6 +99,9 @@ class SenderDriver:
     quiet_s: float = QUIET_S
     quiet_max_s: float = QUIET_MAX_S
     paused: bool = False  # the link's far end is full: wait for the receiver to speak
+    # Frames already sent, sealed into again (a new 256 KiB buffer per chunk cost page
+    # faults: the allocator returned the memory to the kernel between chunks).
+    spare: list[bytearray] = field(default_factory=list)
 
     def pause(self) -> None:
         """Stop sending into a full spool; go on from the last ack once the receiver speaks
@@ -108,19 +114,11 @@ class SenderDriver:
         """Send until the transfer ends or the connection drops (``None`` on the queue);
         OFFERED or SENDING then means "not finished: run again on the next connection".
         A source file that changed raises TransferError after the cancel went out."""
-        sender, link = self.sender, self.link
+        sender = self.sender
         pace = _Pacer(self.limit_bytes_per_s)
         quiet = self.quiet_s
         while True:
-            while not self.paused and (frames := await self._next_frames()):
-                for frame in frames:
-                    await link.send_chunk(frame)
-                    await pace.sent(len(frame) - link.headroom)
-                    if self.paused:  # a quota error rewound the core: these are void
-                        break
-                self.observer.progress()
-                if not self.incoming.empty():
-                    break  # a resume or cancel may change what to send next
+            await self._send_while_allowed(pace)
             await self._send_controls()
             if sender.status not in _SENDER_RUNNING:
                 return sender.status
@@ -144,16 +142,61 @@ class SenderDriver:
                 events = sender.receive_control(incoming.payload)
             self.observer.events(events)
 
+    async def _send_while_allowed(self, pace: _Pacer) -> None:
+        """Send batches until the window is full, the core is done, the link is full
+        (``paused``) or the receiver spoke (a resume or cancel may change what comes next).
+
+        While a full batch goes out, the next one is read and sealed on the worker thread
+        (the socket writes and the hashing overlap). It is sent too when the receiver
+        spoke meanwhile (frames the receiver has or does not want are ignored by it); it
+        is void when the link filled up (the core goes back to the last ack again) or
+        failed (the receiver finds the gap and asks to resume, as for any lost frame).
+        """
+        ahead: asyncio.Future[list[bytearray]] | None = None
+        try:
+            while not self.paused:
+                frames = await (ahead if ahead is not None else self._next_frames())
+                ahead = None
+                if not frames:
+                    return
+                if len(frames) == SEAL_BATCH and self.incoming.empty():
+                    ahead = asyncio.ensure_future(self._next_frames())
+                await self._send_batch(frames, pace)
+                if not self.incoming.empty() and ahead is not None:
+                    frames, ahead = await ahead, None
+                    await self._send_batch(frames, pace)
+                if not self.incoming.empty():
+                    return
+        finally:
+            if ahead is not None:  # sealed, never sent: like frames lost on the way
+                await asyncio.gather(ahead, return_exceptions=True)
+                if self.paused:  # the link is full: from the last ack once it has room
+                    with self.lock:
+                        self.sender.retransmit()
+
+    async def _send_batch(self, frames: list[bytearray], pace: _Pacer) -> None:
+        link = self.link
+        for frame in frames:
+            if self.paused:  # a quota error rewound the core: these are void
+                break
+            await link.send_chunk(frame)
+            self._spent(frame)
+            await pace.sent(len(frame) - link.headroom)
+        self.observer.progress()
+
     async def _next_frames(self) -> list[bytearray]:
         """Up to SEAL_BATCH sealed chunks, framed by the link (one thread trip)."""
         sender, link = self.sender, self.link
+
+        spare = self.spare
 
         def read() -> list[bytearray]:
             frames: list[bytearray] = []
             with self.lock:  # the loop may rewind the core (a quota error) meanwhile
                 while len(frames) < SEAL_BATCH:
                     ordinal = sender.next_ordinal
-                    frame = sender.next_frame(headroom=link.headroom)
+                    frame = sender.next_frame(headroom=link.headroom,
+                                              reuse=spare.pop() if spare else None)
                     if frame is None:
                         break
                     link.frame_chunk(frame, ordinal)
@@ -165,6 +208,11 @@ class SenderDriver:
         except TransferError:  # e.g. a source changed: the core queued a cancel; send it
             await self._send_controls()
             raise
+
+    def _spent(self, frame: bytearray) -> None:
+        """The link is done with ``frame`` (written out): seal a later chunk into it."""
+        if len(self.spare) < SEAL_BATCH:
+            self.spare.append(frame)
 
     async def _send_controls(self) -> None:
         for data in self.sender.data_to_send():
@@ -197,6 +245,7 @@ class UploadDriver(SenderDriver):
         while sender.status is SenderStatus.SENDING and (frames := await self._next_frames()):
             for frame in frames:
                 await link.send_chunk(frame)
+                self._spent(frame)
                 await pace.sent(len(frame) - link.headroom)
             unconfirmed += len(frames)
             if unconfirmed >= self.confirm_every:

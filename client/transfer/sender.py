@@ -39,12 +39,13 @@ from .events import (
     Rewound,
     TransferComplete,
 )
-from .fileio import open_read, read_at
+from .fileio import open_read, read_into_at
 from .keys import RECEIVER_TO_SENDER, SENDER_TO_RECEIVER, TransferKeys
 from .manifest import BuiltManifest, Manifest
 from .progress import Progress, ProgressMeter
 from .stream import ChunkSealer
 
+# (file index, offset, length) -> the bytes; they need only stay valid until the next call.
 ChunkReader = Callable[[int, int, int], bytes | bytearray | memoryview]
 DEFAULT_WINDOW_CHUNKS = 8
 SNAPSHOT_VERSION = 1
@@ -67,6 +68,9 @@ class FileReader:
     the files are listed) a file modified since it was offered is refused when opened and
     after its last chunk is read, with a clear error that reaches the receiver, instead of
     sending a mix of old and new bytes.
+
+    It reads into one buffer of its own and returns a view of it: the bytes stay valid
+    until the next call (what ``ChunkReader`` promises, and all the sender needs).
     """
 
     def __init__(self, sources: Sequence[str | os.PathLike[str]],
@@ -75,6 +79,7 @@ class FileReader:
         self._stamps = list(stamps) if stamps is not None else None
         self._fd: int | None = None
         self._index = -1
+        self._buffer = bytearray()
 
     @classmethod
     def for_manifest(cls, built: BuiltManifest) -> FileReader:
@@ -88,7 +93,7 @@ class FileReader:
             raise SourceError(f"{self._sources[file_index]} changed since it was offered: "
                               "send it again")
 
-    def __call__(self, file_index: int, offset: int, length: int) -> bytes:
+    def __call__(self, file_index: int, offset: int, length: int) -> memoryview:
         if file_index != self._index:
             self.close()
             try:
@@ -98,11 +103,13 @@ class FileReader:
             self._index = file_index
             self._check_unchanged(file_index)
         assert self._fd is not None
-        data = read_at(self._fd, length, offset)
-        if len(data) < length or (self._stamps is not None
-                                  and offset + length >= self._stamps[file_index][0]):
+        if len(self._buffer) != length:
+            self._buffer = bytearray(length)
+        count = read_into_at(self._fd, self._buffer, offset)
+        if count < length or (self._stamps is not None
+                              and offset + length >= self._stamps[file_index][0]):
             self._check_unchanged(file_index)
-        return data
+        return memoryview(self._buffer)[:count]
 
     def close(self) -> None:
         if self._fd is not None:
@@ -125,11 +132,16 @@ class RunningHash:
         self.chunks = 0  # chunks [0, chunks) are in the digest
         self._digest = hashlib.sha256()
 
-    def add(self, chunk_index: int, data: bytes | bytearray | memoryview,
-            read_chunk: Callable[[int], bytes | bytearray | memoryview]) -> None:
+    def catch_up(self, chunk_index: int,
+                 read_chunk: Callable[[int], bytes | bytearray | memoryview]) -> None:
+        """Hash the chunks skipped before ``chunk_index`` (call it before reading that
+        chunk: a reader may reuse its buffer)."""
         while self.chunks < chunk_index:
             self._digest.update(read_chunk(self.chunks))
             self.chunks += 1
+
+    def add(self, chunk_index: int, data: bytes | bytearray | memoryview) -> None:
+        """The chunk at ``chunk_index``, once ``catch_up`` reached it (again: no change)."""
         if self.chunks == chunk_index:
             self._digest.update(data)
             self.chunks += 1
@@ -257,10 +269,12 @@ class TransferSender:
         out, self._outbox = self._outbox, []
         return out
 
-    def next_frame(self, headroom: int = 0) -> bytearray | None:
+    def next_frame(self, headroom: int = 0, reuse: bytearray | None = None) -> bytearray | None:
         """The next sealed chunk frame, or ``None`` (window full, all sent, or not sending).
 
-        The frame starts after ``headroom`` free bytes (for the transport's header).
+        The frame starts after ``headroom`` free bytes (for the transport's header). It is
+        sealed into ``reuse`` (a frame this sender made before, which the caller no longer
+        needs) when that has the right size, else into a new buffer.
 
         Raises SourceError (and cancels, see ``data_to_send``) if a file changed since it was
         offered (shorter than announced, or the reader says so). A file's last chunk carries
@@ -272,10 +286,12 @@ class TransferSender:
             return None
         file_index, chunk_index = self._next
         manifest = self.manifest
+        final = self._running_hash(file_index, chunk_index) if manifest.final_record_bytes \
+            else None
         data = self._read_chunk(file_index, chunk_index)
         last = chunk_index == manifest.chunk_count(file_index) - 1
-        if manifest.final_record_bytes:
-            final = self._hashed(file_index, chunk_index, data)
+        if final is not None:
+            final.add(chunk_index, data)
             if last:
                 data = bytes(data) + final.digest()
         if self._sealer_index != file_index:
@@ -283,7 +299,7 @@ class TransferSender:
                                        self.keys.file_key(file_index))
             self._sealer_index = file_index
         assert self._sealer is not None
-        frame = self._sealer.seal(chunk_index, data, last, headroom)
+        frame = self._sealer.seal(chunk_index, data, last, headroom, reuse)
         self._next = (file_index + 1, 0) if last else (file_index, chunk_index + 1)
         return frame
 
@@ -300,12 +316,11 @@ class TransferSender:
                        "offered (it changed): transfer stopped")
         return data
 
-    def _hashed(self, file_index: int, chunk_index: int,
-                data: bytes | bytearray | memoryview) -> RunningHash:
-        """The file's running hash with this chunk in it (see :class:`RunningHash`)."""
+    def _running_hash(self, file_index: int, chunk_index: int) -> RunningHash:
+        """The file's running hash, caught up to this chunk (see :class:`RunningHash`)."""
         if self._hash is None or self._hash.file_index != file_index:
             self._hash = RunningHash(file_index)
-        self._hash.add(chunk_index, data, lambda index: self._read_chunk(file_index, index))
+        self._hash.catch_up(chunk_index, lambda index: self._read_chunk(file_index, index))
         return self._hash
 
     def frames(self) -> list[bytearray]:

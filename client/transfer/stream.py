@@ -85,13 +85,15 @@ class ChunkSealer:
         self._prefix = key.nonce_prefix
 
     def seal(self, chunk_index: int, plaintext: bytes | bytearray | memoryview,
-             last: bool, headroom: int = 0) -> bytearray:
-        """One complete chunk frame: header || ciphertext || tag (one allocation).
+             last: bool, headroom: int = 0, reuse: bytearray | None = None) -> bytearray:
+        """One complete chunk frame: header || ciphertext || tag (one allocation, or none:
+        ``reuse``, a spent frame of the same size, is overwritten).
 
         ``headroom`` bytes are left free in front of it for the transport's own header, so
         the frame goes out without another copy of the chunk.
         """
-        frame = bytearray(headroom + HEADER_BYTES + len(plaintext) + TAG_BYTES)
+        size = headroom + HEADER_BYTES + len(plaintext) + TAG_BYTES
+        frame = reuse if reuse is not None and len(reuse) == size else bytearray(size)
         _HEADER.pack_into(frame, headroom, MAGIC, FRAME_VERSION, KIND_CHUNK, self._transfer_id,
                           self._file_index, chunk_index, FLAG_LAST if last else 0)
         view = memoryview(frame)[headroom:]
