@@ -403,6 +403,14 @@ class Ack(Frame):
     SPEC = {"seqs": _uint_list(MAX_ACK_SEQS)}
     OPTIONAL = frozenset()
 
+    def encode(self) -> str:
+        # Hot path (a client acks as it reads: often one ack per deliver). Plain ints print
+        # as the generic encoder prints them; anything else goes through it.
+        seqs = self.seqs
+        if all(type(seq) is int for seq in seqs):
+            return '{"v":1,"t":"ack","seqs":[' + ",".join(map(str, seqs)) + "]}"
+        return super().encode()
+
 
 @dataclass(frozen=True)
 class PrekeysUpload(Frame):

@@ -86,3 +86,20 @@ def test_fast_deliver_parser_agrees_with_the_generic_one(seq: str, msg: str, sen
     except wire.WireError as exc:
         got = (exc.code, str(exc))
     assert got == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(seqs=st.lists(st.integers(min_value=-5, max_value=2**64) | st.booleans(), max_size=9))
+def test_ack_encoding_is_the_generic_encoding(seqs: list[int]) -> None:
+    frame = wire.Ack(tuple(seqs))
+    assert frame.encode() == _generic_text(frame)
+
+
+def test_acks_and_sends_skip_the_generic_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    def generic(_frame: wire.Frame) -> dict[str, object]:
+        raise AssertionError("the generic encoder was used")
+
+    monkeypatch.setattr(wire.Frame, "to_json", generic)
+    assert wire.Ack((1, 2, 2**53 - 1)).encode() == '{"v":1,"t":"ack","seqs":[1,2,9007199254740991]}'
+    assert wire.Send(MSG, "bob", b"x", "r-1").encode() == (
+        f'{{"v":1,"t":"send","msg":"{MSG}","to":"bob","body":"eA==","id":"r-1"}}')
