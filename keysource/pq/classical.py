@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import InvalidKey
 from .interface import KeyPair, check_length
+from .recent import MADE
 
 X25519_KEY_BYTES = 32
 
@@ -26,7 +27,10 @@ def x25519_public(secret_key: bytes) -> bytes:
 def x25519_shared(secret_key: bytes, peer_public_key: bytes) -> bytes:
     """X25519 agreement; refuses low-order peer keys (all-zero output)."""
     check_length("X25519 secret key", secret_key, X25519_KEY_BYTES, InvalidKey)
-    return _exchange(x25519.X25519PrivateKey.from_private_bytes(secret_key), peer_public_key)
+    private = MADE.take(x25519.X25519PrivateKey, bytes(secret_key))
+    if private is None:
+        private = x25519.X25519PrivateKey.from_private_bytes(secret_key)
+    return _exchange(private, peer_public_key)
 
 
 def x25519_ephemeral(peer_public_key: bytes) -> tuple[KeyPair, bytes]:
@@ -35,11 +39,15 @@ def x25519_ephemeral(peer_public_key: bytes) -> tuple[KeyPair, bytes]:
 
     The same as ``x25519_keypair()`` then ``x25519_shared(pair.secret_key, peer)``, one
     scalar multiplication cheaper: loading a secret from bytes derives its public key
-    again, and a ratchet turn makes a key only to use it at once.
+    again, and a ratchet turn makes a key only to use it at once. The key object is kept
+    a while (:mod:`keysource.pq.recent`): the peer's next turn, which uses the secret
+    again, then costs no reload either.
     """
     private = x25519.X25519PrivateKey.generate()
     shared = _exchange(private, peer_public_key)
-    return KeyPair(private.public_key().public_bytes_raw(), private.private_bytes_raw()), shared
+    secret = private.private_bytes_raw()
+    MADE.remember(x25519.X25519PrivateKey, secret, private)
+    return KeyPair(private.public_key().public_bytes_raw(), secret), shared
 
 
 def _exchange(private: x25519.X25519PrivateKey, peer_public_key: bytes) -> bytes:
