@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from keysource import mix as combiner
 from keysource import pq
 from keysource.mix import MixInputs, QkdPolicy, Transcript
-from keysource.pq import x25519_keypair, x25519_shared
+from keysource.pq import x25519_ephemeral, x25519_shared
 
 from .errors import (
     DecryptionFailed,
@@ -352,9 +352,8 @@ class Ratchet:
     def _turn(self, qkd: QkdKeys | None) -> tuple[bytes, bytes]:
         kem = _kem()
         turn = self.send_turn + 1
-        dh_pair = x25519_keypair()
+        dh_pair, dh_secret = x25519_ephemeral(self.peer_dh)
         kem_pair = kem.generate_keypair()
-        dh_secret = x25519_shared(dh_pair.secret_key, self.peer_dh)
         kem_ct, kem_secret = kem.encapsulate(self.peer_kem)
         header = (
             _TURN.pack(VERSION, T_TURN, turn, 0, self.send_n, self.peer_version)

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import InvalidKey
 from .interface import KeyPair, check_length
+from .recent import MADE
 
 X25519_KEY_BYTES = 32
 
@@ -26,8 +27,31 @@ def x25519_public(secret_key: bytes) -> bytes:
 def x25519_shared(secret_key: bytes, peer_public_key: bytes) -> bytes:
     """X25519 agreement; refuses low-order peer keys (all-zero output)."""
     check_length("X25519 secret key", secret_key, X25519_KEY_BYTES, InvalidKey)
+    private = MADE.take(x25519.X25519PrivateKey, bytes(secret_key))
+    if private is None:
+        private = x25519.X25519PrivateKey.from_private_bytes(secret_key)
+    return _exchange(private, peer_public_key)
+
+
+def x25519_ephemeral(peer_public_key: bytes) -> tuple[KeyPair, bytes]:
+    """A fresh key pair and its agreement with ``peer_public_key`` (refused as in
+    :func:`x25519_shared`).
+
+    The same as ``x25519_keypair()`` then ``x25519_shared(pair.secret_key, peer)``, one
+    scalar multiplication cheaper: loading a secret from bytes derives its public key
+    again, and a ratchet turn makes a key only to use it at once. The key object is kept
+    a while (:mod:`keysource.pq.recent`): the peer's next turn, which uses the secret
+    again, then costs no reload either.
+    """
+    private = x25519.X25519PrivateKey.generate()
+    shared = _exchange(private, peer_public_key)
+    secret = private.private_bytes_raw()
+    MADE.remember(x25519.X25519PrivateKey, secret, private)
+    return KeyPair(private.public_key().public_bytes_raw(), secret), shared
+
+
+def _exchange(private: x25519.X25519PrivateKey, peer_public_key: bytes) -> bytes:
     check_length("X25519 public key", peer_public_key, X25519_KEY_BYTES, InvalidKey)
-    private = x25519.X25519PrivateKey.from_private_bytes(secret_key)
     try:
         return private.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public_key))
     except ValueError as exc:

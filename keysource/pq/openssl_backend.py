@@ -19,6 +19,7 @@ from .interface import (
     SignatureSizes,
     check_length,
 )
+from .recent import MADE
 
 BACKEND = "openssl"
 
@@ -54,7 +55,11 @@ class OpenSslMlKem(Kem):
 
     def generate_keypair(self) -> KeyPair:
         private = self._params.private_cls.generate()
-        return KeyPair(private.public_key().public_bytes_raw(), private.private_bytes_raw())
+        seed = private.private_bytes_raw()
+        # Kept a while: a decapsulation with this key (the peer's next ratchet turn) then
+        # needs no seed expansion, which costs a key generation.
+        MADE.remember(self._params.private_cls, seed, private)
+        return KeyPair(private.public_key().public_bytes_raw(), seed)
 
     def keypair_from_seed(self, seed: bytes) -> KeyPair:
         """Derive the key pair of a 64-byte ``d || z`` seed (FIPS 203 ML-KEM.KeyGen_internal)."""
@@ -85,6 +90,9 @@ class OpenSslMlKem(Kem):
 # uses the same few secret keys many times, so keep recent expansions.
 @lru_cache(maxsize=256)
 def _expand(private_cls: Any, seed: bytes) -> Any:
+    made = MADE.take(private_cls, seed)
+    if made is not None:
+        return made
     if private_cls is ed25519.Ed25519PrivateKey:
         return private_cls.from_private_bytes(seed)
     return private_cls.from_seed_bytes(seed)

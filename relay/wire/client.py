@@ -161,8 +161,7 @@ class ClientConnection:
              req_id: str | None = None) -> str:
         """Queue a sealed envelope for ``to``; return its message ID."""
         frame = Send(msg_id or new_message_id(), to, body, req_id)
-        frame.to_json()  # encoding is cheap; validation happens on parse at the relay
-        self._queue_send(frame)
+        self._queue_send(frame)  # encoded once there; the relay validates what it parses
         return frame.msg
 
     def send_group(self, to: Iterable[str], body: bytes, *, msg_id: str | None = None,
