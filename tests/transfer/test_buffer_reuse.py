@@ -129,15 +129,21 @@ class _Quiet:
         return None
 
 
-async def test_the_driver_seals_into_frames_already_sent(tmp_path: Path) -> None:
+def _ends(tmp_path: Path, size: int, *, seed: int) -> tuple[Path, TransferSender,
+                                                          TransferReceiver]:
+    """A seeded file of ``size`` bytes and the two ends of its transfer."""
     source = tmp_path / "src" / "f.bin"
-    write_seeded_file(source, 40 * CHUNK + 7, seed=3)
+    write_seeded_file(source, size, seed=seed)
     built = build_manifest([source], chunk_size=CHUNK)
     manifest = built.manifest.with_qkd_key_ids(["k"])
     secrets = Secrets.fresh()
     sender = TransferSender(secrets.keys(manifest), FileReader.for_manifest(built),
                             window_chunks=1 << 20)
-    receiver = TransferReceiver.accept(secrets.keys(manifest), tmp_path / "dl")
+    return source, sender, TransferReceiver.accept(secrets.keys(manifest), tmp_path / "dl")
+
+
+async def test_the_driver_seals_into_frames_already_sent(tmp_path: Path) -> None:
+    source, sender, receiver = _ends(tmp_path, 40 * CHUNK + 7, seed=3)
     to_receiver: FrameQueue = asyncio.Queue()
     to_sender: FrameQueue = asyncio.Queue()
     sending_link, answering_link = _KeepingLink(to_receiver), _KeepingLink(to_sender)
@@ -192,14 +198,7 @@ class _WaitingLink(_KeepingLink):
 
 
 async def test_the_next_batch_is_sealed_while_one_is_sent(tmp_path: Path) -> None:
-    source = tmp_path / "src" / "f.bin"
-    write_seeded_file(source, 3 * SEAL_BATCH * CHUNK, seed=4)
-    built = build_manifest([source], chunk_size=CHUNK)
-    manifest = built.manifest.with_qkd_key_ids(["k"])
-    secrets = Secrets.fresh()
-    sender = TransferSender(secrets.keys(manifest), FileReader.for_manifest(built),
-                            window_chunks=1 << 20)
-    receiver = TransferReceiver.accept(secrets.keys(manifest), tmp_path / "dl")
+    source, sender, receiver = _ends(tmp_path, 3 * SEAL_BATCH * CHUNK, seed=4)
     to_receiver: FrameQueue = asyncio.Queue()
     to_sender: FrameQueue = asyncio.Queue()
     lock = _WatchedLock(asyncio.get_running_loop())
