@@ -523,8 +523,9 @@ class NetworkNode:
                 await self._abandon(drawing, route[position + 1])
             raise
         downstream: dict[str, dict[str, Any]] = {}
-        # This node's link report (a routing hint upstream) is read while the keys go on.
-        report = asyncio.ensure_future(self.own_link_report())
+        # This node's link report (a routing hint upstream) is read while the keys go on,
+        # once this relay's draw on the next link is done, so it counts what the draw took.
+        report = asyncio.ensure_future(self._link_report_after(drawing))
         try:
             if drawing is None:
                 await self._keep(hops, sender)
@@ -541,6 +542,12 @@ class NetworkNode:
                               confirm_mac.key_ID)
             confirms.append(key_relay.seal_confirm(confirm, confirm_mac.key).to_json())
         return {"confirms": confirms, "links": {**downstream, **await report}}
+
+    async def _link_report_after(self, drawing: asyncio.Future[list[PoolKey]] | None
+                                 ) -> dict[str, dict[str, Any]]:
+        if drawing is not None:
+            await asyncio.wait({drawing})  # its outcome is _forward's to handle
+        return await self.own_link_report()
 
     async def _abandon(self, drawing: asyncio.Future[list[PoolKey]], nxt: str) -> None:
         """The relay was refused before it could go on: the next link's keys drawn for it
