@@ -282,6 +282,8 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "removal": {key: statistics.median(float(r[key]) for r in rekey) for key in rekey[0]},
         "speedup_rounds": [round(r["speedup"], 2) for r in fan],
         "removal_rounds_s": [round(r["all_hold_all_new_keys_s"], 3) for r in rekey],
+        # the removal target is on all_made_new_key_s ("every remaining member has a new
+        # sender key"); all_hold_all_new_keys_s is the stricter serial figure beside it
         "targets": {"speedup_at_least": 5.0, "removal_rekey_s_at_most": 1.0},
     }
     return result
@@ -302,9 +304,10 @@ def _report(result: dict[str, object]) -> None:
     print(f"  a receiver opens one: group {fan['group_open_us']:.0f} us, pairwise "
           f"{fan['pairwise_open_us']:.0f} us")
     print(f"removal of 1 of {int(rekey['members'])}: every remaining member made its new key in "
-          f"{rekey['all_made_new_key_s'] * 1000:.0f} ms; every one holds every other's in "
-          f"{rekey['all_hold_all_new_keys_s'] * 1000:.0f} ms ({int(rekey['records_sent'])} "
-          "records through pairwise sessions, all members in this one process; target <= 1 s)")
+          f"{rekey['all_made_new_key_s'] * 1000:.0f} ms (target <= 1 s); every one holds every "
+          f"other's in {rekey['all_hold_all_new_keys_s'] * 1000:.0f} ms "
+          f"({int(rekey['records_sent'])} records through pairwise sessions, all members one "
+          "after another in this one process)")
     print(f"  estimated with each member on its own machine (admin's fan-out + slowest member's "
           f"work + slowest member's opening): {rekey['estimated_separate_machines_s'] * 1000:.0f}"
           " ms")
