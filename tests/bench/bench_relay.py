@@ -11,6 +11,11 @@ and one load generator. N clients in a ring each send 256-byte envelopes to the
 next one. Phase 1 (closed loop, at most WINDOW envelopes in flight per sender)
 gives the maximum rate; phase 2 (open loop at half that rate) gives the
 end-to-end latency, send to delivery. Rounds are repeated and medians taken.
+Beside the latency, where it goes: the relay's own histogram of the time from reading a
+send to queueing its deliver frame (/metrics, scraped before and after the phase), and how
+much of the phase the relay's threads and the load generator spent running and waiting
+for a free core (/proc/PID/task/TID/schedstat) -- the rest of a latency is time in socket
+buffers until a busy process gets to them.
 Every loop is bounded in count and time. Both servers run on the same event loop
 (uvloop when installed, as ``qsecret relay`` does; the JSON says which), so the
 ratio measures the relay's own work; the load generator runs on the standard loop.
@@ -37,12 +42,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from relay import loop as event_loop
 from tests.bench._common import start_server, write_json
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY_BYTES = 256
@@ -285,6 +292,68 @@ async def loadgen(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------- orchestrator
 
 
+WAIT_HISTOGRAM = "qsecret_relay_delivery_wait_seconds_bucket"
+
+
+def delivery_waits(metrics_url: str) -> dict[float, float]:
+    """The relay's own histogram of arrival-to-deliver-frame times: bound -> count at or
+    below it (cumulative, as /metrics gives it; +Inf as math.inf)."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(WAIT_HISTOGRAM + "{"):
+            labels, value = line.rsplit(" ", 1)
+            bound = labels.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(bound)] = float(value)
+    return buckets
+
+
+def inside_relay_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The smallest histogram bound (ms) holding 99 % of the deliveries made between two
+    scrapes: an upper bound on the p99 of the time envelopes spent inside the relay."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= 0.99 * counts[-1]:
+            return bound * 1000
+    return None
+
+
+def thread_times(pid: int) -> dict[int, tuple[int, int]]:
+    """Per thread of ``pid``: (ns on a CPU, ns runnable but waiting for one), from
+    /proc/PID/task/TID/schedstat. A thread that waits for a free core adds that wait to
+    every envelope it is handling: on a 2-core machine shared with the load generator this,
+    not the relay's queues, is where a tail comes from."""
+    times: dict[int, tuple[int, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            run, wait, _ = Path(task, "schedstat").read_text().split()
+        except (OSError, ValueError):  # the thread ended meanwhile, or no schedstats
+            continue
+        times[int(task.name)] = (int(run), int(wait))
+    return times
+
+
+def scheduling_shares(pid: int, before: dict[int, tuple[int, int]],
+                      after: dict[int, tuple[int, int]], wall: float) -> dict[str, float]:
+    """Shares of ``wall`` the main thread (the event loop) and the other threads together
+    spent running and waiting for a core."""
+    main_run = main_wait = other_run = other_wait = 0
+    for tid, (run, wait) in after.items():
+        run0, wait0 = before.get(tid, (0, 0))
+        if tid == pid:
+            main_run, main_wait = run - run0, wait - wait0
+        else:
+            other_run, other_wait = other_run + run - run0, other_wait + wait - wait0
+    ns = max(wall, 1e-9) * 1e9
+    return {"loop_ran": round(main_run / ns, 3), "loop_waited_for_a_core": round(main_wait / ns, 3),
+            "other_threads_ran": round(other_run / ns, 3),
+            "other_threads_waited_for_a_core": round(other_wait / ns, 3)}
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -449,7 +518,10 @@ def orchestrate(args: argparse.Namespace) -> dict:
                      "--log-level", "warning", "--max-connections", str(args.clients + 100),
                      "--rate", "100000", "--burst", "100000",
                      "--sync", os.environ.get("BENCH_SYNC", "full")]
-        relay, relay_port = start_server(relay_cmd, "relay listening on")
+        metrics_port = free_port()
+        relay, relay_port = start_server(
+            [*relay_cmd, "--metrics-listen", f"127.0.0.1:{metrics_port}"], "relay listening on")
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         servers.append(relay)
         if args.store == "redis":
             shared_cmd = [arg for arg in relay_cmd if arg not in ("--data", data.name)]
@@ -487,7 +559,15 @@ def orchestrate(args: argparse.Namespace) -> dict:
         # server and its load generator that together need most of the machine queue
         # behind each other, and that, not the server alone, sets the tail.
         before = cpu_seconds(relay.pid)
+        waits, threads = delivery_waits(metrics_url), thread_times(relay.pid)
+        gen_threads, started = thread_times(relay_gen.proc.pid), time.perf_counter()
         relay_lat = relay_gen.ask(f"latency {half} {args.seconds}")
+        wall = time.perf_counter() - started
+        breakdown = {
+            "inside_relay_p99_ms_at_most": inside_relay_p99_ms(waits, delivery_waits(metrics_url)),
+            "relay": scheduling_shares(relay.pid, threads, thread_times(relay.pid), wall),
+            "loadgen": scheduling_shares(relay_gen.proc.pid, gen_threads,
+                                         thread_times(relay_gen.proc.pid), wall)}
         relay_cores = (cpu_seconds(relay.pid) - before) / args.seconds
         before = cpu_seconds(base.pid)
         base_lat = base_gen.ask(f"latency {half} {args.seconds}")
@@ -527,6 +607,7 @@ def orchestrate(args: argparse.Namespace) -> dict:
                             "relay_loadgen": relay_lat["loadgen_cores"],
                             "baseline": round(base_cores, 3),
                             "baseline_loadgen": base_lat["loadgen_cores"]},
+        "latency_breakdown": breakdown,
         "relay_cpu_us_per_msg": round(relay_us, 1),
         "baseline_cpu_us_per_msg": round(base_us, 1),
         "cpu_ratio": round(base_us / relay_us, 3) if relay_us else 0.0,
@@ -603,6 +684,14 @@ def main() -> None:
     print(f"latency at {result['latency_offered_msgs_per_s']:.0f} msgs/s: relay p50 "
           f"{result['p50_ms']} ms, p99 {result['p99_ms']} ms (target <= 20); baseline p50 "
           f"{result['baseline_p50_ms']} ms, p99 {result['baseline_p99_ms']} ms")
+    where = result["latency_breakdown"]
+    loop, gen = where["relay"], where["loadgen"]
+    print(f"where it goes           inside the relay (send read to deliver frame queued, its "
+          f"own histogram) p99 <= {where['inside_relay_p99_ms_at_most']} ms; share of the phase "
+          f"spent running / waiting for a free core: relay event loop "
+          f"{loop['loop_ran']:.2f} / {loop['loop_waited_for_a_core']:.2f}, relay's other "
+          f"threads {loop['other_threads_ran']:.2f} / {loop['other_threads_waited_for_a_core']:.2f}"
+          f", load generator {gen['loop_ran']:.2f} / {gen['loop_waited_for_a_core']:.2f}")
     print(f"CPU per envelope        relay {result['relay_cpu_us_per_msg']} us, baseline "
           f"{result['baseline_cpu_us_per_msg']} us (baseline/relay "
           f"{result['cpu_ratio']}; steadier than rates on a busy machine)")
