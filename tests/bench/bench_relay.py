@@ -296,8 +296,9 @@ WAIT_HISTOGRAM = "qsecret_relay_delivery_wait_seconds_bucket"
 
 
 def delivery_waits(metrics_url: str) -> dict[float, float]:
-    """The relay's own histogram of arrival-to-deliver-frame times: bound -> count at or
-    below it (cumulative, as /metrics gives it; +Inf as math.inf)."""
+    """The relay's own histogram of the time from reading a send to queueing its deliver
+    frame: bound (s) -> deliveries at or below it, cumulative as /metrics gives them
+    (``+Inf`` parses as infinity)."""
     with urllib.request.urlopen(metrics_url, timeout=10) as response:
         text = response.read().decode()
     buckets: dict[float, float] = {}
@@ -324,9 +325,8 @@ def inside_relay_p99_ms(before: dict[float, float], after: dict[float, float]) -
 
 def thread_times(pid: int) -> dict[int, tuple[int, int]]:
     """Per thread of ``pid``: (ns on a CPU, ns runnable but waiting for one), from
-    /proc/PID/task/TID/schedstat. A thread that waits for a free core adds that wait to
-    every envelope it is handling: on a 2-core machine shared with the load generator this,
-    not the relay's queues, is where a tail comes from."""
+    /proc/PID/task/TID/schedstat. A thread's wait for a free core adds to the latency of
+    every envelope it is handling, though no queue of the relay's shows it."""
     times: dict[int, tuple[int, int]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
