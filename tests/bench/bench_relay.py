@@ -10,7 +10,8 @@ baseline: a bare websockets forwarder with no auth, no validation, no storage)
 and one load generator. N clients in a ring each send 256-byte envelopes to the
 next one. Phase 1 (closed loop, at most WINDOW envelopes in flight per sender)
 gives the maximum rate; phase 2 (open loop at half that rate) gives the
-end-to-end latency, send to delivery. Rounds are repeated and medians taken.
+end-to-end latency, send to delivery. Both phases run in interleaved rounds
+(server, baseline, server, ...) and medians are taken.
 Beside the latency, where it goes: the relay's own histogram of the time from reading a
 send to queueing its deliver frame (/metrics, scraped before and after the phase), and how
 much of the phase the relay's threads and the load generator spent running and waiting
@@ -354,6 +355,21 @@ def scheduling_shares(pid: int, before: dict[int, tuple[int, int]],
             "other_threads_waited_for_a_core": round(other_wait / ns, 3)}
 
 
+def mean_shares(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each share averaged over the latency rounds (they last equally long)."""
+    return {key: round(statistics.fmean(r[key] for r in rounds), 3) for key in rounds[0]}
+
+
+def median_latency(rounds: list[dict]) -> dict:
+    """The load generator's latency rounds in one: medians, each round's p99 kept."""
+    return {"offered": round(statistics.median(r["offered"] for r in rounds), 1),
+            "p50_ms": statistics.median(r["p50_ms"] for r in rounds),
+            "p99_ms": statistics.median(r["p99_ms"] for r in rounds),
+            "p99_rounds_ms": [r["p99_ms"] for r in rounds],
+            "samples": sum(r["samples"] for r in rounds),
+            "loadgen_cores": round(statistics.median(r["loadgen_cores"] for r in rounds), 3)}
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -555,23 +571,34 @@ def orchestrate(args: argparse.Namespace) -> dict:
         base_us = base_cpu / max(1.0, sum(base_rates) * args.seconds) * 1e6
         relay_max, base_max = statistics.median(relay_rates), statistics.median(base_rates)
         half = relay_max / 2
-        # Cores busy during the latency phase (its settling included): on two cores a
-        # server and its load generator that together need most of the machine queue
-        # behind each other, and that, not the server alone, sets the tail.
-        before = cpu_seconds(relay.pid)
-        waits, threads = delivery_waits(metrics_url), thread_times(relay.pid)
-        gen_threads, started = thread_times(relay_gen.proc.pid), time.perf_counter()
-        relay_lat = relay_gen.ask(f"latency {half} {args.seconds}")
-        wall = time.perf_counter() - started
+        # Latency: interleaved rounds at half the maximum rate, medians (one stretch of a
+        # few seconds gives a p99 that moves by a factor of five between runs of the same
+        # code). Cores busy during the phase (its settling included): on two cores a server
+        # and its load generator that together need most of the machine queue behind each
+        # other, and that, not the server alone, sets the tail.
+        relay_lats, base_lats, relay_shares, gen_shares = [], [], [], []
+        relay_busy = base_busy = 0.0
+        waits = delivery_waits(metrics_url)
+        for _ in range(args.rounds):
+            before = cpu_seconds(relay.pid)
+            threads, gen_threads = thread_times(relay.pid), thread_times(relay_gen.proc.pid)
+            started = time.perf_counter()
+            relay_lats.append(relay_gen.ask(f"latency {half} {args.seconds}"))
+            wall = time.perf_counter() - started
+            relay_shares.append(scheduling_shares(relay.pid, threads, thread_times(relay.pid),
+                                                  wall))
+            gen_shares.append(scheduling_shares(relay_gen.proc.pid, gen_threads,
+                                                thread_times(relay_gen.proc.pid), wall))
+            relay_busy += cpu_seconds(relay.pid) - before
+            before = cpu_seconds(base.pid)
+            base_lats.append(base_gen.ask(f"latency {half} {args.seconds}"))
+            base_busy += cpu_seconds(base.pid) - before
         breakdown = {
             "inside_relay_p99_ms_at_most": inside_relay_p99_ms(waits, delivery_waits(metrics_url)),
-            "relay": scheduling_shares(relay.pid, threads, thread_times(relay.pid), wall),
-            "loadgen": scheduling_shares(relay_gen.proc.pid, gen_threads,
-                                         thread_times(relay_gen.proc.pid), wall)}
-        relay_cores = (cpu_seconds(relay.pid) - before) / args.seconds
-        before = cpu_seconds(base.pid)
-        base_lat = base_gen.ask(f"latency {half} {args.seconds}")
-        base_cores = (cpu_seconds(base.pid) - before) / args.seconds
+            "relay": mean_shares(relay_shares), "loadgen": mean_shares(gen_shares)}
+        relay_lat, base_lat = median_latency(relay_lats), median_latency(base_lats)
+        relay_cores = relay_busy / (args.rounds * args.seconds)
+        base_cores = base_busy / (args.rounds * args.seconds)
         loaded_rss = rss_mib(relay.pid)
         if pair is not None:
             pair_lat, pair_cores = pair.latency(args.seconds)
@@ -601,8 +628,10 @@ def orchestrate(args: argparse.Namespace) -> dict:
         "relay_idle_rss_mib": round(idle_rss, 1),
         "latency_offered_msgs_per_s": relay_lat["offered"],
         "latency_samples": relay_lat["samples"],
+        "p99_rounds_ms": relay_lat["p99_rounds_ms"],
         "baseline_p50_ms": base_lat["p50_ms"],
         "baseline_p99_ms": base_lat["p99_ms"],
+        "baseline_p99_rounds_ms": base_lat["p99_rounds_ms"],
         "half_rate_cores": {"relay": round(relay_cores, 3),
                             "relay_loadgen": relay_lat["loadgen_cores"],
                             "baseline": round(base_cores, 3),
@@ -681,9 +710,11 @@ def main() -> None:
     print(f"baseline   msgs/s       {result['baseline_msgs_per_s']:>10.0f}   (bare forwarder, "
           f"same load, interleaved rounds {result['baseline_rounds']})")
     print(f"ratio                   {result['ratio']:>10.3f}   target >= 0.5")
-    print(f"latency at {result['latency_offered_msgs_per_s']:.0f} msgs/s: relay p50 "
-          f"{result['p50_ms']} ms, p99 {result['p99_ms']} ms (target <= 20); baseline p50 "
-          f"{result['baseline_p50_ms']} ms, p99 {result['baseline_p99_ms']} ms")
+    print(f"latency at {result['latency_offered_msgs_per_s']:.0f} msgs/s (medians of "
+          f"{len(result['p99_rounds_ms'])} interleaved rounds): relay p50 {result['p50_ms']} ms, "
+          f"p99 {result['p99_ms']} ms {result['p99_rounds_ms']} (target <= 20); baseline p50 "
+          f"{result['baseline_p50_ms']} ms, p99 {result['baseline_p99_ms']} ms "
+          f"{result['baseline_p99_rounds_ms']}")
     where = result["latency_breakdown"]
     loop, gen = where["relay"], where["loadgen"]
     print(f"where it goes           inside the relay (send read to deliver frame queued, its "
