@@ -20,7 +20,7 @@ from client.messenger.api import (
 )
 
 from .errors import EXIT_NOT_DONE, EXIT_OK, CliError, one_line
-from .parsers import RECV_IDLE_S
+from .parsers import RECV_HELD_WAIT_S, RECV_IDLE_S
 from .session import go_online, open_messenger
 
 
@@ -172,7 +172,14 @@ def run_recv(args: argparse.Namespace) -> int:
                     print(f"qsecret recv: {one_line(exc)}", file=sys.stderr)
                     status = EXIT_NOT_DONE
             last = time.monotonic()
-            while args.follow or (status == EXIT_OK and time.monotonic() - last < RECV_IDLE_S):
+            held_until = last + RECV_HELD_WAIT_S  # messages waiting for their keys
+
+            def more_may_come() -> bool:
+                now = time.monotonic()
+                return now - last < RECV_IDLE_S or (
+                    now < held_until and messenger.held_for_keys() > 0)
+
+            while args.follow or (status == EXIT_OK and more_may_come()):
                 await asyncio.sleep(0.2)
                 for peer in list(peers):  # read receipts: these were shown to the user
                     await messenger.mark_read(peer)
@@ -181,6 +188,9 @@ def run_recv(args: argparse.Namespace) -> int:
                     messenger.groups.mark_shown()  # (and read receipts are owed for it)
                     groups_shown.clear()
                     await messenger.groups.settle()  # the receipts sealed into the outbox
+            if status == EXIT_OK and (held := messenger.held_for_keys()):
+                print(f"qsecret recv: {held} message(s) still wait for their keys; they stay "
+                      "at the relay and a later recv shows them", file=sys.stderr)
         finally:
             await messenger.stop()
         return status

@@ -18,6 +18,10 @@ from .errors import EXIT_STATUS_HELP
 from .help import HelpFormatter, examples
 
 RECV_IDLE_S = 2.0
+# recv waits this long (after the relay's backlog) for messages held for their keys: the
+# inbox tries them again after 1, 3 and 7 s (client/messenger/inbox.py), and a QKD key
+# relayed through trusted nodes usually reaches the KME within that.
+RECV_HELD_WAIT_S = 8.0
 IDLE_EXIT_S = 30.0
 
 Command = Callable[[argparse.Namespace], int]
@@ -103,7 +107,10 @@ def register(subparsers: Subparsers) -> None:
         "Connect, print every message that was waiting at the relay, and exit once all of "
         f"them are handled and no new one has come for {RECV_IDLE_S:.0f}s (if none arrives for "
         "--timeout seconds while some are still waiting, exit 1 and say how many: they stay "
-        "queued). --follow keeps printing until Ctrl+C. Logging in also publishes "
+        "queued). A message whose QKD keys (or group sender key) have not reached you yet is "
+        f"waited for up to {RECV_HELD_WAIT_S:.0f}s more; one still waiting then is named on "
+        "stderr and shown by a later recv. --follow keeps printing until Ctrl+C. Logging in "
+        "also publishes "
         "this profile's prekeys (the first run after 'qsecret init' makes you addable). "
         "A group message is shown as '@GROUP sender: text'; a membership change as "
         "'@GROUP: alice added erin' (with --json: \"group\" and \"from\", or \"event\": "

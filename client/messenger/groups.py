@@ -275,6 +275,11 @@ class Groups:
                 "group", group.group_id.hex(), group.name, counts))
         return out
 
+    @property
+    def held(self) -> int:
+        """Group messages held (unacknowledged) until their sender key comes."""
+        return len(self._held)
+
     def unread(self) -> list[MessageView]:
         """Incoming group messages not shown yet (``mark_shown`` moves the mark)."""
         out = []

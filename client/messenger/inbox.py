@@ -78,12 +78,14 @@ class Inbox:
         self._emit = emit
         self._spawn = spawn
         self._held: dict[int, Deliver] = {}  # relay seq -> a delivery waiting for its keys
+        self._reopening: set[int] = set()  # held ones being tried again right now
         self._retrying = False
 
     @property
     def held(self) -> int:
-        """Messages waiting for their QKD keys (tried again soon)."""
-        return len(self._held)
+        """Messages waiting for their QKD keys (tried again soon), counting one that is
+        being tried again at this moment (it is held again if its keys are still missing)."""
+        return len(self._held.keys() | self._reopening)
 
     def holds_from(self, sender: str) -> bool:
         """Whether a message from ``sender`` waits here for its keys (it may be the one
@@ -91,8 +93,17 @@ class Inbox:
         return any(deliver.sender == sender for deliver in self._held.values())
 
     async def receive(self, deliver: Deliver) -> None:
+        if self._held.pop(deliver.seq, None) is None:
+            await self._receive(deliver)
+            return
+        self._reopening.add(deliver.seq)
+        try:
+            await self._receive(deliver)
+        finally:
+            self._reopening.discard(deliver.seq)
+
+    async def _receive(self, deliver: Deliver) -> None:
         conversation = ConversationId.direct(deliver.sender)
-        self._held.pop(deliver.seq, None)
         try:
             opened = await self._sessions.open(conversation, deliver.body, deliver.msg)
         except Retry as exc:

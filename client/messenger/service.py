@@ -574,6 +574,12 @@ class MessengerService:
         self._life.check()
         return self._history.messages(ConversationId.direct(peer), limit)
 
+    def held_for_keys(self) -> int:
+        """Messages here but not readable yet: waiting for their QKD keys (tried again
+        within seconds) or, in a group, for the sender key that travels beside them."""
+        self._life.check()
+        return self._inbox.held + self.groups.held
+
     def unread(self, peer: str) -> list[MessageView]:
         """Incoming messages not yet marked read (no read receipt sent for them)."""
         self._life.check()

@@ -81,3 +81,48 @@ def test_a_message_held_for_its_keys_opens_soon_after_the_kme_answers(
             reader.join(10)
         if proxy is not None:
             proxy.stop()
+
+
+PROXY_AFTER_S = 2.5  # after the hold: the inbox's retry at +1 s fails, the one at +3 s opens
+
+
+def test_recv_waits_for_a_message_held_for_its_keys_and_prints_it(
+        stack: Stack, tmp_path: Path) -> None:
+    """A plain ``recv`` (no --follow) does not exit 2 s after the backlog while a message
+    waits for its QKD keys: it waits for the inbox's next tries (keys relayed through
+    trusted nodes can take a few seconds) and prints the message, exit status 0."""
+    kme_port = free_port()  # bob's KME as his client sees it: nobody listens there yet
+    stack.cli("alice", "send", "bob", "worth the wait", check=True)
+    env = {**os.environ, "QSECRET_PASSPHRASE": PASSPHRASE, "QSECRET_LOG": "info"}
+    bob = subprocess.Popen(
+        [sys.executable, "-m", "client", "recv", "--json",
+         "--data", str(stack.profile("bob")), "--relay", stack.relay_url,
+         "--kme", f"https://127.0.0.1:{kme_port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True)
+    out: queue.Queue[str] = queue.Queue()
+    err: queue.Queue[str] = queue.Queue()
+    readers = [threading.Thread(target=_lines, args=(bob.stdout, out), daemon=True),
+               threading.Thread(target=_lines, args=(bob.stderr, err), daemon=True)]
+    for reader in readers:
+        reader.start()
+    proxy = None
+    try:
+        _wait_line(err, "held for later", HELD_WAIT_S)
+        time.sleep(PROXY_AFTER_S)  # longer than recv's 2 s idle: it must wait for the hold
+        proxy = HoldProxy(stack.port_b, port=kme_port).start()  # the KME answers from now
+        assert bob.wait(HELD_WAIT_S) == 0
+        for reader in readers:
+            reader.join(10)
+        printed, said = [], []
+        while not out.empty():
+            printed.append(out.get())
+        while not err.empty():
+            said.append(err.get())
+        assert any("worth the wait" in line for line in printed), "\n".join(printed + said)
+    finally:
+        if bob.poll() is None:
+            os.killpg(bob.pid, signal.SIGTERM)
+            bob.wait(30)
+        if proxy is not None:
+            proxy.stop()
