@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,22 +52,39 @@ def _wait_line(lines: queue.Queue[str], text: str, timeout: float) -> str:
     raise AssertionError(f"no line with {text!r} within {timeout:.0f}s")
 
 
-def test_a_message_held_for_its_keys_opens_soon_after_the_kme_answers(
-        stack: Stack, tmp_path: Path) -> None:
-    kme_port = free_port()  # bob's KME, as his client sees it: nobody listens there yet
+@dataclass
+class Recv:
+    """bob's ``qsecret recv`` against a KME port nobody listens on yet, its output lines
+    read into queues as they come."""
+
+    process: subprocess.Popen[str]
+    out: queue.Queue[str]
+    err: queue.Queue[str]
+    readers: list[threading.Thread]
+
+
+def _start_recv(stack: Stack, kme_port: int, *extra: str) -> Recv:
     env = {**os.environ, "QSECRET_PASSPHRASE": PASSPHRASE, "QSECRET_LOG": "info"}
-    bob = subprocess.Popen(
-        [sys.executable, "-m", "client", "recv", "--follow", "--json",
+    process = subprocess.Popen(
+        [sys.executable, "-m", "client", "recv", *extra, "--json",
          "--data", str(stack.profile("bob")), "--relay", stack.relay_url,
          "--kme", f"https://127.0.0.1:{kme_port}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True)
     out: queue.Queue[str] = queue.Queue()
     err: queue.Queue[str] = queue.Queue()
-    readers = [threading.Thread(target=_lines, args=(bob.stdout, out), daemon=True),
-               threading.Thread(target=_lines, args=(bob.stderr, err), daemon=True)]
+    readers = [threading.Thread(target=_lines, args=(process.stdout, out), daemon=True),
+               threading.Thread(target=_lines, args=(process.stderr, err), daemon=True)]
     for reader in readers:
         reader.start()
+    return Recv(process, out, err, readers)
+
+
+def test_a_message_held_for_its_keys_opens_soon_after_the_kme_answers(
+        stack: Stack, tmp_path: Path) -> None:
+    kme_port = free_port()  # bob's KME, as his client sees it: nobody listens there yet
+    recv = _start_recv(stack, kme_port, "--follow")
+    bob, out, err, readers = recv.process, recv.out, recv.err, recv.readers
     proxy = None
     try:
         stack.cli("alice", "send", "bob", "keys on the way", check=True)
@@ -92,20 +110,13 @@ def test_recv_waits_for_a_message_held_for_its_keys_and_prints_it(
     waits for its QKD keys: it waits for the inbox's next tries (keys relayed through
     trusted nodes can take a few seconds) and prints the message, exit status 0."""
     kme_port = free_port()  # bob's KME as his client sees it: nobody listens there yet
+    # A reply first, so that alice's next message starts a new ratchet turn: new QKD keys,
+    # which bob's client must then fetch (the next message of an unanswered chain needs none).
+    stack.cli("bob", "send", "alice", "go on", check=True)
+    stack.cli("alice", "recv", check=True)
     stack.cli("alice", "send", "bob", "worth the wait", check=True)
-    env = {**os.environ, "QSECRET_PASSPHRASE": PASSPHRASE, "QSECRET_LOG": "info"}
-    bob = subprocess.Popen(
-        [sys.executable, "-m", "client", "recv", "--json",
-         "--data", str(stack.profile("bob")), "--relay", stack.relay_url,
-         "--kme", f"https://127.0.0.1:{kme_port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True)
-    out: queue.Queue[str] = queue.Queue()
-    err: queue.Queue[str] = queue.Queue()
-    readers = [threading.Thread(target=_lines, args=(bob.stdout, out), daemon=True),
-               threading.Thread(target=_lines, args=(bob.stderr, err), daemon=True)]
-    for reader in readers:
-        reader.start()
+    recv = _start_recv(stack, kme_port)
+    bob, out, err, readers = recv.process, recv.out, recv.err, recv.readers
     proxy = None
     try:
         _wait_line(err, "held for later", HELD_WAIT_S)
