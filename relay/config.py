@@ -24,6 +24,10 @@ class RelayConfig:
     store_url: str | None = None
     redis_durability: str = "strict"
     commit_interval: float = 0.004  # seconds; sqlite commits start at most this often
+    # How much nicer the sqlite writer thread runs than the relay (Linux; 0: the same).
+    # Deliveries wait on the event loop, only "stored" confirmations on the writer, so a
+    # busy machine serves the loop first (relay/store/sqlite.py says why it is safe).
+    writer_nice: int = 19
     store_limits: StoreLimits = field(default_factory=StoreLimits)
     max_connections: int = 10_000
     rate: float = 500.0  # text frames per second per connection, sustained

@@ -74,7 +74,8 @@ class Relay:
         self.relay_id = config.relay_id or _persistent_relay_id(config.data_dir)
         self.store = store or make_store(
             config.store_url, config.data_dir, config.store_limits, sync=config.sync,
-            commit_interval=config.commit_interval, redis_durability=config.redis_durability,
+            commit_interval=config.commit_interval, writer_nice=config.writer_nice,
+            redis_durability=config.redis_durability,
             consumer=self.relay_id)
         self.router: Router[Session] = router or self._default_router(shared=store is None)
         self.tls_fingerprint = b""

@@ -31,13 +31,13 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def make_store(store_url: str | None, data_dir: Path, limits: StoreLimits, *,
-               sync: str = "FULL", commit_interval: float = 0.004,
+               sync: str = "FULL", commit_interval: float = 0.004, writer_nice: int = 19,
                redis_durability: str = "strict", consumer: str | None = None) -> Store:
     """The store a relay runs on: SQLite in ``data_dir`` unless ``store_url`` names a Redis
     (``consumer``: the relay's name in the Redis consumer groups, kept across restarts)."""
     if store_url is None or store_url == "sqlite":
         return SqliteStore(data_dir / "relay.sqlite3", limits, synchronous=sync,
-                           commit_interval=commit_interval)
+                           commit_interval=commit_interval, writer_nice=writer_nice)
     if store_url.startswith(REDIS_SCHEMES):
         from .redis import RedisStore
 

@@ -19,7 +19,10 @@ for a free core (/proc/PID/task/TID/schedstat) -- the rest of a latency is time 
 buffers until a busy process gets to them.
 Every loop is bounded in count and time. Both servers run on the same event loop
 (uvloop when installed, as ``qsecret relay`` does; the JSON says which), so the
-ratio measures the relay's own work; the load generator runs on the standard loop.
+ratio measures the relay's own work. The load generator runs on it too: it stands in
+for the clients' machines but shares this one's two cores with the server under test,
+so every microsecond it spends per frame is taken from the server and, at half rate,
+queues the deliveries whose latency it measures.
 
 ``--store redis --relays N`` (issue 19) adds, in the same run and interleaved rounds, N
 relay processes over one redis-server that the bench starts on a free loopback port (AOF
@@ -618,7 +621,7 @@ def orchestrate(args: argparse.Namespace) -> dict:
     rss = max(idle_rss, loaded_rss)
     result = {
         "clients": args.clients,
-        "event_loop": event_loop.resolve("auto"),
+        "event_loop": event_loop.resolve("auto"),  # the servers' and the load generator's
         "relay_msgs_per_s": relay_max,
         "baseline_msgs_per_s": base_max,
         "ratio": round(ratio, 3),
@@ -701,7 +704,7 @@ def main() -> None:
     args.rounds = args.rounds or (3 if args.quick else 5)
     if args.loadgen:
         raise_nofile()
-        print(json.dumps(asyncio.run(loadgen(args))), flush=True)
+        print(json.dumps(event_loop.run(loadgen(args))), flush=True)
         return
     result = orchestrate(args)
     print(f"clients                 {result['clients']}")

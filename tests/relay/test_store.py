@@ -4,13 +4,24 @@ quotas, TTL, own-queue acks, atomic prekeys, file-stream spool."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from relay import wire
-from relay.store import BindStatus, BundleRefused, EnqueueStatus, SqliteStore, Store, StoreLimits
+from relay.store import (
+    BindStatus,
+    BundleRefused,
+    EnqueueStatus,
+    SqliteStore,
+    Store,
+    StoreLimits,
+    make_store,
+)
 from tests.relay.stores import StoreFactory, batches
 
 
@@ -115,6 +126,29 @@ async def test_data_dir_from_the_queue_and_seen_schema_is_migrated(tmp_path: Pat
     assert (await send(store, "alice", "bob", "4" * 32)).status is EnqueueStatus.DUPLICATE
     assert (await send(store, "alice", "bob", "5" * 32)).envelope.seq > 41
     await store.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux-only")
+async def test_the_sqlite_writer_thread_runs_nicer_than_the_relay(tmp_path: Path) -> None:
+    """Deliveries wait on the event loop, not on the writer (relay/store/sqlite.py): the
+    writer thread alone is made nicer, by the configured steps, and 0 leaves it as it was."""
+    me = threading.get_native_id()
+    base = os.getpriority(os.PRIO_PROCESS, me)
+    for steps, name in ((5, "a"), (0, "b"), (19, "c")):
+        store = make_store(None, tmp_path / name, StoreLimits(), sync="NORMAL",
+                           writer_nice=steps)
+        assert isinstance(store, SqliteStore)
+        (tmp_path / name).mkdir()
+        await store.open()
+        try:
+            assert store.writer_tid is not None and store.writer_tid != me
+            assert os.getpriority(os.PRIO_PROCESS, store.writer_tid) == min(19, base + steps)
+            assert os.getpriority(os.PRIO_PROCESS, me) == base  # the loop's thread: unchanged
+            await send(store, "alice", "bob", "1" * 32)  # still commits (unknown recipient)
+        finally:
+            await store.close()
+    with pytest.raises(ValueError, match="writer_nice"):
+        SqliteStore(tmp_path / "d.db", writer_nice=40)
 
 
 async def test_ack_only_touches_own_queue(stores: StoreFactory) -> None:
