@@ -23,10 +23,11 @@ thread there). A delivery waits only on the event loop; the writer's commits del
 only the "stored" confirmations, so when the cores are busy the loop should get one
 first. Without this, on two cores shared with its clients, the writer's bursts of
 commit work queued the event loop behind it and set the tail of the delivery latency
-(tests/bench/bench_relay.py; numbers in the README). It cannot starve the loop through
-the GIL: a loop waiting for the GIL leaves its core free, where the writer then runs
-until it drops the GIL (at most a switch interval, as at equal priority). Nor can it
-fall behind without bound: past ``max_backlog`` queued operations senders wait
+(tests/bench/bench_relay.py; numbers in the README). The GIL bounds the inversion this
+could cause: a loop waiting for the GIL gives up its core, which the writer then gets
+unless other work at normal priority is ready for it, and the writer drops the GIL
+within a switch interval, as at equal priority. Nor can the writer fall behind without
+bound: past ``max_backlog`` queued operations senders wait
 (:meth:`SqliteStore.wait_for_room`), which frees the CPU for it.
 
 File streams live in ``streams`` (registration, expiry) and ``spool`` (binary
