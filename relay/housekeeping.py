@@ -103,7 +103,7 @@ class Housekeeper:
 def describe_metrics(metrics: Metrics, *, sessions: Collection[Session],
                      router: Router[Session], store: Store, streams: Streams,
                      frames_in: Callable[[], int], frames_inline: Callable[[], int],
-                     frames_out: Callable[[], int]) -> None:
+                     early_flushes: Callable[[], int], frames_out: Callable[[], int]) -> None:
     m = metrics
     m.describe("qsecret_relay_connections_total", "websocket connections accepted")
     m.counter_from("qsecret_relay_frames_in_total", "frames received", frames_in)
@@ -111,6 +111,9 @@ def describe_metrics(metrics: Metrics, *, sessions: Collection[Session],
                    "frames received and handled where they were read (send, ack, ping)",
                    frames_inline)
     m.counter_from("qsecret_relay_frames_out_total", "frames sent", frames_out)
+    m.counter_from("qsecret_relay_cork_early_flushes_total",
+                   "corked writes flushed inside a long loop pass (waited Cork.max_wait)",
+                   early_flushes)
     m.describe("qsecret_relay_errors_total", "error frames sent, by code")
     m.describe("qsecret_relay_envelopes_total", "envelopes received, by result")
     m.describe("qsecret_relay_deliveries_total", "deliver frames sent")

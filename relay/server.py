@@ -112,6 +112,7 @@ class Relay:
                          store=self.store, streams=self.streams,
                          frames_in=lambda: self.frames_in,
                          frames_inline=lambda: self.frames_inline,
+                         early_flushes=lambda: self.cork.early_flushes,
                          frames_out=lambda: self.frames_out_closed
                          + sum(s.sent for s in self.sessions))
         self.rules = ConnectionRules(config.rate, config.burst, config.stream_rate,

@@ -67,3 +67,22 @@ async def test_the_fast_paths_carry_traffic(tmp_path: Path) -> None:
         await bob.close()
     finally:
         await relay.stop()
+
+
+async def test_writes_flushed_inside_a_loop_pass_reach_the_client(tmp_path: Path) -> None:
+    """With ``max_wait`` 0 every corked frame is written where it was framed (Cork)."""
+    relay = Relay(RelayConfig(tmp_path / "relay", port=0, sync="NORMAL"))
+    relay.cork.max_wait = 0.0
+    await relay.start()
+    try:
+        url = f"ws://127.0.0.1:{relay.port}/"
+        alice = await Client(url, Identity("alice")).connect()
+        bob = await Client(url, Identity("bob")).connect()
+        msgs = [await alice.send("bob", b"sealed %d" % i) for i in range(20)]
+        await bob.wait(lambda: len(bob.delivered) == 20)
+        assert [d.msg for d in bob.delivered] == msgs
+        assert relay.cork.early_flushes >= 20
+        await alice.close()
+        await bob.close()
+    finally:
+        await relay.stop()
