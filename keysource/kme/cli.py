@@ -87,6 +87,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                       help=f"HTTPS port of KME A ({KME_A}) (default {DEFAULT_PORT_A}; 0 = any)")
     pair.add_argument("--port-b", type=int, default=DEFAULT_PORT_B,
                       help=f"HTTPS port of KME B ({KME_B}) (default {DEFAULT_PORT_B}; 0 = any)")
+    pair.add_argument("--lanes", type=int, default=1, metavar="N",
+                      help="post-process N blocks at once, each in a worker process of its "
+                           "own (one core each; keys reach both pools in a fixed order, so "
+                           "--seed still reproduces a run). Default 1: one block at a time, "
+                           "on a thread of this process")
     pair.set_defaults(func=_run_pair)
 
     serve = sub.add_parser(
@@ -244,7 +249,7 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _settings(args: argparse.Namespace) -> KmeSettings:
+def _settings(args: argparse.Namespace, *, lanes: int = 1) -> KmeSettings:
     from .runtime import KmeSettings  # the servers load only when a command runs
 
     return KmeSettings(
@@ -256,6 +261,7 @@ def _settings(args: argparse.Namespace) -> KmeSettings:
         link=args.link == "emulated",
         link_options={"km": args.km, "eve_fraction": args.eve_fraction, "pns": args.pns,
                       "seed": args.seed, "frame_bits": args.frame_bits},
+        lanes=lanes,
         status_interval_s=args.status_interval,
         keys_ready=args.keys_ready,
         limits=Limits(max_key_per_request=args.max_key_per_request),
@@ -288,7 +294,7 @@ def _run_pair(args: argparse.Namespace) -> int:
     from .runtime import run_pair
 
     try:
-        settings = _settings(args)
+        settings = _settings(args, lanes=args.lanes)
     except ValueError as exc:
         return _fail(str(exc))
     return _run(run_pair(settings, port_a=args.port_a, port_b=args.port_b))

@@ -149,8 +149,10 @@ async def run_pair_link(
     params: Any,
     monitor: LinkMonitor,
     stop: asyncio.Event,
+    lanes: int = 1,
 ) -> None:
     """Both link ends in this process; keys go into both pools, back-pressure from the fuller.
+    ``lanes`` > 1 runs that many blocks at once, each in a worker process (qkd/lanes.py).
 
     A batch is written to pool A, then to pool B (two files: no transaction spans both), so
     a kill between the two leaves keys in A only. Such keys are free, and the link that
@@ -161,14 +163,17 @@ async def run_pair_link(
 
     await reconcile_pair(node_a, node_b)
 
-    await qkd.run_pair_link(
-        params,
+    callbacks: dict[str, Any] = dict(
         on_keys_a=_adder(node_a),
         on_keys_b=_adder(node_b),
         on_report=monitor.on_report,
         stop=stop,
         room=lambda: min(node_a.room(), node_b.room()),
     )
+    if lanes == 1:
+        await qkd.run_pair_link(params, **callbacks)
+    else:
+        await qkd.run_lanes(params, lanes, **callbacks)
 
 
 async def reconcile_pair(node_a: KmeNode, node_b: KmeNode) -> int:

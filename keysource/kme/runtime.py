@@ -59,6 +59,7 @@ class KmeSettings:
     hostnames: Sequence[str] = ()
     link: bool = True
     link_options: dict[str, Any] = field(default_factory=dict)
+    lanes: int = 1  # pair mode: blocks post-processed at once, one worker process each
     status_interval_s: float = 2.0
     limits: Limits = field(default_factory=Limits)
     keys_ready: int = 0  # print "keys ready" once every pool holds this many free keys (0: never)
@@ -80,6 +81,13 @@ class KmeSettings:
                              "into the pools by other means are not watched)")
         if self.link:
             link_params(**self.link_options)  # a bad --seed, --frame-bits...: refused up front
+        if self.lanes != 1:
+            from keysource.qkd.lanes import MAX_LANES
+
+            if not 1 <= self.lanes <= MAX_LANES:
+                raise ValueError(f"--lanes must be in [1, {MAX_LANES}] (got {self.lanes})")
+            if not self.link:
+                raise ValueError("--lanes needs the emulated link (--link none runs no blocks)")
 
 
 def _say(out: TextIO, line: str) -> None:
@@ -277,7 +285,8 @@ async def run_pair(
         if settings.link:
             params = link_params(**settings.link_options)
             tasks.append(asyncio.create_task(
-                _guard_link(run_pair_link(node_a, node_b, params, monitor, stop), monitor, out)
+                _guard_link(run_pair_link(node_a, node_b, params, monitor, stop,
+                                          lanes=settings.lanes), monitor, out)
             ))
             if settings.keys_ready:
                 tasks.append(asyncio.create_task(

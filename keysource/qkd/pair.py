@@ -122,7 +122,8 @@ async def run_pair_link(
     Keys (identical, same order) go to ``on_keys_a`` and ``on_keys_b``; one report per block to
     ``on_report``. When ``room()`` returns 0 the link idles, and once full it waits for room
     for a block's yield (see refill.py). Raises AuthKeyExhausted when so
-    many blocks were lost to an attack that the authentication key ran out.
+    many blocks were lost to an attack that the authentication key ran out. (lanes.py runs
+    several blocks at once, in worker processes.)
     """
     link = PairLink(params)
     gate = RefillGate()
@@ -135,9 +136,16 @@ async def run_pair_link(
                 pass
             continue
         result = await in_background(link.run_block, free)
-        for batch in result.keys_a:
-            await call_maybe_async(on_keys_a, batch)
-        for batch in result.keys_b:
-            await call_maybe_async(on_keys_b, batch)
         gate.on_report(result.report)
-        await call_maybe_async(on_report, result.report)
+        await deliver_block(result, on_keys_a, on_keys_b, on_report)
+
+
+async def deliver_block(result: BlockResult, on_keys_a: Callable[[KeyBatch], Any],
+                        on_keys_b: Callable[[KeyBatch], Any],
+                        on_report: Callable[[BlockReport], Any]) -> None:
+    """A block's keys to both ends (A's batches, then B's), then its report."""
+    for batch in result.keys_a:
+        await call_maybe_async(on_keys_a, batch)
+    for batch in result.keys_b:
+        await call_maybe_async(on_keys_b, batch)
+    await call_maybe_async(on_report, result.report)

@@ -29,11 +29,13 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -51,6 +53,7 @@ from keysource.qkd.estimation import (
     naive_rate,
     pns_known_share,
 )
+from keysource.qkd.lanes import lane_params
 from keysource.qkd.pair import PairLink
 from keysource.qkd.params import LinkParams
 from tests.bench._common import write_json
@@ -191,15 +194,19 @@ def _postprocess_stages() -> dict[str, tuple[object, str]]:
     }
 
 
-def postprocess_rate(frame_bits: int, blocks: int) -> dict:
+def postprocess_rate(frame_bits: int, blocks: int, lane: int = 0, quiet: bool = False,
+                     start: Any = None) -> dict:
     """Sifted bits per second of post-processing, beside a same-run numpy sort baseline.
 
     The baseline (sorting as many int64 values as a block has sifted bits) is timed right after
     every block, so both see the same load on a shared machine; the ratio is per block, and
     every figure is a median over the blocks. CPU-time figures are printed too (steadier when
-    other processes compete for the cores)."""
-    link = PairLink(LinkParams(frame_bits=frame_bits, seed=5))
+    other processes compete for the cores). ``lane`` > 0 runs that lane's link (its own seed,
+    as ``qsecret kme pair --lanes`` does); ``start`` (a barrier) lines up concurrent lanes."""
+    link = PairLink(lane_params(LinkParams(frame_bits=frame_bits, seed=5), lane))
     link.run_block()  # warm-up: permutations are cached per link
+    if start is not None:
+        start.wait()
     values = np.random.default_rng(0).integers(0, 1 << 62, 1)
     rates, cpu_rates, baselines, ratios, rounds, sifted_total = [], [], [], [], [], 0
     stages: dict[str, list[float]] = {}
@@ -233,17 +240,56 @@ def postprocess_rate(frame_bits: int, blocks: int) -> dict:
     rate, baseline, ratio = (statistics.median(x) for x in (rates, baselines, ratios))
     cpu_rate = statistics.median(cpu_rates)
     per_block = {name: round(statistics.median(v), 4) for name, v in stages.items()}
+    result = {"sifted_bits_per_s": rate, "frame_bits": frame_bits, "blocks": blocks,
+              "baseline_numpy_sort_per_s": baseline, "ratio_to_baseline": ratio,
+              "sifted_bits_per_cpu_s": cpu_rate, "cpu_seconds_per_block": per_block,
+              "cascade_rounds": statistics.median(rounds),
+              "sifted_bits_per_block": sifted_total // blocks}
+    if quiet:
+        return result
     print(f"  post-processing: {rate:,.0f} sifted bits/s (target >= 5,000,000); baseline numpy "
           f"sort of as many int64: {baseline:,.0f}/s; ratio {ratio:.4f} (medians of {blocks} "
           f"blocks); CPU time: {cpu_rate:,.0f} sifted bits per CPU second")
     print(f"  CPU seconds per block of {sifted_total // blocks:,} sifted bits: " + ", ".join(
         f"{name} {seconds:.3f}" for name, seconds in per_block.items())
         + f"; Cascade round trips {statistics.median(rounds):.0f}")
-    return {"sifted_bits_per_s": rate, "frame_bits": frame_bits, "blocks": blocks,
-            "baseline_numpy_sort_per_s": baseline, "ratio_to_baseline": ratio,
-            "sifted_bits_per_cpu_s": cpu_rate, "cpu_seconds_per_block": per_block,
-            "cascade_rounds": statistics.median(rounds),
-            "sifted_bits_per_block": sifted_total // blocks}
+    return result
+
+
+def _lane_worker(frame_bits: int, blocks: int, lane: int, start: Any, out: Any) -> None:
+    out.put((lane, postprocess_rate(frame_bits, blocks, lane, quiet=True, start=start)))
+
+
+def postprocess_lanes(frame_bits: int, blocks: int, lanes: int, alone: dict) -> dict:
+    """``lanes`` lanes at once, each in its own process (as ``qsecret kme pair --lanes``
+    runs them): each lane measured as :func:`postprocess_rate` measures one link (physics
+    excluded, medians over its blocks, its own numpy baseline), all lanes timing the same
+    moments (they start after a barrier); the link's rate is their sum. ``alone`` is the
+    one-lane figure of the same run."""
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Barrier(lanes), ctx.Queue()
+    workers = [ctx.Process(target=_lane_worker, args=(frame_bits, blocks, lane, start, out))
+               for lane in range(lanes)]
+    for worker in workers:
+        worker.start()
+    try:
+        per_lane = dict(out.get(timeout=600) for _ in workers)
+    finally:
+        for worker in workers:
+            worker.join(timeout=60)
+            if worker.is_alive():
+                worker.kill()
+    rates = [per_lane[lane]["sifted_bits_per_s"] for lane in range(lanes)]
+    ratios = [per_lane[lane]["ratio_to_baseline"] for lane in range(lanes)]
+    total = sum(rates)
+    one = alone["sifted_bits_per_s"]
+    print(f"  {lanes} lanes at once (one process each): {total:,.0f} sifted bits/s "
+          f"(target >= 5,000,000; lanes: {', '.join(f'{r:,.0f}' for r in rates)}); "
+          f"one lane alone, same run: {one:,.0f} (x{total / one:.2f}); "
+          f"each lane's ratio to its own numpy sort: {', '.join(f'{r:.4f}' for r in ratios)}")
+    return {"lanes": lanes, "sifted_bits_per_s": total, "per_lane_sifted_bits_per_s": rates,
+            "per_lane_ratio_to_baseline": ratios, "one_lane_sifted_bits_per_s": one,
+            "speedup": total / one, "blocks_per_lane": blocks}
 
 
 def cascade_lockstep_speed(n: int, frames: int, qber: float = 0.01, repeats: int = 3) -> dict:
@@ -426,11 +472,12 @@ def main() -> int:
     qber = eve_qber(eve_blocks)
     print("post-processing throughput (pair mode):")
     speed = postprocess_rate(frame, speed_blocks)
+    lanes = postprocess_lanes(frame, speed_blocks, 2, speed)
     speed["cascade_lockstep"] = cascade_lockstep_speed(frame, 4)
     write_json(args.json, {
         "key_rate": rates, "cascade": cascade_rows, "eve_full_intercept_qber": qber,
         "postprocess_sifted_bits_per_s": speed["sifted_bits_per_s"],
-        "postprocess": speed, "quick": args.quick,
+        "postprocess": speed, "postprocess_lanes": lanes, "quick": args.quick,
         "finite_key": finite_rows, "pns": pns,
     })
     return 0

@@ -30,6 +30,7 @@ def test_help_explains_each_command() -> None:
     serve = run("serve", "--help").stdout
     assert "--role" in serve and "--link-host" in serve and "--peer-url" in serve
     assert "--redelivery-grace" in pair and "--redelivery-grace" in serve
+    assert "--lanes" in pair and "--lanes" not in serve  # pair mode only (qkd/lanes.py)
 
 
 def test_pki_init_and_issue_sae(tmp_path: Path) -> None:
@@ -64,6 +65,19 @@ def test_a_negative_redelivery_grace_is_refused_clearly(tmp_path: Path, value: s
                  "--port-b", "0", "--redelivery-grace", value)
     assert result.returncode == 2
     assert "--redelivery-grace must be >= 0" in result.stderr
+    assert not (tmp_path / "pki").exists()  # refused before anything was created
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--lanes", "0"), "--lanes must be in [1, 64] (got 0)"),
+    (("--lanes", "65"), "--lanes must be in [1, 64] (got 65)"),
+    (("--lanes", "2", "--link", "none"), "--lanes needs the emulated link"),
+])
+def test_a_bad_lane_count_is_refused_clearly(tmp_path: Path, extra: tuple[str, ...],
+                                             message: str) -> None:
+    result = run("pair", "--data", str(tmp_path), "--port-a", "0", "--port-b", "0", *extra)
+    assert result.returncode == 2
+    assert message in result.stderr
     assert not (tmp_path / "pki").exists()  # refused before anything was created
 
 
