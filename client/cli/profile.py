@@ -20,7 +20,7 @@ def run_init(args: argparse.Namespace) -> int:
     if args.kme_pki:
         from keysource.kme.pki import Pki, PkiError
 
-        pki = Pki(args.kme_pki)
+        pki = Pki(Path(args.kme_pki).resolve())  # config.toml is read from anywhere
         if not pki.exists():
             raise CliError(f"{args.kme_pki} is not a KME PKI directory (no ca.pem)")
         try:
