@@ -213,6 +213,8 @@ class TransferStore(Protocol):
 
     def transfers(self) -> list[dict[str, Any]]: ...
     def save_transfer(self, transfer_id: str, record: dict[str, Any]) -> None: ...
+    def claim_transfer(self, transfer_id: str, expected_state: str,
+                       record: dict[str, Any]) -> dict[str, Any] | None: ...
 
 
 class StreamRelay(Protocol):
@@ -822,6 +824,32 @@ class TransferManager:
             raise MessengerError("that is your own transfer")
         if item.state is not TransferState.OFFERED:
             raise MessengerError(f"the transfer is {item.state.value}, not waiting for you")
+        # Another qsecret process on this profile (receive-files, a second chat window) may
+        # have taken the offer since this one read it: claim it in the store first.
+        claimed = {**item.record(), "state": TransferState.SENDING.value, "detail": ""}
+        stored = self._store.claim_transfer(item.hex, TransferState.OFFERED.value, claimed)
+        if stored is not None:
+            self._adopt(item, stored)
+            raise MessengerError(f"the transfer is {item.state.value} already: another qsecret "
+                                 "process on this profile took the offer")
+        try:
+            await self._open_receiver(item)
+        except BaseException:
+            self._store.save_transfer(item.hex, item.record())  # still offered: not taken
+            raise
+        item.meter = item.receiver.meter  # type: ignore[union-attr]
+        self._set(item, TransferState.SENDING, "")
+        self._start(item)
+        if item.group and self._dropped_frames:
+            # Its chunks may have come (and been dropped, unacked) before the offer was
+            # read or accepted: they are spooled once, so ask for the spool again.
+            self._dropped_frames = False
+            with contextlib.suppress(RelayError):
+                await self._relay.spool_rewind()
+        return self.view(item)
+
+    async def _open_receiver(self, item: _Transfer) -> None:
+        """Fetch the transfer's QKD keys and open its receiver (partial files, state)."""
         ids = item.manifest.qkd_key_ids
         if ids:
             peer_sae_id = self._conversations.peer_sae_id(ConversationId.direct(item.peer))
@@ -843,16 +871,13 @@ class TransferManager:
             raise MessengerError(f"cannot accept: {exc}") from None
         except (TransferError, OSError) as exc:
             raise MessengerError(f"cannot accept: {exc}") from None
-        item.meter = item.receiver.meter
-        self._set(item, TransferState.SENDING, "")
-        self._start(item)
-        if item.group and self._dropped_frames:
-            # Its chunks may have come (and been dropped, unacked) before the offer was
-            # read or accepted: they are spooled once, so ask for the spool again.
-            self._dropped_frames = False
-            with contextlib.suppress(RelayError):
-                await self._relay.spool_rewind()
-        return self.view(item)
+
+    def _adopt(self, item: _Transfer, stored: dict[str, Any]) -> None:
+        """Show what another process on this profile made of a transfer (state, files)."""
+        theirs = _Transfer.from_record(stored)
+        item.state, item.detail, item.paths = theirs.state, theirs.detail, theirs.paths
+        item.done_bytes, item.finished_at = theirs.done_bytes, theirs.finished_at
+        self._changed(item, persist=False)
 
     def _policy_of(self, item: _Transfer) -> QkdPolicy:
         """A group file has no QKD keys of its own: its secret came through a QKD-mixed

@@ -635,6 +635,27 @@ class Store:
                 (self._sealer.name(transfer_id), blob, time.time()),
             )
 
+    def claim_transfer(self, transfer_id: str, expected_state: str,
+                       record: dict[str, Any]) -> dict[str, Any] | None:
+        """Save ``record`` only if the stored record is still in ``expected_state``; else
+        return the stored record and change nothing. One transaction (BEGIN IMMEDIATE), so
+        of two qsecret processes on this profile (a chat window and ``receive-files``)
+        accepting one offer, exactly one wins."""
+        blob = self._sealer.seal("transfer", cbor2.dumps(record))
+        name = self._sealer.name(transfer_id)
+        with self.transaction() as db:
+            row = db.execute("SELECT sealed FROM transfers WHERE id = ?", (name,)).fetchone()
+            if row is not None:
+                stored = cbor2.loads(self._open_row("transfers", name, "transfer", row[0]))
+                if stored.get("state") != expected_state:
+                    return stored
+            db.execute(
+                "INSERT INTO transfers (id, sealed, created) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET sealed = excluded.sealed",
+                (name, blob, time.time()),
+            )
+        return None
+
     def transfers(self) -> list[dict[str, Any]]:
         """Every persisted transfer record, oldest first."""
         rows = self._rows("SELECT rowid, sealed FROM transfers ORDER BY created")

@@ -292,3 +292,60 @@ def test_a_file_changed_while_it_is_sent_is_refused_with_the_reason(stack: Stack
     assert "changed since it was offered" in json.dumps(ended), ended
     assert not (downloads / "draft.bin").exists()
     assert not [p for p in downloads.rglob("*") if p.is_file() and p.suffix == ".part"]
+
+
+def test_an_offer_another_process_took_is_not_taken_again(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chat window still shows an offer that another process on the same profile
+    (``qsecret transfers --accept``) has since accepted and finished: accepting it there is
+    refused, and the finished transfer stays finished (it used to go back to "waiting", its
+    files forgotten)."""
+    import argparse
+    import asyncio
+
+    from client.cli.session import go_online, open_messenger
+    from client.messenger.api import MessengerError, TransferState
+
+    monkeypatch.setenv("QSECRET_PASSPHRASE", PASSPHRASE)
+    source = _write(stack.root / "src-twice" / "report.pdf", 2 * MiB + 5)
+    downloads = stack.profile("bob") / "downloads"  # the profile's: where both processes land
+
+    async def offered(messenger: Any) -> Any:
+        async with asyncio.timeout(90):
+            while True:
+                for view in messenger.transfers():
+                    if not view.outgoing and view.state is TransferState.OFFERED:
+                        return view
+                await asyncio.sleep(0.1)
+
+    async def scenario() -> str:
+        # The window lands files elsewhere (as a TUI started with another downloads folder
+        # would), so nothing on disk stops it from opening the transfer a second time.
+        window = open_messenger(argparse.Namespace(
+            data=stack.profile("bob"), relay_url=stack.relay_url, kme_url=None),
+            downloads_dir=str(stack.root / "dl-window"))
+        await go_online(window, 30)
+        try:
+            sender = _sender(stack, source)
+            offer = await offered(window)
+            receiver = Cli(stack, "bob", "transfers", "--accept", offer.transfer_id[:12],
+                           "--json").start()
+            await asyncio.to_thread(receiver.wait_event, _complete, 120, "the download")
+            assert await asyncio.to_thread(receiver.exit_code) == 0
+            assert await asyncio.to_thread(sender.exit_code) == 0
+            with pytest.raises(MessengerError, match="another qsecret process"):
+                await window.accept_transfer(offer.transfer_id)
+            (view,) = [v for v in window.transfers() if v.transfer_id == offer.transfer_id]
+            assert view.state is TransferState.COMPLETE
+            assert view.paths  # what the other process landed, now shown here
+            return offer.transfer_id
+        finally:
+            await window.stop()
+
+    transfer_id = asyncio.run(scenario())
+    listing = stack.cli("bob", "transfers", "--json", check=True)
+    states = {t["transfer"]: t["state"] for t in map(json.loads, listing.stdout.splitlines())}
+    assert states[transfer_id] == "complete"
+    assert _sha(downloads / "report.pdf") == _sha(source)
+    assert not (stack.root / "dl-window").exists() or not any(
+        (stack.root / "dl-window").rglob("*")), "the refused accept wrote files"
