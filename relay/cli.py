@@ -28,8 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Run the qsecret relay. It only ever sees sealed envelopes.",
     )
     default_data = platformdirs.user_data_path("qsecret") / "relay"
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
-    parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8765,
+                        help="port (default 8765; 0 picks a free one)")
     parser.add_argument("--data", type=Path, default=default_data,
                         help=f"directory for the queue database and relay id ({default_data})")
     tls = parser.add_mutually_exclusive_group()
@@ -53,17 +55,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="with --store redis://: strict needs Redis with appendonly yes "
                              "and appendfsync always (an acked send survives a Redis crash); "
                              "everysec: a Redis crash may lose the last second")
-    parser.add_argument("--max-connections", type=int, default=10_000)
+    parser.add_argument("--max-connections", type=int, default=10_000,
+                        help="websocket connections open at once; more are refused at the "
+                             "handshake with 503 (default 10000)")
     parser.add_argument("--rate", type=float, default=500.0,
                         help="text frames/s per connection (default 500)")
-    parser.add_argument("--burst", type=float, default=1000.0)
+    parser.add_argument("--burst", type=float, default=1000.0,
+                        help="text frames a connection may send at once beyond --rate "
+                             "(default 1000)")
     parser.add_argument("--stream-rate", type=float, default=4000.0,
                         help="binary stream frames (file chunks, call audio) per second per "
                              "connection (default 4000: about 1 GB/s in 256 KiB chunks)")
-    parser.add_argument("--stream-burst", type=float, default=8000.0)
-    parser.add_argument("--quota", type=int, default=10_000, help="queued envelopes per user")
+    parser.add_argument("--stream-burst", type=float, default=8000.0,
+                        help="binary stream frames a connection may send at once beyond "
+                             "--stream-rate (default 8000)")
+    parser.add_argument("--quota", type=int, default=10_000,
+                        help="queued envelopes per user (default 10000)")
     parser.add_argument("--ttl", type=float, default=14 * 24 * 3600,
-                        help="seconds a queued envelope is kept")
+                        help="seconds a queued envelope is kept (default 14 days)")
     parser.add_argument("--spool-quota", type=parse_size, default=4 * 1024**3,
                         help="bytes of file-stream frames held per offline recipient "
                              "(e.g. 4GiB, 500MiB, 1000000; default 4GiB)")
@@ -131,7 +140,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--loop", choices=event_loop.CHOICES, default="auto",
                         help="event loop: uvloop when installed (auto, default) or asyncio")
     parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+                        choices=["debug", "info", "warning", "error"],
+                        help="what the relay logs to stderr (default info: start-up, "
+                             "refusals, dropped connections)")
     parser.set_defaults(func=run)
 
 
