@@ -19,7 +19,7 @@ from client.messenger.api import KeyPath, KeyStatus
 from client.messenger.profile import ProfileGate
 from client.tui.app import QsecretApp
 from client.tui.screens.chat import ChatScreen
-from client.tui.widgets.key_panel import KeyPanel, render_key_status
+from client.tui.widgets.key_panel import PANEL_TEXT_WIDTH, KeyPanel, render_key_status
 from tests.client.pilot_helpers import chat_ready, until
 from tests.client.static_messenger import StaticMessenger
 
@@ -87,7 +87,7 @@ def test_the_peers_keys_show_only_when_they_came_another_way() -> None:
     text = render_key_status(KeyStatus(key_path=out, key_path_back=same_way_back)).plain
     assert text.count(" path  ") == 1
     text = render_key_status(KeyStatus(key_path=out, key_path_back=other_way)).plain
-    assert " path  bob@hf-7 → hf-3 → hf-4 → hf-1\n       → alice@hf-5\n" in text, text
+    assert " path  bob@hf-7 → hf-3 → hf-4\n       → hf-1 → alice@hf-5\n" in text, text
     assert "4 hops; trusted:\n       hf-3, hf-4, hf-1\n" in text, text
     only_back = render_key_status(KeyStatus(key_path_back=other_way)).plain
     assert only_back.count(" path  ") == 1 and " path  bob@hf-7" in only_back
@@ -99,4 +99,22 @@ def test_a_long_path_wraps_inside_the_panel() -> None:
     text = render_key_status(KeyStatus(key_path=path)).plain
     assert (" path  alice@hf-5 → hf-1 → hf-2\n       → hf-3 → bob@hf-7\n"
             "       4 hops; trusted:\n       hf-1, hf-2, hf-3\n") in text, text
-    assert all(len(line) <= 36 for line in text.splitlines()), text
+    assert all(len(line) <= PANEL_TEXT_WIDTH for line in text.splitlines()), text
+
+
+def test_long_key_sources_wrap_after_a_plus_inside_the_panel() -> None:
+    """liboqs adds a second KEM to a session's first keys: the line wraps between names."""
+    status = KeyStatus(sources="QKD+ML-KEM-768+FrodoKEM-976-AES+X25519")
+    text = render_key_status(status).plain
+    assert " keys  QKD+ML-KEM-768+\n       FrodoKEM-976-AES+X25519\n" in text, text
+    assert all(len(line) <= PANEL_TEXT_WIDTH for line in text.splitlines()), text
+    short = render_key_status(KeyStatus(sources="QKD+ML-KEM-768+X25519")).plain
+    assert " keys  QKD+ML-KEM-768+X25519\n" in short
+
+
+async def test_the_panel_is_as_wide_as_its_text_is_wrapped(tmp_path: Path) -> None:
+    """PANEL_TEXT_WIDTH follows app.tcss: the panel's room for text, border and padding off."""
+    app = _app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await chat_ready(pilot)
+        assert app.screen.query_one(KeyPanel).content_region.width == PANEL_TEXT_WIDTH

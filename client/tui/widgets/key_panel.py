@@ -15,7 +15,8 @@ def _bar(level: int | None, maximum: int | None, width: int = 12) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
-PATH_WIDTH = 29  # the panel's inner width (36) less the " path  " indent
+PANEL_TEXT_WIDTH = 34  # app.tcss #keys: width 38, less a round border and padding 1 each side
+PATH_WIDTH = PANEL_TEXT_WIDTH - len(" path  ")  # what follows the indent of " path  ", " keys  "
 
 
 def _path_lines(path: KeyPath) -> list[str]:
@@ -27,6 +28,20 @@ def _path_lines(path: KeyPath) -> list[str]:
             lines[-1] += f" → {step}"
         else:
             lines.append(f"→ {step}")
+    return lines
+
+
+def _source_lines(sources: str) -> list[str]:
+    """``QKD+ML-KEM-768+FrodoKEM-976-AES+X25519`` wrapped after a ``+`` to the panel's width
+    (a terminal would cut an algorithm's name in two)."""
+    lines = [""]
+    for i, name in enumerate(sources.split("+")):
+        piece = name if i == 0 else "+" + name
+        if lines[-1] and len(lines[-1]) + len(piece) > PATH_WIDTH:
+            lines[-1] += "+"
+            piece = piece[1:]
+            lines.append("")
+        lines[-1] += piece
     return lines
 
 
@@ -70,7 +85,11 @@ def render_key_status(status: KeyStatus) -> Text:
     text.append("\nThis conversation\n", style="bold")
     text.append(" keys  ")
     if status.sources:
-        text.append(status.sources, style="bold yellow" if status.degraded else "bold green")
+        style = "bold yellow" if status.degraded else "bold green"
+        for i, line in enumerate(_source_lines(status.sources)):
+            if i:
+                text.append("\n       ")
+            text.append(line, style=style)
     else:
         text.append("no session yet", style="grey50")
     text.append("\n")
