@@ -134,8 +134,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="show a running KME's pool level, key rate, QBER and aborts",
         description="Ask a running KME for its figures (GET /kme/v1/stats; no key material).",
     )
-    status.add_argument("--url", default=f"https://127.0.0.1:{DEFAULT_PORT_A}",
-                        help=f"KME base URL (default https://127.0.0.1:{DEFAULT_PORT_A})")
+    where = status.add_mutually_exclusive_group()
+    where.add_argument("--url", default=f"https://127.0.0.1:{DEFAULT_PORT_A}",
+                       help=f"KME base URL (default https://127.0.0.1:{DEFAULT_PORT_A})")
+    where.add_argument("--port", type=int,
+                       help="a KME on this machine: the same as --url https://127.0.0.1:PORT "
+                            "(the --port it was served on)")
     status.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="data directory holding pki/ (default ./qsecret-kme)")
     status.add_argument("--sae", default=SAE_A,
@@ -357,6 +361,8 @@ def _run_network_node(args: argparse.Namespace) -> int:
 def _run_status(args: argparse.Namespace) -> int:
     from .runtime import dump_json, fetch_stats
 
+    if args.port is not None:
+        args.url = f"https://127.0.0.1:{args.port}"
     pki = Pki(args.data / "pki")
     try:
         sae = pki.sae(args.sae)

@@ -108,6 +108,12 @@ def test_status_command_reads_a_running_kme(pair: Pair) -> None:
     assert "key_material" not in as_json.stdout and "material" not in as_json.stdout
     down = run("status", "--url", "https://127.0.0.1:1", "--data", str(pair.data))
     assert down.returncode == 2 and "cannot read" in down.stderr
+    port_b = pair.url_b.rstrip("/").rsplit(":", 1)[1]  # --port, as 'kme serve' takes it
+    by_port = run("status", "--port", port_b, "--data", str(pair.data), "--sae", SAE_B)
+    assert by_port.returncode == 0, by_port.stderr
+    assert by_port.stdout.startswith("kme-bob ")
+    both = run("status", "--port", port_b, "--url", pair.url_b, "--data", str(pair.data))
+    assert both.returncode == 2 and "not allowed with" in both.stderr
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
