@@ -120,10 +120,12 @@ def load_oqs() -> ModuleType:
         if "OQS_INSTALL_PATH" not in os.environ and location.path.parent.name in ("lib", "lib64"):
             # Pin liboqs-python to the very library we proved loadable.
             os.environ["OQS_INSTALL_PATH"] = str(location.path.parent.parent)
-        # liboqs-python logs to the stdout it sees at import; keep that off ours.
+        # liboqs-python logs at import, at INFO (a level it sets itself) to a stdout handler
+        # of its own and through ours: keep its INFO lines out of both.
+        oqs_logger = logging.getLogger("oqs.oqs")
+        oqs_logger.addFilter(lambda record: record.levelno >= logging.WARNING)
         with contextlib.redirect_stdout(io.StringIO()):
             import oqs
-        oqs_logger = logging.getLogger("oqs.oqs")
         oqs_logger.setLevel(logging.WARNING)
         for handler in list(oqs_logger.handlers):
             oqs_logger.removeHandler(handler)

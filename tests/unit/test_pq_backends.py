@@ -143,3 +143,18 @@ def test_hybrid_signature_verifies_ml_dsa_through_liboqs() -> None:
     signature[100] ^= 1
     with pytest.raises(InvalidSignature, match="ML-DSA-65 invalid"):
         scheme.verify(keypair.public_key, b"m", bytes(signature))
+
+
+def test_loading_liboqs_adds_no_line_to_a_program_s_info_log(liboqs: None) -> None:
+    """liboqs-python logs an INFO line about its faulthandler at import (through its own
+    stdout handler and the root logger); a relay or KME logging at INFO would show it."""
+    import subprocess
+    import sys
+
+    code = ("import logging; logging.basicConfig(level=logging.INFO); "
+            "from keysource.pq.liboqs_backend import load_oqs; load_oqs(); "
+            "logging.getLogger('oqs.oqs').warning('still heard')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert "faulthandler" not in out.stdout + out.stderr, out.stdout + out.stderr
+    assert "still heard" in out.stderr  # its warnings still reach the log
