@@ -95,9 +95,12 @@ def run_recv(args: argparse.Namespace) -> int:
                 where = f"@{m.group} " if m.group_id else ""
                 print(f"[{stamp}] {where}{m.peer}: {m.text}    ({m.sources})", flush=True)
 
+        events_shown = 0  # group events and receipts
+
         def show_group(event: GroupEvent) -> None:
-            nonlocal last
+            nonlocal last, events_shown
             last = time.monotonic()
+            events_shown += 1
             if args.json:
                 print(json.dumps({"event": "group", "group": event.group.name,
                                   "group_id": event.group.group_id, "note": event.note,
@@ -133,8 +136,9 @@ def run_recv(args: argparse.Namespace) -> int:
 
         def show_receipts(event: GroupReceiptEvent) -> None:
             """Members' receipts for one of our group messages: the counts now."""
-            nonlocal last
+            nonlocal last, events_shown
             last = time.monotonic()
+            events_shown += 1
             counts = event.counts
             if args.json:
                 print(json.dumps({"event": "receipts", "group": event.group,
@@ -191,6 +195,10 @@ def run_recv(args: argparse.Namespace) -> int:
             if status == EXIT_OK and (held := messenger.held_for_keys()):
                 print(f"qsecret recv: {held} message(s) still wait for their keys; they stay "
                       "at the relay and a later recv shows them", file=sys.stderr)
+            elif status == EXIT_OK and not (shown or files_shown or events_shown or args.json):
+                # Say the login worked: a first recv is how a new user publishes prekeys.
+                print(f"qsecret recv: no new messages (logged in as @{messenger.handle}; "
+                      "your prekeys are on the relay)", file=sys.stderr)
         finally:
             await messenger.stop()
         return status

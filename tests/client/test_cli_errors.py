@@ -28,6 +28,16 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 
+def test_a_recv_with_nothing_to_show_says_the_login_worked(relay: Stack) -> None:
+    """A new user's first ``recv`` publishes the prekeys: it says so (on stderr; stdout is
+    for messages)."""
+    result = relay.cli("alice", "recv")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "no new messages (logged in as @alice; your prekeys are on the relay)" in (
+        result.stderr)
+
+
 def test_adding_someone_with_no_prekeys_fails_with_the_reason(relay: Stack) -> None:
     result = relay.cli("alice", "contacts", "add", "nobody")
     assert result.returncode == EXIT_FAILED

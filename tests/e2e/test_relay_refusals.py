@@ -64,6 +64,7 @@ def test_recv_exits_non_zero_with_the_relays_reason(stack: Stack) -> None:
     assert "refused" in result.stderr and "prekey" in result.stderr
     assert "too_large" in result.stderr  # the relay's own code, not a generic failure
     assert "Traceback" not in result.stderr
+    assert "prekeys are on the relay" not in result.stderr
     # nobody can add erin: which is why recv must not pretend all went well
     added = stack.cli("fay", "contacts", "add", "erin")
     assert added.returncode != 0
