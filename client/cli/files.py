@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from client.messenger.api import MessengerError, TransferEvent, TransferState, TransferView
-from client.transfer import BuiltManifest, format_size
+from client.transfer import BuiltManifest, count_files, format_size
 
 from .errors import EXIT_INTERRUPTED, EXIT_NOT_DONE, CliError
 from .session import go_online, open_messenger
@@ -60,7 +60,7 @@ class Reporter:
             )
 
             self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
                 TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
             )
             self.progress.start()
@@ -167,11 +167,11 @@ def run_send_file(args: argparse.Namespace, listing: Future[BuiltManifest]) -> i
             reporter.line("offered", view)
             size = format_size(view.total_bytes)
             if view.group:
-                reporter.say(f"offered {view.title} ({view.files} files, {size}) to "
+                reporter.say(f"offered {view.title} ({count_files(view.files)}, {size}) to "
                              f"{args.handle}; uploading once, the relay keeps a copy for "
                              "each member")
             else:
-                reporter.say(f"offered {view.title} ({view.files} files, {size}) to "
+                reporter.say(f"offered {view.title} ({count_files(view.files)}, {size}) to "
                              f"{args.handle}; waiting for them to accept")
             reporter.update(view)
             await done.wait()
@@ -265,7 +265,7 @@ def run_receive_files(args: argparse.Namespace) -> int:
 async def _answer_offer(messenger: Any, reporter: Reporter, view: TransferView, auto: str,
                         interactive: bool) -> None:
     reporter.line("offer", view)
-    reporter.say(f"{view.peer} offers {view.title} ({view.files} files, "
+    reporter.say(f"{view.peer} offers {view.title} ({count_files(view.files)}, "
                  f"{format_size(view.total_bytes)})")
     if auto == "all" or (auto == "verified" and _verified(messenger, view.peer)):
         return  # the messenger accepts it by itself (auto_accept setting)

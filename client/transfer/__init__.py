@@ -69,7 +69,7 @@ _HOME = {
         "KIND_CHUNK", "KIND_CONTROL", "frame_kind",
     ], ".stream"),
     **dict.fromkeys([
-        "OfferSummary", "format_size", "summarise",
+        "OfferSummary", "count_files", "format_size", "summarise",
     ], ".summary"),
 }
 
@@ -126,7 +126,7 @@ if TYPE_CHECKING:
     from .receiver import ReceiverStatus, TransferReceiver
     from .sender import FileReader, SenderStatus, TransferSender
     from .stream import KIND_CHUNK, KIND_CONTROL, frame_kind
-    from .summary import OfferSummary, format_size, summarise
+    from .summary import OfferSummary, count_files, format_size, summarise
 
 
 __getattr__ = lazy_getattr(__name__, _HOME)
@@ -178,6 +178,7 @@ __all__ = [
     "TransferSender",
     "UnsafeName",
     "build_manifest",
+    "count_files",
     "decode_message",
     "encode_cancel",
     "encode_decline",

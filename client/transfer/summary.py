@@ -10,6 +10,11 @@ from .partial import plan_destinations
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
+def count_files(count: int) -> str:
+    """``1 file``, ``3 files``."""
+    return f"{count} file" if count == 1 else f"{count} files"
+
+
 def format_size(size: int) -> str:
     value = float(size)
     for unit in _UNITS:
@@ -33,7 +38,7 @@ class OfferSummary:
         first = self.top_names[0] + ("/" if self.file_count > 1 and
                                      len(self.top_names) == 1 else "")
         more = f" and {len(self.top_names) - 1} more" if len(self.top_names) > 1 else ""
-        files = "1 file" if self.file_count == 1 else f"{self.file_count} files"
+        files = count_files(self.file_count)
         return f"{first}{more} ({files}, {format_size(self.total_bytes)})"
 
 

@@ -176,7 +176,7 @@ def test_file_reader_notices_a_changed_source(tmp_path: Path) -> None:
 
 
 def test_offer_summary_shows_sanitised_names() -> None:
-    from client.transfer import format_size, summarise
+    from client.transfer import count_files, format_size, summarise
 
     files = (FileEntry("../../etc/passwd", 10), FileEntry("CON", 2048))
     summary = summarise(Manifest(os.urandom(16), 4096, files))
@@ -185,3 +185,4 @@ def test_offer_summary_shows_sanitised_names() -> None:
     single = summarise(Manifest(os.urandom(16), 4096, (FileEntry("a.txt", 5),)))
     assert single.title == "a.txt (1 file, 5 B)" and single.renamed == 0
     assert format_size(3 * 1024**3) == "3.0 GiB" and format_size(1023) == "1023 B"
+    assert (count_files(1), count_files(0), count_files(3)) == ("1 file", "0 files", "3 files")
