@@ -244,10 +244,12 @@ class Pki:
                 created += [self.ca_cert, self.ca_key]
             for kme_id in kme_ids:
                 if not self.kme(kme_id).cert.exists():
-                    created.append(self.issue_kme(kme_id, hostnames).cert)
+                    paths = self.issue_kme(kme_id, hostnames)
+                    created += [paths.cert, paths.key]
             for sae_id in sae_ids:
                 if not self.sae(sae_id).cert.exists():
-                    created.append(self.issue_sae(sae_id).cert)
+                    paths = self.issue_sae(sae_id)
+                    created += [paths.cert, paths.key]
             if psk is not None and not self.psk_file.exists():
                 _write_private(self.psk_file, psk.hex().encode() + b"\n")
                 created.append(self.psk_file)

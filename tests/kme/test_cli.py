@@ -40,6 +40,9 @@ def test_pki_init_and_issue_sae(tmp_path: Path) -> None:
     assert (pki_dir / "ca.pem").exists() and (pki_dir / "sae" / "sae-x.key").exists()
     assert (pki_dir / "kme" / "kme-alice.pem").exists() and (pki_dir / "link.psk").exists()
     assert (pki_dir / "sae" / "sae-x.key").stat().st_mode & 0o077 == 0
+    listed = first.stdout.splitlines()  # every file it wrote, private keys too
+    assert f"created {pki_dir / 'sae' / 'sae-x.key'}" in listed
+    assert f"created {pki_dir / 'kme' / 'kme-alice.key'}" in listed
     again = run("pki", "init", "--dir", str(pki_dir), "--sae", "sae-x")
     assert again.returncode == 0 and "nothing to do" in again.stdout
     issued = run("pki", "issue-sae", "sae-y", "--dir", str(pki_dir))
