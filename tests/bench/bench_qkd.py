@@ -199,20 +199,34 @@ def _postprocess_stages() -> dict[str, tuple[object, str]]:
     }
 
 
+def _sort_rate(values: np.ndarray, times: int = 3) -> float:
+    """The baseline: int64 values numpy sorts per second (median of ``times``)."""
+    sort_times = []
+    for _ in range(times):
+        started = time.perf_counter()
+        np.sort(values)
+        sort_times.append(time.perf_counter() - started)
+    return values.size / statistics.median(sort_times)
+
+
 def postprocess_rate(frame_bits: int, blocks: int, lane: int = 0, quiet: bool = False,
-                     start: Any = None) -> dict:
+                     barrier: Any = None) -> dict:
     """Sifted bits per second of post-processing, beside a same-run numpy sort baseline.
 
     The baseline (sorting as many int64 values as a block has sifted bits) is timed right after
     every block, so both see the same load on a shared machine; the ratio is per block, and
     every figure is a median over the blocks. CPU-time figures are printed too (steadier when
     other processes compete for the cores). ``lane`` > 0 runs that lane's link (its own seed,
-    as ``qsecret kme pair --lanes`` does); ``start`` (a barrier) lines up concurrent lanes."""
+    as ``qsecret kme pair --lanes`` does). With a ``barrier`` (lanes at once) the baseline is
+    timed before the barrier and after the last block instead, all lanes together: a sort
+    between blocks would run beside the other lanes' timed blocks and slow them."""
     link = PairLink(lane_params(LinkParams(frame_bits=frame_bits, seed=5), lane))
-    link.run_block()  # warm-up: permutations are cached per link
-    if start is not None:
-        start.wait()
-    values = np.random.default_rng(0).integers(0, 1 << 62, 1)
+    warm = link.run_block().report  # warm-up: permutations are cached per link
+    values = np.random.default_rng(0).integers(0, 1 << 62, warm.sifted_bits)
+    around = []
+    if barrier is not None:
+        around.append(_sort_rate(values))
+        barrier.wait()
     rates, cpu_rates, baselines, ratios, rounds, sifted_total = [], [], [], [], [], 0
     stages: dict[str, list[float]] = {}
     for _ in range(blocks):
@@ -230,18 +244,19 @@ def postprocess_rate(frame_bits: int, blocks: int, lane: int = 0, quiet: bool = 
         sifted_total += report.sifted_bits
         if values.size != report.sifted_bits:
             values = np.random.default_rng(0).integers(0, 1 << 62, report.sifted_bits)
-        sort_times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            np.sort(values)
-            sort_times.append(time.perf_counter() - start)
-        baselines.append(values.size / statistics.median(sort_times))
-        ratios.append(rates[-1] / baselines[-1])
+        if barrier is None:
+            baselines.append(_sort_rate(values))
+            ratios.append(rates[-1] / baselines[-1])
         other = cpu_total - physics_cpu - sum(
             v for k, v in timer.cpu.items() if not k.startswith("physics"))
         for name, seconds in [*timer.cpu.items(), ("other", other)]:
             if not name.startswith("physics"):
                 stages.setdefault(name, []).append(seconds)
+    if barrier is not None:
+        barrier.wait()  # every lane's last block is done: sort together again
+        around.append(_sort_rate(values))
+        baselines = around
+        ratios = [statistics.median(rates) / statistics.median(around)]
     rate, baseline, ratio = (statistics.median(x) for x in (rates, baselines, ratios))
     cpu_rate = statistics.median(cpu_rates)
     per_block = {name: round(statistics.median(v), 4) for name, v in stages.items()}
@@ -261,19 +276,20 @@ def postprocess_rate(frame_bits: int, blocks: int, lane: int = 0, quiet: bool = 
     return result
 
 
-def _lane_worker(frame_bits: int, blocks: int, lane: int, start: Any, out: Any) -> None:
-    out.put((lane, postprocess_rate(frame_bits, blocks, lane, quiet=True, start=start)))
+def _lane_worker(frame_bits: int, blocks: int, lane: int, barrier: Any, out: Any) -> None:
+    out.put((lane, postprocess_rate(frame_bits, blocks, lane, quiet=True, barrier=barrier)))
 
 
 def postprocess_lanes(frame_bits: int, blocks: int, lanes: int, alone: dict) -> dict:
     """``lanes`` lanes at once, each in its own process (as ``qsecret kme pair --lanes``
     runs them): each lane measured as :func:`postprocess_rate` measures one link (physics
-    excluded, medians over its blocks, its own numpy baseline), all lanes timing the same
-    moments (they start after a barrier); the link's rate is their sum. ``alone`` is the
-    one-lane figure of the same run."""
+    excluded, medians over its blocks), all lanes timing the same moments (they start after a
+    barrier), each with its numpy baseline timed before and after its blocks, all lanes
+    sorting together; the link's rate is their sum. ``alone`` is the one-lane figure of the
+    same run."""
     ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Barrier(lanes), ctx.Queue()
-    workers = [ctx.Process(target=_lane_worker, args=(frame_bits, blocks, lane, start, out))
+    barrier, out = ctx.Barrier(lanes), ctx.Queue()
+    workers = [ctx.Process(target=_lane_worker, args=(frame_bits, blocks, lane, barrier, out))
                for lane in range(lanes)]
     for worker in workers:
         worker.start()
