@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -52,6 +53,9 @@ def lane_params(params: LinkParams, lane: int) -> LinkParams:
 
 def _start_lane(params: LinkParams) -> None:
     global _link
+    # Ctrl+C in a terminal reaches the whole process group: the KME stops its lanes itself
+    # (Lane.close), after the blocks they are on, so no lane dies mid-block with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(AttributeError, OSError):  # no per-process nice: run as is
         os.nice(LINK_NICENESS)
     _link = PairLink(params)

@@ -144,3 +144,40 @@ def test_curl_fetches_keys_over_mtls(pair: Pair) -> None:
         capture_output=True, text=True, timeout=30,
     )
     assert "client certificate" in no_cert.stdout
+
+
+def test_ctrl_c_stops_a_pair_with_lanes_cleanly(tmp_path: Path) -> None:
+    """Ctrl+C in a terminal signals the whole process group, lane processes too: the KME
+    stops them itself, so nothing is left running and no lane prints a traceback."""
+    import os
+    import signal
+    import time
+
+    log = tmp_path / "kme.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            qsecret_cmd("kme", "pair", "--data", str(tmp_path / "kme"), "--port-a", "0",
+                        "--port-b", "0", "--lanes", "2", "--frame-bits", "32768",
+                        "--status-interval", "0.5"),
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "blocks" not in log.read_text() or " blocks 0 " in log.read_text().splitlines()[-1]:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl+C does
+        assert process.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    for _ in range(100):  # lanes and multiprocessing's resource tracker follow it out
+        group = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True,
+                               text=True).stdout.split()
+        if not group:
+            break
+        time.sleep(0.1)
+    assert not group, f"processes outlived the KME: {group}"
