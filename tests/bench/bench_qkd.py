@@ -20,11 +20,15 @@
   of the signal clicks whose bit Eve holds.
 - postprocess_sifted_bits_per_s: the link's post-processing rate on this machine, sifted bits
   per second through sifting + estimation + Cascade + verification + privacy amplification
-  (pair mode, physics emulation excluded: the pulses and the frame that carries them), with two
-  lanes (``qsecret kme pair --lanes 2``: two blocks at once, one process each; lanes.py):
-  postprocess_lanes has each lane's rate and its ratio to a same-run baseline (sorting as many
-  int64 values with numpy, timed after every block; medians). postprocess is one lane alone,
-  measured the same way in the same run, with CPU seconds per stage; and
+  (pair mode), with two lanes (``qsecret kme pair --lanes 2``: two blocks at once, one process
+  each; lanes.py), measured whole: each lane records its blocks' physics (source, detectors
+  and the quantum frame between them), then runs the same blocks again on a new link with the
+  physics replayed (same seed and PSK: the same keys, checked), both lanes between two
+  barriers; the rate is all the sifted bits over the wall time from the common start to the
+  last lane's end. postprocess_whole has that for one lane and for two, each beside a
+  same-run baseline (sorting as many int64 values with numpy before and after the blocks).
+  postprocess is one lane with the physics subtracted per block instead, with CPU seconds per
+  stage, beside the numpy baseline timed after every block; and
   postprocess.cascade_lockstep: Cascade's CPU per 2^20-bit frame, 4 frames one at a time and
   the same 4 in lockstep (cascade.py; the link itself still reconciles one frame a block).
 """
@@ -32,10 +36,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import multiprocessing
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np
 
 from keysource.qkd import protocol
+from keysource.qkd.auth import make_psk
 from keysource.qkd.cascade import permutations, reconcile, reconcile_lockstep
 from keysource.qkd.estimation import (
     binary_entropy,
@@ -209,24 +217,16 @@ def _sort_rate(values: np.ndarray, times: int = 3) -> float:
     return values.size / statistics.median(sort_times)
 
 
-def postprocess_rate(frame_bits: int, blocks: int, lane: int = 0, quiet: bool = False,
-                     barrier: Any = None) -> dict:
+def postprocess_rate(frame_bits: int, blocks: int) -> dict:
     """Sifted bits per second of post-processing, beside a same-run numpy sort baseline.
 
     The baseline (sorting as many int64 values as a block has sifted bits) is timed right after
     every block, so both see the same load on a shared machine; the ratio is per block, and
     every figure is a median over the blocks. CPU-time figures are printed too (steadier when
-    other processes compete for the cores). ``lane`` > 0 runs that lane's link (its own seed,
-    as ``qsecret kme pair --lanes`` does). With a ``barrier`` (lanes at once) the baseline is
-    timed before the barrier and after the last block instead, all lanes together: a sort
-    between blocks would run beside the other lanes' timed blocks and slow them."""
-    link = PairLink(lane_params(LinkParams(frame_bits=frame_bits, seed=5), lane))
-    warm = link.run_block().report  # warm-up: permutations are cached per link
-    values = np.random.default_rng(0).integers(0, 1 << 62, warm.sifted_bits)
-    around = []
-    if barrier is not None:
-        around.append(_sort_rate(values))
-        barrier.wait()
+    other processes compete for the cores), with each stage's share."""
+    link = PairLink(LinkParams(frame_bits=frame_bits, seed=5))
+    link.run_block()  # warm-up: permutations are cached per link
+    values = np.random.default_rng(0).integers(0, 1 << 62, 1)
     rates, cpu_rates, baselines, ratios, rounds, sifted_total = [], [], [], [], [], 0
     stages: dict[str, list[float]] = {}
     for _ in range(blocks):
@@ -244,19 +244,13 @@ def postprocess_rate(frame_bits: int, blocks: int, lane: int = 0, quiet: bool = 
         sifted_total += report.sifted_bits
         if values.size != report.sifted_bits:
             values = np.random.default_rng(0).integers(0, 1 << 62, report.sifted_bits)
-        if barrier is None:
-            baselines.append(_sort_rate(values))
-            ratios.append(rates[-1] / baselines[-1])
+        baselines.append(_sort_rate(values))
+        ratios.append(rates[-1] / baselines[-1])
         other = cpu_total - physics_cpu - sum(
             v for k, v in timer.cpu.items() if not k.startswith("physics"))
         for name, seconds in [*timer.cpu.items(), ("other", other)]:
             if not name.startswith("physics"):
                 stages.setdefault(name, []).append(seconds)
-    if barrier is not None:
-        barrier.wait()  # every lane's last block is done: sort together again
-        around.append(_sort_rate(values))
-        baselines = around
-        ratios = [statistics.median(rates) / statistics.median(around)]
     rate, baseline, ratio = (statistics.median(x) for x in (rates, baselines, ratios))
     cpu_rate = statistics.median(cpu_rates)
     per_block = {name: round(statistics.median(v), 4) for name, v in stages.items()}
@@ -265,9 +259,7 @@ def postprocess_rate(frame_bits: int, blocks: int, lane: int = 0, quiet: bool = 
               "sifted_bits_per_cpu_s": cpu_rate, "cpu_seconds_per_block": per_block,
               "cascade_rounds": statistics.median(rounds),
               "sifted_bits_per_block": sifted_total // blocks}
-    if quiet:
-        return result
-    print(f"  post-processing: {rate:,.0f} sifted bits/s (target >= 5,000,000); baseline numpy "
+    print(f"  one lane, physics subtracted per block: {rate:,.0f} sifted bits/s; baseline numpy "
           f"sort of as many int64: {baseline:,.0f}/s; ratio {ratio:.4f} (medians of {blocks} "
           f"blocks); CPU time: {cpu_rate:,.0f} sifted bits per CPU second")
     print(f"  CPU seconds per block of {sifted_total // blocks:,} sifted bits: " + ", ".join(
@@ -276,41 +268,129 @@ def postprocess_rate(frame_bits: int, blocks: int, lane: int = 0, quiet: bool = 
     return result
 
 
-def _lane_worker(frame_bits: int, blocks: int, lane: int, barrier: Any, out: Any) -> None:
-    out.put((lane, postprocess_rate(frame_bits, blocks, lane, quiet=True, barrier=barrier)))
+class PhysicsReplay:
+    """Bench only: a run's emulated physics recorded, then handed back to a second run of the
+    same link (same seed, same PSK), so that the second run's wall clock is post-processing
+    alone. Physics here: Alice's source (emit_block), Bob's detectors (detect) and the quantum
+    frame that carries the pulses between them (encode_quantum, decode_quantum). The random
+    generator a call advanced is left where the recorded call left it, so the replayed run
+    makes exactly the recorded run's choices (checked: the same keys)."""
+
+    TARGETS = ("emit_block", "detect", "encode_quantum", "decode_quantum")
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[tuple[Any, Any]]] = {name: [] for name in self.TARGETS}
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        def wrap(name: str, real: Any) -> Any:
+            def record(*args: Any, **kwargs: Any) -> Any:
+                result = real(*args, **kwargs)
+                rng = _rng_of(args)
+                self.calls[name].append((copy.deepcopy(result),
+                                         None if rng is None else rng.bit_generator.state))
+                return result
+            return record
+        with self._patched(wrap):
+            yield
+
+    @contextlib.contextmanager
+    def replaying(self) -> Iterator[None]:
+        def wrap(name: str, real: Any) -> Any:
+            recorded = iter(self.calls[name])
+
+            def replay(*args: Any, **kwargs: Any) -> Any:
+                result, state = next(recorded)
+                rng = _rng_of(args)
+                if rng is not None:
+                    rng.bit_generator.state = state
+                return result
+            return replay
+        with self._patched(wrap):
+            yield
+
+    @contextlib.contextmanager
+    def _patched(self, wrap: Any) -> Iterator[None]:
+        saved = {name: getattr(protocol, name) for name in self.TARGETS}
+        for name, real in saved.items():
+            setattr(protocol, name, wrap(name, real))
+        try:
+            yield
+        finally:
+            for name, real in saved.items():
+                setattr(protocol, name, real)
 
 
-def postprocess_lanes(frame_bits: int, blocks: int, lanes: int, alone: dict) -> dict:
-    """``lanes`` lanes at once, each in its own process (as ``qsecret kme pair --lanes``
-    runs them): each lane measured as :func:`postprocess_rate` measures one link (physics
-    excluded, medians over its blocks), all lanes timing the same moments (they start after a
-    barrier), each with its numpy baseline timed before and after its blocks, all lanes
-    sorting together; the link's rate is their sum. ``alone`` is the one-lane figure of the
-    same run."""
+def _rng_of(args: tuple[Any, ...]) -> np.random.Generator | None:
+    return next((a for a in args if isinstance(a, np.random.Generator)), None)
+
+
+def _replayed_lane(frame_bits: int, blocks: int, lane: int, barrier: Any, out: Any) -> None:
+    """One lane: record ``blocks`` blocks (and a warm-up), then run them again on a new link
+    with the physics replayed, timed between two barriers shared with the other lanes."""
+    params = lane_params(LinkParams(frame_bits=frame_bits, seed=5), lane)
+    psk = make_psk()
+    replay = PhysicsReplay()
+    with replay.recording():
+        link = PairLink(params, psk)
+        recorded = [link.run_block() for _ in range(blocks + 1)]  # a warm-up, then the blocks
+    values = np.random.default_rng(0).integers(0, 1 << 62, recorded[1].report.sifted_bits)
+    sorts = [_sort_rate(values)]
+    link = PairLink(params, psk)
+    with replay.replaying():
+        link.run_block()  # the warm-up: permutation tables, allocator
+        barrier.wait()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        results = [link.run_block() for _ in range(blocks)]
+        end, cpu = time.perf_counter(), time.process_time() - cpu_start
+    barrier.wait()
+    sorts.append(_sort_rate(values))
+    for got, want in zip(results, recorded[1:], strict=True):
+        assert not got.report.aborted, got.report.reason
+        assert got.keys_a == want.keys_a == got.keys_b, "the replayed run made other keys"
+    out.put({"lane": lane, "sifted_bits": sum(r.report.sifted_bits for r in results),
+             "start": start, "end": end, "cpu_s": cpu,
+             "baseline_numpy_sort_per_s": statistics.median(sorts)})
+
+
+def postprocess_replayed(frame_bits: int, blocks: int, lanes: int) -> dict:
+    """The link's post-processing rate measured whole: ``lanes`` lanes (processes) run their
+    blocks at once with the physics replayed (:class:`PhysicsReplay`), and the rate is every
+    lane's sifted bits over the wall time from the common start to the last lane's end."""
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(lanes), ctx.Queue()
-    workers = [ctx.Process(target=_lane_worker, args=(frame_bits, blocks, lane, barrier, out))
+    workers = [ctx.Process(target=_replayed_lane, args=(frame_bits, blocks, lane, barrier, out))
                for lane in range(lanes)]
     for worker in workers:
         worker.start()
     try:
-        per_lane = dict(out.get(timeout=600) for _ in workers)
+        per_lane = sorted((out.get(timeout=900) for _ in workers), key=lambda r: r["lane"])
     finally:
         for worker in workers:
             worker.join(timeout=60)
             if worker.is_alive():
                 worker.kill()
-    rates = [per_lane[lane]["sifted_bits_per_s"] for lane in range(lanes)]
-    ratios = [per_lane[lane]["ratio_to_baseline"] for lane in range(lanes)]
-    total = sum(rates)
-    one = alone["sifted_bits_per_s"]
-    print(f"  {lanes} lanes at once (one process each): {total:,.0f} sifted bits/s "
-          f"(target >= 5,000,000; lanes: {', '.join(f'{r:,.0f}' for r in rates)}); "
-          f"one lane alone, same run: {one:,.0f} (x{total / one:.2f}); "
-          f"each lane's ratio to its own numpy sort: {', '.join(f'{r:.4f}' for r in ratios)}")
-    return {"lanes": lanes, "sifted_bits_per_s": total, "per_lane_sifted_bits_per_s": rates,
-            "per_lane_ratio_to_baseline": ratios, "one_lane_sifted_bits_per_s": one,
-            "speedup": total / one, "blocks_per_lane": blocks}
+    wall = max(r["end"] for r in per_lane) - min(r["start"] for r in per_lane)
+    sifted = sum(r["sifted_bits"] for r in per_lane)
+    baseline = statistics.median(r["baseline_numpy_sort_per_s"] for r in per_lane)
+    return {"lanes": lanes, "blocks_per_lane": blocks, "sifted_bits": sifted, "wall_s": wall,
+            "sifted_bits_per_s": sifted / wall, "baseline_numpy_sort_per_s": baseline,
+            "ratio_to_baseline": sifted / wall / baseline,
+            "cpu_s": [round(r["cpu_s"], 3) for r in per_lane]}
+
+
+def postprocess_whole(frame_bits: int, blocks: int) -> dict:
+    """One lane, then two lanes, each measured whole (postprocess_replayed), same run."""
+    one = postprocess_replayed(frame_bits, blocks, 1)
+    two = postprocess_replayed(frame_bits, blocks, 2)
+    for row in (one, two):
+        print(f"  {row['lanes']} lane(s), physics replayed, measured whole: "
+              f"{row['sifted_bits_per_s']:,.0f} sifted bits/s ({row['sifted_bits']:,} bits in "
+              f"{row['wall_s']:.2f} s; target >= 5,000,000 for the link); numpy sort "
+              f"baseline {row['baseline_numpy_sort_per_s']:,.0f}/s, ratio "
+              f"{row['ratio_to_baseline']:.4f}")
+    print(f"  two lanes / one lane: x{two['sifted_bits_per_s'] / one['sifted_bits_per_s']:.2f}")
+    return {"one_lane": one, "two_lanes": two}
 
 
 def cascade_lockstep_speed(n: int, frames: int, qber: float = 0.01, repeats: int = 3) -> dict:
@@ -493,12 +573,12 @@ def main() -> int:
     qber = eve_qber(eve_blocks)
     print("post-processing throughput (pair mode; one lane, then two lanes at once):")
     speed = postprocess_rate(frame, speed_blocks)
-    lanes = postprocess_lanes(frame, speed_blocks, 2, speed)
+    whole = postprocess_whole(frame, speed_blocks + 2)
     speed["cascade_lockstep"] = cascade_lockstep_speed(frame, 4)
     write_json(args.json, {
         "key_rate": rates, "cascade": cascade_rows, "eve_full_intercept_qber": qber,
-        "postprocess_sifted_bits_per_s": lanes["sifted_bits_per_s"],
-        "postprocess": speed, "postprocess_lanes": lanes, "quick": args.quick,
+        "postprocess_sifted_bits_per_s": whole["two_lanes"]["sifted_bits_per_s"],
+        "postprocess": speed, "postprocess_whole": whole, "quick": args.quick,
         "finite_key": finite_rows, "pns": pns,
     })
     return 0
