@@ -55,3 +55,23 @@ def test_identity_toeplitz_family_is_two_universal() -> None:
     bound = 2 ** (n - 1 - out_len)
     for a, b in itertools.combinations(range(len(inputs)), 2):
         assert int((codes[:, a] == codes[:, b]).sum()) <= bound
+
+
+def one_fft_identity_toeplitz(bits: np.ndarray, seed: np.ndarray, out_len: int) -> np.ndarray:
+    """(I | T) by one plain 1-D FFT linear convolution: an independent check of the grid FFT
+    at sizes the written-out matrix cannot reach."""
+    n, rest = bits.size, bits[out_len:].astype(np.float64)
+    size = 1 << (seed.size + rest.size).bit_length()
+    conv = np.fft.irfft(np.fft.rfft(seed.astype(np.float64), size) * np.fft.rfft(rest, size), size)
+    tail = np.rint(conv[n - out_len - 1: n - 1]).astype(np.int64) & 1
+    return (bits[:out_len] ^ tail).astype(np.uint8)
+
+
+@pytest.mark.parametrize("n,out_len", [(3, 1), (4097, 2000), (65_537, 30_000),
+                                       (1_090_001, 520_000)])
+def test_grid_fft_matches_a_plain_fft_on_frame_sized_inputs(n: int, out_len: int) -> None:
+    rng = np.random.default_rng(n)
+    bits = rng.integers(0, 2, n, dtype=np.uint8)
+    seed = rng.integers(0, 2, n - 1, dtype=np.uint8)
+    assert np.array_equal(identity_toeplitz_hash(bits, seed, out_len),
+                          one_fft_identity_toeplitz(bits, seed, out_len))
