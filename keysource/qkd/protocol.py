@@ -36,13 +36,14 @@ import logging
 import math
 import struct
 import time
-import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Self
 
 import cbor2
 import numpy as np
+
+from keysource.uuid_text import uuid_bytes, uuid_texts
 
 from . import amplification, estimation, verification
 from .auth import AuthError, AuthKeyExhausted, ChannelAuth, KeyStream
@@ -725,7 +726,7 @@ class AliceEndpoint(_Endpoint):
         return Output(send=[self._message(VERIFY_RESULT, blk.number, {
             "ok": True, "length": length, "seed": _pack_bits(seed),
             "refill": [refill_ab, refill_ba],
-            "key_ids": b"".join(uuid.UUID(k).bytes for k in key_ids),
+            "key_ids": uuid_bytes(key_ids),
         })])
 
     def _on_done(self, blk: _Block, body: dict) -> Output:
@@ -770,7 +771,7 @@ class BobEndpoint(_Endpoint):
         to_ab, to_ba, keys = blk.pending
         return {"pending": {
             "block": blk.number, "secret_bits": blk.secret_len, "ab": to_ab, "ba": to_ba,
-            "ids": b"".join(uuid.UUID(k).bytes for k, _ in keys),
+            "ids": uuid_bytes([k for k, _ in keys]),
             "keys": b"".join(key for _, key in keys)}}
 
     def _restore(self, body: dict) -> None:
@@ -784,9 +785,8 @@ class BobEndpoint(_Endpoint):
         count = len(ids) // 16  # type: ignore[arg-type]
         if len(ids) % 16 or len(material) != KEY_BYTES * count:  # type: ignore[arg-type]
             raise ProtocolError("pending keys do not match their key_IDs")
-        keys = [(str(uuid.UUID(bytes=ids[16 * i: 16 * i + 16])),  # type: ignore[index]
-                 material[KEY_BYTES * i: KEY_BYTES * (i + 1)])  # type: ignore[index]
-                for i in range(count)]
+        keys = [(key_id, material[KEY_BYTES * i: KEY_BYTES * (i + 1)])  # type: ignore[index]
+                for i, key_id in enumerate(uuid_texts(ids))]  # type: ignore[arg-type]
         blk = _Block(int(_field(saved, "block", int)), time.perf_counter(),  # type: ignore[arg-type]
                      self.auth.used_bits)
         blk.secret_len = int(_field(saved, "secret_bits", int))  # type: ignore[arg-type]
@@ -969,8 +969,7 @@ class BobEndpoint(_Endpoint):
         if (len(refill) != 2 or not all(isinstance(r, int) and r >= 0 for r in refill)  # type: ignore[arg-type]
                 or len(raw_ids) % 16):  # type: ignore[arg-type]
             raise ProtocolError("bad refill amounts or key_IDs")
-        key_ids = [str(uuid.UUID(bytes=raw_ids[i: i + 16]))  # type: ignore[index]
-                   for i in range(0, len(raw_ids), 16)]  # type: ignore[arg-type]
+        key_ids = uuid_texts(raw_ids)  # type: ignore[arg-type]
         if sum(refill) + KEY_BYTES * len(key_ids) > length // 8:  # type: ignore[arg-type]
             raise ProtocolError("more output claimed than the key length allows")
         blk.secret_len = length

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 
 import numpy as np
+
+from keysource.uuid_text import version4_uuids
 
 _DOMAIN = b"qsecret qkd public choice v1"
 
@@ -53,8 +54,4 @@ class PublicRandom:
 
     def key_ids(self, block: int, count: int) -> list[str]:
         """``count`` version-4 UUIDs (122 random bits each) for the keys of ``block``."""
-        if self.seed is None:
-            return [str(uuid.uuid4()) for _ in range(count)]
-        raw = self.draw("key_ids", block, 16 * count)
-        return [str(uuid.UUID(bytes=raw[16 * i: 16 * (i + 1)], version=4))
-                for i in range(count)]
+        return version4_uuids(self.draw("key_ids", block, 16 * count))
