@@ -218,8 +218,14 @@ def run_receive_files(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         reporter = Reporter(args.json)
-        offers: asyncio.Queue[TransferView] = asyncio.Queue()
+        offers: asyncio.Queue[tuple[TransferView, bool]] = asyncio.Queue()  # (offer, stored)
         completed: set[str] = set()
+        # Offers that came before this run (to a chat window, `recv`, an earlier
+        # receive-files): the messenger auto-accepts only offers that arrive while it runs.
+        stored = [v for v in messenger.transfers()
+                  if not v.outgoing and v.state is TransferState.OFFERED]
+        for view in stored:
+            reporter.states[view.transfer_id] = view.state
 
         def on_event(event: object) -> None:
             if not isinstance(event, TransferEvent) or event.transfer.outgoing:
@@ -228,21 +234,20 @@ def run_receive_files(args: argparse.Namespace) -> int:
             first = view.transfer_id not in reporter.states
             reporter.update(view)
             if view.state is TransferState.OFFERED and first:
-                offers.put_nowait(view)
+                offers.put_nowait((view, False))
             if view.state is TransferState.COMPLETE:
                 completed.add(view.transfer_id)
 
         messenger.subscribe(on_event)
         await go_online(messenger, args.timeout)
         try:
-            for view in messenger.transfers():
-                if not view.outgoing and view.state is TransferState.OFFERED:
-                    reporter.states[view.transfer_id] = view.state
-                    offers.put_nowait(view)
+            for view in stored:
+                offers.put_nowait((view, True))
             while True:
                 while not offers.empty():
-                    await _answer_offer(messenger, reporter, offers.get_nowait(), auto,
-                                        interactive)
+                    view, was_stored = offers.get_nowait()
+                    await _answer_offer(messenger, reporter, view, auto, interactive,
+                                        was_stored)
                 if args.count and len(completed) >= args.count:
                     return 0
                 active = [v for v in messenger.transfers() if not v.outgoing
@@ -263,12 +268,19 @@ def run_receive_files(args: argparse.Namespace) -> int:
 
 
 async def _answer_offer(messenger: Any, reporter: Reporter, view: TransferView, auto: str,
-                        interactive: bool) -> None:
+                        interactive: bool, stored: bool) -> None:
+    """Show an offer and accept or decline it as --accept says (asking in a terminal).
+    ``stored``: it came before this run, so the messenger will not auto-accept it."""
     reporter.line("offer", view)
     reporter.say(f"{view.peer} offers {view.title} ({count_files(view.files)}, "
                  f"{format_size(view.total_bytes)})")
     if auto == "all" or (auto == "verified" and _verified(messenger, view.peer)):
-        return  # the messenger accepts it by itself (auto_accept setting)
+        if stored:
+            try:
+                await messenger.accept_transfer(view.transfer_id)
+            except MessengerError as exc:
+                reporter.say(f"  not accepted: {exc}")
+        return  # a new offer: the messenger accepts it by itself (auto_accept setting)
     if not interactive:
         reporter.say("  not accepted: run with --accept all, or accept in the TUI (Ctrl+T)")
         return

@@ -245,6 +245,32 @@ def test_decline_is_reported_to_the_sender(stack: Stack) -> None:
     assert states[offer["transfer"]] == "declined"
 
 
+def test_accept_all_takes_an_offer_that_came_before_it_ran(stack: Stack) -> None:
+    """An offer stored by an earlier run (here ``receive-files --accept never``) is accepted by
+    a later ``receive-files --accept all``: the messenger's auto-accept sees only offers that
+    arrive while it runs, so the command accepts the waiting ones itself."""
+    source = _write(stack.root / "src-waiting" / "waiting.bin", 300_000)
+    lister = Cli(stack, "bob", "receive-files", "--accept", "never", "--json", "--follow",
+                 name="bob-lister").start()
+    sender = _sender(stack, source)
+    try:
+        offer = lister.wait_event(lambda e: e.get("event") == "offer", 60, "the offer")
+        lister.stop()
+        downloads = stack.root / "dl-waiting"
+        receiver = _receiver(stack, downloads, "--count", "1")
+        try:
+            done = receiver.wait_event(_complete, 90, "the waiting offer completed")
+            assert done["transfer"] == offer["transfer"]
+            assert receiver.exit_code(30) == 0
+        finally:
+            receiver.stop()
+        assert sender.exit_code(60) == 0
+    finally:
+        lister.stop()
+        sender.stop()
+    assert _sha(downloads / "waiting.bin") == _sha(source)
+
+
 def test_sender_cancels_and_the_receiver_keeps_nothing_partial(stack: Stack) -> None:
     source = _write(stack.root / "src-cancel" / "big.iso", 16 * MiB)
     downloads = stack.root / "dl-cancel"
