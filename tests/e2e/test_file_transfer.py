@@ -221,23 +221,34 @@ def test_spool_quota_exceeded_is_reported_and_the_transfer_recovers(stack: Stack
     assert _sha(downloads / "archive.tar") == _sha(source)
 
 
-def test_decline_is_reported_to_the_sender(stack: Stack) -> None:
-    source = _write(stack.root / "src-decline" / "unwanted.bin", 1000)
+def _offer_left_waiting(stack: Stack, source: Path) -> tuple[Cli, Event]:
+    """alice sends ``source``; bob's ``receive-files --accept never`` stores the offer and is
+    stopped. Returns the sender (still waiting for an answer) and the offer's JSON line."""
     lister = Cli(stack, "bob", "receive-files", "--accept", "never", "--json", "--follow",
                  name="bob-lister").start()
     sender = _sender(stack, source)
     try:
         offer = lister.wait_event(lambda e: e.get("event") == "offer", 60, "the offer")
+    except BaseException:
+        sender.stop()
+        raise
+    finally:
+        lister.stop()
+    return sender, offer
+
+
+def test_decline_is_reported_to_the_sender(stack: Stack) -> None:
+    source = _write(stack.root / "src-decline" / "unwanted.bin", 1000)
+    sender, offer = _offer_left_waiting(stack, source)
+    try:
         assert offer["names"] == ["unwanted.bin"] and offer["peer"] == "alice"
         assert offer["bytes"] == 1000
-        lister.stop()
         result = stack.cli("bob", "transfers", "--decline", offer["transfer"][:12])
         assert result.returncode == 0, result.stderr
         assert sender.exit_code(60) == 1
         declined = sender.wait_event(lambda e: e.get("state") == "declined", 5, "decline")
         assert declined["detail"] == "declined"
     finally:
-        lister.stop()
         sender.stop()
     listing = stack.cli("alice", "transfers", "--json", check=True)
     states = {json.loads(line)["transfer"]: json.loads(line)["state"]
@@ -250,12 +261,8 @@ def test_accept_all_takes_an_offer_that_came_before_it_ran(stack: Stack) -> None
     a later ``receive-files --accept all``: the messenger's auto-accept sees only offers that
     arrive while it runs, so the command accepts the waiting ones itself."""
     source = _write(stack.root / "src-waiting" / "waiting.bin", 300_000)
-    lister = Cli(stack, "bob", "receive-files", "--accept", "never", "--json", "--follow",
-                 name="bob-lister").start()
-    sender = _sender(stack, source)
+    sender, offer = _offer_left_waiting(stack, source)
     try:
-        offer = lister.wait_event(lambda e: e.get("event") == "offer", 60, "the offer")
-        lister.stop()
         downloads = stack.root / "dl-waiting"
         receiver = _receiver(stack, downloads, "--count", "1")
         try:
@@ -266,7 +273,6 @@ def test_accept_all_takes_an_offer_that_came_before_it_ran(stack: Stack) -> None
             receiver.stop()
         assert sender.exit_code(60) == 0
     finally:
-        lister.stop()
         sender.stop()
     assert _sha(downloads / "waiting.bin") == _sha(source)
 
